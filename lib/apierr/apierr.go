@@ -1,0 +1,195 @@
+// Package apierr is Volant's one error vocabulary.
+//
+// Every front end speaks it: the volant-* commands write an *Error as JSON on
+// stderr and exit with Code.ExitCode(); volantd answers with it as the body of
+// a 4xx/5xx response whose status is Code.HTTPStatus(); lib/client turns such
+// a body back into an *Error. Library code creates an *Error where the cause is
+// known (a pool that is exhausted knows it), wraps it on the way up with
+// fmt.Errorf("...: %w", err), and the boundary converts it once with From.
+//
+// Codes, exit statuses and HTTP statuses:
+//
+//	code                 exit  http  meaning
+//	INTERNAL               1   500  a bug or an unexpected failure
+//	USAGE                  2   400  bad flags or arguments
+//	INVALID_INPUT          3   400  the request is malformed or a value is out of range
+//	INVALID_MANIFEST       3   422  a plugin manifest failed validation (details list every problem)
+//	UNSUPPORTED_VERSION    3   400  the request's "version" is not one this build speaks
+//	CMDLINE_TOO_LONG       3   422  the kernel command line would exceed the kernel's limit
+//	TOO_LARGE              3   413  the request body is larger than allowed
+//	NOT_FOUND              4   404  the named thing does not exist
+//	CONFLICT               5   409  the thing exists, or is in use, or is in the wrong state
+//	IP_EXHAUSTED           6   409  no free address is left in the pool
+//	NOT_SUPPORTED          7   501  the backend or host cannot do what was asked
+//	CHECKSUM_MISMATCH      8   422  an artifact's sha256 is not the one the manifest names
+//	UNAVAILABLE            9   503  a dependency is missing or unreachable (binary, device, daemon)
+//	PERMISSION_DENIED     10   403  the caller lacks a privilege (root, CAP_NET_ADMIN, a token)
+//	UNAUTHORIZED          10   401  no or a wrong bearer token
+//	TIMEOUT               11   504  the operation did not finish in time
+//	CANCELED             12   499  the caller canceled (signal, closed connection)
+package apierr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+)
+
+// Code is a stable, upper-case string naming a class of failure.
+type Code string
+
+// The codes. Add new ones to the table in the package comment and to codeInfo.
+const (
+	Internal           Code = "INTERNAL"
+	Usage              Code = "USAGE"
+	InvalidInput       Code = "INVALID_INPUT"
+	InvalidManifest    Code = "INVALID_MANIFEST"
+	UnsupportedVersion Code = "UNSUPPORTED_VERSION"
+	CmdlineTooLong     Code = "CMDLINE_TOO_LONG"
+	TooLarge           Code = "TOO_LARGE"
+	NotFound           Code = "NOT_FOUND"
+	Conflict           Code = "CONFLICT"
+	IPExhausted        Code = "IP_EXHAUSTED"
+	NotSupported       Code = "NOT_SUPPORTED"
+	ChecksumMismatch   Code = "CHECKSUM_MISMATCH"
+	Unavailable        Code = "UNAVAILABLE"
+	PermissionDenied   Code = "PERMISSION_DENIED"
+	Unauthorized       Code = "UNAUTHORIZED"
+	Timeout            Code = "TIMEOUT"
+	Canceled           Code = "CANCELED"
+)
+
+type codeInfo struct {
+	exit int
+	http int
+}
+
+var codes = map[Code]codeInfo{
+	Internal:           {1, http.StatusInternalServerError},
+	Usage:              {2, http.StatusBadRequest},
+	InvalidInput:       {3, http.StatusBadRequest},
+	InvalidManifest:    {3, http.StatusUnprocessableEntity},
+	UnsupportedVersion: {3, http.StatusBadRequest},
+	CmdlineTooLong:     {3, http.StatusUnprocessableEntity},
+	TooLarge:           {3, http.StatusRequestEntityTooLarge},
+	NotFound:           {4, http.StatusNotFound},
+	Conflict:           {5, http.StatusConflict},
+	IPExhausted:        {6, http.StatusConflict},
+	NotSupported:       {7, http.StatusNotImplemented},
+	ChecksumMismatch:   {8, http.StatusUnprocessableEntity},
+	Unavailable:        {9, http.StatusServiceUnavailable},
+	PermissionDenied:   {10, http.StatusForbidden},
+	Unauthorized:       {10, http.StatusUnauthorized},
+	Timeout:            {11, http.StatusGatewayTimeout},
+	Canceled:           {12, 499},
+}
+
+// Codes returns every known code, for documentation and tests.
+func Codes() []Code {
+	out := make([]Code, 0, len(codes))
+	for c := range codes {
+		out = append(out, c)
+	}
+	return out
+}
+
+// ExitCode is the process exit status a command uses for this code.
+func (c Code) ExitCode() int {
+	if i, ok := codes[c]; ok {
+		return i.exit
+	}
+	return 1
+}
+
+// HTTPStatus is the status volantd answers with for this code.
+func (c Code) HTTPStatus() int {
+	if i, ok := codes[c]; ok {
+		return i.http
+	}
+	return http.StatusInternalServerError
+}
+
+// Error is the wire form of a failure: {"code","message","details"}.
+type Error struct {
+	Code    Code           `json:"code"`
+	Message string         `json:"message"`
+	Details map[string]any `json:"details,omitempty"`
+	// Err is the underlying cause, kept for errors.Is/As; never serialized.
+	Err error `json:"-"`
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil && e.Message == "" {
+		return e.Err.Error()
+	}
+	return e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// With returns e with one more detail set; it mutates and returns e so a
+// constructor can be chained: apierr.New(...).With("vm", name).
+func (e *Error) With(key string, value any) *Error {
+	if e.Details == nil {
+		e.Details = map[string]any{}
+	}
+	e.Details[key] = value
+	return e
+}
+
+// New makes an *Error with a formatted message.
+func New(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Wrap makes an *Error whose cause is err; the message is msg + ": " + err.
+func Wrap(code Code, err error, msg string) *Error {
+	m := msg
+	if err != nil {
+		m = msg + ": " + err.Error()
+	}
+	return &Error{Code: code, Message: m, Err: err}
+}
+
+// CodeOf returns the code of the first *Error in err's chain, or a code
+// inferred from well-known causes (context cancellation, missing files,
+// permissions), or Internal.
+func CodeOf(err error) Code {
+	return From(err).Code
+}
+
+// Is reports whether err carries the given code.
+func Is(err error, code Code) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// From converts any error to an *Error once, at a boundary. The message is the
+// full wrapped text (err.Error()), so the context added on the way up is kept;
+// code and details come from the innermost *Error if there is one.
+func From(err error) *Error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		if e == err {
+			return e
+		}
+		return &Error{Code: e.Code, Message: err.Error(), Details: e.Details, Err: err}
+	}
+	code := Internal
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		code = Timeout
+	case errors.Is(err, context.Canceled):
+		code = Canceled
+	case errors.Is(err, os.ErrNotExist):
+		code = NotFound
+	case errors.Is(err, os.ErrPermission):
+		code = PermissionDenied
+	}
+	return &Error{Code: code, Message: err.Error(), Err: err}
+}

@@ -1,0 +1,130 @@
+// Package bootimage lays out the boot part of a Volant initramfs: kestrel as
+// /init, the FHS skeleton, /dev/console, and the kernel modules a
+// distribution kernel needs to reach its virtio devices and root disk, with
+// their dependency index (lib/kmod) so kestrel can load them in order.
+//
+// A distribution kernel (Debian's linux-image-amd64) builds virtio, ext4 and
+// friends as modules, so every guest needs them in its initramfs. The same
+// layout serves three uses:
+//
+//   - fledge's initramfs strategy adds it under the plugin's own files;
+//   - `fledge boot-initramfs` writes it alone: the initrd of rootfs plugins,
+//     whose kestrel then mounts the disk and switches root;
+//   - volant-launch layers it before an initramfs plugin that carries no
+//     modules for the running kernel (the kernel unpacks concatenated
+//     archives in order, later files winning).
+package bootimage
+
+import (
+	"fmt"
+	"io/fs"
+	"path"
+
+	"github.com/volantvm/volant/lib/initramfs"
+	"github.com/volantvm/volant/lib/kmod"
+)
+
+// KestrelPath is where kestrel lives in the guest; /init links to it.
+const KestrelPath = "/bin/kestrel"
+
+// DefaultModules are the modules a Volant guest needs from a distribution
+// kernel: virtio transports (microvm's virtio-mmio and pc's virtio-pci),
+// network, block, the virtio console (agent channel), ext4 for root and data
+// disks, and the ACPI power button with evdev so a power-button press reaches
+// kestrel. Dependencies and soft dependencies are added by resolution.
+var DefaultModules = []string{
+	"virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console",
+	"ext4", "button", "evdev",
+}
+
+// Options say what goes in.
+type Options struct {
+	// Kestrel is the path of a static kestrel binary on the host; "" leaves
+	// kestrel and /init out (an init=none plugin brings its own /init).
+	Kestrel string
+	// ModulesDir is /lib/modules/<release> of the guest kernel (with
+	// modules.dep); "" adds no modules.
+	ModulesDir string
+	// Release is the kernel release the modules are installed under in the
+	// guest (/lib/modules/<Release>); defaults to ModulesDir's base name.
+	Release string
+	// Modules to include; nil means DefaultModules.
+	Modules []string
+}
+
+// Info reports what was added.
+type Info struct {
+	Release string      `json:"release,omitempty"`
+	Modules []kmod.Step `json:"modules,omitempty"`
+}
+
+// Skeleton is the directory layout every guest gets.
+var Skeleton = []struct {
+	Path string
+	Mode uint32
+}{
+	{"/bin", 0o755}, {"/sbin", 0o755}, {"/etc", 0o755}, {"/dev", 0o755},
+	{"/proc", 0o555}, {"/sys", 0o555}, {"/run", 0o755}, {"/tmp", 0o1777},
+	{"/var", 0o755}, {"/var/log", 0o755}, {"/root", 0o700}, {"/usr", 0o755},
+	{"/usr/bin", 0o755}, {"/usr/sbin", 0o755}, {"/lib", 0o755}, {"/mnt", 0o755},
+}
+
+// Add puts the boot layout into b.
+func Add(b *initramfs.Builder, o Options) (Info, error) {
+	var info Info
+	for _, d := range Skeleton {
+		if err := b.Dir(d.Path, fs.FileMode(d.Mode)); err != nil {
+			return info, err
+		}
+	}
+	// The kernel opens /dev/console for init's stdio before devtmpfs is
+	// mounted; without the node init runs with no output at all.
+	if err := b.CharDev("/dev/console", 0o600, 5, 1); err != nil {
+		return info, err
+	}
+	if o.Kestrel != "" {
+		if err := b.CopyFile(KestrelPath, o.Kestrel, 0o755); err != nil {
+			return info, fmt.Errorf("adding kestrel: %w", err)
+		}
+		if err := b.Symlink("/init", KestrelPath); err != nil {
+			return info, err
+		}
+	}
+	if o.ModulesDir == "" {
+		return info, nil
+	}
+	release := o.Release
+	if release == "" {
+		release = path.Base(o.ModulesDir)
+	}
+	info.Release = release
+	ix, err := kmod.LoadIndex(o.ModulesDir)
+	if err != nil {
+		return info, err
+	}
+	names := o.Modules
+	if names == nil {
+		names = DefaultModules
+	}
+	steps, err := ix.Resolve(names...)
+	if err != nil {
+		return info, fmt.Errorf("resolving guest kernel modules: %w", err)
+	}
+	info.Modules = steps
+	dst := "/lib/modules/" + release
+	for _, s := range steps {
+		if err := b.CopyFile(path.Join(dst, s.Path), path.Join(o.ModulesDir, s.Path), 0o644); err != nil {
+			return info, fmt.Errorf("adding module %s: %w", s.Name, err)
+		}
+	}
+	idx, err := ix.SubsetFiles(steps)
+	if err != nil {
+		return info, err
+	}
+	for name, body := range idx {
+		if err := b.File(path.Join(dst, name), 0o644, body); err != nil {
+			return info, err
+		}
+	}
+	return info, nil
+}

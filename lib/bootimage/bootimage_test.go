@@ -1,0 +1,94 @@
+package bootimage
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/initramfs"
+	"github.com/volantvm/volant/lib/kernel"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+func build(t *testing.T, o Options) ([]byte, Info) {
+	t.Helper()
+	b := initramfs.New()
+	info, err := Add(b, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := b.WriteTo(&buf, initramfs.Gzip); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), info
+}
+
+func TestLayoutWithoutModules(t *testing.T) {
+	exe := filepath.Join(t.TempDir(), "kestrel")
+	os.WriteFile(exe, []byte("binary"), 0o755)
+	one, info := build(t, Options{Kestrel: exe})
+	two, _ := build(t, Options{Kestrel: exe})
+	if sha256.Sum256(one) != sha256.Sum256(two) {
+		t.Fatal("not reproducible")
+	}
+	if info.Release != "" || len(info.Modules) != 0 {
+		t.Fatalf("info %+v", info)
+	}
+}
+
+// TestVMModulesLoadInGuest boots Debian's kernel with a boot image whose
+// /init is a small program that loads DefaultModules with lib/kmod.
+func TestVMModulesLoadInGuest(t *testing.T) {
+	k, vmlinux := guesttest.Kernel(t)
+	qemu := guesttest.QEMU(t)
+	ns := netnstest.New(t)
+	root, err := guesttest.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	initBin := filepath.Join(t.TempDir(), "modinit")
+	cmd := exec.Command("go", "build", "-o", initBin, "./lib/bootimage/testdata/modinit")
+	cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building modinit: %v\n%s", err, out)
+	}
+	img, info := build(t, Options{Kestrel: initBin, ModulesDir: k.ModulesDir})
+	if len(info.Modules) < 10 {
+		t.Fatalf("too few modules resolved: %+v", info.Modules)
+	}
+	initrd := filepath.Join(t.TempDir(), "boot.cpio.gz")
+	os.WriteFile(initrd, img, 0o644)
+	khz, err := kernel.HostTSCkHz()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	q := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, qemu,
+		"-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg", "-cpu", "qemu64,+arat",
+		"-m", "128", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", vmlinux, "-initrd", initrd, "-serial", "stdio",
+		"-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-device,netdev=n0",
+		"-append", "console=ttyS0 quiet panic=-1 tsc_early_khz="+strconv.Itoa(khz)+" tsc=reliable no_timer_check 8250.nr_uarts=1 mitigations=off random.trust_cpu=on cryptomgr.notests")
+	out, err := q.CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu: %v\n%s", err, out)
+	}
+	s := string(out)
+	t.Logf("guest console:\n%s", s)
+	if !strings.Contains(s, "MODINIT-OK") {
+		t.Fatalf("guest did not load its modules:\n%s", s)
+	}
+	if !strings.Contains(s, "net=eth0,lo") && !strings.Contains(s, "net=lo,eth0") {
+		t.Fatalf("virtio-net device not found after loading modules:\n%s", s)
+	}
+}

@@ -1,0 +1,67 @@
+// Package clitest runs a command's run function in memory and compares its
+// output with golden files, for the contract tests of every volant-* command.
+//
+// Golden files live in the calling package's testdata/ and are rewritten only
+// when the tests run with -update:
+//
+//	go test ./cmd/volant-manifest -run TestContract -update
+package clitest
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/volantvm/volant/lib/cli"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files with the current output")
+
+// Result is what one command run produced.
+type Result struct {
+	Stdout string
+	Stderr string
+	Code   int
+}
+
+// Run calls run with args and stdin, an environment from env (nil: empty),
+// and returns its output and exit status as cli.Main would produce them.
+func Run(t testing.TB, run func(context.Context, *cli.Env) error, stdin string, env map[string]string, args ...string) Result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	e := &cli.Env{
+		Args:   args,
+		Stdin:  strings.NewReader(stdin),
+		Stdout: &out,
+		Stderr: &errb,
+		Getenv: func(k string) string { return env[k] },
+	}
+	code := cli.Exit(e, run(context.Background(), e))
+	return Result{Stdout: out.String(), Stderr: errb.String(), Code: code}
+}
+
+// Golden compares got with testdata/<name>.golden, or rewrites it under -update.
+func Golden(t testing.TB, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading golden file (run with -update to create it): %v", err)
+	}
+	if got != string(want) {
+		t.Fatalf("output differs from %s (run with -update if the change is intended)\n got: %s\nwant: %s", path, got, want)
+	}
+}

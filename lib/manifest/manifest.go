@@ -1,0 +1,391 @@
+// Package manifest is the Volant plugin manifest: its Go types (the one
+// source of truth, from which the JSON Schema is generated), strict parsing
+// with field paths in every error, normalization (documented defaults),
+// validation that reports every problem at once, and the compact encoding
+// carried on the guest kernel command line: base64url(gzip(json)), no padding.
+//
+// The format is compatible with manifests written for the original Volant
+// (schema_version "1.0").
+package manifest
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"sort"
+	"strings"
+
+	"github.com/volantvm/volant/lib/apierr"
+)
+
+// SchemaVersion is the manifest format this package reads and writes.
+const SchemaVersion = "1.0"
+
+// MaxBytes bounds a manifest, decoded or decompressed.
+const MaxBytes = 256 << 10
+
+// Manifest describes a plugin: what to boot and how to run its workload.
+type Manifest struct {
+	Schema        string            `json:"$schema,omitempty" jsonschema_description:"URL of this JSON Schema, for editors."`
+	SchemaVersion string            `json:"schema_version,omitempty" jsonschema:"enum=1.0,enum=1" jsonschema_description:"Manifest format version. Default 1.0."`
+	Name          string            `json:"name" jsonschema:"pattern=^[a-z0-9][a-z0-9_-]{0\\,62}$" jsonschema_description:"Unique plugin name: lowercase letters, digits, - and _."`
+	Version       string            `json:"version" jsonschema_description:"Plugin version, free-form without spaces."`
+	Runtime       string            `json:"runtime,omitempty" jsonschema_description:"Runtime identifier. Defaults to the name."`
+	Enabled       *bool             `json:"enabled,omitempty" jsonschema_description:"Whether VMs may be created from it. Default true."`
+	Image         string            `json:"image,omitempty" jsonschema_description:"OCI image reference the plugin was built from (set by fledge)."`
+	ImageDigest   string            `json:"image_digest,omitempty" jsonschema_description:"Digest of that image (set by fledge)."`
+	Initramfs     *Artifact         `json:"initramfs,omitempty" jsonschema_description:"Boot from this initramfs (cpio, optionally gzip). Exactly one of initramfs and rootfs."`
+	Rootfs        *Rootfs           `json:"rootfs,omitempty" jsonschema_description:"Boot from this root disk image. Exactly one of initramfs and rootfs."`
+	Disks         []Disk            `json:"disks,omitempty" jsonschema_description:"Extra disks attached after the root disk."`
+	Resources     Resources         `json:"resources,omitempty" jsonschema_description:"Default CPU and memory of a VM."`
+	Workload      Workload          `json:"workload" jsonschema_description:"The process kestrel runs and supervises."`
+	HealthCheck   *HealthCheck      `json:"health_check,omitempty" jsonschema_description:"HTTP probe of base_url + endpoint; a VM is running once it passes."`
+	Actions       map[string]Action `json:"actions,omitempty" jsonschema_description:"Named HTTP calls into the workload, proxied by kestrel."`
+	Network       *Network          `json:"network,omitempty" jsonschema_description:"How the VM is networked. Default bridged."`
+	OpenAPI       string            `json:"openapi,omitempty" jsonschema_description:"URL or absolute path of the workload's OpenAPI document."`
+	Labels        map[string]string `json:"labels,omitempty" jsonschema_description:"Free-form key/value labels."`
+}
+
+// Artifact is a file the VM boots from.
+type Artifact struct {
+	URL      string `json:"url" jsonschema_description:"Absolute path, file://, http:// or https:// URL."`
+	Checksum string `json:"checksum,omitempty" jsonschema:"pattern=^(sha256:)?[0-9a-fA-F]{64}$" jsonschema_description:"sha256:<hex>; verified before every boot."`
+}
+
+// Rootfs is a root disk image.
+type Rootfs struct {
+	URL      string `json:"url" jsonschema_description:"Absolute path, file://, http:// or https:// URL."`
+	Checksum string `json:"checksum,omitempty" jsonschema:"pattern=^(sha256:)?[0-9a-fA-F]{64}$" jsonschema_description:"sha256:<hex>; verified before every boot."`
+	Format   string `json:"format,omitempty" jsonschema:"enum=raw,enum=qcow2,enum=ext4,enum=xfs,enum=btrfs" jsonschema_description:"Image format raw or qcow2 (default raw). A filesystem name here means a raw image of that filesystem."`
+	FSType   string `json:"fstype,omitempty" jsonschema:"enum=ext4,enum=xfs,enum=btrfs,enum=squashfs" jsonschema_description:"Filesystem on the image. Default ext4."`
+}
+
+// Disk is an extra block device.
+type Disk struct {
+	Name     string `json:"name" jsonschema_description:"Unique name within the manifest."`
+	Source   string `json:"source" jsonschema_description:"Absolute path, file://, http:// or https:// URL of the image."`
+	Format   string `json:"format,omitempty" jsonschema:"enum=raw,enum=qcow2" jsonschema_description:"Default raw."`
+	Checksum string `json:"checksum,omitempty" jsonschema:"pattern=^(sha256:)?[0-9a-fA-F]{64}$"`
+	ReadOnly bool   `json:"readonly,omitempty"`
+	Target   string `json:"target,omitempty" jsonschema_description:"Absolute mount point in the guest; empty leaves it unmounted."`
+}
+
+// Resources are a VM's defaults; a create request may override them.
+type Resources struct {
+	CPUCores int `json:"cpu_cores,omitempty" jsonschema:"minimum=1,maximum=64" jsonschema_description:"vCPUs. Default 1."`
+	MemoryMB int `json:"memory_mb,omitempty" jsonschema:"minimum=64,maximum=262144" jsonschema_description:"Guest memory in MiB. Default 128."`
+}
+
+// Workload is what kestrel starts inside the guest.
+type Workload struct {
+	Type       string            `json:"type,omitempty" jsonschema:"enum=http,enum=exec" jsonschema_description:"http (serves base_url) or exec (a plain process). Default http when base_url is set, else exec."`
+	Entrypoint []string          `json:"entrypoint" jsonschema:"minItems=1" jsonschema_description:"Program and arguments."`
+	BaseURL    string            `json:"base_url,omitempty" jsonschema_description:"Where the workload listens inside the guest, e.g. http://127.0.0.1:80."`
+	Env        map[string]string `json:"env,omitempty"`
+	Workdir    string            `json:"workdir,omitempty" jsonschema_description:"Absolute working directory. Default /."`
+	User       string            `json:"user,omitempty" jsonschema_description:"uid[:gid] to run as (numeric). Default 0:0."`
+	Restart    string            `json:"restart,omitempty" jsonschema:"enum=no,enum=on-failure,enum=always" jsonschema_description:"Restart policy. Default on-failure."`
+}
+
+// HealthCheck is kestrel's periodic probe.
+type HealthCheck struct {
+	Endpoint   string `json:"endpoint,omitempty" jsonschema_description:"Path probed on base_url. Default /."`
+	IntervalMS int    `json:"interval_ms,omitempty" jsonschema:"minimum=100" jsonschema_description:"Time between probes. Default 5000."`
+	TimeoutMS  int    `json:"timeout_ms,omitempty" jsonschema:"minimum=10" jsonschema_description:"Per-probe timeout. Default 2000."`
+	Retries    int    `json:"retries,omitempty" jsonschema:"minimum=1" jsonschema_description:"Consecutive failures before unhealthy. Default 3."`
+}
+
+// Action is a named call into the workload.
+type Action struct {
+	Description string `json:"description,omitempty"`
+	Method      string `json:"method,omitempty" jsonschema:"enum=GET,enum=POST,enum=PUT,enum=PATCH,enum=DELETE,enum=get,enum=post,enum=put,enum=patch,enum=delete" jsonschema_description:"HTTP method, case-insensitive. Default POST."`
+	Path        string `json:"path" jsonschema_description:"Path on base_url, starting with /."`
+	TimeoutMS   int    `json:"timeout_ms,omitempty" jsonschema_description:"Default 30000."`
+}
+
+// Network is the VM's network attachment.
+type Network struct {
+	Mode string `json:"mode,omitempty" jsonschema:"enum=bridged,enum=none" jsonschema_description:"bridged: a tap on the host bridge with a leased address. none: no NIC."`
+}
+
+// IsEnabled reports the effective enabled flag (default true).
+func (m *Manifest) IsEnabled() bool { return m.Enabled == nil || *m.Enabled }
+
+// Parse decodes a manifest strictly, normalizes and validates it. Every
+// problem found is reported in one INVALID_MANIFEST error whose details hold
+// {"errors":[{"field":"workload.entrypoint","message":"..."}...]}.
+func Parse(data []byte) (*Manifest, error) {
+	m, err := Decode(data)
+	if err != nil {
+		return nil, err
+	}
+	m.Normalize()
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Decode decodes JSON strictly without normalizing or validating: unknown
+// fields anywhere, wrong types and syntax errors are INVALID_MANIFEST errors
+// naming the field (or the line and column).
+func Decode(data []byte) (*Manifest, error) {
+	if len(data) > MaxBytes {
+		return nil, apierr.New(apierr.TooLarge, "manifest is %d bytes; the limit is %d", len(data), MaxBytes)
+	}
+	var generic any
+	if err := json.Unmarshal(data, &generic); err != nil {
+		return nil, invalid(syntaxProblem(data, err))
+	}
+	if _, ok := generic.(map[string]any); !ok {
+		return nil, invalid([]Problem{{Field: "", Message: "a manifest is a JSON object"}})
+	}
+	probs := unknownFields(generic, reflect.TypeOf(Manifest{}), "")
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		probs = append(probs, syntaxProblem(data, err)...)
+	}
+	if len(probs) > 0 {
+		return nil, invalid(probs)
+	}
+	return &m, nil
+}
+
+// Problem is one validation failure.
+type Problem struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+func (p Problem) String() string {
+	if p.Field == "" {
+		return p.Message
+	}
+	return p.Field + ": " + p.Message
+}
+
+// Problems extracts the problem list from an INVALID_MANIFEST error.
+func Problems(err error) []Problem {
+	var e *apierr.Error
+	if !errors.As(err, &e) {
+		return nil
+	}
+	p, _ := e.Details["errors"].([]Problem)
+	return p
+}
+
+func invalid(probs []Problem) error {
+	msgs := make([]string, len(probs))
+	for i, p := range probs {
+		msgs[i] = p.String()
+	}
+	noun := "problem"
+	if len(probs) != 1 {
+		noun = "problems"
+	}
+	return apierr.New(apierr.InvalidManifest, "invalid manifest (%d %s): %s", len(probs), noun, strings.Join(msgs, "; ")).
+		With("errors", probs)
+}
+
+func syntaxProblem(data []byte, err error) []Problem {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		line, col := lineCol(data, se.Offset)
+		return []Problem{{Message: fmt.Sprintf("JSON syntax error at line %d, column %d: %s", line, col, se.Error())}}
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return []Problem{{Field: te.Field, Message: fmt.Sprintf("must be %s, not %s", jsonKind(te.Type), te.Value)}}
+	}
+	return []Problem{{Message: strings.TrimPrefix(err.Error(), "json: ")}}
+}
+
+func lineCol(data []byte, off int64) (int, int) {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	before := data[:off]
+	line := bytes.Count(before, []byte("\n")) + 1
+	col := int(off) - bytes.LastIndexByte(before, '\n')
+	return line, col - 1
+}
+
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint64, reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return t.String()
+}
+
+// unknownFields walks a generic decode against the struct type and reports
+// every key that no field takes, with its full path.
+func unknownFields(v any, t reflect.Type, path string) []Problem {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	var probs []Problem
+	switch t.Kind() {
+	case reflect.Struct:
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return nil // type errors are reported by the typed decode
+		}
+		fields := map[string]reflect.Type{}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "-" || !f.IsExported() {
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			fields[name] = f.Type
+		}
+		keys := make([]string, 0, len(obj))
+		for k := range obj {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			ft, ok := fields[k]
+			if !ok {
+				probs = append(probs, Problem{Field: join(path, k), Message: "unknown field" + suggest(k, fields)})
+				continue
+			}
+			probs = append(probs, unknownFields(obj[k], ft, join(path, k))...)
+		}
+	case reflect.Slice:
+		arr, ok := v.([]any)
+		if !ok {
+			return nil
+		}
+		for i, e := range arr {
+			probs = append(probs, unknownFields(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i))...)
+		}
+	case reflect.Map:
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		keys := make([]string, 0, len(obj))
+		for k := range obj {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			probs = append(probs, unknownFields(obj[k], t.Elem(), join(path, k))...)
+		}
+	}
+	return probs
+}
+
+func join(path, k string) string {
+	if path == "" {
+		return k
+	}
+	return path + "." + k
+}
+
+// suggest names a known field that is one edit (or a case change) away.
+func suggest(k string, fields map[string]reflect.Type) string {
+	var best []string
+	for f := range fields {
+		if strings.EqualFold(f, k) || editDistance(f, k) <= 2 {
+			best = append(best, f)
+		}
+	}
+	if len(best) == 0 {
+		return ""
+	}
+	sort.Strings(best)
+	return fmt.Sprintf(" (did you mean %q?)", best[0])
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// JSON encodes the manifest compactly, as stored and as carried to the guest.
+func (m *Manifest) JSON() ([]byte, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encoding manifest %s: %w", m.Name, err)
+	}
+	return b, nil
+}
+
+// Encode returns base64url(gzip(json)) without padding. The gzip stream has
+// no name or time in its header, so equal manifests encode to equal strings.
+func (m *Manifest) Encode() (string, error) {
+	b, err := m.JSON()
+	if err != nil {
+		return "", err
+	}
+	var buf bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	if err != nil {
+		return "", fmt.Errorf("compressing manifest: %w", err)
+	}
+	if _, err := zw.Write(b); err != nil {
+		return "", fmt.Errorf("compressing manifest: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return "", fmt.Errorf("compressing manifest: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(buf.Bytes()), nil
+}
+
+// DecodeString reverses Encode and parses (normalizes, validates) the result.
+// Padding and surrounding whitespace are tolerated.
+func DecodeString(s string) (*Manifest, error) {
+	s = strings.TrimRight(strings.TrimSpace(s), "=")
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return nil, apierr.Wrap(apierr.InvalidInput, err, "encoded manifest is not base64url")
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(raw))
+	if err != nil {
+		return nil, apierr.Wrap(apierr.InvalidInput, err, "encoded manifest is not gzip data")
+	}
+	data, err := io.ReadAll(io.LimitReader(zr, MaxBytes+1))
+	if err != nil {
+		return nil, apierr.Wrap(apierr.InvalidInput, err, "decompressing manifest")
+	}
+	if len(data) > MaxBytes {
+		return nil, apierr.New(apierr.TooLarge, "decoded manifest exceeds %d bytes", MaxBytes)
+	}
+	return Parse(data)
+}

@@ -1,0 +1,297 @@
+package manifest
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/bootargs"
+)
+
+func examples(t testing.TB) map[string][]byte {
+	t.Helper()
+	files, err := filepath.Glob("testdata/examples/*.json")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples: %v", err)
+	}
+	out := map[string][]byte{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[filepath.Base(f)] = b
+	}
+	return out
+}
+
+func TestExamplesRoundTrip(t *testing.T) {
+	for name, data := range examples(t) {
+		t.Run(name, func(t *testing.T) {
+			m, err := Parse(data)
+			if err != nil {
+				t.Fatalf("example does not parse: %v", err)
+			}
+			enc, err := m.Encode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.ContainsAny(enc, "+/= ") {
+				t.Fatalf("encoding is not unpadded base64url: %q", enc)
+			}
+			back, err := DecodeString(enc)
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			if !reflect.DeepEqual(m, back) {
+				t.Fatalf("round trip changed the manifest:\n got %+v\nwant %+v", back, m)
+			}
+			again, _ := back.Encode()
+			if again != enc {
+				t.Fatal("encoding is not deterministic")
+			}
+			// Normalizing twice changes nothing.
+			j1, _ := m.JSON()
+			m.Normalize()
+			j2, _ := m.JSON()
+			if !bytes.Equal(j1, j2) {
+				t.Fatalf("Normalize is not idempotent:\n%s\n%s", j1, j2)
+			}
+		})
+	}
+}
+
+func TestInvalidCorpus(t *testing.T) {
+	files, _ := filepath.Glob("testdata/invalid/*.json")
+	if len(files) < 10 {
+		t.Fatalf("corpus too small: %d", len(files))
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, _ := os.ReadFile(f)
+			wantB, err := os.ReadFile(strings.TrimSuffix(f, ".json") + ".want")
+			if err != nil {
+				t.Fatalf("missing .want: %v", err)
+			}
+			want := strings.Split(strings.TrimSpace(string(wantB)), "\n")
+			_, err = Parse(data)
+			if !apierr.Is(err, apierr.InvalidManifest) {
+				t.Fatalf("err = %v, want INVALID_MANIFEST", err)
+			}
+			var got []string
+			for _, p := range Problems(err) {
+				got = append(got, p.String())
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("problems:\n got %q\nwant %q", got, want)
+			}
+		})
+	}
+}
+
+func TestNormalizeDefaults(t *testing.T) {
+	m, err := Parse([]byte(`{"name":"app","version":"1","rootfs":{"url":"/r.img","format":"xfs","checksum":"` +
+		strings.Repeat("AB", 32) + `"},"workload":{"entrypoint":["/app"],"base_url":"http://127.0.0.1:8080"},"health_check":{},"actions":{"go":{"path":"/go"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.SchemaVersion != "1.0" || m.Runtime != "app" || !m.IsEnabled() {
+		t.Errorf("top-level defaults: %+v", m)
+	}
+	if m.Rootfs.Format != "raw" || m.Rootfs.FSType != "xfs" || m.Rootfs.Checksum != "sha256:"+strings.Repeat("ab", 32) {
+		t.Errorf("rootfs: %+v", m.Rootfs)
+	}
+	if m.Workload.Type != "http" || m.Workload.Restart != "on-failure" || m.Workload.Workdir != "/" {
+		t.Errorf("workload: %+v", m.Workload)
+	}
+	if *m.HealthCheck != (HealthCheck{Endpoint: "/", IntervalMS: 5000, TimeoutMS: 2000, Retries: 3}) {
+		t.Errorf("health: %+v", m.HealthCheck)
+	}
+	if m.Actions["go"].Method != "POST" || m.Actions["go"].TimeoutMS != 30000 {
+		t.Errorf("actions: %+v", m.Actions)
+	}
+	if m.Resources != (Resources{CPUCores: 1, MemoryMB: 128}) || m.Network.Mode != "bridged" {
+		t.Errorf("resources/network: %+v %+v", m.Resources, m.Network)
+	}
+	off := false
+	m.Enabled = &off
+	if m.IsEnabled() {
+		t.Error("enabled=false lost")
+	}
+}
+
+func TestBootArgs(t *testing.T) {
+	m, err := Parse(examples(t)["nginx-rootfs.json"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := m.Cmdline(DefaultFragmentBudget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := bootargs.Parse(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Plugin != "nginx" || a.Boot != bootargs.BootRootfs || a.RootfsFSType != "ext4" {
+		t.Fatalf("args %+v", a)
+	}
+	back, err := DecodeString(a.Manifest)
+	if err != nil || !reflect.DeepEqual(back, m) {
+		t.Fatalf("manifest from the line differs: %v", err)
+	}
+}
+
+// A 3 KB manifest whose text does not compress (random hex) cannot fit.
+func TestCmdlineTooLong(t *testing.T) {
+	env := map[string]string{}
+	for i := 0; len(mustJSON(t, env)) < 3000; i++ {
+		b := make([]byte, 32)
+		rand.Read(b)
+		env["K"+hex.EncodeToString(b[:2])+string(rune('A'+i%26))] = hex.EncodeToString(b)
+	}
+	m := &Manifest{Name: "big", Version: "1", Initramfs: &Artifact{URL: "/i"},
+		Workload: Workload{Entrypoint: []string{"/a"}, Env: env}}
+	m.Normalize()
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if j, _ := m.JSON(); len(j) < 3000 {
+		t.Fatalf("manifest only %d bytes", len(j))
+	}
+	_, err := m.Cmdline(DefaultFragmentBudget)
+	if !apierr.Is(err, apierr.CmdlineTooLong) {
+		t.Fatalf("err = %v, want CMDLINE_TOO_LONG", err)
+	}
+	d := apierr.From(err).Details
+	if d["budget"] != DefaultFragmentBudget || d["bytes"].(int) <= DefaultFragmentBudget {
+		t.Fatalf("details %v", d)
+	}
+	if !strings.Contains(err.Error(), "budget is 1535") {
+		t.Fatalf("message must say the budget: %v", err)
+	}
+	// Even the whole kernel limit is too small for it.
+	if _, err := m.Cmdline(bootargs.MaxCmdline); !apierr.Is(err, apierr.CmdlineTooLong) {
+		t.Fatalf("2047-byte budget: %v", err)
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// The generated schema and the Go validator agree on the examples (all
+// valid) and on unknown fields (all rejected).
+func TestSchemaAgreesWithValidator(t *testing.T) {
+	raw, err := Schema()
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := jsonschema.NewCompiler()
+	if err := c.AddResource("manifest.json", doc); err != nil {
+		t.Fatal(err)
+	}
+	sch, err := c.Compile("manifest.json")
+	if err != nil {
+		t.Fatalf("schema does not compile: %v", err)
+	}
+	for name, data := range examples(t) {
+		m, err := Parse(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for label, b := range map[string][]byte{"as written": data, "normalized": mustJSON(t, m)} {
+			v, _ := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+			if err := sch.Validate(v); err != nil {
+				t.Errorf("%s (%s) fails the schema: %v", name, label, err)
+			}
+		}
+	}
+	for _, f := range []string{"unknown-field", "typo-suggests", "wrong-type"} {
+		b, _ := os.ReadFile("testdata/invalid/" + f + ".json")
+		v, _ := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if sch.Validate(v) == nil {
+			t.Errorf("schema accepts %s", f)
+		}
+	}
+}
+
+func TestDecodeStringRejectsGarbage(t *testing.T) {
+	for _, s := range []string{"!!!", "aGVsbG8", strings.Repeat("A", 40)} {
+		if _, err := DecodeString(s); !apierr.Is(err, apierr.InvalidInput) {
+			t.Errorf("%q: err = %v", s, err)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, b := range examples(f) {
+		f.Add(b)
+	}
+	files, _ := filepath.Glob("testdata/invalid/*.json")
+	for _, p := range files {
+		b, _ := os.ReadFile(p)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Parse(data)
+		if err != nil {
+			if apierr.CodeOf(err) == apierr.Internal {
+				t.Fatalf("internal error for user input: %v", err)
+			}
+			return
+		}
+		enc, err := m.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := DecodeString(enc)
+		if err != nil {
+			t.Fatalf("valid manifest does not decode after encoding: %v", err)
+		}
+		if !reflect.DeepEqual(back, m) {
+			t.Fatalf("round trip differs")
+		}
+	})
+}
+
+func FuzzDecodeString(f *testing.F) {
+	for _, b := range examples(f) {
+		m, err := Parse(b)
+		if err != nil {
+			f.Fatal(err)
+		}
+		enc, _ := m.Encode()
+		f.Add(enc)
+	}
+	f.Add("H4sIAAAAAAAA")
+	f.Fuzz(func(t *testing.T, s string) {
+		m, err := DecodeString(s)
+		if err != nil {
+			if apierr.CodeOf(err) == apierr.Internal {
+				t.Fatalf("internal error for user input: %v", err)
+			}
+			return
+		}
+		if err := m.Validate(); err != nil {
+			t.Fatalf("decoded manifest is not valid: %v", err)
+		}
+	})
+}

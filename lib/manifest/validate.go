@@ -1,0 +1,325 @@
+package manifest
+
+import (
+	"fmt"
+	"net/url"
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// Defaults applied by Normalize.
+const (
+	DefaultCPUCores    = 1
+	DefaultMemoryMB    = 128
+	DefaultIntervalMS  = 5000
+	DefaultTimeoutMS   = 2000
+	DefaultRetries     = 3
+	DefaultActionMS    = 30000
+	DefaultRestart     = "on-failure"
+	DefaultNetworkMode = "bridged"
+	DefaultFSType      = "ext4"
+)
+
+var (
+	nameRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	checksumRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	hex64RE    = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
+	labelRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
+	envKeyRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	userRE     = regexp.MustCompile(`^[0-9]+(:[0-9]+)?$`)
+)
+
+var filesystems = map[string]bool{"ext4": true, "xfs": true, "btrfs": true, "squashfs": true}
+
+// Normalize fills documented defaults and canonical spellings in place. It
+// never rejects anything; Validate does that afterwards.
+func (m *Manifest) Normalize() {
+	if m.SchemaVersion == "" || m.SchemaVersion == "1" {
+		m.SchemaVersion = SchemaVersion
+	}
+	if m.Runtime == "" {
+		m.Runtime = m.Name
+	}
+	if m.Enabled == nil {
+		t := true
+		m.Enabled = &t
+	}
+	if m.Initramfs != nil {
+		m.Initramfs.Checksum = normChecksum(m.Initramfs.Checksum)
+	}
+	if r := m.Rootfs; r != nil {
+		r.Checksum = normChecksum(r.Checksum)
+		r.Format = strings.ToLower(r.Format)
+		if filesystems[r.Format] {
+			if r.FSType == "" {
+				r.FSType = r.Format
+			}
+			r.Format = "raw"
+		}
+		if r.Format == "" {
+			r.Format = "raw"
+		}
+		if r.FSType == "" {
+			r.FSType = DefaultFSType
+		}
+	}
+	for i := range m.Disks {
+		d := &m.Disks[i]
+		d.Checksum = normChecksum(d.Checksum)
+		d.Format = strings.ToLower(d.Format)
+		if d.Format == "" {
+			d.Format = "raw"
+		}
+	}
+	if m.Resources.CPUCores == 0 {
+		m.Resources.CPUCores = DefaultCPUCores
+	}
+	if m.Resources.MemoryMB == 0 {
+		m.Resources.MemoryMB = DefaultMemoryMB
+	}
+	w := &m.Workload
+	if w.Type == "" {
+		w.Type = "exec"
+		if w.BaseURL != "" {
+			w.Type = "http"
+		}
+	}
+	if w.Restart == "" {
+		w.Restart = DefaultRestart
+	}
+	if w.Workdir == "" {
+		w.Workdir = "/"
+	}
+	if h := m.HealthCheck; h != nil {
+		if h.Endpoint == "" {
+			h.Endpoint = "/"
+		}
+		if h.IntervalMS == 0 {
+			h.IntervalMS = DefaultIntervalMS
+		}
+		if h.TimeoutMS == 0 {
+			h.TimeoutMS = DefaultTimeoutMS
+		}
+		if h.Retries == 0 {
+			h.Retries = DefaultRetries
+		}
+	}
+	for name, a := range m.Actions {
+		a.Method = strings.ToUpper(a.Method)
+		if a.Method == "" {
+			a.Method = "POST"
+		}
+		if a.TimeoutMS == 0 {
+			a.TimeoutMS = DefaultActionMS
+		}
+		m.Actions[name] = a
+	}
+	if m.Network == nil {
+		m.Network = &Network{}
+	}
+	if m.Network.Mode == "" {
+		m.Network.Mode = DefaultNetworkMode
+	}
+}
+
+func normChecksum(c string) string {
+	c = strings.TrimSpace(c)
+	if hex64RE.MatchString(c) {
+		return "sha256:" + strings.ToLower(c)
+	}
+	if h, ok := strings.CutPrefix(c, "sha256:"); ok {
+		return "sha256:" + strings.ToLower(h)
+	}
+	return c
+}
+
+// Validate checks a normalized manifest and reports every problem at once as
+// an INVALID_MANIFEST error (see Problems).
+func (m *Manifest) Validate() error {
+	var v validator
+	v.check(m.SchemaVersion == SchemaVersion, "schema_version", "must be %q, got %q", SchemaVersion, m.SchemaVersion)
+	v.name("name", m.Name)
+	v.check(m.Version != "", "version", "required")
+	v.check(!strings.ContainsAny(m.Version, " \t\n") && len(m.Version) <= 64, "version", "must be at most 64 characters without spaces")
+	if m.Runtime != m.Name {
+		v.name("runtime", m.Runtime)
+	}
+
+	switch {
+	case m.Initramfs == nil && m.Rootfs == nil:
+		v.add("", "one of initramfs or rootfs is required")
+	case m.Initramfs != nil && m.Rootfs != nil:
+		v.add("", "initramfs and rootfs are exclusive; give one")
+	}
+	if a := m.Initramfs; a != nil {
+		v.location("initramfs.url", a.URL)
+		v.checksum("initramfs.checksum", a.Checksum)
+	}
+	if r := m.Rootfs; r != nil {
+		v.location("rootfs.url", r.URL)
+		v.checksum("rootfs.checksum", r.Checksum)
+		v.oneOf("rootfs.format", r.Format, "raw", "qcow2")
+		v.oneOf("rootfs.fstype", r.FSType, "ext4", "xfs", "btrfs", "squashfs")
+	}
+	seenDisk := map[string]bool{}
+	for i, d := range m.Disks {
+		p := fmt.Sprintf("disks[%d]", i)
+		v.name(p+".name", d.Name)
+		v.check(!seenDisk[d.Name], p+".name", "duplicate disk name %q", d.Name)
+		seenDisk[d.Name] = true
+		v.location(p+".source", d.Source)
+		v.checksum(p+".checksum", d.Checksum)
+		v.oneOf(p+".format", d.Format, "raw", "qcow2")
+		if d.Target != "" {
+			v.absPath(p+".target", d.Target)
+		}
+	}
+
+	v.check(m.Resources.CPUCores >= 1 && m.Resources.CPUCores <= 64, "resources.cpu_cores", "must be between 1 and 64, got %d", m.Resources.CPUCores)
+	v.check(m.Resources.MemoryMB >= 64 && m.Resources.MemoryMB <= 262144, "resources.memory_mb", "must be between 64 and 262144, got %d", m.Resources.MemoryMB)
+
+	w := m.Workload
+	v.oneOf("workload.type", w.Type, "http", "exec")
+	if len(w.Entrypoint) == 0 {
+		v.add("workload.entrypoint", "required: the program to run and its arguments")
+	} else {
+		v.check(strings.TrimSpace(w.Entrypoint[0]) != "", "workload.entrypoint[0]", "the program must not be empty")
+	}
+	if w.Type == "http" || w.BaseURL != "" {
+		v.httpURL("workload.base_url", w.BaseURL)
+	}
+	for _, k := range sortedKeys(w.Env) {
+		v.check(envKeyRE.MatchString(k), "workload.env."+k, "not a valid environment variable name")
+	}
+	v.absPath("workload.workdir", w.Workdir)
+	if w.User != "" {
+		v.check(userRE.MatchString(w.User), "workload.user", "must be numeric uid or uid:gid, got %q", w.User)
+	}
+	v.oneOf("workload.restart", w.Restart, "no", "on-failure", "always")
+
+	if h := m.HealthCheck; h != nil {
+		v.check(strings.HasPrefix(h.Endpoint, "/"), "health_check.endpoint", "must be a path starting with /, got %q", h.Endpoint)
+		v.check(w.BaseURL != "", "health_check", "needs workload.base_url to probe")
+		v.check(h.IntervalMS >= 100, "health_check.interval_ms", "must be at least 100, got %d", h.IntervalMS)
+		v.check(h.TimeoutMS >= 10 && h.TimeoutMS <= 60000, "health_check.timeout_ms", "must be between 10 and 60000, got %d", h.TimeoutMS)
+		v.check(h.Retries >= 1 && h.Retries <= 100, "health_check.retries", "must be between 1 and 100, got %d", h.Retries)
+	}
+	for _, name := range sortedKeys(m.Actions) {
+		a := m.Actions[name]
+		p := "actions." + name
+		v.check(nameRE.MatchString(name), p, "action names use lowercase letters, digits, - and _")
+		v.oneOf(p+".method", a.Method, "GET", "POST", "PUT", "PATCH", "DELETE")
+		v.check(strings.HasPrefix(a.Path, "/"), p+".path", "must start with /, got %q", a.Path)
+		v.check(a.TimeoutMS > 0, p+".timeout_ms", "must be positive")
+		v.check(w.BaseURL != "", p, "actions need workload.base_url")
+	}
+	if m.Network != nil {
+		v.oneOf("network.mode", m.Network.Mode, "bridged", "none")
+	}
+	for _, k := range sortedKeys(m.Labels) {
+		v.check(labelRE.MatchString(k), "labels."+k, "label keys use letters, digits and ._/- (at most 63)")
+		v.check(len(m.Labels[k]) <= 256, "labels."+k, "value longer than 256 characters")
+	}
+	if len(v.probs) > 0 {
+		return invalid(v.probs)
+	}
+	return nil
+}
+
+type validator struct{ probs []Problem }
+
+func (v *validator) add(field, format string, args ...any) {
+	v.probs = append(v.probs, Problem{Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) check(ok bool, field, format string, args ...any) {
+	if !ok {
+		v.add(field, format, args...)
+	}
+}
+
+func (v *validator) name(field, s string) {
+	if s == "" {
+		v.add(field, "required")
+		return
+	}
+	v.check(nameRE.MatchString(s), field, "%q: use 1-63 lowercase letters, digits, - and _, starting with a letter or digit", s)
+}
+
+func (v *validator) oneOf(field, s string, allowed ...string) {
+	for _, a := range allowed {
+		if s == a {
+			return
+		}
+	}
+	v.add(field, "must be one of %s, got %q", strings.Join(allowed, ", "), s)
+}
+
+func (v *validator) checksum(field, s string) {
+	if s != "" {
+		v.check(checksumRE.MatchString(s), field, "must be sha256:<64 hex digits>, got %q", s)
+	}
+}
+
+func (v *validator) absPath(field, p string) {
+	v.check(path.IsAbs(p), field, "must be an absolute path, got %q", p)
+}
+
+// location accepts an absolute path or a file/http/https URL.
+func (v *validator) location(field, s string) {
+	if s == "" {
+		v.add(field, "required")
+		return
+	}
+	if path.IsAbs(s) {
+		return
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		v.add(field, "not a URL: %v", err)
+		return
+	}
+	switch u.Scheme {
+	case "file":
+		v.check(path.IsAbs(u.Path), field, "file URL must carry an absolute path, got %q", s)
+	case "http", "https":
+		v.check(u.Host != "", field, "URL has no host: %q", s)
+	default:
+		v.add(field, "must be an absolute path or a file://, http:// or https:// URL, got %q", s)
+	}
+}
+
+func (v *validator) httpURL(field, s string) {
+	if s == "" {
+		v.add(field, "required for http workloads, e.g. http://127.0.0.1:8000")
+		return
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		v.add(field, "must be an http:// or https:// URL with a host, got %q", s)
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// LocalPath returns the filesystem path of an artifact location given as an
+// absolute path or a file:// URL, and false for remote URLs.
+func LocalPath(location string) (string, bool) {
+	if path.IsAbs(location) {
+		return location, true
+	}
+	u, err := url.Parse(location)
+	if err != nil || u.Scheme != "file" {
+		return "", false
+	}
+	return u.Path, true
+}

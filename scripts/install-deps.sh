@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# install-deps.sh — the Debian 12 packages Volant's builds, tests, benchmarks
+# and demo use. Idempotent; needs root. Go itself is expected at /usr/local/go
+# or on PATH (https://go.dev/dl; the module proxy must be reachable).
+set -euo pipefail
+pkgs=(
+  build-essential libsqlite3-dev pkg-config   # cgo for go-sqlite3
+  qemu-system-x86                             # the VMM that boots guests here
+  busybox-static cpio e2fsprogs xz-utils kmod # initramfs/rootfs building, kernel extraction, depmod
+  iproute2 iptables nftables                  # bridge, taps, NAT
+  systemd                                     # systemd-socket-activate, systemd-analyze
+  skopeo umoci docker-registry                # fledge tests and benchmark baselines
+  containernetworking-plugins                 # CNI host-local, the IPAM benchmark baseline
+  curl jq tmux hyperfine wrk procps psmisc    # e2e scripts, console test, benchmarks
+  nodejs npm                                  # the MCP client test (official TypeScript SDK)
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
