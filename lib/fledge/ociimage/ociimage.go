@@ -1,0 +1,431 @@
+// Package ociimage fetches a container image and unpacks its root
+// filesystem into a directory, in-process: github.com/containers/image/v5
+// reads the image from any of its transports (docker://, oci:,
+// oci-archive:, docker-archive:, dir:, …) and github.com/opencontainers/umoci
+// applies each layer, whiteouts included.
+//
+// Layers are streamed from the source straight into the directory: nothing
+// is copied into an intermediate OCI layout first, Docker-format images need
+// no conversion, and each layer is read once. Every layer's compressed
+// digest and uncompressed DiffID are verified while it streams (a mismatch
+// fails the unpack; the caller discards the directory), and the manifest and
+// config are verified by containers/image against their digests.
+//
+// Owners, device nodes and extended attributes are restored only when the
+// process runs as root (umoci's rootful mode); Unpack refuses otherwise.
+//
+// Signatures: the policy is built in code. By default every image is
+// accepted (digests are still verified); Options.PolicyPath names a
+// containers-policy.json(5) file to enforce instead.
+package ociimage
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path"
+	"regexp"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"github.com/containers/image/v5/docker"
+	"github.com/containers/image/v5/image"
+	"github.com/containers/image/v5/manifest"
+	"github.com/containers/image/v5/pkg/blobinfocache/none"
+	"github.com/containers/image/v5/pkg/compression"
+	"github.com/containers/image/v5/signature"
+	"github.com/containers/image/v5/transports"
+	"github.com/containers/image/v5/transports/alltransports"
+	"github.com/containers/image/v5/types"
+	"github.com/docker/distribution/registry/api/errcode"
+	v2 "github.com/docker/distribution/registry/api/v2"
+	"github.com/opencontainers/go-digest"
+	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/opencontainers/umoci/oci/layer"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/fledge/progress"
+)
+
+// Options tune a fetch.
+type Options struct {
+	// Insecure allows plain HTTP and unverified TLS for registries
+	// (docker://), e.g. a registry on localhost.
+	Insecure bool
+	// PolicyPath is a containers-policy.json file; "" accepts any image.
+	PolicyPath string
+	// AuthFile is a registry credentials file (auth.json); "" uses the
+	// usual locations ($REGISTRY_AUTH_FILE, ~/.docker/config.json, …).
+	AuthFile string
+	// Arch and OS choose from a multi-platform image; defaults linux and
+	// the running architecture.
+	Arch, OS string
+	// UserAgent is sent to registries.
+	UserAgent string
+	Logger    *slog.Logger
+	Progress  progress.Reporter
+}
+
+// Image is what was unpacked.
+type Image struct {
+	// Ref is the canonical transport:reference (docker://docker.io/library/nginx:alpine).
+	Ref string `json:"ref"`
+	// Digest is the manifest digest the reference resolved to (the
+	// manifest list's when the image has one).
+	Digest string `json:"digest"`
+	// InstanceDigest is the digest of the platform's manifest.
+	InstanceDigest string `json:"instance_digest"`
+	// Config is the image configuration.
+	Config ispec.Image `json:"-"`
+	// Layers is the number of layers applied; Bytes their compressed size.
+	Layers int   `json:"layers"`
+	Bytes  int64 `json:"bytes"`
+}
+
+// Canonical is the transport:reference form of ref, with docker
+// references fully qualified (docker://docker.io/library/nginx:alpine).
+func Canonical(ref types.ImageReference) string {
+	if ref.Transport().Name() == "docker" {
+		if dr := ref.DockerReference(); dr != nil {
+			return "docker://" + dr.String()
+		}
+	}
+	return transports.ImageName(ref)
+}
+
+// ParseReference parses an image reference with its transport. A reference
+// without a known transport prefix (nginx:alpine, localhost:5000/app:1)
+// means docker://.
+func ParseReference(s string) (types.ImageReference, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, apierr.New(apierr.InvalidInput, "image reference is empty")
+	}
+	name := s
+	if alltransports.TransportFromImageName(s) == nil {
+		name = "docker://" + s
+	}
+	ref, err := alltransports.ParseImageName(name)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, apierr.Wrap(apierr.NotFound, err, "image "+s+" not found")
+		}
+		return nil, apierr.Wrap(apierr.InvalidInput, err, "parsing image reference "+s).
+			With("hint", "use docker://REPO:TAG, oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE or a plain REPO:TAG")
+	}
+	return ref, nil
+}
+
+var nameClean = regexp.MustCompile(`[^a-z0-9_-]+`)
+
+// DefaultName suggests a plugin name and version for an image: the last
+// path component of its repository (or layout directory) and its tag.
+func DefaultName(ref types.ImageReference) (name, tag string) {
+	if dr := ref.DockerReference(); dr != nil {
+		name = path.Base(dr.Name())
+		if t, ok := dr.(interface{ Tag() string }); ok {
+			tag = t.Tag()
+		}
+	} else {
+		within := ref.StringWithinTransport()
+		file, t, _ := strings.Cut(within, ":")
+		name = strings.TrimSuffix(path.Base(file), path.Ext(file))
+		tag = t
+	}
+	name = strings.Trim(nameClean.ReplaceAllString(strings.ToLower(name), "-"), "-_")
+	if len(name) > 63 {
+		name = name[:63]
+	}
+	return name, tag
+}
+
+func (o *Options) sys() *types.SystemContext {
+	sys := &types.SystemContext{
+		OSChoice:           o.OS,
+		ArchitectureChoice: o.Arch,
+		AuthFilePath:       o.AuthFile,
+		DockerRegistryUserAgent: func() string {
+			if o.UserAgent != "" {
+				return o.UserAgent
+			}
+			return "volant-fledge"
+		}(),
+	}
+	if sys.OSChoice == "" {
+		sys.OSChoice = "linux"
+	}
+	if sys.ArchitectureChoice == "" {
+		sys.ArchitectureChoice = runtime.GOARCH
+	}
+	if o.Insecure {
+		sys.DockerInsecureSkipTLSVerify = types.OptionalBoolTrue
+		sys.OCIInsecureSkipTLSVerify = true
+		sys.DockerDaemonInsecureSkipTLSVerify = true
+	}
+	return sys
+}
+
+func (o *Options) policy() (*signature.PolicyContext, error) {
+	var pol *signature.Policy
+	if o.PolicyPath != "" {
+		p, err := signature.NewPolicyFromFile(o.PolicyPath)
+		if err != nil {
+			return nil, apierr.Wrap(apierr.InvalidInput, err, "reading signature policy "+o.PolicyPath)
+		}
+		pol = p
+	} else {
+		pol = &signature.Policy{Default: signature.PolicyRequirements{signature.NewPRInsecureAcceptAnything()}}
+	}
+	return signature.NewPolicyContext(pol)
+}
+
+// Unpack fetches ref and unpacks its root filesystem into rootfs, which
+// must be an empty or missing directory. On error rootfs is left in an
+// undefined state for the caller to remove.
+func Unpack(ctx context.Context, refStr, rootfs string, o Options) (*Image, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	prog := progress.Or(o.Progress)
+	if os.Geteuid() != 0 {
+		return nil, apierr.New(apierr.PermissionDenied, "unpacking an image needs root to keep its file owners, device nodes and capabilities").
+			With("hint", "run fledge as root (sudo)")
+	}
+	ref, err := ParseReference(refStr)
+	if err != nil {
+		return nil, err
+	}
+	sys := o.sys()
+	pc, err := o.policy()
+	if err != nil {
+		return nil, err
+	}
+	defer pc.Destroy()
+
+	st := prog.Step("resolve "+Canonical(ref), -1)
+	src, err := ref.NewImageSource(ctx, sys)
+	if err != nil {
+		err = sourceError(ref, err)
+		st.Done(err)
+		return nil, err
+	}
+	defer src.Close()
+	top := image.UnparsedInstance(src, nil)
+	topManifest, topType, err := top.Manifest(ctx)
+	if err != nil {
+		err = sourceError(ref, err)
+		st.Done(err)
+		return nil, err
+	}
+	topDigest, err := manifest.Digest(topManifest)
+	if err != nil {
+		st.Done(err)
+		return nil, fmt.Errorf("digesting manifest: %w", err)
+	}
+	if ok, err := pc.IsRunningImageAllowed(ctx, top); !ok || err != nil {
+		err = apierr.Wrap(apierr.PermissionDenied, err, "signature policy rejects "+Canonical(ref))
+		st.Done(err)
+		return nil, err
+	}
+	instance := top
+	instanceDigest := topDigest
+	if manifest.MIMETypeIsMultiImage(topType) {
+		list, err := manifest.ListFromBlob(topManifest, topType)
+		if err != nil {
+			st.Done(err)
+			return nil, fmt.Errorf("parsing manifest list: %w", err)
+		}
+		d, err := list.ChooseInstance(sys)
+		if err != nil {
+			err = apierr.Wrap(apierr.NotFound, err, fmt.Sprintf("%s has no image for %s/%s", Canonical(ref), sys.OSChoice, sys.ArchitectureChoice))
+			st.Done(err)
+			return nil, err
+		}
+		instance = image.UnparsedInstance(src, &d)
+		instanceDigest = d
+	}
+	img, err := image.FromUnparsedImage(ctx, sys, instance)
+	if err != nil {
+		err = fmt.Errorf("reading image %s: %w", Canonical(ref), err)
+		st.Done(err)
+		return nil, err
+	}
+	switch mt := img.ConfigInfo().MediaType; mt {
+	case "", ispec.MediaTypeImageConfig, manifest.DockerV2Schema2ConfigMediaType:
+	default:
+		err := apierr.New(apierr.InvalidInput, "%s is not a container image (its config is %s)", Canonical(ref), mt)
+		st.Done(err)
+		return nil, err
+	}
+	cfg, err := img.OCIConfig(ctx)
+	if err != nil {
+		err = fmt.Errorf("reading image config: %w", err)
+		st.Done(err)
+		return nil, err
+	}
+	if cfg.OS != "" && cfg.OS != sys.OSChoice || cfg.Architecture != "" && cfg.Architecture != sys.ArchitectureChoice {
+		err := apierr.New(apierr.InvalidInput, "%s is a %s/%s image; guests run %s/%s", Canonical(ref), cfg.OS, cfg.Architecture, sys.OSChoice, sys.ArchitectureChoice)
+		st.Done(err)
+		return nil, err
+	}
+	st.Done(nil)
+
+	out := &Image{Ref: Canonical(ref), Digest: topDigest.String(), InstanceDigest: instanceDigest.String(), Config: *cfg}
+	if err := os.MkdirAll(rootfs, 0o755); err != nil {
+		return nil, fmt.Errorf("creating rootfs: %w", err)
+	}
+	if err := os.Chmod(rootfs, 0o755); err != nil {
+		return nil, fmt.Errorf("creating rootfs: %w", err)
+	}
+	layers := img.LayerInfos()
+	diffIDs := cfg.RootFS.DiffIDs
+	checkDiffIDs := len(diffIDs) == len(layers)
+	if !checkDiffIDs {
+		log.Warn("image config lists a different number of layers than the manifest; DiffIDs not verified", "layers", len(layers), "diff_ids", len(diffIDs))
+	}
+	opts := &layer.UnpackOptions{OnDiskFormat: layer.DirRootfs{}}
+	for i, li := range layers {
+		var want digest.Digest
+		if checkDiffIDs {
+			want = diffIDs[i]
+		}
+		name := fmt.Sprintf("layer %d/%d %s", i+1, len(layers), short(li.Digest))
+		n, err := unpackLayer(ctx, src, li, want, rootfs, opts, prog.Step(name, li.Size))
+		if err != nil {
+			return nil, fmt.Errorf("%s of %s: %w", name, out.Ref, err)
+		}
+		out.Bytes += n
+		out.Layers++
+		log.Debug("layer unpacked", "digest", li.Digest, "bytes", n)
+	}
+	return out, nil
+}
+
+func unpackLayer(ctx context.Context, src types.ImageSource, li types.BlobInfo, diffID digest.Digest, rootfs string, opts *layer.UnpackOptions, st progress.Step) (n int64, err error) {
+	defer func() { st.Done(err) }()
+	if err := li.Digest.Validate(); err != nil {
+		return 0, fmt.Errorf("invalid layer digest: %w", err)
+	}
+	rc, _, err := src.GetBlob(ctx, li, none.NoCache)
+	if err != nil {
+		return 0, fmt.Errorf("fetching: %w", err)
+	}
+	defer rc.Close()
+	blobVerifier := li.Digest.Verifier()
+	counted := &countingReader{r: progress.Reader(ctxReader{ctx, rc}, st)}
+	blob := io.TeeReader(counted, blobVerifier)
+	tarStream, _, err := compression.AutoDecompress(blob)
+	if err != nil {
+		return counted.n, fmt.Errorf("decompressing: %w", err)
+	}
+	defer tarStream.Close()
+	var tarReader io.Reader = tarStream
+	differ := digest.SHA256.Digester()
+	if diffID != "" {
+		tarReader = io.TeeReader(tarStream, differ.Hash())
+	}
+	if err := layer.UnpackLayer(rootfs, tarReader, opts); err != nil {
+		if ctx.Err() != nil {
+			return counted.n, ctx.Err()
+		}
+		return counted.n, fmt.Errorf("unpacking: %w", err)
+	}
+	// Tar writers may pad past the end-of-archive marker and compressors
+	// may leave trailing bytes; read both streams to the end so the
+	// digests cover everything.
+	if _, err := io.Copy(io.Discard, tarReader); err != nil {
+		return counted.n, fmt.Errorf("reading layer: %w", err)
+	}
+	if _, err := io.Copy(io.Discard, blob); err != nil {
+		return counted.n, fmt.Errorf("reading layer: %w", err)
+	}
+	if li.Size > 0 && counted.n != li.Size {
+		return counted.n, apierr.New(apierr.ChecksumMismatch, "layer %s is %d bytes, the manifest says %d", li.Digest, counted.n, li.Size)
+	}
+	if !blobVerifier.Verified() {
+		return counted.n, apierr.New(apierr.ChecksumMismatch, "layer content does not match its digest %s", li.Digest).
+			With("digest", li.Digest.String())
+	}
+	if diffID != "" && differ.Digest() != diffID {
+		return counted.n, apierr.New(apierr.ChecksumMismatch, "uncompressed layer is %s, the image config says %s", differ.Digest(), diffID).
+			With("diff_id", diffID.String())
+	}
+	return counted.n, nil
+}
+
+func short(d digest.Digest) string {
+	s := d.String()
+	if i := strings.IndexByte(s, ':'); i >= 0 && len(s) > i+13 {
+		return s[:i+13]
+	}
+	return s
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// ctxReader stops a long copy when the context is canceled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// sourceError classifies a failure to open an image or read its manifest.
+func sourceError(ref types.ImageReference, err error) error {
+	name := Canonical(ref)
+	var (
+		coder   errcode.ErrorCoder
+		unauth  docker.ErrUnauthorizedForCredentials
+		certErr *tls.CertificateVerificationError
+		unknown x509.UnknownAuthorityError
+		host    x509.HostnameError
+		dnsErr  *net.DNSError
+	)
+	if errors.As(err, &coder) {
+		switch coder.ErrorCode() {
+		case v2.ErrorCodeManifestUnknown, v2.ErrorCodeNameUnknown, v2.ErrorCodeBlobUnknown:
+			return apierr.Wrap(apierr.NotFound, err, "image "+name+" not found")
+		case errcode.ErrorCodeUnauthorized, errcode.ErrorCodeDenied:
+			return apierr.Wrap(apierr.Unauthorized, err, "registry refused access to "+name).
+				With("hint", "log in with `skopeo login`, or set [source] auth_file")
+		}
+	}
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return apierr.Wrap(apierr.NotFound, err, "image "+name+" not found")
+	case errors.As(err, &unauth):
+		return apierr.Wrap(apierr.Unauthorized, err, "registry refused access to "+name).
+			With("hint", "log in with `skopeo login`, or set [source] auth_file")
+	case errors.As(err, &certErr), errors.As(err, &unknown), errors.As(err, &host),
+		// net/http reports a plain-HTTP answer to a TLS hello only as text.
+		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return apierr.Wrap(apierr.Unavailable, err, "cannot reach "+name+" over verified TLS").
+			With("hint", "for a plain-HTTP or self-signed registry set [source] insecure = true")
+	case errors.Is(err, syscall.ECONNREFUSED), errors.As(err, &dnsErr), errors.Is(err, os.ErrDeadlineExceeded):
+		return apierr.Wrap(apierr.Unavailable, err, "cannot reach the registry of "+name)
+	}
+	return fmt.Errorf("opening %s: %w", name, err)
+}
