@@ -152,6 +152,9 @@ func busyboxApplets(ctx context.Context, bb string) ([]string, error) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return nil, apierr.Wrap(apierr.InvalidInput, err, "asking "+bb+" for its applets (busybox --list-full)").
 			With("stderr", strings.TrimSpace(stderr.String())).
 			With("hint", "busybox must run on this host to list its applets")

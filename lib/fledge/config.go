@@ -249,7 +249,11 @@ func Parse(file string, data []byte) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, invalid(file, []Problem{{Message: fmt.Sprintf("TOML syntax error at line %d, column %d: %s", pe.Position.Line, pe.Position.Col, pe.Message)}})
+			msg := pe.Message
+			if msg == "" {
+				msg = err.Error()
+			}
+			return nil, invalid(file, []Problem{{Field: pe.LastKey, Message: fmt.Sprintf("line %d, column %d: %s", pe.Position.Line, pe.Position.Col, msg)}})
 		}
 		return nil, invalid(file, []Problem{{Message: err.Error()}})
 	}

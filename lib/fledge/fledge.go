@@ -112,6 +112,9 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	out := req.OutputDir
 	if out == "" {
 		out = "out"

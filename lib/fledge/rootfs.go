@@ -34,9 +34,13 @@ var MountPoints = []struct {
 func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 	log := req.Logger
 	st := steps{}
-	ref, err := ociimage.ParseReference(c.Source.Image)
+	image := c.imageRef()
+	ref, err := ociimage.ParseReference(image)
 	if err != nil {
-		return nil, invalid(c.File, []Problem{{Field: "source.image", Message: err.Error()}})
+		if apierr.Is(err, apierr.InvalidInput) {
+			return nil, invalid(c.File, []Problem{{Field: "source.image", Message: err.Error()}})
+		}
+		return nil, err
 	}
 	defName, tag := ociimage.DefaultName(ref)
 	name, version := c.names(defName, tag)
@@ -76,7 +80,7 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 	var img *ociimage.Image
 	err = st.time("fetch_unpack", func() error {
 		var err error
-		img, err = ociimage.Unpack(ctx, c.Source.Image, rootfs, ociimage.Options{
+		img, err = ociimage.Unpack(ctx, image, rootfs, ociimage.Options{
 			Insecure:   c.Source.Insecure,
 			PolicyPath: policy,
 			AuthFile:   auth,
@@ -182,6 +186,21 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 	}
 	res.Artifact, res.Manifest, res.SHA256 = o.artifactPath(), o.manifestPath(), sum
 	return res, nil
+}
+
+// localTransports name files or directories; relative paths in them
+// resolve against fledge.toml's folder.
+var localTransports = []string{"oci", "oci-archive", "docker-archive", "dir", "tarball", "sif"}
+
+// imageRef is [source] image with relative local paths made absolute.
+func (c *Config) imageRef() string {
+	s := strings.TrimSpace(c.Source.Image)
+	for _, t := range localTransports {
+		if within, ok := strings.CutPrefix(s, t+":"); ok && within != "" && !strings.HasPrefix(within, "/") {
+			return t + ":" + filepath.Join(c.Dir, within)
+		}
+	}
+	return s
 }
 
 // rootWriter adds files to an unpacked image without leaving it: guest
