@@ -2,7 +2,7 @@
 //
 // Synopsis:
 //
-//	fledge build [-c fledge.toml] [-o OUTDIR] [--kernel-modules DIR] [--kestrel PATH] [-q] [-v]
+//	fledge build [-c fledge.toml] [-o OUTDIR] [--kernel-modules DIR] [--kestrel PATH] [--work-dir DIR] [-q] [-v]
 //	fledge boot-initramfs [--kernel-modules DIR] [-o FILE] [--kestrel PATH] [--module NAME]...
 //	fledge version
 //
@@ -83,6 +83,7 @@ type options struct {
 		OutputDir     string `short:"o" long:"output-dir" default:"out" description:"where the artifact and manifest go"`
 		KernelModules string `long:"kernel-modules" value-name:"DIR" description:"/lib/modules/<release> of the guest kernel, for initramfs plugins"`
 		Kestrel       string `long:"kestrel" value-name:"PATH" description:"kestrel binary (overrides [agent])"`
+		WorkDir       string `long:"work-dir" value-name:"DIR" description:"where images are unpacked (default /dev/shm when the image fits, else $TMPDIR)"`
 		Quiet         bool   `short:"q" long:"quiet" description:"no progress on stderr"`
 		Verbose       bool   `short:"v" long:"verbose" description:"debug logs on stderr"`
 	} `command:"build" description:"Build the plugin fledge.toml describes"`
@@ -112,6 +113,7 @@ func run(ctx context.Context, env *cli.Env) error {
 			OutputDir:     b.OutputDir,
 			KernelModules: b.KernelModules,
 			Kestrel:       b.Kestrel,
+			WorkDir:       b.WorkDir,
 			Logger:        env.Logger(b.Verbose),
 			Progress:      reporter(env.Stderr, b.Quiet),
 		}

@@ -62,6 +62,10 @@ type Request struct {
 	KernelModules string `json:"kernel_modules,omitempty"`
 	// Kestrel overrides where kestrel comes from.
 	Kestrel string `json:"kestrel,omitempty"`
+	// WorkDir is where an image is unpacked (in a temporary directory
+	// removed afterwards); "" picks /dev/shm when the image fits in memory
+	// comfortably, else the system's temporary directory.
+	WorkDir string `json:"work_dir,omitempty"`
 	// Epoch (Unix seconds) stamps times that are not taken from the
 	// inputs (SOURCE_DATE_EPOCH); 0 uses the image's creation time, or 1.
 	Epoch int64 `json:"epoch,omitempty"`
@@ -83,6 +87,10 @@ type Result struct {
 	// Image and ImageDigest name the source image (oci_rootfs).
 	Image       string `json:"image,omitempty"`
 	ImageDigest string `json:"image_digest,omitempty"`
+	// WorkDir is where the image was unpacked; WorkTmpfs says whether it
+	// was in memory (oci_rootfs).
+	WorkDir   string `json:"work_dir,omitempty"`
+	WorkTmpfs bool   `json:"work_tmpfs,omitempty"`
 	// Filesystem describes the ext4 image (oci_rootfs).
 	Filesystem *ext4.Result `json:"filesystem,omitempty"`
 	// Entries, Applets and Modules describe an initramfs.

@@ -41,11 +41,13 @@ import (
 )
 
 const (
-	// BlockSize of the images made here.
-	BlockSize = 4096
 	// InodeSize of the images made here (room for nanosecond times and
 	// small extended attributes inside the inode).
 	InodeSize = 256
+	// SmallLimit is the size below which images get 1 KiB blocks, as
+	// mke2fs itself chooses for "small" filesystems: a tree of small files
+	// wastes less of them. Larger images get 4 KiB blocks.
+	SmallLimit = 512 << 20
 	// MinAutoBuffer is the least free space an automatically sized image
 	// gets.
 	MinAutoBuffer = 8 << 20
@@ -80,6 +82,9 @@ type Options struct {
 	// give equal UUIDs. Use something that identifies the content (an image
 	// digest and the build's inputs).
 	Seed string
+	// BlockSize is 1024 or 4096; 0 picks 1024 for images under
+	// SmallLimit and 4096 otherwise.
+	BlockSize int
 	// Epoch is the time (Unix seconds, > 0) mke2fs stamps into the
 	// superblock and new inodes; 0 uses 1.
 	Epoch int64
@@ -89,6 +94,7 @@ type Options struct {
 
 // Result describes a made image.
 type Result struct {
+	BlockSize    int    `json:"block_size"`
 	SizeBytes    int64  `json:"size_bytes"`
 	ContentBytes int64  `json:"content_bytes"`
 	FreeBytes    int64  `json:"free_bytes"`
@@ -100,21 +106,35 @@ type Result struct {
 	NormalizedInodes int `json:"normalized_inodes"`
 }
 
-// Usage is what a tree needs, measured by Measure.
+// Usage is what a tree needs, measured by Measure for both block sizes.
 type Usage struct {
-	// Blocks of file data, directories, long symlinks and xattr blocks.
-	Blocks int64
 	// Inodes used by the tree (hard links count once), the root included.
 	Inodes int64
 	// Files, Dirs, Symlinks, Others count entries by kind.
 	Files, Dirs, Symlinks, Others int64
+
+	blocks1k, blocks4k int64
 }
 
-// Bytes is the content size in bytes.
-func (u Usage) Bytes() int64 { return u.Blocks * BlockSize }
+// Blocks is the number of bs-sized blocks of file data, directories, long
+// symlinks and xattr blocks.
+func (u Usage) Blocks(bs int) int64 {
+	if bs == 1024 {
+		return u.blocks1k
+	}
+	return u.blocks4k
+}
+
+// Bytes is the content size in bytes with bs-sized blocks.
+func (u Usage) Bytes(bs int) int64 { return u.Blocks(bs) * int64(bs) }
+
+func (u *Usage) add(bytes int64) {
+	u.blocks1k += blocks(bytes, 1024)
+	u.blocks4k += blocks(bytes, 4096)
+}
 
 // Measure walks dir (without following symlinks) and adds up what its
-// content needs on an ext4 filesystem with 4 KiB blocks.
+// content needs on ext4 with 1 KiB and with 4 KiB blocks.
 func Measure(dir string) (Usage, error) {
 	var u Usage
 	seen := map[[2]uint64]bool{}
@@ -147,12 +167,11 @@ func Measure(dir string) (Usage, error) {
 		switch {
 		case info.Mode().IsRegular():
 			u.Files++
-			u.Blocks += blocks(info.Size())
-			// One extent maps at most 32768 blocks and the inode holds
-			// four; beyond that an extent tree block is needed.
-			if b := blocks(info.Size()); b > 4*32768 {
-				u.Blocks += 1 + b/(32768*340)
-			}
+			u.add(info.Size())
+			// An extent maps at most 32768 blocks and the inode holds
+			// four; beyond that extent tree blocks are needed.
+			u.blocks1k += extentBlocks(blocks(info.Size(), 1024))
+			u.blocks4k += extentBlocks(blocks(info.Size(), 4096))
 		case info.IsDir():
 			u.Dirs++
 			dirBytes[p] += 12 + 12 // "." and ".."
@@ -160,7 +179,7 @@ func Measure(dir string) (Usage, error) {
 			u.Symlinks++
 			// Targets shorter than 60 bytes live in the inode.
 			if info.Size() >= 60 {
-				u.Blocks++
+				u.add(1)
 			}
 		default:
 			u.Others++
@@ -171,7 +190,7 @@ func Measure(dir string) (Usage, error) {
 		}
 		// About 100 bytes fit in a 256-byte inode; more take a block.
 		if x > 96 {
-			u.Blocks += blocks(x)
+			u.add(x)
 		}
 		return nil
 	})
@@ -181,16 +200,31 @@ func Measure(dir string) (Usage, error) {
 	for _, n := range dirBytes {
 		// 12 bytes of each block hold the checksum tail; a directory of
 		// more than one block gets an htree index block.
-		b := (n + BlockSize - 12 - 1) / (BlockSize - 12)
-		if b > 1 {
-			b++
+		for _, bs := range []int64{1024, 4096} {
+			b := (n + bs - 12 - 1) / (bs - 12)
+			if b > 1 {
+				b += 1 + b/(bs/8) // index root, and index blocks for huge dirs
+			}
+			if bs == 1024 {
+				u.blocks1k += b
+			} else {
+				u.blocks4k += b
+			}
 		}
-		u.Blocks += b
 	}
 	return u, nil
 }
 
-func blocks(n int64) int64 { return (n + BlockSize - 1) / BlockSize }
+func blocks(n, bs int64) int64 { return (n + bs - 1) / bs }
+
+// extentBlocks is the extent tree blocks a file of n blocks needs when its
+// extents are contiguous runs of at most 32768 blocks.
+func extentBlocks(n int64) int64 {
+	if n <= 4*32768 {
+		return 0
+	}
+	return 1 + n/(32768*340)
+}
 
 // xattrBytes is the on-disk size of p's extended attributes (entry headers,
 // names and values, padded).
@@ -248,26 +282,31 @@ func journalBlocks(n int64) int64 {
 	return 262144
 }
 
-// overheadBlocks estimates the metadata of an n-block filesystem with the
-// given inode count: per-group bitmaps and inode tables, superblock and
-// descriptor backups (sparse_super), reserved GDT blocks, the journal, the
-// root directory and lost+found.
-func overheadBlocks(n, inodes int64) int64 {
-	const perGroup = 8 * BlockSize // blocks per group
+// overheadBlocks estimates the metadata of an n-block filesystem with
+// block size bs and the given inode count: per-group bitmaps and inode
+// tables, superblock and descriptor backups (sparse_super), reserved GDT
+// blocks, the journal, the root directory and lost+found.
+func overheadBlocks(n, inodes, bs int64) int64 {
+	perGroup := 8 * bs // blocks per group
 	groups := (n + perGroup - 1) / perGroup
-	descPerBlock := int64(BlockSize / 64)
+	descPerBlock := bs / 64
 	gdt := (groups + descPerBlock - 1) / descPerBlock
 	// Reserved GDT blocks let the filesystem grow 1024-fold (capped).
 	rsv := ((min(n*1024, 1<<32)+perGroup-1)/perGroup + descPerBlock - 1) / descPerBlock
-	rsv = min(max(rsv-gdt, 0), BlockSize/4)
+	rsv = min(max(rsv-gdt, 0), bs/4)
 	backups := int64(0)
 	for g := int64(0); g < groups; g++ {
 		if hasSuperBackup(g) {
 			backups++
 		}
 	}
-	itable := (inodes*InodeSize + BlockSize - 1) / BlockSize
-	return groups*2 + itable + backups*(1+gdt+rsv) + journalBlocks(n) + 1 /* resize inode */ + 4 /* lost+found */ + 1 /* root */
+	itable := (inodes*InodeSize + bs - 1) / bs
+	lostFound := max(16384/bs, 2)
+	first := int64(0)
+	if bs == 1024 {
+		first = 1 // block 0 holds the boot sector
+	}
+	return first + groups*2 + itable + backups*(1+gdt+rsv) + journalBlocks(n) + 1 /* resize inode */ + lostFound + 1 /* root */
 }
 
 func hasSuperBackup(g int64) bool {
@@ -288,26 +327,39 @@ func hasSuperBackup(g int64) bool {
 
 // Plan is the geometry chosen for a tree.
 type Plan struct {
-	Blocks int64
-	Inodes int64
+	BlockSize int
+	Blocks    int64
+	Inodes    int64
 }
 
-// PlanFor sizes an image for u with free bytes of free space.
-func PlanFor(u Usage, free int64) Plan {
+// Bytes is the planned image size.
+func (p Plan) Bytes() int64 { return p.Blocks * int64(p.BlockSize) }
+
+// PlanFor sizes an image for u with free bytes of free space, with block
+// size bs (0: 1024 when the image stays under SmallLimit, else 4096).
+func PlanFor(u Usage, free int64, bs int) Plan {
+	if bs == 0 {
+		if p := PlanFor(u, free, 1024); p.Bytes() < SmallLimit {
+			return p
+		}
+		return PlanFor(u, free, 4096)
+	}
+	b := int64(bs)
 	inodes := u.Inodes + u.Inodes/10 + 64
-	want := u.Blocks + blocks(free)
+	want := u.Blocks(bs) + blocks(free, b)
 	n := want
 	// The overhead depends on the size; iterate to a fixed point.
 	for i := 0; i < 8; i++ {
-		next := want + overheadBlocks(n, inodes)
+		next := want + overheadBlocks(n, inodes, b)
 		if next <= n {
 			break
 		}
 		n = next
 	}
 	// Round up to a whole MiB.
-	n = (n + 255) &^ 255
-	return Plan{Blocks: n, Inodes: inodes}
+	perMiB := (1 << 20) / b
+	n = (n + perMiB - 1) / perMiB * perMiB
+	return Plan{BlockSize: bs, Blocks: n, Inodes: inodes}
 }
 
 // AutoFree is the automatic free space for content of the given size.
@@ -329,9 +381,13 @@ func Make(ctx context.Context, dir, image string, o Options) (*Result, error) {
 	}
 	free := o.FreeBytes
 	if free <= 0 {
-		free = AutoFree(u.Bytes())
+		free = AutoFree(u.Bytes(4096))
 	}
-	plan := PlanFor(u, free)
+	if o.BlockSize != 0 && o.BlockSize != 1024 && o.BlockSize != 4096 {
+		return nil, fmt.Errorf("ext4: block size %d is not 1024 or 4096", o.BlockSize)
+	}
+	plan := PlanFor(u, free, o.BlockSize)
+	bs := int64(plan.BlockSize)
 	epoch := o.Epoch
 	if epoch <= 0 {
 		epoch = 1
@@ -352,15 +408,15 @@ func Make(ctx context.Context, dir, image string, o Options) (*Result, error) {
 		return nil, fmt.Errorf("writing mke2fs configuration: %w", err)
 	}
 
-	res := &Result{ContentBytes: u.Bytes(), UUID: uuid}
+	res := &Result{BlockSize: plan.BlockSize, ContentBytes: u.Bytes(plan.BlockSize), UUID: uuid}
 	for attempt := 1; ; attempt++ {
 		res.Attempts = attempt
-		log.Debug("mkfs.ext4", "attempt", attempt, "blocks", plan.Blocks, "inodes", plan.Inodes, "content_blocks", u.Blocks)
+		log.Debug("mkfs.ext4", "attempt", attempt, "block_size", bs, "blocks", plan.Blocks, "inodes", plan.Inodes, "content_blocks", u.Blocks(plan.BlockSize))
 		if err := os.Remove(image); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("removing %s: %w", image, err)
 		}
 		args := []string{
-			"-q", "-F", "-t", "ext4", "-b", strconv.Itoa(BlockSize), "-I", strconv.Itoa(InodeSize),
+			"-q", "-F", "-t", "ext4", "-b", strconv.Itoa(plan.BlockSize), "-I", strconv.Itoa(InodeSize),
 			"-N", strconv.FormatInt(plan.Inodes, 10), "-m", "0",
 			"-U", uuid, "-E", "hash_seed=" + hashSeed + ",root_owner=0:0",
 			"-d", dir,
@@ -368,7 +424,7 @@ func Make(ctx context.Context, dir, image string, o Options) (*Result, error) {
 		if o.Label != "" {
 			args = append(args, "-L", o.Label)
 		}
-		args = append(args, image, strconv.FormatInt(plan.Blocks*(BlockSize/1024), 10)+"k")
+		args = append(args, image, strconv.FormatInt(plan.Bytes()/1024, 10)+"k")
 		cmd := exec.CommandContext(ctx, mkfs, args...)
 		cmd.Env = append(os.Environ(), "MKE2FS_CONFIG="+conf.Name(), "E2FSPROGS_FAKE_TIME="+strconv.FormatInt(epoch, 10))
 		out, err := cmd.CombinedOutput()
@@ -378,7 +434,7 @@ func Make(ctx context.Context, dir, image string, o Options) (*Result, error) {
 		if err != nil {
 			msg := strings.TrimSpace(string(out))
 			if noSpace(msg) && attempt < maxAttempts {
-				plan.Blocks += plan.Blocks/8 + 256
+				plan.Blocks += plan.Blocks/8 + (1<<20)/bs
 				plan.Inodes += plan.Inodes / 8
 				continue
 			}
@@ -388,9 +444,9 @@ func Make(ctx context.Context, dir, image string, o Options) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		if int64(sb.FreeBlocks)*BlockSize < free*9/10 && attempt < maxAttempts {
+		if int64(sb.FreeBlocks)*bs < free*9/10 && attempt < maxAttempts {
 			// Our estimate was short: grow by what is missing.
-			plan.Blocks += blocks(free-int64(sb.FreeBlocks)*BlockSize) + 256
+			plan.Blocks += blocks(free-int64(sb.FreeBlocks)*bs, bs) + (1<<20)/bs
 			continue
 		}
 		n, err := Normalize(image)
@@ -398,8 +454,8 @@ func Make(ctx context.Context, dir, image string, o Options) (*Result, error) {
 			return nil, err
 		}
 		res.NormalizedInodes = n
-		res.SizeBytes = int64(sb.BlocksCount) * BlockSize
-		res.FreeBytes = int64(sb.FreeBlocks) * BlockSize
+		res.SizeBytes = int64(sb.BlocksCount) * bs
+		res.FreeBytes = int64(sb.FreeBlocks) * bs
 		res.Inodes = sb.InodesCount
 		res.FreeInodes = sb.FreeInodes
 		return res, nil

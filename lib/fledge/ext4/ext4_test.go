@@ -56,16 +56,29 @@ func TestUUIDFromIsStableAndDistinct(t *testing.T) {
 }
 
 func TestPlanCoversContentAndFree(t *testing.T) {
-	u := Usage{Blocks: 10000, Inodes: 3000}
-	p := PlanFor(u, 8<<20)
-	if p.Blocks < u.Blocks+2048+1024 {
-		t.Fatalf("plan %+v too small for %+v", p, u)
+	u := Usage{Inodes: 3000, blocks1k: 40000, blocks4k: 10000}
+	for _, bs := range []int{1024, 4096} {
+		p := PlanFor(u, 8<<20, bs)
+		if p.BlockSize != bs || p.Bytes() < u.Bytes(bs)+8<<20+4<<20 {
+			t.Fatalf("plan %+v too small for %+v", p, u)
+		}
+		if p.Inodes < 3000 {
+			t.Fatalf("plan inodes %d", p.Inodes)
+		}
+		if p.Bytes()%(1<<20) != 0 {
+			t.Fatalf("plan not MiB-aligned: %d", p.Bytes())
+		}
 	}
-	if p.Inodes < 3000 {
-		t.Fatalf("plan inodes %d", p.Inodes)
+}
+
+func TestPlanPicksBlockSizeLikeMke2fs(t *testing.T) {
+	small := Usage{Inodes: 3000, blocks1k: 40000, blocks4k: 10000}
+	if p := PlanFor(small, 8<<20, 0); p.BlockSize != 1024 {
+		t.Fatalf("small image got %d-byte blocks", p.BlockSize)
 	}
-	if p.Blocks%256 != 0 {
-		t.Fatalf("plan not MiB-aligned: %d", p.Blocks)
+	big := Usage{Inodes: 30000, blocks1k: 600 << 10, blocks4k: 150 << 10}
+	if p := PlanFor(big, 8<<20, 0); p.BlockSize != 4096 || p.Bytes() < SmallLimit {
+		t.Fatalf("big image plan %+v", p)
 	}
 }
 
@@ -156,9 +169,15 @@ func fsck(t *testing.T, image string) {
 }
 
 func TestMakeIsCleanTightAndReproducible(t *testing.T) {
+	for _, bs := range []int{0, 4096} {
+		t.Run(strconv.Itoa(bs), func(t *testing.T) { testMake(t, bs) })
+	}
+}
+
+func testMake(t *testing.T, bs int) {
 	needTools(t)
 	root := os.Geteuid() == 0
-	o := Options{Seed: "test", Epoch: 1700000000, Label: "fledge-test"}
+	o := Options{Seed: "test", Epoch: 1700000000, Label: "fledge-test", BlockSize: bs}
 	one := filepath.Join(t.TempDir(), "one.img")
 	dir1 := tree(t, root)
 	r1, err := Make(context.Background(), dir1, one, o)
@@ -176,6 +195,9 @@ func TestMakeIsCleanTightAndReproducible(t *testing.T) {
 	}
 	if r1.NormalizedInodes == 0 {
 		t.Fatal("no inode was normalized")
+	}
+	if want := map[int]int{0: 1024, 4096: 4096}[bs]; r1.BlockSize != want {
+		t.Fatalf("block size %d, want %d", r1.BlockSize, want)
 	}
 
 	ls := debugfs(t, one, "ls -l /usr/bin")

@@ -186,10 +186,41 @@ func (o *Options) policy() (*signature.PolicyContext, error) {
 	return signature.NewPolicyContext(pol)
 }
 
-// Unpack fetches ref and unpacks its root filesystem into rootfs, which
-// must be an empty or missing directory. On error rootfs is left in an
-// undefined state for the caller to remove.
-func Unpack(ctx context.Context, refStr, rootfs string, o Options) (*Image, error) {
+// Source is an image resolved for unpacking: its manifest and config have
+// been read and verified and the signature policy has accepted it.
+type Source struct {
+	Image *Image
+	// CompressedBytes is the sum of the layers' sizes as the manifest
+	// gives them (-1 when some are unknown).
+	CompressedBytes int64
+
+	src    types.ImageSource
+	layers []types.BlobInfo
+	log    *slog.Logger
+	prog   progress.Reporter
+}
+
+// Close releases the source.
+func (s *Source) Close() error { return s.src.Close() }
+
+// Unpack fetches ref and unpacks its root filesystem into rootfs (Open,
+// then Source.Unpack).
+func Unpack(ctx context.Context, ref, rootfs string, o Options) (*Image, error) {
+	s, err := Open(ctx, ref, o)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	if err := s.Unpack(ctx, rootfs); err != nil {
+		return nil, err
+	}
+	return s.Image, nil
+}
+
+// Open resolves ref: reads and verifies its manifest (choosing the
+// platform's image from a list) and config, and applies the signature
+// policy. Unpacking needs root, so Open refuses without it.
+func Open(ctx context.Context, refStr string, o Options) (_ *Source, err error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -211,85 +242,91 @@ func Unpack(ctx context.Context, refStr, rootfs string, o Options) (*Image, erro
 	defer pc.Destroy()
 
 	st := prog.Step("resolve "+Canonical(ref), -1)
+	defer func() { st.Done(err) }()
 	src, err := ref.NewImageSource(ctx, sys)
 	if err != nil {
-		err = sourceError(ref, err)
-		st.Done(err)
-		return nil, err
+		return nil, sourceError(ref, err)
 	}
-	defer src.Close()
+	defer func() {
+		if err != nil {
+			src.Close()
+		}
+	}()
 	top := image.UnparsedInstance(src, nil)
 	topManifest, topType, err := top.Manifest(ctx)
 	if err != nil {
-		err = sourceError(ref, err)
-		st.Done(err)
-		return nil, err
+		return nil, sourceError(ref, err)
 	}
 	topDigest, err := manifest.Digest(topManifest)
 	if err != nil {
-		st.Done(err)
 		return nil, fmt.Errorf("digesting manifest: %w", err)
 	}
 	if ok, err := pc.IsRunningImageAllowed(ctx, top); !ok || err != nil {
-		err = apierr.Wrap(apierr.PermissionDenied, err, "signature policy rejects "+Canonical(ref))
-		st.Done(err)
-		return nil, err
+		return nil, apierr.Wrap(apierr.PermissionDenied, err, "signature policy rejects "+Canonical(ref))
 	}
 	instance := top
 	instanceDigest := topDigest
 	if manifest.MIMETypeIsMultiImage(topType) {
 		list, err := manifest.ListFromBlob(topManifest, topType)
 		if err != nil {
-			st.Done(err)
 			return nil, fmt.Errorf("parsing manifest list: %w", err)
 		}
 		d, err := list.ChooseInstance(sys)
 		if err != nil {
-			err = apierr.Wrap(apierr.NotFound, err, fmt.Sprintf("%s has no image for %s/%s", Canonical(ref), sys.OSChoice, sys.ArchitectureChoice))
-			st.Done(err)
-			return nil, err
+			return nil, apierr.Wrap(apierr.NotFound, err, fmt.Sprintf("%s has no image for %s/%s", Canonical(ref), sys.OSChoice, sys.ArchitectureChoice))
 		}
 		instance = image.UnparsedInstance(src, &d)
 		instanceDigest = d
 	}
 	img, err := image.FromUnparsedImage(ctx, sys, instance)
 	if err != nil {
-		err = fmt.Errorf("reading image %s: %w", Canonical(ref), err)
-		st.Done(err)
-		return nil, err
+		return nil, fmt.Errorf("reading image %s: %w", Canonical(ref), err)
 	}
 	switch mt := img.ConfigInfo().MediaType; mt {
 	case "", ispec.MediaTypeImageConfig, manifest.DockerV2Schema2ConfigMediaType:
 	default:
-		err := apierr.New(apierr.InvalidInput, "%s is not a container image (its config is %s)", Canonical(ref), mt)
-		st.Done(err)
-		return nil, err
+		return nil, apierr.New(apierr.InvalidInput, "%s is not a container image (its config is %s)", Canonical(ref), mt)
 	}
 	cfg, err := img.OCIConfig(ctx)
 	if err != nil {
-		err = fmt.Errorf("reading image config: %w", err)
-		st.Done(err)
-		return nil, err
+		return nil, fmt.Errorf("reading image config: %w", err)
 	}
 	if cfg.OS != "" && cfg.OS != sys.OSChoice || cfg.Architecture != "" && cfg.Architecture != sys.ArchitectureChoice {
-		err := apierr.New(apierr.InvalidInput, "%s is a %s/%s image; guests run %s/%s", Canonical(ref), cfg.OS, cfg.Architecture, sys.OSChoice, sys.ArchitectureChoice)
-		st.Done(err)
-		return nil, err
+		return nil, apierr.New(apierr.InvalidInput, "%s is a %s/%s image; guests run %s/%s", Canonical(ref), cfg.OS, cfg.Architecture, sys.OSChoice, sys.ArchitectureChoice)
 	}
-	st.Done(nil)
+	s := &Source{
+		Image:  &Image{Ref: Canonical(ref), Digest: topDigest.String(), InstanceDigest: instanceDigest.String(), Config: *cfg},
+		src:    src,
+		layers: img.LayerInfos(),
+		log:    log,
+		prog:   prog,
+	}
+	for _, l := range s.layers {
+		if l.Size < 0 {
+			s.CompressedBytes = -1
+			break
+		}
+		s.CompressedBytes += l.Size
+	}
+	return s, nil
+}
 
-	out := &Image{Ref: Canonical(ref), Digest: topDigest.String(), InstanceDigest: instanceDigest.String(), Config: *cfg}
+// Unpack applies the image's layers to rootfs, which must be an empty or
+// missing directory. On error rootfs is left in an undefined state for the
+// caller to remove.
+func (s *Source) Unpack(ctx context.Context, rootfs string) error {
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {
-		return nil, fmt.Errorf("creating rootfs: %w", err)
+		return fmt.Errorf("creating rootfs: %w", err)
 	}
 	if err := os.Chmod(rootfs, 0o755); err != nil {
-		return nil, fmt.Errorf("creating rootfs: %w", err)
+		return fmt.Errorf("creating rootfs: %w", err)
 	}
-	layers := img.LayerInfos()
-	diffIDs := cfg.RootFS.DiffIDs
+	out := s.Image
+	layers := s.layers
+	diffIDs := out.Config.RootFS.DiffIDs
 	checkDiffIDs := len(diffIDs) == len(layers)
 	if !checkDiffIDs {
-		log.Warn("image config lists a different number of layers than the manifest; DiffIDs not verified", "layers", len(layers), "diff_ids", len(diffIDs))
+		s.log.Warn("image config lists a different number of layers than the manifest; DiffIDs not verified", "layers", len(layers), "diff_ids", len(diffIDs))
 	}
 	opts := &layer.UnpackOptions{OnDiskFormat: layer.DirRootfs{}}
 	for i, li := range layers {
@@ -298,15 +335,15 @@ func Unpack(ctx context.Context, refStr, rootfs string, o Options) (*Image, erro
 			want = diffIDs[i]
 		}
 		name := fmt.Sprintf("layer %d/%d %s", i+1, len(layers), short(li.Digest))
-		n, err := unpackLayer(ctx, src, li, want, rootfs, opts, prog.Step(name, li.Size))
+		n, err := unpackLayer(ctx, s.src, li, want, rootfs, opts, s.prog.Step(name, li.Size))
 		if err != nil {
-			return nil, fmt.Errorf("%s of %s: %w", name, out.Ref, err)
+			return fmt.Errorf("%s of %s: %w", name, out.Ref, err)
 		}
 		out.Bytes += n
 		out.Layers++
-		log.Debug("layer unpacked", "digest", li.Digest, "bytes", n)
+		s.log.Debug("layer unpacked", "digest", li.Digest, "bytes", n)
 	}
-	return out, nil
+	return nil
 }
 
 func unpackLayer(ctx context.Context, src types.ImageSource, li types.BlobInfo, diffID digest.Digest, rootfs string, opts *layer.UnpackOptions, st progress.Step) (n int64, err error) {
