@@ -77,7 +77,12 @@ umoci gc --layout "$layout"
 image_bytes=$(du -sb "$layout" | cut -f1)
 
 # --- a registry on loopback ---
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])' 2>/dev/null || echo 45123)
+port=
+for _ in $(seq 20); do
+	p=$(shuf -i 20000-60000 -n 1)
+	if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
+done
+[[ -n $port ]] || die "no free loopback port"
 cat >"$work/registry.yml" <<EOF
 version: 0.1
 log:

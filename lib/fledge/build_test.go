@@ -736,3 +736,30 @@ func TestBuildRootfsRefusesMappingOverKestrel(t *testing.T) {
 		t.Fatalf("failed build left %v", l)
 	}
 }
+
+// The example projects under examples/fledge parse, and the initramfs ones
+// build.
+func TestExamples(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/fledge/*/fledge.toml")
+	if len(files) < 3 {
+		t.Fatalf("examples not found: %v", files)
+	}
+	for _, f := range files {
+		c, err := Load(f)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if c.Strategy != StrategyInitramfs {
+			continue
+		}
+		needBusybox(t)
+		out := t.TempDir()
+		res, err := Build(context.Background(), Request{Config: f, OutputDir: out, Kestrel: standIn})
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		readManifest(t, res.Manifest)
+	}
+}
