@@ -38,7 +38,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
@@ -87,6 +86,8 @@ type Result struct {
 	// Image and ImageDigest name the source image (oci_rootfs).
 	Image       string `json:"image,omitempty"`
 	ImageDigest string `json:"image_digest,omitempty"`
+	// SignaturePolicy is where the policy that accepted the image came from.
+	SignaturePolicy string `json:"signature_policy,omitempty"`
 	// WorkDir is where the image was unpacked; WorkTmpfs says whether it
 	// was in memory (oci_rootfs).
 	WorkDir   string `json:"work_dir,omitempty"`
@@ -339,6 +340,3 @@ func modulesError(dir string, err error) error {
 	}
 	return fmt.Errorf("adding kernel modules from %s: %w", dir, err)
 }
-
-// trimSHA drops a "sha256:" prefix.
-func trimSHA(s string) string { return strings.TrimPrefix(s, "sha256:") }

@@ -136,10 +136,9 @@ func manifestError(c *Config, err error) error {
 	out := make([]Problem, len(probs))
 	for i, p := range probs {
 		f := p.Field
-		switch {
-		case f == "name" || f == "version" || f == "runtime" || f == "openapi" || f == "enabled":
+		switch f {
+		case "name", "version", "runtime", "openapi", "enabled":
 			f = "plugin." + f
-		case f == "":
 		}
 		out[i] = Problem{Field: f, Message: p.Message}
 	}

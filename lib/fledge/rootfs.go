@@ -100,7 +100,7 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 	if err := st.time("fetch_unpack", func() error { return src.Unpack(ctx, rootfs) }); err != nil {
 		return nil, err
 	}
-	res.Image, res.ImageDigest = img.Ref, img.Digest
+	res.Image, res.ImageDigest, res.SignaturePolicy = img.Ref, img.Digest, img.Policy
 	log.Debug("image unpacked", "ref", img.Ref, "digest", img.Digest, "layers", img.Layers, "bytes", img.Bytes)
 
 	epoch := req.Epoch

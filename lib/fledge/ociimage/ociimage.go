@@ -14,9 +14,10 @@
 // Owners, device nodes and extended attributes are restored only when the
 // process runs as root (umoci's rootful mode); Unpack refuses otherwise.
 //
-// Signatures: the policy is built in code. By default every image is
-// accepted (digests are still verified); Options.PolicyPath names a
-// containers-policy.json(5) file to enforce instead.
+// Signatures: Options.PolicyPath names a containers-policy.json(5) file to
+// enforce; without it the host's policy.json applies when there is one (as
+// for skopeo and podman), else a policy built in code that accepts any
+// image (digests are verified all the same).
 package ociimage
 
 import (
@@ -30,6 +31,7 @@ import (
 	"net"
 	"os"
 	"path"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
@@ -82,6 +84,8 @@ type Image struct {
 	Digest string `json:"digest"`
 	// InstanceDigest is the digest of the platform's manifest.
 	InstanceDigest string `json:"instance_digest"`
+	// Policy is where the signature policy that accepted it came from.
+	Policy string `json:"policy"`
 	// Config is the image configuration.
 	Config ispec.Image `json:"-"`
 	// Layers is the number of layers applied; Bytes their compressed size.
@@ -172,18 +176,49 @@ func (o *Options) sys() *types.SystemContext {
 	return sys
 }
 
-func (o *Options) policy() (*signature.PolicyContext, error) {
-	var pol *signature.Policy
-	if o.PolicyPath != "" {
-		p, err := signature.NewPolicyFromFile(o.PolicyPath)
-		if err != nil {
-			return nil, apierr.Wrap(apierr.InvalidInput, err, "reading signature policy "+o.PolicyPath)
-		}
-		pol = p
-	} else {
+// BuiltinPolicy names the policy used when neither PolicyPath nor a
+// host policy.json exists: accept any image (digests are still verified).
+const BuiltinPolicy = "built-in: accept any image"
+
+// policy builds the signature policy: PolicyPath when set; else the host's
+// containers policy (~/.config/containers/policy.json or
+// /etc/containers/policy.json) when there is one, as skopeo and podman
+// enforce it; else BuiltinPolicy. It returns the policy's source.
+func (o *Options) policy(sys *types.SystemContext) (*signature.PolicyContext, string, error) {
+	var (
+		pol *signature.Policy
+		src string
+		err error
+	)
+	switch {
+	case o.PolicyPath != "":
+		src = o.PolicyPath
+		pol, err = signature.NewPolicyFromFile(o.PolicyPath)
+	case hostPolicyExists():
+		src = "host policy.json"
+		pol, err = signature.DefaultPolicy(sys)
+	default:
+		src = BuiltinPolicy
 		pol = &signature.Policy{Default: signature.PolicyRequirements{signature.NewPRInsecureAcceptAnything()}}
 	}
-	return signature.NewPolicyContext(pol)
+	if err != nil {
+		return nil, src, apierr.Wrap(apierr.InvalidInput, err, "reading signature policy "+src)
+	}
+	pc, err := signature.NewPolicyContext(pol)
+	return pc, src, err
+}
+
+func hostPolicyExists() bool {
+	paths := []string{"/etc/containers/policy.json"}
+	if home, err := os.UserHomeDir(); err == nil {
+		paths = append(paths, filepath.Join(home, ".config/containers/policy.json"))
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Source is an image resolved for unpacking: its manifest and config have
@@ -235,7 +270,7 @@ func Open(ctx context.Context, refStr string, o Options) (_ *Source, err error) 
 		return nil, err
 	}
 	sys := o.sys()
-	pc, err := o.policy()
+	pc, policySrc, err := o.policy(sys)
 	if err != nil {
 		return nil, err
 	}
@@ -262,7 +297,7 @@ func Open(ctx context.Context, refStr string, o Options) (_ *Source, err error) 
 		return nil, fmt.Errorf("digesting manifest: %w", err)
 	}
 	if ok, err := pc.IsRunningImageAllowed(ctx, top); !ok || err != nil {
-		return nil, apierr.Wrap(apierr.PermissionDenied, err, "signature policy rejects "+Canonical(ref))
+		return nil, apierr.Wrap(apierr.PermissionDenied, err, "signature policy rejects "+Canonical(ref)).With("policy", policySrc)
 	}
 	instance := top
 	instanceDigest := topDigest
@@ -295,7 +330,7 @@ func Open(ctx context.Context, refStr string, o Options) (_ *Source, err error) 
 		return nil, apierr.New(apierr.InvalidInput, "%s is a %s/%s image; guests run %s/%s", Canonical(ref), cfg.OS, cfg.Architecture, sys.OSChoice, sys.ArchitectureChoice)
 	}
 	s := &Source{
-		Image:  &Image{Ref: Canonical(ref), Digest: topDigest.String(), InstanceDigest: instanceDigest.String(), Config: *cfg},
+		Image:  &Image{Ref: Canonical(ref), Digest: topDigest.String(), InstanceDigest: instanceDigest.String(), Policy: policySrc, Config: *cfg},
 		src:    src,
 		layers: img.LayerInfos(),
 		log:    log,
