@@ -312,3 +312,31 @@ func TestResolveUser(t *testing.T) {
 		}
 	}
 }
+
+func TestScratchDir(t *testing.T) {
+	given := t.TempDir()
+	d, _, err := scratch(given, 1)
+	if err != nil || filepath.Dir(d) != given {
+		t.Fatalf("--work-dir not used: %s %v", d, err)
+	}
+	os.RemoveAll(d)
+	// Far too big for memory: the system's temporary directory.
+	d, _, err = scratch("", 1<<50)
+	if err != nil || filepath.Dir(d) != filepath.Clean(os.TempDir()) {
+		t.Fatalf("huge image unpacked in %s (%v)", d, err)
+	}
+	os.RemoveAll(d)
+	// Unknown size: never tmpfs.
+	d, _, err = scratch("", -1)
+	if err != nil || strings.HasPrefix(d, "/dev/shm/") {
+		t.Fatalf("unknown size unpacked in %s (%v)", d, err)
+	}
+	os.RemoveAll(d)
+	if tmpfsFits("/dev/shm", 1<<20) {
+		d, tmpfs, err := scratch("", 1<<20)
+		if err != nil || !tmpfs || !strings.HasPrefix(d, "/dev/shm/fledge-") {
+			t.Fatalf("small image not unpacked in /dev/shm: %s %v %v", d, tmpfs, err)
+		}
+		os.RemoveAll(d)
+	}
+}
