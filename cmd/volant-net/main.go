@@ -86,10 +86,12 @@
 // --mac is the guest NIC's MAC (give the same one to the VMM). The tap
 // itself takes the guest's MAC with the first byte replaced by fe (fa if it
 // already is fe): it must differ, or the bridge would keep the guest's
-// frames for itself. With --mac and --ip, tap add also adds a permanent
-// neighbour entry for the guest on the bridge, so the host reaches the guest
-// without waiting for ARP; tap del removes it. --owner and --group let an
-// unprivileged VMM open the tap.
+// frames for itself. --ip must lie in the bridge's subnet; with --mac and
+// --ip, tap add also adds a permanent neighbour entry for the guest on the
+// bridge, so the host reaches the guest without waiting for ARP; tap del
+// removes it. --owner and --group let an unprivileged VMM open the tap.
+// --mtu sets the tap's MTU; a Linux bridge follows its smallest port, so a
+// smaller tap MTU lowers the bridge's while the tap is attached.
 //
 // tap add accepts the result of `volant-ipam lease` on stdin (kind
 // ipam.lease; it reads "vm", "ip" and "mac"), and passes the lease on in its
@@ -274,6 +276,14 @@ type versionResult struct {
 }
 
 func run(ctx context.Context, env *cli.Env) error {
+	err := runVerb(ctx, env)
+	if err != nil && apierr.CodeOf(err) == apierr.PermissionDenied {
+		return apierr.From(err).With("hint", "volant-net needs root (CAP_NET_ADMIN in its network namespace)")
+	}
+	return err
+}
+
+func runVerb(ctx context.Context, env *cli.Env) error {
 	var o options
 	verb, _, err := cli.Parse(env, "volant-net", &o)
 	if err != nil {

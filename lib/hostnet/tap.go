@@ -31,15 +31,17 @@ type TapConfig struct {
 	// MAC is the guest NIC's MAC (what the VMM gives the guest). The tap
 	// itself gets TapMAC(MAC); without a MAC the kernel picks a random one.
 	MAC string `json:"mac,omitempty"`
-	// IP is the guest's address. With MAC, AddTap adds a permanent
-	// neighbour entry for it on the bridge, so the host reaches the guest
-	// without waiting for ARP; it must lie in one of the bridge's subnets.
+	// IP is the guest's address; it must lie in one of the bridge's
+	// subnets. With MAC, AddTap adds a permanent neighbour entry for it on
+	// the bridge, so the host reaches the guest without waiting for ARP.
 	IP string `json:"ip,omitempty"`
 	// Owner and Group, when set, may open the tap without CAP_NET_ADMIN
 	// (an unprivileged VMM).
 	Owner *uint32 `json:"owner,omitempty"`
 	Group *uint32 `json:"group,omitempty"`
-	// MTU of the tap; 0 keeps the kernel's default (1500).
+	// MTU of the tap; 0 keeps the kernel's default (1500). A Linux bridge
+	// takes the smallest MTU among its ports, so a smaller tap MTU lowers
+	// the bridge's (the gateway's) while the tap is attached.
 	MTU int `json:"mtu,omitempty"`
 	// Queues > 1 makes a multi-queue tap (the VMM then opens that many
 	// queues); 0 or 1 makes a single-queue tap, which VMMs open by default.
@@ -212,10 +214,7 @@ func (h *Host) AddTap(ctx context.Context, cfg TapConfig) (*TapResult, error) {
 	}
 
 	// The record first, so that whatever follows can be undone.
-	rec := tapRecord{VM: s.vm, MAC: s.mac}
-	if s.mac != nil && s.ip.IsValid() {
-		rec.IP = s.ip
-	}
+	rec := tapRecord{VM: s.vm, MAC: s.mac, IP: s.ip}
 	if link.Attrs().Alias != rec.String() {
 		if err := netlink.LinkSetAlias(link, rec.String()); err != nil {
 			return nil, fmt.Errorf("recording ownership on %s: %w", s.name, err)
@@ -225,7 +224,7 @@ func (h *Host) AddTap(ctx context.Context, cfg TapConfig) (*TapResult, error) {
 		}
 	}
 	// A neighbour entry an earlier AddTap made for a different lease goes.
-	if oldRec.IP.IsValid() && (oldRec.IP != rec.IP || !bytes.Equal(oldRec.MAC, rec.MAC)) {
+	if oldRec.IP.IsValid() && oldRec.MAC != nil && (oldRec.IP != rec.IP || !bytes.Equal(oldRec.MAC, rec.MAC)) {
 		if removed, err := delNeighbour(br, oldRec.IP, oldRec.MAC); err != nil {
 			return nil, err
 		} else if removed {
@@ -269,7 +268,7 @@ func (h *Host) AddTap(ctx context.Context, cfg TapConfig) (*TapResult, error) {
 		}
 		item(st.item, true, st.done)
 	}
-	if rec.IP.IsValid() {
+	if rec.IP.IsValid() && rec.MAC != nil {
 		changed, err := setNeighbour(br, rec.IP, rec.MAC)
 		if err != nil {
 			return nil, err
@@ -579,7 +578,7 @@ func (h *Host) DelTap(ctx context.Context, ref TapRef) (*DelTapResult, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if rec.IP.IsValid() && tt.MasterIndex != 0 {
+	if rec.IP.IsValid() && rec.MAC != nil && tt.MasterIndex != 0 {
 		if br, err := netlink.LinkByIndex(tt.MasterIndex); err == nil {
 			if _, err := delNeighbour(br, rec.IP, rec.MAC); err != nil {
 				return nil, err

@@ -51,6 +51,11 @@ x volant-net tap list | jq -e '[.taps[].vm] == ["web1"]' >/dev/null || fail "tap
 # Refusals change nothing and say why.
 x volant-net teardown 2>"$tmp/err" && fail "teardown with a tap attached succeeded"
 jq -e '.code == "CONFLICT"' <(tail -1 "$tmp/err") >/dev/null || fail "teardown refusal: $(cat "$tmp/err")"
+if x setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all volant-net setup 2>"$tmp/err"; then
+  fail "setup as nobody succeeded"
+else
+  [[ $? == 10 && $(tail -1 "$tmp/err" | jq -r .code) == PERMISSION_DENIED ]] || fail "setup as nobody: $(cat "$tmp/err")"
+fi
 x volant-net tap add --vm web2 --bridge nosuch0 2>"$tmp/err" && fail "tap add on a missing bridge succeeded"
 [[ $(tail -1 "$tmp/err" | jq -r .code) == NOT_FOUND ]] || fail "missing bridge: $(cat "$tmp/err")"
 
