@@ -24,9 +24,9 @@ import (
 	"github.com/volantvm/volant/lib/manifest"
 )
 
-// MountPoints are the directories kestrel mounts over or moves its mounts
+// mountPoints are the directories kestrel mounts over or moves its mounts
 // into when it switches to the root disk; images that lack them get them.
-var MountPoints = []struct {
+var mountPoints = []struct {
 	Path string
 	Mode fs.FileMode
 }{{"/dev", 0o755}, {"/proc", 0o555}, {"/sys", 0o555}, {"/run", 0o755}, {"/tmp", 0o1777}}
@@ -122,7 +122,7 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 		if err := rw.file(bootimage.KestrelPath, kestrel, 0o755); err != nil {
 			return fmt.Errorf("installing kestrel: %w", err)
 		}
-		for _, mp := range MountPoints {
+		for _, mp := range mountPoints {
 			if err := rw.mountPoint(mp.Path, mp.Mode); err != nil {
 				return fmt.Errorf("adding mount point %s: %w", mp.Path, err)
 			}
