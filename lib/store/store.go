@@ -134,7 +134,6 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s := &Store{path: abs, busyTimeout: opts.BusyTimeout, log: log}
 	s.w = sql.OpenDB(s.connector("immediate", false))
 	s.w.SetMaxOpenConns(1)
-	s.w.SetConnMaxIdleTime(0)
 	s.r = sql.OpenDB(s.connector("deferred", true))
 	s.r.SetMaxOpenConns(8)
 	if err := s.migrate(ctx, migrations()); err != nil {
