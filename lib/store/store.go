@@ -114,8 +114,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if path == "" {
 		return nil, apierr.New(apierr.InvalidInput, "database path is empty")
 	}
-	if strings.ContainsAny(path, "?#") {
-		return nil, apierr.New(apierr.InvalidInput, "database path %q must not contain '?' or '#'", path).With("db", path)
+	if strings.Contains(path, "?") { // go-sqlite3 reads what follows '?' as options
+		return nil, apierr.New(apierr.InvalidInput, "database path %q must not contain '?'", path).With("db", path)
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
