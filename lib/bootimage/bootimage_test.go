@@ -16,6 +16,8 @@ import (
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
+	"github.com/volantvm/volant/lib/vmm"
+	"github.com/volantvm/volant/lib/vmm/qemu"
 )
 
 func build(t *testing.T, o Options) ([]byte, Info) {
@@ -45,11 +47,12 @@ func TestLayoutWithoutModules(t *testing.T) {
 	}
 }
 
-// TestVMModulesLoadInGuest boots Debian's kernel with a boot image whose
-// /init is a small program that loads DefaultModules with lib/kmod.
+// TestVMModulesLoadInGuest boots Debian's kernel (QEMU argv from lib/vmm/qemu)
+// with a boot image whose /init is a small program that loads DefaultModules
+// with lib/kmod, and checks the virtio NIC on a tap appears.
 func TestVMModulesLoadInGuest(t *testing.T) {
 	k, vmlinux := guesttest.Kernel(t)
-	qemu := guesttest.QEMU(t)
+	qemuBin := guesttest.QEMU(t)
 	ns := netnstest.New(t)
 	root, err := guesttest.ModuleRoot()
 	if err != nil {
@@ -71,17 +74,29 @@ func TestVMModulesLoadInGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ns.Run("ip", "tuntap", "add", "vt0", "mode", "tap")
+	ns.Run("ip", "link", "set", "vt0", "up")
+	run := t.TempDir()
+	argv, err := qemu.Argv(qemuBin, vmm.Config{
+		Name: "modinit", CPUs: 1, MemoryMB: 128, Accel: vmm.AccelTCG,
+		Kernel: vmlinux, Initramfs: initrd, APISocket: filepath.Join(run, "qmp.sock"),
+		Serial: vmm.Serial{LogFile: filepath.Join(run, "serial.log")},
+		Nets:   []vmm.Net{{Tap: "vt0", MAC: "02:00:00:00:00:01"}},
+		Cmdline: "console=ttyS0 quiet panic=-1 tsc_early_khz=" + strconv.Itoa(khz) +
+			" tsc=reliable no_timer_check 8250.nr_uarts=1 mitigations=off random.trust_cpu=on cryptomgr.notests",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	q := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, qemu,
-		"-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg", "-cpu", "qemu64,+arat",
-		"-m", "128", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", vmlinux, "-initrd", initrd, "-serial", "stdio",
-		"-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-device,netdev=n0",
-		"-append", "console=ttyS0 quiet panic=-1 tsc_early_khz="+strconv.Itoa(khz)+" tsc=reliable no_timer_check 8250.nr_uarts=1 mitigations=off random.trust_cpu=on cryptomgr.notests")
-	out, err := q.CombinedOutput()
-	if err != nil {
+	q := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
+	if out, err := q.CombinedOutput(); err != nil {
 		t.Fatalf("qemu: %v\n%s", err, out)
+	}
+	out, err := os.ReadFile(filepath.Join(run, "serial.log"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	s := string(out)
 	t.Logf("guest console:\n%s", s)

@@ -119,6 +119,20 @@ func (m *Manifest) Normalize() {
 	if m.Network == nil {
 		m.Network = &Network{}
 	}
+	// Empty collections become nil, so a manifest and its encoding agree
+	// ("disks": [] is omitted when encoded).
+	if len(m.Disks) == 0 {
+		m.Disks = nil
+	}
+	if len(m.Actions) == 0 {
+		m.Actions = nil
+	}
+	if len(m.Labels) == 0 {
+		m.Labels = nil
+	}
+	if len(w.Env) == 0 {
+		w.Env = nil
+	}
 	if m.Network.Mode == "" {
 		m.Network.Mode = DefaultNetworkMode
 	}

@@ -1,0 +1,149 @@
+// Package vmm is the hypervisor layer: a small Backend interface that Cloud
+// Hypervisor (lib/vmm/cloudhypervisor) and QEMU (lib/vmm/qemu) implement,
+// and the VM configuration they both take.
+//
+// A backend has a name, capabilities, a pure argv builder (it opens no file
+// descriptors and starts nothing; the same Config always gives the same
+// argv), and a control client over the VMM's socket (CH's REST API, QEMU's
+// QMP). Operations a backend cannot do fail with an apierr NOT_SUPPORTED
+// error (see ErrNotSupported), early, before anything is started.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/volantvm/volant/lib/apierr"
+)
+
+// Accel is how guest code runs.
+type Accel string
+
+const (
+	AccelAuto Accel = "auto" // KVM when it can run a stock guest kernel, else TCG
+	AccelKVM  Accel = "kvm"
+	AccelTCG  Accel = "tcg" // software emulation (QEMU only)
+)
+
+// Config is one VM as a backend sees it: paths and values only.
+type Config struct {
+	Name     string `json:"name"`
+	CPUs     int    `json:"cpus"`
+	MemoryMB int    `json:"memory_mb"`
+	// Kernel is an uncompressed vmlinux (PVH entry) or a bzImage.
+	Kernel string `json:"kernel"`
+	// Initramfs is one file; layering several archives is the launcher's
+	// job (the kernel accepts them concatenated).
+	Initramfs string `json:"initramfs,omitempty"`
+	Cmdline   string `json:"cmdline"`
+	Disks     []Disk `json:"disks,omitempty"`
+	Nets      []Net  `json:"nets,omitempty"`
+	Serial    Serial `json:"serial"`
+	// APISocket is the control socket: CH's --api-socket, QEMU's QMP.
+	APISocket string `json:"api_socket"`
+	// AgentSocket, when set, is a host unix socket connected to a
+	// virtio-serial/console port in the guest (the kestrel channel).
+	AgentSocket string `json:"agent_socket,omitempty"`
+	// Machine is the machine type: QEMU "microvm" (default) or "pc".
+	Machine string `json:"machine,omitempty"`
+	// Accel must be resolved (kvm or tcg) before building argv.
+	Accel Accel `json:"accel"`
+}
+
+// Disk is a block device, attached in order (the first is /dev/vda).
+type Disk struct {
+	Path     string `json:"path"`
+	Format   string `json:"format,omitempty"` // raw (default) or qcow2
+	ReadOnly bool   `json:"readonly,omitempty"`
+}
+
+// Net is a NIC backed by an existing tap device.
+type Net struct {
+	Tap string `json:"tap"`
+	MAC string `json:"mac"` // the guest's MAC
+}
+
+// Serial says where the guest's first serial port goes. With Socket set the
+// console is attachable (a unix socket server) and also appended to LogFile.
+type Serial struct {
+	LogFile string `json:"log_file,omitempty"`
+	Socket  string `json:"socket,omitempty"`
+}
+
+// Capabilities describe what a backend can do.
+type Capabilities struct {
+	Machines      []string `json:"machines"`
+	Accels        []Accel  `json:"accels"`
+	Pause         bool     `json:"pause"`
+	PowerButton   bool     `json:"power_button"`
+	Counters      bool     `json:"counters"`
+	SerialSocket  bool     `json:"serial_socket"`
+	AgentChannel  bool     `json:"agent_channel"`
+	DiskFormats   []string `json:"disk_formats"`
+	InitramfsBoot bool     `json:"initramfs_boot"`
+}
+
+// Availability says whether a backend can run VMs on this host, and why not.
+type Availability struct {
+	Usable bool   `json:"usable"`
+	Binary string `json:"binary,omitempty"`
+	// Accel is the acceleration AccelAuto resolves to here.
+	Accel  Accel  `json:"accel,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// State is a VM's state as its VMM reports it.
+type State string
+
+const (
+	StateCreated  State = "created"
+	StateRunning  State = "running"
+	StatePaused   State = "paused"
+	StateShutdown State = "shutdown"
+)
+
+// Backend is one hypervisor.
+type Backend interface {
+	Name() string
+	Capabilities() Capabilities
+	// Probe checks the host: binary present, acceleration usable.
+	Probe(ctx context.Context) Availability
+	// Argv returns the full command line (argv[0] is the binary) for cfg.
+	// It validates cfg against Capabilities and has no side effects.
+	Argv(cfg Config) ([]string, error)
+	// Dial connects to the control socket of a started VMM.
+	Dial(ctx context.Context, socket string) (Control, error)
+}
+
+// Control drives a running VMM.
+type Control interface {
+	// Ping succeeds once the VMM answers on its socket.
+	Ping(ctx context.Context) error
+	State(ctx context.Context) (State, error)
+	// PowerButton asks the guest to shut down (ACPI power button).
+	PowerButton(ctx context.Context) error
+	// Shutdown stops the guest now (no guest cooperation).
+	Shutdown(ctx context.Context) error
+	// Quit ends the VMM process.
+	Quit(ctx context.Context) error
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// Counters returns per-device I/O counters where the backend has them.
+	Counters(ctx context.Context) (map[string]map[string]int64, error)
+	Close() error
+}
+
+// ErrNotSupported is wrapped by every "cannot do that" error of a backend;
+// its apierr code is NOT_SUPPORTED.
+var ErrNotSupported = errors.New("not supported")
+
+// NotSupported returns a NOT_SUPPORTED error naming the backend and operation.
+func NotSupported(backend, op string) error {
+	return &apierr.Error{
+		Code:    apierr.NotSupported,
+		Message: fmt.Sprintf("%s backend does not support %s", backend, op),
+		Details: map[string]any{"backend": backend, "operation": op},
+		Err:     ErrNotSupported,
+	}
+}
