@@ -15,6 +15,7 @@ import (
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/names"
 )
 
 // ExposedPortsLabel is the manifest label listing an image's exposed ports
@@ -39,7 +40,7 @@ func (c *Config) names(defName, defVersion string) (string, string) {
 	if name == "" {
 		name = sanitizeName(defName)
 	}
-	if name == "" {
+	if !names.Valid(name) && c.Plugin.Name == "" {
 		name = "plugin"
 	}
 	if version == "" {
