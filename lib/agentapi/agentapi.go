@@ -65,7 +65,17 @@ type Status struct {
 	UptimeMS int64          `json:"uptime_ms"`
 	Workload WorkloadStatus `json:"workload"`
 	Health   HealthStatus   `json:"health"`
-	Time     time.Time      `json:"time"`
+	// Memory is kestrel's and the guest's memory use, when kestrel can read
+	// it (/proc/self/status, /proc/meminfo).
+	Memory *MemoryStatus `json:"memory,omitempty"`
+	Time   time.Time     `json:"time"`
+}
+
+// MemoryStatus is memory use in KiB, as /proc reports it.
+type MemoryStatus struct {
+	AgentRSSKiB       int64 `json:"agent_rss_kib"`                 // kestrel's VmRSS
+	GuestTotalKiB     int64 `json:"guest_total_kib,omitempty"`     // MemTotal
+	GuestAvailableKiB int64 `json:"guest_available_kib,omitempty"` // MemAvailable
 }
 
 // WorkloadStatus describes the supervised process.
