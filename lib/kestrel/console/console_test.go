@@ -48,10 +48,10 @@ func TestAsyncNeverBlocksAndReportsDrops(t *testing.T) {
 	a := NewAsync(sw, 10)
 	done := make(chan struct{})
 	go func() {
-		a.Write([]byte("0123456789"))    // taken by the copier, which blocks
+		a.Write([]byte("0123456789"))     // taken by the copier, which blocks
 		time.Sleep(50 * time.Millisecond) // let it take the first chunk
-		a.Write([]byte("abcdefghij"))    // fills the buffer
-		a.Write([]byte("XYZ"))           // dropped
+		a.Write([]byte("abcdefghij"))     // fills the buffer
+		a.Write([]byte("XYZ"))            // dropped
 		close(done)
 	}()
 	select {
