@@ -77,7 +77,7 @@ func Init(m *guest.Machine, o Options) {
 	}
 	con := console.NewWriter(o.Console)
 	level := new(slog.LevelVar)
-	b := &booter{m: m, con: con, level: level, version: o.Version, log: slog.New(console.NewHandler(con, level))}
+	b := &booter{m: m, con: con, level: level, version: o.Version, log: slog.New(console.NewHandler(con, level).WithClock(guest.Uptime))}
 	defer func() {
 		if r := recover(); r != nil {
 			b.fatal(fmt.Errorf("panic: %v\n%s", r, debug.Stack()))
@@ -146,7 +146,7 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 			b.log.Info("no root disk: staying in the initramfs", "device", plan.Device)
 			return h, nil
 		}
-		fstype, err := mounts.MountDevice(b.m, plan.Device, NewRoot, plan.FSType, true)
+		fstype, err := b.mountDevice(plan.Device, NewRoot, plan.FSType, true)
 		if err != nil {
 			b.log.Info("disk is not a mountable root: staying in the initramfs", "device", plan.Device, "err", err)
 			return h, nil
@@ -166,7 +166,7 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 		if err := mounts.WaitForDevice(plan.Device, DiskWait); err != nil {
 			return h, fmt.Errorf("root disk: %w", err)
 		}
-		fstype, err := mounts.MountDevice(b.m, plan.Device, NewRoot, plan.FSType, false)
+		fstype, err := b.mountDevice(plan.Device, NewRoot, plan.FSType, false)
 		if err != nil {
 			return h, fmt.Errorf("root disk: %w", err)
 		}
@@ -332,13 +332,32 @@ func (b *booter) mountDisks(ctx context.Context, m *manifest.Manifest, h Handoff
 			continue
 		}
 		dev, target := pairs[d.Name], diskTarget(d.Target)
-		fstype, err := mounts.MountDevice(b.m, dev, target, "", d.ReadOnly)
+		fstype, err := b.mountDevice(dev, target, "", d.ReadOnly)
 		if err != nil {
 			return fmt.Errorf("data disk %s: %w", d.Name, err)
 		}
 		b.log.Info("data disk mounted", "disk", d.Name, "device", dev, "target", target, "fstype", fstype, "readonly", d.ReadOnly)
 	}
 	return nil
+}
+
+// mountDevice mounts a disk, probing its filesystem when fstype is empty
+// and loading the filesystem's module first if the kernel lacks it.
+func (b *booter) mountDevice(dev, target, fstype string, readonly bool) (string, error) {
+	if fstype == "" {
+		t, err := mounts.ProbeFSType(dev)
+		if err != nil {
+			return "", err
+		}
+		if t == "" {
+			return "", fmt.Errorf("%s holds no filesystem kestrel recognizes (ext4, xfs, btrfs, squashfs)", dev)
+		}
+		fstype = t
+	}
+	if err := modules.EnsureFS(b.m, modules.Dir("/"), fstype, b.log); err != nil {
+		return "", fmt.Errorf("mounting %s: %w", dev, err)
+	}
+	return mounts.MountDevice(b.m, dev, target, fstype, readonly)
 }
 
 // shutdown ends the guest after the workload was stopped: every remaining

@@ -38,15 +38,24 @@ func (c *Writer) Write(p []byte) (int, error) {
 //	kestrel: workload started pid=42 argv="/bin/httpd -f"
 //	kestrel: WARN health check failed err="connection refused"
 //
-// Info has no level word; the others name their level. Times are left out:
-// the console is read next to the kernel's own timestamps and the host
-// stamps its copy.
+// Info has no level word; the others name their level. Wall-clock times are
+// left out; with a Clock (in a guest: the time since boot) each line starts
+// with it in the kernel's own format, "[    2.595503] ", so kestrel's lines
+// and the kernel's read as one timeline.
 type Handler struct {
 	w      io.Writer
 	level  slog.Leveler
+	clock  func() time.Duration
 	prefix string // "kestrel: "
 	attrs  string // preformatted " k=v" of WithAttrs
 	group  string // "g." of WithGroup
+}
+
+// WithClock returns a copy of h that stamps lines with clock().
+func (h *Handler) WithClock(clock func() time.Duration) *Handler {
+	c := *h
+	c.clock = clock
+	return &c
 }
 
 // NewHandler returns a Handler writing to w at level (nil means Info).
@@ -63,6 +72,10 @@ func (h *Handler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.
 // Handle implements slog.Handler.
 func (h *Handler) Handle(_ context.Context, r slog.Record) error {
 	var b strings.Builder
+	if h.clock != nil {
+		d := h.clock()
+		fmt.Fprintf(&b, "[%5d.%06d] ", d/time.Second, (d%time.Second)/time.Microsecond)
+	}
 	b.WriteString(h.prefix)
 	if r.Level != slog.LevelInfo {
 		b.WriteString(r.Level.String())
@@ -149,5 +162,6 @@ func quote(s string) string {
 // Fatalf writes a line that cannot be missed. It is for the last words
 // before kestrel powers the guest off.
 func Fatalf(w io.Writer, format string, args ...any) {
+	// No clock here: the last words must not depend on anything.
 	fmt.Fprintf(w, "kestrel: FATAL: %s\n", fmt.Sprintf(format, args...))
 }

@@ -24,6 +24,11 @@ kestrel: DEBUG address stage=1 net.ip=192.168.127.100/24
 		t.Fatalf("got\n%s\nwant\n%s", buf.String(), want)
 	}
 	buf.Reset()
+	slog.New(NewHandler(&buf, nil).WithClock(func() time.Duration { return 2595503 * time.Microsecond })).Info("x")
+	if buf.String() != "[    2.595503] kestrel: x\n" {
+		t.Fatalf("%q", buf.String())
+	}
+	buf.Reset()
 	slog.New(NewHandler(&buf, nil)).Debug("hidden")
 	if buf.Len() != 0 {
 		t.Fatal("debug shown at info level")

@@ -9,11 +9,12 @@ import (
 	"github.com/volantvm/volant/lib/kmod"
 )
 
-// A fake modules directory with the shape Debian's subset index has.
+// A fake modules directory with the shape of the boot image's subset index.
 func fakeIndex(t *testing.T) string {
 	dir := t.TempDir()
 	files := map[string]string{
-		"modules.dep": `kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko kernel/lib/crc16.ko
+		"modules.dep": `kernel/arch/x86/crypto/crc32c-intel.ko:
+kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko kernel/lib/crc16.ko
 kernel/fs/jbd2/jbd2.ko:
 kernel/fs/mbcache.ko:
 kernel/lib/crc16.ko:
@@ -21,10 +22,19 @@ kernel/crypto/crc32c_generic.ko:
 kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/virtio/virtio_ring.ko:
-kernel/net/extra_thing.ko: kernel/lib/crc16.ko
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_pci_modern_dev.ko:
+kernel/drivers/input/evdev.ko:
 `,
 		"modules.softdep": "softdep ext4 pre: crc32c\n",
-		"modules.alias":   "alias crc32c crc32c_generic\n",
+		"modules.alias": `alias crc32c crc32c_generic
+alias crc32c crc32c_intel
+alias fs-ext4 ext4
+alias fs-ext3 ext4
+alias virtio:d00000002v* virtio_blk
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias input:b*v*p*e*-e*k*r*a*m*l*s*f*w* evdev
+`,
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
@@ -34,45 +44,85 @@ kernel/net/extra_thing.ko: kernel/lib/crc16.ko
 	return dir
 }
 
-func TestPlanOrder(t *testing.T) {
+func stepNames(steps []kmod.Step) string {
+	var n []string
+	for _, s := range steps {
+		n = append(n, s.Name)
+	}
+	return strings.Join(n, ",")
+}
+
+func TestPlanDefersFilesystemsAndSkipsAbsentBuses(t *testing.T) {
 	dir := fakeIndex(t)
-	_, steps, unknown, err := Plan(dir, true, []string{"extra-thing", "not_here"})
+	p, err := Plan(dir, true, []string{"crc16", "not_here"}, Host{PCI: false})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	pos := map[string]int{}
-	for i, s := range steps {
-		names = append(names, s.Name)
-		pos[s.Name] = i
+	if got := stepNames(p.Steps); got != "virtio_ring,virtio,virtio_blk,evdev,crc16" {
+		t.Fatalf("steps %s", got)
 	}
-	if len(steps) != 9 {
-		t.Fatalf("steps %v", names)
+	if strings.Join(p.Deferred, ",") != "ext4" || strings.Join(p.Skipped, ",") != "virtio_pci" || strings.Join(p.Unknown, ",") != "not_here" {
+		t.Fatalf("deferred %v skipped %v unknown %v", p.Deferred, p.Skipped, p.Unknown)
 	}
-	// Every dependency precedes its user; the softdep precedes ext4.
-	for user, deps := range map[string][]string{
-		"ext4":       {"jbd2", "mbcache", "crc16", "crc32c_generic"},
-		"virtio_blk": {"virtio", "virtio_ring"},
-		"virtio":     {"virtio_ring"},
-	} {
-		for _, d := range deps {
-			if pos[d] > pos[user] {
-				t.Errorf("%s loads after %s: %v", d, user, names)
-			}
-		}
+	p, err = Plan(dir, true, nil, Host{PCI: true})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if strings.Join(unknown, ",") != "not_here" {
-		t.Fatalf("unknown %v", unknown)
+	if got := stepNames(p.Steps); got != "virtio_ring,virtio,virtio_blk,virtio_pci_modern_dev,virtio_pci,evdev" {
+		t.Fatalf("with PCI: %s", got)
 	}
 	// Only the extras, with their dependencies.
-	_, steps, _, err = Plan(dir, false, []string{"virtio_blk"})
-	if err != nil || len(steps) != 3 || steps[2].Name != "virtio_blk" {
-		t.Fatalf("extras only: %v %v", steps, err)
+	p, err = Plan(dir, false, []string{"virtio_blk"}, Host{})
+	if err != nil || stepNames(p.Steps) != "virtio_ring,virtio,virtio_blk" {
+		t.Fatalf("extras only: %v %v", p, err)
 	}
-	// Listed names are normalized; extra-thing was already listed.
-	listed, _ := Listed(dir)
-	if len(listed) != 9 || listed[8] != "extra_thing" {
-		t.Fatalf("listed %v", listed)
+}
+
+func TestFilesystemClosure(t *testing.T) {
+	// What EnsureFS("ext4") loads: dependencies first, the CPU-specific
+	// crc32c alternative optional.
+	ix, err := kmod.LoadIndex(fakeIndex(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps, err := ix.Resolve("fs-ext4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stepNames(steps); got != "crc32c_generic,crc32c_intel,crc16,mbcache,jbd2,ext4" {
+		t.Fatalf("closure %s", got)
+	}
+	for _, s := range steps {
+		if strings.HasPrefix(s.Name, "crc32c") != s.Optional {
+			t.Errorf("%+v", s)
+		}
+	}
+}
+
+func TestListed(t *testing.T) {
+	listed, err := Listed(fakeIndex(t))
+	if err != nil || len(listed) != 12 || listed[0] != "crc32c_intel" {
+		t.Fatalf("%v %v", listed, err)
+	}
+}
+
+func TestHasAliasPrefix(t *testing.T) {
+	for _, tc := range []struct {
+		aliases []string
+		prefix  string
+		every   bool
+		want    bool
+	}{
+		{[]string{"pci:v1"}, "pci:", true, true},
+		{[]string{"pci:v1", "acpi*:X:*"}, "pci:", true, false},
+		{nil, "pci:", true, false},
+		{[]string{"fs-ext3", "fs-ext4"}, "fs-", false, true},
+		{[]string{"virtio:d1", "fs-x"}, "fs-", false, true},
+		{[]string{"virtio:d1"}, "fs-", false, false},
+	} {
+		if got := hasAliasPrefix(tc.aliases, tc.prefix, tc.every); got != tc.want {
+			t.Errorf("%+v: %v", tc, got)
+		}
 	}
 }
 
@@ -90,8 +140,8 @@ func TestPlanOnDebianKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Write the subset a boot image would carry, then plan from it.
-	steps, err := ix.Resolve("virtio_mmio", "virtio_net", "virtio_blk", "ext4", "button", "evdev")
+	// The subset a boot image carries (bootimage.DefaultModules).
+	steps, err := ix.Resolve("virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "ext4", "button", "evdev")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,20 +149,47 @@ func TestPlanOnDebianKernel(t *testing.T) {
 	if err := ix.WriteSubset(sub, steps); err != nil {
 		t.Fatal(err)
 	}
-	_, planned, unknown, err := Plan(sub, true, nil)
-	if err != nil || len(unknown) != 0 {
-		t.Fatal(err, unknown)
-	}
-	if len(planned) != len(steps) {
-		t.Fatalf("planned %d modules from the subset, the image has %d", len(planned), len(steps))
-	}
-	pos := map[string]int{}
-	for i, s := range planned {
-		pos[s.Name] = i
-	}
-	for _, pair := range [][2]string{{"virtio_ring", "virtio_net"}, {"virtio", "virtio_mmio"}, {"jbd2", "ext4"}, {"crc32c_generic", "ext4"}, {"net_failover", "virtio_net"}} {
-		if pos[pair[0]] > pos[pair[1]] {
-			t.Errorf("%s after %s", pair[0], pair[1])
+	for _, host := range []Host{{PCI: false}, {PCI: true}} {
+		p, err := Plan(sub, true, nil, host)
+		if err != nil || len(p.Unknown) != 0 {
+			t.Fatal(err, p)
 		}
+		pos := map[string]int{}
+		for i, s := range p.Steps {
+			pos[s.Name] = i + 1
+		}
+		for _, want := range []string{"virtio_mmio", "virtio_net", "virtio_blk", "virtio_console", "button", "evdev"} {
+			if pos[want] == 0 {
+				t.Errorf("PCI=%v: %s not loaded at boot: %s", host.PCI, want, stepNames(p.Steps))
+			}
+		}
+		for _, pair := range [][2]string{{"virtio_ring", "virtio_net"}, {"virtio", "virtio_mmio"}, {"net_failover", "virtio_net"}} {
+			if pos[pair[0]] > pos[pair[1]] {
+				t.Errorf("%s after %s", pair[0], pair[1])
+			}
+		}
+		if pos["ext4"] != 0 || pos["jbd2"] != 0 || strings.Join(p.Deferred, ",") != "ext4" {
+			t.Errorf("ext4 must wait for the first mount: %s (deferred %v)", stepNames(p.Steps), p.Deferred)
+		}
+		if (pos["virtio_pci"] != 0) != host.PCI {
+			t.Errorf("PCI=%v: virtio_pci loaded=%v", host.PCI, pos["virtio_pci"] != 0)
+		}
+	}
+	// The subset index resolves the filesystem alias EnsureFS uses, with
+	// crc32c_intel optional (qemu64 has no SSE4.2).
+	six, _ := kmod.LoadIndex(sub)
+	fs, err := six.Resolve("fs-ext4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sawExt4 bool
+	for _, s := range fs {
+		sawExt4 = sawExt4 || s.Name == "ext4"
+		if s.Name == "crc32c_intel" && !s.Optional {
+			t.Error("crc32c_intel must be optional")
+		}
+	}
+	if !sawExt4 {
+		t.Fatalf("fs-ext4 resolves to %s", stepNames(fs))
 	}
 }

@@ -1,0 +1,206 @@
+package kestrel_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/kestrel/internal/vmtest"
+	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
+)
+
+const bootTimeout = 90 * time.Second
+
+type guest struct {
+	t      *testing.T
+	client *http.Client
+	base   string
+}
+
+func (g *guest) get(path string) (int, string, error) {
+	resp, err := g.client.Get(g.base + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+func (g *guest) mustGet(path string) string {
+	g.t.Helper()
+	code, body, err := g.get(path)
+	if err != nil || code != 200 {
+		g.t.Fatalf("GET %s: %d %v %s", path, code, err, body)
+	}
+	return body
+}
+
+func (g *guest) status() agentapi.Status {
+	g.t.Helper()
+	var st agentapi.Status
+	if err := json.Unmarshal([]byte(g.mustGet("/healthz")), &st); err != nil {
+		g.t.Fatal(err)
+	}
+	return st
+}
+
+func (g *guest) waitStatus(what string, timeout time.Duration, cond func(agentapi.Status) bool) agentapi.Status {
+	g.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last agentapi.Status
+	for time.Now().Before(deadline) {
+		code, body, err := g.get("/healthz")
+		if err == nil && code == 200 && json.Unmarshal([]byte(body), &last) == nil && cond(last) {
+			return last
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	g.t.Fatalf("waiting for %s: last status %+v", what, last)
+	return last
+}
+
+// dataDisk makes an ext4 data disk with one file and no kestrel on it.
+func dataDisk(t *testing.T, content string) string {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "hello.txt"), []byte(content), 0o644)
+	return vmtest.Ext4(t, dir, "data")
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestVMInitramfs boots an initramfs plugin whose manifest is too big for
+// the command line, so kestrel fetches it from a (fake) control plane; a
+// data disk without kestrel is attached as /dev/vda and must not be taken
+// for the root. Through kestrel's proxy on the guest IP the test reaches
+// the workload (busybox httpd) and the data disk's file, sees health go
+// healthy, crashes the workload through a manifest action, sees it
+// restarted and healthy again (and every change reported), reads the log
+// ring, then presses the ACPI power button and sees a clean shutdown.
+func TestVMInitramfs(t *testing.T) {
+	k, vmlinux := guesttest.Kernel(t)
+	n := vmtest.NewNet(t)
+	cp := &vmtest.Recorder{Manifests: map[string][]byte{}}
+	n.Serve(vmtest.Gateway.String()+":9000", cp)
+
+	m := &manifest.Manifest{
+		Name: "web", Version: "1", Initramfs: &manifest.Artifact{URL: "/unused.cpio"},
+		Disks: []manifest.Disk{{Name: "data", Source: "/unused.img", Target: "/srv/data"}},
+		Workload: manifest.Workload{
+			Entrypoint: []string{"/bin/httpd", "-f", "-vv", "-p", "80", "-h", "/srv"},
+			BaseURL:    "http://127.0.0.1:80",
+			Restart:    "on-failure",
+		},
+		HealthCheck: &manifest.HealthCheck{Endpoint: "/index.html", IntervalMS: 200, TimeoutMS: 1000, Retries: 1},
+		Actions:     map[string]manifest.Action{"crash": {Method: "GET", Path: "/cgi-bin/crash"}},
+	}
+	cp.Manifests["web"] = mustJSON(t, m)
+
+	im := vmtest.BootImage(t, k)
+	im.AddBusybox("sh", "httpd", "killall", "cat")
+	im.File("/srv/index.html", 0o644, "served from the initramfs\n")
+	im.File("/srv/cgi-bin/crash", 0o755, "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho crashing\nkillall -9 httpd\n")
+	initrd := im.Write()
+
+	ip := netip.MustParseAddr("192.168.127.100")
+	vm := vmtest.Boot(t, n, vmlinux, vmtest.Config{
+		Name: "vm1", Initrd: initrd, Disks: []string{dataDisk(t, "from the data disk\n")},
+		IP: ip, MAC: "02:00:00:00:00:64",
+		Cmdline: "volant.vm=vm1 volant.plugin=web volant.ip=192.168.127.100/24 volant.gw=192.168.127.1 volant.dns=192.168.127.1 volant.api_host=192.168.127.1 volant.api_port=9000",
+	})
+	ready := vm.WaitConsole("kestrel: ready", bootTimeout)
+	g := &guest{t: t, client: n.Client(10 * time.Second), base: "http://" + ip.String() + ":8080"}
+	st := g.waitStatus("healthy", 60*time.Second, func(s agentapi.Status) bool { return s.Health.State == agentapi.HealthHealthy })
+	con := vm.ConsoleText()
+	if !strings.Contains(con, "disk carries no kestrel, so it is not the root: staying in the initramfs") {
+		t.Fatalf("stage 1 did not probe and reject the data disk:\n%s", con)
+	}
+	if st.Boot != "initramfs" || st.VM != "vm1" || st.Plugin != "web" || st.Workload.State != agentapi.WorkloadRunning {
+		t.Fatalf("status %+v", st)
+	}
+	if st.Memory == nil || st.Memory.AgentRSSKiB == 0 {
+		t.Fatalf("no memory figures: %+v", st)
+	}
+	t.Logf("ready line after %s; kestrel RSS in the guest %d KiB; guest MemTotal %d KiB, available %d KiB",
+		ready.Round(time.Millisecond), st.Memory.AgentRSSKiB, st.Memory.GuestTotalKiB, st.Memory.GuestAvailableKiB)
+
+	if body := g.mustGet("/v1/index.html"); body != "served from the initramfs\n" {
+		t.Fatalf("proxy: %q", body)
+	}
+	if body := g.mustGet("/v1/data/hello.txt"); body != "from the data disk\n" {
+		t.Fatalf("data disk through the proxy: %q", body)
+	}
+
+	// Crash the workload through the manifest action; on-failure restarts it.
+	oldPID := st.Workload.PID
+	resp, err := g.client.Post(g.base+"/v1/actions/crash", "text/plain", nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	st = g.waitStatus("restart", 60*time.Second, func(s agentapi.Status) bool {
+		return s.Workload.Restarts >= 1 && s.Workload.PID != oldPID && s.Health.State == agentapi.HealthHealthy
+	})
+	if st.Workload.Signal != "SIGKILL" || st.Workload.ExitCode == nil || *st.Workload.ExitCode != -1 {
+		t.Fatalf("the crash was not recorded: %+v", st.Workload)
+	}
+	if body := g.mustGet("/v1/index.html"); body != "served from the initramfs\n" {
+		t.Fatalf("proxy after restart: %q", body)
+	}
+
+	// Every state change reached the control plane, in order.
+	var seq []string
+	for _, raw := range cp.Reports() {
+		var s agentapi.Status
+		json.Unmarshal(raw, &s)
+		e := string(s.Workload.State) + "/" + string(s.Health.State)
+		if len(seq) == 0 || seq[len(seq)-1] != e {
+			seq = append(seq, e)
+		}
+	}
+	joined := strings.Join(seq, " ")
+	for _, want := range []string{"running/healthy", "restarting/unhealthy", "running/healthy"} {
+		i := strings.Index(joined, want)
+		if i < 0 {
+			t.Fatalf("reports %q lack %q in order", joined, want)
+		}
+		joined = joined[i+len(want):]
+	}
+
+	logs := g.mustGet("/v1/logs")
+	if !strings.Contains(logs, "url:/index.html") || !strings.Contains(logs, "url:/cgi-bin/crash") {
+		t.Fatalf("log ring lacks the workload's output:\n%s", logs)
+	}
+	if !strings.Contains(vm.ConsoleText(), "url:/index.html") {
+		t.Fatal("workload output did not reach the serial console")
+	}
+
+	t0 := time.Now()
+	vm.PowerButton()
+	if err := vm.Wait(30 * time.Second); err != nil {
+		t.Fatalf("guest did not power off: %v\n%s", err, vm.ConsoleText())
+	}
+	t.Logf("power button to QEMU exit: %s", time.Since(t0).Round(time.Millisecond))
+	con = vm.ConsoleText()
+	for _, want := range []string{"shutting down reason=\"ACPI power button pressed\"", "stopping workload", "workload exited", "powering off"} {
+		if !strings.Contains(con, want) {
+			t.Fatalf("console lacks %q:\n%s", want, con)
+		}
+	}
+	if strings.Contains(con, "FATAL") || strings.Contains(con, "Kernel panic") {
+		t.Fatalf("unclean shutdown:\n%s", con)
+	}
+}
