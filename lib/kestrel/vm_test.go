@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -202,5 +203,199 @@ func TestVMInitramfs(t *testing.T) {
 	}
 	if strings.Contains(con, "FATAL") || strings.Contains(con, "Kernel panic") {
 		t.Fatalf("unclean shutdown:\n%s", con)
+	}
+}
+
+// rootDisk makes an ext4 root filesystem holding busybox (as the workload)
+// and, when withKestrel, kestrel at /bin/kestrel as fledge installs it.
+func rootDisk(t *testing.T, withKestrel bool, index string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{"bin", "etc", "srv", "proc", "sys", "dev", "run", "tmp"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	copyFile(t, vmtest.Busybox(t), filepath.Join(dir, "bin/busybox"))
+	for _, a := range []string{"sh", "httpd", "cat", "killall"} {
+		os.Symlink("busybox", filepath.Join(dir, "bin", a))
+	}
+	if withKestrel {
+		copyFile(t, guesttest.Kestrel(t), filepath.Join(dir, "bin/kestrel"))
+	}
+	os.WriteFile(filepath.Join(dir, "srv/index.html"), []byte(index), 0o644)
+	return vmtest.Ext4(t, dir, "root")
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// assertCleanExt4 checks that an image was unmounted (or remounted
+// read-only) before the VM ended: state clean, no journal to replay.
+func assertCleanExt4(t *testing.T, img string) {
+	t.Helper()
+	out, err := exec.Command("dumpe2fs", "-h", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dumpe2fs %s: %v\n%s", img, err, out)
+	}
+	s := string(out)
+	if !strings.Contains(s, "Filesystem state:         clean") || strings.Contains(s, "needs_recovery") {
+		t.Fatalf("%s was not left clean:\n%s", filepath.Base(img), s)
+	}
+}
+
+func webManifest(rootfs bool) *manifest.Manifest {
+	m := &manifest.Manifest{
+		Name: "web", Version: "1",
+		Workload: manifest.Workload{
+			Entrypoint: []string{"/bin/httpd", "-f", "-vv", "-p", "80", "-h", "/srv"},
+			BaseURL:    "http://127.0.0.1:80",
+		},
+		HealthCheck: &manifest.HealthCheck{Endpoint: "/index.html", IntervalMS: 200, TimeoutMS: 1000, Retries: 2},
+	}
+	if rootfs {
+		m.Rootfs = &manifest.Rootfs{URL: "/unused.img", Format: "ext4"}
+	} else {
+		m.Initramfs = &manifest.Artifact{URL: "/unused.cpio"}
+	}
+	return m
+}
+
+func encode(t *testing.T, m *manifest.Manifest) string {
+	t.Helper()
+	m.Normalize()
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestVMRootfs boots a rootfs plugin: the initramfs is the boot image alone
+// (kestrel and modules, no workload); the root disk (ext4 on virtio-blk)
+// holds kestrel, busybox and the site; a data disk is attached second.
+// volant.boot is auto, so the manifest (on the command line) decides.
+// Kestrel must pivot to the disk, re-execute its /bin/kestrel, mount the
+// data disk, serve the workload from the disk, and on the power button
+// leave both filesystems clean.
+func TestVMRootfs(t *testing.T) {
+	k, vmlinux := guesttest.Kernel(t)
+	n := vmtest.NewNet(t)
+	m := webManifest(true)
+	m.Disks = []manifest.Disk{{Name: "data", Source: "/unused.img", Target: "/srv/data"}}
+	root := rootDisk(t, true, "served from the root disk\n")
+	data := dataDisk(t, "from the data disk\n")
+	initrd := vmtest.BootImage(t, k).Write()
+
+	ip := netip.MustParseAddr("192.168.127.101")
+	vm := vmtest.Boot(t, n, vmlinux, vmtest.Config{
+		Name: "vm2", Initrd: initrd, Disks: []string{root, data},
+		IP: ip, MAC: "02:00:00:00:00:65",
+		Cmdline: "volant.boot=auto volant.vm=vm2 volant.ip=192.168.127.101/24 volant.gw=192.168.127.1 volant.manifest=" + encode(t, m),
+	})
+	ready := vm.WaitConsole("kestrel: ready", bootTimeout)
+	g := &guest{t: t, client: n.Client(10 * time.Second), base: "http://" + ip.String() + ":8080"}
+	st := g.waitStatus("healthy", 60*time.Second, func(s agentapi.Status) bool { return s.Health.State == agentapi.HealthHealthy })
+	t.Logf("ready line after %s; kestrel RSS %d KiB", ready.Round(time.Millisecond), st.Memory.AgentRSSKiB)
+	con := vm.ConsoleText()
+	for _, want := range []string{"switching root device=/dev/vda fstype=ext4 kestrel=/bin/kestrel", "kestrel: stage 2", "root=/dev/vda kestrel=/bin/kestrel", "data disk mounted disk=data device=/dev/vdb"} {
+		if !strings.Contains(con, want) {
+			t.Fatalf("console lacks %q:\n%s", want, con)
+		}
+	}
+	if st.Boot != "rootfs" || st.Plugin != "web" {
+		t.Fatalf("status %+v", st)
+	}
+	if body := g.mustGet("/v1/index.html"); body != "served from the root disk\n" {
+		t.Fatalf("proxy: %q", body)
+	}
+	if body := g.mustGet("/v1/data/hello.txt"); body != "from the data disk\n" {
+		t.Fatalf("data disk: %q", body)
+	}
+	vm.PowerButton()
+	if err := vm.Wait(30 * time.Second); err != nil {
+		t.Fatalf("guest did not power off: %v", err)
+	}
+	if !strings.Contains(vm.ConsoleText(), "powering off") {
+		t.Fatal("no clean shutdown on the console")
+	}
+	assertCleanExt4(t, root)
+	assertCleanExt4(t, data)
+}
+
+// TestVMRootfsCarryOver boots a root disk that has no kestrel of its own,
+// with the manifest in the initramfs (volant.manifest_file=, as launchers
+// do for manifests too long for the command line) and volant.boot=rootfs:
+// stage 1 must carry its own binary into the new root.
+func TestVMRootfsCarryOver(t *testing.T) {
+	k, vmlinux := guesttest.Kernel(t)
+	n := vmtest.NewNet(t)
+	m := webManifest(true)
+	encode(t, m) // normalize + validate
+	root := rootDisk(t, false, "root disk without kestrel\n")
+	im := vmtest.BootImage(t, k)
+	im.File("/etc/volant/manifest.json", 0o644, string(mustJSON(t, m)))
+	initrd := im.Write()
+	ip := netip.MustParseAddr("192.168.127.102")
+	vm := vmtest.Boot(t, n, vmlinux, vmtest.Config{
+		Name: "vm3", Initrd: initrd, Disks: []string{root},
+		IP: ip, MAC: "02:00:00:00:00:66",
+		Cmdline: "volant.boot=rootfs volant.rootfs_fstype=ext4 volant.vm=vm3 volant.ip=192.168.127.102/24 volant.manifest_file=/etc/volant/manifest.json",
+	})
+	vm.WaitConsole("kestrel: ready", bootTimeout)
+	if con := vm.ConsoleText(); !strings.Contains(con, "kestrel=initramfs") {
+		t.Fatalf("kestrel was not carried over:\n%s", con)
+	}
+	g := &guest{t: t, client: n.Client(10 * time.Second), base: "http://" + ip.String() + ":8080"}
+	st := g.waitStatus("healthy", 60*time.Second, func(s agentapi.Status) bool { return s.Health.State == agentapi.HealthHealthy })
+	if st.Boot != "rootfs" {
+		t.Fatalf("status %+v", st)
+	}
+	if body := g.mustGet("/v1/index.html"); body != "root disk without kestrel\n" {
+		t.Fatalf("proxy: %q", body)
+	}
+	vm.PowerButton()
+	if err := vm.Wait(30 * time.Second); err != nil {
+		t.Fatalf("guest did not power off: %v", err)
+	}
+	assertCleanExt4(t, root)
+}
+
+// TestVMFatalPowersOff checks that kestrel never leaves a guest hung: a
+// broken manifest, and a data disk attached where the root disk should be,
+// each print why on the console and end the VM without any help.
+func TestVMFatalPowersOff(t *testing.T) {
+	k, vmlinux := guesttest.Kernel(t)
+	n := vmtest.NewNet(t)
+	initrd := vmtest.BootImage(t, k).Write()
+	for _, tc := range []struct {
+		name    string
+		disks   []string
+		cmdline string
+		want    string
+	}{
+		{"bad manifest", nil, "volant.manifest=bm90LWd6aXA", "kestrel: FATAL: volant.manifest: encoded manifest is not gzip data"},
+		{"data disk as root", []string{dataDisk(t, "data\n")}, "volant.manifest=" + encode(t, webManifest(true)),
+			"kestrel: FATAL: refusing /dev/vda as the root filesystem: it carries neither kestrel nor the workload's entrypoint /bin/httpd"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := vmtest.Boot(t, n, vmlinux, vmtest.Config{Name: "fatal", Initrd: initrd, Disks: tc.disks, Cmdline: tc.cmdline})
+			if err := vm.Wait(bootTimeout); err != nil {
+				t.Fatalf("the guest did not end by itself: %v\n%s", err, vm.ConsoleText())
+			}
+			con := vm.ConsoleText()
+			if !strings.Contains(con, tc.want) || !strings.Contains(con, "reboot: Power down") {
+				t.Fatalf("console lacks %q and a power-off:\n%s", tc.want, con)
+			}
+		})
 	}
 }

@@ -173,7 +173,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 			return
 		}
 		start := time.Now()
-		exit, err := s.start()
+		exit, drained, err := s.start()
 		var ran time.Duration
 		success := false
 		if err != nil {
@@ -187,12 +187,14 @@ func (s *Supervisor) Run(ctx context.Context) {
 			case e = <-exit:
 			case <-ctx.Done():
 				e = s.stop(exit)
+				waitDrained(drained)
 				s.finish(e, time.Since(start))
 				s.set(func(st *agentapi.WorkloadStatus) { st.State = agentapi.WorkloadExited })
 				return
 			}
 			ran = e.Time.Sub(start)
 			success = e.Success()
+			waitDrained(drained)
 			s.finish(e, ran)
 			// The leader is gone; whatever it left in its group goes too,
 			// so a restart starts from a clean slate.
@@ -234,6 +236,19 @@ func (s *Supervisor) Run(ctx context.Context) {
 	}
 }
 
+// OutputDrainWait bounds how long an exit waits for the workload's last
+// output: processes it left behind may hold the pipe open indefinitely.
+const OutputDrainWait = time.Second
+
+func waitDrained(drained <-chan struct{}) {
+	t := time.NewTimer(OutputDrainWait)
+	defer t.Stop()
+	select {
+	case <-drained:
+	case <-t.C:
+	}
+}
+
 func (s *Supervisor) finish(e reaper.Exit, ran time.Duration) {
 	s.log.Info("workload exited", "pid", e.PID, "status", e.String(), "ran", ran.Round(time.Millisecond))
 	s.set(func(st *agentapi.WorkloadStatus) {
@@ -253,23 +268,24 @@ func (s *Supervisor) finish(e reaper.Exit, ran time.Duration) {
 
 // start forks the workload. Its stdout and stderr are one pipe, so their
 // order is kept; a goroutine copies it to s.out until every holder of the
-// write end (the workload and anything it spawned) has closed it.
-func (s *Supervisor) start() (<-chan reaper.Exit, error) {
+// write end (the workload and anything it spawned) has closed it, then
+// closes drained.
+func (s *Supervisor) start() (exit <-chan reaper.Exit, drained <-chan struct{}, err error) {
 	path, err := s.spec.lookPath()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if st, err := os.Stat(s.spec.Dir); err != nil || !st.IsDir() {
-		return nil, fmt.Errorf("workdir %s: not a directory", s.spec.Dir)
+		return nil, nil, fmt.Errorf("workdir %s: not a directory", s.spec.Dir)
 	}
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
+		return nil, nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
 	}
 	defer devnull.Close()
 	pr, pw, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("creating output pipe: %w", err)
+		return nil, nil, fmt.Errorf("creating output pipe: %w", err)
 	}
 	attr := &syscall.ProcAttr{
 		Dir:   s.spec.Dir,
@@ -283,9 +299,11 @@ func (s *Supervisor) start() (<-chan reaper.Exit, error) {
 	pw.Close()
 	if err != nil {
 		pr.Close()
-		return nil, fmt.Errorf("starting %s: %w", path, err)
+		return nil, nil, fmt.Errorf("starting %s: %w", path, err)
 	}
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		defer pr.Close()
 		_, _ = io.Copy(s.out, pr)
 	}()
@@ -297,7 +315,7 @@ func (s *Supervisor) start() (<-chan reaper.Exit, error) {
 	s.set(func(st *agentapi.WorkloadStatus) {
 		st.State, st.PID, st.StartedAt, st.Error = agentapi.WorkloadRunning, pid, &now, ""
 	})
-	return exit, nil
+	return exit, done, nil
 }
 
 // stop sends SIGTERM to the workload's process group, waits up to the

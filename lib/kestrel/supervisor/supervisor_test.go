@@ -224,3 +224,25 @@ func TestSpecFromManifest(t *testing.T) {
 		}
 	}
 }
+
+// TestLastWordsAreKept: when Run returns, everything the workload wrote,
+// up to its SIGTERM handler's last line, has reached the output.
+func TestLastWordsAreKept(t *testing.T) {
+	r := setup(t)
+	for i := 0; i < 5; i++ {
+		out := &syncBuf{}
+		s := New(spec(t, manifest.Workload{Entrypoint: []string{"sh", "-c", `trap 'echo bye; exit 0' TERM; echo hi; while :; do sleep 0.02; done`}}), r, out, nil, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			for !strings.Contains(out.String(), "hi") {
+				time.Sleep(5 * time.Millisecond)
+			}
+			cancel()
+		}()
+		run(t, s, ctx)
+		// (The shell may also report its sleep child's "Terminated".)
+		if got := out.String(); !strings.HasPrefix(got, "hi\n") || !strings.HasSuffix(got, "bye\n") {
+			t.Fatalf("run %d: output %q when Run returned", i, got)
+		}
+	}
+}
