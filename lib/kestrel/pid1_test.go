@@ -193,7 +193,9 @@ while true; do sleep 0.05; done`
 			p := startPID1(t, []string{"--pid", "--fork", "--mount-proc"},
 				"run", "--manifest", writeManifest(t, workload, "on-failure"), "--listen", "127.0.0.1:8080", "--debug")
 			pid := p.hostPID()
-			st := p.status(func(s agentapi.Status) bool { return s.Workload.State == agentapi.WorkloadRunning && s.Workload.Restarts == 1 })
+			st := p.status(func(s agentapi.Status) bool {
+				return s.Workload.State == agentapi.WorkloadRunning && s.Workload.Restarts == 1
+			})
 			if st.Workload.ExitCode == nil || *st.Workload.ExitCode != 3 {
 				t.Fatalf("first exit not recorded: %+v", st.Workload)
 			}
