@@ -21,7 +21,7 @@ import (
 const bootTimeout = 90 * time.Second
 
 type guest struct {
-	t      *testing.T
+	t      testing.TB
 	client *http.Client
 	base   string
 }
@@ -70,13 +70,13 @@ func (g *guest) waitStatus(what string, timeout time.Duration, cond func(agentap
 }
 
 // dataDisk makes an ext4 data disk with one file and no kestrel on it.
-func dataDisk(t *testing.T, content string) string {
+func dataDisk(t testing.TB, content string) string {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "hello.txt"), []byte(content), 0o644)
 	return vmtest.Ext4(t, dir, "data")
 }
 
-func mustJSON(t *testing.T, v any) []byte {
+func mustJSON(t testing.TB, v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +123,7 @@ func TestVMInitramfs(t *testing.T) {
 		IP: ip, MAC: "02:00:00:00:00:64",
 		Cmdline: "volant.vm=vm1 volant.plugin=web volant.ip=192.168.127.100/24 volant.gw=192.168.127.1 volant.dns=192.168.127.1 volant.api_host=192.168.127.1 volant.api_port=9000",
 	})
-	ready := vm.WaitConsole("kestrel: ready", bootTimeout)
+	ready := vm.WaitConsole("kestrel: agent ready", bootTimeout)
 	g := &guest{t: t, client: n.Client(10 * time.Second), base: "http://" + ip.String() + ":8080"}
 	st := g.waitStatus("healthy", 60*time.Second, func(s agentapi.Status) bool { return s.Health.State == agentapi.HealthHealthy })
 	con := vm.ConsoleText()
@@ -208,7 +208,7 @@ func TestVMInitramfs(t *testing.T) {
 
 // rootDisk makes an ext4 root filesystem holding busybox (as the workload)
 // and, when withKestrel, kestrel at /bin/kestrel as fledge installs it.
-func rootDisk(t *testing.T, withKestrel bool, index string) string {
+func rootDisk(t testing.TB, withKestrel bool, index string) string {
 	t.Helper()
 	dir := t.TempDir()
 	for _, d := range []string{"bin", "etc", "srv", "proc", "sys", "dev", "run", "tmp"} {
@@ -225,7 +225,7 @@ func rootDisk(t *testing.T, withKestrel bool, index string) string {
 	return vmtest.Ext4(t, dir, "root")
 }
 
-func copyFile(t *testing.T, src, dst string) {
+func copyFile(t testing.TB, src, dst string) {
 	t.Helper()
 	b, err := os.ReadFile(src)
 	if err != nil {
@@ -238,7 +238,7 @@ func copyFile(t *testing.T, src, dst string) {
 
 // assertCleanExt4 checks that an image was unmounted (or remounted
 // read-only) before the VM ended: state clean, no journal to replay.
-func assertCleanExt4(t *testing.T, img string) {
+func assertCleanExt4(t testing.TB, img string) {
 	t.Helper()
 	out, err := exec.Command("dumpe2fs", "-h", img).CombinedOutput()
 	if err != nil {
@@ -267,7 +267,7 @@ func webManifest(rootfs bool) *manifest.Manifest {
 	return m
 }
 
-func encode(t *testing.T, m *manifest.Manifest) string {
+func encode(t testing.TB, m *manifest.Manifest) string {
 	t.Helper()
 	m.Normalize()
 	if err := m.Validate(); err != nil {
@@ -302,7 +302,7 @@ func TestVMRootfs(t *testing.T) {
 		IP: ip, MAC: "02:00:00:00:00:65",
 		Cmdline: "volant.boot=auto volant.vm=vm2 volant.ip=192.168.127.101/24 volant.gw=192.168.127.1 volant.manifest=" + encode(t, m),
 	})
-	ready := vm.WaitConsole("kestrel: ready", bootTimeout)
+	ready := vm.WaitConsole("kestrel: agent ready", bootTimeout)
 	g := &guest{t: t, client: n.Client(10 * time.Second), base: "http://" + ip.String() + ":8080"}
 	st := g.waitStatus("healthy", 60*time.Second, func(s agentapi.Status) bool { return s.Health.State == agentapi.HealthHealthy })
 	t.Logf("ready line after %s; kestrel RSS %d KiB", ready.Round(time.Millisecond), st.Memory.AgentRSSKiB)
@@ -351,7 +351,7 @@ func TestVMRootfsCarryOver(t *testing.T) {
 		IP: ip, MAC: "02:00:00:00:00:66",
 		Cmdline: "volant.boot=rootfs volant.rootfs_fstype=ext4 volant.vm=vm3 volant.ip=192.168.127.102/24 volant.manifest_file=/etc/volant/manifest.json",
 	})
-	vm.WaitConsole("kestrel: ready", bootTimeout)
+	vm.WaitConsole("kestrel: agent ready", bootTimeout)
 	if con := vm.ConsoleText(); !strings.Contains(con, "kestrel=initramfs") {
 		t.Fatalf("kestrel was not carried over:\n%s", con)
 	}

@@ -283,7 +283,8 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	return nil // not reached
 }
 
-// ready prints the line boot measurements key on.
+// ready prints the line boot measurements key on: the agent API is up
+// (the workload may still be starting).
 func (b *booter) ready(h Handoff) {
 	size := int64(0)
 	if st, err := os.Stat("/proc/self/exe"); err == nil {
@@ -293,7 +294,7 @@ func (b *booter) ready(h Handoff) {
 	if mem := agent.ReadMemory(); mem != nil {
 		rss = mem.AgentRSSKiB
 	}
-	b.log.Info("ready", "boot", string(h.Boot), "uptime", guest.Uptime().Round(time.Millisecond),
+	b.log.Info("agent ready", "boot", string(h.Boot), "uptime", guest.Uptime().Round(time.Millisecond),
 		"rss_kib", rss, "binary_bytes", size, "api_port", agentapi.Port)
 }
 

@@ -6,7 +6,12 @@
 //   - Retries failing probes in a row make it "unhealthy" (from unknown or
 //     healthy); fewer leave it where it was;
 //   - a probe passes when the workload answers base_url+endpoint with a
-//     status below 400 within the timeout (redirects are not followed).
+//     status below 400 within the timeout (redirects are not followed);
+//   - while the verdict is still "unknown" (start-up, at most StartupWindow)
+//     the checker probes every StartupInterval, so a workload that is up in
+//     50 ms is healthy in about that time, not after a whole interval; a
+//     failure is counted at most once per interval, so turning unhealthy
+//     still takes Retries intervals.
 //
 // Machine is the pure state machine; Checker runs it on a ticker.
 package health
@@ -22,6 +27,12 @@ import (
 
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/manifest"
+)
+
+// Start-up probing (see the package comment).
+const (
+	StartupInterval = 100 * time.Millisecond
+	StartupWindow   = time.Minute
 )
 
 // Machine is the verdict and its history. The zero value is unusable; use
@@ -136,15 +147,24 @@ func (c *Checker) Status() agentapi.HealthStatus {
 
 // Run probes at once and then every interval until ctx is done.
 func (c *Checker) Run(ctx context.Context) {
-	t := time.NewTicker(c.interval)
-	defer t.Stop()
+	start := time.Now()
+	var lastCounted time.Time
 	for {
 		err := c.probe(ctx)
 		if ctx.Err() != nil {
 			return
 		}
+		now := time.Now()
 		c.mu.Lock()
-		changed := c.m.Observe(time.Now(), err)
+		startup := c.m.Status().State == agentapi.HealthUnknown && now.Sub(start) < StartupWindow && c.interval > StartupInterval
+		count := err == nil || !startup || now.Sub(lastCounted) >= c.interval
+		changed := false
+		if count {
+			if err != nil {
+				lastCounted = now
+			}
+			changed = c.m.Observe(now, err)
+		}
 		st := c.m.Status()
 		c.mu.Unlock()
 		if changed {
@@ -155,8 +175,14 @@ func (c *Checker) Run(ctx context.Context) {
 			}
 			c.onChange(st)
 		}
+		wait := c.interval
+		if st.State == agentapi.HealthUnknown && time.Since(start) < StartupWindow && c.interval > StartupInterval {
+			wait = StartupInterval
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-t.C:
 		}

@@ -105,3 +105,42 @@ func TestCheckerFollowsWorkload(t *testing.T) {
 		t.Fatalf("changes %v", seen)
 	}
 }
+
+// TestStartupIsFastButUnhealthyIsNot: with a 2 s interval, a workload that
+// starts answering after 300 ms is healthy well before one interval, and a
+// workload that never answers is not declared unhealthy before
+// retries × interval.
+func TestStartupIsFastButUnhealthyIsNot(t *testing.T) {
+	var up atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !up.Load() {
+			w.WriteHeader(503)
+		}
+	}))
+	defer srv.Close()
+	hc := manifest.HealthCheck{Endpoint: "/", IntervalMS: 2000, TimeoutMS: 500, Retries: 2}
+	c := NewChecker(srv.URL, hc, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	t0 := time.Now()
+	go c.Run(ctx)
+	time.AfterFunc(300*time.Millisecond, func() { up.Store(true) })
+	for c.Status().State != agentapi.HealthHealthy {
+		if time.Since(t0) > 1500*time.Millisecond {
+			t.Fatalf("not healthy %s after the workload came up: %+v", time.Since(t0), c.Status())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	down := NewChecker(srv.URL+"/x", manifest.HealthCheck{Endpoint: "/", IntervalMS: 300, TimeoutMS: 100, Retries: 3}, nil, nil)
+	up.Store(false)
+	t1 := time.Now()
+	go down.Run(ctx)
+	for down.Status().State != agentapi.HealthUnhealthy {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Failures at 0, 300 and 600 ms: not before 600 ms.
+	if took := time.Since(t1); took < 550*time.Millisecond || down.Status().ConsecutiveFailures != 3 {
+		t.Fatalf("unhealthy after %s with %+v", took, down.Status())
+	}
+}

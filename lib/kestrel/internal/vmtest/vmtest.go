@@ -300,6 +300,9 @@ func Boot(t testing.TB, n *Net, k string, cfg Config) *VM {
 	return vm
 }
 
+// Since is the time since QEMU was launched.
+func (vm *VM) Since() time.Duration { return time.Since(vm.started) }
+
 // ConsoleText is the serial output so far.
 func (vm *VM) ConsoleText() string {
 	b, _ := os.ReadFile(vm.Console)
