@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -189,6 +190,9 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	a.mu.Lock()
 	a.m = m
 	a.mu.Unlock()
+	if u, err := url.Parse(m.Workload.BaseURL); err == nil && m.Workload.BaseURL != "" && u.Port() == strconv.Itoa(agentapi.Port) {
+		a.log.Warn("the workload's base_url uses kestrel's own API port; it cannot listen there in a guest", "base_url", m.Workload.BaseURL, "port", agentapi.Port)
+	}
 	if a.cfg.BeforeStart != nil {
 		if err := a.cfg.BeforeStart(ctx, m); err != nil {
 			a.mu.Lock()

@@ -21,6 +21,7 @@ import (
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/kestrel/reaper"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 func freePort(t *testing.T) int {
@@ -62,7 +63,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestAgentOnHost(t *testing.T) {
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
-		t.Skip("needs busybox (apt-get install busybox-static)")
+		netnstest.SkipOrFail(t, "needs busybox (apt-get install busybox-static)")
 	}
 	srvDir := t.TempDir()
 	os.WriteFile(filepath.Join(srvDir, "index.html"), []byte("hello from the workload\n"), 0o644)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/volantvm/volant/lib/kmod"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 // A fake modules directory with the shape of the boot image's subset index.
@@ -133,7 +134,7 @@ func TestPlanOnDebianKernel(t *testing.T) {
 	}
 	rel, err := os.ReadFile(filepath.Join(dir, "release"))
 	if err != nil {
-		t.Skip("no guest kernel (make kernel)")
+		netnstest.SkipOrFail(t, "no guest kernel (make kernel)")
 	}
 	full := filepath.Join(dir, "modules", strings.TrimSpace(string(rel)))
 	ix, err := kmod.LoadIndex(full)

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 func TestTablesAreSane(t *testing.T) {
@@ -75,7 +77,7 @@ func TestParseMountinfoAndShutdownPlan(t *testing.T) {
 func TestProbeFSType(t *testing.T) {
 	mkfs, err := exec.LookPath("mkfs.ext4")
 	if err != nil {
-		t.Skip("needs mkfs.ext4")
+		netnstest.SkipOrFail(t, "needs mkfs.ext4")
 	}
 	img := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(img, nil, 0o644); err != nil {

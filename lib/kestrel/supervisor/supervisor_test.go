@@ -12,6 +12,7 @@ import (
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/kestrel/reaper"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 type syncBuf struct {
@@ -140,7 +141,7 @@ func TestStartFailureIsReported(t *testing.T) {
 
 func TestEnvWorkdirAndUser(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to change user")
+		netnstest.SkipOrFail(t, "needs root to change user")
 	}
 	r := setup(t)
 	dir, err := os.MkdirTemp("", "kestrel-workdir-")
