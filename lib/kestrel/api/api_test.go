@@ -37,7 +37,7 @@ func (f *fake) Manifest() *manifest.Manifest {
 func workload(t *testing.T) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/app/slow" {
-			time.Sleep(2 * time.Second)
+			time.Sleep(400 * time.Millisecond)
 		}
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("X-Seen", r.Method+" "+r.URL.RequestURI()+" "+string(body)+" host="+r.Host)
