@@ -61,7 +61,7 @@ type Status struct {
 	VM       string         `json:"vm,omitempty"`
 	Plugin   string         `json:"plugin,omitempty"`
 	Agent    string         `json:"agent"` // kestrel's version
-	Boot     string         `json:"boot"`  // initramfs | rootfs
+	Boot     string         `json:"boot"`  // initramfs | rootfs; none for `kestrel run` outside a guest
 	UptimeMS int64          `json:"uptime_ms"`
 	Workload WorkloadStatus `json:"workload"`
 	Health   HealthStatus   `json:"health"`
