@@ -19,6 +19,7 @@ var allowed = []string{
 	"github.com/volantvm/volant/lib/buildinfo",
 	"github.com/volantvm/volant/lib/kmod",
 	"github.com/volantvm/volant/lib/manifest",
+	"github.com/volantvm/volant/lib/names", // lib/manifest's name rule; stdlib + apierr only
 	"golang.org/x/sys/unix",
 	"github.com/vishvananda/netlink",
 	"github.com/vishvananda/netns",
