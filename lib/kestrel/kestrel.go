@@ -8,6 +8,11 @@
 // supervises a workload with the same agent but never mounts, loads modules,
 // configures the network or powers anything off: those need the Machine
 // that Claim refuses to make outside a guest.
+//
+// lib/kestrel and lib/kestrel/boot are kestrel's program, called only by
+// cmd/kestrel, not general libraries: as init, handling signals (SIGCHLD,
+// SIGTERM, SIGINT, SIGPWR) is their job, so unlike other lib/ packages they
+// install signal handlers.
 package kestrel
 
 import (
@@ -115,7 +120,7 @@ func runFlags(out io.Writer, o *runOptions) *flag.FlagSet {
 }
 
 // guestOnly are command-line keys that mean nothing outside a guest.
-var guestOnly = []string{"volant.ip", "volant.gw", "volant.dns", "volant.boot", "volant.rootfs_device", "volant.rootfs_fstype", "volant.modules", "ip"}
+var guestOnly = [...]string{"volant.ip", "volant.gw", "volant.dns", "volant.boot", "volant.rootfs_device", "volant.rootfs_fstype", "volant.modules", "ip"}
 
 func runCmd(version string, env Env, argv []string) int {
 	var o runOptions

@@ -75,7 +75,7 @@ func Decide(a bootargs.Args, m *manifest.Manifest) Plan {
 
 // KestrelPaths are where a root filesystem carries kestrel, in order of
 // preference.
-var kestrelPaths = []string{"/bin/kestrel", "/usr/local/bin/kestrel"}
+var kestrelPaths = [...]string{"/bin/kestrel", "/usr/local/bin/kestrel"}
 
 // KestrelOn returns the path (inside root) of an executable kestrel on the
 // filesystem mounted at root, or "".
@@ -97,7 +97,7 @@ func LooksLikeRoot(root string, m *manifest.Manifest) (ok bool, why string) {
 		return true, ""
 	}
 	if m == nil {
-		return false, "it carries no kestrel (" + strings.Join(kestrelPaths, " or ") + ")"
+		return false, "it carries no kestrel (" + strings.Join(kestrelPaths[:], " or ") + ")"
 	}
 	if len(m.Workload.Entrypoint) > 0 {
 		if p := findEntrypoint(root, m.Workload.Entrypoint[0], m.Workload.Env["PATH"]); p != "" {

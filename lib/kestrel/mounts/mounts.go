@@ -54,8 +54,8 @@ func Late() []Mount {
 	}
 }
 
-// MovedIntoNewRoot are the Early mounts that a root switch carries over.
-var movedIntoNewRoot = []string{"/dev", "/proc", "/sys", "/run"}
+// movedIntoNewRoot are the Early mounts that a root switch carries over.
+var movedIntoNewRoot = [...]string{"/dev", "/proc", "/sys", "/run"}
 
 // IsMountPoint reports whether p is a mount point: "/" always is, and any
 // other directory is when it lives on another device than its parent. It

@@ -102,7 +102,8 @@ func (r *Reaper) Orphans() int {
 	return r.orphans
 }
 
-// Run reaps on every SIGCHLD until ctx is done. It also sweeps once a
+// Run reaps on every SIGCHLD until ctx is done. It installs a SIGCHLD
+// handler (signal.Notify): run it only in kestrel's own process. It also sweeps once a
 // second, so a lost signal never leaves a zombie behind for long.
 func (r *Reaper) Run(ctx context.Context) {
 	sig := make(chan os.Signal, 1)
