@@ -150,11 +150,15 @@ func (c *Checker) Run(ctx context.Context) {
 	start := time.Now()
 	var lastCounted time.Time
 	for {
+		t0 := time.Now()
 		err := c.probe(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		now := time.Now()
+		if err != nil {
+			c.log.Debug("health probe failed", "took", now.Sub(t0), "err", err)
+		}
 		c.mu.Lock()
 		startup := c.m.Status().State == agentapi.HealthUnknown && now.Sub(start) < StartupWindow && c.interval > StartupInterval
 		count := err == nil || !startup || now.Sub(lastCounted) >= c.interval
