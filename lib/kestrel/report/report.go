@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,7 +37,8 @@ type Reporter struct {
 	log    *slog.Logger
 
 	mu      sync.Mutex
-	queue   []agentapi.Status
+	queue   []queued
+	seq     uint64
 	wake    chan struct{}
 	sent    int
 	dropped int
@@ -59,6 +61,11 @@ func joinHostPort(host string, port int) string {
 	return host + ":" + strconv.Itoa(port)
 }
 
+type queued struct {
+	seq uint64
+	st  agentapi.Status
+}
+
 // New returns a reporter posting to url. log may be nil.
 func New(url string, log *slog.Logger) *Reporter {
 	if log == nil {
@@ -75,11 +82,12 @@ func New(url string, log *slog.Logger) *Reporter {
 // Send queues st. It never blocks.
 func (r *Reporter) Send(st agentapi.Status) {
 	r.mu.Lock()
-	r.queue = append(r.queue, st)
+	r.seq++
+	r.queue = append(r.queue, queued{seq: r.seq, st: st})
 	if len(r.queue) > MaxQueue {
 		n := len(r.queue) - MaxQueue
 		r.dropped += n
-		r.queue = append([]agentapi.Status(nil), r.queue[n:]...)
+		r.queue = append([]queued(nil), r.queue[n:]...)
 	}
 	r.mu.Unlock()
 	select {
@@ -100,10 +108,10 @@ func (r *Reporter) Run(ctx context.Context) {
 	backoff := time.Duration(0)
 	for {
 		r.mu.Lock()
-		var st agentapi.Status
+		var head queued
 		have := len(r.queue) > 0
 		if have {
-			st = r.queue[0]
+			head = r.queue[0]
 		}
 		r.mu.Unlock()
 		if !have {
@@ -114,19 +122,19 @@ func (r *Reporter) Run(ctx context.Context) {
 				continue
 			}
 		}
-		err := r.post(ctx, st)
+		err := r.post(ctx, head.st)
 		if ctx.Err() != nil {
 			return
 		}
 		var rejected *rejectedError
 		switch {
 		case err == nil:
-			r.pop(st, false)
+			r.pop(head.seq, false)
 			backoff = 0
 			continue
-		case asRejected(err, &rejected):
+		case errors.As(err, &rejected):
 			r.log.Warn("control plane rejected a status report; dropping it", "url", r.url, "err", err)
-			r.pop(st, true)
+			r.pop(head.seq, true)
 			continue
 		}
 		if backoff == 0 {
@@ -145,12 +153,12 @@ func (r *Reporter) Run(ctx context.Context) {
 	}
 }
 
-// pop removes st from the head if it is still there (Send may have pushed
-// it out meanwhile).
-func (r *Reporter) pop(st agentapi.Status, dropped bool) {
+// pop removes report seq from the head if it is still there (Send may have
+// pushed it out meanwhile).
+func (r *Reporter) pop(seq uint64, dropped bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.queue) > 0 && r.queue[0].Time.Equal(st.Time) {
+	if len(r.queue) > 0 && r.queue[0].seq == seq {
 		r.queue = r.queue[1:]
 	}
 	if dropped {
@@ -163,14 +171,6 @@ func (r *Reporter) pop(st agentapi.Status, dropped bool) {
 type rejectedError struct{ status string }
 
 func (e *rejectedError) Error() string { return "control plane answered " + e.status }
-
-func asRejected(err error, target **rejectedError) bool {
-	e, ok := err.(*rejectedError)
-	if ok {
-		*target = e
-	}
-	return ok
-}
 
 func (r *Reporter) post(ctx context.Context, st agentapi.Status) error {
 	body, err := json.Marshal(st)

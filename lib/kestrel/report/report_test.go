@@ -84,8 +84,8 @@ func TestQueueKeepsNewest(t *testing.T) {
 	for i := 0; i < MaxQueue+5; i++ {
 		r.Send(agentapi.Status{UptimeMS: int64(i), Time: base.Add(time.Duration(i))})
 	}
-	if len(r.queue) != MaxQueue || r.queue[0].UptimeMS != 5 || r.queue[MaxQueue-1].UptimeMS != MaxQueue+4 {
-		t.Fatalf("queue %d first %d", len(r.queue), r.queue[0].UptimeMS)
+	if len(r.queue) != MaxQueue || r.queue[0].st.UptimeMS != 5 || r.queue[MaxQueue-1].st.UptimeMS != MaxQueue+4 {
+		t.Fatalf("queue %d first %d", len(r.queue), r.queue[0].st.UptimeMS)
 	}
 	if _, dropped := r.Stats(); dropped != 5 {
 		t.Fatalf("dropped %d", dropped)
