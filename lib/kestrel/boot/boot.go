@@ -142,8 +142,14 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 	case ModeInitramfs:
 		return h, nil
 	case ModeProbe:
+		// The disk's driver bound it while the modules loaded, so sysfs
+		// knows at once whether it exists; only its /dev node may lag.
+		if !mounts.BlockDeviceKnown(plan.Device, 250*time.Millisecond) {
+			b.log.Info("no disk: staying in the initramfs", "device", plan.Device)
+			return h, nil
+		}
 		if err := mounts.WaitForDevice(plan.Device, time.Second); err != nil {
-			b.log.Info("no root disk: staying in the initramfs", "device", plan.Device)
+			b.log.Info("no root disk: staying in the initramfs", "device", plan.Device, "err", err)
 			return h, nil
 		}
 		fstype, err := b.mountDevice(plan.Device, NewRoot, plan.FSType, true)

@@ -124,6 +124,22 @@ func WaitForDevice(dev string, timeout time.Duration) error {
 	}
 }
 
+// BlockDeviceKnown reports whether the kernel has the block device dev
+// (/sys/class/block/<name>), waiting up to wait for it to be registered.
+func BlockDeviceKnown(dev string, wait time.Duration) bool {
+	p := filepath.Join("/sys/class/block", filepath.Base(dev))
+	deadline := time.Now().Add(wait)
+	for {
+		if _, err := os.Stat(p); err == nil {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // ProbeFSType reads a block device's superblock and names its filesystem
 // (ext4 for the ext2/3/4 family, xfs, btrfs, squashfs), or "" when it
 // recognizes none.
