@@ -305,7 +305,8 @@ func TestVMRootfs(t *testing.T) {
 	ready := vm.WaitConsole("kestrel: agent ready", bootTimeout)
 	g := &guest{t: t, client: n.Client(10 * time.Second), base: "http://" + ip.String() + ":8080"}
 	st := g.waitStatus("healthy", 60*time.Second, func(s agentapi.Status) bool { return s.Health.State == agentapi.HealthHealthy })
-	t.Logf("ready line after %s; kestrel RSS %d KiB", ready.Round(time.Millisecond), st.Memory.AgentRSSKiB)
+	t.Logf("agent ready after %s; kestrel from the disk: RSS %d KiB, guest MemAvailable %d of %d KiB",
+		ready.Round(time.Millisecond), st.Memory.AgentRSSKiB, st.Memory.GuestAvailableKiB, st.Memory.GuestTotalKiB)
 	con := vm.ConsoleText()
 	for _, want := range []string{"switching root device=/dev/vda fstype=ext4 kestrel=/bin/kestrel", "kestrel: stage 2", "root=/dev/vda kestrel=/bin/kestrel", "data disk mounted disk=data device=/dev/vdb"} {
 		if !strings.Contains(con, want) {
@@ -360,6 +361,7 @@ func TestVMRootfsCarryOver(t *testing.T) {
 	if st.Boot != "rootfs" {
 		t.Fatalf("status %+v", st)
 	}
+	t.Logf("carried-over kestrel: RSS %d KiB, guest MemAvailable %d of %d KiB", st.Memory.AgentRSSKiB, st.Memory.GuestAvailableKiB, st.Memory.GuestTotalKiB)
 	if body := g.mustGet("/v1/index.html"); body != "root disk without kestrel\n" {
 		t.Fatalf("proxy: %q", body)
 	}
