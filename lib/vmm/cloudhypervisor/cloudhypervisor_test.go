@@ -17,8 +17,16 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/cli/clitest"
 	"github.com/volantvm/volant/lib/vmm"
+	"github.com/volantvm/volant/lib/vmm/cloudhypervisor/chtest"
 	"github.com/volantvm/volant/lib/vmm/vmmtest"
 )
+
+func TestMain(m *testing.M) {
+	if chtest.Impersonating() {
+		os.Exit(chtest.Main(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
 
 func base() vmm.Config {
 	return vmm.Config{
@@ -89,9 +97,9 @@ func TestArgvRefusesEarly(t *testing.T) {
 }
 
 // serve runs handler behind the OpenAPI validator on a unix socket.
-func serve(t *testing.T, h http.Handler) (string, *validator) {
+func serve(t *testing.T, h http.Handler) (string, *chtest.Validator) {
 	t.Helper()
-	v, err := newValidator()
+	v, err := chtest.NewValidator()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,13 +118,13 @@ func serve(t *testing.T, h http.Handler) (string, *validator) {
 // with a valid method, path, host and (absent) body; every answer the fake
 // gives is a documented response.
 func TestClientRequestsMatchOpenAPI(t *testing.T) {
-	cfg, err := vmConfigFromFlags(map[string][]string{"kernel": {os.Args[0]}, "cmdline": {"console=ttyS0"},
+	cfg, err := chtest.VMConfigFromFlags(map[string][]string{"kernel": {os.Args[0]}, "cmdline": {"console=ttyS0"},
 		"disk": {"path=" + os.Args[0] + ",id=disk0"}, "net": {"tap=vt0,mac=02:00:00:00:00:01,id=net0"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm := &fakeVM{cfg: cfg, state: "Running", exit: make(chan int, 4)}
-	sock, v := serve(t, vm.handler())
+	vm := chtest.NewVM(cfg)
+	sock, v := serve(t, vm.Handler())
 	c := NewClient(sock)
 	ctx := context.Background()
 	steps := []struct {
@@ -166,7 +174,7 @@ func TestClientRequestsMatchOpenAPI(t *testing.T) {
 
 	// A request in the wrong state gets CH's documented 405, which the
 	// client reports as an APIError.
-	vm.state = "Shutdown"
+	vm.SetState("Shutdown")
 	var ae *APIError
 	if err := c.Pause(ctx); !errors.As(err, &ae) || ae.Status != http.StatusMethodNotAllowed {
 		t.Fatalf("pause of a shut-down VM: %v", err)
@@ -208,13 +216,13 @@ func TestValidatorCatchesViolations(t *testing.T) {
 }
 
 func fakeHarness(t *testing.T) vmmtest.Harness {
-	bin := fakeBinDir(t)
+	bin := chtest.Binary(t)
 	kernel := filepath.Join(t.TempDir(), "vmlinux")
 	os.WriteFile(kernel, []byte("not really a kernel"), 0o644)
 	disk := filepath.Join(t.TempDir(), "root,fs.img") // a comma: quoting is exercised
 	os.WriteFile(disk, make([]byte, 4096), 0o644)
 	return vmmtest.Harness{
-		Backend: &Backend{Binary: filepath.Join(bin, DefaultBinary)},
+		Backend: &Backend{Binary: bin},
 		Config: func(t testing.TB, dir string) vmm.Config {
 			return vmm.Config{
 				Name: "fake", CPUs: 2, MemoryMB: 128, Accel: vmm.AccelKVM,
@@ -322,8 +330,7 @@ func TestProbe(t *testing.T) {
 	if a := b.Probe(context.Background()); a.Usable || !strings.Contains(a.Reason, "not found") {
 		t.Fatalf("missing binary: %+v", a)
 	}
-	bin := fakeBinDir(t)
-	b = &Backend{Binary: filepath.Join(bin, DefaultBinary)}
+	b = &Backend{Binary: chtest.Binary(t)}
 	a := b.Probe(context.Background())
 	// The binary is there; usability now depends on this host's KVM, and an
 	// unusable KVM must be explained.

@@ -1,4 +1,18 @@
-package cloudhypervisor
+// Package chtest stands in for Cloud Hypervisor in tests, since no CH binary
+// can run on the machines Volant is developed on: Validator checks HTTP
+// traffic against CH's own OpenAPI document (v53), and Main is a fake
+// cloud-hypervisor process that a test binary becomes when it is run through
+// a symlink of that name (the os/exec helper-process trick):
+//
+//	func TestMain(m *testing.M) {
+//		if chtest.Impersonating() {
+//			os.Exit(chtest.Main(os.Args[1:]))
+//		}
+//		os.Exit(m.Run())
+//	}
+//
+// and then &cloudhypervisor.Backend{Binary: chtest.Binary(t)}.
+package chtest
 
 import (
 	"bytes"
@@ -23,7 +37,7 @@ import (
 // contract every request of Client and every answer of the fake CH is
 // checked against.
 //
-//go:embed testdata/cloud-hypervisor-v53-openapi.yaml
+//go:embed cloud-hypervisor-v53-openapi.yaml
 var specYAML []byte
 
 func loadRouter() (routers.Router, error) {
@@ -38,11 +52,11 @@ func loadRouter() (routers.Router, error) {
 	return gorillamux.NewRouter(doc)
 }
 
-// validator wraps a handler: every request must match an operation of the
+// Validator wraps a handler: every request must match an operation of the
 // document and validate against it, and every answer must be one of the
 // operation's documented responses with a body matching its schema.
 // Violations are answered with 400 (request) or 500 (answer) and recorded.
-type validator struct {
+type Validator struct {
 	router routers.Router
 
 	mu         sync.Mutex
@@ -50,15 +64,16 @@ type validator struct {
 	ops        map[string]int // "PUT /vm.pause" -> count of valid requests
 }
 
-func newValidator() (*validator, error) {
+// NewValidator loads the document.
+func NewValidator() (*Validator, error) {
 	r, err := loadRouter()
 	if err != nil {
 		return nil, err
 	}
-	return &validator{router: r, ops: map[string]int{}}, nil
+	return &Validator{router: r, ops: map[string]int{}}, nil
 }
 
-func (v *validator) violate(format string, args ...any) string {
+func (v *Validator) violate(format string, args ...any) string {
 	msg := fmt.Sprintf(format, args...)
 	v.mu.Lock()
 	v.violations = append(v.violations, msg)
@@ -67,14 +82,14 @@ func (v *validator) violate(format string, args ...any) string {
 }
 
 // Violations returns what went wrong so far.
-func (v *validator) Violations() []string {
+func (v *Validator) Violations() []string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return append([]string(nil), v.violations...)
 }
 
 // Ops returns the operations validly requested, sorted.
-func (v *validator) Ops() []string {
+func (v *Validator) Ops() []string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	var out []string
@@ -85,7 +100,8 @@ func (v *validator) Ops() []string {
 	return out
 }
 
-func (v *validator) Wrap(next http.Handler) http.Handler {
+// Wrap returns next behind the validation.
+func (v *Validator) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(body))

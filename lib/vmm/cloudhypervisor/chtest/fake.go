@@ -1,4 +1,4 @@
-package cloudhypervisor
+package chtest
 
 import (
 	"encoding/json"
@@ -17,32 +17,29 @@ import (
 	"time"
 )
 
-// The test binary impersonates cloud-hypervisor (the os/exec helper-process
-// trick): run through a symlink named cloud-hypervisor, TestMain hands over
-// to fakeCH instead of the tests.
-func TestMain(m *testing.M) {
-	if filepath.Base(os.Args[0]) == DefaultBinary {
-		os.Exit(fakeCH(os.Args[1:]))
-	}
-	os.Exit(m.Run())
-}
+// Name is the program name the fake answers to.
+const Name = "cloud-hypervisor"
 
-// fakeBinDir returns a directory holding a "cloud-hypervisor" that is this
-// test binary.
-func fakeBinDir(t testing.TB) string {
+// Impersonating reports whether this process was started as the fake
+// cloud-hypervisor (through the symlink Binary makes).
+func Impersonating() bool { return filepath.Base(os.Args[0]) == Name }
+
+// Binary returns the path of a "cloud-hypervisor" that is the running test
+// binary; its TestMain must hand over to Main when Impersonating.
+func Binary(t testing.TB) string {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	if err := os.Symlink(self, filepath.Join(dir, DefaultBinary)); err != nil {
+	p := filepath.Join(t.TempDir(), Name)
+	if err := os.Symlink(self, p); err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	return p
 }
 
-// fakeCH behaves like cloud-hypervisor v53 as far as Volant uses it: it
+// Main behaves like cloud-hypervisor v53 as far as Volant uses it: it
 // parses the command line with CH's rules (clap flags; option_parser
 // key=value lists with quotes and brackets; unknown flags and keys are
 // errors), checks the payload files exist, "boots" (writes a line to the
@@ -51,7 +48,7 @@ func fakeBinDir(t testing.TB) string {
 // off (power button), on vmm.shutdown, or on SIGTERM/SIGINT — as CH does
 // without --no-shutdown. With FAKE_CH_GUEST=deaf in its environment the
 // guest ignores the power button.
-func fakeCH(args []string) int {
+func Main(args []string) int {
 	fail := func(code int, format string, a ...any) int {
 		fmt.Fprintf(os.Stderr, "Error: "+format+"\n", a...)
 		return code
@@ -60,7 +57,7 @@ func fakeCH(args []string) int {
 	if err != nil {
 		return fail(2, "%v", err)
 	}
-	cfg, err := vmConfigFromFlags(flags)
+	cfg, err := VMConfigFromFlags(flags)
 	if err != nil {
 		return fail(1, "parsing config: %v", err)
 	}
@@ -68,11 +65,11 @@ func fakeCH(args []string) int {
 	if err != nil || api["path"] == "" {
 		return fail(1, "parsing --api-socket: %v", err)
 	}
-	v, err := newValidator()
+	v, err := NewValidator()
 	if err != nil {
 		return fail(1, "%v", err)
 	}
-	vm := &fakeVM{cfg: cfg, state: "Running", exit: make(chan int, 1)}
+	vm := NewVM(cfg)
 	os.Remove(api["path"])
 	ln, err := net.Listen("unix", api["path"])
 	if err != nil {
@@ -82,14 +79,14 @@ func fakeCH(args []string) int {
 	if err := vm.boot(); err != nil {
 		return fail(1, "booting VM: %v", err)
 	}
-	srv := &http.Server{Handler: v.Wrap(vm.handler())}
+	srv := &http.Server{Handler: v.Wrap(vm.Handler())}
 	go srv.Serve(ln)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case <-sig:
 		return 0
-	case code := <-vm.exit:
+	case code := <-vm.Exit:
 		time.Sleep(20 * time.Millisecond) // let the last answer leave
 		return code
 	}
@@ -215,8 +212,8 @@ func byteSize(v string) (int64, error) {
 	return n << shift, nil
 }
 
-// vmConfig is the VmConfig of the OpenAPI document, as far as the fake fills it.
-type vmConfig struct {
+// VMConfig is the VmConfig of the OpenAPI document, as far as the fake fills it.
+type VMConfig struct {
 	Cpus    map[string]any   `json:"cpus"`
 	Memory  map[string]any   `json:"memory"`
 	Payload map[string]any   `json:"payload"`
@@ -226,8 +223,9 @@ type vmConfig struct {
 	Console map[string]any   `json:"console"`
 }
 
-func vmConfigFromFlags(f map[string][]string) (*vmConfig, error) {
-	c := &vmConfig{Payload: map[string]any{}}
+// VMConfigFromFlags builds the VmConfig CH would from parsed flags.
+func VMConfigFromFlags(f map[string][]string) (*VMConfig, error) {
+	c := &VMConfig{Payload: map[string]any{}}
 	mustExist := func(what, p string) error {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("%s %s: %w", what, p, err)
@@ -339,15 +337,27 @@ func or(v, def string) string {
 	return v
 }
 
-type fakeVM struct {
-	cfg   *vmConfig
+// VM is the fake's VM state machine and API.
+type VM struct {
+	cfg   *VMConfig
 	mu    sync.Mutex
 	state string
-	exit  chan int
+	// Exit receives the process exit code when the VMM should end.
+	Exit chan int
+}
+
+// NewVM returns a running VM for cfg.
+func NewVM(cfg *VMConfig) *VM { return &VM{cfg: cfg, state: "Running", Exit: make(chan int, 4)} }
+
+// SetState forces the VM's state (Created, Running, Paused, Shutdown).
+func (vm *VM) SetState(s string) {
+	vm.mu.Lock()
+	vm.state = s
+	vm.mu.Unlock()
 }
 
 // boot writes the guest's first console line where --serial says.
-func (vm *fakeVM) boot() error {
+func (vm *VM) boot() error {
 	line := fmt.Sprintf("fake cloud-hypervisor guest: booted with %q\n", vm.cfg.Payload["cmdline"])
 	switch vm.cfg.Serial["mode"] {
 	case "File":
@@ -377,7 +387,8 @@ func (vm *fakeVM) boot() error {
 	return nil
 }
 
-func (vm *fakeVM) handler() http.Handler {
+// Handler serves CH's API for this VM.
+func (vm *VM) Handler() http.Handler {
 	mux := http.NewServeMux()
 	jsonOK := func(w http.ResponseWriter, v any) {
 		w.Header().Set("Content-Type", "application/json")
@@ -438,12 +449,12 @@ func (vm *fakeVM) handler() http.Handler {
 			vm.mu.Lock()
 			vm.state = "Shutdown"
 			vm.mu.Unlock()
-			vm.exit <- 0
+			vm.Exit <- 0
 		}()
 	})
 	mux.HandleFunc("PUT /api/v1/vmm.shutdown", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
-		go func() { vm.exit <- 0 }()
+		go func() { vm.Exit <- 0 }()
 	})
 	return mux
 }
