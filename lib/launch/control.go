@@ -178,7 +178,7 @@ func Stop(ctx context.Context, runDir string, grace time.Duration, o Options) (*
 				return nil, herr
 			}
 		}
-		if err := endSupervisor(ctx, pf.Supervisor); err != nil {
+		if err := endSupervisor(ctx, runDir, pf.Supervisor); err != nil {
 			return nil, err
 		}
 	}
@@ -194,9 +194,29 @@ func Stop(ctx context.Context, runDir string, grace time.Duration, o Options) (*
 	return done()
 }
 
-// endSupervisor waits for a supervisor whose VMM is gone to finish its
-// cleanup, and ends it if it does not (SIGTERM, then SIGKILL).
-func endSupervisor(ctx context.Context, id supervise.Identity) error {
+// endSupervisor waits for the run that supervised a VMM that is gone to
+// clean up and release the run directory, and ends it if it does not
+// (SIGTERM, then SIGKILL). A supervisor that is this very process (Run and
+// Stop called from one program) is only waited for.
+func endSupervisor(ctx context.Context, runDir string, id supervise.Identity) error {
+	released := func(d time.Duration) bool {
+		deadline := time.Now().Add(d)
+		for {
+			if _, err := os.Stat(runDir); errors.Is(err, os.ErrNotExist) || !runDirBusy(runDir) {
+				return true
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return false
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if released(10 * time.Second) {
+		return nil
+	}
+	if self, err := supervise.Self(); err == nil && self == id {
+		return apierr.New(apierr.Timeout, "this process's own run of %s did not finish", runDir)
+	}
 	h, err := id.Open()
 	if errors.Is(err, supervise.ErrGone) {
 		return nil
@@ -208,11 +228,9 @@ func endSupervisor(ctx context.Context, id supervise.Identity) error {
 	for _, step := range []struct {
 		sig  syscall.Signal
 		wait time.Duration
-	}{{0, 10 * time.Second}, {syscall.SIGTERM, 10 * time.Second}, {syscall.SIGKILL, 5 * time.Second}} {
-		if step.sig != 0 {
-			if err := h.Signal(step.sig); err != nil {
-				return err
-			}
+	}{{syscall.SIGTERM, 10 * time.Second}, {syscall.SIGKILL, 5 * time.Second}} {
+		if err := h.Signal(step.sig); err != nil {
+			return err
 		}
 		wctx, cancel := context.WithTimeout(ctx, step.wait)
 		err := h.Wait(wctx)
