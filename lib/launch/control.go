@@ -67,7 +67,7 @@ func Inspect(ctx context.Context, runDir string, o Options) (*Status, error) {
 		}
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
-	st := &Status{RunDir: runDir, Name: filepath.Base(runDir), State: StateStopped}
+	st := &Status{RunDir: runDir, Name: planName(runDir), State: StateStopped}
 	var plan struct {
 		Name      string `json:"name"`
 		Console   string `json:"console_socket"`
@@ -143,7 +143,7 @@ type StopReport struct {
 func Stop(ctx context.Context, runDir string, grace time.Duration, o Options) (*StopReport, error) {
 	o = o.withDefaults()
 	t0 := time.Now()
-	rep := &StopReport{Name: filepath.Base(runDir), RunDir: runDir, Method: "not_running"}
+	rep := &StopReport{Name: planName(runDir), RunDir: runDir, Method: "not_running"}
 	done := func() (*StopReport, error) {
 		rep.Elapsed = time.Since(t0).Milliseconds()
 		return rep, nil
@@ -278,4 +278,15 @@ func control(ctx context.Context, runDir string, o Options, want vmm.State, op f
 		return nil, err
 	}
 	return Inspect(ctx, runDir, o)
+}
+
+// planName is the VM name recorded in a run dir's plan, else the dir's name.
+func planName(runDir string) string {
+	var plan struct {
+		Name string `json:"name"`
+	}
+	if b, err := os.ReadFile(filepath.Join(runDir, PlanFileName)); err == nil && json.Unmarshal(b, &plan) == nil && plan.Name != "" {
+		return plan.Name
+	}
+	return filepath.Base(runDir)
 }

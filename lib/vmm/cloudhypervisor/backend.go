@@ -36,7 +36,7 @@ func (b *Backend) Name() string { return Name }
 // Capabilities implements vmm.Backend.
 func (b *Backend) Capabilities() vmm.Capabilities {
 	return vmm.Capabilities{
-		Machines:      nil, // one machine type, not selectable
+		Machines:      []string{}, // one machine type, not selectable
 		Accels:        []vmm.Accel{vmm.AccelKVM},
 		Pause:         true,
 		PowerButton:   true,
