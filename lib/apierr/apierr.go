@@ -155,8 +155,11 @@ func Wrap(code Code, err error, msg string) *Error {
 
 // CodeOf returns the code of the first *Error in err's chain, or a code
 // inferred from well-known causes (context cancellation, missing files,
-// permissions), or Internal.
+// permissions), or Internal; "" for a nil error.
 func CodeOf(err error) Code {
+	if err == nil {
+		return ""
+	}
 	return From(err).Code
 }
 

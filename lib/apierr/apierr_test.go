@@ -43,8 +43,8 @@ func TestFromInfersWellKnownCauses(t *testing.T) {
 			t.Errorf("CodeOf(%v) = %s, want %s", tc.err, got, tc.want)
 		}
 	}
-	if From(nil) != nil {
-		t.Fatal("From(nil) must be nil")
+	if From(nil) != nil || CodeOf(nil) != "" {
+		t.Fatal("nil errors have no code")
 	}
 }
 
