@@ -182,6 +182,9 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	if name == "" && lease != nil {
 		name = lease.VM
 	}
+	if name == "" && s.NetTap != nil {
+		name = s.NetTap.VM
+	}
 	if name == "" {
 		return nil, apierr.New(apierr.Usage, "the VM needs a name: --name, \"name\", or a piped lease")
 	}
@@ -190,6 +193,9 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	}
 	if lease != nil && lease.VM != "" && lease.VM != name {
 		return nil, badInput("the lease is for VM %q, not %q", lease.VM, name).With("field", "lease.vm")
+	}
+	if s.NetTap != nil && s.NetTap.VM != "" && s.NetTap.VM != name {
+		return nil, badInput("the tap is for VM %q, not %q", s.NetTap.VM, name).With("field", "net_tap.vm")
 	}
 	p := &Plan{Name: name, manifestJSON: mjson}
 	p.Manifest = manifestInfo{Name: m.Name, Version: m.Version, Boot: "initramfs"}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/vmm"
 )
 
@@ -154,22 +155,25 @@ func (l *Lease) UnmarshalJSON(b []byte) error {
 // the tap's name and the lease it was made for. Lenient, like Lease.
 type NetTap struct {
 	Tap   string `json:"tap"`
-	MAC   string `json:"mac,omitempty"`
+	VM    string `json:"vm,omitempty"`
+	MAC   string `json:"mac,omitempty"` // the guest's MAC
 	Lease *Lease `json:"lease,omitempty"`
 }
 
-// UnmarshalJSON reads "tap" (or "name") and "lease", ignoring other fields.
+// UnmarshalJSON reads "tap" (or "name"), "vm", "mac" and "lease", ignoring
+// other fields.
 func (n *NetTap) UnmarshalJSON(b []byte) error {
 	var raw struct {
 		Tap   string `json:"tap"`
 		Name  string `json:"name"`
+		VM    string `json:"vm"`
 		MAC   string `json:"mac"`
 		Lease *Lease `json:"lease"`
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return fmt.Errorf("net_tap: %w", err)
 	}
-	*n = NetTap{Tap: raw.Tap, MAC: raw.MAC, Lease: raw.Lease}
+	*n = NetTap{Tap: raw.Tap, VM: raw.VM, MAC: raw.MAC, Lease: raw.Lease}
 	if n.Tap == "" {
 		n.Tap = raw.Name
 	}
@@ -182,18 +186,11 @@ var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 // hostname and part of a tap name.
 func ValidName(s string) bool { return vmNameRE.MatchString(s) && !strings.Contains(s, "..") }
 
-// DefaultTapName derives a tap name from a VM name within Linux's
-// 15-character limit: "vt-" + name when that fits, else "vt-" + the first 3
-// characters + "-" + 8 hex digits of the name's sha256 (collisions need a
-// 32-bit hash collision among names sharing a prefix). It is used only when
-// neither the spec nor piped `volant-net tap add` output names the tap.
-func DefaultTapName(vm string) string {
-	if n := "vt-" + vm; len(n) <= 15 {
-		return n
-	}
-	sum := sha256.Sum256([]byte(vm))
-	return fmt.Sprintf("vt-%s-%x", vm[:3], sum[:4])
-}
+// DefaultTapName is the tap name volant-net derives for a VM
+// (hostnet.TapName: "vt-" + the name when it fits, else a hashed form). It
+// is used only when neither the spec nor piped `volant-net tap add` output
+// names the tap.
+func DefaultTapName(vm string) string { return hostnet.TapName(vm) }
 
 // DefaultMAC derives a stable, locally administered unicast MAC from a VM
 // name, for VMs without a lease that carries one.
