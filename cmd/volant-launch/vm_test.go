@@ -357,7 +357,38 @@ func TestVMKill9LeavesNoOrphan(t *testing.T) {
 func TestVMStopFromAnotherProcess(t *testing.T) {
 	const name = "vmtest3"
 	w := newWorld(t, name)
+	// Be systemd: a notify socket that records what run reports.
+	notifyPath := filepath.Join(w.dir, "notify.sock")
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	notes := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := nc.Read(buf)
+			if err != nil {
+				close(notes)
+				return
+			}
+			notes <- string(buf[:n])
+		}
+	}()
+	w.env = append(w.env, "NOTIFY_SOCKET="+notifyPath)
 	cmd, out, errb := w.start(t, name)
+	select {
+	case n := <-notes:
+		if !strings.HasPrefix(n, "READY=1") {
+			t.Fatalf("first notification %q, want READY=1", n)
+		}
+		if _, err := os.Stat(filepath.Join(w.runDir, launch.SocketName)); err != nil {
+			t.Fatal("READY=1 before the control socket exists")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("run never notified READY=1")
+	}
 	w.waitHealthy(t, 90*time.Second)
 	rep := w.launch(t, "stop", "--dir", w.runDir, "--timeout", "20s")
 	if rep["method"] != supervise.StoppedPowerButton {
