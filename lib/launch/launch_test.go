@@ -735,3 +735,47 @@ func keys(m map[string][]byte) []string {
 }
 
 func decode(s string, v any) error { return cli.DecodeRequest([]byte(s), v) }
+
+func TestVerificationCache(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	p, err := Prepare(ctx, f.spec(), f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Artifacts[0].Verified || p.Artifacts[0].Cached {
+		t.Fatalf("first launch must hash: %+v", p.Artifacts[0])
+	}
+	p, err = Prepare(ctx, f.spec(), f.opts)
+	if err != nil || !p.Artifacts[0].Cached {
+		t.Fatalf("an unchanged file is verified from the cache: %+v %v", p.Artifacts, err)
+	}
+	s := f.spec()
+	s.Verify = VerifyAlways
+	if p, err = Prepare(ctx, s, f.opts); err != nil || p.Artifacts[0].Cached {
+		t.Fatalf("verify=always must hash: %+v %v", p.Artifacts, err)
+	}
+	// Tamper with the archive in place, same size, and put its mtime back:
+	// the ctime still moves, so the cache does not vouch for it.
+	st, _ := os.Stat(f.plugin)
+	data, _ := os.ReadFile(f.plugin)
+	data[len(data)-1] ^= 0xff
+	os.WriteFile(f.plugin, data, 0o644)
+	os.Chtimes(f.plugin, st.ModTime(), st.ModTime())
+	if _, err := Prepare(ctx, f.spec(), f.opts); !apierr.Is(err, apierr.ChecksumMismatch) {
+		t.Fatalf("a tampered file passed through the cache: %v", err)
+	}
+	s.Verify = "sometimes"
+	if _, err := Prepare(ctx, s, f.opts); !apierr.Is(err, apierr.InvalidInput) {
+		t.Fatalf("bad verify mode: %v", err)
+	}
+}
+
+func TestValidName(t *testing.T) {
+	for s, ok := range map[string]bool{"web1": true, "Web-1.a_b": true, "9": true, strings.Repeat("a", 63): true,
+		"": false, "-a": false, ".a": false, "_a": false, "a..b": false, "a/b": false, "a b": false, strings.Repeat("a", 64): false, "ä": false} {
+		if ValidName(s) != ok {
+			t.Errorf("ValidName(%q) = %v", s, !ok)
+		}
+	}
+}

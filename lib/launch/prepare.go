@@ -2,12 +2,9 @@ package launch
 
 import (
 	"context"
-	"crypto/sha256"
 	"debug/elf"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net/netip"
@@ -140,6 +137,9 @@ type Artifact struct {
 	Path     string `json:"path"`
 	SHA256   string `json:"sha256,omitempty"`
 	Verified bool   `json:"verified"`
+	// Cached says the verification came from the cache of file versions
+	// this host already hashed (see VerifyCached).
+	Cached bool `json:"cached,omitempty"`
 }
 
 // Duration marshals as milliseconds.
@@ -213,13 +213,18 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	switch s.Verify {
+	case "", VerifyCached, VerifyAlways:
+	default:
+		return nil, badInput("verify %q: want cached or always", s.Verify).With("field", "verify")
+	}
 	var hashWG sync.WaitGroup
 	hashErr := make([]error, len(arts))
 	for i := range arts {
 		hashWG.Add(1)
 		go func() {
 			defer hashWG.Done()
-			hashErr[i] = verify(&arts[i])
+			hashErr[i] = verify(&arts[i], o.CacheDir, s.Verify)
 		}()
 	}
 	defer hashWG.Wait()
@@ -313,7 +318,7 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	}
 
 	// Kernel command line (the manifest may have to move into the initrd).
-	p.Cmdline, p.Manifest.InInitrd, err = buildCmdline(s, m, name, nw, accel, machine, kern)
+	p.Cmdline, p.Manifest.InInitrd, err = buildCmdline(s, m, name, nw, accel, machine, o.CacheDir)
 	if err != nil {
 		return nil, err
 	}
@@ -441,30 +446,6 @@ func artifacts(m *manifest.Manifest) ([]Artifact, error) {
 	return out, nil
 }
 
-// verify hashes the artifact and compares with its expected sha256.
-func verify(a *Artifact) error {
-	f, err := os.Open(a.Path)
-	if err != nil {
-		return fmt.Errorf("%s artifact: %w", a.Role, err)
-	}
-	defer f.Close()
-	if a.SHA256 == "" {
-		return nil
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return fmt.Errorf("hashing %s: %w", a.Path, err)
-	}
-	got := hex.EncodeToString(h.Sum(nil))
-	if !strings.EqualFold(got, a.SHA256) {
-		return apierr.New(apierr.ChecksumMismatch, "%s %s has sha256 %s, but the manifest says %s; refusing to boot it", a.Role, a.Path, got, a.SHA256).
-			With("path", a.Path).With("role", a.Role).With("expected", "sha256:"+strings.ToLower(a.SHA256)).With("actual", "sha256:"+got)
-	}
-	a.SHA256 = got
-	a.Verified = true
-	return nil
-}
-
 // kernelInfo is the resolved kernel.
 type kernelInfo struct {
 	path       string // the image booted
@@ -585,7 +566,7 @@ func resolveNetwork(s Spec, name string, lease *Lease, m *manifest.Manifest, not
 // not fit bootargs.MaxCmdline with the encoded manifest, the manifest is
 // replaced by volant.manifest_file (inInitrd); if it still does not fit,
 // CMDLINE_TOO_LONG.
-func buildCmdline(s Spec, m *manifest.Manifest, name string, nw *network, accel vmm.Accel, machine string, k kernelInfo) (line string, inInitrd bool, err error) {
+func buildCmdline(s Spec, m *manifest.Manifest, name string, nw *network, accel vmm.Accel, machine, cacheDir string) (line string, inInitrd bool, err error) {
 	base := []string{"console=ttyS0", "panic=-1"}
 	if !s.Debug {
 		base = append(base, "quiet")
@@ -593,7 +574,7 @@ func buildCmdline(s Spec, m *manifest.Manifest, name string, nw *network, accel 
 	if accel == vmm.AccelTCG && machine == qemu.MachineMicrovm {
 		// microvm has no PIT-backed calibration path the kernel trusts under
 		// TCG; the guest TSC is the host's, so give its rate.
-		khz, err := kernel.HostTSCkHz()
+		khz, err := hostTSCkHz(cacheDir)
 		if err != nil {
 			return "", false, fmt.Errorf("reading the host TSC rate for tsc_early_khz: %w", err)
 		}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -77,6 +76,10 @@ type Spec struct {
 	KernelArgs []string `json:"kernel_args,omitempty"`
 	// Debug drops "quiet" and sets volant.debug=1.
 	Debug bool `json:"debug,omitempty"`
+	// Verify is how artifacts are checked against their sha256: "cached"
+	// (default: hashed unless this host already verified this file version,
+	// see VerifyCached) or "always".
+	Verify string `json:"verify,omitempty"`
 	// StopTimeoutMS is how long `run` gives the guest to power off after the
 	// ACPI power button before stopping it hard (default 10000).
 	StopTimeoutMS int `json:"stop_timeout_ms,omitempty"`
@@ -180,11 +183,24 @@ func (n *NetTap) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-
 // ValidName reports whether s can name a VM: it becomes a directory name, a
-// hostname and part of a tap name.
-func ValidName(s string) bool { return vmNameRE.MatchString(s) && !strings.Contains(s, "..") }
+// hostname and part of a tap name. 1-63 characters from [A-Za-z0-9_.-],
+// starting with a letter or digit, without "..". (A loop, not a regexp: a
+// {0,62} repetition costs a third of a millisecond to compile at start-up,
+// on the path to the VMM's exec.)
+func ValidName(s string) bool {
+	if len(s) < 1 || len(s) > 63 || strings.Contains(s, "..") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || (c != '_' && c != '.' && c != '-')) {
+			return false
+		}
+	}
+	return true
+}
 
 // DefaultTapName is the tap name volant-net derives for a VM
 // (hostnet.TapName: "vt-" + the name when it fits, else a hashed form). It
