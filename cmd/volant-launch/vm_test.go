@@ -69,8 +69,12 @@ type vmGuest struct {
 	probe    string // URL path on the guest IP, e.g. ":8080/healthz"
 }
 
-// hasKestrel reports whether this checkout has kestrel (cmd/kestrel).
+// hasKestrel reports whether a kestrel can be had: built from this
+// checkout (cmd/kestrel) or given as $VOLANT_KESTREL.
 func hasKestrel() bool {
+	if p := os.Getenv("VOLANT_KESTREL"); p != "" && fileExists(p) {
+		return true
+	}
 	root, err := guesttest.ModuleRoot()
 	if err != nil {
 		return false
@@ -101,7 +105,7 @@ func newGuest(t *testing.T, k *kernel.Kernel) vmGuest {
 		workload = `"workload":{"type":"http","entrypoint":["/bin/busybox","httpd","-f","-p","80","-h","/www"],"base_url":"http://127.0.0.1:80"},"health_check":{"endpoint":"/index.html","interval_ms":500}`
 	} else {
 		pid1 = vmmtest.TestInit(t)
-		t.Log("cmd/kestrel is not in this tree yet: the guest's PID 1 is the test init")
+		t.Log("no kestrel in this tree (cmd/kestrel) or $VOLANT_KESTREL: the guest's PID 1 is the test init")
 	}
 	if _, err := bootimage.Add(b, bootimage.Options{Kestrel: pid1, ModulesDir: k.ModulesDir}); err != nil {
 		t.Fatal(err)
