@@ -48,8 +48,8 @@
 //
 // `run` is for systemd (Type=notify: READY=1 once the VMM answers on its
 // control socket) and for volantd, which starts one `run` per VM. It writes
-// the guest console to the serial log (and, with QEMU, serves it on
-// <run dir>/console.sock), logs to stderr, and on SIGTERM or SIGINT stops
+// the guest console to the serial log and serves it on <run dir>/console.sock
+// (for Cloud Hypervisor by relaying CH's serial socket), logs to stderr, and on SIGTERM or SIGINT stops
 // the VM: ACPI power button, then after --stop-timeout (default 10s) a hard
 // stop, then SIGKILL. It exits when the VM does; the VMM never outlives it
 // (also not a kill -9). `stop` does the same escalation from another process

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -508,14 +509,15 @@ func TestRunLifecycle(t *testing.T) {
 
 func TestRunStopsOnCancel(t *testing.T) {
 	for _, tc := range []struct {
-		guest string
-		want  string
-	}{{"", supervise.StoppedPowerButton}, {"deaf", supervise.StoppedHard}} {
+		guest   string
+		timeout int
+		want    string
+	}{{"", 10000, supervise.StoppedPowerButton}, {"deaf", 300, supervise.StoppedHard}} {
 		t.Run("guest="+tc.guest, func(t *testing.T) {
 			t.Setenv("FAKE_CH_GUEST", tc.guest)
 			f := newFixture(t)
 			s := f.spec()
-			s.StopTimeoutMS = 300
+			s.StopTimeoutMS = tc.timeout
 			p, err := Prepare(context.Background(), s, f.opts)
 			if err != nil {
 				t.Fatal(err)
@@ -778,4 +780,66 @@ func TestValidName(t *testing.T) {
 			t.Errorf("ValidName(%q) = %v", s, !ok)
 		}
 	}
+}
+
+// Cloud Hypervisor serves its serial port on a socket but cannot also log
+// it; Run relays it to the serial log and an attachable console socket.
+func TestConsoleRelay(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	p, err := Prepare(ctx, f.spec(), f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.SerialRelay == "" || p.Config.Serial.Socket != p.SerialRelay || p.Config.Serial.LogFile != "" {
+		t.Fatalf("serial %+v relay %q", p.Config.Serial, p.SerialRelay)
+	}
+	wait := startRun(t, ctx, p, f.opts)
+	waitRunning(t, p.RunDir, f.opts)
+	// The boot line reached the log through the relay.
+	if err := waitFor(func() bool { b, _ := os.ReadFile(p.SerialLog); return strings.Contains(string(b), "booted") }); err != nil {
+		t.Fatal("the relay did not log the console")
+	}
+	c, err := net.Dial("unix", p.Console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello guest\n"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, 64)
+	n, err := io.ReadAtLeast(c, got, len("hello guest\n"))
+	if err != nil || !strings.Contains(string(got[:n]), "hello guest") {
+		t.Fatalf("console echo %q %v", got[:n], err)
+	}
+	// One client at a time.
+	c2, err := net.Dial("unix", p.Console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	msg, _ := io.ReadAll(c2)
+	c2.Close()
+	if !strings.Contains(string(msg), "already attached") {
+		t.Fatalf("second client: %q", msg)
+	}
+	if _, err := Stop(ctx, p.RunDir, 5*time.Second, f.opts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p.SerialLog); !strings.Contains(string(b), "hello guest") {
+		t.Fatalf("the echoed input is not in the serial log: %q", b)
+	}
+}
+
+func waitFor(cond func() bool) error {
+	for i := 0; i < 500; i++ {
+		if cond() {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return errors.New("timed out")
 }

@@ -36,7 +36,8 @@ const (
 // Run-directory entries. Short names keep socket paths under the limit.
 const (
 	SocketName    = "ctl.sock"     // CH API socket or QEMU QMP socket
-	ConsoleName   = "console.sock" // attachable serial console (QEMU)
+	ConsoleName   = "console.sock" // attachable serial console
+	SerialName    = "serial.sock"  // the VMM's own serial socket, when relayed
 	PidFileName   = "pid"
 	PlanFileName  = "plan.json"
 	InitrdName    = "initrd"
@@ -103,21 +104,25 @@ func DefaultBackends(hostRoot fs.FS) []vmm.Backend {
 // starting anything; Run carries it out. It is also written to the run
 // directory as plan.json.
 type Plan struct {
-	Name      string       `json:"name"`
-	VMM       string       `json:"vmm"`
-	Accel     vmm.Accel    `json:"accel"`
-	Argv      []string     `json:"argv"`
-	Cmdline   string       `json:"cmdline"`
-	Config    vmm.Config   `json:"config"`
-	RunDir    string       `json:"run_dir"`
-	Initrd    *InitrdPlan  `json:"initrd,omitempty"`
-	Artifacts []Artifact   `json:"artifacts"`
-	Network   *network     `json:"network,omitempty"`
-	Console   string       `json:"console_socket,omitempty"`
-	SerialLog string       `json:"serial_log"`
-	StopAfter Duration     `json:"stop_timeout"`
-	Notes     []string     `json:"notes,omitempty"`
-	Manifest  manifestInfo `json:"manifest"`
+	Name      string      `json:"name"`
+	VMM       string      `json:"vmm"`
+	Accel     vmm.Accel   `json:"accel"`
+	Argv      []string    `json:"argv"`
+	Cmdline   string      `json:"cmdline"`
+	Config    vmm.Config  `json:"config"`
+	RunDir    string      `json:"run_dir"`
+	Initrd    *InitrdPlan `json:"initrd,omitempty"`
+	Artifacts []Artifact  `json:"artifacts"`
+	Network   *network    `json:"network,omitempty"`
+	Console   string      `json:"console_socket,omitempty"`
+	// SerialRelay is the VMM's serial socket when the VMM cannot both log
+	// and serve its console (Cloud Hypervisor): Run relays it to the
+	// serial log and the console socket.
+	SerialRelay string       `json:"serial_relay,omitempty"`
+	SerialLog   string       `json:"serial_log"`
+	StopAfter   Duration     `json:"stop_timeout"`
+	Notes       []string     `json:"notes,omitempty"`
+	Manifest    manifestInfo `json:"manifest"`
 
 	manifestJSON []byte
 }
@@ -294,12 +299,11 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
 	sock := filepath.Join(p.RunDir, SocketName)
-	if caps.SerialSocket {
-		p.Console = filepath.Join(p.RunDir, ConsoleName)
-	} else {
-		note("%s cannot log the console and serve it on a socket at once: the console is logged only", p.VMM)
+	p.Console = filepath.Join(p.RunDir, ConsoleName)
+	if !caps.SerialSocket {
+		p.SerialRelay = filepath.Join(p.RunDir, SerialName)
 	}
-	for _, sp := range []string{sock, p.Console} {
+	for _, sp := range []string{sock, p.Console, p.SerialRelay} {
 		if len(sp) > maxSocketPath {
 			return nil, badInput("socket path %s is %d bytes; unix sockets allow %d: choose a shorter run dir", sp, len(sp), maxSocketPath).
 				With("field", "run_dir").With("bytes", len(sp))
@@ -364,6 +368,9 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 		Disks: disks, APISocket: sock,
 		Serial:  vmm.Serial{LogFile: p.SerialLog, Socket: p.Console},
 		Machine: machine, Accel: accel,
+	}
+	if p.SerialRelay != "" {
+		p.Config.Serial = vmm.Serial{Socket: p.SerialRelay}
 	}
 	if p.Initrd != nil {
 		p.Config.Initramfs = p.Initrd.Path

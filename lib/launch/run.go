@@ -131,6 +131,13 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 		return nil, err
 	}
 	log.Info("VMM started", "vm", p.Name, "vmm", p.VMM, "pid", proc.Pid, "accel", p.Accel)
+	if p.SerialRelay != "" {
+		relay, err := startConsoleRelay(ctx, p.SerialRelay, p.Console, p.SerialLog, log)
+		if err != nil {
+			return nil, err
+		}
+		defer relay.Close()
+	}
 
 	dial := func(ctx context.Context) (vmm.Control, error) { return b.Dial(ctx, p.Config.APISocket) }
 	rctx, cancel := context.WithTimeout(ctx, ro.ReadyTimeout)
