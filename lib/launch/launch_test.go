@@ -312,7 +312,7 @@ func TestPrepareRefusals(t *testing.T) {
 	}{
 		{"run dir too long", func(s *Spec) { s.RunDir = "/run/" + strings.Repeat("d", 110) }, apierr.InvalidInput, "unix sockets allow 107"},
 		{"no name", func(s *Spec) { s.Name = "" }, apierr.Usage, "needs a name"},
-		{"bad name", func(s *Spec) { s.Name = "../etc" }, apierr.InvalidInput, "VM name"},
+		{"bad name", func(s *Spec) { s.Name = "../etc" }, apierr.InvalidInput, "invalid VM name"},
 		{"no manifest", func(s *Spec) { s.Manifest = nil }, apierr.Usage, "manifest is required"},
 		{"both manifests", func(s *Spec) { s.ManifestPath = "m.json" }, apierr.Usage, "not both"},
 		{"unknown vmm", func(s *Spec) { s.VMM = "firecracker" }, apierr.InvalidInput, "unknown vmm"},
@@ -774,8 +774,9 @@ func TestVerificationCache(t *testing.T) {
 }
 
 func TestValidName(t *testing.T) {
-	for s, ok := range map[string]bool{"web1": true, "Web-1.a_b": true, "9": true, strings.Repeat("a", 63): true,
-		"": false, "-a": false, ".a": false, "_a": false, "a..b": false, "a/b": false, "a b": false, strings.Repeat("a", 64): false, "ä": false} {
+	// lib/names' rule: what volant-ipam and volantd accept, launch accepts.
+	for s, ok := range map[string]bool{"web1": true, "web-1_a": true, "9": true, strings.Repeat("a", 63): true,
+		"": false, "-a": false, "Web1": false, "a.b": false, "a/b": false, "a b": false, strings.Repeat("a", 64): false} {
 		if ValidName(s) != ok {
 			t.Errorf("ValidName(%q) = %v", s, !ok)
 		}

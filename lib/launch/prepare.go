@@ -21,6 +21,7 @@ import (
 	"github.com/volantvm/volant/lib/bootargs"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/names"
 	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor"
 	"github.com/volantvm/volant/lib/vmm/qemu"
@@ -193,8 +194,8 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	if name == "" {
 		return nil, apierr.New(apierr.Usage, "the VM needs a name: --name, \"name\", or a piped lease")
 	}
-	if !ValidName(name) {
-		return nil, badInput("VM name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", name).With("field", "name")
+	if err := names.Check("VM name", name); err != nil {
+		return nil, err
 	}
 	if lease != nil && lease.VM != "" && lease.VM != name {
 		return nil, badInput("the lease is for VM %q, not %q", lease.VM, name).With("field", "lease.vm")

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/volantvm/volant/lib/names"
 )
 
 // Defaults applied by Normalize.
@@ -23,18 +25,15 @@ const (
 )
 
 var (
-	// nameRE and labelRE bound the length in code (validName, validLabel):
-	// a {0,62} repetition makes each take ~0.3 ms to compile, paid at the
-	// start of every command and of kestrel in the guest.
-	nameRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 	checksumRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 	hex64RE    = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
-	labelRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
-	envKeyRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	userRE     = regexp.MustCompile(`^[0-9]+(:[0-9]+)?$`)
+	// labelRE bounds the length in code (at the call): a {0,62}
+	// repetition takes ~0.3 ms to compile, paid at the start of every
+	// command and of kestrel in the guest.
+	labelRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
+	envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	userRE   = regexp.MustCompile(`^[0-9]+(:[0-9]+)?$`)
 )
-
-func validName(s string) bool { return len(s) <= 63 && nameRE.MatchString(s) }
 
 var filesystems = map[string]bool{"ext4": true, "xfs": true, "btrfs": true, "squashfs": true}
 
@@ -228,7 +227,7 @@ func (m *Manifest) Validate() error {
 	for _, name := range sortedKeys(m.Actions) {
 		a := m.Actions[name]
 		p := "actions." + name
-		v.check(validName(name), p, "action names use lowercase letters, digits, - and _")
+		v.check(names.Valid(name), p, "action names: %s", names.Rule)
 		v.oneOf(p+".method", a.Method, "GET", "POST", "PUT", "PATCH", "DELETE")
 		v.check(strings.HasPrefix(a.Path, "/"), p+".path", "must start with /, got %q", a.Path)
 		v.check(a.TimeoutMS > 0, p+".timeout_ms", "must be positive")
@@ -264,7 +263,7 @@ func (v *validator) name(field, s string) {
 		v.add(field, "required")
 		return
 	}
-	v.check(validName(s), field, "%q: use 1-63 lowercase letters, digits, - and _, starting with a letter or digit", s)
+	v.check(names.Valid(s), field, "%q: %s", s, names.Rule)
 }
 
 func (v *validator) oneOf(field, s string, allowed ...string) {
