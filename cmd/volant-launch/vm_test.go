@@ -34,6 +34,15 @@ var (
 	buildErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	vmmtest.CleanupBuilds()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // launchBinary builds this command once per test process ($VOLANT_BIN/
 // volant-launch when the Makefile passes it).
 func launchBinary(t *testing.T) string {
