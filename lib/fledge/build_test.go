@@ -651,6 +651,10 @@ func TestBuildRootfsFromOCILayout(t *testing.T) {
 	if m.Labels[ExposedPortsLabel] != "53/udp,8080/tcp,9090/tcp" {
 		t.Fatalf("labels %v", m.Labels)
 	}
+	// The image serves on 8080, so kestrel's API takes the next free port.
+	if m.AgentPort() != 8081 {
+		t.Fatalf("agent port %d, want 8081 beside a workload on 8080", m.AgentPort())
+	}
 	if m.Image != res.Image || !strings.HasPrefix(m.ImageDigest, "sha256:") || m.Resources.MemoryMB != 256 {
 		t.Fatalf("manifest image %q %q resources %+v", m.Image, m.ImageDigest, m.Resources)
 	}

@@ -148,7 +148,8 @@ type Resources struct {
 
 // Network is the manifest's network.
 type Network struct {
-	Mode string `toml:"mode"`
+	Mode      string `toml:"mode"`
+	AgentPort int    `toml:"agent_port"`
 }
 
 // Action is one of the manifest's actions.
@@ -281,7 +282,7 @@ var knownKeys = map[string][]string{
 	"workload":     {"type", "entrypoint", "args", "base_url", "env", "workdir", "user", "restart"},
 	"health_check": {"endpoint", "interval_ms", "timeout_ms", "retries"},
 	"resources":    {"cpu_cores", "memory_mb"},
-	"network":      {"mode"},
+	"network":      {"mode", "agent_port"},
 }
 
 func suggestKey(k toml.Key) string {

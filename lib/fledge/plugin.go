@@ -3,6 +3,7 @@ package fledge
 import (
 	"bufio"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -85,7 +86,7 @@ func (c *Config) manifestFor(name, version string, w manifest.Workload, labels m
 		m.HealthCheck = &manifest.HealthCheck{Endpoint: h.Endpoint, IntervalMS: h.IntervalMS, TimeoutMS: h.TimeoutMS, Retries: h.Retries}
 	}
 	if n := c.Network; n != nil {
-		m.Network = &manifest.Network{Mode: n.Mode}
+		m.Network = &manifest.Network{Mode: n.Mode, AgentPort: n.AgentPort}
 	}
 	if len(c.Actions) > 0 {
 		m.Actions = map[string]manifest.Action{}
@@ -212,6 +213,30 @@ func imageWorkload(toml manifest.Workload, ic ispec.ImageConfig, rootfs string) 
 		w.BaseURL = fmt.Sprintf("http://127.0.0.1:%d", lowest)
 	}
 	return w, labels, nil
+}
+
+// agentPortFor picks kestrel's API port for an image: the default 8080
+// unless the image exposes it or the workload's base_url uses it, else the
+// next port above that neither does. Images exposing 8080 are common, and
+// kestrel binding it first would keep the workload from listening.
+func agentPortFor(exposed, baseURL string) int {
+	taken := map[int]bool{}
+	for _, p := range strings.Split(exposed, ",") {
+		num, proto, _ := strings.Cut(p, "/")
+		if n, err := strconv.Atoi(num); err == nil && (proto == "" || proto == "tcp") {
+			taken[n] = true
+		}
+	}
+	if u, err := url.Parse(baseURL); err == nil && u.Port() != "" {
+		if n, err := strconv.Atoi(u.Port()); err == nil {
+			taken[n] = true
+		}
+	}
+	p := manifest.DefaultAgentPort
+	for taken[p] {
+		p++
+	}
+	return p
 }
 
 // resolveUser turns an image's User ("1000", "app", "app:staff",

@@ -187,6 +187,13 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 	}
 	m := c.manifestFor(name, version, w, labels)
 	m.Image, m.ImageDigest = img.Ref, img.Digest
+	if p := agentPortFor(labels[ExposedPortsLabel], w.BaseURL); p != manifest.DefaultAgentPort &&
+		(c.Network == nil || c.Network.AgentPort == 0) {
+		if m.Network == nil {
+			m.Network = &manifest.Network{}
+		}
+		m.Network.AgentPort = p
+	}
 	m.Rootfs = &manifest.Rootfs{URL: fileURL(o.artifactPath()), Checksum: "sha256:" + sum, Format: "raw", FSType: "ext4"}
 	if err := o.commit(c, m); err != nil {
 		return nil, err

@@ -62,6 +62,8 @@ func TestVMInitramfsPluginServesHTTP(t *testing.T) {
 // (static busybox, httpd as the image's entrypoint running as a user named
 // in the image) and the boot initramfs, boots them under QEMU (kestrel
 // stage 1 mounts the disk and runs /bin/kestrel from it) and fetches a page.
+// The image serves on 8080, kestrel's default port, so the manifest must
+// move kestrel's API to 8081 or the workload could not listen.
 func TestVMRootfsPluginServesHTTP(t *testing.T) {
 	k, vmlinux := guesttest.Kernel(t)
 	needBusybox(t)
@@ -76,11 +78,11 @@ func TestVMRootfsPluginServesHTTP(t *testing.T) {
 	}
 	img := imagetest.Image{
 		Config: ispec.ImageConfig{
-			Entrypoint:   []string{"/bin/busybox", "httpd", "-f", "-p", "8000"},
+			Entrypoint:   []string{"/bin/busybox", "httpd", "-f", "-p", "8080"},
 			Cmd:          []string{"-h", "/srv/www"},
 			User:         "www",
 			WorkingDir:   "/srv",
-			ExposedPorts: map[string]struct{}{"8000/tcp": {}},
+			ExposedPorts: map[string]struct{}{"8080/tcp": {}},
 		},
 		Layers: []imagetest.Layer{{Files: []imagetest.File{
 			{Path: "bin/", Type: tar.TypeDir, Mode: 0o755},
@@ -114,8 +116,8 @@ image = "oci:`+layout+`:1.0"
 		t.Fatal(err)
 	}
 	m := readManifest(t, res.Manifest)
-	if m.Workload.User != "33:33" || m.Workload.BaseURL != "http://127.0.0.1:8000" {
-		t.Fatalf("workload %+v", m.Workload)
+	if m.Workload.User != "33:33" || m.Workload.BaseURL != "http://127.0.0.1:8080" || m.AgentPort() != 8081 {
+		t.Fatalf("workload %+v, agent port %d", m.Workload, m.AgentPort())
 	}
 	boot, err := BootInitramfs(context.Background(), BootRequest{Kestrel: kestrel, ModulesDir: k.ModulesDir, Output: filepath.Join(t.TempDir(), "boot.cpio.gz")})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"path"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/volantvm/volant/lib/names"
@@ -22,6 +23,8 @@ const (
 	DefaultRestart     = "on-failure"
 	DefaultNetworkMode = "bridged"
 	DefaultFSType      = "ext4"
+	// DefaultAgentPort is kestrel's API port in the guest (the spec's 8080).
+	DefaultAgentPort = 8080
 )
 
 var (
@@ -140,6 +143,12 @@ func (m *Manifest) Normalize() {
 	if m.Network.Mode == "" {
 		m.Network.Mode = DefaultNetworkMode
 	}
+	if m.Network.AgentPort == 0 {
+		m.Network.AgentPort = DefaultAgentPort
+		if p := urlPort(w.BaseURL); p == DefaultAgentPort {
+			m.Network.AgentPort = DefaultAgentPort + 1
+		}
+	}
 }
 
 func normChecksum(c string) string {
@@ -235,6 +244,9 @@ func (m *Manifest) Validate() error {
 	}
 	if m.Network != nil {
 		v.oneOf("network.mode", m.Network.Mode, "bridged", "none")
+		p := m.Network.AgentPort
+		v.check(p >= 1 && p <= 65535, "network.agent_port", "must be 1-65535, got %d", p)
+		v.check(p != urlPort(w.BaseURL), "network.agent_port", "%d is also the port of workload.base_url; kestrel and the workload cannot both listen there", p)
 	}
 	for _, k := range sortedKeys(m.Labels) {
 		v.check(len(k) <= 63 && labelRE.MatchString(k), "labels."+k, "label keys use letters, digits and ._/- (at most 63)")
@@ -327,6 +339,33 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// urlPort is the TCP port of an http(s) URL (explicit or the scheme's), or 0.
+func urlPort(s string) int {
+	u, err := url.Parse(s)
+	if err != nil || s == "" {
+		return 0
+	}
+	if p := u.Port(); p != "" {
+		n, _ := strconv.Atoi(p)
+		return n
+	}
+	switch u.Scheme {
+	case "http":
+		return 80
+	case "https":
+		return 443
+	}
+	return 0
+}
+
+// AgentPort is kestrel's API port for this manifest.
+func (m *Manifest) AgentPort() int {
+	if m.Network != nil && m.Network.AgentPort != 0 {
+		return m.Network.AgentPort
+	}
+	return DefaultAgentPort
 }
 
 // LocalPath returns the filesystem path of an artifact location given as an
