@@ -1,0 +1,160 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+
+	"github.com/volantvm/volant/lib/apierr"
+)
+
+// migration moves the schema from version-1 to version. Migrations are never
+// edited once released: a change is a new migration appended to the list
+// (ALTER TABLE ... ADD COLUMN, or create-copy-rename for what SQLite cannot
+// alter), so every database reaches the same schema by the same steps.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// migrations is the schema's history, oldest first; versions are 1, 2, 3, ...
+func migrations() []migration {
+	return []migration{
+		{1, "initial schema", schemaV1},
+	}
+}
+
+// LatestSchemaVersion is the schema version this build migrates databases to.
+func LatestSchemaVersion() int { return len(migrations()) }
+
+// schemaV1 is the spec's schema, with these decisions:
+//
+//   - STRICT tables: a value of the wrong type is an error, not a silent
+//     conversion.
+//   - ip_leases has a row only while an address is leased (no pre-filled pool
+//     rows with a NULL vm_id): the pool is configuration, not state, and
+//     deleting the row is the whole of a release. The row records the pool's
+//     subnet and gateway it was leased under, and ip_num (the IPv4 address as
+//     an integer) so the lowest free address is found with an index instead
+//     of text order ("192.168.127.100" < "192.168.127.99").
+//   - ip_leases.vm_id has no foreign key to vms: volant-ipam leases for names
+//     that only a shell script knows, and volantd leases before it creates
+//     the vms row. volantd deletes a VM's lease in the transaction that
+//     deletes the VM, and `gc` with the live names frees strays.
+//     vm_id and mac are UNIQUE: one lease per VM, one VM per MAC.
+//   - events.id is AUTOINCREMENT: ids are never reused, even after the newest
+//     events are deleted, so an SSE client resuming from an id never skips
+//     or repeats one. Writers are serialized, so ids also commit in order.
+const schemaV1 = `
+CREATE TABLE plugins (
+	name       TEXT PRIMARY KEY,
+	version    TEXT NOT NULL,
+	runtime    TEXT NOT NULL,
+	manifest   TEXT NOT NULL CHECK (json_valid(manifest)),
+	enabled    INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+	created_at TEXT NOT NULL,
+	updated_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE deployments (
+	name       TEXT PRIMARY KEY,
+	plugin     TEXT NOT NULL REFERENCES plugins(name) ON UPDATE CASCADE ON DELETE RESTRICT,
+	replicas   INTEGER NOT NULL CHECK (replicas >= 0),
+	current    INTEGER NOT NULL DEFAULT 0 CHECK (current >= 0),
+	config     TEXT CHECK (config IS NULL OR json_valid(config)),
+	created_at TEXT NOT NULL,
+	updated_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE vms (
+	id         TEXT PRIMARY KEY,
+	plugin     TEXT NOT NULL REFERENCES plugins(name) ON UPDATE CASCADE ON DELETE RESTRICT,
+	deployment TEXT REFERENCES deployments(name) ON UPDATE CASCADE ON DELETE SET NULL,
+	ip         TEXT,
+	mac        TEXT,
+	state      TEXT NOT NULL,
+	pid        INTEGER,
+	cpu_cores  INTEGER NOT NULL CHECK (cpu_cores > 0),
+	memory_mb  INTEGER NOT NULL CHECK (memory_mb > 0),
+	created_at TEXT NOT NULL,
+	started_at TEXT,
+	updated_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX vms_plugin ON vms(plugin);
+CREATE INDEX vms_deployment ON vms(deployment) WHERE deployment IS NOT NULL;
+
+CREATE TABLE ip_leases (
+	ip        TEXT PRIMARY KEY,
+	ip_num    INTEGER NOT NULL UNIQUE CHECK (ip_num BETWEEN 0 AND 4294967295),
+	vm_id     TEXT NOT NULL UNIQUE,
+	mac       TEXT NOT NULL UNIQUE,
+	subnet    TEXT NOT NULL,
+	gateway   TEXT NOT NULL,
+	leased_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE events (
+	id          INTEGER PRIMARY KEY AUTOINCREMENT,
+	type        TEXT NOT NULL,
+	resource_id TEXT NOT NULL DEFAULT '',
+	data        TEXT CHECK (data IS NULL OR json_valid(data)),
+	timestamp   TEXT NOT NULL
+) STRICT;
+`
+
+// migrate applies the migrations the database lacks. It reads the version
+// first without a write lock, so the common case (nothing to do) costs one
+// read; otherwise it takes the write lock and reads again, so concurrent
+// first opens apply each migration exactly once.
+func (s *Store) migrate(ctx context.Context, ms []migration) error {
+	latest := len(ms)
+	v, err := s.userVersion(ctx, s.w)
+	if err != nil {
+		return err
+	}
+	if v == latest {
+		return nil
+	}
+	if v > latest {
+		return s.tooNew(v, latest)
+	}
+	return s.Tx(ctx, func(tx *sql.Tx) error {
+		v, err := s.userVersion(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if v > latest {
+			return s.tooNew(v, latest)
+		}
+		for _, m := range ms[v:] {
+			if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+				return fmt.Errorf("migrating %s to schema version %d (%s): %w", s.path, m.version, m.name, err)
+			}
+			s.log.Debug("applied migration", "db", s.path, "version", m.version, "name", m.name)
+		}
+		// PRAGMA takes no bound parameters; latest is an int.
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", latest)); err != nil {
+			return fmt.Errorf("recording schema version %d in %s: %w", latest, s.path, err)
+		}
+		return nil
+	})
+}
+
+type queryRower interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func (s *Store) userVersion(ctx context.Context, q queryRower) (int, error) {
+	var v int
+	if err := q.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return 0, s.dbErr(ctx, "reading the schema version", err)
+	}
+	return v, nil
+}
+
+func (s *Store) tooNew(v, latest int) error {
+	return apierr.New(apierr.NotSupported,
+		"database %s has schema version %d, newer than this build's %d: use a newer volant build", s.path, v, latest).
+		With("db", s.path).With("schema_version", v).With("supported_version", latest)
+}

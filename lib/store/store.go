@@ -1,0 +1,332 @@
+// Package store is Volant's state: one SQLite database shared by volantd and
+// by the volant-* commands run from shells, at /var/lib/volant/volant.db
+// unless VOLANT_DB or a flag says otherwise.
+//
+// Open creates the file (and its directory) when missing and brings the
+// schema up to date with the versioned migrations in migrations.go; the
+// version is the database's PRAGMA user_version. A database written by a newer
+// build (a higher version than this build knows) is refused, not guessed at.
+//
+// Several processes use the file at once, so every connection runs with:
+//
+//   - journal_mode=WAL: readers never block the writer or each other;
+//   - synchronous=FULL: a committed transaction survives power loss, not only
+//     a crash of the process;
+//   - foreign_keys=ON;
+//   - busy_timeout (Options.BusyTimeout, default 10 s): a process that finds
+//     the write lock taken waits for it instead of failing;
+//   - writes in BEGIN IMMEDIATE transactions (Tx), which take the write lock
+//     up front. A read-then-write transaction therefore cannot fail halfway
+//     with SQLITE_BUSY because another process wrote in between: what it read
+//     is still true when it writes. Inside a process, writers queue on one
+//     connection; across processes, on the busy timeout.
+//
+// Reads that need one consistent view go through Read (a deferred
+// transaction on a separate, query-only connection pool).
+//
+// A process killed at any point, SIGKILL included, leaves either the whole
+// transaction or none of it: that is SQLite's WAL commit protocol, and the
+// tests of lib/ipam and cmd/volant-ipam kill processes inside transactions to
+// check it.
+//
+// Tables (schema version 1; see migrations.go for the DDL):
+//
+//	plugins      installed plugin manifests
+//	deployments  desired/current replica counts
+//	vms          VMs volantd runs
+//	ip_leases    addresses leased to VM names (lib/ipam)
+//	events       the event log; ids increase and are never reused (SSE resume)
+//
+// Timestamps are stored as TEXT in one fixed-width UTC form (TimeFormat), so
+// they sort as strings and read well in the sqlite3 shell.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+
+	"github.com/volantvm/volant/lib/apierr"
+)
+
+// DefaultPath is where the database lives unless told otherwise.
+const DefaultPath = "/var/lib/volant/volant.db"
+
+// EnvPath names the environment variable that overrides DefaultPath.
+const EnvPath = "VOLANT_DB"
+
+// DefaultBusyTimeout is how long a write waits for another process's write
+// lock before failing with UNAVAILABLE.
+const DefaultBusyTimeout = 10 * time.Second
+
+// TimeFormat is how timestamps are stored: UTC, millisecond precision, fixed
+// width (so text order is time order), and valid RFC 3339.
+const TimeFormat = "2006-01-02T15:04:05.000Z"
+
+// FormatTime returns t in TimeFormat.
+func FormatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
+
+// ParseTime reads a timestamp written by FormatTime (or any RFC 3339 time).
+func ParseTime(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("parsing stored time %q: %w", s, err)
+	}
+	return t.UTC(), nil
+}
+
+// Options tune Open. The zero value is the documented default.
+type Options struct {
+	// BusyTimeout bounds the wait for another process's write lock;
+	// 0 means DefaultBusyTimeout.
+	BusyTimeout time.Duration
+	// Logger receives debug logs (migrations applied); nil discards them.
+	Logger *slog.Logger
+}
+
+// Store is an open database. It is safe for concurrent use.
+type Store struct {
+	path        string
+	busyTimeout time.Duration
+	log         *slog.Logger
+	w           *sql.DB // writes: BEGIN IMMEDIATE, one connection
+	r           *sql.DB // reads: deferred transactions, query_only
+}
+
+// Open opens (creating when missing) the database at path and migrates it to
+// the current schema version.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	if path == "" {
+		return nil, apierr.New(apierr.InvalidInput, "database path is empty")
+	}
+	if strings.ContainsAny(path, "?#") {
+		return nil, apierr.New(apierr.InvalidInput, "database path %q must not contain '?' or '#'", path).With("db", path)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("database path %q: %w", path, err)
+	}
+	if opts.BusyTimeout <= 0 {
+		opts.BusyTimeout = DefaultBusyTimeout
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if err := createFile(abs); err != nil {
+		return nil, err
+	}
+	s := &Store{path: abs, busyTimeout: opts.BusyTimeout, log: log}
+	s.w = sql.OpenDB(s.connector("immediate", false))
+	s.w.SetMaxOpenConns(1)
+	s.w.SetConnMaxIdleTime(0)
+	s.r = sql.OpenDB(s.connector("deferred", true))
+	s.r.SetMaxOpenConns(8)
+	if err := s.migrate(ctx, migrations()); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// createFile makes the database's directory and an empty, owner-only
+// database file when they are missing (an empty file is a valid empty SQLite
+// database; SQLite gives its -wal and -shm files the same mode).
+func createFile(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return wrapOSErr(fmt.Errorf("creating the database directory: %w", err), path)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return wrapOSErr(fmt.Errorf("creating the database: %w", err), path)
+	}
+	return f.Close()
+}
+
+func wrapOSErr(err error, path string) error {
+	code := apierr.CodeOf(err)
+	if code == apierr.Internal || code == apierr.NotFound {
+		code = apierr.Unavailable
+	}
+	return &apierr.Error{Code: code, Message: err.Error(), Details: map[string]any{"db": path}, Err: err}
+}
+
+func (s *Store) connector(txlock string, readOnly bool) driver.Connector {
+	q := url.Values{}
+	q.Set("_busy_timeout", fmt.Sprint(s.busyTimeout.Milliseconds()))
+	q.Set("_journal_mode", "WAL")
+	q.Set("_synchronous", "FULL")
+	q.Set("_foreign_keys", "on")
+	q.Set("_txlock", txlock)
+	if readOnly {
+		q.Set("_query_only", "on")
+	}
+	return &connector{dsn: s.path + "?" + q.Encode(), drv: &sqlite3.SQLiteDriver{}}
+}
+
+// connector opens go-sqlite3 connections without registering a driver name
+// in database/sql's process-wide registry.
+type connector struct {
+	dsn string
+	drv *sqlite3.SQLiteDriver
+}
+
+func (c *connector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
+func (c *connector) Driver() driver.Driver                        { return c.drv }
+
+// Path is the absolute path of the database file.
+func (s *Store) Path() string { return s.path }
+
+// Close closes both connection pools.
+func (s *Store) Close() error {
+	return errors.Join(s.w.Close(), s.r.Close())
+}
+
+// Tx runs fn in a write transaction (BEGIN IMMEDIATE) and commits it when fn
+// returns nil; it rolls back when fn returns an error or panics. fn must use
+// only tx: the store has one write connection, so a second write from inside
+// fn would wait for itself. fn's error is returned as is.
+func (s *Store) Tx(ctx context.Context, fn func(*sql.Tx) error) (err error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr(ctx, "beginning a write transaction", err)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			_ = tx.Rollback()
+			panic(p)
+		}
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return s.dbErr(ctx, "committing", err)
+	}
+	return nil
+}
+
+// Read runs fn in a read-only transaction: every query in fn sees the same
+// snapshot, and writers are not blocked. fn's error is returned as is.
+func (s *Store) Read(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr(ctx, "beginning a read transaction", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // read-only: nothing to keep
+	return fn(tx)
+}
+
+// SchemaVersion is the database's schema version (PRAGMA user_version).
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	if err := s.r.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return 0, s.dbErr(ctx, "reading the schema version", err)
+	}
+	return v, nil
+}
+
+// Check runs SQLite's integrity and foreign-key checks and returns an error
+// listing what they found, or nil.
+func (s *Store) Check(ctx context.Context) error {
+	var problems []string
+	err := s.Read(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, "PRAGMA integrity_check")
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var msg string
+			if err := rows.Scan(&msg); err != nil {
+				rows.Close()
+				return err
+			}
+			if msg != "ok" {
+				problems = append(problems, msg)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		fk, err := tx.QueryContext(ctx, "PRAGMA foreign_key_check")
+		if err != nil {
+			return err
+		}
+		defer fk.Close()
+		for fk.Next() {
+			var table, parent string
+			var rowid sql.NullInt64
+			var idx int
+			if err := fk.Scan(&table, &rowid, &parent, &idx); err != nil {
+				return err
+			}
+			problems = append(problems, fmt.Sprintf("%s row %d: missing %s", table, rowid.Int64, parent))
+		}
+		return fk.Err()
+	})
+	if err != nil {
+		return s.dbErr(ctx, "checking the database", err)
+	}
+	if len(problems) > 0 {
+		return apierr.New(apierr.Internal, "database %s failed its integrity check: %s", s.path, strings.Join(problems, "; ")).
+			With("db", s.path).With("problems", problems)
+	}
+	return nil
+}
+
+// dbErr converts a SQLite error met while doing what into an apierr code an
+// operator can act on.
+func (s *Store) dbErr(ctx context.Context, what string, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("%s in %s: %w", what, s.path, ctxErr)
+	}
+	var se sqlite3.Error
+	if !errors.As(err, &se) {
+		return fmt.Errorf("%s in %s: %w", what, s.path, err)
+	}
+	e := &apierr.Error{Code: apierr.Internal, Err: err, Details: map[string]any{"db": s.path}}
+	switch se.Code {
+	case sqlite3.ErrBusy, sqlite3.ErrLocked:
+		e.Code = apierr.Unavailable
+		e.Message = fmt.Sprintf("%s: database %s is locked: another process held its write lock for more than %s", what, s.path, s.busyTimeout)
+		e.With("busy_timeout", s.busyTimeout.String())
+		return e
+	case sqlite3.ErrPerm, sqlite3.ErrReadonly, sqlite3.ErrAuth:
+		e.Code = apierr.PermissionDenied
+	case sqlite3.ErrCantOpen, sqlite3.ErrFull, sqlite3.ErrIoErr:
+		e.Code = apierr.Unavailable
+		if se.SystemErrno == syscall.EACCES || se.SystemErrno == syscall.EPERM || se.SystemErrno == syscall.EROFS {
+			e.Code = apierr.PermissionDenied
+		}
+	case sqlite3.ErrCorrupt, sqlite3.ErrNotADB:
+		e.With("hint", "the file is not an intact SQLite database; restore it from a backup or move it aside")
+	}
+	e.Message = fmt.Sprintf("%s in %s: %v", what, s.path, err)
+	return e
+}
+
+// IsConstraint reports whether err is a SQLite constraint violation (UNIQUE,
+// FOREIGN KEY, CHECK, NOT NULL).
+func IsConstraint(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && se.Code == sqlite3.ErrConstraint
+}
