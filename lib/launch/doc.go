@@ -1,0 +1,80 @@
+// Package launch runs one microVM: from a Spec (a plugin manifest, a
+// kernel, a lease and tap) to a supervised hypervisor process, and acts on
+// it afterwards from any process through its run directory.
+//
+// It is the library under `volant-launch` and what volantd calls for every
+// VM (each VM runs as its own `volant-launch run` process — a detached child
+// or the volant-vm@NAME systemd unit — so VMs outlive a daemon restart):
+//
+//	plan, err := launch.Prepare(ctx, spec, opts) // checks, argv, nothing started
+//	res, err := launch.Run(ctx, plan, opts, launch.RunOptions{Notify: sdNotify})
+//	st, err := launch.Inspect(ctx, runDir, opts) // pid + start time + VMM state
+//	rep, err := launch.Stop(ctx, runDir, grace, opts)
+//	st, err = launch.Pause(ctx, runDir, opts) / launch.Resume(...)
+//	reports, def := launch.Backends(ctx, opts)
+//
+// # Prepare
+//
+// Prepare parses the manifest, verifies each artifact's sha256 (hashed in
+// parallel with the rest; CHECKSUM_MISMATCH and nothing started on a
+// difference), picks the backend ("auto": Cloud Hypervisor where usable,
+// else QEMU) and the acceleration ("auto": KVM where it can run a stock
+// kernel, else TCG with a note), resolves the kernel (a kernel directory
+// gives the cached uncompressed vmlinux and the modules), and builds the
+// guest kernel command line:
+//
+//	console=ttyS0 panic=-1 quiet [tsc_early_khz=<host TSC> under TCG microvm]
+//	tsc=reliable no_timer_check 8250.nr_uarts=1 mitigations=off
+//	random.trust_cpu=on cryptomgr.notests volant.vm=… volant.ip=… volant.gw=…
+//	volant.dns=… volant.api_host=… volant.api_port=… volant.plugin=…
+//	volant.runtime=… [volant.boot=rootfs volant.rootfs_fstype=…]
+//	volant.manifest=<b64url(gzip(json))> [kernel_args…]
+//
+// When that exceeds the kernel's 2047 bytes, the manifest moves into the
+// initrd as /etc/volant/manifest.json and the line carries
+// volant.manifest_file=/etc/volant/manifest.json instead (CMDLINE_TOO_LONG
+// only if even that does not fit).
+//
+// # The initrd
+//
+// The VMM gets one initrd file. When it needs more than one archive, Run
+// concatenates them (each padded to 4 bytes) into <run dir>/initrd; the
+// kernel unpacks them in order, later files winning:
+//
+//   - boot-image: kestrel as /init plus the kernel modules a distribution
+//     kernel needs (lib/bootimage). Rootfs plugins always get it (kestrel
+//     stage 1 mounts the disk). Initramfs plugins get it underneath their
+//     own archive when Spec.BootLayer is "always", or "auto" (the default)
+//     and their archive has no lib/modules/<release>/modules.dep for the
+//     kernel being booted (the answer is cached by the archive's sha256).
+//     It is Spec.BootInitramfs when given, else built from Spec.Kestrel and
+//     the kernel directory's modules and cached under Options.CacheDir.
+//   - plugin: the plugin's initramfs.
+//   - manifest: generated when the manifest travels in the initrd.
+//
+// # Run and the run directory
+//
+// Run takes an exclusive flock on the run directory (default
+// /run/volant/vms/<name>, mode 0700; a second run of the same VM is
+// CONFLICT), which holds:
+//
+//	ctl.sock      the VMM's control socket (CH REST API or QEMU QMP)
+//	console.sock  the attachable serial console (QEMU; also logged)
+//	pid           {"supervisor":{pid,start_time,boot_id},"vmm":{...},...}
+//	plan.json     the resolved plan
+//	initrd        the layered initrd, when one is needed
+//
+// The serial log lives outside it (default
+// /var/lib/volant/vms/<name>/serial.log, rotated to .1 past 8 MiB) and is
+// kept; the run directory is removed when the run ends. Unix socket paths
+// must fit in 107 bytes: a run dir too long for that is refused up front.
+//
+// The VMM runs under lib/vmm/supervise: it dies with its supervisor (so a
+// kill -9 of `volant-launch run` leaves no orphan), its readiness is its
+// control socket answering, and Run reports READY=1 to systemd then. When
+// Run's context ends (SIGTERM) it stops the VM: ACPI power button, after
+// the plan's stop timeout (default 10 s) a hard stop, then SIGKILL.
+//
+// QEMU's QMP socket serves one client at a time, so nothing holds it: Run,
+// Inspect, Stop, Pause and Resume each connect, act and disconnect.
+package launch

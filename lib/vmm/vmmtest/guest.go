@@ -1,0 +1,95 @@
+package vmmtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/bootimage"
+	"github.com/volantvm/volant/lib/initramfs"
+	"github.com/volantvm/volant/lib/kernel"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
+)
+
+// Console lines of the test init (testdata/testinit).
+const (
+	ReadyLine    = "TESTINIT: ready"
+	PowerOffLine = "TESTINIT: power button; powering off"
+)
+
+var (
+	initOnce sync.Once
+	initBin  string
+	initErr  error
+)
+
+// TestInit returns a static build of testdata/testinit, built once per
+// test process.
+func TestInit(t testing.TB) string {
+	t.Helper()
+	initOnce.Do(func() {
+		root, err := guesttest.ModuleRoot()
+		if err != nil {
+			initErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "vmmtest-init-")
+		if err != nil {
+			initErr = err
+			return
+		}
+		initBin = filepath.Join(dir, "testinit")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", initBin, "./lib/vmm/vmmtest/testdata/testinit")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			initErr = fmt.Errorf("building testinit: %v: %s", err, out)
+		}
+	})
+	if initErr != nil {
+		t.Fatal(initErr)
+	}
+	return initBin
+}
+
+// GuestInitramfs writes, under dir, an initramfs whose /init is pid1 (a
+// static binary: the test init or kestrel) with the boot image's modules
+// for kernel k, and returns its path.
+func GuestInitramfs(t testing.TB, k *kernel.Kernel, pid1, dir string) string {
+	t.Helper()
+	b := initramfs.New()
+	if _, err := bootimage.Add(b, bootimage.Options{Kestrel: pid1, ModulesDir: k.ModulesDir}); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "guest.cpio.gz")
+	if err := b.WriteFile(out, initramfs.Gzip); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// WaitForLine waits until the file at path contains line, or ctx ends. The
+// error quotes the file's tail.
+func WaitForLine(ctx context.Context, path, line string) error {
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), line) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			s := string(b)
+			if len(s) > 2000 {
+				s = s[len(s)-2000:]
+			}
+			return fmt.Errorf("%q never appeared in %s (%w); it ends with:\n%s", line, path, ctx.Err(), s)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
