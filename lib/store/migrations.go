@@ -108,7 +108,7 @@ CREATE TABLE events (
 //
 //   - vms.desired: what the user asked for (running, stopped, deleted),
 //     apart from vms.state, what is; reconciliation moves state towards it.
-//   - vms.step: the step of a multi-step operation in progress ('' when
+//   - vms.step: the step of a multi-step operation in progress (empty when
 //     none), so a restarted volantd resumes an interrupted create or delete.
 //   - vms.health, vms.error: kestrel's verdict and the last failure.
 //   - vms.supervisor, vms.vmm: the identities (pid, start time, boot id) of
