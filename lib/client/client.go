@@ -206,8 +206,9 @@ func (c *Client) do(ctx context.Context, r request) (*http.Response, context.Can
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		err = c.transportErr(ctx, r, err)
 		cancel()
-		return nil, nil, c.transportErr(ctx, r, err)
+		return nil, nil, err
 	}
 	if resp.StatusCode >= 300 {
 		defer cancel()
