@@ -295,3 +295,18 @@ func FuzzDecodeString(f *testing.F) {
 		}
 	})
 }
+
+func TestNameAndLabelLengthLimits(t *testing.T) {
+	base := func(name, label string) []byte {
+		return []byte(`{"name":"` + name + `","version":"1","initramfs":{"url":"/i.cpio"},"workload":{"entrypoint":["/a"]},"labels":{"` + label + `":"v"}}`)
+	}
+	if _, err := Parse(base(strings.Repeat("a", 63), strings.Repeat("b", 63))); err != nil {
+		t.Fatalf("63 characters must be accepted: %v", err)
+	}
+	if _, err := Parse(base(strings.Repeat("a", 64), "b")); err == nil {
+		t.Fatal("a 64-character name was accepted")
+	}
+	if _, err := Parse(base("a", strings.Repeat("b", 64))); err == nil {
+		t.Fatal("a 64-character label key was accepted")
+	}
+}

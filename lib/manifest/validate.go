@@ -27,9 +27,12 @@ const (
 var (
 	checksumRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 	hex64RE    = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
-	labelRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
-	envKeyRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	userRE     = regexp.MustCompile(`^[0-9]+(:[0-9]+)?$`)
+	// labelRE bounds the length in code (at the call): a {0,62}
+	// repetition takes ~0.3 ms to compile, paid at the start of every
+	// command and of kestrel in the guest.
+	labelRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
+	envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	userRE   = regexp.MustCompile(`^[0-9]+(:[0-9]+)?$`)
 )
 
 var filesystems = map[string]bool{"ext4": true, "xfs": true, "btrfs": true, "squashfs": true}
@@ -234,7 +237,7 @@ func (m *Manifest) Validate() error {
 		v.oneOf("network.mode", m.Network.Mode, "bridged", "none")
 	}
 	for _, k := range sortedKeys(m.Labels) {
-		v.check(labelRE.MatchString(k), "labels."+k, "label keys use letters, digits and ._/- (at most 63)")
+		v.check(len(k) <= 63 && labelRE.MatchString(k), "labels."+k, "label keys use letters, digits and ._/- (at most 63)")
 		v.check(len(m.Labels[k]) <= 256, "labels."+k, "value longer than 256 characters")
 	}
 	if len(v.probs) > 0 {
