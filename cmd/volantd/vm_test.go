@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -17,40 +14,54 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/api"
-	"github.com/volantvm/volant/lib/bootimage"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/initramfs"
+	"github.com/volantvm/volant/lib/fledge"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
-// webPlugin builds an initramfs plugin: kestrel as PID 1 with the guest
-// kernel's modules (lib/bootimage), busybox httpd as the workload, and a
-// health check on its index page.
+// webPlugin builds an initramfs plugin with fledge: kestrel as PID 1 with
+// the guest kernel's modules, busybox httpd as the workload, a health check
+// on its index page. It returns the manifest fledge wrote.
 func webPlugin(t *testing.T, modulesDir, kestrel string) []byte {
 	t.Helper()
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
 		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
 	}
-	b := initramfs.New()
-	if err := b.CopyFile("/bin/busybox", bb, 0o755); err != nil {
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "www"), 0o755)
+	os.WriteFile(filepath.Join(src, "www", "index.html"), []byte("hello from volant\n"), 0o644)
+	toml := `version = "1"
+strategy = "initramfs"
+[plugin]
+name = "web"
+version = "1.0.0"
+[source]
+busybox = "/bin/busybox"
+[workload]
+entrypoint = ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
+base_url = "http://127.0.0.1:80"
+[health_check]
+endpoint = "/index.html"
+interval_ms = 500
+[resources]
+cpu_cores = 1
+memory_mb = 128
+[mappings]
+"www" = "/www"
+`
+	cfg := filepath.Join(src, "fledge.toml")
+	os.WriteFile(cfg, []byte(toml), 0o644)
+	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: filepath.Join(src, "out"),
+		KernelModules: modulesDir, Kestrel: kestrel})
+	if err != nil {
+		t.Fatalf("fledge build: %v", err)
+	}
+	m, err := os.ReadFile(res.Manifest)
+	if err != nil {
 		t.Fatal(err)
 	}
-	b.File("/www/index.html", 0o644, []byte("hello from volant\n"))
-	if _, err := bootimage.Add(b, bootimage.Options{Kestrel: kestrel, ModulesDir: modulesDir}); err != nil {
-		t.Fatal(err)
-	}
-	archive := filepath.Join(t.TempDir(), "web.cpio.gz")
-	if err := b.WriteFile(archive, initramfs.Gzip); err != nil {
-		t.Fatal(err)
-	}
-	data, _ := os.ReadFile(archive)
-	sum := sha256.Sum256(data)
-	return []byte(fmt.Sprintf(`{"name":"web","version":"1.0.0","initramfs":{"url":%q,"checksum":"sha256:%s"},
-		"workload":{"type":"http","entrypoint":["/bin/busybox","httpd","-f","-p","80","-h","/www"],"base_url":"http://127.0.0.1:80"},
-		"health_check":{"endpoint":"/index.html","interval_ms":500},"resources":{"cpu_cores":1,"memory_mb":128}}`,
-		archive, hex.EncodeToString(sum[:])))
+	return m
 }
 
 // fetch GETs a URL from inside the namespace: the connection is dialed on
@@ -80,7 +91,7 @@ func fetch(h *fakeHost, url string) (string, error) {
 }
 
 // TestVMControlPlane boots real guests (QEMU TCG, Debian's kernel, our
-// kestrel) through volantd in a test-made network namespace: a VM becomes
+// kestrel; the plugin built by fledge) through volantd in a test-made network namespace: a VM becomes
 // running once its health check passes and answers HTTP on its address; a
 // deployment scales 1→3→1, and a replica whose hypervisor is killed is
 // recreated.
