@@ -22,6 +22,7 @@ type migration struct {
 func migrations() []migration {
 	return []migration{
 		{1, "initial schema", schemaV1},
+		{2, "volantd: desired state, steps, health and process identities", schemaV2},
 	}
 }
 
@@ -101,6 +102,33 @@ CREATE TABLE events (
 	data        TEXT CHECK (data IS NULL OR json_valid(data)),
 	timestamp   TEXT NOT NULL
 ) STRICT;
+`
+
+// schemaV2 adds what volantd needs to tell the truth across restarts:
+//
+//   - vms.desired: what the user asked for (running, stopped, deleted),
+//     apart from vms.state, what is; reconciliation moves state towards it.
+//   - vms.step: the step of a multi-step operation in progress (empty when
+//     none), so a restarted volantd resumes an interrupted create or delete.
+//   - vms.health, vms.error: kestrel's verdict and the last failure.
+//   - vms.supervisor, vms.vmm: the identities (pid, start time, boot id) of
+//     the VM's `volant-launch run` process and its hypervisor, checked when
+//     volantd adopts running VMs after a restart.
+//   - vms.agent, vms.agent_at: kestrel's last status report.
+//   - vms.tap, vms.kernel_args: the host tap and extra guest kernel words.
+//   - deployments.error: the last reconcile failure.
+const schemaV2 = `
+ALTER TABLE vms ADD COLUMN desired TEXT NOT NULL DEFAULT 'running';
+ALTER TABLE vms ADD COLUMN step TEXT NOT NULL DEFAULT '';
+ALTER TABLE vms ADD COLUMN health TEXT NOT NULL DEFAULT '';
+ALTER TABLE vms ADD COLUMN error TEXT NOT NULL DEFAULT '';
+ALTER TABLE vms ADD COLUMN supervisor TEXT CHECK (supervisor IS NULL OR json_valid(supervisor));
+ALTER TABLE vms ADD COLUMN vmm TEXT CHECK (vmm IS NULL OR json_valid(vmm));
+ALTER TABLE vms ADD COLUMN agent TEXT CHECK (agent IS NULL OR json_valid(agent));
+ALTER TABLE vms ADD COLUMN agent_at TEXT;
+ALTER TABLE vms ADD COLUMN tap TEXT;
+ALTER TABLE vms ADD COLUMN kernel_args TEXT CHECK (kernel_args IS NULL OR json_valid(kernel_args));
+ALTER TABLE deployments ADD COLUMN error TEXT NOT NULL DEFAULT '';
 `
 
 // migrate applies the migrations the database lacks. It reads the version

@@ -32,7 +32,7 @@
 // tests of lib/ipam and cmd/volant-ipam kill processes inside transactions to
 // check it.
 //
-// Tables (schema version 1; see migrations.go for the DDL):
+// Tables (schema version 2; see migrations.go for the DDL):
 //
 //	plugins      installed plugin manifests
 //	deployments  desired/current replica counts

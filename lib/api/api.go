@@ -1,0 +1,289 @@
+// Package api holds the types of volantd's REST API: the JSON bodies of its
+// requests and responses, the VM states, the event types and the routes.
+// volantd (lib/server, lib/controller) produces them and lib/client decodes
+// them, so both sides share one definition. Standard library and
+// lib/agentapi only: a CLI can import it without the daemon's dependencies.
+//
+// The routes (all JSON unless noted; errors are lib/apierr bodies
+// {"code","message","details"} with the code's HTTP status):
+//
+//	GET    /healthz                              Health
+//	GET    /openapi.json                         the OpenAPI 3.1 document of all of this
+//	GET    /api/v1/plugins                       PluginList
+//	POST   /api/v1/plugins[?replace=true]        a plugin manifest → 201 Plugin
+//	GET    /api/v1/plugins/{name}                Plugin
+//	DELETE /api/v1/plugins/{name}                Plugin (CONFLICT while VMs or deployments use it)
+//	POST   /api/v1/plugins/{name}/enable         Plugin
+//	POST   /api/v1/plugins/{name}/disable        Plugin
+//	GET    /api/v1/plugins/{name}/manifest       the manifest as installed
+//	GET    /api/v1/vms[?plugin=&deployment=&state=]  VMList
+//	POST   /api/v1/vms                           CreateVMRequest → 201 VM
+//	GET    /api/v1/vms/{name}                    VM
+//	DELETE /api/v1/vms/{name}                    VM (state "deleted")
+//	POST   /api/v1/vms/{name}/start              VM
+//	POST   /api/v1/vms/{name}/stop               VM
+//	POST   /api/v1/vms/{name}/restart            VM
+//	GET    /api/v1/vms/{name}/logs[?follow=1&tail=N]  the serial console log, text/plain
+//	GET    /api/v1/vms/{name}/wait?state=running&timeout=30s  VM, once it is in that state
+//	POST   /api/v1/vms/{name}/agent              agentapi.Status from kestrel → 204
+//	GET    /api/v1/deployments                   DeploymentList
+//	POST   /api/v1/deployments                   CreateDeploymentRequest → 201 Deployment
+//	GET    /api/v1/deployments/{name}            Deployment
+//	DELETE /api/v1/deployments/{name}            Deployment (its VMs are deleted)
+//	POST   /api/v1/deployments/{name}/scale      ScaleRequest → Deployment
+//	GET    /api/v1/events[?since=ID&type=vm.*]   text/event-stream of Event
+//	POST|GET|DELETE /mcp                         Model Context Protocol (streamable HTTP)
+package api
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/volantvm/volant/lib/agentapi"
+)
+
+// Prefix is the path prefix of the versioned API.
+const Prefix = "/api/v1"
+
+// VMState is where a VM is in its life.
+type VMState string
+
+// The VM states. A VM is Starting from its creation (or a start) until its
+// health check passes, then Running. Its VMM ending without being asked to
+// makes it Crashed; a stop makes it Stopping, then Stopped.
+const (
+	// VMStarting: being created or started: lease, tap, staging, VMM
+	// start, then waiting for the guest's health check to pass.
+	VMStarting VMState = "starting"
+	// VMRunning: the health check passed (for plugins without one: the
+	// workload runs). The VM stays Running if it later turns unhealthy;
+	// Health says so.
+	VMRunning VMState = "running"
+	// VMStopping: a stop is in progress.
+	VMStopping VMState = "stopping"
+	// VMStopped: stopped on request; it keeps its address and can be started.
+	VMStopped VMState = "stopped"
+	// VMCrashed: the VMM ended without being asked to.
+	VMCrashed VMState = "crashed"
+	// VMFailed: a start could not be completed (Error says why).
+	VMFailed VMState = "failed"
+	// VMDeleting: a delete is in progress.
+	VMDeleting VMState = "deleting"
+	// VMDeleted is only ever reported, in the answer to a delete.
+	VMDeleted VMState = "deleted"
+)
+
+// VMStates lists every state, for validation and documentation.
+func VMStates() []VMState {
+	return []VMState{VMStarting, VMRunning, VMStopping, VMStopped, VMCrashed, VMFailed, VMDeleting, VMDeleted}
+}
+
+// Valid reports whether s is one of the states.
+func (s VMState) Valid() bool {
+	for _, v := range VMStates() {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Resources are a VM's vCPUs and memory.
+type Resources struct {
+	CPUCores int `json:"cpu_cores" jsonschema:"minimum=1,maximum=64"`
+	MemoryMB int `json:"memory_mb" jsonschema:"minimum=64,maximum=262144"`
+}
+
+// VM is one microVM as volantd knows it.
+type VM struct {
+	Name   string `json:"name"`
+	Plugin string `json:"plugin"`
+	// Deployment is set for the replicas of a deployment.
+	Deployment string `json:"deployment,omitempty"`
+	// IP, MAC and Tap are the guest's address, NIC MAC and host tap; empty
+	// for plugins with network mode "none".
+	IP    string  `json:"ip,omitempty"`
+	MAC   string  `json:"mac,omitempty"`
+	Tap   string  `json:"tap,omitempty"`
+	State VMState `json:"state"`
+	// Health is kestrel's verdict (unknown, healthy, unhealthy) while the
+	// VM runs; empty otherwise.
+	Health agentapi.HealthState `json:"health,omitempty"`
+	// Step names the step in progress (lease, tap, stage, start, stop,
+	// release); empty when none is.
+	Step string `json:"step,omitempty"`
+	// Error is why the last start, stop or health check failed.
+	Error string `json:"error,omitempty"`
+	// PID is the hypervisor's process ID while it runs.
+	PID       int        `json:"pid,omitempty"`
+	Resources Resources  `json:"resources"`
+	CreatedAt time.Time  `json:"created_at"`
+	StartedAt *time.Time `json:"started_at,omitempty"`
+	UpdatedAt time.Time  `json:"updated_at"`
+	// SerialLog is the path of the guest console log on the host.
+	SerialLog string `json:"serial_log,omitempty"`
+	// Agent is kestrel's last status report (or poll answer).
+	Agent *agentapi.Status `json:"agent,omitempty"`
+}
+
+// VMList is the answer of GET /api/v1/vms.
+type VMList struct {
+	VMs []VM `json:"vms"`
+}
+
+// VMFilter narrows GET /api/v1/vms; empty fields match everything.
+type VMFilter struct {
+	Plugin     string  `json:"plugin,omitempty"`
+	Deployment string  `json:"deployment,omitempty"`
+	State      VMState `json:"state,omitempty"`
+}
+
+// CreateVMRequest is the body of POST /api/v1/vms. CPU and memory default
+// to the plugin manifest's resources.
+type CreateVMRequest struct {
+	Name     string `json:"name" jsonschema:"pattern=^[a-z0-9][a-z0-9_-]{0\\,62}$"`
+	Plugin   string `json:"plugin"`
+	CPUCores int    `json:"cpu_cores,omitempty" jsonschema:"minimum=1,maximum=64"`
+	MemoryMB int    `json:"memory_mb,omitempty" jsonschema:"minimum=64,maximum=262144"`
+	// KernelArgs are extra words for the guest kernel command line.
+	KernelArgs []string `json:"kernel_args,omitempty"`
+}
+
+// LogOptions select what GET /api/v1/vms/{name}/logs returns.
+type LogOptions struct {
+	// Follow keeps the response open and streams what the guest writes
+	// until the client goes away or the VM is deleted.
+	Follow bool
+	// Tail starts with the last Tail lines (0: the whole log).
+	Tail int
+}
+
+// Plugin is an installed plugin.
+type Plugin struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	Runtime string `json:"runtime"`
+	Enabled bool   `json:"enabled"`
+	// Manifest is the manifest as installed (normalized; artifact URLs
+	// that were remote point at the fetched copies).
+	Manifest  json.RawMessage `json:"manifest"`
+	CreatedAt time.Time       `json:"created_at"`
+	UpdatedAt time.Time       `json:"updated_at"`
+}
+
+// PluginList is the answer of GET /api/v1/plugins.
+type PluginList struct {
+	Plugins []Plugin `json:"plugins"`
+}
+
+// Deployment keeps Replicas VMs named <name>-1 .. <name>-<replicas> running.
+type Deployment struct {
+	Name     string `json:"name"`
+	Plugin   string `json:"plugin"`
+	Replicas int    `json:"replicas"`
+	// Current counts the replicas that are running (healthy).
+	Current   int       `json:"current"`
+	Resources Resources `json:"resources"`
+	// VMs are the names of the replicas that exist, in index order.
+	VMs []string `json:"vms"`
+	// Error is the last reconcile failure, if the last reconcile failed.
+	Error     string    `json:"error,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// DeploymentList is the answer of GET /api/v1/deployments.
+type DeploymentList struct {
+	Deployments []Deployment `json:"deployments"`
+}
+
+// CreateDeploymentRequest is the body of POST /api/v1/deployments.
+// Resources default to the plugin manifest's.
+type CreateDeploymentRequest struct {
+	Name      string     `json:"name" jsonschema:"pattern=^[a-z0-9][a-z0-9_-]{0\\,58}$"`
+	Plugin    string     `json:"plugin"`
+	Replicas  int        `json:"replicas" jsonschema:"minimum=0,maximum=1000"`
+	Resources *Resources `json:"resources,omitempty"`
+}
+
+// ScaleRequest is the body of POST /api/v1/deployments/{name}/scale.
+type ScaleRequest struct {
+	Replicas int `json:"replicas" jsonschema:"minimum=0,maximum=1000"`
+}
+
+// MaxReplicas bounds a deployment's replica count.
+const MaxReplicas = 1000
+
+// Event is one entry of the event log, as GET /api/v1/events streams it:
+//
+//	id: 42
+//	event: vm.created
+//	data: {"id":42,"type":"vm.created","resource_id":"web1","data":{...},"timestamp":"..."}
+//
+// IDs increase and are never reused; a client that reconnects with
+// Last-Event-ID (or ?since=) gets every event after that ID.
+type Event struct {
+	ID         int64           `json:"id"`
+	Type       string          `json:"type"`
+	ResourceID string          `json:"resource_id"`
+	Data       json.RawMessage `json:"data,omitempty"`
+	Timestamp  time.Time       `json:"timestamp"`
+}
+
+// Event types. Data payloads are JSON objects described next to each.
+const (
+	EventVMCreated   = "vm.created"   // {"name","plugin","deployment","ip","resources"}
+	EventVMStarted   = "vm.started"   // {"name","state","pid","ip"}: the VMM is up, the guest is booting
+	EventVMHealthy   = "vm.healthy"   // {"name","state","health_check":"passed"}: the VM is running
+	EventVMUnhealthy = "vm.unhealthy" // {"name","state","error"}
+	EventVMStopped   = "vm.stopped"   // {"name","state","method"}
+	EventVMCrashed   = "vm.crashed"   // {"name","state","error"}
+	EventVMFailed    = "vm.failed"    // {"name","state","error"}: a start could not complete
+	EventVMAdopted   = "vm.adopted"   // {"name","state","pid"}: found running after a volantd restart
+	EventVMDeleted   = "vm.deleted"   // {"name","ip"}
+
+	EventPluginInstalled = "plugin.installed" // {"name","version"}
+	EventPluginEnabled   = "plugin.enabled"   // {"name"}
+	EventPluginDisabled  = "plugin.disabled"  // {"name"}
+	EventPluginRemoved   = "plugin.removed"   // {"name","version"}
+
+	EventDeploymentCreated = "deployment.created" // {"name","plugin","replicas"}
+	EventDeploymentScaled  = "deployment.scaled"  // {"name","from","to"}
+	EventDeploymentDeleted = "deployment.deleted" // {"name"}
+
+	// lib/ipam appends these in the transactions that lease and release.
+	EventIPLeased   = "ip.leased"   // {"ip","prefix","gateway","mac"}
+	EventIPReleased = "ip.released" // {"ip","prefix","gateway","mac","reason"}
+)
+
+// EventTypes lists the event types volantd emits.
+func EventTypes() []string {
+	return []string{
+		EventVMCreated, EventVMStarted, EventVMHealthy, EventVMUnhealthy, EventVMStopped,
+		EventVMCrashed, EventVMFailed, EventVMAdopted, EventVMDeleted,
+		EventPluginInstalled, EventPluginEnabled, EventPluginDisabled, EventPluginRemoved,
+		EventDeploymentCreated, EventDeploymentScaled, EventDeploymentDeleted,
+		EventIPLeased, EventIPReleased,
+	}
+}
+
+// EventOptions select what GET /api/v1/events streams.
+type EventOptions struct {
+	// Since resumes after this event ID (0: only new events, unless
+	// FromStart).
+	Since int64
+	// FromStart replays the whole retained log first.
+	FromStart bool
+	// Types keeps only these types; "vm.*" matches a prefix.
+	Types []string
+}
+
+// Health is the answer of GET /healthz.
+type Health struct {
+	Status  string `json:"status"` // "ok"
+	Version string `json:"version"`
+	// Ready is false until startup reconciliation has finished.
+	Ready bool `json:"ready"`
+	// LastEventID is the newest event's ID.
+	LastEventID int64 `json:"last_event_id"`
+}
