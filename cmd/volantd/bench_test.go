@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -170,4 +173,85 @@ func wrkLatency(out, pct string) string {
 func loadavg() string {
 	b, _ := os.ReadFile("/proc/loadavg")
 	return strings.TrimSpace(string(b))
+}
+
+// BenchmarkVMDensity counts how many real guests reach healthy on this host
+// within a window (default 120 s): one deployment of N replicas (default
+// 36) of a fledge-built busybox-httpd initramfs plugin, QEMU TCG, Debian's
+// kernel, our kestrel, in a private network namespace. It records when each
+// replica became running. bench/density/run.sh runs it and writes
+// $VOLANT_BENCH_OUT. It asserts nothing about speed.
+func BenchmarkVMDensity(b *testing.B) {
+	k, _ := guesttest.Kernel(b)
+	guesttest.QEMU(b)
+	kestrel := guesttest.Kestrel(b)
+	n, window := 36, 120*time.Second
+	if v, err := strconv.Atoi(os.Getenv("VOLANT_BENCH_VMS")); err == nil && v > 0 {
+		n = v
+	}
+	if v, err := time.ParseDuration(os.Getenv("VOLANT_BENCH_WINDOW")); err == nil && v > 0 {
+		window = v
+	}
+	h := &fakeHost{ns: netnstest.New(b), dir: b.TempDir()}
+	// volantd's and kestrel's health checks at their defaults (5 s): every
+	// probe wakes a guest, and under software emulation that is not free.
+	d := startDaemon(b, h.dir, []string{"ip", "netns", "exec", h.ns.Name}, nil, "--vmm", "qemu", "--accel", "tcg",
+		"--kernel", k.Dir, "--kestrel", kestrel, "--start-timeout", "120s", "--stop-timeout", "5s")
+	ctx := context.Background()
+	if _, err := d.c.InstallPlugin(ctx, webPluginProbed(b, k.ModulesDir, kestrel, 5000), client.InstallOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Now()
+	if _, err := d.c.CreateDeployment(ctx, api.CreateDeploymentRequest{Name: "dense", Plugin: "web", Replicas: n}); err != nil {
+		b.Fatal(err)
+	}
+	runningAt := map[string]float64{}
+	for time.Since(t0) < window {
+		vms, err := d.c.ListVMs(ctx, api.VMFilter{})
+		if err == nil {
+			for _, v := range vms {
+				if _, ok := runningAt[v.Name]; !ok && v.State == api.VMRunning {
+					runningAt[v.Name] = time.Since(t0).Seconds()
+				}
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	var times []float64
+	within60 := 0
+	for _, s := range runningAt {
+		times = append(times, s)
+		if s <= 60 {
+			within60++
+		}
+	}
+	sort.Float64s(times)
+	res := map[string]any{
+		"replicas":           n,
+		"window_seconds":     window.Seconds(),
+		"healthy_in_window":  len(runningAt),
+		"healthy_within_60s": within60,
+		"seconds_to_running": times,
+		"guest":              "busybox httpd initramfs, 1 vCPU, 128 MiB, QEMU TCG microvm",
+		"host_loadavg_after": loadavg(),
+		"host_cpus":          runtime.NumCPU(),
+	}
+	js, _ := json.MarshalIndent(res, "", "  ")
+	fmt.Printf("%s\n", js)
+	b.ReportMetric(float64(len(runningAt)), "healthy-VMs")
+	if p := os.Getenv("VOLANT_BENCH_OUT"); p != "" {
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, append(js, '\n'), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Scale to zero before the namespace goes.
+	if _, err := d.c.DeleteDeployment(ctx, "dense"); err != nil {
+		b.Logf("deleting the deployment: %v", err)
+	}
+	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if vms, err := d.c.ListVMs(ctx, api.VMFilter{}); err == nil && len(vms) == 0 {
+			break
+		}
+	}
 }

@@ -35,6 +35,8 @@
 //	--health-interval D  VOLANT_HEALTH_INTERVAL  kestrel poll interval of running VMs (default 5s)
 //	--stop-timeout D     VOLANT_STOP_TIMEOUT  time a guest gets to power off (default 10s)
 //	--start-timeout D    VOLANT_START_TIMEOUT time a hypervisor gets to answer (default 60s)
+//	--max-booting N      VOLANT_MAX_BOOTING   VMs booting at once; more starts queue until one is healthy
+//	                                          (default CPUs+1; -1 unlimited)
 //	--guest-debug        VOLANT_GUEST_DEBUG   verbose guest boot and kestrel
 //	--verbose            VOLANT_VERBOSE       debug logs
 //
@@ -106,6 +108,7 @@ type serveFlags struct {
 	HealthInterval time.Duration `long:"health-interval" env:"VOLANT_HEALTH_INTERVAL" default:"5s" description:"kestrel poll interval"`
 	StopTimeout    time.Duration `long:"stop-timeout" env:"VOLANT_STOP_TIMEOUT" default:"10s" description:"time a guest gets to power off"`
 	StartTimeout   time.Duration `long:"start-timeout" env:"VOLANT_START_TIMEOUT" default:"60s" description:"time a hypervisor gets to answer"`
+	MaxBooting     int           `long:"max-booting" env:"VOLANT_MAX_BOOTING" description:"VMs booting at once; more starts queue until one is healthy (default CPUs+1; -1 unlimited)"`
 	GuestDebug     bool          `long:"guest-debug" env:"VOLANT_GUEST_DEBUG" description:"verbose guest boot"`
 	Verbose        bool          `long:"verbose" short:"v" env:"VOLANT_VERBOSE" description:"debug logs"`
 }
@@ -208,8 +211,9 @@ func serve(ctx context.Context, env *cli.Env, f serveFlags) error {
 		},
 		KernelDir: f.Kernel, Launcher: f.Launcher, VMRunner: f.VMRunner,
 		HealthInterval: f.HealthInterval, StopTimeout: f.StopTimeout, StartTimeout: f.StartTimeout,
-		Notify: func(state string) { _, _ = daemon.SdNotify(false, state) },
-		Logger: log,
+		MaxBooting: f.MaxBooting,
+		Notify:     func(state string) { _, _ = daemon.SdNotify(false, state) },
+		Logger:     log,
 	}
 	return volantd.Serve(ctx, cfg)
 }

@@ -69,7 +69,7 @@ func mcpDaemon(t *testing.T) (*httptest.Server, *client.Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctl, err := controller.New(controller.Config{Store: st, DataDir: dir, Runtime: controllertest.NewRuntime(),
+	ctl, err := controller.New(controller.Config{MaxBooting: -1, Store: st, DataDir: dir, Runtime: controllertest.NewRuntime(),
 		Network: controllertest.NewNetwork(), Prober: controllertest.NewProber(), ReconcileInterval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -74,7 +74,10 @@ func newFakeHost(t testing.TB) *fakeHost {
 func (h *fakeHost) start(t testing.TB, extra ...string) *volantdProc {
 	t.Helper()
 	wrap := []string{"ip", "netns", "exec", h.ns.Name, "sh", "-c", `mount -t tmpfs tmpfs /sys/module && exec "$@"`, "sh"}
-	args := append([]string{"--vmm", "cloud-hypervisor", "--kernel", h.kernel, "--health-interval", "1s", "--stop-timeout", "2s"}, extra...)
+	// The fake guests never become healthy, so boots are not admitted a
+	// few at a time (--max-booting -1): each would hold its slot until
+	// the start timeout.
+	args := append([]string{"--vmm", "cloud-hypervisor", "--kernel", h.kernel, "--health-interval", "1s", "--stop-timeout", "2s", "--max-booting", "-1"}, extra...)
 	return startDaemon(t, h.dir, wrap, nil, args...)
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,7 +24,13 @@ import (
 // webPlugin builds an initramfs plugin with fledge: kestrel as PID 1 with
 // the guest kernel's modules, busybox httpd as the workload, a health check
 // on its index page. It returns the manifest fledge wrote.
-func webPlugin(t *testing.T, modulesDir, kestrel string) []byte {
+func webPlugin(t testing.TB, modulesDir, kestrel string) []byte {
+	t.Helper()
+	return webPluginProbed(t, modulesDir, kestrel, 500)
+}
+
+// webPluginProbed is webPlugin with kestrel's health check every intervalMS.
+func webPluginProbed(t testing.TB, modulesDir, kestrel string, intervalMS int) []byte {
 	t.Helper()
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
@@ -43,7 +50,7 @@ entrypoint = ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
 base_url = "http://127.0.0.1:80"
 [health_check]
 endpoint = "/index.html"
-interval_ms = 500
+interval_ms = `+strconv.Itoa(intervalMS)+`
 [resources]
 cpu_cores = 1
 memory_mb = 128

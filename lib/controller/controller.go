@@ -51,6 +51,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -104,7 +105,13 @@ type Config struct {
 	EventRetention int
 	// ReplicaParallelism bounds concurrent replica creations (default 2).
 	ReplicaParallelism int
-	Logger             *slog.Logger
+	// MaxBooting bounds the VMs booting at once: a start waits for a slot
+	// before its hypervisor starts and holds it until the guest is healthy,
+	// its run ends, or StartTimeout passes. Default: CPUs + 1; negative:
+	// unlimited. On a small host (and always under software emulation)
+	// boots started all at once slow each other down until none finishes.
+	MaxBooting int
+	Logger     *slog.Logger
 }
 
 // LaunchDefaults are the host's settings for every VM's launch spec.
@@ -144,7 +151,8 @@ type Controller struct {
 
 	mu       sync.Mutex
 	watchers map[string]*watcher // by VM name
-	changed  chan struct{}       // closed and replaced on every VM change
+	boots    *bootGate
+	changed  chan struct{} // closed and replaced on every VM change
 	ready    bool
 
 	wake chan struct{} // deployment reconciler
@@ -203,6 +211,9 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.ReplicaParallelism <= 0 {
 		cfg.ReplicaParallelism = 2
 	}
+	if cfg.MaxBooting == 0 {
+		cfg.MaxBooting = runtime.NumCPU() + 1
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -211,6 +222,7 @@ func New(cfg Config) (*Controller, error) {
 		st:       cfg.Store,
 		log:      cfg.Logger,
 		watchers: map[string]*watcher{},
+		boots:    newBootGate(cfg.MaxBooting, cfg.StartTimeout),
 		changed:  make(chan struct{}),
 		wake:     make(chan struct{}, 1),
 		base:     context.Background(),

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -48,7 +49,8 @@ func newFixture(t *testing.T) *fixture {
 func (f *fixture) controller() (*controller.Controller, *controller.ReconcileReport) {
 	f.t.Helper()
 	c, err := controller.New(controller.Config{Store: f.st, DataDir: f.dir, Runtime: f.rt, Network: f.nw,
-		Prober: controllertest.NewProber(), HealthInterval: 50 * time.Millisecond})
+		// The fakes never report healthy: no boot admission (see TestBootGate).
+		Prober: controllertest.NewProber(), HealthInterval: 50 * time.Millisecond, MaxBooting: -1})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -325,3 +327,53 @@ func TestReplicaName(t *testing.T) {
 		t.Fatalf("MaxDeploymentName = %d", controller.MaxDeploymentName)
 	}
 }
+
+// TestBootAdmission: with one boot slot, a second create waits until the
+// first VM's guest reports healthy, then starts.
+func TestBootAdmission(t *testing.T) {
+	f := newFixture(t)
+	pr := controllertest.NewProber()
+	c, err := controller.New(controller.Config{Store: f.st, DataDir: f.dir, Runtime: f.rt, Network: f.nw,
+		Prober: pr, HealthInterval: 50 * time.Millisecond, MaxBooting: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(f.ctx)
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	f.plugin(c, "web")
+
+	v1, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "vm1", Plugin: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan error, 1)
+	go func() {
+		_, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "vm2", Plugin: "web"})
+		second <- err
+	}()
+	select {
+	case err := <-second:
+		t.Fatalf("the second create did not wait for a boot slot (err %v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if f.rt.Starts("vm2") != 0 {
+		t.Fatal("vm2's hypervisor started while vm1 was still booting")
+	}
+	pr.Set(netip.MustParseAddr(v1.IP), ptr(controllertest.Healthy("vm1")))
+	select {
+	case err := <-second:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("vm1 is healthy but vm2 never started")
+	}
+	eventuallyState(t, c, "vm1", api.VMRunning)
+	if f.rt.Starts("vm2") != 1 {
+		t.Fatalf("vm2 started %d times", f.rt.Starts("vm2"))
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

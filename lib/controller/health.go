@@ -103,6 +103,7 @@ func (c *Controller) watch(name string, info *RunInfo) {
 
 // unwatch stops watching a VM and waits for its watcher to finish.
 func (c *Controller) unwatch(name string) {
+	c.boots.release(name)
 	c.mu.Lock()
 	w := c.watchers[name]
 	delete(c.watchers, name)
@@ -124,6 +125,7 @@ func (c *Controller) Watching(name string) bool {
 // runEnded handles a run that ended: unless a stop or delete ended it (the
 // VM no longer wants to run, or records another run), the VM crashed.
 func (c *Controller) runEnded(ctx context.Context, name string, info *RunInfo) {
+	c.boots.release(name)
 	// The watcher's context ends as this runs; the record must not.
 	ctx = context.WithoutCancel(ctx)
 	cause := c.cfg.Runtime.LastError(name)
@@ -343,6 +345,9 @@ func (c *Controller) applyStatus(ctx context.Context, name string, st *agentapi.
 			c.log.Warn("recording a health report", "vm", name, "err", err)
 		}
 		return
+	}
+	if v.State == api.VMRunning {
+		c.boots.release(name) // booted: the next start may go
 	}
 	if v.Deployment != "" && (v.State != v0.State || v.Health != v0.Health) {
 		c.kickDeployments()

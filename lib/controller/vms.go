@@ -419,8 +419,14 @@ func (c *Controller) stepStage(ctx context.Context, name string) error {
 }
 
 // stepStart starts the VM's run, or adopts the live one, and records it.
+// A start first waits for a boot slot (Config.MaxBooting).
 func (c *Controller) stepStart(ctx context.Context, name string) error {
+	admitted, err := c.boots.acquire(ctx, name)
+	if err != nil {
+		return fmt.Errorf("waiting for a boot slot for %s: %w", name, err)
+	}
 	info, err := c.cfg.Runtime.Start(ctx, name, c.SpecPath(name))
+	admitted(err == nil)
 	if err != nil {
 		return err
 	}

@@ -119,14 +119,14 @@ type Plan struct {
 	// SerialRelay is the VMM's serial socket when the VMM cannot both log
 	// and serve its console (Cloud Hypervisor): Run relays it to the
 	// serial log and the console socket.
-	SerialRelay string       `json:"serial_relay,omitempty"`
-	SerialLog   string       `json:"serial_log"`
+	SerialRelay string `json:"serial_relay,omitempty"`
+	SerialLog   string `json:"serial_log"`
 	// DiskCopies are the VM's own copies of writable disks (DiskMode
 	// "copy"); Run makes the missing ones before the VMM starts.
 	DiskCopies []DiskCopy   `json:"disk_copies,omitempty"`
 	StopAfter  Duration     `json:"stop_timeout"`
-	Notes       []string     `json:"notes,omitempty"`
-	Manifest    manifestInfo `json:"manifest"`
+	Notes      []string     `json:"notes,omitempty"`
+	Manifest   manifestInfo `json:"manifest"`
 
 	manifestJSON []byte
 }

@@ -94,6 +94,8 @@ type Config struct {
 	HealthInterval time.Duration
 	StopTimeout    time.Duration
 	StartTimeout   time.Duration
+	// MaxBooting bounds VMs booting at once (controller.Config.MaxBooting).
+	MaxBooting int
 
 	// Notify receives sd_notify states (READY=1, STOPPING=1, STATUS=...).
 	Notify func(state string)
@@ -224,6 +226,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		Store: st, Pool: pool, Bridge: cfg.Bridge, DataDir: cfg.DataDir, Runtime: rt, Network: hn,
 		Launch: cfg.Launch, AgentHost: agentHost, AgentPort: agentPort, DNS: cfg.DNS,
 		HealthInterval: cfg.HealthInterval, StopTimeout: cfg.StopTimeout, StartTimeout: cfg.StartTimeout, Logger: log,
+		MaxBooting: cfg.MaxBooting,
 	})
 	if err != nil {
 		return err
