@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"testing"
 )
@@ -71,5 +72,27 @@ func TestEveryCodeHasDistinctNonZeroExitAndHTTPStatus(t *testing.T) {
 	}
 	if Code("NO_SUCH").ExitCode() != 1 || Code("NO_SUCH").HTTPStatus() != 500 {
 		t.Fatal("unknown codes must map to internal")
+	}
+}
+
+// apierr spells HTTP statuses as numbers to keep net/http out of the
+// commands; they must still be the statuses the comments name.
+func TestHTTPStatusesMatchNetHTTP(t *testing.T) {
+	want := map[Code]int{
+		Internal: http.StatusInternalServerError, Usage: http.StatusBadRequest, InvalidInput: http.StatusBadRequest,
+		InvalidManifest: http.StatusUnprocessableEntity, UnsupportedVersion: http.StatusBadRequest,
+		CmdlineTooLong: http.StatusUnprocessableEntity, TooLarge: http.StatusRequestEntityTooLarge,
+		NotFound: http.StatusNotFound, Conflict: http.StatusConflict, IPExhausted: http.StatusConflict,
+		NotSupported: http.StatusNotImplemented, ChecksumMismatch: http.StatusUnprocessableEntity,
+		Unavailable: http.StatusServiceUnavailable, PermissionDenied: http.StatusForbidden,
+		Unauthorized: http.StatusUnauthorized, Timeout: http.StatusGatewayTimeout, Canceled: 499,
+	}
+	for _, c := range Codes() {
+		if c.HTTPStatus() != want[c] {
+			t.Errorf("%s: HTTP %d, want %d", c, c.HTTPStatus(), want[c])
+		}
+	}
+	if Code("NOPE").HTTPStatus() != http.StatusInternalServerError {
+		t.Error("unknown code")
 	}
 }

@@ -28,9 +28,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
@@ -60,9 +60,6 @@ func (l Lease) Addr() netip.Prefix { return netip.PrefixFrom(l.IP, l.Prefix) }
 // Subnet is the network the lease lies in (192.168.127.0/24).
 func (l Lease) Subnet() netip.Prefix { return l.Addr().Masked() }
 
-// HardwareAddr parses MAC.
-func (l Lease) HardwareAddr() (net.HardwareAddr, error) { return net.ParseMAC(l.MAC) }
-
 // Validate checks a lease received from elsewhere (a piped result): a valid
 // VM name, an IPv4 address and gateway on one subnet, a locally administered
 // unicast MAC. Errors are INVALID_INPUT.
@@ -82,11 +79,31 @@ func (l Lease) Validate() error {
 	if !l.Gateway.Is4() || !l.Subnet().Contains(l.Gateway) || l.Gateway == l.IP {
 		return bad("gateway %s is not another address of %s", l.Gateway, l.Subnet())
 	}
-	hw, err := l.HardwareAddr()
-	if err != nil || len(hw) != 6 || hw[0]&0b11 != 0b10 {
-		return bad("mac %q is not a locally administered unicast MAC-48", l.MAC)
+	if b, ok := parseMAC(l.MAC); !ok || b[0]&0b11 != 0b10 {
+		return bad("mac %q is not a locally administered unicast MAC-48 (xx:xx:xx:xx:xx:xx, lowercase)", l.MAC)
 	}
 	return nil
+}
+
+// parseMAC reads the canonical form MACFor writes: six lowercase hex pairs
+// separated by colons. (net.ParseMAC would do, but importing net costs every
+// volant-ipam run its start-up time.)
+func parseMAC(s string) ([6]byte, bool) {
+	var b [6]byte
+	if len(s) != 17 {
+		return b, false
+	}
+	for i := range b {
+		if i > 0 && s[3*i-1] != ':' {
+			return b, false
+		}
+		v, err := strconv.ParseUint(s[3*i:3*i+2], 16, 8)
+		if err != nil || strings.ToLower(s[3*i:3*i+2]) != s[3*i:3*i+2] {
+			return b, false
+		}
+		b[i] = byte(v)
+	}
+	return b, true
 }
 
 // MACFor returns the MAC of vm: 02 followed by the first five bytes of
@@ -106,7 +123,7 @@ func MACFor(vm string, attempt int) string {
 		in += "/" + strconv.Itoa(attempt)
 	}
 	h := sha256.Sum256([]byte(in))
-	return net.HardwareAddr{0x02, h[0], h[1], h[2], h[3], h[4]}.String()
+	return fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", h[0], h[1], h[2], h[3], h[4])
 }
 
 // maxMACAttempts bounds the search for a free MAC; reaching it would take

@@ -455,6 +455,10 @@ func TestLeaseValidate(t *testing.T) {
 		"mac":       func(l *Lease) { l.MAC = "nope" },
 		"multicast": func(l *Lease) { l.MAC = "03:00:00:00:00:01" },
 		"global":    func(l *Lease) { l.MAC = "00:11:22:33:44:55" },
+		"upper":     func(l *Lease) { l.MAC = "02:AA:00:00:00:01" },
+		"short":     func(l *Lease) { l.MAC = "02:00:00:00:00" },
+		"dashes":    func(l *Lease) { l.MAC = "02-00-00-00-00-01" },
+		"long":      func(l *Lease) { l.MAC = "02:00:00:00:00:01:02" },
 	} {
 		l := good
 		mut(&l)

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/volantvm/volant/lib/names"
 )
 
 // Defaults applied by Normalize.
@@ -23,7 +25,6 @@ const (
 )
 
 var (
-	nameRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	checksumRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 	hex64RE    = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
 	labelRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
@@ -223,7 +224,7 @@ func (m *Manifest) Validate() error {
 	for _, name := range sortedKeys(m.Actions) {
 		a := m.Actions[name]
 		p := "actions." + name
-		v.check(nameRE.MatchString(name), p, "action names use lowercase letters, digits, - and _")
+		v.check(names.Valid(name), p, "action names: %s", names.Rule)
 		v.oneOf(p+".method", a.Method, "GET", "POST", "PUT", "PATCH", "DELETE")
 		v.check(strings.HasPrefix(a.Path, "/"), p+".path", "must start with /, got %q", a.Path)
 		v.check(a.TimeoutMS > 0, p+".timeout_ms", "must be positive")
@@ -259,7 +260,7 @@ func (v *validator) name(field, s string) {
 		v.add(field, "required")
 		return
 	}
-	v.check(nameRE.MatchString(s), field, "%q: use 1-63 lowercase letters, digits, - and _, starting with a letter or digit", s)
+	v.check(names.Valid(s), field, "%q: %s", s, names.Rule)
 }
 
 func (v *validator) oneOf(field, s string, allowed ...string) {

@@ -384,3 +384,49 @@ func TestTimeFormat(t *testing.T) {
 		t.Fatal("text order is not time order")
 	}
 }
+
+// After the last connection closes, the -wal and -shm files stay (no inode
+// churn for the next process), the WAL is empty, and the database file
+// alone holds every committed transaction.
+func TestCloseCheckpointsAndKeepsWALFiles(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "volant.db")
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if _, err := s.AppendEvent(ctx, "test.n", itoa(i), map[string]int{"i": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, err := os.Stat(path + "-wal"); err != nil || st.Size() == 0 {
+		t.Fatalf("while open, the WAL should hold the commits: %v %v", st, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if _, err := os.Stat(path + suffix); err != nil {
+			t.Fatalf("%s removed at close: %v", suffix, err)
+		}
+	}
+	if st, _ := os.Stat(path + "-wal"); st.Size() != 0 {
+		t.Fatalf("WAL holds %d bytes after the last close; want 0 (checkpointed and truncated)", st.Size())
+	}
+	// The database file on its own, copied away from its WAL, has it all.
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone := filepath.Join(t.TempDir(), "copy.db")
+	if err := os.WriteFile(alone, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := open(t, alone, Options{})
+	evs, err := c.EventsSince(ctx, 0, 0)
+	if err != nil || len(evs) != 20 {
+		t.Fatalf("copy of the database file alone: %d events, %v", len(evs), err)
+	}
+}
