@@ -206,8 +206,10 @@ func (c *Client) do(ctx context.Context, r request) (*http.Response, context.Can
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		// Classify before cancel: after it ctx.Err() is always Canceled.
+		terr := c.transportErr(ctx, r, err)
 		cancel()
-		return nil, nil, c.transportErr(ctx, r, err)
+		return nil, nil, terr
 	}
 	if resp.StatusCode >= 300 {
 		defer cancel()
