@@ -140,7 +140,9 @@ func TestConsoleEndsWithContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var stdout, stderr syncBuffer
-	go func() { done <- Console(ctx, local, stdin, &stdout, &stderr, ConsoleOptions{Name: "web1", Quiet: true}) }()
+	go func() {
+		done <- Console(ctx, local, stdin, &stdout, &stderr, ConsoleOptions{Name: "web1", Quiet: true})
+	}()
 	waitFor(t, &stdout, "guest$ ")
 	cancel()
 	select {
