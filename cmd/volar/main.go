@@ -145,16 +145,28 @@ func main() {
 	os.Exit(code)
 }
 
-// nameArg is a command's one positional argument, a name of type T (whose
-// Complete method asks volantd for candidates).
-type nameArg[T any] struct {
-	Name T `positional-arg-name:"NAME"`
-}
-
-// nameCmd is a command that takes only a name.
-type nameCmd[T any] struct {
-	Args nameArg[T] `positional-args:"yes" required:"yes"`
-}
+// The positional NAME of commands about one VM, plugin or deployment. The
+// name types complete from volantd's objects.
+type (
+	vmArg struct {
+		Name volar.VMName `positional-arg-name:"NAME" description:"the VM's name"`
+	}
+	pluginArg struct {
+		Name volar.PluginName `positional-arg-name:"NAME" description:"the plugin's name"`
+	}
+	deploymentArg struct {
+		Name volar.DeploymentName `positional-arg-name:"NAME" description:"the deployment's name"`
+	}
+	vmCmd struct {
+		Args vmArg `positional-args:"yes" required:"yes"`
+	}
+	pluginCmd struct {
+		Args pluginArg `positional-args:"yes" required:"yes"`
+	}
+	deploymentCmd struct {
+		Args deploymentArg `positional-args:"yes" required:"yes"`
+	}
+)
 
 type waitFlags struct {
 	Wait    bool          `long:"wait" description:"wait until the VM is running, printing progress on stderr"`
@@ -185,10 +197,10 @@ type options struct {
 			Manifest flags.Filename `long:"manifest" short:"m" value-name:"FILE" required:"yes" description:"plugin manifest (JSON; - for stdin)"`
 			Replace  bool           `long:"replace" description:"replace an installed plugin of the same name"`
 		} `command:"install" description:"Install a plugin from its manifest" long-description:"Install a plugin from its manifest. volantd validates it (every problem is listed), fetches remote artifacts and checks their sha256."`
-		Show    nameCmd[volar.PluginName] `command:"show" description:"Show a plugin"`
-		Enable  nameCmd[volar.PluginName] `command:"enable" description:"Allow VMs to be created from a plugin"`
-		Disable nameCmd[volar.PluginName] `command:"disable" description:"Stop new VMs from being created from a plugin (running VMs stay)"`
-		Remove  nameCmd[volar.PluginName] `command:"remove" alias:"rm" description:"Remove a plugin (refused while VMs or deployments use it)"`
+		Show    pluginCmd `command:"show" description:"Show a plugin"`
+		Enable  pluginCmd `command:"enable" description:"Allow VMs to be created from a plugin"`
+		Disable pluginCmd `command:"disable" description:"Stop new VMs from being created from a plugin (running VMs stay)"`
+		Remove  pluginCmd `command:"remove" alias:"rm" description:"Remove a plugin (refused while VMs or deployments use it)"`
 	} `command:"plugins" alias:"plugin" description:"Manage plugins (what VMs boot)"`
 
 	VMs struct {
@@ -199,7 +211,7 @@ type options struct {
 			KernelArgs []string         `long:"kernel-arg" value-name:"ARG" description:"extra guest kernel command-line word (repeatable)"`
 			waitFlags
 			Args struct {
-				Name string `positional-arg-name:"NAME"`
+				Name string `positional-arg-name:"NAME" description:"the new VM's name (lowercase letters, digits, - and _)"`
 			} `positional-args:"yes" required:"yes"`
 		} `command:"create" description:"Create and start a VM" long-description:"Create and start a VM from a plugin. volantd leases an address, makes the tap and starts the hypervisor, then answers; the VM is 'starting' until its health check passes. --wait waits until it is 'running', printing progress on stderr."`
 		List struct {
@@ -207,30 +219,30 @@ type options struct {
 			Deployment volar.DeploymentName `long:"deployment" value-name:"NAME" description:"only replicas of this deployment"`
 			State      string               `long:"state" value-name:"STATE" description:"only VMs in this state (starting, running, stopping, stopped, crashed, failed, deleting)"`
 		} `command:"list" alias:"ls" description:"List VMs"`
-		Show  nameCmd[volar.VMName] `command:"show" description:"Show a VM"`
+		Show  vmCmd `command:"show" description:"Show a VM"`
 		Start struct {
 			waitFlags
-			Args nameArg[volar.VMName] `positional-args:"yes" required:"yes"`
+			Args vmArg `positional-args:"yes" required:"yes"`
 		} `command:"start" description:"Start a stopped, crashed or failed VM"`
-		Stop    nameCmd[volar.VMName] `command:"stop" description:"Stop a VM (power button, then hard stop); it keeps its address"`
+		Stop    vmCmd `command:"stop" description:"Stop a VM (power button, then hard stop); it keeps its address"`
 		Restart struct {
 			waitFlags
-			Args nameArg[volar.VMName] `positional-args:"yes" required:"yes"`
+			Args vmArg `positional-args:"yes" required:"yes"`
 		} `command:"restart" description:"Stop and start a VM"`
-		Delete nameCmd[volar.VMName] `command:"delete" alias:"rm" description:"Stop a VM, free its address and forget it"`
+		Delete vmCmd `command:"delete" alias:"rm" description:"Stop a VM, free its address and forget it"`
 		Logs   struct {
-			Follow bool                  `long:"follow" short:"f" description:"keep printing what the guest writes (Ctrl-C ends)"`
-			Tail   int                   `long:"tail" value-name:"N" description:"start with the last N lines"`
-			Args   nameArg[volar.VMName] `positional-args:"yes" required:"yes"`
+			Follow bool  `long:"follow" short:"f" description:"keep printing what the guest writes (Ctrl-C ends)"`
+			Tail   int   `long:"tail" value-name:"N" description:"start with the last N lines"`
+			Args   vmArg `positional-args:"yes" required:"yes"`
 		} `command:"logs" description:"Print a VM's serial console log"`
 		Console struct {
-			Escape string                `long:"escape" short:"e" value-name:"KEY" default:"^]" description:"detach key: ^X for Ctrl-X, or none"`
-			Args   nameArg[volar.VMName] `positional-args:"yes" required:"yes"`
+			Escape string `long:"escape" short:"e" value-name:"KEY" default:"^]" description:"detach key: ^X for Ctrl-X, or none"`
+			Args   vmArg  `positional-args:"yes" required:"yes"`
 		} `command:"console" description:"Attach the terminal to a VM's serial console (Ctrl-] detaches)" long-description:"Attach the terminal to a VM's serial console through volantd. The terminal is put in raw mode, so every key (Ctrl-C too) goes to the guest; type the detach key (Ctrl-] unless --escape says otherwise) to return. The terminal is restored however the session ends."`
 		Wait struct {
-			State   string                `long:"state" value-name:"STATE" default:"running" description:"state to wait for"`
-			Timeout time.Duration         `long:"timeout" value-name:"DURATION" default:"2m" description:"give up after this long (TIMEOUT)"`
-			Args    nameArg[volar.VMName] `positional-args:"yes" required:"yes"`
+			State   string        `long:"state" value-name:"STATE" default:"running" description:"state to wait for"`
+			Timeout time.Duration `long:"timeout" value-name:"DURATION" default:"2m" description:"give up after this long (TIMEOUT)"`
+			Args    vmArg         `positional-args:"yes" required:"yes"`
 		} `command:"wait" description:"Wait until a VM is in a state"`
 	} `command:"vms" alias:"vm" description:"Manage VMs"`
 
@@ -242,16 +254,16 @@ type options struct {
 			Memory   int              `long:"memory" value-name:"MB" description:"memory per replica in MiB (default: the plugin's)"`
 			Config   flags.Filename   `long:"config" short:"c" value-name:"FILE" description:"JSON with any of name, plugin, replicas, resources {cpu_cores, memory_mb}; flags override it"`
 			Args     struct {
-				Name string `positional-arg-name:"NAME"`
+				Name string `positional-arg-name:"NAME" description:"the deployment's name; its VMs are NAME-1..NAME-N (or \"name\" in --config)"`
 			} `positional-args:"yes"`
 		} `command:"create" description:"Create a deployment: N replicas NAME-1..NAME-N kept running" long-description:"Create a deployment. volantd creates the replicas NAME-1..NAME-N in the background and keeps them running: a crashed replica is recreated."`
 		Scale struct {
-			Replicas *int                          `long:"replicas" short:"r" value-name:"M" required:"yes" description:"new number of replicas"`
-			Args     nameArg[volar.DeploymentName] `positional-args:"yes" required:"yes"`
+			Replicas *int          `long:"replicas" short:"r" value-name:"M" required:"yes" description:"new number of replicas"`
+			Args     deploymentArg `positional-args:"yes" required:"yes"`
 		} `command:"scale" description:"Change a deployment's replica count (scale-down removes the highest indexes)"`
-		List   struct{}                      `command:"list" alias:"ls" description:"List deployments"`
-		Show   nameCmd[volar.DeploymentName] `command:"show" description:"Show a deployment"`
-		Delete nameCmd[volar.DeploymentName] `command:"delete" alias:"rm" description:"Delete a deployment and its VMs"`
+		List   struct{}      `command:"list" alias:"ls" description:"List deployments"`
+		Show   deploymentCmd `command:"show" description:"Show a deployment"`
+		Delete deploymentCmd `command:"delete" alias:"rm" description:"Delete a deployment and its VMs"`
 	} `command:"deployments" alias:"deployment" alias:"deploy" description:"Manage deployments (replicated VMs)"`
 
 	Events struct {
@@ -261,7 +273,7 @@ type options struct {
 
 	Completion struct {
 		Args struct {
-			Shell string `positional-arg-name:"SHELL" choice:"bash" choice:"zsh"`
+			Shell string `positional-arg-name:"SHELL" choice:"bash" choice:"zsh" description:"bash or zsh"`
 		} `positional-args:"yes" required:"yes"`
 	} `command:"completion" description:"Print a shell completion script (bash or zsh)"`
 
@@ -270,9 +282,12 @@ type options struct {
 
 func run(ctx context.Context, env *cli.Env) int {
 	var o options
-	cmd, _, err := volar.Parse(env, "volar", &o)
+	cmd, rest, err := volar.Parse(env, "volar", &o)
 	if errors.Is(err, volar.ErrHelp) || errors.Is(err, volar.ErrCompleted) {
 		return volar.ExitOK
+	}
+	if err == nil && len(rest) > 0 {
+		err = apierr.New(apierr.Usage, "volar %s: unexpected argument %q", cmd, rest[0]).With("hint", "run volar "+cmd+" --help")
 	}
 	asJSON := o.Output == string(volar.JSON)
 	if err != nil {
