@@ -339,9 +339,12 @@ func (o *Output) SetupSummary(res *SetupResult) error {
 	default:
 		sum = fmt.Sprintf("Changed %d %s.", n, plural(n, "item"))
 	}
-	if res.Ready {
+	switch {
+	case res.Ready && res.DryRun:
+		sum += " Nothing is missing."
+	case res.Ready:
 		sum += " The host is ready for volantd."
-	} else {
+	default:
 		sum += " The host is not ready yet:"
 	}
 	fmt.Fprintln(o.Stdout, sum)
