@@ -1,0 +1,225 @@
+// Command volantd is Volant's control plane: a REST API with a resumable
+// event stream (SSE) and a Model Context Protocol server over the state
+// database, the host network and one `volant-launch run` process per VM.
+//
+// Synopsis:
+//
+//	volantd [serve] [FLAGS]                   run the daemon (the default)
+//	volantd mcp [--host ADDR] [--token T]     MCP on stdio, talking to the running daemon
+//	volantd openapi                           print the OpenAPI document
+//	volantd version
+//
+// Serve flags (each also an environment variable):
+//
+//	--socket PATH        VOLANT_SOCKET        unix socket of the API, mode 0660 (default /run/volant/volantd.sock; "" for none)
+//	--listen ADDR        VOLANT_LISTEN        also serve the API on TCP; requires --token
+//	--token T            VOLANT_TOKEN         bearer token TCP clients must send (compared in constant time)
+//	--token-file F       VOLANT_TOKEN_FILE    read the token from a file
+//	--db PATH            VOLANT_DB            state database (default <data-dir>/volant.db)
+//	--data-dir DIR       VOLANT_DATA_DIR      plugins/, vms/<name>/ (spec, serial log) (default /var/lib/volant)
+//	--run-root DIR       VOLANT_RUN_ROOT      per-VM run directories (default /run/volant/vms)
+//	--cache-dir DIR      VOLANT_CACHE_DIR     built boot images (default <data-dir>/cache)
+//	--kernel DIR|FILE    VOLANT_KERNEL_DIR    guest kernel directory or vmlinux (default /var/lib/volant/kernel)
+//	--kestrel FILE       VOLANT_KESTREL       kestrel binary for boot images (default: next to volantd)
+//	--boot-initramfs F   VOLANT_BOOT_INITRAMFS  prebuilt boot initramfs for rootfs plugins
+//	--vmm NAME           VOLANT_VMM           auto, cloud-hypervisor or qemu (default auto)
+//	--accel A            VOLANT_ACCEL         auto, kvm or tcg (default auto)
+//	--bridge NAME        VOLANT_BRIDGE        guest bridge (default vbr0)
+//	--subnet CIDR        VOLANT_SUBNET        guest subnet; the gateway is its first address (default 192.168.127.0/24)
+//	--no-network-setup   VOLANT_NO_NETWORK_SETUP  do not create the bridge (volant-net setup made it)
+//	--nat                VOLANT_NAT           masquerade the guest subnet when setting the bridge up
+//	--dns IP             VOLANT_DNS           resolver for guests (repeatable; comma-separated in the variable)
+//	--agent-listen ADDR  VOLANT_AGENT_LISTEN  where kestrel reports (default <gateway>:7070; "off")
+//	--launcher FILE      VOLANT_LAUNCHER      volant-launch binary (default: next to volantd, then PATH)
+//	--vm-runner MODE     VOLANT_VM_RUNNER     auto, systemd (volant-vm@NAME units) or detached (default auto)
+//	--health-interval D  VOLANT_HEALTH_INTERVAL  kestrel poll interval of running VMs (default 5s)
+//	--stop-timeout D     VOLANT_STOP_TIMEOUT  time a guest gets to power off (default 10s)
+//	--start-timeout D    VOLANT_START_TIMEOUT time a hypervisor gets to answer (default 60s)
+//	--guest-debug        VOLANT_GUEST_DEBUG   verbose guest boot and kestrel
+//	--verbose            VOLANT_VERBOSE       debug logs
+//
+// systemd: with sockets passed (socket activation, contrib/systemd/
+// volantd.socket) volantd serves them instead of --socket/--listen; it
+// sends READY=1 once it has reconciled its state with the host (adopted
+// live VMs, resumed interrupted operations, marked dead VMs crashed, freed
+// leaked leases and taps). Where systemd is PID 1 each VM runs as the
+// volant-vm@NAME unit, elsewhere as a detached `volant-launch run` child in
+// its own session; either way VMs outlive volantd. The API is documented
+// in docs/api.md and by GET /openapi.json.
+//
+// Logs go to stderr. On SIGTERM or SIGINT volantd stops serving and exits
+// 0; VMs keep running.
+//
+// Errors (stderr, one JSON object {"code","message","details"}; exit status):
+//
+//	USAGE          2  bad flags; TCP without a token; nothing to listen on
+//	INVALID_INPUT  3  bad subnet or address
+//	CONFLICT       5  another volantd serves the socket
+//	UNAVAILABLE    9  cannot listen, no volant-launch, database locked; `mcp`: no daemon
+//	PERMISSION_DENIED 10  not allowed to make the bridge or open the database
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/buildinfo"
+	"github.com/volantvm/volant/lib/cli"
+	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/server"
+	"github.com/volantvm/volant/lib/volantd"
+)
+
+func main() { cli.Main(run) }
+
+type serveFlags struct {
+	Socket         string        `long:"socket" env:"VOLANT_SOCKET" default:"/run/volant/volantd.sock" description:"unix socket of the API (\"\" for none)"`
+	Listen         string        `long:"listen" env:"VOLANT_LISTEN" description:"also serve the API on this TCP address (requires --token)"`
+	Token          string        `long:"token" env:"VOLANT_TOKEN" description:"bearer token required on TCP"`
+	TokenFile      string        `long:"token-file" env:"VOLANT_TOKEN_FILE" description:"file holding the token"`
+	DB             string        `long:"db" env:"VOLANT_DB" description:"state database (default <data-dir>/volant.db)"`
+	DataDir        string        `long:"data-dir" env:"VOLANT_DATA_DIR" default:"/var/lib/volant" description:"data directory"`
+	RunRoot        string        `long:"run-root" env:"VOLANT_RUN_ROOT" default:"/run/volant/vms" description:"per-VM run directories"`
+	CacheDir       string        `long:"cache-dir" env:"VOLANT_CACHE_DIR" description:"boot image cache (default <data-dir>/cache)"`
+	Kernel         string        `long:"kernel" env:"VOLANT_KERNEL_DIR" default:"/var/lib/volant/kernel" description:"guest kernel directory or vmlinux"`
+	Kestrel        string        `long:"kestrel" env:"VOLANT_KESTREL" description:"kestrel binary (default: next to volantd)"`
+	BootInitramfs  string        `long:"boot-initramfs" env:"VOLANT_BOOT_INITRAMFS" description:"prebuilt boot initramfs"`
+	VMM            string        `long:"vmm" env:"VOLANT_VMM" default:"auto" description:"auto, cloud-hypervisor or qemu"`
+	Accel          string        `long:"accel" env:"VOLANT_ACCEL" default:"auto" description:"auto, kvm or tcg"`
+	Bridge         string        `long:"bridge" env:"VOLANT_BRIDGE" default:"vbr0" description:"guest bridge"`
+	Subnet         string        `long:"subnet" env:"VOLANT_SUBNET" default:"192.168.127.0/24" description:"guest subnet"`
+	NoNetSetup     bool          `long:"no-network-setup" env:"VOLANT_NO_NETWORK_SETUP" description:"do not create the bridge"`
+	NAT            bool          `long:"nat" env:"VOLANT_NAT" description:"masquerade the guest subnet"`
+	DNS            []string      `long:"dns" env:"VOLANT_DNS" env-delim:"," description:"guest resolver (repeatable)"`
+	AgentListen    string        `long:"agent-listen" env:"VOLANT_AGENT_LISTEN" description:"kestrel's report endpoint (default <gateway>:7070; off)"`
+	Launcher       string        `long:"launcher" env:"VOLANT_LAUNCHER" description:"volant-launch binary"`
+	VMRunner       string        `long:"vm-runner" env:"VOLANT_VM_RUNNER" default:"auto" choice:"auto" choice:"systemd" choice:"detached" description:"how VMs run"`
+	HealthInterval time.Duration `long:"health-interval" env:"VOLANT_HEALTH_INTERVAL" default:"5s" description:"kestrel poll interval"`
+	StopTimeout    time.Duration `long:"stop-timeout" env:"VOLANT_STOP_TIMEOUT" default:"10s" description:"time a guest gets to power off"`
+	StartTimeout   time.Duration `long:"start-timeout" env:"VOLANT_START_TIMEOUT" default:"60s" description:"time a hypervisor gets to answer"`
+	GuestDebug     bool          `long:"guest-debug" env:"VOLANT_GUEST_DEBUG" description:"verbose guest boot"`
+	Verbose        bool          `long:"verbose" short:"v" env:"VOLANT_VERBOSE" description:"debug logs"`
+}
+
+type mcpFlags struct {
+	Host  string `long:"host" env:"VOLANT_HOST" description:"volantd's address: unix socket path or URL (default the unix socket)"`
+	Token string `long:"token" env:"VOLANT_TOKEN" description:"bearer token for TCP"`
+}
+
+func run(ctx context.Context, env *cli.Env) error {
+	verb := "serve"
+	if len(env.Args) > 0 && !strings.HasPrefix(env.Args[0], "-") {
+		verb, env.Args = env.Args[0], env.Args[1:]
+	}
+	switch verb {
+	case "serve":
+		var f serveFlags
+		if err := parse(env, "volantd", &f); err != nil {
+			return err
+		}
+		return serve(ctx, env, f)
+	case "mcp":
+		var f mcpFlags
+		if err := parse(env, "volantd mcp", &f); err != nil {
+			return err
+		}
+		c, err := client.New(f.Host, client.Options{Token: f.Token, UserAgent: "volantd-mcp/" + buildinfo.String()})
+		if err != nil {
+			return err
+		}
+		if _, err := c.Health(ctx); err != nil {
+			return err
+		}
+		in, out := readCloser(env), writeCloser(env)
+		return server.ServeMCP(ctx, c, in, out, env.Logger(false))
+	case "openapi":
+		doc, err := server.New(nil, server.Options{}).OpenAPI()
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(env.Stdout, "%s\n", doc)
+		return err
+	case "version":
+		return cli.WriteResult(env, "volantd.version", struct {
+			Build string `json:"build"`
+		}{buildinfo.String()})
+	}
+	return apierr.New(apierr.Usage, "unknown verb %q; volantd [serve|mcp|openapi|version] --help", verb)
+}
+
+func parse(env *cli.Env, name string, opts any) error {
+	// go-flags reads the env: tags from the process environment.
+	_, rest, err := cli.Parse(env, name, opts)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return apierr.New(apierr.Usage, "unexpected argument %q", rest[0])
+	}
+	return nil
+}
+
+func serve(ctx context.Context, env *cli.Env, f serveFlags) error {
+	log := env.Logger(f.Verbose)
+	token := f.Token
+	if f.TokenFile != "" {
+		b, err := os.ReadFile(f.TokenFile)
+		if err != nil {
+			return apierr.Wrap(apierr.Usage, err, "reading --token-file")
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	// Sockets systemd passed. Listeners clears LISTEN_* so the VMs'
+	// processes do not inherit them: call it once.
+	lns, err := activation.Listeners()
+	if err != nil {
+		return apierr.Wrap(apierr.Unavailable, err, "reading the sockets systemd passed")
+	}
+	var passed = lns[:0]
+	for _, l := range lns {
+		if l != nil {
+			passed = append(passed, l)
+		}
+	}
+	kestrel := f.Kestrel
+	if kestrel == "" {
+		if exe, err := os.Executable(); err == nil {
+			k := strings.TrimSuffix(exe, "volantd") + "kestrel"
+			if st, err := os.Stat(k); err == nil && st.Mode().IsRegular() && strings.HasSuffix(exe, "volantd") {
+				kestrel = k
+			}
+		}
+	}
+	cfg := volantd.Config{
+		Socket: f.Socket, Listen: f.Listen, Token: token, Listeners: passed,
+		DB: f.DB, DataDir: f.DataDir, RunRoot: f.RunRoot, CacheDir: f.CacheDir,
+		Bridge: f.Bridge, Subnet: f.Subnet, SetupNetwork: !f.NoNetSetup, NAT: f.NAT, AgentListen: f.AgentListen, DNS: f.DNS,
+		Launch: controller.LaunchDefaults{
+			Kernel: f.Kernel, BootInitramfs: f.BootInitramfs, Kestrel: kestrel, VMM: f.VMM, Accel: f.Accel, Debug: f.GuestDebug,
+		},
+		KernelDir: f.Kernel, Launcher: f.Launcher, VMRunner: f.VMRunner,
+		HealthInterval: f.HealthInterval, StopTimeout: f.StopTimeout, StartTimeout: f.StartTimeout,
+		Notify: func(state string) { _, _ = daemon.SdNotify(false, state) },
+		Logger: log,
+	}
+	return volantd.Serve(ctx, cfg)
+}
+
+// readCloser and writeCloser give the MCP transport env's streams; closing
+// them closes nothing of the process's.
+func readCloser(env *cli.Env) io.ReadCloser { return io.NopCloser(env.Stdin) }
+
+type nopWriteCloser struct{ io.Writer }
+
+func (nopWriteCloser) Close() error { return nil }
+
+func writeCloser(env *cli.Env) io.WriteCloser { return nopWriteCloser{env.Stdout} }

@@ -1,0 +1,300 @@
+// Package controllertest has in-memory stand-ins for the controller's
+// host-facing dependencies — the VM runtime, the host network and the
+// health prober — so the API and the orchestration logic can be tested
+// without root, taps or hypervisors. The privileged tests of cmd/volantd
+// run the real ones (volant-launch with the fake Cloud Hypervisor, taps in
+// a network namespace) and the real-VM tests boot QEMU.
+package controllertest
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/hostnet"
+	"github.com/volantvm/volant/lib/launch"
+	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/vmm/supervise"
+)
+
+// Runtime is an in-memory controller.Runtime: a "run" is a record with a
+// made-up process identity that lasts until Stop or Kill.
+type Runtime struct {
+	mu     sync.Mutex
+	runs   map[string]*run
+	next   int
+	starts map[string]int
+	// CheckErr, when set, is returned by Check for specs of that plugin.
+	CheckErr map[string]error
+	// StartErr, when set, is returned by Start for that VM.
+	StartErr map[string]error
+	// StartDelay delays every Start.
+	StartDelay time.Duration
+	lastErr    map[string]error
+}
+
+type run struct {
+	info *controller.RunInfo
+	done chan struct{}
+}
+
+// NewRuntime returns an empty runtime.
+func NewRuntime() *Runtime {
+	return &Runtime{runs: map[string]*run{}, starts: map[string]int{}, CheckErr: map[string]error{}, StartErr: map[string]error{}, lastErr: map[string]error{}}
+}
+
+var _ controller.Runtime = (*Runtime)(nil)
+
+// Check implements controller.Runtime: the manifest must parse; then
+// CheckErr of its plugin, if any.
+func (r *Runtime) Check(_ context.Context, spec launch.Spec) error {
+	m, err := manifest.Parse(spec.Manifest)
+	if err != nil {
+		return err
+	}
+	if spec.Name == "" {
+		return apierr.New(apierr.Usage, "no name")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.CheckErr[m.Name]
+}
+
+// Start implements controller.Runtime.
+func (r *Runtime) Start(ctx context.Context, name, _ string) (*controller.RunInfo, error) {
+	if r.StartDelay > 0 {
+		select {
+		case <-time.After(r.StartDelay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.StartErr[name]; err != nil {
+		return nil, err
+	}
+	if ru := r.runs[name]; ru != nil {
+		return ru.info, nil // adopt
+	}
+	r.next++
+	r.starts[name]++
+	id := supervise.Identity{Pid: 100000 + r.next, StartTime: uint64(r.next), BootID: "fake"}
+	vm := supervise.Identity{Pid: 200000 + r.next, StartTime: uint64(r.next), BootID: "fake"}
+	info := &controller.RunInfo{Name: name, Running: true, State: "running", Supervisor: id, VMM: vm, StartedAt: time.Now().UTC()}
+	r.runs[name] = &run{info: info, done: make(chan struct{})}
+	delete(r.lastErr, name)
+	return info, nil
+}
+
+// Inspect implements controller.Runtime.
+func (r *Runtime) Inspect(_ context.Context, name string) (*controller.RunInfo, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ru := r.runs[name]
+	if ru == nil {
+		return nil, apierr.New(apierr.NotFound, "no run of %s", name)
+	}
+	cp := *ru.info
+	return &cp, nil
+}
+
+// Stop implements controller.Runtime.
+func (r *Runtime) Stop(_ context.Context, name string, _ time.Duration) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ru := r.runs[name]
+	if ru == nil {
+		return "not_running", nil
+	}
+	delete(r.runs, name)
+	close(ru.done)
+	return "power_button", nil
+}
+
+// Wait implements controller.Runtime.
+func (r *Runtime) Wait(ctx context.Context, info *controller.RunInfo) error {
+	r.mu.Lock()
+	ru := r.runs[info.Name]
+	r.mu.Unlock()
+	if ru == nil || ru.info.Supervisor != info.Supervisor {
+		return nil
+	}
+	select {
+	case <-ru.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Runs implements controller.Runtime.
+func (r *Runtime) Runs(context.Context) ([]string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for n := range r.runs {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// LastError implements controller.Runtime.
+func (r *Runtime) LastError(name string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastErr[name]
+}
+
+// Kill ends a VM's run as a crash would, with an optional error.
+func (r *Runtime) Kill(name string, cause error) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ru := r.runs[name]
+	if ru == nil {
+		return false
+	}
+	delete(r.runs, name)
+	if cause != nil {
+		r.lastErr[name] = cause
+	}
+	close(ru.done)
+	return true
+}
+
+// Live lists the VMs with a run.
+func (r *Runtime) Live() []string {
+	out, _ := r.Runs(context.Background())
+	return out
+}
+
+// Starts counts how often a VM's run was started (not adopted).
+func (r *Runtime) Starts(name string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.starts[name]
+}
+
+// Network is an in-memory controller.Network.
+type Network struct {
+	mu   sync.Mutex
+	taps map[string]hostnet.Tap // by tap name
+	// NoBridge makes AddTap fail as it does without the bridge.
+	NoBridge bool
+}
+
+// NewNetwork returns a network without taps.
+func NewNetwork() *Network { return &Network{taps: map[string]hostnet.Tap{}} }
+
+var _ controller.Network = (*Network)(nil)
+
+// AddTap implements controller.Network.
+func (n *Network) AddTap(_ context.Context, cfg hostnet.TapConfig) (*hostnet.TapResult, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.NoBridge {
+		return nil, apierr.New(apierr.NotFound, "bridge %s does not exist", cfg.Bridge)
+	}
+	name := cfg.Name
+	if name == "" {
+		name = hostnet.TapName(cfg.VM)
+	}
+	t := hostnet.Tap{Name: name, VM: cfg.VM, Bridge: cfg.Bridge, MAC: cfg.MAC, IP: cfg.IP, Up: true}
+	old, ok := n.taps[name]
+	if ok && old.VM != cfg.VM {
+		return nil, apierr.New(apierr.Conflict, "tap %s belongs to %s", name, old.VM)
+	}
+	n.taps[name] = t
+	return &hostnet.TapResult{Tap: t, Changed: !ok || old != t}, nil
+}
+
+// DelTap implements controller.Network.
+func (n *Network) DelTap(_ context.Context, ref hostnet.TapRef) (*hostnet.DelTapResult, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	name := ref.Name
+	if name == "" {
+		name = hostnet.TapName(ref.VM)
+	}
+	_, ok := n.taps[name]
+	delete(n.taps, name)
+	return &hostnet.DelTapResult{Tap: name, VM: ref.VM, Changed: ok}, nil
+}
+
+// GCTaps implements controller.Network.
+func (n *Network) GCTaps(_ context.Context, keep []string) (*hostnet.GCResult, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	want := map[string]bool{}
+	for _, k := range keep {
+		want[k] = true
+	}
+	res := &hostnet.GCResult{Removed: []hostnet.Tap{}, Skipped: []hostnet.Tap{}, Kept: []hostnet.Tap{}}
+	for name, t := range n.taps {
+		if want[t.VM] {
+			res.Kept = append(res.Kept, t)
+			continue
+		}
+		delete(n.taps, name)
+		res.Removed = append(res.Removed, t)
+	}
+	return res, nil
+}
+
+// Taps returns the taps by name.
+func (n *Network) Taps() map[string]hostnet.Tap {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := map[string]hostnet.Tap{}
+	for k, v := range n.taps {
+		out[k] = v
+	}
+	return out
+}
+
+// Prober is a controller.Prober answering with set statuses.
+type Prober struct {
+	mu sync.Mutex
+	st map[netip.Addr]*agentapi.Status
+}
+
+// NewProber returns a prober for which no guest answers.
+func NewProber() *Prober { return &Prober{st: map[netip.Addr]*agentapi.Status{}} }
+
+// Set makes the guest at ip answer with st (nil: not answer).
+func (p *Prober) Set(ip netip.Addr, st *agentapi.Status) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if st == nil {
+		delete(p.st, ip)
+		return
+	}
+	cp := *st
+	p.st[ip] = &cp
+}
+
+// Probe implements controller.Prober.
+func (p *Prober) Probe(_ context.Context, ip netip.Addr) (*agentapi.Status, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.st[ip]
+	if st == nil {
+		return nil, fmt.Errorf("connect to %s:8080: connection refused", ip)
+	}
+	cp := *st
+	return &cp, nil
+}
+
+// Healthy is a status kestrel reports for a healthy VM.
+func Healthy(vm string) agentapi.Status {
+	now := time.Now().UTC()
+	return agentapi.Status{VM: vm, Agent: "test", Boot: "initramfs", Workload: agentapi.WorkloadStatus{State: agentapi.WorkloadRunning, PID: 42},
+		Health: agentapi.HealthStatus{State: agentapi.HealthHealthy, Since: &now}, Time: now}
+}

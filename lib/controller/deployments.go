@@ -1,0 +1,461 @@
+package controller
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/names"
+	"github.com/volantvm/volant/lib/store"
+)
+
+// MaxDeploymentName is the longest deployment name: its replicas are named
+// <name>-<index> and must fit names.MaxLen with the largest index.
+var MaxDeploymentName = names.MaxLen - 1 - len(strconv.Itoa(api.MaxReplicas))
+
+type deploymentRow struct {
+	Name      string
+	Plugin    string
+	Replicas  int
+	Current   int
+	Resources api.Resources
+	Error     string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+type deploymentConfig struct {
+	Resources api.Resources `json:"resources"`
+}
+
+const deploymentColumns = `name, plugin, replicas, current, config, error, created_at, updated_at`
+
+func scanDeployment(r rowScanner) (deploymentRow, error) {
+	var d deploymentRow
+	var cfg sql.NullString
+	var created, updated string
+	if err := r.Scan(&d.Name, &d.Plugin, &d.Replicas, &d.Current, &cfg, &d.Error, &created, &updated); err != nil {
+		return d, err
+	}
+	if cfg.Valid {
+		var c deploymentConfig
+		if err := json.Unmarshal([]byte(cfg.String), &c); err != nil {
+			return d, fmt.Errorf("deployment %s config: %w", d.Name, err)
+		}
+		d.Resources = c.Resources
+	}
+	var err error
+	if d.CreatedAt, err = store.ParseTime(created); err != nil {
+		return d, err
+	}
+	d.UpdatedAt, err = store.ParseTime(updated)
+	return d, err
+}
+
+func getDeployment(ctx context.Context, q querier, name string) (deploymentRow, error) {
+	d, err := scanDeployment(q.QueryRowContext(ctx, `SELECT `+deploymentColumns+` FROM deployments WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return d, apierr.New(apierr.NotFound, "no deployment named %s", name).With("deployment", name)
+	}
+	if err != nil {
+		return d, fmt.Errorf("reading deployment %s: %w", name, err)
+	}
+	return d, nil
+}
+
+func listDeployments(ctx context.Context, q querier) ([]deploymentRow, error) {
+	rows, err := q.QueryContext(ctx, `SELECT `+deploymentColumns+` FROM deployments ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("listing deployments: %w", err)
+	}
+	defer rows.Close()
+	var out []deploymentRow
+	for rows.Next() {
+		d, err := scanDeployment(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// replicaIndex returns i for a VM named <deployment>-<i>, or 0.
+func replicaIndex(deployment, vm string) int {
+	rest, ok := strings.CutPrefix(vm, deployment+"-")
+	if !ok {
+		return 0
+	}
+	i, err := strconv.Atoi(rest)
+	if err != nil || i < 1 || strconv.Itoa(i) != rest {
+		return 0
+	}
+	return i
+}
+
+// ReplicaName is the name of a deployment's i-th replica (from 1).
+func ReplicaName(deployment string, i int) string { return deployment + "-" + strconv.Itoa(i) }
+
+func (c *Controller) deploymentAPI(ctx context.Context, q querier, d deploymentRow) (api.Deployment, error) {
+	out := api.Deployment{Name: d.Name, Plugin: d.Plugin, Replicas: d.Replicas, Current: d.Current, Resources: d.Resources,
+		Error: d.Error, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, VMs: []string{}}
+	vms, err := listVMs(ctx, q, api.VMFilter{Deployment: d.Name})
+	if err != nil {
+		return out, err
+	}
+	sort.Slice(vms, func(i, j int) bool { return replicaIndex(d.Name, vms[i].Name) < replicaIndex(d.Name, vms[j].Name) })
+	for _, v := range vms {
+		out.VMs = append(out.VMs, v.Name)
+	}
+	return out, nil
+}
+
+// ListDeployments returns the deployments by name.
+func (c *Controller) ListDeployments(ctx context.Context) ([]api.Deployment, error) {
+	out := []api.Deployment{}
+	err := c.st.Read(ctx, func(tx *sql.Tx) error {
+		ds, err := listDeployments(ctx, tx)
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			a, err := c.deploymentAPI(ctx, tx, d)
+			if err != nil {
+				return err
+			}
+			out = append(out, a)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Deployment returns one deployment.
+func (c *Controller) Deployment(ctx context.Context, name string) (*api.Deployment, error) {
+	var out api.Deployment
+	err := c.st.Read(ctx, func(tx *sql.Tx) error {
+		d, err := getDeployment(ctx, tx, name)
+		if err != nil {
+			return err
+		}
+		out, err = c.deploymentAPI(ctx, tx, d)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+func checkDeploymentName(name string) error {
+	if err := checkName("deployment name", name); err != nil {
+		return err
+	}
+	if len(name) > MaxDeploymentName {
+		return apierr.New(apierr.InvalidInput, "deployment name %q is longer than %d characters (its replicas are named %s-<index>)",
+			name, MaxDeploymentName, name).With("field", "name")
+	}
+	return nil
+}
+
+func checkReplicas(n int) error {
+	if n < 0 || n > api.MaxReplicas {
+		return apierr.New(apierr.InvalidInput, "replicas %d is not between 0 and %d", n, api.MaxReplicas).With("field", "replicas")
+	}
+	return nil
+}
+
+// CreateDeployment records a deployment; the reconciler creates its
+// replicas in the background.
+func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploymentRequest) (*api.Deployment, error) {
+	if err := checkDeploymentName(req.Name); err != nil {
+		return nil, err
+	}
+	if err := checkReplicas(req.Replicas); err != nil {
+		return nil, err
+	}
+	_, m, err := c.usablePlugin(ctx, req.Plugin)
+	if err != nil {
+		return nil, err
+	}
+	res := api.Resources{CPUCores: m.Resources.CPUCores, MemoryMB: m.Resources.MemoryMB}
+	if r := req.Resources; r != nil {
+		if r.CPUCores != 0 {
+			res.CPUCores = r.CPUCores
+		}
+		if r.MemoryMB != 0 {
+			res.MemoryMB = r.MemoryMB
+		}
+	}
+	if err := validateCreate(api.CreateVMRequest{Name: ReplicaName(req.Name, 1), Plugin: req.Plugin, CPUCores: res.CPUCores, MemoryMB: res.MemoryMB}); err != nil {
+		return nil, err
+	}
+	cfg, _ := json.Marshal(deploymentConfig{Resources: res})
+	now := store.FormatTime(time.Now())
+	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
+		if _, err := getDeployment(ctx, tx, req.Name); err == nil {
+			return apierr.New(apierr.Conflict, "a deployment named %s exists already", req.Name).With("deployment", req.Name)
+		}
+		// Replicas that would collide with VMs outside the deployment.
+		var clash sql.NullString
+		if err := tx.QueryRowContext(ctx, `SELECT min(id) FROM vms WHERE id LIKE ? ESCAPE '\' AND (deployment IS NULL OR deployment != ?)`,
+			strings.NewReplacer("_", `\_`, "%", `\%`).Replace(req.Name)+"-%", req.Name).Scan(&clash); err != nil {
+			return internal(err, "checking replica names")
+		}
+		if clash.Valid && replicaIndex(req.Name, clash.String) > 0 {
+			return apierr.New(apierr.Conflict, "VM %s exists and is not part of deployment %s; its replicas would take that name", clash.String, req.Name).
+				With("deployment", req.Name).With("vm", clash.String)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO deployments (name, plugin, replicas, current, config, error, created_at, updated_at) VALUES (?, ?, ?, 0, ?, '', ?, ?)`,
+			req.Name, req.Plugin, req.Replicas, string(cfg), now, now); err != nil {
+			return internal(err, "recording deployment %s", req.Name)
+		}
+		_, err := store.AppendEvent(ctx, tx, api.EventDeploymentCreated, req.Name, map[string]any{"name": req.Name, "plugin": req.Plugin, "replicas": req.Replicas})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.notify()
+	c.kickDeployments()
+	return c.Deployment(ctx, req.Name)
+}
+
+// ScaleDeployment sets the desired replica count; the reconciler creates
+// or deletes (highest index first) replicas in the background.
+func (c *Controller) ScaleDeployment(ctx context.Context, name string, replicas int) (*api.Deployment, error) {
+	if err := checkReplicas(replicas); err != nil {
+		return nil, err
+	}
+	err := c.st.Tx(ctx, func(tx *sql.Tx) error {
+		d, err := getDeployment(ctx, tx, name)
+		if err != nil {
+			return err
+		}
+		if d.Replicas == replicas {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE deployments SET replicas = ?, updated_at = ? WHERE name = ?`, replicas, store.FormatTime(time.Now()), name); err != nil {
+			return internal(err, "scaling deployment %s", name)
+		}
+		_, err = store.AppendEvent(ctx, tx, api.EventDeploymentScaled, name, map[string]any{"name": name, "from": d.Replicas, "to": replicas})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.notify()
+	c.kickDeployments()
+	return c.Deployment(ctx, name)
+}
+
+// DeleteDeployment deletes a deployment's replicas, then the deployment,
+// and returns it as it was.
+func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.Deployment, error) {
+	unlock, err := c.locks.lock(ctx, "deployment:"+name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	d, err := c.Deployment(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	sctx := context.WithoutCancel(ctx)
+	var vms []vmRow
+	if err := c.st.Read(sctx, func(tx *sql.Tx) error {
+		var err error
+		vms, err = listVMs(sctx, tx, api.VMFilter{Deployment: name})
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if err := c.st.Tx(sctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(sctx, `UPDATE deployments SET replicas = 0 WHERE name = ?`, name)
+		return err
+	}); err != nil {
+		return nil, internal(err, "deleting deployment %s", name)
+	}
+	sort.Slice(vms, func(i, j int) bool { return replicaIndex(name, vms[i].Name) > replicaIndex(name, vms[j].Name) })
+	for _, v := range vms {
+		if err := c.deleteReplica(sctx, v.Name, "deployment deleted"); err != nil {
+			return nil, fmt.Errorf("deleting deployment %s: %w", name, err)
+		}
+	}
+	err = c.st.Tx(sctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(sctx, `DELETE FROM deployments WHERE name = ?`, name); err != nil {
+			return internal(err, "deleting deployment %s", name)
+		}
+		_, err := store.AppendEvent(sctx, tx, api.EventDeploymentDeleted, name, map[string]any{"name": name})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.notify()
+	d.Current = 0
+	return d, nil
+}
+
+func (c *Controller) deleteReplica(ctx context.Context, name, reason string) error {
+	unlock, err := c.locks.lock(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := c.readVM(ctx, name); apierr.Is(err, apierr.NotFound) {
+		return nil
+	}
+	return c.destroy(ctx, name, reason)
+}
+
+// runDeployments reconciles every deployment on kicks and periodically.
+func (c *Controller) runDeployments(ctx context.Context) {
+	t := time.NewTicker(c.cfg.ReconcileInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.wake:
+		case <-t.C:
+		}
+		if !c.Ready() {
+			continue
+		}
+		c.ReconcileDeployments(ctx)
+	}
+}
+
+// ReconcileDeployments makes one pass over every deployment.
+func (c *Controller) ReconcileDeployments(ctx context.Context) {
+	var ds []deploymentRow
+	if err := c.st.Read(ctx, func(tx *sql.Tx) error {
+		var err error
+		ds, err = listDeployments(ctx, tx)
+		return err
+	}); err != nil {
+		c.log.Warn("deployments: listing", "err", err)
+		return
+	}
+	for _, d := range ds {
+		if ctx.Err() != nil {
+			return
+		}
+		c.reconcileDeployment(ctx, d.Name)
+	}
+}
+
+// reconcileDeployment keeps <name>-1..<name>-N: it deletes replicas above
+// N (highest index first) and crashed or failed ones, creates the missing,
+// and records how many run.
+func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
+	unlock, err := c.locks.lock(ctx, "deployment:"+name)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	var d deploymentRow
+	var vms []vmRow
+	err = c.st.Read(ctx, func(tx *sql.Tx) error {
+		var err error
+		if d, err = getDeployment(ctx, tx, name); err != nil {
+			return err
+		}
+		vms, err = listVMs(ctx, tx, api.VMFilter{Deployment: name})
+		return err
+	})
+	if err != nil {
+		if !apierr.Is(err, apierr.NotFound) {
+			c.log.Warn("deployments: reading", "deployment", name, "err", err)
+		}
+		return
+	}
+	log := c.log.With("deployment", name)
+	have := map[int]vmRow{}
+	var extra []vmRow
+	for _, v := range vms {
+		i := replicaIndex(name, v.Name)
+		if i < 1 || i > d.Replicas {
+			extra = append(extra, v)
+			continue
+		}
+		have[i] = v
+	}
+	var errs []string
+	// Scale down, highest index first.
+	sort.Slice(extra, func(i, j int) bool { return replicaIndex(name, extra[i].Name) > replicaIndex(name, extra[j].Name) })
+	for _, v := range extra {
+		if err := c.deleteReplica(ctx, v.Name, "scaled down"); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	// Replace crashed and failed replicas; create missing ones.
+	var todo []int
+	for i := 1; i <= d.Replicas; i++ {
+		v, ok := have[i]
+		if ok && v.Step == "" && v.Desired == desireRunning && (v.State == api.VMCrashed || v.State == api.VMFailed) {
+			log.Info("recreating a replica", "vm", v.Name, "state", v.State)
+			if err := c.deleteReplica(ctx, v.Name, "recreating a "+string(v.State)+" replica"); err != nil {
+				errs = append(errs, err.Error())
+				continue
+			}
+			ok = false
+		}
+		if !ok {
+			todo = append(todo, i)
+		}
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, c.cfg.ReplicaParallelism)
+	for _, i := range todo {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			req := api.CreateVMRequest{Name: ReplicaName(name, i), Plugin: d.Plugin, CPUCores: d.Resources.CPUCores, MemoryMB: d.Resources.MemoryMB}
+			if _, err := c.createVM(ctx, req, name); err != nil {
+				log.Warn("creating a replica", "vm", req.Name, "err", err)
+				mu.Lock()
+				errs = append(errs, err.Error())
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+
+	// Record how many run and the outcome.
+	msg := strings.Join(errs, "; ")
+	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
+		var running int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM vms WHERE deployment = ? AND state = 'running'`, name).Scan(&running); err != nil {
+			return err
+		}
+		cur, err := getDeployment(ctx, tx, name)
+		if err != nil {
+			return err
+		}
+		if cur.Current == running && cur.Error == msg {
+			return errSkip
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE deployments SET current = ?, error = ?, updated_at = ? WHERE name = ?`,
+			running, msg, store.FormatTime(time.Now()), name)
+		return err
+	})
+	if err == nil {
+		c.notify()
+	} else if !errors.Is(err, errSkip) && !apierr.Is(err, apierr.NotFound) && ctx.Err() == nil {
+		log.Warn("deployments: recording", "err", err)
+	}
+}

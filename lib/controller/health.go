@@ -1,0 +1,343 @@
+package controller
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+)
+
+// HTTPProber asks kestrel for its status on http://<guest ip>:8080/healthz.
+type HTTPProber struct {
+	// Timeout bounds one probe (default 2 s).
+	Timeout time.Duration
+}
+
+var probeTransport = &http.Transport{Proxy: nil, DisableKeepAlives: true, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}
+
+// Probe implements Prober.
+func (p HTTPProber) Probe(ctx context.Context, ip netip.Addr) (*agentapi.Status, error) {
+	t := p.Timeout
+	if t <= 0 {
+		t = 2 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, t)
+	defer cancel()
+	u := "http://" + net.JoinHostPort(ip.String(), strconv.Itoa(agentapi.Port)) + "/healthz"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: probeTransport}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	var st agentapi.Status
+	if err := json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 1<<20)).Decode(&st); err != nil {
+		return nil, fmt.Errorf("GET %s: %w", u, err)
+	}
+	return &st, nil
+}
+
+// watcher follows one run of a VM: it notices the run ending (crash
+// detection) and polls kestrel's health.
+type watcher struct {
+	run    *RunInfo
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// watch starts watching a run, replacing a watcher of an older run.
+func (c *Controller) watch(name string, info *RunInfo) {
+	c.mu.Lock()
+	if old := c.watchers[name]; old != nil {
+		if old.run.Supervisor == info.Supervisor {
+			c.mu.Unlock()
+			return
+		}
+		old.cancel()
+	}
+	ctx, cancel := context.WithCancel(c.base)
+	w := &watcher{run: info, cancel: cancel, done: make(chan struct{})}
+	c.watchers[name] = w
+	c.mu.Unlock()
+	c.log.Debug("watching a run", "vm", name, "supervisor", info.Supervisor.String())
+
+	ended := make(chan struct{})
+	go func() {
+		err := c.cfg.Runtime.Wait(ctx, info)
+		stopped := ctx.Err() != nil // unwatched (a stop, a delete, shutdown), not ended
+		c.log.Debug("run ended", "vm", name, "supervisor", info.Supervisor.String(), "unwatched", stopped, "err", err)
+		close(ended)
+		if !stopped {
+			if err != nil {
+				c.log.Warn("waiting for a VM's run", "vm", name, "err", err)
+			}
+			c.runEnded(ctx, name, info)
+		}
+	}()
+	go func() {
+		defer close(w.done)
+		c.pollHealth(ctx, name, ended)
+		c.mu.Lock()
+		if c.watchers[name] == w {
+			delete(c.watchers, name)
+		}
+		c.mu.Unlock()
+		cancel()
+	}()
+}
+
+// unwatch stops watching a VM and waits for its watcher to finish.
+func (c *Controller) unwatch(name string) {
+	c.mu.Lock()
+	w := c.watchers[name]
+	delete(c.watchers, name)
+	c.mu.Unlock()
+	if w != nil {
+		w.cancel()
+		<-w.done
+	}
+}
+
+// Watching reports whether a VM's run is being watched (for tests and
+// diagnostics).
+func (c *Controller) Watching(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.watchers[name] != nil
+}
+
+// runEnded handles a run that ended: unless a stop or delete ended it (the
+// VM no longer wants to run, or records another run), the VM crashed.
+func (c *Controller) runEnded(ctx context.Context, name string, info *RunInfo) {
+	// The watcher's context ends as this runs; the record must not.
+	ctx = context.WithoutCancel(ctx)
+	cause := c.cfg.Runtime.LastError(name)
+	msg := "the VM's hypervisor ended without being asked to"
+	if cause != nil {
+		msg += ": " + cause.Error()
+	}
+	v, err := c.updateVM(ctx, name, func(tx *sql.Tx, v *vmRow) error {
+		if v.Supervisor == nil || *v.Supervisor != info.Supervisor || v.Desired != desireRunning {
+			return errSkip
+		}
+		if v.State != api.VMStarting && v.State != api.VMRunning {
+			return errSkip
+		}
+		v.State, v.PID, v.Supervisor, v.VMM, v.Health, v.Error = api.VMCrashed, 0, nil, nil, "", msg
+		return appendVMEvent(ctx, tx, api.EventVMCrashed, v, vmEvent{Error: msg})
+	})
+	if err != nil {
+		if !apierr.Is(err, apierr.NotFound) {
+			c.log.Warn("recording a crash", "vm", name, "err", err)
+		}
+		return
+	}
+	if v.State == api.VMCrashed {
+		c.log.Warn("VM crashed", "vm", name, "err", msg)
+		c.kickDeployments()
+	}
+}
+
+// pollHealth polls kestrel's /healthz until the run ends: every second
+// while the VM starts, every HealthInterval once it runs.
+func (c *Controller) pollHealth(ctx context.Context, name string, ended <-chan struct{}) {
+	failures := 0
+	hasCheck := map[string]bool{}
+	for {
+		v, err := c.readVM(ctx, name)
+		if err != nil {
+			if apierr.Is(err, apierr.NotFound) || ctx.Err() != nil {
+				return
+			}
+			c.log.Warn("health poll: reading the VM", "vm", name, "err", err)
+		}
+		wait := c.cfg.HealthInterval
+		if err == nil && v.State == api.VMStarting {
+			wait = time.Second
+		}
+		if err == nil && v.IP != "" && (v.State == api.VMStarting || v.State == api.VMRunning) {
+			ip, perr := netip.ParseAddr(v.IP)
+			if perr == nil {
+				st, perr := c.cfg.Prober.Probe(ctx, ip)
+				if ctx.Err() != nil {
+					return
+				}
+				if perr == nil {
+					failures = 0
+					c.applyStatus(ctx, name, st, hasCheck)
+				} else {
+					failures++
+					if failures >= 3 && v.State == api.VMRunning {
+						c.markUnreachable(ctx, name, perr)
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ended:
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Report records a status report kestrel posted for VM name. from is the
+// sender's address when the report came through the agent listener (it
+// must be the VM's own address); the zero Addr skips that check.
+func (c *Controller) Report(ctx context.Context, name string, st agentapi.Status, from netip.Addr) error {
+	if err := checkName("VM name", name); err != nil {
+		return err
+	}
+	if st.VM != "" && st.VM != name {
+		return apierr.New(apierr.InvalidInput, "report for VM %s names VM %s", name, st.VM).With("vm", name)
+	}
+	v, err := c.readVM(ctx, name)
+	if err != nil {
+		return err
+	}
+	if from.IsValid() && v.IP != from.Unmap().String() {
+		return apierr.New(apierr.PermissionDenied, "a report for VM %s must come from its address %s, not %s", name, v.IP, from).
+			With("vm", name)
+	}
+	c.applyStatus(ctx, name, &st, nil)
+	return nil
+}
+
+// verdict turns kestrel's status into health. A failing check, or a
+// workload that failed or exited, is unhealthy. Otherwise a plugin with a
+// health check is healthy once the check passes; one without is healthy
+// while its workload runs.
+func verdict(st *agentapi.Status, hasCheck bool) agentapi.HealthState {
+	switch {
+	case st.Health.State == agentapi.HealthUnhealthy,
+		st.Workload.State == agentapi.WorkloadFailed, st.Workload.State == agentapi.WorkloadExited:
+		return agentapi.HealthUnhealthy
+	case hasCheck && st.Health.State == agentapi.HealthHealthy:
+		return agentapi.HealthHealthy
+	case !hasCheck && st.Workload.State == agentapi.WorkloadRunning:
+		return agentapi.HealthHealthy
+	}
+	return agentapi.HealthUnknown
+}
+
+func (c *Controller) pluginHasCheck(ctx context.Context, plugin string, cache map[string]bool) bool {
+	if cache != nil {
+		if v, ok := cache[plugin]; ok {
+			return v
+		}
+	}
+	var has bool
+	_ = c.st.Read(ctx, func(tx *sql.Tx) error {
+		p, err := getPlugin(ctx, tx, plugin)
+		if err != nil {
+			return err
+		}
+		var m struct {
+			HealthCheck json.RawMessage `json:"health_check"`
+		}
+		if json.Unmarshal(p.Manifest, &m) == nil {
+			has = len(m.HealthCheck) > 0 && string(m.HealthCheck) != "null"
+		}
+		return nil
+	})
+	if cache != nil {
+		cache[plugin] = has
+	}
+	return has
+}
+
+// agentRefresh is how often an unchanged agent status is rewritten.
+const agentRefresh = 30 * time.Second
+
+// applyStatus moves the VM's state and health by kestrel's status.
+func (c *Controller) applyStatus(ctx context.Context, name string, st *agentapi.Status, cache map[string]bool) {
+	v0, err := c.readVM(ctx, name)
+	if err != nil {
+		return
+	}
+	hc := c.pluginHasCheck(ctx, v0.Plugin, cache)
+	h := verdict(st, hc)
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	v, err := c.updateVM(ctx, name, func(tx *sql.Tx, v *vmRow) error {
+		if v.State != api.VMStarting && v.State != api.VMRunning {
+			return errSkip
+		}
+		changed := false
+		switch h {
+		case agentapi.HealthHealthy:
+			if v.State == api.VMStarting || v.Health != string(agentapi.HealthHealthy) {
+				v.State, v.Health, v.Error, changed = api.VMRunning, string(h), "", true
+				if err := appendVMEvent(ctx, tx, api.EventVMHealthy, v, vmEvent{Health: "passed", IP: v.IP}); err != nil {
+					return err
+				}
+			}
+		case agentapi.HealthUnhealthy:
+			if v.Health != string(h) {
+				why := st.Health.LastError
+				if why == "" && st.Workload.Error != "" {
+					why = st.Workload.Error
+				}
+				if why == "" {
+					why = fmt.Sprintf("workload %s", st.Workload.State)
+				}
+				v.Health, v.Error, changed = string(h), why, true
+				if err := appendVMEvent(ctx, tx, api.EventVMUnhealthy, v, vmEvent{Error: why}); err != nil {
+					return err
+				}
+			}
+		default:
+			if v.Health == "" {
+				v.Health, changed = string(agentapi.HealthUnknown), true
+			}
+		}
+		if !changed && v.Agent != nil && v.AgentAt != nil && now.Sub(*v.AgentAt) < agentRefresh &&
+			v.Agent.Workload.State == st.Workload.State && v.Agent.Health.State == st.Health.State &&
+			v.Agent.Workload.Restarts == st.Workload.Restarts {
+			return errSkip
+		}
+		cp := *st
+		v.Agent, v.AgentAt = &cp, &now
+		return nil
+	})
+	if err != nil {
+		if !apierr.Is(err, apierr.NotFound) {
+			c.log.Warn("recording a health report", "vm", name, "err", err)
+		}
+		return
+	}
+	if v.Deployment != "" && (v.State != v0.State || v.Health != v0.Health) {
+		c.kickDeployments()
+	}
+}
+
+// markUnreachable records that kestrel has stopped answering a running VM.
+func (c *Controller) markUnreachable(ctx context.Context, name string, cause error) {
+	why := "kestrel does not answer: " + cause.Error()
+	v, err := c.updateVM(ctx, name, func(tx *sql.Tx, v *vmRow) error {
+		if v.State != api.VMRunning || v.Health == string(agentapi.HealthUnhealthy) {
+			return errSkip
+		}
+		v.Health, v.Error = string(agentapi.HealthUnhealthy), why
+		return appendVMEvent(ctx, tx, api.EventVMUnhealthy, v, vmEvent{Error: why})
+	})
+	if err == nil && v.Deployment != "" {
+		c.kickDeployments()
+	}
+}

@@ -1,0 +1,91 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
+
+	"github.com/volantvm/volant/lib/apierr"
+)
+
+// SystemdRunning reports whether systemd is the init system (sd_booted(3):
+// /run/systemd/system exists).
+func SystemdRunning() bool {
+	st, err := os.Stat("/run/systemd/system")
+	return err == nil && st.IsDir()
+}
+
+// UnitName is the systemd unit that runs VM name
+// (contrib/systemd/volant-vm@.service).
+func UnitName(name string) string { return "volant-vm@" + name + ".service" }
+
+// SystemdRunner runs each VM as the volant-vm@NAME unit through systemd's
+// D-Bus API. The unit (contrib/systemd/volant-vm@.service) reads the spec
+// from /var/lib/volant/vms/NAME/spec.json, so volantd's data directory
+// must be /var/lib/volant in this mode. The unit is Type=notify: its start
+// job finishes once the hypervisor answers.
+type SystemdRunner struct{}
+
+// Name implements Runner.
+func (SystemdRunner) Name() string { return "systemd" }
+
+func (SystemdRunner) conn(ctx context.Context) (*sddbus.Conn, error) {
+	c, err := sddbus.NewSystemConnectionContext(ctx)
+	if err != nil {
+		return nil, apierr.Wrap(apierr.Unavailable, err, "connecting to systemd over D-Bus")
+	}
+	return c, nil
+}
+
+// Start implements Runner: it starts the unit and waits for its start job.
+// The returned channel is nil: the run directory tells when it ends.
+func (s SystemdRunner) Start(ctx context.Context, name, _ string) (<-chan struct{}, error) {
+	c, err := s.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	unit := UnitName(name)
+	_ = c.ResetFailedUnitContext(ctx, unit) // a unit that failed before must be startable again
+	ch := make(chan string, 1)
+	if _, err := c.StartUnitContext(ctx, unit, "replace", ch); err != nil {
+		return nil, apierr.Wrap(apierr.Unavailable, err, "starting "+unit)
+	}
+	select {
+	case res := <-ch:
+		if res != "done" {
+			return nil, apierr.New(apierr.Unavailable, "starting %s: job %s (see journalctl -u %s)", unit, res, unit).
+				With("unit", unit).With("result", res)
+		}
+	case <-ctx.Done():
+		return nil, fmt.Errorf("starting %s: %w", unit, ctx.Err())
+	}
+	return nil, nil
+}
+
+// Stop implements Runner: stopping the unit stops the VM (volant-launch
+// handles SIGTERM by powering the guest off) and keeps systemd from
+// restarting it.
+func (s SystemdRunner) Stop(ctx context.Context, name string) (bool, error) {
+	c, err := s.conn(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	unit := UnitName(name)
+	ch := make(chan string, 1)
+	if _, err := c.StopUnitContext(ctx, unit, "replace", ch); err != nil {
+		return false, apierr.Wrap(apierr.Unavailable, err, "stopping "+unit)
+	}
+	select {
+	case res := <-ch:
+		if res != "done" {
+			return false, apierr.New(apierr.Unavailable, "stopping %s: job %s", unit, res).With("unit", unit)
+		}
+	case <-ctx.Done():
+		return false, fmt.Errorf("stopping %s: %w", unit, ctx.Err())
+	}
+	return true, nil
+}

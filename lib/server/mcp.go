@@ -1,0 +1,220 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/buildinfo"
+	"github.com/volantvm/volant/lib/controller"
+)
+
+// Backend is what the MCP tools call. The controller (through
+// ControllerBackend) serves /mcp inside volantd; lib/client's *Client
+// serves `volantd mcp` on stdio, talking to the running daemon.
+type Backend interface {
+	ListVMs(ctx context.Context, f api.VMFilter) ([]api.VM, error)
+	VM(ctx context.Context, name string) (*api.VM, error)
+	CreateVM(ctx context.Context, req api.CreateVMRequest) (*api.VM, error)
+	StartVM(ctx context.Context, name string) (*api.VM, error)
+	StopVM(ctx context.Context, name string) (*api.VM, error)
+	DeleteVM(ctx context.Context, name string) (*api.VM, error)
+	ListPlugins(ctx context.Context) ([]api.Plugin, error)
+	ListDeployments(ctx context.Context) ([]api.Deployment, error)
+	ScaleDeployment(ctx context.Context, name string, replicas int) (*api.Deployment, error)
+	VMLogs(ctx context.Context, name string, o api.LogOptions) (io.ReadCloser, error)
+}
+
+// ControllerBackend adapts a controller to Backend.
+type ControllerBackend struct{ *controller.Controller }
+
+// VMLogs implements Backend (without Follow: MCP tools answer once).
+func (b ControllerBackend) VMLogs(ctx context.Context, name string, o api.LogOptions) (io.ReadCloser, error) {
+	o.Follow = false
+	var buf bytes.Buffer
+	if err := b.Logs(ctx, name, o, &buf, nil); err != nil {
+		return nil, err
+	}
+	return io.NopCloser(&buf), nil
+}
+
+// Tool inputs. The jsonschema tags are the descriptions the MCP client
+// sees.
+type (
+	listVMsIn struct {
+		Plugin     string `json:"plugin,omitempty" jsonschema:"only VMs of this plugin"`
+		Deployment string `json:"deployment,omitempty" jsonschema:"only replicas of this deployment"`
+		State      string `json:"state,omitempty" jsonschema:"only VMs in this state: starting, running, stopping, stopped, crashed, failed, deleting"`
+	}
+	nameIn struct {
+		Name string `json:"name" jsonschema:"the VM's name"`
+	}
+	createVMIn struct {
+		Name     string `json:"name" jsonschema:"the new VM's name: 1-63 lowercase letters, digits, - and _"`
+		Plugin   string `json:"plugin" jsonschema:"the installed plugin to boot"`
+		CPUCores int    `json:"cpu_cores,omitempty" jsonschema:"vCPUs (default: the plugin's)"`
+		MemoryMB int    `json:"memory_mb,omitempty" jsonschema:"memory in MiB (default: the plugin's)"`
+		Wait     bool   `json:"wait,omitempty" jsonschema:"wait until the VM is running (its health check passed), up to 2 minutes"`
+	}
+	scaleIn struct {
+		Name     string `json:"name" jsonschema:"the deployment's name"`
+		Replicas int    `json:"replicas" jsonschema:"the desired number of replicas"`
+	}
+	logsIn struct {
+		Name string `json:"name" jsonschema:"the VM's name"`
+		Tail int    `json:"tail,omitempty" jsonschema:"only the last N lines (default 200; 0 for the default)"`
+	}
+	noIn struct{}
+)
+
+// NewMCPServer returns the MCP server of the API: tools to list, create,
+// start, stop and delete VMs, read their console logs, list plugins and
+// deployments, and scale deployments.
+func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
+	s := mcp.NewServer(&mcp.Implementation{Name: "volantd", Title: "Volant microVMs", Version: buildinfo.String()}, &mcp.ServerOptions{
+		Instructions: "Volant runs workloads in microVMs on one Linux host. Plugins are installed images; " +
+			"VMs boot from a plugin and get an IP on the host bridge; deployments keep N replicas running.",
+		Logger: log,
+	})
+	ro := &mcp.ToolAnnotations{ReadOnlyHint: true}
+	f := false
+	destructive := &mcp.ToolAnnotations{DestructiveHint: &f}
+
+	mcp.AddTool(s, &mcp.Tool{Name: "list_vms", Description: "List the VMs with their state, health and IP address.", Annotations: ro},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in listVMsIn) (*mcp.CallToolResult, any, error) {
+			vms, err := b.ListVMs(ctx, api.VMFilter{Plugin: in.Plugin, Deployment: in.Deployment, State: api.VMState(in.State)})
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			if vms == nil {
+				vms = []api.VM{}
+			}
+			return nil, api.VMList{VMs: vms}, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "get_vm", Description: "Show one VM.", Annotations: ro},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in nameIn) (*mcp.CallToolResult, any, error) {
+			vm, err := b.VM(ctx, in.Name)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return nil, vm, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "create_vm", Description: "Create and start a VM from an installed plugin. It answers once the hypervisor runs (state starting), or with wait once the VM is running."},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in createVMIn) (*mcp.CallToolResult, any, error) {
+			vm, err := b.CreateVM(ctx, api.CreateVMRequest{Name: in.Name, Plugin: in.Plugin, CPUCores: in.CPUCores, MemoryMB: in.MemoryMB})
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			if in.Wait {
+				if w, ok := b.(interface {
+					WaitVM(context.Context, string, api.VMState, time.Duration) (*api.VM, error)
+				}); ok {
+					if vm, err = w.WaitVM(ctx, in.Name, api.VMRunning, 2*time.Minute); err != nil {
+						return nil, nil, toolErr(err)
+					}
+				}
+			}
+			return nil, vm, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "start_vm", Description: "Start a stopped, crashed or failed VM."},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in nameIn) (*mcp.CallToolResult, any, error) {
+			vm, err := b.StartVM(ctx, in.Name)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return nil, vm, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "stop_vm", Description: "Stop a VM (ACPI power button, then a hard stop). It keeps its address and can be started again.", Annotations: destructive},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in nameIn) (*mcp.CallToolResult, any, error) {
+			vm, err := b.StopVM(ctx, in.Name)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return nil, vm, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "delete_vm", Description: "Stop a VM and delete it: its tap, address and files are freed."},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in nameIn) (*mcp.CallToolResult, any, error) {
+			vm, err := b.DeleteVM(ctx, in.Name)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return nil, vm, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "vm_logs", Description: "Read the end of a VM's serial console log.", Annotations: ro},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in logsIn) (*mcp.CallToolResult, any, error) {
+			tail := in.Tail
+			if tail <= 0 {
+				tail = 200
+			}
+			rc, err := b.VMLogs(ctx, in.Name, api.LogOptions{Tail: tail})
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			defer rc.Close()
+			data, err := io.ReadAll(io.LimitReader(rc, 1<<20))
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: string(data)}}}, nil, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "list_plugins", Description: "List the installed plugins (what VMs can boot).", Annotations: ro},
+		func(ctx context.Context, _ *mcp.CallToolRequest, _ noIn) (*mcp.CallToolResult, any, error) {
+			ps, err := b.ListPlugins(ctx)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			if ps == nil {
+				ps = []api.Plugin{}
+			}
+			return nil, api.PluginList{Plugins: ps}, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "list_deployments", Description: "List the deployments with their desired and running replica counts.", Annotations: ro},
+		func(ctx context.Context, _ *mcp.CallToolRequest, _ noIn) (*mcp.CallToolResult, any, error) {
+			ds, err := b.ListDeployments(ctx)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			if ds == nil {
+				ds = []api.Deployment{}
+			}
+			return nil, api.DeploymentList{Deployments: ds}, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "scale_deployment", Description: "Set a deployment's replica count; replicas are created, or deleted from the highest index, in the background."},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in scaleIn) (*mcp.CallToolResult, any, error) {
+			d, err := b.ScaleDeployment(ctx, in.Name, in.Replicas)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return nil, d, nil
+		})
+	return s
+}
+
+// toolErr makes a tool failure the MCP client reads: the apierr code and
+// message (the SDK marks the result isError).
+func toolErr(err error) error {
+	e := apierr.From(err)
+	return fmt.Errorf("%s: %s", e.Code, e.Message)
+}
+
+// MCPHandler serves the MCP server of b over streamable HTTP.
+func MCPHandler(b Backend, log *slog.Logger) http.Handler {
+	s := NewMCPServer(b, log)
+	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
+		&mcp.StreamableHTTPOptions{Logger: log, MaxRequestBodyBytes: MaxBodyBytes})
+}
+
+// ServeMCP runs the MCP server of b on one stdio-like connection until the
+// client closes it or ctx ends.
+func ServeMCP(ctx context.Context, b Backend, in io.ReadCloser, out io.WriteCloser, log *slog.Logger) error {
+	s := NewMCPServer(b, log)
+	return s.Run(ctx, &mcp.IOTransport{Reader: in, Writer: out})
+}

@@ -1,0 +1,193 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/invopop/jsonschema"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/buildinfo"
+)
+
+// OpenAPI returns the OpenAPI 3.1 document of the API, generated from the
+// route table (paths, methods, parameters, error codes) and the Go types
+// of the bodies (schemas, through invopop/jsonschema).
+func (s *Server) OpenAPI() ([]byte, error) {
+	return openAPI(s.routes())
+}
+
+func schemaName(t reflect.Type) string {
+	switch {
+	case strings.HasSuffix(t.PkgPath(), "/lib/agentapi"):
+		return "Agent" + t.Name()
+	case strings.HasSuffix(t.PkgPath(), "/lib/apierr"):
+		return "Error"
+	}
+	return t.Name()
+}
+
+type schemaSet struct {
+	r    *jsonschema.Reflector
+	defs map[string]*jsonschema.Schema
+}
+
+// ref returns a reference to v's type, adding its schema (and the ones it
+// uses) to the set.
+func (ss *schemaSet) ref(v any) (map[string]any, error) {
+	t := reflect.TypeOf(v)
+	switch {
+	case t.Kind() == reflect.String:
+		return map[string]any{"type": "string"}, nil
+	case t.Kind() == reflect.Map:
+		return map[string]any{"type": "object"}, nil
+	}
+	sch := ss.r.Reflect(v)
+	for name, d := range sch.Definitions {
+		if old, ok := ss.defs[name]; ok && old != nil {
+			a, _ := json.Marshal(old)
+			b, _ := json.Marshal(d)
+			if !bytes.Equal(a, b) {
+				return nil, fmt.Errorf("openapi: two types are named %s", name)
+			}
+		}
+		ss.defs[name] = d
+	}
+	return map[string]any{"$ref": "#/components/schemas/" + schemaName(t)}, nil
+}
+
+func openAPI(routes []route) ([]byte, error) {
+	ss := &schemaSet{
+		r:    &jsonschema.Reflector{Namer: schemaName},
+		defs: map[string]*jsonschema.Schema{},
+	}
+	errRef, err := ss.ref(apierr.Error{})
+	if err != nil {
+		return nil, err
+	}
+	paths := map[string]map[string]any{}
+	for _, rt := range routes {
+		op := map[string]any{
+			"operationId": rt.id,
+			"summary":     rt.summary,
+			"tags":        []string{rt.tag},
+		}
+		var params []map[string]any
+		for _, seg := range strings.Split(rt.path, "/") {
+			if strings.HasPrefix(seg, "{") && strings.HasSuffix(seg, "}") {
+				params = append(params, map[string]any{"name": strings.Trim(seg, "{}"), "in": "path", "required": true,
+					"schema": map[string]any{"type": "string"}})
+			}
+		}
+		for _, q := range rt.query {
+			sch := map[string]any{"type": q.typ}
+			if len(q.enum) > 0 {
+				sch["enum"] = q.enum
+			}
+			params = append(params, map[string]any{"name": q.name, "in": "query", "description": q.desc, "schema": sch})
+		}
+		if rt.id == "events" {
+			params = append(params, map[string]any{"name": "Last-Event-ID", "in": "header",
+				"description": "resume after this event id (what an SSE client sends when it reconnects)", "schema": map[string]any{"type": "integer"}})
+		}
+		if len(params) > 0 {
+			op["parameters"] = params
+		}
+		switch {
+		case rt.req != nil:
+			ref, err := ss.ref(rt.req)
+			if err != nil {
+				return nil, err
+			}
+			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": ref}}}
+		case rt.rawBody != "":
+			op["requestBody"] = map[string]any{"required": true, "description": rt.rawBody,
+				"content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"type": "object"}}}}
+		}
+		resps := map[string]any{}
+		ok := map[string]any{"description": http.StatusText(rt.status)}
+		if rt.resp != nil {
+			content := rt.content
+			if content == "" {
+				content = "application/json"
+			}
+			var sch map[string]any
+			if content == "text/event-stream" {
+				ref, err := ss.ref(rt.resp)
+				if err != nil {
+					return nil, err
+				}
+				sch = map[string]any{"type": "string", "description": "Server-Sent Events; each data line is one event", "x-event": ref}
+			} else {
+				var err error
+				if sch, err = ss.ref(rt.resp); err != nil {
+					return nil, err
+				}
+			}
+			ok["content"] = map[string]any{content: map[string]any{"schema": sch}}
+		}
+		resps[strconv.Itoa(rt.status)] = ok
+		byStatus := map[int][]string{}
+		codes := append([]apierr.Code{apierr.Internal}, rt.errors...)
+		if !rt.noAuth {
+			codes = append(codes, apierr.Unauthorized)
+		}
+		for _, c := range codes {
+			st := c.HTTPStatus()
+			if !containsStr(byStatus[st], string(c)) {
+				byStatus[st] = append(byStatus[st], string(c))
+			}
+		}
+		for st, cs := range byStatus {
+			sort.Strings(cs)
+			resps[strconv.Itoa(st)] = map[string]any{
+				"description": "error: " + strings.Join(cs, ", "),
+				"content":     map[string]any{"application/json": map[string]any{"schema": errRef}},
+			}
+		}
+		op["responses"] = resps
+		if rt.noAuth {
+			op["security"] = []any{}
+		}
+		if paths[rt.path] == nil {
+			paths[rt.path] = map[string]any{}
+		}
+		paths[rt.path][strings.ToLower(rt.method)] = op
+	}
+	doc := map[string]any{
+		"openapi": "3.1.0",
+		"info": map[string]any{
+			"title":   "volantd",
+			"version": buildinfo.String(),
+			"description": "The control plane of Volant: plugins, VMs, deployments, events, MCP. " +
+				"Served on a unix socket (no token) and, with --listen, on TCP with a bearer token. " +
+				"Errors are {code, message, details} with the code's HTTP status.",
+		},
+		"paths": paths,
+		"components": map[string]any{
+			"schemas":         ss.defs,
+			"securitySchemes": map[string]any{"bearer": map[string]any{"type": "http", "scheme": "bearer"}},
+		},
+		"security": []any{map[string]any{"bearer": []string{}}},
+	}
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding the OpenAPI document: %w", err)
+	}
+	return bytes.ReplaceAll(b, []byte(`"#/$defs/`), []byte(`"#/components/schemas/`)), nil
+}
+
+func containsStr(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,167 @@
+package server
+
+import (
+	"net/http"
+
+	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+)
+
+// route is one entry of the API: the handler and what the OpenAPI
+// document says about it. The ServeMux and the document are both built
+// from routes(), so neither can have a route the other lacks.
+type route struct {
+	method  string
+	path    string // OpenAPI form: /api/v1/vms/{name}
+	id      string // operationId
+	summary string
+	tag     string
+	// req is the JSON body type (nil: no body); rawBody documents a body
+	// that is any JSON object (the plugin manifest).
+	req     any
+	rawBody string
+	// status and resp are the success answer; content its media type
+	// (default application/json).
+	status  int
+	resp    any
+	content string
+	query   []param
+	errors  []apierr.Code
+	// agent routes are also served on the agent listener.
+	agent   bool
+	noAuth  bool
+	handler http.Handler
+}
+
+type param struct {
+	name, typ, desc string
+	enum            []string
+}
+
+func (rt route) pattern() string { return rt.method + " " + rt.path }
+
+var (
+	nameErrors = []apierr.Code{apierr.NotFound, apierr.InvalidInput}
+	bodyErrors = []apierr.Code{apierr.InvalidInput, apierr.TooLarge}
+)
+
+func states() []string {
+	var out []string
+	for _, s := range api.VMStates() {
+		out = append(out, string(s))
+	}
+	return out
+}
+
+// routes is the API. Order is the document's.
+func (s *Server) routes() []route {
+	rs := []route{
+		{method: "GET", path: "/healthz", id: "health", tag: "daemon", summary: "Liveness and readiness (no token needed)",
+			status: 200, resp: api.Health{}, noAuth: true, handler: http.HandlerFunc(s.healthz)},
+		{method: "GET", path: "/openapi.json", id: "openapi", tag: "daemon", summary: "This document",
+			status: 200, resp: map[string]any{}, handler: http.HandlerFunc(s.openapi)},
+
+		{method: "GET", path: api.Prefix + "/plugins", id: "listPlugins", tag: "plugins", summary: "List installed plugins",
+			status: 200, resp: api.PluginList{}, handler: http.HandlerFunc(s.listPlugins)},
+		{method: "POST", path: api.Prefix + "/plugins", id: "installPlugin", tag: "plugins",
+			summary: "Install a plugin from its manifest (validated; remote artifacts fetched; checksums verified)",
+			rawBody: "a plugin manifest (docs/plugin-manifest.schema.json)", status: 201, resp: api.Plugin{},
+			query:   []param{{name: "replace", typ: "boolean", desc: "replace an installed plugin of the same name"}},
+			errors:  append(bodyErrors, apierr.InvalidManifest, apierr.Conflict, apierr.ChecksumMismatch, apierr.Unavailable),
+			handler: http.HandlerFunc(s.installPlugin)},
+		{method: "GET", path: api.Prefix + "/plugins/{name}", id: "getPlugin", tag: "plugins", summary: "Show a plugin",
+			status: 200, resp: api.Plugin{}, errors: nameErrors, handler: http.HandlerFunc(s.getPlugin)},
+		{method: "DELETE", path: api.Prefix + "/plugins/{name}", id: "removePlugin", tag: "plugins",
+			summary: "Remove a plugin (CONFLICT while VMs or deployments use it)",
+			status:  200, resp: api.Plugin{}, errors: append(nameErrors, apierr.Conflict), handler: http.HandlerFunc(s.removePlugin)},
+		{method: "POST", path: api.Prefix + "/plugins/{name}/enable", id: "enablePlugin", tag: "plugins", summary: "Allow VMs to be created from a plugin",
+			status: 200, resp: api.Plugin{}, errors: nameErrors, handler: s.setPluginEnabled(true)},
+		{method: "POST", path: api.Prefix + "/plugins/{name}/disable", id: "disablePlugin", tag: "plugins", summary: "Stop new VMs from being created from a plugin",
+			status: 200, resp: api.Plugin{}, errors: nameErrors, handler: s.setPluginEnabled(false)},
+		{method: "GET", path: manifestPattern, id: "getPluginManifest", tag: "plugins",
+			summary: "A plugin's manifest as installed (also on the agent endpoint, for kestrel)",
+			status:  200, resp: map[string]any{}, errors: nameErrors, agent: true, handler: http.HandlerFunc(s.pluginManifest)},
+
+		{method: "GET", path: api.Prefix + "/vms", id: "listVMs", tag: "vms", summary: "List VMs",
+			query: []param{{name: "plugin", typ: "string", desc: "only VMs of this plugin"},
+				{name: "deployment", typ: "string", desc: "only replicas of this deployment"},
+				{name: "state", typ: "string", desc: "only VMs in this state", enum: states()}},
+			status: 200, resp: api.VMList{}, errors: []apierr.Code{apierr.InvalidInput}, handler: http.HandlerFunc(s.listVMs)},
+		{method: "POST", path: api.Prefix + "/vms", id: "createVM", tag: "vms",
+			summary: "Create and start a VM: lease, tap, stage, start; answers once the hypervisor runs (state starting)",
+			req:     api.CreateVMRequest{}, status: 201, resp: api.VM{},
+			errors: append(bodyErrors, apierr.NotFound, apierr.Conflict, apierr.IPExhausted, apierr.ChecksumMismatch,
+				apierr.CmdlineTooLong, apierr.NotSupported, apierr.Unavailable, apierr.Timeout),
+			handler: http.HandlerFunc(s.createVM)},
+		{method: "GET", path: api.Prefix + "/vms/{name}", id: "getVM", tag: "vms", summary: "Show a VM",
+			status: 200, resp: api.VM{}, errors: nameErrors, handler: http.HandlerFunc(s.getVM)},
+		{method: "DELETE", path: api.Prefix + "/vms/{name}", id: "deleteVM", tag: "vms",
+			summary: "Stop a VM, delete its tap, free its address and forget it (answers with state deleted)",
+			status:  200, resp: api.VM{}, errors: append(nameErrors, apierr.Unavailable), handler: s.vmAction(s.ctl.DeleteVM)},
+		{method: "POST", path: api.Prefix + "/vms/{name}/start", id: "startVM", tag: "vms", summary: "Start a stopped, crashed or failed VM",
+			status: 200, resp: api.VM{}, errors: append(nameErrors, apierr.Conflict, apierr.Unavailable, apierr.Timeout), handler: s.vmAction(s.ctl.StartVM)},
+		{method: "POST", path: api.Prefix + "/vms/{name}/stop", id: "stopVM", tag: "vms",
+			summary: "Stop a VM: ACPI power button, then a hard stop after the stop timeout",
+			status:  200, resp: api.VM{}, errors: append(nameErrors, apierr.Conflict), handler: s.vmAction(s.ctl.StopVM)},
+		{method: "POST", path: api.Prefix + "/vms/{name}/restart", id: "restartVM", tag: "vms", summary: "Stop and start a VM",
+			status: 200, resp: api.VM{}, errors: append(nameErrors, apierr.Conflict, apierr.Unavailable), handler: s.vmAction(s.ctl.RestartVM)},
+		{method: "GET", path: api.Prefix + "/vms/{name}/logs", id: "vmLogs", tag: "vms", summary: "The VM's serial console log",
+			query: []param{{name: "follow", typ: "boolean", desc: "keep streaming what the guest writes"},
+				{name: "tail", typ: "integer", desc: "start with the last N lines"}},
+			status: 200, resp: "", content: "text/plain", errors: nameErrors, handler: http.HandlerFunc(s.vmLogs)},
+		{method: "GET", path: api.Prefix + "/vms/{name}/wait", id: "waitVM", tag: "vms",
+			summary: "Wait until the VM is in a state (long poll); TIMEOUT when it does not get there, CONFLICT when it cannot",
+			query: []param{{name: "state", typ: "string", desc: "the state to wait for (default running)", enum: states()},
+				{name: "timeout", typ: "string", desc: "how long to wait, e.g. 30s (default 30s, at most 10m)"}},
+			status: 200, resp: api.VM{}, errors: append(nameErrors, apierr.Timeout, apierr.Conflict), handler: http.HandlerFunc(s.waitVM)},
+		{method: "POST", path: reportPattern, id: "agentReport", tag: "agent",
+			summary: "kestrel's status report (also on the agent endpoint, where only the VM's own address may post)",
+			req:     agentapi.Status{}, status: 204, errors: append(nameErrors, apierr.PermissionDenied),
+			agent: true, handler: http.HandlerFunc(s.agentReport)},
+
+		{method: "GET", path: api.Prefix + "/deployments", id: "listDeployments", tag: "deployments", summary: "List deployments",
+			status: 200, resp: api.DeploymentList{}, handler: http.HandlerFunc(s.listDeployments)},
+		{method: "POST", path: api.Prefix + "/deployments", id: "createDeployment", tag: "deployments",
+			summary: "Create a deployment; its replicas <name>-1..<name>-N are created in the background",
+			req:     api.CreateDeploymentRequest{}, status: 201, resp: api.Deployment{},
+			errors: append(bodyErrors, apierr.NotFound, apierr.Conflict), handler: http.HandlerFunc(s.createDeployment)},
+		{method: "GET", path: api.Prefix + "/deployments/{name}", id: "getDeployment", tag: "deployments", summary: "Show a deployment",
+			status: 200, resp: api.Deployment{}, errors: nameErrors, handler: http.HandlerFunc(s.getDeployment)},
+		{method: "DELETE", path: api.Prefix + "/deployments/{name}", id: "deleteDeployment", tag: "deployments",
+			summary: "Delete a deployment and its replicas", status: 200, resp: api.Deployment{}, errors: nameErrors,
+			handler: http.HandlerFunc(s.deleteDeployment)},
+		{method: "POST", path: api.Prefix + "/deployments/{name}/scale", id: "scaleDeployment", tag: "deployments",
+			summary: "Set the replica count; replicas are created, or deleted from the highest index, in the background",
+			req:     api.ScaleRequest{}, status: 200, resp: api.Deployment{}, errors: append(nameErrors, bodyErrors...),
+			handler: http.HandlerFunc(s.scaleDeployment)},
+
+		{method: "GET", path: api.Prefix + "/events", id: "events", tag: "events",
+			summary: "The event stream (Server-Sent Events). Each event: id, event (its type), data (the Event as JSON). " +
+				"Reconnect with Last-Event-ID (or ?since=) to get every event after that id; without either, only new events. " +
+				"A reader that falls behind is disconnected and resumes.",
+			query: []param{{name: "since", typ: "integer", desc: "replay events after this id (0: the whole retained log)"},
+				{name: "type", typ: "string", desc: "comma-separated event types to keep; vm.* matches a prefix"}},
+			status: 200, resp: api.Event{}, content: "text/event-stream", errors: []apierr.Code{apierr.InvalidInput},
+			handler: http.HandlerFunc(s.events)},
+	}
+	for _, m := range []string{"POST", "GET", "DELETE"} {
+		rs = append(rs, route{method: m, path: "/mcp", id: "mcp" + map[string]string{"POST": "Post", "GET": "Get", "DELETE": "Delete"}[m], tag: "mcp",
+			summary: map[string]string{
+				"POST":   "Model Context Protocol, streamable HTTP transport: one JSON-RPC 2.0 message (initialize, tools/list, tools/call, ...)",
+				"GET":    "Model Context Protocol: the session's server-to-client stream (text/event-stream)",
+				"DELETE": "Model Context Protocol: end a session",
+			}[m],
+			rawBody: map[string]string{"POST": "a JSON-RPC 2.0 message"}[m],
+			status:  200, resp: map[string]any{}, content: map[string]string{"POST": "application/json", "GET": "text/event-stream", "DELETE": "application/json"}[m],
+			handler: s.mcp})
+	}
+	return rs
+}
+
+// The routes kestrel calls, as patterns; a test checks that they match
+// agentapi.ManifestPath and agentapi.ReportPath.
+const (
+	manifestPattern = api.Prefix + "/plugins/{name}/manifest"
+	reportPattern   = api.Prefix + "/vms/{name}/agent"
+)

@@ -1,0 +1,551 @@
+// Package server is volantd's HTTP face: the REST API of lib/api over a
+// lib/controller, the resumable event stream (SSE), the endpoint kestrel
+// reports to, the Model Context Protocol server, and the OpenAPI document
+// describing all of it, generated from the same route table that
+// registers the handlers.
+//
+// Two handlers:
+//
+//   - Handler: the whole API, for volantd's unix socket (trusted by its
+//     file mode) and, with a bearer token, for TCP (--listen).
+//   - AgentHandler: only what guests need, served on the bridge's gateway
+//     address without a token: kestrel's status report (accepted only from
+//     the VM's own address) and the plugin manifest fetch.
+//
+// Request bodies are JSON objects decoded strictly (unknown fields are
+// INVALID_INPUT naming the field), limited to MaxBodyBytes (TOO_LARGE).
+// Every error is an apierr body {"code","message","details"} with the
+// code's HTTP status, and a rejected request changes nothing.
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/buildinfo"
+	"github.com/volantvm/volant/lib/controller"
+)
+
+// MaxBodyBytes bounds request bodies.
+const MaxBodyBytes = 1 << 20
+
+// Options tune a Server.
+type Options struct {
+	// Token, when set, is required as "Authorization: Bearer <token>" by
+	// handlers made with auth (TCP listeners).
+	Token string
+	// SSEBuffer is how many events a slow event-stream reader may fall
+	// behind before it is disconnected (default 1024); it then resumes
+	// with Last-Event-ID.
+	SSEBuffer int
+	// SSEKeepAlive is the interval of keep-alive comments (default 15 s).
+	SSEKeepAlive time.Duration
+	// SSEWriteTimeout drops a reader that does not take an event within
+	// this time (default 30 s).
+	SSEWriteTimeout time.Duration
+	Logger          *slog.Logger
+}
+
+// Server serves one controller.
+type Server struct {
+	ctl  *controller.Controller
+	opts Options
+	log  *slog.Logger
+	mcp  http.Handler
+}
+
+// New returns a server for ctl.
+func New(ctl *controller.Controller, o Options) *Server {
+	if o.SSEBuffer <= 0 {
+		o.SSEBuffer = 1024
+	}
+	if o.SSEKeepAlive <= 0 {
+		o.SSEKeepAlive = 15 * time.Second
+	}
+	if o.SSEWriteTimeout <= 0 {
+		o.SSEWriteTimeout = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{ctl: ctl, opts: o, log: o.Logger}
+	s.mcp = MCPHandler(ControllerBackend{ctl}, o.Logger)
+	return s
+}
+
+// Handler serves the whole API. With auth, every route but /healthz needs
+// the bearer token (Options.Token must then be set).
+func (s *Server) Handler(auth bool) http.Handler {
+	mux := http.NewServeMux()
+	for _, rt := range s.routes() {
+		mux.Handle(rt.pattern(), rt.handler)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, apierr.New(apierr.NotFound, "no route %s %s; GET /openapi.json lists them", r.Method, r.URL.Path).
+			With("method", r.Method).With("path", r.URL.Path))
+	})
+	var h http.Handler = mux
+	if auth {
+		h = s.authenticate(h)
+	}
+	return s.logRequests(h)
+}
+
+// AgentHandler serves only the routes guests use, without a token.
+func (s *Server) AgentHandler() http.Handler {
+	mux := http.NewServeMux()
+	for _, rt := range s.routes() {
+		if rt.agent {
+			mux.Handle(rt.pattern(), rt.handler)
+		}
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, apierr.New(apierr.NotFound, "the agent endpoint serves only kestrel's report and manifest routes").
+			With("path", r.URL.Path))
+	})
+	return s.logRequests(withAgent(mux))
+}
+
+type agentKey struct{}
+
+// withAgent marks requests that came through the agent listener.
+func withAgent(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), agentKey{}, true)))
+	})
+}
+
+func (s *Server) authenticate(h http.Handler) http.Handler {
+	want := []byte("Bearer " + s.opts.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		got := []byte(r.Header.Get("Authorization"))
+		if s.opts.Token == "" || subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="volantd"`)
+			writeError(w, r, apierr.New(apierr.Unauthorized, "missing or wrong bearer token").
+				With("hint", "send Authorization: Bearer <token> (volantd --token, VOLANT_TOKEN)"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (s *Server) logRequests(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t0 := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		h.ServeHTTP(sw, r)
+		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "elapsed", time.Since(t0).Round(time.Microsecond))
+	})
+}
+
+// writeJSON writes v with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		http.Error(w, `{"code":"INTERNAL","message":"encoding the answer failed"}`, http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+	w.WriteHeader(status)
+	_, _ = w.Write(buf.Bytes())
+}
+
+// writeError converts err once, at the boundary, and writes it.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	e := apierr.From(err)
+	if r != nil && errors.Is(r.Context().Err(), context.Canceled) && e.Code == apierr.Internal {
+		e.Code = apierr.Canceled
+	}
+	writeJSON(w, e.Code.HTTPStatus(), e)
+}
+
+// decode reads a JSON object body strictly into v.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	data, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	return decodeStrict(data, v)
+}
+
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return nil, apierr.New(apierr.InvalidInput, "Content-Type must be application/json, not %q", ct)
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, apierr.New(apierr.TooLarge, "request body is larger than %d bytes", MaxBodyBytes).With("limit_bytes", MaxBodyBytes)
+		}
+		return nil, apierr.Wrap(apierr.InvalidInput, err, "reading the request body")
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, apierr.New(apierr.InvalidInput, "the request needs a JSON object body")
+	}
+	return data, nil
+}
+
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "json: ")
+		e := apierr.New(apierr.InvalidInput, "invalid request body: %s", msg)
+		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			e.With("field", strings.Trim(f, `"`))
+		}
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			e.Message = fmt.Sprintf("invalid request body: field %q must be %s, not %s", te.Field, te.Type, te.Value)
+			e.With("field", te.Field)
+		}
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			e.With("offset", se.Offset)
+		}
+		return e
+	}
+	if dec.More() {
+		return apierr.New(apierr.InvalidInput, "invalid request body: trailing data after the JSON object")
+	}
+	return nil
+}
+
+// remoteAddr is the client's IP, or the zero Addr (unix socket).
+func remoteAddr(r *http.Request) netip.Addr {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+// --- handlers ---
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	last, _ := s.ctl.Bus().LastID(r.Context())
+	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Version: buildinfo.String(), Ready: s.ctl.Ready(), LastEventID: last})
+}
+
+func (s *Server) listPlugins(w http.ResponseWriter, r *http.Request) {
+	ps, err := s.ctl.ListPlugins(r.Context())
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.PluginList{Plugins: ps})
+}
+
+func boolQuery(r *http.Request, key string) (bool, error) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, apierr.New(apierr.InvalidInput, "query parameter %s=%q is not a boolean", key, v).With("field", key)
+	}
+	return b, nil
+}
+
+func (s *Server) installPlugin(w http.ResponseWriter, r *http.Request) {
+	replace, err := boolQuery(r, "replace")
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	data, err := readBody(w, r)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	p, err := s.ctl.InstallPlugin(r.Context(), data, replace)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, p)
+}
+
+func (s *Server) getPlugin(w http.ResponseWriter, r *http.Request) {
+	p, err := s.ctl.Plugin(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+func (s *Server) pluginManifest(w http.ResponseWriter, r *http.Request) {
+	m, err := s.ctl.PluginManifest(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+func (s *Server) removePlugin(w http.ResponseWriter, r *http.Request) {
+	p, err := s.ctl.RemovePlugin(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+func (s *Server) setPluginEnabled(enabled bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.ctl.SetPluginEnabled(r.Context(), r.PathValue("name"), enabled)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, p)
+	}
+}
+
+func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	vms, err := s.ctl.ListVMs(r.Context(), api.VMFilter{Plugin: q.Get("plugin"), Deployment: q.Get("deployment"), State: api.VMState(q.Get("state"))})
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.VMList{VMs: vms})
+}
+
+func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateVMRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	vm, err := s.ctl.CreateVM(r.Context(), req)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", api.Prefix+"/vms/"+vm.Name)
+	writeJSON(w, http.StatusCreated, vm)
+}
+
+func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
+	vm, err := s.ctl.VM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, vm)
+}
+
+func (s *Server) vmAction(fn func(context.Context, string) (*api.VM, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		vm, err := fn(r.Context(), r.PathValue("name"))
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, vm)
+	}
+}
+
+func (s *Server) waitVM(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	state := api.VMState(q.Get("state"))
+	if state == "" {
+		state = api.VMRunning
+	}
+	var timeout time.Duration
+	if t := q.Get("timeout"); t != "" {
+		d, err := time.ParseDuration(t)
+		if err != nil {
+			if n, nerr := strconv.Atoi(t); nerr == nil {
+				d, err = time.Duration(n)*time.Second, nil
+			}
+		}
+		if err != nil || d <= 0 || d > 10*time.Minute {
+			writeError(w, r, apierr.New(apierr.InvalidInput, "timeout %q must be a duration such as 30s, at most 10m", t).With("field", "timeout"))
+			return
+		}
+		timeout = d
+	}
+	vm, err := s.ctl.WaitVM(r.Context(), r.PathValue("name"), state, timeout)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, vm)
+}
+
+func (s *Server) vmLogs(w http.ResponseWriter, r *http.Request) {
+	follow, err := boolQuery(r, "follow")
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	var tail int
+	if t := r.URL.Query().Get("tail"); t != "" {
+		if tail, err = strconv.Atoi(t); err != nil || tail < 0 {
+			writeError(w, r, apierr.New(apierr.InvalidInput, "tail %q must be a number of lines", t).With("field", "tail"))
+			return
+		}
+	}
+	name := r.PathValue("name")
+	if _, err := s.ctl.VM(r.Context(), name); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if follow {
+		w.Header().Set("Cache-Control", "no-cache")
+	}
+	rc := http.NewResponseController(w)
+	w.WriteHeader(http.StatusOK)
+	flush := func() { _ = rc.Flush() }
+	if err := s.ctl.Logs(r.Context(), name, api.LogOptions{Follow: follow, Tail: tail}, w, flush); err != nil && r.Context().Err() == nil {
+		s.log.Warn("streaming logs", "vm", name, "err", err)
+	}
+}
+
+func (s *Server) agentReport(w http.ResponseWriter, r *http.Request) {
+	var st agentapi.Status
+	data, err := readBody(w, r)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	// kestrel's report may grow fields: decode leniently.
+	if err := json.Unmarshal(data, &st); err != nil {
+		writeError(w, r, apierr.Wrap(apierr.InvalidInput, err, "invalid status report"))
+		return
+	}
+	var from netip.Addr
+	if r.Context().Value(agentKey{}) != nil {
+		from = remoteAddr(r)
+		if !from.IsValid() {
+			writeError(w, r, apierr.New(apierr.PermissionDenied, "reports on the agent endpoint must come over TCP from the VM"))
+			return
+		}
+	}
+	if err := s.ctl.Report(r.Context(), r.PathValue("name"), st, from); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) listDeployments(w http.ResponseWriter, r *http.Request) {
+	ds, err := s.ctl.ListDeployments(r.Context())
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.DeploymentList{Deployments: ds})
+}
+
+func (s *Server) createDeployment(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateDeploymentRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	d, err := s.ctl.CreateDeployment(r.Context(), req)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", api.Prefix+"/deployments/"+d.Name)
+	writeJSON(w, http.StatusCreated, d)
+}
+
+func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) {
+	d, err := s.ctl.Deployment(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) scaleDeployment(w http.ResponseWriter, r *http.Request) {
+	var req api.ScaleRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	d, err := s.ctl.ScaleDeployment(r.Context(), r.PathValue("name"), req.Replicas)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) deleteDeployment(w http.ResponseWriter, r *http.Request) {
+	d, err := s.ctl.DeleteDeployment(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
+	doc, err := s.OpenAPI()
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(doc)
+}

@@ -1,0 +1,157 @@
+package server
+
+import (
+	"bufio"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/controller"
+)
+
+// events serves GET /api/v1/events. The stream starts with an id-only
+// block carrying the position it starts from (so a client that sees no
+// event before it reconnects still resumes exactly), replays the log from
+// the table after Last-Event-ID or ?since=, then follows the bus. The bus
+// subscription is taken before the replay, and events already written are
+// skipped by ID, so nothing is lost or repeated between the two. A reader
+// whose buffer overflows is disconnected; it resumes with Last-Event-ID.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	from := int64(-1)
+	raw, src := r.Header.Get("Last-Event-ID"), "Last-Event-ID"
+	if raw == "" {
+		raw, src = r.URL.Query().Get("since"), "since"
+	}
+	if raw != "" {
+		n, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil || n < 0 {
+			writeError(w, r, apierr.New(apierr.InvalidInput, "%s %q is not an event id", src, raw).With("field", src))
+			return
+		}
+		from = n
+	}
+	var types []string
+	if t := r.URL.Query().Get("type"); t != "" {
+		for _, p := range strings.Split(t, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				types = append(types, p)
+			}
+		}
+	}
+
+	sub := s.ctl.Bus().Subscribe(s.opts.SSEBuffer)
+	defer sub.Cancel()
+	if from < 0 {
+		last, err := controller.LastEventID(ctx, s.ctl.Config().Store)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		from = last
+	}
+
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 32<<10)
+	flush := func() bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.opts.SSEWriteTimeout))
+		if bw.Flush() != nil || rc.Flush() != nil {
+			return false
+		}
+		return true
+	}
+	bw.WriteString("retry: 2000\nid: " + strconv.FormatInt(from, 10) + "\n\n")
+	if !flush() {
+		return
+	}
+	write := func(ev api.Event) bool {
+		if ev.ID <= from {
+			return true
+		}
+		from = ev.ID
+		if !controller.MatchType(types, ev.Type) {
+			return true
+		}
+		data, err := json.Marshal(ev)
+		if err != nil {
+			return false
+		}
+		bw.WriteString("id: " + strconv.FormatInt(ev.ID, 10) + "\nevent: " + ev.Type + "\ndata: ")
+		bw.Write(data)
+		bw.WriteString("\n\n")
+		if bw.Buffered() > 16<<10 {
+			return flush()
+		}
+		return true
+	}
+
+	// Replay from the table.
+	st := s.ctl.Config().Store
+	for {
+		evs, err := st.EventsSince(ctx, from, 500)
+		if err != nil {
+			return
+		}
+		for _, e := range evs {
+			if !write(controller.FromStore(e)) {
+				return
+			}
+		}
+		if !flush() {
+			return
+		}
+		if len(evs) < 500 {
+			break
+		}
+	}
+
+	keep := time.NewTicker(s.opts.SSEKeepAlive)
+	defer keep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-sub.C:
+			if !ok {
+				// Dropped for falling behind (or the daemon is stopping):
+				// end the response; the client resumes from its last id.
+				return
+			}
+			if !write(ev) {
+				return
+			}
+			// Batch what is already queued, then flush once.
+			for more := true; more; {
+				select {
+				case ev, ok := <-sub.C:
+					if !ok {
+						flush()
+						return
+					}
+					if !write(ev) {
+						return
+					}
+				default:
+					more = false
+				}
+			}
+			if !flush() {
+				return
+			}
+		case <-keep.C:
+			bw.WriteString(": keep-alive\n\n")
+			if !flush() {
+				return
+			}
+		}
+	}
+}

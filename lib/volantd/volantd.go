@@ -1,0 +1,390 @@
+// Package volantd wires the daemon together: state database, host
+// network, VM runtime, controller, HTTP listeners. cmd/volantd parses
+// flags into a Config and calls Serve; tests call Serve in-process.
+//
+// Startup order, so that nothing is served on a state that is not true:
+//
+//  1. open (and migrate) the database;
+//  2. make the bridge (hostnet.Setup, idempotent) unless told not to;
+//  3. reconcile: adopt live VMs, resume interrupted steps, mark dead VMs
+//     crashed, free leases and taps of VMs that do not exist;
+//  4. listen: the API on the unix socket and/or TCP (or the sockets systemd
+//     passed), the agent endpoint on the bridge's gateway address;
+//  5. tell systemd READY=1 (Config.Notify);
+//  6. run: event bus, deployment reconciler, health watchers.
+//
+// On ctx's end it stops serving (streams end), stops the background work
+// and closes the database. VMs keep running: each is its own
+// `volant-launch run` process, adopted by the next volantd.
+package volantd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/hostnet"
+	"github.com/volantvm/volant/lib/ipam"
+	"github.com/volantvm/volant/lib/launch"
+	"github.com/volantvm/volant/lib/server"
+	"github.com/volantvm/volant/lib/store"
+)
+
+// Defaults.
+const (
+	DefaultSocket  = "/run/volant/volantd.sock"
+	DefaultDataDir = "/var/lib/volant"
+	DefaultRunRoot = "/run/volant/vms"
+	// DefaultAgentPort is the port of the agent endpoint on the gateway.
+	DefaultAgentPort = 7070
+)
+
+// Config is everything Serve needs.
+type Config struct {
+	// Socket is the unix socket of the API ("" for none). Mode 0660.
+	Socket string
+	// Listen is a TCP address for the API as well ("" for none); Token is
+	// then required.
+	Listen string
+	Token  string
+	// Listeners are sockets passed by systemd (socket activation); when
+	// any are given, Socket and Listen are not opened. TCP ones need Token.
+	Listeners []net.Listener
+
+	DB      string
+	DataDir string
+	RunRoot string
+	// CacheDir caches boot images (default DataDir/cache).
+	CacheDir string
+
+	// Bridge and Subnet are the guest network; the gateway is the
+	// subnet's first address.
+	Bridge string
+	Subnet string
+	// SetupNetwork makes the bridge (and NAT with NAT) at startup.
+	SetupNetwork bool
+	NAT          bool
+	// AgentListen is where kestrel reports: default <gateway>:7070;
+	// "off" disables it (health then comes from polling only).
+	AgentListen string
+	DNS         []string
+
+	// Launch: kernel, boot initramfs, kestrel, hypervisor, acceleration.
+	Launch controller.LaunchDefaults
+	// KernelDir is lib/launch's kernel directory (default for Launch.Kernel).
+	KernelDir string
+	// Launcher is the volant-launch binary (FindLauncher).
+	Launcher string
+	// VMRunner is auto (systemd units where systemd is PID 1, else
+	// detached children), systemd or detached.
+	VMRunner string
+
+	HealthInterval time.Duration
+	StopTimeout    time.Duration
+	StartTimeout   time.Duration
+
+	// Notify receives sd_notify states (READY=1, STOPPING=1, STATUS=...).
+	Notify func(state string)
+	// Ready, when set, is called with the addresses served once serving.
+	Ready  func(Addrs)
+	Logger *slog.Logger
+}
+
+// Addrs are where a running daemon serves.
+type Addrs struct {
+	API   []net.Addr
+	Agent net.Addr
+}
+
+func (c *Config) defaults() {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.DB == "" {
+		c.DB = filepath.Join(c.DataDir, "volant.db")
+	}
+	if c.RunRoot == "" {
+		c.RunRoot = DefaultRunRoot
+	}
+	if c.CacheDir == "" {
+		c.CacheDir = filepath.Join(c.DataDir, "cache")
+	}
+	if c.Bridge == "" {
+		c.Bridge = "vbr0"
+	}
+	if c.VMRunner == "" {
+		c.VMRunner = "auto"
+	}
+	if c.Notify == nil {
+		c.Notify = func(string) {}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate checks a config before anything is opened.
+func (c *Config) Validate() error {
+	c.defaults()
+	tcp := c.Listen != ""
+	for _, l := range c.Listeners {
+		if l.Addr().Network() == "tcp" {
+			tcp = true
+		}
+	}
+	if tcp && c.Token == "" {
+		return apierr.New(apierr.Usage, "refusing to serve the API on TCP without a token: give --token (or VOLANT_TOKEN), or use the unix socket").
+			With("listen", c.Listen)
+	}
+	if c.Socket == "" && c.Listen == "" && len(c.Listeners) == 0 {
+		return apierr.New(apierr.Usage, "nothing to listen on: give --socket and/or --listen")
+	}
+	switch c.VMRunner {
+	case "auto", "systemd", "detached":
+	default:
+		return apierr.New(apierr.Usage, "--vm-runner %q: use auto, systemd or detached", c.VMRunner)
+	}
+	if _, err := (ipam.PoolConfig{Subnet: c.Subnet}).Pool(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Serve runs the daemon until ctx ends.
+func Serve(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Logger
+	pool, _ := ipam.PoolConfig{Subnet: cfg.Subnet}.Pool()
+
+	st, err := store.Open(ctx, cfg.DB, store.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	hn := &hostnet.Host{Log: log}
+	if cfg.SetupNetwork {
+		res, err := hn.Setup(ctx, hostnet.Config{Bridge: cfg.Bridge, CIDR: netip.PrefixFrom(pool.Gateway, pool.Subnet.Bits()).String(), NAT: cfg.NAT})
+		if err != nil {
+			return fmt.Errorf("setting up the bridge %s: %w", cfg.Bridge, err)
+		}
+		if res.Changed {
+			log.Info("host network set up", "bridge", res.Bridge, "address", res.Address, "nat", res.NAT)
+		}
+	}
+
+	lo := launch.Options{KernelDir: cfg.KernelDir, Kestrel: cfg.Launch.Kestrel, RunRoot: cfg.RunRoot, StateDir: cfg.DataDir, CacheDir: cfg.CacheDir, Logger: log}
+	runner, err := pickRunner(cfg, lo, log)
+	if err != nil {
+		return err
+	}
+	rt := &controller.LaunchRuntime{Options: lo, Runner: runner, StartTimeout: cfg.StartTimeout}
+
+	agentHost, agentPort := pool.Gateway.String(), DefaultAgentPort
+	if cfg.AgentListen != "" && cfg.AgentListen != "off" {
+		h, p, err := splitHostPort(cfg.AgentListen)
+		if err != nil {
+			return apierr.New(apierr.Usage, "--agent-listen %q: %v", cfg.AgentListen, err)
+		}
+		if h != "" && h != "0.0.0.0" {
+			agentHost = h
+		}
+		agentPort = p
+	}
+	ctl, err := controller.New(controller.Config{
+		Store: st, Pool: pool, Bridge: cfg.Bridge, DataDir: cfg.DataDir, Runtime: rt, Network: hn,
+		Launch: cfg.Launch, AgentHost: agentHost, AgentPort: agentPort, DNS: cfg.DNS,
+		HealthInterval: cfg.HealthInterval, StopTimeout: cfg.StopTimeout, StartTimeout: cfg.StartTimeout, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	cfg.Notify("STATUS=reconciling VMs")
+	rep, err := ctl.Reconcile(ctx)
+	if err != nil {
+		return fmt.Errorf("reconciling state at startup: %w", err)
+	}
+	log.Info("startup reconciliation", "adopted", rep.Adopted, "resumed", rep.Resumed, "crashed", rep.Crashed,
+		"freed_leases", rep.FreedLeases, "removed_taps", rep.RemovedTaps, "orphan_runs", rep.OrphanRuns)
+
+	srv := server.New(ctl, server.Options{Token: cfg.Token, Logger: log})
+	lns, closeLns, err := apiListeners(cfg)
+	if err != nil {
+		return err
+	}
+	defer closeLns()
+
+	// Streams (events, log follows) end when serving stops.
+	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
+	var servers []*http.Server
+	addrs := Addrs{}
+	errc := make(chan error, len(lns)+1)
+	serve := func(l net.Listener, h http.Handler) {
+		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return serveCtx }}
+		servers = append(servers, hs)
+		go func() {
+			if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serving on %s: %w", l.Addr(), err)
+			}
+		}()
+	}
+	for _, l := range lns {
+		serve(l, srv.Handler(l.Addr().Network() != "unix"))
+		addrs.API = append(addrs.API, l.Addr())
+		log.Info("serving the API", "addr", l.Addr().String(), "network", l.Addr().Network())
+	}
+	if cfg.AgentListen != "off" {
+		addr := net.JoinHostPort(agentHost, strconv.Itoa(agentPort))
+		if cfg.AgentListen != "" {
+			addr = cfg.AgentListen
+		}
+		al, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+		if err != nil {
+			// Without it kestrel's reports are lost, but health still comes
+			// from polling: degrade, say so, keep going.
+			log.Warn("cannot listen for kestrel's reports; health comes from polling only", "addr", addr, "err", err)
+		} else {
+			defer al.Close()
+			serve(al, srv.AgentHandler())
+			addrs.Agent = al.Addr()
+			log.Info("serving the agent endpoint", "addr", al.Addr().String())
+		}
+	}
+
+	var bg sync.WaitGroup
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	bg.Add(1)
+	go func() { defer bg.Done(); ctl.Run(runCtx) }()
+
+	cfg.Notify(fmt.Sprintf("READY=1\nSTATUS=serving; %d VMs adopted, %d resumed, %d crashed", len(rep.Adopted), len(rep.Resumed), len(rep.Crashed)))
+	if cfg.Ready != nil {
+		cfg.Ready(addrs)
+	}
+
+	var serr error
+	select {
+	case <-ctx.Done():
+	case serr = <-errc:
+	}
+	cfg.Notify("STOPPING=1")
+	log.Info("shutting down; VMs keep running")
+	stopServing()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	for _, hs := range servers {
+		_ = hs.Shutdown(sctx)
+	}
+	cancel()
+	stopRun()
+	bg.Wait()
+	return serr
+}
+
+func splitHostPort(s string) (string, int, error) {
+	h, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, err
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n <= 0 || n > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", p)
+	}
+	return h, n, nil
+}
+
+func pickRunner(cfg Config, lo launch.Options, log *slog.Logger) (controller.Runner, error) {
+	mode := cfg.VMRunner
+	if mode == "auto" {
+		mode = "detached"
+		if controller.SystemdRunning() && cfg.DataDir == DefaultDataDir && cfg.RunRoot == DefaultRunRoot {
+			mode = "systemd"
+		}
+	}
+	if mode == "systemd" {
+		if cfg.DataDir != DefaultDataDir || cfg.RunRoot != DefaultRunRoot {
+			return nil, apierr.New(apierr.Usage, "--vm-runner systemd needs the default --data-dir and --run-root (volant-vm@.service reads /var/lib/volant/vms/NAME/spec.json)")
+		}
+		log.Info("VMs run as systemd units volant-vm@NAME")
+		return controller.SystemdRunner{}, nil
+	}
+	launcher, err := controller.FindLauncher(cfg.Launcher)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("VMs run as detached volant-launch processes", "launcher", launcher)
+	return &controller.DetachedRunner{Launcher: launcher, Env: controller.Environ(lo), StateDir: lo.StateDir, Logger: log}, nil
+}
+
+// apiListeners returns the API's listeners: systemd's, or the unix socket
+// and the TCP address of the config.
+func apiListeners(cfg Config) ([]net.Listener, func(), error) {
+	if len(cfg.Listeners) > 0 {
+		return cfg.Listeners, func() {}, nil
+	}
+	var lns []net.Listener
+	closeAll := func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}
+	if cfg.Socket != "" {
+		l, err := listenUnix(cfg.Socket)
+		if err != nil {
+			return nil, nil, err
+		}
+		lns = append(lns, l)
+	}
+	if cfg.Listen != "" {
+		l, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			closeAll()
+			return nil, nil, apierr.Wrap(apierr.Unavailable, err, "listening on "+cfg.Listen)
+		}
+		lns = append(lns, l)
+	}
+	return lns, closeAll, nil
+}
+
+// listenUnix listens on path with mode 0660, replacing a stale socket
+// file but refusing one another daemon still serves.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, apierr.Wrap(apierr.Unavailable, err, "creating the socket's directory")
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return nil, apierr.New(apierr.Conflict, "%s exists and is not a socket", path).With("socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, apierr.New(apierr.Conflict, "another volantd is serving on %s", path).With("socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, apierr.Wrap(apierr.Unavailable, err, "removing the stale socket "+path)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, apierr.Wrap(apierr.Unavailable, err, "listening on "+path)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(true)
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, apierr.Wrap(apierr.Unavailable, err, "setting the mode of "+path)
+	}
+	return l, nil
+}
