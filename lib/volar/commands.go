@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/volantvm/volant/lib/api"
@@ -175,6 +176,10 @@ func (s *Session) CreateVM(ctx context.Context, req api.CreateVMRequest, w WaitO
 	if req.CPUCores < 0 || req.MemoryMB < 0 {
 		return usage("leave --cpu and --memory out for the plugin's defaults", "--cpu and --memory must be positive")
 	}
+	var mark eventMark
+	if w.Wait {
+		mark = s.markEvents(ctx)
+	}
 	vm, err := s.Client.CreateVM(ctx, req)
 	if err != nil {
 		return err
@@ -187,7 +192,7 @@ func (s *Session) CreateVM(ctx context.Context, req api.CreateVMRequest, w WaitO
 			return err
 		}
 	}
-	vm, err = s.waitFor(ctx, vm.Name, w)
+	vm, err = s.waitFor(ctx, vm.Name, w, mark, true)
 	if err != nil {
 		return err
 	}
@@ -206,7 +211,8 @@ func (s *Session) ShowVM(ctx context.Context, name string) error {
 	return s.Out.VM(vm)
 }
 
-// VMAction is start, stop, restart and delete. start and restart honour w.
+// VMAction is start, stop, restart and delete. start and restart honour w:
+// with Wait they print the VM once it reached the state.
 func (s *Session) VMAction(ctx context.Context, action, name string, w WaitOptions) error {
 	acts := map[string]struct {
 		do   func(context.Context, string) (*api.VM, error)
@@ -221,16 +227,22 @@ func (s *Session) VMAction(ctx context.Context, action, name string, w WaitOptio
 	if !ok {
 		return fmt.Errorf("unknown VM action %q", action)
 	}
+	wait := w.Wait && (action == "start" || action == "restart")
+	var mark eventMark
+	if wait {
+		mark = s.markEvents(ctx)
+	}
 	vm, err := a.do(ctx, name)
 	if err != nil {
 		return err
 	}
-	if w.Wait && (action == "start" || action == "restart") {
-		if vm, err = s.waitFor(ctx, name, w); err != nil {
-			return err
-		}
+	if !wait {
+		return s.Out.VMAction(vm, a.verb)
 	}
-	return s.Out.VMAction(vm, a.verb)
+	if vm, err = s.waitFor(ctx, name, w, mark, true); err != nil {
+		return err
+	}
+	return s.Out.VMReached(vm)
 }
 
 // WaitVM is `volar vms wait NAME --state S`.
@@ -239,22 +251,50 @@ func (s *Session) WaitVM(ctx context.Context, name string, w WaitOptions) error 
 	if w.State != "" && !w.State.Valid() {
 		return usage("states: "+stateList(), "unknown VM state %q", w.State)
 	}
-	vm, err := s.waitFor(ctx, name, w)
+	vm, err := s.waitFor(ctx, name, w, s.markEvents(ctx), false)
 	if err != nil {
 		return err
 	}
 	return s.Out.VMReached(vm)
 }
 
-// waitFor waits for a VM state through the daemon's long poll while
-// printing the VM's events on stderr as progress.
-func (s *Session) waitFor(ctx context.Context, name string, w WaitOptions) (*api.VM, error) {
-	w = w.withDefaults()
-	ctx, cancel := context.WithCancel(ctx)
+// eventMark is where the event log stood before an action, so the
+// progress of a wait starts with the action's own events.
+type eventMark struct {
+	id int64
+	ok bool // false: the daemon did not say; progress shows new events only
+}
+
+func (s *Session) markEvents(ctx context.Context) eventMark {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	h, err := s.Client.Health(ctx)
+	if err != nil {
+		return eventMark{}
+	}
+	return eventMark{id: h.LastEventID, ok: true}
+}
+
+// waitFor waits for a VM state through the daemon's long poll while
+// printing the VM's events since mark on stderr as progress. Once the wait
+// is over it lets the progress catch up (for at most 2 s), so the lines
+// are complete and come before the result: until the event that put the
+// VM in the state has been printed when the wait follows an action
+// (expect), else until the reader has seen the newest event the daemon
+// reports.
+func (s *Session) waitFor(ctx context.Context, name string, w WaitOptions, mark eventMark, expect bool) (*api.VM, error) {
+	w = w.withDefaults()
 	s.Out.progress("Waiting for VM %s to be %s...", name, w.State)
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var seen atomic.Int64
+	var reached atomic.Bool
+	tick := make(chan struct{}, 1)
 	done := make(chan struct{})
-	if stream, err := s.Client.Events(ctx, api.EventOptions{Types: []string{"vm.*"}}); err == nil {
+	// Not filtered by type on the server: every ID passes by, so the
+	// reader knows when it has caught up.
+	o := api.EventOptions{Since: mark.id, FromStart: mark.ok && mark.id == 0}
+	if stream, err := s.Client.Events(pctx, o); err == nil {
 		go func() {
 			defer close(done)
 			defer stream.Close()
@@ -263,8 +303,16 @@ func (s *Session) waitFor(ctx context.Context, name string, w WaitOptions) (*api
 				if err != nil {
 					return
 				}
-				if ev.ResourceID == name {
+				if ev.ResourceID == name && strings.HasPrefix(ev.Type, "vm.") {
 					s.Out.progress("  %s", describeVMEvent(&ev))
+					if eventState(&ev) == w.State {
+						reached.Store(true)
+					}
+				}
+				seen.Store(ev.ID)
+				select {
+				case tick <- struct{}{}:
+				default:
 				}
 			}
 		}()
@@ -272,9 +320,38 @@ func (s *Session) waitFor(ctx context.Context, name string, w WaitOptions) (*api
 		close(done) // progress is a nicety; the wait itself decides
 	}
 	vm, err := s.Client.WaitVM(ctx, name, w.State, w.Timeout)
+	if err == nil {
+		end := s.markEvents(ctx)
+		caughtUp := func() bool {
+			if expect {
+				return reached.Load()
+			}
+			return !end.ok || seen.Load() >= end.id
+		}
+		deadline := time.After(2 * time.Second)
+	catchUp:
+		for !caughtUp() {
+			select {
+			case <-tick:
+			case <-done:
+				break catchUp
+			case <-deadline:
+				break catchUp
+			}
+		}
+	}
 	cancel()
 	<-done
 	return vm, err
+}
+
+// eventState is the state a VM event says the VM is in ("" if none).
+func eventState(ev *api.Event) api.VMState {
+	var d struct {
+		State api.VMState `json:"state"`
+	}
+	_ = json.Unmarshal(ev.Data, &d)
+	return d.State
 }
 
 // describeVMEvent is a progress line for a VM event.

@@ -95,6 +95,14 @@ func Report(w io.Writer, err error, t *Target, asJSON bool) int {
 	case t != nil && Unreachable(err):
 		status = ExitUnreachable
 		e = unreachableError(e, *t)
+	case e.Code == apierr.Unauthorized:
+		// The daemon's hint speaks HTTP; say it in volar's words.
+		details := map[string]any{}
+		for k, v := range e.Details {
+			details[k] = v
+		}
+		details["hint"] = "give volantd's token with --token or VOLANT_TOKEN (the one volantd was started with)"
+		e = &apierr.Error{Code: e.Code, Message: e.Message, Details: details, Err: e.Err}
 	}
 	if asJSON {
 		b, merr := marshalCompact(e)

@@ -70,6 +70,7 @@ func TestConsoleDetachKey(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, received, "echo hi\nls\n")
 	if got := received.String(); got != "echo hi\nls\n" {
 		t.Errorf("guest received %q", got)
 	}
@@ -88,6 +89,7 @@ func TestConsoleOtherEscapeAndNone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, received, "a\x1db\n")
 	if got := received.String(); got != "a\x1db\n" {
 		t.Errorf("guest received %q", got)
 	}
@@ -102,6 +104,7 @@ func TestConsoleOtherEscapeAndNone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, received, "x\x1d\nlast\n")
 	if got := received.String(); got != "x\x1d\nlast\n" {
 		t.Errorf("guest received %q", got)
 	}
