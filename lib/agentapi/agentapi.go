@@ -61,11 +61,21 @@ type Status struct {
 	VM       string         `json:"vm,omitempty"`
 	Plugin   string         `json:"plugin,omitempty"`
 	Agent    string         `json:"agent"` // kestrel's version
-	Boot     string         `json:"boot"`  // initramfs | rootfs
+	Boot     string         `json:"boot"`  // initramfs | rootfs; none for `kestrel run` outside a guest
 	UptimeMS int64          `json:"uptime_ms"`
 	Workload WorkloadStatus `json:"workload"`
 	Health   HealthStatus   `json:"health"`
-	Time     time.Time      `json:"time"`
+	// Memory is kestrel's and the guest's memory use, when kestrel can read
+	// it (/proc/self/status, /proc/meminfo).
+	Memory *MemoryStatus `json:"memory,omitempty"`
+	Time   time.Time     `json:"time"`
+}
+
+// MemoryStatus is memory use in KiB, as /proc reports it.
+type MemoryStatus struct {
+	AgentRSSKiB       int64 `json:"agent_rss_kib"`                 // kestrel's VmRSS
+	GuestTotalKiB     int64 `json:"guest_total_kib,omitempty"`     // MemTotal
+	GuestAvailableKiB int64 `json:"guest_available_kib,omitempty"` // MemAvailable
 }
 
 // WorkloadStatus describes the supervised process.

@@ -206,10 +206,9 @@ func (c *Client) do(ctx context.Context, r request) (*http.Response, context.Can
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		// Classify before cancel: after it ctx.Err() is always Canceled.
-		terr := c.transportErr(ctx, r, err)
+		err = c.transportErr(ctx, r, err)
 		cancel()
-		return nil, nil, terr
+		return nil, nil, err
 	}
 	if resp.StatusCode >= 300 {
 		defer cancel()

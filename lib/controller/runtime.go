@@ -61,6 +61,9 @@ type RunInfo struct {
 	VMM        supervise.Identity `json:"vmm"`
 	StartedAt  time.Time          `json:"started_at"`
 	SerialLog  string             `json:"serial_log,omitempty"`
+	// Adopted is set by Start when the run existed already (started by an
+	// earlier daemon, or by systemd) instead of being started by it.
+	Adopted bool `json:"adopted,omitempty"`
 }
 
 // Live reports whether the run is alive or coming up.
@@ -151,8 +154,10 @@ func (r *LaunchRuntime) Start(ctx context.Context, name, specPath string) (*RunI
 	// crash, or by systemd) is adopted, not started a second time.
 	var exited <-chan struct{}
 	info, err := r.Inspect(ctx, name)
+	adopted := false
 	switch {
 	case err == nil && info.Live():
+		adopted = true
 	case err == nil || apierr.Is(err, apierr.NotFound):
 		if err == nil && !info.Live() {
 			// A run that died left its directory: clear it.
@@ -183,6 +188,7 @@ func (r *LaunchRuntime) Start(ctx context.Context, name, specPath string) (*RunI
 		info, err := r.Inspect(ctx, name)
 		switch {
 		case err == nil && answering(info):
+			info.Adopted = adopted || ended()
 			return info, nil
 		case err == nil && info.Live():
 			seenLive = true

@@ -456,10 +456,15 @@ func (c *Controller) recordRun(ctx context.Context, name string, info *RunInfo, 
 			v.Health = string(agentapi.HealthUnknown)
 		}
 		v.Error = ""
-		switch {
-		case !same:
-			return appendVMEvent(ctx, tx, api.EventVMStarted, v, vmEvent{PID: v.PID, IP: v.IP})
-		case adopted:
+		if !same {
+			// The first record of this run.
+			if err := appendVMEvent(ctx, tx, api.EventVMStarted, v, vmEvent{PID: v.PID, IP: v.IP}); err != nil {
+				return err
+			}
+		}
+		if adopted || info.Adopted {
+			// A run this daemon did not start (an earlier daemon did, or
+			// systemd), now watched.
 			return appendVMEvent(ctx, tx, api.EventVMAdopted, v, vmEvent{PID: v.PID, IP: v.IP})
 		}
 		return nil

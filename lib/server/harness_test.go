@@ -263,3 +263,20 @@ func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Logf("%s", bytes.TrimRight(b, "\n"))
 	return len(b), nil
 }
+
+func newServer(t *testing.T, s *server.Server) *httptest.Server {
+	ts := httptest.NewServer(s.Handler(false))
+	t.Cleanup(func() {
+		ts.CloseClientConnections()
+		ts.Close()
+	})
+	return ts
+}
+
+func mustClient(t *testing.T, ts *httptest.Server) *client.Client {
+	c, err := client.New(ts.URL, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

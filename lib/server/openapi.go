@@ -12,6 +12,8 @@ import (
 
 	"github.com/invopop/jsonschema"
 
+	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/buildinfo"
 )
@@ -27,8 +29,8 @@ func schemaName(t reflect.Type) string {
 	switch {
 	case strings.HasSuffix(t.PkgPath(), "/lib/agentapi"):
 		return "Agent" + t.Name()
-	case strings.HasSuffix(t.PkgPath(), "/lib/apierr"):
-		return "Error"
+	case strings.HasSuffix(t.PkgPath(), "/lib/apierr") && t.Name() != "Error":
+		return "Error" + t.Name()
 	}
 	return t.Name()
 }
@@ -62,9 +64,38 @@ func (ss *schemaSet) ref(v any) (map[string]any, error) {
 	return map[string]any{"$ref": "#/components/schemas/" + schemaName(t)}, nil
 }
 
+// mapType gives the closed string types their values.
+func mapType(t reflect.Type) *jsonschema.Schema {
+	enum := func(vals ...string) *jsonschema.Schema {
+		s := &jsonschema.Schema{Type: "string"}
+		for _, v := range vals {
+			s.Enum = append(s.Enum, v)
+		}
+		return s
+	}
+	switch t {
+	case reflect.TypeOf(apierr.Code("")):
+		var codes []string
+		for _, c := range apierr.Codes() {
+			codes = append(codes, string(c))
+		}
+		sort.Strings(codes)
+		return enum(codes...)
+	case reflect.TypeOf(api.VMState("")):
+		var states []string
+		for _, s := range api.VMStates() {
+			states = append(states, string(s))
+		}
+		return enum(states...)
+	case reflect.TypeOf(agentapi.HealthState("")):
+		return enum("", string(agentapi.HealthUnknown), string(agentapi.HealthHealthy), string(agentapi.HealthUnhealthy))
+	}
+	return nil
+}
+
 func openAPI(routes []route) ([]byte, error) {
 	ss := &schemaSet{
-		r:    &jsonschema.Reflector{Namer: schemaName},
+		r:    &jsonschema.Reflector{Namer: schemaName, Mapper: mapType},
 		defs: map[string]*jsonschema.Schema{},
 	}
 	errRef, err := ss.ref(apierr.Error{})

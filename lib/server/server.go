@@ -271,7 +271,11 @@ func remoteAddr(r *http.Request) netip.Addr {
 // --- handlers ---
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	last, _ := s.ctl.Bus().LastID(r.Context())
+	last, err := controller.LastEventID(r.Context(), s.ctl.Config().Store)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Version: buildinfo.String(), Ready: s.ctl.Ready(), LastEventID: last})
 }
 

@@ -30,6 +30,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
@@ -169,6 +170,21 @@ func Serve(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
 	pool, _ := ipam.PoolConfig{Subnet: cfg.Subnet}.Pool()
 
+	// One daemon per database: a second one would reconcile (and free)
+	// what the first runs.
+	unlock, err := lockDB(cfg.DB)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	// Listen before anything else: a taken socket fails fast, and clients
+	// that connect during reconciliation wait in the backlog.
+	lns, closeLns, err := apiListeners(cfg)
+	if err != nil {
+		return err
+	}
+	defer closeLns()
+
 	st, err := store.Open(ctx, cfg.DB, store.Options{Logger: log})
 	if err != nil {
 		return err
@@ -222,11 +238,6 @@ func Serve(ctx context.Context, cfg Config) error {
 		"freed_leases", rep.FreedLeases, "removed_taps", rep.RemovedTaps, "orphan_runs", rep.OrphanRuns)
 
 	srv := server.New(ctl, server.Options{Token: cfg.Token, Logger: log})
-	lns, closeLns, err := apiListeners(cfg)
-	if err != nil {
-		return err
-	}
-	defer closeLns()
 
 	// Streams (events, log follows) end when serving stops.
 	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
@@ -387,4 +398,25 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, apierr.Wrap(apierr.Unavailable, err, "setting the mode of "+path)
 	}
 	return l, nil
+}
+
+// lockDB takes an exclusive lock next to the database for the daemon's
+// life (CONFLICT when another volantd holds it).
+func lockDB(db string) (func(), error) {
+	path := db + ".volantd-lock"
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, apierr.Wrap(apierr.Unavailable, err, "creating the database directory")
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, apierr.Wrap(apierr.Unavailable, err, "opening "+path)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, apierr.New(apierr.Conflict, "another volantd uses the database %s", db).With("db", db).With("lock", path)
+		}
+		return nil, apierr.Wrap(apierr.Unavailable, err, "locking "+path)
+	}
+	return func() { f.Close() }, nil
 }

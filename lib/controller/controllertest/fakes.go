@@ -81,7 +81,9 @@ func (r *Runtime) Start(ctx context.Context, name, _ string) (*controller.RunInf
 		return nil, err
 	}
 	if ru := r.runs[name]; ru != nil {
-		return ru.info, nil // adopt
+		cp := *ru.info
+		cp.Adopted = true
+		return &cp, nil
 	}
 	r.next++
 	r.starts[name]++

@@ -6,6 +6,9 @@ package guesttest
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,17 +71,25 @@ func Kestrel(t testing.TB) string {
 			buildErr = err
 			return
 		}
-		dir, err := os.MkdirTemp("", "volant-kestrel-")
-		if err != nil {
+		// One shared path, replaced atomically by each test process, so
+		// test runs leave no trail of temporary directories.
+		dir := filepath.Join(os.TempDir(), "volant-test-kestrel")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			buildErr = err
 			return
 		}
-		built = filepath.Join(dir, "kestrel")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", built, "./cmd/kestrel")
+		tmp := filepath.Join(dir, fmt.Sprintf(".kestrel-%d", os.Getpid()))
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", tmp, "./cmd/kestrel")
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
+			os.Remove(tmp)
 			buildErr = &buildError{err: err, out: string(out)}
+			return
+		}
+		built = filepath.Join(dir, fmt.Sprintf("kestrel-%x", sha256File(tmp)))
+		if err := os.Rename(tmp, built); err != nil {
+			buildErr = err
 		}
 	})
 	if buildErr != nil {
@@ -101,4 +112,15 @@ func ModuleRoot() (string, error) {
 		return "", err
 	}
 	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+func sha256File(p string) []byte {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	h := sha256.New()
+	io.Copy(h, f)
+	return h.Sum(nil)[:6]
 }

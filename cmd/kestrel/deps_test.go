@@ -1,0 +1,89 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// allowed lists what kestrel may link besides the standard library. It is
+// an allow-list on purpose: a new dependency must be added here, in a
+// reviewed change, after checking what it costs the guest.
+var allowed = []string{
+	"github.com/volantvm/volant/cmd/kestrel",
+	"github.com/volantvm/volant/lib/kestrel", // and its subpackages
+	"github.com/volantvm/volant/lib/agentapi",
+	"github.com/volantvm/volant/lib/apierr",
+	"github.com/volantvm/volant/lib/bootargs",
+	"github.com/volantvm/volant/lib/buildinfo",
+	"github.com/volantvm/volant/lib/kmod",
+	"github.com/volantvm/volant/lib/manifest",
+	"github.com/volantvm/volant/lib/names", // lib/manifest's name rule; stdlib + apierr only
+	"golang.org/x/sys/unix",
+	"github.com/vishvananda/netlink",
+	"github.com/vishvananda/netns",
+	"github.com/klauspost/compress", // kmod: .ko.zst
+	"github.com/ulikunitz/xz",       // kmod: .ko.xz
+	// lib/manifest's JSON Schema generator. kestrel never calls it and the
+	// linker drops its code, but the import is there.
+	"github.com/invopop/jsonschema",
+	"github.com/pb33f/ordered-map/v2",
+	"github.com/bahlo/generic-list-go",
+	"github.com/buger/jsonparser",
+	"go.yaml.in/yaml/v4",
+}
+
+// forbidden are named so a failure says plainly what went wrong.
+var forbidden = []string{
+	"github.com/volantvm/volant/lib/store", "github.com/volantvm/volant/lib/server",
+	"github.com/volantvm/volant/lib/client", "github.com/volantvm/volant/lib/launch",
+	"github.com/volantvm/volant/lib/vmm", "github.com/volantvm/volant/lib/ipam",
+	"github.com/volantvm/volant/lib/hostnet", "github.com/volantvm/volant/lib/fledge",
+	"github.com/volantvm/volant/lib/cli", "github.com/volantvm/volant/lib/initramfs",
+	"github.com/volantvm/volant/lib/bootimage", "github.com/volantvm/volant/lib/testutil",
+	"github.com/mattn/go-sqlite3", "github.com/containers/image", "github.com/opencontainers/umoci",
+	"github.com/google/go-containerregistry", "github.com/u-root/u-root",
+	"github.com/modelcontextprotocol", "github.com/mark3labs/mcp-go",
+}
+
+func under(pkg, prefix string) bool { return pkg == prefix || strings.HasPrefix(pkg, prefix+"/") }
+
+func TestImportGraph(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}} {{.Standard}} {{len .CgoFiles}}", ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	n := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			t.Fatalf("unexpected go list line %q", line)
+		}
+		pkg, std, cgo := f[0], f[1] == "true", f[2] != "0"
+		n++
+		if cgo {
+			t.Errorf("%s has cgo files: kestrel must build with CGO_ENABLED=0", pkg)
+		}
+		for _, bad := range forbidden {
+			if under(pkg, bad) {
+				t.Errorf("kestrel imports %s: the guest agent must not link the daemon's, SQLite's or the image libraries' code", pkg)
+			}
+		}
+		if std {
+			continue
+		}
+		ok := false
+		for _, a := range allowed {
+			ok = ok || under(pkg, a)
+		}
+		if !ok {
+			t.Errorf("kestrel imports %s, which is not on the allow-list in deps_test.go", pkg)
+		}
+	}
+	if n < 20 {
+		t.Fatalf("go list returned only %d packages; the check is not looking", n)
+	}
+}

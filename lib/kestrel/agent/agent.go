@@ -1,0 +1,278 @@
+// Package agent is kestrel's steady state, the same in a guest and outside
+// one: it serves the HTTP API, obtains the manifest, supervises the
+// workload, probes its health and reports every change to the control
+// plane. The guest-only duties (mounts, modules, network, power) are done
+// around it by lib/kestrel/boot.
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/kestrel/api"
+	"github.com/volantvm/volant/lib/kestrel/console"
+	"github.com/volantvm/volant/lib/kestrel/health"
+	"github.com/volantvm/volant/lib/kestrel/reaper"
+	"github.com/volantvm/volant/lib/kestrel/report"
+	"github.com/volantvm/volant/lib/kestrel/ringbuf"
+	"github.com/volantvm/volant/lib/kestrel/supervisor"
+	"github.com/volantvm/volant/lib/manifest"
+)
+
+// Config is one agent run.
+type Config struct {
+	VM, Plugin string
+	// Boot is what Status reports as boot: "initramfs", "rootfs", or
+	// "none" outside a guest.
+	Boot    string
+	Version string
+	// Listen is the API's address, e.g. ":8080".
+	Listen string
+	// ReportURL is where state changes are posted; "" disables reporting.
+	ReportURL string
+	// Console receives the workload's output (through a non-blocking
+	// buffer) besides the log ring.
+	Console io.Writer
+	// RingSize is the log ring's size (ringbuf.DefaultSize if 0).
+	RingSize int
+	// StopGrace overrides the workload's SIGTERM-to-SIGKILL grace period.
+	StopGrace time.Duration
+	// Uptime returns the time since boot; nil means since New.
+	Uptime func() time.Duration
+	// BeforeStart runs once the manifest is known, before the workload
+	// starts (the guest mounts data disks there). An error ends Run.
+	BeforeStart func(ctx context.Context, m *manifest.Manifest) error
+	Log         *slog.Logger
+}
+
+// Agent is a running agent. Create it with New.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	ring    *ringbuf.Buffer
+	started time.Time
+
+	mu       sync.Mutex
+	m        *manifest.Manifest
+	sup      *supervisor.Supervisor
+	checker  *health.Checker
+	reporter *report.Reporter
+	loadErr  string
+}
+
+// New prepares an agent.
+func New(cfg Config) *Agent {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Console == nil {
+		cfg.Console = io.Discard
+	}
+	a := &Agent{cfg: cfg, log: log, ring: ringbuf.New(cfg.RingSize), started: time.Now()}
+	if cfg.ReportURL != "" {
+		a.reporter = report.New(cfg.ReportURL, log)
+	}
+	return a
+}
+
+// Logs implements api.Backend.
+func (a *Agent) Logs() *ringbuf.Buffer { return a.ring }
+
+// Manifest implements api.Backend.
+func (a *Agent) Manifest() *manifest.Manifest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.m
+}
+
+// Status implements api.Backend.
+func (a *Agent) Status() agentapi.Status {
+	a.mu.Lock()
+	sup, checker, loadErr := a.sup, a.checker, a.loadErr
+	a.mu.Unlock()
+	up := time.Since(a.started)
+	if a.cfg.Uptime != nil {
+		up = a.cfg.Uptime()
+	}
+	st := agentapi.Status{
+		VM: a.cfg.VM, Plugin: a.cfg.Plugin, Agent: a.cfg.Version, Boot: a.cfg.Boot,
+		UptimeMS: up.Milliseconds(),
+		Workload: agentapi.WorkloadStatus{State: agentapi.WorkloadStarting, Error: loadErr},
+		Health:   agentapi.HealthStatus{State: agentapi.HealthUnknown},
+		Memory:   ReadMemory(),
+		Time:     time.Now().UTC(),
+	}
+	if sup != nil {
+		st.Workload = sup.Status()
+	}
+	if checker != nil {
+		st.Health = checker.Status()
+	}
+	return st
+}
+
+func (a *Agent) changed() {
+	if a.reporter != nil {
+		a.reporter.Send(a.Status())
+	}
+}
+
+// Listen opens the API's listener. Run calls it unless given one; callers
+// that must know the port before Run (tests, ":0") call it first.
+func (a *Agent) Listen() (net.Listener, error) {
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listening for the agent API on %s: %w", a.cfg.Listen, err)
+	}
+	return ln, nil
+}
+
+// Run serves the API on ln (a.Listen() when nil), calls load for the
+// manifest (kestrel may be fetching it: /healthz answers meanwhile), then
+// supervises and probes the workload until ctx is done, when it stops the
+// workload gracefully, posts a last report and returns nil. It returns an
+// error when the API cannot listen, the manifest cannot be loaded or
+// BeforeStart fails.
+func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load func(context.Context) (*manifest.Manifest, error)) error {
+	if ln == nil {
+		var err error
+		if ln, err = a.Listen(); err != nil {
+			return err
+		}
+	}
+	srv := &http.Server{Handler: api.Handler(a, a.log), ReadHeaderTimeout: 10 * time.Second}
+	srvDone := make(chan struct{})
+	go func() {
+		defer close(srvDone)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("agent API stopped", "err", err)
+		}
+	}()
+	a.log.Info("agent API listening", "addr", ln.Addr().String())
+	defer func() {
+		a.ring.Close() // ends log followers
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-srvDone
+	}()
+
+	rctx, stopReporter := context.WithCancel(context.Background())
+	defer stopReporter()
+	if a.reporter != nil {
+		go a.reporter.Run(rctx)
+		a.changed()
+	}
+
+	m, err := load(ctx)
+	if err != nil {
+		a.mu.Lock()
+		a.loadErr = err.Error()
+		a.mu.Unlock()
+		a.changed()
+		a.flushReports()
+		return err
+	}
+	a.mu.Lock()
+	a.m = m
+	a.mu.Unlock()
+	if u, err := url.Parse(m.Workload.BaseURL); err == nil && m.Workload.BaseURL != "" && u.Port() == strconv.Itoa(agentapi.Port) {
+		a.log.Warn("the workload's base_url uses kestrel's own API port; it cannot listen there in a guest", "base_url", m.Workload.BaseURL, "port", agentapi.Port)
+	}
+	if a.cfg.BeforeStart != nil {
+		if err := a.cfg.BeforeStart(ctx, m); err != nil {
+			a.mu.Lock()
+			a.loadErr = err.Error()
+			a.mu.Unlock()
+			a.changed()
+			a.flushReports()
+			return err
+		}
+	}
+	spec, err := supervisor.SpecFromManifest(m.Workload)
+	if err != nil {
+		return fmt.Errorf("workload of plugin %s: %w", m.Name, err)
+	}
+	if a.cfg.StopGrace > 0 {
+		spec.StopGrace = a.cfg.StopGrace
+	}
+	out := console.NewAsync(a.cfg.Console, 64<<10)
+	defer out.Close()
+	sup := supervisor.New(spec, r, io.MultiWriter(a.ring, out), a.log, func(agentapi.WorkloadStatus) { a.changed() })
+	var checker *health.Checker
+	if m.HealthCheck != nil && m.Workload.BaseURL != "" {
+		checker = health.NewChecker(m.Workload.BaseURL, *m.HealthCheck, a.log, func(agentapi.HealthStatus) { a.changed() })
+	}
+	a.mu.Lock()
+	a.sup, a.checker = sup, checker
+	a.mu.Unlock()
+
+	var wg sync.WaitGroup
+	hctx, stopHealth := context.WithCancel(ctx)
+	if checker != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); checker.Run(hctx) }()
+	}
+	sup.Run(ctx) // returns at ctx's end (workload stopped) or when the workload is done for good
+	<-ctx.Done()
+	stopHealth()
+	wg.Wait()
+	a.changed()
+	a.flushReports()
+	return nil
+}
+
+// flushReports gives queued reports a moment to reach the control plane
+// before the agent (and likely the VM) goes away.
+func (a *Agent) flushReports() {
+	if a.reporter == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	a.reporter.Flush(ctx)
+}
+
+// ReadMemory reads kestrel's RSS and the guest's memory from /proc; nil when
+// /proc is not there.
+func ReadMemory() *agentapi.MemoryStatus {
+	self, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return nil
+	}
+	m := &agentapi.MemoryStatus{AgentRSSKiB: procKiB(self, "VmRSS:")}
+	if mi, err := os.ReadFile("/proc/meminfo"); err == nil {
+		m.GuestTotalKiB = procKiB(mi, "MemTotal:")
+		m.GuestAvailableKiB = procKiB(mi, "MemAvailable:")
+	}
+	return m
+}
+
+func procKiB(data []byte, key string) int64 {
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := sc.Bytes()
+		if rest, ok := bytes.CutPrefix(line, []byte(key)); ok {
+			f := bytes.Fields(rest)
+			if len(f) > 0 {
+				n, _ := strconv.ParseInt(string(f[0]), 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
+}

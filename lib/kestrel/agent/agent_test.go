@@ -1,0 +1,212 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/kestrel/reaper"
+	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func getStatus(t *testing.T, base string) agentapi.Status {
+	t.Helper()
+	resp, err := http.Get(base + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st agentapi.Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAgentOnHost runs the whole agent outside a guest with busybox httpd
+// as the workload: API, proxy, health, restart, reports, graceful stop.
+func TestAgentOnHost(t *testing.T) {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		netnstest.SkipOrFail(t, "needs busybox (apt-get install busybox-static)")
+	}
+	srvDir := t.TempDir()
+	os.WriteFile(filepath.Join(srvDir, "index.html"), []byte("hello from the workload\n"), 0o644)
+	port := freePort(t)
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	m := &manifest.Manifest{
+		Name: "web", Version: "1",
+		Initramfs: &manifest.Artifact{URL: "/x.cpio"},
+		Workload: manifest.Workload{
+			Entrypoint: []string{bb, "httpd", "-f", "-vv", "-p", "127.0.0.1:" + strconv.Itoa(port), "-h", srvDir},
+			BaseURL:    base, Restart: "always",
+		},
+		HealthCheck: &manifest.HealthCheck{Endpoint: "/index.html", IntervalMS: 100, TimeoutMS: 500, Retries: 2},
+	}
+	m.Normalize()
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	var reports []agentapi.Status
+	cp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var st agentapi.Status
+		json.NewDecoder(r.Body).Decode(&st)
+		mu.Lock()
+		reports = append(reports, st)
+		mu.Unlock()
+	}))
+	defer cp.Close()
+
+	r := reaper.New(nil)
+	rctx, stopReaper := context.WithCancel(context.Background())
+	defer stopReaper()
+	go r.Run(rctx)
+
+	a := New(Config{VM: "vm1", Plugin: "web", Boot: "none", Version: "test", Listen: "127.0.0.1:0",
+		ReportURL: cp.URL + agentapi.ReportPath("vm1")})
+	ln, err := a.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := "http://" + ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- a.Run(ctx, ln, r, func(context.Context) (*manifest.Manifest, error) { return m, nil })
+	}()
+	var stopOnce sync.Once
+	var runErr error
+	stop := func() error {
+		stopOnce.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(30 * time.Second):
+				runErr = errors.New("agent did not stop within 30s")
+			}
+		})
+		return runErr
+	}
+	defer stop()
+
+	waitFor(t, "healthy", func() bool { return getStatus(t, api).Health.State == agentapi.HealthHealthy })
+	resp, err := http.Get(api + "/v1/index.html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "hello from the workload\n" {
+		t.Fatalf("proxy: %d %q", resp.StatusCode, body)
+	}
+	st := getStatus(t, api)
+	if st.VM != "vm1" || st.Workload.State != agentapi.WorkloadRunning || st.Memory == nil || st.Memory.AgentRSSKiB == 0 {
+		t.Fatalf("status %+v", st)
+	}
+	// httpd -vv logs each request to stderr: it reaches the log ring.
+	waitFor(t, "request in logs", func() bool {
+		resp, err := http.Get(api + "/v1/logs")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "index.html")
+	})
+
+	// Kill the workload: it is restarted and health recovers.
+	pid := st.Workload.PID
+	syscall.Kill(pid, syscall.SIGKILL)
+	waitFor(t, "restart", func() bool {
+		s := getStatus(t, api)
+		return s.Workload.Restarts == 1 && s.Workload.State == agentapi.WorkloadRunning && s.Workload.PID != pid
+	})
+	if s := getStatus(t, api); s.Workload.Signal != "SIGKILL" {
+		t.Fatalf("last exit not recorded: %+v", s.Workload)
+	}
+	waitFor(t, "healthy again", func() bool { return getStatus(t, api).Health.State == agentapi.HealthHealthy })
+	newPID := getStatus(t, api).Workload.PID
+
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(newPID, 0); err == nil {
+		t.Fatalf("workload %d still running after stop", newPID)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var states []string
+	for _, r := range reports {
+		states = append(states, string(r.Workload.State)+"/"+string(r.Health.State))
+	}
+	joined := strings.Join(states, " ")
+	for _, want := range []string{"running/healthy", "restarting/", "exited/"} {
+		if !strings.Contains(joined, want) {
+			t.Fatalf("reports %s lack %s", joined, want)
+		}
+	}
+	if last := reports[len(reports)-1]; last.Workload.State != agentapi.WorkloadExited {
+		t.Fatalf("last report %s", states[len(states)-1])
+	}
+}
+
+func TestLoadFailureIsReturnedAndShown(t *testing.T) {
+	a := New(Config{Listen: "127.0.0.1:0"})
+	ln, err := a.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- a.Run(context.Background(), ln, reaper.New(nil), func(context.Context) (*manifest.Manifest, error) {
+			<-release
+			return nil, io.ErrUnexpectedEOF
+		})
+	}()
+	api := "http://" + ln.Addr().String()
+	if st := getStatus(t, api); st.Workload.State != agentapi.WorkloadStarting {
+		t.Fatalf("status while loading: %+v", st)
+	}
+	close(release)
+	if err := <-done; err != io.ErrUnexpectedEOF {
+		t.Fatalf("err %v", err)
+	}
+}

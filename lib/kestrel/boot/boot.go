@@ -1,0 +1,466 @@
+// Package boot is kestrel as the guest's init: stage 1 in the initramfs
+// (mounts, modules, the root decision, the root switch) and stage 2 (network,
+// supervision through lib/kestrel/agent, shutdown, power-off). Its entry
+// point Init needs a *guest.Machine, so it cannot run on a host.
+//
+// Stage 1 runs when "/" is the initramfs (ramfs or tmpfs) and no handoff
+// from an earlier stage 1 exists. It loads every module of the initramfs's
+// index, decides where the root is (Decide), and either continues into
+// stage 2 in the same process (initramfs path) or mounts the root disk,
+// moves /dev, /proc, /sys and /run into it, deletes the initramfs's files
+// (their memory goes back to the guest), switches root and executes kestrel
+// from the disk (/bin/kestrel or /usr/local/bin/kestrel). A disk without
+// kestrel gets the initramfs's kestrel carried over: it is executed from a
+// descriptor opened before the switch, so the disk needs no copy of it.
+// Stage 2 finds stage 1's decisions in HandoffPath.
+//
+// Nothing leaves the guest hung: a fatal error is printed on the console as
+// "kestrel: FATAL: ..." and the guest powers off (after stopping what runs
+// and making the disks clean), and kestrel sets kernel.panic=-1 when it is
+// 0, so that even kestrel dying (a kernel panic for PID 1) ends the VM.
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/bootargs"
+	"github.com/volantvm/volant/lib/kestrel/agent"
+	"github.com/volantvm/volant/lib/kestrel/console"
+	"github.com/volantvm/volant/lib/kestrel/guest"
+	"github.com/volantvm/volant/lib/kestrel/modules"
+	"github.com/volantvm/volant/lib/kestrel/mounts"
+	"github.com/volantvm/volant/lib/kestrel/network"
+	"github.com/volantvm/volant/lib/kestrel/powerbutton"
+	"github.com/volantvm/volant/lib/kestrel/reaper"
+	"github.com/volantvm/volant/lib/kestrel/report"
+	"github.com/volantvm/volant/lib/manifest"
+)
+
+// NewRoot is where stage 1 mounts the root disk before switching to it.
+const NewRoot = "/newroot"
+
+// Options are Init's settings.
+type Options struct {
+	Version string
+	// Console is where kestrel writes: its stdout, which the kernel opened
+	// on /dev/console.
+	Console io.Writer
+}
+
+type booter struct {
+	m       *guest.Machine
+	con     *console.Writer
+	log     *slog.Logger
+	level   *slog.LevelVar
+	version string
+}
+
+// Init runs the guest. It never returns: the guest powers off at the end.
+func Init(m *guest.Machine, o Options) {
+	m.Check()
+	if o.Console == nil {
+		o.Console = os.Stdout
+	}
+	con := console.NewWriter(o.Console)
+	level := new(slog.LevelVar)
+	b := &booter{m: m, con: con, level: level, version: o.Version, log: slog.New(console.NewHandler(con, level).WithClock(guest.Uptime))}
+	defer func() {
+		if r := recover(); r != nil {
+			b.fatal(fmt.Errorf("panic: %v\n%s", r, debug.Stack()))
+		}
+	}()
+	b.fatal(b.run())
+}
+
+func (b *booter) run() error {
+	if err := mounts.Apply(b.m, mounts.Early(), b.log); err != nil {
+		return err
+	}
+	ensureConsole()
+	b.panicReboots()
+	if err := b.m.DisableCtrlAltDel(); err != nil {
+		b.log.Debug("cannot disable ctrl-alt-del reboot", "err", err)
+	}
+	raw, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return fmt.Errorf("reading the kernel command line: %w", err)
+	}
+	args, err := bootargs.Parse(string(raw))
+	if err != nil {
+		return fmt.Errorf("kernel command line: %w", err)
+	}
+	if args.Debug {
+		b.level.Set(slog.LevelDebug)
+	}
+	h, fromStage1, err := readHandoff()
+	if err != nil {
+		return err
+	}
+	if !fromStage1 {
+		if !rootIsInitramfs() {
+			// Booted straight from a disk (root=, no initramfs): stage 2.
+			h = Handoff{Boot: ModeRootfs, ModulesPending: args.Modules}
+		} else if h, err = b.stage1(args); err != nil {
+			return err
+		}
+	} else if h.CarriedFD > 0 {
+		unix.Close(h.CarriedFD)
+	}
+	return b.stage2(args, h)
+}
+
+// stage1 returns the handoff for the initramfs path, and does not return
+// (it executes stage 2 from the new root) on the rootfs path.
+func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
+	b.log.Info("stage 1", "version", b.version, "uptime", guest.Uptime().Round(time.Millisecond))
+	pending, err := modules.Load(b.m, modules.Dir("/"), true, args.Modules, b.log)
+	if err != nil {
+		return Handoff{}, err
+	}
+	m, err := LocalManifest(args)
+	if err != nil {
+		return Handoff{}, err
+	}
+	plan := Decide(args, m)
+	b.log.Info("boot plan", "mode", string(plan.Mode), "device", plan.Device, "why", plan.Why)
+	h := Handoff{Boot: ModeInitramfs, Manifest: m, ModulesPending: pending}
+	switch plan.Mode {
+	case ModeInitramfs:
+		return h, nil
+	case ModeProbe:
+		// The disk's driver bound it while the modules loaded, so sysfs
+		// knows at once whether it exists; only its /dev node may lag.
+		if !mounts.BlockDeviceKnown(plan.Device, 250*time.Millisecond) {
+			b.log.Info("no disk: staying in the initramfs", "device", plan.Device)
+			return h, nil
+		}
+		if err := mounts.WaitForDevice(plan.Device, time.Second); err != nil {
+			b.log.Info("no root disk: staying in the initramfs", "device", plan.Device, "err", err)
+			return h, nil
+		}
+		fstype, err := b.mountDevice(plan.Device, NewRoot, plan.FSType, true)
+		if err != nil {
+			b.log.Info("disk is not a mountable root: staying in the initramfs", "device", plan.Device, "err", err)
+			return h, nil
+		}
+		if KestrelOn(NewRoot) == "" {
+			b.log.Info("disk carries no kestrel, so it is not the root: staying in the initramfs", "device", plan.Device)
+			if err := mounts.Unmount(b.m, NewRoot); err != nil {
+				return h, fmt.Errorf("unmounting %s after probing it: %w", plan.Device, err)
+			}
+			return h, nil
+		}
+		if err := mounts.Remount(b.m, NewRoot, false); err != nil {
+			return h, err
+		}
+		plan.FSType = fstype
+	case ModeRootfs:
+		if err := mounts.WaitForDevice(plan.Device, DiskWait); err != nil {
+			return h, fmt.Errorf("root disk: %w", err)
+		}
+		fstype, err := b.mountDevice(plan.Device, NewRoot, plan.FSType, false)
+		if err != nil {
+			return h, fmt.Errorf("root disk: %w", err)
+		}
+		plan.FSType = fstype
+		if ok, why := LooksLikeRoot(NewRoot, m); !ok {
+			return h, fmt.Errorf("refusing %s as the root filesystem: %s (is it a data disk? the root disk must be attached first, or named by volant.rootfs_device)", plan.Device, why)
+		}
+	}
+	return h, b.switchRoot(plan, h)
+}
+
+func (b *booter) switchRoot(plan Plan, h Handoff) error {
+	h.Boot, h.Device, h.FSType = ModeRootfs, plan.Device, plan.FSType
+	exe := KestrelOn(NewRoot)
+	carried := -1
+	if exe == "" {
+		// Carry this binary over: it stays reachable through the
+		// descriptor after the initramfs's files are deleted.
+		fd, err := unix.Open("/proc/self/exe", unix.O_RDONLY, 0)
+		if err != nil {
+			return fmt.Errorf("opening kestrel to carry it into the new root: %w", err)
+		}
+		carried = fd
+		h.Kestrel, h.CarriedFD = "initramfs", fd
+	} else {
+		h.Kestrel = exe
+	}
+	h.Stage1UptimeMS = guest.Uptime().Milliseconds()
+	if err := writeHandoff(h); err != nil {
+		return err
+	}
+	b.log.Info("switching root", "device", plan.Device, "fstype", plan.FSType, "kestrel", h.Kestrel)
+	if err := mounts.SwitchRoot(b.m, NewRoot, b.log); err != nil {
+		return err
+	}
+	path := exe
+	if carried >= 0 {
+		path = "/proc/self/fd/" + strconv.Itoa(carried)
+	}
+	err := syscall.Exec(path, []string{"/bin/kestrel"}, os.Environ())
+	return fmt.Errorf("executing stage 2 (%s): %w", path, err)
+}
+
+func (b *booter) stage2(args bootargs.Args, h Handoff) error {
+	if err := mounts.Apply(b.m, mounts.Late(), b.log); err != nil {
+		return err
+	}
+	if h.Boot == ModeRootfs {
+		b.log.Info("stage 2", "version", b.version, "root", h.Device, "kestrel", h.Kestrel, "uptime", guest.Uptime().Round(time.Millisecond))
+		if len(h.ModulesPending) > 0 {
+			unknown, err := modules.Load(b.m, modules.Dir("/"), false, h.ModulesPending, b.log)
+			if err != nil {
+				return err
+			}
+			if len(unknown) > 0 {
+				b.log.Warn("volant.modules names modules neither the initramfs nor the root has", "modules", strings.Join(unknown, ","))
+			}
+		}
+	} else if len(h.ModulesPending) > 0 {
+		b.log.Warn("volant.modules names modules the initramfs lacks", "modules", strings.Join(h.ModulesPending, ","))
+	}
+	if _, err := network.Configure(b.m, network.FromArgs(args), b.log); err != nil {
+		return err
+	}
+
+	r := reaper.New(b.log)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	go r.Run(context.Background()) // PID 1 reaps until power-off
+	b.watchSignals(cancel)
+	go func() {
+		if err := powerbutton.Watch(ctx, 5*time.Second, b.log, func() { cancel(errors.New("ACPI power button pressed")) }); err != nil && ctx.Err() == nil {
+			b.log.Warn("power button unavailable: an ACPI shutdown request will not reach kestrel", "err", err)
+		}
+	}()
+
+	reportURL := ""
+	if args.APIHost != "" && args.VM != "" {
+		reportURL = report.URL(args.APIHost, args.APIPort, args.VM)
+	}
+	plugin := args.Plugin
+	if plugin == "" && h.Manifest != nil {
+		plugin = h.Manifest.Name
+	}
+	a := agent.New(agent.Config{
+		VM: args.VM, Plugin: plugin, Boot: string(h.Boot), Version: b.version,
+		Listen:    ":" + strconv.Itoa(agentapi.Port),
+		ReportURL: reportURL,
+		Console:   b.con,
+		Uptime:    guest.Uptime,
+		Log:       b.log,
+		BeforeStart: func(ctx context.Context, m *manifest.Manifest) error {
+			return b.mountDisks(ctx, m, h)
+		},
+	})
+	ln, err := a.Listen()
+	if err != nil {
+		return err
+	}
+	b.ready(h)
+	err = a.Run(ctx, ln, r, func(ctx context.Context) (*manifest.Manifest, error) {
+		if h.Manifest != nil {
+			return h.Manifest, nil
+		}
+		m, err := LocalManifest(args)
+		if err != nil || m != nil {
+			return m, err
+		}
+		return FetchManifest(ctx, args, FetchBudget, b.log)
+	})
+	if err != nil {
+		return err
+	}
+	b.shutdown(context.Cause(ctx))
+	return nil // not reached
+}
+
+// ready prints the line boot measurements key on: the agent API is up
+// (the workload may still be starting).
+func (b *booter) ready(h Handoff) {
+	size := int64(0)
+	if st, err := os.Stat("/proc/self/exe"); err == nil {
+		size = st.Size()
+	}
+	rss := int64(0)
+	if mem := agent.ReadMemory(); mem != nil {
+		rss = mem.AgentRSSKiB
+	}
+	b.log.Info("agent ready", "boot", string(h.Boot), "uptime", guest.Uptime().Round(time.Millisecond),
+		"rss_kib", rss, "binary_bytes", size, "api_port", agentapi.Port)
+}
+
+func (b *booter) watchSignals(cancel context.CancelCauseFunc) {
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
+	go func() {
+		for s := range sig {
+			cancel(fmt.Errorf("received %s", unix.SignalName(s.(syscall.Signal))))
+		}
+	}()
+}
+
+func (b *booter) mountDisks(ctx context.Context, m *manifest.Manifest, h Handoff) error {
+	want := 0
+	for _, d := range m.Disks {
+		if d.Target != "" {
+			want = len(m.Disks)
+		}
+	}
+	if want == 0 {
+		return nil
+	}
+	root := ""
+	if h.Boot == ModeRootfs {
+		root = h.Device
+		want++
+	}
+	devs := waitDisks(ctx, want)
+	pairs, err := DataDisks(devs, root, m.Disks)
+	if err != nil {
+		return err
+	}
+	for _, d := range m.Disks {
+		if d.Target == "" {
+			continue
+		}
+		dev, target := pairs[d.Name], diskTarget(d.Target)
+		fstype, err := b.mountDevice(dev, target, "", d.ReadOnly)
+		if err != nil {
+			return fmt.Errorf("data disk %s: %w", d.Name, err)
+		}
+		b.log.Info("data disk mounted", "disk", d.Name, "device", dev, "target", target, "fstype", fstype, "readonly", d.ReadOnly)
+	}
+	return nil
+}
+
+// mountDevice mounts a disk, probing its filesystem when fstype is empty
+// and loading the filesystem's module first if the kernel lacks it.
+func (b *booter) mountDevice(dev, target, fstype string, readonly bool) (string, error) {
+	if fstype == "" {
+		t, err := mounts.ProbeFSType(dev)
+		if err != nil {
+			return "", err
+		}
+		if t == "" {
+			return "", fmt.Errorf("%s holds no filesystem kestrel recognizes (ext4, xfs, btrfs, squashfs)", dev)
+		}
+		fstype = t
+	}
+	if err := modules.EnsureFS(b.m, modules.Dir("/"), fstype, b.log); err != nil {
+		return "", fmt.Errorf("mounting %s: %w", dev, err)
+	}
+	return mounts.MountDevice(b.m, dev, target, fstype, readonly)
+}
+
+// shutdown ends the guest after the workload was stopped: every remaining
+// process gets SIGTERM, then SIGKILL; the disks are made clean; power off.
+func (b *booter) shutdown(reason error) {
+	b.log.Info("shutting down", "reason", reason)
+	b.stopEverything()
+	b.log.Info("powering off", "uptime", guest.Uptime().Round(time.Millisecond))
+	b.m.PowerOff()
+}
+
+func (b *booter) stopEverything() {
+	if err := b.m.KillAll(unix.SIGTERM); err != nil {
+		b.log.Debug("kill(-1, SIGTERM)", "err", err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && len(userProcesses()) > 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if left := userProcesses(); len(left) > 0 {
+		b.log.Warn("processes ignored SIGTERM; killing them", "pids", fmt.Sprint(left))
+		_ = b.m.KillAll(unix.SIGKILL)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := mounts.Quiesce(b.m, b.log); err != nil {
+		b.log.Warn("disks not cleanly unmounted", "err", err)
+	}
+}
+
+// fatal reports err on the console and powers off. It never returns.
+func (b *booter) fatal(err error) {
+	if err == nil {
+		err = errors.New("kestrel's boot ended without a reason")
+	}
+	console.Fatalf(b.con, "%v", err)
+	console.Fatalf(b.con, "stopping everything and powering off")
+	b.stopEverything()
+	b.m.PowerOff()
+}
+
+// panicReboots makes a kernel panic (which is what kestrel exiting would
+// cause) reboot at once, and so end the VM, unless the command line chose.
+func (b *booter) panicReboots() {
+	const p = "/proc/sys/kernel/panic"
+	cur, err := os.ReadFile(p)
+	if err != nil || strings.TrimSpace(string(cur)) != "0" {
+		return
+	}
+	if err := os.WriteFile(p, []byte("-1\n"), 0o644); err != nil {
+		b.log.Debug("cannot set kernel.panic", "err", err)
+	}
+}
+
+// userProcesses lists pids other than 1 that are not kernel threads.
+func userProcesses() []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == 1 {
+			continue
+		}
+		// Kernel threads have an empty cmdline; zombies too (the reaper
+		// collects those).
+		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && len(cmd) > 0 {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// rootIsInitramfs reports whether "/" is the initramfs.
+func rootIsInitramfs() bool {
+	var fs unix.Statfs_t
+	if err := unix.Statfs("/", &fs); err != nil {
+		return false
+	}
+	return fs.Type == unix.RAMFS_MAGIC || fs.Type == unix.TMPFS_MAGIC
+}
+
+// ensureConsole gives kestrel stdio on /dev/console when the kernel could
+// not (an initramfs without /dev/console leaves init with no descriptors).
+func ensureConsole() {
+	var st unix.Stat_t
+	if unix.Fstat(1, &st) == nil {
+		return
+	}
+	fd, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return
+	}
+	for i := 0; i < 3; i++ {
+		_ = unix.Dup3(fd, i, 0)
+	}
+	if fd > 2 {
+		unix.Close(fd)
+	}
+}

@@ -1,0 +1,326 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/server"
+	"github.com/volantvm/volant/lib/store"
+)
+
+// appendEvents appends n events of about size bytes each, in one
+// transaction, as any change would, and wakes the bus.
+func (e *env) appendEvents(n, size int) {
+	e.t.Helper()
+	pad := strings.Repeat("x", size)
+	err := e.st.Tx(e.ctx, func(tx *sql.Tx) error {
+		for i := 0; i < n; i++ {
+			if _, err := store.AppendEvent(e.ctx, tx, "test.flood", "t", map[string]any{"i": i, "pad": pad}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.ctl.Bus().Kick()
+}
+
+func (e *env) allIDs(after int64) []int64 {
+	evs, err := e.st.EventsSince(e.ctx, after, 0)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var ids []int64
+	for _, ev := range evs {
+		ids = append(ids, ev.ID)
+	}
+	return ids
+}
+
+type sseEvent struct {
+	id        string
+	typ, data string
+}
+
+// readSSE reads blocks from a raw SSE stream until n events were read,
+// the stream ends, or the deadline.
+func readSSE(t *testing.T, r *bufio.Reader, n int) ([]sseEvent, error) {
+	t.Helper()
+	var out []sseEvent
+	var cur sseEvent
+	for n < 0 || len(out) < n {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return out, err
+		}
+		line = strings.TrimRight(line, "\n")
+		switch {
+		case line == "":
+			if cur.data != "" || cur.id != "" {
+				out = append(out, cur)
+			}
+			cur = sseEvent{}
+		case strings.HasPrefix(line, ":"), strings.HasPrefix(line, "retry:"):
+		case strings.HasPrefix(line, "id: "):
+			cur.id = line[4:]
+		case strings.HasPrefix(line, "event: "):
+			cur.typ = line[7:]
+		case strings.HasPrefix(line, "data: "):
+			cur.data = line[6:]
+		default:
+			t.Fatalf("unexpected SSE line %q", line)
+		}
+	}
+	return out, nil
+}
+
+func TestSSEFormatAndResume(t *testing.T) {
+	e := newEnv(t)
+	e.install("web")
+	if _, err := e.c.CreateVM(e.ctx, api.CreateVMRequest{Name: "web1", Plugin: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	all := e.allIDs(0)
+	open := func(query string, hdr ...string) (*http.Response, *bufio.Reader) {
+		req, _ := http.NewRequestWithContext(e.ctx, "GET", e.ts.URL+"/api/v1/events"+query, nil)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("events: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		return resp, bufio.NewReader(resp.Body)
+	}
+
+	// since=0: the position block, then the whole log in order.
+	_, r := open("?since=0")
+	evs, err := readSSE(t, r, len(all)+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs[0].id != "0" || evs[0].data != "" {
+		t.Fatalf("first block %+v, want the id-only position block", evs[0])
+	}
+	for i, id := range all {
+		ev := evs[i+1]
+		if ev.id != strconv.FormatInt(id, 10) || ev.typ == "" || !strings.Contains(ev.data, `"id":`+ev.id) || !strings.Contains(ev.data, `"type":"`+ev.typ+`"`) {
+			t.Fatalf("event %d: %+v (want id %d)", i, ev, id)
+		}
+	}
+
+	// Last-Event-ID resumes after that id, and new events follow live.
+	mid := all[len(all)/2]
+	_, r = open("", "Last-Event-ID", strconv.FormatInt(mid, 10))
+	rest := e.allIDs(mid)
+	evs, err = readSSE(t, r, len(rest)+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs[1].id != strconv.FormatInt(rest[0], 10) || evs[len(evs)-1].id != strconv.FormatInt(all[len(all)-1], 10) {
+		t.Fatalf("resume after %d: %v", mid, evs)
+	}
+	if _, err := e.c.StopVM(e.ctx, "web1"); err != nil {
+		t.Fatal(err)
+	}
+	evs, err = readSSE(t, r, 1)
+	if err != nil || evs[0].typ != api.EventVMStopped {
+		t.Fatalf("live event: %+v %v", evs, err)
+	}
+
+	// No position: only new events; a type filter.
+	_, r = open("?type=vm.*,plugin.installed")
+	if evs, _ := readSSE(t, r, 1); evs[0].data != "" || evs[0].id != strconv.FormatInt(e.allIDs(0)[len(e.allIDs(0))-1], 10) {
+		t.Fatalf("position block: %+v", evs)
+	}
+	if _, err := e.c.StartVM(e.ctx, "web1"); err != nil {
+		t.Fatal(err)
+	}
+	e.install("db")
+	evs, err = readSSE(t, r, 2)
+	if err != nil || evs[0].typ != api.EventVMStarted || evs[1].typ != api.EventPluginInstalled {
+		t.Fatalf("filtered: %+v %v", evs, err)
+	}
+
+	for _, q := range []string{"?since=-1", "?since=abc"} {
+		code, body := e.do("GET", "/api/v1/events"+q, "", nil)
+		e.apiErr(code, body, 400, apierr.InvalidInput)
+	}
+}
+
+// TestSlowReaderIsDroppedAndResumes: a reader that stops reading does not
+// hold the daemon up; it is disconnected once its buffer overflows and,
+// reconnecting with Last-Event-ID, gets every event exactly once.
+func TestSlowReaderIsDroppedAndResumes(t *testing.T) {
+	e := newEnv(t, func(_ *controller.Config, o *server.Options) {
+		o.SSEBuffer = 16
+		o.SSEWriteTimeout = time.Second
+	})
+	start := e.allIDs(0)
+	var base int64
+	if len(start) > 0 {
+		base = start[len(start)-1]
+	}
+	u, _ := url.Parse(e.ts.URL)
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetReadBuffer(4096)
+	}
+	fmt.Fprintf(conn, "GET /api/v1/events?since=%d HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n", base)
+
+	// Flood: far more than the socket buffers and the subscription hold.
+	const n, size = 3000, 2048
+	t0 := time.Now()
+	e.appendEvents(n, size)
+	// The daemon stays responsive while the reader stalls.
+	for i := 0; i < 5; i++ {
+		h, err := e.c.Health(e.ctx)
+		if err != nil || h.LastEventID != base+n {
+			t.Fatalf("health during the stall: %+v %v", h, err)
+		}
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Fatalf("the daemon took %s to answer while a reader stalled", d)
+	}
+	time.Sleep(2 * time.Second) // the subscription overflows; the write deadline passes
+
+	// Drain what the stalled connection got: it must end (dropped).
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, rerr := readSSE(t, bufio.NewReader(resp.Body), -1)
+	if rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+		t.Fatalf("the stalled stream did not end: %v after %d events", rerr, len(got))
+	}
+	var ids []int64
+	for _, ev := range got {
+		if ev.data == "" {
+			continue
+		}
+		id, _ := strconv.ParseInt(ev.id, 10, 64)
+		ids = append(ids, id)
+	}
+	if len(ids) >= n {
+		t.Fatalf("the slow reader got all %d events; it was never dropped", len(ids))
+	}
+	last := base
+	if len(ids) > 0 {
+		last = ids[len(ids)-1]
+	}
+	t.Logf("dropped after %d of %d events", len(ids), n)
+
+	// Resume with the client, which reconnects by itself.
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	s, err := e.c.Events(ctx, api.EventOptions{Since: last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for len(ids) < n {
+		ev, err := s.Next()
+		if err != nil {
+			t.Fatalf("after %d events: %v", len(ids), err)
+		}
+		ids = append(ids, ev.ID)
+	}
+	for i, id := range ids {
+		if id != base+int64(i)+1 {
+			t.Fatalf("event %d has id %d, want %d (lost or repeated)", i, id, base+int64(i)+1)
+		}
+	}
+}
+
+// TestClientStreamSurvivesDrops: a client that reads slowly is dropped by
+// the daemon several times and still sees every event once, in order.
+func TestClientStreamSurvivesDrops(t *testing.T) {
+	e := newEnv(t, func(_ *controller.Config, o *server.Options) {
+		o.SSEBuffer = 8
+		o.SSEWriteTimeout = 300 * time.Millisecond
+	})
+	ctx, cancel := context.WithTimeout(e.ctx, 60*time.Second)
+	defer cancel()
+	s, err := e.c.Events(ctx, api.EventOptions{FromStart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const rounds, per = 3, 2000
+	var ids []int64
+	for r := 0; r < rounds; r++ {
+		e.appendEvents(per, 2048)
+		time.Sleep(time.Second) // do not read: overflow
+		for len(ids) < (r+1)*per {
+			ev, err := s.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, ev.ID)
+		}
+	}
+	for i := 1; i < len(ids); i++ {
+		if ids[i] != ids[i-1]+1 {
+			t.Fatalf("gap or repeat at %d: %d then %d", i, ids[i-1], ids[i])
+		}
+	}
+	if s.Reconnects() == 0 {
+		t.Fatal("the stream was never dropped; the test proves nothing")
+	}
+	t.Logf("%d events, %d reconnects", len(ids), s.Reconnects())
+}
+
+// TestEventsResumeAcrossDaemonRestart: events are in the table, so a new
+// daemon on the same database serves what a client missed.
+func TestEventsSurviveRestart(t *testing.T) {
+	e := newEnv(t)
+	e.install("web")
+	last, err := controller.LastEventID(e.ctx, e.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.install("db")
+	// A second controller and server on the same database.
+	ctl2, err := controller.New(controller.Config{Store: e.st, DataDir: e.dir, Runtime: e.rt, Network: e.nw, Prober: e.pr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	go ctl2.Run(ctx)
+	srv := server.New(ctl2, server.Options{})
+	ts := newServer(t, srv)
+	c := mustClient(t, ts)
+	s, err := c.Events(ctx, api.EventOptions{Since: last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := s.Next()
+	if err != nil || ev.Type != api.EventPluginInstalled || ev.ResourceID != "db" || ev.ID != last+1 {
+		t.Fatalf("after restart: %+v %v", ev, err)
+	}
+}

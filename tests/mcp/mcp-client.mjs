@@ -1,0 +1,91 @@
+// Drives volantd's MCP server with the official TypeScript SDK, as an MCP
+// host would: initialize, tools/list, tools/call. cmd/volantd's TestMCP*
+// runs it against a daemon with one installed plugin ("web") and one
+// deployment ("svc"), over streamable HTTP and over stdio (volantd mcp).
+//
+// Environment:
+//   MCP_TRANSPORT   http | stdio
+//   MCP_URL         http: the /mcp endpoint
+//   MCP_TOKEN       http: the bearer token
+//   MCP_COMMAND     stdio: the server command, JSON array (["volantd","mcp",...])
+//   MCP_VM          the VM name to create and delete
+//
+// Prints one JSON summary line on stdout; exits 1 on the first failed check.
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+
+const env = process.env;
+const vm = env.MCP_VM || "mcp1";
+const steps = [];
+
+function check(cond, what, detail) {
+  if (!cond) {
+    console.error(`FAIL: ${what}` + (detail === undefined ? "" : `: ${JSON.stringify(detail)}`));
+    process.exit(1);
+  }
+  steps.push(what);
+}
+
+function transport() {
+  if (env.MCP_TRANSPORT === "stdio") {
+    const [command, ...args] = JSON.parse(env.MCP_COMMAND);
+    return new StdioClientTransport({ command, args, stderr: "inherit" });
+  }
+  return new StreamableHTTPClientTransport(new URL(env.MCP_URL), {
+    requestInit: { headers: { Authorization: `Bearer ${env.MCP_TOKEN}` } },
+  });
+}
+
+// structured returns a tool result's JSON: structuredContent, or the JSON
+// text the server also sends for clients without structured output.
+function structured(res) {
+  if (res.structuredContent) return res.structuredContent;
+  return JSON.parse(res.content[0].text);
+}
+
+const client = new Client({ name: "volant-mcp-test", version: "1.0.0" });
+await client.connect(transport());
+check(client.getServerVersion()?.name === "volantd", "initialize: server is volantd", client.getServerVersion());
+
+const { tools } = await client.listTools();
+const names = tools.map((t) => t.name).sort();
+for (const want of ["create_vm", "delete_vm", "list_plugins", "list_vms", "scale_deployment", "stop_vm", "vm_logs"]) {
+  check(names.includes(want), `tools/list has ${want}`, names);
+}
+const create = tools.find((t) => t.name === "create_vm");
+check(create.inputSchema?.type === "object" && create.inputSchema.properties?.plugin, "create_vm has an input schema", create.inputSchema);
+check((create.inputSchema.required || []).includes("name"), "create_vm requires name", create.inputSchema);
+
+let res = await client.callTool({ name: "list_plugins", arguments: {} });
+check(!res.isError && structured(res).plugins.some((p) => p.name === "web"), "list_plugins lists web", res);
+
+res = await client.callTool({ name: "create_vm", arguments: { name: vm, plugin: "web", memory_mb: 192 } });
+const created = structured(res);
+check(!res.isError && created.name === vm && created.ip && created.resources.memory_mb === 192, "create_vm creates a VM with an address", res);
+
+res = await client.callTool({ name: "list_vms", arguments: { plugin: "web" } });
+check(!res.isError && structured(res).vms.some((v) => v.name === vm && v.ip === created.ip), "list_vms shows it", res);
+
+res = await client.callTool({ name: "vm_logs", arguments: { name: vm, tail: 5 } });
+check(!res.isError && res.content[0].type === "text", "vm_logs reads the console log", res);
+
+res = await client.callTool({ name: "stop_vm", arguments: { name: vm } });
+check(!res.isError && structured(res).state === "stopped", "stop_vm stops it", res);
+
+res = await client.callTool({ name: "scale_deployment", arguments: { name: "svc", replicas: 2 } });
+check(!res.isError && structured(res).replicas === 2, "scale_deployment sets replicas", res);
+
+res = await client.callTool({ name: "delete_vm", arguments: { name: vm } });
+check(!res.isError && structured(res).state === "deleted", "delete_vm deletes it", res);
+
+// Errors are tool errors carrying the API's code, not protocol failures.
+res = await client.callTool({ name: "delete_vm", arguments: { name: vm } });
+check(res.isError === true && /NOT_FOUND/.test(res.content[0].text), "delete_vm of a deleted VM is a NOT_FOUND tool error", res);
+res = await client.callTool({ name: "create_vm", arguments: { name: "Bad Name", plugin: "web" } });
+check(res.isError === true && /INVALID_INPUT/.test(res.content[0].text), "create_vm with a bad name is an INVALID_INPUT tool error", res);
+res = await client.callTool({ name: "create_vm", arguments: { plugin: "web" } });
+check(res.isError === true, "create_vm without a name is refused", res);
+
+await client.close();
+console.log(JSON.stringify({ ok: true, transport: env.MCP_TRANSPORT || "http", checks: steps.length }));
