@@ -82,11 +82,11 @@ type tmux struct {
 func newTmux(t *testing.T, dir, command string, env ...string) *tmux {
 	t.Helper()
 	tm := &tmux{t: t, sock: filepath.Join(dir, "tmux.sock")}
-	args := []string{"-S", tm.sock, "-f", "/dev/null", "new-session", "-d", "-s", "volar", "-x", "120", "-y", "40"}
-	for _, e := range env {
-		args = append(args, "-e", e)
-	}
-	args = append(args, command)
+	// The environment goes through env(1): tmux's own -e does not
+	// override PATH.
+	args := []string{"-S", tm.sock, "-f", "/dev/null", "new-session", "-d", "-s", "volar", "-x", "120", "-y", "40", "env"}
+	args = append(args, env...)
+	args = append(args, "sh", "-c", command)
 	if out, err := exec.Command("tmux", args...).CombinedOutput(); err != nil {
 		t.Fatalf("tmux new-session: %v: %s", err, out)
 	}

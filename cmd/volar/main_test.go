@@ -230,9 +230,11 @@ func TestCompletionInProcess(t *testing.T) {
 	}
 }
 
-// TestBashCompletion sources the generated script in a real bash and
-// completes the way bash does when Tab is pressed.
-func TestBashCompletion(t *testing.T) {
+// bashComplete completes line the way bash does when Tab is pressed: it
+// sources the generated script in a real bash and calls its function with
+// COMP_WORDS/COMP_CWORD. It returns `complete -p volar` and the candidates.
+func bashComplete(t *testing.T, line string, env ...string) string {
+	t.Helper()
 	bash, err := exec.LookPath("bash")
 	if err != nil {
 		t.Skip("no bash")
@@ -244,31 +246,34 @@ func TestBashCompletion(t *testing.T) {
 	} else if err := os.WriteFile(script, []byte(r.Stdout), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	complete := func(line string) string {
-		t.Helper()
-		// Split like readline: words, plus an empty current word after a
-		// trailing space.
-		words := strings.Fields(line)
-		if strings.HasSuffix(line, " ") {
-			words = append(words, "")
-		}
-		var quoted []string
-		for _, w := range words {
-			quoted = append(quoted, fmt.Sprintf("%q", w))
-		}
-		prog := fmt.Sprintf(`source %q
+	// Split like readline: words, plus an empty current word after a
+	// trailing space.
+	words := strings.Fields(line)
+	if strings.HasSuffix(line, " ") {
+		words = append(words, "")
+	}
+	var quoted []string
+	for _, w := range words {
+		quoted = append(quoted, fmt.Sprintf("%q", w))
+	}
+	prog := fmt.Sprintf(`source %q
 complete -p volar
 COMP_WORDS=(%s); COMP_CWORD=%d; COMP_LINE=%q; COMP_POINT=${#COMP_LINE}
 _volar_complete
 printf '%%s\n' "${COMPREPLY[@]}"`, script, strings.Join(quoted, " "), len(words)-1, line)
-		cmd := exec.Command(bash, "--norc", "--noprofile", "-c", prog)
-		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin)+":"+os.Getenv("PATH"), "VOLANT_HOST=/nonexistent/volantd.sock")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("bash: %v\n%s", err, out)
-		}
-		return string(out)
+	cmd := exec.Command(bash, "--norc", "--noprofile", "-c", prog)
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin)+":"+os.Getenv("PATH"), "VOLANT_HOST=/nonexistent/volantd.sock")
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bash: %v\n%s", err, out)
 	}
+	return string(out)
+}
+
+// TestBashCompletion: the generated script registers itself and completes
+// commands, subcommands, flags and file names.
+func TestBashCompletion(t *testing.T) {
 	reg := "complete -o default -F _volar_complete volar\n"
 	for _, c := range []struct{ line, want string }{
 		{"volar ", "completion\ndeployments\nevents\nplugins\nsetup\nversion\nvms\n"},
@@ -277,15 +282,14 @@ printf '%%s\n' "${COMPREPLY[@]}"`, script, strings.Join(quoted, " "), len(words)
 		{"volar vms create web1 --", "--cpu\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--quiet\n--timeout\n--token\n--wait\n"},
 		{"volar deployments scale web --r", "--replicas\n"},
 	} {
-		got := complete(c.line)
-		if got != reg+c.want {
+		if got := bashComplete(t, c.line); got != reg+c.want {
 			t.Errorf("completing %q:\n got %q\nwant %q", c.line, got, reg+c.want)
 		}
 	}
 	// File names for --manifest, from volar's own completion.
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "caddy.json"), []byte("{}"), 0o644)
-	if got := complete("volar plugins install --manifest " + dir + "/ca"); got != reg+dir+"/caddy.json\n" {
+	if got := bashComplete(t, "volar plugins install --manifest "+dir+"/ca"); got != reg+dir+"/caddy.json\n" {
 		t.Errorf("completing a manifest path: %q", got)
 	}
 }

@@ -340,3 +340,44 @@ func TestVersionWithDaemon(t *testing.T) {
 		t.Fatalf("version: %v %s", err, r)
 	}
 }
+
+// TestCompletionNamesFromDaemon: VM, plugin and deployment names complete
+// from volantd, in process and through the bash script.
+func TestCompletionNamesFromDaemon(t *testing.T) {
+	d := startDaemon(t)
+	for _, args := range [][]string{
+		{"plugins", "install", "--manifest", d.manifest("caddy", "2.8.4", "")},
+		{"plugins", "install", "--manifest", d.manifest("nginx", "1.27", "")},
+		{"vms", "create", "web1", "--plugin", "caddy"},
+		{"vms", "create", "db1", "--plugin", "nginx"},
+		{"deployments", "create", "api", "--plugin", "caddy", "--replicas", "0"},
+	} {
+		if r := d.volar(args...); r.Code != 0 {
+			t.Fatal(r)
+		}
+	}
+	t.Setenv("VOLANT_HOST", d.sock)
+	t.Setenv("GO_FLAGS_COMPLETION", "1")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vms", "show", ""}, "db1\nweb1\n"},
+		{[]string{"vms", "console", "w"}, "web1\n"},
+		{[]string{"plugins", "show", "c"}, "caddy\n"},
+		{[]string{"vms", "create", "x", "--plugin", ""}, "caddy\nnginx\n"},
+		{[]string{"vms", "list", "--deployment", ""}, "api\n"},
+		{[]string{"deployments", "scale", ""}, "api\n"},
+		{[]string{"vms", "create", ""}, ""}, // a new name: nothing to offer
+	} {
+		r := runVolar(t, "", nil, c.args...)
+		if r.Code != 0 || r.Stdout != c.want {
+			t.Errorf("complete %q: %s, want %q", c.args, r, c.want)
+		}
+	}
+	os.Unsetenv("GO_FLAGS_COMPLETION")
+	got := bashComplete(t, "volar vms stop ", "VOLANT_HOST="+d.sock)
+	if !strings.HasSuffix(got, "db1\nweb1\n") {
+		t.Errorf("bash completion of VM names: %q", got)
+	}
+}
