@@ -138,7 +138,8 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a console session restores the terminal on every way out.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	env := cli.OSEnv()
 	code := run(ctx, env)
 	stop()
@@ -383,40 +384,17 @@ func dispatch(ctx context.Context, env *cli.Env, cmd string, o *options, s *vola
 
 	case "deployments create":
 		f := &ds.Create
-		req := api.CreateDeploymentRequest{Name: f.Args.Name, Plugin: string(f.Plugin)}
+		var cfg *volar.DeploymentConfig
 		if f.Config != "" {
-			c, err := volar.ReadDeploymentConfig(string(f.Config), env.Stdin)
-			if err != nil {
+			var err error
+			if cfg, err = volar.ReadDeploymentConfig(string(f.Config), env.Stdin); err != nil {
 				return err
 			}
-			if req.Name == "" {
-				req.Name = c.Name
-			}
-			if req.Plugin == "" {
-				req.Plugin = c.Plugin
-			}
-			if c.Replicas != nil {
-				req.Replicas = *c.Replicas
-			}
-			req.Resources = c.Resources
 		}
-		if f.Replicas != nil {
-			req.Replicas = *f.Replicas
-		} else if f.Config == "" {
-			return apierr.New(apierr.Usage, "--replicas is required").With("hint", "volar deployments create NAME --plugin P --replicas N")
-		}
-		if f.CPU != 0 || f.Memory != 0 {
-			r := api.Resources{}
-			if req.Resources != nil {
-				r = *req.Resources
-			}
-			if f.CPU != 0 {
-				r.CPUCores = f.CPU
-			}
-			if f.Memory != 0 {
-				r.MemoryMB = f.Memory
-			}
-			req.Resources = &r
+		req, err := volar.DeploymentRequest(cfg, volar.DeploymentFlags{Name: f.Args.Name, Plugin: string(f.Plugin),
+			Replicas: f.Replicas, CPU: f.CPU, Memory: f.Memory})
+		if err != nil {
+			return err
 		}
 		return s.CreateDeployment(ctx, req)
 	case "deployments scale":

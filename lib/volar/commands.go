@@ -455,6 +455,59 @@ func ReadDeploymentConfig(path string, stdin io.Reader) (*DeploymentConfig, erro
 	return &c, nil
 }
 
+// DeploymentFlags are the flags of `deployments create`; zero values are
+// "not given" (Replicas nil).
+type DeploymentFlags struct {
+	Name     string
+	Plugin   string
+	Replicas *int
+	CPU      int
+	Memory   int
+}
+
+// DeploymentRequest merges a --config file (nil: none) and the flags into
+// a create request: flags win, resources merge field by field. Replicas
+// must come from one of them (USAGE otherwise).
+func DeploymentRequest(cfg *DeploymentConfig, f DeploymentFlags) (api.CreateDeploymentRequest, error) {
+	req := api.CreateDeploymentRequest{Name: f.Name, Plugin: f.Plugin}
+	haveReplicas := false
+	if cfg != nil {
+		if req.Name == "" {
+			req.Name = cfg.Name
+		}
+		if req.Plugin == "" {
+			req.Plugin = cfg.Plugin
+		}
+		if cfg.Replicas != nil {
+			req.Replicas, haveReplicas = *cfg.Replicas, true
+		}
+		if cfg.Resources != nil {
+			r := *cfg.Resources
+			req.Resources = &r
+		}
+	}
+	if f.Replicas != nil {
+		req.Replicas, haveReplicas = *f.Replicas, true
+	}
+	if !haveReplicas {
+		return req, usage("volar deployments create NAME --plugin P --replicas N", "--replicas is required (or \"replicas\" in --config)")
+	}
+	if f.CPU != 0 || f.Memory != 0 {
+		r := api.Resources{}
+		if req.Resources != nil {
+			r = *req.Resources
+		}
+		if f.CPU != 0 {
+			r.CPUCores = f.CPU
+		}
+		if f.Memory != 0 {
+			r.MemoryMB = f.Memory
+		}
+		req.Resources = &r
+	}
+	return req, nil
+}
+
 // CreateDeployment is `volar deployments create`.
 func (s *Session) CreateDeployment(ctx context.Context, req api.CreateDeploymentRequest) error {
 	if err := checkName("deployment", req.Name); err != nil {
@@ -465,6 +518,9 @@ func (s *Session) CreateDeployment(ctx context.Context, req api.CreateDeployment
 	}
 	if req.Replicas < 0 || req.Replicas > api.MaxReplicas {
 		return usage("--replicas N", "--replicas must be between 0 and %d", api.MaxReplicas)
+	}
+	if r := req.Resources; r != nil && (r.CPUCores < 0 || r.MemoryMB < 0) {
+		return usage("leave --cpu and --memory out for the plugin's defaults", "--cpu and --memory must be positive")
 	}
 	d, err := s.Client.CreateDeployment(ctx, req)
 	if err != nil {

@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/term"
@@ -71,7 +69,7 @@ type ConsoleOptions struct {
 //
 // When stdin is a terminal it is put in raw mode, so every key (Ctrl-C
 // included) goes to the guest; the terminal is restored on every way out:
-// detach, end of stream, error, ctx (SIGTERM), SIGHUP, and panic. Messages
+// detach, end of stream, error, ctx (the caller's signals), and panic. Messages
 // go to stderr, with "\r\n" while the terminal is raw.
 func Console(ctx context.Context, conn io.ReadWriteCloser, stdin io.Reader, stdout, stderr io.Writer, o ConsoleOptions) (err error) {
 	if o.Escape == 0 && !o.NoEscape {
@@ -106,13 +104,9 @@ func Console(ctx context.Context, conn io.ReadWriteCloser, stdin io.Reader, stdo
 		say("Connected to the console of VM %s. Type %s to detach.", o.Name, EscapeName(o.Escape))
 	}
 
-	// SIGHUP (the terminal went away) ends the session like ctx does;
-	// SIGINT and SIGTERM are the caller's ctx.
+	// Signals (SIGTERM, SIGHUP) are the caller's: they end ctx.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 
 	type ending struct {
 		why string
@@ -188,8 +182,6 @@ func Console(ctx context.Context, conn io.ReadWriteCloser, stdin io.Reader, stdo
 	case e = <-end:
 	case <-ctx.Done():
 		e = ending{"canceled", nil}
-	case <-hup:
-		e = ending{"hangup", nil}
 	}
 	if e.why == "eof" {
 		// Scripted input: let the guest answer what was sent, until it

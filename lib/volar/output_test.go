@@ -297,3 +297,45 @@ func TestReport(t *testing.T) {
 	}
 	clitest.Golden(t, "report", all.String())
 }
+
+func TestDeploymentRequest(t *testing.T) {
+	n := func(i int) *int { return &i }
+	cfg := &DeploymentConfig{Name: "from-file", Plugin: "caddy", Replicas: n(5), Resources: &api.Resources{CPUCores: 2, MemoryMB: 1024}}
+	for _, c := range []struct {
+		name string
+		cfg  *DeploymentConfig
+		f    DeploymentFlags
+		want string // JSON of the request, or "USAGE"
+	}{
+		{"flags only", nil, DeploymentFlags{Name: "web", Plugin: "nginx", Replicas: n(3)},
+			`{"name":"web","plugin":"nginx","replicas":3}`},
+		{"no replicas", nil, DeploymentFlags{Name: "web", Plugin: "nginx"}, "USAGE"},
+		{"zero replicas is a value", nil, DeploymentFlags{Name: "web", Plugin: "nginx", Replicas: n(0)},
+			`{"name":"web","plugin":"nginx","replicas":0}`},
+		{"file only", cfg, DeploymentFlags{},
+			`{"name":"from-file","plugin":"caddy","replicas":5,"resources":{"cpu_cores":2,"memory_mb":1024}}`},
+		{"flags win", cfg, DeploymentFlags{Name: "web", Plugin: "nginx", Replicas: n(1), Memory: 256},
+			`{"name":"web","plugin":"nginx","replicas":1,"resources":{"cpu_cores":2,"memory_mb":256}}`},
+		{"the spec's file: replicas from the flag", &DeploymentConfig{Plugin: "nginx", Resources: &api.Resources{CPUCores: 2, MemoryMB: 1024}},
+			DeploymentFlags{Name: "my-service", Replicas: n(5)},
+			`{"name":"my-service","plugin":"nginx","replicas":5,"resources":{"cpu_cores":2,"memory_mb":1024}}`},
+		{"cpu flag without file", nil, DeploymentFlags{Name: "web", Plugin: "nginx", Replicas: n(1), CPU: 4},
+			`{"name":"web","plugin":"nginx","replicas":1,"resources":{"cpu_cores":4,"memory_mb":0}}`},
+	} {
+		req, err := DeploymentRequest(c.cfg, c.f)
+		if c.want == "USAGE" {
+			if !apierr.Is(err, apierr.Usage) {
+				t.Errorf("%s: %v, want USAGE", c.name, err)
+			}
+			continue
+		}
+		b, _ := json.Marshal(req)
+		if err != nil || string(b) != c.want {
+			t.Errorf("%s: %s, %v\nwant %s", c.name, b, err, c.want)
+		}
+	}
+	// The file is not changed by the merge.
+	if cfg.Resources.MemoryMB != 1024 {
+		t.Error("DeploymentRequest changed the config's resources")
+	}
+}
