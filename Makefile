@@ -22,10 +22,11 @@ help: ## list targets
 
 all: build ## same as build
 
-build: ## build every command into bin/ (kestrel static, CGO off)
+build: ## build every command into bin/ (kestrel and volant-launch static, CGO off)
 	@mkdir -p $(BIN)
 	$(if $(filter kestrel,$(CMDS)),CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $(BIN)/kestrel ./cmd/kestrel)
-	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(filter-out kestrel,$(CMDS)))
+	$(if $(filter volant-launch,$(CMDS)),CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/volant-launch ./cmd/volant-launch)
+	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(filter-out kestrel volant-launch,$(CMDS)))
 
 test: build kernel ## every test tier: unit, contract, privileged (netns), real VMs, e2e scripts
 	$(TEST_ENV) $(GOTEST) -timeout 40m ./...

@@ -16,7 +16,7 @@
 // --cpus N --memory MIB --run-dir DIR --tap TAP --mac MAC --serial-log FILE
 // --boot-initramfs FILE --kestrel FILE --boot-layer auto|always|never
 // --api-host HOST --api-port N --dns IP (repeatable) --kernel-arg WORD
-// (repeatable) --debug.
+// (repeatable) --debug --verify cached|always.
 //
 // Stdin (argv, run): one JSON request, the VM spec (lib/launch.Spec; flags
 // override its fields):
@@ -27,7 +27,7 @@
 //	 "lease":{"vm","ip","prefix","gateway","mac"},"net_tap":{"tap","lease":{...}},
 //	 "dns":["1.1.1.1"],"api_host":"192.168.127.1","api_port":8080,
 //	 "serial_log":"..","run_dir":"..","boot_initramfs":"..","kestrel":"..","boot_layer":"auto",
-//	 "kernel_args":[".."],"debug":false,"stop_timeout_ms":10000}
+//	 "kernel_args":[".."],"debug":false,"verify":"cached","stop_timeout_ms":10000}
 //
 // or the output of another command: `volant-ipam lease` (kind ipam.lease,
 // becomes "lease") or `volant-net tap add` (kind net.tap, becomes "net_tap"):
@@ -48,8 +48,8 @@
 //
 // `run` is for systemd (Type=notify: READY=1 once the VMM answers on its
 // control socket) and for volantd, which starts one `run` per VM. It writes
-// the guest console to the serial log (and, with QEMU, serves it on
-// <run dir>/console.sock), logs to stderr, and on SIGTERM or SIGINT stops
+// the guest console to the serial log and serves it on <run dir>/console.sock
+// (for Cloud Hypervisor by relaying CH's serial socket), logs to stderr, and on SIGTERM or SIGINT stops
 // the VM: ACPI power button, then after --stop-timeout (default 10s) a hard
 // stop, then SIGKILL. It exits when the VM does; the VMM never outlives it
 // (also not a kill -9). `stop` does the same escalation from another process
@@ -70,6 +70,8 @@
 //	CONFLICT           5  the VM already runs (its run dir is locked); pause of a stopped VM
 //	NOT_SUPPORTED      7  the backend or host cannot do it (TCG on Cloud Hypervisor, KVM on a PVM host, remote artifacts)
 //	CHECKSUM_MISMATCH  8  an artifact's sha256 differs from the manifest's; nothing was started
+//	                      (artifacts are hashed unless this host already verified the same file
+//	                      version — device, inode, size, mtime, ctime; --verify always hashes every time)
 //	UNAVAILABLE        9  no usable hypervisor; the VMM exited early or unexpectedly; the guest panicked
 //	TIMEOUT           11  the VMM never answered on its control socket
 package main
@@ -112,6 +114,7 @@ type specFlags struct {
 	DNS           []string      `long:"dns" description:"guest resolver (repeatable)"`
 	KernelArgs    []string      `long:"kernel-arg" description:"extra kernel command-line word (repeatable)"`
 	Debug         bool          `long:"debug" description:"verbose guest boot and agent"`
+	Verify        string        `long:"verify" description:"cached (default: hash unless this file version was verified here) or always"`
 	StopTimeout   time.Duration `long:"stop-timeout" description:"run: time the guest gets to power off after the power button (default 10s)"`
 }
 
@@ -308,6 +311,7 @@ func readSpec(env *cli.Env, f specFlags) (launch.Spec, error) {
 	set(&s.BootInitramfs, f.BootInitramfs)
 	set(&s.Kestrel, f.Kestrel)
 	set(&s.BootLayer, f.BootLayer)
+	set(&s.Verify, f.Verify)
 	set(&s.APIHost, f.APIHost)
 	if f.APIPort != 0 {
 		s.APIPort = f.APIPort

@@ -34,6 +34,15 @@ var (
 	buildErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	vmmtest.CleanupBuilds()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // launchBinary builds this command once per test process ($VOLANT_BIN/
 // volant-launch when the Makefile passes it).
 func launchBinary(t *testing.T) string {
@@ -69,8 +78,12 @@ type vmGuest struct {
 	probe    string // URL path on the guest IP, e.g. ":8080/healthz"
 }
 
-// hasKestrel reports whether this checkout has kestrel (cmd/kestrel).
+// hasKestrel reports whether a kestrel can be had: built from this
+// checkout (cmd/kestrel) or given as $VOLANT_KESTREL.
 func hasKestrel() bool {
+	if p := os.Getenv("VOLANT_KESTREL"); p != "" && fileExists(p) {
+		return true
+	}
 	root, err := guesttest.ModuleRoot()
 	if err != nil {
 		return false
@@ -101,7 +114,7 @@ func newGuest(t *testing.T, k *kernel.Kernel) vmGuest {
 		workload = `"workload":{"type":"http","entrypoint":["/bin/busybox","httpd","-f","-p","80","-h","/www"],"base_url":"http://127.0.0.1:80"},"health_check":{"endpoint":"/index.html","interval_ms":500}`
 	} else {
 		pid1 = vmmtest.TestInit(t)
-		t.Log("cmd/kestrel is not in this tree yet: the guest's PID 1 is the test init")
+		t.Log("no kestrel in this tree (cmd/kestrel) or $VOLANT_KESTREL: the guest's PID 1 is the test init")
 	}
 	if _, err := bootimage.Add(b, bootimage.Options{Kestrel: pid1, ModulesDir: k.ModulesDir}); err != nil {
 		t.Fatal(err)
@@ -357,7 +370,38 @@ func TestVMKill9LeavesNoOrphan(t *testing.T) {
 func TestVMStopFromAnotherProcess(t *testing.T) {
 	const name = "vmtest3"
 	w := newWorld(t, name)
+	// Be systemd: a notify socket that records what run reports.
+	notifyPath := filepath.Join(w.dir, "notify.sock")
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	notes := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := nc.Read(buf)
+			if err != nil {
+				close(notes)
+				return
+			}
+			notes <- string(buf[:n])
+		}
+	}()
+	w.env = append(w.env, "NOTIFY_SOCKET="+notifyPath)
 	cmd, out, errb := w.start(t, name)
+	select {
+	case n := <-notes:
+		if !strings.HasPrefix(n, "READY=1") {
+			t.Fatalf("first notification %q, want READY=1", n)
+		}
+		if _, err := os.Stat(filepath.Join(w.runDir, launch.SocketName)); err != nil {
+			t.Fatal("READY=1 before the control socket exists")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("run never notified READY=1")
+	}
 	w.waitHealthy(t, 90*time.Second)
 	rep := w.launch(t, "stop", "--dir", w.runDir, "--timeout", "20s")
 	if rep["method"] != supervise.StoppedPowerButton {
@@ -386,5 +430,144 @@ func TestVMStopFromAnotherProcess(t *testing.T) {
 		if strings.Contains(sc.Text(), "level=ERROR") {
 			t.Errorf("run logged an error: %s", sc.Text())
 		}
+	}
+}
+
+// kestrelOrSkip returns a kestrel binary; the tests that need kestrel's
+// own behaviour (stage 1, manifest from the initrd) cannot use the test init.
+func kestrelOrSkip(t *testing.T) string {
+	t.Helper()
+	if !hasKestrel() {
+		t.Skip("needs kestrel (cmd/kestrel in the tree, or $VOLANT_KESTREL)")
+	}
+	return guesttest.Kestrel(t)
+}
+
+func sha256File(t *testing.T, p string) string {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+func labels(n int) string {
+	var b strings.Builder
+	for i := range n {
+		sum := sha256.Sum256([]byte{byte(i)})
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"l%d":%q`, i, hex.EncodeToString(sum[:]))
+	}
+	return b.String()
+}
+
+const httpdWorkload = `"workload":{"type":"http","entrypoint":["/bin/busybox","httpd","-f","-p","80","-h","/www"],"base_url":"http://127.0.0.1:80"}`
+
+// TestVMLayeredInitrd boots a plugin archive that has neither kestrel nor
+// modules, with a manifest too long for the kernel command line: the
+// launcher layers the boot image (built from --kestrel and the kernel's
+// modules) under it and the manifest over it, and kestrel finds everything.
+func TestVMLayeredInitrd(t *testing.T) {
+	const name = "vmtest4"
+	kestrel := kestrelOrSkip(t)
+	w := newWorld(t, name)
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
+	}
+	b := initramfs.New()
+	b.CopyFile("/bin/busybox", bb, 0o755)
+	b.File("/www/index.html", 0o644, []byte("layered\n"))
+	archive := filepath.Join(w.dir, "bare.cpio.gz")
+	if err := b.WriteFile(archive, initramfs.Gzip); err != nil {
+		t.Fatal(err)
+	}
+	w.guest.manifest = filepath.Join(w.dir, "big.json")
+	w.guest.probe = ":80/index.html"
+	os.WriteFile(w.guest.manifest, []byte(fmt.Sprintf(`{"name":"bare","version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},%s,"labels":{%s}}`,
+		archive, sha256File(t, archive), httpdWorkload, labels(40))), 0o644)
+
+	cmd := exec.Command(w.bin, "argv", "--name", name, "--manifest", w.guest.manifest, "--kernel", w.kernelDir, "--kestrel", kestrel, "--run-dir", w.runDir, "--tap", launch.DefaultTapName(name))
+	cmd.Env = w.env
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("argv: %v", err)
+	}
+	var av struct {
+		Cmdline string             `json:"cmdline"`
+		Initrd  *launch.InitrdPlan `json:"initrd"`
+	}
+	json.Unmarshal(out, &av)
+	var layers []string
+	for _, l := range av.Initrd.Layers {
+		layers = append(layers, l.What)
+	}
+	if strings.Join(layers, ",") != "boot-image,plugin,manifest" || !strings.Contains(av.Cmdline, "volant.manifest_file=/etc/volant/manifest.json") {
+		t.Fatalf("layers %v cmdline %q", layers, av.Cmdline)
+	}
+
+	run, _, errb := w.start(t, name, "--kestrel", kestrel)
+	w.waitHealthy(t, 90*time.Second)
+	if body, err := w.get(":80/index.html", 5*time.Second); err != nil || body != "layered\n" {
+		t.Fatalf("workload: %q %v", body, err)
+	}
+	run.Process.Signal(syscall.SIGTERM)
+	if err := run.Wait(); err != nil {
+		t.Fatalf("run: %v\n%s", err, errb)
+	}
+	if log, _ := os.ReadFile(w.log); !strings.Contains(string(log), "reboot: Power down") {
+		t.Fatalf("no clean power-off:\n%s", log)
+	}
+}
+
+// TestVMRootfs boots a rootfs plugin: an ext4 image on virtio-blk holding
+// only the workload, through the boot initramfs the launcher builds from
+// --kestrel and the kernel's modules (kestrel stage 1 mounts /dev/vda and
+// switches root). After a graceful stop the file system is clean.
+func TestVMRootfs(t *testing.T) {
+	const name = "vmtest5"
+	kestrel := kestrelOrSkip(t)
+	w := newWorld(t, name)
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
+	}
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		netnstest.SkipOrFail(t, "mkfs.ext4 (e2fsprogs) is needed")
+	}
+	tree := filepath.Join(w.dir, "tree")
+	os.MkdirAll(filepath.Join(tree, "bin"), 0o755)
+	os.MkdirAll(filepath.Join(tree, "www"), 0o755)
+	data, _ := os.ReadFile(bb)
+	os.WriteFile(filepath.Join(tree, "bin", "busybox"), data, 0o755)
+	os.WriteFile(filepath.Join(tree, "www", "index.html"), []byte("from the disk\n"), 0o644)
+	img := filepath.Join(w.dir, "root.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-d", tree, img, "32M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v %s", err, out)
+	}
+	w.guest.manifest = filepath.Join(w.dir, "rootfs.json")
+	w.guest.probe = ":80/index.html"
+	os.WriteFile(w.guest.manifest, []byte(fmt.Sprintf(`{"name":"disk","version":"1","rootfs":{"url":%q,"checksum":"sha256:%s","format":"ext4"},%s}`,
+		img, sha256File(t, img), httpdWorkload)), 0o644)
+
+	run, out, errb := w.start(t, name, "--kestrel", kestrel)
+	w.waitHealthy(t, 90*time.Second)
+	if body, err := w.get(":80/index.html", 5*time.Second); err != nil || body != "from the disk\n" {
+		t.Fatalf("workload: %q %v", body, err)
+	}
+	run.Process.Signal(syscall.SIGTERM)
+	if err := run.Wait(); err != nil {
+		t.Fatalf("run: %v\n%s", err, errb)
+	}
+	var res launch.Result
+	json.Unmarshal([]byte(out.String()), &res)
+	if res.StopMethod != supervise.StoppedPowerButton {
+		t.Fatalf("run result %q", out)
+	}
+	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
+		t.Fatalf("the root file system is not clean after a graceful stop: %v\n%s", err, out)
 	}
 }

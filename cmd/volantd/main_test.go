@@ -34,7 +34,11 @@ func TestMain(m *testing.M) {
 	case chtest.Name:
 		os.Exit(chtest.Main(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
 
 var (

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/controller/controllertest"
+	"github.com/volantvm/volant/lib/store"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 	"github.com/volantvm/volant/lib/volantd"
 )
@@ -98,4 +101,27 @@ func mainSource(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestVMUnitReadsTheStagedSpec: in systemd mode volantd stages each VM's
+// spec where volant-vm@.service reads it.
+func TestVMUnitReadsTheStagedSpec(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(unitDir, "volant-vm@.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^StandardInput=file:(.*)$`).FindStringSubmatch(string(b))
+	if m == nil {
+		t.Fatal("volant-vm@.service has no StandardInput=file:")
+	}
+	c, err := controller.New(controller.Config{Store: &store.Store{}, Runtime: controllertest.NewRuntime(), DataDir: volantd.DefaultDataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.ReplaceAll(m[1], "%i", "web1"); got != c.SpecPath("web1") {
+		t.Fatalf("the unit reads %s; volantd stages %s", got, c.SpecPath("web1"))
+	}
+	if controller.UnitName("web1") != "volant-vm@web1.service" {
+		t.Fatal(controller.UnitName("web1"))
+	}
 }

@@ -3,7 +3,7 @@
 // to the control plane. Types only, standard library only, so both kestrel
 // and volantd import it without pulling anything else in.
 //
-// Kestrel serves, on Port inside the guest:
+// Kestrel serves, on Port (or the manifest's network.agent_port) inside the guest:
 //
 //	GET  /healthz            Status
 //	GET  /v1/logs            the workload's output ring buffer (text); ?follow=1 streams
@@ -22,7 +22,9 @@ import (
 	"time"
 )
 
-// Port is kestrel's HTTP port inside the guest.
+// Port is kestrel's default HTTP port inside the guest. A manifest moves it
+// with network.agent_port (manifest.AgentPort), carried to kestrel as
+// volant.agent_port= when it differs; hosts reach kestrel at that port.
 const Port = 8080
 
 // ManifestPath is where the control plane serves a plugin's manifest.

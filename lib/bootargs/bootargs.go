@@ -14,6 +14,7 @@
 //	volant.gw=A.B.C.D                     default gateway
 //	volant.dns=A.B.C.D[,A.B.C.D]          resolvers written to /etc/resolv.conf
 //	volant.api_host=HOST volant.api_port=N the control plane kestrel reports to
+//	volant.agent_port=N                   kestrel's own API port in the guest (default 8080)
 //	volant.boot=auto|initramfs|rootfs     stage-1 decision (default auto)
 //	volant.rootfs_device=/dev/vda         root disk for the rootfs path
 //	volant.rootfs_fstype=ext4             its filesystem
@@ -59,6 +60,7 @@ type Args struct {
 	DNS          []netip.Addr
 	APIHost      string
 	APIPort      int
+	AgentPort    int
 	Boot         Mode
 	RootfsDevice string
 	RootfsFSType string
@@ -95,6 +97,9 @@ func (a Args) Fields() []string {
 	add("volant.api_host", a.APIHost)
 	if a.APIPort != 0 {
 		add("volant.api_port", strconv.Itoa(a.APIPort))
+	}
+	if a.AgentPort != 0 {
+		add("volant.agent_port", strconv.Itoa(a.AgentPort))
 	}
 	add("volant.boot", string(a.Boot))
 	add("volant.rootfs_device", a.RootfsDevice)
@@ -195,6 +200,13 @@ func Parse(cmdline string) (Args, error) {
 				continue
 			}
 			a.APIPort = n
+		case "volant.agent_port":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 65535 {
+				bad(k, v, "want a port number 1-65535")
+				continue
+			}
+			a.AgentPort = n
 		case "volant.boot":
 			switch Mode(v) {
 			case BootAuto, BootInitramfs, BootRootfs:

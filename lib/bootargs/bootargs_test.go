@@ -14,7 +14,7 @@ func TestRoundTrip(t *testing.T) {
 		IP:      netip.MustParsePrefix("192.168.127.100/24"),
 		Gateway: netip.MustParseAddr("192.168.127.1"),
 		DNS:     []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("8.8.8.8")},
-		APIHost: "192.168.127.1", APIPort: 7070,
+		APIHost: "192.168.127.1", APIPort: 7070, AgentPort: 9090,
 		Boot: BootRootfs, RootfsDevice: "/dev/vda", RootfsFSType: "ext4",
 		Modules: []string{"virtio_console", "button"}, Debug: true,
 	}

@@ -59,7 +59,9 @@
 // CONFLICT), which holds:
 //
 //	ctl.sock      the VMM's control socket (CH REST API or QEMU QMP)
-//	console.sock  the attachable serial console (QEMU; also logged)
+//	console.sock  the attachable serial console (one client at a time)
+//	serial.sock   Cloud Hypervisor's serial socket, relayed by Run to the
+//	              serial log and console.sock (CH cannot do both itself)
 //	pid           {"supervisor":{pid,start_time,boot_id},"vmm":{...},...}
 //	plan.json     the resolved plan
 //	initrd        the layered initrd, when one is needed

@@ -192,7 +192,7 @@ func cachedScan(a *Artifact, cacheDir string) ([]string, error) {
 		return nil, err
 	}
 	if b, err := json.Marshal(rels); err == nil && os.MkdirAll(filepath.Dir(cache), 0o755) == nil {
-		_ = supervise.WriteFileAtomic(cache, b, 0o644) // a cache: failing to write it costs a rescan
+		_ = supervise.ReplaceFile(cache, b, 0o644) // a cache: losing it costs a rescan
 	}
 	return rels, nil
 }
@@ -326,7 +326,7 @@ func walkNewc(r io.Reader, fn func(string)) error {
 // stageInitrd writes <run dir>/initrd when the plan layers archives:
 // each layer padded to 4 bytes, then concatenated, the generated manifest
 // archive last. It streams (plugin archives can be large) into a temporary
-// file that is fsynced and renamed.
+// file renamed into place (the run dir does not outlive the boot: no fsync).
 func stageInitrd(p *Plan) error {
 	if p.Initrd == nil || p.Initrd.Path != filepath.Join(p.RunDir, InitrdName) {
 		return nil
@@ -365,9 +365,6 @@ func stageInitrd(p *Plan) error {
 		}
 	}
 	if err := w.w.(*bufio.Writer).Flush(); err != nil {
-		return fmt.Errorf("staging the initrd: %w", err)
-	}
-	if err := f.Sync(); err != nil {
 		return fmt.Errorf("staging the initrd: %w", err)
 	}
 	if err := f.Close(); err != nil {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -311,7 +312,7 @@ func TestPrepareRefusals(t *testing.T) {
 	}{
 		{"run dir too long", func(s *Spec) { s.RunDir = "/run/" + strings.Repeat("d", 110) }, apierr.InvalidInput, "unix sockets allow 107"},
 		{"no name", func(s *Spec) { s.Name = "" }, apierr.Usage, "needs a name"},
-		{"bad name", func(s *Spec) { s.Name = "../etc" }, apierr.InvalidInput, "VM name"},
+		{"bad name", func(s *Spec) { s.Name = "../etc" }, apierr.InvalidInput, "invalid VM name"},
 		{"no manifest", func(s *Spec) { s.Manifest = nil }, apierr.Usage, "manifest is required"},
 		{"both manifests", func(s *Spec) { s.ManifestPath = "m.json" }, apierr.Usage, "not both"},
 		{"unknown vmm", func(s *Spec) { s.VMM = "firecracker" }, apierr.InvalidInput, "unknown vmm"},
@@ -508,14 +509,15 @@ func TestRunLifecycle(t *testing.T) {
 
 func TestRunStopsOnCancel(t *testing.T) {
 	for _, tc := range []struct {
-		guest string
-		want  string
-	}{{"", supervise.StoppedPowerButton}, {"deaf", supervise.StoppedHard}} {
+		guest   string
+		timeout int
+		want    string
+	}{{"", 10000, supervise.StoppedPowerButton}, {"deaf", 300, supervise.StoppedHard}} {
 		t.Run("guest="+tc.guest, func(t *testing.T) {
 			t.Setenv("FAKE_CH_GUEST", tc.guest)
 			f := newFixture(t)
 			s := f.spec()
-			s.StopTimeoutMS = 300
+			s.StopTimeoutMS = tc.timeout
 			p, err := Prepare(context.Background(), s, f.opts)
 			if err != nil {
 				t.Fatal(err)
@@ -735,3 +737,110 @@ func keys(m map[string][]byte) []string {
 }
 
 func decode(s string, v any) error { return cli.DecodeRequest([]byte(s), v) }
+
+func TestVerificationCache(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	p, err := Prepare(ctx, f.spec(), f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Artifacts[0].Verified || p.Artifacts[0].Cached {
+		t.Fatalf("first launch must hash: %+v", p.Artifacts[0])
+	}
+	p, err = Prepare(ctx, f.spec(), f.opts)
+	if err != nil || !p.Artifacts[0].Cached {
+		t.Fatalf("an unchanged file is verified from the cache: %+v %v", p.Artifacts, err)
+	}
+	s := f.spec()
+	s.Verify = VerifyAlways
+	if p, err = Prepare(ctx, s, f.opts); err != nil || p.Artifacts[0].Cached {
+		t.Fatalf("verify=always must hash: %+v %v", p.Artifacts, err)
+	}
+	// Tamper with the archive in place, same size, and put its mtime back:
+	// the ctime still moves, so the cache does not vouch for it.
+	st, _ := os.Stat(f.plugin)
+	data, _ := os.ReadFile(f.plugin)
+	data[len(data)-1] ^= 0xff
+	os.WriteFile(f.plugin, data, 0o644)
+	os.Chtimes(f.plugin, st.ModTime(), st.ModTime())
+	if _, err := Prepare(ctx, f.spec(), f.opts); !apierr.Is(err, apierr.ChecksumMismatch) {
+		t.Fatalf("a tampered file passed through the cache: %v", err)
+	}
+	s.Verify = "sometimes"
+	if _, err := Prepare(ctx, s, f.opts); !apierr.Is(err, apierr.InvalidInput) {
+		t.Fatalf("bad verify mode: %v", err)
+	}
+}
+
+func TestValidName(t *testing.T) {
+	// lib/names' rule: what volant-ipam and volantd accept, launch accepts.
+	for s, ok := range map[string]bool{"web1": true, "web-1_a": true, "9": true, strings.Repeat("a", 63): true,
+		"": false, "-a": false, "Web1": false, "a.b": false, "a/b": false, "a b": false, strings.Repeat("a", 64): false} {
+		if ValidName(s) != ok {
+			t.Errorf("ValidName(%q) = %v", s, !ok)
+		}
+	}
+}
+
+// Cloud Hypervisor serves its serial port on a socket but cannot also log
+// it; Run relays it to the serial log and an attachable console socket.
+func TestConsoleRelay(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	p, err := Prepare(ctx, f.spec(), f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.SerialRelay == "" || p.Config.Serial.Socket != p.SerialRelay || p.Config.Serial.LogFile != "" {
+		t.Fatalf("serial %+v relay %q", p.Config.Serial, p.SerialRelay)
+	}
+	wait := startRun(t, ctx, p, f.opts)
+	waitRunning(t, p.RunDir, f.opts)
+	// The boot line reached the log through the relay.
+	if err := waitFor(func() bool { b, _ := os.ReadFile(p.SerialLog); return strings.Contains(string(b), "booted") }); err != nil {
+		t.Fatal("the relay did not log the console")
+	}
+	c, err := net.Dial("unix", p.Console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello guest\n"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, 64)
+	n, err := io.ReadAtLeast(c, got, len("hello guest\n"))
+	if err != nil || !strings.Contains(string(got[:n]), "hello guest") {
+		t.Fatalf("console echo %q %v", got[:n], err)
+	}
+	// One client at a time.
+	c2, err := net.Dial("unix", p.Console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	msg, _ := io.ReadAll(c2)
+	c2.Close()
+	if !strings.Contains(string(msg), "already attached") {
+		t.Fatalf("second client: %q", msg)
+	}
+	if _, err := Stop(ctx, p.RunDir, 5*time.Second, f.opts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p.SerialLog); !strings.Contains(string(b), "hello guest") {
+		t.Fatalf("the echoed input is not in the serial log: %q", b)
+	}
+}
+
+func waitFor(cond func() bool) error {
+	for i := 0; i < 500; i++ {
+		if cond() {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return errors.New("timed out")
+}

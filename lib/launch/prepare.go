@@ -2,12 +2,9 @@ package launch
 
 import (
 	"context"
-	"crypto/sha256"
 	"debug/elf"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net/netip"
@@ -24,6 +21,7 @@ import (
 	"github.com/volantvm/volant/lib/bootargs"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/names"
 	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor"
 	"github.com/volantvm/volant/lib/vmm/qemu"
@@ -39,7 +37,8 @@ const (
 // Run-directory entries. Short names keep socket paths under the limit.
 const (
 	SocketName    = "ctl.sock"     // CH API socket or QEMU QMP socket
-	ConsoleName   = "console.sock" // attachable serial console (QEMU)
+	ConsoleName   = "console.sock" // attachable serial console
+	SerialName    = "serial.sock"  // the VMM's own serial socket, when relayed
 	PidFileName   = "pid"
 	PlanFileName  = "plan.json"
 	InitrdName    = "initrd"
@@ -106,21 +105,25 @@ func DefaultBackends(hostRoot fs.FS) []vmm.Backend {
 // starting anything; Run carries it out. It is also written to the run
 // directory as plan.json.
 type Plan struct {
-	Name      string       `json:"name"`
-	VMM       string       `json:"vmm"`
-	Accel     vmm.Accel    `json:"accel"`
-	Argv      []string     `json:"argv"`
-	Cmdline   string       `json:"cmdline"`
-	Config    vmm.Config   `json:"config"`
-	RunDir    string       `json:"run_dir"`
-	Initrd    *InitrdPlan  `json:"initrd,omitempty"`
-	Artifacts []Artifact   `json:"artifacts"`
-	Network   *network     `json:"network,omitempty"`
-	Console   string       `json:"console_socket,omitempty"`
-	SerialLog string       `json:"serial_log"`
-	StopAfter Duration     `json:"stop_timeout"`
-	Notes     []string     `json:"notes,omitempty"`
-	Manifest  manifestInfo `json:"manifest"`
+	Name      string      `json:"name"`
+	VMM       string      `json:"vmm"`
+	Accel     vmm.Accel   `json:"accel"`
+	Argv      []string    `json:"argv"`
+	Cmdline   string      `json:"cmdline"`
+	Config    vmm.Config  `json:"config"`
+	RunDir    string      `json:"run_dir"`
+	Initrd    *InitrdPlan `json:"initrd,omitempty"`
+	Artifacts []Artifact  `json:"artifacts"`
+	Network   *network    `json:"network,omitempty"`
+	Console   string      `json:"console_socket,omitempty"`
+	// SerialRelay is the VMM's serial socket when the VMM cannot both log
+	// and serve its console (Cloud Hypervisor): Run relays it to the
+	// serial log and the console socket.
+	SerialRelay string       `json:"serial_relay,omitempty"`
+	SerialLog   string       `json:"serial_log"`
+	StopAfter   Duration     `json:"stop_timeout"`
+	Notes       []string     `json:"notes,omitempty"`
+	Manifest    manifestInfo `json:"manifest"`
 
 	manifestJSON []byte
 }
@@ -140,6 +143,9 @@ type Artifact struct {
 	Path     string `json:"path"`
 	SHA256   string `json:"sha256,omitempty"`
 	Verified bool   `json:"verified"`
+	// Cached says the verification came from the cache of file versions
+	// this host already hashed (see VerifyCached).
+	Cached bool `json:"cached,omitempty"`
 }
 
 // Duration marshals as milliseconds.
@@ -188,8 +194,8 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	if name == "" {
 		return nil, apierr.New(apierr.Usage, "the VM needs a name: --name, \"name\", or a piped lease")
 	}
-	if !ValidName(name) {
-		return nil, badInput("VM name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", name).With("field", "name")
+	if err := names.Check("VM name", name); err != nil {
+		return nil, err
 	}
 	if lease != nil && lease.VM != "" && lease.VM != name {
 		return nil, badInput("the lease is for VM %q, not %q", lease.VM, name).With("field", "lease.vm")
@@ -213,13 +219,18 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	switch s.Verify {
+	case "", VerifyCached, VerifyAlways:
+	default:
+		return nil, badInput("verify %q: want cached or always", s.Verify).With("field", "verify")
+	}
 	var hashWG sync.WaitGroup
 	hashErr := make([]error, len(arts))
 	for i := range arts {
 		hashWG.Add(1)
 		go func() {
 			defer hashWG.Done()
-			hashErr[i] = verify(&arts[i])
+			hashErr[i] = verify(&arts[i], o.CacheDir, s.Verify)
 		}()
 	}
 	defer hashWG.Wait()
@@ -289,12 +300,11 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
 	sock := filepath.Join(p.RunDir, SocketName)
-	if caps.SerialSocket {
-		p.Console = filepath.Join(p.RunDir, ConsoleName)
-	} else {
-		note("%s cannot log the console and serve it on a socket at once: the console is logged only", p.VMM)
+	p.Console = filepath.Join(p.RunDir, ConsoleName)
+	if !caps.SerialSocket {
+		p.SerialRelay = filepath.Join(p.RunDir, SerialName)
 	}
-	for _, sp := range []string{sock, p.Console} {
+	for _, sp := range []string{sock, p.Console, p.SerialRelay} {
 		if len(sp) > maxSocketPath {
 			return nil, badInput("socket path %s is %d bytes; unix sockets allow %d: choose a shorter run dir", sp, len(sp), maxSocketPath).
 				With("field", "run_dir").With("bytes", len(sp))
@@ -313,7 +323,7 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	}
 
 	// Kernel command line (the manifest may have to move into the initrd).
-	p.Cmdline, p.Manifest.InInitrd, err = buildCmdline(s, m, name, nw, accel, machine, kern)
+	p.Cmdline, p.Manifest.InInitrd, err = buildCmdline(s, m, name, nw, accel, machine, o.CacheDir)
 	if err != nil {
 		return nil, err
 	}
@@ -359,6 +369,9 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 		Disks: disks, APISocket: sock,
 		Serial:  vmm.Serial{LogFile: p.SerialLog, Socket: p.Console},
 		Machine: machine, Accel: accel,
+	}
+	if p.SerialRelay != "" {
+		p.Config.Serial = vmm.Serial{Socket: p.SerialRelay}
 	}
 	if p.Initrd != nil {
 		p.Config.Initramfs = p.Initrd.Path
@@ -439,30 +452,6 @@ func artifacts(m *manifest.Manifest) ([]Artifact, error) {
 		}
 	}
 	return out, nil
-}
-
-// verify hashes the artifact and compares with its expected sha256.
-func verify(a *Artifact) error {
-	f, err := os.Open(a.Path)
-	if err != nil {
-		return fmt.Errorf("%s artifact: %w", a.Role, err)
-	}
-	defer f.Close()
-	if a.SHA256 == "" {
-		return nil
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return fmt.Errorf("hashing %s: %w", a.Path, err)
-	}
-	got := hex.EncodeToString(h.Sum(nil))
-	if !strings.EqualFold(got, a.SHA256) {
-		return apierr.New(apierr.ChecksumMismatch, "%s %s has sha256 %s, but the manifest says %s; refusing to boot it", a.Role, a.Path, got, a.SHA256).
-			With("path", a.Path).With("role", a.Role).With("expected", "sha256:"+strings.ToLower(a.SHA256)).With("actual", "sha256:"+got)
-	}
-	a.SHA256 = got
-	a.Verified = true
-	return nil
 }
 
 // kernelInfo is the resolved kernel.
@@ -585,7 +574,7 @@ func resolveNetwork(s Spec, name string, lease *Lease, m *manifest.Manifest, not
 // not fit bootargs.MaxCmdline with the encoded manifest, the manifest is
 // replaced by volant.manifest_file (inInitrd); if it still does not fit,
 // CMDLINE_TOO_LONG.
-func buildCmdline(s Spec, m *manifest.Manifest, name string, nw *network, accel vmm.Accel, machine string, k kernelInfo) (line string, inInitrd bool, err error) {
+func buildCmdline(s Spec, m *manifest.Manifest, name string, nw *network, accel vmm.Accel, machine, cacheDir string) (line string, inInitrd bool, err error) {
 	base := []string{"console=ttyS0", "panic=-1"}
 	if !s.Debug {
 		base = append(base, "quiet")
@@ -593,7 +582,7 @@ func buildCmdline(s Spec, m *manifest.Manifest, name string, nw *network, accel 
 	if accel == vmm.AccelTCG && machine == qemu.MachineMicrovm {
 		// microvm has no PIT-backed calibration path the kernel trusts under
 		// TCG; the guest TSC is the host's, so give its rate.
-		khz, err := kernel.HostTSCkHz()
+		khz, err := hostTSCkHz(cacheDir)
 		if err != nil {
 			return "", false, fmt.Errorf("reading the host TSC rate for tsc_early_khz: %w", err)
 		}

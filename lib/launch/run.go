@@ -91,9 +91,6 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 	if err := supervise.WritePidFile(pidFile, pf); err != nil {
 		return nil, fmt.Errorf("writing the pid file: %w", err)
 	}
-	if err := writePlan(p); err != nil {
-		return nil, err
-	}
 	if err := stageInitrd(p); err != nil {
 		return nil, err
 	}
@@ -129,7 +126,18 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 	if err := supervise.WritePidFile(pidFile, pf); err != nil {
 		return nil, fmt.Errorf("writing the pid file: %w", err)
 	}
+	// After the exec: nothing the VMM needs waits on it.
+	if err := writePlan(p); err != nil {
+		return nil, err
+	}
 	log.Info("VMM started", "vm", p.Name, "vmm", p.VMM, "pid", proc.Pid, "accel", p.Accel)
+	if p.SerialRelay != "" {
+		relay, err := startConsoleRelay(ctx, p.SerialRelay, p.Console, p.SerialLog, log)
+		if err != nil {
+			return nil, err
+		}
+		defer relay.Close()
+	}
 
 	dial := func(ctx context.Context) (vmm.Control, error) { return b.Dial(ctx, p.Config.APISocket) }
 	rctx, cancel := context.WithTimeout(ctx, ro.ReadyTimeout)
@@ -271,7 +279,7 @@ func writePlan(p *Plan) error {
 	if err != nil {
 		return fmt.Errorf("encoding the plan: %w", err)
 	}
-	return supervise.WriteFileAtomic(filepath.Join(p.RunDir, PlanFileName), append(b, '\n'), 0o600)
+	return supervise.ReplaceFile(filepath.Join(p.RunDir, PlanFileName), append(b, '\n'), 0o600)
 }
 
 // maxSerialLog is the size past which the serial log is rotated (once, to

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/hostnet"
+	"github.com/volantvm/volant/lib/names"
 	"github.com/volantvm/volant/lib/vmm"
 )
 
@@ -77,6 +77,10 @@ type Spec struct {
 	KernelArgs []string `json:"kernel_args,omitempty"`
 	// Debug drops "quiet" and sets volant.debug=1.
 	Debug bool `json:"debug,omitempty"`
+	// Verify is how artifacts are checked against their sha256: "cached"
+	// (default: hashed unless this host already verified this file version,
+	// see VerifyCached) or "always".
+	Verify string `json:"verify,omitempty"`
 	// StopTimeoutMS is how long `run` gives the guest to power off after the
 	// ACPI power button before stopping it hard (default 10000).
 	StopTimeoutMS int `json:"stop_timeout_ms,omitempty"`
@@ -180,11 +184,10 @@ func (n *NetTap) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-
-// ValidName reports whether s can name a VM: it becomes a directory name, a
-// hostname and part of a tap name.
-func ValidName(s string) bool { return vmNameRE.MatchString(s) && !strings.Contains(s, "..") }
+// ValidName reports whether s can name a VM: lib/names' rule, shared with
+// volant-ipam and volantd (the name becomes a directory, a hostname and
+// part of a tap name).
+func ValidName(s string) bool { return names.Valid(s) }
 
 // DefaultTapName is the tap name volant-net derives for a VM
 // (hostnet.TapName: "vt-" + the name when it fits, else a hashed form). It

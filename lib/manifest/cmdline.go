@@ -19,14 +19,18 @@ const ReservedCmdline = 512
 const DefaultFragmentBudget = bootargs.MaxCmdline - ReservedCmdline
 
 // BootArgs returns the volant.* arguments this manifest implies: the encoded
-// manifest, plugin and runtime names, and for a rootfs plugin the boot mode
-// and its filesystem.
+// manifest, plugin and runtime names, kestrel's API port when it is not the
+// default, and for a rootfs plugin the boot mode and its filesystem.
 func (m *Manifest) BootArgs() (bootargs.Args, error) {
 	enc, err := m.Encode()
 	if err != nil {
 		return bootargs.Args{}, err
 	}
 	a := bootargs.Args{Manifest: enc, Plugin: m.Name, Runtime: m.Runtime}
+	if p := m.AgentPort(); p != DefaultAgentPort {
+		// Kestrel binds its API before it may have fetched the manifest.
+		a.AgentPort = p
+	}
 	if m.Rootfs != nil {
 		a.Boot = bootargs.BootRootfs
 		a.RootfsFSType = m.Rootfs.FSType

@@ -111,6 +111,9 @@ type Action struct {
 // Network is the VM's network attachment.
 type Network struct {
 	Mode string `json:"mode,omitempty" jsonschema:"enum=bridged,enum=none" jsonschema_description:"bridged: a tap on the host bridge with a leased address. none: no NIC."`
+	// AgentPort is where kestrel serves its API in the guest. It must not
+	// be a port the workload listens on.
+	AgentPort int `json:"agent_port,omitempty" jsonschema:"minimum=1,maximum=65535" jsonschema_description:"TCP port of kestrel's API in the guest. Default 8080, or the next free port above it when workload.base_url uses 8080."`
 }
 
 // IsEnabled reports the effective enabled flag (default true).

@@ -122,6 +122,20 @@ func TestNormalizeDefaults(t *testing.T) {
 	if m.Resources != (Resources{CPUCores: 1, MemoryMB: 128}) || m.Network.Mode != "bridged" {
 		t.Errorf("resources/network: %+v %+v", m.Resources, m.Network)
 	}
+	// This workload is on 8080, so kestrel's API moves out of its way.
+	if m.AgentPort() != 8081 {
+		t.Errorf("agent port next to an 8080 workload: %d", m.AgentPort())
+	}
+	if a, _ := m.BootArgs(); a.AgentPort != 8081 {
+		t.Errorf("boot args must carry a non-default agent port: %+v", a)
+	}
+	w, err := Parse([]byte(`{"name":"app","version":"1","initramfs":{"url":"/i"},"workload":{"entrypoint":["/app"],"base_url":"http://127.0.0.1"}}`))
+	if err != nil || w.AgentPort() != 8080 {
+		t.Errorf("default agent port: %v %v", w.AgentPort(), err)
+	}
+	if a, _ := w.BootArgs(); a.AgentPort != 0 {
+		t.Errorf("the default agent port stays off the command line: %+v", a)
+	}
 	off := false
 	m.Enabled = &off
 	if m.IsEnabled() {
@@ -294,4 +308,19 @@ func FuzzDecodeString(f *testing.F) {
 			t.Fatalf("decoded manifest is not valid: %v", err)
 		}
 	})
+}
+
+func TestNameAndLabelLengthLimits(t *testing.T) {
+	base := func(name, label string) []byte {
+		return []byte(`{"name":"` + name + `","version":"1","initramfs":{"url":"/i.cpio"},"workload":{"entrypoint":["/a"]},"labels":{"` + label + `":"v"}}`)
+	}
+	if _, err := Parse(base(strings.Repeat("a", 63), strings.Repeat("b", 63))); err != nil {
+		t.Fatalf("63 characters must be accepted: %v", err)
+	}
+	if _, err := Parse(base(strings.Repeat("a", 64), "b")); err == nil {
+		t.Fatal("a 64-character name was accepted")
+	}
+	if _, err := Parse(base("a", strings.Repeat("b", 64))); err == nil {
+		t.Fatal("a 64-character label key was accepted")
+	}
 }

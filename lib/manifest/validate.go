@@ -6,6 +6,7 @@ import (
 	"path"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/volantvm/volant/lib/names"
@@ -22,14 +23,19 @@ const (
 	DefaultRestart     = "on-failure"
 	DefaultNetworkMode = "bridged"
 	DefaultFSType      = "ext4"
+	// DefaultAgentPort is kestrel's API port in the guest (the spec's 8080).
+	DefaultAgentPort = 8080
 )
 
 var (
 	checksumRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 	hex64RE    = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
-	labelRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
-	envKeyRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	userRE     = regexp.MustCompile(`^[0-9]+(:[0-9]+)?$`)
+	// labelRE bounds the length in code (at the call): a {0,62}
+	// repetition takes ~0.3 ms to compile, paid at the start of every
+	// command and of kestrel in the guest.
+	labelRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
+	envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	userRE   = regexp.MustCompile(`^[0-9]+(:[0-9]+)?$`)
 )
 
 var filesystems = map[string]bool{"ext4": true, "xfs": true, "btrfs": true, "squashfs": true}
@@ -137,6 +143,12 @@ func (m *Manifest) Normalize() {
 	if m.Network.Mode == "" {
 		m.Network.Mode = DefaultNetworkMode
 	}
+	if m.Network.AgentPort == 0 {
+		m.Network.AgentPort = DefaultAgentPort
+		if p := urlPort(w.BaseURL); p == DefaultAgentPort {
+			m.Network.AgentPort = DefaultAgentPort + 1
+		}
+	}
 }
 
 func normChecksum(c string) string {
@@ -232,9 +244,12 @@ func (m *Manifest) Validate() error {
 	}
 	if m.Network != nil {
 		v.oneOf("network.mode", m.Network.Mode, "bridged", "none")
+		p := m.Network.AgentPort
+		v.check(p >= 1 && p <= 65535, "network.agent_port", "must be 1-65535, got %d", p)
+		v.check(p != urlPort(w.BaseURL), "network.agent_port", "%d is also the port of workload.base_url; kestrel and the workload cannot both listen there", p)
 	}
 	for _, k := range sortedKeys(m.Labels) {
-		v.check(labelRE.MatchString(k), "labels."+k, "label keys use letters, digits and ._/- (at most 63)")
+		v.check(len(k) <= 63 && labelRE.MatchString(k), "labels."+k, "label keys use letters, digits and ._/- (at most 63)")
 		v.check(len(m.Labels[k]) <= 256, "labels."+k, "value longer than 256 characters")
 	}
 	if len(v.probs) > 0 {
@@ -324,6 +339,33 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// urlPort is the TCP port of an http(s) URL (explicit or the scheme's), or 0.
+func urlPort(s string) int {
+	u, err := url.Parse(s)
+	if err != nil || s == "" {
+		return 0
+	}
+	if p := u.Port(); p != "" {
+		n, _ := strconv.Atoi(p)
+		return n
+	}
+	switch u.Scheme {
+	case "http":
+		return 80
+	case "https":
+		return 443
+	}
+	return 0
+}
+
+// AgentPort is kestrel's API port for this manifest.
+func (m *Manifest) AgentPort() int {
+	if m.Network != nil && m.Network.AgentPort != 0 {
+		return m.Network.AgentPort
+	}
+	return DefaultAgentPort
 }
 
 // LocalPath returns the filesystem path of an artifact location given as an

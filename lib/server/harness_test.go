@@ -237,9 +237,9 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
+			buf := make([]byte, 256<<10)
 			n := runtime.Stack(buf, true)
-			os.WriteFile(filepath.Join(os.TempDir(), "volant-goroutines.txt"), buf[:n], 0o644)
+			t.Logf("goroutines:\n%s", buf[:n])
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 		time.Sleep(20 * time.Millisecond)

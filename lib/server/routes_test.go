@@ -383,6 +383,10 @@ func TestAgentHandlerServesOnlyAgentRoutesFromTheVM(t *testing.T) {
 	if r := serve("GET", agentapi.ManifestPath("web"), "192.168.127.100:5555", ""); r.code != 200 || !strings.Contains(r.body.String(), `"name":"web"`) {
 		t.Fatalf("manifest on the agent endpoint: %d %s", r.code, r.body.String())
 	}
+	// Another guest (or a VM of another plugin) may not read it.
+	if r := serve("GET", agentapi.ManifestPath("web"), "192.168.127.150:5555", ""); r.code != 403 {
+		t.Fatalf("manifest for a stranger: %d %s", r.code, r.body.String())
+	}
 	for _, p := range []string{"/api/v1/vms", "/api/v1/plugins", "/openapi.json", "/api/v1/events"} {
 		if r := serve("GET", p, "192.168.127.100:5555", ""); r.code != 404 {
 			t.Errorf("GET %s on the agent endpoint: %d", p, r.code)

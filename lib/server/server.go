@@ -329,7 +329,26 @@ func (s *Server) getPlugin(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) pluginManifest(w http.ResponseWriter, r *http.Request) {
-	m, err := s.ctl.PluginManifest(r.Context(), r.PathValue("name"))
+	name := r.PathValue("name")
+	if r.Context().Value(agentKey{}) != nil {
+		// A guest may read only its own plugin's manifest (manifests can
+		// carry the workload's environment).
+		from := remoteAddr(r)
+		vms, err := s.ctl.ListVMs(r.Context(), api.VMFilter{Plugin: name})
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		ok := false
+		for _, v := range vms {
+			ok = ok || (from.IsValid() && v.IP == from.String())
+		}
+		if !ok {
+			writeError(w, r, apierr.New(apierr.PermissionDenied, "only a VM of plugin %s may read its manifest here", name).With("plugin", name))
+			return
+		}
+	}
+	m, err := s.ctl.PluginManifest(r.Context(), name)
 	if err != nil {
 		writeError(w, r, err)
 		return

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -37,5 +38,19 @@ func TestResolveAccel(t *testing.T) {
 				t.Fatalf("reason %q lacks %q", reason, tc.reason)
 			}
 		})
+	}
+}
+
+// On the real host the device check runs; its answer must be explained.
+func TestKVMUsableOnThisHost(t *testing.T) {
+	ok, why := KVMUsable(os.DirFS("/"))
+	if !ok && why == "" {
+		t.Fatal("unusable KVM without a reason")
+	}
+	t.Logf("KVM usable here: %v %s", ok, why)
+	if _, err := os.Stat("/dev/kvm"); err == nil && os.Geteuid() == 0 {
+		if err := kvmAnswers(os.DirFS("/")); err != nil {
+			t.Fatalf("root cannot ask /dev/kvm its API version: %v", err)
+		}
 	}
 }

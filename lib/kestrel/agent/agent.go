@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -190,8 +189,9 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	a.mu.Lock()
 	a.m = m
 	a.mu.Unlock()
-	if u, err := url.Parse(m.Workload.BaseURL); err == nil && m.Workload.BaseURL != "" && u.Port() == strconv.Itoa(agentapi.Port) {
-		a.log.Warn("the workload's base_url uses kestrel's own API port; it cannot listen there in a guest", "base_url", m.Workload.BaseURL, "port", agentapi.Port)
+	if _, port, err := net.SplitHostPort(a.cfg.Listen); err == nil && port != strconv.Itoa(m.AgentPort()) {
+		a.log.Warn("kestrel's API listens on another port than the manifest's network.agent_port (fetched after boot?); the host will look for it there",
+			"listen", a.cfg.Listen, "agent_port", m.AgentPort())
 	}
 	if a.cfg.BeforeStart != nil {
 		if err := a.cfg.BeforeStart(ctx, m); err != nil {

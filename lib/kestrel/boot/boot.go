@@ -258,7 +258,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	}
 	a := agent.New(agent.Config{
 		VM: args.VM, Plugin: plugin, Boot: string(h.Boot), Version: b.version,
-		Listen:    ":" + strconv.Itoa(agentapi.Port),
+		Listen:    ":" + strconv.Itoa(agentPort(args, h)),
 		ReportURL: reportURL,
 		Console:   b.con,
 		Uptime:    guest.Uptime,
@@ -271,7 +271,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	if err != nil {
 		return err
 	}
-	b.ready(h)
+	b.ready(args, h)
 	err = a.Run(ctx, ln, r, func(ctx context.Context) (*manifest.Manifest, error) {
 		if h.Manifest != nil {
 			return h.Manifest, nil
@@ -291,7 +291,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 
 // ready prints the line boot measurements key on: the agent API is up
 // (the workload may still be starting).
-func (b *booter) ready(h Handoff) {
+func (b *booter) ready(args bootargs.Args, h Handoff) {
 	size := int64(0)
 	if st, err := os.Stat("/proc/self/exe"); err == nil {
 		size = st.Size()
@@ -301,7 +301,20 @@ func (b *booter) ready(h Handoff) {
 		rss = mem.AgentRSSKiB
 	}
 	b.log.Info("agent ready", "boot", string(h.Boot), "uptime", guest.Uptime().Round(time.Millisecond),
-		"rss_kib", rss, "binary_bytes", size, "api_port", agentapi.Port)
+		"rss_kib", rss, "binary_bytes", size, "api_port", agentPort(args, h))
+}
+
+// agentPort is where the API listens: volant.agent_port, else the port the
+// manifest names (known at boot when it came on the command line or in the
+// initramfs), else the default.
+func agentPort(args bootargs.Args, h Handoff) int {
+	if args.AgentPort != 0 {
+		return args.AgentPort
+	}
+	if h.Manifest != nil {
+		return h.Manifest.AgentPort()
+	}
+	return agentapi.Port
 }
 
 func (b *booter) watchSignals(cancel context.CancelCauseFunc) {

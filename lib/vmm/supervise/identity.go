@@ -208,13 +208,16 @@ type PidFile struct {
 	StartedAt  time.Time `json:"started_at"`
 }
 
-// WritePidFile writes pf to path atomically (temp + fsync + rename).
+// WritePidFile writes pf to path atomically (temp + rename). It does not
+// fsync: a pid file describes processes of this boot and lives in a run
+// directory (/run, tmpfs) that does not survive a reboot; readers need it
+// whole, not durable.
 func WritePidFile(path string, pf PidFile) error {
 	b, err := json.MarshalIndent(pf, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encoding pid file: %w", err)
 	}
-	return WriteFileAtomic(path, append(b, '\n'), 0o644)
+	return ReplaceFile(path, append(b, '\n'), 0o644)
 }
 
 // ReadPidFile reads a pid file written by WritePidFile.
@@ -232,8 +235,19 @@ func ReadPidFile(path string) (PidFile, error) {
 
 // WriteFileAtomic writes data to path through a temporary file in the same
 // directory, fsynced and renamed over path, so readers see the old content
-// or the new, never a part.
+// or the new, never a part, also after a crash.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return replace(path, data, perm, true)
+}
+
+// ReplaceFile is WriteFileAtomic without the fsync, for runtime state that
+// does not outlive the boot (run directories): atomic for readers, not
+// durable.
+func ReplaceFile(path string, data []byte, perm os.FileMode) error {
+	return replace(path, data, perm, false)
+}
+
+func replace(path string, data []byte, perm os.FileMode, durable bool) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -249,9 +263,11 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if durable {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err

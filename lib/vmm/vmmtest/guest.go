@@ -29,8 +29,16 @@ var (
 	initErr  error
 )
 
+// CleanupBuilds removes what TestInit built; call it from TestMain after
+// m.Run (the build is shared by every test of the process).
+func CleanupBuilds() {
+	if initBin != "" {
+		os.RemoveAll(filepath.Dir(initBin))
+	}
+}
+
 // TestInit returns a static build of testdata/testinit, built once per
-// test process.
+// test process (see CleanupBuilds).
 func TestInit(t testing.TB) string {
 	t.Helper()
 	initOnce.Do(func() {

@@ -364,6 +364,16 @@ func (vm *VM) PowerButton() {
 }
 
 // qmpCommand runs one QMP command: greeting, qmp_capabilities, command.
+// Quit ends QEMU at once (QMP quit), for guests that ignore the power
+// button, and waits for it to exit.
+func (vm *VM) Quit() {
+	vm.t.Helper()
+	qerr := vm.qmpCommand("quit") // QEMU may close the socket before answering
+	if err := vm.Wait(10 * time.Second); err != nil {
+		vm.t.Fatalf("after QMP quit (%v): %v", qerr, err)
+	}
+}
+
 func (vm *VM) qmpCommand(command string) error {
 	c, err := net.DialTimeout("unix", vm.qmp, 5*time.Second)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -381,6 +382,7 @@ func (vm *VM) boot() error {
 					return
 				}
 				c.Write([]byte(line))
+				go io.Copy(c, c) // the guest's console echoes what is typed
 			}
 		}()
 	}

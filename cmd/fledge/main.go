@@ -1,0 +1,174 @@
+// Command fledge builds Volant plugins from OCI images or from files.
+//
+// Synopsis:
+//
+//	fledge build [-c fledge.toml] [-o OUTDIR] [--kernel-modules DIR] [--kestrel PATH] [--work-dir DIR] [-q] [-v]
+//	fledge boot-initramfs [--kernel-modules DIR] [-o FILE] [--kestrel PATH] [--module NAME]...
+//	fledge version
+//
+// build reads fledge.toml (default ./fledge.toml; relative paths in it
+// resolve against its folder) and writes into OUTDIR (default ./out):
+//
+//	oci_rootfs  <name>.img            ext4 root disk (needs root: keeps the image's owners)
+//	initramfs   <name>.cpio.gz        newc cpio + gzip, kestrel as /init, busybox
+//	both        <name>.manifest.json  the plugin manifest, ready for installation
+//
+// Both files are written under temporary names and renamed into place only
+// when the build succeeded. Outputs are reproducible (same inputs, same
+// bytes); SOURCE_DATE_EPOCH sets the time stamped where the inputs give
+// none. --kernel-modules DIR (a /lib/modules/<release> directory with
+// modules.dep) adds the guest kernel's virtio/ext4/button modules and their
+// dependencies to an initramfs plugin. See docs/fledge.md for the
+// fledge.toml reference.
+//
+// boot-initramfs writes the initrd rootfs plugins boot with: kestrel as
+// /init plus the kernel's modules (default --kernel-modules: the modules of
+// the kernel in $VOLANT_KERNEL_DIR, default /var/lib/volant/kernel;
+// default -o: out/boot-<release>.cpio.gz).
+//
+// kestrel comes from --kestrel, else [agent] local in fledge.toml, else the
+// kestrel installed next to fledge, else $PATH.
+//
+// Progress goes to stderr: a progress bar on a terminal, plain lines
+// otherwise, nothing with -q. Stdin is not read.
+//
+// Output (stdout, one JSON object):
+//
+//	build           {"version":"1","kind":"fledge.build","name":..,"plugin_version":..,"strategy":..,
+//	                 "artifact":"/abs/out/web.img","manifest":"/abs/out/web.manifest.json",
+//	                 "sha256":"<hex>","bytes":N,"duration_ms":N,"image":..,"image_digest":..,
+//	                 "filesystem":{"size_bytes":..,"content_bytes":..,"free_bytes":..,..},
+//	                 "entries":N,"busybox_applets":N,"kernel_release":..,"modules":[..],
+//	                 "init":"kestrel|custom|none","kestrel":"/path","steps_ms":{..}}
+//	boot-initramfs  {"version":"1","kind":"fledge.boot-initramfs","artifact":..,"sha256":..,"bytes":N,
+//	                 "kernel_release":..,"modules":[..],"entries":N,"kestrel":..,"duration_ms":N}
+//	version         {"version":"1","kind":"fledge.version","build":".."}
+//
+// Errors (stderr, last line, one JSON object {"code","message","details"}; exit status):
+//
+//	USAGE              2   bad flags
+//	INVALID_INPUT      3   fledge.toml is invalid (details.errors lists every problem as
+//	                       {"field","message"}), a mapping escapes the build context, the image
+//	                       is not a linux/amd64 container image, a binary is not static
+//	INVALID_MANIFEST   3   the manifest fledge would write is invalid
+//	NOT_FOUND          4   fledge.toml, the image, kestrel, busybox or the modules directory is missing
+//	PERMISSION_DENIED 10   oci_rootfs without root, or the signature policy rejects the image
+//	UNAUTHORIZED      10   the registry refused the credentials
+//	UNAVAILABLE        9   the registry is unreachable, TLS failed (see [source] insecure), mkfs.ext4 missing
+//	CHECKSUM_MISMATCH  8   a layer's digest or DiffID, or busybox_sha256, does not match
+//	CANCELED          12   interrupted
+//	INTERNAL           1   anything else
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/buildinfo"
+	"github.com/volantvm/volant/lib/cli"
+	"github.com/volantvm/volant/lib/fledge"
+	"github.com/volantvm/volant/lib/fledge/progress"
+	"github.com/volantvm/volant/lib/kernel"
+)
+
+func main() { cli.Main(run) }
+
+type options struct {
+	Build struct {
+		Config        string `short:"c" long:"config" default:"fledge.toml" description:"build configuration"`
+		OutputDir     string `short:"o" long:"output-dir" default:"out" description:"where the artifact and manifest go"`
+		KernelModules string `long:"kernel-modules" value-name:"DIR" description:"/lib/modules/<release> of the guest kernel, for initramfs plugins"`
+		Kestrel       string `long:"kestrel" value-name:"PATH" description:"kestrel binary (overrides [agent])"`
+		WorkDir       string `long:"work-dir" value-name:"DIR" description:"where images are unpacked (default /dev/shm when the image fits, else $TMPDIR)"`
+		Quiet         bool   `short:"q" long:"quiet" description:"no progress on stderr"`
+		Verbose       bool   `short:"v" long:"verbose" description:"debug logs on stderr"`
+	} `command:"build" description:"Build the plugin fledge.toml describes"`
+	Boot struct {
+		KernelModules string   `long:"kernel-modules" value-name:"DIR" description:"/lib/modules/<release> of the guest kernel (default: $VOLANT_KERNEL_DIR's)"`
+		Output        string   `short:"o" long:"output" value-name:"FILE" description:"output file (default out/boot-<release>.cpio.gz)"`
+		Kestrel       string   `long:"kestrel" value-name:"PATH" description:"kestrel binary"`
+		Modules       []string `long:"module" value-name:"NAME" description:"module to include (repeatable; default the virtio/ext4/button set)"`
+	} `command:"boot-initramfs" description:"Write the boot initramfs of rootfs plugins: kestrel + kernel modules"`
+	Version struct{} `command:"version" description:"Print the build version"`
+}
+
+func run(ctx context.Context, env *cli.Env) error {
+	var o options
+	verb, rest, err := cli.Parse(env, "fledge", &o)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return apierr.New(apierr.Usage, "unexpected arguments %q", rest).With("hint", "run fledge --help")
+	}
+	switch verb {
+	case "build":
+		b := o.Build
+		req := fledge.Request{
+			Config:        b.Config,
+			OutputDir:     b.OutputDir,
+			KernelModules: b.KernelModules,
+			Kestrel:       b.Kestrel,
+			WorkDir:       b.WorkDir,
+			Logger:        env.Logger(b.Verbose),
+			Progress:      reporter(env.Stderr, b.Quiet),
+		}
+		if s := env.Env("SOURCE_DATE_EPOCH"); s != "" {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n < 0 {
+				return apierr.New(apierr.Usage, "SOURCE_DATE_EPOCH=%q is not a Unix time", s)
+			}
+			req.Epoch = n
+		}
+		res, err := fledge.Build(ctx, req)
+		if err != nil {
+			return err
+		}
+		return cli.WriteResult(env, "fledge.build", res)
+	case "boot-initramfs":
+		b := o.Boot
+		dir := b.KernelModules
+		var release string
+		if dir == "" {
+			k, err := kernel.Open(env.Env("VOLANT_KERNEL_DIR"))
+			if err != nil {
+				return err
+			}
+			dir, release = k.ModulesDir, k.Release
+		}
+		if release == "" {
+			release = filepath.Base(filepath.Clean(dir))
+		}
+		out := b.Output
+		if out == "" {
+			out = filepath.Join("out", "boot-"+release+".cpio.gz")
+		}
+		res, err := fledge.BootInitramfs(ctx, fledge.BootRequest{Kestrel: b.Kestrel, ModulesDir: dir, Modules: b.Modules, Output: out})
+		if err != nil {
+			return err
+		}
+		return cli.WriteResult(env, "fledge.boot-initramfs", res)
+	case "version":
+		return cli.WriteResult(env, "fledge.version", struct {
+			Build string `json:"build"`
+		}{buildinfo.String()})
+	}
+	return apierr.New(apierr.Usage, "missing command; run fledge --help")
+}
+
+// reporter shows a progress bar on a terminal and plain lines otherwise.
+func reporter(w io.Writer, quiet bool) progress.Reporter {
+	if quiet {
+		return progress.Discard
+	}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 && f.Name() != os.DevNull {
+			return progress.Bar(w)
+		}
+	}
+	return progress.Lines(w)
+}

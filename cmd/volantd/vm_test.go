@@ -1,0 +1,275 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/fledge"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+// webPlugin builds an initramfs plugin with fledge: kestrel as PID 1 with
+// the guest kernel's modules, busybox httpd as the workload, a health check
+// on its index page. It returns the manifest fledge wrote.
+func webPlugin(t *testing.T, modulesDir, kestrel string) []byte {
+	t.Helper()
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
+	}
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "www"), 0o755)
+	os.WriteFile(filepath.Join(src, "www", "index.html"), []byte("hello from volant\n"), 0o644)
+	toml := `version = "1"
+strategy = "initramfs"
+[plugin]
+name = "web"
+version = "1.0.0"
+[source]
+busybox = "/bin/busybox"
+[workload]
+entrypoint = ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
+base_url = "http://127.0.0.1:80"
+[health_check]
+endpoint = "/index.html"
+interval_ms = 500
+[resources]
+cpu_cores = 1
+memory_mb = 128
+[mappings]
+"www" = "/www"
+`
+	cfg := filepath.Join(src, "fledge.toml")
+	os.WriteFile(cfg, []byte(toml), 0o644)
+	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: filepath.Join(src, "out"),
+		KernelModules: modulesDir, Kestrel: kestrel})
+	if err != nil {
+		t.Fatalf("fledge build: %v", err)
+	}
+	m, err := os.ReadFile(res.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// fetch GETs a URL from inside the namespace: the connection is dialed on
+// a thread switched into it.
+func fetch(h *fakeHost, url string) (string, error) {
+	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := h.ns.Do(func() error {
+				var err error
+				c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}}
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	resp, err := hc.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return string(b), err
+}
+
+// TestVMControlPlane boots real guests (QEMU TCG, Debian's kernel, our
+// kestrel; the plugin built by fledge) through volantd in a test-made network namespace: a VM becomes
+// running once its health check passes and answers HTTP on its address; a
+// deployment scales 1→3→1, and a replica whose hypervisor is killed is
+// recreated.
+func TestVMControlPlane(t *testing.T) {
+	k, _ := guesttest.Kernel(t)
+	guesttest.QEMU(t)
+	kestrel := guesttest.Kestrel(t)
+	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
+	wrap := []string{"ip", "netns", "exec", h.ns.Name}
+	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
+		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "5s")
+	ctx := context.Background()
+	if _, err := d.c.InstallPlugin(ctx, webPlugin(t, k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// One VM: starting, then running once kestrel's health check passes.
+	t0 := time.Now()
+	vm, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: "web1", Plugin: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.IP == "" || vm.PID == 0 {
+		t.Fatalf("created %+v", vm)
+	}
+	t.Logf("create answered in %s: %s %s pid %d", time.Since(t0).Round(time.Millisecond), vm.State, vm.IP, vm.PID)
+	vm, err = d.c.WaitVM(ctx, "web1", api.VMRunning, 120*time.Second)
+	if err != nil {
+		t.Fatalf("web1 never ran: %v", err)
+	}
+	t.Logf("web1 running %s after create (health %s, agent %s)", time.Since(t0).Round(time.Millisecond), vm.Health, vm.Agent.Agent)
+	body, err := fetch(h, "http://"+vm.IP+"/index.html")
+	if err != nil || body != "hello from volant\n" {
+		t.Fatalf("GET http://%s/index.html: %q %v", vm.IP, body, err)
+	}
+	// Through kestrel's proxy too.
+	if body, err := fetch(h, "http://"+vm.IP+":8080/v1/index.html"); err != nil || body != "hello from volant\n" {
+		t.Fatalf("through kestrel's proxy: %q %v", body, err)
+	}
+	rc, err := d.c.VMLogs(ctx, "web1", api.LogOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := readAll(rc)
+	if !strings.Contains(logs, "kestrel") {
+		t.Fatalf("the serial log does not show kestrel: %.2000s", logs)
+	}
+	// kestrel's reports arrived through the agent endpoint.
+	evs := collectEvents(t, d.c, "vm.healthy")
+	if len(evs) == 0 {
+		t.Fatal("no vm.healthy event")
+	}
+	if _, err := d.c.DeleteVM(ctx, "web1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A deployment, 1 → 3 → 1.
+	if _, err := d.c.CreateDeployment(ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "web", Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitCurrent(t, d.c, "svc", 1, 150*time.Second)
+	if _, err := d.c.ScaleDeployment(ctx, "svc", 3); err != nil {
+		t.Fatal(err)
+	}
+	waitCurrent(t, d.c, "svc", 3, 240*time.Second)
+	replicas, _ := d.c.ListVMs(ctx, api.VMFilter{Deployment: "svc"})
+	for _, v := range replicas {
+		if body, err := fetch(h, "http://"+v.IP+"/index.html"); err != nil || body != "hello from volant\n" {
+			t.Fatalf("replica %s at %s: %q %v", v.Name, v.IP, body, err)
+		}
+	}
+
+	// Kill a replica's hypervisor: it crashes and is recreated.
+	victim, _ := d.c.VM(ctx, "svc-2")
+	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(180 * time.Second)
+	for {
+		v, err := d.c.VM(ctx, "svc-2")
+		if err == nil && v.State == api.VMRunning && v.PID != victim.PID {
+			t.Logf("svc-2 recreated: pid %d → %d, %s", victim.PID, v.PID, v.IP)
+			if body, err := fetch(h, "http://"+v.IP+"/index.html"); err != nil || body != "hello from volant\n" {
+				t.Fatalf("recreated replica: %q %v", body, err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("svc-2 was not recreated: %+v %v", v, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if evs := collectEvents(t, d.c, "vm.crashed"); len(evs) == 0 {
+		t.Fatal("no vm.crashed event")
+	}
+
+	// Scale down: the highest indexes go, their addresses are freed.
+	if _, err := d.c.ScaleDeployment(ctx, "svc", 1); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(90 * time.Second)
+	for {
+		dep, err := d.c.Deployment(ctx, "svc")
+		if err == nil && strings.Join(dep.VMs, ",") == "svc-1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("scale down: %+v %v", dep, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if qemus := h.pidsOf("qemu-system-x86_64"); len(qemus) != 1 {
+		t.Fatalf("%d QEMU processes after scaling to 1: %v", len(qemus), h.procs())
+	}
+	if _, err := d.c.DeleteDeployment(ctx, "svc"); err != nil {
+		t.Fatal(err)
+	}
+	if qemus := h.pidsOf("qemu-system-x86_64"); len(qemus) != 0 || len(h.taps(t)) != 0 {
+		t.Fatalf("after deleting everything: qemu %v taps %v", qemus, h.taps(t))
+	}
+}
+
+func waitCurrent(t *testing.T, c *client.Client, name string, n int, timeout time.Duration) {
+	t.Helper()
+	t0 := time.Now()
+	for {
+		d, err := c.Deployment(context.Background(), name)
+		if err == nil && d.Current == n && len(d.VMs) == n {
+			t.Logf("deployment %s: %d running after %s", name, n, time.Since(t0).Round(time.Millisecond))
+			return
+		}
+		if time.Since(t0) > timeout {
+			vms, _ := c.ListVMs(context.Background(), api.VMFilter{Deployment: name})
+			t.Fatalf("deployment %s did not reach %d running: %+v %v\n%+v", name, n, d, err, vms)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// collectEvents returns the logged events of a type.
+func collectEvents(t *testing.T, c *client.Client, typ string) []api.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, err := c.Health(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Events(ctx, api.EventOptions{FromStart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var out []api.Event
+	for s.LastID() < h.LastEventID {
+		ev, err := s.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Type == typ {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func readAll(rc interface {
+	Read([]byte) (int, error)
+	Close() error
+}) string {
+	defer rc.Close()
+	var sb strings.Builder
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := rc.Read(buf)
+		sb.Write(buf[:n])
+		if err != nil {
+			return sb.String()
+		}
+	}
+}

@@ -1,0 +1,327 @@
+package controller_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/controller/controllertest"
+	"github.com/volantvm/volant/lib/hostnet"
+	"github.com/volantvm/volant/lib/ipam"
+	"github.com/volantvm/volant/lib/store"
+)
+
+type fixture struct {
+	t   *testing.T
+	dir string
+	st  *store.Store
+	rt  *controllertest.Runtime
+	nw  *controllertest.Network
+	ctx context.Context
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := store.Open(context.Background(), filepath.Join(dir, "volant.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return &fixture{t: t, dir: dir, st: st, rt: controllertest.NewRuntime(), nw: controllertest.NewNetwork(), ctx: context.Background()}
+}
+
+// controller makes a controller on the fixture's store and fakes, as a
+// (re)started daemon would, and reconciles it.
+func (f *fixture) controller() (*controller.Controller, *controller.ReconcileReport) {
+	f.t.Helper()
+	c, err := controller.New(controller.Config{Store: f.st, DataDir: f.dir, Runtime: f.rt, Network: f.nw,
+		Prober: controllertest.NewProber(), HealthInterval: 50 * time.Millisecond})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	rep, err := c.Reconcile(f.ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(f.ctx)
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	f.t.Cleanup(func() { cancel(); <-done })
+	return c, rep
+}
+
+func (f *fixture) plugin(c *controller.Controller, name string) {
+	f.t.Helper()
+	art := filepath.Join(f.dir, name+".img")
+	os.WriteFile(art, []byte(name), 0o644)
+	sum := sha256.Sum256([]byte(name))
+	m := fmt.Sprintf(`{"name":%q,"version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":{"entrypoint":["/a"]}}`, name, art, hex.EncodeToString(sum[:]))
+	if _, err := c.InstallPlugin(f.ctx, []byte(m), false); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) exec(q string, args ...any) {
+	f.t.Helper()
+	if err := f.st.Tx(f.ctx, func(tx *sql.Tx) error { _, err := tx.Exec(q, args...); return err }); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func sorted(s []string) string {
+	s = append([]string(nil), s...)
+	sort.Strings(s)
+	return strings.Join(s, ",")
+}
+
+// TestReconcile sets up what a crash can leave — every kind of interrupted
+// operation, dead and live runs, stray leases, taps and runs — and checks
+// what a restarted controller makes of it.
+func TestReconcile(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	f.plugin(c, "web")
+	for _, n := range []string{"live", "dead", "midcreate", "midstop", "middelete", "stopped", "crashed"} {
+		if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: n, Plugin: "web"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.StopVM(f.ctx, "stopped"); err != nil {
+		t.Fatal(err)
+	}
+	f.rt.Kill("crashed", nil)
+	eventuallyState(t, c, "crashed", api.VMCrashed)
+
+	// What a crash mid-operation leaves in the database and on the host:
+	f.rt.Kill("dead", nil) // died while the daemon was away (no watcher saw it: see below)
+	f.exec(`UPDATE vms SET step = 'start', pid = NULL, supervisor = NULL, vmm = NULL WHERE id = 'midcreate'`)
+	f.rt.Kill("midcreate", nil)
+	f.exec(`UPDATE vms SET desired = 'stopped', state = 'stopping', step = 'stop' WHERE id = 'midstop'`)
+	f.exec(`UPDATE vms SET desired = 'deleted', state = 'deleting', step = 'untap' WHERE id = 'middelete'`)
+	if _, err := ipam.Acquire(f.ctx, f.st, ipam.DefaultPool(), "stray"); err != nil {
+		t.Fatal(err)
+	}
+	f.nw.AddTap(f.ctx, hostnet.TapConfig{VM: "ghost", Bridge: "vbr0"})
+	f.rt.Start(f.ctx, "orphan", "")
+	// The "dead" VM's watcher ran in the old controller; make the new one
+	// find it dead as if that had happened while it was down.
+	f.exec(`UPDATE vms SET state = 'running', error = '' WHERE id = 'dead'`)
+
+	// A new controller on the same state.
+	c2, rep := f.controller()
+	if sorted(rep.Adopted) != "live" {
+		t.Errorf("adopted %v", rep.Adopted)
+	}
+	if sorted(rep.Resumed) != "midcreate" {
+		t.Errorf("resumed %v", rep.Resumed)
+	}
+	if sorted(rep.Crashed) != "dead" {
+		t.Errorf("crashed %v", rep.Crashed)
+	}
+	if sorted(rep.Stopped) != "midstop" || sorted(rep.Deleted) != "middelete" {
+		t.Errorf("stopped %v deleted %v", rep.Stopped, rep.Deleted)
+	}
+	if sorted(rep.FreedLeases) != "stray" || sorted(rep.RemovedTaps) != "vt-ghost" || sorted(rep.OrphanRuns) != "orphan" {
+		t.Errorf("freed %v taps %v runs %v", rep.FreedLeases, rep.RemovedTaps, rep.OrphanRuns)
+	}
+	want := map[string]api.VMState{"live": api.VMStarting, "dead": api.VMCrashed, "midcreate": api.VMStarting,
+		"midstop": api.VMStopped, "stopped": api.VMStopped, "crashed": api.VMCrashed}
+	vms, _ := c2.ListVMs(f.ctx, api.VMFilter{})
+	if len(vms) != len(want) {
+		t.Fatalf("VMs %+v", vms)
+	}
+	for _, v := range vms {
+		if v.State != want[v.Name] || v.Step != "" {
+			t.Errorf("%s: %s step %q, want %s", v.Name, v.State, v.Step, want[v.Name])
+		}
+	}
+	if sorted(f.rt.Live()) != "live,midcreate" {
+		t.Errorf("runs %v", f.rt.Live())
+	}
+	if f.rt.Starts("live") != 1 {
+		t.Errorf("the live VM was started %d times; it should have been adopted", f.rt.Starts("live"))
+	}
+	if !c2.Watching("live") || !c2.Watching("midcreate") {
+		t.Error("adopted runs are not watched")
+	}
+	leases, _ := ipam.List(f.ctx, f.st)
+	if len(leases) != 6 {
+		t.Errorf("leases %+v", leases)
+	}
+	taps := f.nw.Taps()
+	if _, ok := taps["vt-middelete"]; ok || len(taps) != 6 {
+		t.Errorf("taps %v", taps)
+	}
+	// A second reconcile finds nothing to do.
+	_, rep = f.controller()
+	if len(rep.Resumed)+len(rep.Crashed)+len(rep.Deleted)+len(rep.Stopped)+len(rep.FreedLeases)+len(rep.RemovedTaps)+len(rep.OrphanRuns) != 0 ||
+		sorted(rep.Adopted) != "live,midcreate" {
+		t.Errorf("second reconcile: %+v", rep)
+	}
+}
+
+func eventuallyState(t *testing.T, c *controller.Controller, name string, st api.VMState) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		v, err := c.VM(context.Background(), name)
+		if err == nil && v.State == st {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %+v %v, want %s", name, v, err, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestConcurrentCreates: many creates at once get distinct addresses, and
+// of racing creates of one name exactly one wins.
+func TestConcurrentCreates(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	f.plugin(c, "web")
+	var wg sync.WaitGroup
+	errs := make([]error, 40)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("vm%d", i%30) // 10 names are raced twice
+			_, errs[i] = c.CreateVM(f.ctx, api.CreateVMRequest{Name: name, Plugin: "web"})
+		}()
+	}
+	wg.Wait()
+	ok, conflicts := 0, 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case apierr.Is(err, apierr.Conflict):
+			conflicts++
+		default:
+			t.Fatal(err)
+		}
+	}
+	if ok != 30 || conflicts != 10 {
+		t.Fatalf("%d created, %d conflicts", ok, conflicts)
+	}
+	vms, _ := c.ListVMs(f.ctx, api.VMFilter{})
+	seen := map[string]bool{}
+	for _, v := range vms {
+		if seen[v.IP] || v.IP == "" {
+			t.Fatalf("address %q twice", v.IP)
+		}
+		seen[v.IP] = true
+	}
+}
+
+// TestFailedCreateIsUndone: a create whose start fails after the VM was
+// recorded leaves no VM, lease or tap, and says so in the events.
+func TestFailedCreateIsUndone(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	f.plugin(c, "web")
+	f.rt.StartErr["bad"] = apierr.New(apierr.Unavailable, "qemu exited while starting")
+	_, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "bad", Plugin: "web"})
+	if !apierr.Is(err, apierr.Unavailable) || !strings.Contains(err.Error(), "qemu exited") {
+		t.Fatalf("create: %v", err)
+	}
+	if _, err := c.VM(f.ctx, "bad"); !apierr.Is(err, apierr.NotFound) {
+		t.Fatalf("VM left: %v", err)
+	}
+	if l, _ := ipam.List(f.ctx, f.st); len(l) != 0 || len(f.nw.Taps()) != 0 {
+		t.Fatalf("leases %v taps %v", l, f.nw.Taps())
+	}
+	evs, _ := f.st.EventsSince(f.ctx, 0, 0)
+	var types []string
+	for _, e := range evs {
+		if strings.HasPrefix(e.Type, "vm.") {
+			types = append(types, e.Type+":"+string(e.Data))
+		}
+	}
+	if len(types) != 2 || !strings.HasPrefix(types[0], "vm.created") || !strings.Contains(types[1], `"reason":"create failed`) {
+		t.Fatalf("events %v", types)
+	}
+	// A failed start of an existing VM marks it failed instead.
+	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "good", Plugin: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	c.StopVM(f.ctx, "good")
+	f.rt.StartErr["good"] = apierr.New(apierr.Timeout, "no answer")
+	if _, err := c.StartVM(f.ctx, "good"); !apierr.Is(err, apierr.Timeout) {
+		t.Fatalf("start: %v", err)
+	}
+	if v, _ := c.VM(f.ctx, "good"); v.State != api.VMFailed || !strings.Contains(v.Error, "no answer") {
+		t.Fatalf("after a failed start: %+v", v)
+	}
+}
+
+func TestEventPruningKeepsIDs(t *testing.T) {
+	f := newFixture(t)
+	for i := 0; i < 50; i++ {
+		if _, err := f.st.AppendEvent(f.ctx, "test", "x", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := controller.PruneEvents(f.ctx, f.st, 10); err != nil {
+		t.Fatal(err)
+	}
+	evs, _ := f.st.EventsSince(f.ctx, 0, 0)
+	if len(evs) != 10 || evs[0].ID != 41 {
+		t.Fatalf("kept %d from %d", len(evs), evs[0].ID)
+	}
+	if err := controller.PruneEvents(f.ctx, f.st, 0); err != nil {
+		t.Fatal(err)
+	}
+	last, err := controller.LastEventID(f.ctx, f.st)
+	if err != nil || last != 50 {
+		t.Fatalf("last id after pruning all: %d %v", last, err)
+	}
+	e, _ := f.st.AppendEvent(f.ctx, "test", "x", nil)
+	if e.ID != 51 {
+		t.Fatalf("id after pruning: %d", e.ID)
+	}
+}
+
+func TestMatchType(t *testing.T) {
+	for _, tc := range []struct {
+		pats []string
+		typ  string
+		want bool
+	}{
+		{nil, "vm.created", true},
+		{[]string{"vm.*"}, "vm.created", true},
+		{[]string{"vm.*"}, "vmx.created", false},
+		{[]string{"vm.created"}, "vm.created", true},
+		{[]string{"vm.created"}, "vm.crashed", false},
+		{[]string{"plugin.*", "ip.leased"}, "ip.leased", true},
+		{[]string{"*"}, "anything", true},
+	} {
+		if got := controller.MatchType(tc.pats, tc.typ); got != tc.want {
+			t.Errorf("MatchType(%v, %s) = %v", tc.pats, tc.typ, got)
+		}
+	}
+}
+
+func TestReplicaName(t *testing.T) {
+	if controller.ReplicaName("web", 12) != "web-12" {
+		t.Fatal(controller.ReplicaName("web", 12))
+	}
+	if controller.MaxDeploymentName != 58 {
+		t.Fatalf("MaxDeploymentName = %d", controller.MaxDeploymentName)
+	}
+}

@@ -1,0 +1,86 @@
+package controller
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/apierr"
+)
+
+func TestTailOffset(t *testing.T) {
+	for _, tc := range []struct {
+		content string
+		n       int
+		want    string
+	}{
+		{"a\nb\nc\n", 1, "c\n"},
+		{"a\nb\nc\n", 2, "b\nc\n"},
+		{"a\nb\nc\n", 3, "a\nb\nc\n"},
+		{"a\nb\nc\n", 9, "a\nb\nc\n"},
+		{"a\nb\nc", 1, "c"},
+		{"a\nb\nc", 2, "b\nc"},
+		{"", 3, ""},
+		{"\n\n", 1, "\n"},
+		{strings.Repeat("x", 20000) + "\nlast\n", 1, "last\n"},
+		{"first\n" + strings.Repeat("y", 20000) + "\n", 1, strings.Repeat("y", 20000) + "\n"},
+	} {
+		p := filepath.Join(t.TempDir(), "log")
+		os.WriteFile(p, []byte(tc.content), 0o644)
+		f, _ := os.Open(p)
+		off, err := tailOffset(f, tc.n)
+		f.Close()
+		if err != nil || tc.content[off:] != tc.want {
+			t.Errorf("tail %d of %.20q: got %.20q (%v), want %.20q", tc.n, tc.content, tc.content[off:], err, tc.want)
+		}
+	}
+}
+
+func TestLastLaunchError(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "launch.log")
+	if lastLaunchError(p) != nil {
+		t.Fatal("error from a missing log")
+	}
+	log := launchMarker + " web1 at x\n" +
+		`{"code":"CONFLICT","message":"old run"}` + "\n" +
+		launchMarker + " web1 at y\n" +
+		"time=... level=INFO msg=\"VMM started\"\n" +
+		`{"code":"UNAVAILABLE","message":"the guest kernel panicked (see serial.log)","details":{"serial_log":"x"}}` + "\n"
+	os.WriteFile(p, []byte(log), 0o644)
+	err := lastLaunchError(p)
+	if !apierr.Is(err, apierr.Unavailable) || !strings.Contains(err.Error(), "panicked") {
+		t.Fatalf("got %v", err)
+	}
+	// A run that ended well after an earlier failure has no error.
+	os.WriteFile(p, []byte(log+launchMarker+" web1 at z\n"+`{"version":"1","kind":"launch.run","ended":"stopped"}`+"\n"), 0o644)
+	if err := lastLaunchError(p); err != nil {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestVerdict(t *testing.T) {
+	st := func(w agentapi.WorkloadState, h agentapi.HealthState) *agentapi.Status {
+		return &agentapi.Status{Workload: agentapi.WorkloadStatus{State: w}, Health: agentapi.HealthStatus{State: h}}
+	}
+	for _, tc := range []struct {
+		st    *agentapi.Status
+		check bool
+		want  agentapi.HealthState
+	}{
+		{st(agentapi.WorkloadRunning, agentapi.HealthUnknown), false, agentapi.HealthHealthy},
+		{st(agentapi.WorkloadRunning, agentapi.HealthUnknown), true, agentapi.HealthUnknown},
+		{st(agentapi.WorkloadRunning, agentapi.HealthHealthy), true, agentapi.HealthHealthy},
+		{st(agentapi.WorkloadRunning, agentapi.HealthUnhealthy), true, agentapi.HealthUnhealthy},
+		{st(agentapi.WorkloadRunning, agentapi.HealthUnhealthy), false, agentapi.HealthUnhealthy},
+		{st(agentapi.WorkloadStarting, agentapi.HealthUnknown), false, agentapi.HealthUnknown},
+		{st(agentapi.WorkloadRestarting, agentapi.HealthUnknown), false, agentapi.HealthUnknown},
+		{st(agentapi.WorkloadFailed, agentapi.HealthHealthy), true, agentapi.HealthUnhealthy},
+		{st(agentapi.WorkloadExited, agentapi.HealthUnknown), false, agentapi.HealthUnhealthy},
+	} {
+		if got := verdict(tc.st, tc.check); got != tc.want {
+			t.Errorf("verdict(%s/%s, check %v) = %s, want %s", tc.st.Workload.State, tc.st.Health.State, tc.check, got, tc.want)
+		}
+	}
+}

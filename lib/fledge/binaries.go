@@ -1,0 +1,223 @@
+package fledge
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/volantvm/volant/lib/apierr"
+)
+
+// FindKestrel locates the kestrel binary a build installs: override when
+// set (fledge --kestrel), else [agent] local/path (relative to
+// fledge.toml), else a kestrel next to the running executable (fledge and
+// kestrel are built and installed together), else kestrel on $PATH. The
+// binary must be a static ELF executable: it runs as PID 1 before any
+// library is reachable.
+func FindKestrel(c *Config, override string) (string, error) {
+	var cand, from string
+	switch {
+	case override != "":
+		cand, from = override, "--kestrel"
+	case c != nil && c.Agent != nil && (c.Agent.Local != "" || c.Agent.Path != ""):
+		p := c.Agent.Local
+		if p == "" {
+			p = c.Agent.Path
+		}
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(c.Dir, p)
+		}
+		cand, from = p, "[agent] local"
+	default:
+		if exe, err := os.Executable(); err == nil {
+			if real, err := filepath.EvalSymlinks(exe); err == nil {
+				exe = real
+			}
+			p := filepath.Join(filepath.Dir(exe), "kestrel")
+			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+				cand, from = p, "next to "+filepath.Base(exe)
+			}
+		}
+		if cand == "" {
+			if p, err := exec.LookPath("kestrel"); err == nil {
+				cand, from = p, "$PATH"
+			}
+		}
+		if cand == "" {
+			return "", apierr.New(apierr.NotFound, "kestrel not found: not next to this executable and not on $PATH").
+				With("hint", "run `make build` (it installs bin/kestrel beside bin/fledge), set [agent] local = \"PATH\" in fledge.toml, or pass --kestrel PATH")
+		}
+	}
+	if err := checkStatic(cand, "kestrel"); err != nil {
+		return "", fmt.Errorf("kestrel from %s: %w", from, err)
+	}
+	return cand, nil
+}
+
+// checkStatic checks that p is a statically linked ELF executable.
+func checkStatic(p, what string) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return apierr.Wrap(apierr.NotFound, err, what+" "+p+" does not exist")
+		}
+		return err
+	}
+	if !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+		return apierr.New(apierr.InvalidInput, "%s %s is not an executable file", what, p)
+	}
+	f, err := elf.Open(p)
+	if err != nil {
+		return apierr.Wrap(apierr.InvalidInput, err, what+" "+p+" is not an ELF executable")
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return apierr.New(apierr.InvalidInput, "%s %s is dynamically linked; the guest needs a static binary", what, p).
+				With("hint", "build it with CGO_ENABLED=0 (Go) or -static (C)")
+		}
+	}
+	return nil
+}
+
+// resolveBusybox returns the busybox binary of an initramfs build: [source]
+// busybox (relative to fledge.toml), a busybox_url fetched into work, or
+// /bin/busybox; checked against busybox_sha256 when given.
+func resolveBusybox(ctx context.Context, c *Config, work string) (string, error) {
+	p := c.Source.Busybox
+	switch {
+	case c.Source.BusyboxURL != "":
+		u, err := url.Parse(c.Source.BusyboxURL)
+		if err != nil {
+			return "", invalid(c.File, []Problem{{Field: "source.busybox_url", Message: err.Error()}})
+		}
+		switch u.Scheme {
+		case "file":
+			p = u.Path
+		case "http", "https":
+			p = filepath.Join(work, "busybox")
+			if err := download(ctx, c.Source.BusyboxURL, p); err != nil {
+				return "", err
+			}
+		default:
+			return "", invalid(c.File, []Problem{{Field: "source.busybox_url", Message: "must be an http://, https:// or file:// URL"}})
+		}
+	case p == "":
+		p = DefaultBusybox
+		if _, err := os.Stat(p); err != nil {
+			return "", apierr.Wrap(apierr.NotFound, err, "busybox not found at "+DefaultBusybox).
+				With("hint", "apt-get install busybox-static, or set [source] busybox = \"PATH\"")
+		}
+	case !filepath.IsAbs(p):
+		p = filepath.Join(c.Dir, p)
+	}
+	if want := strings.TrimPrefix(c.Source.BusyboxSHA256, "sha256:"); want != "" {
+		got, err := fileSHA256(p)
+		if err != nil {
+			return "", fmt.Errorf("busybox: %w", err)
+		}
+		if !strings.EqualFold(got, want) {
+			return "", apierr.New(apierr.ChecksumMismatch, "busybox %s has sha256 %s; busybox_sha256 says %s", p, got, want).
+				With("path", p)
+		}
+	}
+	if err := checkStatic(p, "busybox"); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+// busyboxApplets asks busybox for its applets (`busybox --list-full`) and
+// returns their guest paths, sorted.
+func busyboxApplets(ctx context.Context, bb string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, bb, "--list-full")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, apierr.Wrap(apierr.InvalidInput, err, "asking "+bb+" for its applets (busybox --list-full)").
+			With("stderr", strings.TrimSpace(stderr.String())).
+			With("hint", "busybox must run on this host to list its applets")
+	}
+	var applets []string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		a := strings.TrimSpace(sc.Text())
+		if a == "" {
+			continue
+		}
+		g := path.Clean("/" + a)
+		if checkDest(g) != "" {
+			continue
+		}
+		applets = append(applets, g)
+	}
+	if len(applets) == 0 {
+		return nil, apierr.New(apierr.InvalidInput, "%s --list-full listed no applets", bb)
+	}
+	sort.Strings(applets)
+	return applets, nil
+}
+
+func download(ctx context.Context, rawURL, dst string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return apierr.Wrap(apierr.Unavailable, err, "fetching "+rawURL)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		code := apierr.Unavailable
+		if resp.StatusCode == http.StatusNotFound {
+			code = apierr.NotFound
+		}
+		return apierr.New(code, "fetching %s: %s", rawURL, resp.Status)
+	}
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return apierr.Wrap(apierr.Unavailable, err, "fetching "+rawURL)
+	}
+	return f.Close()
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

@@ -1,0 +1,342 @@
+// Package fledge builds Volant plugins: a bootable artifact plus the plugin
+// manifest that describes it, from a fledge.toml.
+//
+// Strategies:
+//
+//   - oci_rootfs: an OCI/Docker image (any containers/image transport) is
+//     fetched and unpacked in-process (lib/fledge/ociimage: layers streamed,
+//     digests and DiffIDs verified, whiteouts honoured), kestrel is installed
+//     at /bin/kestrel, the mount points kestrel needs are added, mappings
+//     are applied, and an ext4 image sized to the content plus a buffer is
+//     made with mkfs.ext4 -d (lib/fledge/ext4). The image config's
+//     Entrypoint, Cmd, Env, WorkingDir, User and ExposedPorts become the
+//     manifest's workload unless fledge.toml overrides them. Needs root (to
+//     keep the image's owners and device nodes); no loop mount.
+//   - initramfs: the boot layout (lib/bootimage: FHS skeleton,
+//     /dev/console, kestrel as /init, optionally kernel modules with their
+//     index), busybox with its applet links, mappings, written as a
+//     reproducible newc cpio + gzip (lib/initramfs). No root needed.
+//
+// BootInitramfs writes the initrd rootfs plugins boot with: kestrel and the
+// guest kernel's modules only.
+//
+// Outputs are reproducible: the same inputs give the same bytes (initramfs:
+// sorted entries, zero times, root owners, deterministic gzip; ext4: see
+// lib/fledge/ext4). Artifacts and manifests are written under temporary
+// names, synced, and renamed into place only when the whole build
+// succeeded, so a failed or interrupted build leaves nothing behind.
+package fledge
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/bootimage"
+	"github.com/volantvm/volant/lib/fledge/ext4"
+	"github.com/volantvm/volant/lib/fledge/progress"
+	"github.com/volantvm/volant/lib/initramfs"
+	"github.com/volantvm/volant/lib/manifest"
+)
+
+// Request is one build.
+type Request struct {
+	// Config is the path of fledge.toml.
+	Config string `json:"config"`
+	// OutputDir receives <name>.img or <name>.cpio.gz and
+	// <name>.manifest.json; created if missing.
+	OutputDir string `json:"output_dir"`
+	// KernelModules is a /lib/modules/<release> directory (with
+	// modules.dep) whose virtio/ext4/button modules and their
+	// dependencies go into an initramfs plugin.
+	KernelModules string `json:"kernel_modules,omitempty"`
+	// Kestrel overrides where kestrel comes from.
+	Kestrel string `json:"kestrel,omitempty"`
+	// WorkDir is where an image is unpacked (in a temporary directory
+	// removed afterwards); "" picks /dev/shm when the image fits in memory
+	// comfortably, else the system's temporary directory.
+	WorkDir string `json:"work_dir,omitempty"`
+	// Epoch (Unix seconds) stamps times that are not taken from the
+	// inputs (SOURCE_DATE_EPOCH); 0 uses the image's creation time, or 1.
+	Epoch int64 `json:"epoch,omitempty"`
+
+	Logger   *slog.Logger      `json:"-"`
+	Progress progress.Reporter `json:"-"`
+}
+
+// Result describes a finished build.
+type Result struct {
+	Name       string `json:"name"`
+	Version    string `json:"plugin_version"`
+	Strategy   string `json:"strategy"`
+	Artifact   string `json:"artifact"`
+	Manifest   string `json:"manifest"`
+	SHA256     string `json:"sha256"`
+	Bytes      int64  `json:"bytes"`
+	DurationMS int64  `json:"duration_ms"`
+	// Image and ImageDigest name the source image (oci_rootfs).
+	Image       string `json:"image,omitempty"`
+	ImageDigest string `json:"image_digest,omitempty"`
+	// SignaturePolicy is where the policy that accepted the image came from.
+	SignaturePolicy string `json:"signature_policy,omitempty"`
+	// WorkDir is where the image was unpacked; WorkTmpfs says whether it
+	// was in memory (oci_rootfs).
+	WorkDir   string `json:"work_dir,omitempty"`
+	WorkTmpfs bool   `json:"work_tmpfs,omitempty"`
+	// Filesystem describes the ext4 image (oci_rootfs).
+	Filesystem *ext4.Result `json:"filesystem,omitempty"`
+	// Entries, Applets and Modules describe an initramfs.
+	Entries       int      `json:"entries,omitempty"`
+	Applets       int      `json:"busybox_applets,omitempty"`
+	KernelRelease string   `json:"kernel_release,omitempty"`
+	Modules       []string `json:"modules,omitempty"`
+	Init          InitMode `json:"init,omitempty"`
+	// Kestrel is the agent binary installed ("" when none).
+	Kestrel string `json:"kestrel,omitempty"`
+	// StepsMS times the build's steps.
+	StepsMS map[string]int64 `json:"steps_ms"`
+}
+
+// Build runs the build fledge.toml describes.
+func Build(ctx context.Context, req Request) (*Result, error) {
+	start := time.Now()
+	if req.Logger == nil {
+		req.Logger = slog.New(slog.DiscardHandler)
+	}
+	req.Progress = progress.Or(req.Progress)
+	cfgPath := req.Config
+	if cfgPath == "" {
+		cfgPath = "fledge.toml"
+	}
+	c, err := Load(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := req.OutputDir
+	if out == "" {
+		out = "out"
+	}
+	if out, err = filepath.Abs(out); err != nil {
+		return nil, fmt.Errorf("resolving output directory: %w", err)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, fmt.Errorf("creating output directory: %w", err)
+	}
+	req.OutputDir = out
+	var res *Result
+	switch c.Strategy {
+	case StrategyOCIRootfs:
+		if req.KernelModules != "" {
+			return nil, apierr.New(apierr.Usage, "--kernel-modules applies to initramfs builds").
+				With("hint", "rootfs plugins boot from the boot initramfs: fledge boot-initramfs --kernel-modules DIR")
+		}
+		res, err = buildRootfs(ctx, c, req)
+	default:
+		res, err = buildInitramfs(ctx, c, req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Strategy = c.Strategy
+	res.DurationMS = time.Since(start).Milliseconds()
+	return res, nil
+}
+
+// steps times named steps.
+type steps map[string]int64
+
+func (s steps) time(name string, fn func() error) error {
+	t := time.Now()
+	err := fn()
+	s[name] += time.Since(t).Milliseconds()
+	return err
+}
+
+// output is an artifact and its manifest being written: both go to
+// temporary names in the output directory and are renamed into place by
+// commit; discard removes whatever is left.
+type output struct {
+	dir, name, ext string
+	tmpArtifact    string
+	tmpManifest    string
+}
+
+func newOutput(dir, name, ext string) (*output, error) {
+	f, err := os.CreateTemp(dir, "."+name+ext+".tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("creating artifact: %w", err)
+	}
+	f.Close()
+	return &output{dir: dir, name: name, ext: ext, tmpArtifact: f.Name()}, nil
+}
+
+func (o *output) artifactPath() string { return filepath.Join(o.dir, o.name+o.ext) }
+func (o *output) manifestPath() string { return filepath.Join(o.dir, o.name+".manifest.json") }
+
+// commit checks the manifest, writes it, and renames both into place.
+func (o *output) commit(c *Config, m *manifest.Manifest) error {
+	m.Normalize()
+	if err := m.Validate(); err != nil {
+		return manifestError(c, err)
+	}
+	body, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding manifest: %w", err)
+	}
+	// The manifest must read back as it was written.
+	if _, err := manifest.Parse(body); err != nil {
+		return manifestError(c, err)
+	}
+	f, err := os.CreateTemp(o.dir, "."+o.name+".manifest.json.tmp-*")
+	if err != nil {
+		return fmt.Errorf("writing manifest: %w", err)
+	}
+	o.tmpManifest = f.Name()
+	if _, err := f.Write(append(body, '\n')); err != nil {
+		f.Close()
+		return fmt.Errorf("writing manifest: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("writing manifest: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing manifest: %w", err)
+	}
+	for _, p := range []string{o.tmpArtifact, o.tmpManifest} {
+		if err := os.Chmod(p, 0o644); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(o.tmpArtifact, o.artifactPath()); err != nil {
+		return fmt.Errorf("placing artifact: %w", err)
+	}
+	o.tmpArtifact = ""
+	if err := os.Rename(o.tmpManifest, o.manifestPath()); err != nil {
+		return fmt.Errorf("placing manifest: %w", err)
+	}
+	o.tmpManifest = ""
+	if d, err := os.Open(o.dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+func (o *output) discard() {
+	for _, p := range []string{o.tmpArtifact, o.tmpManifest} {
+		if p != "" {
+			os.Remove(p)
+		}
+	}
+}
+
+// hashFile returns the sha256 (hex) and size of p, synced to disk.
+func hashFile(p string) (string, int64, error) {
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	if err := f.Sync(); err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// BootRequest asks for a boot initramfs.
+type BootRequest struct {
+	// Kestrel is the kestrel binary; "" finds it as FindKestrel does.
+	Kestrel string `json:"kestrel,omitempty"`
+	// ModulesDir is the guest kernel's /lib/modules/<release> directory.
+	ModulesDir string `json:"kernel_modules"`
+	// Modules overrides bootimage.DefaultModules.
+	Modules []string `json:"modules,omitempty"`
+	// Output is the file to write (atomically).
+	Output string       `json:"output"`
+	Logger *slog.Logger `json:"-"`
+}
+
+// BootResult describes a written boot initramfs.
+type BootResult struct {
+	Artifact      string   `json:"artifact"`
+	SHA256        string   `json:"sha256"`
+	Bytes         int64    `json:"bytes"`
+	KernelRelease string   `json:"kernel_release"`
+	Modules       []string `json:"modules"`
+	Entries       int      `json:"entries"`
+	Kestrel       string   `json:"kestrel"`
+	DurationMS    int64    `json:"duration_ms"`
+}
+
+// BootInitramfs writes the initramfs rootfs plugins boot with under a
+// distribution kernel: kestrel as /init and the kernel modules it needs to
+// reach the root disk, with their index. Reproducible.
+func BootInitramfs(ctx context.Context, req BootRequest) (*BootResult, error) {
+	start := time.Now()
+	if req.ModulesDir == "" {
+		return nil, apierr.New(apierr.Usage, "the boot initramfs needs the guest kernel's modules directory").
+			With("hint", "pass --kernel-modules /var/lib/volant/kernel/modules/<release>")
+	}
+	if req.Output == "" {
+		return nil, apierr.New(apierr.Usage, "no output file given")
+	}
+	kestrel, err := FindKestrel(nil, req.Kestrel)
+	if err != nil {
+		return nil, err
+	}
+	out, err := filepath.Abs(req.Output)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return nil, fmt.Errorf("creating output directory: %w", err)
+	}
+	b := initramfs.New()
+	info, err := bootimage.Add(b, bootimage.Options{Kestrel: kestrel, ModulesDir: req.ModulesDir, Modules: req.Modules})
+	if err != nil {
+		return nil, modulesError(req.ModulesDir, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := b.WriteFile(out, initramfs.Gzip); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", out, err)
+	}
+	sum, n, err := hashFile(out)
+	if err != nil {
+		return nil, err
+	}
+	res := &BootResult{Artifact: out, SHA256: sum, Bytes: n, KernelRelease: info.Release, Entries: b.Len(), Kestrel: kestrel}
+	for _, s := range info.Modules {
+		res.Modules = append(res.Modules, s.Name)
+	}
+	res.DurationMS = time.Since(start).Milliseconds()
+	return res, nil
+}
+
+// modulesError classifies a failure to read a kernel modules directory.
+func modulesError(dir string, err error) error {
+	if errors.Is(err, os.ErrNotExist) {
+		return apierr.Wrap(apierr.NotFound, err, "kernel modules directory "+dir+" is missing or has no modules.dep").
+			With("hint", "pass /lib/modules/<release> of the guest kernel, e.g. /var/lib/volant/kernel/modules/<release> (make kernel)")
+	}
+	return fmt.Errorf("adding kernel modules from %s: %w", dir, err)
+}

@@ -1,0 +1,130 @@
+package kestrel_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/kestrel/internal/vmtest"
+	"github.com/volantvm/volant/lib/kmod"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
+)
+
+// BenchmarkVMBootVsBusybox compares boot-to-healthy of a kestrel initramfs
+// with the same kernel, modules and workload under a minimal busybox init:
+// a shell script that mounts /proc, /sys and /dev, loads just the virtio
+// network modules, sets the address and execs httpd. Both serve busybox
+// httpd on :80, and both are timed from QEMU's launch to the first HTTP 200
+// of /index.html on the guest IP (kestrel's proxy is not in the path), in
+// alternating boots so both see the same machine load. bench/boot/run.sh
+// runs it; it prints medians and the ratio kestrel/busybox (target <= 1.05)
+// and writes $VOLANT_BENCH_OUT. It asserts nothing about time.
+func BenchmarkVMBootVsBusybox(b *testing.B) {
+	n := 7
+	if v, err := strconv.Atoi(os.Getenv("VOLANT_BENCH_N")); err == nil && v > 0 {
+		n = v
+	}
+	k, vmlinux := guesttest.Kernel(b)
+	net := vmtest.NewNet(b)
+
+	kestrelImg := vmtest.BootImage(b, k)
+	kestrelImg.AddBusybox("sh", "httpd")
+	kestrelImg.File("/srv/index.html", 0o644, "ok\n")
+	kestrelInitrd := kestrelImg.Write()
+	manifest := encode(b, webManifest(false))
+
+	ix, err := kmod.LoadIndex(k.ModulesDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	steps, err := ix.Resolve("virtio_mmio", "virtio_net")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var script strings.Builder
+	script.WriteString("#!/bin/sh\nmount -t proc proc /proc\nmount -t sysfs sysfs /sys\nmount -t devtmpfs devtmpfs /dev\n")
+	for _, s := range steps {
+		fmt.Fprintf(&script, "insmod /lib/modules/%s/%s\n", k.Release, s.Path)
+	}
+	script.WriteString(`for w in $(cat /proc/cmdline); do case $w in volant.ip=*) addr=${w#volant.ip=};; esac; done
+ip link set lo up
+ip addr add "$addr" dev eth0
+ip link set eth0 up
+exec httpd -f -p 80 -h /srv
+`)
+	bbImg := vmtest.BootImage(b, k) // same modules on board; /init replaced
+	bbImg.AddBusybox("sh", "httpd", "mount", "insmod", "ip", "cat")
+	bbImg.File("/srv/index.html", 0o644, "ok\n")
+	bbImg.File("/init", 0o755, script.String())
+	busyboxInitrd := bbImg.Write()
+
+	loadBefore, _ := os.ReadFile("/proc/loadavg")
+	results := map[string][]float64{}
+	for i := 0; i < n; i++ {
+		for vi, variant := range []string{"kestrel", "busybox"} {
+			host := 100 + 2*i + vi
+			ip := netip.MustParseAddr("192.168.127." + strconv.Itoa(host))
+			mac := fmt.Sprintf("02:00:00:00:01:%02x", host)
+			cfg := vmtest.Config{Name: "boot-" + variant, IP: ip, MAC: mac,
+				Cmdline: "volant.vm=bench volant.ip=" + ip.String() + "/24 volant.gw=192.168.127.1"}
+			if variant == "kestrel" {
+				cfg.Initrd, cfg.Cmdline = kestrelInitrd, cfg.Cmdline+" volant.manifest="+manifest
+			} else {
+				cfg.Initrd = busyboxInitrd
+			}
+			vm := vmtest.Boot(b, net, vmlinux, cfg)
+			client := net.PollClient()
+			for {
+				resp, err := client.Get("http://" + ip.String() + ":80/index.html")
+				if err == nil {
+					resp.Body.Close()
+					if resp.StatusCode == 200 {
+						break
+					}
+				}
+				if vm.Since() > bootTimeout {
+					b.Fatalf("%s: no HTTP 200 within %s:\n%s", variant, bootTimeout, vm.ConsoleText())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			results[variant] = append(results[variant], float64(vm.Since().Milliseconds()))
+			vm.Quit()
+		}
+	}
+	loadAfter, _ := os.ReadFile("/proc/loadavg")
+	med := func(v []float64) float64 {
+		x := append([]float64(nil), v...)
+		sort.Float64s(x)
+		if len(x)%2 == 1 {
+			return x[len(x)/2]
+		}
+		return (x[len(x)/2-1] + x[len(x)/2]) / 2
+	}
+	out := map[string]any{
+		"runs":                             n,
+		"kestrel_launch_to_http_ms":        results["kestrel"],
+		"busybox_launch_to_http_ms":        results["busybox"],
+		"kestrel_launch_to_http_ms_median": med(results["kestrel"]),
+		"busybox_launch_to_http_ms_median": med(results["busybox"]),
+		"ratio_kestrel_to_busybox":         med(results["kestrel"]) / med(results["busybox"]),
+		"target_ratio":                     1.05,
+		"host_loadavg_before":              strings.TrimSpace(string(loadBefore)),
+		"host_loadavg_after":               strings.TrimSpace(string(loadAfter)),
+	}
+	b.ReportMetric(out["ratio_kestrel_to_busybox"].(float64), "kestrel/busybox")
+	js, _ := json.MarshalIndent(out, "", "  ")
+	fmt.Printf("%s\n", js)
+	if p := os.Getenv("VOLANT_BENCH_OUT"); p != "" {
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, append(js, '\n'), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,133 @@
+package launch
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/kernel"
+	"github.com/volantvm/volant/lib/vmm/supervise"
+)
+
+// Verification modes of Spec.Verify.
+const (
+	// VerifyCached hashes an artifact unless this host already verified
+	// this very file version: same device, inode, size, mtime and ctime.
+	// Any write through the file system changes mtime and ctime (and
+	// restoring mtime with utimes changes ctime), so a modified file is
+	// always hashed again; only a clock set back by root could hide a
+	// change from it.
+	VerifyCached = "cached"
+	// VerifyAlways hashes every artifact on every launch.
+	VerifyAlways = "always"
+)
+
+// fileVersion identifies one version of a file's content on this host.
+type fileVersion struct {
+	Dev   uint64 `json:"dev"`
+	Ino   uint64 `json:"ino"`
+	Size  int64  `json:"size"`
+	Mtime int64  `json:"mtime_ns"`
+	Ctime int64  `json:"ctime_ns"`
+}
+
+type verifiedEntry struct {
+	fileVersion
+	SHA256 string `json:"sha256"`
+}
+
+func versionOf(f *os.File) (fileVersion, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return fileVersion{}, err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileVersion{}, fmt.Errorf("no stat data for %s", f.Name())
+	}
+	return fileVersion{
+		Dev: uint64(sys.Dev), Ino: sys.Ino, Size: st.Size(),
+		Mtime: sys.Mtim.Nano(), Ctime: sys.Ctim.Nano(),
+	}, nil
+}
+
+// verify checks the artifact against its expected sha256: from the cache
+// of verified file versions when mode allows, else by hashing it (and then
+// recording the version). A mismatch is CHECKSUM_MISMATCH.
+func verify(a *Artifact, cacheDir, mode string) error {
+	f, err := os.Open(a.Path)
+	if err != nil {
+		return fmt.Errorf("%s artifact: %w", a.Role, err)
+	}
+	defer f.Close()
+	if a.SHA256 == "" {
+		return nil
+	}
+	want := strings.ToLower(a.SHA256)
+	ver, verr := versionOf(f)
+	key := sha256.Sum256([]byte(a.Path))
+	entry := filepath.Join(cacheDir, "verified", hex.EncodeToString(key[:16])+".json")
+	if mode != VerifyAlways && verr == nil {
+		var e verifiedEntry
+		if b, err := os.ReadFile(entry); err == nil && json.Unmarshal(b, &e) == nil && e.fileVersion == ver && e.SHA256 == want {
+			a.SHA256, a.Verified, a.Cached = want, true, true
+			return nil
+		}
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("hashing %s: %w", a.Path, err)
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if got != want {
+		return apierr.New(apierr.ChecksumMismatch, "%s %s has sha256 %s, but the manifest says %s; refusing to boot it", a.Role, a.Path, got, want).
+			With("path", a.Path).With("role", a.Role).With("expected", "sha256:"+want).With("actual", "sha256:"+got)
+	}
+	a.SHA256, a.Verified = got, true
+	// Record the version only if it did not change while being hashed.
+	if after, err := versionOf(f); verr == nil && err == nil && after == ver {
+		if b, err := json.Marshal(verifiedEntry{ver, got}); err == nil && os.MkdirAll(filepath.Dir(entry), 0o700) == nil {
+			_ = supervise.ReplaceFile(entry, b, 0o600) // a cache: losing it costs a rehash
+		}
+	}
+	return nil
+}
+
+// hostTSCkHz is kernel.HostTSCkHz, remembered for the boot under cacheDir:
+// where the kernel offers no tsc_freq_khz it parses /proc/cpuinfo, whose
+// read can take milliseconds (it samples every CPU's frequency).
+func hostTSCkHz(cacheDir string) (int, error) {
+	boot := bootID()
+	p := filepath.Join(cacheDir, "tsc_khz")
+	if b, err := os.ReadFile(p); err == nil && boot != "" {
+		if id, v, ok := strings.Cut(strings.TrimSpace(string(b)), " "); ok && id == boot {
+			if khz, err := strconv.Atoi(v); err == nil && khz > 0 {
+				return khz, nil
+			}
+		}
+	}
+	khz, err := kernel.HostTSCkHz()
+	if err != nil {
+		return 0, err
+	}
+	if boot != "" && os.MkdirAll(cacheDir, 0o755) == nil {
+		_ = supervise.ReplaceFile(p, []byte(boot+" "+strconv.Itoa(khz)+"\n"), 0o644)
+	}
+	return khz, nil
+}
+
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
