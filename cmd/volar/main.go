@@ -7,7 +7,7 @@
 //	volar [GLOBAL FLAGS] COMMAND ...
 //
 //	volar setup [--dry-run] [--bridge vbr0] [--cidr 192.168.127.1/24] [--nat] [--uplink IFACE] [--adopt]
-//	            [--data-dir DIR] [--run-root DIR] [--kernel DIR]
+//	            [--data-dir DIR] [--run-root DIR] [--kernel DIR] [--systemd [--systemd-dir DIR]]
 //	volar plugins list
 //	volar plugins install --manifest FILE [--replace]
 //	volar plugins show|enable|disable|remove NAME
@@ -77,7 +77,11 @@
 // `volant-net setup` (bridge vbr0 with 192.168.127.1/24, IP forwarding,
 // with --nat masquerading), a check of the guest kernel (`make kernel`)
 // with the uncompressed vmlinux extracted once, and the hypervisor volantd
-// would use. It prints what it changed; running it again changes nothing.
+// would use; with --systemd also volantd's units (volantd.socket,
+// volantd.service, volant-vm@.service, embedded from contrib/systemd) in
+// /etc/systemd/system, followed by `systemctl daemon-reload` where systemd
+// runs (nothing is enabled: `systemctl enable --now volantd.socket`). It
+// prints what it changed; running it again changes nothing.
 // --dry-run changes nothing and prints what would change. Start volantd
 // with the same --bridge/--nat choices (volantd sets the bridge up itself
 // at start and follows its own --nat).
@@ -181,15 +185,17 @@ type options struct {
 	Quiet  bool   `short:"q" long:"quiet" description:"print only names"`
 
 	Setup struct {
-		DryRun    bool           `long:"dry-run" description:"change nothing; report what would change"`
-		Bridge    string         `long:"bridge" value-name:"NAME" description:"guest bridge (default vbr0)"`
-		CIDR      string         `long:"cidr" value-name:"ADDR/LEN" description:"bridge address with prefix length, the guests' gateway (default 192.168.127.1/24)"`
-		NAT       bool           `long:"nat" description:"masquerade the guests' traffic to other networks (start volantd with --nat too)"`
-		Uplink    string         `long:"uplink" value-name:"IFACE" description:"masquerade only traffic leaving through IFACE"`
-		Adopt     bool           `long:"adopt" description:"manage an existing bridge Volant did not create"`
-		DataDir   flags.Filename `long:"data-dir" value-name:"DIR" description:"volantd's data directory (default $VOLANT_DATA_DIR, else /var/lib/volant)"`
-		RunRoot   flags.Filename `long:"run-root" value-name:"DIR" description:"VM run directories (default $VOLANT_RUN_ROOT, else /run/volant/vms)"`
-		KernelDir flags.Filename `long:"kernel" value-name:"DIR" description:"guest kernel directory (default $VOLANT_KERNEL_DIR, else /var/lib/volant/kernel)"`
+		DryRun     bool           `long:"dry-run" description:"change nothing; report what would change"`
+		Bridge     string         `long:"bridge" value-name:"NAME" description:"guest bridge (default vbr0)"`
+		CIDR       string         `long:"cidr" value-name:"ADDR/LEN" description:"bridge address with prefix length, the guests' gateway (default 192.168.127.1/24)"`
+		NAT        bool           `long:"nat" description:"masquerade the guests' traffic to other networks (start volantd with --nat too)"`
+		Uplink     string         `long:"uplink" value-name:"IFACE" description:"masquerade only traffic leaving through IFACE"`
+		Adopt      bool           `long:"adopt" description:"manage an existing bridge Volant did not create"`
+		DataDir    flags.Filename `long:"data-dir" value-name:"DIR" description:"volantd's data directory (default $VOLANT_DATA_DIR, else /var/lib/volant)"`
+		RunRoot    flags.Filename `long:"run-root" value-name:"DIR" description:"VM run directories (default $VOLANT_RUN_ROOT, else /run/volant/vms)"`
+		KernelDir  flags.Filename `long:"kernel" value-name:"DIR" description:"guest kernel directory (default $VOLANT_KERNEL_DIR, else /var/lib/volant/kernel)"`
+		Systemd    bool           `long:"systemd" description:"install volantd.socket, volantd.service and volant-vm@.service and reload systemd (nothing is enabled)"`
+		SystemdDir flags.Filename `long:"systemd-dir" value-name:"DIR" description:"where --systemd installs the units (default /etc/systemd/system)"`
 	} `command:"setup" description:"Prepare this host for volantd (directories, bridge, NAT, kernel); needs root" long-description:"Prepare this host for volantd: data and run directories, the guest bridge with its address and IP forwarding (and with --nat, masquerading), the guest kernel (checked; the uncompressed vmlinux extracted once), and the hypervisor volantd would pick. Only what differs is changed, and the summary says what. --dry-run changes nothing. Works on the host directly, not through volantd."`
 
 	Plugins struct {
@@ -434,8 +440,10 @@ func setup(ctx context.Context, env *cli.Env, o *options, out *volar.Output) err
 		DataDir: firstOf(string(f.DataDir), env.Env("VOLANT_DATA_DIR")),
 		RunRoot: firstOf(string(f.RunRoot), env.Env("VOLANT_RUN_ROOT")),
 		// lib/kernel's variable, also volantd's.
-		KernelDir: firstOf(string(f.KernelDir), env.Env("VOLANT_KERNEL_DIR"), kernel.DefaultDir),
-		DryRun:    f.DryRun,
+		KernelDir:  firstOf(string(f.KernelDir), env.Env("VOLANT_KERNEL_DIR"), kernel.DefaultDir),
+		Systemd:    f.Systemd,
+		SystemdDir: string(f.SystemdDir),
+		DryRun:     f.DryRun,
 	}
 	res, err := volar.Setup(ctx, req, nil)
 	if res != nil {

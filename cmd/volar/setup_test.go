@@ -3,12 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/volantvm/volant/contrib/systemd"
 	"github.com/volantvm/volant/lib/cli/clitest"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
@@ -62,10 +64,15 @@ func TestSetupInNetns(t *testing.T) {
 	// Which hypervisor, where, and with what acceleration depends on the
 	// machine.
 	hv := regexp.MustCompile(`(?m)^(hypervisor\s+ok\s+).*$`)
+	// Whether systemd runs here too.
+	reSystemd := regexp.MustCompile(`(?m)^(systemd\s+\S+\s+).*$`)
+	reSystemdHint := regexp.MustCompile(`(?m)^  systemd: .*\n`)
 	hvJSON := regexp.MustCompile(`("detail": )"(qemu|cloud-hypervisor) \(.*"`)
 	mask := func(s string) string {
 		s = strings.ReplaceAll(s, kdir, "$KERNEL")
 		s = strings.ReplaceAll(s, root, "$ROOT")
+		s = reSystemd.ReplaceAllString(s, "${1}$$SYSTEMD")
+		s = reSystemdHint.ReplaceAllString(s, "")
 		s = strings.ReplaceAll(s, release, "$RELEASE")
 		s = hvJSON.ReplaceAllString(s, `${1}"$$HYPERVISOR"`)
 		return hv.ReplaceAllString(s, "${1}$$HYPERVISOR")
@@ -132,6 +139,31 @@ func TestSetupInNetns(t *testing.T) {
 	q := step("setup again, quiet", in(append([]string{"-q"}, args...)...), 0)
 	if q.Stdout != "" {
 		t.Fatalf("quiet setup that changed nothing printed %q", q.Stdout)
+	}
+
+	// --systemd: the embedded units, written only when they differ.
+	units := filepath.Join(root, "units")
+	sd := append(append([]string{}, args...), "--systemd", "--systemd-dir", units)
+	step("setup --systemd, dry run", in(append(sd, "--dry-run")...), 0)
+	if _, err := os.Stat(units); err == nil {
+		t.Fatal("--dry-run wrote units")
+	}
+	step("setup --systemd", in(sd...), 0)
+	entries, _ := fs.ReadDir(systemd.Units, ".")
+	if len(entries) != 3 {
+		t.Fatalf("embedded units: %v", entries)
+	}
+	for _, e := range entries {
+		want, _ := fs.ReadFile(systemd.Units, e.Name())
+		got, err := os.ReadFile(filepath.Join(units, e.Name()))
+		if err != nil || string(got) != string(want) {
+			t.Fatalf("unit %s not installed as embedded: %v", e.Name(), err)
+		}
+	}
+	os.WriteFile(filepath.Join(units, "volantd.service"), []byte("# edited\n"), 0o644)
+	r0 := step("setup --systemd again, one unit edited", in(sd...), 0)
+	if strings.Count(r0.Stdout, "unit        changed") != 1 {
+		t.Fatalf("only the edited unit should change:\n%s", r0.Stdout)
 	}
 
 	// No kernel: directories and network are still done; the summary

@@ -7,9 +7,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
+	"github.com/volantvm/volant/contrib/systemd"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/kernel"
@@ -32,6 +34,11 @@ type SetupRequest struct {
 	// /var/lib/volant/kernel); setup checks it and extracts the
 	// uncompressed vmlinux once.
 	KernelDir string `json:"kernel_dir"`
+	// Systemd installs volantd.socket, volantd.service and
+	// volant-vm@.service into SystemdDir (default /etc/systemd/system)
+	// and, where systemd runs, reloads it. Nothing is enabled or started.
+	Systemd    bool   `json:"systemd,omitempty"`
+	SystemdDir string `json:"systemd_dir,omitempty"`
 	// DryRun changes nothing and reports what would change.
 	DryRun bool `json:"dry_run"`
 }
@@ -45,6 +52,9 @@ func (r SetupRequest) withDefaults() SetupRequest {
 	}
 	if r.KernelDir == "" {
 		r.KernelDir = kernel.DefaultDir
+	}
+	if r.SystemdDir == "" {
+		r.SystemdDir = "/etc/systemd/system"
 	}
 	return r
 }
@@ -61,7 +71,7 @@ const (
 // SetupItem is one thing setup looked at.
 type SetupItem struct {
 	// Item is dir, bridge, address, link, forwarding, nat, kernel,
-	// vmlinux or hypervisor.
+	// vmlinux, hypervisor, and with Systemd unit and systemd.
 	Item   string `json:"item"`
 	Status string `json:"status"`
 	Detail string `json:"detail"`
@@ -212,6 +222,12 @@ func Setup(ctx context.Context, req SetupRequest, log *slog.Logger) (*SetupResul
 		res.add(SetupItem{Item: "hypervisor", Status: StatusOK, Detail: detail})
 	}
 
+	if req.Systemd {
+		if err := setupSystemd(ctx, req, res, log); err != nil {
+			return res, err
+		}
+	}
+
 	if len(missing) > 0 {
 		code := apierr.CodeOf(missing[0])
 		return res, apierr.Wrap(code, errors.Join(missing...), "the host is not ready for VMs")
@@ -293,6 +309,97 @@ func ensureVmlinux(ctx context.Context, k *kernel.Kernel, dryRun bool) (SetupIte
 	}
 	it.Status, it.Detail = StatusChanged, "extracted "+path+" (boots without in-guest decompression)"
 	return it, nil
+}
+
+// setupSystemd installs the embedded units, changing only files whose
+// content differs, and asks a running systemd to reload.
+func setupSystemd(ctx context.Context, req SetupRequest, res *SetupResult, log *slog.Logger) error {
+	entries, err := fs.ReadDir(systemd.Units, ".")
+	if err != nil {
+		return fmt.Errorf("reading the embedded units: %w", err)
+	}
+	changed := false
+	for _, e := range entries {
+		want, err := fs.ReadFile(systemd.Units, e.Name())
+		if err != nil {
+			return fmt.Errorf("reading the embedded unit %s: %w", e.Name(), err)
+		}
+		path := filepath.Join(req.SystemdDir, e.Name())
+		it := SetupItem{Item: "unit"}
+		have, err := os.ReadFile(path)
+		switch {
+		case err == nil && string(have) == string(want):
+			it.Status, it.Detail = StatusOK, path+" is this build's"
+		case err != nil && !errors.Is(err, fs.ErrNotExist):
+			it.Status, it.Detail = StatusFailed, err.Error()
+			res.add(it)
+			return apierr.Wrap(apierr.CodeOf(err), err, "checking "+path)
+		case req.DryRun:
+			it.Status, it.Detail = StatusWouldChange, "would write "+path
+		default:
+			if err := writeFileAtomic(path, want, 0o644); err != nil {
+				it.Status, it.Detail = StatusFailed, err.Error()
+				res.add(it)
+				return apierr.Wrap(apierr.CodeOf(err), err, "installing "+path)
+			}
+			verb := "installed "
+			if len(have) > 0 {
+				verb = "updated "
+			}
+			it.Status, it.Detail = StatusChanged, verb+path
+			changed = true
+			log.Info("setup", "item", "unit", "change", it.Detail)
+		}
+		res.add(it)
+	}
+	// Like sd_booted(3): systemd is the init system when this exists.
+	if _, err := os.Stat("/run/systemd/system"); err != nil {
+		res.add(SetupItem{Item: "systemd", Status: StatusOK, Detail: "systemd is not running here: units installed, not loaded",
+			Hint: "where systemd runs: systemctl daemon-reload && systemctl enable --now volantd.socket"})
+		return nil
+	}
+	switch {
+	case !changed:
+		res.add(SetupItem{Item: "systemd", Status: StatusOK, Detail: "units loaded; enable with systemctl enable --now volantd.socket"})
+	case req.DryRun:
+		res.add(SetupItem{Item: "systemd", Status: StatusWouldChange, Detail: "would run systemctl daemon-reload"})
+	default:
+		if out, err := exec.CommandContext(ctx, "systemctl", "daemon-reload").CombinedOutput(); err != nil {
+			res.add(SetupItem{Item: "systemd", Status: StatusFailed, Detail: strings.TrimSpace(string(out))})
+			return apierr.Wrap(apierr.Unavailable, err, "systemctl daemon-reload: "+strings.TrimSpace(string(out)))
+		}
+		res.add(SetupItem{Item: "systemd", Status: StatusChanged, Detail: "ran systemctl daemon-reload; enable with systemctl enable --now volantd.socket"})
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to path through a temporary file, fsync and
+// rename, so a crash leaves the old file or the new one.
+func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
 
 // SetupSummary prints a setup result: a table of items and a closing
