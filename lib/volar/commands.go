@@ -277,7 +277,7 @@ func (s *Session) markEvents(ctx context.Context) eventMark {
 
 // waitFor waits for a VM state through the daemon's long poll while
 // printing the VM's events since mark on stderr as progress. Once the wait
-// is over it lets the progress catch up (for at most 2 s), so the lines
+// is over it lets the progress catch up (for at most 5 s), so the lines
 // are complete and come before the result: until the event that put the
 // VM in the state has been printed when the wait follows an action
 // (expect), else until the reader has seen the newest event the daemon
@@ -328,7 +328,7 @@ func (s *Session) waitFor(ctx context.Context, name string, w WaitOptions, mark 
 			}
 			return !end.ok || seen.Load() >= end.id
 		}
-		deadline := time.After(2 * time.Second)
+		deadline := time.After(5 * time.Second)
 	catchUp:
 		for !caughtUp() {
 			select {
