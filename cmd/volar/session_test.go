@@ -202,6 +202,33 @@ func TestEventsSinceAndResume(t *testing.T) {
 		t.Fatalf("--since %d gave %q", evs[0].ID, s.out.String())
 	}
 
+	// Without --since: only events after the stream connected, none of
+	// the log before it.
+	before, err := d.c.Health(d.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = d.start(d.env(), "-o", "json", "events")
+	for i := 0; !strings.Contains(s.out.String(), "\n"); i++ {
+		if i == 100 {
+			t.Fatal("events shows no new event")
+		}
+		if _, err := d.c.DisablePlugin(d.ctx, "caddy"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.end(t)
+	for _, line := range strings.Split(strings.TrimSpace(s.out.String()), "\n") {
+		var ev api.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil || ev.ID <= before.LastEventID {
+			t.Fatalf("events without --since printed an old event (log ended at %d): %s %v", before.LastEventID, line, err)
+		}
+	}
+	if _, err := d.c.EnablePlugin(d.ctx, "caddy"); err != nil {
+		t.Fatal(err)
+	}
+
 	// Follow live events, through a daemon restart.
 	// From the current end of the log on (what "only new events" means,
 	// without racing the stream's connection).
