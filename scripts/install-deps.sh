@@ -5,6 +5,7 @@
 set -euo pipefail
 pkgs=(
   build-essential libsqlite3-dev pkg-config   # cgo for go-sqlite3
+  libgpgme-dev                                # lets plain `go build/test ./...` (no tags) compile containers/image
   qemu-system-x86                             # the VMM that boots guests here
   busybox-static cpio e2fsprogs xz-utils kmod # initramfs/rootfs building, kernel extraction, depmod
   iproute2 iptables nftables                  # bridge, taps, NAT

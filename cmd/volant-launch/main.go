@@ -16,7 +16,13 @@
 // --cpus N --memory MIB --run-dir DIR --tap TAP --mac MAC --serial-log FILE
 // --boot-initramfs FILE --kestrel FILE --boot-layer auto|always|never
 // --api-host HOST --api-port N --dns IP (repeatable) --kernel-arg WORD
-// (repeatable) --debug --verify cached|always.
+// (repeatable) --debug --verify cached|always --disk-mode copy|direct.
+//
+// Writable disks (a rootfs plugin's root, manifest disks not marked
+// readonly) boot from the VM's own copy in <state>/vms/<name>/disks/, made
+// from the verified artifact on the first start and kept across restarts,
+// so replicas of one plugin never share an image and the guest's writes
+// persist; --disk-mode direct boots the artifact itself.
 //
 // Stdin (argv, run): one JSON request, the VM spec (lib/launch.Spec; flags
 // override its fields):
@@ -27,7 +33,7 @@
 //	 "lease":{"vm","ip","prefix","gateway","mac"},"net_tap":{"tap","lease":{...}},
 //	 "dns":["1.1.1.1"],"api_host":"192.168.127.1","api_port":8080,
 //	 "serial_log":"..","run_dir":"..","boot_initramfs":"..","kestrel":"..","boot_layer":"auto",
-//	 "kernel_args":[".."],"debug":false,"verify":"cached","stop_timeout_ms":10000}
+//	 "kernel_args":[".."],"debug":false,"verify":"cached","disk_mode":"copy","stop_timeout_ms":10000}
 //
 // or the output of another command: `volant-ipam lease` (kind ipam.lease,
 // becomes "lease") or `volant-net tap add` (kind net.tap, becomes "net_tap"):
@@ -115,6 +121,7 @@ type specFlags struct {
 	KernelArgs    []string      `long:"kernel-arg" description:"extra kernel command-line word (repeatable)"`
 	Debug         bool          `long:"debug" description:"verbose guest boot and agent"`
 	Verify        string        `long:"verify" description:"cached (default: hash unless this file version was verified here) or always"`
+	DiskMode      string        `long:"disk-mode" description:"copy (default: the VM boots its own copy of writable disks, kept across restarts) or direct"`
 	StopTimeout   time.Duration `long:"stop-timeout" description:"run: time the guest gets to power off after the power button (default 10s)"`
 }
 
@@ -312,6 +319,7 @@ func readSpec(env *cli.Env, f specFlags) (launch.Spec, error) {
 	set(&s.Kestrel, f.Kestrel)
 	set(&s.BootLayer, f.BootLayer)
 	set(&s.Verify, f.Verify)
+	set(&s.DiskMode, f.DiskMode)
 	set(&s.APIHost, f.APIHost)
 	if f.APIPort != 0 {
 		s.APIPort = f.APIPort

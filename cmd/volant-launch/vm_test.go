@@ -526,7 +526,8 @@ func TestVMLayeredInitrd(t *testing.T) {
 // TestVMRootfs boots a rootfs plugin: an ext4 image on virtio-blk holding
 // only the workload, through the boot initramfs the launcher builds from
 // --kestrel and the kernel's modules (kestrel stage 1 mounts /dev/vda and
-// switches root). After a graceful stop the file system is clean.
+// switches root). The guest boots the VM's own copy of the image; after a
+// graceful stop that copy is clean and the plugin's image is unchanged.
 func TestVMRootfs(t *testing.T) {
 	const name = "vmtest5"
 	kestrel := kestrelOrSkip(t)
@@ -567,7 +568,21 @@ func TestVMRootfs(t *testing.T) {
 	if res.StopMethod != supervise.StoppedPowerButton {
 		t.Fatalf("run result %q", out)
 	}
-	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
-		t.Fatalf("the root file system is not clean after a graceful stop: %v\n%s", err, out)
+	// The guest booted its own copy of the image; the plugin's stays pristine.
+	vmCopy := filepath.Join(w.dir, "state", "vms", name, "disks", "rootfs.img")
+	if out, err := exec.Command("e2fsck", "-fn", vmCopy).CombinedOutput(); err != nil {
+		t.Fatalf("the VM's root file system is not clean after a graceful stop: %v\n%s", err, out)
 	}
+	if !strings.Contains(string(mustRead(t, w.guest.manifest)), sha256File(t, img)) {
+		t.Fatal("the plugin's image changed: the guest must write to its own copy")
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -50,7 +50,7 @@ var (
 // bins returns a directory holding volantd and cloud-hypervisor (this test
 // binary under those names) and a volant-launch built from this checkout
 // ($VOLANT_BIN/volant-launch when the Makefile provides it).
-func bins(t *testing.T) string {
+func bins(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		binDir, binErr = os.MkdirTemp("", "volantd-bins-")
@@ -87,7 +87,7 @@ func bins(t *testing.T) string {
 
 // daemon is a volantd process.
 type volantdProc struct {
-	t      *testing.T
+	t      testing.TB
 	cmd    *exec.Cmd
 	sock   string
 	log    string
@@ -100,7 +100,7 @@ type volantdProc struct {
 // startDaemon runs volantd with args (and the socket, database and data
 // dir in dir) as cmd's process; wrap lets a test run it elsewhere (ip
 // netns exec ...). It returns once the daemon answers /healthz.
-func startDaemon(t *testing.T, dir string, wrap []string, env []string, args ...string) *volantdProc {
+func startDaemon(t testing.TB, dir string, wrap []string, env []string, args ...string) *volantdProc {
 	t.Helper()
 	b := bins(t)
 	sock := filepath.Join(dir, "volantd.sock")

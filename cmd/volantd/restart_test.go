@@ -37,7 +37,7 @@ type fakeHost struct {
 	manifest []byte
 }
 
-func newFakeHost(t *testing.T) *fakeHost {
+func newFakeHost(t testing.TB) *fakeHost {
 	t.Helper()
 	ns := netnstest.New(t)
 	dir := t.TempDir()
@@ -71,7 +71,7 @@ func newFakeHost(t *testing.T) *fakeHost {
 // stock kernels; this host's is PVM-only, so volantd runs in a mount
 // namespace where /sys/module is empty (ip netns exec gives it its own
 // /sys already); the host is untouched.
-func (h *fakeHost) start(t *testing.T, extra ...string) *volantdProc {
+func (h *fakeHost) start(t testing.TB, extra ...string) *volantdProc {
 	t.Helper()
 	wrap := []string{"ip", "netns", "exec", h.ns.Name, "sh", "-c", `mount -t tmpfs tmpfs /sys/module && exec "$@"`, "sh"}
 	args := append([]string{"--vmm", "cloud-hypervisor", "--kernel", h.kernel, "--health-interval", "1s", "--stop-timeout", "2s"}, extra...)

@@ -126,9 +126,10 @@ type Network interface {
 	GCTaps(ctx context.Context, keep []string) (*hostnet.GCResult, error)
 }
 
-// Prober asks kestrel on a guest for its status (GET /healthz).
+// Prober asks kestrel on a guest for its status (GET /healthz) at the
+// guest's address and the plugin's agent port (manifest.AgentPort).
 type Prober interface {
-	Probe(ctx context.Context, ip netip.Addr) (*agentapi.Status, error)
+	Probe(ctx context.Context, agent netip.AddrPort) (*agentapi.Status, error)
 }
 
 // Controller runs plugins, VMs and deployments. Create it with New, call

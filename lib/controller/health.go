@@ -8,15 +8,15 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/manifest"
 )
 
-// HTTPProber asks kestrel for its status on http://<guest ip>:8080/healthz.
+// HTTPProber asks kestrel for its status on http://<guest ip>:<agent port>/healthz.
 type HTTPProber struct {
 	// Timeout bounds one probe (default 2 s).
 	Timeout time.Duration
@@ -25,14 +25,14 @@ type HTTPProber struct {
 var probeTransport = &http.Transport{Proxy: nil, DisableKeepAlives: true, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}
 
 // Probe implements Prober.
-func (p HTTPProber) Probe(ctx context.Context, ip netip.Addr) (*agentapi.Status, error) {
+func (p HTTPProber) Probe(ctx context.Context, agent netip.AddrPort) (*agentapi.Status, error) {
 	t := p.Timeout
 	if t <= 0 {
 		t = 2 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, t)
 	defer cancel()
-	u := "http://" + net.JoinHostPort(ip.String(), strconv.Itoa(agentapi.Port)) + "/healthz"
+	u := "http://" + agent.String() + "/healthz"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
@@ -153,11 +153,30 @@ func (c *Controller) runEnded(ctx context.Context, name string, info *RunInfo) {
 	}
 }
 
+// agentPort is kestrel's API port for VMs of a plugin: the manifest's
+// network.agent_port, or the default when the plugin cannot be read.
+func (c *Controller) agentPort(ctx context.Context, plugin string) uint16 {
+	var p pluginRow
+	err := c.st.Read(ctx, func(tx *sql.Tx) error {
+		var err error
+		p, err = getPlugin(ctx, tx, plugin)
+		return err
+	})
+	if err == nil {
+		if m, err := manifest.Decode(p.Manifest); err == nil {
+			m.Normalize()
+			return uint16(m.AgentPort())
+		}
+	}
+	return agentapi.Port
+}
+
 // pollHealth polls kestrel's /healthz until the run ends: every second
 // while the VM starts, every HealthInterval once it runs.
 func (c *Controller) pollHealth(ctx context.Context, name string, ended <-chan struct{}) {
 	failures := 0
 	hasCheck := map[string]bool{}
+	port := uint16(0) // kestrel's port, from the VM's plugin manifest
 	for {
 		v, err := c.readVM(ctx, name)
 		if err != nil {
@@ -172,8 +191,11 @@ func (c *Controller) pollHealth(ctx context.Context, name string, ended <-chan s
 		}
 		if err == nil && v.IP != "" && (v.State == api.VMStarting || v.State == api.VMRunning) {
 			ip, perr := netip.ParseAddr(v.IP)
+			if port == 0 {
+				port = c.agentPort(ctx, v.Plugin)
+			}
 			if perr == nil {
-				st, perr := c.cfg.Prober.Probe(ctx, ip)
+				st, perr := c.cfg.Prober.Probe(ctx, netip.AddrPortFrom(ip, port))
 				if ctx.Err() != nil {
 					return
 				}

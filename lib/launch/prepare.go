@@ -121,7 +121,10 @@ type Plan struct {
 	// serial log and the console socket.
 	SerialRelay string       `json:"serial_relay,omitempty"`
 	SerialLog   string       `json:"serial_log"`
-	StopAfter   Duration     `json:"stop_timeout"`
+	// DiskCopies are the VM's own copies of writable disks (DiskMode
+	// "copy"); Run makes the missing ones before the VMM starts.
+	DiskCopies []DiskCopy   `json:"disk_copies,omitempty"`
+	StopAfter  Duration     `json:"stop_timeout"`
 	Notes       []string     `json:"notes,omitempty"`
 	Manifest    manifestInfo `json:"manifest"`
 
@@ -146,6 +149,16 @@ type Artifact struct {
 	// Cached says the verification came from the cache of file versions
 	// this host already hashed (see VerifyCached).
 	Cached bool `json:"cached,omitempty"`
+}
+
+// DiskCopy is a VM's own copy of a writable artifact.
+type DiskCopy struct {
+	Role string `json:"role"` // rootfs or disk:<name>
+	From string `json:"from"` // the verified artifact
+	To   string `json:"to"`   // the VM's copy, booted instead
+	// Exists says the copy was there at Prepare: it is reused, with the
+	// guest's earlier writes.
+	Exists bool `json:"exists"`
 }
 
 // Duration marshals as milliseconds.
@@ -350,15 +363,42 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 		return nil, err
 	}
 
-	// Disks: the root disk first (/dev/vda), then the manifest's, then the spec's.
+	// Disks: the root disk first (/dev/vda), then the manifest's, then the
+	// spec's. Writable ones boot from the VM's own copy unless DiskMode is
+	// "direct".
+	copyDisks := true
+	switch s.DiskMode {
+	case "", "copy":
+	case "direct":
+		copyDisks = false
+	default:
+		return nil, badInput("disk_mode must be copy or direct, got %q", s.DiskMode).With("field", "disk_mode")
+	}
+	diskDir := filepath.Join(o.StateDir, "vms", name, "disks")
+	own := func(a Artifact, file string) string {
+		if !copyDisks {
+			return a.Path
+		}
+		c := DiskCopy{Role: a.Role, From: a.Path, To: filepath.Join(diskDir, file)}
+		if _, err := os.Stat(c.To); err == nil {
+			c.Exists = true
+			note("%s: reusing this VM's copy %s (earlier writes persist)", a.Role, c.To)
+		}
+		p.DiskCopies = append(p.DiskCopies, c)
+		return c.To
+	}
 	var disks []vmm.Disk
 	for _, a := range arts {
 		switch {
 		case a.Role == "rootfs":
-			disks = append(disks, vmm.Disk{Path: a.Path, Format: m.Rootfs.Format})
+			disks = append(disks, vmm.Disk{Path: own(a, "rootfs.img"), Format: m.Rootfs.Format})
 		case strings.HasPrefix(a.Role, "disk:"):
 			d := m.Disks[slices.IndexFunc(m.Disks, func(d manifest.Disk) bool { return "disk:"+d.Name == a.Role })]
-			disks = append(disks, vmm.Disk{Path: a.Path, Format: d.Format, ReadOnly: d.ReadOnly})
+			path := a.Path
+			if !d.ReadOnly {
+				path = own(a, "disk-"+d.Name+".img")
+			}
+			disks = append(disks, vmm.Disk{Path: path, Format: d.Format, ReadOnly: d.ReadOnly})
 		}
 	}
 	disks = append(disks, s.Disks...)

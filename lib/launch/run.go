@@ -94,6 +94,9 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 	if err := stageInitrd(p); err != nil {
 		return nil, err
 	}
+	if err := stageDiskCopies(ctx, p.DiskCopies); err != nil {
+		return nil, err
+	}
 	for _, n := range p.Config.Nets {
 		if _, err := os.Stat(filepath.Join("/sys/class/net", n.Tap)); err != nil {
 			return nil, apierr.New(apierr.NotFound, "tap device %s does not exist in this network namespace", n.Tap).

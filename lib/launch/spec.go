@@ -81,6 +81,14 @@ type Spec struct {
 	// (default: hashed unless this host already verified this file version,
 	// see VerifyCached) or "always".
 	Verify string `json:"verify,omitempty"`
+	// DiskMode says what writable disks of the manifest (the rootfs and
+	// disks not marked readonly) boot from: "copy" (default) gives the VM
+	// its own copy under <Options.StateDir>/vms/<name>/disks/, made from the
+	// verified artifact on first start and kept across restarts, so the
+	// guest's writes persist and never touch the plugin's image; "direct"
+	// boots the artifact itself (one VM at a time; its writes change it and
+	// its next checksum verification fails).
+	DiskMode string `json:"disk_mode,omitempty"`
 	// StopTimeoutMS is how long `run` gives the guest to power off after the
 	// ACPI power button before stopping it hard (default 10000).
 	StopTimeoutMS int `json:"stop_timeout_ms,omitempty"`

@@ -283,7 +283,8 @@ func (p *Prober) Set(ip netip.Addr, st *agentapi.Status) {
 }
 
 // Probe implements controller.Prober.
-func (p *Prober) Probe(_ context.Context, ip netip.Addr) (*agentapi.Status, error) {
+func (p *Prober) Probe(_ context.Context, agent netip.AddrPort) (*agentapi.Status, error) {
+	ip := agent.Addr()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.st[ip]

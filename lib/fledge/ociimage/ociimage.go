@@ -38,13 +38,15 @@ import (
 	"syscall"
 
 	"github.com/containers/image/v5/docker"
+	_ "github.com/containers/image/v5/docker/archive" // registers docker-archive:
 	"github.com/containers/image/v5/image"
 	"github.com/containers/image/v5/manifest"
+	_ "github.com/containers/image/v5/oci/archive" // registers oci-archive:
+	_ "github.com/containers/image/v5/oci/layout"  // registers oci:
 	"github.com/containers/image/v5/pkg/blobinfocache/none"
 	"github.com/containers/image/v5/pkg/compression"
 	"github.com/containers/image/v5/signature"
 	"github.com/containers/image/v5/transports"
-	"github.com/containers/image/v5/transports/alltransports"
 	"github.com/containers/image/v5/types"
 	"github.com/docker/distribution/registry/api/errcode"
 	v2 "github.com/docker/distribution/registry/api/v2"
@@ -113,10 +115,10 @@ func ParseReference(s string) (types.ImageReference, error) {
 		return nil, apierr.New(apierr.InvalidInput, "image reference is empty")
 	}
 	name := s
-	if alltransports.TransportFromImageName(s) == nil {
+	if transportOf(s) == nil {
 		name = "docker://" + s
 	}
-	ref, err := alltransports.ParseImageName(name)
+	ref, err := ParseImageName(name)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, apierr.Wrap(apierr.NotFound, err, "image "+s+" not found")
@@ -125,6 +127,28 @@ func ParseReference(s string) (types.ImageReference, error) {
 			With("hint", "use docker://REPO:TAG, oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE or a plain REPO:TAG")
 	}
 	return ref, nil
+}
+
+// transportOf is the transport named by the prefix of s, or nil.
+func transportOf(s string) types.ImageTransport {
+	name, _, ok := strings.Cut(s, ":")
+	if !ok {
+		return nil
+	}
+	return transports.Get(name)
+}
+
+// ParseImageName parses TRANSPORT:REFERENCE for the transports fledge
+// links: docker, docker-archive, oci and oci-archive. (Not alltransports:
+// it would link containers/storage and its cgo graph drivers, which need
+// build tags to compile.)
+func ParseImageName(s string) (types.ImageReference, error) {
+	t := transportOf(s)
+	if t == nil {
+		return nil, fmt.Errorf("unknown transport in %q (want docker://, docker-archive:, oci: or oci-archive:)", s)
+	}
+	_, rest, _ := strings.Cut(s, ":")
+	return t.ParseReference(rest)
 }
 
 var nameClean = regexp.MustCompile(`[^a-z0-9_-]+`)

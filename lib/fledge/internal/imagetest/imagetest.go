@@ -21,12 +21,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/containers/image/v5/copy"
+	_ "github.com/containers/image/v5/docker"         // registers docker://
+	_ "github.com/containers/image/v5/docker/archive" // registers docker-archive:
+	_ "github.com/containers/image/v5/oci/archive"    // registers oci-archive:
+	_ "github.com/containers/image/v5/oci/layout"     // registers oci:
 	"github.com/containers/image/v5/signature"
-	"github.com/containers/image/v5/transports/alltransports"
+	"github.com/containers/image/v5/transports"
 	"github.com/containers/image/v5/types"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
@@ -291,15 +296,26 @@ func compress(raw []byte, how string) ([]byte, string, error) {
 	return nil, "", fmt.Errorf("unknown compression %q", how)
 }
 
+// parseImageName parses TRANSPORT:REFERENCE with the transports linked
+// here (not alltransports, which would need containers/storage's cgo).
+func parseImageName(s string) (types.ImageReference, error) {
+	name, rest, ok := strings.Cut(s, ":")
+	t := transports.Get(name)
+	if !ok || t == nil {
+		return nil, fmt.Errorf("unknown transport in %q", s)
+	}
+	return t.ParseReference(rest)
+}
+
 // Copy copies an image between two containers/image references
 // (transport:ref), e.g. pushes an oci: layout to docker://127.0.0.1:5000/x:1
 // or writes a docker-archive:. insecure allows plain-HTTP registries.
 func Copy(ctx context.Context, src, dst string, insecure bool) error {
-	sref, err := alltransports.ParseImageName(src)
+	sref, err := parseImageName(src)
 	if err != nil {
 		return err
 	}
-	dref, err := alltransports.ParseImageName(dst)
+	dref, err := parseImageName(dst)
 	if err != nil {
 		return err
 	}
