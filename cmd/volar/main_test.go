@@ -23,7 +23,11 @@ func TestMain(m *testing.M) {
 	if filepath.Base(os.Args[0]) == "volar" {
 		main()
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if vmBins != "" {
+		os.RemoveAll(vmBins) // the binaries realBinaries built
+	}
+	os.Exit(code)
 }
 
 // volarBinary returns the path of a "volar" that is this test binary.
