@@ -13,6 +13,7 @@ pkgs=(
   skopeo umoci docker-registry                # fledge tests and benchmark baselines
   containernetworking-plugins                 # CNI host-local, the IPAM benchmark baseline
   curl jq tmux hyperfine wrk procps psmisc    # e2e scripts, console test, benchmarks
+  zsh                                         # volar's zsh completion test
   nodejs npm                                  # the MCP client test (official TypeScript SDK)
 )
 missing=()

@@ -535,3 +535,37 @@ func (c *Client) DeleteDeployment(ctx context.Context, name string) (*api.Deploy
 	var d api.Deployment
 	return &d, c.call(ctx, request{method: http.MethodDelete, path: api.Prefix + "/deployments/" + esc(name)}, &d)
 }
+
+// Console attaches to a VM's serial console: GET /api/v1/vms/{name}/console
+// upgraded to a raw byte stream (HTTP/1.1 "Upgrade: tcp", as Docker's
+// attach). What is written goes to the guest's serial port; what is read is
+// what the guest writes there. The caller closes the stream to detach.
+// Before the upgrade the daemon answers with an ordinary error: NOT_FOUND,
+// CONFLICT (no live console, or another client attached), NOT_SUPPORTED
+// (the VM's hypervisor serves no console socket).
+func (c *Client) Console(ctx context.Context, name string) (io.ReadWriteCloser, error) {
+	resp, cancel, err := c.do(ctx, request{method: http.MethodGet, path: api.Prefix + "/vms/" + esc(name) + "/console",
+		stream: true, header: http.Header{"Connection": {"Upgrade"}, "Upgrade": {"tcp"}, "Accept": {"*/*"}}})
+	if err != nil {
+		return nil, err
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if resp.StatusCode != http.StatusSwitchingProtocols || !ok {
+		resp.Body.Close()
+		cancel()
+		return nil, apierr.New(apierr.NotSupported, "volantd at %s answered the console request with %s instead of switching protocols", c.addr, resp.Status).
+			With("http_status", resp.StatusCode)
+	}
+	return &cancelOnCloseRW{ReadWriteCloser: rwc, cancel: cancel}, nil
+}
+
+type cancelOnCloseRW struct {
+	io.ReadWriteCloser
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnCloseRW) Close() error {
+	err := c.ReadWriteCloser.Close()
+	c.cancel()
+	return err
+}
