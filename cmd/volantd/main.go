@@ -28,6 +28,7 @@
 //	--subnet CIDR        VOLANT_SUBNET        guest subnet; the gateway is its first address (default 192.168.127.0/24)
 //	--no-network-setup   VOLANT_NO_NETWORK_SETUP  do not create the bridge (volant-net setup made it)
 //	--nat                VOLANT_NAT           masquerade the guest subnet when setting the bridge up
+//	--no-nat             VOLANT_NO_NAT        remove Volant's masquerading (neither flag: leave NAT as it is)
 //	--dns IP             VOLANT_DNS           resolver for guests (repeatable; comma-separated in the variable)
 //	--agent-listen ADDR  VOLANT_AGENT_LISTEN  where kestrel reports (default <gateway>:7070; "off")
 //	--launcher FILE      VOLANT_LAUNCHER      volant-launch binary (default: next to volantd, then PATH)
@@ -101,6 +102,7 @@ type serveFlags struct {
 	Subnet         string        `long:"subnet" env:"VOLANT_SUBNET" default:"192.168.127.0/24" description:"guest subnet"`
 	NoNetSetup     bool          `long:"no-network-setup" env:"VOLANT_NO_NETWORK_SETUP" description:"do not create the bridge"`
 	NAT            bool          `long:"nat" env:"VOLANT_NAT" description:"masquerade the guest subnet"`
+	NoNAT          bool          `long:"no-nat" env:"VOLANT_NO_NAT" description:"remove Volant's masquerading (neither flag: leave NAT as it is)"`
 	DNS            []string      `long:"dns" env:"VOLANT_DNS" env-delim:"," description:"guest resolver (repeatable)"`
 	AgentListen    string        `long:"agent-listen" env:"VOLANT_AGENT_LISTEN" description:"kestrel's report endpoint (default <gateway>:7070; off)"`
 	Launcher       string        `long:"launcher" env:"VOLANT_LAUNCHER" description:"volant-launch binary"`
@@ -172,6 +174,9 @@ func parse(env *cli.Env, name string, opts any) error {
 }
 
 func serve(ctx context.Context, env *cli.Env, f serveFlags) error {
+	if f.NAT && f.NoNAT {
+		return apierr.New(apierr.Usage, "--nat and --no-nat contradict each other; give one, or neither to leave NAT as it is")
+	}
 	log := env.Logger(f.Verbose)
 	token := f.Token
 	if f.TokenFile != "" {
@@ -205,7 +210,7 @@ func serve(ctx context.Context, env *cli.Env, f serveFlags) error {
 	cfg := volantd.Config{
 		Socket: f.Socket, Listen: f.Listen, Token: token, Listeners: passed,
 		DB: f.DB, DataDir: f.DataDir, RunRoot: f.RunRoot, CacheDir: f.CacheDir,
-		Bridge: f.Bridge, Subnet: f.Subnet, SetupNetwork: !f.NoNetSetup, NAT: f.NAT, AgentListen: f.AgentListen, DNS: f.DNS,
+		Bridge: f.Bridge, Subnet: f.Subnet, SetupNetwork: !f.NoNetSetup, NAT: natMode(f.NAT, f.NoNAT), AgentListen: f.AgentListen, DNS: f.DNS,
 		Launch: controller.LaunchDefaults{
 			Kernel: f.Kernel, BootInitramfs: f.BootInitramfs, Kestrel: kestrel, VMM: f.VMM, Accel: f.Accel, Debug: f.GuestDebug,
 		},
@@ -227,3 +232,15 @@ type nopWriteCloser struct{ io.Writer }
 func (nopWriteCloser) Close() error { return nil }
 
 func writeCloser(env *cli.Env) io.WriteCloser { return nopWriteCloser{env.Stdout} }
+
+// natMode turns --nat/--no-nat into volantd.Config.NAT: "on", "off", or ""
+// (leave it as it is).
+func natMode(on, off bool) string {
+	switch {
+	case on:
+		return "on"
+	case off:
+		return "off"
+	}
+	return ""
+}

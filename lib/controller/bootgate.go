@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -17,8 +18,12 @@ type bootGate struct {
 	slots   chan struct{} // nil: unlimited
 	timeout time.Duration
 
-	mu   sync.Mutex
-	held map[string]*hold // by VM name
+	mu      sync.Mutex
+	held    map[string]*hold              // by VM name
+	waiting map[string]context.CancelFunc // starts waiting for a slot
+	// canceled marks names whose start must not wait (a delete came
+	// before the start reached the gate); the next acquire consumes it.
+	canceled map[string]bool
 }
 
 type hold struct {
@@ -29,7 +34,7 @@ type hold struct {
 func (h *hold) free() { h.once.Do(func() { <-h.gate.slots }) }
 
 func newBootGate(n int, timeout time.Duration) *bootGate {
-	g := &bootGate{timeout: timeout, held: map[string]*hold{}}
+	g := &bootGate{timeout: timeout, held: map[string]*hold{}, waiting: map[string]context.CancelFunc{}, canceled: map[string]bool{}}
 	if n > 0 {
 		g.slots = make(chan struct{}, n)
 	}
@@ -43,10 +48,26 @@ func (g *bootGate) acquire(ctx context.Context, name string) (done func(started 
 	if g.slots == nil {
 		return func(bool) {}, nil
 	}
+	wctx, cancel := context.WithCancelCause(ctx)
+	g.mu.Lock()
+	if g.canceled[name] {
+		delete(g.canceled, name)
+		g.mu.Unlock()
+		cancel(nil)
+		return nil, errBootWaitCanceled
+	}
+	g.waiting[name] = func() { cancel(errBootWaitCanceled) }
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		delete(g.waiting, name)
+		g.mu.Unlock()
+		cancel(nil)
+	}()
 	select {
 	case g.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	case <-wctx.Done():
+		return nil, context.Cause(wctx)
 	}
 	h := &hold{gate: g}
 	return func(started bool) {
@@ -70,6 +91,37 @@ func (g *bootGate) acquire(ctx context.Context, name string) (done func(started 
 			h.free()
 		})
 	}, nil
+}
+
+// errBootWaitCanceled ends a start that was still queued for a boot slot
+// when its VM was deleted (or scaled away).
+var errBootWaitCanceled = errors.New("the VM was deleted while it waited for a boot slot")
+
+// cancelWait ends name's wait for a slot, or makes its next one fail at
+// once if its start has not reached the gate yet: the start fails (and its
+// create is undone) instead of booting a VM nobody wants. The deleter
+// calls uncancel once it holds the VM's lock, so a later create of the
+// same name waits normally.
+func (g *bootGate) cancelWait(name string) {
+	if g.slots == nil {
+		return
+	}
+	g.mu.Lock()
+	cancel := g.waiting[name]
+	if cancel == nil {
+		g.canceled[name] = true
+	}
+	g.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// uncancel drops a cancelWait mark no start consumed.
+func (g *bootGate) uncancel(name string) {
+	g.mu.Lock()
+	delete(g.canceled, name)
+	g.mu.Unlock()
 }
 
 // release frees name's slot, if it holds one: the guest is healthy, or its

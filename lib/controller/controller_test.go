@@ -377,3 +377,55 @@ func TestBootAdmission(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestDeleteWhileQueuedForBoot: deleting a VM whose create waits for a boot
+// slot ends the wait at once: the create fails and is undone, the delete
+// answers, and the VM never started.
+func TestDeleteWhileQueuedForBoot(t *testing.T) {
+	f := newFixture(t)
+	c, err := controller.New(controller.Config{Store: f.st, DataDir: f.dir, Runtime: f.rt, Network: f.nw,
+		Prober: controllertest.NewProber(), HealthInterval: 50 * time.Millisecond, MaxBooting: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(f.ctx)
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	f.plugin(c, "web")
+	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "vm1", Plugin: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	created := make(chan error, 1)
+	go func() {
+		_, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "vm2", Plugin: "web"})
+		created <- err
+	}()
+	eventuallyState(t, c, "vm2", api.VMStarting) // recorded, queued for a slot
+	t0 := time.Now()
+	v, err := c.DeleteVM(f.ctx, "vm2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.State != api.VMDeleted || time.Since(t0) > 3*time.Second {
+		t.Fatalf("delete answered %+v after %s", v, time.Since(t0))
+	}
+	if err := <-created; err == nil {
+		t.Fatal("the queued create succeeded after its VM was deleted")
+	}
+	if f.rt.Starts("vm2") != 0 {
+		t.Fatal("vm2 booted although it was deleted while queued")
+	}
+	if _, err := c.VM(f.ctx, "vm2"); !apierr.Is(err, apierr.NotFound) {
+		t.Fatalf("vm2 still there: %v", err)
+	}
+	if _, ok := f.nw.Taps()[hostnet.TapName("vm2")]; ok {
+		t.Fatal("vm2's tap left behind")
+	}
+	leases, _ := ipam.List(f.ctx, f.st)
+	for _, l := range leases {
+		if l.VM == "vm2" {
+			t.Fatal("vm2's lease left behind")
+		}
+	}
+}

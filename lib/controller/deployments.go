@@ -253,9 +253,29 @@ func (c *Controller) ScaleDeployment(ctx context.Context, name string, replicas 
 	if err != nil {
 		return nil, err
 	}
+	// Replicas scaled away that still wait for a boot slot give it up.
+	c.cancelQueuedReplicas(ctx, name, replicas)
 	c.notify()
 	c.kickDeployments()
 	return c.Deployment(ctx, name)
+}
+
+// cancelQueuedReplicas ends the boot-slot wait of a deployment's replicas
+// whose index is above keep.
+func (c *Controller) cancelQueuedReplicas(ctx context.Context, name string, keep int) {
+	var vms []vmRow
+	if err := c.st.Read(ctx, func(tx *sql.Tx) error {
+		var err error
+		vms, err = listVMs(ctx, tx, api.VMFilter{Deployment: name})
+		return err
+	}); err != nil {
+		return
+	}
+	for _, v := range vms {
+		if replicaIndex(name, v.Name) > keep {
+			c.boots.cancelWait(v.Name)
+		}
+	}
 }
 
 // DeleteDeployment deletes a deployment's replicas, then the deployment,
@@ -285,6 +305,9 @@ func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.De
 	}); err != nil {
 		return nil, internal(err, "deleting deployment %s", name)
 	}
+	for _, v := range vms {
+		c.boots.cancelWait(v.Name)
+	}
 	sort.Slice(vms, func(i, j int) bool { return replicaIndex(name, vms[i].Name) > replicaIndex(name, vms[j].Name) })
 	for _, v := range vms {
 		if err := c.deleteReplica(sctx, v.Name, "deployment deleted"); err != nil {
@@ -307,7 +330,9 @@ func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.De
 }
 
 func (c *Controller) deleteReplica(ctx context.Context, name, reason string) error {
+	c.boots.cancelWait(name)
 	unlock, err := c.locks.lock(ctx, name)
+	c.boots.uncancel(name)
 	if err != nil {
 		return err
 	}

@@ -61,6 +61,9 @@ type RunInfo struct {
 	VMM        supervise.Identity `json:"vmm"`
 	StartedAt  time.Time          `json:"started_at"`
 	SerialLog  string             `json:"serial_log,omitempty"`
+	// Console is the attachable serial console socket, when the
+	// hypervisor serves one (QEMU).
+	Console string `json:"console_socket,omitempty"`
 	// Adopted is set by Start when the run existed already (started by an
 	// earlier daemon, or by systemd) instead of being started by it.
 	Adopted bool `json:"adopted,omitempty"`
@@ -114,7 +117,7 @@ func (r *LaunchRuntime) Inspect(ctx context.Context, name string) (*RunInfo, err
 	if err != nil {
 		return nil, err
 	}
-	info := &RunInfo{Name: name, Running: st.Running, State: string(st.State), SerialLog: st.SerialLog}
+	info := &RunInfo{Name: name, Running: st.Running, State: string(st.State), SerialLog: st.SerialLog, Console: st.Console}
 	if st.Supervisor != nil {
 		info.Supervisor = st.Supervisor.Identity
 		if st.Supervisor.Alive && !st.Running && st.State == launch.StateStarting {

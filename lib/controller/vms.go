@@ -608,12 +608,21 @@ func (c *Controller) DeleteVM(ctx context.Context, name string) (*api.VM, error)
 	if err := checkName("VM name", name); err != nil {
 		return nil, err
 	}
+	// A create still queued for a boot slot holds the VM's lock: end its
+	// wait, so it fails and undoes itself instead of booting first.
+	before, _ := c.VM(ctx, name)
+	c.boots.cancelWait(name)
 	unlock, err := c.locks.lock(ctx, name)
+	c.boots.uncancel(name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	v, err := c.VM(ctx, name)
+	if apierr.Is(err, apierr.NotFound) && before != nil {
+		before.State, before.PID, before.Step = api.VMDeleted, 0, ""
+		return before, nil // the canceled create undid it
+	}
 	if err != nil {
 		return nil, err
 	}

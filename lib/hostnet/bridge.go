@@ -23,10 +23,14 @@ type setupSpec struct {
 	nat    bool
 	uplink string
 	adopt  bool
+	keep   bool // leave NAT as it is
 }
 
 func (c Config) spec() (setupSpec, error) {
-	s := setupSpec{bridge: orDefault(c.Bridge, DefaultBridge), nat: c.NAT, uplink: c.Uplink, adopt: c.Adopt}
+	s := setupSpec{bridge: orDefault(c.Bridge, DefaultBridge), nat: c.NAT, uplink: c.Uplink, adopt: c.Adopt, keep: c.KeepNAT}
+	if s.keep {
+		s.nat, s.uplink = false, ""
+	}
 	if err := ValidateIfName(s.bridge); err != nil {
 		return s, fmt.Errorf("bridge: %w", err)
 	}
@@ -332,6 +336,7 @@ func (h *Host) plan(s setupSpec) ([]step, *bridgeObs, error) {
 	table := NATTable(s.bridge)
 	comment := natComment(s.gw, s.uplink)
 	switch {
+	case s.keep:
 	case s.nat && !o.nat.matches(comment):
 		done := "created nftables table ip " + table + ": " + comment
 		if o.nat.Present {
@@ -392,7 +397,11 @@ func (h *Host) Setup(ctx context.Context, cfg Config) (*SetupResult, error) {
 		"forwarding": "net.ipv4.ip_forward is 1",
 		"nat":        "nftables table ip " + NATTable(s.bridge) + ": " + natComment(s.gw, s.uplink),
 	}
-	if !s.nat {
+	switch {
+	case s.keep:
+		res.NAT = o.nat.Present
+		found["nat"] = "left as it is: " + o.nat.describe()
+	case !s.nat:
 		found["nat"] = "not requested; no table"
 	}
 	for _, item := range []string{"bridge", "address", "link", "forwarding", "nat"} {

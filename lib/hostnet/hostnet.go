@@ -84,6 +84,10 @@ type Config struct {
 	// NAT masquerades traffic from the subnet leaving for other networks.
 	// When false, setup removes the NAT table if an earlier setup made it.
 	NAT bool `json:"nat,omitempty"`
+	// KeepNAT leaves NAT as it is (made or not by an earlier setup); NAT and
+	// Uplink are then ignored. volantd uses it when told neither --nat nor
+	// --no-nat, so starting the daemon never undoes `volant-net setup --nat`.
+	KeepNAT bool `json:"keep_nat,omitempty"`
 	// Uplink restricts masquerading to traffic leaving through this
 	// interface; empty means any interface but the subnet itself.
 	Uplink string `json:"uplink,omitempty"`

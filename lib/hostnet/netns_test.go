@@ -227,6 +227,14 @@ func TestNATFollowsConfig(t *testing.T) {
 	if !strings.Contains(out, `oifname "up0" masquerade`) || strings.Count(out, "masquerade comment") != 1 {
 		t.Fatalf("rule with uplink:\n%s", out)
 	}
+	// KeepNAT (volantd without --nat or --no-nat) leaves it exactly so.
+	r = in(t, ns, func() (*SetupResult, error) { return host.Setup(ctx, Config{KeepNAT: true}) })
+	if got := changedItems(r.Items); len(got) != 0 || !r.NAT {
+		t.Fatalf("KeepNAT changed %v, reports nat=%v", got, r.NAT)
+	}
+	if again := ns.Run("nft", "list", "table", "ip", "volant-vbr0"); again != out {
+		t.Fatalf("KeepNAT touched the NAT table:\n%s\nwas\n%s", again, out)
+	}
 	// A table of someone else's is never touched.
 	ns.Run("nft", "add", "table", "ip", "theirs")
 	ns.Run("nft", "add", "chain", "ip", "theirs", "post", "{ type nat hook postrouting priority 100; }")

@@ -67,6 +67,8 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 	mcp  http.Handler
+
+	consoles consoles
 }
 
 // New returns a server for ctl.

@@ -73,9 +73,11 @@ type Config struct {
 	// subnet's first address.
 	Bridge string
 	Subnet string
-	// SetupNetwork makes the bridge (and NAT with NAT) at startup.
+	// SetupNetwork makes the bridge at startup. NAT is "on" (masquerade
+	// the guest subnet), "off" (remove Volant's NAT) or "" (leave it as an
+	// earlier `volant-net setup` or `volar setup` made it).
 	SetupNetwork bool
-	NAT          bool
+	NAT          string
 	// AgentListen is where kestrel reports: default <gateway>:7070;
 	// "off" disables it (health then comes from polling only).
 	AgentListen string
@@ -195,7 +197,8 @@ func Serve(ctx context.Context, cfg Config) error {
 
 	hn := &hostnet.Host{Log: log}
 	if cfg.SetupNetwork {
-		res, err := hn.Setup(ctx, hostnet.Config{Bridge: cfg.Bridge, CIDR: netip.PrefixFrom(pool.Gateway, pool.Subnet.Bits()).String(), NAT: cfg.NAT})
+		res, err := hn.Setup(ctx, hostnet.Config{Bridge: cfg.Bridge, CIDR: netip.PrefixFrom(pool.Gateway, pool.Subnet.Bits()).String(),
+			NAT: cfg.NAT == "on", KeepNAT: cfg.NAT == ""})
 		if err != nil {
 			return fmt.Errorf("setting up the bridge %s: %w", cfg.Bridge, err)
 		}
