@@ -115,6 +115,11 @@ func (c *Config) preflight(name, version string) error {
 	if len(w.Entrypoint) == 0 {
 		w.Entrypoint = []string{"/placeholder"}
 	}
+	if c.Strategy == StrategyOCIRootfs && w.BaseURL == "" && w.Type != "exec" {
+		// The image's ExposedPorts may give it; the real manifest is
+		// validated again once the image config is merged.
+		w.BaseURL = "http://127.0.0.1:1"
+	}
 	m := c.manifestFor(name, version, w, nil)
 	const url = "file:///placeholder"
 	if c.Strategy == StrategyOCIRootfs {

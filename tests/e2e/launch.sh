@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # launch.sh — one VM the way an operator's shell runs it, inside a network
 # namespace this script creates and always deletes:
+#   volant-manifest validate, then
 #   volant-ipam lease | volant-net tap add | volant-launch run
 # then the workload answers over the bridge, status/pause/resume/stop act on
-# it from other shells, and nothing is left: no run dir, no QEMU, no tap.
+# it from other shells, and nothing is left: no run dir, no QEMU, no tap,
+# no lease once released.
 # The plugin is a bare archive (busybox httpd); volant-launch layers the boot
 # image (kestrel + the kernel's modules) under it.
 set -euo pipefail
-for c in volant-ipam volant-net volant-launch jq busybox cpio gzip timeout; do
+for c in volant-manifest volant-ipam volant-net volant-launch jq busybox cpio gzip timeout; do
   command -v "$c" >/dev/null || { echo "$c not on PATH (make build, make deps)" >&2; exit 1; }
 done
 ns=vt-e2e-launch-$$
@@ -59,6 +61,8 @@ cat >"$tmp/web.json" <<EOF
  "workload":{"type":"http","entrypoint":["/bin/busybox","httpd","-f","-p","80","-h","/www"],"base_url":"http://127.0.0.1:80"}}
 EOF
 
+volant-manifest validate "$tmp/web.json" | jq -e '.valid' >/dev/null || fail "the manifest does not validate"
+
 ip netns add "$ns"
 x ip link set lo up
 x volant-net setup >/dev/null
@@ -102,5 +106,10 @@ volant-launch stop --name web1 | jq -e '.method == "not_running"' >/dev/null || 
 
 x volant-net tap del <"$tmp/tap.json" >/dev/null
 volant-ipam release --vm web1 </dev/null >/dev/null
+set +e
+volant-ipam show --vm web1 </dev/null >/dev/null 2>"$tmp/err"; st=$?
+set -e
+[[ $st == 4 && $(tail -1 "$tmp/err" | jq -r .code) == NOT_FOUND ]] || fail "the lease is still there after release: exit $st"
+[[ $(x volant-net tap list | jq '.taps | length') == 0 ]] || fail "taps left: $(x volant-net tap list)"
 x volant-net teardown >/dev/null
 echo "launch.sh: ok"

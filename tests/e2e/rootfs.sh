@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# rootfs.sh — an OCI image to a running VM, the way an operator does it, in
+# a network namespace this script makes and deletes: an image (busybox and
+# a start script that counts boots on its root disk) is built with umoci,
+# pushed with skopeo to Debian's docker-registry on the namespace's
+# loopback, turned into an ext4 rootfs plugin by `fledge build`
+# (oci_rootfs, docker://), installed with volar and booted with
+# `volar vms create --wait`; HTTP 200 through the VM's address. After
+# `volar vms restart` the page shows a second boot: the disk's writes
+# persist (each VM boots its own copy of the plugin's image).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+VL_NAME=rootfs
+source scripts/lib.sh
+vl_need volantd volar volant-launch fledge kestrel jq curl busybox umoci skopeo docker-registry
+vl_netns "vt-e2e-rootfs-$$"
+t=$VL_TMP
+
+# The image: busybox, a start script, a page directory.
+umoci init --layout "$t/oci" >/dev/null
+umoci new --image "$t/oci:web" >/dev/null
+umoci unpack --image "$t/oci:web" "$t/bundle" >/dev/null
+r=$t/bundle/rootfs
+mkdir -p "$r/bin" "$r/var/www" "$r/var/lib/web"
+cp "$(command -v busybox)" "$r/bin/busybox"
+ln -s busybox "$r/bin/sh"
+cat >"$r/bin/start" <<'SH'
+#!/bin/sh
+n=$(cat /var/lib/web/boots 2>/dev/null || echo 0)
+n=$((n + 1))
+echo "$n" >/var/lib/web/boots
+sync
+echo "boots=$n" >/var/www/index.html
+exec /bin/busybox httpd -f -p 8080 -h /var/www
+SH
+chmod 755 "$r/bin/start"
+umoci repack --image "$t/oci:web" "$t/bundle" >/dev/null
+umoci config --image "$t/oci:web" --config.entrypoint /bin/start --config.exposedports 8080/tcp >/dev/null
+
+# A registry on the namespace's loopback, the image pushed to it.
+cat >"$t/registry.yml" <<YML
+version: 0.1
+log: {level: error}
+storage: {filesystem: {rootdirectory: $t/registry}}
+http: {addr: 127.0.0.1:5000}
+YML
+vl_in docker-registry serve "$t/registry.yml" >"$t/registry.log" 2>&1 &
+registry=$!
+vl_wait 20 vl_in curl -fsS http://127.0.0.1:5000/v2/ >/dev/null || vl_fail "the registry did not come up"
+vl_in skopeo copy -q --dest-tls-verify=false "oci:$t/oci:web" docker://127.0.0.1:5000/web:1 || vl_fail "skopeo push"
+
+# fledge: docker:// image → ext4 rootfs plugin + manifest.
+mkdir -p "$t/build"
+cat >"$t/build/fledge.toml" <<TOML
+version = "1"
+strategy = "oci_rootfs"
+[plugin]
+name = "web"
+version = "1.0.0"
+[source]
+image = "docker://127.0.0.1:5000/web:1"
+insecure = true
+[health_check]
+endpoint = "/"
+interval_ms = 1000
+TOML
+vl_in fledge build -q -c "$t/build/fledge.toml" -o "$t/out" >"$t/fledge.json" || vl_fail "fledge build"
+manifest=$(jq -r .manifest "$t/fledge.json")
+jq -e '.rootfs.url and .workload.base_url == "http://127.0.0.1:8080" and .network.agent_port == 8081' "$manifest" >/dev/null ||
+  vl_fail "fledge's manifest: $(cat "$manifest")"
+
+vl_volantd --health-interval 2s --stop-timeout 10s
+volar plugins install --manifest "$manifest" >/dev/null || vl_fail "plugins install"
+line=$(volar vms create web1 --plugin web --wait 2>/dev/null) || vl_fail "vms create --wait"
+[[ $(head -1 <<<"$line") =~ ^VM\ web1\ created\ with\ IP\ ([0-9.]+)$ ]] || vl_fail "create printed: $line"
+ip=${BASH_REMATCH[1]}
+[[ $(vl_get "http://$ip:8080/") == "boots=1" ]] || vl_fail "first boot: $(vl_get "http://$ip:8080/" 2>&1)"
+
+volar vms restart web1 >/dev/null || vl_fail "restart"
+volar vms wait web1 --state running >/dev/null || vl_fail "web1 did not run again"
+[[ $(vl_get "http://$ip:8080/") == "boots=2" ]] || vl_fail "after the restart the page says $(vl_get "http://$ip:8080/" 2>&1): the disk's writes were lost"
+# The plugin's own image still matches its checksum: the VM wrote to its copy.
+[[ "sha256:$(sha256sum "$(jq -r .rootfs.url "$manifest" | sed 's|^file://||')" | cut -d' ' -f1)" == "$(jq -r .rootfs.checksum "$manifest")" ]] ||
+  vl_fail "the plugin's rootfs image changed"
+kill "$registry"
+vl_log "ok"
