@@ -16,7 +16,7 @@ GOTEST      := $(GO) test -tags "$(TAGS)" -ldflags "$(LDFLAGS)"
 TEST_ENV    := VOLANT_KESTREL=$(BIN)/kestrel VOLANT_BIN=$(BIN) VOLANT_KERNEL_DIR=$(KERNEL_DIR)
 FUZZTIME    ?= 60s
 
-.PHONY: help all build test test-unit test-vm test-e2e bench fuzz demo kernel deps vet clean
+.PHONY: help all build test test-unit test-vm test-e2e bench fuzz demo demo-stop kernel deps vet clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,8 +49,13 @@ fuzz: ## run each fuzz target for FUZZTIME (default 60s)
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) ./lib/manifest
 	$(GO) test -run XXX -fuzz FuzzDecodeString -fuzztime $(FUZZTIME) ./lib/manifest
 
-demo: build kernel ## the main job: boot a sample VM end to end in a private netns (KEEP=1 leaves it running)
+demo: ## the main job: boot a sample VM end to end in a private netns (KEEP=1 leaves it running)
+	bash scripts/install-deps.sh demo
+	$(MAKE) build kernel
 	PATH=$(BIN):$$PATH VOLANT_KERNEL_DIR=$(KERNEL_DIR) KEEP=$(KEEP) bash scripts/demo.sh
+
+demo-stop: ## stop a demo started with KEEP=1
+	PATH=$(BIN):$$PATH bash scripts/demo.sh stop
 
 kernel: ## fetch Debian's guest kernel + modules into KERNEL_DIR (idempotent)
 	bash scripts/fetch-kernel.sh $(KERNEL_DIR)

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# install-deps.sh — the Debian 12 packages Volant's builds, tests, benchmarks
-# and demo use. Idempotent; needs root. Go itself is expected at /usr/local/go
-# or on PATH (https://go.dev/dl; the module proxy must be reachable).
+# install-deps.sh [demo] — the Debian 12 packages Volant's builds, tests,
+# benchmarks and demo use; with "demo", only what `make demo` needs.
+# Idempotent; needs root. Go itself is expected at /usr/local/go or on PATH
+# (https://go.dev/dl; the module proxy must be reachable).
 set -euo pipefail
+demo=(
+  build-essential libsqlite3-dev pkg-config libgpgme-dev
+  qemu-system-x86 busybox-static cpio e2fsprogs xz-utils kmod
+  iproute2 nftables curl jq
+)
 pkgs=(
   build-essential libsqlite3-dev pkg-config   # cgo for go-sqlite3
   libgpgme-dev                                # lets plain `go build/test ./...` (no tags) compile containers/image
@@ -16,6 +22,7 @@ pkgs=(
   zsh                                         # volar's zsh completion test
   nodejs npm                                  # the MCP client test (official TypeScript SDK)
 )
+[[ ${1:-} == demo ]] && pkgs=("${demo[@]}")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
