@@ -48,7 +48,7 @@ say "A private network namespace for the demo (the host's network stays untouche
 vl_netns "volant-demo"
 show "ip netns add volant-demo"
 
-say "volantd inside it: bridge vbr0 192.168.127.1/24, QEMU, kernel $(cat "$kernel/release")"
+say "volantd inside it: bridge vbr0 192.168.127.1/24, hypervisor ${VOLANT_VMM:-auto}, kernel $(cat "$kernel/release")"
 vl_volantd --health-interval 2s
 if [[ -n $VL_KEEP ]]; then # so `demo.sh stop` can clean up, even after a failure
   printf 'VL_NS=%q\nVL_TMP=%q\nVL_DAEMON=%q\nVOLANT_HOST=%q\n' "$VL_NS" "$VL_TMP" "$VL_DAEMON" "$VOLANT_HOST" >"$state"

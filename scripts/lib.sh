@@ -76,7 +76,7 @@ vl_volantd() {
   local kestrel=${VOLANT_KESTREL:-$(command -v kestrel)}
   # Not through a function or subshell: $! must be volantd (ip netns exec execs it).
   ip netns exec "$VL_NS" volantd --socket "$VOLANT_HOST" --data-dir "$VL_TMP/data" --run-root "$VL_TMP/run" \
-    --kernel "$kernel" --kestrel "$kestrel" --vmm qemu "$@" >>"$VL_TMP/volantd.log" 2>&1 &
+    --kernel "$kernel" --kestrel "$kestrel" --vmm "${VOLANT_VMM:-auto}" "$@" >>"$VL_TMP/volantd.log" 2>&1 &
   VL_DAEMON=$!
   vl_wait 30 vl_up || vl_fail "volantd did not come up"
 }
