@@ -53,7 +53,7 @@ vl_volantd --health-interval 2s
 if [[ -n $VL_KEEP ]]; then # so `demo.sh stop` can clean up, even after a failure
   printf 'VL_NS=%q\nVL_TMP=%q\nVL_DAEMON=%q\nVOLANT_HOST=%q\n' "$VL_NS" "$VL_TMP" "$VL_DAEMON" "$VOLANT_HOST" >"$state"
 fi
-show "volantd --socket $VOLANT_HOST --data-dir $VL_TMP/data --vmm qemu  (log: $VL_TMP/volantd.log)"
+show "volantd --socket $VOLANT_HOST --data-dir $VL_TMP/data --vmm ${VOLANT_VMM:-auto}  (log: $VL_TMP/volantd.log)"
 grep -o 'falling back to TCG[^"]*' "$VL_TMP/volantd.log" | head -1 | sed 's/^/    note: /' || true
 
 say "Build a plugin with fledge: busybox httpd in an initramfs, kestrel as PID 1"
