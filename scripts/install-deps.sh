@@ -25,6 +25,9 @@ pkgs=(
 [[ ${1:-} == demo ]] && pkgs=("${demo[@]}")
 missing=()
 for p in "${pkgs[@]}"; do
+  # A Node.js installed another way (NodeSource's nodejs bundles npm and
+  # conflicts with Debian's npm) serves as well.
+  case $p in nodejs | npm) command -v node >/dev/null && command -v npm >/dev/null && continue ;; esac
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
