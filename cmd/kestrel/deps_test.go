@@ -19,7 +19,8 @@ var allowed = []string{
 	"github.com/volantvm/volant/lib/buildinfo",
 	"github.com/volantvm/volant/lib/kmod",
 	"github.com/volantvm/volant/lib/manifest",
-	"github.com/volantvm/volant/lib/names", // lib/manifest's name rule; stdlib + apierr only
+	"github.com/volantvm/volant/lib/names",      // lib/manifest's name rule; stdlib + apierr only
+	"github.com/volantvm/volant/lib/didyoumean", // lib/manifest's typo hints; stdlib only
 	"golang.org/x/sys/unix",
 	"github.com/vishvananda/netlink",
 	"github.com/vishvananda/netns",

@@ -50,7 +50,7 @@ entrypoint = ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
 base_url = "http://127.0.0.1:80"
 [health_check]
 endpoint = "/index.html"
-interval_ms = `+strconv.Itoa(intervalMS)+`
+interval_ms = ` + strconv.Itoa(intervalMS) + `
 [resources]
 cpu_cores = 1
 memory_mb = 128

@@ -12,6 +12,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/didyoumean"
 )
 
 // Strategies.
@@ -297,12 +298,6 @@ func suggestKey(k toml.Key) string {
 		return ""
 	}
 	last := k[len(k)-1]
-	var best []string
-	for _, cand := range knownKeys[table] {
-		if strings.EqualFold(cand, last) || editDistance(cand, last) <= 2 {
-			best = append(best, cand)
-		}
-	}
 	// A manifest-style key at the top level belongs in a table.
 	if table == "" {
 		switch last {
@@ -314,31 +309,10 @@ func suggestKey(k toml.Key) string {
 			return fmt.Sprintf(" (did you mean [source] %s?)", last)
 		}
 	}
-	if len(best) == 0 {
-		return ""
+	if best, ok := didyoumean.Closest(last, knownKeys[table]); ok {
+		return fmt.Sprintf(" (did you mean %q?)", best)
 	}
-	sort.Strings(best)
-	return fmt.Sprintf(" (did you mean %q?)", best[0])
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
+	return ""
 }
 
 // InitMode is how an initramfs starts.

@@ -21,6 +21,7 @@ import (
 	"strings"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/didyoumean"
 )
 
 // SchemaVersion is the manifest format this package reads and writes.
@@ -306,39 +307,16 @@ func join(path, k string) string {
 	return path + "." + k
 }
 
-// suggest names a known field that is one edit (or a case change) away.
+// suggest names a known field the key likely misspells.
 func suggest(k string, fields map[string]reflect.Type) string {
-	var best []string
+	names := make([]string, 0, len(fields))
 	for f := range fields {
-		if strings.EqualFold(f, k) || editDistance(f, k) <= 2 {
-			best = append(best, f)
-		}
+		names = append(names, f)
 	}
-	if len(best) == 0 {
-		return ""
+	if best, ok := didyoumean.Closest(k, names); ok {
+		return fmt.Sprintf(" (did you mean %q?)", best)
 	}
-	sort.Strings(best)
-	return fmt.Sprintf(" (did you mean %q?)", best[0])
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
+	return ""
 }
 
 // JSON encodes the manifest compactly, as stored and as carried to the guest.

@@ -112,7 +112,7 @@ func (s *Server) routes() []route {
 			status: 200, resp: "", content: "text/plain", errors: nameErrors, handler: http.HandlerFunc(s.vmLogs)},
 		{method: "GET", path: api.Prefix + "/vms/{name}/console", id: "vmConsole", tag: "vms",
 			summary: "Attach to the VM's serial console: send Connection: Upgrade and Upgrade: tcp; after 101 the connection is a raw byte stream both ways (one client at a time)",
-			status: http.StatusSwitchingProtocols, errors: append(nameErrors, apierr.InvalidInput, apierr.Conflict, apierr.NotSupported, apierr.Unavailable),
+			status:  http.StatusSwitchingProtocols, errors: append(nameErrors, apierr.InvalidInput, apierr.Conflict, apierr.NotSupported, apierr.Unavailable),
 			handler: http.HandlerFunc(s.vmConsole)},
 		{method: "GET", path: api.Prefix + "/vms/{name}/wait", id: "waitVM", tag: "vms",
 			summary: "Wait until the VM is in a state (long poll); TIMEOUT when it does not get there, CONFLICT when it cannot",
