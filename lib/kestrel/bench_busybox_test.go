@@ -1,12 +1,9 @@
 package kestrel_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,10 +24,7 @@ import (
 // runs it; it prints medians and the ratio kestrel/busybox (target <= 1.05)
 // and writes $VOLANT_BENCH_OUT. It asserts nothing about time.
 func BenchmarkVMBootVsBusybox(b *testing.B) {
-	n := 7
-	if v, err := strconv.Atoi(os.Getenv("VOLANT_BENCH_N")); err == nil && v > 0 {
-		n = v
-	}
+	n := benchRuns(7)
 	k, vmlinux := guesttest.Kernel(b)
 	net := vmtest.NewNet(b)
 
@@ -99,14 +93,7 @@ exec httpd -f -p 80 -h /srv
 		}
 	}
 	loadAfter, _ := os.ReadFile("/proc/loadavg")
-	med := func(v []float64) float64 {
-		x := append([]float64(nil), v...)
-		sort.Float64s(x)
-		if len(x)%2 == 1 {
-			return x[len(x)/2]
-		}
-		return (x[len(x)/2-1] + x[len(x)/2]) / 2
-	}
+	med := medianOf
 	out := map[string]any{
 		"runs":                             n,
 		"kestrel_launch_to_http_ms":        results["kestrel"],
@@ -119,12 +106,5 @@ exec httpd -f -p 80 -h /srv
 		"host_loadavg_after":               strings.TrimSpace(string(loadAfter)),
 	}
 	b.ReportMetric(out["ratio_kestrel_to_busybox"].(float64), "kestrel/busybox")
-	js, _ := json.MarshalIndent(out, "", "  ")
-	fmt.Printf("%s\n", js)
-	if p := os.Getenv("VOLANT_BENCH_OUT"); p != "" {
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, append(js, '\n'), 0o644); err != nil {
-			b.Fatal(err)
-		}
-	}
+	writeBenchOut(b, out)
 }

@@ -25,10 +25,7 @@ import (
 // medians and ratios and writes $VOLANT_BENCH_OUT. It asserts nothing
 // about time.
 func BenchmarkVMBoot(b *testing.B) {
-	n := 5
-	if v, err := strconv.Atoi(os.Getenv("VOLANT_BENCH_N")); err == nil && v > 0 {
-		n = v
-	}
+	n := benchRuns(5)
 	k, vmlinux := guesttest.Kernel(b)
 	net := vmtest.NewNet(b)
 	initramfsImg := func() string {
@@ -88,11 +85,7 @@ func BenchmarkVMBoot(b *testing.B) {
 		for i, s := range v {
 			x[i] = f(s)
 		}
-		sort.Float64s(x)
-		if len(x)%2 == 1 {
-			return x[len(x)/2]
-		}
-		return (x[len(x)/2-1] + x[len(x)/2]) / 2
+		return medianOf(x)
 	}
 	size := int64(0)
 	if st, err := os.Stat(guesttest.Kestrel(b)); err == nil {
@@ -118,6 +111,29 @@ func BenchmarkVMBoot(b *testing.B) {
 	ratio := out["rootfs"].(map[string]float64)["launch_to_http_ms_median"] / out["initramfs"].(map[string]float64)["launch_to_http_ms_median"]
 	out["ratio_rootfs_to_initramfs_http"] = ratio
 	b.ReportMetric(ratio, "rootfs/initramfs")
+	writeBenchOut(b, out)
+}
+
+// benchRuns is $VOLANT_BENCH_N, or def.
+func benchRuns(def int) int {
+	if v, err := strconv.Atoi(os.Getenv("VOLANT_BENCH_N")); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func medianOf(v []float64) float64 {
+	x := append([]float64(nil), v...)
+	sort.Float64s(x)
+	if len(x)%2 == 1 {
+		return x[len(x)/2]
+	}
+	return (x[len(x)/2-1] + x[len(x)/2]) / 2
+}
+
+// writeBenchOut prints a benchmark's results and writes them to
+// $VOLANT_BENCH_OUT when set.
+func writeBenchOut(b *testing.B, out map[string]any) {
 	js, _ := json.MarshalIndent(out, "", "  ")
 	fmt.Printf("%s\n", js)
 	if p := os.Getenv("VOLANT_BENCH_OUT"); p != "" {
