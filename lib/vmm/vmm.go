@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/volantvm/volant/lib/apierr"
 )
@@ -146,4 +147,47 @@ func NotSupported(backend, op string) error {
 		Details: map[string]any{"backend": backend, "operation": op},
 		Err:     ErrNotSupported,
 	}
+}
+
+// Problems lists what no backend accepts in a config: missing name, kernel
+// or control socket, CPUs outside 1..maxCPUs, too little memory, disks
+// without a path or with an unknown format, NICs without a tap or with a
+// malformed MAC. Backends add their own checks to the list.
+func (c Config) Problems(maxCPUs int) []string {
+	var probs []string
+	bad := func(format string, args ...any) { probs = append(probs, fmt.Sprintf(format, args...)) }
+	if c.Name == "" {
+		bad("name is required")
+	}
+	if c.CPUs < 1 || c.CPUs > maxCPUs {
+		bad("cpus must be 1-%d, got %d", maxCPUs, c.CPUs)
+	}
+	if c.MemoryMB < 64 {
+		bad("memory_mb must be at least 64, got %d", c.MemoryMB)
+	}
+	if c.Kernel == "" {
+		bad("kernel is required")
+	}
+	if c.APISocket == "" {
+		bad("api_socket is required")
+	}
+	for i, d := range c.Disks {
+		if d.Path == "" {
+			bad("disks[%d].path is required", i)
+		}
+		switch d.Format {
+		case "", "raw", "qcow2":
+		default:
+			bad("disks[%d].format must be raw or qcow2, got %q", i, d.Format)
+		}
+	}
+	for i, n := range c.Nets {
+		if n.Tap == "" {
+			bad("nets[%d].tap is required", i)
+		}
+		if _, err := net.ParseMAC(n.MAC); err != nil || len(n.MAC) != 17 {
+			bad("nets[%d].mac %q is not a MAC address like 02:00:00:00:00:01", i, n.MAC)
+		}
+	}
+	return probs
 }

@@ -15,7 +15,6 @@ package cloudhypervisor
 
 import (
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 
@@ -101,23 +100,8 @@ func unsupported(cfg vmm.Config) error {
 }
 
 func validate(cfg vmm.Config) error {
-	var probs []string
+	probs := cfg.Problems(254)
 	bad := func(format string, args ...any) { probs = append(probs, fmt.Sprintf(format, args...)) }
-	if cfg.Name == "" {
-		bad("name is required")
-	}
-	if cfg.CPUs < 1 || cfg.CPUs > 254 {
-		bad("cpus must be 1-254, got %d", cfg.CPUs)
-	}
-	if cfg.MemoryMB < 64 {
-		bad("memory_mb must be at least 64, got %d", cfg.MemoryMB)
-	}
-	if cfg.Kernel == "" {
-		bad("kernel is required")
-	}
-	if cfg.APISocket == "" {
-		bad("api_socket is required")
-	}
 	if cfg.Accel != vmm.AccelKVM {
 		bad("accel must be resolved to kvm before building argv, got %q", cfg.Accel)
 	}
@@ -130,24 +114,10 @@ func validate(cfg vmm.Config) error {
 	inexpressible("serial.log_file", cfg.Serial.LogFile)
 	inexpressible("serial.socket", cfg.Serial.Socket)
 	for i, d := range cfg.Disks {
-		if d.Path == "" {
-			bad("disks[%d].path is required", i)
-		}
 		inexpressible(fmt.Sprintf("disks[%d].path", i), d.Path)
-		switch d.Format {
-		case "", "raw", "qcow2":
-		default:
-			bad("disks[%d].format must be raw or qcow2, got %q", i, d.Format)
-		}
 	}
 	for i, n := range cfg.Nets {
-		if n.Tap == "" {
-			bad("nets[%d].tap is required", i)
-		}
 		inexpressible(fmt.Sprintf("nets[%d].tap", i), n.Tap)
-		if _, err := net.ParseMAC(n.MAC); err != nil || len(n.MAC) != 17 {
-			bad("nets[%d].mac %q is not a MAC address like 02:00:00:00:00:01", i, n.MAC)
-		}
 	}
 	if len(probs) > 0 {
 		return apierr.New(apierr.InvalidInput, "cloud-hypervisor: invalid VM config: %s", strings.Join(probs, "; ")).

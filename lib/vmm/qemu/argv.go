@@ -5,7 +5,6 @@ package qemu
 
 import (
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 
@@ -124,23 +123,8 @@ func Argv(binary string, cfg vmm.Config) ([]string, error) {
 func esc(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 func validate(cfg vmm.Config) error {
-	var probs []string
+	probs := cfg.Problems(255)
 	bad := func(format string, args ...any) { probs = append(probs, fmt.Sprintf(format, args...)) }
-	if cfg.Name == "" {
-		bad("name is required")
-	}
-	if cfg.CPUs < 1 || cfg.CPUs > 255 {
-		bad("cpus must be 1-255, got %d", cfg.CPUs)
-	}
-	if cfg.MemoryMB < 64 {
-		bad("memory_mb must be at least 64, got %d", cfg.MemoryMB)
-	}
-	if cfg.Kernel == "" {
-		bad("kernel is required")
-	}
-	if cfg.APISocket == "" {
-		bad("api_socket (QMP) is required")
-	}
 	switch cfg.Machine {
 	case "", MachineMicrovm, MachinePC:
 	default:
@@ -150,24 +134,6 @@ func validate(cfg vmm.Config) error {
 	case vmm.AccelKVM, vmm.AccelTCG:
 	default:
 		bad("accel must be resolved to kvm or tcg before building argv, got %q", cfg.Accel)
-	}
-	for i, d := range cfg.Disks {
-		if d.Path == "" {
-			bad("disks[%d].path is required", i)
-		}
-		switch d.Format {
-		case "", "raw", "qcow2":
-		default:
-			bad("disks[%d].format must be raw or qcow2, got %q", i, d.Format)
-		}
-	}
-	for i, n := range cfg.Nets {
-		if n.Tap == "" {
-			bad("nets[%d].tap is required", i)
-		}
-		if _, err := net.ParseMAC(n.MAC); err != nil || len(n.MAC) != 17 {
-			bad("nets[%d].mac %q is not a MAC address like 02:00:00:00:00:01", i, n.MAC)
-		}
 	}
 	if len(probs) > 0 {
 		return apierr.New(apierr.InvalidInput, "qemu: invalid VM config: %s", strings.Join(probs, "; ")).
