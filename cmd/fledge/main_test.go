@@ -10,6 +10,8 @@ import (
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/cli/clitest"
+
+	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 // normalize replaces what differs between runs and machines.
@@ -67,7 +69,7 @@ base_url = "http://127.0.0.1:80"
 
 func TestContract(t *testing.T) {
 	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("busybox-static not installed")
+		netnstest.SkipOrFail(t, "busybox-static not installed")
 	}
 	ok := writeProject(t, okToml, map[string]string{"index.html": "hi\n"})
 	bad := writeProject(t, `version = "1"
@@ -131,7 +133,7 @@ image = "nginx"
 
 func TestBuildWritesWhatItReports(t *testing.T) {
 	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("busybox-static not installed")
+		netnstest.SkipOrFail(t, "busybox-static not installed")
 	}
 	dir := writeProject(t, okToml, map[string]string{"index.html": "hi\n"})
 	r := clitest.Run(t, run, "", nil, "build", "-c", filepath.Join(dir, "fledge.toml"), "-o", filepath.Join(dir, "out"))

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 func sample(t *testing.T, src string) *Builder {
@@ -48,7 +50,7 @@ func TestReproducibleAndOrdered(t *testing.T) {
 	}
 
 	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("cpio not installed")
+		netnstest.SkipOrFail(t, "cpio not installed")
 	}
 	var raw bytes.Buffer
 	if err := sample(t, src).WriteTo(&raw, None); err != nil {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 func TestJournalBlocksTable(t *testing.T) {
@@ -86,11 +88,11 @@ func needTools(t *testing.T) {
 	t.Helper()
 	for _, p := range []string{"e2fsck", "debugfs"} {
 		if _, err := exec.LookPath(p); err != nil {
-			t.Skipf("%s not installed (e2fsprogs)", p)
+			netnstest.SkipOrFail(t, "%s not installed (e2fsprogs)", p)
 		}
 	}
 	if _, err := findMkfs(); err != nil {
-		t.Skip(err)
+		netnstest.SkipOrFail(t, "%v", err)
 	}
 }
 
