@@ -429,3 +429,48 @@ func TestDeleteWhileQueuedForBoot(t *testing.T) {
 		}
 	}
 }
+
+// TestDeploymentStopsReplicasConcurrently: deleting a deployment (and
+// scaling one down) stops its replicas several at a time, within the bound,
+// not one after another; every replica, lease and tap is gone after.
+func TestDeploymentStopsReplicasConcurrently(t *testing.T) {
+	f := newFixture(t)
+	f.rt.StopDelay = 100 * time.Millisecond // set before any goroutine reads it
+	c, _ := f.controller()
+	f.plugin(c, "web")
+	const n = controller.StopParallelism + 4
+	if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "d", Plugin: "web", Replicas: n}); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicas := func(want int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if vms, _ := c.ListVMs(f.ctx, api.VMFilter{Deployment: "d"}); len(vms) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the deployment never reached %d replicas", want)
+			}
+		}
+	}
+	waitReplicas(n)
+	if _, err := c.ScaleDeployment(f.ctx, "d", 2); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicas(2)
+	if _, err := c.DeleteDeployment(f.ctx, "d"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.rt.MaxConcurrentStops(); got < 2 || got > controller.StopParallelism {
+		t.Fatalf("at most %d stops ran at once; want 2..%d", got, controller.StopParallelism)
+	}
+	if live := f.rt.Live(); len(live) != 0 {
+		t.Fatalf("runs left: %v", live)
+	}
+	if taps := f.nw.Taps(); len(taps) != 0 {
+		t.Fatalf("taps left: %v", taps)
+	}
+	if leases, _ := ipam.List(f.ctx, f.st); len(leases) != 0 {
+		t.Fatalf("leases left: %v", leases)
+	}
+}

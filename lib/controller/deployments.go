@@ -308,11 +308,8 @@ func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.De
 	for _, v := range vms {
 		c.boots.cancelWait(v.Name)
 	}
-	sort.Slice(vms, func(i, j int) bool { return replicaIndex(name, vms[i].Name) > replicaIndex(name, vms[j].Name) })
-	for _, v := range vms {
-		if err := c.deleteReplica(sctx, v.Name, "deployment deleted"); err != nil {
-			return nil, fmt.Errorf("deleting deployment %s: %w", name, err)
-		}
+	if errs := c.deleteReplicas(sctx, vms, "deployment deleted"); len(errs) > 0 {
+		return nil, fmt.Errorf("deleting deployment %s: %w", name, errors.Join(errs...))
 	}
 	err = c.st.Tx(sctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(sctx, `DELETE FROM deployments WHERE name = ?`, name); err != nil {
@@ -341,6 +338,45 @@ func (c *Controller) deleteReplica(ctx context.Context, name, reason string) err
 		return nil
 	}
 	return c.destroy(ctx, name, reason)
+}
+
+// StopParallelism bounds how many replicas a scale-down or a deployment's
+// deletion stops at once. Stopping is mostly waiting for guests to power
+// off (up to StopTimeout each), so one at a time would take minutes for a
+// few dozen replicas; the bound keeps the power-offs of guests that share
+// the host's CPUs from all landing at once.
+const StopParallelism = 8
+
+// deleteReplicas deletes vms, highest replica index first and up to
+// StopParallelism at a time, and returns what failed.
+func (c *Controller) deleteReplicas(ctx context.Context, vms []vmRow, reason string) []error {
+	if len(vms) == 0 {
+		return nil
+	}
+	deployment := vms[0].Deployment
+	sort.Slice(vms, func(i, j int) bool {
+		return replicaIndex(deployment, vms[i].Name) > replicaIndex(deployment, vms[j].Name)
+	})
+	errs := make([]error, len(vms))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, StopParallelism)
+	for i, v := range vms {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			errs[i] = c.deleteReplica(ctx, v.Name, reason)
+		}()
+	}
+	wg.Wait()
+	var failed []error
+	for _, err := range errs {
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	return failed
 }
 
 // runDeployments reconciles every deployment on kicks and periodically.
@@ -417,12 +453,9 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 		have[i] = v
 	}
 	var errs []string
-	// Scale down, highest index first.
-	sort.Slice(extra, func(i, j int) bool { return replicaIndex(name, extra[i].Name) > replicaIndex(name, extra[j].Name) })
-	for _, v := range extra {
-		if err := c.deleteReplica(ctx, v.Name, "scaled down"); err != nil {
-			errs = append(errs, err.Error())
-		}
+	// Scale down: everything above the desired count.
+	for _, err := range c.deleteReplicas(ctx, extra, "scaled down") {
+		errs = append(errs, err.Error())
 	}
 	// Replace crashed and failed replicas; create missing ones.
 	var todo []int

@@ -36,7 +36,11 @@ type Runtime struct {
 	StartErr map[string]error
 	// StartDelay delays every Start.
 	StartDelay time.Duration
-	lastErr    map[string]error
+	// StopDelay delays every Stop, as a guest taking its time to power off.
+	StopDelay time.Duration
+	lastErr   map[string]error
+
+	stopping, maxStopping int
 }
 
 type run struct {
@@ -108,7 +112,23 @@ func (r *Runtime) Inspect(_ context.Context, name string) (*controller.RunInfo, 
 }
 
 // Stop implements controller.Runtime.
-func (r *Runtime) Stop(_ context.Context, name string, _ time.Duration) (string, error) {
+func (r *Runtime) Stop(ctx context.Context, name string, _ time.Duration) (string, error) {
+	r.mu.Lock()
+	r.stopping++
+	r.maxStopping = max(r.maxStopping, r.stopping)
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.stopping--
+		r.mu.Unlock()
+	}()
+	if r.StopDelay > 0 {
+		select {
+		case <-time.After(r.StopDelay):
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ru := r.runs[name]
@@ -118,6 +138,13 @@ func (r *Runtime) Stop(_ context.Context, name string, _ time.Duration) (string,
 	delete(r.runs, name)
 	close(ru.done)
 	return "power_button", nil
+}
+
+// MaxConcurrentStops is the most Stop calls that were in progress at once.
+func (r *Runtime) MaxConcurrentStops() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.maxStopping
 }
 
 // Wait implements controller.Runtime.
