@@ -26,13 +26,6 @@ var allowed = []string{
 	"github.com/vishvananda/netns",
 	"github.com/klauspost/compress", // kmod: .ko.zst
 	"github.com/ulikunitz/xz",       // kmod: .ko.xz
-	// lib/manifest's JSON Schema generator. kestrel never calls it and the
-	// linker drops its code, but the import is there.
-	"github.com/invopop/jsonschema",
-	"github.com/pb33f/ordered-map/v2",
-	"github.com/bahlo/generic-list-go",
-	"github.com/buger/jsonparser",
-	"go.yaml.in/yaml/v4",
 }
 
 // forbidden are named so a failure says plainly what went wrong.
@@ -46,6 +39,8 @@ var forbidden = []string{
 	"github.com/mattn/go-sqlite3", "github.com/containers/image", "github.com/opencontainers/umoci",
 	"github.com/google/go-containerregistry", "github.com/u-root/u-root",
 	"github.com/modelcontextprotocol", "github.com/mark3labs/mcp-go",
+	// The manifest's schema generator: its packages' init would run at boot.
+	"github.com/volantvm/volant/lib/manifest/schema", "github.com/invopop/jsonschema", "go.yaml.in/yaml",
 }
 
 func under(pkg, prefix string) bool { return pkg == prefix || strings.HasPrefix(pkg, prefix+"/") }

@@ -51,6 +51,7 @@ import (
 	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/manifest/schema"
 )
 
 func main() { cli.Main(run) }
@@ -150,7 +151,7 @@ func run(ctx context.Context, env *cli.Env) error {
 		}
 		return cli.WriteResult(env, "manifest.cmdline", cmdlineResult{Cmdline: line, Bytes: len(line), Budget: budget})
 	case "schema":
-		b, err := manifest.Schema()
+		b, err := schema.Document()
 		if err != nil {
 			return err
 		}

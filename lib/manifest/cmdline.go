@@ -1,11 +1,6 @@
 package manifest
 
 import (
-	"encoding/json"
-	"fmt"
-
-	"github.com/invopop/jsonschema"
-
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/bootargs"
 )
@@ -54,19 +49,4 @@ func (m *Manifest) Cmdline(budget int) (string, error) {
 			With("hint", "shorten env values and labels, or let volant-launch pass the manifest inside the initramfs")
 	}
 	return s, nil
-}
-
-// Schema returns the JSON Schema of the manifest, generated from the Go
-// types so the document and the code cannot disagree.
-func Schema() ([]byte, error) {
-	r := &jsonschema.Reflector{DoNotReference: false, ExpandedStruct: true}
-	s := r.Reflect(&Manifest{})
-	s.ID = "https://volant.dev/schemas/plugin-manifest-v1.json"
-	s.Title = "Volant plugin manifest"
-	s.Description = fmt.Sprintf("Volant plugin manifest, schema_version %s.", SchemaVersion)
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("encoding schema: %w", err)
-	}
-	return b, nil
 }
