@@ -54,8 +54,20 @@ type Config struct {
 	// BeforeStart runs once the manifest is known, before the workload
 	// starts (the guest mounts data disks there). An error ends Run.
 	BeforeStart func(ctx context.Context, m *manifest.Manifest) error
-	Log         *slog.Logger
+	// AfterStart runs once, in its own goroutine, when the workload is up:
+	// its health check first passed (the workload's first start had its
+	// outcome when it has no health check), or AfterStartWait passed since
+	// that outcome. The guest does the boot work that must not compete with
+	// the workload's start for the CPU there.
+	AfterStart func()
+	// AfterStartWait bounds the wait for the first healthy check
+	// (DefaultAfterStartWait if 0).
+	AfterStartWait time.Duration
+	Log            *slog.Logger
 }
+
+// DefaultAfterStartWait is Config.AfterStartWait's default.
+const DefaultAfterStartWait = 3 * time.Second
 
 // Agent is a running agent. Create it with New.
 type Agent struct {
@@ -212,10 +224,37 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	}
 	out := console.NewAsync(a.cfg.Console, 64<<10)
 	defer out.Close()
-	sup := supervisor.New(spec, r, io.MultiWriter(a.ring, out), a.log, func(agentapi.WorkloadStatus) { a.changed() })
+	hasCheck := m.HealthCheck != nil && m.Workload.BaseURL != ""
+	var afterStart, started sync.Once
+	runAfterStart := func() {
+		if a.cfg.AfterStart != nil {
+			afterStart.Do(func() { go a.cfg.AfterStart() })
+		}
+	}
+	sup := supervisor.New(spec, r, io.MultiWriter(a.ring, out), a.log, func(st agentapi.WorkloadStatus) {
+		if st.State != agentapi.WorkloadStarting {
+			started.Do(func() {
+				if !hasCheck {
+					runAfterStart()
+					return
+				}
+				wait := a.cfg.AfterStartWait
+				if wait <= 0 {
+					wait = DefaultAfterStartWait
+				}
+				time.AfterFunc(wait, runAfterStart)
+			})
+		}
+		a.changed()
+	})
 	var checker *health.Checker
-	if m.HealthCheck != nil && m.Workload.BaseURL != "" {
-		checker = health.NewChecker(m.Workload.BaseURL, *m.HealthCheck, a.log, func(agentapi.HealthStatus) { a.changed() })
+	if hasCheck {
+		checker = health.NewChecker(m.Workload.BaseURL, *m.HealthCheck, a.log, func(h agentapi.HealthStatus) {
+			if h.State == agentapi.HealthHealthy {
+				runAfterStart()
+			}
+			a.changed()
+		})
 	}
 	a.mu.Lock()
 	a.sup, a.checker = sup, checker

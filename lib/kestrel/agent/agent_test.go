@@ -210,3 +210,78 @@ func TestLoadFailureIsReturnedAndShown(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// TestAfterStart: the hook runs once: when the health check first passes,
+// or (no check) when the workload's first start had its outcome, whether it
+// runs or cannot start at all, or when the wait for health runs out. The
+// guest's late boot work (the power button's modules) happens either way.
+func TestAfterStart(t *testing.T) {
+	ok := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer ok.Close()
+	closed := "http://127.0.0.1:" + strconv.Itoa(freePort(t))
+	sleep := []string{"/bin/sh", "-c", "sleep 0.2; exit 3"}
+	for _, tc := range []struct {
+		name       string
+		entrypoint []string
+		restart    string
+		baseURL    string // with a health check when set
+		wait       time.Duration
+		state      agentapi.WorkloadState
+		health     agentapi.HealthState
+	}{
+		{"no check, restarting workload", sleep, "always", "", 0, agentapi.WorkloadRunning, ""},
+		{"no check, missing executable", []string{"/nonexistent/app"}, "no", "", 0, agentapi.WorkloadFailed, ""},
+		{"check passes", sleep, "always", ok.URL, time.Minute, "", agentapi.HealthHealthy},
+		{"check never passes", sleep, "always", closed, 300 * time.Millisecond, "", agentapi.HealthUnknown},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &manifest.Manifest{Name: "app", Version: "1", Initramfs: &manifest.Artifact{URL: "/x.cpio"},
+				Workload: manifest.Workload{Entrypoint: tc.entrypoint, Restart: tc.restart, BaseURL: tc.baseURL}}
+			if tc.baseURL != "" {
+				m.HealthCheck = &manifest.HealthCheck{Endpoint: "/", IntervalMS: 100, TimeoutMS: 500, Retries: 100}
+			}
+			m.Normalize()
+			r := reaper.New(nil)
+			rctx, stopReaper := context.WithCancel(context.Background())
+			defer stopReaper()
+			go r.Run(rctx)
+			first := make(chan agentapi.Status, 1)
+			var mu sync.Mutex
+			n := 0
+			var a *Agent
+			a = New(Config{Listen: "127.0.0.1:0", AfterStartWait: tc.wait, AfterStart: func() {
+				mu.Lock()
+				n++
+				if n == 1 {
+					first <- a.Status()
+				}
+				mu.Unlock()
+			}})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx, nil, r, func(context.Context) (*manifest.Manifest, error) { return m, nil }) }()
+			var st agentapi.Status
+			select {
+			case st = <-first:
+			case <-time.After(10 * time.Second):
+				t.Fatal("AfterStart never ran")
+			}
+			time.Sleep(700 * time.Millisecond) // a restart or two, more checks
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if n != 1 {
+				t.Fatalf("AfterStart ran %d times", n)
+			}
+			if tc.state != "" && st.Workload.State != tc.state {
+				t.Fatalf("AfterStart ran with the workload %q; want %q", st.Workload.State, tc.state)
+			}
+			if tc.health != "" && st.Health.State != tc.health {
+				t.Fatalf("AfterStart ran with health %+v; want %q", st.Health, tc.health)
+			}
+		})
+	}
+}

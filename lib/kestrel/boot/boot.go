@@ -127,17 +127,21 @@ func (b *booter) run() error {
 // (it executes stage 2 from the new root) on the rootfs path.
 func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 	b.log.Info("stage 1", "version", b.version, "uptime", guest.Uptime().Round(time.Millisecond))
-	pending, err := modules.Load(b.m, modules.Dir("/"), true, args.Modules, b.log)
-	if err != nil {
-		return Handoff{}, err
-	}
 	m, err := LocalManifest(args)
 	if err != nil {
 		return Handoff{}, err
 	}
 	plan := Decide(args, m)
 	b.log.Info("boot plan", "mode", string(plan.Mode), "device", plan.Device, "why", plan.Why)
-	h := Handoff{Boot: ModeInitramfs, Manifest: m, ModulesPending: pending}
+	var later []string
+	if plan.Mode == ModeInitramfs {
+		later = LateModules(m)
+	}
+	pending, held, err := modules.Load(b.m, modules.Dir("/"), true, args.Modules, later, b.log)
+	if err != nil {
+		return Handoff{}, err
+	}
+	h := Handoff{Boot: ModeInitramfs, Manifest: m, ModulesPending: pending, ModulesLater: held}
 	switch plan.Mode {
 	case ModeInitramfs:
 		return h, nil
@@ -184,6 +188,19 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 	return h, b.switchRoot(plan, h)
 }
 
+// LateModules are the modules the initramfs path loads only once the
+// workload has started (each costs tens of milliseconds under software
+// emulation): the power button's (button, evdev), the virtio console's,
+// and virtio_blk when the plugin has no disks. The rootfs path loads
+// everything in stage 1, from the initramfs it then leaves.
+func LateModules(m *manifest.Manifest) []string {
+	late := []string{"button", "evdev", "virtio_console"}
+	if m == nil || len(m.Disks) == 0 {
+		late = append(late, "virtio_blk")
+	}
+	return late
+}
+
 func (b *booter) switchRoot(plan Plan, h Handoff) error {
 	h.Boot, h.Device, h.FSType = ModeRootfs, plan.Device, plan.FSType
 	exe := KestrelOn(NewRoot)
@@ -223,7 +240,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	if h.Boot == ModeRootfs {
 		b.log.Info("stage 2", "version", b.version, "root", h.Device, "kestrel", h.Kestrel, "uptime", guest.Uptime().Round(time.Millisecond))
 		if len(h.ModulesPending) > 0 {
-			unknown, err := modules.Load(b.m, modules.Dir("/"), false, h.ModulesPending, b.log)
+			unknown, _, err := modules.Load(b.m, modules.Dir("/"), false, h.ModulesPending, nil, b.log)
 			if err != nil {
 				return err
 			}
@@ -242,11 +259,22 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	go r.Run(context.Background()) // PID 1 reaps until power-off
 	b.watchSignals(cancel)
-	go func() {
+	watchPowerButton := func() {
 		if err := powerbutton.Watch(ctx, 5*time.Second, b.log, func() { cancel(errors.New("ACPI power button pressed")) }); err != nil && ctx.Err() == nil {
 			b.log.Warn("power button unavailable: an ACPI shutdown request will not reach kestrel", "err", err)
 		}
-	}()
+	}
+	afterStart := func() {
+		// The power button's modules may be among the late ones.
+		if err := modules.LoadLater(b.m, modules.Dir("/"), h.ModulesLater, b.log); err != nil {
+			b.log.Warn("loading the late kernel modules", "err", err)
+		}
+		watchPowerButton()
+	}
+	if len(h.ModulesLater) == 0 {
+		go watchPowerButton()
+		afterStart = nil
+	}
 
 	reportURL := ""
 	if args.APIHost != "" && args.VM != "" {
@@ -266,6 +294,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 		BeforeStart: func(ctx context.Context, m *manifest.Manifest) error {
 			return b.mountDisks(ctx, m, h)
 		},
+		AfterStart: afterStart,
 	})
 	ln, err := a.Listen()
 	if err != nil {

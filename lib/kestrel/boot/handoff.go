@@ -27,6 +27,9 @@ type Handoff struct {
 	// ModulesPending are volant.modules names the initramfs lacked; stage 2
 	// looks for them under the new root's /lib/modules.
 	ModulesPending []string `json:"modules_pending,omitempty"`
+	// ModulesLater are the initramfs's modules stage 1 held back (see
+	// LateModules), loaded once the workload has started.
+	ModulesLater []string `json:"modules_later,omitempty"`
 	// Kestrel is the binary stage 2 runs: a path on the root disk, or
 	// "initramfs" when stage 1 carried itself over.
 	Kestrel string `json:"kestrel,omitempty"`

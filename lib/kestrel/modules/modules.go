@@ -12,7 +12,11 @@
 //     EnsureFS before the first mount of that type, so a guest without
 //     disks never pays for them;
 //   - drivers that only match PCI devices (virtio_pci) are skipped on a
-//     machine without a PCI bus (QEMU's microvm).
+//     machine without a PCI bus (QEMU's microvm);
+//   - modules the caller names as "later" (on the initramfs path kestrel
+//     holds back the power button's, the virtio console's and, for a
+//     plugin without disks, virtio_blk) are left out of the boot and
+//     loaded with LoadLater once the workload has started.
 //
 // A required module that fails is an error; soft-dependency alternatives
 // (crc32c_intel needs SSE4.2) may fail, and are skipped.
@@ -143,11 +147,14 @@ type Planned struct {
 	Deferred []string
 	// Skipped are drivers for a bus the machine lacks.
 	Skipped []string
+	// Later are the image's modules held back for LoadLater.
+	Later []string
 }
 
 // Plan resolves what to load from dir: the image's modules when all is set
-// (see the package comment for what is deferred or skipped), then extra.
-func Plan(dir string, all bool, extra []string, host Host) (*Planned, error) {
+// (see the package comment for what is deferred, skipped or held back for
+// later), then extra.
+func Plan(dir string, all bool, extra []string, host Host, later []string) (*Planned, error) {
 	kix, err := kmod.LoadIndex(dir)
 	if err != nil {
 		return nil, err
@@ -175,12 +182,18 @@ func Plan(dir string, all bool, extra []string, host Host) (*Planned, error) {
 				isDep[d] = true
 			}
 		}
+		hold := map[string]bool{}
+		for _, n := range later {
+			hold[kmod.Name(n)] = true
+		}
 		var roots []string
 		for _, n := range ix.listed {
 			if isDep[n] || ix.softRef[n] {
 				continue
 			}
 			switch {
+			case hold[n]:
+				p.Later = append(p.Later, n)
 			case hasAliasPrefix(ix.aliases[n], "fs-", false):
 				p.Deferred = append(p.Deferred, n)
 			case !host.PCI && hasAliasPrefix(ix.aliases[n], "pci:", true):
@@ -223,27 +236,48 @@ func hasAliasPrefix(aliases []string, prefix string, every bool) bool {
 	return every
 }
 
-// Load loads the plan for dir (see Plan). A dir without modules.dep loads
-// nothing (a kernel with everything built in needs no modules); extra
-// names are then all unknown.
-func Load(m *guest.Machine, dir string, all bool, extra []string, log *slog.Logger) (unknown []string, err error) {
+// Load loads the plan for dir (see Plan) and returns the extra names dir
+// lacks and the image's modules it held back for LoadLater. A dir without
+// modules.dep loads nothing (a kernel with everything built in needs no
+// modules); extra names are then all unknown.
+func Load(m *guest.Machine, dir string, all bool, extra, later []string, log *slog.Logger) (unknown, held []string, err error) {
 	m.Check()
 	if _, err := os.Stat(filepath.Join(dir, "modules.dep")); errors.Is(err, os.ErrNotExist) {
 		log.Debug("no module index; loading nothing", "dir", dir)
-		return extra, nil
+		return extra, nil, nil
 	}
-	p, err := Plan(dir, all, extra, DetectHost())
+	p, err := Plan(dir, all, extra, DetectHost(), later)
 	if err != nil {
-		return nil, fmt.Errorf("resolving kernel modules in %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("resolving kernel modules in %s: %w", dir, err)
 	}
 	t0 := time.Now()
 	loaded, present, err := loadSteps(p.Index, p.Steps, log)
 	if err != nil {
-		return p.Unknown, fmt.Errorf("loading kernel modules from %s: %w", dir, err)
+		return p.Unknown, nil, fmt.Errorf("loading kernel modules from %s: %w", dir, err)
 	}
 	log.Info("kernel modules loaded", "loaded", loaded, "present", present, "took", time.Since(t0).Round(time.Millisecond),
-		"deferred", strings.Join(p.Deferred, ","), "skipped", strings.Join(p.Skipped, ","))
-	return p.Unknown, nil
+		"deferred", strings.Join(p.Deferred, ","), "skipped", strings.Join(p.Skipped, ","), "later", strings.Join(p.Later, ","))
+	return p.Unknown, p.Later, nil
+}
+
+// LoadLater loads the modules Load held back (names, with their
+// dependencies) from dir.
+func LoadLater(m *guest.Machine, dir string, names []string, log *slog.Logger) error {
+	m.Check()
+	if len(names) == 0 {
+		return nil
+	}
+	p, err := Plan(dir, false, names, DetectHost(), nil)
+	if err != nil {
+		return fmt.Errorf("resolving kernel modules in %s: %w", dir, err)
+	}
+	t0 := time.Now()
+	loaded, _, err := loadSteps(p.Index, p.Steps, log)
+	if err != nil {
+		return fmt.Errorf("loading kernel modules from %s: %w", dir, err)
+	}
+	log.Info("later kernel modules loaded", "modules", strings.Join(names, ","), "loaded", loaded, "took", time.Since(t0).Round(time.Millisecond))
+	return nil
 }
 
 // loadSteps loads steps in order, skipping modules the kernel already has

@@ -55,7 +55,7 @@ func stepNames(steps []kmod.Step) string {
 
 func TestPlanDefersFilesystemsAndSkipsAbsentBuses(t *testing.T) {
 	dir := fakeIndex(t)
-	p, err := Plan(dir, true, []string{"crc16", "not_here"}, Host{PCI: false})
+	p, err := Plan(dir, true, []string{"crc16", "not_here"}, Host{PCI: false}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestPlanDefersFilesystemsAndSkipsAbsentBuses(t *testing.T) {
 	if strings.Join(p.Deferred, ",") != "ext4" || strings.Join(p.Skipped, ",") != "virtio_pci" || strings.Join(p.Unknown, ",") != "not_here" {
 		t.Fatalf("deferred %v skipped %v unknown %v", p.Deferred, p.Skipped, p.Unknown)
 	}
-	p, err = Plan(dir, true, nil, Host{PCI: true})
+	p, err = Plan(dir, true, nil, Host{PCI: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,9 +73,22 @@ func TestPlanDefersFilesystemsAndSkipsAbsentBuses(t *testing.T) {
 		t.Fatalf("with PCI: %s", got)
 	}
 	// Only the extras, with their dependencies.
-	p, err = Plan(dir, false, []string{"virtio_blk"}, Host{})
+	p, err = Plan(dir, false, []string{"virtio_blk"}, Host{}, nil)
 	if err != nil || stepNames(p.Steps) != "virtio_ring,virtio,virtio_blk" {
 		t.Fatalf("extras only: %v %v", p, err)
+	}
+	// Held back for later: not loaded at boot, named in Later. Only the
+	// image's roots are held: a dependency of another module (virtio_ring
+	// of virtio_blk) is still loaded with it.
+	p, err = Plan(dir, true, nil, Host{PCI: false}, []string{"evdev", "virtio_ring"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stepNames(p.Steps); got != "virtio_ring,virtio,virtio_blk" {
+		t.Fatalf("with evdev held back: %s", got)
+	}
+	if strings.Join(p.Later, ",") != "evdev" {
+		t.Fatalf("later %v", p.Later)
 	}
 }
 
@@ -151,7 +164,7 @@ func TestPlanOnDebianKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, host := range []Host{{PCI: false}, {PCI: true}} {
-		p, err := Plan(sub, true, nil, host)
+		p, err := Plan(sub, true, nil, host, nil)
 		if err != nil || len(p.Unknown) != 0 {
 			t.Fatal(err, p)
 		}
