@@ -413,3 +413,44 @@ func TestVMFatalPowersOff(t *testing.T) {
 		})
 	}
 }
+
+// TestVMPowerButtonEarly boots the initramfs path with the manifest on the
+// command line (where kestrel loads some modules only once the workload is
+// up) and presses the power button the moment the workload first answers:
+// the press must not be lost, and the guest powers off cleanly; the late
+// modules are loaded by then or not at all, never blocking the shutdown.
+func TestVMPowerButtonEarly(t *testing.T) {
+	k, vmlinux := guesttest.Kernel(t)
+	n := vmtest.NewNet(t)
+	im := vmtest.BootImage(t, k)
+	im.AddBusybox("sh", "httpd")
+	im.File("/srv/index.html", 0o644, "ok\n")
+	ip := netip.MustParseAddr("192.168.127.120")
+	mac := "02:00:00:00:00:78"
+	vm := vmtest.Boot(t, n, vmlinux, vmtest.Config{Name: "early-off", Initrd: im.Write(), IP: ip, MAC: mac,
+		Cmdline: "volant.vm=early volant.ip=" + ip.String() + "/24 volant.gw=192.168.127.1 volant.manifest=" + encode(t, webManifest(false))})
+	client := n.PollClient()
+	for {
+		resp, err := client.Get("http://" + ip.String() + ":80/index.html")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if vm.Since() > bootTimeout {
+			t.Fatalf("no HTTP 200 within %s:\n%s", bootTimeout, vm.ConsoleText())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	vm.PowerButton()
+	if err := vm.Wait(30 * time.Second); err != nil {
+		t.Fatalf("the power button pressed as the workload came up did not power the guest off: %v\n%s", err, vm.ConsoleText())
+	}
+	con := vm.ConsoleText()
+	for _, want := range []string{"later=virtio_blk,virtio_console", `reason="ACPI power button pressed"`, "reboot: Power down"} {
+		if !strings.Contains(con, want) {
+			t.Fatalf("console lacks %q:\n%s", want, con)
+		}
+	}
+}

@@ -189,12 +189,13 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 }
 
 // LateModules are the modules the initramfs path loads only once the
-// workload has started (each costs tens of milliseconds under software
-// emulation): the power button's (button, evdev), the virtio console's,
-// and virtio_blk when the plugin has no disks. The rootfs path loads
-// everything in stage 1, from the initramfs it then leaves.
+// workload is up (each costs tens of milliseconds under software
+// emulation): the virtio console's, and virtio_blk when the plugin has no
+// disks. The power button's (button, evdev) are not among them: a press
+// the kernel sees before its driver is loaded is lost. The rootfs path
+// loads everything in stage 1, from the initramfs it then leaves.
 func LateModules(m *manifest.Manifest) []string {
-	late := []string{"button", "evdev", "virtio_console"}
+	late := []string{"virtio_console"}
 	if m == nil || len(m.Disks) == 0 {
 		late = append(late, "virtio_blk")
 	}
@@ -259,21 +260,18 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	go r.Run(context.Background()) // PID 1 reaps until power-off
 	b.watchSignals(cancel)
-	watchPowerButton := func() {
+	go func() {
 		if err := powerbutton.Watch(ctx, 5*time.Second, b.log, func() { cancel(errors.New("ACPI power button pressed")) }); err != nil && ctx.Err() == nil {
 			b.log.Warn("power button unavailable: an ACPI shutdown request will not reach kestrel", "err", err)
 		}
-	}
-	afterStart := func() {
-		// The power button's modules may be among the late ones.
-		if err := modules.LoadLater(b.m, modules.Dir("/"), h.ModulesLater, b.log); err != nil {
-			b.log.Warn("loading the late kernel modules", "err", err)
+	}()
+	var afterStart func()
+	if len(h.ModulesLater) > 0 {
+		afterStart = func() {
+			if err := modules.LoadLater(b.m, modules.Dir("/"), h.ModulesLater, b.log); err != nil {
+				b.log.Warn("loading the late kernel modules", "err", err)
+			}
 		}
-		watchPowerButton()
-	}
-	if len(h.ModulesLater) == 0 {
-		go watchPowerButton()
-		afterStart = nil
 	}
 
 	reportURL := ""
