@@ -474,3 +474,56 @@ func TestDeploymentStopsReplicasConcurrently(t *testing.T) {
 		t.Fatalf("leases left: %v", leases)
 	}
 }
+
+// TestDeleteDeploymentWhileBootsQueue: a deployment whose replicas queue
+// for boot slots (one slot, held by a guest that never turns healthy) is
+// deleted at once: the reconcile pass stops creating, the queued creates
+// give up, and the delete does not wait for the boot timeout.
+func TestDeleteDeploymentWhileBootsQueue(t *testing.T) {
+	f := newFixture(t)
+	c, err := controller.New(controller.Config{Store: f.st, DataDir: f.dir, Runtime: f.rt, Network: f.nw,
+		Prober: controllertest.NewProber(), HealthInterval: 50 * time.Millisecond, MaxBooting: 1, StartTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Reconcile(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(f.ctx)
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	f.plugin(c, "web")
+	if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "d", Plugin: "web", Replicas: 6}); err != nil {
+		t.Fatal(err)
+	}
+	// One replica boots (and holds the only slot); another waits for it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		vms, _ := c.ListVMs(f.ctx, api.VMFilter{Deployment: "d"})
+		if len(f.rt.Live()) == 1 && len(vms) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never had one replica booting and one queued: %d live, %d VMs", len(f.rt.Live()), len(vms))
+		}
+	}
+	t0 := time.Now()
+	if _, err := c.DeleteDeployment(f.ctx, "d"); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(t0); took > 10*time.Second {
+		t.Fatalf("the delete took %s: it waited for queued boots", took)
+	}
+	if vms, _ := c.ListVMs(f.ctx, api.VMFilter{}); len(vms) != 0 {
+		t.Fatalf("VMs left: %v", vms)
+	}
+	if live := f.rt.Live(); len(live) != 0 {
+		t.Fatalf("runs left: %v", live)
+	}
+	if leases, _ := ipam.List(f.ctx, f.st); len(leases) != 0 {
+		t.Fatalf("leases left: %v", leases)
+	}
+	if _, err := c.Deployment(f.ctx, "d"); !apierr.Is(err, apierr.NotFound) {
+		t.Fatalf("deployment still there: %v", err)
+	}
+}

@@ -260,6 +260,17 @@ func (c *Controller) ScaleDeployment(ctx context.Context, name string, replicas 
 	return c.Deployment(ctx, name)
 }
 
+// desiredReplicas is the deployment's replica count as stored now.
+func (c *Controller) desiredReplicas(ctx context.Context, name string) (int, error) {
+	var n int
+	err := c.st.Read(ctx, func(tx *sql.Tx) error {
+		d, err := getDeployment(ctx, tx, name)
+		n = d.Replicas
+		return err
+	})
+	return n, err
+}
+
 // cancelQueuedReplicas ends the boot-slot wait of a deployment's replicas
 // whose index is above keep.
 func (c *Controller) cancelQueuedReplicas(ctx context.Context, name string, keep int) {
@@ -281,6 +292,16 @@ func (c *Controller) cancelQueuedReplicas(ctx context.Context, name string, keep
 // DeleteDeployment deletes a deployment's replicas, then the deployment,
 // and returns it as it was.
 func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.Deployment, error) {
+	// Before waiting for the deployment's lock: a reconcile pass may hold
+	// it while its creates wait for boot slots. With the desired count at
+	// zero the pass starts no more creates, and the queued ones give up.
+	if err := c.st.Tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE deployments SET replicas = 0 WHERE name = ?`, name)
+		return err
+	}); err != nil {
+		return nil, internal(err, "deleting deployment %s", name)
+	}
+	c.cancelQueuedReplicas(ctx, name, 0)
 	unlock, err := c.locks.lock(ctx, "deployment:"+name)
 	if err != nil {
 		return nil, err
@@ -482,6 +503,11 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			// The deployment may have been scaled down or deleted while
+			// earlier creates of this pass waited for boot slots.
+			if want, err := c.desiredReplicas(ctx, name); err != nil || i > want {
+				return
+			}
 			req := api.CreateVMRequest{Name: ReplicaName(name, i), Plugin: d.Plugin, CPUCores: d.Resources.CPUCores, MemoryMB: d.Resources.MemoryMB}
 			if _, err := c.createVM(ctx, req, name); err != nil {
 				log.Warn("creating a replica", "vm", req.Name, "err", err)
