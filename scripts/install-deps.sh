@@ -16,6 +16,7 @@ pkgs=(
   busybox-static cpio e2fsprogs xz-utils kmod # initramfs/rootfs building, kernel extraction, depmod
   iproute2 iptables nftables                  # bridge, taps, NAT
   systemd                                     # systemd-socket-activate, systemd-analyze
+  dbus                                        # a private bus for the systemd runner test
   skopeo umoci docker-registry                # fledge tests and benchmark baselines
   containernetworking-plugins                 # CNI host-local, the IPAM benchmark baseline
   curl jq tmux hyperfine wrk procps psmisc    # e2e scripts, console test, benchmarks

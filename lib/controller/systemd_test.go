@@ -1,0 +1,180 @@
+package controller_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+// fakeSystemd is systemd's Manager object as SystemdRunner uses it: jobs
+// for StartUnit and StopUnit that end, a moment after the call returns,
+// with a JobRemoved signal, as systemd's do. It serves on a real D-Bus
+// daemon the test starts (PID 1 here is not systemd, and there is no
+// system bus), so the runner's whole path runs: dial, authenticate, call,
+// match the job's signal.
+type fakeSystemd struct {
+	conn *dbus.Conn
+
+	mu     sync.Mutex
+	calls  []string
+	failed map[string]bool // units whose jobs end "failed"
+	jobs   uint32
+}
+
+const systemdPath = dbus.ObjectPath("/org/freedesktop/systemd1")
+
+func (f *fakeSystemd) job(method, unit string) dbus.ObjectPath {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, method+" "+unit)
+	f.jobs++
+	id := f.jobs
+	p := dbus.ObjectPath(fmt.Sprintf("/org/freedesktop/systemd1/job/%d", id))
+	result := "done"
+	if f.failed[unit] {
+		result = "failed"
+	}
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		f.conn.Emit(systemdPath, "org.freedesktop.systemd1.Manager.JobRemoved", id, p, unit, result)
+	}()
+	return p
+}
+
+func (f *fakeSystemd) StartUnit(unit, mode string) (dbus.ObjectPath, *dbus.Error) {
+	return f.job("StartUnit/"+mode, unit), nil
+}
+
+func (f *fakeSystemd) StopUnit(unit, mode string) (dbus.ObjectPath, *dbus.Error) {
+	return f.job("StopUnit/"+mode, unit), nil
+}
+
+func (f *fakeSystemd) ResetFailedUnit(unit string) *dbus.Error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "ResetFailedUnit "+unit)
+	return nil
+}
+
+func (f *fakeSystemd) takeCalls() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := strings.Join(f.calls, "; ")
+	f.calls = nil
+	return s
+}
+
+// startBus runs a private dbus-daemon and points the system bus address
+// at it.
+func startBus(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("dbus-daemon"); err != nil {
+		netnstest.SkipOrFail(t, "dbus-daemon not installed (apt-get install dbus)")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "bus")
+	conf := filepath.Join(dir, "bus.conf")
+	os.WriteFile(conf, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>custom</type>
+  <listen>unix:path=`+sock+`</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+`), 0o644)
+	cmd := exec.Command("dbus-daemon", "--nofork", "--nopidfile", "--config-file="+conf)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dbus-daemon did not listen: %s", stderr.String())
+		}
+	}
+	addr := "unix:path=" + sock
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", addr)
+	return addr
+}
+
+func newFakeSystemd(t *testing.T, addr string) *fakeSystemd {
+	t.Helper()
+	conn, err := dbus.Connect(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	f := &fakeSystemd{conn: conn, failed: map[string]bool{}}
+	if err := conn.Export(f, systemdPath, "org.freedesktop.systemd1.Manager"); err != nil {
+		t.Fatal(err)
+	}
+	if reply, err := conn.RequestName("org.freedesktop.systemd1", dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
+		t.Fatalf("owning org.freedesktop.systemd1: %v (reply %v)", err, reply)
+	}
+	return f
+}
+
+// TestSystemdRunnerOverDBus: the systemd runner starts and stops the VM's
+// volant-vm@ unit through the Manager API, resets a failed unit before a
+// start, waits for each job's end, and reports a failed job or a missing
+// bus as UNAVAILABLE with the unit named.
+func TestSystemdRunnerOverDBus(t *testing.T) {
+	addr := startBus(t)
+	sd := newFakeSystemd(t, addr)
+	var r controller.SystemdRunner
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	if _, err := r.Start(ctx, "web1", "/ignored/spec.json"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sd.takeCalls(), "ResetFailedUnit volant-vm@web1.service; StartUnit/replace volant-vm@web1.service"; got != want {
+		t.Fatalf("start called %q; want %q", got, want)
+	}
+	ok, err := r.Stop(ctx, "web1")
+	if err != nil || !ok {
+		t.Fatalf("stop: %v, %v", ok, err)
+	}
+	if got, want := sd.takeCalls(), "StopUnit/replace volant-vm@web1.service"; got != want {
+		t.Fatalf("stop called %q; want %q", got, want)
+	}
+
+	sd.mu.Lock()
+	sd.failed["volant-vm@bad.service"] = true
+	sd.mu.Unlock()
+	_, err = r.Start(ctx, "bad", "/ignored/spec.json")
+	if !apierr.Is(err, apierr.Unavailable) || !strings.Contains(err.Error(), "job failed") || !strings.Contains(err.Error(), "journalctl -u volant-vm@bad.service") {
+		t.Fatalf("a failed start job gave %v", err)
+	}
+	if _, err := r.Stop(ctx, "bad"); !apierr.Is(err, apierr.Unavailable) {
+		t.Fatalf("a failed stop job gave %v", err)
+	}
+
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(t.TempDir(), "none"))
+	if _, err := r.Start(ctx, "web1", ""); !apierr.Is(err, apierr.Unavailable) || !strings.Contains(err.Error(), "D-Bus") {
+		t.Fatalf("no bus gave %v", err)
+	}
+}
