@@ -292,6 +292,10 @@ func (c *Controller) cancelQueuedReplicas(ctx context.Context, name string, keep
 // DeleteDeployment deletes a deployment's replicas, then the deployment,
 // and returns it as it was.
 func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.Deployment, error) {
+	d, err := c.Deployment(ctx, name)
+	if err != nil {
+		return nil, err
+	}
 	// Before waiting for the deployment's lock: a reconcile pass may hold
 	// it while its creates wait for boot slots. With the desired count at
 	// zero the pass starts no more creates, and the queued ones give up.
@@ -307,9 +311,8 @@ func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.De
 		return nil, err
 	}
 	defer unlock()
-	d, err := c.Deployment(ctx, name)
-	if err != nil {
-		return nil, err
+	if _, err := c.Deployment(ctx, name); err != nil {
+		return nil, err // deleted meanwhile
 	}
 	sctx := context.WithoutCancel(ctx)
 	var vms []vmRow
