@@ -260,6 +260,26 @@ func (c *Controller) ScaleDeployment(ctx context.Context, name string, replicas 
 	return c.Deployment(ctx, name)
 }
 
+// lockDeploymentCancelingBoots takes the deployment's lock for its
+// deletion. While a reconcile pass holds the lock, it keeps ending the
+// boot-slot waits of the deployment's replicas, including those of creates
+// that were under way when the desired count went to zero and reach the
+// gate only later, so the pass finishes instead of waiting for slots.
+func (c *Controller) lockDeploymentCancelingBoots(ctx context.Context, name string) (func(), error) {
+	for {
+		c.cancelQueuedReplicas(ctx, name, 0)
+		wctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		unlock, err := c.locks.lock(wctx, "deployment:"+name)
+		cancel()
+		if err == nil {
+			return unlock, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+	}
+}
+
 // desiredReplicas is the deployment's replica count as stored now.
 func (c *Controller) desiredReplicas(ctx context.Context, name string) (int, error) {
 	var n int
@@ -305,8 +325,7 @@ func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.De
 	}); err != nil {
 		return nil, internal(err, "deleting deployment %s", name)
 	}
-	c.cancelQueuedReplicas(ctx, name, 0)
-	unlock, err := c.locks.lock(ctx, "deployment:"+name)
+	unlock, err := c.lockDeploymentCancelingBoots(ctx, name)
 	if err != nil {
 		return nil, err
 	}
