@@ -48,9 +48,20 @@ func newFixture(t *testing.T) *fixture {
 // (re)started daemon would, and reconciles it.
 func (f *fixture) controller() (*controller.Controller, *controller.ReconcileReport) {
 	f.t.Helper()
-	c, err := controller.New(controller.Config{Store: f.st, DataDir: f.dir, Runtime: f.rt, Network: f.nw,
-		// The fakes never report healthy: no boot admission (see TestBootGate).
-		Prober: controllertest.NewProber(), HealthInterval: 50 * time.Millisecond, MaxBooting: -1})
+	// The fakes never report healthy: no boot admission (see TestBootGate).
+	return f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1})
+}
+
+// controllerWith is controller with cfg's settings; the store, data
+// directory, runtime and network are the fixture's, the health interval
+// 50 ms unless set.
+func (f *fixture) controllerWith(cfg controller.Config) (*controller.Controller, *controller.ReconcileReport) {
+	f.t.Helper()
+	cfg.Store, cfg.DataDir, cfg.Runtime, cfg.Network = f.st, f.dir, f.rt, f.nw
+	if cfg.HealthInterval == 0 {
+		cfg.HealthInterval = 50 * time.Millisecond
+	}
+	c, err := controller.New(cfg)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -333,15 +344,7 @@ func TestReplicaName(t *testing.T) {
 func TestBootAdmission(t *testing.T) {
 	f := newFixture(t)
 	pr := controllertest.NewProber()
-	c, err := controller.New(controller.Config{Store: f.st, DataDir: f.dir, Runtime: f.rt, Network: f.nw,
-		Prober: pr, HealthInterval: 50 * time.Millisecond, MaxBooting: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(f.ctx)
-	done := make(chan struct{})
-	go func() { c.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	c, _ := f.controllerWith(controller.Config{Prober: pr, MaxBooting: 1})
 	f.plugin(c, "web")
 
 	v1, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "vm1", Plugin: "web"})
@@ -383,15 +386,7 @@ func ptr[T any](v T) *T { return &v }
 // answers, and the VM never started.
 func TestDeleteWhileQueuedForBoot(t *testing.T) {
 	f := newFixture(t)
-	c, err := controller.New(controller.Config{Store: f.st, DataDir: f.dir, Runtime: f.rt, Network: f.nw,
-		Prober: controllertest.NewProber(), HealthInterval: 50 * time.Millisecond, MaxBooting: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(f.ctx)
-	done := make(chan struct{})
-	go func() { c.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	c, _ := f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: 1})
 	f.plugin(c, "web")
 	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "vm1", Plugin: "web"}); err != nil {
 		t.Fatal(err)
@@ -481,18 +476,7 @@ func TestDeploymentStopsReplicasConcurrently(t *testing.T) {
 // give up, and the delete does not wait for the boot timeout.
 func TestDeleteDeploymentWhileBootsQueue(t *testing.T) {
 	f := newFixture(t)
-	c, err := controller.New(controller.Config{Store: f.st, DataDir: f.dir, Runtime: f.rt, Network: f.nw,
-		Prober: controllertest.NewProber(), HealthInterval: 50 * time.Millisecond, MaxBooting: 1, StartTimeout: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Reconcile(f.ctx); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(f.ctx)
-	done := make(chan struct{})
-	go func() { c.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	c, _ := f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: 1, StartTimeout: time.Minute})
 	f.plugin(c, "web")
 	if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "d", Plugin: "web", Replicas: 6}); err != nil {
 		t.Fatal(err)

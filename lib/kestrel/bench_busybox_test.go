@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/volantvm/volant/lib/kestrel/internal/vmtest"
 	"github.com/volantvm/volant/lib/kmod"
@@ -74,20 +73,7 @@ exec httpd -f -p 80 -h /srv
 				cfg.Initrd = busyboxInitrd
 			}
 			vm := vmtest.Boot(b, net, vmlinux, cfg)
-			client := net.PollClient()
-			for {
-				resp, err := client.Get("http://" + ip.String() + ":80/index.html")
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode == 200 {
-						break
-					}
-				}
-				if vm.Since() > bootTimeout {
-					b.Fatalf("%s: no HTTP 200 within %s:\n%s", variant, bootTimeout, vm.ConsoleText())
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			waitHTTP200(b, vm, net, "http://"+ip.String()+":80/index.html")
 			results[variant] = append(results[variant], float64(vm.Since().Milliseconds()))
 			vm.Quit()
 		}

@@ -279,6 +279,26 @@ func webManifest(rootfs bool) *manifest.Manifest {
 	return m
 }
 
+// waitHTTP200 polls url from inside n's namespace until it answers 200,
+// failing after bootTimeout from the VM's launch.
+func waitHTTP200(t testing.TB, vm *vmtest.VM, n *vmtest.Net, url string) {
+	t.Helper()
+	client := n.PollClient()
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if vm.Since() > bootTimeout {
+			t.Fatalf("%s: no HTTP 200 from %s within %s:\n%s", vm.Name, url, bootTimeout, vm.ConsoleText())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func encode(t testing.TB, m *manifest.Manifest) string {
 	t.Helper()
 	m.Normalize()
@@ -429,20 +449,7 @@ func TestVMPowerButtonEarly(t *testing.T) {
 	mac := "02:00:00:00:00:78"
 	vm := vmtest.Boot(t, n, vmlinux, vmtest.Config{Name: "early-off", Initrd: im.Write(), IP: ip, MAC: mac,
 		Cmdline: "volant.vm=early volant.ip=" + ip.String() + "/24 volant.gw=192.168.127.1 volant.manifest=" + encode(t, webManifest(false))})
-	client := n.PollClient()
-	for {
-		resp, err := client.Get("http://" + ip.String() + ":80/index.html")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if vm.Since() > bootTimeout {
-			t.Fatalf("no HTTP 200 within %s:\n%s", bootTimeout, vm.ConsoleText())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitHTTP200(t, vm, n, "http://"+ip.String()+":80/index.html")
 	vm.PowerButton()
 	if err := vm.Wait(30 * time.Second); err != nil {
 		t.Fatalf("the power button pressed as the workload came up did not power the guest off: %v\n%s", err, vm.ConsoleText())

@@ -15,7 +15,9 @@ import (
 	"github.com/volantvm/volant/lib/bootargs"
 )
 
-func examples(t testing.TB) map[string][]byte {
+// ManifestExamples returns testdata/examples/*.json by file name (exported for the
+// external test package: schema_test.go).
+func ManifestExamples(t testing.TB) map[string][]byte {
 	t.Helper()
 	files, err := filepath.Glob("testdata/examples/*.json")
 	if err != nil || len(files) == 0 {
@@ -33,7 +35,7 @@ func examples(t testing.TB) map[string][]byte {
 }
 
 func TestExamplesRoundTrip(t *testing.T) {
-	for name, data := range examples(t) {
+	for name, data := range ManifestExamples(t) {
 		t.Run(name, func(t *testing.T) {
 			m, err := Parse(data)
 			if err != nil {
@@ -142,7 +144,7 @@ func TestNormalizeDefaults(t *testing.T) {
 }
 
 func TestBootArgs(t *testing.T) {
-	m, err := Parse(examples(t)["nginx-rootfs.json"])
+	m, err := Parse(ManifestExamples(t)["nginx-rootfs.json"])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +216,7 @@ func TestDecodeStringRejectsGarbage(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	for _, b := range examples(f) {
+	for _, b := range ManifestExamples(f) {
 		f.Add(b)
 	}
 	files, _ := filepath.Glob("testdata/invalid/*.json")
@@ -245,7 +247,7 @@ func FuzzParse(f *testing.F) {
 }
 
 func FuzzDecodeString(f *testing.F) {
-	for _, b := range examples(f) {
+	for _, b := range ManifestExamples(f) {
 		m, err := Parse(b)
 		if err != nil {
 			f.Fatal(err)
