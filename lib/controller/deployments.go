@@ -348,9 +348,6 @@ func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.De
 	}); err != nil {
 		return nil, internal(err, "deleting deployment %s", name)
 	}
-	for _, v := range vms {
-		c.boots.cancelWait(v.Name)
-	}
 	if errs := c.deleteReplicas(sctx, vms, "deployment deleted"); len(errs) > 0 {
 		return nil, fmt.Errorf("deleting deployment %s: %w", name, errors.Join(errs...))
 	}

@@ -14,9 +14,9 @@
 //   - drivers that only match PCI devices (virtio_pci) are skipped on a
 //     machine without a PCI bus (QEMU's microvm);
 //   - modules the caller names as "later" (on the initramfs path kestrel
-//     holds back the power button's, the virtio console's and, for a
-//     plugin without disks, virtio_blk) are left out of the boot and
-//     loaded with LoadLater once the workload has started.
+//     holds back the virtio console's and, for a plugin without disks,
+//     virtio_blk: see boot.LateModules) are left out of the boot and
+//     loaded with LoadLater once the workload is up.
 //
 // A required module that fails is an error; soft-dependency alternatives
 // (crc32c_intel needs SSE4.2) may fail, and are skipped.
