@@ -259,7 +259,9 @@ func TestAfterStart(t *testing.T) {
 			}})
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
-			go func() { done <- a.Run(ctx, nil, r, func(context.Context) (*manifest.Manifest, error) { return m, nil }) }()
+			go func() {
+				done <- a.Run(ctx, nil, r, func(context.Context) (*manifest.Manifest, error) { return m, nil })
+			}()
 			var st agentapi.Status
 			select {
 			case st = <-first:
