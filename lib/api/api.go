@@ -254,6 +254,13 @@ const (
 	// lib/ipam appends these in the transactions that lease and release.
 	EventIPLeased   = "ip.leased"   // {"ip","prefix","gateway","mac"}
 	EventIPReleased = "ip.released" // {"ip","prefix","gateway","mac","reason"}
+
+	// EventsPruned is not stored: the stream sends it, with ID 0 and no
+	// SSE id, before replaying when the log no longer holds every event
+	// after the position asked for (the oldest were pruned), whatever the
+	// type filter. {"after","first_kept","missed"}: first_kept is 0 when
+	// the log is empty; missed counts the events lost.
+	EventsPruned = "events.pruned"
 )
 
 // EventTypes lists the event types volantd emits.

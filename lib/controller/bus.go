@@ -222,6 +222,19 @@ func LastEventID(ctx context.Context, st *store.Store) (int64, error) {
 	return id.Int64, nil
 }
 
+// FirstEventID returns the ID of the oldest event the log holds, 0 when it
+// holds none.
+func FirstEventID(ctx context.Context, st *store.Store) (int64, error) {
+	var id sql.NullInt64
+	err := st.Read(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT min(id) FROM events`).Scan(&id)
+	})
+	if err != nil {
+		return 0, internal(err, "reading the oldest event id")
+	}
+	return id.Int64, nil
+}
+
 // PruneEvents deletes all but the newest keep events.
 func PruneEvents(ctx context.Context, st *store.Store, keep int) error {
 	return st.Tx(ctx, func(tx *sql.Tx) error {

@@ -143,6 +143,7 @@ func (s *Server) routes() []route {
 		{method: "GET", path: api.Prefix + "/events", id: "events", tag: "events",
 			summary: "The event stream (Server-Sent Events). Each event: id, event (its type), data (the Event as JSON). " +
 				"Reconnect with Last-Event-ID (or ?since=) to get every event after that id; without either, only new events. " +
+				"When the log was pruned past that id, an events.pruned event (id 0, no SSE id) comes first, saying how many are lost. " +
 				"A reader that falls behind is disconnected and resumes.",
 			query: []param{{name: "since", typ: "integer", desc: "replay events after this id (0: the whole retained log)"},
 				{name: "type", typ: "string", desc: "comma-separated event types to keep; vm.* matches a prefix"}},

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/store"
 )
 
 // events serves GET /api/v1/events. The stream starts with an id-only
@@ -46,13 +48,20 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 
 	sub := s.ctl.Bus().Subscribe(s.opts.SSEBuffer)
 	defer sub.Cancel()
+	st := s.ctl.Config().Store
+	last, err := controller.LastEventID(ctx, st)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	var pruned *api.Event
 	if from < 0 {
-		last, err := controller.LastEventID(ctx, s.ctl.Config().Store)
-		if err != nil {
+		from = last
+	} else if from < last {
+		if pruned, err = prunedSince(ctx, st, from, last); err != nil {
 			writeError(w, r, err)
 			return
 		}
-		from = last
 	}
 
 	rc := http.NewResponseController(w)
@@ -70,6 +79,13 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		return true
 	}
 	bw.WriteString("retry: 2000\nid: " + strconv.FormatInt(from, 10) + "\n\n")
+	if pruned != nil {
+		// No id: line, so a client's resume position stays where it was.
+		data, _ := json.Marshal(pruned)
+		bw.WriteString("event: " + pruned.Type + "\ndata: ")
+		bw.Write(data)
+		bw.WriteString("\n\n")
+	}
 	if !flush() {
 		return
 	}
@@ -95,7 +111,6 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// Replay from the table.
-	st := s.ctl.Config().Store
 	for {
 		evs, err := st.EventsSince(ctx, from, 500)
 		if err != nil {
@@ -154,4 +169,23 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+}
+
+// prunedSince returns the events.pruned notice for a stream resuming after
+// id from when the log lost events after it (last is the newest id ever
+// written), or nil.
+func prunedSince(ctx context.Context, st *store.Store, from, last int64) (*api.Event, error) {
+	first, err := controller.FirstEventID(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	missed := first - from - 1
+	if first == 0 {
+		missed = last - from
+	}
+	if missed <= 0 {
+		return nil, nil
+	}
+	data, _ := json.Marshal(map[string]int64{"after": from, "first_kept": first, "missed": missed})
+	return &api.Event{Type: api.EventsPruned, Data: data, Timestamp: time.Now().UTC()}, nil
 }

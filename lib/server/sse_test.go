@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -164,6 +165,78 @@ func TestSSEFormatAndResume(t *testing.T) {
 	for _, q := range []string{"?since=-1", "?since=abc"} {
 		code, body := e.do("GET", "/api/v1/events"+q, "", nil)
 		e.apiErr(code, body, 400, apierr.InvalidInput)
+	}
+}
+
+// TestResumeAfterPrunedEvents: a stream resuming from a position older
+// than the log holds says so first, with how many events it cannot replay,
+// and then replays what is kept; a position the log still covers, or none,
+// gets no notice.
+func TestResumeAfterPrunedEvents(t *testing.T) {
+	e := newEnv(t)
+	e.install("web")
+	e.install("db")
+	e.install("cache")
+	all := e.allIDs(0)
+	if len(all) < 3 {
+		t.Fatalf("events: %v", all)
+	}
+	if err := controller.PruneEvents(e.ctx, e.st, 2); err != nil {
+		t.Fatal(err)
+	}
+	kept := e.allIDs(0)
+	if len(kept) != 2 {
+		t.Fatalf("kept %v", kept)
+	}
+	open := func(lastID int64) *bufio.Reader {
+		req, _ := http.NewRequestWithContext(e.ctx, "GET", e.ts.URL+"/api/v1/events", nil)
+		req.Header.Set("Last-Event-ID", strconv.FormatInt(lastID, 10))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return bufio.NewReader(resp.Body)
+	}
+
+	from := all[0] - 1 // before everything ever written
+	evs, err := readSSE(t, open(from), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gap := evs[1]
+	var notice api.Event
+	if err := json.Unmarshal([]byte(gap.data), &notice); err != nil {
+		t.Fatal(err)
+	}
+	wantData := fmt.Sprintf(`{"after":%d,"first_kept":%d,"missed":%d}`, from, kept[0], kept[0]-from-1)
+	if gap.typ != api.EventsPruned || gap.id != "" || notice.ID != 0 || notice.Type != api.EventsPruned || string(notice.Data) != wantData {
+		t.Fatalf("notice %+v (data %s), want %s", gap, notice.Data, wantData)
+	}
+	if evs[2].id != strconv.FormatInt(kept[0], 10) || evs[3].id != strconv.FormatInt(kept[1], 10) {
+		t.Fatalf("after the notice: %+v", evs[2:])
+	}
+
+	// Resuming inside what is kept: no notice, straight to the events.
+	evs, err = readSSE(t, open(kept[0]), 2)
+	if err != nil || evs[1].typ == api.EventsPruned || evs[1].id != strconv.FormatInt(kept[1], 10) {
+		t.Fatalf("resume within the log: %+v %v", evs, err)
+	}
+
+	// lib/client hands the notice over like an event and keeps its place
+	// (from is 0 here: the whole retained log).
+	es, err := e.c.Events(e.ctx, api.EventOptions{FromStart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es.Close()
+	first, err := es.Next()
+	if err != nil || first.Type != api.EventsPruned || es.LastID() != from {
+		t.Fatalf("client: %+v %v, last id %d", first, err, es.LastID())
+	}
+	next, err := es.Next()
+	if err != nil || next.ID != kept[0] {
+		t.Fatalf("client after the notice: %+v %v", next, err)
 	}
 }
 
