@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -24,7 +25,7 @@ func verifyUnit(t *testing.T, unit string) string {
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		netnstest.SkipOrFail(t, "systemd-analyze not installed (Debian package systemd)")
 	}
-	bin := launchBinary(t)
+	bin := guesttest.Command(t, "volant-launch")
 	unit = strings.ReplaceAll(unit, "/usr/local/bin/volant-launch", bin)
 	dir := t.TempDir()
 	for _, n := range []string{"volant-vm@.service", "volant-vm@x.service"} {

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,46 +27,10 @@ import (
 	"github.com/volantvm/volant/lib/vmm/vmmtest"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
 	vmmtest.CleanupBuilds()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
 	os.Exit(code)
-}
-
-// launchBinary builds this command once per test process ($VOLANT_BIN/
-// volant-launch when the Makefile passes it).
-func launchBinary(t *testing.T) string {
-	t.Helper()
-	if d := os.Getenv("VOLANT_BIN"); d != "" {
-		if p := filepath.Join(d, "volant-launch"); fileExists(p) {
-			return p
-		}
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "volant-launch-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "volant-launch")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
 }
 
 // vmGuest is what a test VM boots: an initramfs plugin and how to reach
@@ -157,7 +120,7 @@ func newWorld(t *testing.T, name string) *vmWorld {
 	ns.Run("ip", "link", "set", tap, "up")
 	dir := t.TempDir()
 	w := &vmWorld{
-		ns: ns, bin: launchBinary(t), kernelDir: k.Dir, dir: dir,
+		ns: ns, bin: guesttest.Command(t, "volant-launch"), kernelDir: k.Dir, dir: dir,
 		runDir: filepath.Join(dir, "run", name), log: filepath.Join(dir, "serial.log"),
 		guest: newGuest(t, k),
 	}

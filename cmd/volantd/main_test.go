@@ -22,6 +22,7 @@ import (
 	"github.com/volantvm/volant/lib/cli/clitest"
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/server"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor/chtest"
 )
 
@@ -52,6 +53,7 @@ var (
 // ($VOLANT_BIN/volant-launch when the Makefile provides it).
 func bins(t testing.TB) string {
 	t.Helper()
+	launcher := guesttest.Command(t, "volant-launch")
 	binOnce.Do(func() {
 		binDir, binErr = os.MkdirTemp("", "volantd-bins-")
 		if binErr != nil {
@@ -67,17 +69,7 @@ func bins(t testing.TB) string {
 				return
 			}
 		}
-		launcher := filepath.Join(binDir, "volant-launch")
-		if b := os.Getenv("VOLANT_BIN"); b != "" {
-			if _, err := os.Stat(filepath.Join(b, "volant-launch")); err == nil {
-				binErr = os.Symlink(filepath.Join(b, "volant-launch"), launcher)
-				return
-			}
-		}
-		out, err := exec.Command("go", "build", "-o", launcher, "github.com/volantvm/volant/cmd/volant-launch").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("building volant-launch: %v: %s", err, out)
-		}
+		binErr = os.Symlink(launcher, filepath.Join(binDir, "volant-launch"))
 	})
 	if binErr != nil {
 		t.Fatal(binErr)

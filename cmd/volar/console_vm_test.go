@@ -33,6 +33,7 @@ var (
 // test process.
 func realBinaries(t *testing.T) string {
 	t.Helper()
+	cmds := map[string]string{"volantd": guesttest.Command(t, "volantd"), "volant-launch": guesttest.Command(t, "volant-launch")}
 	vmBinsOnce.Do(func() {
 		vmBins, vmBinsErr = os.MkdirTemp("", "volar-bins-")
 		if vmBinsErr != nil {
@@ -43,29 +44,17 @@ func realBinaries(t *testing.T) string {
 			vmBinsErr = err
 			return
 		}
-		build := func(out, pkg string, env ...string) error {
-			cmd := exec.Command("go", "build", "-tags", "libsqlite3", "-o", filepath.Join(vmBins, out), pkg)
-			cmd.Dir = root
-			cmd.Env = append(os.Environ(), env...)
-			if b, err := cmd.CombinedOutput(); err != nil {
-				return fmt.Errorf("building %s: %v: %s", pkg, err, b)
-			}
-			return nil
-		}
-		for _, n := range []string{"volantd", "volant-launch"} {
-			if b := os.Getenv("VOLANT_BIN"); b != "" {
-				if _, err := os.Stat(filepath.Join(b, n)); err == nil {
-					if vmBinsErr = os.Symlink(filepath.Join(b, n), filepath.Join(vmBins, n)); vmBinsErr != nil {
-						return
-					}
-					continue
-				}
-			}
-			if vmBinsErr = build(n, "./cmd/"+n); vmBinsErr != nil {
+		for n, p := range cmds {
+			if vmBinsErr = os.Symlink(p, filepath.Join(vmBins, n)); vmBinsErr != nil {
 				return
 			}
 		}
-		vmBinsErr = build("consoleinit", "./cmd/volar/testdata/consoleinit", "CGO_ENABLED=0")
+		cmd := exec.Command("go", "build", "-o", filepath.Join(vmBins, "consoleinit"), "./cmd/volar/testdata/consoleinit")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			vmBinsErr = fmt.Errorf("building consoleinit: %v: %s", err, b)
+		}
 	})
 	if vmBinsErr != nil {
 		t.Fatal(vmBinsErr)

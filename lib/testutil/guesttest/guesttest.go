@@ -1,6 +1,6 @@
 // Package guesttest gives real-VM tests what they need to boot a guest: the
-// guest kernel (scripts/fetch-kernel.sh), QEMU, and a kestrel binary built
-// from this checkout. Missing pieces skip the test, or fail it when
+// guest kernel (scripts/fetch-kernel.sh), QEMU, and kestrel and the other
+// commands built from this checkout. Missing pieces skip the test, or fail it when
 // privileged tests are demanded (CI=true or VOLANT_TEST_PRIVILEGED=1).
 package guesttest
 
@@ -48,11 +48,14 @@ func QEMU(t testing.TB) string {
 	return p
 }
 
-var (
-	buildOnce sync.Once
-	built     string
-	buildErr  error
-)
+// builds holds one build per command per test process.
+var builds sync.Map // name -> *build
+
+type build struct {
+	once sync.Once
+	path string
+	err  error
+}
 
 // Kestrel returns a static kestrel binary: $VOLANT_KESTREL when set (the
 // Makefile passes bin/kestrel), else one built from this checkout once per
@@ -65,37 +68,67 @@ func Kestrel(t testing.TB) string {
 		}
 		return p
 	}
-	buildOnce.Do(func() {
+	return buildCommand(t, "kestrel", "-trimpath", "-ldflags", "-s -w")
+}
+
+// Command returns the binary of cmd/<name>: $VOLANT_BIN/<name> when the
+// Makefile provides it, else one built from this checkout (with the
+// system SQLite, as the Makefile builds) once per test process.
+func Command(t testing.TB, name string) string {
+	t.Helper()
+	if d := os.Getenv("VOLANT_BIN"); d != "" {
+		if p := filepath.Join(d, name); fileExists(p) {
+			return p
+		}
+	}
+	return buildCommand(t, name, "-tags", "libsqlite3 containers_image_openpgp")
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
+}
+
+// buildCommand builds ./cmd/<name> with flags once per test process (kestrel
+// without cgo). Builds share one directory and are named by their content,
+// replaced atomically by each test process, so test runs leave no trail
+// of temporary directories.
+func buildCommand(t testing.TB, name string, flags ...string) string {
+	t.Helper()
+	v, _ := builds.LoadOrStore(name, &build{})
+	b := v.(*build)
+	b.once.Do(func() {
 		root, err := ModuleRoot()
 		if err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
-		// One shared path, replaced atomically by each test process, so
-		// test runs leave no trail of temporary directories.
-		dir := filepath.Join(os.TempDir(), "volant-test-kestrel")
+		dir := filepath.Join(os.TempDir(), "volant-test-bin")
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
-		tmp := filepath.Join(dir, fmt.Sprintf(".kestrel-%d", os.Getpid()))
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", tmp, "./cmd/kestrel")
+		tmp := filepath.Join(dir, fmt.Sprintf(".%s-%d", name, os.Getpid()))
+		args := append(append([]string{"build"}, flags...), "-o", tmp, "./cmd/"+name)
+		cmd := exec.Command("go", args...)
 		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if name == "kestrel" {
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			os.Remove(tmp)
-			buildErr = &buildError{err: err, out: string(out)}
+			b.err = &buildError{err: err, out: string(out)}
 			return
 		}
-		built = filepath.Join(dir, fmt.Sprintf("kestrel-%x", sha256File(tmp)))
-		if err := os.Rename(tmp, built); err != nil {
-			buildErr = err
+		b.path = filepath.Join(dir, fmt.Sprintf("%s-%x", name, sha256File(tmp)))
+		if err := os.Rename(tmp, b.path); err != nil {
+			b.err = err
 		}
 	})
-	if buildErr != nil {
-		t.Fatalf("building kestrel: %v", buildErr)
+	if b.err != nil {
+		t.Fatalf("building %s: %v", name, b.err)
 	}
-	return built
+	return b.path
 }
 
 type buildError struct {
