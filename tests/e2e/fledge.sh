@@ -48,7 +48,7 @@ tail -n1 "$tmp/err" | jq -e '.code == "INVALID_INPUT" and (.details.errors | len
 
 # The boot initramfs of rootfs plugins.
 boot=$(fledge boot-initramfs -o "$tmp/boot.cpio.gz" --kernel-modules "$mods" "${kestrel[@]}")
-zcat "$tmp/boot.cpio.gz" | cpio -t --quiet | grep -qx "lib/modules/$release/modules.dep" || fail "boot initramfs has no module index"
+zcat "$tmp/boot.cpio.gz" | cpio -t --quiet | grep -cx "lib/modules/$release/modules.dep" >/dev/null || fail "boot initramfs has no module index"
 jq -e '.kind == "fledge.boot-initramfs" and (.modules | length) > 5' <<<"$boot" >/dev/null || fail "boot result $boot"
 
 # A rootfs plugin from an OCI layout (needs root: owners are kept).
@@ -72,8 +72,8 @@ if [[ $(id -u) == 0 ]]; then
 	r=$(fledge build -q -c "$tmp/proj/fledge.toml" -o "$tmp/rootfs" "${kestrel[@]}")
 	img=$(jq -r .artifact <<<"$r")
 	e2fsck -fn "$img" >/dev/null 2>&1 || fail "e2fsck -fn $img"
-	debugfs -R 'ls /bin' "$img" 2>/dev/null | grep -qw kestrel || fail "no /bin/kestrel in the image"
-	debugfs -R 'cat /srv/index.html' "$img" 2>/dev/null | grep -qx hello || fail "image content"
+	debugfs -R 'ls /bin' "$img" 2>/dev/null | grep -cw kestrel >/dev/null || fail "no /bin/kestrel in the image"
+	debugfs -R 'cat /srv/index.html' "$img" 2>/dev/null | grep -cx hello >/dev/null || fail "image content"
 	volant-manifest validate "$(jq -r .manifest <<<"$r")" |
 		jq -e '.manifest.workload.base_url == "http://127.0.0.1:8000" and .manifest.rootfs.fstype == "ext4" and (.manifest.workload.entrypoint | join(" ")) == "/bin/busybox httpd -f -p 8000 -h /srv"' >/dev/null ||
 		fail "rootfs manifest"

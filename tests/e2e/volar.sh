@@ -75,16 +75,16 @@ cat >"$tmp/httpd.json" <<EOF
  "health_check":{"endpoint":"/","interval_ms":500}}
 EOF
 [[ $(volar plugins install --manifest "$tmp/httpd.json") == "Plugin httpd 1.0 installed" ]] || fail "plugins install"
-volar -q plugins list | grep -qx httpd || fail "plugins list"
+volar -q plugins list | grep -cx httpd >/dev/null || fail "plugins list"
 
 # A VM: the spec's sentence, progress on stderr, running, reachable.
 out=$(volar vms create web1 --plugin httpd --wait --timeout 90s 2>"$tmp/progress") || fail "vms create --wait: $out $(cat "$tmp/progress")"
 [[ $out == $'VM web1 created with IP 192.168.127.100\nVM web1 is running' ]] || fail "vms create said: $out"
 grep -q "health check passed" "$tmp/progress" || fail "no progress on stderr: $(cat "$tmp/progress")"
 [[ $(volar -o json vms show web1 | jq -r .state) == running ]] || fail "web1 is not running"
-x curl -fsS --max-time 10 http://192.168.127.100/ | grep -q "hello from volar" || fail "the guest does not answer HTTP"
+x curl -fsS --max-time 10 http://192.168.127.100/ | grep -c "hello from volar" >/dev/null || fail "the guest does not answer HTTP"
 volar vms list | grep -E '^web1 +httpd +running +192\.168\.127\.100' >/dev/null || fail "vms list: $(volar vms list)"
-volar vms logs web1 | grep -q "kestrel" || fail "vms logs has no kestrel lines"
+volar vms logs web1 | grep -c "kestrel" >/dev/null || fail "vms logs has no kestrel lines"
 volar -o json events --since 0 --type vm.healthy >"$tmp/events" &
 ev=$!
 sleep 2
