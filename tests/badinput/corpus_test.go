@@ -1,0 +1,99 @@
+// Package badinput is Volant's bad-input corpus: requests a careless or
+// hostile user sends, each with the one outcome allowed, a clear error and
+// no change. CI runs it with the rest of `go test ./...`; a fixed bug
+// stays fixed because its case stays here.
+//
+// Cases are JSON Lines files, one case per line ('#' starts a comment line;
+// blank lines are ignored), decoded strictly: a misspelled field fails the
+// test instead of being ignored. Each directory holds one kind of case and
+// has its own runner:
+//
+//	stdio/<command>.jsonl   runs bin/<command> (stdio_test.go)
+//
+// A stdio case is
+//
+//	{"name":"...", "args":[...], "stdin":"...", "code":"USAGE",
+//	 "setup":[{"args":[...],"stdin":"..."}], "netns":false, "issue":"21"}
+//
+// The command runs in an empty scratch directory $TMP (its working
+// directory; "$TMP" in args and stdin is replaced by its path) with
+// VOLANT_DB=$TMP/volant.db. setup steps run first and must succeed. The
+// case passes when the command exits with the exit status of code, writes
+// nothing on stdout, ends stderr with one JSON error object carrying code,
+// and leaves $TMP exactly as setup left it (names, modes, contents). With
+// "netns":true the steps run inside a network namespace the test creates,
+// whose links, addresses, nftables ruleset and ip_forward must not change
+// either. "issue" names where the case comes from.
+//
+// To add a case, append a line; to cover a new command, add a file named
+// after it. The run ends by printing on stderr the number of cases and how
+// many ended in a clear error with no change.
+package badinput
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// readCases decodes every line of the JSON Lines files matching pattern
+// into values of T, strictly, keyed by "<file>:<line>".
+func readCases[T any](t *testing.T, pattern string) []located[T] {
+	t.Helper()
+	files, err := filepath.Glob(pattern)
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no case files match %s", pattern)
+	}
+	sort.Strings(files)
+	var out []located[T]
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		sc.Buffer(nil, 1<<20)
+		for n := 1; sc.Scan(); n++ {
+			line := strings.TrimSpace(sc.Text())
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			var c T
+			dec := json.NewDecoder(strings.NewReader(line))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&c); err != nil || dec.More() {
+				t.Fatalf("%s:%d: not one case object: %v", f, n, err)
+			}
+			out = append(out, located[T]{File: f, Line: n, Case: c})
+		}
+		if err := sc.Err(); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+	}
+	return out
+}
+
+type located[T any] struct {
+	File string
+	Line int
+	Case T
+}
+
+// tally counts the cases run and those that ended as they must, for the
+// summary TestMain prints.
+var tally struct{ cases, clear atomic.Int64 }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if n := tally.cases.Load(); n > 0 {
+		fmt.Fprintf(os.Stderr, "badinput: %d cases, %d ended in a clear error with no change\n", n, tally.clear.Load())
+	}
+	os.Exit(code)
+}
