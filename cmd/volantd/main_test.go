@@ -94,6 +94,13 @@ type volantdProc struct {
 // netns exec ...). It returns once the daemon answers /healthz.
 func startDaemon(t testing.TB, dir string, wrap []string, env []string, args ...string) *volantdProc {
 	t.Helper()
+	return startDaemonFiles(t, dir, wrap, nil, env, args...)
+}
+
+// startDaemonFiles is startDaemon whose process (wrap's first program)
+// inherits files from fd 3 on (a kvmtest stand-in's FUSE device).
+func startDaemonFiles(t testing.TB, dir string, wrap []string, files []*os.File, env []string, args ...string) *volantdProc {
+	t.Helper()
 	b := bins(t)
 	sock := filepath.Join(dir, "volantd.sock")
 	argv := append(append([]string{}, wrap...), filepath.Join(b, "volantd"),
@@ -109,6 +116,7 @@ func startDaemon(t testing.TB, dir string, wrap []string, env []string, args ...
 	d.cmd.Env = append(append(os.Environ(), "PATH="+b+":"+os.Getenv("PATH")), env...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	d.cmd.ExtraFiles = files
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/volantvm/volant/lib/initramfs"
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/store"
+	"github.com/volantvm/volant/lib/testutil/kvmtest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor/chtest"
 )
@@ -67,18 +68,20 @@ func newFakeHost(t testing.TB) *fakeHost {
 	return h
 }
 
-// start runs volantd inside the namespace. The fake needs a KVM that runs
-// stock kernels; this host's is PVM-only, so volantd runs in a mount
-// namespace where /sys/module is empty (ip netns exec gives it its own
-// /sys already); the host is untouched.
+// start runs volantd inside the namespace. The fake Cloud Hypervisor counts
+// as usable only with a KVM that runs stock kernels, which this host may not
+// have (none, or PVM-only): volantd runs with a stand-in /dev/kvm and an
+// empty /sys/module in a mount namespace of its own (kvmtest), the same on
+// every host; the host is untouched.
 func (h *fakeHost) start(t testing.TB, extra ...string) *volantdProc {
 	t.Helper()
-	wrap := []string{"ip", "netns", "exec", h.ns.Name, "sh", "-c", `mount -t tmpfs tmpfs /sys/module && exec "$@"`, "sh"}
+	kvm, files := kvmtest.Wrap(t)
+	wrap := append([]string{"ip", "netns", "exec", h.ns.Name}, kvm...)
 	// The fake guests never become healthy, so boots are not admitted a
 	// few at a time (--max-booting -1): each would hold its slot until
 	// the start timeout.
 	args := append([]string{"--vmm", "cloud-hypervisor", "--kernel", h.kernel, "--health-interval", "1s", "--stop-timeout", "2s", "--max-booting", "-1"}, extra...)
-	return startDaemon(t, h.dir, wrap, nil, args...)
+	return startDaemonFiles(t, h.dir, wrap, files, nil, args...)
 }
 
 // procs maps the pids of the namespace's processes to their program names.
@@ -128,7 +131,7 @@ func (h *fakeHost) taps(t *testing.T) []hostnet.Tap {
 // orphan hypervisors, no duplicate addresses, no orphan taps, and every VM
 // whose run is alive is adopted; interrupted creates are finished.
 func TestKillDuringCreatesThenRestart(t *testing.T) {
-	netnstest.Require(t, "sh", "mount")
+	kvmtest.Require(t)
 	h := newFakeHost(t)
 	d1 := h.start(t)
 	ctx := context.Background()
@@ -138,15 +141,38 @@ func TestKillDuringCreatesThenRestart(t *testing.T) {
 
 	const n = 20
 	var wg sync.WaitGroup
+	var mu sync.Mutex
 	results := make([]error, n)
+	returned := 0
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, results[i] = d1.c.CreateVM(ctx, api.CreateVMRequest{Name: fmt.Sprintf("vm%02d", i), Plugin: "app"})
+			_, err := d1.c.CreateVM(ctx, api.CreateVMRequest{Name: fmt.Sprintf("vm%02d", i), Plugin: "app"})
+			mu.Lock()
+			results[i] = err
+			returned++
+			mu.Unlock()
 		}()
 	}
 	// Kill once some VMs run and the rest are somewhere in their steps.
+	// If none comes up, say why: the creates' own errors and the VMs'.
+	whyNone := func(err error) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "listing VMs: %v", err)
+		mu.Lock()
+		for i, e := range results {
+			if e != nil {
+				fmt.Fprintf(&b, "\n  create vm%02d: %v", i, e)
+			}
+		}
+		mu.Unlock()
+		vms, _ := d1.c.ListVMs(ctx, api.VMFilter{})
+		for _, v := range vms {
+			fmt.Fprintf(&b, "\n  %s: %s step=%q pid=%d error=%q", v.Name, v.State, v.Step, v.PID, v.Error)
+		}
+		return b.String()
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		vms, err := d1.c.ListVMs(ctx, api.VMFilter{})
@@ -160,8 +186,14 @@ func TestKillDuringCreatesThenRestart(t *testing.T) {
 			t.Logf("killing volantd with %d VMs recorded, %d with a hypervisor", len(vms), running)
 			break
 		}
+		mu.Lock()
+		all := returned == n
+		mu.Unlock()
+		if all {
+			t.Fatalf("every create returned before 3 VMs ran: %s", whyNone(err))
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no VM came up: %v", err)
+			t.Fatalf("no VM came up in 60 s: %s", whyNone(err))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
