@@ -95,8 +95,9 @@
 // Ctrl-] detaches (change it with --escape ^X, or --escape none); the
 // terminal is restored however the session ends. When stdin is not a
 // terminal, its bytes are sent and the session ends once stdin ends and the
-// guest has been quiet for a second. Hypervisors without a console socket
-// (Cloud Hypervisor here) answer NOT_SUPPORTED; use `vms logs --follow`.
+// guest has been quiet for a second. QEMU and Cloud Hypervisor VMs both
+// have a console (volant-launch relays CH's); a run without a console
+// socket answers NOT_SUPPORTED: use `vms logs --follow`.
 //
 // # Events
 //
