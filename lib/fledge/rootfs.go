@@ -267,7 +267,7 @@ func memAvailable() int64 {
 
 // localTransports name files or directories; relative paths in them
 // resolve against fledge.toml's folder.
-var localTransports = []string{"oci", "oci-archive", "docker-archive", "dir", "tarball", "sif"}
+var localTransports = []string{"oci", "oci-archive", "docker-archive", "dir"}
 
 // imageRef is [source] image with relative local paths made absolute.
 func (c *Config) imageRef() string {

@@ -3,10 +3,11 @@
 # binaries from PATH (make build), results piped through jq and
 # volant-manifest. Builds the busybox-httpd example twice (same bytes), a
 # rootfs plugin from an OCI layout made with umoci, and the boot initramfs;
-# checks artifacts with cpio, e2fsck and debugfs; a bad fledge.toml must
+# the same image copied by skopeo into a dir: with zstd layers (a relative
+# path with capitals); checks artifacts with cpio, e2fsck and debugfs; a bad fledge.toml must
 # fail with exit 3 and leave nothing behind. No network is used.
 set -euo pipefail
-for t in fledge volant-manifest jq cpio e2fsck debugfs umoci sha256sum; do
+for t in fledge volant-manifest jq cpio e2fsck debugfs umoci skopeo sha256sum; do
 	command -v "$t" >/dev/null || { echo "$t not on PATH (make build / make deps)" >&2; exit 1; }
 done
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -77,6 +78,16 @@ if [[ $(id -u) == 0 ]]; then
 	volant-manifest validate "$(jq -r .manifest <<<"$r")" |
 		jq -e '.manifest.workload.base_url == "http://127.0.0.1:8000" and .manifest.rootfs.fstype == "ext4" and (.manifest.workload.entrypoint | join(" ")) == "/bin/busybox httpd -f -p 8000 -h /srv"' >/dev/null ||
 		fail "rootfs manifest"
+
+	# The same image as `skopeo copy … dir:PATH` writes it, zstd layers,
+	# named by a relative path with capitals.
+	skopeo --insecure-policy copy -q --dest-compress --dest-compress-format zstd "oci:$tmp/layout:1.0" "dir:$tmp/Skopeo-Dir"
+	grep -q zstd "$tmp/Skopeo-Dir/manifest.json" || fail "skopeo wrote no zstd layer"
+	sed -i 's|^image = .*|image = "dir:../Skopeo-Dir"|' "$tmp/proj/fledge.toml"
+	r=$(fledge build -q -c "$tmp/proj/fledge.toml" -o "$tmp/rootfs-dir" "${kestrel[@]}") || fail "build from dir:"
+	jq -e --arg ref "dir:$tmp/Skopeo-Dir" '.image == $ref' <<<"$r" >/dev/null || fail "dir: result $r"
+	img=$(jq -r .artifact <<<"$r")
+	debugfs -R 'cat /srv/index.html' "$img" 2>/dev/null | grep -cx hello >/dev/null || fail "dir: image content"
 else
 	echo "fledge.sh: not root, skipping the rootfs build" >&2
 fi

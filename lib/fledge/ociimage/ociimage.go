@@ -37,6 +37,7 @@ import (
 	"strings"
 	"syscall"
 
+	_ "github.com/containers/image/v5/directory" // registers dir:
 	"github.com/containers/image/v5/docker"
 	_ "github.com/containers/image/v5/docker/archive" // registers docker-archive:
 	"github.com/containers/image/v5/image"
@@ -116,6 +117,10 @@ func ParseReference(s string) (types.ImageReference, error) {
 	}
 	name := s
 	if transportOf(s) == nil {
+		if prefix, _, ok := strings.Cut(s, ":"); ok && unlinked[prefix] {
+			return nil, apierr.New(apierr.InvalidInput, "image transport %s: is not supported by fledge", prefix).
+				With("hint", "use docker://REPO:TAG, oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE or dir:DIR (skopeo copy converts)")
+		}
 		name = "docker://" + s
 	}
 	ref, err := ParseImageName(name)
@@ -124,10 +129,15 @@ func ParseReference(s string) (types.ImageReference, error) {
 			return nil, apierr.Wrap(apierr.NotFound, err, "image "+s+" not found")
 		}
 		return nil, apierr.Wrap(apierr.InvalidInput, err, "parsing image reference "+s).
-			With("hint", "use docker://REPO:TAG, oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE or a plain REPO:TAG")
+			With("hint", "use docker://REPO:TAG, oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, dir:DIR or a plain REPO:TAG")
 	}
 	return ref, nil
 }
+
+// unlinked are containers/image transports fledge does not link (they
+// would pull in a container engine's storage or daemon): named as such
+// instead of being parsed as a docker reference.
+var unlinked = map[string]bool{"containers-storage": true, "docker-daemon": true, "ostree": true, "sif": true, "tarball": true}
 
 // transportOf is the transport named by the prefix of s, or nil.
 func transportOf(s string) types.ImageTransport {
@@ -139,13 +149,13 @@ func transportOf(s string) types.ImageTransport {
 }
 
 // ParseImageName parses TRANSPORT:REFERENCE for the transports fledge
-// links: docker, docker-archive, oci and oci-archive. (Not alltransports:
+// links: docker, docker-archive, oci, oci-archive and dir. (Not alltransports:
 // it would link containers/storage and its cgo graph drivers, which need
 // build tags to compile.)
 func ParseImageName(s string) (types.ImageReference, error) {
 	t := transportOf(s)
 	if t == nil {
-		return nil, fmt.Errorf("unknown transport in %q (want docker://, docker-archive:, oci: or oci-archive:)", s)
+		return nil, fmt.Errorf("unknown transport in %q (want docker://, docker-archive:, oci:, oci-archive: or dir:)", s)
 	}
 	_, rest, _ := strings.Cut(s, ":")
 	return t.ParseReference(rest)

@@ -3,6 +3,7 @@ package ociimage
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,6 +17,11 @@ import (
 )
 
 func TestParseReference(t *testing.T) {
+	// dir: resolves its parent directory's symlinks, so it must exist.
+	tmp, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ in, want string }{
 		{"nginx:alpine", "docker://docker.io/library/nginx:alpine"},
 		{"docker://nginx", "docker://docker.io/library/nginx:latest"},
@@ -23,6 +29,7 @@ func TestParseReference(t *testing.T) {
 		{"127.0.0.1:5000/team/app:2", "docker://127.0.0.1:5000/team/app:2"},
 		{"oci:/tmp/layout:v1", "oci:/tmp/layout:v1"},
 		{"docker-archive:/tmp/a.tar", "docker-archive:/tmp/a.tar"},
+		{"dir:" + tmp + "/Some-Image", "dir:" + tmp + "/Some-Image"},
 	} {
 		ref, err := ParseReference(tc.in)
 		if err != nil {
@@ -32,7 +39,7 @@ func TestParseReference(t *testing.T) {
 			t.Errorf("%s: got %s, want %s", tc.in, got, tc.want)
 		}
 	}
-	for _, bad := range []string{"", "  ", "docker://UPPER/Case", "nosuchtransport://x"} {
+	for _, bad := range []string{"", "  ", "docker://UPPER/Case", "nosuchtransport://x", "tarball:/tmp/x.tar", "containers-storage:nginx"} {
 		if _, err := ParseReference(bad); !apierr.Is(err, apierr.InvalidInput) {
 			t.Errorf("%q: want INVALID_INPUT, got %v", bad, err)
 		}
@@ -47,6 +54,7 @@ func TestDefaultName(t *testing.T) {
 		{"ghcr.io/acme/my.app:1.2", "my-app", "1.2"},
 		{"oci:" + tmp + "/web-app:v3", "web-app", "v3"},
 		{"oci-archive:" + tmp + "/caddy.tar", "caddy", ""},
+		{"dir:" + tmp + "/My-Image", "my-image", ""},
 	} {
 		ref, err := ParseReference(tc.in)
 		if err != nil {
@@ -250,5 +258,82 @@ func TestUnpackMissingLayout(t *testing.T) {
 	_, err := Unpack(context.Background(), "oci:/nonexistent/layout:v1", filepath.Join(t.TempDir(), "rootfs"), Options{})
 	if !apierr.Is(err, apierr.NotFound) {
 		t.Fatalf("want NOT_FOUND, got %v", err)
+	}
+}
+
+// skopeo runs Debian's skopeo: the images below are written by it, not by
+// this project's code, so fledge reads what users' tools write.
+func skopeo(t *testing.T, args ...string) string {
+	t.Helper()
+	bin, err := exec.LookPath("skopeo")
+	if err != nil {
+		netnstest.SkipOrFail(t, "skopeo not installed (scripts/install-deps.sh)")
+	}
+	out, err := exec.Command(bin, append([]string{"--insecure-policy"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("skopeo %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// Every transport docs/fledge.md lists, each with an image skopeo wrote
+// (gzip and zstd layers), in directories whose names have capitals.
+func TestUnpackEveryTransportFromSkopeo(t *testing.T) {
+	requireRoot(t)
+	src := "oci:" + layout(t, imagetest.Sample("gzip")) + ":v1"
+	addr := imagetest.Registry(t, netnstest.SkipOrFail)
+	base := filepath.Join(t.TempDir(), "Images")
+	if err := os.Mkdir(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	zstd := []string{"--dest-compress", "--dest-compress-format", "zstd"}
+	for _, tc := range []struct {
+		name string
+		src  string   // what skopeo copies ("" = the sample layout)
+		dest string   // where skopeo writes
+		ref  string   // what fledge is given ("" = dest)
+		opts []string // skopeo copy options
+		zstd bool
+	}{
+		{name: "dir", dest: "dir:" + base + "/Dir-Image"},
+		{name: "dir zstd", dest: "dir:" + base + "/Dir-Zstd", opts: zstd, zstd: true},
+		{name: "oci", dest: "oci:" + base + "/OCI-Layout:v2"},
+		{name: "oci zstd, tag omitted", dest: "oci:" + base + "/OCI-Zstd:v3", ref: "oci:" + base + "/OCI-Zstd", opts: zstd, zstd: true},
+		{name: "oci-archive zstd", dest: "oci-archive:" + base + "/Image-Zstd.tar", opts: zstd, zstd: true},
+		{name: "oci-archive", dest: "oci-archive:" + base + "/Image.tar"},
+		{name: "docker-archive", dest: "docker-archive:" + base + "/Docker.tar:fledge/sample:v1"},
+		{name: "docker registry v2s2", dest: "docker://" + addr + "/fledge/skopeo:v2s2", ref: addr + "/fledge/skopeo:v2s2",
+			opts: []string{"--format", "v2s2", "--dest-tls-verify=false"}},
+		// skopeo reuses the registry's gzip blobs rather than recompress:
+		// push the zstd layout it wrote above.
+		{name: "docker registry zstd", src: "oci:" + base + "/OCI-Zstd:v3", dest: "docker://" + addr + "/fledge/skopeo:zstd",
+			ref: "docker://" + addr + "/fledge/skopeo:zstd", opts: []string{"--dest-tls-verify=false"}, zstd: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			from := src
+			if tc.src != "" {
+				from = tc.src
+			}
+			skopeo(t, append(append([]string{"copy", "-q"}, tc.opts...), from, tc.dest)...)
+			if tc.zstd {
+				raw := skopeo(t, "inspect", "--raw", "--tls-verify=false", tc.dest)
+				if !strings.Contains(raw, "zstd") {
+					t.Fatalf("skopeo wrote no zstd layer:\n%s", raw)
+				}
+			}
+			ref := tc.ref
+			if ref == "" {
+				ref = strings.TrimSuffix(tc.dest, ":fledge/sample:v1")
+			}
+			root := filepath.Join(t.TempDir(), "rootfs")
+			img, err := Unpack(context.Background(), ref, root, Options{Insecure: true})
+			if err != nil {
+				t.Fatalf("%s: %v", ref, err)
+			}
+			checkSample(t, root)
+			if img.Layers != 3 {
+				t.Fatalf("%d layers", img.Layers)
+			}
+		})
 	}
 }
