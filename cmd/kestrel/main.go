@@ -18,7 +18,10 @@
 // starts and supervises the workload, probes its health, reports state
 // changes to the control plane, and serves its HTTP API on port 8080
 // (lib/agentapi): /healthz, /v1/logs[?follow=1], /v1/actions/{name}, and
-// /v1/... proxied to the workload. SIGTERM, SIGINT (Ctrl-Alt-Del), SIGPWR and
+// /v1/... proxied to the workload. When the manifest's console.shell (or
+// volant.console_shell=PATH, which "off" refuses) names a shell, kestrel
+// runs it on the serial console as root and respawns it; otherwise the
+// console is output only. SIGTERM, SIGINT (Ctrl-Alt-Del), SIGPWR and
 // the ACPI power button shut the guest down: the workload gets SIGTERM, then
 // SIGKILL after 10 s, every other process likewise, disks are unmounted or
 // remounted read-only, and the guest powers off. A fatal error is printed on

@@ -29,8 +29,7 @@ var (
 
 // realBinaries returns a directory with volantd and volant-launch
 // ($VOLANT_BIN's when the Makefile provides them, else built from this
-// checkout) and consoleinit (testdata/consoleinit, static), built once per
-// test process.
+// checkout), made once per test process.
 func realBinaries(t *testing.T) string {
 	t.Helper()
 	cmds := map[string]string{"volantd": guesttest.Command(t, "volantd"), "volant-launch": guesttest.Command(t, "volant-launch")}
@@ -39,21 +38,10 @@ func realBinaries(t *testing.T) string {
 		if vmBinsErr != nil {
 			return
 		}
-		root, err := guesttest.ModuleRoot()
-		if err != nil {
-			vmBinsErr = err
-			return
-		}
 		for n, p := range cmds {
 			if vmBinsErr = os.Symlink(p, filepath.Join(vmBins, n)); vmBinsErr != nil {
 				return
 			}
-		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(vmBins, "consoleinit"), "./cmd/volar/testdata/consoleinit")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			vmBinsErr = fmt.Errorf("building consoleinit: %v: %s", err, b)
 		}
 	})
 	if vmBinsErr != nil {
@@ -119,15 +107,23 @@ func (tm *tmux) waitScreen(what string, ok func(string) bool) string {
 }
 
 // TestVMConsoleUnderTmux attaches `volar vms console` in a real terminal
-// (tmux) to a VM that a real volantd runs under QEMU, whose serial port is
-// a real console socket with a program reading the guest's ttyS0: typed
-// keys reach the guest and its echo and answers come back, Ctrl-C goes to
-// the guest instead of killing volar (raw mode), Ctrl-] detaches, and the
-// shell gets its terminal back as it was (canonical mode, echo).
+// (tmux) to a VM that a real volantd runs under QEMU with kestrel as PID 1,
+// from a plugin whose manifest offers a shell on the console
+// (console.shell): typed commands run in the guest and their answers come
+// back, Ctrl-C interrupts the guest's foreground job instead of killing
+// volar (raw mode), Ctrl-] detaches, and the shell gets its terminal back as
+// it was (canonical mode, echo). The docs' scripted example (`echo 'uname
+// -r' | volar -q vms console NAME`) prints the guest's kernel release. A
+// plugin that does not ask for a shell has an output-only console.
 func TestVMConsoleUnderTmux(t *testing.T) {
 	netnstest.Require(t, "tmux")
 	k, _ := guesttest.Kernel(t)
 	guesttest.QEMU(t)
+	kestrel := guesttest.Kestrel(t)
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		netnstest.SkipOrFail(t, "busybox not installed (apt-get install busybox-static)")
+	}
 	bins := realBinaries(t)
 	ns := netnstest.New(t)
 	// Short: unix socket paths have 107 bytes.
@@ -138,7 +134,7 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "volantd.sock")
 
-	// volantd in the namespace, with consoleinit as the guest's PID 1.
+	// volantd in the namespace, with kestrel as the guest's PID 1.
 	logPath := filepath.Join(dir, "volantd.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -146,7 +142,7 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 	}
 	cmd := exec.Command("ip", "netns", "exec", ns.Name, filepath.Join(bins, "volantd"),
 		"--socket", sock, "--data-dir", filepath.Join(dir, "data"), "--run-root", filepath.Join(dir, "run"),
-		"--kernel", k.Dir, "--kestrel", filepath.Join(bins, "consoleinit"), "--launcher", filepath.Join(bins, "volant-launch"),
+		"--kernel", k.Dir, "--kestrel", kestrel, "--launcher", filepath.Join(bins, "volant-launch"),
 		"--vmm", "qemu", "--vm-runner", "detached", "--agent-listen", "off", "--stop-timeout", "2s")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -165,6 +161,7 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		c.DeleteVM(ctx, "con1")
+		c.DeleteVM(ctx, "con2")
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -202,40 +199,54 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 		netnstest.SkipOrFail(t, "pending: volantd has no GET /api/v1/vms/{name}/console route yet (%v)", err)
 	}
 
-	// A plugin whose archive is a placeholder: the boot image (consoleinit
-	// + the kernel's modules) is layered under it. No network, no health
-	// check: the VM stays "starting", and its console is live all along.
-	b := initramfs.New()
-	b.File("/etc/plugin", 0o644, []byte("console test\n"))
-	art := filepath.Join(dir, "console.cpio.gz")
-	if err := b.WriteFile(art, initramfs.Gzip); err != nil {
-		t.Fatal(err)
-	}
-	data, _ := os.ReadFile(art)
-	sum := sha256.Sum256(data)
-	man := filepath.Join(dir, "console.json")
-	os.WriteFile(man, []byte(fmt.Sprintf(`{"name":"console","version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},
-		"workload":{"entrypoint":["/bin/true"]},"network":{"mode":"none"},"resources":{"cpu_cores":1,"memory_mb":128}}`,
-		art, hex.EncodeToString(sum[:]))), 0o644)
+	// Plugins whose archive holds busybox (sh is busybox): the boot image
+	// (kestrel + the kernel's modules) is layered under it. No network,
+	// no health check: the VM stays "starting" and its console is live
+	// all along. "console" offers /bin/sh on the console; "quiet" does not.
 	env := map[string]string{"VOLANT_HOST": sock}
-	if r := runVolar(t, "", env, "plugins", "install", "--manifest", man); r.Code != 0 {
-		t.Fatal(r)
+	install := func(name, console string) {
+		t.Helper()
+		b := initramfs.New()
+		if err := b.CopyFile("/bin/busybox", busybox, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		b.Symlink("/bin/sh", "busybox")
+		b.Dir("/root", 0o700)
+		art := filepath.Join(dir, name+".cpio.gz")
+		if err := b.WriteFile(art, initramfs.Gzip); err != nil {
+			t.Fatal(err)
+		}
+		data, _ := os.ReadFile(art)
+		sum := sha256.Sum256(data)
+		man := filepath.Join(dir, name+".json")
+		os.WriteFile(man, []byte(fmt.Sprintf(`{"name":%q,"version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},
+			"workload":{"entrypoint":["/bin/busybox","sleep","3600"]},"network":{"mode":"none"},"resources":{"cpu_cores":1,"memory_mb":128}%s}`,
+			name, art, hex.EncodeToString(sum[:]), console)), 0o644)
+		if r := runVolar(t, "", env, "plugins", "install", "--manifest", man); r.Code != 0 {
+			t.Fatal(r)
+		}
+	}
+	install("console", `,"console":{"shell":"/bin/sh"}`)
+	install("quiet", "")
+	// waitLog waits until the VM's serial log shows want.
+	waitLog := func(vm, want string) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			r := runVolar(t, "", env, "vms", "logs", vm)
+			if strings.Contains(r.Stdout, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never logged %q; its log:\n%s", vm, want, r)
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
 	}
 	if r := runVolar(t, "", env, "vms", "create", "con1", "--plugin", "console"); r.Code != 0 {
 		t.Fatal(r)
 	}
-	// The guest is up once consoleinit's line is in the serial log.
-	deadline = time.Now().Add(90 * time.Second)
-	for {
-		r := runVolar(t, "", env, "vms", "logs", "con1")
-		if strings.Contains(r.Stdout, "CONSOLEINIT: ready") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the guest never came up; its log:\n%s", r)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	waitLog("con1", "kestrel: console shell offered")
 
 	// The terminal: volar in a shell that reports how volar ended and the
 	// terminal's mode afterwards.
@@ -245,24 +256,29 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 	tm.waitScreen("volar to attach", func(s string) bool {
 		return strings.Contains(s, "Connected to the console of VM con1. Type ^] to detach.")
 	})
+	// What the commands print cannot be in their echo: only the guest's
+	// shell running them computes it.
 	tm.keys("Enter")
-	tm.waitScreen("the guest's prompt", func(s string) bool { return strings.Contains(s, "guest$") })
-	tm.literal("hello console")
-	// The guest's line discipline echoes the keys before Enter.
-	tm.waitScreen("the guest's echo", func(s string) bool { return strings.Contains(s, "guest$ hello console") })
+	tm.literal("echo sum=$((40+2))")
+	tm.waitScreen("the guest's echo", func(s string) bool { return strings.Contains(s, "echo sum=$((40+2))") })
 	tm.keys("Enter")
-	tm.waitScreen("the guest's answer", func(s string) bool { return strings.Contains(s, "you typed: hello console") })
+	tm.waitScreen("the guest's answer", func(s string) bool { return strings.Contains(s, "sum=42") })
 
-	// Ctrl-C goes to the guest (echoed there as ^C), volar stays attached.
-	tm.keys("C-c")
-	tm.literal("still here")
+	// Ctrl-C goes to the guest's foreground job, volar stays attached.
+	tm.literal("sleep 60; echo slept")
 	tm.keys("Enter")
-	s := tm.waitScreen("the answer after Ctrl-C", func(s string) bool { return strings.Contains(s, "you typed: still here") })
+	time.Sleep(time.Second)
+	tm.keys("C-c")
+	tm.literal("echo after=$((1+1))")
+	tm.keys("Enter")
+	s := tm.waitScreen("the answer after Ctrl-C", func(s string) bool { return strings.Contains(s, "after=2") })
 	if strings.Contains(s, "EXIT=") {
 		t.Fatalf("Ctrl-C ended volar:\n%s", s)
 	}
-	if !strings.Contains(s, "^C") {
-		t.Errorf("the guest did not receive Ctrl-C:\n%s", s)
+	for _, l := range strings.Split(s, "\n") {
+		if strings.TrimSpace(l) == "slept" {
+			t.Errorf("Ctrl-C did not interrupt the guest's sleep:\n%s", s)
+		}
 	}
 
 	// A second client is refused while one is attached.
@@ -281,13 +297,14 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 	}
 	t.Logf("the terminal after detaching:\n%s", strings.TrimRight(s, "\n"))
 	// The session is in the VM's log too (QEMU logs the console).
-	if r := runVolar(t, "", env, "vms", "logs", "con1", "--tail", "20"); !strings.Contains(r.Stdout, "you typed: still here") {
+	if r := runVolar(t, "", env, "vms", "logs", "con1", "--tail", "40"); !strings.Contains(r.Stdout, "after=2") {
 		t.Errorf("the log lacks the session: %s", r)
 	}
-	// The console is free again: a scripted session (stdin not a terminal).
-	r = runVolar(t, "scripted\n", env, "-q", "vms", "console", "con1")
-	if r.Code != 0 || !strings.Contains(r.Stdout, "you typed: scripted") {
-		t.Errorf("scripted console: %s", r)
+	// The console is free again: the docs' scripted session (stdin not a
+	// terminal) prints the guest's kernel release.
+	r = runVolar(t, "uname -r\n", env, "-q", "vms", "console", "con1")
+	if r.Code != 0 || !strings.Contains(strings.ReplaceAll(r.Stdout, "uname -r", ""), k.Release) {
+		t.Errorf("scripted console (want %s): %s", k.Release, r)
 	}
 
 	// A stopped VM has no live console.
@@ -297,5 +314,20 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 	r = runVolar(t, "", env, "vms", "console", "con1")
 	if r.Code != 1 || !strings.Contains(r.Stderr, string(apierr.Conflict)) {
 		t.Errorf("console of a stopped VM: %s", r)
+	}
+
+	// A plugin that does not ask for a shell: the console shows the
+	// guest's output and runs nothing typed into it.
+	if r := runVolar(t, "", env, "vms", "create", "con2", "--plugin", "quiet"); r.Code != 0 {
+		t.Fatal(r)
+	}
+	waitLog("con2", "kestrel: workload started")
+	r = runVolar(t, "echo sum=$((40+2))\n", env, "-q", "vms", "console", "con2")
+	if r.Code != 0 {
+		t.Fatalf("console of con2: %s", r)
+	}
+	time.Sleep(time.Second)
+	if l := runVolar(t, "", env, "vms", "logs", "con2"); strings.Contains(l.Stdout, "sum=42") || strings.Contains(l.Stdout, "console shell") {
+		t.Fatalf("a plugin without console.shell ran what was typed on its console:\n%s", l.Stdout)
 	}
 }

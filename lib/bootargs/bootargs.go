@@ -20,6 +20,7 @@
 //	volant.rootfs_fstype=ext4             its filesystem
 //	volant.modules=a,b                    extra kernel modules to load at boot
 //	volant.debug=1                        verbose agent logging
+//	volant.console_shell=/bin/sh|off      a shell on the serial console (overrides the manifest's console.shell)
 //
 // Parse also understands the kernel's own
 // ip=<client>::<gw>:<netmask>:<hostname>:<device>:<autoconf> form, which
@@ -32,6 +33,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // MaxCmdline is the longest kernel command line x86 Linux keeps: its
@@ -66,7 +68,14 @@ type Args struct {
 	RootfsFSType string
 	Modules      []string
 	Debug        bool
+	// ConsoleShell is a shell for the serial console ("" unset: the
+	// manifest decides; ConsoleShellOff: none).
+	ConsoleShell string
 }
+
+// ConsoleShellOff as volant.console_shell refuses a console shell even
+// when the manifest asks for one.
+const ConsoleShellOff = "off"
 
 // Fields returns the arguments as "key=value" words in a fixed order,
 // omitting unset ones. The encoded manifest comes last, so a reader of a
@@ -108,6 +117,7 @@ func (a Args) Fields() []string {
 	if a.Debug {
 		add("volant.debug", "1")
 	}
+	add("volant.console_shell", a.ConsoleShell)
 	add("volant.manifest_file", a.ManifestFile)
 	add("volant.manifest", a.Manifest)
 	return f
@@ -227,6 +237,12 @@ func Parse(cmdline string) (Args, error) {
 			}
 		case "volant.debug":
 			a.Debug = v == "" || v == "1" || v == "true" || v == "on"
+		case "volant.console_shell":
+			if v != ConsoleShellOff && (!strings.HasPrefix(v, "/") || strings.ContainsFunc(v, unicode.IsControl)) {
+				bad(k, v, "want an absolute path of a shell in the guest, or off")
+				continue
+			}
+			a.ConsoleShell = v
 		case "ip":
 			if err := a.parseKernelIP(v); err != nil {
 				bad(k, v, err.Error())

@@ -17,6 +17,7 @@ func TestRoundTrip(t *testing.T) {
 		APIHost: "192.168.127.1", APIPort: 7070, AgentPort: 9090,
 		Boot: BootRootfs, RootfsDevice: "/dev/vda", RootfsFSType: "ext4",
 		Modules: []string{"virtio_console", "button"}, Debug: true,
+		ConsoleShell: "/bin/sh",
 	}
 	line := "console=ttyS0 quiet " + a.String() + " panic=-1"
 	got, err := Parse(line)
@@ -51,11 +52,11 @@ func TestKernelIPForm(t *testing.T) {
 }
 
 func TestMalformedValuesAreAllReported(t *testing.T) {
-	_, err := Parse("volant.ip=300.1.1.1/24 volant.api_port=0 volant.boot=disk volant.dns=1.1.1.1,x ip=1.2.3.4::1.2.3.1:255.0.255.0")
+	_, err := Parse("volant.ip=300.1.1.1/24 volant.api_port=0 volant.boot=disk volant.dns=1.1.1.1,x ip=1.2.3.4::1.2.3.1:255.0.255.0 volant.console_shell=sh")
 	if err == nil {
 		t.Fatal("want errors")
 	}
-	for _, k := range []string{"volant.ip", "volant.api_port", "volant.boot", "volant.dns", "ip="} {
+	for _, k := range []string{"volant.ip", "volant.api_port", "volant.boot", "volant.dns", "ip=", "volant.console_shell"} {
 		if !strings.Contains(err.Error(), k) {
 			t.Errorf("error does not mention %s: %v", k, err)
 		}
@@ -67,5 +68,24 @@ func TestSplitQuotes(t *testing.T) {
 	want := []string{"console=ttyS0", "foo=a b", "x y=z"}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %q want %q", got, want)
+	}
+}
+
+func TestConsoleShell(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                             "",
+		"volant.console_shell=/bin/sh": "/bin/sh",
+		"volant.console_shell=off":     ConsoleShellOff,
+		"volant.console_shell=/bin/sh volant.console_shell=off": ConsoleShellOff, // the last word wins (a create request's kernel_args come last)
+	} {
+		got, err := Parse(in)
+		if err != nil || got.ConsoleShell != want {
+			t.Errorf("%q: got %q, %v; want %q", in, got.ConsoleShell, err, want)
+		}
+	}
+	for _, bad := range []string{"volant.console_shell=", "volant.console_shell=bin/sh", "volant.console_shell=/bin/\x1bsh"} {
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }

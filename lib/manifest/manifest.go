@@ -49,6 +49,7 @@ type Manifest struct {
 	Actions       map[string]Action `json:"actions,omitempty" jsonschema_description:"Named HTTP calls into the workload, proxied by kestrel."`
 	Network       *Network          `json:"network,omitempty" jsonschema_description:"How the VM is networked. Default bridged."`
 	OpenAPI       string            `json:"openapi,omitempty" jsonschema_description:"URL or absolute path of the workload's OpenAPI document."`
+	Console       *Console          `json:"console,omitempty" jsonschema_description:"What the serial console offers besides output. Default: output only."`
 	Labels        map[string]string `json:"labels,omitempty" jsonschema_description:"Free-form key/value labels."`
 }
 
@@ -91,6 +92,13 @@ type Workload struct {
 	Workdir    string            `json:"workdir,omitempty" jsonschema_description:"Absolute working directory. Default /."`
 	User       string            `json:"user,omitempty" jsonschema_description:"uid[:gid] to run as (numeric). Default 0:0."`
 	Restart    string            `json:"restart,omitempty" jsonschema:"enum=no,enum=on-failure,enum=always" jsonschema_description:"Restart policy. Default on-failure."`
+}
+
+// Console is what the guest's serial console offers besides output.
+type Console struct {
+	// Shell is run by kestrel on the serial console, as root, so that an
+	// attached console (volar vms console) is interactive.
+	Shell string `json:"shell,omitempty" jsonschema_description:"Absolute path of a shell in the guest that kestrel runs on the serial console, as root, respawned when it exits (volar vms console is then interactive). Empty, the default: the console is output only. A VM's kernel argument volant.console_shell=PATH|off overrides it."`
 }
 
 // HealthCheck is kestrel's periodic probe.

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/volantvm/volant/lib/names"
 )
@@ -247,6 +248,11 @@ func (m *Manifest) Validate() error {
 		p := m.Network.AgentPort
 		v.check(p >= 1 && p <= 65535, "network.agent_port", "must be 1-65535, got %d", p)
 		v.check(p != urlPort(w.BaseURL), "network.agent_port", "%d is also the port of workload.base_url; kestrel and the workload cannot both listen there", p)
+	}
+	if m.Console != nil && m.Console.Shell != "" {
+		v.absPath("console.shell", m.Console.Shell)
+		v.check(!strings.ContainsFunc(m.Console.Shell, unicode.IsControl) && !strings.ContainsAny(m.Console.Shell, " \t"),
+			"console.shell", "must be a path without spaces or control characters, as volant.console_shell takes it")
 	}
 	for _, k := range sortedKeys(m.Labels) {
 		v.check(len(k) <= 63 && labelRE.MatchString(k), "labels."+k, "label keys use letters, digits and ._/- (at most 63)")

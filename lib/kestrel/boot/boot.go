@@ -40,6 +40,7 @@ import (
 	"github.com/volantvm/volant/lib/bootargs"
 	"github.com/volantvm/volant/lib/kestrel/agent"
 	"github.com/volantvm/volant/lib/kestrel/console"
+	"github.com/volantvm/volant/lib/kestrel/consoleshell"
 	"github.com/volantvm/volant/lib/kestrel/guest"
 	"github.com/volantvm/volant/lib/kestrel/modules"
 	"github.com/volantvm/volant/lib/kestrel/mounts"
@@ -290,7 +291,13 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 		Uptime:    guest.Uptime,
 		Log:       b.log,
 		BeforeStart: func(ctx context.Context, m *manifest.Manifest) error {
-			return b.mountDisks(ctx, m, h)
+			if err := b.mountDisks(ctx, m, h); err != nil {
+				return err
+			}
+			if sh := consoleshell.Choose(args, m); sh != "" {
+				go consoleshell.Run(ctx, r, sh, consoleshell.Device("/"), b.log)
+			}
+			return nil
 		},
 		AfterStart: afterStart,
 	})
