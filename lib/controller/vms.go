@@ -19,6 +19,7 @@ import (
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/names"
 	"github.com/volantvm/volant/lib/store"
 	"github.com/volantvm/volant/lib/vmm"
 )
@@ -168,7 +169,7 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 	// pool's longest address: what would fail at start fails here.
 	var lease *ipam.Lease
 	if bridged {
-		lease = &ipam.Lease{VM: req.Name, IP: c.cfg.Pool.End, Prefix: c.cfg.Pool.Subnet.Bits(), Gateway: c.cfg.Pool.Gateway, MAC: ipam.MACFor(req.Name, 0)}
+		lease = &ipam.Lease{VM: req.Name, IP: c.cfg.Pool.End, Prefix: c.cfg.Pool.Subnet.Bits(), Gateway: c.cfg.Pool.Gateway, MAC: names.MAC(req.Name, 0)}
 	}
 	if err := c.cfg.Runtime.Check(ctx, c.spec(row, p, lease)); err != nil {
 		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)

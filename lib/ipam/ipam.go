@@ -18,13 +18,17 @@
 //   - Every lease and release appends an event ("ip.leased", "ip.released")
 //     in the same transaction.
 //
-// The MAC is derived from the VM name (see MACFor), so it is the same on
-// every host and after every restart; it is stored with the lease.
+// The MAC is derived from the VM name (names.MAC: 02 + the first five bytes
+// of sha256(name)), so it is the same on every host and after every
+// restart; it is stored with the lease. Acquire uses attempt 0 unless
+// another lease holds that MAC (two names whose hashes share 40 bits: about
+// one chance in 2^41 for two given VMs, one in 3*10^7 for a full /24), then
+// the next free attempt, so the result is still deterministic for a given
+// set of leases.
 package ipam
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -85,7 +89,7 @@ func (l Lease) Validate() error {
 	return nil
 }
 
-// parseMAC reads the canonical form MACFor writes: six lowercase hex pairs
+// parseMAC reads the canonical form names.MAC writes: six lowercase hex pairs
 // separated by colons. (net.ParseMAC would do, but importing net costs every
 // volant-ipam run its start-up time.)
 func parseMAC(s string) ([6]byte, bool) {
@@ -104,26 +108,6 @@ func parseMAC(s string) ([6]byte, bool) {
 		b[i] = byte(v)
 	}
 	return b, true
-}
-
-// MACFor returns the MAC of vm: 02 followed by the first five bytes of
-// sha256(vm), for attempt 0; of sha256(vm + "/" + attempt) for later attempts.
-// 02 marks a locally administered unicast address, so it cannot clash with a
-// vendor's (QEMU's default 52:54:00:... included). In shell:
-//
-//	printf %s web1 | sha256sum | sed -E 's/^(..)(..)(..)(..)(..).*/02:\1:\2:\3:\4:\5/'
-//
-// Acquire uses attempt 0 unless another lease holds that MAC (two names whose
-// hashes share 40 bits: about one chance in 2^41 for two given VMs, one in
-// 3*10^7 for a full /24), then the next free attempt, so the result is
-// still deterministic for a given set of leases.
-func MACFor(vm string, attempt int) string {
-	in := vm
-	if attempt > 0 {
-		in += "/" + strconv.Itoa(attempt)
-	}
-	h := sha256.Sum256([]byte(in))
-	return fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", h[0], h[1], h[2], h[3], h[4])
 }
 
 // maxMACAttempts bounds the search for a free MAC; reaching it would take
@@ -251,7 +235,7 @@ func lowestFree(ctx context.Context, tx *sql.Tx, pool Pool) (netip.Addr, bool, e
 
 func freeMAC(ctx context.Context, tx *sql.Tx, vm string) (string, error) {
 	for attempt := 0; attempt < maxMACAttempts; attempt++ {
-		mac := MACFor(vm, attempt)
+		mac := names.MAC(vm, attempt)
 		var one int
 		err := tx.QueryRowContext(ctx, `SELECT 1 FROM ip_leases WHERE mac = ?`, mac).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {

@@ -9,12 +9,12 @@ import (
 	"net/netip"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"sort"
 	"sync"
 	"testing"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/names"
 	"github.com/volantvm/volant/lib/store"
 )
 
@@ -330,36 +330,6 @@ func TestInvalidInputWritesNothing(t *testing.T) {
 	}
 }
 
-func TestMAC(t *testing.T) {
-	re := regexp.MustCompile(`^02(:[0-9a-f]{2}){5}$`)
-	seen := map[string]string{}
-	for i := range 2000 {
-		vm := fmt.Sprintf("vm-%d", i)
-		m := MACFor(vm, 0)
-		if !re.MatchString(m) {
-			t.Fatalf("MACFor(%s) = %s", vm, m)
-		}
-		if m != MACFor(vm, 0) {
-			t.Fatal("not deterministic")
-		}
-		if o, ok := seen[m]; ok {
-			t.Fatalf("%s and %s share %s", o, vm, m)
-		}
-		seen[m] = vm
-		if MACFor(vm, 1) == m {
-			t.Fatalf("attempt 1 of %s repeats attempt 0", vm)
-		}
-	}
-	// The documented derivation, computed with coreutils:
-	// printf %s web1 | sha256sum → 659a7fb2af...; printf %s web1/1 | sha256sum → 961cdd068d...
-	if got := MACFor("web1", 0); got != "02:65:9a:7f:b2:af" {
-		t.Fatalf("MACFor(web1, 0) = %s", got)
-	}
-	if got := MACFor("web1", 1); got != "02:96:1c:dd:06:8d" {
-		t.Fatalf("MACFor(web1, 1) = %s", got)
-	}
-}
-
 // Stable across restarts: a lease keeps its MAC when the store is reopened,
 // and a released and re-leased VM gets the same MAC again.
 func TestMACStable(t *testing.T) {
@@ -370,8 +340,8 @@ func TestMACStable(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := acquire(t, st, DefaultPool(), "web1")
-	if l.MAC != MACFor("web1", 0) {
-		t.Fatalf("mac %s, want %s", l.MAC, MACFor("web1", 0))
+	if l.MAC != names.MAC("web1", 0) {
+		t.Fatalf("mac %s, want %s", l.MAC, names.MAC("web1", 0))
 	}
 	st.Close()
 	st = newStoreAt(t, path)
@@ -397,14 +367,14 @@ func newStoreAt(t *testing.T, path string) *store.Store {
 // search over "vm-N") must still get different MACs, deterministically.
 func TestMACCollision(t *testing.T) {
 	a, b := "vm-117852", "vm-1532487"
-	if MACFor(a, 0) != MACFor(b, 0) {
-		t.Fatalf("precondition: %s and %s should collide: %s %s", a, b, MACFor(a, 0), MACFor(b, 0))
+	if names.MAC(a, 0) != names.MAC(b, 0) {
+		t.Fatalf("precondition: %s and %s should collide: %s %s", a, b, names.MAC(a, 0), names.MAC(b, 0))
 	}
 	st := newStore(t)
 	la := acquire(t, st, DefaultPool(), a)
 	lb := acquire(t, st, DefaultPool(), b)
-	if la.MAC != MACFor(a, 0) || lb.MAC != MACFor(b, 1) {
-		t.Fatalf("macs %s %s; want %s %s", la.MAC, lb.MAC, MACFor(a, 0), MACFor(b, 1))
+	if la.MAC != names.MAC(a, 0) || lb.MAC != names.MAC(b, 1) {
+		t.Fatalf("macs %s %s; want %s %s", la.MAC, lb.MAC, names.MAC(a, 0), names.MAC(b, 1))
 	}
 	// The order decides who gets attempt 0; with a freed, b keeps its MAC.
 	Release(context.Background(), st, a)
@@ -415,7 +385,7 @@ func TestMACCollision(t *testing.T) {
 
 func TestLeaseJSON(t *testing.T) {
 	l := Lease{VM: "web1", IP: netip.MustParseAddr("192.168.127.100"), Prefix: 24,
-		Gateway: netip.MustParseAddr("192.168.127.1"), MAC: MACFor("web1", 0)}
+		Gateway: netip.MustParseAddr("192.168.127.1"), MAC: names.MAC("web1", 0)}
 	b, err := json.Marshal(l)
 	if err != nil {
 		t.Fatal(err)

@@ -2,10 +2,8 @@ package launch
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -203,13 +201,9 @@ func ValidName(s string) bool { return names.Valid(s) }
 // names the tap.
 func DefaultTapName(vm string) string { return hostnet.TapName(vm) }
 
-// DefaultMAC derives a stable, locally administered unicast MAC from a VM
-// name, for VMs without a lease that carries one.
-func DefaultMAC(vm string) string {
-	sum := sha256.Sum256([]byte("volant-mac:" + vm))
-	sum[0] = (sum[0] | 0x02) &^ 0x01
-	return net.HardwareAddr(sum[:6]).String()
-}
+// DefaultMAC is the MAC of a VM without a lease that carries one: the
+// lease's own rule (names.MAC), so a VM has one address either way.
+func DefaultMAC(vm string) string { return names.MAC(vm, 0) }
 
 // network is the resolved NIC and guest address.
 type network struct {
