@@ -9,6 +9,7 @@ import (
 	"unicode"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/subnet"
 )
 
 // Defaults of the spec: bridge vbr0 with 192.168.127.1/24.
@@ -123,7 +124,8 @@ func ValidateVMName(vm string) error {
 
 // ParseGateway parses the bridge address with its prefix length, e.g.
 // "192.168.127.1/24": an IPv4 host address (not the network or broadcast
-// address) in a subnet of /8 to /30.
+// address) in a subnet that follows lib/subnet's rule (/8 to /30, outside
+// the loopback, link-local, multicast, reserved and 0.0.0.0/8 ranges).
 func ParseGateway(cidr string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(strings.TrimSpace(cidr))
 	if err != nil {
@@ -134,15 +136,12 @@ func ParseGateway(cidr string) (netip.Prefix, error) {
 	if !a.Is4() {
 		return netip.Prefix{}, apierr.New(apierr.InvalidInput, "cidr %q is not IPv4; volant-net manages an IPv4 subnet", cidr).With("cidr", cidr)
 	}
-	if p.Bits() < 8 || p.Bits() > 30 {
-		return netip.Prefix{}, apierr.New(apierr.InvalidInput, "cidr %q has prefix length /%d; use /8 to /30", cidr, p.Bits()).With("cidr", cidr)
+	if err := subnet.Check(p); err != nil {
+		return netip.Prefix{}, apierr.New(apierr.InvalidInput, "cidr %q: %s; use %s", cidr, err, subnet.Rule).With("cidr", cidr)
 	}
 	if a == p.Masked().Addr() || a == lastAddr(p) {
 		return netip.Prefix{}, apierr.New(apierr.InvalidInput, "cidr %q names the network or broadcast address; give the bridge's own address, e.g. %s", cidr, DefaultCIDR).
 			With("cidr", cidr)
-	}
-	if a.IsLoopback() || a.IsMulticast() || a.IsUnspecified() || a.IsLinkLocalUnicast() {
-		return netip.Prefix{}, apierr.New(apierr.InvalidInput, "cidr %q is not a unicast address usable for a bridge", cidr).With("cidr", cidr)
 	}
 	return p, nil
 }

@@ -81,7 +81,8 @@ func TestParseGateway(t *testing.T) {
 		t.Fatalf("ParseGateway default: %v %v", p, err)
 	}
 	for _, bad := range []string{"", "192.168.127.1", "192.168.127.0/24", "192.168.127.255/24", "192.168.127.1/31",
-		"10.0.0.1/7", "fd00::1/64", "300.1.1.1/24", "127.0.0.1/8", "169.254.1.1/16", "nonsense"} {
+		"10.0.0.1/7", "fd00::1/64", "300.1.1.1/24", "127.0.0.1/8", "169.254.1.1/16", "nonsense",
+		"0.0.0.1/8", "240.0.0.1/24", "224.0.0.1/24"} { // the ranges lib/subnet refuses
 		if _, err := ParseGateway(bad); !apierr.Is(err, apierr.InvalidInput) {
 			t.Errorf("ParseGateway(%q) = %v, want INVALID_INPUT", bad, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/volantvm/volant/lib/apierr"
+	guestsubnet "github.com/volantvm/volant/lib/subnet"
 )
 
 // Defaults of a pool: the spec's bridge network.
@@ -54,8 +55,9 @@ func DefaultPool() Pool {
 //	range    network+100 to the last address before broadcast (.100-.254 in a /24);
 //	         in a subnet too small for that, first to last host address
 //
-// Only IPv4 subnets of /30 or larger are pools. Errors are INVALID_INPUT
-// naming the field.
+// The subnet must follow lib/subnet's rule (IPv4, /8 to /30, outside the
+// loopback, link-local, multicast, reserved and 0.0.0.0/8 ranges). Errors
+// are INVALID_INPUT naming the field.
 func (c PoolConfig) Pool() (Pool, error) {
 	var p Pool
 	subnet := c.Subnet
@@ -69,8 +71,8 @@ func (c PoolConfig) Pool() (Pool, error) {
 	if !pfx.Addr().Is4() {
 		return p, invalid("subnet", subnet, "only IPv4 pools are supported")
 	}
-	if pfx.Bits() > 30 {
-		return p, invalid("subnet", subnet, "too small: a pool needs at least a /30 (network, gateway, one host, broadcast)")
+	if err := guestsubnet.Check(pfx); err != nil {
+		return p, invalid("subnet", subnet, err.Error()+"; use "+guestsubnet.Rule)
 	}
 	p.Subnet = pfx.Masked()
 	first, last := hostRange(p.Subnet)
@@ -116,8 +118,8 @@ func invalid(field, value, why string) error {
 // addresses and that the range holds at least one address besides the
 // gateway.
 func (p Pool) Validate() error {
-	if !p.Subnet.IsValid() || !p.Subnet.Addr().Is4() || p.Subnet.Bits() > 30 || p.Subnet != p.Subnet.Masked() {
-		return invalid("subnet", p.Subnet.String(), "must be a masked IPv4 subnet of /30 or larger")
+	if err := guestsubnet.Check(p.Subnet); err != nil || p.Subnet != p.Subnet.Masked() {
+		return invalid("subnet", p.Subnet.String(), "must be a masked "+guestsubnet.Rule)
 	}
 	first, last := hostRange(p.Subnet)
 	onHosts := func(field string, a netip.Addr) error {

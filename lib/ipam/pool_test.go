@@ -55,6 +55,13 @@ func TestPoolErrors(t *testing.T) {
 		{PoolConfig{Subnet: "fd00::/64"}, "subnet"},
 		{PoolConfig{Subnet: "10.0.0.0/31"}, "subnet"},
 		{PoolConfig{Subnet: "10.0.0.0/32"}, "subnet"},
+		// issue 21: 0.0.0.0/0 leased 0.0.0.100. lib/subnet's rule.
+		{PoolConfig{Subnet: "0.0.0.0/0"}, "subnet"},
+		{PoolConfig{Subnet: "0.0.0.0/8"}, "subnet"},
+		{PoolConfig{Subnet: "10.0.0.0/7"}, "subnet"},
+		{PoolConfig{Subnet: "127.0.0.0/24"}, "subnet"},
+		{PoolConfig{Subnet: "224.0.0.0/24"}, "subnet"},
+		{PoolConfig{Subnet: "169.254.0.0/16"}, "subnet"},
 		{PoolConfig{Gateway: "10.0.0.1"}, "gateway"},
 		{PoolConfig{Gateway: "192.168.127.0"}, "gateway"},   // network address
 		{PoolConfig{Gateway: "192.168.127.255"}, "gateway"}, // broadcast
@@ -83,6 +90,11 @@ func TestPoolErrors(t *testing.T) {
 	}
 	if (Pool{}).Validate() == nil {
 		t.Fatal("zero pool accepted")
+	}
+	loop := Pool{Subnet: netip.MustParsePrefix("127.0.0.0/24"), Gateway: netip.MustParseAddr("127.0.0.1"),
+		Start: netip.MustParseAddr("127.0.0.2"), End: netip.MustParseAddr("127.0.0.3")}
+	if loop.Validate() == nil {
+		t.Fatal("loopback pool accepted")
 	}
 }
 
