@@ -26,10 +26,6 @@ const TapPrefix = "vt-"
 // MaxIfNameLen is the longest interface name Linux accepts (IFNAMSIZ - 1).
 const MaxIfNameLen = 15
 
-// MaxVMNameLen bounds the VM names this package accepts; the VM name is kept
-// in the tap's alias, which the kernel limits to 255 bytes.
-const MaxVMNameLen = 128
-
 // directVMChars are the characters a VM name may use to appear verbatim in
 // its tap name. '.' is not among them, so a hashed name (which contains a
 // '.') never equals a verbatim one.
@@ -99,24 +95,6 @@ func ValidateIfName(name string) error {
 	for _, r := range name {
 		if r == '/' || r == ':' || r == '%' || unicode.IsSpace(r) || r < 0x20 || r == 0x7f {
 			return apierr.New(apierr.InvalidInput, "interface name %q contains %q, which is not allowed", name, r).With("name", name)
-		}
-	}
-	return nil
-}
-
-// ValidateVMName checks a VM name as this package needs it: 1 to
-// MaxVMNameLen bytes, no whitespace or control characters (the name is kept
-// in the tap's alias, space-separated from the other fields).
-func ValidateVMName(vm string) error {
-	if vm == "" {
-		return apierr.New(apierr.InvalidInput, "vm name is empty")
-	}
-	if len(vm) > MaxVMNameLen {
-		return apierr.New(apierr.InvalidInput, "vm name is %d bytes; at most %d are allowed", len(vm), MaxVMNameLen).With("max_bytes", MaxVMNameLen)
-	}
-	for _, r := range vm {
-		if unicode.IsSpace(r) || unicode.IsControl(r) {
-			return apierr.New(apierr.InvalidInput, "vm name %q contains whitespace or a control character", vm).With("vm", vm)
 		}
 	}
 	return nil

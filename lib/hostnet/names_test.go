@@ -1,6 +1,7 @@
 package hostnet
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/names"
 )
 
 func TestTapName(t *testing.T) {
@@ -22,7 +24,7 @@ func TestTapName(t *testing.T) {
 		}
 	}
 	// Hashed forms: within the limit, valid, prefix kept, '.' present.
-	for _, vm := range []string{"thirteen-char", "my-deployment-12", "Web1", "web.1", "ünïcode-vm", "a b", strings.Repeat("x", MaxVMNameLen)} {
+	for _, vm := range []string{"thirteen-char", "my-deployment-12", "Web1", "web.1", "ünïcode-vm", "a b", strings.Repeat("x", names.MaxLen)} {
 		got := TapName(vm)
 		if err := ValidateIfName(got); err != nil {
 			t.Errorf("TapName(%q) = %q is not a valid interface name: %v", vm, got, err)
@@ -155,7 +157,7 @@ func TestRecords(t *testing.T) {
 	if _, ok := parseTapRecord("volant-bridge:created"); ok {
 		t.Fatal("a bridge record parsed as a tap record")
 	}
-	long := tapRecord{VM: strings.Repeat("v", MaxVMNameLen), IP: netip.MustParseAddr("255.255.255.255"), MAC: mac}
+	long := tapRecord{VM: strings.Repeat("v", names.MaxLen), IP: netip.MustParseAddr("255.255.255.255"), MAC: mac}
 	if len(long.String()) > 255 {
 		t.Fatalf("longest tap record is %d bytes; IFLA_IFALIAS holds 255", len(long.String()))
 	}
@@ -214,6 +216,24 @@ func TestConfigValidation(t *testing.T) {
 	} {
 		if _, err := tc.cfg.spec(); !apierr.Is(err, apierr.InvalidInput) {
 			t.Errorf("%s: %v, want INVALID_INPUT", tc.name, err)
+		}
+	}
+}
+
+// VM names follow lib/names' rule here too (issue 14: this package used to
+// accept 128 bytes of anything without whitespace).
+func TestVMNamesFollowTheOneRule(t *testing.T) {
+	for _, vm := range []string{"Web1", "web.1", "ünïcode-vm", "-web", strings.Repeat("a", 64), "web 1", "a/b"} {
+		if _, err := (TapConfig{VM: vm}).spec(); !apierr.Is(err, apierr.InvalidInput) {
+			t.Errorf("tap add --vm %q: %v, want INVALID_INPUT", vm, err)
+		}
+		if _, err := (&Host{}).DelTap(context.Background(), TapRef{VM: vm}); !apierr.Is(err, apierr.InvalidInput) {
+			t.Errorf("tap del --vm %q: %v, want INVALID_INPUT", vm, err)
+		}
+	}
+	for _, vm := range []string{"web1", "my-deployment-12", strings.Repeat("a", 63)} {
+		if _, err := (TapConfig{VM: vm}).spec(); err != nil {
+			t.Errorf("tap add --vm %q: %v", vm, err)
 		}
 	}
 }

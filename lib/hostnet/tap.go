@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/names"
 )
 
 // MaxTapQueues is the kernel's limit on the queues of one tap.
@@ -112,7 +113,7 @@ type tapSpec struct {
 func (c TapConfig) spec() (tapSpec, error) {
 	s := tapSpec{name: c.Name, vm: c.VM, bridge: orDefault(c.Bridge, DefaultBridge), owner: c.Owner, group: c.Group, mtu: c.MTU}
 	if s.vm != "" {
-		if err := ValidateVMName(s.vm); err != nil {
+		if err := names.Check("VM name", s.vm); err != nil {
 			return s, err
 		}
 	}
@@ -536,7 +537,7 @@ func (h *Host) ListTaps(ctx context.Context) ([]Tap, error) {
 func (h *Host) DelTap(ctx context.Context, ref TapRef) (*DelTapResult, error) {
 	name := ref.Name
 	if ref.VM != "" {
-		if err := ValidateVMName(ref.VM); err != nil {
+		if err := names.Check("VM name", ref.VM); err != nil {
 			return nil, err
 		}
 		if name == "" {
