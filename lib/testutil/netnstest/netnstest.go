@@ -68,7 +68,9 @@ type NS struct {
 
 var seq atomic.Int64
 
-// New creates a fresh namespace with loopback up; cleanup deletes it.
+// New creates a fresh namespace with loopback up and IP forwarding off (as
+// on a freshly booted kernel, whatever the host's setting); cleanup
+// deletes it.
 func New(t testing.TB) *NS {
 	t.Helper()
 	Require(t)
@@ -79,6 +81,12 @@ func New(t testing.TB) *NS {
 	n := &NS{Name: name, t: t}
 	t.Cleanup(n.destroy)
 	n.Run("ip", "link", "set", "lo", "up")
+	// A new namespace copies the host's IPv4 settings (with the default
+	// net.core.devconf_inherit_init_net=0), so ip_forward would be the
+	// host's. Start from the kernel's default, whatever the host set.
+	if err := n.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0\n"), 0o644) }); err != nil {
+		t.Fatalf("resetting ip_forward in netns %s: %v", name, err)
+	}
 	return n
 }
 
