@@ -43,8 +43,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/jessevdk/go-flags"
-
 	"github.com/volantvm/volant/lib/apierr"
 )
 
@@ -56,6 +54,11 @@ const MaxRequestBytes = 1 << 20
 
 // Env is everything a command run touches outside its arguments.
 type Env struct {
+	// Name is the command's name as usage texts spell it ("volant-ipam");
+	// Run sets it for the verb it executes.
+	Name string
+	// Verb is the verb Run executes ("lease", "tap add").
+	Verb string
 	// Args are the command-line arguments after the program name.
 	Args   []string
 	Stdin  io.Reader
@@ -142,20 +145,9 @@ func StdinHasInput(env *Env) bool {
 // ReadRequest reads one JSON request from stdin into req. It reports false
 // (and leaves req alone) when stdin carries nothing.
 func ReadRequest(env *Env, req any) (bool, error) {
-	if !StdinHasInput(env) {
-		return false, nil
-	}
-	data, err := io.ReadAll(io.LimitReader(env.Stdin, MaxRequestBytes+1))
-	if err != nil {
-		return false, apierr.Wrap(apierr.InvalidInput, err, "reading request from stdin")
-	}
-	if len(data) > MaxRequestBytes {
-		return false, apierr.New(apierr.TooLarge, "request on stdin is larger than %d bytes", MaxRequestBytes).
-			With("limit_bytes", MaxRequestBytes)
-	}
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 {
-		return false, nil
+	data, err := readStdin(env)
+	if err != nil || len(data) == 0 {
+		return false, err
 	}
 	if err := DecodeRequest(data, req); err != nil {
 		return false, err
@@ -313,28 +305,4 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0 && st.Mode()&os.ModeDevice != 0 && f.Name() != os.DevNull
-}
-
-// Parse parses env.Args with go-flags into opts, whose subcommands are
-// fields tagged `command:"name"`. It returns the active command path (for
-// example "tap add"; "" when opts has no subcommands) and the positional
-// arguments left over. --help prints usage on stdout; the caller returns the
-// error, which Exit maps to status 0. Parse errors are USAGE errors.
-func Parse(env *Env, name string, opts any) (string, []string, error) {
-	p := flags.NewParser(opts, flags.HelpFlag|flags.PassDoubleDash)
-	p.Name = name
-	rest, err := p.ParseArgs(env.Args)
-	if err != nil {
-		var fe *flags.Error
-		if errors.As(err, &fe) && fe.Type == flags.ErrHelp {
-			fmt.Fprintln(env.Stdout, fe.Message)
-			return "", nil, errHelp
-		}
-		return "", nil, apierr.Wrap(apierr.Usage, err, name).With("hint", "run "+name+" --help")
-	}
-	var path []string
-	for c := p.Active; c != nil; c = c.Active {
-		path = append(path, c.Name)
-	}
-	return strings.Join(path, " "), rest, nil
 }

@@ -21,9 +21,9 @@
 // case passes when the command exits with the exit status of code, writes
 // nothing on stdout, ends stderr with one JSON error object carrying code,
 // and leaves $TMP exactly as setup left it (names, modes, contents). With
-// "netns":true the steps run inside a network namespace the test creates,
-// whose links, addresses, nftables ruleset and ip_forward must not change
-// either. "issue" names where the case comes from.
+// "netns":true (always for volant-net) the steps run inside a network
+// namespace the test creates, whose links, addresses, nftables ruleset and
+// ip_forward must not change either. "issue" names where the case comes from.
 //
 // To add a case, append a line; to cover a new command, add a file named
 // after it. The run ends by printing on stderr the number of cases and how

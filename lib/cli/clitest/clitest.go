@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/volantvm/volant/lib/cli"
 )
 
@@ -61,7 +63,16 @@ func Golden(t testing.TB, name, got string) {
 	if err != nil {
 		t.Fatalf("reading golden file (run with -update to create it): %v", err)
 	}
-	if got != string(want) {
-		t.Fatalf("output differs from %s (run with -update if the change is intended)\n got: %s\nwant: %s", path, got, want)
+	if diff := cmp.Diff(lines(string(want)), lines(got)); diff != "" {
+		t.Fatalf("output differs from %s (-want +got; run with -update if the change is intended):\n%s", path, diff)
 	}
+}
+
+// lines splits output for a line-by-line diff; a one-line JSON result is
+// split at its fields, so the diff points at the field that changed.
+func lines(s string) []string {
+	if !strings.Contains(strings.TrimSuffix(s, "\n"), "\n") {
+		return strings.SplitAfter(s, `,"`)
+	}
+	return strings.SplitAfter(s, "\n")
 }
