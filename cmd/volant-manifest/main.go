@@ -10,7 +10,8 @@
 //	volant-manifest version
 //
 // Input: FILE, or the manifest on stdin when FILE is omitted ("-" also means
-// stdin). The output of `decode` and `validate` is accepted as input too (its
+// stdin). Each verb takes at most the arguments shown; more are refused
+// (USAGE), as is a flag given twice. The output of `decode` and `validate` is accepted as input too (its
 // "manifest" field is used), so `volant-manifest decode X | volant-manifest
 // cmdline` composes. `decode` takes the encoded string as its argument or on
 // stdin.
@@ -36,19 +37,15 @@
 //	CMDLINE_TOO_LONG  3  details.bytes and details.budget
 //	TOO_LARGE         3  input over 256 KiB
 //	NOT_FOUND         4  FILE does not exist
-//	USAGE             2  bad flags or no input
+//	USAGE             2  bad flags, an unexpected argument, a flag given twice, or no input
 package main
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
-	"strings"
 
 	"github.com/volantvm/volant/lib/apierr"
-	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/manifest/schema"
@@ -56,111 +53,120 @@ import (
 
 func main() { cli.Main(run) }
 
-type options struct {
-	Validate struct {
-		Args struct {
-			File string `positional-arg-name:"FILE"`
-		} `positional-args:"yes"`
-	} `command:"validate" description:"Normalize and validate a manifest; report every problem"`
-	Encode struct {
-		Raw  bool `long:"raw" description:"print only the encoded string"`
-		Args struct {
-			File string `positional-arg-name:"FILE"`
-		} `positional-args:"yes"`
-	} `command:"encode" description:"Encode a manifest as base64url(gzip(json))"`
-	Decode struct {
-		Raw  bool `long:"raw" description:"print only the manifest JSON"`
-		Args struct {
-			Encoded string `positional-arg-name:"ENCODED"`
-		} `positional-args:"yes"`
-	} `command:"decode" description:"Decode an encoded manifest (argument or stdin)"`
-	Cmdline struct {
-		Budget int `long:"budget" description:"maximum bytes of the fragment (default 1535)"`
-		Args   struct {
-			File string `positional-arg-name:"FILE"`
-		} `positional-args:"yes"`
-	} `command:"cmdline" description:"Print the kernel command-line fragment for a manifest"`
-	Schema  struct{} `command:"schema" description:"Print the manifest's JSON Schema"`
-	Version struct{} `command:"version" description:"Print the build version"`
+func run(ctx context.Context, env *cli.Env) error {
+	return cli.Run(ctx, env, "volant-manifest", &options{})
 }
 
-func run(ctx context.Context, env *cli.Env) error {
-	var o options
-	verb, _, err := cli.Parse(env, "volant-manifest", &o)
+type options struct {
+	Validate validateCmd        `command:"validate" description:"Normalize and validate a manifest; report every problem"`
+	Encode   encodeCmd          `command:"encode" description:"Encode a manifest as base64url(gzip(json))"`
+	Decode   decodeCmd          `command:"decode" description:"Decode an encoded manifest (argument or stdin)"`
+	Cmdline  cmdlineCmd         `command:"cmdline" description:"Print the kernel command-line fragment for a manifest"`
+	Schema   schemaCmd          `command:"schema" description:"Print the manifest's JSON Schema"`
+	Version  cli.VersionCommand `command:"version" description:"Print the build version"`
+}
+
+type fileArg struct {
+	File string `positional-arg-name:"FILE"`
+}
+
+type validateCmd struct {
+	Args fileArg `positional-args:"yes"`
+}
+
+func (c *validateCmd) Execute(_ context.Context, env *cli.Env) error {
+	m, err := readManifest(env, c.Args.File)
 	if err != nil {
 		return err
 	}
-	switch verb {
-	case "validate":
-		m, err := readManifest(env, o.Validate.Args.File)
+	return cli.WriteResult(env, "manifest.validate", validateResult{Valid: true, Name: m.Name, PluginVersion: m.Version, Manifest: m})
+}
+
+type encodeCmd struct {
+	Raw  bool    `long:"raw" description:"print only the encoded string"`
+	Args fileArg `positional-args:"yes"`
+}
+
+func (c *encodeCmd) Execute(_ context.Context, env *cli.Env) error {
+	m, err := readManifest(env, c.Args.File)
+	if err != nil {
+		return err
+	}
+	enc, err := m.Encode()
+	if err != nil {
+		return err
+	}
+	if c.Raw {
+		_, err := fmt.Fprintln(env.Stdout, enc)
+		return err
+	}
+	return cli.WriteResult(env, "manifest.encode", encodeResult{Encoded: enc, Bytes: len(enc)})
+}
+
+type decodeCmd struct {
+	Raw  bool `long:"raw" description:"print only the manifest JSON"`
+	Args struct {
+		Encoded string `positional-arg-name:"ENCODED"`
+	} `positional-args:"yes"`
+}
+
+func (c *decodeCmd) Execute(_ context.Context, env *cli.Env) error {
+	s := c.Args.Encoded
+	if s == "" || s == "-" {
+		b, err := cli.ReadInput(env, "encoded manifest", "", manifest.MaxBytes)
 		if err != nil {
 			return err
 		}
-		return cli.WriteResult(env, "manifest.validate", validateResult{Valid: true, Name: m.Name, PluginVersion: m.Version, Manifest: m})
-	case "encode":
-		m, err := readManifest(env, o.Encode.Args.File)
-		if err != nil {
-			return err
-		}
-		enc, err := m.Encode()
-		if err != nil {
-			return err
-		}
-		if o.Encode.Raw {
-			_, err := fmt.Fprintln(env.Stdout, enc)
-			return err
-		}
-		return cli.WriteResult(env, "manifest.encode", encodeResult{Encoded: enc, Bytes: len(enc)})
-	case "decode":
-		s := o.Decode.Args.Encoded
-		if s == "" || s == "-" {
-			b, err := readInput(env, "")
-			if err != nil {
-				return err
-			}
-			s = string(b)
-		}
-		m, err := manifest.DecodeString(s)
-		if err != nil {
-			return err
-		}
-		if o.Decode.Raw {
-			b, err := json.MarshalIndent(m, "", "  ")
-			if err != nil {
-				return err
-			}
-			_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
-			return err
-		}
-		return cli.WriteResult(env, "manifest.decode", decodeResult{Manifest: m})
-	case "cmdline":
-		budget := o.Cmdline.Budget
-		if budget == 0 {
-			budget = manifest.DefaultFragmentBudget
-		}
-		if budget < 0 {
-			return apierr.New(apierr.Usage, "--budget must be positive")
-		}
-		m, err := readManifest(env, o.Cmdline.Args.File)
-		if err != nil {
-			return err
-		}
-		line, err := m.Cmdline(budget)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "manifest.cmdline", cmdlineResult{Cmdline: line, Bytes: len(line), Budget: budget})
-	case "schema":
-		b, err := schema.Document()
+		s = string(b)
+	}
+	m, err := manifest.DecodeString(s)
+	if err != nil {
+		return err
+	}
+	if c.Raw {
+		b, err := json.MarshalIndent(m, "", "  ")
 		if err != nil {
 			return err
 		}
 		_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
 		return err
-	case "version":
-		return cli.WriteResult(env, "manifest.version", versionResult{Build: buildinfo.String()})
 	}
-	return apierr.New(apierr.Usage, "missing verb; run volant-manifest --help")
+	return cli.WriteResult(env, "manifest.decode", decodeResult{Manifest: m})
+}
+
+type cmdlineCmd struct {
+	Budget int     `long:"budget" description:"maximum bytes of the fragment (default 1535)"`
+	Args   fileArg `positional-args:"yes"`
+}
+
+func (c *cmdlineCmd) Execute(_ context.Context, env *cli.Env) error {
+	budget := c.Budget
+	if budget == 0 {
+		budget = manifest.DefaultFragmentBudget
+	}
+	if budget < 0 {
+		return apierr.New(apierr.Usage, "--budget must be positive")
+	}
+	m, err := readManifest(env, c.Args.File)
+	if err != nil {
+		return err
+	}
+	line, err := m.Cmdline(budget)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "manifest.cmdline", cmdlineResult{Cmdline: line, Bytes: len(line), Budget: budget})
+}
+
+type schemaCmd struct{}
+
+func (schemaCmd) Execute(_ context.Context, env *cli.Env) error {
+	b, err := schema.Document()
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
+	return err
 }
 
 type validateResult struct {
@@ -185,54 +191,12 @@ type cmdlineResult struct {
 	Budget  int    `json:"budget"`
 }
 
-type versionResult struct {
-	Build string `json:"build"`
-}
-
-// readManifest reads a manifest document from FILE or stdin and parses it.
-// The result of `decode` or `validate` is unwrapped to its "manifest" field.
+// readManifest reads a manifest, or a result that carries one, from FILE
+// or stdin.
 func readManifest(env *cli.Env, file string) (*manifest.Manifest, error) {
-	data, err := readInput(env, file)
+	data, err := cli.ReadInput(env, "manifest", file, manifest.MaxBytes)
 	if err != nil {
 		return nil, err
 	}
-	var probe struct {
-		Kind     string          `json:"kind"`
-		Manifest json.RawMessage `json:"manifest"`
-	}
-	if json.Unmarshal(data, &probe) == nil && probe.Kind != "" {
-		if len(probe.Manifest) == 0 {
-			return nil, apierr.New(apierr.InvalidInput, "input is a %q result without a manifest field", probe.Kind)
-		}
-		data = probe.Manifest
-	}
-	return manifest.Parse(data)
-}
-
-func readInput(env *cli.Env, file string) ([]byte, error) {
-	var r io.Reader
-	switch {
-	case file != "" && file != "-":
-		f, err := os.Open(file)
-		if err != nil {
-			return nil, fmt.Errorf("reading manifest: %w", err)
-		}
-		defer f.Close()
-		r = f
-	case cli.StdinHasInput(env):
-		r = env.Stdin
-	default:
-		return nil, apierr.New(apierr.Usage, "no input: give a FILE or pipe it on stdin")
-	}
-	data, err := io.ReadAll(io.LimitReader(r, manifest.MaxBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading input: %w", err)
-	}
-	if len(data) > manifest.MaxBytes {
-		return nil, apierr.New(apierr.TooLarge, "input is larger than %d bytes", manifest.MaxBytes)
-	}
-	if strings.TrimSpace(string(data)) == "" {
-		return nil, apierr.New(apierr.Usage, "no input: give a FILE or pipe it on stdin")
-	}
-	return data, nil
+	return manifest.ParseInput(data)
 }

@@ -41,6 +41,8 @@ func TestContract(t *testing.T) {
 		{"missing-file", "", []string{"validate", "/nonexistent/m.json"}, 4},
 		{"no-input", "", []string{"encode"}, 2},
 		{"no-verb", "", nil, 2},
+		{"validate-extra-argument", "", []string{"validate", examples + "caddy-initramfs.json", "garbage.bin"}, 2},
+		{"repeated-flag", nginx, []string{"cmdline", "--budget", "100", "--budget", "2000"}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := clitest.Run(t, run, tc.stdin, nil, tc.args...)

@@ -378,3 +378,20 @@ func DecodeString(s string) (*Manifest, error) {
 	}
 	return Parse(data)
 }
+
+// ParseInput is Parse for what a command receives: a manifest, or the
+// result of `volant-manifest decode` or `validate`, whose "manifest" field
+// is used (so `volant-manifest decode X | volant-manifest cmdline` composes).
+func ParseInput(data []byte) (*Manifest, error) {
+	var probe struct {
+		Kind     string          `json:"kind"`
+		Manifest json.RawMessage `json:"manifest"`
+	}
+	if json.Unmarshal(data, &probe) == nil && probe.Kind != "" {
+		if len(probe.Manifest) == 0 {
+			return nil, apierr.New(apierr.InvalidInput, "input is a %q result without a manifest field", probe.Kind)
+		}
+		data = probe.Manifest
+	}
+	return Parse(data)
+}
