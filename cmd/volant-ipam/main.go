@@ -11,8 +11,10 @@
 //	volant-ipam version
 //
 // Every verb takes --db PATH (default $VOLANT_DB, else
-// /var/lib/volant/volant.db; the file and its directory are created when
-// missing).
+// $VOLANT_DATA_DIR/volant.db, else /var/lib/volant/volant.db; the file and
+// its directory are created when missing). No verb takes a positional
+// argument, and a flag that holds one value may be given once (USAGE
+// otherwise: `--vm a1 --vm a2` is refused, not read as a2).
 //
 // Pool (lease only): --subnet (default 192.168.127.0/24, env VOLANT_SUBNET),
 // --gateway (default the subnet's first address, env VOLANT_GATEWAY),
@@ -20,6 +22,11 @@
 // .100-.254 in a /24; env VOLANT_RANGE_START, VOLANT_RANGE_END). Flags
 // override the stdin request, which overrides the environment. Addresses are
 // leased lowest free first, skipping the gateway.
+//
+// A subnet must be IPv4 with a prefix length of /8 to /30, outside
+// 0.0.0.0/8, 127.0.0.0/8 (loopback), 169.254.0.0/16 (link-local),
+// 224.0.0.0/4 (multicast) and 240.0.0.0/4 (reserved); anything else is
+// INVALID_INPUT (lib/subnet, the rule volantd and volant-net follow too).
 //
 // Rules: a VM name holds one lease, and an address is leased to one VM in the
 // whole database, whatever pool it came from. `lease` for a VM that holds a
@@ -42,8 +49,11 @@
 //	show     {"vm":"web1"}, or an ipam.lease result
 //	gc       ["web1","web2"] (the live VM names), or {"keep":[..],"dry_run":false}
 //
-// `gc` needs the live names: from --keep or stdin. `echo '[]' | volant-ipam
-// gc` frees every lease; without any keep list gc refuses (USAGE).
+// `gc` follows CNI: it is given the names of the live VMs and frees every
+// other lease. The list comes from --keep flags or stdin (the flags replace
+// the stdin list); `echo '[]' | volant-ipam gc` frees every lease, and gc
+// without any list is refused (USAGE), so a forgotten argument frees
+// nothing. `volant-net tap gc` follows the same rule.
 //
 // Stdout (one JSON object, "version":"1" first):
 //
@@ -56,8 +66,8 @@
 //
 // Errors (stderr, one JSON object {"code","message","details"}; exit status):
 //
-//	USAGE                2  bad flags, no --vm, gc without a keep list
-//	INVALID_INPUT        3  invalid VM name, subnet, gateway or range; malformed stdin
+//	USAGE                2  bad flags, a flag given twice, an argument, no --vm, gc without a keep list
+//	INVALID_INPUT        3  invalid VM name (also in a keep list), subnet, gateway or range; malformed stdin
 //	NOT_FOUND            4  show: the VM holds no lease
 //	CONFLICT             5  lease: the VM holds a lease from another pool
 //	IP_EXHAUSTED         6  lease: no free address in the pool (nothing is written)
@@ -73,68 +83,90 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
-	"io"
 
-	"github.com/volantvm/volant/lib/apierr"
-	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/ipam"
+	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/names"
 	"github.com/volantvm/volant/lib/store"
 )
 
 func main() { cli.Main(run) }
 
-type poolFlags struct {
+func run(ctx context.Context, env *cli.Env) error {
+	return cli.Run(ctx, env, "volant-ipam", &options{})
+}
+
+type options struct {
+	DB      string     `long:"db" value-name:"PATH" description:"database file (default $VOLANT_DB, else /var/lib/volant/volant.db)"`
+	Lease   leaseCmd   `command:"lease" description:"Lease an address to a VM (or return the one it holds)"`
+	Release releaseCmd `command:"release" description:"Free a VM's address; succeeds when there is none"`
+	Show    showCmd    `command:"show" description:"Print a VM's lease (NOT_FOUND when none)"`
+	List    listCmd    `command:"list" description:"Print every lease"`
+	GC      gcCmd      `command:"gc" description:"Free the leases of every VM not named live"`
+	Version versionCmd `command:"version" description:"Print the build version"`
+}
+
+// open opens the database (--db, else the layout's) once the request is
+// known to be valid, so a bad request never creates or changes anything.
+func (o *options) open(ctx context.Context, env *cli.Env) (*store.Store, error) {
+	dirs := layout.FromEnv(env.Env)
+	cli.Override(&dirs.DB, o.DB)
+	return store.Open(ctx, dirs.WithDefaults().DB, store.Options{})
+}
+
+type leaseCmd struct {
+	VM         string `long:"vm" value-name:"NAME" description:"VM name"`
 	Subnet     string `long:"subnet" value-name:"CIDR" description:"pool subnet (default 192.168.127.0/24, env VOLANT_SUBNET)"`
 	Gateway    string `long:"gateway" value-name:"IP" description:"gateway (default the subnet's first address, env VOLANT_GATEWAY)"`
 	RangeStart string `long:"range-start" value-name:"IP" description:"first leasable address (default network+100, env VOLANT_RANGE_START)"`
 	RangeEnd   string `long:"range-end" value-name:"IP" description:"last leasable address (default the last host address, env VOLANT_RANGE_END)"`
 }
 
-type options struct {
-	DB    string `long:"db" value-name:"PATH" description:"database file (default $VOLANT_DB, else /var/lib/volant/volant.db)"`
-	Lease struct {
-		VM string `long:"vm" value-name:"NAME" description:"VM name"`
-		poolFlags
-	} `command:"lease" description:"Lease an address to a VM (or return the one it holds)"`
-	Release struct {
-		VM string `long:"vm" value-name:"NAME" description:"VM name"`
-	} `command:"release" description:"Free a VM's address; succeeds when there is none"`
-	Show struct {
-		VM string `long:"vm" value-name:"NAME" description:"VM name"`
-	} `command:"show" description:"Print a VM's lease (NOT_FOUND when none)"`
-	List struct{} `command:"list" description:"Print every lease"`
-	GC   struct {
-		Keep   []string `long:"keep" value-name:"NAME" description:"a live VM whose lease stays (repeat the flag)"`
-		DryRun bool     `long:"dry-run" description:"report what would be freed; change nothing"`
-	} `command:"gc" description:"Free the leases of every VM not named live"`
-	Version struct{} `command:"version" description:"Print the build version"`
+func (c *leaseCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	req := ipam.LeaseRequest{PoolConfig: ipam.PoolFromEnv(env.Env)}
+	if _, err := cli.ReadRequest(env, &req); err != nil {
+		return err
+	}
+	cli.Override(&req.VM, c.VM)
+	cli.Override(&req.Subnet, c.Subnet)
+	cli.Override(&req.Gateway, c.Gateway)
+	cli.Override(&req.RangeStart, c.RangeStart)
+	cli.Override(&req.RangeEnd, c.RangeEnd)
+	pool, err := req.Resolve()
+	if err != nil {
+		return err
+	}
+	st, err := o.open(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	l, err := ipam.Acquire(ctx, st, pool, req.VM)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, ipam.Kind, l)
 }
 
-// leaseRequest is the stdin request of `lease`.
-type leaseRequest struct {
-	VM string `json:"vm"`
-	ipam.PoolConfig
+type vmFlag struct {
+	VM string `long:"vm" value-name:"NAME" description:"VM name"`
 }
 
-// vmRequest is the stdin request of `release` and `show`; a piped lease
-// result names the VM too.
-type vmRequest struct {
-	VM    string      `json:"vm,omitempty"`
-	Lease *ipam.Lease `json:"lease,omitempty"`
+// name is the VM named by --vm, else by the stdin request or piped lease.
+func (f vmFlag) name(env *cli.Env) (string, error) {
+	var req ipam.VMRequest
+	if _, err := cli.ReadRequest(env, &req); err != nil {
+		return "", err
+	}
+	if f.VM != "" {
+		req = ipam.VMRequest{VM: f.VM}
+	}
+	return req.Name(env.Verb)
 }
 
-func (vmRequest) Accepts() map[string]string { return map[string]string{ipam.Kind: "lease"} }
-
-type gcRequest struct {
-	Keep   []string `json:"keep"`
-	DryRun bool     `json:"dry_run,omitempty"`
-}
+type releaseCmd struct{ vmFlag }
 
 type releaseResult struct {
 	VM       string      `json:"vm"`
@@ -142,209 +174,87 @@ type releaseResult struct {
 	Lease    *ipam.Lease `json:"lease,omitempty"`
 }
 
-type listResult struct {
-	Leases []ipam.Lease `json:"leases"`
-}
-
-type versionResult struct {
-	Build         string `json:"build"`
-	SchemaVersion int    `json:"schema_version"`
-}
-
-func run(ctx context.Context, env *cli.Env) error {
-	var o options
-	verb, rest, err := cli.Parse(env, "volant-ipam", &o)
+func (c *releaseCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	vm, err := c.name(env)
 	if err != nil {
 		return err
 	}
-	if len(rest) > 0 {
-		return apierr.New(apierr.Usage, "unexpected argument %q; name the VM with --vm", rest[0]).With("hint", "run volant-ipam --help")
-	}
-	switch verb {
-	case "":
-		return apierr.New(apierr.Usage, "missing verb (lease, release, show, list, gc, version); run volant-ipam --help")
-	case "version":
-		return cli.WriteResult(env, "ipam.version", versionResult{Build: buildinfo.String(), SchemaVersion: store.LatestSchemaVersion()})
-	}
-
-	// Parse the whole request before touching the database, so a bad request
-	// never creates or changes anything.
-	var do func(*store.Store) error
-	switch verb {
-	case "lease":
-		req := leaseRequest{PoolConfig: ipam.PoolConfig{
-			Subnet: env.Env("VOLANT_SUBNET"), Gateway: env.Env("VOLANT_GATEWAY"),
-			RangeStart: env.Env("VOLANT_RANGE_START"), RangeEnd: env.Env("VOLANT_RANGE_END"),
-		}}
-		if _, err := cli.ReadRequest(env, &req); err != nil {
-			return err
-		}
-		f := o.Lease
-		override(&req.VM, f.VM)
-		override(&req.Subnet, f.Subnet)
-		override(&req.Gateway, f.Gateway)
-		override(&req.RangeStart, f.RangeStart)
-		override(&req.RangeEnd, f.RangeEnd)
-		if req.VM == "" {
-			return needVM("lease")
-		}
-		if err := names.Check("VM name", req.VM); err != nil {
-			return err
-		}
-		pool, err := req.PoolConfig.Pool()
-		if err != nil {
-			return err
-		}
-		do = func(st *store.Store) error {
-			l, err := ipam.Acquire(ctx, st, pool, req.VM)
-			if err != nil {
-				return err
-			}
-			return cli.WriteResult(env, ipam.Kind, l)
-		}
-	case "release", "show":
-		flag := o.Release.VM
-		if verb == "show" {
-			flag = o.Show.VM
-		}
-		vm, err := readVM(env, verb, flag)
-		if err != nil {
-			return err
-		}
-		do = func(st *store.Store) error {
-			if verb == "show" {
-				l, err := ipam.Get(ctx, st, vm)
-				if err != nil {
-					return err
-				}
-				return cli.WriteResult(env, ipam.Kind, l)
-			}
-			l, err := ipam.Release(ctx, st, vm)
-			if err != nil {
-				return err
-			}
-			return cli.WriteResult(env, "ipam.release", releaseResult{VM: vm, Released: l != nil, Lease: l})
-		}
-	case "list":
-		do = func(st *store.Store) error {
-			ls, err := ipam.List(ctx, st)
-			if err != nil {
-				return err
-			}
-			return cli.WriteResult(env, "ipam.list", listResult{Leases: ls})
-		}
-	case "gc":
-		req, err := readGC(env)
-		if err != nil {
-			return err
-		}
-		if len(o.GC.Keep) > 0 {
-			req.Keep = o.GC.Keep
-		}
-		if o.GC.DryRun {
-			req.DryRun = true
-		}
-		if req.Keep == nil {
-			return apierr.New(apierr.Usage, "gc needs the live VM names: --keep NAME (repeated) or a JSON array on stdin; `echo '[]' | volant-ipam gc` frees every lease")
-		}
-		for _, k := range req.Keep {
-			if err := names.Check("VM name", k); err != nil {
-				return fmt.Errorf("gc: keep list: %w", err)
-			}
-		}
-		do = func(st *store.Store) error {
-			res, err := ipam.GC(ctx, st, req.Keep, req.DryRun)
-			if err != nil {
-				return err
-			}
-			return cli.WriteResult(env, "ipam.gc", res)
-		}
-	default:
-		return apierr.New(apierr.Usage, "unknown verb %q", verb)
-	}
-
-	path := o.DB
-	if path == "" {
-		path = env.Env(store.EnvPath)
-	}
-	if path == "" {
-		path = store.DefaultPath
-	}
-	st, err := store.Open(ctx, path, store.Options{})
+	st, err := o.open(ctx, env)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	return do(st)
-}
-
-func override(dst *string, flag string) {
-	if flag != "" {
-		*dst = flag
-	}
-}
-
-func needVM(verb string) error {
-	return apierr.New(apierr.Usage, "%s needs the VM name: --vm NAME, or {\"vm\":\"NAME\"} on stdin", verb).
-		With("hint", "run volant-ipam "+verb+" --help")
-}
-
-// readVM takes the VM name from the flag, else from the stdin request or a
-// piped lease.
-func readVM(env *cli.Env, verb, flag string) (string, error) {
-	var req vmRequest
-	if _, err := cli.ReadRequest(env, &req); err != nil {
-		return "", err
-	}
-	if req.Lease != nil {
-		if req.VM != "" && req.VM != req.Lease.VM {
-			return "", apierr.New(apierr.InvalidInput, "request names VM %q but carries the lease of %q", req.VM, req.Lease.VM)
-		}
-		req.VM = req.Lease.VM
-	}
-	override(&req.VM, flag)
-	if req.VM == "" {
-		return "", needVM(verb)
-	}
-	return req.VM, names.Check("VM name", req.VM)
-}
-
-// readGC reads gc's stdin: a JSON array of live names, or a request object.
-// Keep stays nil when stdin carries nothing.
-func readGC(env *cli.Env) (gcRequest, error) {
-	var req gcRequest
-	if !cli.StdinHasInput(env) {
-		return req, nil
-	}
-	data, err := io.ReadAll(io.LimitReader(env.Stdin, cli.MaxRequestBytes+1))
+	l, err := ipam.Release(ctx, st, vm)
 	if err != nil {
-		return req, apierr.Wrap(apierr.InvalidInput, err, "reading request from stdin")
+		return err
 	}
-	if len(data) > cli.MaxRequestBytes {
-		return req, apierr.New(apierr.TooLarge, "request on stdin is larger than %d bytes", cli.MaxRequestBytes)
+	return cli.WriteResult(env, "ipam.release", releaseResult{VM: vm, Released: l != nil, Lease: l})
+}
+
+type showCmd struct{ vmFlag }
+
+func (c *showCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	vm, err := c.name(env)
+	if err != nil {
+		return err
 	}
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 {
-		return req, nil
+	st, err := o.open(ctx, env)
+	if err != nil {
+		return err
 	}
-	if data[0] != '[' {
-		if err := cli.DecodeRequest(data, &req); err != nil {
-			return req, err
-		}
-		if req.Keep == nil {
-			return req, apierr.New(apierr.InvalidInput, `gc request has no "keep" list`).With("field", "keep")
-		}
-		return req, nil
+	defer st.Close()
+	l, err := ipam.Get(ctx, st, vm)
+	if err != nil {
+		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&req.Keep); err != nil {
-		return req, apierr.Wrap(apierr.InvalidInput, err, "gc: stdin must be a JSON array of VM names")
+	return cli.WriteResult(env, ipam.Kind, l)
+}
+
+type listCmd struct{}
+
+type listResult struct {
+	Leases []ipam.Lease `json:"leases"`
+}
+
+func (listCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	st, err := o.open(ctx, env)
+	if err != nil {
+		return err
 	}
-	if dec.More() {
-		return req, apierr.New(apierr.InvalidInput, "gc: trailing data after the JSON array")
+	defer st.Close()
+	ls, err := ipam.List(ctx, st)
+	if err != nil {
+		return err
 	}
-	if req.Keep == nil { // "[]" decodes to an empty, non-nil slice; only null is nil
-		return req, apierr.New(apierr.InvalidInput, "gc: stdin must be a JSON array of VM names")
+	return cli.WriteResult(env, "ipam.list", listResult{Leases: ls})
+}
+
+type gcCmd struct {
+	Keep   []string `long:"keep" value-name:"NAME" description:"a live VM whose lease stays (repeat the flag)"`
+	DryRun bool     `long:"dry-run" description:"report what would be freed; change nothing"`
+}
+
+func (c *gcCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	req, err := cli.ReadGCRequest(env, "VM names", c.Keep, c.DryRun, func(k string) error { return names.Check("VM name", k) })
+	if err != nil {
+		return err
 	}
-	return req, nil
+	st, err := o.open(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	res, err := ipam.GC(ctx, st, req.Keep, req.DryRun)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "ipam.gc", res)
+}
+
+type versionCmd struct{}
+
+func (versionCmd) Execute(_ context.Context, env *cli.Env) error {
+	return cli.WriteVersion(env, struct {
+		SchemaVersion int `json:"schema_version"`
+	}{store.LatestSchemaVersion()})
 }
