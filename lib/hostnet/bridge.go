@@ -333,8 +333,16 @@ func (h *Host) plan(s setupSpec) ([]step, *bridgeObs, error) {
 			}})
 	}
 
+	// NAT: the table, and the record of what setup was asked (which a bare
+	// check compares with). The record is written before a table is made
+	// and before one is deleted, so a crash leaves the record of the
+	// request, which the next setup completes.
 	table := NATTable(s.bridge)
 	comment := natComment(s.gw, s.uplink)
+	recorded := o.rec.NAT == s.nat && o.rec.Uplink == s.uplink
+	record := func() error {
+		return ed.record(func(r *bridgeRecord) { r.NAT, r.Uplink = s.nat, s.uplink })
+	}
 	switch {
 	case s.keep:
 	case s.nat && !o.nat.matches(comment):
@@ -343,11 +351,28 @@ func (h *Host) plan(s setupSpec) ([]step, *bridgeObs, error) {
 			done = "rewrote nftables table ip " + table + ": " + comment
 		}
 		steps = append(steps, step{item: "nat", want: comment, got: o.nat.describe(), done: done,
-			do: func() error { return writeNAT(table, o.nat.Present, s.gw, s.uplink) }})
+			do: func() error {
+				if err := record(); err != nil {
+					return err
+				}
+				return writeNAT(table, o.nat.Present, s.gw, s.uplink)
+			}})
 	case !s.nat && o.nat.Present:
 		steps = append(steps, step{item: "nat", want: "absent", got: o.nat.describe(),
 			done: "deleted nftables table ip " + table + " (NAT not requested)",
-			do:   func() error { return deleteNAT(table) }})
+			do: func() error {
+				if err := record(); err != nil {
+					return err
+				}
+				return deleteNAT(table)
+			}})
+	case !recorded:
+		want, got := comment, o.nat.describe()+" (not recorded on "+s.bridge+")"
+		done := "recorded NAT (" + comment + ") on " + s.bridge
+		if !s.nat {
+			want, got, done = "absent", "absent (NAT still recorded on "+s.bridge+")", "recorded no NAT on "+s.bridge
+		}
+		steps = append(steps, step{item: "nat", want: want, got: got, done: done, do: record})
 	}
 	return steps, o, nil
 }
@@ -441,6 +466,66 @@ func (h *Host) Check(ctx context.Context, cfg Config) (*CheckResult, error) {
 			With("bridge", s.bridge).With("differences", res.Differences)
 	}
 	return res, nil
+}
+
+// CheckRequest is what CheckRecorded compares the live state with. The
+// fields left out take what setup recorded on the bridge; NAT is a pointer
+// so that "no NAT" can be asked for explicitly.
+type CheckRequest struct {
+	Bridge string `json:"bridge,omitempty"`
+	CIDR   string `json:"cidr,omitempty"`
+	NAT    *bool  `json:"nat,omitempty"`
+	Uplink string `json:"uplink,omitempty"`
+	Adopt  bool   `json:"adopt,omitempty"`
+}
+
+// Recorded returns the configuration setup recorded on the bridge (default
+// vbr0): its address, NAT and uplink. The address is the one setup added;
+// for an adopted bridge that already had its address, the bridge's only
+// IPv4 address. A bridge volant-net does not manage yields the defaults,
+// which is what a bare setup would make.
+func (h *Host) Recorded(ctx context.Context, bridge string) (Config, error) {
+	cfg := Config{Bridge: orDefault(bridge, DefaultBridge)}
+	if err := ValidateIfName(cfg.Bridge); err != nil {
+		return cfg, fmt.Errorf("bridge: %w", err)
+	}
+	o, err := observeBridge(cfg.Bridge)
+	if err != nil || !o.managed {
+		return cfg, err
+	}
+	cfg.NAT, cfg.Uplink = o.rec.NAT, o.rec.Uplink
+	switch {
+	case o.rec.Addr.IsValid():
+		cfg.CIDR = o.rec.Addr.String()
+	case len(o.addrs) == 1:
+		cfg.CIDR = o.addrs[0].String()
+	}
+	return cfg, nil
+}
+
+// CheckRecorded is Check against what setup recorded on the bridge, with
+// the fields req gives in place of the recorded ones: after `setup --nat`,
+// a check that names no NAT expects NAT, and one with NAT false expects
+// none (and no uplink).
+func (h *Host) CheckRecorded(ctx context.Context, req CheckRequest) (*CheckResult, error) {
+	cfg, err := h.Recorded(ctx, req.Bridge)
+	if err != nil {
+		return nil, err
+	}
+	if req.CIDR != "" {
+		cfg.CIDR = req.CIDR
+	}
+	if req.NAT != nil {
+		cfg.NAT = *req.NAT
+		if !cfg.NAT {
+			cfg.Uplink = ""
+		}
+	}
+	if req.Uplink != "" {
+		cfg.Uplink = req.Uplink
+	}
+	cfg.Adopt = req.Adopt
+	return h.Check(ctx, cfg)
 }
 
 // Teardown removes what setup made for the bridge: the NAT table, the

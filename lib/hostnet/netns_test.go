@@ -570,3 +570,85 @@ func TestTapsCarryFramesAcrossTheBridge(t *testing.T) {
 		t.Fatalf("gateway answered with %s, want %s", rep.sha, BridgeMAC("vbr0"))
 	}
 }
+
+// Bug 6 of issue 14: after `setup --nat`, a bare `check` reported CONFLICT
+// on nat. A check compares with what setup recorded on the bridge; what the
+// request gives replaces the record.
+func TestCheckComparesWithWhatSetupRecorded(t *testing.T) {
+	ns := newNS(t)
+	ns.Run("ip", "link", "add", "up0", "type", "bridge") // any link can be an uplink
+	yes, no := true, false
+	check := func(req CheckRequest) (*CheckResult, error) {
+		var res *CheckResult
+		err := inErr(t, ns, func() error {
+			var err error
+			res, err = host.CheckRecorded(ctx, req)
+			return err
+		})
+		return res, err
+	}
+
+	// Nothing recorded: the defaults, which setup has not made yet.
+	_, err := check(CheckRequest{})
+	wantCode(t, err, apierr.Conflict)
+
+	in(t, ns, func() (*SetupResult, error) {
+		return host.Setup(ctx, Config{CIDR: "10.9.0.1/24", NAT: true, Uplink: "up0"})
+	})
+	for _, req := range []CheckRequest{{}, {Bridge: "vbr0"}, {NAT: &yes}, {CIDR: "10.9.0.1/24"}, {Uplink: "up0"}} {
+		if res, err := check(req); err != nil || !res.OK {
+			t.Fatalf("check %+v after setup --nat: %+v %v", req, res, err)
+		}
+	}
+	// Asking for something else still reports it.
+	res, err := check(CheckRequest{NAT: &no})
+	wantCode(t, err, apierr.Conflict)
+	if len(res.Differences) != 1 || res.Differences[0].Item != "nat" || res.Differences[0].Want != "absent" {
+		t.Fatalf("check --no-nat: %+v", res)
+	}
+	if _, err := check(CheckRequest{CIDR: "10.8.0.1/24"}); !apierr.Is(err, apierr.Conflict) {
+		t.Fatalf("check with another address: %v", err)
+	}
+	// The record follows setup: without --nat it removes NAT and says so.
+	in(t, ns, func() (*SetupResult, error) { return host.Setup(ctx, Config{CIDR: "10.9.0.1/24"}) })
+	if res, err := check(CheckRequest{}); err != nil || !res.OK {
+		t.Fatalf("check after setup without NAT: %+v %v", res, err)
+	}
+	if _, err := check(CheckRequest{NAT: &yes}); !apierr.Is(err, apierr.Conflict) {
+		t.Fatalf("check --nat after NAT was removed: %v", err)
+	}
+	// volantd's "leave NAT as it is" keeps the record as it is too.
+	in(t, ns, func() (*SetupResult, error) { return host.Setup(ctx, Config{CIDR: "10.9.0.1/24", NAT: true}) })
+	in(t, ns, func() (*SetupResult, error) { return host.Setup(ctx, Config{CIDR: "10.9.0.1/24", KeepNAT: true}) })
+	if res, err := check(CheckRequest{}); err != nil || !res.OK {
+		t.Fatalf("check after a setup that kept NAT: %+v %v", res, err)
+	}
+	if link := ns.Run("ip", "-d", "link", "show", "vbr0"); !strings.Contains(link, "volant-bridge:created,fwd,addr=10.9.0.1/24,nat") {
+		t.Fatalf("record: %s", link)
+	}
+}
+
+// A bridge set up before setup recorded NAT (an older build) has the NAT
+// table without the record: setup --nat adds the record and says so, and
+// check reports the gap until then.
+func TestSetupRecordsNATMadeBeforeTheRecord(t *testing.T) {
+	ns := newNS(t)
+	in(t, ns, func() (*SetupResult, error) { return host.Setup(ctx, Config{NAT: true}) })
+	ns.Run("ip", "link", "set", "vbr0", "alias", "volant-bridge:created,fwd,addr=192.168.127.1/24")
+	res, err := func() (*CheckResult, error) {
+		var res *CheckResult
+		err := inErr(t, ns, func() error { var err error; res, err = host.Check(ctx, Config{NAT: true}); return err })
+		return res, err
+	}()
+	wantCode(t, err, apierr.Conflict)
+	if len(res.Differences) != 1 || res.Differences[0].Item != "nat" || !strings.Contains(res.Differences[0].Got, "not recorded") {
+		t.Fatalf("check: %+v", res)
+	}
+	r := in(t, ns, func() (*SetupResult, error) { return host.Setup(ctx, Config{NAT: true}) })
+	if !reflect.DeepEqual(changedItems(r.Items), []string{"nat"}) {
+		t.Fatalf("setup: %+v", r)
+	}
+	if c := in(t, ns, func() (*CheckResult, error) { return host.CheckRecorded(ctx, CheckRequest{}) }); !c.OK {
+		t.Fatalf("bare check: %+v", c)
+	}
+}

@@ -19,13 +19,16 @@ const tapAliasPrefix = "volant:"
 
 // bridgeRecord is what setup did to a bridge, so that teardown undoes
 // exactly that. Its alias form is "volant-bridge:" followed by
-// comma-separated tokens, e.g. "volant-bridge:created,fwd,addr=192.168.127.1/24".
+// comma-separated tokens, e.g.
+// "volant-bridge:created,fwd,addr=192.168.127.1/24,nat,uplink=eth0".
 type bridgeRecord struct {
 	Created bool         // setup created the bridge: teardown deletes it
 	Adopted bool         // setup took over an existing bridge (--adopt)
 	Up      bool         // setup set an adopted bridge up: teardown sets it down
 	Fwd     bool         // setup changed net.ipv4.ip_forward from 0 to 1
 	Addr    netip.Prefix // the address setup added (invalid: none)
+	NAT     bool         // setup was asked for NAT (and made the table)
+	Uplink  string       // ... only through this interface
 }
 
 func (r bridgeRecord) String() string {
@@ -44,6 +47,12 @@ func (r bridgeRecord) String() string {
 	}
 	if r.Addr.IsValid() {
 		t = append(t, "addr="+r.Addr.String())
+	}
+	if r.NAT {
+		t = append(t, "nat")
+	}
+	if r.Uplink != "" {
+		t = append(t, "uplink="+r.Uplink)
 	}
 	return bridgeAliasPrefix + strings.Join(t, ",")
 }
@@ -81,6 +90,10 @@ func parseBridgeRecord(alias string) (r bridgeRecord, ok bool) {
 			if p, err := netip.ParsePrefix(v); err == nil {
 				r.Addr = p
 			}
+		case "nat":
+			r.NAT = true
+		case "uplink":
+			r.Uplink = v
 		}
 	}
 	return r, true
