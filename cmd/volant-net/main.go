@@ -6,18 +6,20 @@
 // Synopsis:
 //
 //	volant-net setup    [--bridge vbr0] [--cidr 192.168.127.1/24] [--nat] [--uplink IFACE] [--adopt]
-//	volant-net check    [--bridge vbr0] [--cidr 192.168.127.1/24] [--nat] [--uplink IFACE] [--adopt]
+//	volant-net check    [--bridge vbr0] [--cidr 192.168.127.1/24] [--nat | --no-nat] [--uplink IFACE] [--adopt]
 //	volant-net teardown [--bridge vbr0] [--force]
 //	volant-net status   [--bridge vbr0]
 //	volant-net tap add  [--name TAP | --vm VM] [--bridge vbr0] [--mac MAC] [--ip IP]
 //	                    [--owner USER|UID] [--group GROUP|GID] [--mtu N] [--queues N]
 //	volant-net tap del  [--name TAP | --vm VM] [--force]
 //	volant-net tap list
-//	volant-net tap gc   [--keep VM]...
+//	volant-net tap gc   [--keep VM]... [--dry-run]
 //	volant-net tap name VM
 //	volant-net version
 //
 // Add -v (--verbose) before the verb for a log of each change on stderr.
+// Verbs take no arguments beyond those shown, and a flag that holds one
+// value may be given once (USAGE otherwise).
 // volant-net works in its own network namespace (run it under
 // `ip netns exec NS` for another) and needs CAP_NET_ADMIN.
 //
@@ -30,8 +32,9 @@
 // --nat it removes the NAT an earlier `setup --nat` made. A bridge that
 // exists but was not made by volant-net is refused unless --adopt.
 //
-// What setup changed is recorded in the bridge's alias ("volant-bridge:…",
-// see `ip -d link show vbr0`), and teardown undoes exactly that: it deletes
+// What setup changed, and the NAT it was asked for, is recorded in the
+// bridge's alias ("volant-bridge:…,nat", see `ip -d link show vbr0`), and
+// teardown undoes exactly that: it deletes
 // the NAT table, restores ip_forward to 0 if setup changed it (and no other
 // Volant bridge remains), and deletes the bridge if setup created it (an
 // adopted bridge keeps existing; its recorded address and up state are
@@ -40,8 +43,13 @@
 // while Volant taps are attached to the bridge, unless --force, which
 // deletes them. It succeeds when there is nothing to remove.
 //
-// check reports what setup with the same flags would change, and exits 5
-// (CONFLICT) when that is anything. status reports the live state.
+// check compares the live state with what setup recorded on the bridge
+// (its address, NAT and uplink) and exits 5 (CONFLICT) when anything
+// differs: after `setup --nat`, a bare `check` checks that NAT is there.
+// What the request gives replaces the record, so `check --nat` reports
+// what `setup --nat` would change, and `check --no-nat` that there should
+// be no NAT. On a bridge volant-net does not manage, check compares with
+// the defaults. status reports the live state.
 //
 // Hosts whose firewall drops forwarded traffic (Docker sets the iptables
 // FORWARD policy to DROP) must allow the bridge there; an nftables accept
@@ -50,6 +58,7 @@
 // stdin (optional; flags override its fields):
 //
 //	setup, check  {"bridge":"vbr0","cidr":"192.168.127.1/24","nat":true,"uplink":"eth0","adopt":false}
+//	              (check: "nat":false asks for no NAT, an absent "nat" takes the record's)
 //	teardown      {"bridge":"vbr0","force":false}
 //	status        {"bridge":"vbr0"}
 //
@@ -103,16 +112,22 @@
 // succeeds when the tap is gone already, refuses a tap that is open (a VMM
 // is using it) unless --force, and never deletes a link volant-net did not
 // create. It accepts a tap result (kind net.tap) or a lease on stdin.
-// tap list lists Volant's taps (alias "volant:<vm>…"). tap gc deletes those
-// whose VM is not among --keep (a tap without a VM is kept when its name is),
-// skipping taps still open. tap name prints the name derived for a VM.
+// tap list lists Volant's taps (alias "volant:<vm>…"). tap gc follows CNI,
+// like `volant-ipam gc`: it is given the live VMs (--keep, repeated, or a
+// JSON array or {"keep":[...]} on stdin; the flags replace the stdin list)
+// and deletes the taps of every other VM (a tap without a VM is kept when
+// its name is listed), skipping taps still open; `echo '[]' | volant-net
+// tap gc` deletes every idle Volant tap, and tap gc without a list is
+// refused (USAGE). --dry-run reports what would be deleted. tap name
+// prints the name derived for a VM. VM names follow lib/names' rule (1-63
+// lowercase letters, digits, '-' and '_', starting with a letter or digit).
 //
 // stdin (optional; flags override its fields):
 //
 //	tap add  {"name","vm","bridge","mac","ip","owner":UID,"group":GID,"mtu","queues"}
 //	         or a volant-ipam lease result {"kind":"ipam.lease","vm","ip","mac",...}
 //	tap del  {"name","vm","force"}, or a net.tap or ipam.lease result
-//	tap gc   {"keep":["web1","web2"]}
+//	tap gc   ["web1","web2"], or {"keep":["web1","web2"],"dry_run":true}
 //
 // stdout (TAP is {"tap","vm","bridge","mac","ip","tap_mac","mtu","multi_queue",
 // "owner"?,"group"?,"up","in_use"}):
@@ -120,7 +135,7 @@
 //	tap add   {"kind":"net.tap",TAP...,"changed","items":[...],"lease":{...}?}
 //	tap del   {"kind":"net.tap-del","tap","vm","changed","detail"}
 //	tap list  {"kind":"net.tap-list","taps":[TAP...]}
-//	tap gc    {"kind":"net.tap-gc","removed":[TAP...],"skipped":[TAP...],"kept":[TAP...]}
+//	tap gc    {"kind":"net.tap-gc","removed":[TAP...],"skipped":[TAP...],"kept":[TAP...][,"dry_run":true]}
 //	tap name  {"kind":"net.tap-name","vm","tap"}
 //	version   {"kind":"net.version","build"}
 //
@@ -128,7 +143,7 @@
 //
 // stderr, one JSON object {"code","message","details"}; exit status:
 //
-//	USAGE              2  bad flags or arguments
+//	USAGE              2  bad flags or arguments, a flag given twice, tap gc without a keep list
 //	INVALID_INPUT      3  a name too long or invalid, a bad CIDR, MAC or IP, an IP outside the bridge's subnets
 //	NOT_FOUND          4  the bridge (tap add) or the uplink does not exist
 //	CONFLICT           5  check found differences (details.differences lists each {"item","want","got"});
@@ -145,347 +160,250 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"os/user"
-	"strconv"
-	"strings"
 
 	"github.com/volantvm/volant/lib/apierr"
-	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/hostnet"
+	"github.com/volantvm/volant/lib/names"
 )
 
 func main() { cli.Main(run) }
 
-type setupFlags struct {
-	Bridge string `long:"bridge" value-name:"NAME" description:"bridge name (default vbr0)"`
-	CIDR   string `long:"cidr" value-name:"ADDR/LEN" description:"bridge address with prefix length (default 192.168.127.1/24)"`
-	NAT    bool   `long:"nat" description:"masquerade traffic from the subnet to other networks"`
-	Uplink string `long:"uplink" value-name:"IFACE" description:"masquerade only traffic leaving through IFACE"`
-	Adopt  bool   `long:"adopt" description:"manage an existing bridge volant-net did not create"`
-}
-
-type options struct {
-	Verbose  bool       `short:"v" long:"verbose" description:"log each change on stderr"`
-	Setup    setupFlags `command:"setup" description:"Create or repair the bridge, address, forwarding and NAT"`
-	Check    setupFlags `command:"check" description:"Report what setup would change; exit 5 if anything"`
-	Teardown struct {
-		Bridge string `long:"bridge" value-name:"NAME" description:"bridge name (default vbr0)"`
-		Force  bool   `long:"force" description:"also delete Volant taps still attached"`
-	} `command:"teardown" description:"Remove what setup made"`
-	Status struct {
-		Bridge string `long:"bridge" value-name:"NAME" description:"bridge name (default vbr0)"`
-	} `command:"status" description:"Report the live state of the bridge, NAT and taps"`
-	Tap struct {
-		Add struct {
-			Name   string `long:"name" value-name:"TAP" description:"tap name (default derived from --vm)"`
-			VM     string `long:"vm" value-name:"VM" description:"the VM the tap belongs to"`
-			Bridge string `long:"bridge" value-name:"NAME" description:"bridge to attach to (default vbr0)"`
-			MAC    string `long:"mac" value-name:"MAC" description:"the guest NIC's MAC"`
-			IP     string `long:"ip" value-name:"IP" description:"the guest's IPv4 address (permanent neighbour entry)"`
-			Owner  string `long:"owner" value-name:"USER|UID" description:"user who may open the tap"`
-			Group  string `long:"group" value-name:"GROUP|GID" description:"group that may open the tap"`
-			MTU    int    `long:"mtu" value-name:"N" description:"tap MTU"`
-			Queues int    `long:"queues" value-name:"N" description:"queues; N > 1 makes a multi-queue tap"`
-		} `command:"add" description:"Create a VM's tap on the bridge (idempotent)"`
-		Del struct {
-			Name  string `long:"name" value-name:"TAP" description:"tap name"`
-			VM    string `long:"vm" value-name:"VM" description:"delete the tap derived from this VM name"`
-			Force bool   `long:"force" description:"delete even while a process has it open"`
-		} `command:"del" description:"Delete a VM's tap (idempotent)"`
-		List struct{} `command:"list" description:"List Volant's taps"`
-		GC   struct {
-			Keep []string `long:"keep" value-name:"VM" description:"a live VM whose tap stays (repeat)"`
-		} `command:"gc" description:"Delete the taps of VMs not kept"`
-		Name struct {
-			Args struct {
-				VM string `positional-arg-name:"VM" required:"yes"`
-			} `positional-args:"yes"`
-		} `command:"name" description:"Print the tap name derived for a VM"`
-	} `command:"tap" description:"Per-VM tap devices"`
-	Version struct{} `command:"version" description:"Print the build version"`
-}
-
-// chained holds another command's result inside a request: the fields this
-// command reads (decoded leniently: the producer may add fields) and the
-// raw JSON, which is passed on unchanged.
-type chained[T any] struct {
-	V   T
-	raw json.RawMessage
-}
-
-func (c *chained[T]) UnmarshalJSON(b []byte) error {
-	if err := json.Unmarshal(b, &c.V); err != nil {
-		return err
-	}
-	c.raw = append(json.RawMessage(nil), b...)
-	return nil
-}
-
-func (c *chained[T]) MarshalJSON() ([]byte, error) { return c.raw, nil }
-
-// lease is what tap add reads from a `volant-ipam lease` result.
-type lease struct {
-	VM  string `json:"vm"`
-	IP  string `json:"ip"`
-	MAC string `json:"mac"`
-}
-
-type tapAddRequest struct {
-	hostnet.TapConfig
-	Lease *chained[lease] `json:"lease,omitempty"`
-}
-
-func (tapAddRequest) Accepts() map[string]string { return map[string]string{"ipam.lease": "lease"} }
-
-type tapAddResult struct {
-	hostnet.TapResult
-	Lease *chained[lease] `json:"lease,omitempty"`
-}
-
-type tapDelRequest struct {
-	hostnet.TapRef
-	Tap   *chained[struct{ Tap, VM string }] `json:"tap,omitempty"`
-	Lease *chained[lease]                    `json:"lease,omitempty"`
-}
-
-func (tapDelRequest) Accepts() map[string]string {
-	return map[string]string{"ipam.lease": "lease", "net.tap": "tap"}
-}
-
-type gcRequest struct {
-	Keep []string `json:"keep"`
-}
-
-type statusRequest struct {
-	Bridge string `json:"bridge,omitempty"`
-}
-
-type tapNameResult struct {
-	VM  string `json:"vm"`
-	Tap string `json:"tap"`
-}
-
-type tapListResult struct {
-	Taps []hostnet.Tap `json:"taps"`
-}
-
-type versionResult struct {
-	Build string `json:"build"`
-}
-
 func run(ctx context.Context, env *cli.Env) error {
-	err := runVerb(ctx, env)
+	err := cli.Run(ctx, env, "volant-net", &options{})
 	if err != nil && apierr.CodeOf(err) == apierr.PermissionDenied {
 		return apierr.From(err).With("hint", "volant-net needs root (CAP_NET_ADMIN in its network namespace)")
 	}
 	return err
 }
 
-func runVerb(ctx context.Context, env *cli.Env) error {
-	var o options
-	verb, _, err := cli.Parse(env, "volant-net", &o)
-	if err != nil {
-		return err
-	}
+type options struct {
+	Verbose  bool        `short:"v" long:"verbose" description:"log each change on stderr"`
+	Setup    setupCmd    `command:"setup" description:"Create or repair the bridge, address, forwarding and NAT"`
+	Check    checkCmd    `command:"check" description:"Compare the host with what setup recorded; exit 5 if anything differs"`
+	Teardown teardownCmd `command:"teardown" description:"Remove what setup made"`
+	Status   statusCmd   `command:"status" description:"Report the live state of the bridge, NAT and taps"`
+	Tap      struct {
+		Add  tapAddCmd  `command:"add" description:"Create a VM's tap on the bridge (idempotent)"`
+		Del  tapDelCmd  `command:"del" description:"Delete a VM's tap (idempotent)"`
+		List tapListCmd `command:"list" description:"List Volant's taps"`
+		GC   tapGCCmd   `command:"gc" description:"Delete the taps of VMs not kept"`
+		Name tapNameCmd `command:"name" description:"Print the tap name derived for a VM"`
+	} `command:"tap" description:"Per-VM tap devices"`
+	Version cli.VersionCommand `command:"version" description:"Print the build version"`
+}
+
+func (o *options) host(env *cli.Env) *hostnet.Host {
 	h := &hostnet.Host{}
 	if o.Verbose {
 		h.Log = env.Logger(true)
 	}
-	switch verb {
-	case "setup", "check":
-		f := o.Setup
-		if verb == "check" {
-			f = o.Check
-		}
-		var cfg hostnet.Config
-		if _, err := cli.ReadRequest(env, &cfg); err != nil {
-			return err
-		}
-		override(&cfg.Bridge, f.Bridge)
-		override(&cfg.CIDR, f.CIDR)
-		override(&cfg.Uplink, f.Uplink)
-		cfg.NAT = cfg.NAT || f.NAT
-		cfg.Adopt = cfg.Adopt || f.Adopt
-		if verb == "check" {
-			res, err := h.Check(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			return cli.WriteResult(env, "net.check", res)
-		}
-		res, err := h.Setup(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "net.setup", res)
-
-	case "teardown":
-		var cfg hostnet.TeardownConfig
-		if _, err := cli.ReadRequest(env, &cfg); err != nil {
-			return err
-		}
-		override(&cfg.Bridge, o.Teardown.Bridge)
-		cfg.Force = cfg.Force || o.Teardown.Force
-		res, err := h.Teardown(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "net.teardown", res)
-
-	case "status":
-		var req statusRequest
-		if _, err := cli.ReadRequest(env, &req); err != nil {
-			return err
-		}
-		override(&req.Bridge, o.Status.Bridge)
-		res, err := h.Status(ctx, req.Bridge)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "net.status", res)
-
-	case "tap add":
-		f := o.Tap.Add
-		var req tapAddRequest
-		if _, err := cli.ReadRequest(env, &req); err != nil {
-			return err
-		}
-		cfg := req.TapConfig
-		if req.Lease != nil {
-			l := req.Lease.V
-			fill(&cfg.VM, l.VM)
-			fill(&cfg.IP, strings.SplitN(l.IP, "/", 2)[0])
-			fill(&cfg.MAC, l.MAC)
-		}
-		override(&cfg.Name, f.Name)
-		override(&cfg.VM, f.VM)
-		override(&cfg.Bridge, f.Bridge)
-		override(&cfg.MAC, f.MAC)
-		override(&cfg.IP, f.IP)
-		if f.MTU != 0 {
-			cfg.MTU = f.MTU
-		}
-		if f.Queues != 0 {
-			cfg.Queues = f.Queues
-		}
-		if f.Owner != "" {
-			if cfg.Owner, err = lookupID(f.Owner, "owner", lookupUser); err != nil {
-				return err
-			}
-		}
-		if f.Group != "" {
-			if cfg.Group, err = lookupID(f.Group, "group", lookupGroup); err != nil {
-				return err
-			}
-		}
-		res, err := h.AddTap(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "net.tap", tapAddResult{TapResult: *res, Lease: req.Lease})
-
-	case "tap del":
-		var req tapDelRequest
-		if _, err := cli.ReadRequest(env, &req); err != nil {
-			return err
-		}
-		ref := req.TapRef
-		if req.Tap != nil {
-			fill(&ref.Name, req.Tap.V.Tap)
-			fill(&ref.VM, req.Tap.V.VM)
-		}
-		if req.Lease != nil {
-			fill(&ref.VM, req.Lease.V.VM)
-		}
-		override(&ref.Name, o.Tap.Del.Name)
-		override(&ref.VM, o.Tap.Del.VM)
-		ref.Force = ref.Force || o.Tap.Del.Force
-		res, err := h.DelTap(ctx, ref)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "net.tap-del", res)
-
-	case "tap list":
-		taps, err := h.ListTaps(ctx)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "net.tap-list", tapListResult{Taps: taps})
-
-	case "tap gc":
-		var req gcRequest
-		if _, err := cli.ReadRequest(env, &req); err != nil {
-			return err
-		}
-		req.Keep = append(req.Keep, o.Tap.GC.Keep...)
-		res, err := h.GCTaps(ctx, req.Keep)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "net.tap-gc", res)
-
-	case "tap name":
-		vm := o.Tap.Name.Args.VM
-		if err := hostnet.ValidateVMName(vm); err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "net.tap-name", tapNameResult{VM: vm, Tap: hostnet.TapName(vm)})
-
-	case "version":
-		return cli.WriteResult(env, "net.version", versionResult{Build: buildinfo.String()})
-	}
-	if strings.HasPrefix(verb, "tap") {
-		return apierr.New(apierr.Usage, "missing tap verb (add, del, list, gc, name); run volant-net tap --help")
-	}
-	return apierr.New(apierr.Usage, "missing verb; run volant-net --help")
+	return h
 }
 
-// fill sets *dst to v when *dst is empty (a chained result supplies what
-// the request left out).
-func fill(dst *string, v string) {
-	if *dst == "" {
-		*dst = v
-	}
+type bridgeFlag struct {
+	Bridge string `long:"bridge" value-name:"NAME" description:"bridge name (default vbr0)"`
 }
 
-// override sets *dst to v when v is given (flags win).
-func override(dst *string, v string) {
-	if v != "" {
-		*dst = v
-	}
+type netFlags struct {
+	bridgeFlag
+	CIDR   string `long:"cidr" value-name:"ADDR/LEN" description:"bridge address with prefix length (default 192.168.127.1/24)"`
+	NAT    bool   `long:"nat" description:"masquerade traffic from the subnet to other networks"`
+	Uplink string `long:"uplink" value-name:"IFACE" description:"masquerade only traffic leaving through IFACE"`
+	Adopt  bool   `long:"adopt" description:"manage an existing bridge volant-net did not create"`
 }
 
-func lookupUser(name string) (string, error) {
-	u, err := user.Lookup(name)
+type setupCmd struct{ netFlags }
+
+func (c *setupCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	var cfg hostnet.Config
+	if _, err := cli.ReadRequest(env, &cfg); err != nil {
+		return err
+	}
+	cli.Override(&cfg.Bridge, c.Bridge)
+	cli.Override(&cfg.CIDR, c.CIDR)
+	cli.Override(&cfg.Uplink, c.Uplink)
+	cli.Override(&cfg.NAT, c.NAT)
+	cli.Override(&cfg.Adopt, c.Adopt)
+	res, err := o.host(env).Setup(ctx, cfg)
 	if err != nil {
-		return "", err
+		return err
 	}
-	return u.Uid, nil
+	return cli.WriteResult(env, "net.setup", res)
 }
 
-func lookupGroup(name string) (string, error) {
-	g, err := user.LookupGroup(name)
+type checkCmd struct {
+	netFlags
+	NoNAT bool `long:"no-nat" description:"expect no NAT, whatever setup recorded"`
+}
+
+func (c *checkCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	if c.NAT && c.NoNAT {
+		return apierr.New(apierr.Usage, "--nat and --no-nat contradict each other")
+	}
+	var req hostnet.CheckRequest
+	if _, err := cli.ReadRequest(env, &req); err != nil {
+		return err
+	}
+	cli.Override(&req.Bridge, c.Bridge)
+	cli.Override(&req.CIDR, c.CIDR)
+	cli.Override(&req.Uplink, c.Uplink)
+	cli.Override(&req.Adopt, c.Adopt)
+	if c.NAT || c.NoNAT {
+		req.NAT = &c.NAT
+	}
+	res, err := o.host(env).CheckRecorded(ctx, req)
 	if err != nil {
-		return "", err
+		return err
 	}
-	return g.Gid, nil
+	return cli.WriteResult(env, "net.check", res)
 }
 
-// lookupID resolves a numeric id or a user/group name.
-func lookupID(s, what string, lookup func(string) (string, error)) (*uint32, error) {
-	id := s
-	if _, err := strconv.ParseUint(s, 10, 32); err != nil {
-		if id, err = lookup(s); err != nil {
-			return nil, apierr.New(apierr.InvalidInput, "%s %q is neither a number nor a known name", what, s).With(what, s)
+type teardownCmd struct {
+	bridgeFlag
+	Force bool `long:"force" description:"also delete Volant taps still attached"`
+}
+
+func (c *teardownCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	var cfg hostnet.TeardownConfig
+	if _, err := cli.ReadRequest(env, &cfg); err != nil {
+		return err
+	}
+	cli.Override(&cfg.Bridge, c.Bridge)
+	cli.Override(&cfg.Force, c.Force)
+	res, err := o.host(env).Teardown(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.teardown", res)
+}
+
+type statusCmd struct{ bridgeFlag }
+
+func (c *statusCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	var req bridgeFlag
+	if _, err := cli.ReadRequest(env, &req); err != nil {
+		return err
+	}
+	cli.Override(&req.Bridge, c.Bridge)
+	res, err := o.host(env).Status(ctx, req.Bridge)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.status", res)
+}
+
+type tapAddCmd struct {
+	Name   string `long:"name" value-name:"TAP" description:"tap name (default derived from --vm)"`
+	VM     string `long:"vm" value-name:"VM" description:"the VM the tap belongs to"`
+	Bridge string `long:"bridge" value-name:"NAME" description:"bridge to attach to (default vbr0)"`
+	MAC    string `long:"mac" value-name:"MAC" description:"the guest NIC's MAC"`
+	IP     string `long:"ip" value-name:"IP" description:"the guest's IPv4 address (permanent neighbour entry)"`
+	Owner  string `long:"owner" value-name:"USER|UID" description:"user who may open the tap"`
+	Group  string `long:"group" value-name:"GROUP|GID" description:"group that may open the tap"`
+	MTU    int    `long:"mtu" value-name:"N" description:"tap MTU"`
+	Queues int    `long:"queues" value-name:"N" description:"queues; N > 1 makes a multi-queue tap"`
+}
+
+func (c *tapAddCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	var req hostnet.TapAddRequest
+	if _, err := cli.ReadRequest(env, &req); err != nil {
+		return err
+	}
+	cfg := req.Config()
+	cli.Override(&cfg.Name, c.Name)
+	cli.Override(&cfg.VM, c.VM)
+	cli.Override(&cfg.Bridge, c.Bridge)
+	cli.Override(&cfg.MAC, c.MAC)
+	cli.Override(&cfg.IP, c.IP)
+	cli.Override(&cfg.MTU, c.MTU)
+	cli.Override(&cfg.Queues, c.Queues)
+	var err error
+	if c.Owner != "" {
+		if cfg.Owner, err = hostnet.LookupOwner(c.Owner); err != nil {
+			return err
 		}
 	}
-	n, err := strconv.ParseUint(id, 10, 32)
-	if err != nil || n == 1<<32-1 {
-		return nil, apierr.New(apierr.InvalidInput, "%s %q is out of range", what, s).With(what, s)
+	if c.Group != "" {
+		if cfg.Group, err = hostnet.LookupGroup(c.Group); err != nil {
+			return err
+		}
 	}
-	v := uint32(n)
-	return &v, nil
+	res, err := o.host(env).AddTap(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.tap", hostnet.TapAddResult{TapResult: *res, Lease: req.Lease})
+}
+
+type tapDelCmd struct {
+	Name  string `long:"name" value-name:"TAP" description:"tap name"`
+	VM    string `long:"vm" value-name:"VM" description:"delete the tap derived from this VM name"`
+	Force bool   `long:"force" description:"delete even while a process has it open"`
+}
+
+func (c *tapDelCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	var req hostnet.TapDelRequest
+	if _, err := cli.ReadRequest(env, &req); err != nil {
+		return err
+	}
+	ref := req.Ref()
+	cli.Override(&ref.Name, c.Name)
+	cli.Override(&ref.VM, c.VM)
+	cli.Override(&ref.Force, c.Force)
+	res, err := o.host(env).DelTap(ctx, ref)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.tap-del", res)
+}
+
+type tapListCmd struct{}
+
+func (tapListCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	taps, err := o.host(env).ListTaps(ctx)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.tap-list", struct {
+		Taps []hostnet.Tap `json:"taps"`
+	}{taps})
+}
+
+type tapGCCmd struct {
+	Keep   []string `long:"keep" value-name:"VM" description:"a live VM whose tap stays (repeat)"`
+	DryRun bool     `long:"dry-run" description:"report what would be deleted; change nothing"`
+}
+
+func (c *tapGCCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	req, err := cli.ReadGCRequest(env, "VM names", c.Keep, c.DryRun, hostnet.ValidKeep)
+	if err != nil {
+		return err
+	}
+	gc := o.host(env).GCTaps
+	if req.DryRun {
+		gc = o.host(env).GCTapsDryRun
+	}
+	res, err := gc(ctx, req.Keep)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.tap-gc", res)
+}
+
+type tapNameCmd struct {
+	Args struct {
+		VM string `positional-arg-name:"VM" required:"yes"`
+	} `positional-args:"yes"`
+}
+
+func (c *tapNameCmd) Execute(_ context.Context, env *cli.Env) error {
+	vm := c.Args.VM
+	if err := names.Check("VM name", vm); err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.tap-name", struct {
+		VM  string `json:"vm"`
+		Tap string `json:"tap"`
+	}{vm, hostnet.TapName(vm)})
 }

@@ -90,7 +90,9 @@ func TestContractInNamespace(t *testing.T) {
 		{"setup-again", "", []string{"setup", "--nat"}, 0},
 		{"setup-stdin-again", `{"version":"1","bridge":"vbr0","cidr":"192.168.127.1/24","nat":true}`, []string{"setup"}, 0},
 		{"check", "", []string{"check", "--nat"}, 0},
-		{"check-without-nat", "", []string{"check"}, 5},
+		// Bug 6 of issue 14: a bare check checks what setup recorded (NAT).
+		{"check-bare", "", []string{"check"}, 0},
+		{"check-without-nat", "", []string{"check", "--no-nat"}, 5},
 		{"setup-foreign-bridge", "", []string{"setup", "--bridge", "other0", "--cidr", "10.5.0.1/24"}, 5},
 		{"tap-add-lease", leaseWeb1, []string{"tap", "add"}, 0},
 		{"tap-add-lease-again", leaseWeb1, []string{"tap", "add"}, 0},
@@ -103,6 +105,8 @@ func TestContractInNamespace(t *testing.T) {
 		{"teardown-with-taps", "", []string{"teardown"}, 5},
 		{"tap-del-from-result", "", nil, 0}, // stdin: tap-add-lease's output
 		{"tap-del-again", "", []string{"tap", "del", "--vm", "web1"}, 0},
+		{"tap-gc-no-keep", "", []string{"tap", "gc"}, 2}, // used to delete every idle tap
+		{"tap-gc-dry-run", `["web1"]`, []string{"tap", "gc", "--dry-run"}, 0},
 		{"tap-gc", `{"keep":["web1"]}`, []string{"tap", "gc"}, 0},
 		{"teardown", "", []string{"teardown"}, 0},
 		{"teardown-again", "", []string{"teardown"}, 0},

@@ -99,6 +99,8 @@ type GCResult struct {
 	// has open; stop their VMM first.
 	Skipped []Tap `json:"skipped"`
 	Kept    []Tap `json:"kept"`
+	// DryRun is set when nothing was removed (Removed is what would be).
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 type tapSpec struct {
@@ -600,8 +602,19 @@ func (h *Host) DelTap(ctx context.Context, ref TapRef) (*DelTapResult, error) {
 }
 
 // GCTaps deletes the Volant taps whose VM (or, for taps without a VM, whose
-// name) is not in keep, except those a process still has open.
+// name) is not in keep, except those a process still has open. An empty
+// keep list deletes every idle Volant tap (CNI's gc: keep lists the live
+// IDs).
 func (h *Host) GCTaps(ctx context.Context, keep []string) (*GCResult, error) {
+	return h.gcTaps(ctx, keep, false)
+}
+
+// GCTapsDryRun reports what GCTaps would do, changing nothing.
+func (h *Host) GCTapsDryRun(ctx context.Context, keep []string) (*GCResult, error) {
+	return h.gcTaps(ctx, keep, true)
+}
+
+func (h *Host) gcTaps(ctx context.Context, keep []string, dryRun bool) (*GCResult, error) {
 	want := map[string]bool{}
 	for _, k := range keep {
 		want[k] = true
@@ -610,13 +623,15 @@ func (h *Host) GCTaps(ctx context.Context, keep []string) (*GCResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &GCResult{Removed: []Tap{}, Skipped: []Tap{}, Kept: []Tap{}}
+	res := &GCResult{Removed: []Tap{}, Skipped: []Tap{}, Kept: []Tap{}, DryRun: dryRun}
 	for _, t := range taps {
 		switch {
 		case (t.VM != "" && want[t.VM]) || (t.VM == "" && want[t.Name]):
 			res.Kept = append(res.Kept, t)
 		case t.InUse:
 			res.Skipped = append(res.Skipped, t)
+		case dryRun:
+			res.Removed = append(res.Removed, t)
 		default:
 			if _, err := h.DelTap(ctx, TapRef{Name: t.Name}); err != nil {
 				return nil, fmt.Errorf("gc: %w", err)
