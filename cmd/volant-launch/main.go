@@ -8,6 +8,7 @@
 //	volant-launch status   --dir RUNDIR | --name NAME
 //	volant-launch pause    --dir RUNDIR | --name NAME
 //	volant-launch resume   --dir RUNDIR | --name NAME
+//	volant-launch counters --dir RUNDIR | --name NAME
 //	volant-launch backends
 //	volant-launch version
 //
@@ -50,6 +51,11 @@
 //	status    {"kind":"launch.status","name","run_dir","running","state","vmm","supervisor":{pid,start_time,boot_id,alive},
 //	           "vmm_process":{...},"socket","console_socket","serial_log","started_at"}
 //	pause, resume   the status after the change (kinds launch.pause, launch.resume)
+//	counters  {"kind":"launch.counters","name","run_dir","vmm","counters":{"<device>":{"<counter>":N,..},..}}
+//	          the hypervisor's own per device (Cloud Hypervisor: GET /vm.counters; QEMU: per drive
+//	          read_bytes, write_bytes, read_ops, write_ops), plus "tap:<tap>" per NIC whose tap is
+//	          visible in this network namespace: rx_bytes, rx_frames, tx_bytes, tx_frames as the
+//	          guest sees them
 //	backends  {"kind":"launch.backends","default":"qemu","backends":[{"name","usable","binary","accel","reason","capabilities"}]}
 //
 // `run` is for systemd (Type=notify: READY=1 once the VMM answers on its
@@ -59,12 +65,17 @@
 // the VM: ACPI power button, then after --stop-timeout (default 10s) a hard
 // stop, then SIGKILL. It exits when the VM does; the VMM never outlives it
 // (also not a kill -9). `stop` does the same escalation from another process
-// and succeeds when the VM is already gone.
+// and succeeds when the VM is already gone. When `run` fails, the error
+// object it prints is also written to <data dir>/vms/<name>/last-error.json
+// ({"at","error":{"code","message","details"}}; temp file, fsync, rename),
+// where volantd reads why a VM's run ended; a run that ends well removes
+// it. A run refused because the VM already runs (CONFLICT) leaves it alone.
 //
-// Environment: VOLANT_KERNEL_DIR (default /var/lib/volant/kernel),
+// Environment (lib/layout): VOLANT_KERNEL_DIR (default /var/lib/volant/kernel),
 // VOLANT_KESTREL (default: a kestrel next to this binary), VOLANT_RUN_ROOT
-// (default /run/volant/vms), VOLANT_STATE_DIR (default /var/lib/volant),
-// VOLANT_CACHE_DIR (default /var/lib/volant/cache), NOTIFY_SOCKET (systemd).
+// (default /run/volant/vms), VOLANT_DATA_DIR (default /var/lib/volant; the
+// old name VOLANT_STATE_DIR is still read when it is unset),
+// VOLANT_CACHE_DIR (default <data dir>/cache), NOTIFY_SOCKET (systemd).
 //
 // Errors (stderr, one JSON object {"code","message","details"}; exit status):
 //
@@ -73,7 +84,7 @@
 //	INVALID_MANIFEST   3  the manifest failed validation
 //	CMDLINE_TOO_LONG   3  the kernel command line cannot fit even without the manifest
 //	NOT_FOUND          4  kernel, artifact or tap missing; status of a VM that is not there
-//	CONFLICT           5  the VM already runs (its run dir is locked); pause of a stopped VM
+//	CONFLICT           5  the VM already runs (its run dir is locked); pause or counters of a stopped VM
 //	NOT_SUPPORTED      7  the backend or host cannot do it (TCG on Cloud Hypervisor, KVM on a PVM host, remote artifacts)
 //	CHECKSUM_MISMATCH  8  an artifact's sha256 differs from the manifest's; nothing was started
 //	                      (artifacts are hashed unless this host already verified the same file
@@ -84,7 +95,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -94,6 +104,7 @@ import (
 	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/launch"
+	"github.com/volantvm/volant/lib/runner"
 	"github.com/volantvm/volant/lib/vmm"
 )
 
@@ -143,6 +154,7 @@ type options struct {
 	Status   dirFlags `command:"status" description:"Report a VM's processes and state"`
 	Pause    dirFlags `command:"pause" description:"Pause a VM's vCPUs"`
 	Resume   dirFlags `command:"resume" description:"Resume a paused VM"`
+	Counters dirFlags `command:"counters" description:"Report a VM's I/O counters"`
 	Backends struct{} `command:"backends" description:"List the hypervisor backends, usable here or not, and their capabilities"`
 	Version  struct{} `command:"version" description:"Print the build version"`
 }
@@ -177,11 +189,7 @@ func run(ctx context.Context, env *cli.Env) error {
 		if err != nil {
 			return err
 		}
-		p, err := launch.Prepare(ctx, s, lo)
-		if err != nil {
-			return err
-		}
-		res, err := launch.Run(ctx, p, lo, launch.RunOptions{
+		res, err := runner.Foreground(ctx, s, lo, launch.RunOptions{
 			Notify:       func(state string) { daemon.SdNotify(false, state) },
 			VMMOutput:    env.Stderr,
 			ReadyTimeout: o.Run.ReadyTimeout,
@@ -214,6 +222,16 @@ func run(ctx context.Context, env *cli.Env) error {
 			return err
 		}
 		return cli.WriteResult(env, "launch."+verb, st)
+	case "counters":
+		dir, err := runDir(o.Counters, lo)
+		if err != nil {
+			return err
+		}
+		rep, err := launch.Counters(ctx, dir, lo)
+		if err != nil {
+			return err
+		}
+		return cli.WriteResult(env, "launch.counters", rep)
 	case "backends":
 		reports, def := launch.Backends(ctx, lo)
 		return cli.WriteResult(env, "launch.backends", backendsResult{Default: def, Backends: reports})
@@ -244,29 +262,11 @@ type backendsResult struct {
 // libOptions maps the environment onto the library's options; logs go to
 // stderr for the verbs that run things.
 func libOptions(env *cli.Env, logs bool) launch.Options {
-	o := launch.Options{
-		KernelDir: env.Env("VOLANT_KERNEL_DIR"),
-		Kestrel:   env.Env("VOLANT_KESTREL"),
-		RunRoot:   env.Env("VOLANT_RUN_ROOT"),
-		StateDir:  env.Env("VOLANT_STATE_DIR"),
-		CacheDir:  env.Env("VOLANT_CACHE_DIR"),
-	}
-	if o.Kestrel == "" {
-		if exe, err := os.Executable(); err == nil {
-			if k := filepath.Join(filepath.Dir(exe), "kestrel"); fileExists(k) {
-				o.Kestrel = k
-			}
-		}
-	}
+	o := runner.OptionsFromEnv(env.Getenv)
 	if logs {
 		o.Logger = env.Logger(false)
 	}
 	return o
-}
-
-func fileExists(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.Mode().IsRegular()
 }
 
 func runDir(f dirFlags, o launch.Options) (string, error) {

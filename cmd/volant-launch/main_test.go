@@ -129,11 +129,27 @@ func TestContract(t *testing.T) {
 			clitest.Golden(t, tc.name+".err", c.normalize(string(b))+"\n")
 		})
 	}
-	// A refused run started nothing: no run dir, no serial log.
-	for _, p := range []string{filepath.Join(c.dir, "run", "w5"), filepath.Join(c.dir, "state", "vms", "w5")} {
-		if _, err := os.Stat(p); err == nil {
-			t.Errorf("a run refused for its checksum left %s", p)
+	// A refused run started nothing: no run dir, no serial log, no disk
+	// copies; its VM directory holds only the record of why it ended.
+	if _, err := os.Stat(filepath.Join(c.dir, "run", "w5")); err == nil {
+		t.Errorf("a run refused for its checksum left its run dir")
+	}
+	ents, _ := os.ReadDir(filepath.Join(c.dir, "state", "vms", "w5"))
+	for _, e := range ents {
+		if e.Name() != "last-error.json" {
+			t.Errorf("a run refused for its checksum left %s", e.Name())
 		}
+	}
+	var last struct {
+		Error apierr.Error `json:"error"`
+	}
+	b, err := os.ReadFile(filepath.Join(c.dir, "state", "vms", "w5", "last-error.json"))
+	if err != nil || json.Unmarshal(b, &last) != nil || last.Error.Code != apierr.ChecksumMismatch || last.Error.Details["role"] != "initramfs" {
+		t.Errorf("the refused run's last error: %s (%v), want CHECKSUM_MISMATCH with its details", b, err)
+	}
+	// argv is a dry run: it records nothing.
+	if _, err := os.Stat(filepath.Join(c.dir, "state", "vms", "w4")); err == nil {
+		t.Errorf("argv wrote into the state directory")
 	}
 }
 

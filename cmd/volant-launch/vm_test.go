@@ -152,7 +152,19 @@ func (w *vmWorld) start(t *testing.T, name string, extra ...string) (*exec.Cmd, 
 
 func (w *vmWorld) launch(t *testing.T, args ...string) map[string]any {
 	t.Helper()
-	cmd := exec.Command(w.bin, args...)
+	return w.launchCmd(t, exec.Command(w.bin, args...))
+}
+
+// launchInNS is launch run inside the VM's network namespace, where its
+// tap is.
+func (w *vmWorld) launchInNS(t *testing.T, args ...string) map[string]any {
+	t.Helper()
+	return w.launchCmd(t, w.ns.Cmd(w.bin, args...))
+}
+
+func (w *vmWorld) launchCmd(t *testing.T, cmd *exec.Cmd) map[string]any {
+	t.Helper()
+	args := cmd.Args
 	cmd.Env = w.env
 	out, err := cmd.Output()
 	if err != nil {
@@ -229,6 +241,14 @@ func TestVMRunPauseStop(t *testing.T) {
 		t.Fatalf("status %v", st)
 	}
 	vmmPid := int(st["vmm_process"].(map[string]any)["pid"].(float64))
+
+	// The guest answered HTTP through its tap: the tap's counters, seen
+	// from the guest, show traffic both ways (read where the tap is).
+	c := w.launchInNS(t, "counters", "--dir", w.runDir)
+	tapc, _ := c["counters"].(map[string]any)["tap:"+launch.DefaultTapName(name)].(map[string]any)
+	if c["vmm"] != "qemu" || tapc == nil || tapc["rx_bytes"].(float64) <= 0 || tapc["tx_bytes"].(float64) <= 0 || tapc["rx_frames"].(float64) <= 0 {
+		t.Fatalf("counters: %v", c)
+	}
 
 	if st := w.launch(t, "pause", "--dir", w.runDir); st["state"] != "paused" {
 		t.Fatalf("pause: %v", st)
@@ -522,6 +542,18 @@ func TestVMRootfs(t *testing.T) {
 	if body, err := w.get(":80/index.html", 5*time.Second); err != nil || body != "from the disk\n" {
 		t.Fatalf("workload: %q %v", body, err)
 	}
+	// The root disk was read: QEMU's block counters say so.
+	c := w.launch(t, "counters", "--dir", w.runDir)
+	var read float64
+	for _, dev := range c["counters"].(map[string]any) {
+		if kv, ok := dev.(map[string]any); ok {
+			n, _ := kv["read_bytes"].(float64)
+			read += n
+		}
+	}
+	if read < 1<<20 {
+		t.Fatalf("counters of a VM booted from its disk: %v", c)
+	}
 	run.Process.Signal(syscall.SIGTERM)
 	if err := run.Wait(); err != nil {
 		t.Fatalf("run: %v\n%s", err, errb)
@@ -548,4 +580,9 @@ func mustRead(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
 }

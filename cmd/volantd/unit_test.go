@@ -10,6 +10,7 @@ import (
 
 	"github.com/volantvm/volant/lib/controller"
 	"github.com/volantvm/volant/lib/controller/controllertest"
+	"github.com/volantvm/volant/lib/runner"
 	"github.com/volantvm/volant/lib/store"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 	"github.com/volantvm/volant/lib/volantd"
@@ -121,7 +122,7 @@ func TestVMUnitReadsTheStagedSpec(t *testing.T) {
 	if got := strings.ReplaceAll(m[1], "%i", "web1"); got != c.SpecPath("web1") {
 		t.Fatalf("the unit reads %s; volantd stages %s", got, c.SpecPath("web1"))
 	}
-	if controller.UnitName("web1") != "volant-vm@web1.service" {
-		t.Fatal(controller.UnitName("web1"))
+	if runner.UnitName("web1") != "volant-vm@web1.service" {
+		t.Fatal(runner.UnitName("web1"))
 	}
 }

@@ -59,6 +59,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/ipam"
+	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/store"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
@@ -179,7 +180,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Bridge = "vbr0"
 	}
 	if cfg.DataDir == "" {
-		cfg.DataDir = "/var/lib/volant"
+		cfg.DataDir = layout.DefaultDataDir
 	}
 	if cfg.Network == nil {
 		cfg.Network = &hostnet.Host{Log: cfg.Logger}

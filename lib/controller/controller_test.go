@@ -511,3 +511,47 @@ func TestDeleteDeploymentWhileBootsQueue(t *testing.T) {
 		t.Fatalf("deployment still there: %v", err)
 	}
 }
+
+// TestPauseResumeCounters: the controller reaches a running VM's
+// hypervisor through its runtime, under the VM's lock, and refuses VMs
+// that do not run.
+func TestPauseResumeCounters(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	f.plugin(c, "web")
+	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "web1", Plugin: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.PauseVM(f.ctx, "web1")
+	if err != nil || st.State != "paused" {
+		t.Fatalf("PauseVM: %+v %v", st, err)
+	}
+	if st, err := f.rt.Inspect(f.ctx, "web1"); err != nil || st.State != "paused" {
+		t.Fatalf("the runtime's run after PauseVM: %+v %v", st, err)
+	}
+	if st, err := c.ResumeVM(f.ctx, "web1"); err != nil || st.State != "running" {
+		t.Fatalf("ResumeVM: %+v %v", st, err)
+	}
+	rep, err := c.VMCounters(f.ctx, "web1")
+	if err != nil || rep.Name != "web1" || rep.Counters["disk0"]["read_ops"] != 1 {
+		t.Fatalf("VMCounters: %+v %v", rep, err)
+	}
+	if _, err := c.StopVM(f.ctx, "web1"); err != nil {
+		t.Fatal(err)
+	}
+	for op, fn := range map[string]func(context.Context, string) error{
+		"pause":    func(ctx context.Context, n string) error { _, err := c.PauseVM(ctx, n); return err },
+		"resume":   func(ctx context.Context, n string) error { _, err := c.ResumeVM(ctx, n); return err },
+		"counters": func(ctx context.Context, n string) error { _, err := c.VMCounters(ctx, n); return err },
+	} {
+		if err := fn(f.ctx, "web1"); !apierr.Is(err, apierr.Conflict) {
+			t.Errorf("%s of a stopped VM: %v, want CONFLICT", op, err)
+		}
+		if err := fn(f.ctx, "nope"); !apierr.Is(err, apierr.NotFound) {
+			t.Errorf("%s of a missing VM: %v, want NOT_FOUND", op, err)
+		}
+		if err := fn(f.ctx, "Bad Name"); !apierr.Is(err, apierr.InvalidInput) {
+			t.Errorf("%s of a bad name: %v, want INVALID_INPUT", op, err)
+		}
+	}
+}

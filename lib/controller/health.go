@@ -13,6 +13,7 @@ import (
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/manifest"
 )
 
@@ -55,16 +56,16 @@ func (p HTTPProber) Probe(ctx context.Context, agent netip.AddrPort) (*agentapi.
 // watcher follows one run of a VM: it notices the run ending (crash
 // detection) and polls kestrel's health.
 type watcher struct {
-	run    *RunInfo
+	run    *launch.Status
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
 // watch starts watching a run, replacing a watcher of an older run.
-func (c *Controller) watch(name string, info *RunInfo) {
+func (c *Controller) watch(name string, info *launch.Status) {
 	c.mu.Lock()
 	if old := c.watchers[name]; old != nil {
-		if old.run.Supervisor == info.Supervisor {
+		if old.run.SupervisorID() == info.SupervisorID() {
 			c.mu.Unlock()
 			return
 		}
@@ -74,13 +75,13 @@ func (c *Controller) watch(name string, info *RunInfo) {
 	w := &watcher{run: info, cancel: cancel, done: make(chan struct{})}
 	c.watchers[name] = w
 	c.mu.Unlock()
-	c.log.Debug("watching a run", "vm", name, "supervisor", info.Supervisor.String())
+	c.log.Debug("watching a run", "vm", name, "supervisor", info.SupervisorID().String())
 
 	ended := make(chan struct{})
 	go func() {
 		err := c.cfg.Runtime.Wait(ctx, info)
 		stopped := ctx.Err() != nil // unwatched (a stop, a delete, shutdown), not ended
-		c.log.Debug("run ended", "vm", name, "supervisor", info.Supervisor.String(), "unwatched", stopped, "err", err)
+		c.log.Debug("run ended", "vm", name, "supervisor", info.SupervisorID().String(), "unwatched", stopped, "err", err)
 		close(ended)
 		if !stopped {
 			if err != nil {
@@ -124,7 +125,7 @@ func (c *Controller) Watching(name string) bool {
 
 // runEnded handles a run that ended: unless a stop or delete ended it (the
 // VM no longer wants to run, or records another run), the VM crashed.
-func (c *Controller) runEnded(ctx context.Context, name string, info *RunInfo) {
+func (c *Controller) runEnded(ctx context.Context, name string, info *launch.Status) {
 	c.boots.release(name)
 	// The watcher's context ends as this runs; the record must not.
 	ctx = context.WithoutCancel(ctx)
@@ -134,7 +135,7 @@ func (c *Controller) runEnded(ctx context.Context, name string, info *RunInfo) {
 		msg += ": " + cause.Error()
 	}
 	v, err := c.updateVM(ctx, name, func(tx *sql.Tx, v *vmRow) error {
-		if v.Supervisor == nil || *v.Supervisor != info.Supervisor || v.Desired != desireRunning {
+		if v.Supervisor == nil || *v.Supervisor != info.SupervisorID() || v.Desired != desireRunning {
 			return errSkip
 		}
 		if v.State != api.VMStarting && v.State != api.VMRunning {

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/volantvm/volant/lib/agentapi"
-	"github.com/volantvm/volant/lib/apierr"
 )
 
 func TestTailOffset(t *testing.T) {
@@ -35,28 +34,6 @@ func TestTailOffset(t *testing.T) {
 		if err != nil || tc.content[off:] != tc.want {
 			t.Errorf("tail %d of %.20q: got %.20q (%v), want %.20q", tc.n, tc.content, tc.content[off:], err, tc.want)
 		}
-	}
-}
-
-func TestLastLaunchError(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "launch.log")
-	if lastLaunchError(p) != nil {
-		t.Fatal("error from a missing log")
-	}
-	log := launchMarker + " web1 at x\n" +
-		`{"code":"CONFLICT","message":"old run"}` + "\n" +
-		launchMarker + " web1 at y\n" +
-		"time=... level=INFO msg=\"VMM started\"\n" +
-		`{"code":"UNAVAILABLE","message":"the guest kernel panicked (see serial.log)","details":{"serial_log":"x"}}` + "\n"
-	os.WriteFile(p, []byte(log), 0o644)
-	err := lastLaunchError(p)
-	if !apierr.Is(err, apierr.Unavailable) || !strings.Contains(err.Error(), "panicked") {
-		t.Fatalf("got %v", err)
-	}
-	// A run that ended well after an earlier failure has no error.
-	os.WriteFile(p, []byte(log+launchMarker+" web1 at z\n"+`{"version":"1","kind":"launch.run","ended":"stopped"}`+"\n"), 0o644)
-	if err := lastLaunchError(p); err != nil {
-		t.Fatalf("got %v", err)
 	}
 }
 

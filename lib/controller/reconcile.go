@@ -179,7 +179,7 @@ func (c *Controller) reconcileVM(ctx context.Context, v vmRow, rep *ReconcileRep
 		}
 		note(&rep.Resumed, v.Name)
 	case live:
-		ri, err := c.cfg.Runtime.Start(ctx, v.Name, c.SpecPath(v.Name)) // adopts; waits if it is still coming up
+		ri, _, err := c.cfg.Runtime.Start(ctx, v.Name, c.SpecPath(v.Name)) // adopts; waits if it is still coming up
 		if err != nil {
 			log.Warn("reconcile: adopting a run", "err", err)
 			c.markCrashed(ctx, v.Name, "its run did not come up after a volantd restart: "+err.Error())

@@ -426,26 +426,26 @@ func (c *Controller) stepStart(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("waiting for a boot slot for %s: %w", name, err)
 	}
-	info, err := c.cfg.Runtime.Start(ctx, name, c.SpecPath(name))
+	info, adopted, err := c.cfg.Runtime.Start(ctx, name, c.SpecPath(name))
 	admitted(err == nil)
 	if err != nil {
 		return err
 	}
-	c.recordRun(ctx, name, info, false)
+	c.recordRun(ctx, name, info, adopted)
 	return nil
 }
 
 // recordRun records a run in the VM's row and watches it. A run that is the
 // one the row records already (adoption after a restart) gets a
-// vm.adopted event when adopted is set, otherwise none; a new run gets
-// vm.started.
-func (c *Controller) recordRun(ctx context.Context, name string, info *RunInfo, adopted bool) {
+// vm.adopted event when adopted is set (the run was there before the
+// start), otherwise none; a new run gets vm.started.
+func (c *Controller) recordRun(ctx context.Context, name string, info *launch.Status, adopted bool) {
 	_, err := c.updateVM(ctx, name, func(tx *sql.Tx, v *vmRow) error {
-		same := v.Supervisor != nil && *v.Supervisor == info.Supervisor
+		sup, vmmID := info.SupervisorID(), info.VMMID()
+		same := v.Supervisor != nil && *v.Supervisor == sup
 		prev := v.Supervisor
-		sup, vmmID := info.Supervisor, info.VMM
-		v.Supervisor, v.VMM, v.PID = &sup, &vmmID, info.VMM.Pid
-		if !info.StartedAt.IsZero() {
+		v.Supervisor, v.VMM, v.PID = &sup, &vmmID, vmmID.Pid
+		if info.StartedAt != nil && !info.StartedAt.IsZero() {
 			t := info.StartedAt.UTC().Truncate(time.Millisecond)
 			v.StartedAt = &t
 		}
@@ -469,7 +469,7 @@ func (c *Controller) recordRun(ctx context.Context, name string, info *RunInfo, 
 				return err
 			}
 		}
-		if adopted || info.Adopted {
+		if adopted {
 			// A run this daemon did not start (an earlier daemon did, or
 			// systemd), now watched.
 			return appendVMEvent(ctx, tx, api.EventVMAdopted, v, vmEvent{PID: v.PID, IP: v.IP})

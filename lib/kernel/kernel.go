@@ -31,10 +31,11 @@ import (
 	"strings"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/layout"
 )
 
-// DefaultDir is where Volant keeps its guest kernel.
-const DefaultDir = "/var/lib/volant/kernel"
+// DefaultDir is where Volant keeps its guest kernel (lib/layout).
+const DefaultDir = layout.DefaultKernelDir
 
 // Kernel is a guest kernel directory.
 type Kernel struct {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,6 +37,43 @@ type Status struct {
 	Console    string         `json:"console_socket,omitempty"`
 	SerialLog  string         `json:"serial_log,omitempty"`
 	StartedAt  *time.Time     `json:"started_at,omitempty"`
+}
+
+// Starting reports whether a run holds the VM but its hypervisor is not
+// running yet: the supervisor is alive (or, before it wrote its pid file,
+// the run directory is locked) and no VMM process runs.
+func (s *Status) Starting() bool {
+	if s == nil || s.Running || s.State != StateStarting {
+		return false
+	}
+	return s.Supervisor == nil || s.Supervisor.Alive
+}
+
+// Live reports whether the run is alive or coming up.
+func (s *Status) Live() bool { return s != nil && (s.Running || s.Starting()) }
+
+// Answering reports whether the hypervisor runs and answered on its
+// control socket (its state is its own, not "starting" or "stopped").
+func (s *Status) Answering() bool {
+	return s != nil && s.Running && s.State != StateStarting && s.State != StateStopped
+}
+
+// SupervisorID is the identity of the run's supervisor (`volant-launch
+// run`); the zero Identity when the run has not recorded one.
+func (s *Status) SupervisorID() supervise.Identity {
+	if s == nil || s.Supervisor == nil {
+		return supervise.Identity{}
+	}
+	return s.Supervisor.Identity
+}
+
+// VMMID is the identity of the run's hypervisor process, or the zero
+// Identity.
+func (s *Status) VMMID() supervise.Identity {
+	if s == nil || s.Process == nil {
+		return supervise.Identity{}
+	}
+	return s.Process.Identity
 }
 
 // ProcessStatus is one process of a run and whether it is still that process.
@@ -245,15 +284,25 @@ func endSupervisor(ctx context.Context, runDir string, id supervise.Identity) er
 // Pause pauses the VM's vCPUs; Resume resumes them. Both answer with the
 // status after the change, and CONFLICT when no VMM runs.
 func Pause(ctx context.Context, runDir string, o Options) (*Status, error) {
-	return control(ctx, runDir, o, vmm.StatePaused, func(ctx context.Context, c vmm.Control) error { return c.Pause(ctx) })
+	return control(ctx, runDir, o, func(ctx context.Context, c vmm.Control) error { return c.Pause(ctx) })
 }
 
 // Resume resumes a paused VM.
 func Resume(ctx context.Context, runDir string, o Options) (*Status, error) {
-	return control(ctx, runDir, o, vmm.StateRunning, func(ctx context.Context, c vmm.Control) error { return c.Resume(ctx) })
+	return control(ctx, runDir, o, func(ctx context.Context, c vmm.Control) error { return c.Resume(ctx) })
 }
 
-func control(ctx context.Context, runDir string, o Options, want vmm.State, op func(context.Context, vmm.Control) error) (*Status, error) {
+func control(ctx context.Context, runDir string, o Options, op func(context.Context, vmm.Control) error) (*Status, error) {
+	o = o.withDefaults()
+	if _, err := withControl(ctx, runDir, o, op); err != nil {
+		return nil, err
+	}
+	return Inspect(ctx, runDir, o)
+}
+
+// withControl runs op on a connection to the VMM of the run in runDir and
+// returns the status it found before.
+func withControl(ctx context.Context, runDir string, o Options, op func(context.Context, vmm.Control) error) (*Status, error) {
 	o = o.withDefaults()
 	st, err := Inspect(ctx, runDir, o)
 	if err != nil {
@@ -277,7 +326,80 @@ func control(ctx context.Context, runDir string, o Options, want vmm.State, op f
 	if err != nil {
 		return nil, err
 	}
-	return Inspect(ctx, runDir, o)
+	return st, nil
+}
+
+// CountersReport is a VM's I/O counters.
+type CountersReport struct {
+	Name   string `json:"name"`
+	RunDir string `json:"run_dir"`
+	VMM    string `json:"vmm"`
+	// Counters maps a device to its counters. The hypervisor's own come
+	// first: Cloud Hypervisor's per device (GET /vm.counters), QEMU's per
+	// drive (query-blockstats: read_bytes, write_bytes, read_ops,
+	// write_ops). Each NIC's tap adds "tap:<name>" from the host's
+	// interface statistics, seen from the guest like Cloud Hypervisor's
+	// (rx = received by the guest): rx_bytes, rx_frames, tx_bytes,
+	// tx_frames, when the tap is visible in the caller's network namespace.
+	Counters map[string]map[string]int64 `json:"counters"`
+}
+
+// Counters reads the I/O counters of the VM in runDir (CONFLICT when no
+// VMM runs; NOT_SUPPORTED from a backend without counters).
+func Counters(ctx context.Context, runDir string, o Options) (*CountersReport, error) {
+	rep := &CountersReport{Counters: map[string]map[string]int64{}}
+	st, err := withControl(ctx, runDir, o, func(ctx context.Context, c vmm.Control) error {
+		m, err := c.Counters(ctx)
+		for dev, kv := range m {
+			rep.Counters[dev] = kv
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	rep.Name, rep.RunDir, rep.VMM = st.Name, st.RunDir, st.VMM
+	for _, n := range planNets(runDir) {
+		if kv := tapCounters(n.Tap); kv != nil {
+			rep.Counters["tap:"+n.Tap] = kv
+		}
+	}
+	return rep, nil
+}
+
+// planNets are the NICs recorded in a run dir's plan.
+func planNets(runDir string) []vmm.Net {
+	var plan struct {
+		Config vmm.Config `json:"config"`
+	}
+	if b, err := os.ReadFile(filepath.Join(runDir, PlanFileName)); err == nil && json.Unmarshal(b, &plan) == nil {
+		return plan.Config.Nets
+	}
+	return nil
+}
+
+// tapCounters reads a tap's statistics from sysfs, turned to the guest's
+// view (what the tap transmits, the guest receives); nil when the tap is
+// not visible here.
+func tapCounters(tap string) map[string]int64 {
+	dir := filepath.Join("/sys/class/net", tap, "statistics")
+	read := func(f string) (int64, bool) {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			return 0, false
+		}
+		v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		return v, err == nil
+	}
+	out := map[string]int64{}
+	for guest, host := range map[string]string{"rx_bytes": "tx_bytes", "rx_frames": "tx_packets", "tx_bytes": "rx_bytes", "tx_frames": "rx_packets"} {
+		v, ok := read(host)
+		if !ok {
+			return nil
+		}
+		out[guest] = v
+	}
+	return out
 }
 
 // planName is the VM name recorded in a run dir's plan, else the dir's name.

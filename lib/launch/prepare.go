@@ -20,6 +20,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/bootargs"
 	"github.com/volantvm/volant/lib/kernel"
+	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/names"
 	"github.com/volantvm/volant/lib/vmm"
@@ -27,11 +28,10 @@ import (
 	"github.com/volantvm/volant/lib/vmm/qemu"
 )
 
-// Defaults of Options.
+// Defaults of Options (lib/layout's).
 const (
-	DefaultRunRoot  = "/run/volant/vms"
-	DefaultStateDir = "/var/lib/volant"
-	DefaultCacheDir = "/var/lib/volant/cache"
+	DefaultRunRoot  = layout.DefaultRunRoot
+	DefaultStateDir = layout.DefaultDataDir
 )
 
 // Run-directory entries. Short names keep socket paths under the limit.
@@ -55,9 +55,11 @@ type Options struct {
 	Kestrel string
 	// RunRoot holds the per-VM run directories (default /run/volant/vms).
 	RunRoot string
-	// StateDir holds per-VM serial logs under vms/<name>/ (default /var/lib/volant).
+	// StateDir is the data directory: per-VM serial logs and disk copies
+	// under vms/<name>/ (default /var/lib/volant).
 	StateDir string
-	// CacheDir caches built boot initramfs images and archive scans.
+	// CacheDir caches built boot initramfs images, archive scans and
+	// verified file versions (default <StateDir>/cache).
 	CacheDir string
 	// Backends are the hypervisors to choose from, in order of preference
 	// for "auto"; nil means Cloud Hypervisor, then QEMU, found on PATH.
@@ -68,18 +70,8 @@ type Options struct {
 }
 
 func (o Options) withDefaults() Options {
-	if o.KernelDir == "" {
-		o.KernelDir = kernel.DefaultDir
-	}
-	if o.RunRoot == "" {
-		o.RunRoot = DefaultRunRoot
-	}
-	if o.StateDir == "" {
-		o.StateDir = DefaultStateDir
-	}
-	if o.CacheDir == "" {
-		o.CacheDir = DefaultCacheDir
-	}
+	d := layout.Dirs{Data: o.StateDir, RunRoot: o.RunRoot, Cache: o.CacheDir, Kernel: o.KernelDir}.WithDefaults()
+	o.KernelDir, o.RunRoot, o.StateDir, o.CacheDir = d.Kernel, d.RunRoot, d.Data, d.Cache
 	if o.Backends == nil {
 		o.Backends = DefaultBackends(o.HostRoot)
 	}
@@ -193,17 +185,7 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := s.Name
-	lease := s.Lease
-	if lease == nil && s.NetTap != nil {
-		lease = s.NetTap.Lease
-	}
-	if name == "" && lease != nil {
-		name = lease.VM
-	}
-	if name == "" && s.NetTap != nil {
-		name = s.NetTap.VM
-	}
+	name, lease := s.VMName(), s.lease()
 	if name == "" {
 		return nil, apierr.New(apierr.Usage, "the VM needs a name: --name, \"name\", or a piped lease")
 	}

@@ -195,6 +195,11 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 	return res, nil
 }
 
+// ErrRunning is wrapped by the CONFLICT error of a Run refused because
+// another run holds the VM's run directory: that run is the VM's, and the
+// refused one must not speak for it (lib/runner records no last error).
+var ErrRunning = errors.New("the VM already runs")
+
 // lockRunDir creates the run directory (mode 0700) and takes an exclusive
 // flock on it for the caller's life. It fails with CONFLICT when another
 // run holds it. Leftovers of a run that died are removed.
@@ -217,6 +222,7 @@ func lockRunDir(dir string) (unlock func(), err error) {
 			unix.Close(fd)
 			if errors.Is(err, unix.EWOULDBLOCK) {
 				e := apierr.New(apierr.Conflict, "a VM already runs in %s", dir).With("run_dir", dir)
+				e.Err = ErrRunning
 				if pf, err := supervise.ReadPidFile(filepath.Join(dir, PidFileName)); err == nil {
 					e.With("supervisor_pid", pf.Supervisor.Pid)
 				}

@@ -92,6 +92,28 @@ type Spec struct {
 	StopTimeoutMS int `json:"stop_timeout_ms,omitempty"`
 }
 
+// VMName is the VM's name: Name, else the piped lease's vm, else the piped
+// tap's; "" when none says.
+func (s *Spec) VMName() string {
+	switch l := s.lease(); {
+	case s.Name != "":
+		return s.Name
+	case l != nil && l.VM != "":
+		return l.VM
+	case s.NetTap != nil:
+		return s.NetTap.VM
+	}
+	return ""
+}
+
+// lease is the spec's lease: its own, else the one the piped tap carries.
+func (s *Spec) lease() *Lease {
+	if s.Lease == nil && s.NetTap != nil {
+		return s.NetTap.Lease
+	}
+	return s.Lease
+}
+
 // Accepts implements cli.Chainer: the output of `volant-ipam lease` and of
 // `volant-net tap add` can be piped into argv and run.
 func (*Spec) Accepts() map[string]string {

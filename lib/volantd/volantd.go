@@ -38,15 +38,17 @@ import (
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/launch"
+	"github.com/volantvm/volant/lib/layout"
+	"github.com/volantvm/volant/lib/runner"
 	"github.com/volantvm/volant/lib/server"
 	"github.com/volantvm/volant/lib/store"
 )
 
 // Defaults.
 const (
-	DefaultSocket  = "/run/volant/volantd.sock"
-	DefaultDataDir = "/var/lib/volant"
-	DefaultRunRoot = "/run/volant/vms"
+	DefaultSocket  = layout.DefaultSocket
+	DefaultDataDir = layout.DefaultDataDir
+	DefaultRunRoot = layout.DefaultRunRoot
 	// DefaultAgentPort is the port of the agent endpoint on the gateway.
 	DefaultAgentPort = 7070
 )
@@ -87,7 +89,7 @@ type Config struct {
 	Launch controller.LaunchDefaults
 	// KernelDir is lib/launch's kernel directory (default for Launch.Kernel).
 	KernelDir string
-	// Launcher is the volant-launch binary (FindLauncher).
+	// Launcher is the volant-launch binary (runner.FindLauncher).
 	Launcher string
 	// VMRunner is auto (systemd units where systemd is PID 1, else
 	// detached children), systemd or detached.
@@ -116,15 +118,8 @@ func (c *Config) defaults() {
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
 	}
-	if c.DB == "" {
-		c.DB = filepath.Join(c.DataDir, "volant.db")
-	}
-	if c.RunRoot == "" {
-		c.RunRoot = DefaultRunRoot
-	}
-	if c.CacheDir == "" {
-		c.CacheDir = filepath.Join(c.DataDir, "cache")
-	}
+	d := layout.Dirs{Data: c.DataDir, DB: c.DB, RunRoot: c.RunRoot, Cache: c.CacheDir}.WithDefaults()
+	c.DB, c.RunRoot, c.CacheDir = d.DB, d.RunRoot, d.Cache
 	if c.Bridge == "" {
 		c.Bridge = "vbr0"
 	}
@@ -208,11 +203,11 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 
 	lo := launch.Options{KernelDir: cfg.KernelDir, Kestrel: cfg.Launch.Kestrel, RunRoot: cfg.RunRoot, StateDir: cfg.DataDir, CacheDir: cfg.CacheDir, Logger: log}
-	runner, err := pickRunner(cfg, lo, log)
+	starter, err := pickStarter(cfg, lo, log)
 	if err != nil {
 		return err
 	}
-	rt := &controller.LaunchRuntime{Options: lo, Runner: runner, StartTimeout: cfg.StartTimeout}
+	rt := &runner.Runner{Options: lo, Starter: starter, StartTimeout: cfg.StartTimeout}
 
 	agentHost, agentPort := pool.Gateway.String(), DefaultAgentPort
 	if cfg.AgentListen != "" && cfg.AgentListen != "off" {
@@ -323,11 +318,11 @@ func splitHostPort(s string) (string, int, error) {
 	return h, n, nil
 }
 
-func pickRunner(cfg Config, lo launch.Options, log *slog.Logger) (controller.Runner, error) {
+func pickStarter(cfg Config, lo launch.Options, log *slog.Logger) (runner.Starter, error) {
 	mode := cfg.VMRunner
 	if mode == "auto" {
 		mode = "detached"
-		if controller.SystemdRunning() && cfg.DataDir == DefaultDataDir && cfg.RunRoot == DefaultRunRoot {
+		if runner.SystemdRunning() && cfg.DataDir == DefaultDataDir && cfg.RunRoot == DefaultRunRoot {
 			mode = "systemd"
 		}
 	}
@@ -336,14 +331,14 @@ func pickRunner(cfg Config, lo launch.Options, log *slog.Logger) (controller.Run
 			return nil, apierr.New(apierr.Usage, "--vm-runner systemd needs the default --data-dir and --run-root (volant-vm@.service reads /var/lib/volant/vms/NAME/spec.json)")
 		}
 		log.Info("VMs run as systemd units volant-vm@NAME")
-		return controller.SystemdRunner{}, nil
+		return runner.Systemd{}, nil
 	}
-	launcher, err := controller.FindLauncher(cfg.Launcher)
+	launcher, err := runner.FindLauncher(cfg.Launcher)
 	if err != nil {
 		return nil, err
 	}
 	log.Info("VMs run as detached volant-launch processes", "launcher", launcher)
-	return &controller.DetachedRunner{Launcher: launcher, Env: controller.Environ(lo), StateDir: lo.StateDir, Logger: log}, nil
+	return &runner.Detached{Launcher: launcher, Options: lo, Logger: log}, nil
 }
 
 // apiListeners returns the API's listeners: systemd's, or the unix socket

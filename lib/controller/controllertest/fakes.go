@@ -20,6 +20,7 @@ import (
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
 
@@ -41,11 +42,13 @@ type Runtime struct {
 	lastErr   map[string]error
 
 	stopping, maxStopping int
+	counterCalls          int
 }
 
 type run struct {
-	info *controller.RunInfo
-	done chan struct{}
+	info   *launch.Status
+	done   chan struct{}
+	paused bool
 }
 
 // NewRuntime returns an empty runtime.
@@ -71,44 +74,89 @@ func (r *Runtime) Check(_ context.Context, spec launch.Spec) error {
 }
 
 // Start implements controller.Runtime.
-func (r *Runtime) Start(ctx context.Context, name, _ string) (*controller.RunInfo, error) {
+func (r *Runtime) Start(ctx context.Context, name, _ string) (*launch.Status, bool, error) {
 	if r.StartDelay > 0 {
 		select {
 		case <-time.After(r.StartDelay):
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, false, ctx.Err()
 		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.StartErr[name]; err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if ru := r.runs[name]; ru != nil {
-		cp := *ru.info
-		cp.Adopted = true
-		return &cp, nil
+		return ru.status(), true, nil
 	}
 	r.next++
 	r.starts[name]++
 	id := supervise.Identity{Pid: 100000 + r.next, StartTime: uint64(r.next), BootID: "fake"}
 	vm := supervise.Identity{Pid: 200000 + r.next, StartTime: uint64(r.next), BootID: "fake"}
-	info := &controller.RunInfo{Name: name, Running: true, State: "running", Supervisor: id, VMM: vm, StartedAt: time.Now().UTC()}
-	r.runs[name] = &run{info: info, done: make(chan struct{})}
+	now := time.Now().UTC()
+	info := &launch.Status{Name: name, Running: true, State: vmm.StateRunning, VMM: "fake",
+		Supervisor: &launch.ProcessStatus{Identity: id, Alive: true}, Process: &launch.ProcessStatus{Identity: vm, Alive: true}, StartedAt: &now}
+	ru := &run{info: info, done: make(chan struct{})}
+	r.runs[name] = ru
 	delete(r.lastErr, name)
-	return info, nil
+	return ru.status(), false, nil
+}
+
+// status is a copy of the run's status as Inspect would report it.
+func (ru *run) status() *launch.Status {
+	cp := *ru.info
+	if ru.paused {
+		cp.State = vmm.StatePaused
+	}
+	return &cp
 }
 
 // Inspect implements controller.Runtime.
-func (r *Runtime) Inspect(_ context.Context, name string) (*controller.RunInfo, error) {
+func (r *Runtime) Inspect(_ context.Context, name string) (*launch.Status, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ru := r.runs[name]
 	if ru == nil {
 		return nil, apierr.New(apierr.NotFound, "no run of %s", name)
 	}
-	cp := *ru.info
-	return &cp, nil
+	return ru.status(), nil
+}
+
+// Pause implements controller.Runtime.
+func (r *Runtime) Pause(_ context.Context, name string) (*launch.Status, error) {
+	return r.setPaused(name, true)
+}
+
+// Resume implements controller.Runtime.
+func (r *Runtime) Resume(_ context.Context, name string) (*launch.Status, error) {
+	return r.setPaused(name, false)
+}
+
+func (r *Runtime) setPaused(name string, paused bool) (*launch.Status, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ru := r.runs[name]
+	if ru == nil {
+		return nil, apierr.New(apierr.Conflict, "VM %s is not running (state stopped)", name)
+	}
+	ru.paused = paused
+	return ru.status(), nil
+}
+
+// Counters implements controller.Runtime: one made-up disk whose
+// read_ops count the calls.
+func (r *Runtime) Counters(_ context.Context, name string) (*launch.CountersReport, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ru := r.runs[name]
+	if ru == nil {
+		return nil, apierr.New(apierr.Conflict, "VM %s is not running (state stopped)", name)
+	}
+	r.counterCalls++
+	return &launch.CountersReport{Name: name, VMM: "fake", Counters: map[string]map[string]int64{
+		"disk0": {"read_ops": int64(r.counterCalls)},
+	}}, nil
 }
 
 // Stop implements controller.Runtime.
@@ -148,11 +196,11 @@ func (r *Runtime) MaxConcurrentStops() int {
 }
 
 // Wait implements controller.Runtime.
-func (r *Runtime) Wait(ctx context.Context, info *controller.RunInfo) error {
+func (r *Runtime) Wait(ctx context.Context, info *launch.Status) error {
 	r.mu.Lock()
 	ru := r.runs[info.Name]
 	r.mu.Unlock()
-	if ru == nil || ru.info.Supervisor != info.Supervisor {
+	if ru == nil || ru.info.SupervisorID() != info.SupervisorID() {
 		return nil
 	}
 	select {

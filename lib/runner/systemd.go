@@ -1,4 +1,4 @@
-package controller
+package runner
 
 import (
 	"context"
@@ -21,17 +21,17 @@ func SystemdRunning() bool {
 // (contrib/systemd/volant-vm@.service).
 func UnitName(name string) string { return "volant-vm@" + name + ".service" }
 
-// SystemdRunner runs each VM as the volant-vm@NAME unit through systemd's
+// Systemd runs each VM as the volant-vm@NAME unit through systemd's
 // D-Bus API. The unit (contrib/systemd/volant-vm@.service) reads the spec
 // from /var/lib/volant/vms/NAME/spec.json, so volantd's data directory
 // must be /var/lib/volant in this mode. The unit is Type=notify: its start
 // job finishes once the hypervisor answers.
-type SystemdRunner struct{}
+type Systemd struct{}
 
-// Name implements Runner.
-func (SystemdRunner) Name() string { return "systemd" }
+// Name implements Starter.
+func (Systemd) Name() string { return "systemd" }
 
-func (SystemdRunner) conn(ctx context.Context) (*sddbus.Conn, error) {
+func (Systemd) conn(ctx context.Context) (*sddbus.Conn, error) {
 	c, err := sddbus.NewSystemConnectionContext(ctx)
 	if err != nil {
 		return nil, apierr.Wrap(apierr.Unavailable, err, "connecting to systemd over D-Bus")
@@ -39,9 +39,9 @@ func (SystemdRunner) conn(ctx context.Context) (*sddbus.Conn, error) {
 	return c, nil
 }
 
-// Start implements Runner: it starts the unit and waits for its start job.
+// Start implements Starter: it starts the unit and waits for its start job.
 // The returned channel is nil: the run directory tells when it ends.
-func (s SystemdRunner) Start(ctx context.Context, name, _ string) (<-chan struct{}, error) {
+func (s Systemd) Start(ctx context.Context, name, _ string) (<-chan struct{}, error) {
 	c, err := s.conn(ctx)
 	if err != nil {
 		return nil, err
@@ -65,10 +65,10 @@ func (s SystemdRunner) Start(ctx context.Context, name, _ string) (<-chan struct
 	return nil, nil
 }
 
-// Stop implements Runner: stopping the unit stops the VM (volant-launch
+// Stop implements Starter: stopping the unit stops the VM (volant-launch
 // handles SIGTERM by powering the guest off) and keeps systemd from
 // restarting it.
-func (s SystemdRunner) Stop(ctx context.Context, name string) (bool, error) {
+func (s Systemd) Stop(ctx context.Context, name string) (bool, error) {
 	c, err := s.conn(ctx)
 	if err != nil {
 		return false, err

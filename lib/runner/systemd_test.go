@@ -1,4 +1,4 @@
-package controller_test
+package runner_test
 
 import (
 	"context"
@@ -14,11 +14,11 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/volantvm/volant/lib/apierr"
-	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/runner"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
-// fakeSystemd is systemd's Manager object as SystemdRunner uses it: jobs
+// fakeSystemd is systemd's Manager object as Systemd uses it: jobs
 // for StartUnit and StopUnit that end, a moment after the call returns,
 // with a JobRemoved signal, as systemd's do. It serves on a real D-Bus
 // daemon the test starts (PID 1 here is not systemd, and there is no
@@ -144,7 +144,7 @@ func newFakeSystemd(t *testing.T, addr string) *fakeSystemd {
 func TestSystemdRunnerOverDBus(t *testing.T) {
 	addr := startBus(t)
 	sd := newFakeSystemd(t, addr)
-	var r controller.SystemdRunner
+	var r runner.Systemd
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
