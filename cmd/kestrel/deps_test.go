@@ -21,6 +21,8 @@ var allowed = []string{
 	"github.com/volantvm/volant/lib/manifest",
 	"github.com/volantvm/volant/lib/names",      // lib/manifest's name rule; stdlib + apierr only
 	"github.com/volantvm/volant/lib/didyoumean", // lib/manifest's typo hints; stdlib only
+	"github.com/volantvm/volant/lib/agentchan",  // the host-only agent channel's protocol; stdlib, yamux, apierr
+	"github.com/hashicorp/yamux",                // the channel's stream multiplexing; stdlib only (~60 KB in the binary)
 	"golang.org/x/sys/unix",
 	"github.com/vishvananda/netlink",
 	"github.com/vishvananda/netns",

@@ -29,12 +29,13 @@ const KestrelPath = "/bin/kestrel"
 
 // DefaultModules are the modules a Volant guest needs from a distribution
 // kernel: virtio transports (microvm's virtio-mmio and pc's virtio-pci),
-// network, block, the virtio console (agent channel), ext4 for root and data
+// network, block, the virtio console (QEMU's agent channel) and vsock
+// transport (Cloud Hypervisor's, loaded only where a vsock device is), ext4 for root and data
 // disks, and the ACPI power button with evdev so a power-button press reaches
 // kestrel. Dependencies and soft dependencies are added by resolution.
 var DefaultModules = []string{
 	"virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console",
-	"ext4", "button", "evdev",
+	"vmw_vsock_virtio_transport", "ext4", "button", "evdev",
 }
 
 // Options say what goes in.

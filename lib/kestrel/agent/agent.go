@@ -21,9 +21,11 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/agentchan"
 	"github.com/volantvm/volant/lib/kestrel/api"
 	"github.com/volantvm/volant/lib/kestrel/console"
 	"github.com/volantvm/volant/lib/kestrel/health"
+	"github.com/volantvm/volant/lib/kestrel/outlog"
 	"github.com/volantvm/volant/lib/kestrel/reaper"
 	"github.com/volantvm/volant/lib/kestrel/report"
 	"github.com/volantvm/volant/lib/kestrel/ringbuf"
@@ -47,6 +49,9 @@ type Config struct {
 	Console io.Writer
 	// RingSize is the log ring's size (ringbuf.DefaultSize if 0).
 	RingSize int
+	// OutputSize bounds the per-stream output store the host collects
+	// over the agent channel (outlog.DefaultMax if 0).
+	OutputSize int
 	// StopGrace overrides the workload's SIGTERM-to-SIGKILL grace period.
 	StopGrace time.Duration
 	// Uptime returns the time since boot; nil means since New.
@@ -74,6 +79,7 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	ring    *ringbuf.Buffer
+	output  *outlog.Store
 	started time.Time
 
 	mu       sync.Mutex
@@ -93,7 +99,7 @@ func New(cfg Config) *Agent {
 	if cfg.Console == nil {
 		cfg.Console = io.Discard
 	}
-	a := &Agent{cfg: cfg, log: log, ring: ringbuf.New(cfg.RingSize), started: time.Now()}
+	a := &Agent{cfg: cfg, log: log, ring: ringbuf.New(cfg.RingSize), output: outlog.New(cfg.OutputSize), started: time.Now()}
 	if cfg.ReportURL != "" {
 		a.reporter = report.New(cfg.ReportURL, log)
 	}
@@ -102,6 +108,26 @@ func New(cfg Config) *Agent {
 
 // Logs implements api.Backend.
 func (a *Agent) Logs() *ringbuf.Buffer { return a.ring }
+
+// Output is the workload's output per stream, for the agent channel.
+func (a *Agent) Output() *outlog.Store { return a.output }
+
+// WorkloadEnv returns the environment and working directory the workload
+// runs with (nil and "" until the manifest is known): what a command run
+// over the agent channel starts from.
+func (a *Agent) WorkloadEnv() (env []string, dir string) {
+	a.mu.Lock()
+	m := a.m
+	a.mu.Unlock()
+	if m == nil {
+		return nil, ""
+	}
+	spec, err := supervisor.SpecFromManifest(m.Workload)
+	if err != nil {
+		return nil, ""
+	}
+	return spec.Env, spec.Dir
+}
 
 // Manifest implements api.Backend.
 func (a *Agent) Manifest() *manifest.Manifest {
@@ -176,6 +202,7 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	a.log.Info("agent API listening", "addr", ln.Addr().String())
 	defer func() {
 		a.ring.Close() // ends log followers
+		a.output.Close()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
@@ -231,7 +258,11 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 			afterStart.Do(func() { go a.cfg.AfterStart() })
 		}
 	}
-	sup := supervisor.New(spec, r, io.MultiWriter(a.ring, out), a.log, func(st agentapi.WorkloadStatus) {
+	output := supervisor.Output{
+		Stdout: io.MultiWriter(a.ring, out, a.output.Writer(agentchan.Stdout)),
+		Stderr: io.MultiWriter(a.ring, out, a.output.Writer(agentchan.Stderr)),
+	}
+	sup := supervisor.New(spec, r, output, a.log, func(st agentapi.WorkloadStatus) {
 		if st.State != agentapi.WorkloadStarting {
 			started.Do(func() {
 				if !hasCheck {

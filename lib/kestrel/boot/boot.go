@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,6 +39,7 @@ import (
 
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/bootargs"
+	"github.com/volantvm/volant/lib/kestrel/access"
 	"github.com/volantvm/volant/lib/kestrel/agent"
 	"github.com/volantvm/volant/lib/kestrel/console"
 	"github.com/volantvm/volant/lib/kestrel/consoleshell"
@@ -138,9 +140,18 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 	if plan.Mode == ModeInitramfs {
 		later = LateModules(m)
 	}
+	// The vsock transport serves only a guest with a vsock device (Cloud
+	// Hypervisor's agent channel); the bus knows once virtio is loaded.
+	later = append(later, access.VsockModule)
 	pending, held, err := modules.Load(b.m, modules.Dir("/"), true, args.Modules, later, b.log)
 	if err != nil {
 		return Handoff{}, err
+	}
+	held = slices.DeleteFunc(held, func(n string) bool { return n == access.VsockModule })
+	if access.HasVsockDevice("/sys") {
+		if err := modules.LoadLater(b.m, modules.Dir("/"), []string{access.VsockModule}, b.log); err != nil {
+			b.log.Warn("loading the vsock transport: no agent channel", "err", err)
+		}
 	}
 	h := Handoff{Boot: ModeInitramfs, Manifest: m, ModulesPending: pending, ModulesLater: held}
 	switch plan.Mode {
@@ -266,13 +277,16 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 			b.log.Warn("power button unavailable: an ACPI shutdown request will not reach kestrel", "err", err)
 		}
 	}()
-	var afterStart func()
-	if len(h.ModulesLater) > 0 {
-		afterStart = func() {
+	// The agent channel (exec, copy, workload logs) is served once its
+	// device's driver is loaded: with the late modules, or now.
+	var serveAccess func()
+	afterStart := func() {
+		if len(h.ModulesLater) > 0 {
 			if err := modules.LoadLater(b.m, modules.Dir("/"), h.ModulesLater, b.log); err != nil {
 				b.log.Warn("loading the late kernel modules", "err", err)
 			}
 		}
+		serveAccess()
 	}
 
 	reportURL := ""
@@ -301,6 +315,14 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 		},
 		AfterStart: afterStart,
 	})
+	acc := access.New(access.Config{VM: args.VM, Version: b.version, Reaper: r, Output: a.Output(), WorkloadEnv: a.WorkloadEnv, Log: b.log})
+	serveAccess = func() {
+		go func() {
+			if err := acc.Serve(ctx, access.Channels{}); err != nil {
+				b.log.Warn("no agent channel", "err", err)
+			}
+		}()
+	}
 	ln, err := a.Listen()
 	if err != nil {
 		return err

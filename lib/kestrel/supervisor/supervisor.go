@@ -1,5 +1,6 @@
 // Package supervisor runs the workload: one process in its own process
-// group, stdout and stderr to kestrel's console and log ring, restarted
+// group, stdout and stderr to kestrel's console, log ring and per-stream
+// output store (each stream through its own pipe), restarted
 // according to a Policy, stopped gracefully (SIGTERM to the group, a grace
 // period, SIGKILL). Its state is an agentapi.WorkloadStatus.
 package supervisor
@@ -82,6 +83,10 @@ func SpecFromManifest(w manifest.Workload) (Spec, error) {
 	return s, nil
 }
 
+// ParseUser parses "uid[:gid]" (gid defaults to the uid) into a credential
+// with no supplementary groups.
+func ParseUser(u string) (*syscall.Credential, error) { return parseUser(u) }
+
 func parseUser(u string) (*syscall.Credential, error) {
 	us, gs, hasGID := strings.Cut(u, ":")
 	uid, err := strconv.ParseUint(us, 10, 32)
@@ -97,13 +102,16 @@ func parseUser(u string) (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
 }
 
-func (s Spec) lookPath() (string, error) {
-	name := s.Argv[0]
+func (s Spec) lookPath() (string, error) { return LookPath(s.Argv[0], s.Env) }
+
+// LookPath finds name as a shell would in env's PATH (DefaultPath when env
+// has none); a name with a slash is returned as it is.
+func LookPath(name string, env []string) (string, error) {
 	if strings.Contains(name, "/") {
 		return name, nil
 	}
 	path := DefaultPath
-	for _, kv := range s.Env {
+	for _, kv := range env {
 		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
 			path = v
 		}
@@ -117,11 +125,17 @@ func (s Spec) lookPath() (string, error) {
 	return "", fmt.Errorf("%s: not found in PATH %s", name, path)
 }
 
+// Output is where the workload's streams go. When Stdout and Stderr are
+// the same writer both streams share one pipe, which keeps their order.
+type Output struct {
+	Stdout, Stderr io.Writer
+}
+
 // Supervisor runs one Spec.
 type Supervisor struct {
 	spec     Spec
 	reaper   *reaper.Reaper
-	out      io.Writer
+	out      Output
 	log      *slog.Logger
 	onChange func(agentapi.WorkloadStatus)
 
@@ -130,10 +144,10 @@ type Supervisor struct {
 	pgid   int
 }
 
-// New returns a supervisor. out receives the workload's stdout and stderr;
-// onChange (may be nil) is called after every state change with a copy of
-// the status, never while holding a lock.
-func New(spec Spec, r *reaper.Reaper, out io.Writer, log *slog.Logger, onChange func(agentapi.WorkloadStatus)) *Supervisor {
+// New returns a supervisor. out receives the workload's stdout and stderr
+// (a nil writer discards); onChange (may be nil) is called after every
+// state change with a copy of the status, never while holding a lock.
+func New(spec Spec, r *reaper.Reaper, out Output, log *slog.Logger, onChange func(agentapi.WorkloadStatus)) *Supervisor {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -142,6 +156,12 @@ func New(spec Spec, r *reaper.Reaper, out io.Writer, log *slog.Logger, onChange 
 	}
 	if onChange == nil {
 		onChange = func(agentapi.WorkloadStatus) {}
+	}
+	if out.Stdout == nil {
+		out.Stdout = io.Discard
+	}
+	if out.Stderr == nil {
+		out.Stderr = io.Discard
 	}
 	return &Supervisor{spec: spec, reaper: r, out: out, log: log, onChange: onChange,
 		status: agentapi.WorkloadStatus{State: agentapi.WorkloadStarting}}
@@ -266,10 +286,10 @@ func (s *Supervisor) finish(e reaper.Exit, ran time.Duration) {
 	s.mu.Unlock()
 }
 
-// start forks the workload. Its stdout and stderr are one pipe, so their
-// order is kept; a goroutine copies it to s.out until every holder of the
-// write end (the workload and anything it spawned) has closed it, then
-// closes drained.
+// start forks the workload. Its stdout and stderr are pipes (one pipe when
+// Output's writers are the same, so their order is kept); a goroutine per
+// pipe copies it to its writer until every holder of the write end (the
+// workload and anything it spawned) has closed it, then drained is closed.
 func (s *Supervisor) start() (exit <-chan reaper.Exit, drained <-chan struct{}, err error) {
 	path, err := s.spec.lookPath()
 	if err != nil {
@@ -283,30 +303,55 @@ func (s *Supervisor) start() (exit <-chan reaper.Exit, drained <-chan struct{}, 
 		return nil, nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
 	}
 	defer devnull.Close()
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return nil, nil, fmt.Errorf("creating output pipe: %w", err)
+	type pipe struct {
+		r, w *os.File
+		to   io.Writer
 	}
+	var pipes []pipe
+	closeAll := func(read bool) {
+		for _, p := range pipes {
+			p.w.Close()
+			if read {
+				p.r.Close()
+			}
+		}
+	}
+	for _, to := range []io.Writer{s.out.Stdout, s.out.Stderr} {
+		if len(pipes) == 1 && to == s.out.Stdout {
+			break // one pipe for both
+		}
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			closeAll(true)
+			return nil, nil, fmt.Errorf("creating output pipe: %w", err)
+		}
+		pipes = append(pipes, pipe{pr, pw, to})
+	}
+	stderr := pipes[len(pipes)-1].w
 	attr := &syscall.ProcAttr{
 		Dir:   s.spec.Dir,
 		Env:   s.spec.Env,
-		Files: []uintptr{devnull.Fd(), pw.Fd(), pw.Fd()},
+		Files: []uintptr{devnull.Fd(), pipes[0].w.Fd(), stderr.Fd()},
 		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: s.spec.Cred},
 	}
 	pid, exit, err := s.reaper.Start(func() (int, error) {
 		return syscall.ForkExec(path, s.spec.Argv, attr)
 	})
-	pw.Close()
+	closeAll(err != nil)
 	if err != nil {
-		pr.Close()
 		return nil, nil, fmt.Errorf("starting %s: %w", path, err)
 	}
 	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer pr.Close()
-		_, _ = io.Copy(s.out, pr)
-	}()
+	var wg sync.WaitGroup
+	for _, p := range pipes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer p.r.Close()
+			_, _ = io.Copy(p.to, p.r)
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
 	now := time.Now()
 	s.mu.Lock()
 	s.pgid = pid

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -88,7 +89,7 @@ func TestOnFailureRestartsThenGivesUp(t *testing.T) {
 	sp := spec(t, manifest.Workload{Entrypoint: []string{"sh", "-c", "echo run; exit 7"}, Restart: "on-failure"})
 	sp.Policy.Initial, sp.Policy.Max, sp.Policy.MaxCrashes = 10*time.Millisecond, 40*time.Millisecond, 3
 	out, rec := &syncBuf{}, &recorder{}
-	s := New(sp, r, out, nil, rec.add)
+	s := New(sp, r, both(out), nil, rec.add)
 	run(t, s, context.Background())
 	st := s.Status()
 	if st.State != agentapi.WorkloadFailed || st.Restarts != 3 || st.ExitCode == nil || *st.ExitCode != 7 {
@@ -121,7 +122,7 @@ func states(s []agentapi.WorkloadState) []string {
 
 func TestOnFailureSuccessIsFinal(t *testing.T) {
 	r := setup(t)
-	s := New(spec(t, manifest.Workload{Entrypoint: []string{"true"}}), r, &syncBuf{}, nil, nil)
+	s := New(spec(t, manifest.Workload{Entrypoint: []string{"true"}}), r, both(&syncBuf{}), nil, nil)
 	run(t, s, context.Background())
 	st := s.Status()
 	if st.State != agentapi.WorkloadExited || st.Restarts != 0 || *st.ExitCode != 0 || st.Error != "" {
@@ -131,7 +132,7 @@ func TestOnFailureSuccessIsFinal(t *testing.T) {
 
 func TestStartFailureIsReported(t *testing.T) {
 	r := setup(t)
-	s := New(spec(t, manifest.Workload{Entrypoint: []string{"/no/such/program"}, Restart: "no"}), r, &syncBuf{}, nil, nil)
+	s := New(spec(t, manifest.Workload{Entrypoint: []string{"/no/such/program"}, Restart: "no"}), r, both(&syncBuf{}), nil, nil)
 	run(t, s, context.Background())
 	st := s.Status()
 	if st.State != agentapi.WorkloadFailed || !strings.Contains(st.Error, "/no/such/program") {
@@ -157,7 +158,7 @@ func TestEnvWorkdirAndUser(t *testing.T) {
 		Workdir:    dir,
 		User:       "65534:65533",
 		Restart:    "no",
-	}), r, out, nil, nil)
+	}), r, both(out), nil, nil)
 	run(t, s, context.Background())
 	want := "foo=bar baz home=/ pwd=" + dir + " id=65534:65533 groups=65533\n"
 	deadline := time.Now().Add(5 * time.Second)
@@ -171,7 +172,7 @@ func TestEnvWorkdirAndUser(t *testing.T) {
 
 func TestGracefulStop(t *testing.T) {
 	r := setup(t)
-	s := New(spec(t, manifest.Workload{Entrypoint: []string{"sleep", "600"}, Restart: "always"}), r, &syncBuf{}, nil, nil)
+	s := New(spec(t, manifest.Workload{Entrypoint: []string{"sleep", "600"}, Restart: "always"}), r, both(&syncBuf{}), nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		for s.Status().State != agentapi.WorkloadRunning {
@@ -193,7 +194,7 @@ func TestStopEscalatesToSIGKILL(t *testing.T) {
 	// dispositions survive exec): only SIGKILL ends them.
 	sp := spec(t, manifest.Workload{Entrypoint: []string{"sh", "-c", `trap "" TERM; sleep 600; echo unreachable`}})
 	sp.StopGrace = 300 * time.Millisecond
-	s := New(sp, r, &syncBuf{}, nil, nil)
+	s := New(sp, r, both(&syncBuf{}), nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		for s.Status().State != agentapi.WorkloadRunning {
@@ -232,7 +233,7 @@ func TestLastWordsAreKept(t *testing.T) {
 	r := setup(t)
 	for i := 0; i < 5; i++ {
 		out := &syncBuf{}
-		s := New(spec(t, manifest.Workload{Entrypoint: []string{"sh", "-c", `trap 'echo bye; exit 0' TERM; echo hi; while :; do sleep 0.02; done`}}), r, out, nil, nil)
+		s := New(spec(t, manifest.Workload{Entrypoint: []string{"sh", "-c", `trap 'echo bye; exit 0' TERM; echo hi; while :; do sleep 0.02; done`}}), r, both(out), nil, nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() {
 			for !strings.Contains(out.String(), "hi") {
@@ -245,5 +246,31 @@ func TestLastWordsAreKept(t *testing.T) {
 		if got := out.String(); !strings.HasPrefix(got, "hi\n") || !strings.HasSuffix(got, "bye\n") {
 			t.Fatalf("run %d: output %q when Run returned", i, got)
 		}
+	}
+}
+
+// both sends both streams to w through one pipe.
+func both(w io.Writer) Output { return Output{Stdout: w, Stderr: w} }
+
+func TestStreamsApart(t *testing.T) {
+	r := reaper.New(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+	stdout, stderr := &syncBuf{}, &syncBuf{}
+	done := make(chan struct{})
+	s := New(spec(t, manifest.Workload{Entrypoint: []string{"sh", "-c", "echo out1; echo err1 >&2; echo out2; echo err2 >&2"}, Restart: "no"}),
+		r, Output{Stdout: stdout, Stderr: stderr}, nil, nil)
+	go func() { s.Run(ctx); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("workload did not end")
+	}
+	if got := stdout.String(); got != "out1\nout2\n" {
+		t.Errorf("stdout = %q", got)
+	}
+	if got := stderr.String(); got != "err1\nerr2\n" {
+		t.Errorf("stderr = %q", got)
 	}
 }

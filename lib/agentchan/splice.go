@@ -1,0 +1,126 @@
+package agentchan
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"sync"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/volantvm/volant/lib/apierr"
+)
+
+// Upstream opens streams toward the guest for a proxy: the supervisor's
+// returns the guest session (waiting for it while the guest boots),
+// volantd's dials the supervisor's socket.
+type Upstream func(ctx context.Context) (*Session, error)
+
+// ProxyOptions tune Proxy.
+type ProxyOptions struct {
+	// Allow lists the ops clients may use; nil allows every op.
+	Allow []string
+}
+
+// Proxy serves the stream layout to one client on conn (the server side
+// of a yamux session): every stream the client opens is spliced to a new
+// stream of the session up returns, after its request line was checked
+// against opts.Allow. A request that cannot be passed on is answered with
+// an error reply. Proxy returns when the client's session ends (closing
+// the streams it spliced) or ctx does.
+func Proxy(ctx context.Context, conn io.ReadWriteCloser, up Upstream, opts ProxyOptions) error {
+	mux, err := yamux.Server(conn, YamuxConfig())
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { mux.Close() })
+	defer stop()
+	defer mux.Close()
+	Serve(mux, func(st *Stream) { splice(ctx, st, up, opts) })
+	return nil
+}
+
+func splice(ctx context.Context, client *Stream, up Upstream, opts ProxyOptions) {
+	line, err := ReadLine(client.r)
+	if err != nil {
+		return
+	}
+	var req Request
+	if err := json.Unmarshal(line, &req); err != nil {
+		client.WriteLine(ErrorReply(apierr.Wrap(apierr.InvalidInput, err, "agent channel: malformed request")))
+		return
+	}
+	if opts.Allow != nil && !allowed(opts.Allow, req.Op) {
+		client.WriteLine(ErrorReply(apierr.New(apierr.PermissionDenied, "the %q operation is not allowed here", req.Op).With("op", req.Op)))
+		return
+	}
+	// Give up waiting for the guest when the client goes away.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sess, err := up(wctx)
+	if err != nil {
+		client.WriteLine(ErrorReply(err))
+		return
+	}
+	guest, err := sess.mux.OpenStream()
+	if err != nil {
+		client.WriteLine(ErrorReply(lost("while opening a stream", err)))
+		return
+	}
+	defer guest.Close()
+	if _, err := guest.Write(append(line, '\n')); err != nil {
+		client.WriteLine(ErrorReply(lost("while sending a request", err)))
+		return
+	}
+	Pipe(client, guest)
+}
+
+func allowed(list []string, op string) bool {
+	for _, a := range list {
+		if a == op {
+			return true
+		}
+	}
+	return false
+}
+
+// Pipe copies between a and b both ways until both directions have ended:
+// each direction's end is passed on as a half close. When either side
+// fails (not a clean end), both are aborted.
+func Pipe(a io.ReadWriteCloser, b net.Conn) {
+	var wg sync.WaitGroup
+	abort := func() {
+		if s, ok := a.(*Stream); ok {
+			s.Abort()
+		} else {
+			a.Close()
+		}
+		b.Close()
+	}
+	one := func(dst io.WriteCloser, src io.Reader) {
+		defer wg.Done()
+		_, err := io.Copy(dst, src)
+		if err != nil && !isClosed(err) {
+			abort()
+			return
+		}
+		dst.Close() // half close: EOF for the reader on the other side
+	}
+	wg.Add(2)
+	go one(b, a)
+	go one(halfCloser{a}, b)
+	wg.Wait()
+}
+
+// halfCloser makes Close a yamux half close for a *Stream (whose Close is
+// already one) and a CloseWrite for connections that have it.
+type halfCloser struct{ io.ReadWriteCloser }
+
+func (h halfCloser) Close() error {
+	if cw, ok := h.ReadWriteCloser.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return h.ReadWriteCloser.Close()
+}
