@@ -223,18 +223,23 @@ type Config struct {
 	// Cmdline is appended to the console and timer settings.
 	Cmdline  string
 	MemoryMB int
+	// Agent gives the guest the agent channel: a virtio-serial port whose
+	// host side is the unix socket VM.AgentSocket.
+	Agent bool
 }
 
 // VM is a running guest.
 type VM struct {
 	Name    string
 	Console string // the serial log file
-	qmp     string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	err     error
-	t       testing.TB
-	started time.Time
+	// AgentSocket is the host side of the agent channel (Config.Agent).
+	AgentSocket string
+	qmp         string
+	cmd         *exec.Cmd
+	done        chan struct{}
+	err         error
+	t           testing.TB
+	started     time.Time
 }
 
 // BaseCmdline is the kernel command line every test guest gets before its
@@ -271,6 +276,10 @@ func Boot(t testing.TB, n *Net, k string, cfg Config) *VM {
 	}
 	for _, d := range cfg.Disks {
 		vc.Disks = append(vc.Disks, vmm.Disk{Path: d})
+	}
+	if cfg.Agent {
+		vm.AgentSocket = filepath.Join(dir, "agent.sock")
+		vc.AgentSocket = vm.AgentSocket
 	}
 	if cfg.MAC != "" {
 		vc.Nets = []vmm.Net{{Tap: n.Tap(cfg.IP, cfg.MAC), MAC: cfg.MAC}}
