@@ -354,8 +354,13 @@ func TestConcurrentExecs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if s := f.sess.Streams(); s != 0 {
-		t.Errorf("%d streams left open", s)
+	// Streams close once both sides said so: give the last ones a moment.
+	deadline := time.Now().Add(5 * time.Second)
+	for f.sess.Streams() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams left open", f.sess.Streams())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
