@@ -206,29 +206,30 @@ func eventData(l Lease, reason string) leaseEvent {
 }
 
 // lowestFreeSQL finds the lowest unleased number in [?1, ?2]: ?1 itself, or
-// the successor of a leased number in [?1, ?2) whose successor is unleased.
-// Both probes use the ip_num index, so the cost grows with the leases in the
-// range, not with the size of the pool.
+// the successor of the lowest leased number in [?1, ?2) whose successor is
+// unleased (NULL when every number is leased). Both probes use the ip_num
+// index, and the second walks the leases in order and stops at the first
+// gap, so the cost grows with the leases below the lowest free address,
+// not with the size of the pool.
 const lowestFreeSQL = `
-SELECT n FROM (
-	SELECT ?1 AS n WHERE NOT EXISTS (SELECT 1 FROM ip_leases WHERE ip_num = ?1)
-	UNION ALL
-	SELECT l.ip_num + 1 FROM ip_leases AS l
-	 WHERE l.ip_num >= ?1 AND l.ip_num < ?2
-	   AND NOT EXISTS (SELECT 1 FROM ip_leases AS m WHERE m.ip_num = l.ip_num + 1)
-) ORDER BY n LIMIT 1`
+SELECT CASE
+	WHEN NOT EXISTS (SELECT 1 FROM ip_leases WHERE ip_num = ?1) THEN ?1
+	ELSE (SELECT l.ip_num + 1 FROM ip_leases AS l
+	       WHERE l.ip_num >= ?1 AND l.ip_num < ?2
+	         AND NOT EXISTS (SELECT 1 FROM ip_leases AS m WHERE m.ip_num = l.ip_num + 1)
+	       ORDER BY l.ip_num LIMIT 1)
+END`
 
 func lowestFree(ctx context.Context, tx *sql.Tx, pool Pool) (netip.Addr, bool, error) {
 	for _, seg := range pool.segments() {
-		var n int64
+		var n sql.NullInt64
 		err := tx.QueryRowContext(ctx, lowestFreeSQL, int64(seg[0]), int64(seg[1])).Scan(&n)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue
-		}
 		if err != nil {
 			return netip.Addr{}, false, fmt.Errorf("finding a free address in %s: %w", pool, err)
 		}
-		return addr(uint32(n)), true, nil
+		if n.Valid {
+			return addr(uint32(n.Int64)), true, nil
+		}
 	}
 	return netip.Addr{}, false, nil
 }
