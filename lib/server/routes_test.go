@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
@@ -711,6 +712,73 @@ func TestListFiltersAndHealthz(t *testing.T) {
 	e.apiErr(code, body, 400, apierr.InvalidInput)
 	code, body = e.do("GET", "/api/v1/vms/a/wait?state=sleeping", "", nil)
 	e.apiErr(code, body, 400, apierr.InvalidInput)
+}
+
+// TestVMListSeesEveryChange: GET /api/v1/vms answers from a cache while
+// nothing changes, and every change (create, a health report, stop,
+// delete) is in the very next answer, for the whole list and a filter.
+func TestVMListSeesEveryChange(t *testing.T) {
+	e := newEnv(t, func(c *controller.Config, _ *server.Options) { c.HealthInterval = time.Hour })
+	e.install("web")
+	list := func(q string) api.VMList {
+		t.Helper()
+		code, body := e.do("GET", "/api/v1/vms"+q, "", nil)
+		if code != 200 {
+			t.Fatalf("GET /api/v1/vms%s: %d %s", q, code, body)
+		}
+		var l api.VMList
+		if err := json.Unmarshal(body, &l); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	state := func(q string) string {
+		t.Helper()
+		var s []string
+		for _, v := range list(q).VMs {
+			s = append(s, v.Name+"="+string(v.State)+"/"+string(v.Health))
+		}
+		return strings.Join(s, ",")
+	}
+	if got := state(""); got != "" {
+		t.Fatalf("before any VM: %q", got)
+	}
+	for i := 0; i < 3; i++ {
+		v, err := e.c.CreateVM(e.ctx, api.CreateVMRequest{Name: fmt.Sprintf("w%d", i), Plugin: "web"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(list("").VMs); n != i+1 {
+			t.Fatalf("after creating %s the list has %d VMs", v.Name, n)
+		}
+		if n := len(list("?plugin=web").VMs); n != i+1 {
+			t.Fatalf("after creating %s the filtered list has %d VMs", v.Name, n)
+		}
+	}
+	if got := state(""); got != "w0=starting/unknown,w1=starting/unknown,w2=starting/unknown" {
+		t.Fatalf("created: %q", got)
+	}
+	if err := e.ctl.Report(e.ctx, "w1", controllertest.Healthy("w1"), netip.Addr{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(""); got != "w0=starting/unknown,w1=running/healthy,w2=starting/unknown" {
+		t.Fatalf("after w1's healthy report: %q", got)
+	}
+	if got := state("?state=running"); got != "w1=running/healthy" {
+		t.Fatalf("running after w1's healthy report: %q", got)
+	}
+	if _, err := e.c.StopVM(e.ctx, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := state("?state=running"); got != "" {
+		t.Fatalf("running after w1 stopped: %q", got)
+	}
+	if _, err := e.c.DeleteVM(e.ctx, "w0"); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(""); got != "w1=stopped/,w2=starting/unknown" {
+		t.Fatalf("after deleting w0: %q", got)
+	}
 }
 
 func TestAgentPathsMatchTheRoutes(t *testing.T) {

@@ -69,6 +69,7 @@ type Server struct {
 	mcp  http.Handler
 
 	consoles consoles
+	lists    vmListCache
 }
 
 // New returns a server for ctl.
@@ -182,17 +183,20 @@ func (s *Server) logRequests(h http.Handler) http.Handler {
 
 // writeJSON writes v with status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
+	body, err := encodeJSON(v)
+	if err != nil {
 		http.Error(w, `{"code":"INTERNAL","message":"encoding the answer failed"}`, http.StatusInternalServerError)
 		return
 	}
+	writeBody(w, status, body)
+}
+
+// writeBody writes an encoded JSON answer.
+func writeBody(w http.ResponseWriter, status int, body []byte) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
-	_, _ = w.Write(buf.Bytes())
+	_, _ = w.Write(body)
 }
 
 // writeError converts err once, at the boundary, and writes it.
@@ -380,12 +384,13 @@ func (s *Server) setPluginEnabled(enabled bool) http.HandlerFunc {
 
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	vms, err := s.ctl.ListVMs(r.Context(), api.VMFilter{Plugin: q.Get("plugin"), Deployment: q.Get("deployment"), State: api.VMState(q.Get("state"))})
+	f := api.VMFilter{Plugin: q.Get("plugin"), Deployment: q.Get("deployment"), State: api.VMState(q.Get("state"))}
+	body, err := s.lists.list(r.Context(), s.ctl.Config().Store.Generation, s.ctl.ListVMs, f)
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.VMList{VMs: vms})
+	writeBody(w, http.StatusOK, body)
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
