@@ -70,6 +70,7 @@ type Server struct {
 
 	consoles consoles
 	lists    vmListCache
+	frames   frameCache
 }
 
 // New returns a server for ctl.

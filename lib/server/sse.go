@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/volantvm/volant/lib/api"
@@ -97,13 +98,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		if !controller.MatchType(types, ev.Type) {
 			return true
 		}
-		data, err := json.Marshal(ev)
+		frame, err := s.frames.frame(ev)
 		if err != nil {
 			return false
 		}
-		bw.WriteString("id: " + strconv.FormatInt(ev.ID, 10) + "\nevent: " + ev.Type + "\ndata: ")
-		bw.Write(data)
-		bw.WriteString("\n\n")
+		bw.Write(frame)
 		if bw.Buffered() > 16<<10 {
 			return flush()
 		}
@@ -188,4 +187,42 @@ func prunedSince(ctx context.Context, st *store.Store, from, last int64) (*api.E
 	}
 	data, _ := json.Marshal(map[string]int64{"after": from, "first_kept": first, "missed": missed})
 	return &api.Event{Type: api.EventsPruned, Data: data, Timestamp: time.Now().UTC()}, nil
+}
+
+// frameCache keeps the SSE frames of the newest events by ID, so that an
+// event delivered to many subscribers is encoded once, not once per
+// subscriber (1,000 streams of a 200-VM scale-up: 600,000 encodings).
+type frameCache struct {
+	mu   sync.Mutex
+	ring [1024]struct {
+		id    int64
+		frame []byte
+	}
+}
+
+// frame returns ev's frame: its id, event and data lines.
+func (c *frameCache) frame(ev api.Event) ([]byte, error) {
+	slot := ev.ID & int64(len(c.ring)-1)
+	c.mu.Lock()
+	if e := c.ring[slot]; e.id == ev.ID && e.frame != nil {
+		c.mu.Unlock()
+		return e.frame, nil
+	}
+	c.mu.Unlock()
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	f := make([]byte, 0, len(data)+len(ev.Type)+40)
+	f = append(f, "id: "...)
+	f = strconv.AppendInt(f, ev.ID, 10)
+	f = append(f, "\nevent: "...)
+	f = append(f, ev.Type...)
+	f = append(f, "\ndata: "...)
+	f = append(f, data...)
+	f = append(f, "\n\n"...)
+	c.mu.Lock()
+	c.ring[slot].id, c.ring[slot].frame = ev.ID, f
+	c.mu.Unlock()
+	return f, nil
 }
