@@ -4,6 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,28 +23,42 @@ import (
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
+	"github.com/volantvm/volant/lib/vmm/cloudhypervisor/chtest"
 )
 
 // BenchmarkDaemonScale measures the control plane with many VMs: volantd's
 // RSS idle and with N VMs tracked (default 200; each a real volant-launch
 // process supervising the fake Cloud Hypervisor, with a real tap on a real
-// bridge, all in a private network namespace), and the throughput of
-// GET /api/v1/vms with those N VMs, loaded by wrk from a second process on
-// the namespace's loopback for a bounded time. bench/volantd-scale/run.sh
-// runs it and writes $VOLANT_BENCH_OUT. It asserts nothing about speed.
+// bridge, all in a private network namespace), its CPU use while they idle,
+// and GET /api/v1/vms with those N VMs under wrk from a second process on
+// the namespace's loopback for a bounded time, side by side with the
+// comparison: bench/volantd-scale/static ($VOLANT_BENCH_STATIC), a plain
+// net/http server answering every request with the bytes volantd answered,
+// in the same namespace. Rounds alternate which goes first.
+// bench/volantd-scale/run.sh runs it and writes $VOLANT_BENCH_OUT. volantd
+// is the real binary (guesttest.Command), not this test binary. It asserts
+// nothing about speed.
 func BenchmarkDaemonScale(b *testing.B) {
 	netnstest.Require(b, "sh", "mount", "wrk")
-	n := 200
+	static := os.Getenv("VOLANT_BENCH_STATIC")
+	if static == "" {
+		b.Fatal("VOLANT_BENCH_STATIC must name the comparison server (bench/volantd-scale/run.sh builds it)")
+	}
+	n, rounds := 200, 3
 	if v, err := strconv.Atoi(os.Getenv("VOLANT_BENCH_VMS")); err == nil && v > 0 {
 		n = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("VOLANT_BENCH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
 	}
 	dur := "10s"
 	if v := os.Getenv("VOLANT_BENCH_WRK_DURATION"); v != "" {
 		dur = v
 	}
 	h := newFakeHost(b)
+	h.bin = realBins(b)
 	const token = "bench-token"
-	port := 18080
+	port, staticPort := 18080, 18081
 	// The default pool (.100-.254 of a /24) holds 155 guests; a /22 holds
 	// 920 (.100 of the first /24 to the last host).
 	d := h.start(b, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--token", token, "--subnet", "192.168.124.0/22")
@@ -49,7 +67,9 @@ func BenchmarkDaemonScale(b *testing.B) {
 		b.Fatal(err)
 	}
 	time.Sleep(3 * time.Second) // let start-up work settle
-	idle := rssKiB(b, d.cmd.Process.Pid)
+	pid := d.cmd.Process.Pid
+	idle := rssKiB(b, pid)
+	idleCPU := cpuUse(b, pid, 10*time.Second)
 
 	t0 := time.Now()
 	var wg sync.WaitGroup
@@ -72,54 +92,102 @@ func BenchmarkDaemonScale(b *testing.B) {
 		b.Fatalf("creating VMs: %v", err)
 	}
 	created := time.Since(t0)
-	// Tracked: every VM has a supervised hypervisor.
-	for deadline := time.Now().Add(5 * time.Minute); ; {
-		vms, err := d.c.ListVMs(ctx, api.VMFilter{})
-		withPID := 0
-		for _, v := range vms {
-			if v.PID != 0 {
-				withPID++
-			}
-		}
-		if err == nil && withPID == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("only %d of %d VMs have a hypervisor: %v", withPID, n, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	waitTracked(b, d, n)
 	time.Sleep(3 * time.Second)
-	loaded := rssKiB(b, d.cmd.Process.Pid)
+	loaded := rssKiB(b, pid)
+	loadedCPU := cpuUse(b, pid, 10*time.Second)
 
-	out, err := h.ns.Output("wrk", "-t2", "-c16", "-d"+dur, "--latency",
-		"-H", "Authorization: Bearer "+token, fmt.Sprintf("http://127.0.0.1:%d/api/v1/vms", port))
+	// The comparison serves what volantd answers.
+	body, err := rawGet(d.sock, "/api/v1/vms")
 	if err != nil {
-		b.Fatalf("wrk: %v\n%s", err, out)
+		b.Fatal(err)
 	}
-	rps := wrkFloat(b, out, `Requests/sec:\s+([0-9.]+)`)
-	p50 := wrkLatency(out, "50%")
-	p99 := wrkLatency(out, "99%")
-	non2xx := 0
-	if m := regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`).FindStringSubmatch(out); m != nil {
-		non2xx, _ = strconv.Atoi(m[1])
+	bodyFile := filepath.Join(b.TempDir(), "vms.json")
+	if err := os.WriteFile(bodyFile, body, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	sc := h.ns.Cmd(static, fmt.Sprintf("127.0.0.1:%d", staticPort), bodyFile, token)
+	sc.Stderr = os.Stderr
+	if err := sc.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { sc.Process.Kill(); sc.Wait() }()
+	staticRSS := 0
+
+	type side struct {
+		rps, p50, p99 []float64
+		non2xx        int
+	}
+	var vd, st side
+	run := func(s *side, p int) {
+		url := fmt.Sprintf("http://127.0.0.1:%d/api/v1/vms", p)
+		var out string
+		for try := 0; ; try++ { // the comparison may still be starting
+			out, err = h.ns.Output("wrk", "-t2", "-c16", "-d"+dur, "--latency", "-H", "Authorization: Bearer "+token, url)
+			if err == nil || try == 20 {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if err != nil {
+			b.Fatalf("wrk %s: %v\n%s", url, err, out)
+		}
+		s.rps = append(s.rps, wrkFloat(b, out, `Requests/sec:\s+([0-9.]+)`))
+		s.p50 = append(s.p50, wrkMillis(b, out, "50%"))
+		s.p99 = append(s.p99, wrkMillis(b, out, "99%"))
+		if m := regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`).FindStringSubmatch(out); m != nil {
+			v, _ := strconv.Atoi(m[1])
+			s.non2xx += v
+		}
+	}
+	for r := 0; r < rounds; r++ {
+		if r%2 == 0 {
+			run(&vd, port)
+			run(&st, staticPort)
+		} else {
+			run(&st, staticPort)
+			run(&vd, port)
+		}
+		if staticRSS == 0 {
+			staticRSS = rssKiB(b, sc.Process.Pid)
+		}
+		fmt.Fprintf(os.Stderr, "round %d: volantd %.0f req/s (p99 %.1f ms), static %.0f req/s (p99 %.1f ms)\n",
+			r+1, vd.rps[r], vd.p99[r], st.rps[r], st.p99[r])
+	}
+	if vd.non2xx+st.non2xx > 0 {
+		b.Fatalf("non-2xx answers: volantd %d, static %d", vd.non2xx, st.non2xx)
+	}
+	sideJSON := func(s side) map[string]any {
+		return map[string]any{
+			"requests_per_second": median(s.rps), "latency_p50_ms": median(s.p50), "latency_p99_ms": median(s.p99),
+			"samples": map[string]any{"requests_per_second": s.rps, "latency_p50_ms": s.p50, "latency_p99_ms": s.p99},
+		}
 	}
 	res := map[string]any{
-		"vms":                         n,
-		"volantd_rss_idle_kib":        idle,
-		"volantd_rss_with_vms_kib":    loaded,
-		"rss_per_vm_kib":              float64(loaded-idle) / float64(n),
-		"create_all_seconds":          created.Seconds(),
-		"get_vms_requests_per_second": rps,
-		"get_vms_latency_p50":         p50,
-		"get_vms_latency_p99":         p99,
-		"get_vms_non_2xx":             non2xx,
-		"wrk":                         "wrk -t2 -c16 -d" + dur + " (second process, namespace loopback)",
-		"host_loadavg":                loadavg(),
+		"benchmark":                 "volantd-scale",
+		"date":                      time.Now().UTC().Format(time.RFC3339),
+		"vms":                       n,
+		"rounds":                    rounds,
+		"body_bytes":                len(body),
+		"volantd_rss_idle_kib":      idle,
+		"volantd_rss_with_vms_kib":  loaded,
+		"rss_per_vm_kib":            float64(loaded-idle) / float64(n),
+		"static_rss_kib":            staticRSS,
+		"volantd_cpu_idle":          idleCPU,
+		"volantd_cpu_with_vms_idle": loadedCPU,
+		"create_all_seconds":        created.Seconds(),
+		"get_vms_volantd":           sideJSON(vd),
+		"get_vms_static":            sideJSON(st),
+		"ratio_requests_per_second": round2(median(vd.rps) / median(st.rps)),
+		"ratio_latency_p99":         round2(median(vd.p99) / median(st.p99)),
+		"wrk":                       "wrk -t2 -c16 -d" + dur + " --latency (second process, namespace loopback), rounds alternate which server goes first",
+		"target":                    ">= 1000 req/s and p99 <= 50 ms for volantd; idle RSS <= 25 MiB",
+		"host_loadavg":              loadavg(),
+		"host_cpus":                 runtime.NumCPU(),
 	}
 	js, _ := json.MarshalIndent(res, "", "  ")
 	fmt.Printf("%s\n", js)
-	b.ReportMetric(rps, "GET/vms/s")
+	b.ReportMetric(median(vd.rps), "GET/vms/s")
 	b.ReportMetric(float64(loaded)/1024, "MiB-with-VMs")
 	if p := os.Getenv("VOLANT_BENCH_OUT"); p != "" {
 		os.MkdirAll(filepath.Dir(p), 0o755)
@@ -139,6 +207,123 @@ func BenchmarkDaemonScale(b *testing.B) {
 		}()
 	}
 	stopWG.Wait()
+}
+
+// realBins is a directory with the real volantd and volant-launch (from
+// $VOLANT_BIN, or built from this checkout) and this test binary as the
+// fake cloud-hypervisor, for benchmarks that measure volantd itself.
+func realBins(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, target := range map[string]string{
+		"volantd":       guesttest.Command(t, "volantd"),
+		"volant-launch": guesttest.Command(t, "volant-launch"),
+		chtest.Name:     self,
+	} {
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// waitTracked waits until n VMs have a supervised hypervisor.
+func waitTracked(t testing.TB, d *volantdProc, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Minute); ; {
+		vms, err := d.c.ListVMs(context.Background(), api.VMFilter{})
+		withPID := 0
+		for _, v := range vms {
+			if v.PID != 0 {
+				withPID++
+			}
+		}
+		if err == nil && withPID == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d VMs have a hypervisor: %v", withPID, n, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// rawGet returns the body of GET path on volantd's unix socket.
+func rawGet(sock, path string) ([]byte, error) {
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://volantd" + path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return io.ReadAll(resp.Body)
+}
+
+// cpuUse is the share of one CPU process pid used over d.
+func cpuUse(t testing.TB, pid int, d time.Duration) float64 {
+	t.Helper()
+	t0, c0 := time.Now(), cpuTicks(t, pid)
+	time.Sleep(d)
+	return round3(float64(cpuTicks(t, pid)-c0) / clkTck / time.Since(t0).Seconds())
+}
+
+// clkTck is USER_HZ, the unit of /proc/<pid>/stat's CPU times (100 on
+// every Linux architecture Volant runs on).
+const clkTck = 100
+
+func cpuTicks(t testing.TB, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return ut + st
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return round2(m)
+}
+
+func round2(v float64) float64 { return math.Round(v*100) / 100 }
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
+
+// wrkMillis reads a latency percentile of wrk --latency in milliseconds.
+func wrkMillis(t testing.TB, out, pct string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`\s` + regexp.QuoteMeta(pct) + `\s+([0-9.]+)(us|ms|s)\b`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("wrk output lacks the %s latency:\n%s", pct, out)
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	switch m[2] {
+	case "us":
+		v /= 1000
+	case "s":
+		v *= 1000
+	}
+	return round2(v)
 }
 
 func rssKiB(t testing.TB, pid int) int {
@@ -162,14 +347,6 @@ func wrkFloat(t testing.TB, out, re string) float64 {
 	}
 	v, _ := strconv.ParseFloat(m[1], 64)
 	return v
-}
-
-func wrkLatency(out, pct string) string {
-	m := regexp.MustCompile(`\s` + regexp.QuoteMeta(pct) + `\s+(\S+)`).FindStringSubmatch(out)
-	if m == nil {
-		return ""
-	}
-	return m[1]
 }
 
 func loadavg() string {

@@ -101,7 +101,13 @@ func startDaemon(t testing.TB, dir string, wrap []string, env []string, args ...
 // inherits files from fd 3 on (a kvmtest stand-in's FUSE device).
 func startDaemonFiles(t testing.TB, dir string, wrap []string, files []*os.File, env []string, args ...string) *volantdProc {
 	t.Helper()
-	b := bins(t)
+	return startDaemonFrom(t, bins(t), dir, wrap, files, env, args...)
+}
+
+// startDaemonFrom is startDaemonFiles with the volantd, cloud-hypervisor
+// and volant-launch of directory b.
+func startDaemonFrom(t testing.TB, b, dir string, wrap []string, files []*os.File, env []string, args ...string) *volantdProc {
+	t.Helper()
 	sock := filepath.Join(dir, "volantd.sock")
 	argv := append(append([]string{}, wrap...), filepath.Join(b, "volantd"),
 		"--socket", sock, "--data-dir", filepath.Join(dir, "data"), "--run-root", filepath.Join(dir, "run"),

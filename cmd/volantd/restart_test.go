@@ -36,6 +36,9 @@ type fakeHost struct {
 	dir      string
 	kernel   string
 	manifest []byte
+	// bin, when set, holds the volantd, cloud-hypervisor and volant-launch
+	// to run (default: bins, where volantd is this test binary).
+	bin string
 }
 
 func newFakeHost(t testing.TB) *fakeHost {
@@ -81,6 +84,9 @@ func (h *fakeHost) start(t testing.TB, extra ...string) *volantdProc {
 	// few at a time (--max-booting -1): each would hold its slot until
 	// the start timeout.
 	args := append([]string{"--vmm", "cloud-hypervisor", "--kernel", h.kernel, "--health-interval", "1s", "--stop-timeout", "2s", "--max-booting", "-1"}, extra...)
+	if h.bin != "" {
+		return startDaemonFrom(t, h.bin, h.dir, wrap, files, nil, args...)
+	}
 	return startDaemonFiles(t, h.dir, wrap, files, nil, args...)
 }
 
