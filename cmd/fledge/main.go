@@ -46,7 +46,7 @@
 //
 // Errors (stderr, last line, one JSON object {"code","message","details"}; exit status):
 //
-//	USAGE              2   bad flags
+//	USAGE              2   bad flags, an argument, a flag given twice
 //	INVALID_INPUT      3   fledge.toml is invalid (details.errors lists every problem as
 //	                       {"field","message"}), a mapping escapes the build context, the image
 //	                       is not a linux/amd64 container image, a binary is not static
@@ -67,97 +67,90 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"golang.org/x/term"
+
 	"github.com/volantvm/volant/lib/apierr"
-	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/fledge"
 	"github.com/volantvm/volant/lib/fledge/progress"
 	"github.com/volantvm/volant/lib/kernel"
+	"github.com/volantvm/volant/lib/layout"
 )
 
 func main() { cli.Main(run) }
 
-type options struct {
-	Build struct {
-		Config        string `short:"c" long:"config" default:"fledge.toml" description:"build configuration"`
-		OutputDir     string `short:"o" long:"output-dir" default:"out" description:"where the artifact and manifest go"`
-		KernelModules string `long:"kernel-modules" value-name:"DIR" description:"/lib/modules/<release> of the guest kernel, for initramfs plugins"`
-		Kestrel       string `long:"kestrel" value-name:"PATH" description:"kestrel binary (overrides [agent])"`
-		WorkDir       string `long:"work-dir" value-name:"DIR" description:"where images are unpacked (default /dev/shm when the image fits, else $TMPDIR)"`
-		Quiet         bool   `short:"q" long:"quiet" description:"no progress on stderr"`
-		Verbose       bool   `short:"v" long:"verbose" description:"debug logs on stderr"`
-	} `command:"build" description:"Build the plugin fledge.toml describes"`
-	Boot struct {
-		KernelModules string   `long:"kernel-modules" value-name:"DIR" description:"/lib/modules/<release> of the guest kernel (default: $VOLANT_KERNEL_DIR's)"`
-		Output        string   `short:"o" long:"output" value-name:"FILE" description:"output file (default out/boot-<release>.cpio.gz)"`
-		Kestrel       string   `long:"kestrel" value-name:"PATH" description:"kestrel binary"`
-		Modules       []string `long:"module" value-name:"NAME" description:"module to include (repeatable; default the virtio/ext4/button set)"`
-	} `command:"boot-initramfs" description:"Write the boot initramfs of rootfs plugins: kestrel + kernel modules"`
-	Version struct{} `command:"version" description:"Print the build version"`
+func run(ctx context.Context, env *cli.Env) error {
+	return cli.Run(ctx, env, "fledge", &options{})
 }
 
-func run(ctx context.Context, env *cli.Env) error {
-	var o options
-	verb, rest, err := cli.Parse(env, "fledge", &o)
+type options struct {
+	Build   buildCmd           `command:"build" description:"Build the plugin fledge.toml describes"`
+	Boot    bootCmd            `command:"boot-initramfs" description:"Write the boot initramfs of rootfs plugins: kestrel + kernel modules"`
+	Version cli.VersionCommand `command:"version" description:"Print the build version"`
+}
+
+type buildCmd struct {
+	Config        string `short:"c" long:"config" default:"fledge.toml" description:"build configuration"`
+	OutputDir     string `short:"o" long:"output-dir" default:"out" description:"where the artifact and manifest go"`
+	KernelModules string `long:"kernel-modules" value-name:"DIR" description:"/lib/modules/<release> of the guest kernel, for initramfs plugins"`
+	Kestrel       string `long:"kestrel" value-name:"PATH" description:"kestrel binary (overrides [agent])"`
+	WorkDir       string `long:"work-dir" value-name:"DIR" description:"where images are unpacked (default /dev/shm when the image fits, else $TMPDIR)"`
+	Quiet         bool   `short:"q" long:"quiet" description:"no progress on stderr"`
+	Verbose       bool   `short:"v" long:"verbose" description:"debug logs on stderr"`
+}
+
+func (c *buildCmd) Execute(ctx context.Context, env *cli.Env) error {
+	req := fledge.Request{
+		Config:        c.Config,
+		OutputDir:     c.OutputDir,
+		KernelModules: c.KernelModules,
+		Kestrel:       c.Kestrel,
+		WorkDir:       c.WorkDir,
+		Logger:        env.Logger(c.Verbose),
+		Progress:      reporter(env.Stderr, c.Quiet),
+	}
+	if s := env.Env("SOURCE_DATE_EPOCH"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return apierr.New(apierr.Usage, "SOURCE_DATE_EPOCH=%q is not a Unix time", s)
+		}
+		req.Epoch = n
+	}
+	res, err := fledge.Build(ctx, req)
 	if err != nil {
 		return err
 	}
-	if len(rest) > 0 {
-		return apierr.New(apierr.Usage, "unexpected arguments %q", rest).With("hint", "run fledge --help")
-	}
-	switch verb {
-	case "build":
-		b := o.Build
-		req := fledge.Request{
-			Config:        b.Config,
-			OutputDir:     b.OutputDir,
-			KernelModules: b.KernelModules,
-			Kestrel:       b.Kestrel,
-			WorkDir:       b.WorkDir,
-			Logger:        env.Logger(b.Verbose),
-			Progress:      reporter(env.Stderr, b.Quiet),
-		}
-		if s := env.Env("SOURCE_DATE_EPOCH"); s != "" {
-			n, err := strconv.ParseInt(s, 10, 64)
-			if err != nil || n < 0 {
-				return apierr.New(apierr.Usage, "SOURCE_DATE_EPOCH=%q is not a Unix time", s)
-			}
-			req.Epoch = n
-		}
-		res, err := fledge.Build(ctx, req)
+	return cli.WriteResult(env, "fledge.build", res)
+}
+
+type bootCmd struct {
+	KernelModules string   `long:"kernel-modules" value-name:"DIR" description:"/lib/modules/<release> of the guest kernel (default: $VOLANT_KERNEL_DIR's)"`
+	Output        string   `short:"o" long:"output" value-name:"FILE" description:"output file (default out/boot-<release>.cpio.gz)"`
+	Kestrel       string   `long:"kestrel" value-name:"PATH" description:"kestrel binary"`
+	Modules       []string `long:"module" value-name:"NAME" description:"module to include (repeatable; default the virtio/ext4/button set)"`
+}
+
+func (c *bootCmd) Execute(ctx context.Context, env *cli.Env) error {
+	dir, release := c.KernelModules, ""
+	if dir == "" {
+		k, err := kernel.Open(layout.FromEnv(env.Env).WithDefaults().Kernel)
 		if err != nil {
 			return err
 		}
-		return cli.WriteResult(env, "fledge.build", res)
-	case "boot-initramfs":
-		b := o.Boot
-		dir := b.KernelModules
-		var release string
-		if dir == "" {
-			k, err := kernel.Open(env.Env("VOLANT_KERNEL_DIR"))
-			if err != nil {
-				return err
-			}
-			dir, release = k.ModulesDir, k.Release
-		}
-		if release == "" {
-			release = filepath.Base(filepath.Clean(dir))
-		}
-		out := b.Output
-		if out == "" {
-			out = filepath.Join("out", "boot-"+release+".cpio.gz")
-		}
-		res, err := fledge.BootInitramfs(ctx, fledge.BootRequest{Kestrel: b.Kestrel, ModulesDir: dir, Modules: b.Modules, Output: out})
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "fledge.boot-initramfs", res)
-	case "version":
-		return cli.WriteResult(env, "fledge.version", struct {
-			Build string `json:"build"`
-		}{buildinfo.String()})
+		dir, release = k.ModulesDir, k.Release
 	}
-	return apierr.New(apierr.Usage, "missing command; run fledge --help")
+	if release == "" {
+		release = filepath.Base(filepath.Clean(dir))
+	}
+	out := c.Output
+	if out == "" {
+		out = filepath.Join("out", "boot-"+release+".cpio.gz")
+	}
+	res, err := fledge.BootInitramfs(ctx, fledge.BootRequest{Kestrel: c.Kestrel, ModulesDir: dir, Modules: c.Modules, Output: out})
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "fledge.boot-initramfs", res)
 }
 
 // reporter shows a progress bar on a terminal and plain lines otherwise.
@@ -165,10 +158,8 @@ func reporter(w io.Writer, quiet bool) progress.Reporter {
 	if quiet {
 		return progress.Discard
 	}
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 && f.Name() != os.DevNull {
-			return progress.Bar(w)
-		}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return progress.Bar(w)
 	}
 	return progress.Lines(w)
 }
