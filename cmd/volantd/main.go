@@ -55,7 +55,7 @@
 //
 // Errors (stderr, one JSON object {"code","message","details"}; exit status):
 //
-//	USAGE          2  bad flags; TCP without a token; nothing to listen on
+//	USAGE          2  bad flags, an argument, a flag given twice; TCP without a token; nothing to listen on
 //	INVALID_INPUT  3  bad subnet or address
 //	CONFLICT       5  another volantd serves the socket
 //	UNAVAILABLE    9  cannot listen, no volant-launch, database locked; `mcp`: no daemon
@@ -78,28 +78,53 @@ import (
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/hostnet"
+	"github.com/volantvm/volant/lib/ipam"
+	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/server"
 	"github.com/volantvm/volant/lib/volantd"
 )
 
 func main() { cli.Main(run) }
 
-type serveFlags struct {
-	Socket         string        `long:"socket" env:"VOLANT_SOCKET" default:"/run/volant/volantd.sock" description:"unix socket of the API (\"\" for none)"`
+func run(ctx context.Context, env *cli.Env) error {
+	// serve is the verb when none is given: `volantd --socket S`.
+	if len(env.Args) == 0 || strings.HasPrefix(env.Args[0], "-") {
+		e := *env
+		e.Args = append([]string{"serve"}, env.Args...)
+		env = &e
+	}
+	return cli.Run(ctx, env, "volantd", &options{Serve: serveCmd{
+		Socket: layout.DefaultSocket, DataDir: layout.DefaultDataDir, RunRoot: layout.DefaultRunRoot,
+		Kernel: layout.DefaultKernelDir, Bridge: hostnet.DefaultBridge, Subnet: ipam.DefaultSubnet,
+	}})
+}
+
+type options struct {
+	Serve   serveCmd           `command:"serve" description:"Run the daemon (the default verb)"`
+	MCP     mcpCmd             `command:"mcp" description:"Model Context Protocol on stdio, talking to the running daemon"`
+	OpenAPI openAPICmd         `command:"openapi" description:"Print the OpenAPI document"`
+	Version cli.VersionCommand `command:"version" description:"Print the build version"`
+}
+
+// serveCmd's defaults are filled in by run (go-flags shows them in --help);
+// each flag also reads its environment variable.
+type serveCmd struct {
+	Socket         string        `long:"socket" env:"VOLANT_SOCKET" description:"unix socket of the API (\"\" for none)"`
 	Listen         string        `long:"listen" env:"VOLANT_LISTEN" description:"also serve the API on this TCP address (requires --token)"`
 	Token          string        `long:"token" env:"VOLANT_TOKEN" description:"bearer token required on TCP"`
 	TokenFile      string        `long:"token-file" env:"VOLANT_TOKEN_FILE" description:"file holding the token"`
 	DB             string        `long:"db" env:"VOLANT_DB" description:"state database (default <data-dir>/volant.db)"`
-	DataDir        string        `long:"data-dir" env:"VOLANT_DATA_DIR" default:"/var/lib/volant" description:"data directory"`
-	RunRoot        string        `long:"run-root" env:"VOLANT_RUN_ROOT" default:"/run/volant/vms" description:"per-VM run directories"`
+	DataDir        string        `long:"data-dir" env:"VOLANT_DATA_DIR" description:"data directory"`
+	RunRoot        string        `long:"run-root" env:"VOLANT_RUN_ROOT" description:"per-VM run directories"`
 	CacheDir       string        `long:"cache-dir" env:"VOLANT_CACHE_DIR" description:"boot image cache (default <data-dir>/cache)"`
-	Kernel         string        `long:"kernel" env:"VOLANT_KERNEL_DIR" default:"/var/lib/volant/kernel" description:"guest kernel directory or vmlinux"`
+	Kernel         string        `long:"kernel" env:"VOLANT_KERNEL_DIR" description:"guest kernel directory or vmlinux"`
 	Kestrel        string        `long:"kestrel" env:"VOLANT_KESTREL" description:"kestrel binary (default: next to volantd)"`
 	BootInitramfs  string        `long:"boot-initramfs" env:"VOLANT_BOOT_INITRAMFS" description:"prebuilt boot initramfs"`
 	VMM            string        `long:"vmm" env:"VOLANT_VMM" default:"auto" description:"auto, cloud-hypervisor or qemu"`
 	Accel          string        `long:"accel" env:"VOLANT_ACCEL" default:"auto" description:"auto, kvm or tcg"`
-	Bridge         string        `long:"bridge" env:"VOLANT_BRIDGE" default:"vbr0" description:"guest bridge"`
-	Subnet         string        `long:"subnet" env:"VOLANT_SUBNET" default:"192.168.127.0/24" description:"guest subnet"`
+	Bridge         string        `long:"bridge" env:"VOLANT_BRIDGE" description:"guest bridge"`
+	Subnet         string        `long:"subnet" env:"VOLANT_SUBNET" description:"guest subnet"`
 	NoNetSetup     bool          `long:"no-network-setup" env:"VOLANT_NO_NETWORK_SETUP" description:"do not create the bridge"`
 	NAT            bool          `long:"nat" env:"VOLANT_NAT" description:"masquerade the guest subnet"`
 	NoNAT          bool          `long:"no-nat" env:"VOLANT_NO_NAT" description:"remove Volant's masquerading (neither flag: leave NAT as it is)"`
@@ -115,69 +140,10 @@ type serveFlags struct {
 	Verbose        bool          `long:"verbose" short:"v" env:"VOLANT_VERBOSE" description:"debug logs"`
 }
 
-type mcpFlags struct {
-	Host  string `long:"host" env:"VOLANT_HOST" description:"volantd's address: unix socket path or URL (default the unix socket)"`
-	Token string `long:"token" env:"VOLANT_TOKEN" description:"bearer token for TCP"`
-}
-
-func run(ctx context.Context, env *cli.Env) error {
-	verb := "serve"
-	if len(env.Args) > 0 && !strings.HasPrefix(env.Args[0], "-") {
-		verb, env.Args = env.Args[0], env.Args[1:]
-	}
-	switch verb {
-	case "serve":
-		var f serveFlags
-		if err := parse(env, "volantd", &f); err != nil {
-			return err
-		}
-		return serve(ctx, env, f)
-	case "mcp":
-		var f mcpFlags
-		if err := parse(env, "volantd mcp", &f); err != nil {
-			return err
-		}
-		c, err := client.New(f.Host, client.Options{Token: f.Token, UserAgent: "volantd-mcp/" + buildinfo.String()})
-		if err != nil {
-			return err
-		}
-		if _, err := c.Health(ctx); err != nil {
-			return err
-		}
-		in, out := readCloser(env), writeCloser(env)
-		return server.ServeMCP(ctx, c, in, out, env.Logger(false))
-	case "openapi":
-		doc, err := server.New(nil, server.Options{}).OpenAPI()
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(env.Stdout, "%s\n", doc)
-		return err
-	case "version":
-		return cli.WriteResult(env, "volantd.version", struct {
-			Build string `json:"build"`
-		}{buildinfo.String()})
-	}
-	return apierr.New(apierr.Usage, "unknown verb %q; volantd [serve|mcp|openapi|version] --help", verb)
-}
-
-func parse(env *cli.Env, name string, opts any) error {
-	// go-flags reads the env: tags from the process environment.
-	_, rest, err := cli.Parse(env, name, opts)
-	if err != nil {
-		return err
-	}
-	if len(rest) > 0 {
-		return apierr.New(apierr.Usage, "unexpected argument %q", rest[0])
-	}
-	return nil
-}
-
-func serve(ctx context.Context, env *cli.Env, f serveFlags) error {
+func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 	if f.NAT && f.NoNAT {
 		return apierr.New(apierr.Usage, "--nat and --no-nat contradict each other; give one, or neither to leave NAT as it is")
 	}
-	log := env.Logger(f.Verbose)
 	token := f.Token
 	if f.TokenFile != "" {
 		b, err := os.ReadFile(f.TokenFile)
@@ -200,17 +166,19 @@ func serve(ctx context.Context, env *cli.Env, f serveFlags) error {
 	}
 	kestrel := f.Kestrel
 	if kestrel == "" {
-		if exe, err := os.Executable(); err == nil {
-			k := strings.TrimSuffix(exe, "volantd") + "kestrel"
-			if st, err := os.Stat(k); err == nil && st.Mode().IsRegular() && strings.HasSuffix(exe, "volantd") {
-				kestrel = k
-			}
-		}
+		kestrel = layout.Sibling("kestrel")
 	}
-	cfg := volantd.Config{
+	nat := "" // neither flag: leave NAT as it is
+	switch {
+	case f.NAT:
+		nat = "on"
+	case f.NoNAT:
+		nat = "off"
+	}
+	return volantd.Serve(ctx, volantd.Config{
 		Socket: f.Socket, Listen: f.Listen, Token: token, Listeners: passed,
 		DB: f.DB, DataDir: f.DataDir, RunRoot: f.RunRoot, CacheDir: f.CacheDir,
-		Bridge: f.Bridge, Subnet: f.Subnet, SetupNetwork: !f.NoNetSetup, NAT: natMode(f.NAT, f.NoNAT), AgentListen: f.AgentListen, DNS: f.DNS,
+		Bridge: f.Bridge, Subnet: f.Subnet, SetupNetwork: !f.NoNetSetup, NAT: nat, AgentListen: f.AgentListen, DNS: f.DNS,
 		Launch: controller.LaunchDefaults{
 			Kernel: f.Kernel, BootInitramfs: f.BootInitramfs, Kestrel: kestrel, VMM: f.VMM, Accel: f.Accel, Debug: f.GuestDebug,
 		},
@@ -218,29 +186,39 @@ func serve(ctx context.Context, env *cli.Env, f serveFlags) error {
 		HealthInterval: f.HealthInterval, StopTimeout: f.StopTimeout, StartTimeout: f.StartTimeout,
 		MaxBooting: f.MaxBooting,
 		Notify:     func(state string) { _, _ = daemon.SdNotify(false, state) },
-		Logger:     log,
-	}
-	return volantd.Serve(ctx, cfg)
+		Logger:     env.Logger(f.Verbose),
+	})
 }
 
-// readCloser and writeCloser give the MCP transport env's streams; closing
-// them closes nothing of the process's.
-func readCloser(env *cli.Env) io.ReadCloser { return io.NopCloser(env.Stdin) }
+type mcpCmd struct {
+	Host  string `long:"host" env:"VOLANT_HOST" description:"volantd's address: unix socket path or URL (default the unix socket)"`
+	Token string `long:"token" env:"VOLANT_TOKEN" description:"bearer token for TCP"`
+}
+
+func (f *mcpCmd) Execute(ctx context.Context, env *cli.Env) error {
+	c, err := client.New(f.Host, client.Options{Token: f.Token, UserAgent: "volantd-mcp/" + buildinfo.String()})
+	if err != nil {
+		return err
+	}
+	if _, err := c.Health(ctx); err != nil {
+		return err
+	}
+	// The transport gets env's streams; closing them closes nothing of
+	// the process's.
+	return server.ServeMCP(ctx, c, io.NopCloser(env.Stdin), nopWriteCloser{env.Stdout}, env.Logger(false))
+}
 
 type nopWriteCloser struct{ io.Writer }
 
 func (nopWriteCloser) Close() error { return nil }
 
-func writeCloser(env *cli.Env) io.WriteCloser { return nopWriteCloser{env.Stdout} }
+type openAPICmd struct{}
 
-// natMode turns --nat/--no-nat into volantd.Config.NAT: "on", "off", or ""
-// (leave it as it is).
-func natMode(on, off bool) string {
-	switch {
-	case on:
-		return "on"
-	case off:
-		return "off"
+func (openAPICmd) Execute(_ context.Context, env *cli.Env) error {
+	doc, err := server.New(nil, server.Options{}).OpenAPI()
+	if err != nil {
+		return err
 	}
-	return ""
+	_, err = fmt.Fprintf(env.Stdout, "%s\n", doc)
+	return err
 }

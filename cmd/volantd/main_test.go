@@ -207,6 +207,8 @@ func TestContract(t *testing.T) {
 		{"bad subnet", []string{"--subnet", "300.1.1.0/24", "--socket", "/nonexistent/x.sock"}, 3, `"code":"INVALID_INPUT"`},
 		{"unknown verb", []string{"frobnicate"}, 2, `"code":"USAGE"`},
 		{"stray argument", []string{"serve", "extra"}, 2, `"code":"USAGE"`},
+		{"argument to version", []string{"version", "extra"}, 2, `unexpected argument \"extra\"`},
+		{"flag given twice", []string{"--socket", "/nonexistent/a.sock", "--socket", "/nonexistent/b.sock"}, 2, `--socket given twice`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := clitest.Run(t, run, "", nil, tc.args...)

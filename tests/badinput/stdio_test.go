@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
@@ -34,7 +35,11 @@ type stdioCase struct {
 // touchesNetwork are the commands whose cases always run in a namespace of
 // their own: a case that is meant to fail before changing anything must
 // not reach the host's network when it does not fail.
-var touchesNetwork = map[string]bool{"volant-net": true}
+var touchesNetwork = map[string]bool{"volant-net": true, "volantd": true}
+
+// caseTimeout bounds one command run: a case that does not fail as it
+// should may start serving (volantd) instead.
+const caseTimeout = 60 * time.Second
 
 func TestStdio(t *testing.T) {
 	cases := readCases[stdioCase](t, "stdio/*.jsonl")
@@ -70,6 +75,8 @@ func TestStdio(t *testing.T) {
 				} else {
 					x = exec.Command(bins[cmd], args...)
 				}
+				timer := time.AfterFunc(caseTimeout, func() { x.Process.Kill() })
+				defer timer.Stop()
 				x.Dir = dir
 				x.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "TMPDIR=" + dir, "VOLANT_DB=" + filepath.Join(dir, "volant.db")}
 				x.Stdin = strings.NewReader(strings.ReplaceAll(stdin, "$TMP", dir))
