@@ -159,6 +159,8 @@ func TestUsageErrors(t *testing.T) {
 		{"completion-fish", []string{"completion", "fish"}},
 		{"bad-host", []string{"--host", "tcp://x:1", "vms", "list"}},
 		{"json-usage", []string{"-o", "json", "vms", "show"}},
+		{"flag-given-twice", []string{"vms", "create", "web1", "--plugin", "caddy", "--cpu", "1", "--cpu", "2"}},
+		{"host-given-twice", []string{"-H", "/a.sock", "vms", "list", "--host", "/b.sock"}},
 	}
 	var all strings.Builder
 	for _, c := range cases {

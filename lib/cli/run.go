@@ -45,7 +45,7 @@ func Run[G any](ctx context.Context, env *Env, name string, opts *G) error {
 		return apierr.New(apierr.Usage, "%s: unexpected argument %q", strings.TrimSpace(name+" "+verb), rest[0]).
 			With("hint", "run "+strings.TrimSpace(name+" "+verb)+" --help")
 	}
-	data := commandData(reflect.ValueOf(opts), strings.Fields(verb))
+	data := CommandFor(opts, verb)
 	e := *env
 	e.Name, e.Verb = name, verb
 	switch c := data.(type) {
@@ -58,11 +58,14 @@ func Run[G any](ctx context.Context, env *Env, name string, opts *G) error {
 	return fmt.Errorf("%s: verb %q has no Execute method", name, verb)
 }
 
-// commandData finds the struct of the command at path in opts, the way
-// go-flags finds commands: fields tagged `command:"name"`, in opts or in
-// struct fields (groups) inside it.
-func commandData(v reflect.Value, path []string) any {
-	for _, name := range path {
+// CommandFor returns a pointer to the struct of the verb at path ("tap
+// add", as Parse returns it) in opts, found the way go-flags finds
+// commands: fields tagged `command:"name"`, in opts or in struct fields
+// (groups) inside it; nil when there is none. Run uses it; so may a
+// command that parses with a go-flags parser of its own (volar).
+func CommandFor(opts any, path string) any {
+	v := reflect.ValueOf(opts)
+	for _, name := range strings.Fields(path) {
 		f, ok := commandField(reflect.Indirect(v), name)
 		if !ok {
 			return nil

@@ -109,7 +109,8 @@ func Names(ctx context.Context, c *client.Client, kind string) ([]string, error)
 // --help prints the help of the command it follows on stdout and returns
 // ErrHelp; in completion mode the candidates are printed on stdout and
 // ErrCompleted is returned. Other parse errors are USAGE errors whose hint
-// names the right --help.
+// names the right --help, and so is a flag that holds one value given
+// twice (cli.CheckRepeated).
 func Parse(env *cli.Env, name string, opts any) (string, []string, error) {
 	p := flags.NewParser(opts, flags.HelpFlag|flags.PassDoubleDash)
 	p.Name = name
@@ -149,6 +150,9 @@ func Parse(env *cli.Env, name string, opts any) (string, []string, error) {
 			hint = "run " + name + " --help for the commands"
 		}
 		return cmd, nil, apierr.Wrap(apierr.Usage, err, strings.TrimSpace(name+" "+cmd)).With("hint", hint)
+	}
+	if err := cli.CheckRepeated(p, env.Args); err != nil {
+		return cmd, nil, err
 	}
 	return cmd, rest, nil
 }

@@ -1,0 +1,418 @@
+package volar
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/jessevdk/go-flags"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/buildinfo"
+	"github.com/volantvm/volant/lib/cli"
+	"github.com/volantvm/volant/lib/hostnet"
+	"github.com/volantvm/volant/lib/layout"
+)
+
+// Run is the whole of volar: it parses env.Args into a CommandLine, runs
+// the command it names and returns the exit status (see cmd/volar).
+func Run(ctx context.Context, env *cli.Env) int {
+	var cl CommandLine
+	cmd, rest, err := Parse(env, "volar", &cl)
+	if errors.Is(err, ErrHelp) || errors.Is(err, ErrCompleted) {
+		return ExitOK
+	}
+	if err == nil && len(rest) > 0 {
+		err = apierr.New(apierr.Usage, "volar %s: unexpected argument %q", cmd, rest[0]).With("hint", "run volar "+cmd+" --help")
+	}
+	asJSON := cl.Output == string(JSON)
+	if err != nil {
+		return Report(env.Stderr, err, nil, asJSON)
+	}
+	out := &Output{Format: Format(cl.Output), Quiet: cl.Quiet, Stdout: env.Stdout, Stderr: env.Stderr}
+	switch c := cli.CommandFor(&cl, cmd).(type) {
+	case localCommand:
+		return Report(env.Stderr, c.runLocal(ctx, env, out), nil, asJSON)
+	case remoteCommand:
+		target := ResolveTarget(cl.Host, cl.Token, env.Env)
+		client, err := target.Client(0, buildinfo.String())
+		if err != nil {
+			return Report(env.Stderr, err, nil, asJSON)
+		}
+		s := &Session{Client: client, Out: out}
+		return Report(env.Stderr, c.run(ctx, s, env), &target, asJSON)
+	}
+	return Report(env.Stderr, apierr.New(apierr.Usage, "no command given").With("hint", "run volar --help for the commands"), nil, asJSON)
+}
+
+// A remoteCommand talks to volantd through a Session.
+type remoteCommand interface {
+	run(ctx context.Context, s *Session, env *cli.Env) error
+}
+
+// A localCommand works on this host alone.
+type localCommand interface {
+	runLocal(ctx context.Context, env *cli.Env, out *Output) error
+}
+
+// CommandLine is volar's command line: the global flags and one struct per
+// command, as go-flags reads them.
+type CommandLine struct {
+	Host   string `short:"H" long:"host" value-name:"ADDR" description:"volantd address: socket path, unix:///path or http(s)://host:port (default $VOLANT_HOST, else /run/volant/volantd.sock)"`
+	Token  string `long:"token" value-name:"TOKEN" description:"bearer token for volantd on TCP (default $VOLANT_TOKEN)"`
+	Output string `short:"o" long:"output" value-name:"FORMAT" choice:"table" choice:"json" description:"output format: table or json" default:"table"`
+	Quiet  bool   `short:"q" long:"quiet" description:"print only names"`
+
+	Setup setupCmd `command:"setup" description:"Prepare this host for volantd (directories, bridge, NAT, kernel); needs root" long-description:"Prepare this host for volantd: data and run directories, the guest bridge with its address and IP forwarding (and with --nat, masquerading), the guest kernel (checked; the uncompressed vmlinux extracted once), and the hypervisor volantd would pick. Only what differs is changed, and the summary says what. --dry-run changes nothing. Works on the host directly, not through volantd."`
+
+	Plugins struct {
+		List    pluginsListCmd    `command:"list" alias:"ls" description:"List installed plugins"`
+		Install pluginsInstallCmd `command:"install" description:"Install a plugin from its manifest" long-description:"Install a plugin from its manifest. volantd validates it (every problem is listed), fetches remote artifacts and checks their sha256."`
+		Show    pluginShowCmd     `command:"show" description:"Show a plugin"`
+		Enable  pluginEnableCmd   `command:"enable" description:"Allow VMs to be created from a plugin"`
+		Disable pluginDisableCmd  `command:"disable" description:"Stop new VMs from being created from a plugin (running VMs stay)"`
+		Remove  pluginRemoveCmd   `command:"remove" alias:"rm" description:"Remove a plugin (refused while VMs or deployments use it)"`
+	} `command:"plugins" alias:"plugin" description:"Manage plugins (what VMs boot)"`
+
+	VMs struct {
+		Create  vmCreateCmd  `command:"create" description:"Create and start a VM" long-description:"Create and start a VM from a plugin. volantd leases an address, makes the tap and starts the hypervisor, then answers; the VM is 'starting' until its health check passes. --wait waits until it is 'running', printing progress on stderr."`
+		List    vmListCmd    `command:"list" alias:"ls" description:"List VMs"`
+		Show    vmShowCmd    `command:"show" description:"Show a VM"`
+		Start   vmStartCmd   `command:"start" description:"Start a stopped, crashed or failed VM"`
+		Stop    vmStopCmd    `command:"stop" description:"Stop a VM (power button, then hard stop); it keeps its address"`
+		Restart vmRestartCmd `command:"restart" description:"Stop and start a VM"`
+		Delete  vmDeleteCmd  `command:"delete" alias:"rm" description:"Stop a VM, free its address and forget it"`
+		Logs    vmLogsCmd    `command:"logs" description:"Print a VM's serial console log"`
+		Console vmConsoleCmd `command:"console" description:"Attach the terminal to a VM's serial console (Ctrl-] detaches)" long-description:"Attach the terminal to a VM's serial console through volantd. The terminal is put in raw mode, so every key (Ctrl-C too) goes to the guest; type the detach key (Ctrl-] unless --escape says otherwise) to return. The terminal is restored however the session ends."`
+		Wait    vmWaitCmd    `command:"wait" description:"Wait until a VM is in a state"`
+	} `command:"vms" alias:"vm" description:"Manage VMs"`
+
+	Deployments struct {
+		Create deploymentCreateCmd `command:"create" description:"Create a deployment: N replicas NAME-1..NAME-N kept running" long-description:"Create a deployment. volantd creates the replicas NAME-1..NAME-N in the background and keeps them running: a crashed replica is recreated."`
+		Scale  deploymentScaleCmd  `command:"scale" description:"Change a deployment's replica count (scale-down removes the highest indexes)"`
+		List   deploymentListCmd   `command:"list" alias:"ls" description:"List deployments"`
+		Show   deploymentShowCmd   `command:"show" description:"Show a deployment"`
+		Delete deploymentDeleteCmd `command:"delete" alias:"rm" description:"Delete a deployment and its VMs"`
+	} `command:"deployments" alias:"deployment" alias:"deploy" description:"Manage deployments (replicated VMs)"`
+
+	Events     eventsCmd     `command:"events" description:"Follow volantd's event stream (Ctrl-C ends)"`
+	Completion completionCmd `command:"completion" description:"Print a shell completion script (bash or zsh)"`
+	Version    versionCmd    `command:"version" description:"Print volar's and volantd's versions"`
+}
+
+// The positional NAME of commands about one VM, plugin or deployment; the
+// name types complete from volantd's objects.
+type (
+	vmArg struct {
+		Name VMName `positional-arg-name:"NAME" description:"the VM's name"`
+	}
+	pluginArg struct {
+		Name PluginName `positional-arg-name:"NAME" description:"the plugin's name"`
+	}
+	deploymentArg struct {
+		Name DeploymentName `positional-arg-name:"NAME" description:"the deployment's name"`
+	}
+	vmCmd struct {
+		Args vmArg `positional-args:"yes" required:"yes"`
+	}
+	pluginCmd struct {
+		Args pluginArg `positional-args:"yes" required:"yes"`
+	}
+	deploymentCmd struct {
+		Args deploymentArg `positional-args:"yes" required:"yes"`
+	}
+)
+
+type waitFlags struct {
+	Wait    bool          `long:"wait" description:"wait until the VM is running, printing progress on stderr"`
+	Timeout time.Duration `long:"timeout" value-name:"DURATION" default:"2m" description:"how long --wait waits"`
+}
+
+func (f waitFlags) options() WaitOptions { return WaitOptions{Wait: f.Wait, Timeout: f.Timeout} }
+
+// --- setup, completion, version ---
+
+type setupCmd struct {
+	DryRun     bool           `long:"dry-run" description:"change nothing; report what would change"`
+	Bridge     string         `long:"bridge" value-name:"NAME" description:"guest bridge (default vbr0)"`
+	CIDR       string         `long:"cidr" value-name:"ADDR/LEN" description:"bridge address with prefix length, the guests' gateway (default 192.168.127.1/24)"`
+	NAT        bool           `long:"nat" description:"masquerade the guests' traffic to other networks (start volantd with --nat too)"`
+	Uplink     string         `long:"uplink" value-name:"IFACE" description:"masquerade only traffic leaving through IFACE"`
+	Adopt      bool           `long:"adopt" description:"manage an existing bridge Volant did not create"`
+	DataDir    flags.Filename `long:"data-dir" value-name:"DIR" description:"volantd's data directory (default $VOLANT_DATA_DIR, else /var/lib/volant)"`
+	RunRoot    flags.Filename `long:"run-root" value-name:"DIR" description:"VM run directories (default $VOLANT_RUN_ROOT, else /run/volant/vms)"`
+	KernelDir  flags.Filename `long:"kernel" value-name:"DIR" description:"guest kernel directory (default $VOLANT_KERNEL_DIR, else /var/lib/volant/kernel)"`
+	Systemd    bool           `long:"systemd" description:"install volantd.socket, volantd.service and volant-vm@.service and reload systemd (nothing is enabled)"`
+	SystemdDir flags.Filename `long:"systemd-dir" value-name:"DIR" description:"where --systemd installs the units (default /etc/systemd/system)"`
+}
+
+func (f *setupCmd) runLocal(ctx context.Context, env *cli.Env, out *Output) error {
+	dirs := layout.FromEnv(env.Env)
+	cli.Override(&dirs.Data, string(f.DataDir))
+	cli.Override(&dirs.RunRoot, string(f.RunRoot))
+	cli.Override(&dirs.Kernel, string(f.KernelDir))
+	req := SetupRequest{
+		Network: hostnet.Config{Bridge: f.Bridge, CIDR: f.CIDR, NAT: f.NAT, Uplink: f.Uplink, Adopt: f.Adopt},
+		DataDir: dirs.Data, RunRoot: dirs.RunRoot, KernelDir: dirs.WithDefaults().Kernel,
+		Systemd: f.Systemd, SystemdDir: string(f.SystemdDir), DryRun: f.DryRun,
+	}
+	res, err := Setup(ctx, req, nil)
+	if res != nil {
+		if perr := out.SetupSummary(res); perr != nil && err == nil {
+			err = perr
+		}
+	}
+	return err
+}
+
+type completionCmd struct {
+	Args struct {
+		Shell string `positional-arg-name:"SHELL" choice:"bash" choice:"zsh" description:"bash or zsh"`
+	} `positional-args:"yes" required:"yes"`
+}
+
+func (c *completionCmd) runLocal(_ context.Context, env *cli.Env, _ *Output) error {
+	s, err := CompletionScript(c.Args.Shell, "volar")
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(env.Stdout, s)
+	return err
+}
+
+type versionCmd struct{}
+
+func (versionCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.Version(ctx, buildinfo.String())
+}
+
+// --- plugins ---
+
+type pluginsListCmd struct{}
+
+func (pluginsListCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.ListPlugins(ctx)
+}
+
+type pluginsInstallCmd struct {
+	Manifest flags.Filename `long:"manifest" short:"m" value-name:"FILE" required:"yes" description:"plugin manifest (JSON; - for stdin)"`
+	Replace  bool           `long:"replace" description:"replace an installed plugin of the same name"`
+}
+
+func (c *pluginsInstallCmd) run(ctx context.Context, s *Session, env *cli.Env) error {
+	m, err := ReadManifest(string(c.Manifest), env.Stdin)
+	if err != nil {
+		return err
+	}
+	return s.InstallPlugin(ctx, m, c.Replace)
+}
+
+type (
+	pluginShowCmd    struct{ pluginCmd }
+	pluginEnableCmd  struct{ pluginCmd }
+	pluginDisableCmd struct{ pluginCmd }
+	pluginRemoveCmd  struct{ pluginCmd }
+)
+
+func (c *pluginShowCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.ShowPlugin(ctx, string(c.Args.Name))
+}
+
+func (c *pluginEnableCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.EnablePlugin(ctx, string(c.Args.Name), true)
+}
+
+func (c *pluginDisableCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.EnablePlugin(ctx, string(c.Args.Name), false)
+}
+
+func (c *pluginRemoveCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.RemovePlugin(ctx, string(c.Args.Name))
+}
+
+// --- vms ---
+
+type vmCreateCmd struct {
+	Plugin     PluginName `long:"plugin" short:"p" value-name:"PLUGIN" required:"yes" description:"plugin to boot"`
+	CPU        int        `long:"cpu" value-name:"N" description:"vCPUs (default: the plugin's)"`
+	Memory     int        `long:"memory" value-name:"MB" description:"memory in MiB (default: the plugin's)"`
+	KernelArgs []string   `long:"kernel-arg" value-name:"ARG" description:"extra guest kernel command-line word (repeatable)"`
+	waitFlags
+	Args struct {
+		Name string `positional-arg-name:"NAME" description:"the new VM's name (lowercase letters, digits, - and _)"`
+	} `positional-args:"yes" required:"yes"`
+}
+
+func (c *vmCreateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.CreateVM(ctx, api.CreateVMRequest{Name: c.Args.Name, Plugin: string(c.Plugin), CPUCores: c.CPU,
+		MemoryMB: c.Memory, KernelArgs: c.KernelArgs}, c.options())
+}
+
+type vmListCmd struct {
+	Plugin     PluginName     `long:"plugin" value-name:"PLUGIN" description:"only VMs of this plugin"`
+	Deployment DeploymentName `long:"deployment" value-name:"NAME" description:"only replicas of this deployment"`
+	State      string         `long:"state" value-name:"STATE" description:"only VMs in this state (starting, running, stopping, stopped, crashed, failed, deleting)"`
+}
+
+func (c *vmListCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.ListVMs(ctx, api.VMFilter{Plugin: string(c.Plugin), Deployment: string(c.Deployment), State: api.VMState(c.State)})
+}
+
+type vmShowCmd struct{ vmCmd }
+
+func (c *vmShowCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.ShowVM(ctx, string(c.Args.Name))
+}
+
+type vmStartCmd struct {
+	waitFlags
+	Args vmArg `positional-args:"yes" required:"yes"`
+}
+
+func (c *vmStartCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.VMAction(ctx, "start", string(c.Args.Name), c.options())
+}
+
+type vmRestartCmd vmStartCmd
+
+func (c *vmRestartCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.VMAction(ctx, "restart", string(c.Args.Name), c.options())
+}
+
+type vmStopCmd struct{ vmCmd }
+
+func (c *vmStopCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.VMAction(ctx, "stop", string(c.Args.Name), WaitOptions{})
+}
+
+type vmDeleteCmd struct{ vmCmd }
+
+func (c *vmDeleteCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.VMAction(ctx, "delete", string(c.Args.Name), WaitOptions{})
+}
+
+type vmLogsCmd struct {
+	Follow bool  `long:"follow" short:"f" description:"keep printing what the guest writes (Ctrl-C ends)"`
+	Tail   int   `long:"tail" value-name:"N" description:"start with the last N lines"`
+	Args   vmArg `positional-args:"yes" required:"yes"`
+}
+
+func (c *vmLogsCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	if c.Tail < 0 {
+		return apierr.New(apierr.Usage, "--tail must be positive")
+	}
+	return s.Logs(ctx, string(c.Args.Name), api.LogOptions{Follow: c.Follow, Tail: c.Tail})
+}
+
+type vmConsoleCmd struct {
+	Escape string `long:"escape" short:"e" value-name:"KEY" default:"^]" description:"detach key: ^X for Ctrl-X, or none"`
+	Args   vmArg  `positional-args:"yes" required:"yes"`
+}
+
+func (c *vmConsoleCmd) run(ctx context.Context, s *Session, env *cli.Env) error {
+	key, on, err := ParseEscape(c.Escape)
+	if err != nil {
+		return err
+	}
+	conn, err := s.Client.Console(ctx, string(c.Args.Name))
+	if err != nil {
+		return err
+	}
+	return Console(ctx, conn, env.Stdin, env.Stdout, env.Stderr,
+		ConsoleOptions{Name: string(c.Args.Name), Escape: key, NoEscape: !on, Quiet: s.Out.Quiet})
+}
+
+type vmWaitCmd struct {
+	State   string        `long:"state" value-name:"STATE" default:"running" description:"state to wait for"`
+	Timeout time.Duration `long:"timeout" value-name:"DURATION" default:"2m" description:"give up after this long (TIMEOUT)"`
+	Args    vmArg         `positional-args:"yes" required:"yes"`
+}
+
+func (c *vmWaitCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.WaitVM(ctx, string(c.Args.Name), WaitOptions{State: api.VMState(c.State), Timeout: c.Timeout})
+}
+
+// --- deployments ---
+
+type deploymentCreateCmd struct {
+	Plugin   PluginName     `long:"plugin" short:"p" value-name:"PLUGIN" description:"plugin of the replicas"`
+	Replicas *int           `long:"replicas" short:"r" value-name:"N" description:"number of VMs to keep running"`
+	CPU      int            `long:"cpu" value-name:"N" description:"vCPUs per replica (default: the plugin's)"`
+	Memory   int            `long:"memory" value-name:"MB" description:"memory per replica in MiB (default: the plugin's)"`
+	Config   flags.Filename `long:"config" short:"c" value-name:"FILE" description:"JSON with any of name, plugin, replicas, resources {cpu_cores, memory_mb}; flags override it"`
+	Args     struct {
+		Name string `positional-arg-name:"NAME" description:"the deployment's name; its VMs are NAME-1..NAME-N (or \"name\" in --config)"`
+	} `positional-args:"yes"`
+}
+
+func (c *deploymentCreateCmd) run(ctx context.Context, s *Session, env *cli.Env) error {
+	var cfg *DeploymentConfig
+	if c.Config != "" {
+		var err error
+		if cfg, err = ReadDeploymentConfig(string(c.Config), env.Stdin); err != nil {
+			return err
+		}
+	}
+	req, err := DeploymentRequest(cfg, DeploymentFlags{Name: c.Args.Name, Plugin: string(c.Plugin),
+		Replicas: c.Replicas, CPU: c.CPU, Memory: c.Memory})
+	if err != nil {
+		return err
+	}
+	return s.CreateDeployment(ctx, req)
+}
+
+type deploymentScaleCmd struct {
+	Replicas *int          `long:"replicas" short:"r" value-name:"M" required:"yes" description:"new number of replicas"`
+	Args     deploymentArg `positional-args:"yes" required:"yes"`
+}
+
+func (c *deploymentScaleCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.ScaleDeployment(ctx, string(c.Args.Name), *c.Replicas)
+}
+
+type deploymentListCmd struct{}
+
+func (deploymentListCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.ListDeployments(ctx)
+}
+
+type deploymentShowCmd struct{ deploymentCmd }
+
+func (c *deploymentShowCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.ShowDeployment(ctx, string(c.Args.Name))
+}
+
+type deploymentDeleteCmd struct{ deploymentCmd }
+
+func (c *deploymentDeleteCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.DeleteDeployment(ctx, string(c.Args.Name))
+}
+
+// --- events ---
+
+type eventsCmd struct {
+	Since *int64   `long:"since" value-name:"ID" description:"start after event ID (0: the whole retained log); default: new events only"`
+	Types []string `long:"type" short:"t" value-name:"TYPE" description:"only events of this type; vm.* matches a prefix (repeatable)"`
+}
+
+func (c *eventsCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	since := int64(-1)
+	if c.Since != nil {
+		if *c.Since < 0 {
+			return apierr.New(apierr.Usage, "--since must be an event ID (0 or more)")
+		}
+		since = *c.Since
+	}
+	var types []string
+	for _, t := range c.Types {
+		for _, p := range strings.Split(t, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				types = append(types, p)
+			}
+		}
+	}
+	return s.Events(ctx, since, types)
+}
