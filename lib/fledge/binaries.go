@@ -1,8 +1,6 @@
 package fledge
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"debug/elf"
@@ -14,9 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -140,43 +136,6 @@ func resolveBusybox(ctx context.Context, c *Config, work string) (string, error)
 		return "", err
 	}
 	return p, nil
-}
-
-// busyboxApplets asks busybox for its applets (`busybox --list-full`) and
-// returns their guest paths, sorted.
-func busyboxApplets(ctx context.Context, bb string) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, bb, "--list-full")
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, apierr.Wrap(apierr.InvalidInput, err, "asking "+bb+" for its applets (busybox --list-full)").
-			With("stderr", strings.TrimSpace(stderr.String())).
-			With("hint", "busybox must run on this host to list its applets")
-	}
-	var applets []string
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		a := strings.TrimSpace(sc.Text())
-		if a == "" {
-			continue
-		}
-		g := path.Clean("/" + a)
-		if checkDest(g) != "" {
-			continue
-		}
-		applets = append(applets, g)
-	}
-	if len(applets) == 0 {
-		return nil, apierr.New(apierr.InvalidInput, "%s --list-full listed no applets", bb)
-	}
-	sort.Strings(applets)
-	return applets, nil
 }
 
 func download(ctx context.Context, rawURL, dst string) error {

@@ -57,7 +57,7 @@ func buildInitramfs(ctx context.Context, c *Config, req Request) (res *Result, e
 	if err != nil {
 		return nil, err
 	}
-	applets, err := busyboxApplets(ctx, bb)
+	applets, err := busyboxApplets(bb)
 	if err != nil {
 		return nil, err
 	}
