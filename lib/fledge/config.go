@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"unicode"
 
 	"github.com/BurntSushi/toml"
 
@@ -435,6 +436,9 @@ func (c *Config) check() []Problem {
 		if strings.TrimSpace(src) == "" {
 			add(field, "source path is empty")
 		}
+		if strings.ContainsRune(src, 0) {
+			add(field, "source path contains a NUL byte")
+		}
 		if msg := checkDest(dst); msg != "" {
 			add(field, "%s", msg)
 			continue
@@ -460,6 +464,10 @@ func checkDest(dst string) string {
 		return fmt.Sprintf("destination %q must be an absolute guest path", dst)
 	case path.Clean(dst) == "/":
 		return "destination must not be the root directory"
+	case strings.ContainsFunc(dst, unicode.IsControl):
+		// A NUL would end the name in the archive or the filesystem
+		// early; other control characters hide in listings.
+		return fmt.Sprintf("destination %q contains a control character", dst)
 	}
 	for _, seg := range strings.Split(dst, "/") {
 		if seg == ".." {

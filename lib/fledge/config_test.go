@@ -143,6 +143,14 @@ strategy = "initramfs"
 strategy = "initramfs"
 [mappings]
 "a" = "/"`, `mappings."a"`, "root directory"},
+		{"NUL in dest", `version = "1"
+strategy = "initramfs"
+[mappings]
+"a" = "/srv\u0000x"`, `mappings."a"`, "control character"},
+		{"newline in dest", `version = "1"
+strategy = "initramfs"
+[mappings]
+"a" = "/srv/a\nb"`, `mappings."a"`, "control character"},
 		{"same dest twice", `version = "1"
 strategy = "initramfs"
 [mappings]
