@@ -44,7 +44,9 @@
 // Stdout: one JSON object.
 //
 //	argv      {"kind":"launch.argv","vmm","accel","argv":[..],"cmdline","run_dir","initrd":{"path","layers"},
-//	           "artifacts":[{"role","path","sha256","verified"}],"notes":[..]}
+//	           "artifacts":[{"role","path","sha256","verified"}],"notes":[..],"warnings":[..]}
+//	          a dry run: a backend that cannot run on this host (its binary missing, no KVM) is
+//	          planned anyway, for a host where it can, and "warnings" says why `run` would refuse here
 //	run       {"kind":"launch.run","name","vmm","pid","started_at","ended_at","ended":"poweroff|stopped","stop_method"}
 //	          printed when the VM has ended; the VMM runs in the foreground meanwhile
 //	stop      {"kind":"launch.stop","name","run_dir","method":"power_button|hard_stop|kill|already_exited|not_running","elapsed_ms"}
@@ -80,7 +82,8 @@
 // Errors (stderr, one JSON object {"code","message","details"}; exit status):
 //
 //	USAGE              2  bad flags, no manifest, no name
-//	INVALID_INPUT      3  malformed spec, bad lease, run dir too long for its sockets
+//	INVALID_INPUT      3  malformed spec, bad lease, run dir too long for its sockets, a multicast MAC,
+//	                      cpus or memory outside the manifest's bounds (1-64, 64-262144 MiB)
 //	INVALID_MANIFEST   3  the manifest failed validation
 //	CMDLINE_TOO_LONG   3  the kernel command line cannot fit even without the manifest
 //	NOT_FOUND          4  kernel, artifact or tap missing; status of a VM that is not there
@@ -91,6 +94,7 @@
 //	                      version — device, inode, size, mtime, ctime; --verify always hashes every time)
 //	UNAVAILABLE        9  no usable hypervisor; the VMM exited early or unexpectedly; the guest panicked
 //	TIMEOUT           11  the VMM never answered on its control socket
+//	CANCELED          12  interrupted (SIGINT, SIGTERM) while preparing (hashing stops at once)
 package main
 
 import (
@@ -175,13 +179,13 @@ func run(ctx context.Context, env *cli.Env) error {
 		if err != nil {
 			return err
 		}
-		p, err := launch.Prepare(ctx, s, lo)
+		p, err := launch.DryRun(ctx, s, lo)
 		if err != nil {
 			return err
 		}
 		return cli.WriteResult(env, "launch.argv", argvResult{
 			VMM: p.VMM, Accel: p.Accel, Argv: p.Argv, Cmdline: p.Cmdline, RunDir: p.RunDir,
-			Initrd: p.Initrd, Artifacts: p.Artifacts, Notes: p.Notes,
+			Initrd: p.Initrd, Artifacts: p.Artifacts, Notes: p.Notes, Warnings: p.Warnings,
 		})
 	case "run":
 		lo = libOptions(env, true)
@@ -252,6 +256,7 @@ type argvResult struct {
 	Initrd    *launch.InitrdPlan `json:"initrd,omitempty"`
 	Artifacts []launch.Artifact  `json:"artifacts"`
 	Notes     []string           `json:"notes,omitempty"`
+	Warnings  []string           `json:"warnings,omitempty"`
 }
 
 type backendsResult struct {

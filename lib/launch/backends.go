@@ -71,6 +71,18 @@ func pickBackend(ctx context.Context, name string, o Options) (vmm.Backend, vmm.
 		With("hint", "apt-get install qemu-system-x86")
 }
 
+// dryRunBackend is the backend a dry run plans for when none is usable
+// here: the one named, or for "auto" the first in order of preference;
+// nil for a name no backend has.
+func dryRunBackend(name string, o Options) vmm.Backend {
+	for _, b := range o.Backends {
+		if name == "" || name == "auto" || b.Name() == name {
+			return b
+		}
+	}
+	return nil
+}
+
 // backendNamed returns the configured backend called name.
 func backendNamed(name string, o Options) (vmm.Backend, error) {
 	for _, b := range o.Backends {

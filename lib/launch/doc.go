@@ -7,6 +7,7 @@
 // or the volant-vm@NAME systemd unit — so VMs outlive a daemon restart):
 //
 //	plan, err := launch.Prepare(ctx, spec, opts) // checks, argv, nothing started
+//	plan, err = launch.DryRun(ctx, spec, opts)   // the same, for a host where the backend runs
 //	res, err := launch.Run(ctx, plan, opts, launch.RunOptions{Notify: sdNotify})
 //	st, err := launch.Inspect(ctx, runDir, opts) // pid + start time + VMM state
 //	rep, err := launch.Stop(ctx, runDir, grace, opts)
@@ -15,9 +16,12 @@
 //
 // # Prepare
 //
-// Prepare parses the manifest, verifies each artifact's sha256 (hashed in
-// parallel with the rest; CHECKSUM_MISMATCH and nothing started on a
-// difference), picks the backend ("auto": Cloud Hypervisor where usable,
+// Prepare first makes every cheap check (the manifest, the name, lease and
+// tap, the spec's words, cpus and memory within the manifest's bounds, a
+// unicast MAC, that every artifact and the kernel exist), then verifies each
+// artifact's sha256 (hashed in parallel with the rest, stopping when ctx
+// ends; CHECKSUM_MISMATCH and nothing started on a difference), picks the
+// backend ("auto": Cloud Hypervisor where usable,
 // else QEMU) and the acceleration ("auto": KVM where it can run a stock
 // kernel, else TCG with a note), resolves the kernel (a kernel directory
 // gives the cached uncompressed vmlinux and the modules), and builds the

@@ -844,3 +844,135 @@ func waitFor(cond func() bool) error {
 	}
 	return errors.New("timed out")
 }
+
+// bigArtifact is a sparse file of size bytes standing in for a large disk
+// image, and a manifest that names it as a disk with a checksum it does
+// not have: hashing it takes seconds, so a Prepare that answers at once
+// did not hash it.
+func bigArtifact(t *testing.T, f *fixture, size int64) []byte {
+	t.Helper()
+	p := filepath.Join(f.dir, "big.img")
+	fh, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fh.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	fh.Close()
+	return []byte(fmt.Sprintf(`{"name":"web","version":"1.0.0","initramfs":{"url":%q,"checksum":"sha256:%s"},
+		"disks":[{"name":"data","source":%q,"checksum":"sha256:%s"}],
+		"workload":{"entrypoint":["/bin/app"]},"resources":{"cpu_cores":1,"memory_mb":128}}`, f.plugin, sha(t, f.plugin), p, strings.Repeat("0", 64)))
+}
+
+// prepareWithin runs Prepare and fails the test if it has not returned
+// after d (a Prepare still hashing).
+func prepareWithin(t *testing.T, ctx context.Context, d time.Duration, s Spec, o Options, why string) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { _, err := Prepare(ctx, s, o); done <- err }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		t.Fatalf("Prepare still running after %v: %s", d, why)
+		return nil
+	}
+}
+
+// TestCheapChecksComeFirst: a spec with a cheap mistake is refused at once,
+// before any artifact is hashed, whatever the artifacts' size.
+func TestCheapChecksComeFirst(t *testing.T) {
+	f := newFixture(t)
+	// Hashing 64 GiB takes half a minute even at 2 GB/s.
+	big := bigArtifact(t, f, 64<<30)
+	const limit = 2 * time.Second
+	for _, tc := range []struct {
+		name string
+		mod  func(*Spec)
+		code apierr.Code
+		want string
+	}{
+		{"disk mode typo", func(s *Spec) { s.DiskMode = "cpoy" }, apierr.InvalidInput, "disk_mode"},
+		{"verify typo", func(s *Spec) { s.Verify = "sometimes" }, apierr.InvalidInput, "verify"},
+		{"boot layer typo", func(s *Spec) { s.BootLayer = "maybe" }, apierr.InvalidInput, "boot_layer"},
+		{"memory too big", func(s *Spec) { s.MemoryMB = 99999999999 }, apierr.InvalidInput, "memory_mb"},
+		{"memory too small", func(s *Spec) { s.MemoryMB = 16 }, apierr.InvalidInput, "memory_mb"},
+		{"cpus too many", func(s *Spec) { s.CPUs = 1000 }, apierr.InvalidInput, "cpus"},
+		{"cpus negative", func(s *Spec) { s.CPUs = -1 }, apierr.InvalidInput, "cpus"},
+		{"multicast mac", func(s *Spec) { s.Tap, s.MAC = "vt-web1", "01:00:5e:00:00:01" }, apierr.InvalidInput, "multicast"},
+		{"malformed mac", func(s *Spec) { s.Tap, s.MAC = "vt-web1", "02:00:00" }, apierr.InvalidInput, "not a 6-byte MAC"},
+		{"lease mac multicast", func(s *Spec) {
+			s.Lease = &Lease{VM: "web1", IP: "10.0.0.2", Prefix: 24, MAC: "ff:ff:ff:ff:ff:ff"}
+		}, apierr.InvalidInput, "multicast"},
+		{"missing kernel", func(s *Spec) { s.Kernel = filepath.Join(f.dir, "no-vmlinux") }, apierr.NotFound, "kernel"},
+		{"missing artifact", func(s *Spec) {
+			s.Manifest = bytes.Replace(big, []byte(f.plugin), []byte(f.plugin+".gone"), 1)
+		}, apierr.NotFound, "initramfs artifact"},
+		{"run dir too long", func(s *Spec) { s.RunDir = "/run/" + strings.Repeat("d", 110) }, apierr.InvalidInput, "unix sockets allow 107"},
+		{"tcg on ch", func(s *Spec) { s.Accel = vmm.AccelTCG }, apierr.NotSupported, "TCG"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := f.spec()
+			s.Manifest = big
+			tc.mod(&s)
+			t0 := time.Now()
+			err := prepareWithin(t, context.Background(), limit, s, f.opts, "it is hashing before checking")
+			if apierr.CodeOf(err) != tc.code || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %s mentioning %q", err, tc.code, tc.want)
+			}
+			t.Logf("refused after %v", time.Since(t0).Round(time.Microsecond))
+		})
+	}
+}
+
+// TestCancelStopsHashing: cancelling Prepare's context (SIGINT in
+// volant-launch) stops the artifact hashes at once.
+func TestCancelStopsHashing(t *testing.T) {
+	f := newFixture(t)
+	s := f.spec()
+	s.Manifest = bigArtifact(t, f, 64<<30)
+	s.Verify = VerifyAlways
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	t0 := time.Now()
+	err := prepareWithin(t, ctx, 5*time.Second, s, f.opts, "the hash ignores the cancel")
+	if apierr.CodeOf(err) != apierr.Canceled || !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want CANCELED", err)
+	}
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Fatalf("Prepare took %v to return after a cancel at 300ms", took)
+	}
+}
+
+// TestDryRunPlansForAnotherHost: argv's dry run plans a backend whose
+// binary is missing here, with the reason as a warning; Prepare (run)
+// refuses the same spec.
+func TestDryRunPlansForAnotherHost(t *testing.T) {
+	f := newFixture(t)
+	o := f.opts
+	o.Backends = []vmm.Backend{&cloudhypervisor.Backend{Binary: filepath.Join(f.dir, "no", "cloud-hypervisor"), HostRoot: fstest.MapFS{}}}
+	s := f.spec()
+	if _, err := Prepare(context.Background(), s, o); !apierr.Is(err, apierr.Unavailable) {
+		t.Fatalf("Prepare with no usable backend: %v, want UNAVAILABLE", err)
+	}
+	p, err := DryRun(context.Background(), s, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.VMM != cloudhypervisor.Name || p.Accel != vmm.AccelKVM || p.Argv[0] != filepath.Join(f.dir, "no", "cloud-hypervisor") {
+		t.Fatalf("dry run planned %s/%s %q", p.VMM, p.Accel, p.Argv[0])
+	}
+	if len(p.Warnings) != 1 || !strings.Contains(p.Warnings[0], "not found") {
+		t.Fatalf("warnings %q", p.Warnings)
+	}
+	// What is wrong with the spec itself is still an error.
+	s.Accel = vmm.AccelTCG
+	if _, err := DryRun(context.Background(), s, o); !apierr.Is(err, apierr.NotSupported) {
+		t.Fatalf("TCG on Cloud Hypervisor in a dry run: %v", err)
+	}
+	s.Accel, s.DiskMode = "", "cpoy"
+	if _, err := DryRun(context.Background(), s, o); !apierr.Is(err, apierr.InvalidInput) {
+		t.Fatalf("a disk_mode typo in a dry run: %v", err)
+	}
+}

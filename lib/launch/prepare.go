@@ -19,6 +19,7 @@ import (
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/bootargs"
+	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/manifest"
@@ -115,10 +116,13 @@ type Plan struct {
 	SerialLog   string `json:"serial_log"`
 	// DiskCopies are the VM's own copies of writable disks (DiskMode
 	// "copy"); Run makes the missing ones before the VMM starts.
-	DiskCopies []DiskCopy   `json:"disk_copies,omitempty"`
-	StopAfter  Duration     `json:"stop_timeout"`
-	Notes      []string     `json:"notes,omitempty"`
-	Manifest   manifestInfo `json:"manifest"`
+	DiskCopies []DiskCopy `json:"disk_copies,omitempty"`
+	StopAfter  Duration   `json:"stop_timeout"`
+	Notes      []string   `json:"notes,omitempty"`
+	// Warnings say why the plan could not run on this host; only DryRun
+	// plans have them (Prepare fails instead).
+	Warnings []string     `json:"warnings,omitempty"`
+	Manifest manifestInfo `json:"manifest"`
 
 	manifestJSON []byte
 }
@@ -171,206 +175,382 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Prepare checks a spec and plans the VM: it parses the manifest, verifies
-// every artifact's sha256 (CHECKSUM_MISMATCH on a difference), picks the
-// backend and acceleration (NOT_SUPPORTED or UNAVAILABLE when the host or
-// backend cannot), resolves the kernel, builds the kernel command line (the
-// manifest moves into the initrd when the line would exceed
-// bootargs.MaxCmdline), plans the initrd layers and builds the argv. It
-// starts nothing and writes only caches (an extracted vmlinux, a built boot
-// initramfs).
+// Prepare checks a spec and plans the VM. It starts nothing and writes
+// only caches (an extracted vmlinux, a built boot initramfs, verified file
+// versions). It works in named phases, cheapest first, so a mistake costs
+// nothing and no slow step runs for a spec a cheap check refuses:
+//
+//  1. check: the manifest parses and validates; the name, lease and tap
+//     agree; verify, disk_mode and boot_layer are known words; cpus and
+//     memory are within the manifest's bounds; the MAC is unicast; the
+//     network resolves; every artifact and the kernel exist (NOT_FOUND).
+//  2. backend: the backend and acceleration can run here (NOT_SUPPORTED
+//     or UNAVAILABLE), it can boot this kernel, and the run directory's
+//     socket paths fit.
+//  3. hash: every artifact's sha256 is computed in the background from
+//     here on, honouring ctx (a cancelled Prepare stops reading at once).
+//  4. kernel: a kernel directory's vmlinux (extracted once, then cached).
+//  5. cmdline: the guest kernel command line; the manifest moves into the
+//     initrd when the line would exceed bootargs.MaxCmdline.
+//  6. verified: the hashes are in (CHECKSUM_MISMATCH on a difference); no
+//     later phase reads an unverified artifact.
+//  7. initrd: its layers (may build and cache a boot initramfs).
+//  8. disks: the root disk, the manifest's, the spec's; writable ones boot
+//     from the VM's own copy unless disk_mode is "direct".
+//  9. argv: the VMM's command line.
 func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
-	o = o.withDefaults()
+	return prepare(ctx, s, o, false)
+}
+
+// DryRun plans a VM as Prepare does, for a command line that is not meant
+// to run here (`volant-launch argv`: a unit file written on a build host):
+// a backend that cannot run on this host (its binary is missing, or its
+// acceleration is not available) is planned anyway, and why it could not
+// run here goes into Plan.Warnings instead of failing. Everything else
+// fails as in Prepare.
+func DryRun(ctx context.Context, s Spec, o Options) (*Plan, error) {
+	return prepare(ctx, s, o, true)
+}
+
+// prep is one Prepare in progress: its inputs and what the phases decided.
+type prep struct {
+	s   Spec
+	o   Options
+	dry bool
+	p   *Plan
+
+	m          *manifest.Manifest
+	lease      *Lease
+	arts       []Artifact
+	kernelPath string // located by check; kern is filled by the kernel phase
+	kernelDir  *kernel.Kernel
+	kern       kernelInfo
+	b          vmm.Backend
+	caps       vmm.Capabilities
+	machine    string
+	cpus, mem  int
+	copyDisks  bool
+}
+
+func prepare(ctx context.Context, s Spec, o Options, dry bool) (*Plan, error) {
+	r := &prep{s: s, o: o.withDefaults(), dry: dry}
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	if err := r.backend(ctx); err != nil {
+		return nil, err
+	}
+	h := startHashing(ctx, r.arts, r.o.CacheDir, s.Verify)
+	defer h.stop()
+	for _, phase := range []func(context.Context) error{
+		r.kernel,
+		r.cmdline,
+		func(context.Context) error { return r.verified(h) },
+		r.initrd,
+		r.disks,
+		r.argv,
+	} {
+		if err := phase(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return r.p, nil
+}
+
+func (r *prep) note(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.p.Notes = append(r.p.Notes, msg)
+	r.o.Logger.Info(msg)
+}
+
+func (r *prep) warn(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.p.Warnings = append(r.p.Warnings, msg)
+	r.o.Logger.Warn(msg)
+}
+
+// check is phase 1: everything that costs no more than a stat or reading
+// a small file.
+func (r *prep) check() error {
+	s := r.s
 	m, mjson, err := loadManifest(s)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	r.m = m
 	name, lease := s.VMName(), s.lease()
 	if name == "" {
-		return nil, apierr.New(apierr.Usage, "the VM needs a name: --name, \"name\", or a piped lease")
+		return apierr.New(apierr.Usage, "the VM needs a name: --name, \"name\", or a piped lease")
 	}
 	if err := names.Check("VM name", name); err != nil {
-		return nil, err
+		return err
 	}
 	if lease != nil && lease.VM != "" && lease.VM != name {
-		return nil, badInput("the lease is for VM %q, not %q", lease.VM, name).With("field", "lease.vm")
+		return badInput("the lease is for VM %q, not %q", lease.VM, name).With("field", "lease.vm")
 	}
 	if s.NetTap != nil && s.NetTap.VM != "" && s.NetTap.VM != name {
-		return nil, badInput("the tap is for VM %q, not %q", s.NetTap.VM, name).With("field", "net_tap.vm")
+		return badInput("the tap is for VM %q, not %q", s.NetTap.VM, name).With("field", "net_tap.vm")
 	}
-	p := &Plan{Name: name, manifestJSON: mjson}
-	p.Manifest = manifestInfo{Name: m.Name, Version: m.Version, Boot: "initramfs"}
+	r.lease = lease
+	r.p = &Plan{Name: name, manifestJSON: mjson}
+	r.p.Manifest = manifestInfo{Name: m.Name, Version: m.Version, Boot: "initramfs"}
 	if m.Rootfs != nil {
-		p.Manifest.Boot = "rootfs"
-	}
-	note := func(format string, args ...any) {
-		msg := fmt.Sprintf(format, args...)
-		p.Notes = append(p.Notes, msg)
-		o.Logger.Info(msg)
+		r.p.Manifest.Boot = "rootfs"
 	}
 
-	// Artifacts: hashed in the background while the rest is planned.
-	arts, err := artifacts(m)
-	if err != nil {
-		return nil, err
-	}
+	// The words of the spec.
 	switch s.Verify {
 	case "", VerifyCached, VerifyAlways:
 	default:
-		return nil, badInput("verify %q: want cached or always", s.Verify).With("field", "verify")
+		return badInput("verify %q: want cached or always", s.Verify).With("field", "verify")
 	}
-	var hashWG sync.WaitGroup
-	hashErr := make([]error, len(arts))
-	for i := range arts {
-		hashWG.Add(1)
-		go func() {
-			defer hashWG.Done()
-			hashErr[i] = verify(&arts[i], o.CacheDir, s.Verify)
-		}()
+	switch s.DiskMode {
+	case "", "copy":
+		r.copyDisks = true
+	case "direct":
+	default:
+		return badInput("disk_mode must be copy or direct, got %q", s.DiskMode).With("field", "disk_mode")
 	}
-	defer hashWG.Wait()
+	switch s.BootLayer {
+	case "", BootLayerAuto, BootLayerAlways, BootLayerNever:
+	default:
+		return badInput("boot_layer %q: want auto, always or never", s.BootLayer).With("field", "boot_layer")
+	}
+	if m.Rootfs != nil && s.BootLayer == BootLayerNever {
+		return badInput("a rootfs plugin boots through the boot initramfs (kestrel stage 1); boot_layer never cannot apply").With("field", "boot_layer")
+	}
 
-	// Backend and acceleration.
-	b, _, err := pickBackend(ctx, s.VMM, o)
-	if err != nil {
-		return nil, err
+	// Resources: the spec's override the manifest's, within its bounds.
+	r.cpus, r.mem = s.CPUs, s.MemoryMB
+	if r.cpus == 0 {
+		r.cpus = m.Resources.CPUCores
 	}
+	if r.mem == 0 {
+		r.mem = m.Resources.MemoryMB
+	}
+	if r.cpus < 1 || r.cpus > manifest.MaxCPUCores {
+		return badInput("cpus must be between 1 and %d, got %d", manifest.MaxCPUCores, r.cpus).With("field", "cpus")
+	}
+	if r.mem < manifest.MinMemoryMB || r.mem > manifest.MaxMemoryMB {
+		return badInput("memory_mb must be between %d and %d MiB, got %d", manifest.MinMemoryMB, manifest.MaxMemoryMB, r.mem).With("field", "memory_mb")
+	}
+	if s.StopTimeoutMS < 0 {
+		return badInput("stop_timeout_ms must not be negative, got %d", s.StopTimeoutMS).With("field", "stop_timeout_ms")
+	}
+
+	// Network: the tap's name, the MAC, the lease's addresses.
+	nw, err := resolveNetwork(s, name, lease, m, r.note)
+	if err != nil {
+		return err
+	}
+	r.p.Network = nw
+
+	// Files: every artifact and the kernel must be there.
+	if r.arts, err = artifacts(m); err != nil {
+		return err
+	}
+	for _, a := range r.arts {
+		st, err := os.Stat(a.Path)
+		if err != nil {
+			return fmt.Errorf("%s artifact: %w", a.Role, err)
+		}
+		if !st.Mode().IsRegular() {
+			return badInput("%s artifact %s is not a regular file", a.Role, a.Path).With("path", a.Path)
+		}
+	}
+	return r.locateKernel()
+}
+
+// locateKernel finds the kernel: a kernel directory (opened: its release
+// and modules), or an image file. The vmlinux of a directory is extracted
+// later, by the kernel phase.
+func (r *prep) locateKernel() error {
+	k := r.s.Kernel
+	if k == "" {
+		k = r.o.KernelDir
+	}
+	st, err := os.Stat(k)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && k == r.o.KernelDir {
+			_, oerr := kernel.Open(k) // its error says how to fetch one
+			return oerr
+		}
+		return fmt.Errorf("kernel: %w", err)
+	}
+	r.kernelPath = k
+	if st.IsDir() {
+		kd, err := kernel.Open(k)
+		if err != nil {
+			return err
+		}
+		r.kernelDir = kd
+		r.kern = kernelInfo{pvh: true, release: kd.Release, modulesDir: kd.ModulesDir}
+		return nil
+	}
+	r.kern = kernelInfo{path: k, pvh: isELF(k)}
+	// A vmlinux or vmlinuz inside a kernel directory still has its modules.
+	if kd, err := kernel.Open(filepath.Dir(k)); err == nil {
+		r.kern.release, r.kern.modulesDir = kd.Release, kd.ModulesDir
+	}
+	return nil
+}
+
+// backend is phase 2: the hypervisor and acceleration, what the kernel
+// needs of them, and the run directory's paths.
+func (r *prep) backend(ctx context.Context) error {
+	s, o, p := r.s, r.o, r.p
+	b, _, err := pickBackend(ctx, s.VMM, o)
+	usable := err == nil
+	if err != nil {
+		if !r.dry || apierr.Is(err, apierr.InvalidInput) {
+			return err
+		}
+		// A dry run plans for a host where the backend runs.
+		if b = dryRunBackend(s.VMM, o); b == nil {
+			return err
+		}
+		r.warn("%s; planned for a host where %s can run", apierr.From(err).Message, b.Name())
+	}
+	r.b, r.caps = b, b.Capabilities()
 	p.VMM = b.Name()
-	caps := b.Capabilities()
 	want := s.Accel
 	if want == "" {
 		want = vmm.AccelAuto
 	}
-	tcgOK := slices.Contains(caps.Accels, vmm.AccelTCG)
+	tcgOK := slices.Contains(r.caps.Accels, vmm.AccelTCG)
 	accel, why, err := vmm.ResolveAccel(want, o.HostRoot, tcgOK)
-	if err != nil {
-		return nil, &apierr.Error{Code: apierr.NotSupported, Message: fmt.Sprintf("%s: %v", b.Name(), err),
+	switch {
+	case err == nil:
+		if why != "" {
+			r.note("%s", why)
+		}
+	case !usable && want == vmm.AccelAuto && len(r.caps.Accels) > 0:
+		accel = r.caps.Accels[0] // the backend's first choice, on the host it is meant for
+	case !usable && slices.Contains(r.caps.Accels, want):
+		accel = want
+	case r.dry && slices.Contains(r.caps.Accels, want):
+		accel = want
+		r.warn("%s: %v; planned for a host where it can", b.Name(), err)
+	default:
+		return &apierr.Error{Code: apierr.NotSupported, Message: fmt.Sprintf("%s: %v", b.Name(), err),
 			Details: map[string]any{"backend": b.Name(), "accel": string(want)}, Err: vmm.ErrNotSupported}
 	}
-	if why != "" {
-		note("%s", why)
-	}
 	p.Accel = accel
-	machine := s.Machine
-	if machine == "" && slices.Contains(caps.Machines, qemu.MachineMicrovm) {
-		machine = qemu.MachineMicrovm
+	r.machine = s.Machine
+	if r.machine == "" && slices.Contains(r.caps.Machines, qemu.MachineMicrovm) {
+		r.machine = qemu.MachineMicrovm
 	}
-
-	// Kernel.
-	kern, err := resolveKernel(ctx, s.Kernel, o)
-	if err != nil {
-		return nil, err
-	}
-	if !kern.pvh {
+	if !r.kern.pvh {
 		if p.VMM == cloudhypervisor.Name {
-			return nil, vmm.NotSupported(p.VMM, "a compressed bzImage kernel (give the uncompressed vmlinux or the kernel directory)")
+			return vmm.NotSupported(p.VMM, "a compressed bzImage kernel (give the uncompressed vmlinux or the kernel directory)")
 		}
 		if accel == vmm.AccelTCG {
-			note("booting the compressed kernel %s: about 5 s slower under TCG than its vmlinux (give the kernel directory to use the extracted vmlinux)", kern.path)
+			r.note("booting the compressed kernel %s: about 5 s slower under TCG than its vmlinux (give the kernel directory to use the extracted vmlinux)", r.kernelPath)
 		}
 	}
-
-	// Resources.
-	cpus, mem := s.CPUs, s.MemoryMB
-	if cpus == 0 {
-		cpus = m.Resources.CPUCores
-	}
-	if mem == 0 {
-		mem = m.Resources.MemoryMB
-	}
-
-	// Network.
-	nw, err := resolveNetwork(s, name, lease, m, note)
-	if err != nil {
-		return nil, err
-	}
-	p.Network = nw
 
 	// Paths.
 	p.RunDir = s.RunDir
 	if p.RunDir == "" {
-		p.RunDir = filepath.Join(o.RunRoot, name)
+		p.RunDir = filepath.Join(o.RunRoot, p.Name)
 	}
 	if p.RunDir, err = filepath.Abs(p.RunDir); err != nil {
-		return nil, fmt.Errorf("run dir: %w", err)
+		return fmt.Errorf("run dir: %w", err)
 	}
-	sock := filepath.Join(p.RunDir, SocketName)
 	p.Console = filepath.Join(p.RunDir, ConsoleName)
-	if !caps.SerialSocket {
+	if !r.caps.SerialSocket {
 		p.SerialRelay = filepath.Join(p.RunDir, SerialName)
 	}
-	for _, sp := range []string{sock, p.Console, p.SerialRelay} {
+	for _, sp := range []string{filepath.Join(p.RunDir, SocketName), p.Console, p.SerialRelay} {
 		if len(sp) > maxSocketPath {
-			return nil, badInput("socket path %s is %d bytes; unix sockets allow %d: choose a shorter run dir", sp, len(sp), maxSocketPath).
+			return badInput("socket path %s is %d bytes; unix sockets allow %d: choose a shorter run dir", sp, len(sp), maxSocketPath).
 				With("field", "run_dir").With("bytes", len(sp))
 		}
 	}
 	p.SerialLog = s.SerialLog
 	if p.SerialLog == "" {
-		p.SerialLog = filepath.Join(o.StateDir, "vms", name, "serial.log")
+		p.SerialLog = filepath.Join(o.StateDir, "vms", p.Name, "serial.log")
 	}
 	if p.SerialLog, err = filepath.Abs(p.SerialLog); err != nil {
-		return nil, fmt.Errorf("serial log: %w", err)
+		return fmt.Errorf("serial log: %w", err)
 	}
 	p.StopAfter = Duration(10 * time.Second)
 	if s.StopTimeoutMS > 0 {
 		p.StopAfter = Duration(time.Duration(s.StopTimeoutMS) * time.Millisecond)
 	}
+	return nil
+}
 
-	// Kernel command line (the manifest may have to move into the initrd).
-	p.Cmdline, p.Manifest.InInitrd, err = buildCmdline(s, m, name, nw, accel, machine, o.CacheDir)
+// kernel is phase 4: the image booted (a kernel directory's vmlinux,
+// extracted on first use).
+func (r *prep) kernel(ctx context.Context) error {
+	if r.kernelDir == nil {
+		return nil
+	}
+	vml, err := r.kernelDir.Vmlinux(ctx)
 	if err != nil {
-		return nil, err
+		return err
+	}
+	r.kern.path = vml
+	return nil
+}
+
+// cmdline is phase 5.
+func (r *prep) cmdline(context.Context) error {
+	var err error
+	p := r.p
+	p.Cmdline, p.Manifest.InInitrd, err = buildCmdline(r.s, r.m, p.Name, p.Network, p.Accel, r.machine, r.o.CacheDir)
+	if err != nil {
+		return err
 	}
 	if p.Manifest.InInitrd {
-		note("the manifest does not fit the %d-byte kernel command line: it travels in the initrd as %s", bootargs.MaxCmdline, ManifestInVM)
+		r.note("the manifest does not fit the %d-byte kernel command line: it travels in the initrd as %s", bootargs.MaxCmdline, ManifestInVM)
 	}
+	return nil
+}
 
-	// Every artifact must match its checksum before anything is decided
-	// about the initrd, which reads them.
-	hashWG.Wait()
-	for i, err := range hashErr {
-		if err != nil {
-			return nil, err
+// verified is phase 6: every artifact must match its checksum before
+// anything is decided about the initrd, which reads them.
+func (r *prep) verified(h *hashing) error {
+	if err := h.wait(); err != nil {
+		return err
+	}
+	for _, a := range r.arts {
+		if !a.Verified {
+			r.note("%s %s has no checksum in the manifest: not verified", a.Role, a.Path)
 		}
-		if !arts[i].Verified {
-			note("%s %s has no checksum in the manifest: not verified", arts[i].Role, arts[i].Path)
-		}
 	}
-	p.Artifacts = arts
+	r.p.Artifacts = r.arts
+	return nil
+}
 
-	// Initrd layers.
-	p.Initrd, err = planInitrd(ctx, s, m, arts, kern, p, o, note)
-	if err != nil {
-		return nil, err
-	}
+// initrd is phase 7.
+func (r *prep) initrd(ctx context.Context) error {
+	var err error
+	r.p.Initrd, err = planInitrd(ctx, r.s, r.m, r.arts, r.kern, r.p, r.o, r.note)
+	return err
+}
 
-	// Disks: the root disk first (/dev/vda), then the manifest's, then the
-	// spec's. Writable ones boot from the VM's own copy unless DiskMode is
-	// "direct".
-	copyDisks := true
-	switch s.DiskMode {
-	case "", "copy":
-	case "direct":
-		copyDisks = false
-	default:
-		return nil, badInput("disk_mode must be copy or direct, got %q", s.DiskMode).With("field", "disk_mode")
-	}
-	diskDir := filepath.Join(o.StateDir, "vms", name, "disks")
+// disks is phase 8: the root disk first (/dev/vda), then the manifest's,
+// then the spec's. Writable ones boot from the VM's own copy unless
+// DiskMode is "direct".
+func (r *prep) disks(context.Context) error {
+	p, m := r.p, r.m
+	diskDir := filepath.Join(r.o.StateDir, "vms", p.Name, "disks")
 	own := func(a Artifact, file string) string {
-		if !copyDisks {
+		if !r.copyDisks {
 			return a.Path
 		}
 		c := DiskCopy{Role: a.Role, From: a.Path, To: filepath.Join(diskDir, file)}
 		if _, err := os.Stat(c.To); err == nil {
 			c.Exists = true
-			note("%s: reusing this VM's copy %s (earlier writes persist)", a.Role, c.To)
+			r.note("%s: reusing this VM's copy %s (earlier writes persist)", a.Role, c.To)
 		}
 		p.DiskCopies = append(p.DiskCopies, c)
 		return c.To
 	}
 	var disks []vmm.Disk
-	for _, a := range arts {
+	for _, a := range r.arts {
 		switch {
 		case a.Role == "rootfs":
 			disks = append(disks, vmm.Disk{Path: own(a, "rootfs.img"), Format: m.Rootfs.Format})
@@ -383,14 +563,19 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 			disks = append(disks, vmm.Disk{Path: path, Format: d.Format, ReadOnly: d.ReadOnly})
 		}
 	}
-	disks = append(disks, s.Disks...)
+	p.Config.Disks = append(disks, r.s.Disks...)
+	return nil
+}
 
+// argv is phase 9.
+func (r *prep) argv(context.Context) error {
+	p := r.p
 	p.Config = vmm.Config{
-		Name: name, CPUs: cpus, MemoryMB: mem,
-		Kernel: kern.path, Cmdline: p.Cmdline,
-		Disks: disks, APISocket: sock,
+		Name: p.Name, CPUs: r.cpus, MemoryMB: r.mem,
+		Kernel: r.kern.path, Cmdline: p.Cmdline,
+		Disks: p.Config.Disks, APISocket: filepath.Join(p.RunDir, SocketName),
 		Serial:  vmm.Serial{LogFile: p.SerialLog, Socket: p.Console},
-		Machine: machine, Accel: accel,
+		Machine: r.machine, Accel: p.Accel,
 	}
 	if p.SerialRelay != "" {
 		p.Config.Serial = vmm.Serial{Socket: p.SerialRelay}
@@ -398,13 +583,51 @@ func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	if p.Initrd != nil {
 		p.Config.Initramfs = p.Initrd.Path
 	}
-	if nw != nil {
+	if nw := p.Network; nw != nil {
 		p.Config.Nets = []vmm.Net{{Tap: nw.Tap, MAC: nw.MAC}}
 	}
-	if p.Argv, err = b.Argv(p.Config); err != nil {
-		return nil, err
+	var err error
+	p.Argv, err = r.b.Argv(p.Config)
+	return err
+}
+
+// hashing is phase 3: the artifacts' checksums, verified in the
+// background while the other phases run.
+type hashing struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errs   []error
+}
+
+func startHashing(ctx context.Context, arts []Artifact, cacheDir, mode string) *hashing {
+	ctx, cancel := context.WithCancel(ctx)
+	h := &hashing{cancel: cancel, errs: make([]error, len(arts))}
+	for i := range arts {
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			h.errs[i] = verify(ctx, &arts[i], cacheDir, mode)
+		}()
 	}
-	return p, nil
+	return h
+}
+
+// wait returns the first artifact's error, once every hash is done.
+func (h *hashing) wait() error {
+	h.wg.Wait()
+	for _, err := range h.errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stop ends the hashes still running (Prepare failed in another phase)
+// and waits for them.
+func (h *hashing) stop() {
+	h.cancel()
+	h.wg.Wait()
 }
 
 func loadManifest(s Spec) (*manifest.Manifest, []byte, error) {
@@ -484,37 +707,6 @@ type kernelInfo struct {
 	modulesDir string // "" when not known (a bare image file)
 }
 
-func resolveKernel(ctx context.Context, k string, o Options) (kernelInfo, error) {
-	if k == "" {
-		k = o.KernelDir
-	}
-	st, err := os.Stat(k)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) && k == o.KernelDir {
-			_, oerr := kernel.Open(k) // its error says how to fetch one
-			return kernelInfo{}, oerr
-		}
-		return kernelInfo{}, fmt.Errorf("kernel: %w", err)
-	}
-	if st.IsDir() {
-		kd, err := kernel.Open(k)
-		if err != nil {
-			return kernelInfo{}, err
-		}
-		vml, err := kd.Vmlinux(ctx)
-		if err != nil {
-			return kernelInfo{}, err
-		}
-		return kernelInfo{path: vml, pvh: true, release: kd.Release, modulesDir: kd.ModulesDir}, nil
-	}
-	ki := kernelInfo{path: k, pvh: isELF(k)}
-	// A vmlinux or vmlinuz inside a kernel directory still has its modules.
-	if kd, err := kernel.Open(filepath.Dir(k)); err == nil {
-		ki.release, ki.modulesDir = kd.Release, kd.ModulesDir
-	}
-	return ki, nil
-}
-
 func isELF(p string) bool {
 	f, err := elf.Open(p)
 	if err != nil {
@@ -576,6 +768,9 @@ func resolveNetwork(s Spec, name string, lease *Lease, m *manifest.Manifest, not
 	}
 	if nw.MAC == "" {
 		nw.MAC = DefaultMAC(name)
+	}
+	if _, err := hostnet.ParseGuestMAC(nw.MAC); err != nil {
+		return nil, apierr.From(err).With("field", "mac")
 	}
 	dns := s.DNS
 	if len(dns) == 0 && lease != nil {

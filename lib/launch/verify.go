@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -11,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/kernel"
@@ -62,7 +65,7 @@ func versionOf(f *os.File) (fileVersion, error) {
 // verify checks the artifact against its expected sha256: from the cache
 // of verified file versions when mode allows, else by hashing it (and then
 // recording the version). A mismatch is CHECKSUM_MISMATCH.
-func verify(a *Artifact, cacheDir, mode string) error {
+func verify(ctx context.Context, a *Artifact, cacheDir, mode string) error {
 	f, err := os.Open(a.Path)
 	if err != nil {
 		return fmt.Errorf("%s artifact: %w", a.Role, err)
@@ -82,11 +85,11 @@ func verify(a *Artifact, cacheDir, mode string) error {
 			return nil
 		}
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	d, err := digest.SHA256.FromReader(ctxReader{ctx, f})
+	if err != nil {
 		return fmt.Errorf("hashing %s: %w", a.Path, err)
 	}
-	got := hex.EncodeToString(h.Sum(nil))
+	got := d.Encoded()
 	if got != want {
 		return apierr.New(apierr.ChecksumMismatch, "%s %s has sha256 %s, but the manifest says %s; refusing to boot it", a.Role, a.Path, got, want).
 			With("path", a.Path).With("role", a.Role).With("expected", "sha256:"+want).With("actual", "sha256:"+got)
@@ -99,6 +102,20 @@ func verify(a *Artifact, cacheDir, mode string) error {
 		}
 	}
 	return nil
+}
+
+// ctxReader reads r until ctx ends: a hash of a large file stops at the
+// next read after a cancel.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // hostTSCkHz is kernel.HostTSCkHz, remembered for the boot under cacheDir:

@@ -13,6 +13,14 @@ import (
 	"github.com/volantvm/volant/lib/names"
 )
 
+// Bounds of a VM's resources: the manifest's, and every override of them
+// (lib/launch applies the same to a spec's cpus and memory_mb).
+const (
+	MaxCPUCores = 64
+	MinMemoryMB = 64
+	MaxMemoryMB = 262144 // 256 GiB
+)
+
 // Defaults applied by Normalize.
 const (
 	DefaultCPUCores    = 1
@@ -205,8 +213,8 @@ func (m *Manifest) Validate() error {
 		}
 	}
 
-	v.check(m.Resources.CPUCores >= 1 && m.Resources.CPUCores <= 64, "resources.cpu_cores", "must be between 1 and 64, got %d", m.Resources.CPUCores)
-	v.check(m.Resources.MemoryMB >= 64 && m.Resources.MemoryMB <= 262144, "resources.memory_mb", "must be between 64 and 262144, got %d", m.Resources.MemoryMB)
+	v.check(m.Resources.CPUCores >= 1 && m.Resources.CPUCores <= MaxCPUCores, "resources.cpu_cores", "must be between 1 and %d, got %d", MaxCPUCores, m.Resources.CPUCores)
+	v.check(m.Resources.MemoryMB >= MinMemoryMB && m.Resources.MemoryMB <= MaxMemoryMB, "resources.memory_mb", "must be between %d and %d, got %d", MinMemoryMB, MaxMemoryMB, m.Resources.MemoryMB)
 
 	w := m.Workload
 	v.oneOf("workload.type", w.Type, "http", "exec")
