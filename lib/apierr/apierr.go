@@ -17,6 +17,7 @@
 //	UNSUPPORTED_VERSION    3   400  the request's "version" is not one this build speaks
 //	CMDLINE_TOO_LONG       3   422  the kernel command line would exceed the kernel's limit
 //	TOO_LARGE              3   413  the request body is larger than allowed
+//	METHOD_NOT_ALLOWED     3   405  the path exists but not with this method (Allow lists those it has)
 //	NOT_FOUND              4   404  the named thing does not exist
 //	CONFLICT               5   409  the thing exists, or is in use, or is in the wrong state
 //	IP_EXHAUSTED           6   409  no free address is left in the pool
@@ -27,6 +28,7 @@
 //	UNAUTHORIZED          10   401  no or a wrong bearer token
 //	TIMEOUT               11   504  the operation did not finish in time
 //	CANCELED             12   499  the caller canceled (signal, closed connection)
+//	DATA_CORRUPT         13   500  the state database is damaged; details say how to recover
 package apierr
 
 import (
@@ -48,6 +50,7 @@ const (
 	UnsupportedVersion Code = "UNSUPPORTED_VERSION"
 	CmdlineTooLong     Code = "CMDLINE_TOO_LONG"
 	TooLarge           Code = "TOO_LARGE"
+	MethodNotAllowed   Code = "METHOD_NOT_ALLOWED"
 	NotFound           Code = "NOT_FOUND"
 	Conflict           Code = "CONFLICT"
 	IPExhausted        Code = "IP_EXHAUSTED"
@@ -58,6 +61,7 @@ const (
 	Unauthorized       Code = "UNAUTHORIZED"
 	Timeout            Code = "TIMEOUT"
 	Canceled           Code = "CANCELED"
+	DataCorrupt        Code = "DATA_CORRUPT"
 )
 
 // codeInfo holds a code's exit status and HTTP status. The HTTP statuses
@@ -79,6 +83,7 @@ var codes = map[Code]codeInfo{
 	UnsupportedVersion: {3, 400},  // Bad Request
 	CmdlineTooLong:     {3, 422},  // Unprocessable Entity
 	TooLarge:           {3, 413},  // Content Too Large
+	MethodNotAllowed:   {3, 405},  // Method Not Allowed
 	NotFound:           {4, 404},  // Not Found
 	Conflict:           {5, 409},  // Conflict
 	IPExhausted:        {6, 409},  // Conflict
@@ -89,6 +94,7 @@ var codes = map[Code]codeInfo{
 	Unauthorized:       {10, 401}, // Unauthorized
 	Timeout:            {11, 504}, // Gateway Timeout
 	Canceled:           {12, 499}, // nginx's Client Closed Request
+	DataCorrupt:        {13, 500}, // Internal Server Error
 }
 
 // Codes returns every known code, for documentation and tests.

@@ -86,6 +86,7 @@ func TestHTTPStatusesMatchNetHTTP(t *testing.T) {
 		NotSupported: http.StatusNotImplemented, ChecksumMismatch: http.StatusUnprocessableEntity,
 		Unavailable: http.StatusServiceUnavailable, PermissionDenied: http.StatusForbidden,
 		Unauthorized: http.StatusUnauthorized, Timeout: http.StatusGatewayTimeout, Canceled: 499,
+		MethodNotAllowed: http.StatusMethodNotAllowed, DataCorrupt: http.StatusInternalServerError,
 	}
 	for _, c := range Codes() {
 		if c.HTTPStatus() != want[c] {
