@@ -56,9 +56,9 @@ fi
 show "volantd --socket $VOLANT_HOST --data-dir $VL_TMP/data --vmm ${VOLANT_VMM:-auto}  (log: $VL_TMP/volantd.log)"
 grep -o 'falling back to TCG[^"]*' "$VL_TMP/volantd.log" | head -1 | sed 's/^/    note: /' || true
 
-say "Build a plugin with fledge: busybox httpd in an initramfs, kestrel as PID 1"
-show "fledge build -c examples/fledge/busybox-httpd/fledge.toml -o $VL_TMP/plugins"
-fledge build -q -c examples/fledge/busybox-httpd/fledge.toml -o "$VL_TMP/plugins" >"$VL_TMP/build.json" || vl_fail "fledge build"
+say "Build a plugin with fledge: busybox httpd in an initramfs, kestrel as PID 1, into volantd's plugins directory"
+show "fledge build -c examples/fledge/busybox-httpd/fledge.toml -o $VL_TMP/data/plugins"
+fledge build -q -c examples/fledge/busybox-httpd/fledge.toml -o "$VL_TMP/data/plugins" >"$VL_TMP/build.json" || vl_fail "fledge build"
 jq -r '"    \(.artifact) (\(.bytes) bytes, sha256 \(.sha256[0:16])…) in \(.duration_ms) ms"' "$VL_TMP/build.json"
 manifest=$(jq -r .manifest "$VL_TMP/build.json")
 

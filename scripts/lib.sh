@@ -70,13 +70,14 @@ vl_cleanup() {
 
 # vl_volantd ARGS...: start volantd inside the namespace (its database, data
 # and run directories in the scratch directory, QEMU, our kestrel and the
-# guest kernel), wait until it answers.
+# guest kernel; local plugin artifacts allowed from the scratch directory,
+# where the scripts build them), wait until it answers.
 vl_volantd() {
   local kernel=${VOLANT_KERNEL_DIR:-/var/lib/volant/kernel}
   local kestrel=${VOLANT_KESTREL:-$(command -v kestrel)}
   # Not through a function or subshell: $! must be volantd (ip netns exec execs it).
   ip netns exec "$VL_NS" volantd --socket "$VOLANT_HOST" --data-dir "$VL_TMP/data" --run-root "$VL_TMP/run" \
-    --kernel "$kernel" --kestrel "$kestrel" --vmm "${VOLANT_VMM:-auto}" "$@" >>"$VL_TMP/volantd.log" 2>&1 &
+    --kernel "$kernel" --kestrel "$kestrel" --vmm "${VOLANT_VMM:-auto}" --artifact-dir "$VL_TMP" "$@" >>"$VL_TMP/volantd.log" 2>&1 &
   VL_DAEMON=$!
   vl_wait 30 vl_up || vl_fail "volantd did not come up"
 }

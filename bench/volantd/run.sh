@@ -66,7 +66,7 @@ EOF
 # volantd in the namespace; it makes the bridge.
 sock=$work/volantd.sock
 in_ns "$BIN/volantd" --socket "$sock" --data-dir "$work/data" --run-root "$work/run" --vmm qemu --accel tcg \
-  --kernel "$K" --kestrel "$BIN/kestrel" --launcher "$BIN/volant-launch" --health-interval 1s 2>"$work/volantd.log" &
+  --kernel "$K" --kestrel "$BIN/kestrel" --launcher "$BIN/volant-launch" --health-interval 1s --artifact-dir "$work" 2>"$work/volantd.log" &
 vpid=$!
 api() { curl -sS --unix-socket "$sock" "$@"; }
 for _ in $(seq 100); do api http://volantd/healthz 2>/dev/null | jq -e .ready >/dev/null 2>&1 && break; sleep 0.1; done

@@ -41,7 +41,7 @@ ip netns add "$ns"
 ip -n "$ns" link set lo up
 sock=$work/volantd.sock
 ip netns exec "$ns" "$BIN/volantd" --socket "$sock" --data-dir "$work/data" --run-root "$work/run" --no-network-setup \
-  --agent-listen off >"$work/volantd.log" 2>&1 &
+  --agent-listen off --artifact-dir "$work" >"$work/volantd.log" 2>&1 &
 vpid=$!
 export VOLANT_HOST=$sock
 for _ in $(seq 1 100); do "$BIN/volar" -q version >/dev/null 2>&1 && curl -sf --unix-socket "$sock" http://volantd/healthz >/dev/null && break; sleep 0.1; done

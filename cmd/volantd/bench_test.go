@@ -377,7 +377,7 @@ func BenchmarkVMDensity(b *testing.B) {
 	d := startDaemon(b, h.dir, []string{"ip", "netns", "exec", h.ns.Name}, nil, "--vmm", "qemu", "--accel", "tcg",
 		"--kernel", k.Dir, "--kestrel", kestrel, "--start-timeout", "120s", "--stop-timeout", "5s")
 	ctx := context.Background()
-	if _, err := d.c.InstallPlugin(ctx, webPluginProbed(b, k.ModulesDir, kestrel, 5000), client.InstallOptions{}); err != nil {
+	if _, err := d.c.InstallPlugin(ctx, webPluginProbed(b, filepath.Join(h.dir, "data", "plugins", "web"), k.ModulesDir, kestrel, 5000), client.InstallOptions{}); err != nil {
 		b.Fatal(err)
 	}
 	t0 := time.Now()

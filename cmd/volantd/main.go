@@ -19,6 +19,10 @@
 //	--data-dir DIR       VOLANT_DATA_DIR      plugins/, vms/<name>/ (spec, serial log) (default /var/lib/volant)
 //	--run-root DIR       VOLANT_RUN_ROOT      per-VM run directories (default /run/volant/vms)
 //	--cache-dir DIR      VOLANT_CACHE_DIR     built boot images (default <data-dir>/cache)
+//	--artifact-dir DIR   VOLANT_ARTIFACT_DIRS also take local plugin artifacts from DIR (repeatable; ':'-separated
+//	                                          in the variable); by default only <data-dir>/plugins. Any other
+//	                                          local path in a manifest is refused (PERMISSION_DENIED)
+//	--max-artifact-gib N VOLANT_MAX_ARTIFACT_GIB  largest plugin artifact, local or downloaded (default 64)
 //	--kernel DIR|FILE    VOLANT_KERNEL_DIR    guest kernel directory or vmlinux (default /var/lib/volant/kernel)
 //	--kestrel FILE       VOLANT_KESTREL       kestrel binary for boot images (default: next to volantd)
 //	--boot-initramfs F   VOLANT_BOOT_INITRAMFS  prebuilt boot initramfs for rootfs plugins
@@ -118,6 +122,8 @@ type serveCmd struct {
 	DataDir        string        `long:"data-dir" env:"VOLANT_DATA_DIR" description:"data directory"`
 	RunRoot        string        `long:"run-root" env:"VOLANT_RUN_ROOT" description:"per-VM run directories"`
 	CacheDir       string        `long:"cache-dir" env:"VOLANT_CACHE_DIR" description:"boot image cache (default <data-dir>/cache)"`
+	ArtifactDirs   []string      `long:"artifact-dir" env:"VOLANT_ARTIFACT_DIRS" env-delim:":" description:"also take local plugin artifacts from this directory (repeatable; default only <data-dir>/plugins)"`
+	MaxArtifactGiB int64         `long:"max-artifact-gib" env:"VOLANT_MAX_ARTIFACT_GIB" default:"64" description:"largest plugin artifact, local or downloaded, in GiB"`
 	Kernel         string        `long:"kernel" env:"VOLANT_KERNEL_DIR" description:"guest kernel directory or vmlinux"`
 	Kestrel        string        `long:"kestrel" env:"VOLANT_KESTREL" description:"kestrel binary (default: next to volantd)"`
 	BootInitramfs  string        `long:"boot-initramfs" env:"VOLANT_BOOT_INITRAMFS" description:"prebuilt boot initramfs"`
@@ -141,6 +147,9 @@ type serveCmd struct {
 }
 
 func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
+	if f.MaxArtifactGiB < 1 {
+		return apierr.New(apierr.Usage, "--max-artifact-gib %d must be at least 1", f.MaxArtifactGiB)
+	}
 	if f.NAT && f.NoNAT {
 		return apierr.New(apierr.Usage, "--nat and --no-nat contradict each other; give one, or neither to leave NAT as it is")
 	}
@@ -178,6 +187,7 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 	return volantd.Serve(ctx, volantd.Config{
 		Socket: f.Socket, Listen: f.Listen, Token: token, Listeners: passed,
 		DB: f.DB, DataDir: f.DataDir, RunRoot: f.RunRoot, CacheDir: f.CacheDir,
+		ArtifactDirs: f.ArtifactDirs, MaxArtifactBytes: f.MaxArtifactGiB << 30,
 		Bridge: f.Bridge, Subnet: f.Subnet, SetupNetwork: !f.NoNetSetup, NAT: nat, AgentListen: f.AgentListen, DNS: f.DNS,
 		Launch: controller.LaunchDefaults{
 			Kernel: f.Kernel, BootInitramfs: f.BootInitramfs, Kestrel: kestrel, VMM: f.VMM, Accel: f.Accel, Debug: f.GuestDebug,

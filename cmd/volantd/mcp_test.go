@@ -88,7 +88,8 @@ func mcpDaemon(t *testing.T) (*httptest.Server, *client.Client) {
 		st.Close()
 	})
 	c, _ := client.New(ts.URL, client.Options{Token: "tok"})
-	art := filepath.Join(dir, "web.cpio")
+	art := filepath.Join(dir, "plugins", "web.cpio")
+	os.MkdirAll(filepath.Dir(art), 0o755)
 	os.WriteFile(art, []byte("web"), 0o644)
 	m := `{"name":"web","version":"1","initramfs":{"url":"` + art + `"},"workload":{"entrypoint":["/app"]}}`
 	if _, err := c.InstallPlugin(ctx, []byte(m), client.InstallOptions{}); err != nil {

@@ -83,7 +83,9 @@ func (h *fakeHost) start(t testing.TB, extra ...string) *volantdProc {
 	// The fake guests never become healthy, so boots are not admitted a
 	// few at a time (--max-booting -1): each would hold its slot until
 	// the start timeout.
-	args := append([]string{"--vmm", "cloud-hypervisor", "--kernel", h.kernel, "--health-interval", "1s", "--stop-timeout", "2s", "--max-booting", "-1"}, extra...)
+	// The plugin's artifact is in h.dir, which volantd is told to allow.
+	args := append([]string{"--vmm", "cloud-hypervisor", "--kernel", h.kernel, "--health-interval", "1s", "--stop-timeout", "2s", "--max-booting", "-1",
+		"--artifact-dir", h.dir}, extra...)
 	if h.bin != "" {
 		return startDaemonFrom(t, h.bin, h.dir, wrap, files, nil, args...)
 	}

@@ -23,14 +23,15 @@ import (
 
 // webPlugin builds an initramfs plugin with fledge: kestrel as PID 1 with
 // the guest kernel's modules, busybox httpd as the workload, a health check
-// on its index page. It returns the manifest fledge wrote.
-func webPlugin(t testing.TB, modulesDir, kestrel string) []byte {
+// on its index page, built into out (a directory volantd takes artifacts
+// from). It returns the manifest fledge wrote.
+func webPlugin(t testing.TB, out, modulesDir, kestrel string) []byte {
 	t.Helper()
-	return webPluginProbed(t, modulesDir, kestrel, 500)
+	return webPluginProbed(t, out, modulesDir, kestrel, 500)
 }
 
 // webPluginProbed is webPlugin with kestrel's health check every intervalMS.
-func webPluginProbed(t testing.TB, modulesDir, kestrel string, intervalMS int) []byte {
+func webPluginProbed(t testing.TB, out, modulesDir, kestrel string, intervalMS int) []byte {
 	t.Helper()
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
@@ -59,7 +60,7 @@ memory_mb = 128
 `
 	cfg := filepath.Join(src, "fledge.toml")
 	os.WriteFile(cfg, []byte(toml), 0o644)
-	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: filepath.Join(src, "out"),
+	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: out,
 		KernelModules: modulesDir, Kestrel: kestrel})
 	if err != nil {
 		t.Fatalf("fledge build: %v", err)
@@ -111,7 +112,7 @@ func TestVMControlPlane(t *testing.T) {
 	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
 		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "5s")
 	ctx := context.Background()
-	if _, err := d.c.InstallPlugin(ctx, webPlugin(t, k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
+	if _, err := d.c.InstallPlugin(ctx, webPlugin(t, filepath.Join(h.dir, "data", "plugins", "web"), k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
 		t.Fatal(err)
 	}
 

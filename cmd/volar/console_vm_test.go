@@ -143,7 +143,8 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 	cmd := exec.Command("ip", "netns", "exec", ns.Name, filepath.Join(bins, "volantd"),
 		"--socket", sock, "--data-dir", filepath.Join(dir, "data"), "--run-root", filepath.Join(dir, "run"),
 		"--kernel", k.Dir, "--kestrel", kestrel, "--launcher", filepath.Join(bins, "volant-launch"),
-		"--vmm", "qemu", "--vm-runner", "detached", "--agent-listen", "off", "--stop-timeout", "2s")
+		"--vmm", "qemu", "--vm-runner", "detached", "--agent-listen", "off", "--stop-timeout", "2s",
+		"--artifact-dir", dir)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -68,7 +68,8 @@ func startDaemon(t *testing.T) *daemon {
 		pr: controllertest.NewProber(), ctx: ctx}
 	d.ctl, err = controller.New(controller.Config{Store: st, DataDir: dir, Runtime: d.rt, Network: controllertest.NewNetwork(),
 		Prober: d.pr, HealthInterval: 50 * time.Millisecond, ReconcileInterval: 100 * time.Millisecond,
-		Logger: slog.New(slog.DiscardHandler)})
+		ArtifactDirs: []string{dir}, // manifest() writes the artifacts there
+		Logger:       slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,6 +75,15 @@ type Config struct {
 	// DataDir holds plugins/<name>/ (fetched artifacts) and vms/<name>/
 	// (spec.json, serial.log, launch.log); default /var/lib/volant.
 	DataDir string
+	// ArtifactDirs are the directories besides DataDir/plugins that local
+	// plugin artifacts may come from (volantd --artifact-dir).
+	ArtifactDirs []string
+	// MaxArtifactBytes bounds each plugin artifact, local or fetched
+	// (default DefaultMaxArtifactBytes).
+	MaxArtifactBytes int64
+	// FetchStallTimeout ends an artifact download that received nothing
+	// for this long (default fetch.DefaultStallTimeout).
+	FetchStallTimeout time.Duration
 	// Runtime runs the VMs; required (see LaunchRuntime).
 	Runtime Runtime
 	// Network makes the taps; nil means the calling thread's namespace

@@ -78,7 +78,10 @@ func (f *fixture) controllerWith(cfg controller.Config) (*controller.Controller,
 
 func (f *fixture) plugin(c *controller.Controller, name string) {
 	f.t.Helper()
-	art := filepath.Join(f.dir, name+".img")
+	// The plugins directory: volantd takes local artifacts only from there
+	// and the directories it is told to allow.
+	art := filepath.Join(f.dir, "plugins", name+".img")
+	os.MkdirAll(filepath.Dir(art), 0o755)
 	os.WriteFile(art, []byte(name), 0o644)
 	sum := sha256.Sum256([]byte(name))
 	m := fmt.Sprintf(`{"name":%q,"version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":{"entrypoint":["/a"]}}`, name, art, hex.EncodeToString(sum[:]))

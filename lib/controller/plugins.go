@@ -1,20 +1,12 @@
 package controller
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 	"os"
-	"path"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -119,8 +111,11 @@ func (c *Controller) PluginManifest(ctx context.Context, name string) (json.RawM
 
 // InstallPlugin validates a manifest, fetches its remote artifacts into
 // <data>/plugins/<name>/ (rewriting their URLs to the local copies),
-// verifies every artifact's checksum, and records the plugin. A name that
-// is installed already is CONFLICT unless replace.
+// verifies every artifact's checksum, and records the plugin. Local
+// artifacts must be regular files inside ArtifactDirs (PERMISSION_DENIED
+// otherwise, whatever is at the path). A name that is installed already is
+// CONFLICT unless replace; of concurrent installs of one name, only the
+// winner's downloads reach their final paths.
 func (c *Controller) InstallPlugin(ctx context.Context, data []byte, replace bool) (*api.Plugin, error) {
 	m, err := manifest.Parse(data)
 	if err != nil {
@@ -133,9 +128,12 @@ func (c *Controller) InstallPlugin(ctx context.Context, data []byte, replace boo
 	}
 	enabled := m.IsEnabled()
 	m.Enabled = nil // the plugins table's enabled column is the truth
-	if err := c.stageArtifacts(ctx, m); err != nil {
+	downloads, err := c.stageArtifacts(ctx, m)
+	if err != nil {
 		return nil, err
 	}
+	// Downloads still in their temporary files when this returns lost.
+	defer removeStaged(downloads)
 	js, err := m.JSON()
 	if err != nil {
 		return nil, err
@@ -160,8 +158,15 @@ func (c *Controller) InstallPlugin(ctx context.Context, data []byte, replace boo
 			return internal(err, "recording plugin %s", m.Name)
 		}
 		out.Name, out.Version, out.Runtime, out.Manifest, out.Enabled, out.UpdatedAt = m.Name, m.Version, m.Runtime, js, enabled, now
-		_, err = store.AppendEvent(ctx, tx, api.EventPluginInstalled, m.Name, map[string]any{"name": m.Name, "version": m.Version, "replaced": replace && !out.CreatedAt.Equal(now)})
-		return err
+		if _, err = store.AppendEvent(ctx, tx, api.EventPluginInstalled, m.Name, map[string]any{"name": m.Name, "version": m.Version, "replaced": replace && !out.CreatedAt.Equal(now)}); err != nil {
+			return err
+		}
+		// This install has won (the transaction holds the write lock):
+		// only now do its downloads take their final names.
+		if err := c.place(downloads); err != nil {
+			return fmt.Errorf("plugin %s: placing fetched artifacts: %w", m.Name, err)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -254,60 +259,6 @@ func (c *Controller) RemovePlugin(ctx context.Context, name string) (*api.Plugin
 	return &res, nil
 }
 
-func (c *Controller) pluginDir(name string) string {
-	return filepath.Join(c.cfg.DataDir, "plugins", name)
-}
-
-// stageArtifacts makes every artifact of m a verified local file: remote
-// ones are fetched into the plugin's directory (their URLs rewritten),
-// local ones must exist; each is hashed and compared with its checksum
-// (CHECKSUM_MISMATCH), and artifacts without a checksum get the one
-// computed, so later boots verify against what was installed.
-func (c *Controller) stageArtifacts(ctx context.Context, m *manifest.Manifest) error {
-	type art struct {
-		field string
-		url   *string
-		sum   *string
-	}
-	var arts []art
-	if m.Initramfs != nil {
-		arts = append(arts, art{"initramfs", &m.Initramfs.URL, &m.Initramfs.Checksum})
-	}
-	if m.Rootfs != nil {
-		arts = append(arts, art{"rootfs", &m.Rootfs.URL, &m.Rootfs.Checksum})
-	}
-	for i := range m.Disks {
-		arts = append(arts, art{fmt.Sprintf("disks[%d]", i), &m.Disks[i].Source, &m.Disks[i].Checksum})
-	}
-	for _, a := range arts {
-		if p, ok := manifest.LocalPath(*a.url); ok {
-			sum, err := hashFile(p)
-			if err != nil {
-				return artifactErr(m.Name, a.field, *a.url, err)
-			}
-			if err := compareSum(m.Name, a.field, p, *a.sum, sum); err != nil {
-				return err
-			}
-			*a.url, *a.sum = p, "sha256:"+sum
-			continue
-		}
-		p, sum, err := c.fetch(ctx, m.Name, a.field, *a.url, *a.sum)
-		if err != nil {
-			return err
-		}
-		*a.url, *a.sum = p, "sha256:"+sum
-	}
-	return nil
-}
-
-func artifactErr(plugin, field, loc string, err error) error {
-	if errors.Is(err, os.ErrNotExist) {
-		return apierr.New(apierr.InvalidManifest, "plugin %s: %s %s does not exist", plugin, field, loc).
-			With("errors", []manifest.Problem{{Field: field, Message: "no such file: " + loc}})
-	}
-	return fmt.Errorf("plugin %s: reading %s %s: %w", plugin, field, loc, err)
-}
-
 func compareSum(plugin, field, path, want, got string) error {
 	w := strings.ToLower(strings.TrimPrefix(want, "sha256:"))
 	if w == "" || w == got {
@@ -317,72 +268,5 @@ func compareSum(plugin, field, path, want, got string) error {
 		With("field", field).With("path", path).With("expected", "sha256:"+w).With("actual", "sha256:"+got)
 }
 
-func hashFile(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// fetch downloads a remote artifact into the plugin's directory.
-func (c *Controller) fetch(ctx context.Context, plugin, field, loc, want string) (string, string, error) {
-	u, err := url.Parse(loc)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
-		return "", "", apierr.New(apierr.InvalidManifest, "plugin %s: %s %q is neither a local path nor an http(s) URL", plugin, field, loc).
-			With("errors", []manifest.Problem{{Field: field, Message: "unsupported location"}})
-	}
-	base := path.Base(u.Path)
-	if base == "/" || base == "." || base == "" {
-		base = strings.NewReplacer("[", "", "]", "").Replace(field)
-	}
-	dst := filepath.Join(c.pluginDir(plugin), base)
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return "", "", err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, loc, nil)
-	if err != nil {
-		return "", "", err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", "", apierr.Wrap(apierr.Unavailable, err, fmt.Sprintf("plugin %s: fetching %s", plugin, loc)).With("url", loc)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", "", apierr.New(apierr.Unavailable, "plugin %s: fetching %s: %s", plugin, loc, resp.Status).With("url", loc)
-	}
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+base+".*")
-	if err != nil {
-		return "", "", err
-	}
-	defer os.Remove(f.Name())
-	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(f, h), resp.Body); err != nil {
-		f.Close()
-		return "", "", apierr.Wrap(apierr.Unavailable, err, fmt.Sprintf("plugin %s: fetching %s", plugin, loc))
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return "", "", err
-	}
-	f.Close()
-	sum := hex.EncodeToString(h.Sum(nil))
-	if err := compareSum(plugin, field, loc, want, sum); err != nil {
-		return "", "", err
-	}
-	if err := os.Rename(f.Name(), dst); err != nil {
-		return "", "", err
-	}
-	return dst, sum, nil
-}
-
 // checkName validates a VM or deployment name.
 func checkName(what, s string) error { return names.Check(what, s) }
-
-var _ = bytes.MinRead

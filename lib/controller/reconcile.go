@@ -26,6 +26,9 @@ type ReconcileReport struct {
 	Stopped []string `json:"stopped"`
 	// Failed are VMs whose resumed operation failed (state failed).
 	Failed []string `json:"failed"`
+	// RemovedPartials are partial downloads of interrupted plugin installs
+	// (and empty directories of plugins never recorded) that were removed.
+	RemovedPartials []string `json:"removed_partials"`
 	// FreedLeases are the leases of names with no VM (ipam gc).
 	FreedLeases []string `json:"freed_leases"`
 	// RemovedTaps are taps of VMs that do not exist (hostnet gc).
@@ -43,14 +46,31 @@ type ReconcileReport struct {
 func (c *Controller) Reconcile(ctx context.Context) (*ReconcileReport, error) {
 	rep := &ReconcileReport{}
 	var rows []vmRow
+	installed := map[string]bool{}
 	err := c.st.Read(ctx, func(tx *sql.Tx) error {
 		var err error
-		rows, err = listVMs(ctx, tx, api.VMFilter{})
-		return err
+		if rows, err = listVMs(ctx, tx, api.VMFilter{}); err != nil {
+			return err
+		}
+		ps, err := tx.QueryContext(ctx, `SELECT name FROM plugins`)
+		if err != nil {
+			return err
+		}
+		defer ps.Close()
+		for ps.Next() {
+			var n string
+			if err := ps.Scan(&n); err != nil {
+				return err
+			}
+			installed[n] = true
+		}
+		return ps.Err()
 	})
 	if err != nil {
 		return nil, err
 	}
+	// No install runs yet: whatever is partial is left from a crash.
+	rep.RemovedPartials = c.cleanArtifacts(installed)
 	var mu sync.Mutex
 	note := func(list *[]string, name string) {
 		mu.Lock()
@@ -128,7 +148,7 @@ func (c *Controller) Reconcile(ctx context.Context) (*ReconcileReport, error) {
 	c.kickDeployments()
 	c.log.Info("reconciled", "vms", len(rows), "adopted", len(rep.Adopted), "resumed", len(rep.Resumed),
 		"crashed", len(rep.Crashed), "deleted", len(rep.Deleted), "freed_leases", len(rep.FreedLeases),
-		"removed_taps", len(rep.RemovedTaps), "orphan_runs", len(rep.OrphanRuns))
+		"removed_taps", len(rep.RemovedTaps), "orphan_runs", len(rep.OrphanRuns), "removed_partials", len(rep.RemovedPartials))
 	return rep, nil
 }
 

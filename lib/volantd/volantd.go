@@ -70,6 +70,12 @@ type Config struct {
 	RunRoot string
 	// CacheDir caches boot images (default DataDir/cache).
 	CacheDir string
+	// ArtifactDirs are the directories besides DataDir/plugins that local
+	// plugin artifacts may come from; anything else is refused.
+	ArtifactDirs []string
+	// MaxArtifactBytes bounds each plugin artifact, local or fetched
+	// (default controller.DefaultMaxArtifactBytes).
+	MaxArtifactBytes int64
 
 	// Bridge and Subnet are the guest network; the gateway is the
 	// subnet's first address.
@@ -158,6 +164,12 @@ func (c *Config) Validate() error {
 	if _, err := (ipam.PoolConfig{Subnet: c.Subnet}).Pool(); err != nil {
 		return err
 	}
+	for i, d := range c.ArtifactDirs {
+		if !filepath.IsAbs(d) {
+			return apierr.New(apierr.Usage, "--artifact-dir %q must be an absolute path", d).With("artifact_dir", d)
+		}
+		c.ArtifactDirs[i] = filepath.Clean(d)
+	}
 	return nil
 }
 
@@ -224,12 +236,18 @@ func Serve(ctx context.Context, cfg Config) error {
 		Store: st, Pool: pool, Bridge: cfg.Bridge, DataDir: cfg.DataDir, Runtime: rt, Network: hn,
 		Launch: cfg.Launch, AgentHost: agentHost, AgentPort: agentPort, DNS: cfg.DNS,
 		HealthInterval: cfg.HealthInterval, StopTimeout: cfg.StopTimeout, StartTimeout: cfg.StartTimeout, Logger: log,
-		MaxBooting: cfg.MaxBooting,
+		MaxBooting: cfg.MaxBooting, ArtifactDirs: cfg.ArtifactDirs, MaxArtifactBytes: cfg.MaxArtifactBytes,
 	})
 	if err != nil {
 		return err
 	}
 
+	for _, d := range ctl.ArtifactDirs() {
+		if d == "/" {
+			log.Warn("local plugin artifacts may come from anywhere on this host (--artifact-dir /): any file volantd can read can become a guest disk")
+		}
+	}
+	log.Info("local plugin artifacts come only from", "dirs", ctl.ArtifactDirs())
 	cfg.Notify("STATUS=reconciling VMs")
 	rep, err := ctl.Reconcile(ctx)
 	if err != nil {

@@ -55,7 +55,7 @@ out=$(volar vms list 2>&1) || rc=$?
 [[ $rc == 3 && $out == *"cannot reach volantd at $sock"* ]] || fail "unreachable daemon: exit $rc: $out"
 # Not through x(): $! must be volantd itself (ip netns exec execs it).
 ip netns exec "$ns" volantd --socket "$sock" --data-dir "$tmp/data" --run-root "$tmp/run/vms" --kernel "$kernel" --kestrel "$kestrel" \
-  --vmm qemu --nat --health-interval 1s --stop-timeout 5s >"$tmp/volantd.log" 2>&1 &
+  --artifact-dir "$tmp" --vmm qemu --nat --health-interval 1s --stop-timeout 5s >"$tmp/volantd.log" 2>&1 &
 daemon=$!
 for _ in $(seq 1 100); do
   volar -o json version 2>/dev/null | jq -e '.server != null' >/dev/null 2>&1 && break

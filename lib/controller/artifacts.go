@@ -1,0 +1,352 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/buildinfo"
+	"github.com/volantvm/volant/lib/fetch"
+	"github.com/volantvm/volant/lib/manifest"
+)
+
+// DefaultMaxArtifactBytes bounds one plugin artifact unless
+// Config.MaxArtifactBytes says otherwise.
+const DefaultMaxArtifactBytes = 64 << 30
+
+// partialSuffix marks a download in progress: <plugins>/.<plugin>.<file>.partial-<random>.
+const partialSuffix = ".partial-"
+
+// staged is a downloaded artifact waiting in its private temporary file
+// until its install wins; only then is it renamed to dst.
+type staged struct{ tmp, dst string }
+
+// pluginsDir is where fetched artifacts live (<data>/plugins/<name>/) and
+// the first directory local artifacts may come from.
+func (c *Controller) pluginsDir() string { return filepath.Join(c.cfg.DataDir, "plugins") }
+
+func (c *Controller) pluginDir(name string) string { return filepath.Join(c.pluginsDir(), name) }
+
+// ArtifactDirs returns the directories local artifacts may come from:
+// <data>/plugins and Config.ArtifactDirs, absolute and cleaned.
+func (c *Controller) ArtifactDirs() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, d := range append([]string{c.pluginsDir()}, c.cfg.ArtifactDirs...) {
+		if a, err := filepath.Abs(d); err == nil && !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// stageArtifacts makes every artifact of m a verified file: local ones
+// must be regular files inside an allowed directory (openArtifact);
+// remote ones are downloaded to private temporary files, returned for the
+// caller to rename into place once its install wins. Each is hashed and
+// compared with its checksum (CHECKSUM_MISMATCH); artifacts without a
+// checksum get the one computed, so later boots verify against what was
+// installed. The URLs in m are rewritten to the files' final paths. On an
+// error the temporary files are gone.
+func (c *Controller) stageArtifacts(ctx context.Context, m *manifest.Manifest) (_ []staged, err error) {
+	type art struct {
+		field string
+		url   *string
+		sum   *string
+	}
+	var arts []art
+	if m.Initramfs != nil {
+		arts = append(arts, art{"initramfs", &m.Initramfs.URL, &m.Initramfs.Checksum})
+	}
+	if m.Rootfs != nil {
+		arts = append(arts, art{"rootfs", &m.Rootfs.URL, &m.Rootfs.Checksum})
+	}
+	for i := range m.Disks {
+		arts = append(arts, art{fmt.Sprintf("disks[%d]", i), &m.Disks[i].Source, &m.Disks[i].Checksum})
+	}
+	var out []staged
+	defer func() {
+		if err != nil {
+			removeStaged(out)
+			out = nil
+		}
+	}()
+	dsts := map[string]bool{}
+	for _, a := range arts {
+		if p, ok := manifest.LocalPath(*a.url); ok {
+			sum, err := c.hashLocal(ctx, m.Name, a.field, p)
+			if err != nil {
+				return out, err
+			}
+			if err := compareSum(m.Name, a.field, p, *a.sum, sum); err != nil {
+				return out, err
+			}
+			*a.url, *a.sum = filepath.Clean(p), "sha256:"+sum
+			continue
+		}
+		s, sum, err := c.download(ctx, m.Name, a.field, *a.url, *a.sum)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, s)
+		if dsts[s.dst] {
+			return out, apierr.New(apierr.InvalidManifest, "plugin %s: two artifacts would be fetched to the same file %s", m.Name, filepath.Base(s.dst)).
+				With("errors", []manifest.Problem{{Field: a.field, Message: "same file name as another artifact's URL"}})
+		}
+		dsts[s.dst] = true
+		*a.url, *a.sum = s.dst, "sha256:"+sum
+	}
+	return out, nil
+}
+
+// place renames downloads to their final paths; the install that calls it
+// has won (its transaction holds the write lock).
+func (c *Controller) place(s []staged) error {
+	for _, a := range s {
+		if err := os.MkdirAll(filepath.Dir(a.dst), 0o755); err != nil {
+			return err
+		}
+		if err := os.Rename(a.tmp, a.dst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func removeStaged(s []staged) {
+	for _, a := range s {
+		os.Remove(a.tmp)
+	}
+}
+
+// refuseLocal is the one answer for a local artifact outside the allowed
+// directories, whatever is or is not at that path.
+func (c *Controller) refuseLocal(plugin, field string) error {
+	dirs := c.ArtifactDirs()
+	return apierr.New(apierr.PermissionDenied,
+		"plugin %s: %s: volantd takes local artifacts only from %s; copy the file there, allow its directory (volantd --artifact-dir), or give an http(s) URL",
+		plugin, field, strings.Join(dirs, ", ")).
+		With("field", field).With("allowed_dirs", dirs)
+}
+
+// openArtifact opens a local artifact: it must be inside one of
+// ArtifactDirs (symlinks are followed only while they stay inside it) and
+// be a regular file no larger than the cap. Nothing outside the
+// directories is looked at, so the answer there tells nothing about it.
+func (c *Controller) openArtifact(plugin, field, p string) (*os.File, error) {
+	if !filepath.IsAbs(p) {
+		return nil, c.refuseLocal(plugin, field)
+	}
+	p = filepath.Clean(p)
+	for _, d := range c.ArtifactDirs() {
+		rel, err := filepath.Rel(d, p)
+		if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			continue
+		}
+		root, err := os.OpenRoot(d)
+		if err != nil {
+			continue // not there (yet): nothing inside it either
+		}
+		f, err := openRegular(root, rel)
+		root.Close()
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return nil, apierr.New(apierr.InvalidManifest, "plugin %s: %s %s does not exist", plugin, field, p).
+				With("errors", []manifest.Problem{{Field: field, Message: "no such file: " + p}})
+		case errors.Is(err, errNotRegular):
+			return nil, apierr.New(apierr.InvalidManifest, "plugin %s: %s %s is not a regular file", plugin, field, p).
+				With("errors", []manifest.Problem{{Field: field, Message: "not a regular file: " + p}})
+		case err != nil:
+			// Escapes the directory through a symlink, or cannot be read.
+			return nil, c.refuseLocal(plugin, field)
+		}
+		return f, nil
+	}
+	return nil, c.refuseLocal(plugin, field)
+}
+
+var errNotRegular = errors.New("not a regular file")
+
+// openRegular opens name in root without blocking on a FIFO or opening a
+// device: the file is looked at before it is opened, and again after.
+func openRegular(root *os.Root, name string) (*os.File, error) {
+	st, err := root.Stat(name)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, errNotRegular
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	if st, err = f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		if err == nil {
+			err = errNotRegular
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+func (c *Controller) maxArtifactBytes() int64 {
+	if c.cfg.MaxArtifactBytes > 0 {
+		return c.cfg.MaxArtifactBytes
+	}
+	return DefaultMaxArtifactBytes
+}
+
+func (c *Controller) artifactTooLarge(plugin, field, loc string) error {
+	return apierr.New(apierr.TooLarge, "plugin %s: %s %s is larger than %d bytes", plugin, field, loc, c.maxArtifactBytes()).
+		With("field", field).With("limit_bytes", c.maxArtifactBytes())
+}
+
+// hashLocal returns the sha256 of a local artifact (openArtifact's rules).
+func (c *Controller) hashLocal(ctx context.Context, plugin, field, p string) (string, error) {
+	f, err := c.openArtifact(plugin, field, p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("plugin %s: reading %s %s: %w", plugin, field, p, err)
+	}
+	if st.Size() > c.maxArtifactBytes() {
+		return "", c.artifactTooLarge(plugin, field, p)
+	}
+	d := digest.SHA256.Digester()
+	n, err := copyCtx(ctx, d.Hash(), io.LimitReader(f, c.maxArtifactBytes()+1))
+	if err != nil {
+		return "", fmt.Errorf("plugin %s: hashing %s %s: %w", plugin, field, p, err)
+	}
+	if n > c.maxArtifactBytes() {
+		return "", c.artifactTooLarge(plugin, field, p)
+	}
+	return d.Digest().Encoded(), nil
+}
+
+// copyCtx copies until EOF or until ctx ends.
+func copyCtx(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
+	buf := make([]byte, 1<<20)
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		k, err := r.Read(buf)
+		if k > 0 {
+			if _, werr := w.Write(buf[:k]); werr != nil {
+				return n, werr
+			}
+			n += int64(k)
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// download fetches a remote artifact into a private temporary file in the
+// plugins directory and verifies it. Its final path is
+// <data>/plugins/<plugin>/<file name of the URL>.
+func (c *Controller) download(ctx context.Context, plugin, field, loc, want string) (staged, string, error) {
+	u, err := url.Parse(loc)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return staged{}, "", apierr.New(apierr.InvalidManifest, "plugin %s: %s %q is neither a local path nor an http(s) URL", plugin, field, loc).
+			With("errors", []manifest.Problem{{Field: field, Message: "unsupported location"}})
+	}
+	base := path.Base(u.Path)
+	if base == "/" || base == "." || base == "" || base == ".." {
+		base = strings.NewReplacer("[", "", "]", "").Replace(field)
+	}
+	s := staged{dst: filepath.Join(c.pluginDir(plugin), base)}
+	if err := os.MkdirAll(c.pluginsDir(), 0o755); err != nil {
+		return s, "", err
+	}
+	f, err := os.CreateTemp(c.pluginsDir(), "."+plugin+"."+base+partialSuffix+"*")
+	if err != nil {
+		return s, "", err
+	}
+	s.tmp = f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(s.tmp)
+		}
+	}()
+	d := digest.SHA256.Digester()
+	_, err = fetch.Get(ctx, loc, io.MultiWriter(f, d.Hash()), fetch.Options{
+		MaxBytes: c.maxArtifactBytes(), StallTimeout: c.cfg.FetchStallTimeout, UserAgent: "volantd/" + buildinfo.String(),
+	})
+	if err != nil {
+		return s, "", fmt.Errorf("plugin %s: %s: %w", plugin, field, err)
+	}
+	if err := f.Sync(); err != nil {
+		return s, "", err
+	}
+	if err := f.Close(); err != nil {
+		return s, "", err
+	}
+	sum := d.Digest().Encoded()
+	if err := compareSum(plugin, field, loc, want, sum); err != nil {
+		return s, "", err
+	}
+	ok = true
+	return s, sum, nil
+}
+
+// legacyPartial is how earlier versions named a download in progress:
+// <data>/plugins/<plugin>/.<file>.<random digits>.
+var legacyPartial = regexp.MustCompile(`^\..+\.[0-9]+$`)
+
+// cleanArtifacts removes what interrupted installs left: partial
+// downloads, and the empty directories of plugins that are not installed.
+// It runs at startup, before any install.
+func (c *Controller) cleanArtifacts(installed map[string]bool) (removed []string) {
+	entries, err := os.ReadDir(c.pluginsDir())
+	if err != nil {
+		return nil
+	}
+	for _, e := range entries {
+		p := filepath.Join(c.pluginsDir(), e.Name())
+		if !e.IsDir() {
+			if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), partialSuffix) && os.Remove(p) == nil {
+				removed = append(removed, p)
+			}
+			continue
+		}
+		if !installed[e.Name()] {
+			if os.Remove(p) == nil { // only when empty
+				removed = append(removed, p)
+			}
+			continue
+		}
+		sub, _ := os.ReadDir(p)
+		for _, s := range sub {
+			if s.Type().IsRegular() && legacyPartial.MatchString(s.Name()) && os.Remove(filepath.Join(p, s.Name())) == nil {
+				removed = append(removed, filepath.Join(p, s.Name()))
+			}
+		}
+	}
+	return removed
+}
