@@ -92,7 +92,10 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 // plugin writes an artifact and returns a manifest for it.
 func (e *env) plugin(name string, extra string) []byte {
 	e.t.Helper()
-	art := filepath.Join(e.dir, name+".cpio")
+	// In the plugins directory: volantd takes local artifacts only from
+	// there and the directories it is told to allow.
+	art := filepath.Join(e.dir, "plugins", name+".cpio")
+	os.MkdirAll(filepath.Dir(art), 0o755)
 	data := []byte("initramfs of " + name)
 	if err := os.WriteFile(art, data, 0o644); err != nil {
 		e.t.Fatal(err)

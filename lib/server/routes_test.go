@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +35,7 @@ func TestPluginRoutes(t *testing.T) {
 	}
 
 	// Bad input: nothing changes.
+	os.MkdirAll(filepath.Join(e.dir, "plugins", "adir"), 0o755)
 	before := e.snapshot()
 	for _, tc := range []struct {
 		name   string
@@ -48,7 +50,10 @@ func TestPluginRoutes(t *testing.T) {
 		{"unknown field", strings.Replace(string(e.plugin("x", "")), `"version"`, `"verison":"1","version"`, 1), "application/json", 422, apierr.InvalidManifest},
 		{"duplicate", string(e.plugin("web", "")), "application/json", 409, apierr.Conflict},
 		{"wrong content type", string(e.plugin("y", "")), "text/plain", 400, apierr.InvalidInput},
-		{"missing artifact", `{"name":"z","version":"1","initramfs":{"url":"/nonexistent/z.cpio"},"workload":{"entrypoint":["/a"]}}`, "application/json", 422, apierr.InvalidManifest},
+		{"wrong content type with a JSON prefix", string(e.plugin("y", "")), "application/jsonx", 400, apierr.InvalidInput},
+		{"missing artifact", `{"name":"z","version":"1","initramfs":{"url":"` + e.dir + `/plugins/z.cpio"},"workload":{"entrypoint":["/a"]}}`, "application/json", 422, apierr.InvalidManifest},
+		{"artifact outside the allowed directories", `{"name":"z","version":"1","initramfs":{"url":"/etc/shadow"},"workload":{"entrypoint":["/a"]}}`, "application/json", 403, apierr.PermissionDenied},
+		{"directory as artifact", `{"name":"z","version":"1","initramfs":{"url":"` + e.dir + `/plugins/adir"},"workload":{"entrypoint":["/a"]}}`, "application/json", 422, apierr.InvalidManifest},
 		{"checksum mismatch", strings.Replace(string(e.plugin("m", "")), `"sha256:`, `"sha256:00`, 1)[:0] + mismatch(e), "application/json", 422, apierr.ChecksumMismatch},
 		{"too large", `{"name":"big","pad":"` + strings.Repeat("x", server.MaxBodyBytes) + `"}`, "application/json", 413, apierr.TooLarge},
 	} {
@@ -814,4 +819,35 @@ func (r *httptestRecorder) WriteHeader(c int) {
 	if r.code == 0 {
 		r.code = c
 	}
+}
+
+// TestMethodNotAllowed: a method a known route does not serve is 405 with
+// an Allow header and the JSON error object, not 404; unknown paths stay
+// 404.
+func TestMethodNotAllowed(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct{ method, path, allow string }{
+		{"PUT", "/api/v1/vms/web1", "DELETE, GET"},
+		{"PATCH", "/api/v1/vms/web1", "DELETE, GET"},
+		{"PUT", "/api/v1/plugins", "GET, POST"},
+		{"PATCH", "/api/v1/deployments/svc", "DELETE, GET"},
+		{"DELETE", "/api/v1/vms", "GET, POST"},
+		{"GET", "/api/v1/vms/web1/start", "POST"},
+		{"POST", "/healthz", "GET"},
+	} {
+		req, _ := http.NewRequest(tc.method, e.ts.URL+tc.path, strings.NewReader(`{}`))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		e.apiErr(resp.StatusCode, body, http.StatusMethodNotAllowed, apierr.MethodNotAllowed)
+		if got := resp.Header.Get("Allow"); got != tc.allow {
+			t.Errorf("%s %s: Allow %q, want %q", tc.method, tc.path, got, tc.allow)
+		}
+	}
+	code, body := e.do("PUT", "/api/v1/nothing", "application/json", []byte(`{}`))
+	e.apiErr(code, body, 404, apierr.NotFound)
 }

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/netip"
@@ -100,6 +101,12 @@ func (s *Server) Handler(auth bool) http.Handler {
 		mux.Handle(rt.pattern(), rt.handler)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if allow := allowed(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, r, apierr.New(apierr.MethodNotAllowed, "%s %s: this path answers only %s", r.Method, r.URL.Path, strings.Join(allow, ", ")).
+				With("method", r.Method).With("path", r.URL.Path).With("allow", allow))
+			return
+		}
 		writeError(w, r, apierr.New(apierr.NotFound, "no route %s %s; GET /openapi.json lists them", r.Method, r.URL.Path).
 			With("method", r.Method).With("path", r.URL.Path))
 	})
@@ -123,6 +130,20 @@ func (s *Server) AgentHandler() http.Handler {
 			With("path", r.URL.Path))
 	})
 	return s.logRequests(withAgent(mux))
+}
+
+// allowed returns the methods mux serves r's path with (other than the
+// catch-all), sorted.
+func allowed(mux *http.ServeMux, r *http.Request) []string {
+	var out []string
+	for _, m := range []string{"DELETE", "GET", "PATCH", "POST", "PUT"} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); m != r.Method && pattern != "/" && pattern != "" {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 type agentKey struct{}
@@ -219,8 +240,10 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 }
 
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return nil, apierr.New(apierr.InvalidInput, "Content-Type must be application/json, not %q", ct)
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return nil, apierr.New(apierr.InvalidInput, "Content-Type must be application/json, not %q", ct)
+		}
 	}
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
