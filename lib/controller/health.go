@@ -234,12 +234,15 @@ func (c *Controller) Report(ctx context.Context, name string, st agentapi.Status
 		return apierr.New(apierr.InvalidInput, "report for VM %s names VM %s", name, st.VM).With("vm", name)
 	}
 	v, err := c.readVM(ctx, name)
+	if from.IsValid() && (apierr.Is(err, apierr.NotFound) || (err == nil && v.IP != from.Unmap().String())) {
+		// On the agent endpoint any guest may ask: a VM that is not the
+		// caller's and one that does not exist get the same answer, so
+		// that no guest learns other VMs' names or addresses.
+		return apierr.New(apierr.PermissionDenied, "a report for VM %s is accepted here only from that VM's own address", name).
+			With("vm", name)
+	}
 	if err != nil {
 		return err
-	}
-	if from.IsValid() && v.IP != from.Unmap().String() {
-		return apierr.New(apierr.PermissionDenied, "a report for VM %s must come from its address %s, not %s", name, v.IP, from).
-			With("vm", name)
 	}
 	c.applyStatus(ctx, name, &st, nil)
 	return nil

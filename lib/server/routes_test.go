@@ -408,6 +408,26 @@ func TestAgentHandlerServesOnlyAgentRoutesFromTheVM(t *testing.T) {
 	if v, _ := e.c.VM(e.ctx, "web1"); v.State != api.VMStarting {
 		t.Fatalf("a refused report changed the VM: %s", v.State)
 	}
+	// A guest learns nothing about other VMs: a report or a manifest fetch
+	// for a VM or plugin that exists but is not its own is answered as for
+	// one that does not exist (status and body, the name aside), and no
+	// answer carries an address.
+	same := func(what string, a, b *httptestRecorder, nameA, nameB string) {
+		t.Helper()
+		ba := strings.ReplaceAll(a.body.String(), nameA, "NAME")
+		bb := strings.ReplaceAll(b.body.String(), nameB, "NAME")
+		if a.code != b.code || ba != bb {
+			t.Errorf("%s: an existing name and a missing one are told apart:\n%d %s\n%d %s", what, a.code, ba, b.code, bb)
+		}
+		if strings.Contains(ba, "192.168.") || strings.Contains(bb, "192.168.") {
+			t.Errorf("%s: an answer tells an address: %s / %s", what, ba, bb)
+		}
+	}
+	ghost, _ := json.Marshal(controllertest.Healthy("ghost1"))
+	same("report", serve("POST", agentapi.ReportPath("web1"), "192.168.127.150:5555", string(b)),
+		serve("POST", agentapi.ReportPath("ghost1"), "192.168.127.150:5555", string(ghost)), "web1", "ghost1")
+	same("manifest", serve("GET", agentapi.ManifestPath("web"), "192.168.127.150:5555", ""),
+		serve("GET", agentapi.ManifestPath("ghost"), "192.168.127.150:5555", ""), "web", "ghost")
 	if r := serve("POST", agentapi.ReportPath("web1"), "192.168.127.100:5555", string(b)); r.code != 204 {
 		t.Fatalf("report from the VM: %d %s", r.code, r.body.String())
 	}
