@@ -5,7 +5,7 @@
 // Synopsis:
 //
 //	volantd [serve] [FLAGS]                   run the daemon (the default)
-//	volantd mcp [--host ADDR] [--token T]     MCP on stdio, talking to the running daemon
+//	volantd mcp [--host ADDR] [--token-file F] MCP on stdio, talking to the running daemon
 //	volantd openapi                           print the OpenAPI document
 //	volantd version
 //
@@ -13,8 +13,11 @@
 //
 //	--socket PATH        VOLANT_SOCKET        unix socket of the API, mode 0660 (default /run/volant/volantd.sock; "" for none)
 //	--listen ADDR        VOLANT_LISTEN        also serve the API on TCP; requires --token
-//	--token T            VOLANT_TOKEN         bearer token TCP clients must send (compared in constant time)
-//	--token-file F       VOLANT_TOKEN_FILE    read the token from a file
+//	--token-file F       VOLANT_TOKEN_FILE    the bearer token TCP clients must send (compared in constant time),
+//	                                          read from a file (mode 0600); at least 128 random bits, e.g.
+//	                                          head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >F
+//	--token T            VOLANT_TOKEN         the token itself; on the command line every user sees it in ps
+//	                                          (volantd warns): prefer --token-file or the variable
 //	--db PATH            VOLANT_DB            state database (default <data-dir>/volant.db)
 //	--data-dir DIR       VOLANT_DATA_DIR      plugins/, vms/<name>/ (spec, serial log) (default /var/lib/volant)
 //	--run-root DIR       VOLANT_RUN_ROOT      per-VM run directories (default /run/volant/vms)
@@ -59,7 +62,8 @@
 //
 // Errors (stderr, one JSON object {"code","message","details"}; exit status):
 //
-//	USAGE          2  bad flags, an argument, a flag given twice; TCP without a token; nothing to listen on
+//	USAGE          2  bad flags, an argument, a flag given twice; TCP without a token, a token weaker
+//	                  than 128 bits; nothing to listen on
 //	INVALID_INPUT  3  bad subnet or address
 //	CONFLICT       5  another volantd serves the socket
 //	UNAVAILABLE    9  cannot listen, no volant-launch, database locked; `mcp`: no daemon
@@ -70,6 +74,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -115,7 +120,7 @@ type options struct {
 // each flag also reads its environment variable.
 type serveCmd struct {
 	Socket         string        `long:"socket" env:"VOLANT_SOCKET" description:"unix socket of the API (\"\" for none)"`
-	Listen         string        `long:"listen" env:"VOLANT_LISTEN" description:"also serve the API on this TCP address (requires --token)"`
+	Listen         string        `long:"listen" env:"VOLANT_LISTEN" description:"also serve the API on this TCP address (requires --token-file)"`
 	Token          string        `long:"token" env:"VOLANT_TOKEN" description:"bearer token required on TCP"`
 	TokenFile      string        `long:"token-file" env:"VOLANT_TOKEN_FILE" description:"file holding the token"`
 	DB             string        `long:"db" env:"VOLANT_DB" description:"state database (default <data-dir>/volant.db)"`
@@ -153,13 +158,10 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 	if f.NAT && f.NoNAT {
 		return apierr.New(apierr.Usage, "--nat and --no-nat contradict each other; give one, or neither to leave NAT as it is")
 	}
-	token := f.Token
-	if f.TokenFile != "" {
-		b, err := os.ReadFile(f.TokenFile)
-		if err != nil {
-			return apierr.Wrap(apierr.Usage, err, "reading --token-file")
-		}
-		token = strings.TrimSpace(string(b))
+	log := env.Logger(f.Verbose)
+	token, err := f.readToken(env, log)
+	if err != nil {
+		return err
 	}
 	// Sockets systemd passed. Listeners clears LISTEN_* so the VMs'
 	// processes do not inherit them: call it once.
@@ -196,17 +198,59 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 		HealthInterval: f.HealthInterval, StopTimeout: f.StopTimeout, StartTimeout: f.StartTimeout,
 		MaxBooting: f.MaxBooting,
 		Notify:     func(state string) { _, _ = daemon.SdNotify(false, state) },
-		Logger:     env.Logger(f.Verbose),
+		Logger:     log,
 	})
 }
 
+// readToken returns the token of --token, VOLANT_TOKEN or --token-file
+// (one of them). A token on the command line is in every user's ps: that
+// gets a warning, as does a token file others may read.
+func (f *serveCmd) readToken(env *cli.Env, log *slog.Logger) (string, error) {
+	if f.Token != "" && f.TokenFile != "" {
+		return "", apierr.New(apierr.Usage, "give the token once: --token-file, or --token (VOLANT_TOKEN), not both")
+	}
+	for _, a := range env.Args {
+		if a == "--token" || strings.HasPrefix(a, "--token=") {
+			log.Warn("the --token value is visible to every user of this host (ps, /proc/*/cmdline); give it with --token-file (or VOLANT_TOKEN) instead")
+			break
+		}
+	}
+	if f.TokenFile == "" {
+		return f.Token, nil
+	}
+	st, err := os.Stat(f.TokenFile)
+	if err != nil {
+		return "", apierr.Wrap(apierr.Usage, err, "reading --token-file")
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		log.Warn("the token file may be read by other users; chmod 600 it", "file", f.TokenFile, "mode", st.Mode().Perm().String())
+	}
+	return readTokenFile(f.TokenFile)
+}
+
+func readTokenFile(p string) (string, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", apierr.Wrap(apierr.Usage, err, "reading --token-file")
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
 type mcpCmd struct {
-	Host  string `long:"host" env:"VOLANT_HOST" description:"volantd's address: unix socket path or URL (default the unix socket)"`
-	Token string `long:"token" env:"VOLANT_TOKEN" description:"bearer token for TCP"`
+	Host      string `long:"host" env:"VOLANT_HOST" description:"volantd's address: unix socket path or URL (default the unix socket)"`
+	Token     string `long:"token" env:"VOLANT_TOKEN" description:"bearer token for TCP"`
+	TokenFile string `long:"token-file" env:"VOLANT_TOKEN_FILE" description:"file holding the bearer token"`
 }
 
 func (f *mcpCmd) Execute(ctx context.Context, env *cli.Env) error {
-	c, err := client.New(f.Host, client.Options{Token: f.Token, UserAgent: "volantd-mcp/" + buildinfo.String()})
+	token := f.Token
+	if f.TokenFile != "" {
+		var err error
+		if token, err = readTokenFile(f.TokenFile); err != nil {
+			return err
+		}
+	}
+	c, err := client.New(f.Host, client.Options{Token: token, UserAgent: "volantd-mcp/" + buildinfo.String()})
 	if err != nil {
 		return err
 	}

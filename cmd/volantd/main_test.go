@@ -209,6 +209,14 @@ func TestContract(t *testing.T) {
 		{"stray argument", []string{"serve", "extra"}, 2, `"code":"USAGE"`},
 		{"argument to version", []string{"version", "extra"}, 2, `unexpected argument \"extra\"`},
 		{"flag given twice", []string{"--socket", "/nonexistent/a.sock", "--socket", "/nonexistent/b.sock"}, 2, `--socket given twice`},
+		{"one-character token", safe(t, "--listen", "127.0.0.1:0", "--socket", "", "--token", "x"), 2, `128 bits`},
+		{"short hex token", safe(t, "--listen", "127.0.0.1:0", "--socket", "", "--token", "0123456789abcdef0123"), 2, `128 bits`},
+		{"token of one repeated character", safe(t, "--listen", "127.0.0.1:0", "--socket", "", "--token", strings.Repeat("a", 64)), 2, `128 bits`},
+		{"token with a space", safe(t, "--listen", "127.0.0.1:0", "--socket", "", "--token", "Zk3vQ9 xLm2Rt7Wp4Ys8Nb6Hd1Jc5Fg0"), 2, `"code":"USAGE"`},
+		{"weak token in a file", safe(t, "--listen", "127.0.0.1:0", "--socket", "", "--token-file", writeTemp(t, "tok\n")), 2, `128 bits`},
+		{"missing token file", safe(t, "--listen", "127.0.0.1:0", "--socket", "", "--token-file", "/nonexistent/token"), 2, `"code":"USAGE"`},
+		{"token and token file", safe(t, "--listen", "127.0.0.1:0", "--socket", "", "--token", testToken, "--token-file", writeTemp(t, testToken)), 2, `"code":"USAGE"`},
+		{"relative artifact dir", safe(t, "--artifact-dir", "plugins", "--socket", "/nonexistent/x.sock"), 2, `"code":"USAGE"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := clitest.Run(t, run, "", nil, tc.args...)
@@ -235,11 +243,36 @@ func TestContract(t *testing.T) {
 	}
 }
 
+// safe appends to serve's args what keeps a case that gets past
+// validation from touching the host: no bridge, no agent listener, no
+// state outside the test, no launcher (so it ends at once).
+func safe(t *testing.T, args ...string) []string {
+	return append(args, "--no-network-setup", "--agent-listen", "off", "--data-dir", t.TempDir(), "--run-root", t.TempDir(),
+		"--launcher", "/nonexistent/volant-launch")
+}
+
+// testToken is a token of 128 random bits (hex).
+const testToken = "5f0c2e8a9b71d4636e02a1f9c8b3d7e4"
+
+// writeTemp writes s to a new file and returns its path.
+func writeTemp(t *testing.T, s string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // TestDaemonProcess runs volantd as a process without a network (no VMs):
 // socket mode, a refused second daemon, TCP with a token, SIGTERM.
 func TestDaemonProcess(t *testing.T) {
 	dir := t.TempDir()
-	d := startDaemon(t, dir, nil, nil, "--no-network-setup", "--agent-listen", "off", "--listen", "127.0.0.1:0", "--token", "tok")
+	d := startDaemon(t, dir, nil, nil, "--no-network-setup", "--agent-listen", "off", "--listen", "127.0.0.1:0", "--token", testToken)
+	// A token on the command line is in every user's ps: volantd says so.
+	if b, _ := os.ReadFile(d.log); !strings.Contains(string(b), "--token-file") {
+		t.Errorf("no warning about --token in the log:\n%s", b)
+	}
 	st, err := os.Stat(d.sock)
 	if err != nil || st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o660 {
 		t.Fatalf("socket %v: %v", st.Mode(), err)
@@ -298,7 +331,7 @@ func TestSocketActivation(t *testing.T) {
 	defer nl.Close()
 	b := bins(t)
 	cmd := exec.Command("systemd-socket-activate", "-l", sock, "-l", fmt.Sprintf("127.0.0.1:%d", port),
-		"-E", "NOTIFY_SOCKET="+notify, "-E", "VOLANT_TOKEN=tok",
+		"-E", "NOTIFY_SOCKET="+notify, "-E", "VOLANT_TOKEN="+testToken,
 		filepath.Join(b, "volantd"), "--socket", filepath.Join(dir, "unused.sock"), "--data-dir", filepath.Join(dir, "data"),
 		"--run-root", filepath.Join(dir, "run"), "--no-network-setup", "--agent-listen", "off", "--launcher", filepath.Join(b, "volant-launch"))
 	var out bytes.Buffer
@@ -339,7 +372,7 @@ func TestSocketActivation(t *testing.T) {
 	if _, err := tc.ListVMs(context.Background(), api.VMFilter{}); !apierr.Is(err, apierr.Unauthorized) {
 		t.Fatalf("activated TCP without a token: %v", err)
 	}
-	tc, _ = client.New(fmt.Sprintf("http://127.0.0.1:%d", port), client.Options{Token: "tok"})
+	tc, _ = client.New(fmt.Sprintf("http://127.0.0.1:%d", port), client.Options{Token: testToken})
 	if _, err := tc.ListVMs(context.Background(), api.VMFilter{}); err != nil {
 		t.Fatalf("activated TCP with the token: %v", err)
 	}

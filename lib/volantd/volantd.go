@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -150,8 +151,13 @@ func (c *Config) Validate() error {
 		}
 	}
 	if tcp && c.Token == "" {
-		return apierr.New(apierr.Usage, "refusing to serve the API on TCP without a token: give --token (or VOLANT_TOKEN), or use the unix socket").
+		return apierr.New(apierr.Usage, "refusing to serve the API on TCP without a token: give --token-file (or VOLANT_TOKEN), or use the unix socket").
 			With("listen", c.Listen)
+	}
+	if c.Token != "" {
+		if err := CheckToken(c.Token); err != nil {
+			return err
+		}
 	}
 	if c.Socket == "" && c.Listen == "" && len(c.Listeners) == 0 {
 		return apierr.New(apierr.Usage, "nothing to listen on: give --socket and/or --listen")
@@ -169,6 +175,58 @@ func (c *Config) Validate() error {
 			return apierr.New(apierr.Usage, "--artifact-dir %q must be an absolute path", d).With("artifact_dir", d)
 		}
 		c.ArtifactDirs[i] = filepath.Clean(d)
+	}
+	return nil
+}
+
+// MinTokenBits is the least strength CheckToken accepts.
+const MinTokenBits = 128
+
+// CheckToken refuses a bearer token that is weaker than MinTokenBits, as
+// estimated from its length and the kinds of characters it uses (a token
+// of hex digits needs 32 of them, one of letters, digits and punctuation
+// 20), or that has fewer than 8 distinct characters, or characters other
+// than printable ASCII.
+func CheckToken(tok string) error {
+	lower, upper, digit, punct, hex := false, false, false, false, true
+	distinct := map[rune]bool{}
+	for _, r := range tok {
+		switch {
+		case r <= ' ' || r > '~':
+			return apierr.New(apierr.Usage, "the token may hold only printable ASCII characters, no spaces or control characters")
+		case r >= 'a' && r <= 'z':
+			lower, hex = true, hex && r <= 'f'
+		case r >= 'A' && r <= 'Z':
+			upper, hex = true, hex && r <= 'F'
+		case r >= '0' && r <= '9':
+			digit = true
+		default:
+			punct, hex = true, false
+		}
+		distinct[r] = true
+	}
+	alphabet := 0
+	switch {
+	case hex && !(lower && upper):
+		alphabet = 16
+	default:
+		for _, k := range []struct {
+			has bool
+			n   int
+		}{{lower, 26}, {upper, 26}, {digit, 10}, {punct, 32}} {
+			if k.has {
+				alphabet += k.n
+			}
+		}
+	}
+	bits := 0.0
+	if alphabet > 1 {
+		bits = float64(len(tok)) * math.Log2(float64(alphabet))
+	}
+	if bits < MinTokenBits || len(distinct) < 8 {
+		return apierr.New(apierr.Usage, "the token is too weak (about %d bits, %d distinct characters); it needs %d bits of randomness: "+
+			"make one with `head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' >TOKENFILE` and give --token-file TOKENFILE",
+			int(bits), len(distinct), MinTokenBits).With("min_bits", MinTokenBits)
 	}
 	return nil
 }
