@@ -99,13 +99,11 @@ package main
 
 import (
 	"context"
-	"path/filepath"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/volantvm/volant/lib/apierr"
-	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/runner"
@@ -114,12 +112,156 @@ import (
 
 func main() { cli.Main(run) }
 
+func run(ctx context.Context, env *cli.Env) error {
+	return cli.Run(ctx, env, "volant-launch", &options{})
+}
+
+type options struct {
+	Argv     argvCmd            `command:"argv" description:"Print the VMM command line for a VM; start nothing"`
+	Run      runCmd             `command:"run" description:"Run a VM in the foreground until it ends"`
+	Stop     stopCmd            `command:"stop" description:"Stop a VM (power button, hard stop, kill); succeeds if it is not running"`
+	Status   statusCmd          `command:"status" description:"Report a VM's processes and state"`
+	Pause    pauseCmd           `command:"pause" description:"Pause a VM's vCPUs"`
+	Resume   resumeCmd          `command:"resume" description:"Resume a paused VM"`
+	Counters countersCmd        `command:"counters" description:"Report a VM's I/O counters"`
+	Backends backendsCmd        `command:"backends" description:"List the hypervisor backends, usable here or not, and their capabilities"`
+	Version  cli.VersionCommand `command:"version" description:"Print the build version"`
+}
+
+// libOptions are the launcher's options from the environment (lib/runner,
+// the inverse of what volantd passes a detached run); logs go to stderr
+// for the verbs that run things.
+func libOptions(env *cli.Env, logs bool) launch.Options {
+	o := runner.OptionsFromEnv(env.Env)
+	if logs {
+		o.Logger = env.Logger(false)
+	}
+	return o
+}
+
+type argvCmd struct{ specFlags }
+
+type argvResult struct {
+	VMM       string             `json:"vmm"`
+	Accel     vmm.Accel          `json:"accel"`
+	Argv      []string           `json:"argv"`
+	Cmdline   string             `json:"cmdline"`
+	RunDir    string             `json:"run_dir"`
+	Initrd    *launch.InitrdPlan `json:"initrd,omitempty"`
+	Artifacts []launch.Artifact  `json:"artifacts"`
+	Notes     []string           `json:"notes,omitempty"`
+	Warnings  []string           `json:"warnings,omitempty"`
+}
+
+func (c *argvCmd) Execute(ctx context.Context, env *cli.Env) error {
+	s, err := c.spec(env)
+	if err != nil {
+		return err
+	}
+	p, err := launch.DryRun(ctx, s, libOptions(env, false))
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "launch.argv", argvResult{
+		VMM: p.VMM, Accel: p.Accel, Argv: p.Argv, Cmdline: p.Cmdline, RunDir: p.RunDir,
+		Initrd: p.Initrd, Artifacts: p.Artifacts, Notes: p.Notes, Warnings: p.Warnings,
+	})
+}
+
+type runCmd struct {
+	specFlags
+	ReadyTimeout time.Duration `long:"ready-timeout" default:"30s" description:"how long the VMM gets to answer on its socket"`
+}
+
+func (c *runCmd) Execute(ctx context.Context, env *cli.Env) error {
+	s, err := c.spec(env)
+	if err != nil {
+		return err
+	}
+	res, err := runner.Foreground(ctx, s, libOptions(env, true), launch.RunOptions{
+		Notify:       func(state string) { daemon.SdNotify(false, state) },
+		VMMOutput:    env.Stderr,
+		ReadyTimeout: c.ReadyTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "launch.run", res)
+}
+
+type stopCmd struct {
+	dirFlags
+	Timeout time.Duration `long:"timeout" default:"10s" description:"time the guest gets to power off before a hard stop"`
+}
+
+func (c *stopCmd) Execute(ctx context.Context, env *cli.Env) error {
+	o := libOptions(env, true)
+	return act(ctx, env, o, c.dirFlags, "launch.stop", func(ctx context.Context, dir string, o launch.Options) (*launch.StopReport, error) {
+		return launch.Stop(ctx, dir, c.Timeout, o)
+	})
+}
+
+type statusCmd struct{ dirFlags }
+
+func (c *statusCmd) Execute(ctx context.Context, env *cli.Env) error {
+	return act(ctx, env, libOptions(env, false), c.dirFlags, "launch.status", launch.Inspect)
+}
+
+type pauseCmd struct{ dirFlags }
+
+func (c *pauseCmd) Execute(ctx context.Context, env *cli.Env) error {
+	return act(ctx, env, libOptions(env, false), c.dirFlags, "launch.pause", launch.Pause)
+}
+
+type resumeCmd struct{ dirFlags }
+
+func (c *resumeCmd) Execute(ctx context.Context, env *cli.Env) error {
+	return act(ctx, env, libOptions(env, false), c.dirFlags, "launch.resume", launch.Resume)
+}
+
+type countersCmd struct{ dirFlags }
+
+func (c *countersCmd) Execute(ctx context.Context, env *cli.Env) error {
+	return act(ctx, env, libOptions(env, false), c.dirFlags, "launch.counters", launch.Counters)
+}
+
+// act runs op on the run directory the flags name and writes its answer.
+func act[T any](ctx context.Context, env *cli.Env, o launch.Options, f dirFlags, kind string, op func(context.Context, string, launch.Options) (T, error)) error {
+	dir, err := launch.RunDirOf(f.Dir, f.Name, o)
+	if err != nil {
+		return err
+	}
+	res, err := op(ctx, dir, o)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, kind, res)
+}
+
+type dirFlags struct {
+	Dir  string `long:"dir" description:"the VM's run directory"`
+	Name string `long:"name" description:"the VM's name (run directory $VOLANT_RUN_ROOT/NAME)"`
+}
+
+type backendsCmd struct{}
+
+type backendsResult struct {
+	Default  string                 `json:"default"`
+	Backends []launch.BackendReport `json:"backends"`
+}
+
+func (backendsCmd) Execute(ctx context.Context, env *cli.Env) error {
+	reports, def := launch.Backends(ctx, libOptions(env, false))
+	return cli.WriteResult(env, "launch.backends", backendsResult{Default: def, Backends: reports})
+}
+
+// specFlags fill or override the fields of the spec read from stdin.
 type specFlags struct {
 	Name          string        `long:"name" description:"VM name (default: the piped lease's vm)"`
 	Manifest      string        `long:"manifest" description:"plugin manifest file"`
 	Kernel        string        `long:"kernel" description:"kernel directory, vmlinux or bzImage (default $VOLANT_KERNEL_DIR)"`
 	VMM           string        `long:"vmm" description:"auto, cloud-hypervisor or qemu"`
-	Accel         string        `long:"accel" description:"auto, kvm or tcg"`
+	Accel         vmm.Accel     `long:"accel" description:"auto, kvm or tcg"`
 	Machine       string        `long:"machine" description:"QEMU machine: microvm or pc"`
 	CPUs          int           `long:"cpus" description:"vCPUs (default: the manifest's)"`
 	Memory        int           `long:"memory" description:"memory in MiB (default: the manifest's)"`
@@ -140,205 +282,34 @@ type specFlags struct {
 	StopTimeout   time.Duration `long:"stop-timeout" description:"run: time the guest gets to power off after the power button (default 10s)"`
 }
 
-type dirFlags struct {
-	Dir  string `long:"dir" description:"the VM's run directory"`
-	Name string `long:"name" description:"the VM's name (run directory $VOLANT_RUN_ROOT/NAME)"`
-}
-
-type options struct {
-	Argv specFlags `command:"argv" description:"Print the VMM command line for a VM; start nothing"`
-	Run  struct {
-		specFlags
-		ReadyTimeout time.Duration `long:"ready-timeout" default:"30s" description:"how long the VMM gets to answer on its socket"`
-	} `command:"run" description:"Run a VM in the foreground until it ends"`
-	Stop struct {
-		dirFlags
-		Timeout time.Duration `long:"timeout" default:"10s" description:"time the guest gets to power off before a hard stop"`
-	} `command:"stop" description:"Stop a VM (power button, hard stop, kill); succeeds if it is not running"`
-	Status   dirFlags `command:"status" description:"Report a VM's processes and state"`
-	Pause    dirFlags `command:"pause" description:"Pause a VM's vCPUs"`
-	Resume   dirFlags `command:"resume" description:"Resume a paused VM"`
-	Counters dirFlags `command:"counters" description:"Report a VM's I/O counters"`
-	Backends struct{} `command:"backends" description:"List the hypervisor backends, usable here or not, and their capabilities"`
-	Version  struct{} `command:"version" description:"Print the build version"`
-}
-
-func run(ctx context.Context, env *cli.Env) error {
-	var o options
-	verb, args, err := cli.Parse(env, "volant-launch", &o)
-	if err != nil {
-		return err
-	}
-	if len(args) > 0 {
-		return apierr.New(apierr.Usage, "unexpected argument %q", args[0])
-	}
-	lo := libOptions(env, false)
-	switch verb {
-	case "argv":
-		s, err := readSpec(env, o.Argv)
-		if err != nil {
-			return err
-		}
-		p, err := launch.DryRun(ctx, s, lo)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "launch.argv", argvResult{
-			VMM: p.VMM, Accel: p.Accel, Argv: p.Argv, Cmdline: p.Cmdline, RunDir: p.RunDir,
-			Initrd: p.Initrd, Artifacts: p.Artifacts, Notes: p.Notes, Warnings: p.Warnings,
-		})
-	case "run":
-		lo = libOptions(env, true)
-		s, err := readSpec(env, o.Run.specFlags)
-		if err != nil {
-			return err
-		}
-		res, err := runner.Foreground(ctx, s, lo, launch.RunOptions{
-			Notify:       func(state string) { daemon.SdNotify(false, state) },
-			VMMOutput:    env.Stderr,
-			ReadyTimeout: o.Run.ReadyTimeout,
-		})
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "launch.run", res)
-	case "stop":
-		dir, err := runDir(o.Stop.dirFlags, lo)
-		if err != nil {
-			return err
-		}
-		rep, err := launch.Stop(ctx, dir, o.Stop.Timeout, libOptions(env, true))
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "launch.stop", rep)
-	case "status", "pause", "resume":
-		f := map[string]dirFlags{"status": o.Status, "pause": o.Pause, "resume": o.Resume}[verb]
-		dir, err := runDir(f, lo)
-		if err != nil {
-			return err
-		}
-		op := map[string]func(context.Context, string, launch.Options) (*launch.Status, error){
-			"status": launch.Inspect, "pause": launch.Pause, "resume": launch.Resume,
-		}[verb]
-		st, err := op(ctx, dir, lo)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "launch."+verb, st)
-	case "counters":
-		dir, err := runDir(o.Counters, lo)
-		if err != nil {
-			return err
-		}
-		rep, err := launch.Counters(ctx, dir, lo)
-		if err != nil {
-			return err
-		}
-		return cli.WriteResult(env, "launch.counters", rep)
-	case "backends":
-		reports, def := launch.Backends(ctx, lo)
-		return cli.WriteResult(env, "launch.backends", backendsResult{Default: def, Backends: reports})
-	case "version":
-		return cli.WriteResult(env, "launch.version", struct {
-			Build string `json:"build"`
-		}{buildinfo.String()})
-	}
-	return apierr.New(apierr.Usage, "missing verb; run volant-launch --help")
-}
-
-type argvResult struct {
-	VMM       string             `json:"vmm"`
-	Accel     vmm.Accel          `json:"accel"`
-	Argv      []string           `json:"argv"`
-	Cmdline   string             `json:"cmdline"`
-	RunDir    string             `json:"run_dir"`
-	Initrd    *launch.InitrdPlan `json:"initrd,omitempty"`
-	Artifacts []launch.Artifact  `json:"artifacts"`
-	Notes     []string           `json:"notes,omitempty"`
-	Warnings  []string           `json:"warnings,omitempty"`
-}
-
-type backendsResult struct {
-	Default  string                 `json:"default"`
-	Backends []launch.BackendReport `json:"backends"`
-}
-
-// libOptions maps the environment onto the library's options; logs go to
-// stderr for the verbs that run things.
-func libOptions(env *cli.Env, logs bool) launch.Options {
-	o := runner.OptionsFromEnv(env.Getenv)
-	if logs {
-		o.Logger = env.Logger(false)
-	}
-	return o
-}
-
-func runDir(f dirFlags, o launch.Options) (string, error) {
-	switch {
-	case f.Dir != "" && f.Name != "":
-		return "", apierr.New(apierr.Usage, "give --dir or --name, not both")
-	case f.Dir != "":
-		return filepath.Abs(f.Dir)
-	case f.Name != "":
-		if !launch.ValidName(f.Name) {
-			return "", apierr.New(apierr.InvalidInput, "VM name %q is not valid", f.Name)
-		}
-		return launch.RunDirFor(f.Name, o), nil
-	}
-	return "", apierr.New(apierr.Usage, "which VM? give --dir RUNDIR or --name NAME")
-}
-
-// readSpec reads the JSON spec from stdin (if any) and lets flags override it.
-func readSpec(env *cli.Env, f specFlags) (launch.Spec, error) {
+// spec reads the JSON spec from stdin (if any) and lets the flags override it.
+func (f *specFlags) spec(env *cli.Env) (launch.Spec, error) {
 	var s launch.Spec
 	if _, err := cli.ReadRequest(env, &s); err != nil {
 		return s, err
 	}
-	set := func(dst *string, v string) {
-		if v != "" {
-			*dst = v
-		}
+	if f.CPUs < 0 || f.Memory < 0 || f.APIPort < 0 {
+		return s, apierr.New(apierr.Usage, "--cpus, --memory and --api-port must be positive")
 	}
-	set(&s.Name, f.Name)
 	if f.Manifest != "" {
 		s.ManifestPath, s.Manifest = f.Manifest, nil
 	}
-	set(&s.Kernel, f.Kernel)
-	set(&s.VMM, f.VMM)
-	if f.Accel != "" {
-		s.Accel = vmm.Accel(f.Accel)
+	for dst, flag := range map[*string]string{
+		&s.Name: f.Name, &s.Kernel: f.Kernel, &s.VMM: f.VMM, &s.Machine: f.Machine, &s.RunDir: f.RunDir,
+		&s.Tap: f.Tap, &s.MAC: f.MAC, &s.SerialLog: f.SerialLog, &s.BootInitramfs: f.BootInitramfs,
+		&s.Kestrel: f.Kestrel, &s.BootLayer: f.BootLayer, &s.Verify: f.Verify, &s.DiskMode: f.DiskMode, &s.APIHost: f.APIHost,
+	} {
+		cli.Override(dst, flag)
 	}
-	set(&s.Machine, f.Machine)
-	if f.CPUs != 0 {
-		s.CPUs = f.CPUs
-	}
-	if f.Memory != 0 {
-		s.MemoryMB = f.Memory
-	}
-	set(&s.RunDir, f.RunDir)
-	set(&s.Tap, f.Tap)
-	set(&s.MAC, f.MAC)
-	set(&s.SerialLog, f.SerialLog)
-	set(&s.BootInitramfs, f.BootInitramfs)
-	set(&s.Kestrel, f.Kestrel)
-	set(&s.BootLayer, f.BootLayer)
-	set(&s.Verify, f.Verify)
-	set(&s.DiskMode, f.DiskMode)
-	set(&s.APIHost, f.APIHost)
-	if f.APIPort != 0 {
-		s.APIPort = f.APIPort
-	}
+	cli.Override(&s.Accel, f.Accel)
+	cli.Override(&s.CPUs, f.CPUs)
+	cli.Override(&s.MemoryMB, f.Memory)
+	cli.Override(&s.APIPort, f.APIPort)
+	cli.Override(&s.StopTimeoutMS, int(f.StopTimeout/time.Millisecond))
+	cli.Override(&s.Debug, f.Debug)
 	if len(f.DNS) > 0 {
 		s.DNS = f.DNS
 	}
 	s.KernelArgs = append(s.KernelArgs, f.KernelArgs...)
-	s.Debug = s.Debug || f.Debug
-	if f.StopTimeout > 0 {
-		s.StopTimeoutMS = int(f.StopTimeout / time.Millisecond)
-	}
-	if f.CPUs < 0 || f.Memory < 0 || f.APIPort < 0 {
-		return s, apierr.New(apierr.Usage, "--cpus, --memory and --api-port must be positive")
-	}
 	return s, nil
 }

@@ -93,6 +93,24 @@ func RunDirFor(name string, o Options) string {
 	return filepath.Join(o.withDefaults().RunRoot, name)
 }
 
+// RunDirOf is the run directory a command names by dir (a path) or by
+// name (RunDirFor): exactly one must be given (USAGE otherwise), and a
+// name must be a VM name (INVALID_INPUT).
+func RunDirOf(dir, name string, o Options) (string, error) {
+	switch {
+	case dir != "" && name != "":
+		return "", apierr.New(apierr.Usage, "give --dir or --name, not both")
+	case dir != "":
+		return filepath.Abs(dir)
+	case name != "":
+		if !ValidName(name) {
+			return "", apierr.New(apierr.InvalidInput, "VM name %q is not valid", name)
+		}
+		return RunDirFor(name, o), nil
+	}
+	return "", apierr.New(apierr.Usage, "which VM? give --dir RUNDIR or --name NAME")
+}
+
 // Inspect reports the VM running in runDir. A run directory that does not
 // exist is NOT_FOUND; one left by a run that died reports StateStopped.
 // Identities in the answer let a restarted daemon check that a VMM it
