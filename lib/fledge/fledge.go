@@ -88,6 +88,9 @@ type Result struct {
 	ImageDigest string `json:"image_digest,omitempty"`
 	// SignaturePolicy is where the policy that accepted the image came from.
 	SignaturePolicy string `json:"signature_policy,omitempty"`
+	// StaleWorkDirs are work directories of killed builds this build
+	// removed first.
+	StaleWorkDirs []string `json:"stale_work_dirs_removed,omitempty"`
 	// WorkDir is where the image was unpacked; WorkTmpfs says whether it
 	// was in memory (oci_rootfs).
 	WorkDir   string `json:"work_dir,omitempty"`
@@ -135,6 +138,7 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 		return nil, fmt.Errorf("creating output directory: %w", err)
 	}
 	req.OutputDir = out
+	stale := removeStaleWorkDirs(workParents(req.WorkDir), req.Logger)
 	var res *Result
 	switch c.Strategy {
 	case StrategyOCIRootfs:
@@ -150,6 +154,7 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 		return nil, err
 	}
 	res.Strategy = c.Strategy
+	res.StaleWorkDirs = stale
 	res.DurationMS = time.Since(start).Milliseconds()
 	return res, nil
 }

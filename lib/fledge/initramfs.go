@@ -48,9 +48,9 @@ func buildInitramfs(ctx context.Context, c *Config, req Request) (res *Result, e
 	if err != nil {
 		return nil, err
 	}
-	work, err := os.MkdirTemp("", "fledge-")
+	work, err := newWorkDir("")
 	if err != nil {
-		return nil, fmt.Errorf("creating work directory: %w", err)
+		return nil, err
 	}
 	defer os.RemoveAll(work)
 	bb, err := resolveBusybox(ctx, c, work)

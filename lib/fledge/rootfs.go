@@ -210,13 +210,13 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 // in the system's temporary directory.
 func scratch(dir string, compressed int64) (string, bool, error) {
 	if dir == "" && compressed >= 0 && tmpfsFits("/dev/shm", compressed*5+64<<20) {
-		if d, err := os.MkdirTemp("/dev/shm", "fledge-"); err == nil {
+		if d, err := newWorkDir("/dev/shm"); err == nil {
 			return d, true, nil
 		}
 	}
-	d, err := os.MkdirTemp(dir, "fledge-")
+	d, err := newWorkDir(dir)
 	if err != nil {
-		return "", false, fmt.Errorf("creating work directory: %w", err)
+		return "", false, err
 	}
 	var fs unix.Statfs_t
 	tmpfs := unix.Statfs(d, &fs) == nil && fs.Type == unix.TMPFS_MAGIC
