@@ -155,4 +155,3 @@ func TestBuildRemovesAKilledBuildsWorkDir(t *testing.T) {
 		t.Fatalf("work dir holds %d entries after the build", len(ents))
 	}
 }
-
