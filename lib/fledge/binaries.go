@@ -8,15 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/buildinfo"
+	"github.com/volantvm/volant/lib/fetch"
 )
 
 // FindKestrel locates the kestrel binary a build installs: override when
@@ -94,7 +94,7 @@ func checkStatic(p, what string) error {
 // resolveBusybox returns the busybox binary of an initramfs build: [source]
 // busybox (relative to fledge.toml), a busybox_url fetched into work, or
 // /bin/busybox; checked against busybox_sha256 when given.
-func resolveBusybox(ctx context.Context, c *Config, work string) (string, error) {
+func resolveBusybox(ctx context.Context, c *Config, work string, fo fetch.Options) (string, error) {
 	p := c.Source.Busybox
 	switch {
 	case c.Source.BusyboxURL != "":
@@ -107,7 +107,7 @@ func resolveBusybox(ctx context.Context, c *Config, work string) (string, error)
 			p = u.Path
 		case "http", "https":
 			p = filepath.Join(work, "busybox")
-			if err := download(ctx, c.Source.BusyboxURL, p); err != nil {
+			if err := download(ctx, c.Source.BusyboxURL, p, fo); err != nil {
 				return "", err
 			}
 		default:
@@ -138,34 +138,33 @@ func resolveBusybox(ctx context.Context, c *Config, work string) (string, error)
 	return p, nil
 }
 
-func download(ctx context.Context, rawURL, dst string) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+// download fetches rawURL to dst (lib/fetch: connect, header and stall
+// timeouts, so a server that stops answering fails the build). It writes a
+// temporary file beside dst and renames it into place once complete.
+func download(ctx context.Context, rawURL, dst string, o fetch.Options) (err error) {
+	if o.UserAgent == "" {
+		o.UserAgent = "volant-fledge/" + buildinfo.Version
+	}
+	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return apierr.Wrap(apierr.Unavailable, err, "fetching "+rawURL)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		code := apierr.Unavailable
-		if resp.StatusCode == http.StatusNotFound {
-			code = apierr.NotFound
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
 		}
-		return apierr.New(code, "fetching %s: %s", rawURL, resp.Status)
-	}
-	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
+	}()
+	if _, err := fetch.Get(ctx, rawURL, f, o); err != nil {
 		return err
 	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return apierr.Wrap(apierr.Unavailable, err, "fetching "+rawURL)
+	if err := f.Chmod(0o755); err != nil {
+		return err
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), dst)
 }
 
 func fileSHA256(p string) (string, error) {

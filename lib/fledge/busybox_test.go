@@ -1,13 +1,19 @@
 package fledge
 
 import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/fetch"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -101,6 +107,55 @@ func TestBusyboxAppletsRefusesOtherFiles(t *testing.T) {
 	for _, p := range []string{self, "/nonexistent/busybox", "testdata/trapbusybox.c"} {
 		if _, err := busyboxApplets(p); err == nil {
 			t.Errorf("%s: applets read from a file that is not busybox", p)
+		}
+	}
+}
+
+// busybox_url is fetched with lib/fetch's timeouts: a server that serves
+// it works, one that never answers or stops half way fails the build with
+// TIMEOUT instead of hanging it.
+func TestBusyboxURLTimeouts(t *testing.T) {
+	needBusybox(t)
+	bb, err := os.ReadFile(standIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hang := func() {
+			select {
+			case <-done:
+			case <-r.Context().Done():
+			}
+		}
+		switch r.URL.Path {
+		case "/busybox":
+			w.Write(bb)
+		case "/silent":
+			hang()
+		case "/stalls":
+			w.Header().Set("Content-Length", fmt.Sprint(len(bb)))
+			w.Write(bb[:len(bb)/2])
+			w.(http.Flusher).Flush()
+			hang()
+		}
+	}))
+	t.Cleanup(func() { close(done); srv.CloseClientConnections(); srv.Close() })
+	toml := func(path string) string {
+		return strings.Replace(trapToml, `busybox = "bb"`, `busybox_url = "`+srv.URL+path+`"`, 1)
+	}
+	quick := func(r *Request) {
+		r.Fetch = fetch.Options{HeaderTimeout: 300 * time.Millisecond, StallTimeout: 300 * time.Millisecond}
+	}
+	res, _, err := build(t, project(t, toml("/busybox"), nil), quick)
+	if err != nil || res.Applets < 100 {
+		t.Fatalf("served busybox: %+v %v", res, err)
+	}
+	for _, path := range []string{"/silent", "/stalls"} {
+		t0 := time.Now()
+		_, _, err := build(t, project(t, toml(path), nil), quick)
+		if !apierr.Is(err, apierr.Timeout) || time.Since(t0) > 10*time.Second {
+			t.Errorf("%s: after %s: %v", path, time.Since(t0), err)
 		}
 	}
 }

@@ -42,6 +42,7 @@ import (
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/bootimage"
+	"github.com/volantvm/volant/lib/fetch"
 	"github.com/volantvm/volant/lib/fledge/ext4"
 	"github.com/volantvm/volant/lib/fledge/progress"
 	"github.com/volantvm/volant/lib/initramfs"
@@ -68,6 +69,10 @@ type Request struct {
 	// Epoch (Unix seconds) stamps times that are not taken from the
 	// inputs (SOURCE_DATE_EPOCH); 0 uses the image's creation time, or 1.
 	Epoch int64 `json:"epoch,omitempty"`
+	// Fetch sets the timeouts of fledge's downloads ([source]
+	// busybox_url) and of registry reads (a registry that stops
+	// answering); zero values are lib/fetch's defaults.
+	Fetch fetch.Options `json:"-"`
 
 	Logger   *slog.Logger      `json:"-"`
 	Progress progress.Reporter `json:"-"`

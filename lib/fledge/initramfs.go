@@ -53,7 +53,7 @@ func buildInitramfs(ctx context.Context, c *Config, req Request) (res *Result, e
 		return nil, err
 	}
 	defer os.RemoveAll(work)
-	bb, err := resolveBusybox(ctx, c, work)
+	bb, err := resolveBusybox(ctx, c, work, req.Fetch)
 	if err != nil {
 		return nil, err
 	}

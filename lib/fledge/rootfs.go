@@ -79,6 +79,7 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 			PolicyPath: policy,
 			AuthFile:   auth,
 			UserAgent:  "volant-fledge/" + buildinfo.Version,
+			Timeouts:   req.Fetch,
 			Logger:     log,
 			Progress:   req.Progress,
 		})

@@ -36,6 +36,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"time"
 
 	_ "github.com/containers/image/v5/directory" // registers dir:
 	"github.com/containers/image/v5/docker"
@@ -56,6 +57,7 @@ import (
 	"github.com/opencontainers/umoci/oci/layer"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/fetch"
 	"github.com/volantvm/volant/lib/fledge/progress"
 )
 
@@ -74,8 +76,14 @@ type Options struct {
 	Arch, OS string
 	// UserAgent is sent to registries.
 	UserAgent string
-	Logger    *slog.Logger
-	Progress  progress.Reporter
+	// Timeouts: a registry that stops answering fails the fetch with
+	// TIMEOUT instead of hanging it. Resolving (a few small requests for
+	// the manifest and config) may take twice the connect plus header
+	// timeouts; each layer, StallTimeout without a byte. Zero values are
+	// lib/fetch's defaults; MaxBytes and UserAgent are not used here.
+	Timeouts fetch.Options
+	Logger   *slog.Logger
+	Progress progress.Reporter
 }
 
 // Image is what was unpacked.
@@ -184,6 +192,21 @@ func DefaultName(ref types.ImageReference) (name, tag string) {
 	return name, tag
 }
 
+// timeouts are o.Timeouts with lib/fetch's defaults for zero values.
+func (o *Options) timeouts() fetch.Options {
+	t := o.Timeouts
+	if t.ConnectTimeout <= 0 {
+		t.ConnectTimeout = fetch.DefaultConnectTimeout
+	}
+	if t.HeaderTimeout <= 0 {
+		t.HeaderTimeout = fetch.DefaultHeaderTimeout
+	}
+	if t.StallTimeout <= 0 {
+		t.StallTimeout = fetch.DefaultStallTimeout
+	}
+	return t
+}
+
 func (o *Options) sys() *types.SystemContext {
 	sys := &types.SystemContext{
 		OSChoice:           o.OS,
@@ -267,6 +290,7 @@ type Source struct {
 	layers []types.BlobInfo
 	log    *slog.Logger
 	prog   progress.Reporter
+	idle   time.Duration
 }
 
 // Close releases the source.
@@ -312,6 +336,16 @@ func Open(ctx context.Context, refStr string, o Options) (_ *Source, err error) 
 
 	st := prog.Step("resolve "+Canonical(ref), -1)
 	defer func() { st.Done(err) }()
+	to := o.timeouts()
+	bound := 2 * (to.ConnectTimeout + to.HeaderTimeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, bound, errResolve)
+	defer cancel()
+	defer func() {
+		if err != nil && errors.Is(context.Cause(ctx), errResolve) {
+			err = apierr.New(apierr.Timeout, "%s did not answer within %s: %v", Canonical(ref), bound, err).
+				With("hint", "is the registry up? (a registry that accepts connections but never answers)")
+		}
+	}()
 	src, err := ref.NewImageSource(ctx, sys)
 	if err != nil {
 		return nil, sourceError(ref, err)
@@ -369,6 +403,7 @@ func Open(ctx context.Context, refStr string, o Options) (_ *Source, err error) 
 		layers: img.LayerInfos(),
 		log:    log,
 		prog:   prog,
+		idle:   to.StallTimeout,
 	}
 	for _, l := range s.layers {
 		if l.Size < 0 {
@@ -404,7 +439,7 @@ func (s *Source) Unpack(ctx context.Context, rootfs string) error {
 			want = diffIDs[i]
 		}
 		name := fmt.Sprintf("layer %d/%d %s", i+1, len(layers), short(li.Digest))
-		n, err := unpackLayer(ctx, s.src, li, want, rootfs, opts, s.prog.Step(name, li.Size))
+		n, err := unpackLayer(ctx, s.src, li, want, rootfs, opts, s.prog.Step(name, li.Size), s.idle)
 		if err != nil {
 			return fmt.Errorf("%s of %s: %w", name, out.Ref, err)
 		}
@@ -415,18 +450,35 @@ func (s *Source) Unpack(ctx context.Context, rootfs string) error {
 	return nil
 }
 
-func unpackLayer(ctx context.Context, src types.ImageSource, li types.BlobInfo, diffID digest.Digest, rootfs string, opts *layer.UnpackOptions, st progress.Step) (n int64, err error) {
+// errResolve and errIdle are the causes of a fetch given up for a
+// registry that stopped answering.
+var (
+	errResolve = errors.New("resolve timeout")
+	errIdle    = errors.New("idle timeout")
+)
+
+func unpackLayer(ctx context.Context, src types.ImageSource, li types.BlobInfo, diffID digest.Digest, rootfs string, opts *layer.UnpackOptions, st progress.Step, idle time.Duration) (n int64, err error) {
 	defer func() { st.Done(err) }()
 	if err := li.Digest.Validate(); err != nil {
 		return 0, fmt.Errorf("invalid layer digest: %w", err)
 	}
+	// The idle watchdog: every piece of the layer pushes it back.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	watchdog := time.AfterFunc(idle, func() { cancel(errIdle) })
+	defer watchdog.Stop()
+	defer func() {
+		if err != nil && errors.Is(context.Cause(ctx), errIdle) {
+			err = apierr.New(apierr.Timeout, "no data for %s after %d bytes of the layer: %v", idle, n, err)
+		}
+	}()
 	rc, _, err := src.GetBlob(ctx, li, none.NoCache)
 	if err != nil {
 		return 0, fmt.Errorf("fetching: %w", err)
 	}
 	defer rc.Close()
 	blobVerifier := li.Digest.Verifier()
-	counted := &countingReader{r: progress.Reader(ctxReader{ctx, rc}, st)}
+	counted := &countingReader{r: progress.Reader(ctxReader{ctx, rc}, st), progress: func() { watchdog.Reset(idle) }}
 	blob := io.TeeReader(counted, blobVerifier)
 	tarStream, _, err := compression.AutoDecompress(blob)
 	if err != nil {
@@ -476,13 +528,17 @@ func short(d digest.Digest) string {
 }
 
 type countingReader struct {
-	r io.Reader
-	n int64
+	r        io.Reader
+	n        int64
+	progress func() // called when bytes came
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if n > 0 && c.progress != nil {
+		c.progress()
+	}
 	return n, err
 }
 

@@ -8,10 +8,12 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/fetch"
 	"github.com/volantvm/volant/lib/fledge/internal/imagetest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
@@ -335,5 +337,27 @@ func TestUnpackEveryTransportFromSkopeo(t *testing.T) {
 				t.Fatalf("%d layers", img.Layers)
 			}
 		})
+	}
+}
+
+// A registry that stops answering fails the fetch with TIMEOUT: one that
+// never sends a response (while resolving), and one that stops half way
+// through a layer.
+func TestUnpackRegistryThatStopsAnswering(t *testing.T) {
+	requireRoot(t)
+	dir := layout(t, imagetest.Sample("gzip"))
+	quick := Options{Insecure: true, Timeouts: fetch.Options{ConnectTimeout: 200 * time.Millisecond, HeaderTimeout: 200 * time.Millisecond, StallTimeout: 300 * time.Millisecond}}
+	// The same registry that serves the image works.
+	ok := imagetest.StallingRegistry(t, dir, "v1", imagetest.StallNever)
+	if _, err := Unpack(context.Background(), ok+"/fledge/sample:v1", filepath.Join(t.TempDir(), "r"), quick); err != nil {
+		t.Fatalf("a registry that answers: %v", err)
+	}
+	for _, stall := range []imagetest.Stall{imagetest.StallHeaders, imagetest.StallLayers} {
+		addr := imagetest.StallingRegistry(t, dir, "v1", stall)
+		t0 := time.Now()
+		_, err := Unpack(context.Background(), addr+"/fledge/sample:v1", filepath.Join(t.TempDir(), "r"), quick)
+		if !apierr.Is(err, apierr.Timeout) || time.Since(t0) > 10*time.Second {
+			t.Errorf("stall %d: after %s: %v", stall, time.Since(t0), err)
+		}
 	}
 }
