@@ -15,6 +15,11 @@
 //	volant-net tap list
 //	volant-net tap gc   [--keep VM]... [--dry-run]
 //	volant-net tap name VM
+//	volant-net port add  (--vm VM | --deployment D) -p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]...
+//	                     [--backend IP]... [--bridge vbr0]
+//	volant-net port del  (--vm VM | --deployment D) [-p SPEC]...
+//	volant-net port list
+//	volant-net port gc   [--keep vm:NAME|dep:NAME]... [--dry-run]
 //	volant-net version
 //
 // Add -v (--verbose) before the verb for a log of each change on stderr.
@@ -139,17 +144,60 @@
 //	tap name  {"kind":"net.tap-name","vm","tap"}
 //	version   {"kind":"net.version","build"}
 //
+// # port add, del, list, gc
+//
+// Published ports forward a port of the host to a port of a guest, in the
+// kernel (nftables DNAT in the table "ip volant_ports", which belongs to
+// Volant alone): for connections from other machines, from the host
+// itself (its addresses and 127.0.0.1) and from guests on the bridge. -p
+// is [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp] (default tcp; no HOSTIP: every
+// address of the host). The owner is a VM (--vm; rules are commented
+// "volant-port vm:NAME ...") or a deployment (--deployment, "dep:NAME"),
+// whose host port is balanced over its --backend addresses, one new
+// connection to each in turn. volantd makes these itself for `volar vms
+// create -p` and deployments; these verbs are for shells.
+//
+// port add publishes more ports of the owner, keeping those it has, to
+// --backend (repeatable; it replaces the owner's backends) or, for a new
+// owner, to the address of a `volant-ipam lease` result on stdin:
+//
+//	volant-ipam lease --vm web1 | volant-net port add -p 8080:80
+//
+// A host port a process on the host listens on, or another owner
+// publishes, is PORT_IN_USE, and nothing changes. Adding what is there
+// already changes nothing. port del removes the listed ports of the owner,
+// or all of them; it succeeds when they are gone already, and the table
+// goes with the last port. port list reads every rule back with its
+// backends and the packets and bytes of the connections' first packets.
+// port gc, like tap gc, is given the owners to keep (--keep vm:web1,
+// or a JSON array on stdin) and removes every other owner's ports.
+//
+// stdin (optional; flags override its fields):
+//
+//	port add  {"vm"|"deployment","ports":[{"host_ip"?,"host_port","guest_port","protocol"?}],
+//	           "backends":["192.168.127.100"],"bridge"} or an ipam.lease result
+//	port del  {"vm"|"deployment","ports":[...]}, or an ipam.lease result
+//	port gc   ["vm:web1","dep:svc"], or {"keep":[...],"dry_run":true}
+//
+// stdout (PORT is {"owner","mapping":{...},"backends":[...],"packets","bytes"}):
+//
+//	port add, del  {"kind":"net.ports","owner","changed","ports":[PORT...]}
+//	port list      {"kind":"net.port-list","ports":[PORT...]}
+//	port gc        {"kind":"net.port-gc","removed":[PORT...],"kept":[PORT...][,"dry_run":true]}
+//
 // # Errors
 //
 // stderr, one JSON object {"code","message","details"}; exit status:
 //
 //	USAGE              2  bad flags or arguments, a flag given twice, tap gc without a keep list
-//	INVALID_INPUT      3  a name too long or invalid, a bad CIDR, MAC or IP, an IP outside the bridge's subnets
+//	INVALID_INPUT      3  a name too long or invalid, a bad CIDR, MAC or IP, an IP outside the bridge's subnets,
+//	                      a bad -p, a host address this host does not have
 //	NOT_FOUND          4  the bridge (tap add) or the uplink does not exist
 //	CONFLICT           5  check found differences (details.differences lists each {"item","want","got"});
 //	                      the bridge exists and is not volant-net's; the subnet overlaps another interface's;
 //	                      a tap of that name belongs to another VM or is not volant-net's, or is in use;
 //	                      teardown with taps attached
+//	PORT_IN_USE        5  port add: a process on the host listens on the host port, or another owner publishes it
 //	NOT_SUPPORTED      7  the kernel lacks nftables NAT
 //	UNAVAILABLE        9  /dev/net/tun is missing
 //	PERMISSION_DENIED 10  not root / no CAP_NET_ADMIN
@@ -165,6 +213,7 @@ import (
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/names"
+	"github.com/volantvm/volant/lib/portmap"
 )
 
 func main() { cli.Main(run) }
@@ -190,6 +239,12 @@ type options struct {
 		GC   tapGCCmd   `command:"gc" description:"Delete the taps of VMs not kept"`
 		Name tapNameCmd `command:"name" description:"Print the tap name derived for a VM"`
 	} `command:"tap" description:"Per-VM tap devices"`
+	Port struct {
+		Add  portAddCmd  `command:"add" description:"Publish host ports of a VM or deployment (idempotent)"`
+		Del  portDelCmd  `command:"del" description:"Unpublish a VM's or deployment's host ports (idempotent)"`
+		List portListCmd `command:"list" description:"List published ports"`
+		GC   portGCCmd   `command:"gc" description:"Unpublish the ports of owners not kept"`
+	} `command:"port" description:"Published ports (host port → guest port, nftables DNAT)"`
 	Version cli.VersionCommand `command:"version" description:"Print the build version"`
 }
 
@@ -406,4 +461,111 @@ func (c *tapNameCmd) Execute(_ context.Context, env *cli.Env) error {
 		VM  string `json:"vm"`
 		Tap string `json:"tap"`
 	}{vm, hostnet.TapName(vm)})
+}
+
+type portOwnerFlags struct {
+	VM         string `long:"vm" value-name:"VM" description:"the VM whose ports these are"`
+	Deployment string `long:"deployment" value-name:"NAME" description:"the deployment whose ports these are"`
+}
+
+type portAddCmd struct {
+	portOwnerFlags
+	Publish []string `short:"p" long:"publish" value-name:"[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]" description:"port to publish (repeatable)"`
+	Backend []string `long:"backend" value-name:"IP" description:"guest address to forward to (repeatable; replaces the owner's)"`
+	Bridge  string   `long:"bridge" value-name:"NAME" description:"the guests' bridge (default vbr0)"`
+}
+
+func (c *portAddCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	var req hostnet.PortAddRequest
+	if _, err := cli.ReadRequest(env, &req); err != nil {
+		return err
+	}
+	cli.Override(&req.VM, c.VM)
+	cli.Override(&req.Deployment, c.Deployment)
+	cli.Override(&req.Bridge, c.Bridge)
+	if len(c.Backend) > 0 {
+		req.Backends = c.Backend
+	}
+	if len(c.Publish) > 0 {
+		ms, err := portmap.ParseAll(c.Publish)
+		if err != nil {
+			return err
+		}
+		req.Ports = ms
+	}
+	res, err := o.host(env).AddPorts(ctx, req)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.ports", res)
+}
+
+type portDelCmd struct {
+	portOwnerFlags
+	Publish []string `short:"p" long:"publish" value-name:"SPEC" description:"port to unpublish (repeatable; default all of the owner's)"`
+}
+
+func (c *portDelCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	var req hostnet.PortDelRequest
+	if _, err := cli.ReadRequest(env, &req); err != nil {
+		return err
+	}
+	cli.Override(&req.VM, c.VM)
+	cli.Override(&req.Deployment, c.Deployment)
+	if len(c.Publish) > 0 {
+		ms, err := portmap.ParseAll(c.Publish)
+		if err != nil {
+			return err
+		}
+		req.Ports = ms
+	}
+	res, err := o.host(env).RemovePorts(ctx, req)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.ports", res)
+}
+
+type portListCmd struct{}
+
+func (portListCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	ps, err := o.host(env).ListPorts(ctx)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.port-list", struct {
+		Ports []hostnet.PublishedPort `json:"ports"`
+	}{ps})
+}
+
+type portGCCmd struct {
+	Keep   []string `long:"keep" value-name:"vm:NAME|dep:NAME" description:"an owner whose ports stay (repeat)"`
+	DryRun bool     `long:"dry-run" description:"report what would be removed; change nothing"`
+}
+
+func (c *portGCCmd) Execute(ctx context.Context, env *cli.Env, o *options) error {
+	req, err := cli.ReadGCRequest(env, "port owners", c.Keep, c.DryRun, hostnet.ValidPortKeep)
+	if err != nil {
+		return err
+	}
+	keep := make([]hostnet.PortOwner, len(req.Keep))
+	for i, k := range req.Keep {
+		keep[i] = hostnet.PortOwner(k)
+	}
+	h := o.host(env)
+	if req.DryRun {
+		res, err := h.GCPortsDryRun(ctx, keep)
+		if err != nil {
+			return err
+		}
+		return cli.WriteResult(env, "net.port-gc", struct {
+			*hostnet.PortsGCResult
+			DryRun bool `json:"dry_run"`
+		}{res, true})
+	}
+	res, err := h.GCPorts(ctx, keep)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "net.port-gc", res)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"net"
 	"strings"
 	"testing"
 
@@ -70,6 +71,12 @@ func TestContract(t *testing.T) {
 		{"tap-add-wrong-kind", `{"version":"1","kind":"manifest.validate","valid":true}`, []string{"tap", "add"}, 3},
 		{"tap-add-lease-bad-type", `{"kind":"ipam.lease","vm":7}`, []string{"tap", "add"}, 3},
 		{"tap-name-bad-vm", "", []string{"tap", "name", "web 1"}, 3},
+		{"port-add-bad-spec", "", []string{"port", "add", "--vm", "web1", "--backend", "192.168.127.100", "-p", "8080"}, 3},
+		{"port-add-no-owner", "", []string{"port", "add", "-p", "8080:80"}, 3},
+		{"port-add-two-owners", "", []string{"port", "add", "--vm", "web1", "--deployment", "svc", "-p", "8080:80"}, 3},
+		{"port-add-bad-backend", "", []string{"port", "add", "--vm", "web1", "--backend", "::1", "-p", "8080:80"}, 3},
+		{"port-gc-no-keep", "", []string{"port", "gc"}, 2},
+		{"port-gc-bad-keep", "", []string{"port", "gc", "--keep", "web1"}, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.check(t, clitest.Run(t, run, tc.stdin, nil, tc.args...))
@@ -136,5 +143,46 @@ func TestContractInNamespace(t *testing.T) {
 	}
 	if out := ns.Run("ip", "link", "show"); strings.Contains(out, "vbr0") || strings.Contains(out, "vt-") {
 		t.Fatalf("left behind:\n%s", out)
+	}
+}
+
+// Published ports through the command, in a namespace of its own: from a
+// lease, more ports, a port another owner holds, a host listener's port,
+// list, gc, del. Outputs are compared with golden files.
+func TestPortVerbsInNamespace(t *testing.T) {
+	netnstest.Require(t, "nft")
+	ns := netnstest.New(t)
+	ns.Run("ip", "link", "add", "vbr0", "type", "bridge")
+	ns.Run("ip", "link", "set", "vbr0", "up")
+	// A process that listens on 7000.
+	var ln net.Listener
+	if err := ns.Do(func() error { var err error; ln, err = net.Listen("tcp4", ":7000"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	steps := []contractCase{
+		{"port-add-lease", leaseWeb1, []string{"port", "add", "-p", "8080:80"}, 0},
+		{"port-add-lease-again", leaseWeb1, []string{"port", "add", "-p", "8080:80"}, 0},
+		{"port-add-more", "", []string{"port", "add", "--vm", "web1", "-p", "127.0.0.1:8443:443", "-p", "5353:53/udp"}, 0},
+		{"port-add-deployment", `{"deployment":"svc","backends":["192.168.127.101","192.168.127.102"],"ports":[{"host_port":9000,"guest_port":80}]}`, []string{"port", "add"}, 0},
+		{"port-add-taken", "", []string{"port", "add", "--deployment", "svc", "-p", "8080:81"}, 5},
+		{"port-add-listener", "", []string{"port", "add", "--vm", "web2", "--backend", "192.168.127.103", "-p", "7000:80"}, 5},
+		{"port-list", "", []string{"port", "list"}, 0},
+		{"port-gc-dry-run", `["vm:web1"]`, []string{"port", "gc", "--dry-run"}, 0},
+		{"port-gc", "", []string{"port", "gc", "--keep", "vm:web1"}, 0},
+		{"port-del-one", "", []string{"port", "del", "--vm", "web1", "-p", "5353:53/udp"}, 0},
+		{"port-del-lease", leaseWeb1, []string{"port", "del"}, 0},
+		{"port-del-again", "", []string{"port", "del", "--vm", "web1"}, 0},
+		{"port-list-empty", "", []string{"port", "list"}, 0},
+	}
+	for _, tc := range steps {
+		var r clitest.Result
+		if err := ns.Do(func() error { r = clitest.Run(t, run, tc.stdin, nil, tc.args...); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		tc.check(t, r)
+	}
+	if out, err := ns.Output("nft", "list", "tables"); err != nil || strings.Contains(out, "volant") {
+		t.Fatalf("tables left: %s %v", out, err)
 	}
 }

@@ -21,6 +21,7 @@
 //	NOT_FOUND              4   404  the named thing does not exist
 //	CONFLICT               5   409  the thing exists, or is in use, or is in the wrong state
 //	IP_EXHAUSTED           6   409  no free address is left in the pool
+//	PORT_IN_USE            5   409  a host port to publish is taken (a listener on the host, or another mapping)
 //	NOT_SUPPORTED          7   501  the backend or host cannot do what was asked
 //	CHECKSUM_MISMATCH      8   422  an artifact's sha256 is not the one the manifest names
 //	UNAVAILABLE            9   503  a dependency is missing or unreachable (binary, device, daemon)
@@ -54,6 +55,7 @@ const (
 	NotFound           Code = "NOT_FOUND"
 	Conflict           Code = "CONFLICT"
 	IPExhausted        Code = "IP_EXHAUSTED"
+	PortInUse          Code = "PORT_IN_USE"
 	NotSupported       Code = "NOT_SUPPORTED"
 	ChecksumMismatch   Code = "CHECKSUM_MISMATCH"
 	Unavailable        Code = "UNAVAILABLE"
@@ -87,6 +89,7 @@ var codes = map[Code]codeInfo{
 	NotFound:           {4, 404},  // Not Found
 	Conflict:           {5, 409},  // Conflict
 	IPExhausted:        {6, 409},  // Conflict
+	PortInUse:          {5, 409},  // Conflict
 	NotSupported:       {7, 501},  // Not Implemented
 	ChecksumMismatch:   {8, 422},  // Unprocessable Entity
 	Unavailable:        {9, 503},  // Service Unavailable

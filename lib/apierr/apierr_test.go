@@ -82,7 +82,7 @@ func TestHTTPStatusesMatchNetHTTP(t *testing.T) {
 		Internal: http.StatusInternalServerError, Usage: http.StatusBadRequest, InvalidInput: http.StatusBadRequest,
 		InvalidManifest: http.StatusUnprocessableEntity, UnsupportedVersion: http.StatusBadRequest,
 		CmdlineTooLong: http.StatusUnprocessableEntity, TooLarge: http.StatusRequestEntityTooLarge,
-		NotFound: http.StatusNotFound, Conflict: http.StatusConflict, IPExhausted: http.StatusConflict,
+		NotFound: http.StatusNotFound, Conflict: http.StatusConflict, IPExhausted: http.StatusConflict, PortInUse: http.StatusConflict,
 		NotSupported: http.StatusNotImplemented, ChecksumMismatch: http.StatusUnprocessableEntity,
 		Unavailable: http.StatusServiceUnavailable, PermissionDenied: http.StatusForbidden,
 		Unauthorized: http.StatusUnauthorized, Timeout: http.StatusGatewayTimeout, Canceled: 499,
