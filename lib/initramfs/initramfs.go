@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/google/renameio/v2"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -245,28 +246,18 @@ func (b *Builder) record(p string) (cpio.Record, io.Closer, error) {
 }
 
 // WriteFile writes the archive to a file atomically (temporary file, fsync,
-// rename), so a crash never leaves a half-written artifact under the name.
+// rename: google/renameio), so a crash never leaves a half-written artifact
+// under the name. The file is mode 0644.
 func (b *Builder) WriteFile(name string, c Compression) error {
-	tmp, err := os.CreateTemp(path.Dir(name), "."+path.Base(name)+".tmp-*")
+	f, err := renameio.NewPendingFile(name, renameio.WithTempDir(path.Dir(name)), renameio.WithStaticPermissions(0o644))
 	if err != nil {
 		return fmt.Errorf("initramfs: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	if err := b.WriteTo(tmp, c); err != nil {
-		tmp.Close()
+	defer f.Cleanup()
+	if err := b.WriteTo(f, c); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("initramfs: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("initramfs: %w", err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("initramfs: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), name); err != nil {
+	if err := f.CloseAtomicallyReplace(); err != nil {
 		return fmt.Errorf("initramfs: %w", err)
 	}
 	return nil

@@ -30,6 +30,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/layout"
 )
@@ -145,33 +147,24 @@ func ExtractVmlinux(ctx context.Context, bzImage, out string) error {
 }
 
 func tryExtract(ctx context.Context, argv []string, payload []byte, out string) (bool, error) {
-	dir := filepath.Dir(out)
-	tmp, err := os.CreateTemp(dir, ".vmlinux-*")
+	f, err := renameio.NewPendingFile(out, renameio.WithTempDir(filepath.Dir(out)), renameio.WithStaticPermissions(0o644))
 	if err != nil {
 		return false, fmt.Errorf("extracting vmlinux: %w", err)
 	}
-	defer os.Remove(tmp.Name())
+	defer f.Cleanup()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdin = bytes.NewReader(payload)
-	cmd.Stdout = tmp
+	cmd.Stdout = f.File
 	// Trailing garbage after the stream makes the tools exit non-zero even
 	// though the output is complete; the ELF check below decides.
 	_ = cmd.Run()
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return false, fmt.Errorf("extracting vmlinux: %w", err)
-	}
-	tmp.Close()
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}
-	if !isELF(tmp.Name()) {
+	if !isELF(f.Name()) {
 		return false, nil
 	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return false, fmt.Errorf("extracting vmlinux: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), out); err != nil {
+	if err := f.CloseAtomicallyReplace(); err != nil {
 		return false, fmt.Errorf("extracting vmlinux: %w", err)
 	}
 	return true, nil

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/google/renameio/v2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
@@ -192,7 +193,7 @@ func cachedScan(a *Artifact, cacheDir string) ([]string, error) {
 		return nil, err
 	}
 	if b, err := json.Marshal(rels); err == nil && os.MkdirAll(filepath.Dir(cache), 0o755) == nil {
-		_ = supervise.ReplaceFile(cache, b, 0o644) // a cache: losing it costs a rescan
+		_ = supervise.WriteFileAtomic(cache, b, 0o644) // a cache: losing it costs a rescan
 	}
 	return rels, nil
 }
@@ -326,17 +327,16 @@ func walkNewc(r io.Reader, fn func(string)) error {
 // stageInitrd writes <run dir>/initrd when the plan layers archives:
 // each layer padded to 4 bytes, then concatenated, the generated manifest
 // archive last. It streams (plugin archives can be large) into a temporary
-// file renamed into place (the run dir does not outlive the boot: no fsync).
+// file renamed into place (google/renameio).
 func stageInitrd(p *Plan) error {
 	if p.Initrd == nil || p.Initrd.Path != filepath.Join(p.RunDir, InitrdName) {
 		return nil
 	}
-	f, err := os.CreateTemp(p.RunDir, ".initrd-*")
+	f, err := renameio.NewPendingFile(p.Initrd.Path, renameio.WithTempDir(p.RunDir))
 	if err != nil {
 		return fmt.Errorf("staging the initrd: %w", err)
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
+	defer f.Cleanup()
 	w := &countWriter{w: bufio.NewWriterSize(f, 1<<20)}
 	for _, l := range p.Initrd.Layers {
 		if l.Path == "" {
@@ -367,10 +367,10 @@ func stageInitrd(p *Plan) error {
 	if err := w.w.(*bufio.Writer).Flush(); err != nil {
 		return fmt.Errorf("staging the initrd: %w", err)
 	}
-	if err := f.Close(); err != nil {
+	if err := f.CloseAtomicallyReplace(); err != nil {
 		return fmt.Errorf("staging the initrd: %w", err)
 	}
-	return os.Rename(f.Name(), p.Initrd.Path)
+	return nil
 }
 
 type countWriter struct {

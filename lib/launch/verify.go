@@ -98,7 +98,7 @@ func verify(ctx context.Context, a *Artifact, cacheDir, mode string) error {
 	// Record the version only if it did not change while being hashed.
 	if after, err := versionOf(f); verr == nil && err == nil && after == ver {
 		if b, err := json.Marshal(verifiedEntry{ver, got}); err == nil && os.MkdirAll(filepath.Dir(entry), 0o700) == nil {
-			_ = supervise.ReplaceFile(entry, b, 0o600) // a cache: losing it costs a rehash
+			_ = supervise.WriteFileAtomic(entry, b, 0o600) // a cache: losing it costs a rehash
 		}
 	}
 	return nil
@@ -136,7 +136,7 @@ func hostTSCkHz(cacheDir string) (int, error) {
 		return 0, err
 	}
 	if boot != "" && os.MkdirAll(cacheDir, 0o755) == nil {
-		_ = supervise.ReplaceFile(p, []byte(boot+" "+strconv.Itoa(khz)+"\n"), 0o644)
+		_ = supervise.WriteFileAtomic(p, []byte(boot+" "+strconv.Itoa(khz)+"\n"), 0o644)
 	}
 	return khz, nil
 }

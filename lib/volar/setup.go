@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/volantvm/volant/contrib/systemd"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/hostnet"
@@ -373,33 +375,14 @@ func setupSystemd(ctx context.Context, req SetupRequest, res *SetupResult, log *
 	return nil
 }
 
-// writeFileAtomic writes data to path through a temporary file, fsync and
-// rename, so a crash leaves the old file or the new one.
+// writeFileAtomic writes data to path (and its directory) through a
+// temporary file, fsync and rename (google/renameio), so a crash leaves the
+// old file or the new one.
 func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return renameio.WriteFile(path, data, mode, renameio.WithTempDir(filepath.Dir(path)))
 }
 
 // SetupSummary prints a setup result: a table of items and a closing

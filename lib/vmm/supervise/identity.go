@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/renameio/v2"
 	"golang.org/x/sys/unix"
 )
 
@@ -217,7 +218,7 @@ func WritePidFile(path string, pf PidFile) error {
 	if err != nil {
 		return fmt.Errorf("encoding pid file: %w", err)
 	}
-	return ReplaceFile(path, append(b, '\n'), 0o644)
+	return WriteFileAtomic(path, append(b, '\n'), 0o644)
 }
 
 // ReadPidFile reads a pid file written by WritePidFile.
@@ -234,43 +235,9 @@ func ReadPidFile(path string) (PidFile, error) {
 }
 
 // WriteFileAtomic writes data to path through a temporary file in the same
-// directory, fsynced and renamed over path, so readers see the old content
-// or the new, never a part, also after a crash.
+// directory, fsynced and renamed over path (google/renameio), so readers
+// see the old content or the new, never a part, also after a crash. A new
+// file gets perm (less the umask); an existing one keeps its mode.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	return replace(path, data, perm, true)
-}
-
-// ReplaceFile is WriteFileAtomic without the fsync, for runtime state that
-// does not outlive the boot (run directories): atomic for readers, not
-// durable.
-func ReplaceFile(path string, data []byte, perm os.FileMode) error {
-	return replace(path, data, perm, false)
-}
-
-func replace(path string, data []byte, perm os.FileMode, durable bool) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if durable {
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return renameio.WriteFile(path, data, perm, renameio.WithTempDir(filepath.Dir(path)))
 }
