@@ -27,12 +27,6 @@ import (
 	"github.com/volantvm/volant/lib/vmm/vmmtest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	vmmtest.CleanupBuilds()
-	os.Exit(code)
-}
-
 // vmGuest is what a test VM boots: an initramfs plugin and how to reach
 // its workload.
 type vmGuest struct {

@@ -54,16 +54,7 @@ func TestVMModulesLoadInGuest(t *testing.T) {
 	k, vmlinux := guesttest.Kernel(t)
 	qemuBin := guesttest.QEMU(t)
 	ns := netnstest.New(t)
-	root, err := guesttest.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	initBin := filepath.Join(t.TempDir(), "modinit")
-	cmd := exec.Command("go", "build", "-o", initBin, "./lib/bootimage/testdata/modinit")
-	cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building modinit: %v\n%s", err, out)
-	}
+	initBin := guesttest.StaticInit(t, "lib/bootimage/testdata/modinit")
 	img, info := build(t, Options{Kestrel: initBin, ModulesDir: k.ModulesDir})
 	if len(info.Modules) < 10 {
 		t.Fatalf("too few modules resolved: %+v", info.Modules)

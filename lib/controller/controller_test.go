@@ -22,6 +22,7 @@ import (
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/store"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 type fixture struct {
@@ -191,16 +192,13 @@ func TestReconcile(t *testing.T) {
 
 func eventuallyState(t *testing.T, c *controller.Controller, name string, st api.VMState) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		v, err := c.VM(context.Background(), name)
-		if err == nil && v.State == st {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %+v %v, want %s", name, v, err, st)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var v *api.VM
+	var err error
+	if werr := wait.For(5*time.Second, func() bool {
+		v, err = c.VM(context.Background(), name)
+		return err == nil && v.State == st
+	}); werr != nil {
+		t.Fatalf("%s: %+v %v, want %s (%v)", name, v, err, st, werr)
 	}
 }
 

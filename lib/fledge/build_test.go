@@ -19,6 +19,7 @@ import (
 	"github.com/volantvm/volant/lib/fledge/internal/imagetest"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/testutil/ext4test"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -546,39 +547,19 @@ var rootfsFiles = map[string]string{
 	"www/index.html": "<h1>hi</h1>\n",
 }
 
-func debugfs(t *testing.T, img, req string) string {
-	t.Helper()
-	out, err := exec.Command("debugfs", "-R", req, img).CombinedOutput()
-	if err != nil {
-		t.Fatalf("debugfs -R %q: %v\n%s", req, err, out)
-	}
-	return string(out)
-}
-
-func fsck(t *testing.T, img string) {
-	t.Helper()
-	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
-		t.Fatalf("e2fsck -fn: %v\n%s", err, out)
-	}
-}
-
 func needE2fs(t *testing.T) {
 	t.Helper()
-	for _, p := range []string{"e2fsck", "debugfs"} {
-		if _, err := exec.LookPath(p); err != nil {
-			netnstest.SkipOrFail(t, "%s not installed (e2fsprogs)", p)
-		}
-	}
+	ext4test.Require(t)
 }
 
 // checkRootfsImage checks an image built from imagetest.Sample with
 // rootfsToml's mappings.
 func checkRootfsImage(t *testing.T, img string) {
 	t.Helper()
-	fsck(t, img)
+	ext4test.Fsck(t, img)
 	has := func(dir string, want, not []string) {
 		t.Helper()
-		ls := debugfs(t, img, "ls -l "+dir)
+		ls := ext4test.Debugfs(t, img, "ls -l "+dir)
 		for _, w := range want {
 			if !strings.Contains(ls, " "+w+"\n") && !strings.HasSuffix(strings.TrimSpace(ls), " "+w) {
 				t.Errorf("%s/%s missing:\n%s", dir, w, ls)
@@ -593,7 +574,7 @@ func checkRootfsImage(t *testing.T, img string) {
 	has("/data", []string{"keep.txt", "new.txt"}, []string{"old.txt", ".wh.old.txt"})
 	has("/opt/old", []string{"c"}, []string{"a", "b", ".wh..wh..opq"})
 	has("/", []string{"proc", "sys", "dev", "run", "tmp", "srv", "app"}, nil)
-	stat := func(p string) string { return debugfs(t, img, "stat "+p) }
+	stat := func(p string) string { return ext4test.Debugfs(t, img, "stat "+p) }
 	for p, want := range map[string][]string{
 		"/bin/kestrel":          {"Mode:  0755", "User:     0   Group:     0", "regular"},
 		"/etc/app/app.yaml":     {"Mode:  0644", "User:     0   Group:     0"},
@@ -612,10 +593,10 @@ func checkRootfsImage(t *testing.T, img string) {
 			}
 		}
 	}
-	if cat := debugfs(t, img, "cat /app/config.txt"); !strings.Contains(cat, "v2") {
+	if cat := ext4test.Debugfs(t, img, "cat /app/config.txt"); !strings.Contains(cat, "v2") {
 		t.Errorf("config.txt is not the upper layer's: %q", cat)
 	}
-	if x := debugfs(t, img, "ea_list /usr/bin/app"); !strings.Contains(x, "user.fledge") {
+	if x := ext4test.Debugfs(t, img, "ea_list /usr/bin/app"); !strings.Contains(x, "user.fledge") {
 		t.Errorf("xattr lost: %s", x)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/cli/clitest"
 	"github.com/volantvm/volant/lib/initramfs"
+	"github.com/volantvm/volant/lib/testutil/wait"
 	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor/chtest"
@@ -835,15 +836,7 @@ func TestConsoleRelay(t *testing.T) {
 	}
 }
 
-func waitFor(cond func() bool) error {
-	for i := 0; i < 500; i++ {
-		if cond() {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return errors.New("timed out")
-}
+func waitFor(cond func() bool) error { return wait.For(10*time.Second, cond) }
 
 // bigArtifact is a sparse file of size bytes standing in for a large disk
 // image, and a manifest that names it as a disk with a checksum it does

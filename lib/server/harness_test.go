@@ -14,7 +14,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -28,6 +27,7 @@ import (
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/server"
 	"github.com/volantvm/volant/lib/store"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 // env is a controller on in-memory fakes behind an httptest server.
@@ -237,16 +237,7 @@ func eventTypes(evs []api.Event) string {
 // eventually polls cond until it holds or the timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 256<<10)
-			n := runtime.Stack(buf, true)
-			t.Logf("goroutines:\n%s", buf[:n])
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	wait.Until(t, timeout, what, cond)
 }
 
 func (e *env) lease(vm string) (ipam.Lease, bool) {

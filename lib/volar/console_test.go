@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 // syncBuffer is a bytes.Buffer safe for the console's writer goroutine.
@@ -167,11 +169,7 @@ func TestConsoleEndsWithContext(t *testing.T) {
 
 func waitFor(t *testing.T, b *syncBuffer, want string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(b.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %q; have %q", want, b.String())
-		}
-		time.Sleep(5 * time.Millisecond)
+	if err := wait.For(10*time.Second, func() bool { return strings.Contains(b.String(), want) }); err != nil {
+		t.Fatalf("%v waiting for %q; have %q", err, want, b.String())
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/volantvm/volant/lib/testutil/ext4test"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -86,11 +86,7 @@ func TestPlanPicksBlockSizeLikeMke2fs(t *testing.T) {
 
 func needTools(t *testing.T) {
 	t.Helper()
-	for _, p := range []string{"e2fsck", "debugfs"} {
-		if _, err := exec.LookPath(p); err != nil {
-			netnstest.SkipOrFail(t, "%s not installed (e2fsprogs)", p)
-		}
-	}
+	ext4test.Require(t)
 	if _, err := findMkfs(); err != nil {
 		netnstest.SkipOrFail(t, "%v", err)
 	}
@@ -153,23 +149,6 @@ func sum(t *testing.T, p string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-func debugfs(t *testing.T, image, req string) string {
-	t.Helper()
-	out, err := exec.Command("debugfs", "-R", req, image).CombinedOutput()
-	if err != nil {
-		t.Fatalf("debugfs %s: %v\n%s", req, err, out)
-	}
-	return string(out)
-}
-
-func fsck(t *testing.T, image string) {
-	t.Helper()
-	out, err := exec.Command("e2fsck", "-fn", image).CombinedOutput()
-	if err != nil {
-		t.Fatalf("e2fsck -fn %s: %v\n%s", image, err, out)
-	}
-}
-
 func TestMakeIsCleanTightAndReproducible(t *testing.T) {
 	for _, bs := range []int{0, 4096} {
 		t.Run(strconv.Itoa(bs), func(t *testing.T) { testMake(t, bs) })
@@ -186,7 +165,7 @@ func testMake(t *testing.T, bs int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fsck(t, one)
+	ext4test.Fsck(t, one)
 	t.Logf("result %+v", r1)
 	if r1.FreeBytes < MinAutoBuffer*9/10 {
 		t.Fatalf("free %d below the automatic buffer", r1.FreeBytes)
@@ -202,26 +181,26 @@ func testMake(t *testing.T, bs int) {
 		t.Fatalf("block size %d, want %d", r1.BlockSize, want)
 	}
 
-	ls := debugfs(t, one, "ls -l /usr/bin")
+	ls := ext4test.Debugfs(t, one, "ls -l /usr/bin")
 	for _, want := range []string{"tool", "tool-link"} {
 		if !strings.Contains(ls, want) {
 			t.Fatalf("%s missing from /usr/bin:\n%s", want, ls)
 		}
 	}
-	if st := debugfs(t, one, "stat /usr/bin/tool"); !strings.Contains(st, "Links: 2") {
+	if st := ext4test.Debugfs(t, one, "stat /usr/bin/tool"); !strings.Contains(st, "Links: 2") {
 		t.Fatalf("hard link lost:\n%s", st)
 	}
-	if st := debugfs(t, one, "stat /bin"); !strings.Contains(st, "Fast link dest: \"usr/bin\"") {
+	if st := ext4test.Debugfs(t, one, "stat /bin"); !strings.Contains(st, "Fast link dest: \"usr/bin\"") {
 		t.Fatalf("symlink lost:\n%s", st)
 	}
 	if root {
-		if st := debugfs(t, one, "stat /dev/null"); !strings.Contains(st, "character special") || !strings.Contains(st, "Device major/minor number: 01:03") {
+		if st := ext4test.Debugfs(t, one, "stat /dev/null"); !strings.Contains(st, "character special") || !strings.Contains(st, "Device major/minor number: 01:03") {
 			t.Fatalf("device node lost:\n%s", st)
 		}
-		if st := debugfs(t, one, "stat /etc/big"); !strings.Contains(st, "User:  1000   Group:  1001") {
+		if st := ext4test.Debugfs(t, one, "stat /etc/big"); !strings.Contains(st, "User:  1000   Group:  1001") {
 			t.Fatalf("owner lost:\n%s", st)
 		}
-		if x := debugfs(t, one, "ea_list /usr/bin/tool"); !strings.Contains(x, "security.capability") {
+		if x := ext4test.Debugfs(t, one, "ea_list /usr/bin/tool"); !strings.Contains(x, "security.capability") {
 			t.Fatalf("xattr lost:\n%s", x)
 		}
 	}
@@ -256,7 +235,7 @@ func TestMakeHonoursFreeBytes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fsck(t, img)
+	ext4test.Fsck(t, img)
 	if r.FreeBytes < 36<<20 || r.FreeBytes > 60<<20 {
 		t.Fatalf("free %d, asked for %d", r.FreeBytes, 40<<20)
 	}
@@ -275,7 +254,7 @@ func TestMakeManySmallFilesNeedsNoRetryForInodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fsck(t, img)
+	ext4test.Fsck(t, img)
 	if r.FreeInodes < 100 {
 		t.Fatalf("only %d free inodes", r.FreeInodes)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/kestrel/outlog"
 	"github.com/volantvm/volant/lib/kestrel/reaper"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 // socketpair returns two connected unix stream sockets, as the two ends
@@ -63,7 +64,9 @@ func start(t *testing.T) *fixture {
 	go r.Run(ctx)
 	out := outlog.New(1 << 20)
 	srv := New(Config{VM: "test", Version: "test", Reaper: r, Output: out,
-		WorkloadEnv: func() ([]string, string) { return []string{"FROM_WORKLOAD=1", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, "/tmp" }})
+		WorkloadEnv: func() ([]string, string) {
+			return []string{"FROM_WORKLOAD=1", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, "/tmp"
+		}})
 	host, guest := socketpair(t)
 	// Leftovers of an earlier session on the byte stream.
 	host.Write([]byte("\x00\x01garbage\nVOLANT-AGENT 9 nope\n"))
@@ -256,12 +259,8 @@ func TestExecTTY(t *testing.T) {
 
 func waitFor(t *testing.T, b *buf, s string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(b.String(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("output never showed %q: %q", s, b.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := wait.For(10*time.Second, func() bool { return strings.Contains(b.String(), s) }); err != nil {
+		t.Fatalf("output never showed %q (%v): %q", s, err, b.String())
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/volantvm/volant/lib/kestrel/reaper"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 func freePort(t *testing.T) int {
@@ -49,13 +50,7 @@ func getStatus(t *testing.T, base string) agentapi.Status {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	wait.Until(t, 20*time.Second, what, cond)
 }
 
 // TestAgentOnHost runs the whole agent outside a guest with busybox httpd

@@ -48,8 +48,8 @@ func QEMU(t testing.TB) string {
 	return p
 }
 
-// builds holds one build per command per test process.
-var builds sync.Map // name -> *build
+// builds holds one build per package per test process.
+var builds sync.Map // package path -> *build
 
 type build struct {
 	once sync.Once
@@ -68,7 +68,16 @@ func Kestrel(t testing.TB) string {
 		}
 		return p
 	}
-	return buildCommand(t, "kestrel", "-trimpath", "-ldflags", "-s -w")
+	return buildPackage(t, "cmd/kestrel", false, "-trimpath", "-ldflags", "-s -w")
+}
+
+// StaticInit returns a static build (no cgo, stripped) of a test's init
+// program, the package at pkg relative to the module root (for example
+// "lib/vmm/vmmtest/testdata/testinit"), built once per test process like
+// the commands.
+func StaticInit(t testing.TB, pkg string) string {
+	t.Helper()
+	return buildPackage(t, pkg, false, "-trimpath", "-ldflags", "-s -w")
 }
 
 // Command returns the binary of cmd/<name>: $VOLANT_BIN/<name> when the
@@ -81,7 +90,7 @@ func Command(t testing.TB, name string) string {
 			return p
 		}
 	}
-	return buildCommand(t, name, "-tags", "libsqlite3 containers_image_openpgp")
+	return buildPackage(t, "cmd/"+name, true, "-tags", "libsqlite3 containers_image_openpgp")
 }
 
 func fileExists(p string) bool {
@@ -89,13 +98,14 @@ func fileExists(p string) bool {
 	return err == nil && st.Mode().IsRegular()
 }
 
-// buildCommand builds ./cmd/<name> with flags once per test process (kestrel
-// without cgo). Builds share one directory and are named by their content,
-// replaced atomically by each test process, so test runs leave no trail
-// of temporary directories.
-func buildCommand(t testing.TB, name string, flags ...string) string {
+// buildPackage builds the package at pkg (relative to the module root)
+// with flags once per test process, with cgo or without. Builds share one
+// directory and are named by their content, replaced atomically by each
+// test process, so test runs leave no trail of temporary directories.
+func buildPackage(t testing.TB, pkg string, cgo bool, flags ...string) string {
 	t.Helper()
-	v, _ := builds.LoadOrStore(name, &build{})
+	name := filepath.Base(pkg)
+	v, _ := builds.LoadOrStore(pkg, &build{})
 	b := v.(*build)
 	b.once.Do(func() {
 		root, err := ModuleRoot()
@@ -109,10 +119,10 @@ func buildCommand(t testing.TB, name string, flags ...string) string {
 			return
 		}
 		tmp := filepath.Join(dir, fmt.Sprintf(".%s-%d", name, os.Getpid()))
-		args := append(append([]string{"build"}, flags...), "-o", tmp, "./cmd/"+name)
+		args := append(append([]string{"build"}, flags...), "-o", tmp, "./"+pkg)
 		cmd := exec.Command("go", args...)
 		cmd.Dir = root
-		if name == "kestrel" {
+		if !cgo {
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		}
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -126,7 +136,7 @@ func buildCommand(t testing.TB, name string, flags ...string) string {
 		}
 	})
 	if b.err != nil {
-		t.Fatalf("building %s: %v", name, b.err)
+		t.Fatalf("building %s: %v", pkg, b.err)
 	}
 	return b.path
 }

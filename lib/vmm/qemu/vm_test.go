@@ -14,12 +14,6 @@ import (
 	"github.com/volantvm/volant/lib/vmm/vmmtest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	vmmtest.CleanupBuilds()
-	os.Exit(code)
-}
-
 // TestVMConformance runs the shared backend suite against real QEMU booting
 // Debian's kernel with the test init, which honours the ACPI power button.
 func TestVMConformance(t *testing.T) {

@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,47 +21,11 @@ const (
 	PowerOffLine = "TESTINIT: power button; powering off"
 )
 
-var (
-	initOnce sync.Once
-	initBin  string
-	initErr  error
-)
-
-// CleanupBuilds removes what TestInit built; call it from TestMain after
-// m.Run (the build is shared by every test of the process).
-func CleanupBuilds() {
-	if initBin != "" {
-		os.RemoveAll(filepath.Dir(initBin))
-	}
-}
-
 // TestInit returns a static build of testdata/testinit, built once per
-// test process (see CleanupBuilds).
+// test process (guesttest.StaticInit).
 func TestInit(t testing.TB) string {
 	t.Helper()
-	initOnce.Do(func() {
-		root, err := guesttest.ModuleRoot()
-		if err != nil {
-			initErr = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "vmmtest-init-")
-		if err != nil {
-			initErr = err
-			return
-		}
-		initBin = filepath.Join(dir, "testinit")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", initBin, "./lib/vmm/vmmtest/testdata/testinit")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			initErr = fmt.Errorf("building testinit: %v: %s", err, out)
-		}
-	})
-	if initErr != nil {
-		t.Fatal(initErr)
-	}
-	return initBin
+	return guesttest.StaticInit(t, "lib/vmm/vmmtest/testdata/testinit")
 }
 
 // GuestInitramfs writes, under dir, an initramfs whose /init is pid1 (a
