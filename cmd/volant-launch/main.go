@@ -124,6 +124,9 @@ type options struct {
 	Pause    pauseCmd           `command:"pause" description:"Pause a VM's vCPUs"`
 	Resume   resumeCmd          `command:"resume" description:"Resume a paused VM"`
 	Counters countersCmd        `command:"counters" description:"Report a VM's I/O counters"`
+	Exec     execCmd            `command:"exec" description:"Run a command in a running VM over its agent channel"`
+	Cp       cpCmd              `command:"cp" description:"Copy files into or out of a running VM (tar over the agent channel)"`
+	Logs     logsCmd            `command:"logs" description:"Print a VM's workload output (stdout and stderr, kept on the host)"`
 	Backends backendsCmd        `command:"backends" description:"List the hypervisor backends, usable here or not, and their capabilities"`
 	Version  cli.VersionCommand `command:"version" description:"Print the build version"`
 }

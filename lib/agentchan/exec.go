@@ -1,11 +1,13 @@
 package agentchan
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
 )
@@ -234,3 +236,67 @@ func (b *CappedBuffer) Bytes() []byte { return b.buf }
 
 // String returns what was kept.
 func (b *CappedBuffer) String() string { return string(b.buf) }
+
+// RunResult is a command run to completion with its output captured: what
+// `volant-launch exec` prints, volantd's non-interactive exec answers and
+// the MCP exec_vm tool returns.
+type RunResult struct {
+	ExitCode int    `json:"exit_code"`
+	Signal   string `json:"signal,omitempty"`
+	Stdout   string `json:"stdout"`
+	Stderr   string `json:"stderr"`
+	// StdoutTruncated and StderrTruncated count bytes left out past the
+	// output cap.
+	StdoutTruncated int64 `json:"stdout_truncated,omitempty"`
+	StderrTruncated int64 `json:"stderr_truncated,omitempty"`
+	DurationMS      int64 `json:"duration_ms"`
+}
+
+// DefaultOutputCap bounds each stream Run keeps.
+const DefaultOutputCap = 1 << 20
+
+// Run runs req (without a TTY) with stdin as its input, keeping at most
+// maxOutput bytes of each stream (DefaultOutputCap if 0). When ctx ends
+// first, the result so far is returned with the error (TIMEOUT or
+// CANCELED).
+func (s *Session) Run(ctx context.Context, req ExecRequest, stdin []byte, maxOutput int) (*RunResult, error) {
+	if maxOutput <= 0 {
+		maxOutput = DefaultOutputCap
+	}
+	req.TTY = false
+	req.Stdin = stdin != nil
+	out, errb := &lockedCap{c: CappedBuffer{Max: maxOutput}}, &lockedCap{c: CappedBuffer{Max: maxOutput}}
+	eio := ExecIO{Stdout: out, Stderr: errb}
+	if stdin != nil {
+		eio.Stdin = bytes.NewReader(stdin)
+	}
+	t0 := time.Now()
+	exit, err := s.Exec(ctx, req, eio)
+	res := &RunResult{DurationMS: time.Since(t0).Milliseconds()}
+	res.Stdout, res.StdoutTruncated = out.get()
+	res.Stderr, res.StderrTruncated = errb.get()
+	if exit != nil {
+		res.ExitCode, res.Signal = exit.Code, exit.Signal
+	}
+	if err != nil && exit == nil {
+		res.ExitCode = -1
+	}
+	return res, err
+}
+
+type lockedCap struct {
+	mu sync.Mutex
+	c  CappedBuffer
+}
+
+func (l *lockedCap) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.c.Write(p)
+}
+
+func (l *lockedCap) get() (string, int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.c.String(), l.c.Truncated
+}

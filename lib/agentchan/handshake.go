@@ -71,7 +71,9 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser) (*Session, error) {
 		if !stop() {
 			return nil, handshakeErr(ctx, ctx.Err())
 		}
-		mux, err := yamux.Client(&bufConn{r: r, WriteCloser: conn}, YamuxConfig())
+		cfg := YamuxConfig()
+		cfg.EnableKeepAlive, cfg.KeepAliveInterval = true, KeepAlive
+		mux, err := yamux.Client(&bufConn{r: r, WriteCloser: conn}, cfg)
 		if err != nil {
 			conn.Close()
 			return nil, err

@@ -190,8 +190,16 @@ func YamuxConfig() *yamux.Config {
 	c.LogOutput = io.Discard
 	c.StreamOpenTimeout = 30 * time.Second
 	c.StreamCloseTimeout = time.Minute
+	c.ConnectionWriteTimeout = 30 * time.Second
 	return c
 }
+
+// KeepAlive is how often the host pings the guest over a direct session
+// (Connect): a guest whose agent ended its session without the byte stream
+// ending (a virtio-serial port outlives its sessions) is noticed within
+// about KeepAlive plus the write timeout, and the host reconnects. One
+// wake-up of an idle guest a minute costs nothing measurable.
+const KeepAlive = time.Minute
 
 // Stream is a yamux stream with a buffered reader for its JSON lines; read
 // the bytes after them through Stream too.
@@ -205,6 +213,10 @@ func NewStream(c net.Conn) *Stream { return &Stream{Conn: c, r: bufio.NewReaderS
 
 // Read reads what follows the lines read so far.
 func (s *Stream) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+// Buffered is the number of bytes read from the stream but not yet
+// consumed.
+func (s *Stream) Buffered() int { return s.r.Buffered() }
 
 // CloseWrite ends this side's writing (a yamux half close): the peer reads
 // EOF, and this side can still read.

@@ -105,11 +105,40 @@ func Main(run func(ctx context.Context, env *Env) error) {
 // errHelp marks a run that printed its help text on request.
 var errHelp = errors.New("help requested")
 
+// StatusError ends a command with an exit status of its own rather than
+// its error code's: a command that streams another program's output (an
+// exec in a guest) exits with that program's status. Err, when set, is
+// still reported on stderr.
+type StatusError struct {
+	Status int
+	Err    error
+}
+
+func (s *StatusError) Error() string {
+	if s.Err != nil {
+		return s.Err.Error()
+	}
+	return fmt.Sprintf("exit status %d", s.Status)
+}
+
+func (s *StatusError) Unwrap() error { return s.Err }
+
 // Exit reports err on env.Stderr per the contract and returns the exit status.
 func Exit(env *Env, err error) int {
 	if err == nil || errors.Is(err, errHelp) {
 		return 0
 	}
+	var se *StatusError
+	if errors.As(err, &se) {
+		if se.Err != nil {
+			report(env, se.Err)
+		}
+		return se.Status
+	}
+	return report(env, err)
+}
+
+func report(env *Env, err error) int {
 	e := apierr.From(err)
 	b, merr := marshal(e)
 	if merr != nil {

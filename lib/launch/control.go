@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
@@ -109,6 +110,16 @@ func RunDirOf(dir, name string, o Options) (string, error) {
 		return RunDirFor(name, o), nil
 	}
 	return "", apierr.New(apierr.Usage, "which VM? give --dir RUNDIR or --name NAME")
+}
+
+// GuestSocket is where clients reach the agent of the VM running in
+// runDir (lib/agentchan's stream layout, served by Run).
+func GuestSocket(runDir string) string { return filepath.Join(runDir, GuestSocketName) }
+
+// WorkloadLogPath is where the workload output of VM name is kept
+// (<data>/vms/<name>/workload.log, lib/workloadlog).
+func WorkloadLogPath(o Options, name string) string {
+	return filepath.Join(o.withDefaults().StateDir, "vms", name, layout.WorkloadLogName)
 }
 
 // Inspect reports the VM running in runDir. A run directory that does not

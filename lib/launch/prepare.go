@@ -40,6 +40,10 @@ const (
 	SocketName    = "ctl.sock"     // CH API socket or QEMU QMP socket
 	ConsoleName   = "console.sock" // attachable serial console
 	SerialName    = "serial.sock"  // the VMM's own serial socket, when relayed
+	AgentName     = "agent.sock"   // the VMM's end of the agent channel (QEMU chardev, CH hybrid vsock)
+	// GuestSocketName is where clients reach the guest's agent through
+	// the VM's supervisor (lib/agenthub): exec, copy (lib/agentchan).
+	GuestSocketName = "guest.sock"
 	PidFileName   = "pid"
 	PlanFileName  = "plan.json"
 	InitrdName    = "initrd"
@@ -114,6 +118,8 @@ type Plan struct {
 	// serial log and the console socket.
 	SerialRelay string `json:"serial_relay,omitempty"`
 	SerialLog   string `json:"serial_log"`
+	// Agent is the host's side of the agent channel to kestrel.
+	Agent *AgentPlan `json:"agent,omitempty"`
 	// DiskCopies are the VM's own copies of writable disks (DiskMode
 	// "copy"); Run makes the missing ones before the VMM starts.
 	DiskCopies []DiskCopy `json:"disk_copies,omitempty"`
@@ -125,6 +131,20 @@ type Plan struct {
 	Manifest manifestInfo `json:"manifest"`
 
 	manifestJSON []byte
+}
+
+// AgentPlan is where the agent channel's host side lives. Run owns the
+// channel (lib/agenthub): it connects to VMMSocket and serves clients on
+// Socket.
+type AgentPlan struct {
+	// VMMSocket is the VMM's end (vmm.Config.AgentSocket).
+	VMMSocket string `json:"vmm_socket"`
+	// Transport is vmm.AgentVirtioSerial or vmm.AgentVsock.
+	Transport string `json:"transport"`
+	// Socket is where clients connect: <run dir>/guest.sock.
+	Socket string `json:"socket"`
+	// WorkloadLog is where the workload's output is kept.
+	WorkloadLog string `json:"workload_log"`
 }
 
 type manifestInfo struct {
@@ -461,7 +481,14 @@ func (r *prep) backend(ctx context.Context) error {
 	if !r.caps.SerialSocket {
 		p.SerialRelay = filepath.Join(p.RunDir, SerialName)
 	}
-	for _, sp := range []string{filepath.Join(p.RunDir, SocketName), p.Console, p.SerialRelay} {
+	if r.caps.AgentChannel {
+		p.Agent = &AgentPlan{
+			VMMSocket: filepath.Join(p.RunDir, AgentName), Transport: r.caps.AgentTransport,
+			Socket:      filepath.Join(p.RunDir, GuestSocketName),
+			WorkloadLog: WorkloadLogPath(r.o, p.Name),
+		}
+	}
+	for _, sp := range []string{filepath.Join(p.RunDir, SocketName), p.Console, p.SerialRelay, filepath.Join(p.RunDir, AgentName), filepath.Join(p.RunDir, GuestSocketName)} {
 		if len(sp) > maxSocketPath {
 			return badInput("socket path %s is %d bytes; unix sockets allow %d: choose a shorter run dir", sp, len(sp), maxSocketPath).
 				With("field", "run_dir").With("bytes", len(sp))
@@ -579,6 +606,9 @@ func (r *prep) argv(context.Context) error {
 	}
 	if p.SerialRelay != "" {
 		p.Config.Serial = vmm.Serial{Socket: p.SerialRelay}
+	}
+	if p.Agent != nil {
+		p.Config.AgentSocket = p.Agent.VMMSocket
 	}
 	if p.Initrd != nil {
 		p.Config.Initramfs = p.Initrd.Path

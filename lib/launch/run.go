@@ -134,6 +134,13 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 		return nil, err
 	}
 	log.Info("VMM started", "vm", p.Name, "vmm", p.VMM, "pid", proc.Pid, "accel", p.Accel)
+	if p.Agent != nil {
+		stopAgent, err := startAgent(ctx, p, log)
+		if err != nil {
+			return nil, err
+		}
+		defer stopAgent()
+	}
 	if p.SerialRelay != "" {
 		relay, err := startConsoleRelay(ctx, p.SerialRelay, p.Console, p.SerialLog, log)
 		if err != nil {

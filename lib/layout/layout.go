@@ -11,6 +11,7 @@
 //	  vms/<name>/                    one VM's lasting files:
 //	    spec.json                      the launch spec volantd staged
 //	    serial.log                     the guest console
+//	    workload.log[.N]               the workload's output per stream (lib/workloadlog)
 //	    launch.log                     a detached volant-launch's stdout and stderr, for people
 //	    last-error.json                the error the VM's last run ended with, for programs
 //	    disks/                         the VM's own copies of writable disks
@@ -60,6 +61,8 @@ const (
 	VMsName       = "vms"
 	SpecName      = "spec.json"
 	SerialLogName = "serial.log"
+	// WorkloadLogName is the workload's output, collected over the agent channel.
+	WorkloadLogName = "workload.log"
 	LaunchLogName = "launch.log"
 	LastErrorName = "last-error.json"
 	DisksName     = "disks"

@@ -43,8 +43,11 @@ type Config struct {
 	Serial    Serial `json:"serial"`
 	// APISocket is the control socket: CH's --api-socket, QEMU's QMP.
 	APISocket string `json:"api_socket"`
-	// AgentSocket, when set, is a host unix socket connected to a
-	// virtio-serial/console port in the guest (the kestrel channel).
+	// AgentSocket, when set, is the host's end of the agent channel to
+	// kestrel (lib/agentchan), a unix socket the VMM serves: QEMU's
+	// chardev for a virtio-serial port named agentchan.PortName, Cloud
+	// Hypervisor's hybrid vsock socket (Capabilities.AgentTransport says
+	// which).
 	AgentSocket string `json:"agent_socket,omitempty"`
 	// Machine is the machine type: QEMU "microvm" (default) or "pc".
 	Machine string `json:"machine,omitempty"`
@@ -74,16 +77,30 @@ type Serial struct {
 
 // Capabilities describe what a backend can do.
 type Capabilities struct {
-	Machines      []string `json:"machines"`
-	Accels        []Accel  `json:"accels"`
-	Pause         bool     `json:"pause"`
-	PowerButton   bool     `json:"power_button"`
-	Counters      bool     `json:"counters"`
-	SerialSocket  bool     `json:"serial_socket"`
-	AgentChannel  bool     `json:"agent_channel"`
-	DiskFormats   []string `json:"disk_formats"`
-	InitramfsBoot bool     `json:"initramfs_boot"`
+	Machines     []string `json:"machines"`
+	Accels       []Accel  `json:"accels"`
+	Pause        bool     `json:"pause"`
+	PowerButton  bool     `json:"power_button"`
+	Counters     bool     `json:"counters"`
+	SerialSocket bool     `json:"serial_socket"`
+	AgentChannel bool     `json:"agent_channel"`
+	// AgentTransport is how AgentSocket reaches the guest:
+	// AgentVirtioSerial or AgentVsock.
+	AgentTransport string   `json:"agent_transport,omitempty"`
+	DiskFormats    []string `json:"disk_formats"`
+	InitramfsBoot  bool     `json:"initramfs_boot"`
 }
+
+// Agent channel transports.
+const (
+	AgentVirtioSerial = "virtio-serial" // a byte stream to the guest's port
+	AgentVsock        = "vsock"         // CH's hybrid vsock: CONNECT <port> first
+)
+
+// AgentVsockCID is the guest CID given to a VM's vsock device. Each VM's
+// device has a host side of its own (a unix socket), so every guest can
+// use the first CID guests may have.
+const AgentVsockCID = 3
 
 // Availability says whether a backend can run VMs on this host, and why not.
 type Availability struct {

@@ -73,6 +73,11 @@ func Argv(binary string, cfg vmm.Config) ([]string, error) {
 		a = append(a, "--serial", "null")
 	}
 	a = append(a, "--console", "off")
+	if cfg.AgentSocket != "" {
+		// Hybrid vsock: the host reaches the guest's ports through this
+		// unix socket (CONNECT <port>), which CH creates.
+		a = append(a, "--vsock", "cid="+strconv.Itoa(vmm.AgentVsockCID)+",socket="+val(cfg.AgentSocket))
+	}
 	return a, nil
 }
 
@@ -91,8 +96,6 @@ func unsupported(cfg vmm.Config) error {
 		return vmm.NotSupported(Name, "TCG software emulation (Cloud Hypervisor needs KVM; use the qemu backend)")
 	case cfg.Machine != "":
 		return vmm.NotSupported(Name, fmt.Sprintf("machine type %q (Cloud Hypervisor has one machine type)", cfg.Machine))
-	case cfg.AgentSocket != "":
-		return vmm.NotSupported(Name, "a virtio-serial agent channel (use vsock on Cloud Hypervisor)")
 	case cfg.Serial.Socket != "" && cfg.Serial.LogFile != "":
 		return vmm.NotSupported(Name, "a serial console that is both logged to a file and served on a socket")
 	}
@@ -113,6 +116,7 @@ func validate(cfg vmm.Config) error {
 	inexpressible("api_socket", cfg.APISocket)
 	inexpressible("serial.log_file", cfg.Serial.LogFile)
 	inexpressible("serial.socket", cfg.Serial.Socket)
+	inexpressible("agent_socket", cfg.AgentSocket)
 	for i, d := range cfg.Disks {
 		inexpressible(fmt.Sprintf("disks[%d].path", i), d.Path)
 	}

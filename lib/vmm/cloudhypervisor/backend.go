@@ -36,15 +36,16 @@ func (b *Backend) Name() string { return Name }
 // Capabilities implements vmm.Backend.
 func (b *Backend) Capabilities() vmm.Capabilities {
 	return vmm.Capabilities{
-		Machines:      []string{}, // one machine type, not selectable
-		Accels:        []vmm.Accel{vmm.AccelKVM},
-		Pause:         true,
-		PowerButton:   true,
-		Counters:      true,
-		SerialSocket:  false,
-		AgentChannel:  false,
-		DiskFormats:   []string{"raw", "qcow2"},
-		InitramfsBoot: true,
+		Machines:       []string{}, // one machine type, not selectable
+		Accels:         []vmm.Accel{vmm.AccelKVM},
+		Pause:          true,
+		PowerButton:    true,
+		Counters:       true,
+		SerialSocket:   false,
+		AgentChannel:   true,
+		AgentTransport: vmm.AgentVsock,
+		DiskFormats:    []string{"raw", "qcow2"},
+		InitramfsBoot:  true,
 	}
 }
 

@@ -53,6 +53,7 @@ func TestArgvGolden(t *testing.T) {
 			c.Disks, c.Initramfs = nil, ""
 		}},
 		{"serial-null", func(c *vmm.Config) { c.Serial = vmm.Serial{}; c.Nets = nil }},
+		{"agent-vsock", func(c *vmm.Config) { c.AgentSocket = "/run/volant/vms/web-1/agent.vsock" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := base()
@@ -75,7 +76,7 @@ func TestArgvRefusesEarly(t *testing.T) {
 	}{
 		{"tcg", func(c *vmm.Config) { c.Accel = vmm.AccelTCG }, apierr.NotSupported, "TCG"},
 		{"machine", func(c *vmm.Config) { c.Machine = "pc" }, apierr.NotSupported, "machine"},
-		{"agent", func(c *vmm.Config) { c.AgentSocket = "/run/a.sock" }, apierr.NotSupported, "agent"},
+		{"agent socket with a quote", func(c *vmm.Config) { c.AgentSocket = `/run/a"b.sock` }, apierr.InvalidInput, "agent_socket"},
 		{"logged socket", func(c *vmm.Config) { c.Serial.Socket = "/run/c.sock" }, apierr.NotSupported, "both logged"},
 		{"quote in path", func(c *vmm.Config) { c.Disks[0].Path = `/a"b` }, apierr.InvalidInput, "cannot carry"},
 		{"bracket in tap", func(c *vmm.Config) { c.Nets[0].Tap = "t[0]" }, apierr.InvalidInput, "cannot carry"},

@@ -21,8 +21,8 @@ const (
 	MachinePC      = "pc"
 )
 
-// AgentPortName is the virtio-serial port name kestrel looks for
-// (/dev/virtio-ports/<name> in the guest).
+// AgentPortName is the virtio-serial port name kestrel looks for (the
+// guest's /dev/vportNpM whose sysfs name is this; agentchan.PortName).
 const AgentPortName = "org.volant.agent"
 
 // Argv builds the QEMU command line for cfg. It is pure: nothing is opened

@@ -48,15 +48,16 @@ func (b *Backend) Name() string { return Name }
 // only (query-blockstats): QEMU 7.2's QMP has no network statistics.
 func (b *Backend) Capabilities() vmm.Capabilities {
 	return vmm.Capabilities{
-		Machines:      []string{MachineMicrovm, MachinePC},
-		Accels:        []vmm.Accel{vmm.AccelKVM, vmm.AccelTCG},
-		Pause:         true,
-		PowerButton:   true,
-		Counters:      true,
-		SerialSocket:  true,
-		AgentChannel:  true,
-		DiskFormats:   []string{"raw", "qcow2"},
-		InitramfsBoot: true,
+		Machines:       []string{MachineMicrovm, MachinePC},
+		Accels:         []vmm.Accel{vmm.AccelKVM, vmm.AccelTCG},
+		Pause:          true,
+		PowerButton:    true,
+		Counters:       true,
+		SerialSocket:   true,
+		AgentChannel:   true,
+		AgentTransport: vmm.AgentVirtioSerial,
+		DiskFormats:    []string{"raw", "qcow2"},
+		InitramfsBoot:  true,
 	}
 }
 

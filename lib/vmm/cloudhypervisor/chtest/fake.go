@@ -97,7 +97,7 @@ func Main(args []string) int {
 // Volant uses: each takes one value, --disk and --net one or more.
 func parseCLI(args []string) (map[string][]string, error) {
 	single := map[string]bool{"api-socket": true, "cpus": true, "memory": true, "kernel": true,
-		"initramfs": true, "cmdline": true, "serial": true, "console": true}
+		"initramfs": true, "cmdline": true, "serial": true, "console": true, "vsock": true}
 	multi := map[string]bool{"disk": true, "net": true}
 	out := map[string][]string{}
 	for i := 0; i < len(args); i++ {
@@ -222,6 +222,7 @@ type VMConfig struct {
 	Net     []map[string]any `json:"net,omitempty"`
 	Serial  map[string]any   `json:"serial"`
 	Console map[string]any   `json:"console"`
+	Vsock   map[string]any   `json:"vsock,omitempty"`
 }
 
 // VMConfigFromFlags builds the VmConfig CH would from parsed flags.
@@ -302,6 +303,17 @@ func VMConfigFromFlags(f map[string][]string) (*VMConfig, error) {
 	if c.Console, err2 = consoleConfig(or(first(f["console"]), "tty"), false); err2 != nil {
 		return nil, fmt.Errorf("--console: %w", err2)
 	}
+	if v := first(f["vsock"]); v != "" {
+		o, err := parseOptions(v, "cid", "socket", "iommu", "id", "pci_segment")
+		if err != nil {
+			return nil, fmt.Errorf("--vsock: %w", err)
+		}
+		cid, err := strconv.Atoi(o["cid"])
+		if err != nil || cid < 3 || o["socket"] == "" {
+			return nil, fmt.Errorf("--vsock: cid (>= 3) and socket are required, got %q", v)
+		}
+		c.Vsock = map[string]any{"cid": cid, "socket": o["socket"]}
+	}
 	return c, nil
 }
 
@@ -357,8 +369,14 @@ func (vm *VM) SetState(s string) {
 	vm.mu.Unlock()
 }
 
-// boot writes the guest's first console line where --serial says.
+// boot writes the guest's first console line where --serial says, and
+// serves the vsock device's host socket.
 func (vm *VM) boot() error {
+	if vm.cfg.Vsock != nil {
+		if err := serveVsock(vm.cfg.Vsock["socket"].(string)); err != nil {
+			return err
+		}
+	}
 	line := fmt.Sprintf("fake cloud-hypervisor guest: booted with %q\n", vm.cfg.Payload["cmdline"])
 	switch vm.cfg.Serial["mode"] {
 	case "File":

@@ -1,0 +1,236 @@
+// Package agenthub is the host's owner of one VM's agent channel. It runs
+// inside the VM's supervisor (`volant-launch run`, lib/launch.Run), which
+// lives exactly as long as the VM: it connects to the hypervisor's end of
+// the channel (QEMU's chardev socket serves one client; Cloud Hypervisor's
+// hybrid vsock socket needs a CONNECT), keeps one session with kestrel,
+// reconnects when the session ends while the VM runs, and
+//
+//   - serves the stream layout of lib/agentchan to any number of clients on
+//     a unix socket in the run directory (launch.GuestSocketName), splicing
+//     each client stream to a guest stream;
+//   - collects the workload's output over a logs stream into the VM's
+//     workload log (lib/workloadlog), resuming where it stopped after a
+//     reconnect and writing a counted gap when the guest had to drop output.
+package agenthub
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/volantvm/volant/lib/agentchan"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/workloadlog"
+)
+
+// DefaultGuestWait is how long a client's stream waits for the guest's
+// agent to connect (a booting VM) before it is answered UNAVAILABLE.
+const DefaultGuestWait = 60 * time.Second
+
+// Options configure a Hub.
+type Options struct {
+	VM string
+	// Dial opens a new byte stream to the guest's end of the channel.
+	Dial func(ctx context.Context) (io.ReadWriteCloser, error)
+	// Socket is where clients connect (created 0600; its directory
+	// should be root's alone).
+	Socket string
+	// Logs receives the workload's output (nil: not collected).
+	Logs *workloadlog.Writer
+	// GuestWait bounds a client stream's wait for the guest
+	// (DefaultGuestWait if 0).
+	GuestWait time.Duration
+	Log       *slog.Logger
+}
+
+// Hub is a running channel owner. Create it with Start.
+type Hub struct {
+	o      Options
+	log    *slog.Logger
+	ln     net.Listener
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	sess    *agentchan.Session
+	up      chan struct{} // closed while a session is up; replaced when it ends
+	clients map[net.Conn]struct{}
+}
+
+// Start listens on o.Socket and connects to the guest in the background.
+func Start(ctx context.Context, o Options) (*Hub, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.GuestWait <= 0 {
+		o.GuestWait = DefaultGuestWait
+	}
+	os.Remove(o.Socket)
+	ln, err := net.Listen("unix", o.Socket)
+	if err != nil {
+		return nil, apierr.Wrap(apierr.Unavailable, err, "agent channel: listening for clients")
+	}
+	if err := os.Chmod(o.Socket, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	h := &Hub{o: o, log: o.Log, ln: ln, cancel: cancel, up: make(chan struct{}), clients: map[net.Conn]struct{}{}}
+	h.wg.Add(2)
+	go func() { defer h.wg.Done(); h.connectLoop(ctx) }()
+	go func() { defer h.wg.Done(); h.accept(ctx) }()
+	return h, nil
+}
+
+// Close stops serving, ends the guest session and every client, and waits.
+func (h *Hub) Close() error {
+	h.cancel()
+	h.ln.Close()
+	h.mu.Lock()
+	if h.sess != nil {
+		h.sess.Close()
+	}
+	for c := range h.clients {
+		c.Close()
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
+	if h.o.Logs != nil {
+		return h.o.Logs.Flush()
+	}
+	return nil
+}
+
+// Session returns the guest session, waiting for it up to GuestWait.
+func (h *Hub) Session(ctx context.Context) (*agentchan.Session, error) {
+	t := time.NewTimer(h.o.GuestWait)
+	defer t.Stop()
+	for {
+		h.mu.Lock()
+		sess, up := h.sess, h.up
+		h.mu.Unlock()
+		if sess != nil {
+			select {
+			case <-sess.Done():
+				// ended: wait for the next one
+			default:
+				return sess, nil
+			}
+		}
+		select {
+		case <-up:
+		case <-t.C:
+			return nil, apierr.New(apierr.Unavailable, "the agent of VM %s is not connected (still booting, or its init is not kestrel)", h.o.VM).With("vm", h.o.VM)
+		case <-ctx.Done():
+			return nil, apierr.From(context.Cause(ctx))
+		}
+	}
+}
+
+func (h *Hub) connectLoop(ctx context.Context) {
+	var logFrom int64 = -1
+	bootID := ""
+	pause := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		conn, err := h.o.Dial(ctx)
+		if err == nil {
+			var sess *agentchan.Session
+			sess, err = agentchan.Connect(ctx, conn)
+			if err == nil {
+				pause = 50 * time.Millisecond
+				if sess.Hello.BootID != bootID {
+					bootID, logFrom = sess.Hello.BootID, -1
+				}
+				h.log.Info("agent channel connected", "vm", h.o.VM, "agent", sess.Hello.Agent, "version", sess.Hello.Version)
+				h.mu.Lock()
+				h.sess = sess
+				close(h.up)
+				h.mu.Unlock()
+				if h.o.Logs != nil {
+					logFrom = h.pumpLogs(ctx, sess, logFrom)
+				}
+				<-sess.Done()
+				h.mu.Lock()
+				h.sess, h.up = nil, make(chan struct{})
+				h.mu.Unlock()
+				h.log.Info("agent channel session ended", "vm", h.o.VM)
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			h.log.Debug("agent channel: connecting", "vm", h.o.VM, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(pause):
+		}
+		pause = min(pause*2, 2*time.Second)
+	}
+}
+
+// pumpLogs copies the workload's output into the log until the session
+// ends, and returns the sequence to resume from.
+func (h *Hub) pumpLogs(ctx context.Context, sess *agentchan.Session, from int64) int64 {
+	st, err := sess.Call(ctx, agentchan.LogsRequest{Op: agentchan.OpLogs, From: from}, &agentchan.Reply{})
+	if err != nil {
+		h.log.Warn("agent channel: no workload output", "vm", h.o.VM, "err", err)
+		return from
+	}
+	defer st.Conn.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		var r agentchan.LogRecord
+		if err := st.ReadLine(&r); err != nil {
+			h.o.Logs.Flush()
+			return from
+		}
+		if r.Gap > 0 {
+			h.log.Warn("the guest dropped workload output", "vm", h.o.VM, "bytes", r.Gap)
+			h.o.Logs.Gap(time.Now(), r.Gap)
+			from = r.Seq + r.Gap
+			continue
+		}
+		if r.N > len(buf) {
+			buf = make([]byte, r.N)
+		}
+		if _, err := io.ReadFull(st, buf[:r.N]); err != nil {
+			h.o.Logs.Flush()
+			return from
+		}
+		if err := h.o.Logs.Write(r.Stream, time.Unix(0, r.Time), buf[:r.N]); err != nil {
+			h.log.Warn("writing the workload log", "vm", h.o.VM, "err", err)
+		}
+		from = r.Seq + int64(r.N)
+		if st.Buffered() == 0 {
+			h.o.Logs.Flush() // caught up with what arrived
+		}
+	}
+}
+
+func (h *Hub) accept(ctx context.Context) {
+	for {
+		c, err := h.ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		h.mu.Lock()
+		h.clients[c] = struct{}{}
+		h.mu.Unlock()
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			agentchan.Proxy(ctx, c, h.Session, agentchan.ProxyOptions{})
+			h.mu.Lock()
+			delete(h.clients, c)
+			h.mu.Unlock()
+		}()
+	}
+}

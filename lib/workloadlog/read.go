@@ -1,0 +1,199 @@
+package workloadlog
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// ReadOptions select entries.
+type ReadOptions struct {
+	// Since drops entries older than it (zero: none).
+	Since time.Time
+	// Tail keeps only the last Tail lines (0: all).
+	Tail int
+	// Stream is "stdout", "stderr" or "" for both. Gap entries are always
+	// returned.
+	Stream string
+	// Follow keeps reading new entries until ctx ends.
+	Follow bool
+	// Poll is how often a follower looks for more (250 ms if 0).
+	Poll time.Duration
+	// Files is how many files the log rotates through (DefaultFiles if 0).
+	Files int
+}
+
+// Read calls fn with the selected entries of the log at path, oldest
+// first. A missing log has no entries. With Follow it then waits for new
+// entries (through rotations) until ctx ends, and returns nil.
+func Read(ctx context.Context, path string, o ReadOptions, fn func(Entry) error) error {
+	if o.Files <= 0 {
+		o.Files = DefaultFiles
+	}
+	if o.Poll <= 0 {
+		o.Poll = 250 * time.Millisecond
+	}
+	want := func(e Entry) bool {
+		if !o.Since.IsZero() && e.Time.Before(o.Since) {
+			return false
+		}
+		return e.Gap > 0 || o.Stream == "" || e.Stream == o.Stream
+	}
+	files := make([]string, 0, o.Files)
+	for i := o.Files - 1; i >= 1; i-- {
+		files = append(files, path+"."+strconv.Itoa(i))
+	}
+	skip := 0
+	if o.Tail > 0 {
+		lines := 0
+		for _, p := range append(files, path) {
+			if err := scanFile(p, func(e Entry) error {
+				if want(e) && !e.Partial {
+					lines++
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		skip = max(0, lines-o.Tail)
+	}
+	emit := func(e Entry) error {
+		if !want(e) {
+			return nil
+		}
+		if skip > 0 {
+			if !e.Partial {
+				skip--
+			}
+			return nil
+		}
+		return fn(e)
+	}
+	for _, p := range files {
+		if err := scanFile(p, emit); err != nil {
+			return err
+		}
+	}
+	if !o.Follow {
+		return scanFile(path, emit)
+	}
+	return follow(ctx, path, o.Poll, emit)
+}
+
+// scanFile calls fn for every complete entry of one file.
+func scanFile(p string, fn func(Entry) error) error {
+	f, err := os.Open(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("workload log: %w", err)
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 64<<10)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err == io.EOF {
+			return nil // an unfinished last line is not an entry yet
+		}
+		if err != nil {
+			return fmt.Errorf("workload log: %w", err)
+		}
+		if err := decode(line, fn); err != nil {
+			return err
+		}
+	}
+}
+
+func decode(line []byte, fn func(Entry) error) error {
+	var e Entry
+	if json.Unmarshal(line, &e) != nil {
+		return nil // a torn line (a crash mid-write) is skipped
+	}
+	return fn(e)
+}
+
+// follow reads the live file from its start, then what is appended, and
+// moves to the new file when the log rotates.
+func follow(ctx context.Context, path string, poll time.Duration, fn func(Entry) error) error {
+	var f *os.File
+	var r *bufio.Reader
+	var pending []byte
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		if f == nil {
+			nf, err := os.Open(path)
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("workload log: %w", err)
+			}
+			if nf != nil {
+				f, r, pending = nf, bufio.NewReaderSize(nf, 64<<10), nil
+			}
+		}
+		if f != nil {
+			drain := func() error {
+				for {
+					part, err := r.ReadBytes('\n')
+					pending = append(pending, part...)
+					if err == io.EOF {
+						return nil
+					}
+					if err != nil {
+						return fmt.Errorf("workload log: %w", err)
+					}
+					if err := decode(pending, fn); err != nil {
+						return err
+					}
+					pending = pending[:0]
+				}
+			}
+			if err := drain(); err != nil {
+				return err
+			}
+			if rotated(f, path) {
+				// The old file is complete now: read what was written
+				// to it after the drain above, then move on.
+				if err := drain(); err != nil {
+					return err
+				}
+				f.Close()
+				f = nil
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// rotated reports whether path now names another file than f.
+func rotated(f *os.File, path string) bool {
+	a, err := f.Stat()
+	if err != nil {
+		return true
+	}
+	b, err := os.Stat(path)
+	if err != nil {
+		return false // not created again yet
+	}
+	as, ok1 := a.Sys().(*syscall.Stat_t)
+	bs, ok2 := b.Sys().(*syscall.Stat_t)
+	return ok1 && ok2 && (as.Ino != bs.Ino || as.Dev != bs.Dev)
+}

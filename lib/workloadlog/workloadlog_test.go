@@ -1,0 +1,162 @@
+package workloadlog
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func collect(t *testing.T, path string, o ReadOptions) []Entry {
+	t.Helper()
+	var out []Entry
+	if err := Read(context.Background(), path, o, func(e Entry) error { out = append(out, e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func text(es []Entry) string {
+	var b strings.Builder
+	for _, e := range es {
+		if e.Gap > 0 {
+			fmt.Fprintf(&b, "<gap %d>", e.Gap)
+			continue
+		}
+		b.WriteString(e.Stream[:3] + ":" + string(e.Data()))
+		if e.Partial {
+			b.WriteString("~")
+		}
+		b.WriteString("|")
+	}
+	return b.String()
+}
+
+func TestWriteRead(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "workload.log")
+	w, err := Open(p, Rotation{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
+	w.Write("stdout", t0, []byte("one\ntwo\nhalf"))
+	w.Write("stderr", t0.Add(time.Second), []byte("err\n"))
+	w.Gap(t0.Add(2*time.Second), 4096)
+	w.Write("stdout", t0.Add(3*time.Second), []byte("\xff\xfebinary\n"))
+	w.Write("stdout", t0.Add(4*time.Second), []byte(strings.Repeat("x", MaxLine+10)+"\n"))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	all := collect(t, p, ReadOptions{})
+	long := "std:" + strings.Repeat("x", MaxLine) + "~|std:xxxxxxxxxx\n|"
+	if got, want := text(all), "std:one\n|std:two\n|std:half~|std:err\n|<gap 4096>std:\xff\xfebinary\n|"+long; got != want {
+		t.Errorf("all:\n%q\nwant\n%q", got, want)
+	}
+	if !all[0].Time.Equal(t0) {
+		t.Errorf("time %v", all[0].Time)
+	}
+	if got := text(collect(t, p, ReadOptions{Stream: "stderr"})); got != "std:err\n|<gap 4096>" {
+		t.Errorf("stderr only: %q", got)
+	}
+	if got := text(collect(t, p, ReadOptions{Since: t0.Add(2 * time.Second), Stream: "stdout"})); got != "<gap 4096>std:\xff\xfebinary\n|"+long {
+		t.Errorf("since: %q", got)
+	}
+	// Tail counts lines: the long line's two entries are one line.
+	if got := text(collect(t, p, ReadOptions{Tail: 2, Stream: "stdout"})); got != "std:\xff\xfebinary\n|"+long {
+		t.Errorf("tail 2: %q", got)
+	}
+	raw, _ := os.ReadFile(p)
+	if !bytes.Contains(raw, []byte(`"log_b64":`)) || !bytes.Contains(raw, []byte(`"gap":4096`)) {
+		t.Errorf("file:\n%s", raw)
+	}
+}
+
+func TestRotation(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "workload.log")
+	w, err := Open(p, Rotation{MaxBytes: 1000, Files: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i := 0; i < 100; i++ {
+		w.Write("stdout", now, []byte(fmt.Sprintf("line %03d\n", i)))
+	}
+	w.Close()
+	for _, f := range []string{p, p + ".1", p + ".2"} {
+		st, err := os.Stat(f)
+		if err != nil || st.Size() > 1000 {
+			t.Errorf("%s: %v %v", f, st, err)
+		}
+	}
+	if _, err := os.Stat(p + ".3"); err == nil {
+		t.Error("more files than Files")
+	}
+	es := collect(t, p, ReadOptions{})
+	last := string(es[len(es)-1].Data())
+	if last != "line 099\n" || len(es) >= 100 {
+		t.Errorf("%d entries, last %q", len(es), last)
+	}
+	for i := 1; i < len(es); i++ {
+		if string(es[i].Data()) <= string(es[i-1].Data()) {
+			t.Fatalf("out of order at %d: %q after %q", i, es[i].Data(), es[i-1].Data())
+		}
+	}
+}
+
+// A follower sees everything written after it started, through rotations.
+func TestFollow(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "workload.log")
+	w, err := Open(p, Rotation{MaxBytes: 2000, Files: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	var got []string
+	done := make(chan error)
+	go func() {
+		done <- Read(ctx, p, ReadOptions{Follow: true, Poll: 5 * time.Millisecond}, func(e Entry) error {
+			mu.Lock()
+			got = append(got, string(e.Data()))
+			mu.Unlock()
+			return nil
+		})
+	}()
+	for i := 0; i < 300; i++ {
+		w.Write("stdout", time.Now(), []byte(fmt.Sprintf("n%03d\n", i)))
+		w.Flush()
+		if i%10 == 0 {
+			time.Sleep(6 * time.Millisecond) // let the follower keep up across rotations
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= 300 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 300 {
+		t.Fatalf("follower saw %d of 300 lines (first %q)", len(got), got[:min(3, len(got))])
+	}
+	for i, s := range got {
+		if s != fmt.Sprintf("n%03d\n", i) {
+			t.Fatalf("line %d = %q", i, s)
+		}
+	}
+}
