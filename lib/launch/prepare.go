@@ -37,18 +37,18 @@ const (
 
 // Run-directory entries. Short names keep socket paths under the limit.
 const (
-	SocketName    = "ctl.sock"     // CH API socket or QEMU QMP socket
-	ConsoleName   = "console.sock" // attachable serial console
-	SerialName    = "serial.sock"  // the VMM's own serial socket, when relayed
-	AgentName     = "agent.sock"   // the VMM's end of the agent channel (QEMU chardev, CH hybrid vsock)
+	SocketName  = "ctl.sock"     // CH API socket or QEMU QMP socket
+	ConsoleName = "console.sock" // attachable serial console
+	SerialName  = "serial.sock"  // the VMM's own serial socket, when relayed
+	AgentName   = "agent.sock"   // the VMM's end of the agent channel (QEMU chardev, CH hybrid vsock)
 	// GuestSocketName is where clients reach the guest's agent through
 	// the VM's supervisor (lib/agenthub): exec, copy (lib/agentchan).
 	GuestSocketName = "guest.sock"
-	PidFileName   = "pid"
-	PlanFileName  = "plan.json"
-	InitrdName    = "initrd"
-	ManifestInVM  = "/etc/volant/manifest.json"
-	maxSocketPath = 107 // sun_path is 108 bytes with the NUL
+	PidFileName     = "pid"
+	PlanFileName    = "plan.json"
+	InitrdName      = "initrd"
+	ManifestInVM    = "/etc/volant/manifest.json"
+	maxSocketPath   = 107 // sun_path is 108 bytes with the NUL
 )
 
 // Options are the host-side settings a launcher runs with: directories,

@@ -63,9 +63,9 @@ const (
 	SerialLogName = "serial.log"
 	// WorkloadLogName is the workload's output, collected over the agent channel.
 	WorkloadLogName = "workload.log"
-	LaunchLogName = "launch.log"
-	LastErrorName = "last-error.json"
-	DisksName     = "disks"
+	LaunchLogName   = "launch.log"
+	LastErrorName   = "last-error.json"
+	DisksName       = "disks"
 )
 
 // Dirs is one host's layout. An empty field means its default: see
