@@ -89,7 +89,7 @@ func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
 		conn.Close()
 		return err
 	}
-	s.log.Debug("agent channel: host connected")
+	s.log.Info("agent channel: host connected")
 	stopMux := context.AfterFunc(ctx, func() { mux.Close() })
 	defer stopMux()
 	agentchan.Serve(mux, func(st *agentchan.Stream) { s.handle(ctx, st) })
