@@ -13,14 +13,17 @@
 // A stdio case is
 //
 //	{"name":"...", "args":[...], "stdin":"...", "code":"USAGE",
-//	 "setup":[{"args":[...],"stdin":"..."}], "netns":false, "issue":"21"}
+//	 "files":{"m.json":"..."}, "setup":[{"args":[...],"stdin":"..."}],
+//	 "netns":false, "issue":"21"}
 //
-// The command runs in an empty scratch directory $TMP (its working
-// directory; "$TMP" in args and stdin is replaced by its path) with
-// VOLANT_DB=$TMP/volant.db. setup steps run first and must succeed. The
+// The command runs in a scratch directory $TMP (its working directory;
+// "$TMP" in args, stdin and files is replaced by its path) holding only
+// files, with VOLANT_DB=$TMP/volant.db, VOLANT_DATA_DIR=$TMP/data and
+// VOLANT_RUN_ROOT=$TMP/run. setup steps run first and must succeed. The
 // case passes when the command exits with the exit status of code, writes
 // nothing on stdout, ends stderr with one JSON error object carrying code,
-// and leaves $TMP exactly as setup left it (names, modes, contents). With
+// and leaves $TMP's files as setup left them (names, modes, contents;
+// caches under data/cache and empty directories aside). With
 // "netns":true (always for volant-net) the steps run inside a network
 // namespace the test creates, whose links, addresses, nftables ruleset and
 // ip_forward must not change either. "issue" names where the case comes from.
