@@ -186,7 +186,7 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	if cfg.Bridge == "" {
-		cfg.Bridge = "vbr0"
+		cfg.Bridge = hostnet.DefaultBridge
 	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = layout.DefaultDataDir

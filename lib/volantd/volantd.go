@@ -128,7 +128,7 @@ func (c *Config) defaults() {
 	d := layout.Dirs{Data: c.DataDir, DB: c.DB, RunRoot: c.RunRoot, Cache: c.CacheDir}.WithDefaults()
 	c.DB, c.RunRoot, c.CacheDir = d.DB, d.RunRoot, d.Cache
 	if c.Bridge == "" {
-		c.Bridge = "vbr0"
+		c.Bridge = hostnet.DefaultBridge
 	}
 	if c.VMRunner == "" {
 		c.VMRunner = "auto"
