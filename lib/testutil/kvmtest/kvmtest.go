@@ -8,8 +8,10 @@
 // returns an argv prefix that runs the command in a mount namespace of its
 // own where:
 //
-//   - /dev is an overlay of the host's /dev (its submounts bound back), and
-//     /dev/kvm in it is a file served over FUSE by the test process that
+//   - /dev is a tmpfs holding the host's /dev: its directories and sockets
+//     bound, its device nodes and symlinks copied (no overlay, which would
+//     not nest), and /dev/kvm in it is a file served over FUSE by the test
+//     process that
 //     answers KVM_GET_API_VERSION with 12 and KVM_CHECK_EXTENSION with 0,
 //     which is what vmm.KVMUsable asks; it creates no VM, so nothing that
 //     actually needs KVM can run on it (fakes only);
@@ -66,17 +68,21 @@ kvm="$w/fuse/` + standInFileName + `"`
 	return `set -eu
 w=$1; shift
 mount -t tmpfs -o mode=0700 kvmtest "$w"
-mkdir "$w/upper" "$w/work" "$w/old"
+mkdir "$w/old"
 ` + src + `
-subs=$(awk '$5 ~ "^/dev/[^/]+$" && $5 != "/dev/kvm" {print $5}' /proc/self/mountinfo | sort -u)
 mount --rbind /dev "$w/old"
-mount -t overlay -o lowerdir=/dev,upperdir="$w/upper",workdir="$w/work" kvmtest /dev
-for m in $subs; do
-	src="$w/old${m#/dev}"
-	if [ -d "$src" ]; then mkdir -p "$m"; elif [ ! -e "$m" ]; then : > "$m"; fi
-	mount --rbind "$src" "$m"
+mount -t tmpfs -o mode=0755 kvmtest /dev
+cd "$w/old"
+files=
+for n in * .[!.]*; do
+	if [ "$n" = kvm ] || { [ ! -e "$n" ] && [ ! -L "$n" ]; }; then continue; fi
+	if [ -d "$n" ] && [ ! -L "$n" ]; then mkdir "/dev/$n"; mount --rbind "$n" "/dev/$n"
+	elif [ -S "$n" ]; then : > "/dev/$n"; mount --bind "$n" "/dev/$n"
+	else files="$files $n"; fi
 done
-rm -f /dev/kvm
+# Device nodes and symlinks, copied in one go (mknod on the tmpfs).
+[ -z "$files" ] || cp -a $files /dev/
+cd /
 : > /dev/kvm
 mount --bind "$kvm" /dev/kvm
 if [ -d /sys/module ]; then mount -t tmpfs -o mode=0755 kvmtest /sys/module; fi
