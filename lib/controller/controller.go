@@ -57,6 +57,7 @@ import (
 
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/controller/events"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/layout"
@@ -152,10 +153,10 @@ type Prober interface {
 // Controller runs plugins, VMs and deployments. Create it with New, call
 // Reconcile once, then Run in the background.
 type Controller struct {
-	cfg Config
-	st  *store.Store
-	log *slog.Logger
-	bus *Bus
+	cfg    Config
+	st     *store.Store
+	log    *slog.Logger
+	events *events.Log
 
 	locks keyLock
 
@@ -237,12 +238,16 @@ func New(cfg Config) (*Controller, error) {
 		wake:     make(chan struct{}, 1),
 		base:     context.Background(),
 	}
-	c.bus = NewBus(cfg.Store, cfg.Logger)
+	c.events = events.New(cfg.Store, cfg.Logger)
 	return c, nil
 }
 
-// Bus is the controller's event bus.
-func (c *Controller) Bus() *Bus { return c.bus }
+// Events is the event log: what the server replays and follows.
+func (c *Controller) Events() *events.Log { return c.events }
+
+// Generation advances with every commit to the state (store.Generation):
+// an answer read at one generation holds until it changes.
+func (c *Controller) Generation() uint64 { return c.st.Generation() }
 
 // Config returns the controller's configuration with defaults filled in.
 func (c *Controller) Config() Config { return c.cfg }
@@ -263,7 +268,7 @@ func (c *Controller) Run(ctx context.Context) {
 	c.mu.Unlock()
 	var wg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); c.bus.Run(ctx) }()
+	go func() { defer wg.Done(); c.events.Run(ctx) }()
 	go func() { defer wg.Done(); c.runDeployments(ctx) }()
 	go func() { defer wg.Done(); c.pruneEvents(ctx) }()
 	wg.Wait()
@@ -291,7 +296,7 @@ func (c *Controller) notify() {
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
-	c.bus.Kick()
+	c.events.Kick()
 }
 
 func (c *Controller) changes() <-chan struct{} {
@@ -312,7 +317,7 @@ func (c *Controller) pruneEvents(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
-		if err := PruneEvents(ctx, c.st, c.cfg.EventRetention); err != nil && ctx.Err() == nil {
+		if err := c.events.Prune(ctx, c.cfg.EventRetention); err != nil && ctx.Err() == nil {
 			c.log.Warn("pruning events", "err", err)
 		}
 		select {

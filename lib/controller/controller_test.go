@@ -284,53 +284,6 @@ func TestFailedCreateIsUndone(t *testing.T) {
 	}
 }
 
-func TestEventPruningKeepsIDs(t *testing.T) {
-	f := newFixture(t)
-	for i := 0; i < 50; i++ {
-		if _, err := f.st.AppendEvent(f.ctx, "test", "x", nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := controller.PruneEvents(f.ctx, f.st, 10); err != nil {
-		t.Fatal(err)
-	}
-	evs, _ := f.st.EventsSince(f.ctx, 0, 0)
-	if len(evs) != 10 || evs[0].ID != 41 {
-		t.Fatalf("kept %d from %d", len(evs), evs[0].ID)
-	}
-	if err := controller.PruneEvents(f.ctx, f.st, 0); err != nil {
-		t.Fatal(err)
-	}
-	last, err := controller.LastEventID(f.ctx, f.st)
-	if err != nil || last != 50 {
-		t.Fatalf("last id after pruning all: %d %v", last, err)
-	}
-	e, _ := f.st.AppendEvent(f.ctx, "test", "x", nil)
-	if e.ID != 51 {
-		t.Fatalf("id after pruning: %d", e.ID)
-	}
-}
-
-func TestMatchType(t *testing.T) {
-	for _, tc := range []struct {
-		pats []string
-		typ  string
-		want bool
-	}{
-		{nil, "vm.created", true},
-		{[]string{"vm.*"}, "vm.created", true},
-		{[]string{"vm.*"}, "vmx.created", false},
-		{[]string{"vm.created"}, "vm.created", true},
-		{[]string{"vm.created"}, "vm.crashed", false},
-		{[]string{"plugin.*", "ip.leased"}, "ip.leased", true},
-		{[]string{"*"}, "anything", true},
-	} {
-		if got := controller.MatchType(tc.pats, tc.typ); got != tc.want {
-			t.Errorf("MatchType(%v, %s) = %v", tc.pats, tc.typ, got)
-		}
-	}
-}
-
 func TestReplicaName(t *testing.T) {
 	if controller.ReplicaName("web", 12) != "web-12" {
 		t.Fatal(controller.ReplicaName("web", 12))

@@ -23,6 +23,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/controller/events"
 	"github.com/volantvm/volant/lib/controller/controllertest"
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/server"
@@ -187,7 +188,7 @@ func (e *env) snapshot() snapshot {
 	s.Plugins = q(`SELECT name || ':' || version || ':' || enabled FROM plugins ORDER BY name`)
 	s.Deployments = q(`SELECT name || ':' || replicas FROM deployments ORDER BY name`)
 	s.Leases = q(`SELECT vm_id || ':' || ip FROM ip_leases ORDER BY ip`)
-	id, err := controller.LastEventID(e.ctx, e.st)
+	id, err := e.ctl.Events().Last(e.ctx)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -213,14 +214,14 @@ func (e *env) unchanged(before snapshot, what string) {
 // events returns the stored events of the given types (all when none).
 func (e *env) events(types ...string) []api.Event {
 	e.t.Helper()
-	evs, err := e.st.EventsSince(e.ctx, 0, 0)
+	evs, err := e.ctl.Events().Since(e.ctx, 0, 0)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	var out []api.Event
 	for _, ev := range evs {
-		if controller.MatchType(types, ev.Type) {
-			out = append(out, controller.FromStore(ev))
+		if events.MatchType(types, ev.Type) {
+			out = append(out, ev)
 		}
 	}
 	return out

@@ -301,7 +301,7 @@ func remoteAddr(r *http.Request) netip.Addr {
 // --- handlers ---
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	last, err := controller.LastEventID(r.Context(), s.ctl.Config().Store)
+	last, err := s.ctl.Events().Last(r.Context())
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -409,7 +409,7 @@ func (s *Server) setPluginEnabled(enabled bool) http.HandlerFunc {
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := api.VMFilter{Plugin: q.Get("plugin"), Deployment: q.Get("deployment"), State: api.VMState(q.Get("state"))}
-	body, err := s.lists.list(r.Context(), s.ctl.Config().Store.Generation, s.ctl.ListVMs, f)
+	body, err := s.lists.list(r.Context(), s.ctl.Generation, s.ctl.ListVMs, f)
 	if err != nil {
 		writeError(w, r, err)
 		return

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -12,8 +11,7 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
-	"github.com/volantvm/volant/lib/controller"
-	"github.com/volantvm/volant/lib/store"
+	"github.com/volantvm/volant/lib/controller/events"
 )
 
 // events serves GET /api/v1/events. The stream starts with an id-only
@@ -47,10 +45,10 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	sub := s.ctl.Bus().Subscribe(s.opts.SSEBuffer)
+	log := s.ctl.Events()
+	sub := log.Subscribe(s.opts.SSEBuffer)
 	defer sub.Cancel()
-	st := s.ctl.Config().Store
-	last, err := controller.LastEventID(ctx, st)
+	last, err := log.Last(ctx)
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -59,7 +57,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if from < 0 {
 		from = last
 	} else if from < last {
-		if pruned, err = prunedSince(ctx, st, from, last); err != nil {
+		if pruned, err = log.Pruned(ctx, from, last); err != nil {
 			writeError(w, r, err)
 			return
 		}
@@ -95,7 +93,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			return true
 		}
 		from = ev.ID
-		if !controller.MatchType(types, ev.Type) {
+		if !events.MatchType(types, ev.Type) {
 			return true
 		}
 		frame, err := s.frames.frame(ev)
@@ -111,12 +109,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 
 	// Replay from the table.
 	for {
-		evs, err := st.EventsSince(ctx, from, 500)
+		evs, err := log.Since(ctx, from, 500)
 		if err != nil {
 			return
 		}
 		for _, e := range evs {
-			if !write(controller.FromStore(e)) {
+			if !write(e) {
 				return
 			}
 		}
@@ -168,25 +166,6 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-}
-
-// prunedSince returns the events.pruned notice for a stream resuming after
-// id from when the log lost events after it (last is the newest id ever
-// written), or nil.
-func prunedSince(ctx context.Context, st *store.Store, from, last int64) (*api.Event, error) {
-	first, err := controller.FirstEventID(ctx, st)
-	if err != nil {
-		return nil, err
-	}
-	missed := first - from - 1
-	if first == 0 {
-		missed = last - from
-	}
-	if missed <= 0 {
-		return nil, nil
-	}
-	data, _ := json.Marshal(map[string]int64{"after": from, "first_kept": first, "missed": missed})
-	return &api.Event{Type: api.EventsPruned, Data: data, Timestamp: time.Now().UTC()}, nil
 }
 
 // frameCache keeps the SSE frames of the newest events by ID, so that an

@@ -38,7 +38,7 @@ func (e *env) appendEvents(n, size int) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	e.ctl.Bus().Kick()
+	e.ctl.Events().Kick()
 }
 
 func (e *env) allIDs(after int64) []int64 {
@@ -181,7 +181,7 @@ func TestResumeAfterPrunedEvents(t *testing.T) {
 	if len(all) < 3 {
 		t.Fatalf("events: %v", all)
 	}
-	if err := controller.PruneEvents(e.ctx, e.st, 2); err != nil {
+	if err := e.ctl.Events().Prune(e.ctx, 2); err != nil {
 		t.Fatal(err)
 	}
 	kept := e.allIDs(0)
@@ -372,7 +372,7 @@ func TestClientStreamSurvivesDrops(t *testing.T) {
 func TestEventsSurviveRestart(t *testing.T) {
 	e := newEnv(t)
 	e.install("web")
-	last, err := controller.LastEventID(e.ctx, e.st)
+	last, err := e.ctl.Events().Last(e.ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

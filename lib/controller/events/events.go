@@ -1,8 +1,20 @@
-package controller
+// Package events is volantd's event log: the events table of lib/store,
+// appended to by every change in the transaction of that change, read back
+// in ID order (IDs are never reused and become visible in order), pruned to
+// a retention, and fanned out to live subscribers by a bus.
+//
+// A stream that resumes from an ID (the server's SSE endpoint) subscribes
+// first, then replays the log after its ID with Since, then follows the
+// subscription, skipping IDs it has seen: nothing is lost or repeated
+// between the two. When the log no longer holds events after the ID (they
+// were pruned), Pruned says how many the stream missed.
+package events
 
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -12,14 +24,14 @@ import (
 	"github.com/volantvm/volant/lib/store"
 )
 
-// Bus fans the event log out to subscribers. Events are appended to the
-// store first (in the transaction of the change they describe); the bus
-// reads the table after each commit (Kick) and every second (events
+// Log is the event log of one store, with its bus. Events are appended to
+// the store first (in the transaction of the change they describe); the
+// bus reads the table after each commit (Kick) and every second (events
 // appended by other processes, such as volant-ipam), and delivers each
 // event, in ID order, to every subscriber's bounded buffer. A subscriber
 // whose buffer is full is dropped — its channel closed — and resumes from
 // the table with its last ID: the bus never waits for a reader.
-type Bus struct {
+type Log struct {
 	st  *store.Store
 	log *slog.Logger
 
@@ -31,9 +43,9 @@ type Bus struct {
 	init bool
 }
 
-// Subscription receives events; see Bus.Subscribe.
+// Subscription receives events; see Log.Subscribe.
 type Subscription struct {
-	b *Bus
+	b *Log
 	// C delivers events in ID order. It is closed when the subscription is
 	// dropped for falling behind (Dropped reports true) or canceled.
 	C       <-chan api.Event
@@ -42,13 +54,16 @@ type Subscription struct {
 	closed  bool
 }
 
-// NewBus returns a bus over the store's event log.
-func NewBus(st *store.Store, log *slog.Logger) *Bus {
-	return &Bus{st: st, log: log, kick: make(chan struct{}, 1), subs: map[*Subscription]struct{}{}}
+// New returns the event log of a store. Its bus delivers nothing until Run.
+func New(st *store.Store, log *slog.Logger) *Log {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Log{st: st, log: log, kick: make(chan struct{}, 1), subs: map[*Subscription]struct{}{}}
 }
 
 // Kick asks the bus to read new events now.
-func (b *Bus) Kick() {
+func (b *Log) Kick() {
 	select {
 	case b.kick <- struct{}{}:
 	default:
@@ -57,9 +72,9 @@ func (b *Bus) Kick() {
 
 // Subscribe registers a subscriber with a buffer of size events. Events
 // committed after Subscribe returns are delivered (or the subscription is
-// dropped); a caller that also replays the log (EventsSince) should
-// subscribe first and skip IDs it has already seen.
-func (b *Bus) Subscribe(size int) *Subscription {
+// dropped); a caller that also replays the log (Since) should subscribe
+// first and skip IDs it has already seen.
+func (b *Log) Subscribe(size int) *Subscription {
 	if size < 1 {
 		size = 1
 	}
@@ -90,8 +105,8 @@ func (s *Subscription) Dropped() bool {
 	return s.dropped
 }
 
-// LastID is the newest event ID the bus has delivered.
-func (b *Bus) LastID(ctx context.Context) (int64, error) {
+// Delivered is the newest event ID the bus has delivered.
+func (b *Log) Delivered(ctx context.Context) (int64, error) {
 	if err := b.start(ctx); err != nil {
 		return 0, err
 	}
@@ -100,14 +115,14 @@ func (b *Bus) LastID(ctx context.Context) (int64, error) {
 	return b.last, nil
 }
 
-func (b *Bus) start(ctx context.Context) error {
+func (b *Log) start(ctx context.Context) error {
 	b.mu.Lock()
 	done := b.init
 	b.mu.Unlock()
 	if done {
 		return nil
 	}
-	last, err := LastEventID(ctx, b.st)
+	last, err := b.Last(ctx)
 	if err != nil {
 		return err
 	}
@@ -120,7 +135,7 @@ func (b *Bus) start(ctx context.Context) error {
 }
 
 // Run delivers events until ctx ends, then closes every subscription.
-func (b *Bus) Run(ctx context.Context) {
+func (b *Log) Run(ctx context.Context) {
 	defer func() {
 		b.mu.Lock()
 		for s := range b.subs {
@@ -156,7 +171,7 @@ func (b *Bus) Run(ctx context.Context) {
 }
 
 // poll reads and delivers what was committed since the last delivery.
-func (b *Bus) poll(ctx context.Context) {
+func (b *Log) poll(ctx context.Context) {
 	for {
 		b.mu.Lock()
 		after := b.last
@@ -173,7 +188,7 @@ func (b *Bus) poll(ctx context.Context) {
 		}
 		b.mu.Lock()
 		for _, e := range evs {
-			ev := FromStore(e)
+			ev := fromStore(e)
 			for s := range b.subs {
 				select {
 				case s.c <- ev:
@@ -189,8 +204,21 @@ func (b *Bus) poll(ctx context.Context) {
 	}
 }
 
-// FromStore converts a stored event to its API form.
-func FromStore(e store.Event) api.Event {
+// Since returns up to limit events with an ID above after, oldest first.
+func (b *Log) Since(ctx context.Context, after int64, limit int) ([]api.Event, error) {
+	evs, err := b.st.EventsSince(ctx, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Event, len(evs))
+	for i, e := range evs {
+		out[i] = fromStore(e)
+	}
+	return out, nil
+}
+
+// fromStore converts a stored event to its API form.
+func fromStore(e store.Event) api.Event {
 	return api.Event{ID: e.ID, Type: e.Type, ResourceID: e.ResourceID, Data: e.Data, Timestamp: e.Timestamp}
 }
 
@@ -208,10 +236,11 @@ func MatchType(patterns []string, typ string) bool {
 	return false
 }
 
-// LastEventID returns the newest event's ID (0 for an empty log).
-func LastEventID(ctx context.Context, st *store.Store) (int64, error) {
+// Last returns the newest event's ID ever written (0 for an empty log),
+// also when that event was pruned since.
+func (b *Log) Last(ctx context.Context) (int64, error) {
 	var id sql.NullInt64
-	err := st.Read(ctx, func(tx *sql.Tx) error {
+	err := b.st.Read(ctx, func(tx *sql.Tx) error {
 		// sqlite_sequence keeps the AUTOINCREMENT high-water mark even when
 		// the newest events were pruned.
 		return tx.QueryRowContext(ctx, `SELECT max(n) FROM (SELECT max(id) AS n FROM events UNION ALL SELECT seq FROM sqlite_sequence WHERE name = 'events')`).Scan(&id)
@@ -222,11 +251,11 @@ func LastEventID(ctx context.Context, st *store.Store) (int64, error) {
 	return id.Int64, nil
 }
 
-// FirstEventID returns the ID of the oldest event the log holds, 0 when it
-// holds none.
-func FirstEventID(ctx context.Context, st *store.Store) (int64, error) {
+// First returns the ID of the oldest event the log holds, 0 when it holds
+// none.
+func (b *Log) First(ctx context.Context) (int64, error) {
 	var id sql.NullInt64
-	err := st.Read(ctx, func(tx *sql.Tx) error {
+	err := b.st.Read(ctx, func(tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, `SELECT min(id) FROM events`).Scan(&id)
 	})
 	if err != nil {
@@ -235,10 +264,32 @@ func FirstEventID(ctx context.Context, st *store.Store) (int64, error) {
 	return id.Int64, nil
 }
 
-// PruneEvents deletes all but the newest keep events.
-func PruneEvents(ctx context.Context, st *store.Store, keep int) error {
-	return st.Tx(ctx, func(tx *sql.Tx) error {
+// Pruned returns the events.pruned notice for a stream resuming after ID
+// from when the log lost events after it (last is Last's answer), or nil.
+func (b *Log) Pruned(ctx context.Context, from, last int64) (*api.Event, error) {
+	first, err := b.First(ctx)
+	if err != nil {
+		return nil, err
+	}
+	missed := first - from - 1
+	if first == 0 {
+		missed = last - from
+	}
+	if missed <= 0 {
+		return nil, nil
+	}
+	data, _ := json.Marshal(map[string]int64{"after": from, "first_kept": first, "missed": missed})
+	return &api.Event{Type: api.EventsPruned, Data: data, Timestamp: time.Now().UTC()}, nil
+}
+
+// Prune deletes all but the newest keep events.
+func (b *Log) Prune(ctx context.Context, keep int) error {
+	return b.st.Tx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?`, keep)
 		return err
 	})
+}
+
+func internal(err error, what string) error {
+	return fmt.Errorf("%s: %w", what, err)
 }
