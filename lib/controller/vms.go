@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
@@ -122,8 +123,8 @@ func validateCreate(req api.CreateVMRequest) error {
 		return apierr.New(apierr.InvalidInput, "memory_mb %d is not between 64 and 262144", req.MemoryMB).With("field", "memory_mb")
 	}
 	for i, a := range req.KernelArgs {
-		if a == "" || strings.ContainsAny(a, " \t\n\"") || len(a) > 256 {
-			return apierr.New(apierr.InvalidInput, "kernel_args[%d] %q must be one word without spaces or quotes", i, a).
+		if a == "" || strings.ContainsAny(a, " \t\n\"") || strings.ContainsFunc(a, unicode.IsControl) || len(a) > 256 {
+			return apierr.New(apierr.InvalidInput, "kernel_args[%d] %q must be one word without spaces, quotes or control characters", i, a).
 				With("field", fmt.Sprintf("kernel_args[%d]", i))
 		}
 	}

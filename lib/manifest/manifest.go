@@ -35,7 +35,7 @@ type Manifest struct {
 	Schema        string            `json:"$schema,omitempty" jsonschema_description:"URL of this JSON Schema, for editors."`
 	SchemaVersion string            `json:"schema_version,omitempty" jsonschema:"enum=1.0,enum=1" jsonschema_description:"Manifest format version. Default 1.0."`
 	Name          string            `json:"name" jsonschema:"pattern=^[a-z0-9][a-z0-9_-]{0\\,62}$" jsonschema_description:"Unique plugin name: lowercase letters, digits, - and _."`
-	Version       string            `json:"version" jsonschema_description:"Plugin version, free-form without spaces."`
+	Version       string            `json:"version" jsonschema_description:"Plugin version, free-form without spaces or control characters."`
 	Runtime       string            `json:"runtime,omitempty" jsonschema_description:"Runtime identifier. Defaults to the name."`
 	Enabled       *bool             `json:"enabled,omitempty" jsonschema_description:"Whether VMs may be created from it. Default true."`
 	Image         string            `json:"image,omitempty" jsonschema_description:"OCI image reference the plugin was built from (set by fledge)."`
@@ -50,7 +50,7 @@ type Manifest struct {
 	Network       *Network          `json:"network,omitempty" jsonschema_description:"How the VM is networked. Default bridged."`
 	OpenAPI       string            `json:"openapi,omitempty" jsonschema_description:"URL or absolute path of the workload's OpenAPI document."`
 	Console       *Console          `json:"console,omitempty" jsonschema_description:"What the serial console offers besides output. Default: output only."`
-	Labels        map[string]string `json:"labels,omitempty" jsonschema_description:"Free-form key/value labels."`
+	Labels        map[string]string `json:"labels,omitempty" jsonschema_description:"Free-form key/value labels; values without control characters."`
 }
 
 // Artifact is a file the VM boots from.

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/volantvm/volant/lib/names"
 )
@@ -182,6 +183,11 @@ func (m *Manifest) Validate() error {
 	if m.Runtime != m.Name {
 		v.name("runtime", m.Runtime)
 	}
+	// Free text that volar and logs print: no control characters (an
+	// escape sequence in a version would drive the reader's terminal).
+	v.text("version", m.Version)
+	v.text("image", m.Image)
+	v.text("image_digest", m.ImageDigest)
 
 	switch {
 	case m.Initramfs == nil && m.Rootfs == nil:
@@ -191,10 +197,12 @@ func (m *Manifest) Validate() error {
 	}
 	if a := m.Initramfs; a != nil {
 		v.location("initramfs.url", a.URL)
+		v.text("initramfs.url", a.URL)
 		v.checksum("initramfs.checksum", a.Checksum)
 	}
 	if r := m.Rootfs; r != nil {
 		v.location("rootfs.url", r.URL)
+		v.text("rootfs.url", r.URL)
 		v.checksum("rootfs.checksum", r.Checksum)
 		v.oneOf("rootfs.format", r.Format, "raw", "qcow2")
 		v.oneOf("rootfs.fstype", r.FSType, "ext4", "xfs", "btrfs", "squashfs")
@@ -206,10 +214,12 @@ func (m *Manifest) Validate() error {
 		v.check(!seenDisk[d.Name], p+".name", "duplicate disk name %q", d.Name)
 		seenDisk[d.Name] = true
 		v.location(p+".source", d.Source)
+		v.text(p+".source", d.Source)
 		v.checksum(p+".checksum", d.Checksum)
 		v.oneOf(p+".format", d.Format, "raw", "qcow2")
 		if d.Target != "" {
 			v.absPath(p+".target", d.Target)
+			v.text(p+".target", d.Target)
 		}
 	}
 
@@ -222,14 +232,19 @@ func (m *Manifest) Validate() error {
 		v.add("workload.entrypoint", "required: the program to run and its arguments")
 	} else {
 		v.check(strings.TrimSpace(w.Entrypoint[0]) != "", "workload.entrypoint[0]", "the program must not be empty")
+		for i, a := range w.Entrypoint {
+			v.text(fmt.Sprintf("workload.entrypoint[%d]", i), a)
+		}
 	}
 	if w.Type == "http" || w.BaseURL != "" {
 		v.httpURL("workload.base_url", w.BaseURL)
+		v.text("workload.base_url", w.BaseURL)
 	}
 	for _, k := range sortedKeys(w.Env) {
 		v.check(envKeyRE.MatchString(k), "workload.env."+k, "not a valid environment variable name")
 	}
 	v.absPath("workload.workdir", w.Workdir)
+	v.text("workload.workdir", w.Workdir)
 	if w.User != "" {
 		v.check(userRE.MatchString(w.User), "workload.user", "must be numeric uid or uid:gid, got %q", w.User)
 	}
@@ -237,6 +252,7 @@ func (m *Manifest) Validate() error {
 
 	if h := m.HealthCheck; h != nil {
 		v.check(strings.HasPrefix(h.Endpoint, "/"), "health_check.endpoint", "must be a path starting with /, got %q", h.Endpoint)
+		v.text("health_check.endpoint", h.Endpoint)
 		v.check(w.BaseURL != "", "health_check", "needs workload.base_url to probe")
 		v.check(h.IntervalMS >= 100, "health_check.interval_ms", "must be at least 100, got %d", h.IntervalMS)
 		v.check(h.TimeoutMS >= 10 && h.TimeoutMS <= 60000, "health_check.timeout_ms", "must be between 10 and 60000, got %d", h.TimeoutMS)
@@ -248,9 +264,12 @@ func (m *Manifest) Validate() error {
 		v.check(names.Valid(name), p, "action names: %s", names.Rule)
 		v.oneOf(p+".method", a.Method, "GET", "POST", "PUT", "PATCH", "DELETE")
 		v.check(strings.HasPrefix(a.Path, "/"), p+".path", "must start with /, got %q", a.Path)
+		v.text(p+".path", a.Path)
+		v.text(p+".description", a.Description)
 		v.check(a.TimeoutMS > 0, p+".timeout_ms", "must be positive")
 		v.check(w.BaseURL != "", p, "actions need workload.base_url")
 	}
+	v.text("openapi", m.OpenAPI)
 	if m.Network != nil {
 		v.oneOf("network.mode", m.Network.Mode, "bridged", "none")
 		p := m.Network.AgentPort
@@ -265,6 +284,7 @@ func (m *Manifest) Validate() error {
 	for _, k := range sortedKeys(m.Labels) {
 		v.check(len(k) <= 63 && labelRE.MatchString(k), "labels."+k, "label keys use letters, digits and ._/- (at most 63)")
 		v.check(len(m.Labels[k]) <= 256, "labels."+k, "value longer than 256 characters")
+		v.text("labels."+k, m.Labels[k])
 	}
 	if len(v.probs) > 0 {
 		return invalid(v.probs)
@@ -290,6 +310,14 @@ func (v *validator) name(field, s string) {
 		return
 	}
 	v.check(names.Valid(s), field, "%q: %s", s, names.Rule)
+}
+
+// text refuses control characters (C0, DEL, C1) in a free-text field.
+func (v *validator) text(field, s string) {
+	if i := strings.IndexFunc(s, unicode.IsControl); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(s[i:])
+		v.add(field, "must not contain control characters (%U at byte %d)", r, i)
+	}
 }
 
 func (v *validator) oneOf(field, s string, allowed ...string) {
