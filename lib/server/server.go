@@ -59,7 +59,16 @@ type Options struct {
 	// SSEWriteTimeout drops a reader that does not take an event within
 	// this time (default 30 s).
 	SSEWriteTimeout time.Duration
-	Logger          *slog.Logger
+	// HeaderTimeout bounds the arrival of a request's headers, BodyTimeout
+	// that of its body (default 10 s and 30 s); IdleTimeout closes a
+	// keep-alive connection that sends no request for that long (60 s);
+	// MaxConns bounds each listener's connections (1024). Streams keep
+	// their own keep-alives and are not cut by these.
+	HeaderTimeout time.Duration
+	BodyTimeout   time.Duration
+	IdleTimeout   time.Duration
+	MaxConns      int
+	Logger        *slog.Logger
 }
 
 // Server serves one controller.
@@ -88,6 +97,18 @@ func New(ctl *controller.Controller, o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.HeaderTimeout <= 0 {
+		o.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if o.BodyTimeout <= 0 {
+		o.BodyTimeout = DefaultBodyTimeout
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = DefaultMaxConns
+	}
 	s := &Server{ctl: ctl, opts: o, log: o.Logger}
 	s.mcp = MCPHandler(ControllerBackend{ctl}, o.Logger)
 	return s
@@ -110,11 +131,11 @@ func (s *Server) Handler(auth bool) http.Handler {
 		writeError(w, r, apierr.New(apierr.NotFound, "no route %s %s; GET /openapi.json lists them", r.Method, r.URL.Path).
 			With("method", r.Method).With("path", r.URL.Path))
 	})
-	var h http.Handler = mux
+	var h http.Handler = s.bodyDeadline(false, mux)
 	if auth {
 		h = s.authenticate(h)
 	}
-	return s.logRequests(h)
+	return s.logRequests(s.bodyDeadline(true, h))
 }
 
 // AgentHandler serves only the routes guests use, without a token.
@@ -129,7 +150,7 @@ func (s *Server) AgentHandler() http.Handler {
 		writeError(w, r, apierr.New(apierr.NotFound, "the agent endpoint serves only kestrel's report and manifest routes").
 			With("path", r.URL.Path))
 	})
-	return s.logRequests(withAgent(mux))
+	return s.logRequests(s.bodyDeadline(true, withAgent(s.bodyDeadline(false, mux))))
 }
 
 // allowed returns the methods mux serves r's path with (other than the

@@ -323,10 +323,12 @@ func Serve(ctx context.Context, cfg Config) error {
 	addrs := Addrs{}
 	errc := make(chan error, len(lns)+1)
 	serve := func(l net.Listener, h http.Handler) {
-		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return serveCtx }}
+		// Header, body and idle timeouts and a connection cap per
+		// listener (lib/server); streams keep their own keep-alives.
+		hs := srv.HTTPServer(h, func(net.Listener) context.Context { return serveCtx })
 		servers = append(servers, hs)
 		go func() {
-			if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := hs.Serve(srv.LimitListener(l)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("serving on %s: %w", l.Addr(), err)
 			}
 		}()
