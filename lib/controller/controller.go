@@ -57,6 +57,7 @@ import (
 
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/controller/admission"
 	"github.com/volantvm/volant/lib/controller/events"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/ipam"
@@ -162,7 +163,7 @@ type Controller struct {
 
 	mu       sync.Mutex
 	watchers map[string]*watcher // by VM name
-	boots    *bootGate
+	boots    *admission.Gate
 	changed  chan struct{} // closed and replaced on every VM change
 	ready    bool
 
@@ -233,7 +234,7 @@ func New(cfg Config) (*Controller, error) {
 		st:       cfg.Store,
 		log:      cfg.Logger,
 		watchers: map[string]*watcher{},
-		boots:    newBootGate(cfg.MaxBooting, cfg.StartTimeout),
+		boots:    admission.New(cfg.MaxBooting, cfg.StartTimeout),
 		changed:  make(chan struct{}),
 		wake:     make(chan struct{}, 1),
 		base:     context.Background(),

@@ -49,7 +49,7 @@ func newFixture(t *testing.T) *fixture {
 // (re)started daemon would, and reconciles it.
 func (f *fixture) controller() (*controller.Controller, *controller.ReconcileReport) {
 	f.t.Helper()
-	// The fakes never report healthy: no boot admission (see TestBootGate).
+	// The fakes never report healthy: no boot admission (see lib/controller/admission).
 	return f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1})
 }
 

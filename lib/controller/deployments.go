@@ -304,7 +304,7 @@ func (c *Controller) cancelQueuedReplicas(ctx context.Context, name string, keep
 	}
 	for _, v := range vms {
 		if replicaIndex(name, v.Name) > keep {
-			c.boots.cancelWait(v.Name)
+			c.boots.CancelWait(v.Name)
 		}
 	}
 }
@@ -367,9 +367,9 @@ func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.De
 }
 
 func (c *Controller) deleteReplica(ctx context.Context, name, reason string) error {
-	c.boots.cancelWait(name)
+	c.boots.CancelWait(name)
 	unlock, err := c.locks.lock(ctx, name)
-	c.boots.uncancel(name)
+	c.boots.Uncancel(name)
 	if err != nil {
 		return err
 	}

@@ -104,7 +104,7 @@ func (c *Controller) watch(name string, info *launch.Status) {
 
 // unwatch stops watching a VM and waits for its watcher to finish.
 func (c *Controller) unwatch(name string) {
-	c.boots.release(name)
+	c.boots.Release(name)
 	c.mu.Lock()
 	w := c.watchers[name]
 	delete(c.watchers, name)
@@ -126,7 +126,7 @@ func (c *Controller) Watching(name string) bool {
 // runEnded handles a run that ended: unless a stop or delete ended it (the
 // VM no longer wants to run, or records another run), the VM crashed.
 func (c *Controller) runEnded(ctx context.Context, name string, info *launch.Status) {
-	c.boots.release(name)
+	c.boots.Release(name)
 	// The watcher's context ends as this runs; the record must not.
 	ctx = context.WithoutCancel(ctx)
 	cause := c.cfg.Runtime.LastError(name)
@@ -351,7 +351,7 @@ func (c *Controller) applyStatus(ctx context.Context, name string, st *agentapi.
 		return
 	}
 	if v.State == api.VMRunning {
-		c.boots.release(name) // booted: the next start may go
+		c.boots.Release(name) // booted: the next start may go
 	}
 	if v.Deployment != "" && (v.State != v0.State || v.Health != v0.Health) {
 		c.kickDeployments()

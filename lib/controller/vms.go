@@ -423,7 +423,7 @@ func (c *Controller) stepStage(ctx context.Context, name string) error {
 // stepStart starts the VM's run, or adopts the live one, and records it.
 // A start first waits for a boot slot (Config.MaxBooting).
 func (c *Controller) stepStart(ctx context.Context, name string) error {
-	admitted, err := c.boots.acquire(ctx, name)
+	admitted, err := c.boots.Acquire(ctx, name)
 	if err != nil {
 		return fmt.Errorf("waiting for a boot slot for %s: %w", name, err)
 	}
@@ -613,9 +613,9 @@ func (c *Controller) DeleteVM(ctx context.Context, name string) (*api.VM, error)
 	// A create still queued for a boot slot holds the VM's lock: end its
 	// wait, so it fails and undoes itself instead of booting first.
 	before, _ := c.VM(ctx, name)
-	c.boots.cancelWait(name)
+	c.boots.CancelWait(name)
 	unlock, err := c.locks.lock(ctx, name)
-	c.boots.uncancel(name)
+	c.boots.Uncancel(name)
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,8 @@
-package controller
+// Package admission admits VM boots a few at a time (volantd's
+// --max-booting): a Gate of slots, one per booting VM, each held from
+// before its hypervisor starts until the guest is healthy, its run ends,
+// or the boot timeout passes.
+package admission
 
 import (
 	"context"
@@ -7,14 +11,14 @@ import (
 	"time"
 )
 
-// bootGate admits VM boots a few at a time. A start takes a slot before its
+// Gate admits VM boots a few at a time. A start takes a slot before its
 // hypervisor starts and holds it until the guest is healthy, its run ends,
 // or the boot timeout passes. Booting is the expensive phase (kernel and
 // kestrel start-up; seconds of CPU each under software emulation): started
 // all at once on a small host, every boot slows down and none finishes in
 // time (bench/density measured 0 of 36 healthy within 120 s on 2 cores).
 // Admitted a few at a time, they finish one after another.
-type bootGate struct {
+type Gate struct {
 	slots   chan struct{} // nil: unlimited
 	timeout time.Duration
 
@@ -22,29 +26,31 @@ type bootGate struct {
 	held    map[string]*hold              // by VM name
 	waiting map[string]context.CancelFunc // starts waiting for a slot
 	// canceled marks names whose start must not wait (a delete came
-	// before the start reached the gate); the next acquire consumes it.
+	// before the start reached the gate); the next Acquire consumes it.
 	canceled map[string]bool
 }
 
 type hold struct {
 	once sync.Once
-	gate *bootGate
+	gate *Gate
 }
 
 func (h *hold) free() { h.once.Do(func() { <-h.gate.slots }) }
 
-func newBootGate(n int, timeout time.Duration) *bootGate {
-	g := &bootGate{timeout: timeout, held: map[string]*hold{}, waiting: map[string]context.CancelFunc{}, canceled: map[string]bool{}}
+// New returns a gate of n slots (n <= 0: unlimited, nothing ever waits);
+// a slot is held at most timeout.
+func New(n int, timeout time.Duration) *Gate {
+	g := &Gate{timeout: timeout, held: map[string]*hold{}, waiting: map[string]context.CancelFunc{}, canceled: map[string]bool{}}
 	if n > 0 {
 		g.slots = make(chan struct{}, n)
 	}
 	return g
 }
 
-// acquire waits for a slot for name. The caller calls done(false) when the
+// Acquire waits for a slot for name. The caller calls done(false) when the
 // start failed (the slot frees at once) and done(true) once the hypervisor
-// runs: the slot then stays held until release(name) or the timeout.
-func (g *bootGate) acquire(ctx context.Context, name string) (done func(started bool), err error) {
+// runs: the slot then stays held until Release(name) or the timeout.
+func (g *Gate) Acquire(ctx context.Context, name string) (done func(started bool), err error) {
 	if g.slots == nil {
 		return func(bool) {}, nil
 	}
@@ -54,9 +60,9 @@ func (g *bootGate) acquire(ctx context.Context, name string) (done func(started 
 		delete(g.canceled, name)
 		g.mu.Unlock()
 		cancel(nil)
-		return nil, errBootWaitCanceled
+		return nil, ErrWaitCanceled
 	}
-	g.waiting[name] = func() { cancel(errBootWaitCanceled) }
+	g.waiting[name] = func() { cancel(ErrWaitCanceled) }
 	g.mu.Unlock()
 	defer func() {
 		g.mu.Lock()
@@ -93,16 +99,16 @@ func (g *bootGate) acquire(ctx context.Context, name string) (done func(started 
 	}, nil
 }
 
-// errBootWaitCanceled ends a start that was still queued for a boot slot
+// ErrWaitCanceled ends a start that was still queued for a boot slot
 // when its VM was deleted (or scaled away).
-var errBootWaitCanceled = errors.New("the VM was deleted while it waited for a boot slot")
+var ErrWaitCanceled = errors.New("the VM was deleted while it waited for a boot slot")
 
-// cancelWait ends name's wait for a slot, or makes its next one fail at
+// CancelWait ends name's wait for a slot, or makes its next one fail at
 // once if its start has not reached the gate yet: the start fails (and its
 // create is undone) instead of booting a VM nobody wants. The deleter
-// calls uncancel once it holds the VM's lock, so a later create of the
+// calls Uncancel once it holds the VM's lock, so a later create of the
 // same name waits normally.
-func (g *bootGate) cancelWait(name string) {
+func (g *Gate) CancelWait(name string) {
 	if g.slots == nil {
 		return
 	}
@@ -117,16 +123,16 @@ func (g *bootGate) cancelWait(name string) {
 	}
 }
 
-// uncancel drops a cancelWait mark no start consumed.
-func (g *bootGate) uncancel(name string) {
+// Uncancel drops a CancelWait mark no start consumed.
+func (g *Gate) Uncancel(name string) {
 	g.mu.Lock()
 	delete(g.canceled, name)
 	g.mu.Unlock()
 }
 
-// release frees name's slot, if it holds one: the guest is healthy, or its
+// Release frees name's slot, if it holds one: the guest is healthy, or its
 // run ended, or it was stopped.
-func (g *bootGate) release(name string) {
+func (g *Gate) Release(name string) {
 	g.mu.Lock()
 	h := g.held[name]
 	delete(g.held, name)
@@ -136,8 +142,8 @@ func (g *bootGate) release(name string) {
 	}
 }
 
-// booting is the number of slots taken.
-func (g *bootGate) booting() int {
+// Booting is the number of slots taken.
+func (g *Gate) Booting() int {
 	if g.slots == nil {
 		return 0
 	}
