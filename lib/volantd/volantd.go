@@ -30,9 +30,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/controller"
@@ -321,17 +322,20 @@ func Serve(ctx context.Context, cfg Config) error {
 	defer stopServing()
 	var servers []*http.Server
 	addrs := Addrs{}
-	errc := make(chan error, len(lns)+1)
+	// Every listener and the controller run in one group: the first
+	// listener that fails ends serving, and Serve returns its error.
+	g, gctx := errgroup.WithContext(ctx)
 	serve := func(l net.Listener, h http.Handler) {
 		// Header, body and idle timeouts and a connection cap per
 		// listener (lib/server); streams keep their own keep-alives.
 		hs := srv.HTTPServer(h, func(net.Listener) context.Context { return serveCtx })
 		servers = append(servers, hs)
-		go func() {
-			if err := hs.Serve(srv.LimitListener(l)); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("serving on %s: %w", l.Addr(), err)
+		g.Go(func() error {
+			if err := hs.Serve(srv.LimitListener(l)); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serving on %s: %w", l.Addr(), err)
 			}
-		}()
+			return nil
+		})
 	}
 	for _, l := range lns {
 		serve(l, srv.Handler(l.Addr().Network() != "unix"))
@@ -356,21 +360,15 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	var bg sync.WaitGroup
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
-	bg.Add(1)
-	go func() { defer bg.Done(); ctl.Run(runCtx) }()
+	g.Go(func() error { ctl.Run(runCtx); return nil })
 
 	cfg.Notify(fmt.Sprintf("READY=1\nSTATUS=serving; %d VMs adopted, %d resumed, %d crashed", len(rep.Adopted), len(rep.Resumed), len(rep.Crashed)))
 	if cfg.Ready != nil {
 		cfg.Ready(addrs)
 	}
 
-	var serr error
-	select {
-	case <-ctx.Done():
-	case serr = <-errc:
-	}
+	<-gctx.Done() // ctx ended, or a listener failed
 	cfg.Notify("STOPPING=1")
 	log.Info("shutting down; VMs keep running")
 	stopServing()
@@ -380,8 +378,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	cancel()
 	stopRun()
-	bg.Wait()
-	return serr
+	return g.Wait()
 }
 
 func splitHostPort(s string) (string, int, error) {
