@@ -1,6 +1,19 @@
 // Package controller is volantd's orchestration: plugins, VMs and
-// deployments over lib/store, lib/ipam, lib/hostnet and lib/launch, with
+// deployments over lib/store, lib/ipam, lib/hostnet and lib/runner, with
 // every change recorded in the event log.
+//
+// Each job has its own files or package, behind a small interface:
+//
+//	vms.go, plugins.go, deployments.go   the API's operations, as steps
+//	db.go                                the vms table's rows and SQL
+//	reconcile.go                         what a restarted daemon makes of the state
+//	runs.go                              watching runs: a run that ends unasked is a crash
+//	health.go                            kestrel's health: reports, polling (Prober)
+//	control.go, console.go, logs.go      pause, resume, counters, the console socket, the serial log
+//	artifacts.go                         a plugin's artifacts: local ones checked, remote ones fetched
+//	runtime.go                           Runtime, what the controller needs of lib/runner
+//	admission/                           boot admission (a Gate of boot slots)
+//	events/                              the event log, its replay and its bus
 //
 // # VMs as steps
 //
@@ -38,8 +51,9 @@
 // # Events
 //
 // Every change appends an event to the store's events table in the same
-// transaction as the change; the Bus then fans the table out to
-// subscribers in ID order.
+// transaction as the change; the event log (Events, lib/controller/events)
+// then fans the table out to subscribers in ID order and replays it to
+// streams that resume from an ID.
 package controller
 
 import (
