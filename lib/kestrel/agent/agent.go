@@ -68,7 +68,16 @@ type Config struct {
 	// AfterStartWait bounds the wait for the first healthy check
 	// (DefaultAfterStartWait if 0).
 	AfterStartWait time.Duration
-	Log            *slog.Logger
+	// Manifest, when set, is the manifest, known before Run (it came with
+	// the boot): Run does not call its load function, and starts the
+	// workload before the API serves and the first report goes out, since
+	// under software emulation every step before the workload's exec is
+	// boot time. Without it the API serves first (kestrel may be fetching
+	// the manifest, and /healthz answers meanwhile).
+	Manifest *manifest.Manifest
+	// Ready, when set, is called once the API serves.
+	Ready func()
+	Log   *slog.Logger
 }
 
 // DefaultAfterStartWait is Config.AfterStartWait's default.
@@ -181,9 +190,11 @@ func (a *Agent) Listen() (net.Listener, error) {
 // Run serves the API on ln (a.Listen() when nil), calls load for the
 // manifest (kestrel may be fetching it: /healthz answers meanwhile), then
 // supervises and probes the workload until ctx is done, when it stops the
-// workload gracefully, posts a last report and returns nil. It returns an
-// error when the API cannot listen, the manifest cannot be loaded or
-// BeforeStart fails.
+// workload gracefully, posts a last report and returns nil. With
+// Config.Manifest set it does not call load and starts the workload first:
+// the API, the reports and the health checks begin once the workload's
+// first start had its outcome. It returns an error when the API cannot
+// listen, the manifest cannot be loaded or BeforeStart fails.
 func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load func(context.Context) (*manifest.Manifest, error)) error {
 	if ln == nil {
 		var err error
@@ -193,47 +204,44 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	}
 	srv := &http.Server{Handler: api.Handler(a, a.log), ReadHeaderTimeout: 10 * time.Second}
 	srvDone := make(chan struct{})
-	go func() {
-		defer close(srvDone)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Error("agent API stopped", "err", err)
+	rctx, stopReporter := context.WithCancel(context.Background())
+	defer stopReporter()
+	serving := false
+	serve := func() {
+		serving = true
+		go func() {
+			defer close(srvDone)
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error("agent API stopped", "err", err)
+			}
+		}()
+		a.log.Info("agent API listening", "addr", ln.Addr().String())
+		if a.cfg.Ready != nil {
+			a.cfg.Ready()
 		}
-	}()
-	a.log.Info("agent API listening", "addr", ln.Addr().String())
+		if a.reporter != nil {
+			go a.reporter.Run(rctx)
+			a.changed()
+		}
+	}
 	defer func() {
 		a.ring.Close() // ends log followers
 		a.output.Close()
+		if !serving {
+			ln.Close()
+			return
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 		<-srvDone
 	}()
 
-	rctx, stopReporter := context.WithCancel(context.Background())
-	defer stopReporter()
-	if a.reporter != nil {
-		go a.reporter.Run(rctx)
-		a.changed()
-	}
-
-	m, err := load(ctx)
-	if err != nil {
-		a.mu.Lock()
-		a.loadErr = err.Error()
-		a.mu.Unlock()
-		a.changed()
-		a.flushReports()
-		return err
-	}
-	a.mu.Lock()
-	a.m = m
-	a.mu.Unlock()
-	if _, port, err := net.SplitHostPort(a.cfg.Listen); err == nil && port != strconv.Itoa(m.AgentPort()) {
-		a.log.Warn("kestrel's API listens on another port than the manifest's network.agent_port (fetched after boot?); the host will look for it there",
-			"listen", a.cfg.Listen, "agent_port", m.AgentPort())
-	}
-	if a.cfg.BeforeStart != nil {
-		if err := a.cfg.BeforeStart(ctx, m); err != nil {
+	m := a.cfg.Manifest
+	if m == nil {
+		serve()
+		var err error
+		if m, err = load(ctx); err != nil {
 			a.mu.Lock()
 			a.loadErr = err.Error()
 			a.mu.Unlock()
@@ -242,9 +250,32 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 			return err
 		}
 	}
+	a.mu.Lock()
+	a.m = m
+	a.mu.Unlock()
+	if _, port, err := net.SplitHostPort(a.cfg.Listen); err == nil && port != strconv.Itoa(m.AgentPort()) {
+		a.log.Warn("kestrel's API listens on another port than the manifest's network.agent_port (fetched after boot?); the host will look for it there",
+			"listen", a.cfg.Listen, "agent_port", m.AgentPort())
+	}
+	fail := func(err error) error {
+		a.mu.Lock()
+		a.loadErr = err.Error()
+		a.mu.Unlock()
+		if !serving {
+			serve() // the host learns why from /healthz and the report
+		}
+		a.changed()
+		a.flushReports()
+		return err
+	}
+	if a.cfg.BeforeStart != nil {
+		if err := a.cfg.BeforeStart(ctx, m); err != nil {
+			return fail(err)
+		}
+	}
 	spec, err := supervisor.SpecFromManifest(m.Workload)
 	if err != nil {
-		return fmt.Errorf("workload of plugin %s: %w", m.Name, err)
+		return fail(fmt.Errorf("workload of plugin %s: %w", m.Name, err))
 	}
 	if a.cfg.StopGrace > 0 {
 		spec.StopGrace = a.cfg.StopGrace
@@ -253,6 +284,7 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	defer out.Close()
 	hasCheck := m.HealthCheck != nil && m.Workload.BaseURL != ""
 	var afterStart, started sync.Once
+	startedCh := make(chan struct{})
 	runAfterStart := func() {
 		if a.cfg.AfterStart != nil {
 			afterStart.Do(func() { go a.cfg.AfterStart() })
@@ -265,6 +297,7 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	sup := supervisor.New(spec, r, output, a.log, func(st agentapi.WorkloadStatus) {
 		if st.State != agentapi.WorkloadStarting {
 			started.Do(func() {
+				close(startedCh)
 				if !hasCheck {
 					runAfterStart()
 					return
@@ -291,13 +324,28 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	a.sup, a.checker = sup, checker
 	a.mu.Unlock()
 
+	supDone := make(chan struct{})
+	go func() {
+		defer close(supDone)
+		sup.Run(ctx) // returns at ctx's end (workload stopped) or when the workload is done for good
+	}()
+	if !serving {
+		// The workload's first start had its outcome (or ctx ended): now
+		// the API, the reports, the health checks.
+		select {
+		case <-startedCh:
+		case <-supDone:
+		case <-ctx.Done():
+		}
+		serve()
+	}
 	var wg sync.WaitGroup
 	hctx, stopHealth := context.WithCancel(ctx)
 	if checker != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); checker.Run(hctx) }()
 	}
-	sup.Run(ctx) // returns at ctx's end (workload stopped) or when the workload is done for good
+	<-supDone
 	<-ctx.Done()
 	stopHealth()
 	wg.Wait()

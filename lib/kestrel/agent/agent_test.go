@@ -282,3 +282,86 @@ func TestAfterStart(t *testing.T) {
 		})
 	}
 }
+
+// TestWorkloadOrAPIFirst: with the manifest known before Run (it came with
+// the boot) the workload has started when the API begins to serve and the
+// load function is not called; without it the API serves first, while the
+// manifest loads. Either way the API answers and the first report says
+// the workload runs.
+func TestWorkloadOrAPIFirst(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	m := &manifest.Manifest{Name: "w", Version: "1", Initramfs: &manifest.Artifact{URL: "/x.cpio"},
+		Workload: manifest.Workload{Entrypoint: []string{sh, "-c", "sleep 60"}}}
+	m.Normalize()
+	r := reaper.New(nil)
+	rctx, stopReaper := context.WithCancel(context.Background())
+	defer stopReaper()
+	go r.Run(rctx)
+	for _, preloaded := range []bool{true, false} {
+		t.Run(map[bool]string{true: "preloaded", false: "loaded"}[preloaded], func(t *testing.T) {
+			var mu sync.Mutex
+			var reports []agentapi.Status
+			cp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				var st agentapi.Status
+				json.NewDecoder(r.Body).Decode(&st)
+				mu.Lock()
+				reports = append(reports, st)
+				mu.Unlock()
+			}))
+			defer cp.Close()
+			var a *Agent
+			atReady := make(chan agentapi.WorkloadState, 1)
+			cfg := Config{VM: "vm1", Listen: "127.0.0.1:0", ReportURL: cp.URL + agentapi.ReportPath("vm1"),
+				Ready: func() { atReady <- a.Status().Workload.State }}
+			loaded := make(chan struct{})
+			load := func(context.Context) (*manifest.Manifest, error) {
+				if preloaded {
+					t.Error("load was called although the manifest was known")
+				}
+				<-loaded
+				return m, nil
+			}
+			if preloaded {
+				cfg.Manifest = m
+				close(loaded)
+			}
+			a = New(cfg)
+			ln, err := a.Listen()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx, ln, r, load) }()
+			var st agentapi.WorkloadState
+			select {
+			case st = <-atReady:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the API never served")
+			}
+			if preloaded && st != agentapi.WorkloadRunning {
+				t.Errorf("the API served while the workload was %q, want it started first", st)
+			}
+			if !preloaded && st != agentapi.WorkloadStarting {
+				t.Errorf("the API served only once the workload was %q, want while the manifest loads", st)
+			}
+			if !preloaded {
+				close(loaded)
+			}
+			base := "http://" + ln.Addr().String()
+			waitFor(t, "the workload to run", func() bool { return getStatus(t, base).Workload.State == agentapi.WorkloadRunning })
+			waitFor(t, "a report of the running workload", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(reports) > 0 && reports[len(reports)-1].Workload.State == agentapi.WorkloadRunning
+			})
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

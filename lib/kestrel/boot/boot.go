@@ -314,6 +314,10 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 			return nil
 		},
 		AfterStart: afterStart,
+		// A manifest that came with the boot lets the workload start before
+		// the API serves: "agent ready" is printed when it does.
+		Manifest: h.Manifest,
+		Ready:    func() { b.ready(args, h) },
 	})
 	acc := access.New(access.Config{VM: args.VM, Version: b.version, Reaper: r, Output: a.Output(), WorkloadEnv: a.WorkloadEnv, Log: b.log})
 	serveAccess = func() {
@@ -327,11 +331,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	if err != nil {
 		return err
 	}
-	b.ready(args, h)
 	err = a.Run(ctx, ln, r, func(ctx context.Context) (*manifest.Manifest, error) {
-		if h.Manifest != nil {
-			return h.Manifest, nil
-		}
 		m, err := LocalManifest(args)
 		if err != nil || m != nil {
 			return m, err
@@ -345,8 +345,9 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	return nil // not reached
 }
 
-// ready prints the line boot measurements key on: the agent API is up
-// (the workload may still be starting).
+// ready prints the line boot measurements key on: the agent API is up.
+// When the manifest came with the boot the workload was started just
+// before; otherwise it is starting (or its manifest is being fetched).
 func (b *booter) ready(args bootargs.Args, h Handoff) {
 	size := int64(0)
 	if st, err := os.Stat("/proc/self/exe"); err == nil {
