@@ -24,8 +24,6 @@ var allowed = []string{
 	"github.com/volantvm/volant/lib/agentchan",  // the host-only agent channel's protocol; stdlib, yamux, apierr
 	"github.com/hashicorp/yamux",                // the channel's stream multiplexing; stdlib only (~60 KB in the binary)
 	"golang.org/x/sys/unix",
-	"github.com/vishvananda/netlink",
-	"github.com/vishvananda/netns",
 	"github.com/klauspost/compress", // kmod: .ko.zst
 	"github.com/ulikunitz/xz",       // kmod: .ko.xz
 }

@@ -4,9 +4,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/volantvm/volant/lib/bootargs"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 func TestFromArgs(t *testing.T) {
@@ -34,10 +36,10 @@ func TestPickLink(t *testing.T) {
 		links []Link
 		want  string
 	}{
-		{[]Link{{1, "lo", "device", false}, {3, "eth1", "device", true}, {2, "eth0", "device", true}}, "eth0"},
-		{[]Link{{1, "lo", "device", false}, {2, "sit0", "sit", false}, {4, "eth0", "device", true}}, "eth0"},
-		{[]Link{{1, "lo", "device", false}, {2, "br0", "bridge", true}}, ""},
-		{[]Link{{1, "lo", "device", false}}, ""},
+		{[]Link{{1, "lo", "device", false, nil}, {3, "eth1", "device", true, nil}, {2, "eth0", "device", true, nil}}, "eth0"},
+		{[]Link{{1, "lo", "device", false, nil}, {2, "sit0", "sit", false, nil}, {4, "eth0", "device", true, nil}}, "eth0"},
+		{[]Link{{1, "lo", "device", false, nil}, {2, "br0", "bridge", true, nil}}, ""},
+		{[]Link{{1, "lo", "device", false, nil}}, ""},
 	} {
 		got, ok := PickLink(tc.links)
 		if got.Name != tc.want || ok != (tc.want != "") {
@@ -68,5 +70,66 @@ func TestFiles(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Dir(p)); len(ents) != 1 {
 		t.Fatalf("temp files left: %v", ents)
+	}
+}
+
+// TestConfigureLinksInNamespace runs the rtnetlink requests against a real
+// kernel, in a network namespace of the test's own, with a bridge
+// standing in for the NIC: loopback and the link come up with the address
+// and the default route; running it again replaces rather than fails; a
+// gateway outside the subnet gets an onlink route.
+func TestConfigureLinksInNamespace(t *testing.T) {
+	netnstest.Require(t, "ip")
+	ns := netnstest.New(t)
+	ns.Run("ip", "link", "add", "d0", "type", "bridge")
+	pickD0 := func(links []Link) (Link, bool) {
+		for _, l := range links {
+			if l.Name == "d0" {
+				if l.Type != "bridge" || !l.Ether || len(l.MAC) != 6 {
+					t.Errorf("d0 read as %+v", l)
+				}
+				return l, true
+			}
+		}
+		return Link{}, false
+	}
+	apply := func(c Config) *Link {
+		t.Helper()
+		var nic *Link
+		if err := ns.Do(func() error {
+			var err error
+			nic, err = configureLinks(c, pickD0)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return nic
+	}
+	c := Config{Address: netip.MustParsePrefix("10.9.8.7/24"), Gateway: netip.MustParseAddr("10.9.8.1")}
+	for i := 0; i < 2; i++ {
+		if nic := apply(c); nic == nil || nic.Name != "d0" {
+			t.Fatalf("nic %+v", nic)
+		}
+	}
+	for _, check := range []struct{ argv, want string }{
+		{"ip -o -4 addr show dev d0", "inet 10.9.8.7/24 brd 10.9.8.255 scope global d0"},
+		{"ip -o link show dev lo", "<LOOPBACK,UP,LOWER_UP>"},
+		{"ip -o link show dev d0", ",UP,"},
+		{"ip route show default", "default via 10.9.8.1 dev d0"},
+	} {
+		if out := ns.Run(strings.Fields(check.argv)[0], strings.Fields(check.argv)[1:]...); !strings.Contains(out, check.want) {
+			t.Errorf("%s: %q lacks %q", check.argv, out, check.want)
+		}
+	}
+	if n := strings.Count(ns.Run("ip", "-o", "-4", "addr", "show", "dev", "d0"), "inet "); n != 1 {
+		t.Errorf("%d IPv4 addresses on d0 after two runs, want 1", n)
+	}
+	apply(Config{Address: netip.MustParsePrefix("10.9.8.7/24"), Gateway: netip.MustParseAddr("172.31.0.1")})
+	if out := ns.Run("ip", "route", "show", "default"); !strings.Contains(out, "default via 172.31.0.1 dev d0 onlink") {
+		t.Errorf("route with a gateway outside the subnet: %q", out)
+	}
+	// Without an address only loopback is touched.
+	if nic := apply(Config{}); nic != nil {
+		t.Errorf("a NIC was configured without an address: %+v", nic)
 	}
 }
