@@ -75,7 +75,7 @@ func BenchmarkEventFanout(b *testing.B) {
 			}
 			return round2(p99s[1] / p99s[0])
 		}(),
-		"method": "deployment scaled 0 -> N (fake Cloud Hypervisor), every event of the scale-up read by every subscriber on volantd's unix socket; lag = arrival - event timestamp; phases: 1 subscriber, then S",
+		"method":       "deployment scaled 0 -> N (fake Cloud Hypervisor), every event of the scale-up read by every subscriber on volantd's unix socket; lag = arrival - event timestamp; phases: 1 subscriber, then S",
 		"host_loadavg": loadavg(),
 		"host_cpus":    runtime.NumCPU(),
 	}
