@@ -23,7 +23,15 @@
 //	volant-ipam lease --vm web1 | volant-net tap add
 //
 // works without glue. Flags given on the command line override fields of
-// the stdin request.
+// the stdin request (Override).
+//
+// Commands: a command is a struct of go-flags command structs, one per
+// verb, each with an Execute method; Run parses the command line and
+// executes the verb. It refuses (USAGE) an argument no verb declares and a
+// flag that holds one value given twice (CheckRepeated), before anything
+// runs. Every command's `version` is VersionCommand, and every `gc` reads
+// its keep list with ReadGCRequest (the one rule: the live IDs, required,
+// flags replacing stdin).
 //
 // Streams and the environment are fields of Env, so a whole command run is
 // testable in memory: build an Env with buffers and call the command's run.
