@@ -2,9 +2,10 @@
 // kernel, a lease and tap) to a supervised hypervisor process, and acts on
 // it afterwards from any process through its run directory.
 //
-// It is the library under `volant-launch` and what volantd calls for every
-// VM (each VM runs as its own `volant-launch run` process — a detached child
-// or the volant-vm@NAME systemd unit — so VMs outlive a daemon restart):
+// It is the library under `volant-launch`. volantd reaches it through
+// lib/runner, which runs each VM as its own `volant-launch run` process (a
+// detached child or the volant-vm@NAME systemd unit, so VMs outlive a
+// daemon restart) and acts on it by name with the functions below:
 //
 //	plan, err := launch.Prepare(ctx, spec, opts) // checks, argv, nothing started
 //	plan, err = launch.DryRun(ctx, spec, opts)   // the same, for a host where the backend runs
@@ -12,6 +13,7 @@
 //	st, err := launch.Inspect(ctx, runDir, opts) // pid + start time + VMM state
 //	rep, err := launch.Stop(ctx, runDir, grace, opts)
 //	st, err = launch.Pause(ctx, runDir, opts) / launch.Resume(...)
+//	c, err := launch.Counters(ctx, runDir, opts) // per-device I/O counters
 //	reports, def := launch.Backends(ctx, opts)
 //
 // # Prepare
