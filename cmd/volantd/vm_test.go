@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -192,8 +193,17 @@ func TestVMControlPlane(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if evs := collectEvents(t, d.c, "vm.crashed"); len(evs) == 0 {
+	crashes := collectEvents(t, d.c, "vm.crashed")
+	if len(crashes) == 0 {
 		t.Fatal("no vm.crashed event")
+	}
+	// The crash says why, in the run's own words: volant-launch recorded
+	// its error in the VM's last-error.json, where volantd read it.
+	var crash struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(crashes[0].Data, &crash); err != nil || !strings.Contains(crash.Error, "qemu exited unexpectedly") {
+		t.Fatalf("vm.crashed says %q (%v); want the run's error", crash.Error, err)
 	}
 
 	// Scale down: the highest indexes go, their addresses are freed.
