@@ -31,6 +31,7 @@
 //	GET    /api/v1/deployments/{name}            Deployment
 //	DELETE /api/v1/deployments/{name}            Deployment (its VMs are deleted)
 //	POST   /api/v1/deployments/{name}/scale      ScaleRequest → Deployment
+//	GET    /api/v1/volumes ...                   volumes: see volumes.go
 //	GET    /api/v1/events[?since=ID&type=vm.*]   text/event-stream of Event
 //	POST|GET|DELETE /mcp                         Model Context Protocol (streamable HTTP)
 package api
@@ -124,6 +125,8 @@ type VM struct {
 	SerialLog string `json:"serial_log,omitempty"`
 	// Agent is kestrel's last status report (or poll answer).
 	Agent *agentapi.Status `json:"agent,omitempty"`
+	// Volumes are the volumes the VM uses, in the order of its disks.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
 }
 
 // VMList is the answer of GET /api/v1/vms.
@@ -147,6 +150,10 @@ type CreateVMRequest struct {
 	MemoryMB int    `json:"memory_mb,omitempty" jsonschema:"minimum=64,maximum=262144"`
 	// KernelArgs are extra words for the guest kernel command line.
 	KernelArgs []string `json:"kernel_args,omitempty"`
+	// Volumes are attached in order and mounted by kestrel before the
+	// workload starts. A volume another live VM holds read-write, or that
+	// one holds at all when this one writes, is VOLUME_IN_USE.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
 }
 
 // LogOptions select what GET /api/v1/vms/{name}/logs returns.
@@ -184,6 +191,8 @@ type Deployment struct {
 	// Current counts the replicas that are running (healthy).
 	Current   int       `json:"current"`
 	Resources Resources `json:"resources"`
+	// VolumeTemplates give each replica a volume of its own.
+	VolumeTemplates []VolumeTemplate `json:"volume_templates,omitempty"`
 	// VMs are the names of the replicas that exist, in index order.
 	VMs []string `json:"vms"`
 	// Error is the last reconcile failure, if the last reconcile failed.
@@ -204,6 +213,10 @@ type CreateDeploymentRequest struct {
 	Plugin    string     `json:"plugin"`
 	Replicas  int        `json:"replicas" jsonschema:"minimum=0,maximum=1000"`
 	Resources *Resources `json:"resources,omitempty"`
+	// VolumeTemplates give each replica a volume of its own, kept when
+	// the deployment scales down (and when it is deleted) and reused when
+	// it scales up again.
+	VolumeTemplates []VolumeTemplate `json:"volume_templates,omitempty"`
 }
 
 // ScaleRequest is the body of POST /api/v1/deployments/{name}/scale.
@@ -271,6 +284,7 @@ func EventTypes() []string {
 		EventPluginInstalled, EventPluginEnabled, EventPluginDisabled, EventPluginRemoved,
 		EventDeploymentCreated, EventDeploymentScaled, EventDeploymentDeleted,
 		EventIPLeased, EventIPReleased,
+		EventVolumeCreated, EventVolumeResized, EventVolumeDeleted, EventVolumeAttached, EventVolumeDetached, EventVolumeFailed,
 	}
 }
 

@@ -30,6 +30,8 @@
 //	TIMEOUT               11   504  the operation did not finish in time
 //	CANCELED             12   499  the caller canceled (signal, closed connection)
 //	DATA_CORRUPT         13   500  the state database is damaged; details say how to recover
+//	VOLUME_IN_USE          5   409  a volume is held by another VM (one writer at a time) or in use where it must not be
+//	NO_SPACE              14   507  the host's filesystem is full; nothing was left half-made
 package apierr
 
 import (
@@ -64,6 +66,8 @@ const (
 	Timeout            Code = "TIMEOUT"
 	Canceled           Code = "CANCELED"
 	DataCorrupt        Code = "DATA_CORRUPT"
+	VolumeInUse        Code = "VOLUME_IN_USE"
+	NoSpace            Code = "NO_SPACE"
 )
 
 // codeInfo holds a code's exit status and HTTP status. The HTTP statuses
@@ -98,6 +102,8 @@ var codes = map[Code]codeInfo{
 	Timeout:            {11, 504}, // Gateway Timeout
 	Canceled:           {12, 499}, // nginx's Client Closed Request
 	DataCorrupt:        {13, 500}, // Internal Server Error
+	VolumeInUse:        {5, 409},  // Conflict
+	NoSpace:            {14, 507}, // Insufficient Storage
 }
 
 // Codes returns every known code, for documentation and tests.

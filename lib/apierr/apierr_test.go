@@ -87,6 +87,7 @@ func TestHTTPStatusesMatchNetHTTP(t *testing.T) {
 		Unavailable: http.StatusServiceUnavailable, PermissionDenied: http.StatusForbidden,
 		Unauthorized: http.StatusUnauthorized, Timeout: http.StatusGatewayTimeout, Canceled: 499,
 		MethodNotAllowed: http.StatusMethodNotAllowed, DataCorrupt: http.StatusInternalServerError,
+		VolumeInUse: http.StatusConflict, NoSpace: http.StatusInsufficientStorage,
 	}
 	for _, c := range Codes() {
 		if c.HTTPStatus() != want[c] {

@@ -21,6 +21,7 @@
 //	volant.modules=a,b                    extra kernel modules to load at boot
 //	volant.debug=1                        verbose agent logging
 //	volant.console_shell=/bin/sh|off      a shell on the serial console (overrides the manifest's console.shell)
+//	volant.volumes=SERIAL:PATH[:ro],...   volumes to mount before the workload starts (see Volume)
 //
 // Parse also understands the kernel's own
 // ip=<client>::<gw>:<netmask>:<hostname>:<device>:<autoconf> form, which
@@ -71,6 +72,8 @@ type Args struct {
 	// ConsoleShell is a shell for the serial console ("" unset: the
 	// manifest decides; ConsoleShellOff: none).
 	ConsoleShell string
+	// Volumes are mounted before the workload starts.
+	Volumes []Volume
 }
 
 // ConsoleShellOff as volant.console_shell refuses a console shell even
@@ -118,6 +121,7 @@ func (a Args) Fields() []string {
 		add("volant.debug", "1")
 	}
 	add("volant.console_shell", a.ConsoleShell)
+	add("volant.volumes", formatVolumes(a.Volumes))
 	add("volant.manifest_file", a.ManifestFile)
 	add("volant.manifest", a.Manifest)
 	return f
@@ -243,6 +247,13 @@ func Parse(cmdline string) (Args, error) {
 				continue
 			}
 			a.ConsoleShell = v
+		case "volant.volumes":
+			vs, err := parseVolumes(v)
+			if err != nil {
+				bad(k, v, err.Error())
+				continue
+			}
+			a.Volumes = vs
 		case "ip":
 			if err := a.parseKernelIP(v); err != nil {
 				bad(k, v, err.Error())

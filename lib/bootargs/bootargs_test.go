@@ -18,6 +18,7 @@ func TestRoundTrip(t *testing.T) {
 		Boot: BootRootfs, RootfsDevice: "/dev/vda", RootfsFSType: "ext4",
 		Modules: []string{"virtio_console", "button"}, Debug: true,
 		ConsoleShell: "/bin/sh",
+		Volumes:      []Volume{{Serial: "volant-vol0", Path: "/data"}, {Serial: "volant-vol1", Path: "/srv/static", ReadOnly: true}},
 	}
 	line := "console=ttyS0 quiet " + a.String() + " panic=-1"
 	got, err := Parse(line)

@@ -35,6 +35,8 @@ type ReconcileReport struct {
 	RemovedTaps []string `json:"removed_taps"`
 	// OrphanRuns are runs of VMs that do not exist, which were stopped.
 	OrphanRuns []string `json:"orphan_runs"`
+	// Volumes are the volume operations that were finished or undone.
+	Volumes *VolumeReconcileReport `json:"volumes,omitempty"`
 }
 
 // Reconcile brings the recorded state and the host in line, once, at
@@ -45,9 +47,15 @@ type ReconcileReport struct {
 // runs of VMs that do not exist. Afterwards the controller is Ready.
 func (c *Controller) Reconcile(ctx context.Context) (*ReconcileReport, error) {
 	rep := &ReconcileReport{}
+	// Volumes first: resumed VM starts may need them.
+	vrep, err := c.ReconcileVolumes(ctx)
+	rep.Volumes = vrep
+	if err != nil {
+		return rep, fmt.Errorf("reconcile: %w", err)
+	}
 	var rows []vmRow
 	installed := map[string]bool{}
-	err := c.st.Read(ctx, func(tx *sql.Tx) error {
+	err = c.st.Read(ctx, func(tx *sql.Tx) error {
 		var err error
 		if rows, err = listVMs(ctx, tx, api.VMFilter{}); err != nil {
 			return err

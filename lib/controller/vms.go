@@ -31,9 +31,13 @@ func (c *Controller) ListVMs(ctx context.Context, f api.VMFilter) ([]api.VM, err
 		return nil, apierr.New(apierr.InvalidInput, "unknown VM state %q", f.State).With("states", api.VMStates())
 	}
 	var rows []vmRow
+	var atts []attachmentRow
 	err := c.st.Read(ctx, func(tx *sql.Tx) error {
 		var err error
-		rows, err = listVMs(ctx, tx, f)
+		if rows, err = listVMs(ctx, tx, f); err != nil {
+			return err
+		}
+		atts, err = queryAttachments(ctx, tx, "1")
 		return err
 	})
 	if err != nil {
@@ -41,7 +45,9 @@ func (c *Controller) ListVMs(ctx context.Context, f api.VMFilter) ([]api.VM, err
 	}
 	out := make([]api.VM, 0, len(rows))
 	for _, r := range rows {
-		out = append(out, r.toAPI(c.SerialLog(r.Name)))
+		vm := r.toAPI(c.SerialLog(r.Name))
+		vm.Volumes = mountsOf(atts, r.Name)
+		out = append(out, vm)
 	}
 	return out, nil
 }
@@ -53,6 +59,11 @@ func (c *Controller) VM(ctx context.Context, name string) (*api.VM, error) {
 		return nil, err
 	}
 	out := v.toAPI(c.SerialLog(name))
+	atts, err := c.vmVolumes(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	out.Volumes = mountsOf(atts, name)
 	return &out, nil
 }
 
@@ -128,7 +139,7 @@ func validateCreate(req api.CreateVMRequest) error {
 				With("field", fmt.Sprintf("kernel_args[%d]", i))
 		}
 	}
-	return nil
+	return checkMounts(req.Volumes)
 }
 
 func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, deployment string) (*api.VM, error) {
@@ -172,7 +183,13 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 	if bridged {
 		lease = &ipam.Lease{VM: req.Name, IP: c.cfg.Pool.End, Prefix: c.cfg.Pool.Subnet.Bits(), Gateway: c.cfg.Pool.Gateway, MAC: names.MAC(req.Name, 0)}
 	}
-	if err := c.cfg.Runtime.Check(ctx, c.spec(row, p, lease)); err != nil {
+	vols, err := c.checkVolumesExist(ctx, req.Volumes)
+	if err != nil {
+		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
+	}
+	spec := c.spec(row, p, lease)
+	spec.Volumes = vols
+	if err := c.cfg.Runtime.Check(ctx, spec); err != nil {
 		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
 	}
 
@@ -196,6 +213,9 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 				return apierr.Wrap(apierr.Conflict, err, "creating VM "+req.Name)
 			}
 			return err
+		}
+		if err := attachVolumesTx(ctx, tx, req.Name, req.Volumes); err != nil {
+			return fmt.Errorf("creating VM %s: %w", req.Name, err)
 		}
 		res := &api.Resources{CPUCores: row.CPUCores, MemoryMB: row.MemoryMB}
 		return appendVMEvent(ctx, tx, api.EventVMCreated, &row, vmEvent{Plugin: row.Plugin, Deployment: deployment, IP: row.IP, Resources: res})
@@ -318,6 +338,7 @@ func (c *Controller) upSteps(name string) []step {
 	return []step{
 		{"lease", func(ctx context.Context) error { return c.stepLease(ctx, name) }},
 		{"tap", func(ctx context.Context) error { return c.stepTap(ctx, name) }},
+		{"volumes", func(ctx context.Context) error { return c.stepVolumes(ctx, name) }},
 		{"stage", func(ctx context.Context) error { return c.stepStage(ctx, name) }},
 		{"start", func(ctx context.Context) error { return c.stepStart(ctx, name) }},
 	}
@@ -405,7 +426,13 @@ func (c *Controller) stepStage(ctx context.Context, name string) error {
 		}
 		lease = &l
 	}
-	b, err := json.MarshalIndent(c.spec(v, p, lease), "", "  ")
+	atts, err := c.vmVolumes(ctx, name)
+	if err != nil {
+		return err
+	}
+	spec := c.spec(v, p, lease)
+	spec.Volumes = launchVolumes(atts)
+	b, err := json.MarshalIndent(spec, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -677,6 +704,9 @@ func (c *Controller) release(ctx context.Context, name, reason string) error {
 			return err
 		}
 		if _, err := ipam.ReleaseTx(ctx, tx, name); err != nil {
+			return err
+		}
+		if err := detachVolumesTx(ctx, tx, name); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM vms WHERE id = ?`, name); err != nil {

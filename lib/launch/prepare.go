@@ -215,8 +215,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 //  6. verified: the hashes are in (CHECKSUM_MISMATCH on a difference); no
 //     later phase reads an unverified artifact.
 //  7. initrd: its layers (may build and cache a boot initramfs).
-//  8. disks: the root disk, the manifest's, the spec's; writable ones boot
-//     from the VM's own copy unless disk_mode is "direct".
+//  8. disks: the root disk, the manifest's, the spec's, then the volumes
+//     (with their serials); writable ones of the manifest boot from the
+//     VM's own copy unless disk_mode is "direct".
 //  9. argv: the VMM's command line.
 func Prepare(ctx context.Context, s Spec, o Options) (*Plan, error) {
 	return prepare(ctx, s, o, false)
@@ -316,6 +317,10 @@ func (r *prep) check() error {
 	r.p.Manifest = manifestInfo{Name: m.Name, Version: m.Version, Boot: "initramfs"}
 	if m.Rootfs != nil {
 		r.p.Manifest.Boot = "rootfs"
+	}
+
+	if err := checkVolumes(s.Volumes, m); err != nil {
+		return err
 	}
 
 	// The words of the spec.
@@ -590,7 +595,7 @@ func (r *prep) disks(context.Context) error {
 			disks = append(disks, vmm.Disk{Path: path, Format: d.Format, ReadOnly: d.ReadOnly})
 		}
 	}
-	p.Config.Disks = append(disks, r.s.Disks...)
+	p.Config.Disks = append(append(disks, r.s.Disks...), volumeDisks(r.s.Volumes)...)
 	return nil
 }
 
@@ -847,6 +852,7 @@ func buildCmdline(s Spec, m *manifest.Manifest, name string, nw *network, accel 
 	}
 	a.APIHost, a.APIPort = s.APIHost, s.APIPort
 	a.Debug = s.Debug
+	a.Volumes = volumeArgs(s.Volumes)
 	compose := func(a bootargs.Args) string {
 		words := append(append([]string{}, base...), a.Fields()...)
 		return strings.Join(append(words, s.KernelArgs...), " ")

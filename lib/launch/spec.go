@@ -51,6 +51,9 @@ type Spec struct {
 	MemoryMB int `json:"memory_mb,omitempty"`
 	// Disks are attached after the manifest's root and extra disks.
 	Disks []vmm.Disk `json:"disks,omitempty"`
+	// Volumes are attached after Disks and mounted by kestrel before the
+	// workload starts (see Volume).
+	Volumes []Volume `json:"volumes,omitempty"`
 	// Tap is the host tap device of the VM's NIC (default: the net_tap
 	// result's, else derived from the name, see DefaultTapName).
 	Tap string `json:"tap,omitempty"`

@@ -15,6 +15,7 @@
 //	    launch.log                     a detached volant-launch's stdout and stderr, for people
 //	    last-error.json                the error the VM's last run ended with, for programs
 //	    disks/                         the VM's own copies of writable disks
+//	  volumes/<name>.img             volumes: disk images that outlive VMs
 //	/run/volant/volantd.sock         volantd's API socket (VOLANT_SOCKET)
 //	/run/volant/vms/<name>/          a VM's run directory (VOLANT_RUN_ROOT): sockets, pid file, plan
 //
@@ -66,6 +67,7 @@ const (
 	LaunchLogName   = "launch.log"
 	LastErrorName   = "last-error.json"
 	DisksName       = "disks"
+	VolumesName     = "volumes"
 )
 
 // Dirs is one host's layout. An empty field means its default: see
@@ -156,6 +158,11 @@ func (d Dirs) VMFile(name, file string) string { return filepath.Join(d.VMDir(na
 // PluginDir is <Data>/plugins/<name>.
 func (d Dirs) PluginDir(name string) string {
 	return filepath.Join(d.WithDefaults().Data, PluginsName, name)
+}
+
+// VolumeImage is <Data>/volumes/<name>.img: a volume's disk image.
+func (d Dirs) VolumeImage(name string) string {
+	return filepath.Join(d.WithDefaults().Data, VolumesName, name+".img")
 }
 
 // RunDir is <RunRoot>/<name>: a VM's run directory.

@@ -58,11 +58,12 @@ type (
 		Name string `json:"name" jsonschema:"the VM's name"`
 	}
 	createVMIn struct {
-		Name     string `json:"name" jsonschema:"the new VM's name: 1-63 lowercase letters, digits, - and _"`
-		Plugin   string `json:"plugin" jsonschema:"the installed plugin to boot"`
-		CPUCores int    `json:"cpu_cores,omitempty" jsonschema:"vCPUs (default: the plugin's)"`
-		MemoryMB int    `json:"memory_mb,omitempty" jsonschema:"memory in MiB (default: the plugin's)"`
-		Wait     bool   `json:"wait,omitempty" jsonschema:"wait until the VM is running (its health check passed), up to 2 minutes"`
+		Name     string            `json:"name" jsonschema:"the new VM's name: 1-63 lowercase letters, digits, - and _"`
+		Plugin   string            `json:"plugin" jsonschema:"the installed plugin to boot"`
+		CPUCores int               `json:"cpu_cores,omitempty" jsonschema:"vCPUs (default: the plugin's)"`
+		MemoryMB int               `json:"memory_mb,omitempty" jsonschema:"memory in MiB (default: the plugin's)"`
+		Wait     bool              `json:"wait,omitempty" jsonschema:"wait until the VM is running (its health check passed), up to 2 minutes"`
+		Volumes  []api.VolumeMount `json:"volumes,omitempty" jsonschema:"volumes to mount, each {volume, path, readonly}; a volume another running VM writes is refused (VOLUME_IN_USE)"`
 	}
 	scaleIn struct {
 		Name     string `json:"name" jsonschema:"the deployment's name"`
@@ -77,7 +78,8 @@ type (
 
 // NewMCPServer returns the MCP server of the API: tools to list, create,
 // start, stop and delete VMs, read their console logs, list plugins and
-// deployments, and scale deployments.
+// deployments, scale deployments, and (when b is a VolumeBackend) list,
+// create, resize and delete volumes.
 func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
 	s := mcp.NewServer(&mcp.Implementation{Name: "volantd", Title: "Volant microVMs", Version: buildinfo.String()}, &mcp.ServerOptions{
 		Instructions: "Volant runs workloads in microVMs on one Linux host. Plugins are installed images; " +
@@ -109,7 +111,7 @@ func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
 		})
 	mcp.AddTool(s, &mcp.Tool{Name: "create_vm", Description: "Create and start a VM from an installed plugin. It answers once the hypervisor runs (state starting), or with wait once the VM is running."},
 		func(ctx context.Context, _ *mcp.CallToolRequest, in createVMIn) (*mcp.CallToolResult, any, error) {
-			vm, err := b.CreateVM(ctx, api.CreateVMRequest{Name: in.Name, Plugin: in.Plugin, CPUCores: in.CPUCores, MemoryMB: in.MemoryMB})
+			vm, err := b.CreateVM(ctx, api.CreateVMRequest{Name: in.Name, Plugin: in.Plugin, CPUCores: in.CPUCores, MemoryMB: in.MemoryMB, Volumes: in.Volumes})
 			if err != nil {
 				return nil, nil, toolErr(err)
 			}
@@ -195,6 +197,7 @@ func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
 			}
 			return nil, d, nil
 		})
+	addVolumeTools(s, b, ro)
 	return s
 }
 

@@ -87,6 +87,8 @@ func mapType(t reflect.Type) *jsonschema.Schema {
 			states = append(states, string(s))
 		}
 		return enum(states...)
+	case reflect.TypeOf(api.VolumeState("")):
+		return enum(string(api.VolumeCreating), string(api.VolumeReady), string(api.VolumeResizing), string(api.VolumeDeleting), string(api.VolumeDeleted))
 	case reflect.TypeOf(agentapi.HealthState("")):
 		return enum("", string(agentapi.HealthUnknown), string(agentapi.HealthHealthy), string(agentapi.HealthUnhealthy))
 	}

@@ -150,6 +150,7 @@ func (s *Server) routes() []route {
 			status: 200, resp: api.Event{}, content: "text/event-stream", errors: []apierr.Code{apierr.InvalidInput},
 			handler: http.HandlerFunc(s.events)},
 	}
+	rs = append(rs, s.volumeRoutes()...)
 	for _, m := range []string{"POST", "GET", "DELETE"} {
 		rs = append(rs, route{method: m, path: "/mcp", id: "mcp" + map[string]string{"POST": "Post", "GET": "Get", "DELETE": "Delete"}[m], tag: "mcp",
 			summary: map[string]string{

@@ -23,6 +23,7 @@ func migrations() []migration {
 	return []migration{
 		{1, "initial schema", schemaV1},
 		{2, "volantd: desired state, steps, health and process identities", schemaV2},
+		{3, "volumes and their attachments to VMs", schemaV3},
 	}
 }
 
@@ -129,6 +130,52 @@ ALTER TABLE vms ADD COLUMN agent_at TEXT;
 ALTER TABLE vms ADD COLUMN tap TEXT;
 ALTER TABLE vms ADD COLUMN kernel_args TEXT CHECK (kernel_args IS NULL OR json_valid(kernel_args));
 ALTER TABLE deployments ADD COLUMN error TEXT NOT NULL DEFAULT '';
+`
+
+// schemaV3 adds volumes: disk images that outlive VMs (lib/volume).
+//
+//   - volumes.state is ready, or the operation under way (creating,
+//     resizing, deleting), recorded before the file is touched so a
+//     restarted volantd finishes or undoes it. volumes.path is the image.
+//   - volumes.deployment names the deployment whose volume template made
+//     the volume (a replica's own volume, kept on scale-down); no foreign
+//     key, so a volume outlives its deployment too.
+//   - volume_attachments: a VM uses a volume, mounted at path, in the order
+//     idx (its disk serial in the guest is volant-vol<idx>). A VM's rows go
+//     with it (ON DELETE CASCADE); a volume with rows cannot be deleted
+//     (ON DELETE RESTRICT), so a volume in use is never lost to a delete,
+//     whatever the code above does. claimed marks the attachments of the
+//     VM that last started with them: with that VM live (starting,
+//     running, stopping) they hold the volume, which enforces one writer
+//     at a time.
+const schemaV3 = `
+CREATE TABLE volumes (
+	name       TEXT PRIMARY KEY,
+	size_bytes INTEGER NOT NULL CHECK (size_bytes > 0),
+	fs         TEXT NOT NULL,
+	format     TEXT NOT NULL DEFAULT 'raw' CHECK (format IN ('raw', 'qcow2')),
+	state      TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'resizing', 'deleting')),
+	path       TEXT NOT NULL UNIQUE,
+	deployment TEXT,
+	error      TEXT NOT NULL DEFAULT '',
+	created_at TEXT NOT NULL,
+	updated_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX volumes_deployment ON volumes(deployment) WHERE deployment IS NOT NULL;
+
+CREATE TABLE volume_attachments (
+	vm         TEXT NOT NULL REFERENCES vms(id) ON UPDATE CASCADE ON DELETE CASCADE,
+	volume     TEXT NOT NULL REFERENCES volumes(name) ON UPDATE CASCADE ON DELETE RESTRICT,
+	idx        INTEGER NOT NULL CHECK (idx >= 0),
+	path       TEXT NOT NULL,
+	readonly   INTEGER NOT NULL DEFAULT 0 CHECK (readonly IN (0, 1)),
+	claimed    INTEGER NOT NULL DEFAULT 0 CHECK (claimed IN (0, 1)),
+	created_at TEXT NOT NULL,
+	PRIMARY KEY (vm, volume),
+	UNIQUE (vm, idx),
+	UNIQUE (vm, path)
+) STRICT;
+CREATE INDEX volume_attachments_volume ON volume_attachments(volume);
 `
 
 // migrate applies the migrations the database lacks. It reads the version

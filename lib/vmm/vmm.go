@@ -60,7 +60,14 @@ type Disk struct {
 	Path     string `json:"path"`
 	Format   string `json:"format,omitempty"` // raw (default) or qcow2
 	ReadOnly bool   `json:"readonly,omitempty"`
+	// Serial is the disk's virtio-blk serial (/sys/block/vdX/serial in
+	// the guest): at most 20 bytes of letters, digits, '.', '_' and '-'.
+	// Volumes are found by it (lib/bootargs.VolumeSerial).
+	Serial string `json:"serial,omitempty"`
 }
+
+// MaxSerial is the longest disk serial virtio-blk carries.
+const MaxSerial = 20
 
 // Net is a NIC backed by an existing tap device.
 type Net struct {
@@ -197,6 +204,9 @@ func (c Config) Problems(maxCPUs int) []string {
 		default:
 			bad("disks[%d].format must be raw or qcow2, got %q", i, d.Format)
 		}
+		if !validSerial(d.Serial) {
+			bad("disks[%d].serial %q must be at most %d letters, digits, '.', '_' or '-'", i, d.Serial, MaxSerial)
+		}
 	}
 	for i, n := range c.Nets {
 		if n.Tap == "" {
@@ -207,4 +217,16 @@ func (c Config) Problems(maxCPUs int) []string {
 		}
 	}
 	return probs
+}
+
+func validSerial(s string) bool {
+	if len(s) > MaxSerial {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

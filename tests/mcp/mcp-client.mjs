@@ -79,6 +79,27 @@ check(!res.isError && structured(res).replicas === 2, "scale_deployment sets rep
 res = await client.callTool({ name: "delete_vm", arguments: { name: vm } });
 check(!res.isError && structured(res).state === "deleted", "delete_vm deletes it", res);
 
+// Volumes: made, mounted by a VM, kept from deletion while it is attached.
+for (const want of ["create_volume", "delete_volume", "get_volume", "list_volumes", "resize_volume"]) {
+  check(names.includes(want), `tools/list has ${want}`, names);
+}
+res = await client.callTool({ name: "create_volume", arguments: { name: "mcpvol", size: "16MiB" } });
+check(!res.isError && structured(res).state === "ready" && structured(res).size_bytes === 16 << 20, "create_volume makes a volume", res);
+res = await client.callTool({ name: "create_vm", arguments: { name: vm + "v", plugin: "web", volumes: [{ volume: "mcpvol", path: "/data" }] } });
+check(!res.isError && structured(res).volumes?.[0]?.path === "/data", "create_vm mounts a volume", res);
+res = await client.callTool({ name: "get_volume", arguments: { name: "mcpvol" } });
+check(!res.isError && structured(res).attachments.some((a) => a.vm === vm + "v" && a.holding), "get_volume shows the VM holding it", res);
+res = await client.callTool({ name: "delete_volume", arguments: { name: "mcpvol" } });
+check(res.isError === true && /VOLUME_IN_USE/.test(res.content[0].text), "delete_volume of an attached volume is a VOLUME_IN_USE tool error", res);
+res = await client.callTool({ name: "delete_vm", arguments: { name: vm + "v" } });
+check(!res.isError, "delete_vm of the volume's VM", res);
+res = await client.callTool({ name: "resize_volume", arguments: { name: "mcpvol", size: "32MiB" } });
+check(!res.isError && structured(res).size === "32MiB", "resize_volume grows it", res);
+res = await client.callTool({ name: "delete_volume", arguments: { name: "mcpvol" } });
+check(!res.isError && structured(res).state === "deleted", "delete_volume deletes it once unused", res);
+res = await client.callTool({ name: "list_volumes", arguments: {} });
+check(!res.isError && structured(res).volumes.length === 0, "list_volumes is empty again", res);
+
 // Errors are tool errors carrying the API's code, not protocol failures.
 res = await client.callTool({ name: "delete_vm", arguments: { name: vm } });
 check(res.isError === true && /NOT_FOUND/.test(res.content[0].text), "delete_vm of a deleted VM is a NOT_FOUND tool error", res);

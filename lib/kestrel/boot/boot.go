@@ -138,7 +138,7 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 	b.log.Info("boot plan", "mode", string(plan.Mode), "device", plan.Device, "why", plan.Why)
 	var later []string
 	if plan.Mode == ModeInitramfs {
-		later = LateModules(m)
+		later = LateModules(m, len(args.Volumes))
 	}
 	// The vsock transport serves only a guest with a vsock device (Cloud
 	// Hypervisor's agent channel); the bus knows once virtio is loaded.
@@ -162,6 +162,10 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 		// knows at once whether it exists; only its /dev node may lag.
 		if !mounts.BlockDeviceKnown(plan.Device, 250*time.Millisecond) {
 			b.log.Info("no disk: staying in the initramfs", "device", plan.Device)
+			return h, nil
+		}
+		if isVolume("/sys/block", plan.Device) {
+			b.log.Info("the disk is a volume, not the root: staying in the initramfs", "device", plan.Device)
 			return h, nil
 		}
 		if err := mounts.WaitForDevice(plan.Device, time.Second); err != nil {
@@ -188,6 +192,9 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 		if err := mounts.WaitForDevice(plan.Device, DiskWait); err != nil {
 			return h, fmt.Errorf("root disk: %w", err)
 		}
+		if isVolume("/sys/block", plan.Device) {
+			return h, fmt.Errorf("refusing %s as the root filesystem: it is a volume (serial %s); the root disk must be attached first, or named by volant.rootfs_device", plan.Device, diskSerial("/sys/block", plan.Device))
+		}
 		fstype, err := b.mountDevice(plan.Device, NewRoot, plan.FSType, false)
 		if err != nil {
 			return h, fmt.Errorf("root disk: %w", err)
@@ -203,12 +210,13 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 // LateModules are the modules the initramfs path loads only once the
 // workload is up (each costs tens of milliseconds under software
 // emulation): the virtio console's, and virtio_blk when the plugin has no
-// disks. The power button's (button, evdev) are not among them: a press
-// the kernel sees before its driver is loaded is lost. The rootfs path
-// loads everything in stage 1, from the initramfs it then leaves.
-func LateModules(m *manifest.Manifest) []string {
+// disks and the VM no volumes. The power button's (button, evdev) are not
+// among them: a press the kernel sees before its driver is loaded is lost.
+// The rootfs path loads everything in stage 1, from the initramfs it then
+// leaves.
+func LateModules(m *manifest.Manifest, volumes int) []string {
 	late := []string{"virtio_console"}
-	if m == nil || len(m.Disks) == 0 {
+	if (m == nil || len(m.Disks) == 0) && volumes == 0 {
 		late = append(late, "virtio_blk")
 	}
 	return late
@@ -305,7 +313,10 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 		Uptime:    guest.Uptime,
 		Log:       b.log,
 		BeforeStart: func(ctx context.Context, m *manifest.Manifest) error {
-			if err := b.mountDisks(ctx, m, h); err != nil {
+			if err := b.mountDisks(ctx, m, h, len(args.Volumes)); err != nil {
+				return err
+			}
+			if err := b.mountVolumes(ctx, args.Volumes); err != nil {
 				return err
 			}
 			if sh := consoleshell.Choose(args, m); sh != "" {
@@ -384,7 +395,7 @@ func (b *booter) watchSignals(cancel context.CancelCauseFunc) {
 	}()
 }
 
-func (b *booter) mountDisks(ctx context.Context, m *manifest.Manifest, h Handoff) error {
+func (b *booter) mountDisks(ctx context.Context, m *manifest.Manifest, h Handoff, volumes int) error {
 	want := 0
 	for _, d := range m.Disks {
 		if d.Target != "" {
@@ -399,7 +410,7 @@ func (b *booter) mountDisks(ctx context.Context, m *manifest.Manifest, h Handoff
 		root = h.Device
 		want++
 	}
-	devs := waitDisks(ctx, want)
+	devs := withoutVolumes("/sys/block", waitDisks(ctx, want+volumes))
 	pairs, err := DataDisks(devs, root, m.Disks)
 	if err != nil {
 		return err

@@ -58,6 +58,9 @@ func Argv(binary string, cfg vmm.Config) ([]string, error) {
 		if d.Format == "qcow2" {
 			opt += ",image_type=qcow2"
 		}
+		if d.Serial != "" {
+			opt += ",serial=" + d.Serial
+		}
 		opt += ",id=disk" + strconv.Itoa(i)
 		a = append(a, "--disk", opt)
 	}

@@ -101,7 +101,11 @@ func Argv(binary string, cfg vmm.Config) ([]string, error) {
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		}
-		a = append(a, "-drive", drive, "-device", dev("virtio-blk-device", "virtio-blk-pci")+",drive="+id)
+		device := dev("virtio-blk-device", "virtio-blk-pci") + ",drive=" + id
+		if d.Serial != "" {
+			device += ",serial=" + d.Serial
+		}
+		a = append(a, "-drive", drive, "-device", device)
 	}
 	for i, n := range cfg.Nets {
 		id := "net" + strconv.Itoa(i)

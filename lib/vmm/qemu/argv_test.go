@@ -32,6 +32,9 @@ func TestArgvGolden(t *testing.T) {
 		{"pc-kvm-agent", func(c *vmm.Config) {
 			c.Machine, c.Accel, c.AgentSocket = MachinePC, vmm.AccelKVM, "/run/volant/vms/web-1/agent.sock"
 		}},
+		{"volume-serial", func(c *vmm.Config) {
+			c.Disks = append(c.Disks, vmm.Disk{Path: "/var/lib/volant/volumes/data.img", Serial: "volant-vol0"})
+		}},
 		{"log-only-no-disks", func(c *vmm.Config) {
 			c.Serial.Socket, c.Disks, c.Nets, c.Initramfs = "", nil, nil, ""
 		}},
@@ -68,11 +71,12 @@ func TestArgvRejectsBadConfig(t *testing.T) {
 	cfg.CPUs = 0
 	cfg.Nets[0].MAC = "nope"
 	cfg.Machine = "q35"
+	cfg.Disks[0].Serial = "two words"
 	_, err := Argv(DefaultBinary, cfg)
 	if !apierr.Is(err, apierr.InvalidInput) {
 		t.Fatalf("err = %v", err)
 	}
-	for _, want := range []string{"accel must be resolved", "cpus must be", "mac \"nope\"", "machine must be"} {
+	for _, want := range []string{"accel must be resolved", "cpus must be", "mac \"nope\"", "machine must be", "serial \"two words\""} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}

@@ -283,7 +283,11 @@ func VMConfigFromFlags(f map[string][]string) (*VMConfig, error) {
 		if it == "" {
 			return nil, fmt.Errorf("--disk: invalid image_type %q", o["image_type"])
 		}
-		c.Disks = append(c.Disks, map[string]any{"path": o["path"], "readonly": ro, "image_type": it, "id": o["id"]})
+		disk := map[string]any{"path": o["path"], "readonly": ro, "image_type": it, "id": o["id"]}
+		if o["serial"] != "" {
+			disk["serial"] = o["serial"]
+		}
+		c.Disks = append(c.Disks, disk)
 	}
 	for _, n := range f["net"] {
 		o, err := parseOptions(n, "tap", "ip", "mask", "mac", "host_mac", "mtu", "iommu", "queue_size", "num_queues", "vhost_user", "socket", "vhost_mode", "id", "fd",
