@@ -17,13 +17,22 @@
 // --cpus N --memory MIB --run-dir DIR --tap TAP --mac MAC --serial-log FILE
 // --boot-initramfs FILE --kestrel FILE --boot-layer auto|always|never
 // --api-host HOST --api-port N --dns IP (repeatable) --kernel-arg WORD
-// (repeatable) --debug --verify cached|always --disk-mode copy|direct.
+// (repeatable) --debug --verify cached|always --disk-mode copy|direct
+// --volume FILE:/PATH[:ro] (repeatable).
 //
 // Writable disks (a rootfs plugin's root, manifest disks not marked
 // readonly) boot from the VM's own copy in <state>/vms/<name>/disks/, made
 // from the verified artifact on the first start and kept across restarts,
 // so replicas of one plugin never share an image and the guest's writes
 // persist; --disk-mode direct boots the artifact itself.
+//
+// --volume FILE:/PATH attaches a disk image holding a filesystem (ext4,
+// xfs, btrfs, squashfs; make one with mkfs.ext4) after every other disk,
+// and kestrel mounts it at PATH before the workload starts (:ro
+// read-only). The guest finds it by its disk serial, volant-vol<i>, so it
+// is never taken for the root or a manifest disk. The image is used in
+// place: one VM at a time should write to it (volantd's volumes enforce
+// that; a pipeline must).
 //
 // Stdin (argv, run): one JSON request, the VM spec (lib/launch.Spec; flags
 // override its fields):
@@ -34,7 +43,8 @@
 //	 "lease":{"vm","ip","prefix","gateway","mac"},"net_tap":{"tap","lease":{...}},
 //	 "dns":["1.1.1.1"],"api_host":"192.168.127.1","api_port":8080,
 //	 "serial_log":"..","run_dir":"..","boot_initramfs":"..","kestrel":"..","boot_layer":"auto",
-//	 "kernel_args":[".."],"debug":false,"verify":"cached","disk_mode":"copy","stop_timeout_ms":10000}
+//	 "kernel_args":[".."],"debug":false,"verify":"cached","disk_mode":"copy","stop_timeout_ms":10000,
+//	 "volumes":[{"file":"data.img","format":"raw","path":"/data","readonly":false}]}
 //
 // or the output of another command: `volant-ipam lease` (kind ipam.lease,
 // becomes "lease") or `volant-net tap add` (kind net.tap, becomes "net_tap"):
@@ -99,6 +109,7 @@ package main
 
 import (
 	"context"
+	"path/filepath"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -283,6 +294,7 @@ type specFlags struct {
 	Verify        string        `long:"verify" description:"cached (default: hash unless this file version was verified here) or always"`
 	DiskMode      string        `long:"disk-mode" description:"copy (default: the VM boots its own copy of writable disks, kept across restarts) or direct"`
 	StopTimeout   time.Duration `long:"stop-timeout" description:"run: time the guest gets to power off after the power button (default 10s)"`
+	Volumes       []string      `long:"volume" value-name:"FILE:/PATH[:ro]" description:"disk image holding a filesystem, mounted by kestrel at PATH before the workload starts (repeatable)"`
 }
 
 // spec reads the JSON spec from stdin (if any) and lets the flags override it.
@@ -314,5 +326,15 @@ func (f *specFlags) spec(env *cli.Env) (launch.Spec, error) {
 		s.DNS = f.DNS
 	}
 	s.KernelArgs = append(s.KernelArgs, f.KernelArgs...)
+	for _, v := range f.Volumes {
+		vol, err := launch.ParseVolumeFlag(v)
+		if err != nil {
+			return s, err
+		}
+		if vol.File, err = filepath.Abs(vol.File); err != nil {
+			return s, err
+		}
+		s.Volumes = append(s.Volumes, vol)
+	}
 	return s, nil
 }

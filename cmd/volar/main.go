@@ -1,5 +1,5 @@
 // Command volar is the command line of Volant: it drives volantd's REST API
-// (plugins, VMs, deployments, events, logs, the serial console) and
+// (plugins, VMs, deployments, volumes, events, logs, the serial console) and
 // prepares the host for it (setup).
 //
 // Synopsis:
@@ -11,7 +11,8 @@
 //	volar plugins list
 //	volar plugins install --manifest FILE [--replace]
 //	volar plugins show|enable|disable|remove NAME
-//	volar vms create NAME --plugin P [--cpu N] [--memory MB] [--kernel-arg ARG]... [--wait [--timeout D]]
+//	volar vms create NAME --plugin P [--cpu N] [--memory MB] [--kernel-arg ARG]... [-v VOLUME:/PATH[:ro]]...
+//	                 [--wait [--timeout D]]
 //	volar vms list [--plugin P] [--deployment D] [--state S]
 //	volar vms show|stop|delete NAME
 //	volar vms start|restart NAME [--wait [--timeout D]]
@@ -19,9 +20,14 @@
 //	volar vms console NAME [--escape ^]]
 //	volar vms wait NAME [--state running] [--timeout D]
 //	volar deployments create NAME --plugin P --replicas N [--cpu N] [--memory MB] [--config FILE]
+//	                        [--volume-template NAME:SIZE:/PATH]...
 //	volar deployments scale NAME --replicas M
 //	volar deployments list
 //	volar deployments show|delete NAME
+//	volar volumes create NAME --size SIZE [--fs ext4]
+//	volar volumes list
+//	volar volumes show|delete NAME
+//	volar volumes resize NAME --size SIZE
 //	volar events [--since ID] [--type T]...
 //	volar completion bash|zsh
 //	volar version
@@ -48,6 +54,8 @@
 //	plugins show|install|enable|disable|remove  one Plugin object
 //	vms create|show|start|stop|restart|delete|wait  one VM object (create --wait: the VM once running)
 //	deployments create|scale|show|delete        one Deployment object
+//	volumes list                                a JSON array of Volume
+//	volumes create|show|resize|delete           one Volume object
 //	events                                      one compact Event object per line (NDJSON)
 //	setup                                       one object {"dry_run","changed","ready","items":[...],...}
 //	version                                     {"client","server","addr"}
@@ -100,6 +108,25 @@
 // have a console (volant-launch relays CH's); a run without a console
 // socket answers NOT_SUPPORTED: use `vms logs --follow`.
 //
+// # Volumes
+//
+// `volar volumes create data --size 1GiB` makes a volume: a sparse disk
+// image with an empty ext4 filesystem that outlives the VMs using it.
+// `volar vms create web1 --plugin P -v data:/data` attaches it; kestrel
+// mounts it at /data before the workload starts (-v data:/data:ro
+// read-only; repeat -v for more). One VM at a time may write to a volume:
+// creating or starting a VM that would write to a volume another running
+// VM uses (or read one another running VM writes) fails with
+// VOLUME_IN_USE. `resize` grows a volume whose VMs are stopped; `delete`
+// is refused while any VM is attached to the volume (delete the VM first:
+// the volume stays).
+//
+// `volar deployments create svc ... --volume-template data:1GiB:/data`
+// gives replica svc-i a volume of its own, data-i, made when the replica
+// is first created. Scaling down keeps the volumes of the replicas it
+// removes (and deleting the deployment keeps them all); scaling up again
+// gives replica i its data-i back. Delete them with `volumes delete`.
+//
 // # Events
 //
 // `volar events` follows volantd's event stream until interrupted,
@@ -111,8 +138,8 @@
 // # Completion
 //
 // `volar completion bash` and `volar completion zsh` print scripts that
-// complete commands, flags, file names, and the names of VMs, plugins and
-// deployments (asked from volantd with a 0.5 s timeout):
+// complete commands, flags, file names, and the names of VMs, plugins,
+// deployments and volumes (asked from volantd with a 0.5 s timeout):
 //
 //	source <(volar completion bash)                       # this shell
 //	volar completion bash > /etc/bash_completion.d/volar  # every shell

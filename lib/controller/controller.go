@@ -21,13 +21,15 @@
 // that measure before they act (flintlock's planner), so any of them can be
 // re-run after a crash and does only what is missing:
 //
-//		create/start  lease → tap → stage → start → (wait healthy, in the background)
+//		create/start  lease → tap → volumes → stage → start → (wait healthy, in the background)
 //		stop          stop
 //		delete        stop → untap → release
 //
 //	  - lease: an address from lib/ipam, in the transaction that creates the
 //	    vms row (an existing lease of the VM is reused);
 //	  - tap: the VM's tap on the bridge (hostnet.AddTap, idempotent);
+//	  - volumes: the VM's volumes claimed, unless another live VM holds
+//	    one (VOLUME_IN_USE; see volumes.go);
 //	  - stage: the VM's launch spec written to <data>/vms/<name>/spec.json;
 //	  - start: a `volant-launch run` process for the VM (Runtime), unless a
 //	    live run of the VM exists already, which is adopted; the step ends

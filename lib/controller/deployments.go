@@ -23,18 +23,20 @@ import (
 var MaxDeploymentName = names.MaxLen - 1 - len(strconv.Itoa(api.MaxReplicas))
 
 type deploymentRow struct {
-	Name      string
-	Plugin    string
-	Replicas  int
-	Current   int
-	Resources api.Resources
-	Error     string
+	Name            string
+	Plugin          string
+	Replicas        int
+	Current         int
+	Resources       api.Resources
+	VolumeTemplates []api.VolumeTemplate
+	Error           string
 	CreatedAt time.Time
 	UpdatedAt time.Time
 }
 
 type deploymentConfig struct {
-	Resources api.Resources `json:"resources"`
+	Resources       api.Resources        `json:"resources"`
+	VolumeTemplates []api.VolumeTemplate `json:"volume_templates,omitempty"`
 }
 
 const deploymentColumns = `name, plugin, replicas, current, config, error, created_at, updated_at`
@@ -51,7 +53,7 @@ func scanDeployment(r rowScanner) (deploymentRow, error) {
 		if err := json.Unmarshal([]byte(cfg.String), &c); err != nil {
 			return d, fmt.Errorf("deployment %s config: %w", d.Name, err)
 		}
-		d.Resources = c.Resources
+		d.Resources, d.VolumeTemplates = c.Resources, c.VolumeTemplates
 	}
 	var err error
 	if d.CreatedAt, err = store.ParseTime(created); err != nil {
@@ -107,7 +109,7 @@ func ReplicaName(deployment string, i int) string { return deployment + "-" + st
 
 func (c *Controller) deploymentAPI(ctx context.Context, q querier, d deploymentRow) (api.Deployment, error) {
 	out := api.Deployment{Name: d.Name, Plugin: d.Plugin, Replicas: d.Replicas, Current: d.Current, Resources: d.Resources,
-		Error: d.Error, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, VMs: []string{}}
+		VolumeTemplates: d.VolumeTemplates, Error: d.Error, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, VMs: []string{}}
 	vms, err := listVMs(ctx, q, api.VMFilter{Deployment: d.Name})
 	if err != nil {
 		return out, err
@@ -199,7 +201,11 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 	if err := validateCreate(api.CreateVMRequest{Name: ReplicaName(req.Name, 1), Plugin: req.Plugin, CPUCores: res.CPUCores, MemoryMB: res.MemoryMB}); err != nil {
 		return nil, err
 	}
-	cfg, _ := json.Marshal(deploymentConfig{Resources: res})
+	templates, err := checkTemplates(req.VolumeTemplates)
+	if err != nil {
+		return nil, err
+	}
+	cfg, _ := json.Marshal(deploymentConfig{Resources: res, VolumeTemplates: templates})
 	now := store.FormatTime(time.Now())
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		if _, err := getDeployment(ctx, tx, req.Name); err == nil {
@@ -231,7 +237,9 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 }
 
 // ScaleDeployment sets the desired replica count; the reconciler creates
-// or deletes (highest index first) replicas in the background.
+// or deletes (highest index first) replicas in the background. Replicas
+// deleted by a scale-down keep their template volumes, which the replicas
+// of a later scale-up of the same index use again.
 func (c *Controller) ScaleDeployment(ctx context.Context, name string, replicas int) (*api.Deployment, error) {
 	if err := checkReplicas(replicas); err != nil {
 		return nil, err
@@ -528,7 +536,12 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 				return
 			}
 			req := api.CreateVMRequest{Name: ReplicaName(name, i), Plugin: d.Plugin, CPUCores: d.Resources.CPUCores, MemoryMB: d.Resources.MemoryMB}
-			if _, err := c.createVM(ctx, req, name); err != nil {
+			vols, err := c.replicaVolumes(ctx, name, i, d.VolumeTemplates)
+			if err == nil {
+				req.Volumes = vols
+				_, err = c.createVM(ctx, req, name)
+			}
+			if err != nil {
 				log.Warn("creating a replica", "vm", req.Name, "err", err)
 				mu.Lock()
 				errs = append(errs, err.Error())

@@ -13,6 +13,7 @@ import (
 	"github.com/volantvm/volant/lib/bootargs"
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/layout"
+	"github.com/volantvm/volant/lib/names"
 	"github.com/volantvm/volant/lib/store"
 	"github.com/volantvm/volant/lib/volume"
 )
@@ -756,4 +757,87 @@ func mountsOf(atts []attachmentRow, vm string) []api.VolumeMount {
 		}
 	}
 	return out
+}
+
+// Volume templates
+//
+// A deployment's volume template NAME gives replica <deployment>-<i> the
+// volume NAME-<i>, made (with the deployment recorded on it) when the
+// replica is first created and reused whenever replica i is created
+// again: after a crash, and after a scale-down (which keeps the volume)
+// and a scale-up. Deleting the deployment keeps the volumes too; they are
+// deleted like any other volume.
+
+// maxTemplateName is the longest template name: NAME-<index> must be a
+// valid volume name for the largest index.
+var maxTemplateName = names.MaxLen - 1 - len(fmt.Sprint(api.MaxReplicas))
+
+// TemplateVolume is the name of replica i's volume from template name.
+func TemplateVolume(name string, i int) string { return fmt.Sprintf("%s-%d", name, i) }
+
+// checkTemplates validates a deployment's volume templates and returns
+// them with their sizes in bytes.
+func checkTemplates(ts []api.VolumeTemplate) ([]api.VolumeTemplate, error) {
+	if len(ts) > bootargs.MaxVolumes {
+		return nil, apierr.New(apierr.InvalidInput, "%d volume templates; a VM takes at most %d volumes", len(ts), bootargs.MaxVolumes).
+			With("field", "volume_templates")
+	}
+	seen := map[string]bool{}
+	out := make([]api.VolumeTemplate, 0, len(ts))
+	for i, t := range ts {
+		field := fmt.Sprintf("volume_templates[%d]", i)
+		if err := checkName("volume template name", t.Name); err != nil {
+			return nil, apierr.From(err).With("field", field+".name")
+		}
+		if len(t.Name) > maxTemplateName {
+			return nil, apierr.New(apierr.InvalidInput, "volume template name %q is longer than %d characters (its volumes are named %s-<index>)",
+				t.Name, maxTemplateName, t.Name).With("field", field+".name")
+		}
+		size, err := requestSize(t.Size, t.SizeBytes)
+		if err != nil {
+			return nil, apierr.From(err).With("field", field+".size")
+		}
+		if t.FS == "" {
+			t.FS = volume.DefaultFS
+		}
+		if err := volume.CheckFS(t.FS); err != nil {
+			return nil, apierr.From(err).With("field", field+".fs")
+		}
+		if err := bootargs.CheckMountPath(t.Path); err != nil {
+			return nil, apierr.New(apierr.InvalidInput, "%s: %v", field, err).With("field", field+".path")
+		}
+		if seen["n:"+t.Name] || seen["p:"+t.Path] {
+			return nil, apierr.New(apierr.InvalidInput, "%s: name %s or path %s is given twice", field, t.Name, t.Path).With("field", field)
+		}
+		seen["n:"+t.Name], seen["p:"+t.Path] = true, true
+		out = append(out, api.VolumeTemplate{Name: t.Name, SizeBytes: size, Size: volume.FormatSize(size), Path: t.Path, FS: t.FS})
+	}
+	return out, nil
+}
+
+// replicaVolumes makes sure replica i of deployment has its template
+// volumes and returns the mounts for its create request. A volume of that
+// name that another deployment (or no deployment) made is CONFLICT: the
+// replica does not take someone else's data.
+func (c *Controller) replicaVolumes(ctx context.Context, deployment string, i int, ts []api.VolumeTemplate) ([]api.VolumeMount, error) {
+	var out []api.VolumeMount
+	for _, t := range ts {
+		name := TemplateVolume(t.Name, i)
+		v, err := c.Volume(ctx, name)
+		if apierr.Is(err, apierr.NotFound) {
+			v, err = c.createVolume(ctx, api.CreateVolumeRequest{Name: name, SizeBytes: t.SizeBytes, FS: t.FS}, deployment)
+			if apierr.Is(err, apierr.Conflict) {
+				v, err = c.Volume(ctx, name) // made meanwhile
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("volume %s of replica %s: %w", name, ReplicaName(deployment, i), err)
+		}
+		if v.Deployment != deployment {
+			return nil, apierr.New(apierr.Conflict, "volume %s exists and is not deployment %s's; its replica %s would take it",
+				name, deployment, ReplicaName(deployment, i)).With("volume", name).With("deployment", deployment)
+		}
+		out = append(out, api.VolumeMount{Volume: name, Path: t.Path})
+	}
+	return out, nil
 }

@@ -1,16 +1,20 @@
 package controller_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/controller/controllertest"
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/testutil/mntnstest"
 	"github.com/volantvm/volant/lib/volume"
@@ -314,5 +318,128 @@ func TestVolumeCreateOnAFullDisk(t *testing.T) {
 	}
 	if got := f.eventTypes("big"); got != "volume.failed" {
 		t.Errorf("events %q, want volume.failed", got)
+	}
+}
+
+func eventuallyStep(t *testing.T, c *controller.Controller, name, step string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		v, err := c.VM(context.Background(), name)
+		if err == nil && v.Step == step {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %+v %v, want step %q", name, v, err, step)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func waitVMs(t *testing.T, c *controller.Controller, deployment, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d, err := c.Deployment(context.Background(), deployment)
+		if err == nil && strings.Join(d.VMs, ",") == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deployment %s: %+v %v, want VMs %s", deployment, d, err, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A deployment's volume template gives each replica its own volume, kept
+// on scale-down and reused on scale-up and after the deployment is gone.
+func TestDeploymentVolumeTemplates(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1, ReconcileInterval: 50 * time.Millisecond})
+	f.plugin(c, "web")
+	tmpl := []api.VolumeTemplate{{Name: "data", Size: "16MiB", Path: "/data"}}
+	for _, bad := range [][]api.VolumeTemplate{
+		{{Name: "data", Path: "/data"}}, {{Name: "data", Size: "16MiB", Path: "data"}},
+		{{Name: strings.Repeat("d", 60), Size: "16MiB", Path: "/d"}},
+		{{Name: "a", Size: "16MiB", Path: "/d"}, {Name: "b", Size: "16MiB", Path: "/d"}},
+	} {
+		if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "bad", Plugin: "web", Replicas: 1, VolumeTemplates: bad}); !apierr.Is(err, apierr.InvalidInput) {
+			t.Errorf("templates %+v: %v, want INVALID_INPUT", bad, err)
+		}
+	}
+	d, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "web", Replicas: 2, VolumeTemplates: tmpl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.VolumeTemplates) != 1 || d.VolumeTemplates[0].SizeBytes != 16<<20 || d.VolumeTemplates[0].Size != "16MiB" {
+		t.Errorf("templates as recorded: %+v", d.VolumeTemplates)
+	}
+	waitVMs(t, c, "svc", "svc-1,svc-2")
+	eventuallyState(t, c, "svc-1", api.VMStarting)
+	eventuallyStep(t, c, "svc-2", "")
+	for i, name := range []string{"data-1", "data-2"} {
+		v, err := c.Volume(f.ctx, name)
+		if err != nil || v.Deployment != "svc" || len(v.Attachments) != 1 || v.Attachments[0].VM != fmt.Sprintf("svc-%d", i+1) {
+			t.Fatalf("%s: %+v %v", name, v, err)
+		}
+	}
+	if spec := stagedSpec(t, c, "svc-2"); len(spec.Volumes) != 1 || spec.Volumes[0].File != c.VolumePath("data-2") || spec.Volumes[0].Path != "/data" {
+		t.Errorf("svc-2's spec: %+v", spec.Volumes)
+	}
+	img2, _ := os.Stat(c.VolumePath("data-2"))
+
+	// Scale down: svc-2 goes, data-2 stays, detached.
+	if _, err := c.ScaleDeployment(f.ctx, "svc", 1); err != nil {
+		t.Fatal(err)
+	}
+	waitVMs(t, c, "svc", "svc-1")
+	if v, err := c.Volume(f.ctx, "data-2"); err != nil || len(v.Attachments) != 0 {
+		t.Fatalf("data-2 after the scale-down: %+v %v", v, err)
+	}
+	// Scale up: svc-2 comes back with the same volume, not a new one.
+	if _, err := c.ScaleDeployment(f.ctx, "svc", 2); err != nil {
+		t.Fatal(err)
+	}
+	waitVMs(t, c, "svc", "svc-1,svc-2")
+	if v, _ := c.Volume(f.ctx, "data-2"); len(v.Attachments) != 1 || v.Attachments[0].VM != "svc-2" {
+		t.Errorf("data-2 after the scale-up: %+v", v.Attachments)
+	}
+	if img, _ := os.Stat(c.VolumePath("data-2")); !os.SameFile(img, img2) {
+		t.Error("the scale-up made a new image for data-2")
+	}
+	if got := f.eventTypes("data-2"); got != "volume.created volume.attached volume.detached volume.attached" {
+		t.Errorf("data-2 events: %s", got)
+	}
+
+	// The deployment goes; its volumes stay.
+	if _, err := c.DeleteDeployment(f.ctx, "svc"); err != nil {
+		t.Fatal(err)
+	}
+	if vs, _ := c.ListVolumes(f.ctx); len(vs) != 2 || len(vs[0].Attachments)+len(vs[1].Attachments) != 0 {
+		t.Errorf("volumes after the deployment's deletion: %+v", vs)
+	}
+
+	// A volume of the template's name that is not the deployment's is not
+	// taken: the replica is not created, and the deployment says why.
+	if _, err := c.CreateVolume(f.ctx, api.CreateVolumeRequest{Name: "logs-1", Size: "16MiB"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "other", Plugin: "web", Replicas: 1,
+		VolumeTemplates: []api.VolumeTemplate{{Name: "logs", Size: "16MiB", Path: "/logs"}}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d, _ := c.Deployment(f.ctx, "other")
+		if strings.Contains(d.Error, "logs-1 exists and is not deployment other's") {
+			if len(d.VMs) != 0 {
+				t.Errorf("a replica was created: %v", d.VMs)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deployment other: %+v", d)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

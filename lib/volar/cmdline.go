@@ -98,6 +98,14 @@ type CommandLine struct {
 		Delete deploymentDeleteCmd `command:"delete" alias:"rm" description:"Delete a deployment and its VMs"`
 	} `command:"deployments" alias:"deployment" alias:"deploy" description:"Manage deployments (replicated VMs)"`
 
+	Volumes struct {
+		Create volumeCreateCmd `command:"create" description:"Create a volume: an empty filesystem that outlives the VMs using it" long-description:"Create a volume: a sparse disk image with an empty filesystem (ext4), owned by volantd. VMs mount it with vms create -v NAME:/PATH; it outlives them, and one VM at a time may write to it."`
+		List   volumeListCmd   `command:"list" alias:"ls" description:"List volumes"`
+		Show   volumeShowCmd   `command:"show" description:"Show a volume and the VMs using it"`
+		Resize volumeResizeCmd `command:"resize" description:"Grow a volume and its filesystem (stop the VMs using it first)"`
+		Delete volumeDeleteCmd `command:"delete" alias:"rm" description:"Delete a volume and its data (refused while a VM is attached to it)"`
+	} `command:"volumes" alias:"volume" alias:"vol" description:"Manage volumes (data that outlives VMs)"`
+
 	Events     eventsCmd     `command:"events" description:"Follow volantd's event stream (Ctrl-C ends)"`
 	Completion completionCmd `command:"completion" description:"Print a shell completion script (bash or zsh)"`
 	Version    versionCmd    `command:"version" description:"Print volar's and volantd's versions"`
@@ -114,6 +122,12 @@ type (
 	}
 	deploymentArg struct {
 		Name DeploymentName `positional-arg-name:"NAME" description:"the deployment's name"`
+	}
+	volumeArg struct {
+		Name VolumeName `positional-arg-name:"NAME" description:"the volume's name"`
+	}
+	volumeCmd struct {
+		Args volumeArg `positional-args:"yes" required:"yes"`
 	}
 	vmCmd struct {
 		Args vmArg `positional-args:"yes" required:"yes"`
@@ -240,6 +254,7 @@ type vmCreateCmd struct {
 	CPU        int        `long:"cpu" value-name:"N" description:"vCPUs (default: the plugin's)"`
 	Memory     int        `long:"memory" value-name:"MB" description:"memory in MiB (default: the plugin's)"`
 	KernelArgs []string   `long:"kernel-arg" value-name:"ARG" description:"extra guest kernel command-line word (repeatable)"`
+	Volumes    []string   `long:"volume" short:"v" value-name:"NAME:/PATH[:ro]" description:"mount volume NAME at PATH before the workload starts, read-only with :ro (repeatable)"`
 	waitFlags
 	Args struct {
 		Name string `positional-arg-name:"NAME" description:"the new VM's name (lowercase letters, digits, - and _)"`
@@ -247,8 +262,15 @@ type vmCreateCmd struct {
 }
 
 func (c *vmCreateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
-	return s.CreateVM(ctx, api.CreateVMRequest{Name: c.Args.Name, Plugin: string(c.Plugin), CPUCores: c.CPU,
-		MemoryMB: c.Memory, KernelArgs: c.KernelArgs}, c.options())
+	req := api.CreateVMRequest{Name: c.Args.Name, Plugin: string(c.Plugin), CPUCores: c.CPU, MemoryMB: c.Memory, KernelArgs: c.KernelArgs}
+	for _, v := range c.Volumes {
+		m, err := ParseVolumeMount(v)
+		if err != nil {
+			return err
+		}
+		req.Volumes = append(req.Volumes, m)
+	}
+	return s.CreateVM(ctx, req, c.options())
 }
 
 type vmListCmd struct {
@@ -338,12 +360,13 @@ func (c *vmWaitCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 // --- deployments ---
 
 type deploymentCreateCmd struct {
-	Plugin   PluginName     `long:"plugin" short:"p" value-name:"PLUGIN" description:"plugin of the replicas"`
-	Replicas *int           `long:"replicas" short:"r" value-name:"N" description:"number of VMs to keep running"`
-	CPU      int            `long:"cpu" value-name:"N" description:"vCPUs per replica (default: the plugin's)"`
-	Memory   int            `long:"memory" value-name:"MB" description:"memory per replica in MiB (default: the plugin's)"`
-	Config   flags.Filename `long:"config" short:"c" value-name:"FILE" description:"JSON with any of name, plugin, replicas, resources {cpu_cores, memory_mb}; flags override it"`
-	Args     struct {
+	Plugin    PluginName     `long:"plugin" short:"p" value-name:"PLUGIN" description:"plugin of the replicas"`
+	Replicas  *int           `long:"replicas" short:"r" value-name:"N" description:"number of VMs to keep running"`
+	CPU       int            `long:"cpu" value-name:"N" description:"vCPUs per replica (default: the plugin's)"`
+	Memory    int            `long:"memory" value-name:"MB" description:"memory per replica in MiB (default: the plugin's)"`
+	Templates []string       `long:"volume-template" value-name:"NAME:SIZE:/PATH" description:"give replica i its own volume NAME-i of SIZE mounted at PATH, kept on scale-down and reused on scale-up (repeatable)"`
+	Config    flags.Filename `long:"config" short:"c" value-name:"FILE" description:"JSON with any of name, plugin, replicas, resources {cpu_cores, memory_mb}, volume_templates [{name, size, path}]; flags override it"`
+	Args      struct {
 		Name string `positional-arg-name:"NAME" description:"the deployment's name; its VMs are NAME-1..NAME-N (or \"name\" in --config)"`
 	} `positional-args:"yes"`
 }
@@ -357,7 +380,7 @@ func (c *deploymentCreateCmd) run(ctx context.Context, s *Session, env *cli.Env)
 		}
 	}
 	req, err := DeploymentRequest(cfg, DeploymentFlags{Name: c.Args.Name, Plugin: string(c.Plugin),
-		Replicas: c.Replicas, CPU: c.CPU, Memory: c.Memory})
+		Replicas: c.Replicas, CPU: c.CPU, Memory: c.Memory, VolumeTemplates: c.Templates})
 	if err != nil {
 		return err
 	}
@@ -389,6 +412,47 @@ type deploymentDeleteCmd struct{ deploymentCmd }
 
 func (c *deploymentDeleteCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 	return s.DeleteDeployment(ctx, string(c.Args.Name))
+}
+
+// --- volumes ---
+
+type volumeCreateCmd struct {
+	Size string `long:"size" short:"s" value-name:"SIZE" required:"yes" description:"size: 1GiB, 512MiB, 10G, ... (16MiB at least)"`
+	FS   string `long:"fs" value-name:"FS" default:"ext4" description:"filesystem: ext4"`
+	Args struct {
+		Name string `positional-arg-name:"NAME" description:"the new volume's name (lowercase letters, digits, - and _)"`
+	} `positional-args:"yes" required:"yes"`
+}
+
+func (c *volumeCreateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.CreateVolume(ctx, c.Args.Name, c.Size, c.FS)
+}
+
+type volumeListCmd struct{}
+
+func (volumeListCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.ListVolumes(ctx)
+}
+
+type volumeShowCmd struct{ volumeCmd }
+
+func (c *volumeShowCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.ShowVolume(ctx, string(c.Args.Name))
+}
+
+type volumeResizeCmd struct {
+	Size string    `long:"size" short:"s" value-name:"SIZE" required:"yes" description:"the new, larger size"`
+	Args volumeArg `positional-args:"yes" required:"yes"`
+}
+
+func (c *volumeResizeCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.ResizeVolume(ctx, string(c.Args.Name), c.Size)
+}
+
+type volumeDeleteCmd struct{ volumeCmd }
+
+func (c *volumeDeleteCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.DeleteVolume(ctx, string(c.Args.Name))
 }
 
 // --- events ---

@@ -424,10 +424,11 @@ func (f flushWriter) Write(p []byte) (int, error) {
 // DeploymentConfig is the --config file of `deployments create` (the spec's
 // service-config.json): any of the request's fields; flags override them.
 type DeploymentConfig struct {
-	Name      string         `json:"name,omitempty"`
-	Plugin    string         `json:"plugin,omitempty"`
-	Replicas  *int           `json:"replicas,omitempty"`
-	Resources *api.Resources `json:"resources,omitempty"`
+	Name            string               `json:"name,omitempty"`
+	Plugin          string               `json:"plugin,omitempty"`
+	Replicas        *int                 `json:"replicas,omitempty"`
+	Resources       *api.Resources       `json:"resources,omitempty"`
+	VolumeTemplates []api.VolumeTemplate `json:"volume_templates,omitempty"`
 }
 
 // ReadDeploymentConfig reads and strictly decodes a --config file.
@@ -447,7 +448,7 @@ func ReadDeploymentConfig(path string, stdin io.Reader) (*DeploymentConfig, erro
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return nil, apierr.Wrap(apierr.InvalidInput, err, "deployment config "+path).
-			With("hint", `fields: name, plugin, replicas, resources {"cpu_cores","memory_mb"}`)
+			With("hint", `fields: name, plugin, replicas, resources {"cpu_cores","memory_mb"}, volume_templates [{"name","size","path"}]`)
 	}
 	if dec.More() {
 		return nil, apierr.New(apierr.InvalidInput, "deployment config %s: trailing data after the JSON object", path)
@@ -463,6 +464,9 @@ type DeploymentFlags struct {
 	Replicas *int
 	CPU      int
 	Memory   int
+	// VolumeTemplates are --volume-template NAME:SIZE:/PATH values; they
+	// replace the file's.
+	VolumeTemplates []string
 }
 
 // DeploymentRequest merges a --config file (nil: none) and the flags into
@@ -484,6 +488,17 @@ func DeploymentRequest(cfg *DeploymentConfig, f DeploymentFlags) (api.CreateDepl
 		if cfg.Resources != nil {
 			r := *cfg.Resources
 			req.Resources = &r
+		}
+		req.VolumeTemplates = cfg.VolumeTemplates
+	}
+	if len(f.VolumeTemplates) > 0 {
+		req.VolumeTemplates = nil
+		for _, v := range f.VolumeTemplates {
+			t, err := ParseVolumeTemplate(v)
+			if err != nil {
+				return req, err
+			}
+			req.VolumeTemplates = append(req.VolumeTemplates, t)
 		}
 	}
 	if f.Replicas != nil {

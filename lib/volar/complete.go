@@ -48,6 +48,12 @@ type PluginName string
 // deployments.
 type DeploymentName string
 
+// VolumeName is a volume name that completes from volantd's volumes.
+type VolumeName string
+
+// Complete implements flags.Completer.
+func (VolumeName) Complete(match string) []flags.Completion { return completeNames("volume", match) }
+
 // Complete implements flags.Completer.
 func (VMName) Complete(match string) []flags.Completion { return completeNames("vm", match) }
 
@@ -78,7 +84,7 @@ func completeNames(kind, prefix string) []flags.Completion {
 	return out
 }
 
-// Names lists the names of one kind of object: vm, plugin or deployment.
+// Names lists the names of one kind of object: vm, plugin, deployment or volume.
 func Names(ctx context.Context, c *client.Client, kind string) ([]string, error) {
 	var out []string
 	switch kind {
@@ -98,6 +104,12 @@ func Names(ctx context.Context, c *client.Client, kind string) ([]string, error)
 		ds, err := c.ListDeployments(ctx)
 		for _, d := range ds {
 			out = append(out, d.Name)
+		}
+		return out, err
+	case "volume":
+		vs, err := c.ListVolumes(ctx)
+		for _, v := range vs {
+			out = append(out, v.Name)
 		}
 		return out, err
 	}

@@ -36,6 +36,6 @@
 // # Completion
 //
 // Parse wraps go-flags and its GO_FLAGS_COMPLETION protocol;
-// CompletionScript prints the bash and zsh scripts; VMName, PluginName and
-// DeploymentName complete from volantd.
+// CompletionScript prints the bash and zsh scripts; VMName, PluginName,
+// DeploymentName and VolumeName complete from volantd.
 package volar

@@ -481,12 +481,17 @@ func (o *Output) Deployment(d *api.Deployment) error {
 	if len(d.VMs) == 0 {
 		vms = "none"
 	}
+	var tmpl []string
+	for _, t := range d.VolumeTemplates {
+		tmpl = append(tmpl, fmt.Sprintf("%s-<i> %s at %s", t.Name, t.Size, t.Path))
+	}
 	return o.fields([][2]string{
 		{"Name", d.Name},
 		{"Plugin", d.Plugin},
 		{"Replicas", fmt.Sprintf("%d desired, %d running", d.Replicas, d.Current)},
 		{"CPUs", itoa(d.Resources.CPUCores)},
 		{"Memory", mib(d.Resources.MemoryMB)},
+		{"Volumes", strings.Join(tmpl, ", ")},
 		{"VMs", vms},
 		{"Error", d.Error},
 		{"Created", o.timestamp(d.CreatedAt)},

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/fledge"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+// diaryPlugin builds an initramfs plugin whose workload signs a diary on
+// the volume at /data the first time it starts there, appends a line to it
+// on every start, and serves /data over HTTP (health check: the diary).
+func diaryPlugin(t testing.TB, modulesDir, kestrel string) []byte {
+	t.Helper()
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
+	}
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "www"), 0o755)
+	script := `test -f /data/first || /bin/busybox hostname > /data/first; ` +
+		`/bin/busybox hostname >> /data/diary; /bin/busybox sync; ` +
+		`exec /bin/busybox httpd -f -p 80 -h /data`
+	toml := `version = "1"
+strategy = "initramfs"
+[plugin]
+name = "diary"
+version = "1.0.0"
+[source]
+busybox = "/bin/busybox"
+[workload]
+entrypoint = ["/bin/busybox", "sh", "-c", ` + tomlString(script) + `]
+base_url = "http://127.0.0.1:80"
+[health_check]
+endpoint = "/diary"
+interval_ms = 500
+[resources]
+cpu_cores = 1
+memory_mb = 128
+[mappings]
+"www" = "/www"
+`
+	cfg := filepath.Join(src, "fledge.toml")
+	os.WriteFile(cfg, []byte(toml), 0o644)
+	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: filepath.Join(src, "out"),
+		KernelModules: modulesDir, Kestrel: kestrel})
+	if err != nil {
+		t.Fatalf("fledge build: %v", err)
+	}
+	m, err := os.ReadFile(res.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func tomlString(s string) string { return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"` }
+
+// TestVolumeOutlivesVM boots real guests (QEMU TCG, kestrel) through
+// volantd: a VM writes to its volume; the VM is deleted; a new VM given
+// the same volume finds the data and adds to it; a VM that would write to
+// the volume while the second runs is refused; the data is on the image on
+// the host.
+func TestVolumeOutlivesVM(t *testing.T) {
+	k, _ := guesttest.Kernel(t)
+	guesttest.QEMU(t)
+	kestrel := guesttest.Kestrel(t)
+	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
+	wrap := []string{"ip", "netns", "exec", h.ns.Name}
+	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
+		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "10s")
+	ctx := context.Background()
+	if _, err := d.c.InstallPlugin(ctx, diaryPlugin(t, k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "notes", Size: "64MiB"}); err != nil {
+		t.Fatal(err)
+	}
+	mount := []api.VolumeMount{{Volume: "notes", Path: "/data"}}
+
+	boot := func(name string) *api.VM {
+		t.Helper()
+		if _, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: name, Plugin: "diary", Volumes: mount}); err != nil {
+			t.Fatal(err)
+		}
+		vm, err := d.c.WaitVM(ctx, name, api.VMRunning, 150*time.Second)
+		if err != nil {
+			rc, _ := d.c.VMLogs(ctx, name, api.LogOptions{Tail: 60})
+			t.Fatalf("%s never ran: %v\n%s", name, err, readAll(rc))
+		}
+		return vm
+	}
+	first := boot("writer1")
+	if body, err := fetch(h, "http://"+first.IP+"/first"); err != nil || body != "writer1\n" {
+		t.Fatalf("writer1's volume: /first = %q %v", body, err)
+	}
+	if _, err := d.c.DeleteVM(ctx, "writer1"); err != nil {
+		t.Fatal(err)
+	}
+
+	second := boot("writer2")
+	body, err := fetch(h, "http://"+second.IP+"/first")
+	if err != nil || body != "writer1\n" {
+		t.Fatalf("writer2 does not see what writer1 wrote: /first = %q %v", body, err)
+	}
+	if body, err := fetch(h, "http://"+second.IP+"/diary"); err != nil || body != "writer1\nwriter2\n" {
+		t.Fatalf("the diary is %q (%v), want both VMs' lines", body, err)
+	}
+	t.Logf("writer2 (%s) read what writer1 wrote before it was deleted", second.IP)
+
+	// One writer at a time.
+	if _, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: "writer3", Plugin: "diary", Volumes: mount}); err == nil || !strings.Contains(err.Error(), "held by writer2") {
+		t.Fatalf("a second writer: %v, want VOLUME_IN_USE", err)
+	}
+	// The data is on the host's image, the filesystem clean after the stop.
+	if _, err := d.c.DeleteVM(ctx, "writer2"); err != nil {
+		t.Fatal(err)
+	}
+	v, err := d.c.Volume(ctx, "notes")
+	if err != nil || len(v.Attachments) != 0 {
+		t.Fatalf("notes after both VMs: %+v %v", v, err)
+	}
+	if out := debugfsCat(t, v.Path, "/diary"); out != "writer1\nwriter2\n" {
+		t.Errorf("the image holds the diary %q", out)
+	}
+	if _, err := d.c.DeleteVolume(ctx, "notes"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(v.Path); !os.IsNotExist(err) {
+		t.Errorf("the deleted volume's image is still there: %v", err)
+	}
+}
+
+// debugfsCat reads a file from an ext4 image on the host.
+func debugfsCat(t *testing.T, img, path string) string {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-R", "cat "+path, img).Output()
+	if err != nil {
+		t.Fatalf("debugfs cat %s: %v", path, err)
+	}
+	return string(out)
+}
