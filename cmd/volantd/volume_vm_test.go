@@ -16,10 +16,11 @@ import (
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
-// diaryPlugin builds an initramfs plugin whose workload signs a diary on
+// diaryPlugin builds (into outDir, where volantd takes artifacts from) an
+// initramfs plugin whose workload signs a diary on
 // the volume at /data the first time it starts there, appends a line to it
 // on every start, and serves /data over HTTP (health check: the diary).
-func diaryPlugin(t testing.TB, modulesDir, kestrel string) []byte {
+func diaryPlugin(t testing.TB, outDir, modulesDir, kestrel string) []byte {
 	t.Helper()
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
@@ -50,7 +51,7 @@ memory_mb = 128
 `
 	cfg := filepath.Join(src, "fledge.toml")
 	os.WriteFile(cfg, []byte(toml), 0o644)
-	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: filepath.Join(src, "out"),
+	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: outDir,
 		KernelModules: modulesDir, Kestrel: kestrel})
 	if err != nil {
 		t.Fatalf("fledge build: %v", err)
@@ -78,7 +79,7 @@ func TestVolumeOutlivesVM(t *testing.T) {
 	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
 		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "10s")
 	ctx := context.Background()
-	if _, err := d.c.InstallPlugin(ctx, diaryPlugin(t, k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
+	if _, err := d.c.InstallPlugin(ctx, diaryPlugin(t, filepath.Join(h.dir, "data", "plugins", "diary"), k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "notes", Size: "64MiB"}); err != nil {
