@@ -63,7 +63,9 @@ memory_mb = 128
 	return m
 }
 
-func tomlString(s string) string { return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"` }
+func tomlString(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
 
 // TestVolumeOutlivesVM boots real guests (QEMU TCG, kestrel) through
 // volantd: a VM writes to its volume; the VM is deleted; a new VM given

@@ -30,8 +30,8 @@ type deploymentRow struct {
 	Resources       api.Resources
 	VolumeTemplates []api.VolumeTemplate
 	Error           string
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
 }
 
 type deploymentConfig struct {
