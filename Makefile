@@ -15,8 +15,11 @@ KERNEL_DIR  ?= $(or $(VOLANT_KERNEL_DIR),/var/lib/volant/kernel)
 GOTEST      := $(GO) test -tags "$(TAGS)" -ldflags "$(LDFLAGS)"
 TEST_ENV    := VOLANT_KESTREL=$(BIN)/kestrel VOLANT_BIN=$(BIN) VOLANT_KERNEL_DIR=$(KERNEL_DIR)
 FUZZTIME    ?= 60s
+# kube-apiserver, -controller-manager, -scheduler and kubectl for
+# tests/e2e/kubernetes.sh, built from tools/k8s (make k8s-tools).
+K8S_BIN     ?= $(or $(VOLANT_K8S_BIN),/var/cache/volant-k8s/bin)
 
-.PHONY: help all build test test-unit test-vm test-e2e bench fuzz demo demo-stop kernel deps vet clean
+.PHONY: help all build test test-unit test-vm test-e2e bench fuzz demo demo-stop kernel k8s-tools deps vet clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,7 +32,7 @@ build: ## build every command into bin/ (kestrel and volant-launch static, CGO o
 	$(if $(filter volant-launch,$(CMDS)),CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/volant-launch ./cmd/volant-launch)
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(filter-out kestrel volant-launch,$(CMDS)))
 
-test: build kernel ## every test tier: unit, contract, privileged (netns), real VMs, e2e scripts
+test: build kernel k8s-tools ## every test tier: unit, contract, privileged (netns), real VMs, e2e scripts
 	$(TEST_ENV) $(GOTEST) -timeout 40m ./...
 	$(MAKE) test-e2e
 
@@ -39,8 +42,8 @@ test-unit: ## fast tiers only (go test -short: no VMs, no netns)
 test-vm: build kernel ## only the real-VM tests (TestVM*)
 	$(TEST_ENV) $(GOTEST) -timeout 30m -run 'TestVM' ./...
 
-test-e2e: build kernel ## shell end-to-end scripts in tests/e2e, each in its own netns
-	@set -e; for t in tests/e2e/*.sh; do [[ -e $$t ]] || continue; echo "== $$t"; $(TEST_ENV) PATH=$(BIN):$$PATH bash $$t; done
+test-e2e: build kernel k8s-tools ## shell end-to-end scripts in tests/e2e, each in its own netns
+	@set -e; for t in tests/e2e/*.sh; do [[ -e $$t ]] || continue; echo "== $$t"; $(TEST_ENV) VOLANT_K8S_BIN=$(K8S_BIN) PATH=$(BIN):$$PATH bash $$t; done
 
 bench: build kernel ## benchmarks under bench/ (ratios, side by side); results in bench/results
 	@set -e; for b in bench/*/run.sh; do [[ -e $$b ]] || continue; echo "== $$b"; $(TEST_ENV) PATH=$(BIN):$$PATH bash $$b; done
@@ -59,6 +62,9 @@ demo-stop: ## stop a demo started with KEEP=1
 
 kernel: ## fetch Debian's guest kernel + modules into KERNEL_DIR (idempotent)
 	bash scripts/fetch-kernel.sh $(KERNEL_DIR)
+
+k8s-tools: ## build the Kubernetes control plane + kubectl the e2e test runs into K8S_BIN, when missing or stale
+	GO=$(GO) bash scripts/k8s-tools.sh $(K8S_BIN)
 
 deps: ## install the Debian packages builds, tests and the demo need
 	bash scripts/install-deps.sh

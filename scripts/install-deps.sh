@@ -18,6 +18,7 @@ pkgs=(
   systemd                                     # systemd-socket-activate, systemd-analyze
   dbus                                        # a private bus for the systemd runner test
   skopeo umoci docker-registry                # fledge tests and benchmark baselines
+  etcd-server openssl                         # the Kubernetes control plane of tests/e2e/kubernetes.sh
   containernetworking-plugins                 # CNI host-local, the IPAM benchmark baseline
   curl jq tmux hyperfine wrk procps psmisc    # e2e scripts, console test, benchmarks
   zsh                                         # volar's zsh completion test
