@@ -147,6 +147,9 @@ type serveCmd struct {
 	StopTimeout    time.Duration `long:"stop-timeout" env:"VOLANT_STOP_TIMEOUT" default:"10s" description:"time a guest gets to power off"`
 	StartTimeout   time.Duration `long:"start-timeout" env:"VOLANT_START_TIMEOUT" default:"60s" description:"time a hypervisor gets to answer"`
 	MaxBooting     int           `long:"max-booting" env:"VOLANT_MAX_BOOTING" description:"VMs booting at once; more starts queue until one is healthy (default CPUs+1; -1 unlimited)"`
+	MaxBuilds      int           `long:"max-builds" env:"VOLANT_MAX_BUILDS" default:"2" description:"plugin builds from images running at once"`
+	RegistryAuth   string        `long:"registry-auth-file" env:"REGISTRY_AUTH_FILE" description:"registry credentials for image builds (containers-auth.json; default the usual places, e.g. ~/.docker/config.json)"`
+	Insecure       []string      `long:"insecure-registry" env:"VOLANT_INSECURE_REGISTRIES" env-delim:"," description:"registry (host[:port]) reached over plain HTTP or unverified TLS by image builds (repeatable)"`
 	GuestDebug     bool          `long:"guest-debug" env:"VOLANT_GUEST_DEBUG" description:"verbose guest boot"`
 	Verbose        bool          `long:"verbose" short:"v" env:"VOLANT_VERBOSE" description:"debug logs"`
 }
@@ -197,6 +200,7 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 		KernelDir: f.Kernel, Launcher: f.Launcher, VMRunner: f.VMRunner,
 		HealthInterval: f.HealthInterval, StopTimeout: f.StopTimeout, StartTimeout: f.StartTimeout,
 		MaxBooting: f.MaxBooting,
+		Images:     controller.ImageConfig{MaxBuilds: f.MaxBuilds, AuthFile: f.RegistryAuth, InsecureRegistries: f.Insecure},
 		Notify:     func(state string) { _, _ = daemon.SdNotify(false, state) },
 		Logger:     log,
 	})

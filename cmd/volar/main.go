@@ -10,6 +10,7 @@
 //	            [--data-dir DIR] [--run-root DIR] [--kernel DIR] [--systemd [--systemd-dir DIR]]
 //	volar plugins list
 //	volar plugins install --manifest FILE [--replace]
+//	volar plugins install --image REF [--name NAME] [--pull always|if-not-present|never] [--insecure] [--replace]
 //	volar plugins show|enable|disable|remove NAME
 //	volar vms create NAME --plugin P [--cpu N] [--memory MB] [--kernel-arg ARG]... [-v VOLUME:/PATH[:ro]]...
 //	                 [--wait [--timeout D]]
@@ -62,8 +63,8 @@
 //
 // `vms logs` prints the serial log as it is in every format. With -q,
 // stdout carries the names of the objects listed or acted on, one per
-// line (events: the resource of each event). Progress (create --wait)
-// goes to stderr.
+// line (events: the resource of each event). Progress (create --wait, the
+// steps of a plugin build from an image) goes to stderr.
 //
 // # Exit status and errors
 //

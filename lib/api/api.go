@@ -11,6 +11,7 @@
 //	GET    /openapi.json                         the OpenAPI 3.1 document of all of this
 //	GET    /api/v1/plugins                       PluginList
 //	POST   /api/v1/plugins[?replace=true]        a plugin manifest → 201 Plugin
+//	POST   /api/v1/plugins                       InstallImageRequest → 201 Plugin (built) or 200 (cached)
 //	GET    /api/v1/plugins/{name}                Plugin
 //	DELETE /api/v1/plugins/{name}                Plugin (CONFLICT while VMs or deployments use it)
 //	POST   /api/v1/plugins/{name}/enable         Plugin
@@ -165,6 +166,40 @@ type LogOptions struct {
 	Tail int
 }
 
+// InstallImageRequest is the body of POST /api/v1/plugins that builds a
+// plugin from a container image (lib/fledge's oci_rootfs, in volantd)
+// rather than installing a manifest: a body with "image" and without
+// "workload" is one. The image's config becomes the workload (Entrypoint
+// and Cmd, Env, WorkingDir, User, the lowest exposed TCP port as
+// base_url). Builds are cached by image digest: a plugin of that name
+// built from the same digest is answered as it is (200 instead of 201).
+type InstallImageRequest struct {
+	// Image is a reference with a containers/image transport
+	// (docker://registry/repo:tag, oci:DIR:TAG, …); without one, docker://.
+	Image string `json:"image"`
+	// Name is the plugin's name; default <repository>-<the first 12 hex
+	// digits of the image digest>, so that each digest is its own plugin.
+	Name string `json:"name,omitempty" jsonschema:"pattern=^[a-z0-9][a-z0-9_-]{0\\,62}$"`
+	// Pull is when the registry is asked: "always" (resolve the tag to
+	// its digest each time; the default), "if-not-present" (use a plugin
+	// built from this reference without asking, else as always), "never"
+	// (only such a plugin; NOT_FOUND without one).
+	Pull string `json:"pull,omitempty" jsonschema:"enum=always,enum=if-not-present,enum=never"`
+	// Insecure allows a plain-HTTP or unverified-TLS registry for this
+	// build (volantd --insecure-registry allows some for every build).
+	Insecure bool `json:"insecure,omitempty"`
+	// Replace rebuilds over an installed plugin of that name built from
+	// another digest (CONFLICT otherwise).
+	Replace bool `json:"replace,omitempty"`
+}
+
+// Pull policies of InstallImageRequest.
+const (
+	PullAlways       = "always"
+	PullIfNotPresent = "if-not-present"
+	PullNever        = "never"
+)
+
 // Plugin is an installed plugin.
 type Plugin struct {
 	Name    string `json:"name"`
@@ -173,9 +208,13 @@ type Plugin struct {
 	Enabled bool   `json:"enabled"`
 	// Manifest is the manifest as installed (normalized; artifact URLs
 	// that were remote point at the fetched copies).
-	Manifest  json.RawMessage `json:"manifest"`
-	CreatedAt time.Time       `json:"created_at"`
-	UpdatedAt time.Time       `json:"updated_at"`
+	Manifest json.RawMessage `json:"manifest"`
+	// Image and ImageDigest name the container image the plugin was
+	// built from (the manifest's image and image_digest).
+	Image       string    `json:"image,omitempty"`
+	ImageDigest string    `json:"image_digest,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
 }
 
 // PluginList is the answer of GET /api/v1/plugins.
@@ -259,6 +298,11 @@ const (
 	EventPluginEnabled   = "plugin.enabled"   // {"name"}
 	EventPluginDisabled  = "plugin.disabled"  // {"name"}
 	EventPluginRemoved   = "plugin.removed"   // {"name","version"}
+	// Builds of plugins from images (POST /api/v1/plugins {"image"}).
+	EventPluginBuildStarted  = "plugin.build.started"  // {"name","image"}
+	EventPluginBuildProgress = "plugin.build.progress" // {"name","image","step","bytes","done"}: a build step began or ended
+	EventPluginBuildFinished = "plugin.build.finished" // {"name","image","digest","duration_ms","bytes"}
+	EventPluginBuildFailed   = "plugin.build.failed"   // {"name","image","error"}
 
 	EventDeploymentCreated = "deployment.created" // {"name","plugin","replicas"}
 	EventDeploymentScaled  = "deployment.scaled"  // {"name","from","to"}
@@ -282,6 +326,7 @@ func EventTypes() []string {
 		EventVMCreated, EventVMStarted, EventVMHealthy, EventVMUnhealthy, EventVMStopped,
 		EventVMCrashed, EventVMFailed, EventVMAdopted, EventVMDeleted,
 		EventPluginInstalled, EventPluginEnabled, EventPluginDisabled, EventPluginRemoved,
+		EventPluginBuildStarted, EventPluginBuildProgress, EventPluginBuildFinished, EventPluginBuildFailed,
 		EventDeploymentCreated, EventDeploymentScaled, EventDeploymentDeleted,
 		EventIPLeased, EventIPReleased,
 		EventVolumeCreated, EventVolumeResized, EventVolumeDeleted, EventVolumeAttached, EventVolumeDetached, EventVolumeFailed,

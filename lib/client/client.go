@@ -347,6 +347,25 @@ func (c *Client) InstallPlugin(ctx context.Context, manifest []byte, o InstallOp
 	return &p, c.call(ctx, request{method: http.MethodPost, path: api.Prefix + "/plugins", query: q, body: json.RawMessage(manifest)}, &p)
 }
 
+// InstallImage builds a plugin from a container image in volantd (POST
+// /api/v1/plugins with an InstallImageRequest), or finds the one built
+// from that image digest before; built says which. A build takes minutes:
+// it is not bounded by the client's timeout, only by ctx (and goes on in
+// volantd when ctx ends). Its steps are plugin.build.* events.
+func (c *Client) InstallImage(ctx context.Context, req api.InstallImageRequest) (p *api.Plugin, built bool, err error) {
+	resp, cancel, err := c.do(ctx, request{method: http.MethodPost, path: api.Prefix + "/plugins", body: req, stream: true})
+	if err != nil {
+		return nil, false, err
+	}
+	defer cancel()
+	defer resp.Body.Close()
+	p = &api.Plugin{}
+	if err := json.NewDecoder(resp.Body).Decode(p); err != nil {
+		return nil, false, apierr.Wrap(apierr.Internal, err, "decoding the answer of POST "+api.Prefix+"/plugins")
+	}
+	return p, resp.StatusCode == http.StatusCreated, nil
+}
+
 // Plugin returns one plugin (NOT_FOUND if it is not installed).
 func (c *Client) Plugin(ctx context.Context, name string) (*api.Plugin, error) {
 	var p api.Plugin

@@ -102,6 +102,8 @@ type Config struct {
 	// FetchStallTimeout ends an artifact download that received nothing
 	// for this long (default fetch.DefaultStallTimeout).
 	FetchStallTimeout time.Duration
+	// Images configures plugin builds from container images (images.go).
+	Images ImageConfig
 	// Runtime runs the VMs; required (see LaunchRuntime).
 	Runtime Runtime
 	// Network makes the taps; nil means the calling thread's namespace
@@ -176,6 +178,10 @@ type Controller struct {
 	events *events.Log
 
 	locks keyLock
+	// builds bounds concurrent image builds; imageLocks serializes the
+	// builds of one plugin name.
+	builds     chan struct{}
+	imageLocks keyLock
 
 	mu       sync.Mutex
 	watchers map[string]*watcher // by VM name
@@ -253,6 +259,7 @@ func New(cfg Config) (*Controller, error) {
 		boots:    admission.New(cfg.MaxBooting, cfg.StartTimeout),
 		changed:  make(chan struct{}),
 		wake:     make(chan struct{}, 1),
+		builds:   make(chan struct{}, cfg.Images.maxBuilds()),
 		base:     context.Background(),
 	}
 	c.events = events.New(cfg.Store, cfg.Logger)

@@ -28,8 +28,14 @@ type pluginRow struct {
 }
 
 func (p pluginRow) toAPI() api.Plugin {
+	var img struct {
+		Image       string `json:"image"`
+		ImageDigest string `json:"image_digest"`
+	}
+	_ = json.Unmarshal(p.Manifest, &img) // the stored manifest was valid JSON when installed
 	return api.Plugin{Name: p.Name, Version: p.Version, Runtime: p.Runtime, Enabled: p.Enabled,
-		Manifest: json.RawMessage(p.Manifest), CreatedAt: p.CreatedAt, UpdatedAt: p.UpdatedAt}
+		Manifest: json.RawMessage(p.Manifest), Image: img.Image, ImageDigest: img.ImageDigest,
+		CreatedAt: p.CreatedAt, UpdatedAt: p.UpdatedAt}
 }
 
 const pluginColumns = `name, version, runtime, manifest, enabled, created_at, updated_at`

@@ -78,7 +78,7 @@ func (c *Controller) Reconcile(ctx context.Context) (*ReconcileReport, error) {
 		return nil, err
 	}
 	// No install runs yet: whatever is partial is left from a crash.
-	rep.RemovedPartials = c.cleanArtifacts(installed)
+	rep.RemovedPartials = append(c.cleanBuilds(), c.cleanArtifacts(installed)...)
 	var mu sync.Mutex
 	note := func(list *[]string, name string) {
 		mu.Lock()

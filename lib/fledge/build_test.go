@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
-	"github.com/volantvm/volant/lib/fledge/internal/imagetest"
+	"github.com/volantvm/volant/lib/testutil/imagetest"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/testutil/ext4test"
@@ -629,8 +629,13 @@ func TestBuildRootfsFromOCILayout(t *testing.T) {
 		w.BaseURL != "http://127.0.0.1:8080" || w.Type != "http" {
 		t.Fatalf("workload from the image config: %+v", w)
 	}
-	if m.Labels[ExposedPortsLabel] != "53/udp,8080/tcp,9090/tcp" {
+	if m.Labels[ExposedPortsLabel] != "53/udp,8080/tcp,9090/tcp" ||
+		m.Labels[EntrypointLabel] != `["/usr/bin/app"]` || m.Labels[CmdLabel] != `["--serve"]` {
 		t.Fatalf("labels %v", m.Labels)
+	}
+	// Kubernetes' args replace the image's Cmd, keeping its Entrypoint.
+	if got := w.ResolveCommand(m.Labels, nil, []string{"--check"}); strings.Join(got, " ") != "/usr/bin/app --check" {
+		t.Fatalf("args over the image's Cmd: %q", got)
 	}
 	// The image serves on 8080, so kestrel's API takes the next free port.
 	if m.AgentPort() != 8081 {

@@ -116,11 +116,6 @@ type Result struct {
 
 // Build runs the build fledge.toml describes.
 func Build(ctx context.Context, req Request) (*Result, error) {
-	start := time.Now()
-	if req.Logger == nil {
-		req.Logger = slog.New(slog.DiscardHandler)
-	}
-	req.Progress = progress.Or(req.Progress)
 	cfgPath := req.Config
 	if cfgPath == "" {
 		cfgPath = "fledge.toml"
@@ -129,9 +124,40 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	return BuildConfig(ctx, c, req)
+}
+
+// ImageConfig is the build of an oci_rootfs plugin named name from image
+// alone, as a fledge.toml with only [plugin] name and [source] would say:
+// the image's config becomes the workload. volantd builds plugins from
+// images with it (POST /api/v1/plugins {"image": …}). dir stands for the
+// folder of a fledge.toml (relative paths in the result resolve there);
+// authFile and insecure are [source] auth_file and insecure.
+func ImageConfig(image, name, dir, authFile string, insecure bool) (*Config, error) {
+	c := &Config{
+		Version: "1", Strategy: StrategyOCIRootfs,
+		Plugin: Plugin{Name: name},
+		Source: Source{Image: image, AuthFile: authFile, Insecure: insecure},
+		Dir:    dir, File: filepath.Join(dir, "fledge.toml"),
+	}
+	if probs := c.check(); len(probs) > 0 {
+		return nil, invalid("image "+image, probs)
+	}
+	return c, nil
+}
+
+// BuildConfig runs the build c describes (Load's result, or ImageConfig's);
+// req.Config is not read.
+func BuildConfig(ctx context.Context, c *Config, req Request) (*Result, error) {
+	start := time.Now()
+	if req.Logger == nil {
+		req.Logger = slog.New(slog.DiscardHandler)
+	}
+	req.Progress = progress.Or(req.Progress)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	var err error
 	out := req.OutputDir
 	if out == "" {
 		out = "out"

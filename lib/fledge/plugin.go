@@ -23,6 +23,16 @@ import (
 // ("80/tcp,443/tcp").
 const ExposedPortsLabel = "fledge.exposed-ports"
 
+// EntrypointLabel and CmdLabel record an image's Entrypoint and Cmd (JSON
+// string arrays) when the workload's entrypoint is their concatenation, so
+// that a VM can replace either one as Docker and Kubernetes do (command
+// replaces the Entrypoint, args the Cmd; see lib/manifest.SplitCommand).
+// They are left out when either would be longer than a label may be.
+const (
+	EntrypointLabel = manifest.EntrypointLabel
+	CmdLabel        = manifest.CmdLabel
+)
+
 var nameSanitize = regexp.MustCompile(`[^a-z0-9_-]+`)
 
 // sanitizeName turns s into a valid plugin name, or "".
@@ -162,8 +172,12 @@ func manifestError(c *Config, err error) error {
 // the toml says otherwise; all are listed in a label).
 func imageWorkload(toml manifest.Workload, ic ispec.ImageConfig, rootfs string) (manifest.Workload, map[string]string, error) {
 	w := toml
+	labels := map[string]string{}
 	if len(w.Entrypoint) == 0 {
 		w.Entrypoint = append(append([]string{}, ic.Entrypoint...), ic.Cmd...)
+		for k, v := range manifest.CommandLabels(ic.Entrypoint, ic.Cmd) {
+			labels[k] = v
+		}
 	}
 	if len(w.Entrypoint) == 0 {
 		return w, nil, apierr.New(apierr.InvalidInput, "the image has no Entrypoint or Cmd").
@@ -194,7 +208,6 @@ func imageWorkload(toml manifest.Workload, ic ispec.ImageConfig, rootfs string) 
 			w.User = u
 		}
 	}
-	labels := map[string]string{}
 	var ports []string
 	lowest := 0
 	for p := range ic.ExposedPorts {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/volantvm/volant/lib/fledge/internal/imagetest"
+	"github.com/volantvm/volant/lib/testutil/imagetest"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )

@@ -65,10 +65,14 @@ func (s *Server) routes() []route {
 		{method: "GET", path: api.Prefix + "/plugins", id: "listPlugins", tag: "plugins", summary: "List installed plugins",
 			status: 200, resp: api.PluginList{}, handler: http.HandlerFunc(s.listPlugins)},
 		{method: "POST", path: api.Prefix + "/plugins", id: "installPlugin", tag: "plugins",
-			summary: "Install a plugin from its manifest (validated; remote artifacts fetched; checksums verified)",
-			rawBody: "a plugin manifest (docs/plugin-manifest.schema.json)", status: 201, resp: api.Plugin{},
+			summary: "Install a plugin from its manifest (validated; remote artifacts fetched; checksums verified), " +
+				"or build one from a container image: a body {\"image\": \"docker://…\"} (InstallImageRequest, without \"workload\") " +
+				"is built by volantd with fledge (oci_rootfs), cached by image digest (200 with the plugin built before, 201 after a build); " +
+				"the build's steps are plugin.build.* events",
+			rawBody: "a plugin manifest (docs/plugin-manifest.schema.json), or an InstallImageRequest", status: 201, resp: api.Plugin{},
 			query:   []param{{name: "replace", typ: "boolean", desc: "replace an installed plugin of the same name"}},
-			errors:  append(bodyErrors, apierr.InvalidManifest, apierr.Conflict, apierr.ChecksumMismatch, apierr.Unavailable),
+			errors: append(bodyErrors, apierr.InvalidManifest, apierr.Conflict, apierr.ChecksumMismatch, apierr.Unavailable,
+				apierr.NotFound, apierr.PermissionDenied, apierr.Timeout),
 			handler: http.HandlerFunc(s.installPlugin)},
 		{method: "GET", path: api.Prefix + "/plugins/{name}", id: "getPlugin", tag: "plugins", summary: "Show a plugin",
 			status: 200, resp: api.Plugin{}, errors: nameErrors, handler: http.HandlerFunc(s.getPlugin)},

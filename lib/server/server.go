@@ -362,12 +362,43 @@ func (s *Server) installPlugin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
+	if isImageRequest(data) {
+		var req api.InstallImageRequest
+		if err := decodeStrict(data, &req); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		req.Replace = req.Replace || replace
+		p, built, err := s.ctl.InstallImage(r.Context(), req)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		status := http.StatusOK
+		if built {
+			status = http.StatusCreated
+		}
+		writeJSON(w, status, p)
+		return
+	}
 	p, err := s.ctl.InstallPlugin(r.Context(), data, replace)
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, p)
+}
+
+// isImageRequest tells an InstallImageRequest from a manifest (which
+// may name the image it was built from, but always has a workload).
+func isImageRequest(data []byte) bool {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(data, &top) != nil {
+		return false
+	}
+	_, image := top["image"]
+	_, workload := top["workload"]
+	return image && !workload
 }
 
 func (s *Server) getPlugin(w http.ResponseWriter, r *http.Request) {

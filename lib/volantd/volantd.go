@@ -108,6 +108,8 @@ type Config struct {
 	StartTimeout   time.Duration
 	// MaxBooting bounds VMs booting at once (controller.Config.MaxBooting).
 	MaxBooting int
+	// Images configures plugin builds from container images.
+	Images controller.ImageConfig
 
 	// Notify receives sd_notify states (READY=1, STOPPING=1, STATUS=...).
 	Notify func(state string)
@@ -296,6 +298,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		Launch: cfg.Launch, AgentHost: agentHost, AgentPort: agentPort, DNS: cfg.DNS,
 		HealthInterval: cfg.HealthInterval, StopTimeout: cfg.StopTimeout, StartTimeout: cfg.StartTimeout, Logger: log,
 		MaxBooting: cfg.MaxBooting, ArtifactDirs: cfg.ArtifactDirs, MaxArtifactBytes: cfg.MaxArtifactBytes,
+		Images: cfg.Images,
 	})
 	if err != nil {
 		return err

@@ -70,7 +70,7 @@ type CommandLine struct {
 
 	Plugins struct {
 		List    pluginsListCmd    `command:"list" alias:"ls" description:"List installed plugins"`
-		Install pluginsInstallCmd `command:"install" description:"Install a plugin from its manifest" long-description:"Install a plugin from its manifest. volantd validates it (every problem is listed), fetches remote artifacts and checks their sha256."`
+		Install pluginsInstallCmd `command:"install" description:"Install a plugin from its manifest, or build one from a container image" long-description:"Install a plugin from its manifest (--manifest): volantd validates it (every problem is listed), fetches remote artifacts and checks their sha256. Or build one from a container image (--image): volantd fetches the image (registry credentials from its usual auth file), unpacks it into an ext4 root disk with kestrel added (fledge's oci_rootfs) and installs it; a plugin already built from the same image digest is used as it is."`
 		Show    pluginShowCmd     `command:"show" description:"Show a plugin"`
 		Enable  pluginEnableCmd   `command:"enable" description:"Allow VMs to be created from a plugin"`
 		Disable pluginDisableCmd  `command:"disable" description:"Stop new VMs from being created from a plugin (running VMs stay)"`
@@ -212,11 +212,31 @@ func (pluginsListCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 }
 
 type pluginsInstallCmd struct {
-	Manifest flags.Filename `long:"manifest" short:"m" value-name:"FILE" required:"yes" description:"plugin manifest (JSON; - for stdin)"`
+	Manifest flags.Filename `long:"manifest" short:"m" value-name:"FILE" description:"plugin manifest (JSON; - for stdin)"`
+	Image    string         `long:"image" short:"i" value-name:"REF" description:"build the plugin from this container image (docker://REPO:TAG, REPO:TAG, oci:DIR:TAG, ...)"`
+	Name     string         `long:"name" value-name:"NAME" description:"with --image: the plugin's name (default REPOSITORY-DIGEST)"`
+	Pull     string         `long:"pull" value-name:"POLICY" description:"with --image: when to ask the registry: always (default), if-not-present or never"`
+	Insecure bool           `long:"insecure" description:"with --image: the registry speaks plain HTTP or has an unverified certificate"`
 	Replace  bool           `long:"replace" description:"replace an installed plugin of the same name"`
 }
 
 func (c *pluginsInstallCmd) run(ctx context.Context, s *Session, env *cli.Env) error {
+	switch {
+	case (c.Manifest == "") == (c.Image == ""):
+		return usage("volar plugins install --manifest FILE | --image REF", "give one of --manifest and --image")
+	case c.Manifest != "" && (c.Name != "" || c.Pull != "" || c.Insecure):
+		return usage("volar plugins install --image REF [--name NAME]", "--name, --pull and --insecure go with --image")
+	case c.Image != "":
+		p, built, err := s.InstallImage(ctx, api.InstallImageRequest{Image: c.Image, Name: c.Name, Pull: c.Pull, Insecure: c.Insecure, Replace: c.Replace})
+		if err != nil {
+			return err
+		}
+		verb := "installed (built from " + p.Image + ")"
+		if !built {
+			verb = "already built from " + p.Image
+		}
+		return s.Out.PluginAction(p, verb)
+	}
 	m, err := ReadManifest(string(c.Manifest), env.Stdin)
 	if err != nil {
 		return err

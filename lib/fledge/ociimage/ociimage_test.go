@@ -14,7 +14,7 @@ import (
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/fetch"
-	"github.com/volantvm/volant/lib/fledge/internal/imagetest"
+	"github.com/volantvm/volant/lib/testutil/imagetest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 

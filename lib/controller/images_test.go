@@ -1,0 +1,222 @@
+package controller_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/controller/controllertest"
+	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/testutil/ext4test"
+	"github.com/volantvm/volant/lib/testutil/imagetest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+// busyboxStandIn is a static binary that stands in for kestrel in builds
+// whose images are only inspected, not booted.
+const busyboxStandIn = "/bin/busybox"
+
+// imageFixture is a controller whose image builds read from a real
+// registry (Debian's docker-registry on loopback) holding imagetest.Sample
+// as web:1.
+func imageFixture(t *testing.T) (*fixture, *controller.Controller, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		netnstest.SkipOrFail(t, "image builds need root (owners and device nodes are kept)")
+	}
+	ext4test.Require(t)
+	if _, err := os.Stat(busyboxStandIn); err != nil {
+		netnstest.SkipOrFail(t, "busybox-static not installed: %v", err)
+	}
+	reg := imagetest.Registry(t, netnstest.SkipOrFail)
+	layout := filepath.Join(t.TempDir(), "layout")
+	if _, err := imagetest.WriteLayout(layout, "v1", imagetest.Sample("")); err != nil {
+		t.Fatal(err)
+	}
+	if err := imagetest.Copy(context.Background(), "oci:"+layout+":v1", "docker://"+reg+"/web:1", true); err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t)
+	c, _ := f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1,
+		Launch: controller.LaunchDefaults{Kestrel: busyboxStandIn},
+		Images: controller.ImageConfig{InsecureRegistries: []string{reg}}})
+	return f, c, reg
+}
+
+func buildEvents(t *testing.T, f *fixture, typ string) []api.Event {
+	t.Helper()
+	var out []api.Event
+	evs, err := f.st.EventsSince(f.ctx, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		if e.Type == typ {
+			out = append(out, api.Event{ID: e.ID, Type: e.Type, ResourceID: e.ResourceID, Data: e.Data})
+		}
+	}
+	return out
+}
+
+// TestInstallImage builds a plugin from an image in a real registry with
+// lib/fledge, names it by digest, answers the same plugin without a second
+// build (also to concurrent requests), reports the steps as events, and
+// honours the pull policies.
+func TestInstallImage(t *testing.T) {
+	f, c, reg := imageFixture(t)
+	ref := "docker://" + reg + "/web:1"
+
+	// Two requests at once: one build.
+	var wg sync.WaitGroup
+	type answer struct {
+		p     *api.Plugin
+		built bool
+		err   error
+	}
+	answers := make([]answer, 2)
+	t0 := time.Now()
+	for i := range answers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, built, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: ref})
+			answers[i] = answer{p, built, err}
+		}()
+	}
+	wg.Wait()
+	t.Logf("two concurrent installs answered in %s", time.Since(t0).Round(time.Millisecond))
+	for _, a := range answers {
+		if a.err != nil {
+			t.Fatal(a.err)
+		}
+	}
+	if answers[0].built == answers[1].built {
+		t.Fatalf("built %v and %v: want exactly one build", answers[0].built, answers[1].built)
+	}
+	p := answers[0].p
+	if answers[1].p.Name != p.Name {
+		t.Fatalf("two plugins: %s and %s", p.Name, answers[1].p.Name)
+	}
+	hex := strings.TrimPrefix(p.ImageDigest, "sha256:")
+	if p.Name != "web-"+hex[:12] || p.Image != ref || !strings.HasPrefix(p.ImageDigest, "sha256:") {
+		t.Fatalf("plugin %s image %s digest %s", p.Name, p.Image, p.ImageDigest)
+	}
+	m, err := manifest.Parse(p.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := filepath.Join(f.dir, "plugins", p.Name, hex[:12]+".img")
+	if m.Rootfs == nil || m.Rootfs.URL != want || !strings.HasPrefix(m.Rootfs.Checksum, "sha256:") {
+		t.Fatalf("rootfs %+v, want the image at %s", m.Rootfs, want)
+	}
+	if _, err := os.Stat(want); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(m.Workload.Entrypoint, " ") != "/usr/bin/app --serve" || m.Labels[manifest.CmdLabel] != `["--serve"]` {
+		t.Fatalf("workload %+v labels %v", m.Workload, m.Labels)
+	}
+	// Nothing of the build is left beside the plugins.
+	entries, _ := os.ReadDir(filepath.Join(f.dir, "plugins"))
+	for _, e := range entries {
+		if e.Name() != p.Name {
+			t.Errorf("left in the plugins directory: %s", e.Name())
+		}
+	}
+	if n := len(buildEvents(t, f, api.EventPluginBuildStarted)); n != 1 {
+		t.Fatalf("%d build.started events", n)
+	}
+	fin := buildEvents(t, f, api.EventPluginBuildFinished)
+	if len(fin) != 1 || !strings.Contains(string(fin[0].Data), p.ImageDigest) {
+		t.Fatalf("build.finished events %+v", fin)
+	}
+	var steps []string
+	for _, e := range buildEvents(t, f, api.EventPluginBuildProgress) {
+		var d struct {
+			Step string
+			Done bool
+		}
+		json.Unmarshal(e.Data, &d)
+		if d.Done {
+			steps = append(steps, d.Step)
+		}
+	}
+	if len(steps) < 2 || !strings.HasPrefix(steps[0], "resolve ") {
+		t.Fatalf("progress steps %q", steps)
+	}
+
+	// Again: the plugin as it is, no build.
+	again, built, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: ref})
+	if err != nil || built || again.Name != p.Name || !again.UpdatedAt.Equal(p.UpdatedAt) {
+		t.Fatalf("second install: %+v built %v %v", again, built, err)
+	}
+	// if-not-present does not ask the registry; never does not either.
+	if got, built, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: ref, Pull: api.PullIfNotPresent}); err != nil || built || got.Name != p.Name {
+		t.Fatalf("if-not-present: %+v %v %v", got, built, err)
+	}
+	_, _, err = c.InstallImage(f.ctx, api.InstallImageRequest{Image: "docker://" + reg + "/other:1", Pull: api.PullNever})
+	if !apierr.Is(err, apierr.NotFound) {
+		t.Fatalf("pull never without a plugin: %v", err)
+	}
+	if n := len(buildEvents(t, f, api.EventPluginBuildStarted)); n != 1 {
+		t.Fatalf("%d builds after the cached installs", n)
+	}
+
+	// A name of one's own; a different image under it is a CONFLICT.
+	named, built, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: ref, Name: "web"})
+	if err != nil || !built || named.Name != "web" || named.ImageDigest != p.ImageDigest {
+		t.Fatalf("named install: %+v %v %v", named, built, err)
+	}
+	layout := filepath.Join(t.TempDir(), "layout2")
+	img := imagetest.Sample("")
+	img.Config.Cmd = []string{"--other"}
+	if _, err := imagetest.WriteLayout(layout, "v2", img); err != nil {
+		t.Fatal(err)
+	}
+	if err := imagetest.Copy(f.ctx, "oci:"+layout+":v2", "docker://"+reg+"/web:2", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: "docker://" + reg + "/web:2", Name: "web"}); !apierr.Is(err, apierr.Conflict) {
+		t.Fatalf("another digest under a taken name: %v", err)
+	}
+	if p2, built, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: "docker://" + reg + "/web:2", Name: "web", Replace: true}); err != nil || !built || p2.ImageDigest == p.ImageDigest {
+		t.Fatalf("replace: %+v %v %v", p2, built, err)
+	}
+}
+
+// TestInstallImageRefusals: bad requests fail before anything is fetched,
+// host paths outside the allowed directories are refused whatever is
+// there, and a registry that is not there is UNAVAILABLE.
+func TestInstallImageRefusals(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	for _, tc := range []struct {
+		req  api.InstallImageRequest
+		code apierr.Code
+	}{
+		{api.InstallImageRequest{Image: ""}, apierr.InvalidInput},
+		{api.InstallImageRequest{Image: "web:1", Pull: "sometimes"}, apierr.InvalidInput},
+		{api.InstallImageRequest{Image: "web:1", Name: "Bad Name"}, apierr.InvalidInput},
+		{api.InstallImageRequest{Image: "oci:/etc:latest"}, apierr.PermissionDenied},
+		{api.InstallImageRequest{Image: "dir:/root"}, apierr.PermissionDenied},
+	} {
+		if _, _, err := c.InstallImage(f.ctx, tc.req); !apierr.Is(err, tc.code) {
+			t.Errorf("%+v: %v, want %s", tc.req, err, tc.code)
+		}
+	}
+	if os.Geteuid() == 0 {
+		// Nothing listens on port 1 of loopback.
+		_, _, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: "docker://127.0.0.1:1/web:1", Insecure: true})
+		if err == nil || apierr.Is(err, apierr.Internal) {
+			t.Fatalf("unreachable registry: %v", err)
+		}
+		t.Logf("unreachable registry: %v", err)
+	}
+}
