@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
-	"github.com/volantvm/volant/lib/testutil/imagetest"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/testutil/ext4test"
+	"github.com/volantvm/volant/lib/testutil/imagetest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 

@@ -16,10 +16,10 @@ import (
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/volantvm/volant/lib/bootargs"
-	"github.com/volantvm/volant/lib/testutil/imagetest"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/imagetest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/volantvm/volant/lib/testutil/imagetest"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/imagetest"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
 

@@ -70,7 +70,7 @@ func (s *Server) routes() []route {
 				"is built by volantd with fledge (oci_rootfs), cached by image digest (200 with the plugin built before, 201 after a build); " +
 				"the build's steps are plugin.build.* events",
 			rawBody: "a plugin manifest (docs/plugin-manifest.schema.json), or an InstallImageRequest", status: 201, resp: api.Plugin{},
-			query:   []param{{name: "replace", typ: "boolean", desc: "replace an installed plugin of the same name"}},
+			query: []param{{name: "replace", typ: "boolean", desc: "replace an installed plugin of the same name"}},
 			errors: append(bodyErrors, apierr.InvalidManifest, apierr.Conflict, apierr.ChecksumMismatch, apierr.Unavailable,
 				apierr.NotFound, apierr.PermissionDenied, apierr.Timeout),
 			handler: http.HandlerFunc(s.installPlugin)},
