@@ -284,3 +284,21 @@ func TestNameAndLabelLengthLimits(t *testing.T) {
 		t.Fatal("a 64-character label key was accepted")
 	}
 }
+
+// A workload's arguments are argv, not display text: a script for `sh -c`
+// holds line breaks and tabs. Other control characters stay refused.
+func TestEntrypointScriptsKeepLineBreaks(t *testing.T) {
+	m := func(arg string) []byte {
+		b, _ := json.Marshal(map[string]any{"name": "a", "version": "1", "initramfs": map[string]any{"url": "/i.cpio"},
+			"workload": map[string]any{"entrypoint": []string{"/bin/sh", "-c", arg}}})
+		return b
+	}
+	if _, err := Parse(m("trap 'exit 0' TERM\n\twhile :; do sleep 1; done\r\n")); err != nil {
+		t.Fatalf("a script with line breaks and tabs was refused: %v", err)
+	}
+	for _, bad := range []string{"echo \x1b[2J", "echo \a", "echo \x7f", "echo \u0085"} {
+		if _, err := Parse(m(bad)); err == nil {
+			t.Errorf("entrypoint argument %q was accepted", bad)
+		}
+	}
+}

@@ -233,7 +233,7 @@ func (m *Manifest) Validate() error {
 	} else {
 		v.check(strings.TrimSpace(w.Entrypoint[0]) != "", "workload.entrypoint[0]", "the program must not be empty")
 		for i, a := range w.Entrypoint {
-			v.text(fmt.Sprintf("workload.entrypoint[%d]", i), a)
+			v.arg(fmt.Sprintf("workload.entrypoint[%d]", i), a)
 		}
 	}
 	if w.Type == "http" || w.BaseURL != "" {
@@ -317,6 +317,18 @@ func (v *validator) text(field, s string) {
 	if i := strings.IndexFunc(s, unicode.IsControl); i >= 0 {
 		r, _ := utf8.DecodeRuneInString(s[i:])
 		v.add(field, "must not contain control characters (%U at byte %d)", r, i)
+	}
+}
+
+// arg is text for a program argument: a shell script given to `sh -c`
+// may hold tabs and line breaks, so those are allowed; every other control
+// character (an escape sequence, a bell) is refused as in text. volar
+// quotes arguments that hold line breaks when it prints them.
+func (v *validator) arg(field, s string) {
+	isControl := func(r rune) bool { return unicode.IsControl(r) && r != '\t' && r != '\n' && r != '\r' }
+	if i := strings.IndexFunc(s, isControl); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(s[i:])
+		v.add(field, "must not contain control characters other than tab and line breaks (%U at byte %d)", r, i)
 	}
 }
 

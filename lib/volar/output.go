@@ -393,7 +393,7 @@ func (o *Output) Plugin(p *api.Plugin) error {
 		kv = append(kv,
 			[2]string{"CPUs", itoa(m.Resources.CPUCores)},
 			[2]string{"Memory", mib(m.Resources.MemoryMB)},
-			[2]string{"Entrypoint", strings.Join(m.Workload.Entrypoint, " ")},
+			[2]string{"Entrypoint", joinArgs(m.Workload.Entrypoint)},
 			[2]string{"Base URL", m.Workload.BaseURL})
 		if m.HealthCheck != nil {
 			kv = append(kv, [2]string{"Health check", orSlash(m.HealthCheck.Endpoint)})
@@ -550,4 +550,17 @@ func (o *Output) Event(ev *api.Event) error {
 		ev.Type, orDash(ev.ResourceID), data)
 	_, err := fmt.Fprintln(o.Stdout, strings.TrimRight(line, " "))
 	return err
+}
+
+// joinArgs prints a command line: an argument holding a space or a line
+// break (a script for `sh -c`) is quoted Go-style, so one row stays one line.
+func joinArgs(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\r\n\"") {
+			a = strconv.Quote(a)
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
 }

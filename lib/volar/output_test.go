@@ -339,3 +339,11 @@ func TestDeploymentRequest(t *testing.T) {
 		t.Error("DeploymentRequest changed the config's resources")
 	}
 }
+
+func TestJoinArgsQuotesScripts(t *testing.T) {
+	got := joinArgs([]string{"/bin/sh", "-c", "echo a\nsleep 1", "", "plain"})
+	want := `/bin/sh -c "echo a\nsleep 1" "" plain`
+	if got != want {
+		t.Fatalf("joinArgs = %s, want %s", got, want)
+	}
+}
