@@ -207,6 +207,14 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 	return h, b.switchRoot(plan, h)
 }
 
+// LateModulesDelay is how long after the workload is up (agent.Config's
+// AfterStart) the late modules load and the agent channel opens: loading
+// a module holds the guest's CPU for tens of milliseconds at a time under
+// software emulation, and the first requests to the new workload, the
+// host's health poll and kestrel's report of the workload's health should
+// not wait behind them.
+const LateModulesDelay = 2 * time.Second
+
 // LateModules are the modules the initramfs path loads only once the
 // workload is up (each costs tens of milliseconds under software
 // emulation): the virtio console's, and virtio_blk when the plugin has no
@@ -289,6 +297,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	// device's driver is loaded: with the late modules, or now.
 	var serveAccess func()
 	afterStart := func() {
+		time.Sleep(LateModulesDelay)
 		if len(h.ModulesLater) > 0 {
 			if err := modules.LoadLater(b.m, modules.Dir("/"), h.ModulesLater, b.log); err != nil {
 				b.log.Warn("loading the late kernel modules", "err", err)
@@ -307,7 +316,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	}
 	a := agent.New(agent.Config{
 		VM: args.VM, Plugin: plugin, Boot: string(h.Boot), Version: b.version,
-		Listen:    ":" + strconv.Itoa(agentPort(args, h)),
+		Listen:    listenAddr(args, agentPort(args, h)),
 		ReportURL: reportURL,
 		Console:   b.con,
 		Uptime:    guest.Uptime,
@@ -359,17 +368,25 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 // ready prints the line boot measurements key on: the agent API is up.
 // When the manifest came with the boot the workload was started just
 // before; otherwise it is starting (or its manifest is being fetched).
+// kestrel's memory is in /healthz (agentapi.Status.Memory); reading /proc
+// for it here would be boot time.
 func (b *booter) ready(args bootargs.Args, h Handoff) {
 	size := int64(0)
 	if st, err := os.Stat("/proc/self/exe"); err == nil {
 		size = st.Size()
 	}
-	rss := int64(0)
-	if mem := agent.ReadMemory(); mem != nil {
-		rss = mem.AgentRSSKiB
-	}
 	b.log.Info("agent ready", "boot", string(h.Boot), "uptime", guest.Uptime().Round(time.Millisecond),
-		"rss_kib", rss, "binary_bytes", size, "api_port", agentPort(args, h))
+		"binary_bytes", size, "api_port", agentPort(args, h))
+}
+
+// listenAddr is the API's address: every IPv4 address of the guest
+// (an IPv4 socket, cheaper to open than a dual-stack one) unless the
+// guest's address is IPv6.
+func listenAddr(args bootargs.Args, port int) string {
+	if args.IP.IsValid() && args.IP.Addr().Is6() {
+		return ":" + strconv.Itoa(port)
+	}
+	return "0.0.0.0:" + strconv.Itoa(port)
 }
 
 // agentPort is where the API listens: volant.agent_port, else the port the
