@@ -12,15 +12,15 @@
 //	volar plugins install --manifest FILE [--replace]
 //	volar plugins install --image REF [--name NAME] [--pull always|if-not-present|never] [--insecure] [--replace]
 //	volar plugins show|enable|disable|remove NAME
-//	volar vms create NAME --plugin P [--cpu N] [--memory MB] [--kernel-arg ARG]... [-v VOLUME:/PATH[:ro]]...
-//	                 [--wait [--timeout D]]
+//	volar vms create NAME --plugin P [-p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]]... [--cpu N] [--memory MB]
+//	                 [--kernel-arg ARG]... [-v VOLUME:/PATH[:ro]]... [--wait [--timeout D]]
 //	volar vms list [--plugin P] [--deployment D] [--state S]
 //	volar vms show|stop|delete NAME
 //	volar vms start|restart NAME [--wait [--timeout D]]
 //	volar vms logs NAME [-f|--follow] [--tail N]
 //	volar vms console NAME [--escape ^]]
 //	volar vms wait NAME [--state running] [--timeout D]
-//	volar deployments create NAME --plugin P --replicas N [--cpu N] [--memory MB] [--config FILE]
+//	volar deployments create NAME --plugin P --replicas N [-p SPEC]... [--cpu N] [--memory MB] [--config FILE]
 //	                        [--volume-template NAME:SIZE:/PATH]...
 //	volar deployments scale NAME --replicas M
 //	volar deployments list
@@ -95,6 +95,15 @@
 // --dry-run changes nothing and prints what would change. Start volantd
 // with the same --bridge/--nat choices (volantd sets the bridge up itself
 // at start and follows its own --nat).
+//
+// # Published ports
+//
+// -p (--publish) [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp], repeatable, on
+// `vms create` and `deployments create` forwards a host port to the
+// guest (nftables DNAT in volantd's table; default every host address and
+// tcp): a deployment's port is balanced across its running, healthy
+// replicas (its Endpoints in `deployments show`). A port in use is
+// PORT_IN_USE (exit 1). -p is no longer short for --plugin.
 //
 // # Console
 //

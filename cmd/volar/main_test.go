@@ -285,7 +285,7 @@ func TestBashCompletion(t *testing.T) {
 		{"volar ", "completion\ndeployments\nevents\nplugins\nsetup\nversion\nvms\nvolumes\n"},
 		{"volar de", "deployments\n"},
 		{"volar vms ", "console\ncreate\ndelete\nlist\nlogs\nrestart\nshow\nstart\nstop\nwait\n"},
-		{"volar vms create web1 --", "--cpu\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--quiet\n--timeout\n--token\n--volume\n--wait\n"},
+		{"volar vms create web1 --", "--cpu\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--publish\n--quiet\n--timeout\n--token\n--volume\n--wait\n"},
 		{"volar deployments scale web --r", "--replicas\n"},
 	} {
 		if got := bashComplete(t, c.line); got != reg+c.want {

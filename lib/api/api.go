@@ -1,8 +1,9 @@
 // Package api holds the types of volantd's REST API: the JSON bodies of its
 // requests and responses, the VM states, the event types and the routes.
 // volantd (lib/server, lib/controller) produces them and lib/client decodes
-// them, so both sides share one definition. Standard library and
-// lib/agentapi only: a CLI can import it without the daemon's dependencies.
+// them, so both sides share one definition. Standard library, lib/agentapi
+// and lib/portmap only: a CLI can import it without the daemon's
+// dependencies.
 //
 // The routes (all JSON unless noted; errors are lib/apierr bodies
 // {"code","message","details"} with the code's HTTP status):
@@ -42,6 +43,7 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/portmap"
 )
 
 // Prefix is the path prefix of the versioned API.
@@ -128,6 +130,9 @@ type VM struct {
 	Agent *agentapi.Status `json:"agent,omitempty"`
 	// Volumes are the volumes the VM uses, in the order of its disks.
 	Volumes []VolumeMount `json:"volumes,omitempty"`
+	// Ports are the host ports published to this VM (see
+	// CreateVMRequest.Ports).
+	Ports []portmap.Mapping `json:"ports,omitempty"`
 }
 
 // VMList is the answer of GET /api/v1/vms.
@@ -155,6 +160,11 @@ type CreateVMRequest struct {
 	// workload starts. A volume another live VM holds read-write, or that
 	// one holds at all when this one writes, is VOLUME_IN_USE.
 	Volumes []VolumeMount `json:"volumes,omitempty"`
+	// Ports publishes host ports to the VM: connections to HostPort (on
+	// HostIP, or every host address) from other machines, the host itself
+	// and other guests reach GuestPort of the VM. A host port in use (a
+	// host listener, another VM or deployment) is PORT_IN_USE.
+	Ports []portmap.Mapping `json:"ports,omitempty"`
 }
 
 // LogOptions select what GET /api/v1/vms/{name}/logs returns.
@@ -234,6 +244,12 @@ type Deployment struct {
 	VolumeTemplates []VolumeTemplate `json:"volume_templates,omitempty"`
 	// VMs are the names of the replicas that exist, in index order.
 	VMs []string `json:"vms"`
+	// Ports are the host ports published to the deployment, each balanced
+	// across the replicas in Endpoints.
+	Ports []portmap.Mapping `json:"ports,omitempty"`
+	// Endpoints are the replicas that receive the published ports'
+	// connections: those running and healthy, in index order.
+	Endpoints []string `json:"endpoints,omitempty"`
 	// Error is the last reconcile failure, if the last reconcile failed.
 	Error     string    `json:"error,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
@@ -256,6 +272,10 @@ type CreateDeploymentRequest struct {
 	// the deployment scales down (and when it is deleted) and reused when
 	// it scales up again.
 	VolumeTemplates []VolumeTemplate `json:"volume_templates,omitempty"`
+	// Ports publishes host ports balanced across the healthy replicas
+	// (one new connection to each in turn); a replica leaves the set while
+	// its health check fails.
+	Ports []portmap.Mapping `json:"ports,omitempty"`
 }
 
 // ScaleRequest is the body of POST /api/v1/deployments/{name}/scale.

@@ -109,6 +109,10 @@ type Config struct {
 	// Network makes the taps; nil means the calling thread's namespace
 	// through lib/hostnet.
 	Network Network
+	// Ports publishes host ports (nftables); nil means Network when it
+	// implements Ports, else the calling thread's namespace through
+	// lib/hostnet.
+	Ports Ports
 	// Prober polls kestrel's /healthz; nil means HTTP on the guest address.
 	Prober Prober
 	// Launch fills the parts of each VM's launch spec that are host
@@ -190,6 +194,8 @@ type Controller struct {
 	ready    bool
 
 	wake chan struct{} // deployment reconciler
+
+	ports portSync
 	// base is the controller's lifetime context, set by Run (watchers and
 	// background work started before Run use the Reconcile context).
 	base context.Context
@@ -217,6 +223,13 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.Network == nil {
 		cfg.Network = &hostnet.Host{Log: cfg.Logger}
+	}
+	if cfg.Ports == nil {
+		if p, ok := cfg.Network.(Ports); ok {
+			cfg.Ports = p
+		} else {
+			cfg.Ports = &hostnet.Host{Log: cfg.Logger}
+		}
 	}
 	if cfg.Prober == nil {
 		cfg.Prober = HTTPProber{}
@@ -284,14 +297,15 @@ func (c *Controller) Ready() bool {
 }
 
 // Run runs the background work until ctx ends: the event bus, the
-// deployment reconciler, event pruning. Watchers of running VMs stop with
-// ctx too; the VMs themselves keep running.
+// deployment reconciler, published ports, event pruning. Watchers of
+// running VMs stop with ctx too; the VMs themselves keep running.
 func (c *Controller) Run(ctx context.Context) {
 	c.mu.Lock()
 	c.base = ctx
 	c.mu.Unlock()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); c.runPorts(ctx) }()
 	go func() { defer wg.Done(); c.events.Run(ctx) }()
 	go func() { defer wg.Done(); c.runDeployments(ctx) }()
 	go func() { defer wg.Done(); c.pruneEvents(ctx) }()

@@ -118,7 +118,7 @@ func (c *Controller) deploymentAPI(ctx context.Context, q querier, d deploymentR
 	for _, v := range vms {
 		out.VMs = append(out.VMs, v.Name)
 	}
-	return out, nil
+	return out, deploymentPorts(ctx, q, &out, vms)
 }
 
 // ListDeployments returns the deployments by name.
@@ -189,6 +189,10 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 	if err != nil {
 		return nil, err
 	}
+	ports, err := c.checkPorts(ctx, "deployment", req.Name, req.Ports, m.Network == nil || m.Network.Mode != "none")
+	if err != nil {
+		return nil, err
+	}
 	res := api.Resources{CPUCores: m.Resources.CPUCores, MemoryMB: m.Resources.MemoryMB}
 	if r := req.Resources; r != nil {
 		if r.CPUCores != 0 {
@@ -224,6 +228,9 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 		if _, err := tx.ExecContext(ctx, `INSERT INTO deployments (name, plugin, replicas, current, config, error, created_at, updated_at) VALUES (?, ?, ?, 0, ?, '', ?, ?)`,
 			req.Name, req.Plugin, req.Replicas, string(cfg), now, now); err != nil {
 			return internal(err, "recording deployment %s", req.Name)
+		}
+		if err := insertPorts(ctx, tx, "deployment", req.Name, ports); err != nil {
+			return err
 		}
 		_, err := store.AppendEvent(ctx, tx, api.EventDeploymentCreated, req.Name, map[string]any{"name": req.Name, "plugin": req.Plugin, "replicas": req.Replicas})
 		return err
@@ -370,6 +377,7 @@ func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.De
 		return nil, err
 	}
 	c.notify()
+	c.publishNow(sctx)
 	d.Current = 0
 	return d, nil
 }

@@ -150,6 +150,11 @@ func (c *Controller) Reconcile(ctx context.Context) (*ReconcileReport, error) {
 			rep.RemovedTaps = append(rep.RemovedTaps, t.Name)
 		}
 	}
+	// Published ports: rebuilt from the database (a crash may have left
+	// them stale or a reboot removed them), those of gone owners removed.
+	if err := c.syncPorts(ctx, true, true); err != nil {
+		c.log.Warn("reconcile: published ports", "err", err)
+	}
 	c.mu.Lock()
 	c.ready = true
 	c.mu.Unlock()

@@ -21,6 +21,7 @@ import (
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/names"
+	"github.com/volantvm/volant/lib/portmap"
 	"github.com/volantvm/volant/lib/store"
 	"github.com/volantvm/volant/lib/vmm"
 )
@@ -49,6 +50,9 @@ func (c *Controller) ListVMs(ctx context.Context, f api.VMFilter) ([]api.VM, err
 		vm.Volumes = mountsOf(atts, r.Name)
 		out = append(out, vm)
 	}
+	if err := c.st.Read(ctx, func(tx *sql.Tx) error { return attachVMPorts(ctx, tx, out) }); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
@@ -58,13 +62,16 @@ func (c *Controller) VM(ctx context.Context, name string) (*api.VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := v.toAPI(c.SerialLog(name))
+	out := []api.VM{v.toAPI(c.SerialLog(name))}
 	atts, err := c.vmVolumes(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	out.Volumes = mountsOf(atts, name)
-	return &out, nil
+	out[0].Volumes = mountsOf(atts, name)
+	if err := c.st.Read(ctx, func(tx *sql.Tx) error { return attachVMPorts(ctx, tx, out) }); err != nil {
+		return nil, err
+	}
+	return &out[0], nil
 }
 
 func (c *Controller) readVM(ctx context.Context, name string) (vmRow, error) {
@@ -133,6 +140,9 @@ func validateCreate(req api.CreateVMRequest) error {
 	if req.MemoryMB != 0 && (req.MemoryMB < 64 || req.MemoryMB > 262144) {
 		return apierr.New(apierr.InvalidInput, "memory_mb %d is not between 64 and 262144", req.MemoryMB).With("field", "memory_mb")
 	}
+	if _, err := portmap.ValidateList(req.Ports); err != nil {
+		return err
+	}
 	for i, a := range req.KernelArgs {
 		if a == "" || strings.ContainsAny(a, " \t\n\"") || strings.ContainsFunc(a, unicode.IsControl) || len(a) > 256 {
 			return apierr.New(apierr.InvalidInput, "kernel_args[%d] %q must be one word without spaces, quotes or control characters", i, a).
@@ -176,6 +186,10 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 	if bridged {
 		row.Tap = hostnet.TapName(req.Name)
 	}
+	ports, err := c.checkPorts(ctx, "vm", req.Name, req.Ports, bridged)
+	if err != nil {
+		return nil, err
+	}
 
 	// Plan it before changing anything, with a provisional lease of the
 	// pool's longest address: what would fail at start fails here.
@@ -217,6 +231,9 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 		if err := attachVolumesTx(ctx, tx, req.Name, req.Volumes); err != nil {
 			return fmt.Errorf("creating VM %s: %w", req.Name, err)
 		}
+		if err := insertPorts(ctx, tx, "vm", req.Name, ports); err != nil {
+			return err
+		}
 		res := &api.Resources{CPUCores: row.CPUCores, MemoryMB: row.MemoryMB}
 		return appendVMEvent(ctx, tx, api.EventVMCreated, &row, vmEvent{Plugin: row.Plugin, Deployment: deployment, IP: row.IP, Resources: res})
 	})
@@ -225,6 +242,9 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 	}
 	c.notify()
 	c.log.Info("VM created", "vm", req.Name, "plugin", p.Name, "ip", row.IP)
+	if len(ports) > 0 {
+		c.publishNow(ctx)
+	}
 
 	// The steps run to the end even if the caller goes away; a half-made
 	// VM is worse than a late answer.
@@ -692,6 +712,7 @@ func (c *Controller) destroy(ctx context.Context, name, reason string) error {
 	if err := os.RemoveAll(c.vmDir(name)); err != nil {
 		c.log.Warn("removing the VM's files", "vm", name, "err", err)
 	}
+	c.publishNow(ctx)
 	c.kickDeployments()
 	return nil
 }

@@ -677,6 +677,9 @@ func portInUse(m portmap.Mapping, why string) *apierr.Error {
 		With("port", m.String()).With("host_port", m.HostPort).With("protocol", m.Protocol)
 }
 
+// PortFree is the package's PortFree, for callers that hold a Host.
+func (h *Host) PortFree(m portmap.Mapping) error { return PortFree(m) }
+
 // PortFree checks that no process on the host listens on (TCP) or has
 // bound (UDP) the mapping's host port, by binding it for a moment:
 // PORT_IN_USE names the address, INVALID_INPUT says the host address is

@@ -15,6 +15,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/portmap"
 )
 
 // Backend is what the MCP tools call. The controller (through
@@ -64,6 +65,7 @@ type (
 		MemoryMB int               `json:"memory_mb,omitempty" jsonschema:"memory in MiB (default: the plugin's)"`
 		Wait     bool              `json:"wait,omitempty" jsonschema:"wait until the VM is running (its health check passed), up to 2 minutes"`
 		Volumes  []api.VolumeMount `json:"volumes,omitempty" jsonschema:"volumes to mount, each {volume, path, readonly}; a volume another running VM writes is refused (VOLUME_IN_USE)"`
+		Ports    []string          `json:"ports,omitempty" jsonschema:"host ports to publish to the VM, each [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp], e.g. 8080:80"`
 	}
 	scaleIn struct {
 		Name     string `json:"name" jsonschema:"the deployment's name"`
@@ -109,9 +111,13 @@ func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
 			}
 			return nil, vm, nil
 		})
-	mcp.AddTool(s, &mcp.Tool{Name: "create_vm", Description: "Create and start a VM from an installed plugin. It answers once the hypervisor runs (state starting), or with wait once the VM is running."},
+	mcp.AddTool(s, &mcp.Tool{Name: "create_vm", Description: "Create and start a VM from an installed plugin, optionally publishing host ports to it. It answers once the hypervisor runs (state starting), or with wait once the VM is running."},
 		func(ctx context.Context, _ *mcp.CallToolRequest, in createVMIn) (*mcp.CallToolResult, any, error) {
-			vm, err := b.CreateVM(ctx, api.CreateVMRequest{Name: in.Name, Plugin: in.Plugin, CPUCores: in.CPUCores, MemoryMB: in.MemoryMB, Volumes: in.Volumes})
+			ports, err := portmap.ParseAll(in.Ports)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			vm, err := b.CreateVM(ctx, api.CreateVMRequest{Name: in.Name, Plugin: in.Plugin, CPUCores: in.CPUCores, MemoryMB: in.MemoryMB, Volumes: in.Volumes, Ports: ports})
 			if err != nil {
 				return nil, nil, toolErr(err)
 			}

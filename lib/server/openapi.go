@@ -31,6 +31,8 @@ func schemaName(t reflect.Type) string {
 		return "Agent" + t.Name()
 	case strings.HasSuffix(t.PkgPath(), "/lib/apierr") && t.Name() != "Error":
 		return "Error" + t.Name()
+	case strings.HasSuffix(t.PkgPath(), "/lib/portmap"):
+		return "Port" + t.Name()
 	}
 	return t.Name()
 }

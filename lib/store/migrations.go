@@ -24,6 +24,7 @@ func migrations() []migration {
 		{1, "initial schema", schemaV1},
 		{2, "volantd: desired state, steps, health and process identities", schemaV2},
 		{3, "volumes and their attachments to VMs", schemaV3},
+		{4, "published ports", schemaV4},
 	}
 }
 
@@ -176,6 +177,33 @@ CREATE TABLE volume_attachments (
 	UNIQUE (vm, path)
 ) STRICT;
 CREATE INDEX volume_attachments_volume ON volume_attachments(volume);
+`
+
+// schemaV4 adds published ports: host ports forwarded to a VM, or
+// balanced across a deployment's healthy replicas (lib/portmap).
+//
+//   - One row per host port. The primary key refuses the same protocol,
+//     port and address twice; an address overlapping "every address" (an
+//     empty host_ip) is refused by volantd in the inserting transaction.
+//   - The rows go with their owner, by trigger, in the transaction that
+//     deletes the VM or deployment, so no code path can forget them.
+const schemaV4 = `
+CREATE TABLE ports (
+	owner_kind TEXT NOT NULL CHECK (owner_kind IN ('vm', 'deployment')),
+	owner      TEXT NOT NULL,
+	protocol   TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp')),
+	host_ip    TEXT NOT NULL DEFAULT '',
+	host_port  INTEGER NOT NULL CHECK (host_port BETWEEN 1 AND 65535),
+	guest_port INTEGER NOT NULL CHECK (guest_port BETWEEN 1 AND 65535),
+	PRIMARY KEY (protocol, host_port, host_ip)
+) STRICT;
+CREATE INDEX ports_owner ON ports(owner_kind, owner);
+CREATE TRIGGER vms_ports_gone AFTER DELETE ON vms BEGIN
+	DELETE FROM ports WHERE owner_kind = 'vm' AND owner = OLD.id;
+END;
+CREATE TRIGGER deployments_ports_gone AFTER DELETE ON deployments BEGIN
+	DELETE FROM ports WHERE owner_kind = 'deployment' AND owner = OLD.name;
+END;
 `
 
 // migrate applies the migrations the database lacks. It reads the version

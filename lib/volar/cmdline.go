@@ -15,6 +15,7 @@ import (
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/layout"
+	"github.com/volantvm/volant/lib/portmap"
 )
 
 // Run is the whole of volar: it parses env.Args into a CommandLine, runs
@@ -270,7 +271,8 @@ func (c *pluginRemoveCmd) run(ctx context.Context, s *Session, _ *cli.Env) error
 // --- vms ---
 
 type vmCreateCmd struct {
-	Plugin     PluginName `long:"plugin" short:"p" value-name:"PLUGIN" required:"yes" description:"plugin to boot"`
+	Plugin     PluginName `long:"plugin" value-name:"PLUGIN" required:"yes" description:"plugin to boot"`
+	Publish    []string   `long:"publish" short:"p" value-name:"SPEC" description:"publish a host port to the VM: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp] (repeatable)"`
 	CPU        int        `long:"cpu" value-name:"N" description:"vCPUs (default: the plugin's)"`
 	Memory     int        `long:"memory" value-name:"MB" description:"memory in MiB (default: the plugin's)"`
 	KernelArgs []string   `long:"kernel-arg" value-name:"ARG" description:"extra guest kernel command-line word (repeatable)"`
@@ -282,7 +284,11 @@ type vmCreateCmd struct {
 }
 
 func (c *vmCreateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
-	req := api.CreateVMRequest{Name: c.Args.Name, Plugin: string(c.Plugin), CPUCores: c.CPU, MemoryMB: c.Memory, KernelArgs: c.KernelArgs}
+	ports, err := parsePublish(c.Publish)
+	if err != nil {
+		return err
+	}
+	req := api.CreateVMRequest{Name: c.Args.Name, Plugin: string(c.Plugin), CPUCores: c.CPU, MemoryMB: c.Memory, KernelArgs: c.KernelArgs, Ports: ports}
 	for _, v := range c.Volumes {
 		m, err := ParseVolumeMount(v)
 		if err != nil {
@@ -291,6 +297,16 @@ func (c *vmCreateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 		req.Volumes = append(req.Volumes, m)
 	}
 	return s.CreateVM(ctx, req, c.options())
+}
+
+// parsePublish reads -p flags; a bad one is a usage error (nothing is sent).
+func parsePublish(specs []string) ([]portmap.Mapping, error) {
+	ms, err := portmap.ParseAll(specs)
+	if err != nil {
+		e := apierr.From(err)
+		return nil, &apierr.Error{Code: apierr.Usage, Message: "-p: " + e.Message, Details: e.Details, Err: err}
+	}
+	return ms, nil
 }
 
 type vmListCmd struct {
@@ -380,12 +396,13 @@ func (c *vmWaitCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 // --- deployments ---
 
 type deploymentCreateCmd struct {
-	Plugin    PluginName     `long:"plugin" short:"p" value-name:"PLUGIN" description:"plugin of the replicas"`
+	Plugin    PluginName     `long:"plugin" value-name:"PLUGIN" description:"plugin of the replicas"`
+	Publish   []string       `long:"publish" short:"p" value-name:"SPEC" description:"publish a host port balanced across the healthy replicas: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp] (repeatable)"`
 	Replicas  *int           `long:"replicas" short:"r" value-name:"N" description:"number of VMs to keep running"`
 	CPU       int            `long:"cpu" value-name:"N" description:"vCPUs per replica (default: the plugin's)"`
 	Memory    int            `long:"memory" value-name:"MB" description:"memory per replica in MiB (default: the plugin's)"`
 	Templates []string       `long:"volume-template" value-name:"NAME:SIZE:/PATH" description:"give replica i its own volume NAME-i of SIZE mounted at PATH, kept on scale-down and reused on scale-up (repeatable)"`
-	Config    flags.Filename `long:"config" short:"c" value-name:"FILE" description:"JSON with any of name, plugin, replicas, resources {cpu_cores, memory_mb}, volume_templates [{name, size, path}]; flags override it"`
+	Config    flags.Filename `long:"config" short:"c" value-name:"FILE" description:"JSON with any of name, plugin, replicas, resources {cpu_cores, memory_mb}, volume_templates [{name, size, path}], ports; flags override it"`
 	Args      struct {
 		Name string `positional-arg-name:"NAME" description:"the deployment's name; its VMs are NAME-1..NAME-N (or \"name\" in --config)"`
 	} `positional-args:"yes"`
@@ -399,8 +416,12 @@ func (c *deploymentCreateCmd) run(ctx context.Context, s *Session, env *cli.Env)
 			return err
 		}
 	}
+	ports, err := parsePublish(c.Publish)
+	if err != nil {
+		return err
+	}
 	req, err := DeploymentRequest(cfg, DeploymentFlags{Name: c.Args.Name, Plugin: string(c.Plugin),
-		Replicas: c.Replicas, CPU: c.CPU, Memory: c.Memory, VolumeTemplates: c.Templates})
+		Replicas: c.Replicas, CPU: c.CPU, Memory: c.Memory, VolumeTemplates: c.Templates, Ports: ports})
 	if err != nil {
 		return err
 	}

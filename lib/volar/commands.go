@@ -16,6 +16,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/names"
+	"github.com/volantvm/volant/lib/portmap"
 )
 
 // ErrHelp is returned after --help printed the usage; it is not a failure.
@@ -429,6 +430,7 @@ type DeploymentConfig struct {
 	Replicas        *int                 `json:"replicas,omitempty"`
 	Resources       *api.Resources       `json:"resources,omitempty"`
 	VolumeTemplates []api.VolumeTemplate `json:"volume_templates,omitempty"`
+	Ports           []portmap.Mapping    `json:"ports,omitempty"`
 }
 
 // ReadDeploymentConfig reads and strictly decodes a --config file.
@@ -448,7 +450,7 @@ func ReadDeploymentConfig(path string, stdin io.Reader) (*DeploymentConfig, erro
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return nil, apierr.Wrap(apierr.InvalidInput, err, "deployment config "+path).
-			With("hint", `fields: name, plugin, replicas, resources {"cpu_cores","memory_mb"}, volume_templates [{"name","size","path"}]`)
+			With("hint", `fields: name, plugin, replicas, resources {"cpu_cores","memory_mb"}, volume_templates [{"name","size","path"}], ports [{"host_ip","host_port","guest_port","protocol"}]`)
 	}
 	if dec.More() {
 		return nil, apierr.New(apierr.InvalidInput, "deployment config %s: trailing data after the JSON object", path)
@@ -467,6 +469,8 @@ type DeploymentFlags struct {
 	// VolumeTemplates are --volume-template NAME:SIZE:/PATH values; they
 	// replace the file's.
 	VolumeTemplates []string
+	// Ports replace the config's when given.
+	Ports []portmap.Mapping
 }
 
 // DeploymentRequest merges a --config file (nil: none) and the flags into
@@ -490,6 +494,10 @@ func DeploymentRequest(cfg *DeploymentConfig, f DeploymentFlags) (api.CreateDepl
 			req.Resources = &r
 		}
 		req.VolumeTemplates = cfg.VolumeTemplates
+		req.Ports = cfg.Ports
+	}
+	if len(f.Ports) > 0 {
+		req.Ports = f.Ports
 	}
 	if len(f.VolumeTemplates) > 0 {
 		req.VolumeTemplates = nil

@@ -14,6 +14,7 @@ import (
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/portmap"
 )
 
 // Format is how results are printed on stdout.
@@ -260,6 +261,7 @@ func (o *Output) VM(vm *api.VM) error {
 		{"Started", started},
 		{"Updated", o.timestamp(vm.UpdatedAt)},
 		{"Serial log", vm.SerialLog},
+		{"Ports", portList(vm.Ports)},
 	}
 	if a := vm.Agent; a != nil {
 		kv = append(kv, [2]string{"Agent", a.Agent})
@@ -493,6 +495,8 @@ func (o *Output) Deployment(d *api.Deployment) error {
 		{"Memory", mib(d.Resources.MemoryMB)},
 		{"Volumes", strings.Join(tmpl, ", ")},
 		{"VMs", vms},
+		{"Ports", portList(d.Ports)},
+		{"Endpoints", endpoints(d)},
 		{"Error", d.Error},
 		{"Created", o.timestamp(d.CreatedAt)},
 		{"Updated", o.timestamp(d.UpdatedAt)},
@@ -563,4 +567,28 @@ func joinArgs(args []string) string {
 		out[i] = a
 	}
 	return strings.Join(out, " ")
+}
+
+// portList is published ports as "8080→80/tcp, 127.0.0.1:8443→443/tcp".
+func portList(ms []portmap.Mapping) string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		s := fmt.Sprintf("%d→%d/%s", m.HostPort, m.GuestPort, m.Normalized().Protocol)
+		if m.HostIP != "" {
+			s = m.HostIP + ":" + s
+		}
+		out[i] = s
+	}
+	return strings.Join(out, ", ")
+}
+
+// endpoints says which replicas take a deployment's published ports.
+func endpoints(d *api.Deployment) string {
+	switch {
+	case len(d.Ports) == 0:
+		return ""
+	case len(d.Endpoints) == 0:
+		return "none (no replica is running and healthy)"
+	}
+	return strings.Join(d.Endpoints, ", ")
 }

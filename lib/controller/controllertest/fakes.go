@@ -265,6 +265,10 @@ type Network struct {
 	taps map[string]hostnet.Tap // by tap name
 	// NoBridge makes AddTap fail as it does without the bridge.
 	NoBridge bool
+
+	ports      map[hostnet.PortOwner]hostnet.PortSet
+	portWrites int
+	listening  map[int]bool
 }
 
 // NewNetwork returns a network without taps.

@@ -1,0 +1,327 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/fledge"
+	"github.com/volantvm/volant/lib/hostnet"
+	"github.com/volantvm/volant/lib/portmap"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+// svcPlugin builds plugin "svc" at version: busybox httpd serving /www,
+// where the workload writes its hostname (the VM's name) to name.txt and
+// version.txt holds version. Health is checked on healthPath every 500 ms.
+// CGI scripts let a test hurt a guest from outside: /cgi-bin/die kills the
+// workload (restart "no": it stays dead), /cgi-bin/sick removes /www/health
+// and /cgi-bin/well puts it back.
+func svcPlugin(t testing.TB, dataDir, modulesDir, kestrel, version, healthPath string) []byte {
+	t.Helper()
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
+	}
+	src := t.TempDir()
+	write := func(rel, data string, mode os.FileMode) {
+		p := filepath.Join(src, "www", rel)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(data), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cgi := "#!/bin/sh\necho 'Content-Type: text/plain'\necho\n"
+	write("health", "ok\n", 0o644)
+	write("version.txt", version+"\n", 0o644)
+	write("cgi-bin/die", cgi+"echo dying\nkill -9 $(cut -d' ' -f4 /proc/$PPID/stat)\n", 0o755)
+	write("cgi-bin/sick", cgi+"mv /www/health /www/health.off && echo sick\n", 0o755)
+	write("cgi-bin/well", cgi+"mv /www/health.off /www/health && echo well\n", 0o755)
+	toml := `version = "1"
+strategy = "initramfs"
+[plugin]
+name = "svc"
+version = "` + version + `"
+[source]
+busybox = "/bin/busybox"
+[workload]
+entrypoint = ["/bin/sh", "-c", "hostname > /www/name.txt && exec /bin/busybox httpd -f -p 80 -h /www"]
+base_url = "http://127.0.0.1:80"
+restart = "no"
+[health_check]
+endpoint = "` + healthPath + `"
+interval_ms = 500
+[resources]
+cpu_cores = 1
+memory_mb = 128
+[mappings]
+"www" = "/www"
+`
+	cfg := filepath.Join(src, "fledge.toml")
+	os.WriteFile(cfg, []byte(toml), 0o644)
+	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg,
+		OutputDir: filepath.Join(dataDir, "plugins", "svc", version), KernelModules: modulesDir, Kestrel: kestrel})
+	if err != nil {
+		t.Fatalf("fledge build: %v", err)
+	}
+	m, err := os.ReadFile(res.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// lan is a client namespace on a veth to the host namespace: a machine on
+// the host's LAN, reaching the host at 10.77.0.1.
+func lan(t testing.TB, host *netnstest.NS) *netnstest.NS {
+	t.Helper()
+	c := netnstest.New(t)
+	host.Run("ip", "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", c.Name)
+	host.Run("ip", "addr", "add", "10.77.0.1/24", "dev", "lan0")
+	host.Run("ip", "link", "set", "lan0", "up")
+	c.Run("ip", "addr", "add", "10.77.0.2/24", "dev", "eth0")
+	c.Run("ip", "link", "set", "eth0", "up")
+	return c
+}
+
+// getIn GETs url from inside ns on a new connection.
+func getIn(ns *netnstest.NS, url string, timeout time.Duration) (string, error) {
+	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := ns.Do(func() error {
+				var err error
+				c, err = (&net.Dialer{Timeout: timeout}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}}
+	resp, err := (&http.Client{Transport: tr, Timeout: timeout}).Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, rerr := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if rerr != nil {
+			break
+		}
+	}
+	if resp.StatusCode != 200 {
+		return b.String(), fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return strings.TrimSpace(b.String()), nil
+}
+
+// tally sends n requests for name.txt through addr from ns and counts the
+// answers by replica (errors under "error").
+func tally(ns *netnstest.NS, addr string, n int) (map[string]int, []error) {
+	got := map[string]int{}
+	var errs []error
+	for range n {
+		b, err := getIn(ns, "http://"+addr+"/name.txt", 5*time.Second)
+		if err != nil {
+			got["error"]++
+			errs = append(errs, err)
+			continue
+		}
+		got[b]++
+	}
+	return got, errs
+}
+
+func waitEndpoints(t testing.TB, c *client.Client, name string, want []string, timeout time.Duration) time.Duration {
+	t.Helper()
+	t0 := time.Now()
+	for {
+		d, err := c.Deployment(context.Background(), name)
+		if err == nil && slices.Equal(d.Endpoints, want) {
+			return time.Since(t0)
+		}
+		if time.Since(t0) > timeout {
+			vms, _ := c.ListVMs(context.Background(), api.VMFilter{Deployment: name})
+			t.Fatalf("deployment %s: endpoints %v, want %v after %s (%v)\n%+v", name, d.Endpoints, want, timeout, err, vms)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func nftPorts(t testing.TB, ns *netnstest.NS) string {
+	t.Helper()
+	out, err := ns.Output("nft", "list", "ruleset")
+	if err != nil {
+		t.Fatalf("nft list ruleset: %v", err)
+	}
+	return out
+}
+
+// TestPublishedPortsVM boots real guests (QEMU TCG, kestrel, busybox httpd)
+// behind volantd in a namespace of their own, with a "LAN" namespace
+// beside it: one published port reaches each of a deployment's three
+// replicas in turn (300 requests, 100 each); a replica whose workload is
+// killed, or whose health check fails, stops receiving traffic within two
+// health intervals and rejoins when it passes; a VM's own port, a taken
+// port, a port a host process holds; rules rebuilt after volantd is
+// killed with SIGKILL and restarted, and none left after the deletes.
+func TestPublishedPortsVM(t *testing.T) {
+	k, _ := guesttest.Kernel(t)
+	guesttest.QEMU(t)
+	netnstest.Require(t, "nft")
+	kestrel := guesttest.Kestrel(t)
+	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
+	far := lan(t, h.ns)
+	wrap := []string{"ip", "netns", "exec", h.ns.Name}
+	const interval = 2 * time.Second
+	args := []string{"--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
+		"--health-interval", interval.String(), "--start-timeout", "90s", "--stop-timeout", "5s"}
+	d := startDaemon(t, h.dir, wrap, nil, args...)
+	ctx := context.Background()
+	if _, err := d.c.InstallPlugin(ctx, svcPlugin(t, filepath.Join(h.dir, "data"), k.ModulesDir, kestrel, "1", "/health"), client.InstallOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ports := []portmap.Mapping{{HostPort: 8080, GuestPort: 80}}
+	if _, err := d.c.CreateDeployment(ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "svc", Replicas: 3, Ports: ports}); err != nil {
+		t.Fatal(err)
+	}
+	all := []string{"svc-1", "svc-2", "svc-3"}
+	took := waitEndpoints(t, d.c, "svc", all, 300*time.Second)
+	t.Logf("3 replicas healthy behind 8080 after %s", took.Round(time.Millisecond))
+
+	// 300 requests from the LAN through the one port: 100 per replica.
+	got, errs := tally(far, "10.77.0.1:8080", 300)
+	t.Logf("distribution over 300 requests through 10.77.0.1:8080: %v", got)
+	if len(errs) > 0 {
+		t.Fatalf("%d of 300 requests failed, first: %v", len(errs), errs[0])
+	}
+	for _, r := range all {
+		if got[r] != 100 {
+			t.Fatalf("%s answered %d of 300 requests, want 100: %v", r, got[r], got)
+		}
+	}
+	// From the host itself, on its loopback and its own address.
+	for _, addr := range []string{"127.0.0.1:8080", "10.77.0.1:8080"} {
+		if got, errs := tally(h.ns, addr, 3); len(got) != 3 || len(errs) > 0 {
+			t.Fatalf("from the host to %s: %v %v", addr, got, errs)
+		}
+	}
+
+	// A VM of its own with a port; taken ports are refused before anything
+	// is made: another owner's, and one a host process listens on.
+	vm, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: "solo", Plugin: "svc", Ports: []portmap.Mapping{{HostIP: "10.77.0.1", HostPort: 9090, GuestPort: 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vm.Ports) != 1 || vm.Ports[0].String() != "10.77.0.1:9090:80/tcp" {
+		t.Fatalf("solo's ports: %+v", vm.Ports)
+	}
+	_, err = d.c.CreateVM(ctx, api.CreateVMRequest{Name: "clash", Plugin: "svc", Ports: []portmap.Mapping{{HostPort: 8080, GuestPort: 80}}})
+	if apierr.CodeOf(err) != apierr.PortInUse {
+		t.Fatalf("a VM on the deployment's port: %v", err)
+	}
+	var ln net.Listener
+	if err := h.ns.Do(func() error { var err error; ln, err = net.Listen("tcp4", ":7000"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.c.CreateVM(ctx, api.CreateVMRequest{Name: "clash", Plugin: "svc", Ports: []portmap.Mapping{{HostPort: 7000, GuestPort: 80}}})
+	ln.Close()
+	if apierr.CodeOf(err) != apierr.PortInUse {
+		t.Fatalf("a VM on a port a host process listens on: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	if _, err := d.c.VM(ctx, "clash"); !apierr.Is(err, apierr.NotFound) {
+		t.Fatalf("a refused create left a VM: %v", err)
+	}
+	if _, err := d.c.WaitVM(ctx, "solo", api.VMRunning, 120*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := getIn(far, "http://10.77.0.1:9090/name.txt", 5*time.Second); err != nil || b != "solo" {
+		t.Fatalf("solo through 10.77.0.1:9090: %q %v", b, err)
+	}
+
+	// Kill svc-2's workload: it leaves the set within two health intervals.
+	v2, _ := d.c.VM(ctx, "svc-2")
+	t0 := time.Now()
+	if b, err := getIn(h.ns, "http://"+v2.IP+"/cgi-bin/die", 5*time.Second); err != nil && !strings.Contains(b, "dying") {
+		t.Logf("die: %q %v (the connection may end with the workload)", b, err)
+	}
+	took = waitEndpoints(t, d.c, "svc", []string{"svc-1", "svc-3"}, 2*interval)
+	t.Logf("svc-2's workload killed: out of the set after %s (limit %s)", took.Round(time.Millisecond), 2*interval)
+	got, errs = tally(far, "10.77.0.1:8080", 30)
+	if got["svc-2"] != 0 || got["svc-1"] != 15 || got["svc-3"] != 15 || len(errs) > 0 {
+		t.Fatalf("after killing svc-2's workload (%s after): %v %v", time.Since(t0), got, errs)
+	}
+
+	// svc-3 fails its health check: out; passes again: back in.
+	v3, _ := d.c.VM(ctx, "svc-3")
+	if b, err := getIn(h.ns, "http://"+v3.IP+"/cgi-bin/sick", 5*time.Second); err != nil || b != "sick" {
+		t.Fatalf("sick: %q %v", b, err)
+	}
+	took = waitEndpoints(t, d.c, "svc", []string{"svc-1"}, 2*interval+2*time.Second) // kestrel needs 3 failed checks (1.5 s)
+	t.Logf("svc-3 unhealthy: out of the set after %s", took.Round(time.Millisecond))
+	if got, errs := tally(far, "10.77.0.1:8080", 10); got["svc-1"] != 10 {
+		t.Fatalf("only svc-1 should answer: %v %v", got, errs)
+	}
+	if b, err := getIn(h.ns, "http://"+v3.IP+"/cgi-bin/well", 5*time.Second); err != nil || b != "well" {
+		t.Fatalf("well: %q %v", b, err)
+	}
+	took = waitEndpoints(t, d.c, "svc", []string{"svc-1", "svc-3"}, 2*interval+2*time.Second)
+	t.Logf("svc-3 healthy again: back in the set after %s", took.Round(time.Millisecond))
+	if got, errs := tally(far, "10.77.0.1:8080", 10); got["svc-1"] != 5 || got["svc-3"] != 5 {
+		t.Fatalf("svc-1 and svc-3 should share: %v %v", got, errs)
+	}
+
+	// kill -9 volantd; meanwhile the table is flushed (a reboot would lose
+	// it) and a stray owner's rule appears: the restarted daemon rebuilds
+	// what its database says and removes the stray.
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+	h.ns.Run("nft", "delete", "table", "ip", hostnet.PortTable)
+	if err := h.ns.Do(func() error {
+		_, err := (&hostnet.Host{}).SetPorts(ctx, hostnet.PortSet{Owner: hostnet.VMPorts("ghost"),
+			Ports: []portmap.Mapping{{HostPort: 6000, GuestPort: 60}}, Backends: []string{"192.168.127.250"}})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, h.dir, wrap, nil, args...)
+	rules := nftPorts(t, h.ns)
+	if strings.Contains(rules, "vm:ghost") || !strings.Contains(rules, "dep:svc") || !strings.Contains(rules, "vm:solo") {
+		t.Fatalf("after the restart:\n%s", rules)
+	}
+	if got, errs := tally(far, "10.77.0.1:8080", 10); got["svc-1"] != 5 || got["svc-3"] != 5 {
+		t.Fatalf("after the restart svc-1 and svc-3 should share: %v %v", got, errs)
+	}
+
+	// Deleting removes every rule, and the table with the last.
+	if _, err := d.c.DeleteVM(ctx, "solo"); err != nil {
+		t.Fatal(err)
+	}
+	if rules := nftPorts(t, h.ns); strings.Contains(rules, "vm:solo") {
+		t.Fatalf("solo's rule outlived it:\n%s", rules)
+	}
+	if _, err := d.c.DeleteDeployment(ctx, "svc"); err != nil {
+		t.Fatal(err)
+	}
+	if rules := nftPorts(t, h.ns); strings.Contains(rules, "volant") {
+		t.Fatalf("rules left after deleting everything:\n%s", rules)
+	}
+	if _, err := getIn(far, "http://10.77.0.1:8080/name.txt", 2*time.Second); err == nil {
+		t.Fatal("the port still answers")
+	}
+}
