@@ -11,6 +11,7 @@
 //	health.go                            kestrel's health: reports, polling (Prober)
 //	control.go, console.go, logs.go      pause, resume, counters, the console socket, the serial log
 //	artifacts.go                         a plugin's artifacts: local ones checked, remote ones fetched
+//	ports.go                             published ports: the ports table, the kernel's rules kept in line (Ports)
 //	runtime.go                           Runtime, what the controller needs of lib/runner
 //	admission/                           boot admission (a Gate of boot slots)
 //	events/                              the event log, its replay and its bus
