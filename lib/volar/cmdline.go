@@ -272,7 +272,7 @@ func (c *pluginRemoveCmd) run(ctx context.Context, s *Session, _ *cli.Env) error
 
 type vmCreateCmd struct {
 	Plugin     PluginName `long:"plugin" value-name:"PLUGIN" required:"yes" description:"plugin to boot"`
-	Publish    []string   `long:"publish" short:"p" value-name:"SPEC" description:"publish a host port to the VM: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp] (repeatable)"`
+	Publish    []string   `long:"publish" short:"p" value-name:"SPEC" description:"publish a host port to the VM: HOSTPORT:GUESTPORT, with HOSTIP: before and /tcp or /udp after if need be (repeatable)"`
 	CPU        int        `long:"cpu" value-name:"N" description:"vCPUs (default: the plugin's)"`
 	Memory     int        `long:"memory" value-name:"MB" description:"memory in MiB (default: the plugin's)"`
 	KernelArgs []string   `long:"kernel-arg" value-name:"ARG" description:"extra guest kernel command-line word (repeatable)"`
@@ -397,7 +397,7 @@ func (c *vmWaitCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 
 type deploymentCreateCmd struct {
 	Plugin    PluginName     `long:"plugin" value-name:"PLUGIN" description:"plugin of the replicas"`
-	Publish   []string       `long:"publish" short:"p" value-name:"SPEC" description:"publish a host port balanced across the healthy replicas: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp] (repeatable)"`
+	Publish   []string       `long:"publish" short:"p" value-name:"SPEC" description:"publish a host port, balanced across the healthy replicas: HOSTPORT:GUESTPORT, with HOSTIP: before and /tcp or /udp after if need be (repeatable)"`
 	Replicas  *int           `long:"replicas" short:"r" value-name:"N" description:"number of VMs to keep running"`
 	CPU       int            `long:"cpu" value-name:"N" description:"vCPUs per replica (default: the plugin's)"`
 	Memory    int            `long:"memory" value-name:"MB" description:"memory per replica in MiB (default: the plugin's)"`
