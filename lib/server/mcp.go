@@ -7,6 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -214,11 +217,130 @@ func toolErr(err error) error {
 	return fmt.Errorf("%s: %s", e.Code, e.Message)
 }
 
-// MCPHandler serves the MCP server of b over streamable HTTP.
-func MCPHandler(b Backend, log *slog.Logger) http.Handler {
-	s := NewMCPServer(b, log)
-	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
-		&mcp.StreamableHTTPOptions{Logger: log, MaxRequestBodyBytes: MaxBodyBytes})
+// MCP session bounds unless Options say otherwise.
+const (
+	DefaultMCPSessionTimeout = 10 * time.Minute
+	DefaultMCPMaxSessions    = 256
+)
+
+// MCPOptions bound MCPHandler's sessions.
+type MCPOptions struct {
+	// SessionTimeout ends a session that sends no request for that long
+	// (default DefaultMCPSessionTimeout).
+	SessionTimeout time.Duration
+	// MaxSessions bounds the sessions at once (default
+	// DefaultMCPMaxSessions); initialize is UNAVAILABLE past it.
+	MaxSessions int
+	Logger      *slog.Logger
+}
+
+// MCPHandler serves the MCP server of b over streamable HTTP. Idle
+// sessions end after SessionTimeout and at most MaxSessions live at once;
+// what the transport refuses (a missing header, an unknown session, a
+// malformed message) comes as the API's JSON error object.
+func MCPHandler(b Backend, o MCPOptions) http.Handler {
+	if o.SessionTimeout <= 0 {
+		o.SessionTimeout = DefaultMCPSessionTimeout
+	}
+	if o.MaxSessions <= 0 {
+		o.MaxSessions = DefaultMCPMaxSessions
+	}
+	s := NewMCPServer(b, o.Logger)
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
+		&mcp.StreamableHTTPOptions{Logger: o.Logger, MaxRequestBodyBytes: MaxBodyBytes, SessionTimeout: o.SessionTimeout})
+	var mu sync.Mutex // one initialize at a time is counted against the cap
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		jw := &jsonErrors{ResponseWriter: w, r: r}
+		defer jw.finish()
+		if r.Method != http.MethodPost || r.Header.Get("Mcp-Session-Id") != "" {
+			h.ServeHTTP(jw, r)
+			return
+		}
+		// A POST without a session starts one.
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for range s.Sessions() {
+			n++
+		}
+		if n >= o.MaxSessions {
+			w.Header().Set("Retry-After", strconv.Itoa(int(o.SessionTimeout.Seconds())))
+			writeError(w, r, apierr.New(apierr.Unavailable, "%d MCP sessions are open, the most volantd keeps; end one (DELETE /mcp) or wait until an idle one expires (after %s)",
+				n, o.SessionTimeout).With("max_sessions", o.MaxSessions).With("session_timeout", o.SessionTimeout.String()))
+			return
+		}
+		h.ServeHTTP(jw, r)
+	})
+}
+
+// jsonErrors turns the MCP transport's text/plain error answers into the
+// API's JSON error object (with the status of its code); everything else
+// passes through.
+type jsonErrors struct {
+	http.ResponseWriter
+	r       *http.Request
+	status  int
+	convert bool
+	msg     bytes.Buffer
+}
+
+func (j *jsonErrors) WriteHeader(code int) {
+	if j.status != 0 {
+		return
+	}
+	j.status = code
+	if code >= 400 && strings.HasPrefix(j.Header().Get("Content-Type"), "text/plain") {
+		j.convert = true
+		return
+	}
+	j.ResponseWriter.WriteHeader(code)
+}
+
+func (j *jsonErrors) Write(b []byte) (int, error) {
+	if j.status == 0 {
+		j.WriteHeader(http.StatusOK)
+	}
+	if j.convert {
+		if j.msg.Len() < 4096 {
+			j.msg.Write(b)
+		}
+		return len(b), nil
+	}
+	return j.ResponseWriter.Write(b)
+}
+
+func (j *jsonErrors) Unwrap() http.ResponseWriter { return j.ResponseWriter }
+
+// Flush keeps the transport's streams flowing (http.Flusher).
+func (j *jsonErrors) Flush() {
+	if !j.convert {
+		http.NewResponseController(j.ResponseWriter).Flush()
+	}
+}
+
+func (j *jsonErrors) finish() {
+	if !j.convert {
+		return
+	}
+	code := apierr.Internal
+	switch j.status {
+	case http.StatusBadRequest, http.StatusUnsupportedMediaType, http.StatusNotAcceptable:
+		code = apierr.InvalidInput
+	case http.StatusForbidden:
+		code = apierr.PermissionDenied
+	case http.StatusNotFound:
+		code = apierr.NotFound
+	case http.StatusMethodNotAllowed:
+		code = apierr.MethodNotAllowed
+	case http.StatusConflict:
+		code = apierr.Conflict
+	case http.StatusRequestEntityTooLarge:
+		code = apierr.TooLarge
+	}
+	h := j.ResponseWriter.Header()
+	h.Del("Content-Type")
+	h.Del("X-Content-Type-Options")
+	writeError(j.ResponseWriter, j.r, apierr.New(code, "MCP: %s", strings.TrimSpace(j.msg.String())).With("status", j.status))
 }
 
 // ServeMCP runs the MCP server of b on one stdio-like connection until the

@@ -68,7 +68,12 @@ type Options struct {
 	BodyTimeout   time.Duration
 	IdleTimeout   time.Duration
 	MaxConns      int
-	Logger        *slog.Logger
+	// MCPSessionTimeout ends an MCP session that sends no request for
+	// that long (default 10 min); MCPMaxSessions bounds the sessions at
+	// once (default 256): initialize is UNAVAILABLE past it.
+	MCPSessionTimeout time.Duration
+	MCPMaxSessions    int
+	Logger            *slog.Logger
 }
 
 // Server serves one controller.
@@ -110,7 +115,7 @@ func New(ctl *controller.Controller, o Options) *Server {
 		o.MaxConns = DefaultMaxConns
 	}
 	s := &Server{ctl: ctl, opts: o, log: o.Logger}
-	s.mcp = MCPHandler(ControllerBackend{ctl}, o.Logger)
+	s.mcp = MCPHandler(ControllerBackend{ctl}, MCPOptions{SessionTimeout: o.MCPSessionTimeout, MaxSessions: o.MCPMaxSessions, Logger: o.Logger})
 	return s
 }
 
