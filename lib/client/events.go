@@ -99,6 +99,13 @@ func (s *EventStream) Next() (api.Event, error) {
 			s.reconnects++
 		}
 		ev, ok, err := s.read()
+		var se streamError
+		if errors.As(err, &se) {
+			// The server ended the stream for a reason a reconnect
+			// cannot fix (a damaged event log).
+			s.drop()
+			return api.Event{}, se.err
+		}
 		if err != nil {
 			s.drop()
 			if s.ctx.Err() != nil {
@@ -122,11 +129,17 @@ func permanent(err error) bool {
 	return st >= 400 && st < 500 && st != http.StatusRequestTimeout && st != http.StatusTooManyRequests
 }
 
+// streamError is an "error" event: the server's reason for ending the
+// stream.
+type streamError struct{ err *apierr.Error }
+
+func (e streamError) Error() string { return e.err.Error() }
+
 // read parses one SSE block. ok is false for blocks that carry no event
 // (comments, the id-only block sent on connect).
 func (s *EventStream) read() (api.Event, bool, error) {
 	var data strings.Builder
-	var id string
+	var id, typ string
 	seen := false
 	for {
 		line, err := s.br.ReadString('\n')
@@ -149,6 +162,8 @@ func (s *EventStream) read() (api.Event, bool, error) {
 		switch field {
 		case "id":
 			id = value
+		case "event":
+			typ = value
 		case "data":
 			if data.Len() > 0 {
 				data.WriteByte('\n')
@@ -163,6 +178,13 @@ func (s *EventStream) read() (api.Event, bool, error) {
 	}
 	if data.Len() == 0 {
 		return api.Event{}, false, nil
+	}
+	if typ == "error" {
+		e := &apierr.Error{}
+		if err := json.Unmarshal([]byte(data.String()), e); err != nil || e.Code == "" {
+			e = apierr.New(apierr.Internal, "the event stream ended: %s", data.String())
+		}
+		return api.Event{}, false, streamError{e}
 	}
 	var ev api.Event
 	if err := json.Unmarshal([]byte(data.String()), &ev); err != nil {

@@ -23,8 +23,8 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/controller"
-	"github.com/volantvm/volant/lib/controller/events"
 	"github.com/volantvm/volant/lib/controller/controllertest"
+	"github.com/volantvm/volant/lib/controller/events"
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/server"
 	"github.com/volantvm/volant/lib/store"
@@ -51,9 +51,18 @@ type envOpt func(*controller.Config, *server.Options)
 
 func newEnv(t *testing.T, opts ...envOpt) *env {
 	t.Helper()
+	return newEnvDB(t, "", opts...)
+}
+
+// newEnvDB is newEnv on the database at db ("" for a new one).
+func newEnvDB(t *testing.T, db string, opts ...envOpt) *env {
+	t.Helper()
 	dir := t.TempDir()
+	if db == "" {
+		db = filepath.Join(dir, "volant.db")
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := store.Open(ctx, filepath.Join(dir, "volant.db"), store.Options{})
+	st, err := store.Open(ctx, db, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -148,10 +148,11 @@ func (s *Server) routes() []route {
 			summary: "The event stream (Server-Sent Events). Each event: id, event (its type), data (the Event as JSON). " +
 				"Reconnect with Last-Event-ID (or ?since=) to get every event after that id; without either, only new events. " +
 				"When the log was pruned past that id, an events.pruned event (id 0, no SSE id) comes first, saying how many are lost. " +
-				"A reader that falls behind is disconnected and resumes.",
+				"A reader that falls behind is disconnected and resumes. " +
+				"A replay that cannot go on (a damaged log) ends with an error event (no SSE id) whose data is the error object.",
 			query: []param{{name: "since", typ: "integer", desc: "replay events after this id (0: the whole retained log)"},
 				{name: "type", typ: "string", desc: "comma-separated event types to keep; vm.* matches a prefix"}},
-			status: 200, resp: api.Event{}, content: "text/event-stream", errors: []apierr.Code{apierr.InvalidInput},
+			status: 200, resp: api.Event{}, content: "text/event-stream", errors: []apierr.Code{apierr.InvalidInput, apierr.DataCorrupt},
 			handler: http.HandlerFunc(s.events)},
 	}
 	rs = append(rs, s.volumeRoutes()...)

@@ -111,6 +111,16 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	for {
 		evs, err := log.Since(ctx, from, 500)
 		if err != nil {
+			if ctx.Err() == nil {
+				// Not the end of the log: say why the stream ends (an
+				// error event, no id, so the client's position stays).
+				s.log.Warn("replaying events", "after", from, "err", err)
+				data, _ := json.Marshal(apierr.From(err))
+				bw.WriteString("event: error\ndata: ")
+				bw.Write(data)
+				bw.WriteString("\n\n")
+				flush()
+			}
 			return
 		}
 		for _, e := range evs {

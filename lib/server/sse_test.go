@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"github.com/volantvm/volant/lib/controller"
 	"github.com/volantvm/volant/lib/server"
 	"github.com/volantvm/volant/lib/store"
+	"github.com/volantvm/volant/lib/store/storetest"
 )
 
 // appendEvents appends n events of about size bytes each, in one
@@ -395,5 +397,92 @@ func TestEventsSurviveRestart(t *testing.T) {
 	ev, err := s.Next()
 	if err != nil || ev.Type != api.EventPluginInstalled || ev.ResourceID != "db" || ev.ID != last+1 {
 		t.Fatalf("after restart: %+v %v", ev, err)
+	}
+}
+
+// TestEventsOverDamagedLog: a replay that meets a damaged page of the
+// event log ends with an error event carrying DATA_CORRUPT, instead of
+// stopping as if the log ended there.
+func TestEventsOverDamagedLog(t *testing.T) {
+	ctx := context.Background()
+	db := filepath.Join(t.TempDir(), "volant.db")
+	st, err := store.Open(ctx, db, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.Tx(ctx, func(tx *sql.Tx) error {
+		for i := 0; i < 3000; i++ {
+			if _, err := store.AppendEvent(ctx, tx, "test.event", fmt.Sprintf("r%d", i), map[string]int{"i": i}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	pages := storetest.TablePages(t, db, "events")
+	storetest.Garble(t, db, pages[len(pages)/2])
+
+	e := newEnvDB(t, db)
+	req, _ := http.NewRequest("GET", e.ts.URL+"/api/v1/events?since=0", nil)
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	frames := strings.Split(strings.TrimSpace(string(body)), "\n\n")
+	last := frames[len(frames)-1]
+	if !strings.HasPrefix(last, "event: error\n") || !strings.Contains(last, `"code":"DATA_CORRUPT"`) {
+		t.Fatalf("%d frames; the stream ends with:\n%s", len(frames), last)
+	}
+	if strings.Contains(last, "\nid:") || strings.HasPrefix(last, "id:") {
+		t.Fatalf("the error frame moves the client's position: %s", last)
+	}
+}
+
+// TestClientGetsTheStreamsError: lib/client's stream returns the error
+// event's error instead of reconnecting into it forever.
+func TestClientGetsTheStreamsError(t *testing.T) {
+	ctx := context.Background()
+	db := filepath.Join(t.TempDir(), "volant.db")
+	st, err := store.Open(ctx, db, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Tx(ctx, func(tx *sql.Tx) error {
+		for i := 0; i < 3000; i++ {
+			store.AppendEvent(ctx, tx, "test.event", "r", map[string]int{"i": i})
+		}
+		return nil
+	})
+	st.Close()
+	pages := storetest.TablePages(t, db, "events")
+	storetest.Garble(t, db, pages[len(pages)/2])
+	e := newEnvDB(t, db)
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	s, err := e.c.Events(ctx, api.EventOptions{FromStart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	n := 0
+	for {
+		_, err := s.Next()
+		if err != nil {
+			if !apierr.Is(err, apierr.DataCorrupt) {
+				t.Fatalf("after %d events: %v (%s)", n, err, apierr.CodeOf(err))
+			}
+			break
+		}
+		n++
+	}
+	if s.Reconnects() > 1 {
+		t.Fatalf("%d reconnects", s.Reconnects())
 	}
 }

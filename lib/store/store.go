@@ -103,6 +103,9 @@ type Options struct {
 	BusyTimeout time.Duration
 	// Logger receives debug logs (migrations applied); nil discards them.
 	Logger *slog.Logger
+	// Check is run on an existing database before it is used (and
+	// before migrating it): a damaged one is refused with DATA_CORRUPT.
+	Check Check
 }
 
 // Store is an open database. It is safe for concurrent use.
@@ -113,6 +116,9 @@ type Store struct {
 	w           *sql.DB // writes: BEGIN IMMEDIATE, one connection
 	r           *sql.DB // reads: deferred transactions, query_only
 	gen         atomic.Uint64
+	// damaged is set once SQLite found the file damaged; every
+	// transaction is then refused with it.
+	damaged atomic.Pointer[apierr.Error]
 
 	// Group commit (see Tx). One caller at a time holds the turn on the
 	// write connection (to run its fn, or to commit); the others wait in
@@ -125,7 +131,11 @@ type Store struct {
 }
 
 // Open opens (creating when missing) the database at path and migrates it to
-// the current schema version.
+// the current schema version. An existing file of zero bytes is refused
+// (DATA_CORRUPT): a new database is made whole under another name and
+// linked into place, so Volant never leaves an empty one, and taking one
+// for a new database would forget every VM and lease. With opts.Check an
+// existing database is checked first.
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if path == "" {
 		return nil, apierr.New(apierr.InvalidInput, "database path is empty")
@@ -144,8 +154,19 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if err := createFile(abs); err != nil {
-		return nil, err
+	switch st, err := os.Stat(abs); {
+	case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR): // create says why it cannot be made
+		if err := create(ctx, abs, opts); err != nil {
+			return nil, err
+		}
+	case err != nil:
+		return nil, wrapOSErr(fmt.Errorf("opening the database: %w", err), abs)
+	case st.Size() == 0:
+		return nil, emptyFile(abs)
+	default:
+		if err := Verify(ctx, abs, opts.Check); err != nil {
+			return nil, err
+		}
 	}
 	s := &Store{path: abs, busyTimeout: opts.BusyTimeout, log: log}
 	s.w = sql.OpenDB(s.connector("immediate", false))
@@ -159,21 +180,53 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// createFile makes the database's directory and an empty, owner-only
-// database file when they are missing (an empty file is a valid empty SQLite
-// database; SQLite gives its -wal and -shm files the same mode).
-func createFile(path string) error {
+// create makes a new database at path: its directory when missing, then
+// the database, owner-only and migrated, under a temporary name, which is
+// then linked to path. Processes that race to create it take turns (a
+// lock on the directory), so one makes it and the others find it made; a
+// process killed halfway leaves no file at path. SQLite gives the -wal and
+// -shm files the same mode.
+func create(ctx context.Context, path string, opts Options) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return wrapOSErr(fmt.Errorf("creating the database directory: %w", err), path)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return nil
-	}
+	dir, err := os.Open(filepath.Dir(path))
 	if err != nil {
 		return wrapOSErr(fmt.Errorf("creating the database: %w", err), path)
 	}
-	return f.Close()
+	defer dir.Close() // and with it the lock
+	if err := syscall.Flock(int(dir.Fd()), syscall.LOCK_EX); err != nil {
+		return wrapOSErr(fmt.Errorf("creating the database: locking its directory: %w", err), path)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return nil // another process made it meanwhile
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".new-*") // mode 0600
+	if err != nil {
+		return wrapOSErr(fmt.Errorf("creating the database: %w", err), path)
+	}
+	tmp := f.Name()
+	f.Close()
+	defer func() {
+		for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
+			os.Remove(tmp + suffix)
+		}
+	}()
+	s := &Store{path: tmp, busyTimeout: opts.BusyTimeout, log: slog.New(slog.DiscardHandler)}
+	s.w = sql.OpenDB(s.connector("immediate", false))
+	s.w.SetMaxOpenConns(1)
+	s.r = sql.OpenDB(s.connector("deferred", true))
+	err = s.migrate(ctx, migrations())
+	if cerr := s.Close(); err == nil {
+		err = cerr // closing checkpoints the WAL into the file
+	}
+	if err != nil {
+		return fmt.Errorf("creating the database %s: %w", path, err)
+	}
+	if err := os.Link(tmp, path); err != nil && !errors.Is(err, os.ErrExist) {
+		return wrapOSErr(fmt.Errorf("creating the database: %w", err), path)
+	}
+	return nil
 }
 
 func wrapOSErr(err error, path string) error {
@@ -261,6 +314,9 @@ func (s *Store) Close() error {
 // or a fn's failure takes the whole transaction with it (an interrupted
 // statement, a full disk), every caller of the group gets the error.
 func (s *Store) Tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	if err := s.refused(); err != nil {
+		return err
+	}
 	if err := s.takeTurn(ctx); err != nil {
 		return s.dbErr(ctx, "beginning a write transaction", err)
 	}
@@ -278,6 +334,12 @@ func (s *Store) Tx(ctx context.Context, fn func(*sql.Tx) error) error {
 		s.group = g
 	}
 	ferr, panicked, pval := g.run(ctx, fn)
+	if isCorrupt(ferr) {
+		// The file is damaged: nothing of this group is committed, and
+		// no later write is tried (refused).
+		ferr = s.seen(ferr)
+		g.fail(ferr)
+	}
 	if !panicked && ferr == nil {
 		g.members++
 	}
@@ -460,14 +522,18 @@ func (s *Store) passTurn() {
 func (s *Store) Generation() uint64 { return s.gen.Load() }
 
 // Read runs fn in a read-only transaction: every query in fn sees the same
-// snapshot, and writers are not blocked. fn's error is returned as is.
+// snapshot, and writers are not blocked. fn's error is returned as is,
+// but for SQLite finding the file damaged, which is DATA_CORRUPT.
 func (s *Store) Read(ctx context.Context, fn func(*sql.Tx) error) error {
+	if err := s.refused(); err != nil {
+		return err
+	}
 	tx, err := s.r.BeginTx(ctx, nil)
 	if err != nil {
 		return s.dbErr(ctx, "beginning a read transaction", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // read-only: nothing to keep
-	return fn(tx)
+	return s.seen(fn(tx))
 }
 
 // SchemaVersion is the database's schema version (PRAGMA user_version).
@@ -477,55 +543,6 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 		return 0, s.dbErr(ctx, "reading the schema version", err)
 	}
 	return v, nil
-}
-
-// Check runs SQLite's integrity and foreign-key checks and returns an error
-// listing what they found, or nil.
-func (s *Store) Check(ctx context.Context) error {
-	var problems []string
-	err := s.Read(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, "PRAGMA integrity_check")
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var msg string
-			if err := rows.Scan(&msg); err != nil {
-				rows.Close()
-				return err
-			}
-			if msg != "ok" {
-				problems = append(problems, msg)
-			}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		fk, err := tx.QueryContext(ctx, "PRAGMA foreign_key_check")
-		if err != nil {
-			return err
-		}
-		defer fk.Close()
-		for fk.Next() {
-			var table, parent string
-			var rowid sql.NullInt64
-			var idx int
-			if err := fk.Scan(&table, &rowid, &parent, &idx); err != nil {
-				return err
-			}
-			problems = append(problems, fmt.Sprintf("%s row %d: missing %s", table, rowid.Int64, parent))
-		}
-		return fk.Err()
-	})
-	if err != nil {
-		return s.dbErr(ctx, "checking the database", err)
-	}
-	if len(problems) > 0 {
-		return apierr.New(apierr.Internal, "database %s failed its integrity check: %s", s.path, strings.Join(problems, "; ")).
-			With("db", s.path).With("problems", problems)
-	}
-	return nil
 }
 
 // dbErr converts a SQLite error met while doing what into an apierr code an
@@ -553,7 +570,7 @@ func (s *Store) dbErr(ctx context.Context, what string, err error) error {
 			e.Code = apierr.PermissionDenied
 		}
 	case sqlite3.ErrCorrupt, sqlite3.ErrNotADB:
-		e.With("hint", "the file is not an intact SQLite database; restore it from a backup or move it aside")
+		return s.damage(corrupt(s.path, fmt.Sprintf("%s: %v", what, err), nil, err))
 	}
 	e.Message = fmt.Sprintf("%s in %s: %v", what, s.path, err)
 	return e

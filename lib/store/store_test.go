@@ -183,7 +183,7 @@ func TestOpenErrors(t *testing.T) {
 	}{
 		{"", apierr.InvalidInput},
 		{filepath.Join(dir, "x?mode=ro"), apierr.InvalidInput},
-		{notDB, apierr.Internal},
+		{notDB, apierr.DataCorrupt},                               // not a database: refused, with the recovery steps
 		{filepath.Join(blocker, "volant.db"), apierr.Unavailable}, // parent is a file
 	} {
 		_, err := Open(ctx, tc.path, Options{})
