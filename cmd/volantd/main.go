@@ -7,6 +7,8 @@
 //	volantd [serve] [FLAGS]                   run the daemon (the default)
 //	volantd mcp [--host ADDR] [--token-file F] MCP on stdio, talking to the running daemon
 //	volantd openapi                           print the OpenAPI document
+//	volantd check [--db F] [--full]           check the state database offline (quick_check;
+//	                                          --full: integrity_check and foreign keys)
 //	volantd version
 //
 // Serve flags (each also an environment variable):
@@ -45,6 +47,9 @@
 //	--start-timeout D    VOLANT_START_TIMEOUT time a hypervisor gets to answer (default 60s)
 //	--max-booting N      VOLANT_MAX_BOOTING   VMs booting at once; more starts queue until one is healthy
 //	                                          (default CPUs+1; -1 unlimited)
+//	--integrity-check    VOLANT_INTEGRITY_CHECK  check the database with SQLite's integrity_check at start
+//	                                          (default: the quicker quick_check); a damaged database
+//	                                          is not served (DATA_CORRUPT, exit 13, with the recovery steps)
 //	--guest-debug        VOLANT_GUEST_DEBUG   verbose guest boot and kestrel
 //	--verbose            VOLANT_VERBOSE       debug logs
 //
@@ -68,6 +73,7 @@
 //	CONFLICT       5  another volantd serves the socket
 //	UNAVAILABLE    9  cannot listen, no volant-launch, database locked; `mcp`: no daemon
 //	PERMISSION_DENIED 10  not allowed to make the bridge or open the database
+//	DATA_CORRUPT   13  the database is damaged, empty or not a database (details.recovery says what to do)
 package main
 
 import (
@@ -76,6 +82,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -91,6 +98,7 @@ import (
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/server"
+	"github.com/volantvm/volant/lib/store"
 	"github.com/volantvm/volant/lib/volantd"
 )
 
@@ -113,6 +121,7 @@ type options struct {
 	Serve   serveCmd           `command:"serve" description:"Run the daemon (the default verb)"`
 	MCP     mcpCmd             `command:"mcp" description:"Model Context Protocol on stdio, talking to the running daemon"`
 	OpenAPI openAPICmd         `command:"openapi" description:"Print the OpenAPI document"`
+	Check   checkCmd           `command:"check" description:"Check the state database offline (quick_check; --full: integrity_check)"`
 	Version cli.VersionCommand `command:"version" description:"Print the build version"`
 }
 
@@ -150,6 +159,7 @@ type serveCmd struct {
 	MaxBuilds      int           `long:"max-builds" env:"VOLANT_MAX_BUILDS" default:"2" description:"plugin builds from images running at once"`
 	RegistryAuth   string        `long:"registry-auth-file" env:"REGISTRY_AUTH_FILE" description:"registry credentials for image builds (containers-auth.json; default the usual places, e.g. ~/.docker/config.json)"`
 	Insecure       []string      `long:"insecure-registry" env:"VOLANT_INSECURE_REGISTRIES" env-delim:"," description:"registry (host[:port]) reached over plain HTTP or unverified TLS by image builds (repeatable)"`
+	IntegrityCheck bool          `long:"integrity-check" env:"VOLANT_INTEGRITY_CHECK" description:"run SQLite's full integrity_check on the database at start (default quick_check)"`
 	GuestDebug     bool          `long:"guest-debug" env:"VOLANT_GUEST_DEBUG" description:"verbose guest boot"`
 	Verbose        bool          `long:"verbose" short:"v" env:"VOLANT_VERBOSE" description:"debug logs"`
 }
@@ -191,7 +201,7 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 	}
 	return volantd.Serve(ctx, volantd.Config{
 		Socket: f.Socket, Listen: f.Listen, Token: token, Listeners: passed,
-		DB: f.DB, DataDir: f.DataDir, RunRoot: f.RunRoot, CacheDir: f.CacheDir,
+		DB: f.DB, IntegrityCheck: f.IntegrityCheck, DataDir: f.DataDir, RunRoot: f.RunRoot, CacheDir: f.CacheDir,
 		ArtifactDirs: f.ArtifactDirs, MaxArtifactBytes: f.MaxArtifactGiB << 30,
 		Bridge: f.Bridge, Subnet: f.Subnet, SetupNetwork: !f.NoNetSetup, NAT: nat, AgentListen: f.AgentListen, DNS: f.DNS,
 		Launch: controller.LaunchDefaults{
@@ -269,6 +279,42 @@ func (f *mcpCmd) Execute(ctx context.Context, env *cli.Env) error {
 type nopWriteCloser struct{ io.Writer }
 
 func (nopWriteCloser) Close() error { return nil }
+
+// checkCmd is `volantd check`: SQLite's check of the database, offline
+// (nothing is migrated or written), for after a crash or before putting a
+// restored copy in place.
+type checkCmd struct {
+	DB   string `long:"db" env:"VOLANT_DB" description:"the database (default <data-dir>/volant.db)"`
+	Data string `long:"data-dir" env:"VOLANT_DATA_DIR" description:"data directory"`
+	Full bool   `long:"full" description:"integrity_check and foreign_key_check instead of quick_check"`
+}
+
+func (f *checkCmd) Execute(ctx context.Context, env *cli.Env) error {
+	db := f.DB
+	if db == "" {
+		data := f.Data
+		if data == "" {
+			data = layout.DefaultDataDir
+		}
+		db = filepath.Join(data, layout.DBName)
+	}
+	check := store.QuickCheck
+	if f.Full {
+		check = store.FullCheck
+	}
+	abs, err := filepath.Abs(db)
+	if err != nil {
+		return err
+	}
+	if err := store.Verify(ctx, abs, check); err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "volantd.check", struct {
+		DB    string `json:"db"`
+		Check string `json:"check"`
+		OK    bool   `json:"ok"`
+	}{abs, string(check), true})
+}
 
 type openAPICmd struct{}
 

@@ -4,7 +4,9 @@
 //
 // Startup order, so that nothing is served on a state that is not true:
 //
-//  1. open (and migrate) the database;
+//  1. open the database: check it (quick_check, or integrity_check with
+//     Config.IntegrityCheck) and refuse a damaged one (DATA_CORRUPT with the
+//     recovery steps), then migrate it;
 //  2. make the bridge (hostnet.Setup, idempotent) unless told not to;
 //  3. reconcile: adopt live VMs, resume interrupted steps, mark dead VMs
 //     crashed, free leases and taps of VMs that do not exist;
@@ -67,7 +69,12 @@ type Config struct {
 	// any are given, Socket and Listen are not opened. TCP ones need Token.
 	Listeners []net.Listener
 
-	DB      string
+	DB string
+	// IntegrityCheck runs SQLite's full integrity_check on the database at
+	// start; otherwise the quicker quick_check. A damaged database is not
+	// served (DATA_CORRUPT, with the recovery steps).
+	IntegrityCheck bool
+
 	DataDir string
 	RunRoot string
 	// CacheDir caches boot images (default DataDir/cache).
@@ -257,7 +264,12 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	defer closeLns()
 
-	st, err := store.Open(ctx, cfg.DB, store.Options{Logger: log})
+	check := store.QuickCheck
+	if cfg.IntegrityCheck {
+		check = store.FullCheck
+	}
+	cfg.Notify("STATUS=checking the database (" + string(check) + ")")
+	st, err := store.Open(ctx, cfg.DB, store.Options{Logger: log, Check: check})
 	if err != nil {
 		return err
 	}
