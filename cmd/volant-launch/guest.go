@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -185,7 +184,7 @@ func (c *logsCmd) Execute(ctx context.Context, env *cli.Env) error {
 		}
 		path = plan.Agent.WorkloadLog
 	}
-	since, err := ParseSince(c.Since, time.Now())
+	since, err := workloadlog.ParseSince(c.Since, time.Now())
 	if err != nil {
 		return err
 	}
@@ -193,50 +192,20 @@ func (c *logsCmd) Execute(ctx context.Context, env *cli.Env) error {
 		return apierr.New(apierr.NotFound, "no workload log at %s", path).With("path", path)
 	}
 	return workloadlog.Read(ctx, path, workloadlog.ReadOptions{Since: since, Tail: c.Tail, Stream: c.Stream, Follow: c.Follow},
-		Printer(env.Stdout, c.Timestamps, c.JSON))
+		printer(env.Stdout, c.Timestamps, c.JSON))
 }
 
-// ParseSince reads --since: RFC 3339 or a duration before now.
-func ParseSince(s string, now time.Time) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
+// printer writes entries as text (workloadlog.Printer) or as JSON lines.
+func printer(w io.Writer, timestamps, asJSON bool) func(workloadlog.Entry) error {
+	if !asJSON {
+		return workloadlog.Printer(w, timestamps)
 	}
-	if d, err := time.ParseDuration(s); err == nil {
-		return now.Add(-d), nil
-	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return time.Time{}, apierr.New(apierr.Usage, "--since %q: use RFC 3339 (2026-12-05T10:00:00Z) or a duration (10m)", s)
-	}
-	return t, nil
-}
-
-// Printer writes entries as the workload's output (with an RFC 3339
-// timestamp before each line when asked) or as JSON lines. A gap is a line
-// of its own on stderr's behalf, in the output: it must not go unnoticed.
-func Printer(w io.Writer, timestamps, asJSON bool) func(workloadlog.Entry) error {
-	atLineStart := true
 	return func(e workloadlog.Entry) error {
-		if asJSON {
-			b, err := json.Marshal(e)
-			if err != nil {
-				return err
-			}
-			_, err = w.Write(append(b, '\n'))
+		b, err := json.Marshal(e)
+		if err != nil {
 			return err
 		}
-		if e.Gap > 0 {
-			_, err := fmt.Fprintf(w, "[volant: %d bytes of output were lost here: the guest's buffer overflowed]\n", e.Gap)
-			atLineStart = true
-			return err
-		}
-		if timestamps && atLineStart {
-			if _, err := io.WriteString(w, e.Time.UTC().Format(time.RFC3339Nano)+" "); err != nil {
-				return err
-			}
-		}
-		_, err := w.Write(e.Data())
-		atLineStart = !e.Partial
+		_, err = w.Write(append(b, '\n'))
 		return err
 	}
 }

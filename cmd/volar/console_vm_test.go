@@ -234,7 +234,7 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(90 * time.Second)
 		for {
-			r := runVolar(t, "", env, "vms", "logs", vm)
+			r := runVolar(t, "", env, "vms", "logs", "--console", vm)
 			if strings.Contains(r.Stdout, want) {
 				return
 			}
@@ -298,7 +298,7 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 	}
 	t.Logf("the terminal after detaching:\n%s", strings.TrimRight(s, "\n"))
 	// The session is in the VM's log too (QEMU logs the console).
-	if r := runVolar(t, "", env, "vms", "logs", "con1", "--tail", "40"); !strings.Contains(r.Stdout, "after=2") {
+	if r := runVolar(t, "", env, "vms", "logs", "--console", "con1", "--tail", "40"); !strings.Contains(r.Stdout, "after=2") {
 		t.Errorf("the log lacks the session: %s", r)
 	}
 	// The console is free again: the docs' scripted session (stdin not a
@@ -328,7 +328,7 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 		t.Fatalf("console of con2: %s", r)
 	}
 	time.Sleep(time.Second)
-	if l := runVolar(t, "", env, "vms", "logs", "con2"); strings.Contains(l.Stdout, "sum=42") || strings.Contains(l.Stdout, "console shell") {
+	if l := runVolar(t, "", env, "vms", "logs", "--console", "con2"); strings.Contains(l.Stdout, "sum=42") || strings.Contains(l.Stdout, "console shell") {
 		t.Fatalf("a plugin without console.shell ran what was typed on its console:\n%s", l.Stdout)
 	}
 }

@@ -98,7 +98,7 @@ func TestHelpAtEveryLevel(t *testing.T) {
 	want := []string{"completion", "deployments", "deployments create", "deployments delete", "deployments list",
 		"deployments scale", "deployments show", "events", "plugins", "plugins disable", "plugins enable",
 		"plugins install", "plugins list", "plugins remove", "plugins show", "setup", "version", "vms",
-		"vms console", "vms create", "vms delete", "vms list", "vms logs", "vms restart", "vms show", "vms start",
+		"vms console", "vms cp", "vms create", "vms delete", "vms exec", "vms list", "vms logs", "vms restart", "vms show", "vms start",
 		"vms stop", "vms wait", "volumes", "volumes create", "volumes delete", "volumes list", "volumes resize", "volumes show"}
 	var got []string
 	for _, p := range paths {
@@ -284,8 +284,33 @@ func TestBashCompletion(t *testing.T) {
 	for _, c := range []struct{ line, want string }{
 		{"volar ", "completion\ndeployments\nevents\nplugins\nsetup\nversion\nvms\nvolumes\n"},
 		{"volar de", "deployments\n"},
-		{"volar vms ", "console\ncreate\ndelete\nlist\nlogs\nrestart\nshow\nstart\nstop\nwait\n"},
-		{"volar vms create web1 --", "--cpu\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--publish\n--quiet\n--timeout\n--token\n--volume\n--wait\n"},
+		{"volar vms ", "console
+cp
+create
+delete
+exec
+list
+logs
+restart
+show
+start
+stop
+wait
+"},
+		{"volar vms create web1 --", "--cpu
+--help
+--host
+--kernel-arg
+--memory
+--output
+--plugin
+--publish
+--quiet
+--timeout
+--token
+--volume
+--wait
+"},
 		{"volar deployments scale web --r", "--replicas\n"},
 	} {
 		if got := bashComplete(t, c.line); got != reg+c.want {

@@ -102,9 +102,9 @@ func TestVMCommands(t *testing.T) {
 	tr.run(0, "-o", "json", "vms", "restart", "nginx-demo", "--wait")
 
 	d.serialLog("nginx-demo", "Linux version 6.1.0\nkestrel: starting nginx\nnginx: ready\n")
-	tr.run(0, "vms", "logs", "nginx-demo")
-	tr.run(0, "vms", "logs", "nginx-demo", "--tail", "1")
-	tr.run(0, "-o", "json", "vms", "logs", "nginx-demo", "--tail", "2") // logs are text in every format
+	tr.run(0, "vms", "logs", "--console", "nginx-demo")
+	tr.run(0, "vms", "logs", "--console", "nginx-demo", "--tail", "1")
+	tr.run(0, "-o", "json", "vms", "logs", "--console", "nginx-demo", "--tail", "2") // logs are text in every format
 	tr.run(1, "vms", "logs", "nope")
 
 	tr.run(0, "vms", "delete", "mute")
@@ -307,7 +307,7 @@ func TestLogsFollow(t *testing.T) {
 		t.Fatal(r)
 	}
 	d.serialLog("web1", "boot line 1\nboot line 2\n")
-	s := d.start(d.env(), "vms", "logs", "web1", "--follow")
+	s := d.start(d.env(), "vms", "logs", "--console", "web1", "--follow")
 	s.waitOutput(t, "the log so far", func(o string) bool { return o == "boot line 1\nboot line 2\n" })
 	for i := 3; i <= 5; i++ {
 		line := fmt.Sprintf("guest line %d\n", i)
@@ -320,7 +320,7 @@ func TestLogsFollow(t *testing.T) {
 	}
 
 	// --tail with --follow, and the end of the VM ends the stream.
-	s = d.start(d.env(), "vms", "logs", "web1", "-f", "--tail", "1")
+	s = d.start(d.env(), "vms", "logs", "--console", "web1", "-f", "--tail", "1")
 	s.waitOutput(t, "the last line", func(o string) bool { return o == "guest line 5\n" })
 	d.serialLog("web1", "last words\n")
 	s.waitOutput(t, "a new line", func(o string) bool { return strings.HasSuffix(o, "last words\n") })

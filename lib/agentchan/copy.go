@@ -106,6 +106,17 @@ func (s *Session) CopyFrom(ctx context.Context, guestPath, hostDest string, stdo
 		_, res, err := s.ReadTar(ctx, guestPath, stdout)
 		return res, err
 	}
+	return ExtractAt(hostDest, func(w io.Writer) (CopyResult, error) {
+		_, res, err := s.ReadTar(ctx, guestPath, w)
+		return res, err
+	})
+}
+
+// ExtractAt extracts the tar stream that produce writes at hostDest, as cp
+// does: into hostDest when it is a directory, else as hostDest (whose
+// parent must exist; the archive must then have one top-level entry). It
+// returns produce's result, or the first error of either side.
+func ExtractAt(hostDest string, produce func(w io.Writer) (CopyResult, error)) (CopyResult, error) {
 	dir, rename, err := destination(hostDest)
 	if err != nil {
 		return CopyResult{}, err
@@ -118,14 +129,18 @@ func (s *Session) CopyFrom(ctx context.Context, guestPath, hostDest string, stdo
 	done := make(chan result, 1)
 	go func() {
 		res, err := ExtractTar(pr, dir, rename)
-		pr.CloseWithError(errors.New("extraction stopped"))
+		if err != nil {
+			pr.CloseWithError(err) // stops the producer
+		} else {
+			io.Copy(io.Discard, pr) // the archive's padding
+		}
 		done <- result{res, err}
 	}()
-	_, res, rerr := s.ReadTar(ctx, guestPath, pw)
-	pw.CloseWithError(rerr)
+	res, perr := produce(pw)
+	pw.CloseWithError(perr)
 	x := <-done
-	if rerr != nil {
-		return res, rerr
+	if perr != nil && (x.err == nil || errors.Is(x.err, perr)) {
+		return res, perr // extraction only saw the producer's failure
 	}
 	if x.err != nil {
 		return x.res, x.err

@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/agentchan"
 	"github.com/volantvm/volant/lib/portmap"
 )
 
@@ -174,6 +175,58 @@ type LogOptions struct {
 	Follow bool
 	// Tail starts with the last Tail lines (0: the whole log).
 	Tail int
+	// Stream is what to read: LogConsole (the serial console, the
+	// default), LogWorkload (the workload's stdout and stderr), LogStdout
+	// or LogStderr.
+	Stream string
+	// Since drops workload output older than it (zero: none).
+	Since time.Time
+	// Timestamps prefixes each workload line with the time kestrel read
+	// it (RFC 3339).
+	Timestamps bool
+}
+
+// Log streams.
+const (
+	LogConsole  = "console"
+	LogWorkload = "workload"
+	LogStdout   = "stdout"
+	LogStderr   = "stderr"
+)
+
+// LogStreams are the values of LogOptions.Stream.
+func LogStreams() []string { return []string{LogConsole, LogWorkload, LogStdout, LogStderr} }
+
+// ExecRequest is the body of a non-interactive POST
+// /api/v1/vms/{name}/exec: the command runs to its end (or the timeout)
+// with Stdin as its input, and the answer is an ExecResult. (With
+// Connection: Upgrade and Upgrade: volant-agent/1 the route is interactive
+// instead: see docs/guest-access.md.)
+type ExecRequest struct {
+	Command []string `json:"command"`
+	// Env adds KEY=VALUE entries to the workload's environment.
+	Env []string `json:"env,omitempty"`
+	// Workdir is the working directory (default: the workload's).
+	Workdir string `json:"workdir,omitempty"`
+	// User is "uid[:gid]" (default root).
+	User string `json:"user,omitempty"`
+	// Stdin is the command's input (none: /dev/null).
+	Stdin *string `json:"stdin,omitempty"`
+	// TimeoutMS kills the command after this long (default 60 s, at most
+	// 1 h); the answer is then TIMEOUT.
+	TimeoutMS int `json:"timeout_ms,omitempty" jsonschema:"minimum=0,maximum=3600000"`
+	// MaxOutput bounds each stream kept (default 1 MiB, at most 16 MiB).
+	MaxOutput int `json:"max_output,omitempty" jsonschema:"minimum=0,maximum=16777216"`
+}
+
+// ExecResult is the answer of a non-interactive exec.
+type ExecResult = agentchan.RunResult
+
+// CopyResult is the answer of PUT /api/v1/vms/{name}/files.
+type CopyResult struct {
+	Files   int   `json:"files"`
+	Bytes   int64 `json:"bytes"`
+	Skipped int   `json:"skipped,omitempty"`
 }
 
 // InstallImageRequest is the body of POST /api/v1/plugins that builds a

@@ -156,7 +156,7 @@ type request struct {
 	method string
 	path   string // below the base, starting with /
 	query  url.Values
-	body   any // JSON-encoded unless it is []byte or json.RawMessage (sent as is)
+	body   any // JSON-encoded unless it is []byte, json.RawMessage or an io.Reader (sent as is)
 	header http.Header
 	stream bool // no per-request timeout; the caller closes the body
 }
@@ -173,6 +173,8 @@ func (c *Client) do(ctx context.Context, r request) (*http.Response, context.Can
 		body = bytes.NewReader(b)
 	case []byte:
 		body = bytes.NewReader(b)
+	case io.Reader:
+		body = b
 	default:
 		data, err := json.Marshal(b)
 		if err != nil {
@@ -194,7 +196,7 @@ func (c *Client) do(ctx context.Context, r request) (*http.Response, context.Can
 	for k, vs := range r.header {
 		req.Header[k] = vs
 	}
-	if body != nil {
+	if body != nil && req.Header.Get("Content-Type") == "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if req.Header.Get("Accept") == "" {
@@ -492,6 +494,15 @@ func (c *Client) VMLogs(ctx context.Context, name string, o api.LogOptions) (io.
 	}
 	if o.Tail > 0 {
 		q.Set("tail", strconv.Itoa(o.Tail))
+	}
+	if o.Stream != "" {
+		q.Set("stream", o.Stream)
+	}
+	if !o.Since.IsZero() {
+		q.Set("since", o.Since.UTC().Format(time.RFC3339Nano))
+	}
+	if o.Timestamps {
+		q.Set("timestamps", "1")
 	}
 	resp, cancel, err := c.do(ctx, request{method: http.MethodGet, path: api.Prefix + "/vms/" + esc(name) + "/logs",
 		query: q, stream: o.Follow, header: http.Header{"Accept": {"text/plain"}}})

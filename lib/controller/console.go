@@ -16,7 +16,7 @@ func (c *Controller) ConsoleSocket(ctx context.Context, name string) (string, er
 	}
 	if v.State != api.VMStarting && v.State != api.VMRunning {
 		return "", apierr.New(apierr.Conflict, "VM %s is %s: its console is not live", name, v.State).
-			With("vm", name).With("state", string(v.State)).With("hint", "volar vms logs "+name+" shows what it printed")
+			With("vm", name).With("state", string(v.State)).With("hint", "volar vms logs --console "+name+" shows what it printed")
 	}
 	info, err := c.cfg.Runtime.Inspect(ctx, name)
 	if err != nil {
@@ -27,7 +27,7 @@ func (c *Controller) ConsoleSocket(ctx context.Context, name string) (string, er
 	}
 	if info.Console == "" {
 		return "", apierr.New(apierr.NotSupported, "the hypervisor of VM %s serves no console socket (it only logs the console)", name).
-			With("vm", name).With("hint", "volar vms logs "+name+" --follow")
+			With("vm", name).With("hint", "volar vms logs --console "+name+" --follow")
 	}
 	return info.Console, nil
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/controller"
 	"github.com/volantvm/volant/lib/portmap"
+	"github.com/volantvm/volant/lib/workloadlog"
 )
 
 // Backend is what the MCP tools call. The controller (through
@@ -35,6 +37,7 @@ type Backend interface {
 	ListDeployments(ctx context.Context) ([]api.Deployment, error)
 	ScaleDeployment(ctx context.Context, name string, replicas int) (*api.Deployment, error)
 	VMLogs(ctx context.Context, name string, o api.LogOptions) (io.ReadCloser, error)
+	Exec(ctx context.Context, name string, req api.ExecRequest) (*api.ExecResult, error)
 }
 
 // ControllerBackend adapts a controller to Backend.
@@ -44,7 +47,13 @@ type ControllerBackend struct{ *controller.Controller }
 func (b ControllerBackend) VMLogs(ctx context.Context, name string, o api.LogOptions) (io.ReadCloser, error) {
 	o.Follow = false
 	var buf bytes.Buffer
-	if err := b.Logs(ctx, name, o, &buf, nil); err != nil {
+	var err error
+	if o.Stream == "" || o.Stream == api.LogConsole {
+		err = b.Logs(ctx, name, o, &buf, nil)
+	} else {
+		err = b.WorkloadLogText(ctx, name, o, &buf, nil)
+	}
+	if err != nil {
 		return nil, err
 	}
 	return io.NopCloser(&buf), nil
@@ -75,8 +84,21 @@ type (
 		Replicas int    `json:"replicas" jsonschema:"the desired number of replicas"`
 	}
 	logsIn struct {
-		Name string `json:"name" jsonschema:"the VM's name"`
-		Tail int    `json:"tail,omitempty" jsonschema:"only the last N lines (default 200; 0 for the default)"`
+		Name       string `json:"name" jsonschema:"the VM's name"`
+		Tail       int    `json:"tail,omitempty" jsonschema:"only the last N lines (default 200; 0 for the default)"`
+		Stream     string `json:"stream,omitempty" jsonschema:"workload (default: the workload's stdout and stderr), stdout, stderr, or console (the serial console: kernel, kestrel and workload mixed)"`
+		Since      string `json:"since,omitempty" jsonschema:"workload output from this time on: RFC 3339, or a duration before now such as 10m"`
+		Timestamps bool   `json:"timestamps,omitempty" jsonschema:"prefix each workload line with the time it was written"`
+	}
+	execIn struct {
+		Name      string   `json:"name" jsonschema:"the VM's name"`
+		Command   []string `json:"command" jsonschema:"the program and its arguments, run directly (no shell unless you name one, e.g. [\"sh\",\"-c\",\"...\"])"`
+		Env       []string `json:"env,omitempty" jsonschema:"entries of the form KEY=VALUE added to the workload's environment"`
+		Workdir   string   `json:"workdir,omitempty" jsonschema:"working directory in the guest"`
+		User      string   `json:"user,omitempty" jsonschema:"uid[:gid] to run as (default root)"`
+		Stdin     *string  `json:"stdin,omitempty" jsonschema:"text given to the command on its standard input"`
+		TimeoutMS int      `json:"timeout_ms,omitempty" jsonschema:"kill the command after this many milliseconds (default 60000, at most 3600000)"`
+		MaxOutput int      `json:"max_output,omitempty" jsonschema:"bytes of each stream returned (default 65536, at most 16777216)"`
 	}
 	noIn struct{}
 )
@@ -159,13 +181,22 @@ func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
 			}
 			return nil, vm, nil
 		})
-	mcp.AddTool(s, &mcp.Tool{Name: "vm_logs", Description: "Read the end of a VM's serial console log.", Annotations: ro},
+	mcp.AddTool(s, &mcp.Tool{Name: "vm_logs", Description: "Read the end of what a VM's workload wrote to stdout and stderr (kept on the host, " +
+		"per stream), or of its serial console (stream console). Output the guest had to drop shows as a line saying how many bytes were lost.", Annotations: ro},
 		func(ctx context.Context, _ *mcp.CallToolRequest, in logsIn) (*mcp.CallToolResult, any, error) {
 			tail := in.Tail
 			if tail <= 0 {
 				tail = 200
 			}
-			rc, err := b.VMLogs(ctx, in.Name, api.LogOptions{Tail: tail})
+			o := api.LogOptions{Tail: tail, Stream: in.Stream, Timestamps: in.Timestamps}
+			if o.Stream == "" {
+				o.Stream = api.LogWorkload
+			}
+			var err error
+			if o.Since, err = workloadlog.ParseSince(in.Since, time.Now()); err != nil {
+				return nil, nil, toolErr(err)
+			}
+			rc, err := b.VMLogs(ctx, in.Name, o)
 			if err != nil {
 				return nil, nil, toolErr(err)
 			}
@@ -175,6 +206,25 @@ func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
 				return nil, nil, toolErr(err)
 			}
 			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: string(data)}}}, nil, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "exec_vm", Description: "Run a command in a running VM (over a channel only the host reaches, not the network) and " +
+		"return its exit code, stdout and stderr when it has ended. Not interactive: give input with stdin. A missing command is an error " +
+		"(NOT_FOUND); a command that runs past timeout_ms is killed (TIMEOUT, with the output so far)."},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in execIn) (*mcp.CallToolResult, any, error) {
+			if in.MaxOutput <= 0 {
+				in.MaxOutput = 64 << 10
+			}
+			res, err := b.Exec(ctx, in.Name, api.ExecRequest{Command: in.Command, Env: in.Env, Workdir: in.Workdir, User: in.User,
+				Stdin: in.Stdin, TimeoutMS: in.TimeoutMS, MaxOutput: in.MaxOutput})
+			if err != nil {
+				if res != nil && apierr.Is(err, apierr.Timeout) {
+					b, _ := json.Marshal(res)
+					return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{
+						Text: "TIMEOUT: " + err.Error() + "\noutput so far: " + string(b)}}}, nil, nil
+				}
+				return nil, nil, toolErr(err)
+			}
+			return nil, res, nil
 		})
 	mcp.AddTool(s, &mcp.Tool{Name: "list_plugins", Description: "List the installed plugins (what VMs can boot).", Annotations: ro},
 		func(ctx context.Context, _ *mcp.CallToolRequest, _ noIn) (*mcp.CallToolResult, any, error) {

@@ -141,9 +141,22 @@ func openAPI(routes []route) ([]byte, error) {
 				return nil, err
 			}
 			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": ref}}}
+		case rt.rawBody != "" && rt.reqContent != "":
+			op["requestBody"] = map[string]any{"required": true, "description": rt.rawBody,
+				"content": map[string]any{rt.reqContent: map[string]any{"schema": map[string]any{"type": "string", "format": "binary"}}}}
 		case rt.rawBody != "":
 			op["requestBody"] = map[string]any{"required": true, "description": rt.rawBody,
 				"content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"type": "object"}}}}
+		}
+		if rt.upgrade != "" {
+			params = append(params,
+				map[string]any{"name": "Connection", "in": "header", "description": "Upgrade, to switch to the stream", "schema": map[string]any{"type": "string"}},
+				map[string]any{"name": "Upgrade", "in": "header", "description": rt.upgrade + ", to switch to the stream",
+					"schema": map[string]any{"type": "string", "enum": []string{rt.upgrade}}})
+			op["parameters"] = params
+			if rt.req != nil {
+				op["requestBody"].(map[string]any)["required"] = false
+			}
 		}
 		resps := map[string]any{}
 		ok := map[string]any{"description": http.StatusText(rt.status)}
@@ -168,6 +181,9 @@ func openAPI(routes []route) ([]byte, error) {
 			ok["content"] = map[string]any{content: map[string]any{"schema": sch}}
 		}
 		resps[strconv.Itoa(rt.status)] = ok
+		if rt.upgrade != "" {
+			resps["101"] = map[string]any{"description": "Switching Protocols (Upgrade: " + rt.upgrade + "): " + rt.upgradeDoc}
+		}
 		byStatus := map[int][]string{}
 		codes := append([]apierr.Code{apierr.Internal}, rt.errors...)
 		if !rt.noAuth {

@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/agentchan"
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 )
@@ -21,6 +22,12 @@ type route struct {
 	// that is any JSON object (the plugin manifest).
 	req     any
 	rawBody string
+	// reqContent is rawBody's media type (default application/json: any
+	// object); anything else is documented as binary.
+	reqContent string
+	// upgrade is the HTTP Upgrade token the route also accepts, answering
+	// 101 Switching Protocols (upgradeDoc says what the stream carries).
+	upgrade, upgradeDoc string
 	// status and resp are the success answer; content its media type
 	// (default application/json).
 	status  int
@@ -110,10 +117,35 @@ func (s *Server) routes() []route {
 			status:  200, resp: api.VM{}, errors: append(nameErrors, apierr.Conflict), handler: s.vmAction(s.ctl.StopVM)},
 		{method: "POST", path: api.Prefix + "/vms/{name}/restart", id: "restartVM", tag: "vms", summary: "Stop and start a VM",
 			status: 200, resp: api.VM{}, errors: append(nameErrors, apierr.Conflict, apierr.Unavailable), handler: s.vmAction(s.ctl.RestartVM)},
-		{method: "GET", path: api.Prefix + "/vms/{name}/logs", id: "vmLogs", tag: "vms", summary: "The VM's serial console log",
-			query: []param{{name: "follow", typ: "boolean", desc: "keep streaming what the guest writes"},
-				{name: "tail", typ: "integer", desc: "start with the last N lines"}},
+		{method: "GET", path: api.Prefix + "/vms/{name}/logs", id: "vmLogs", tag: "vms",
+			summary: "The VM's serial console log (stream=console, the default) or its workload's output as kestrel captured it " +
+				"(stream=workload for stdout and stderr, or one of them), kept on the host; lost output shows as a line " +
+				"\"[volant: N bytes of output were lost here: ...]\"",
+			query: []param{{name: "stream", typ: "string", desc: "what to read (default console)", enum: api.LogStreams()},
+				{name: "follow", typ: "boolean", desc: "keep streaming what the guest writes"},
+				{name: "tail", typ: "integer", desc: "start with the last N lines"},
+				{name: "since", typ: "string", desc: "workload output from this time on: RFC 3339 or a duration before now (10m)"},
+				{name: "timestamps", typ: "boolean", desc: "prefix each workload line with the time kestrel read it"}},
 			status: 200, resp: "", content: "text/plain", errors: nameErrors, handler: http.HandlerFunc(s.vmLogs)},
+		{method: "POST", path: api.Prefix + "/vms/{name}/exec", id: "execVM", tag: "vms",
+			summary: "Run a command in a running VM over its host-only agent channel. Without an upgrade: the command runs to its end " +
+				"(or timeout_ms) and the answer is its exit status and output. With Connection: Upgrade and Upgrade: " + agentchan.UpgradeProtocol +
+				": an interactive session (stdin, a TTY, resizes, signals)",
+			req: api.ExecRequest{}, status: 200, resp: api.ExecResult{}, upgrade: agentchan.UpgradeProtocol, upgradeDoc: execUpgradeDoc,
+			errors:  append(append(nameErrors, bodyErrors...), apierr.Conflict, apierr.PermissionDenied, apierr.Unavailable, apierr.Timeout),
+			handler: http.HandlerFunc(s.vmExec)},
+		{method: "GET", path: api.Prefix + "/vms/{name}/files", id: "readVMFiles", tag: "vms",
+			summary: "Copy a file or directory out of a running VM: a tar stream named from the path's last element. An error after " +
+				"the first bytes is in the " + copyErrorTrailer + " trailer",
+			query:  []param{{name: "path", typ: "string", desc: "the guest path (required)"}},
+			status: 200, resp: "", content: "application/x-tar",
+			errors: append(nameErrors, apierr.Conflict, apierr.PermissionDenied, apierr.Unavailable), handler: http.HandlerFunc(s.vmFilesGet)},
+		{method: "PUT", path: api.Prefix + "/vms/{name}/files", id: "writeVMFiles", tag: "vms",
+			summary: "Copy files into a running VM: the body is a tar stream, extracted into path when it is a directory, else " +
+				"written as path (one top-level entry). Entries that would leave the destination are refused",
+			query:   []param{{name: "path", typ: "string", desc: "the guest destination (required)"}},
+			rawBody: "a tar stream", reqContent: "application/x-tar", status: 200, resp: api.CopyResult{},
+			errors: append(nameErrors, apierr.Conflict, apierr.PermissionDenied, apierr.Unavailable), handler: http.HandlerFunc(s.vmFilesPut)},
 		{method: "GET", path: api.Prefix + "/vms/{name}/console", id: "vmConsole", tag: "vms",
 			summary: "Attach to the VM's serial console: send Connection: Upgrade and Upgrade: tcp; after 101 the connection is a raw byte stream both ways (one client at a time)",
 			status:  http.StatusSwitchingProtocols, errors: append(nameErrors, apierr.InvalidInput, apierr.Conflict, apierr.NotSupported, apierr.Unavailable),

@@ -31,6 +31,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/workloadlog"
 )
 
 // MaxBodyBytes bounds request bodies.
@@ -553,6 +555,33 @@ func (s *Server) vmLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if _, err := s.ctl.VM(r.Context(), name); err != nil {
 		writeError(w, r, err)
+		return
+	}
+	q := r.URL.Query()
+	stream := q.Get("stream")
+	if stream != "" && stream != api.LogConsole {
+		o := api.LogOptions{Follow: follow, Tail: tail, Stream: stream}
+		if o.Timestamps, err = boolQuery(r, "timestamps"); err == nil {
+			o.Since, err = workloadlog.ParseSince(q.Get("since"), time.Now())
+		}
+		if err == nil && !slices.Contains(api.LogStreams(), stream) {
+			err = apierr.New(apierr.InvalidInput, "stream %q is not one of %s", stream, strings.Join(api.LogStreams(), ", ")).With("field", "stream")
+		}
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		rc := http.NewResponseController(w)
+		w.WriteHeader(http.StatusOK)
+		if err := s.ctl.WorkloadLogText(r.Context(), name, o, w, func() { _ = rc.Flush() }); err != nil && r.Context().Err() == nil {
+			s.log.Warn("streaming workload logs", "vm", name, "err", err)
+		}
+		return
+	}
+	if q.Get("since") != "" {
+		writeError(w, r, apierr.New(apierr.InvalidInput, "since applies to the workload's output (stream=workload, stdout or stderr), not the console").With("field", "since"))
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -16,6 +16,7 @@ import (
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/portmap"
+	"github.com/volantvm/volant/lib/workloadlog"
 )
 
 // Run is the whole of volar: it parses env.Args into a CommandLine, runs
@@ -86,7 +87,9 @@ type CommandLine struct {
 		Stop    vmStopCmd    `command:"stop" description:"Stop a VM (power button, then hard stop); it keeps its address"`
 		Restart vmRestartCmd `command:"restart" description:"Stop and start a VM"`
 		Delete  vmDeleteCmd  `command:"delete" alias:"rm" description:"Stop a VM, free its address and forget it"`
-		Logs    vmLogsCmd    `command:"logs" description:"Print a VM's serial console log"`
+		Logs    vmLogsCmd    `command:"logs" description:"Print what a VM's workload wrote (stdout and stderr), or its serial console with --console"`
+		Exec    vmExecCmd    `command:"exec" description:"Run a command in a running VM (over the host-only agent channel)" long-description:"Run a command in a running VM over the agent channel, which only the host reaches (never the guest network). The command runs directly (no shell unless you name one) with the workload's environment; its output streams to yours and volar exits with its status. -i attaches stdin; -t allocates a terminal in the guest (with -i, your terminal goes raw and its size follows). Exit statuses: the command's; 125 when Volant could not run it (VM not running, daemon unreachable; the error is printed), 126 when it cannot be executed, 127 when it does not exist. With -o json the command runs to its end and its exit code, stdout and stderr are printed as one JSON object."`
+		Cp      vmCpCmd      `command:"cp" description:"Copy files into or out of a running VM (NAME:PATH on one side)" long-description:"Copy a file or directory between this host and a running VM, as a tar stream over the agent channel: one of SRC and DST is NAME:PATH. A destination that is a directory receives the source inside it; otherwise the source is written under the destination's name (its parent must exist). Modes and times are kept; files belong to the user who writes them. Entries that would leave the destination (.., absolute names, symlinks pointing out) are refused. - as the local side is a tar stream on stdin or stdout."`
 		Console vmConsoleCmd `command:"console" description:"Attach the terminal to a VM's serial console (Ctrl-] detaches)" long-description:"Attach the terminal to a VM's serial console through volantd. The terminal is put in raw mode, so every key (Ctrl-C too) goes to the guest; type the detach key (Ctrl-] unless --escape says otherwise) to return. The terminal is restored however the session ends."`
 		Wait    vmWaitCmd    `command:"wait" description:"Wait until a VM is in a state"`
 	} `command:"vms" alias:"vm" description:"Manage VMs"`
@@ -353,16 +356,35 @@ func (c *vmDeleteCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 }
 
 type vmLogsCmd struct {
-	Follow bool  `long:"follow" short:"f" description:"keep printing what the guest writes (Ctrl-C ends)"`
-	Tail   int   `long:"tail" value-name:"N" description:"start with the last N lines"`
-	Args   vmArg `positional-args:"yes" required:"yes"`
+	Follow     bool   `long:"follow" short:"f" description:"keep printing what the guest writes (Ctrl-C ends)"`
+	Tail       int    `long:"tail" value-name:"N" description:"start with the last N lines"`
+	Since      string `long:"since" value-name:"TIME" description:"workload output from this time on: RFC 3339, or a duration before now (10m)"`
+	Timestamps bool   `long:"timestamps" short:"t" description:"prefix each workload line with the time kestrel read it"`
+	Stream     string `long:"stream" value-name:"STREAM" choice:"stdout" choice:"stderr" description:"only the workload's stdout or stderr"`
+	Console    bool   `long:"console" description:"the serial console instead (kernel, kestrel and workload, as the guest printed them)"`
+	Args       vmArg  `positional-args:"yes" required:"yes"`
 }
 
 func (c *vmLogsCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 	if c.Tail < 0 {
 		return apierr.New(apierr.Usage, "--tail must be positive")
 	}
-	return s.Logs(ctx, string(c.Args.Name), api.LogOptions{Follow: c.Follow, Tail: c.Tail})
+	o := api.LogOptions{Follow: c.Follow, Tail: c.Tail, Stream: api.LogWorkload, Timestamps: c.Timestamps}
+	if c.Stream != "" {
+		o.Stream = c.Stream
+	}
+	if c.Console {
+		if c.Stream != "" || c.Since != "" || c.Timestamps {
+			return apierr.New(apierr.Usage, "--console shows the serial console as it is: --stream, --since and --timestamps apply to the workload's output")
+		}
+		o.Stream = api.LogConsole
+	}
+	since, err := workloadlog.ParseSince(c.Since, time.Now())
+	if err != nil {
+		return apierr.New(apierr.Usage, "%s", apierr.From(err).Message)
+	}
+	o.Since = since
+	return s.Logs(ctx, string(c.Args.Name), o)
 }
 
 type vmConsoleCmd struct {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/client"
 )
 
@@ -84,6 +85,15 @@ func Unreachable(err error) bool {
 func Report(w io.Writer, err error, t *Target, asJSON bool) int {
 	if err == nil || errors.Is(err, ErrHelp) {
 		return ExitOK
+	}
+	// A command's own status (exec passes on the guest command's): the
+	// error, if any, is still reported.
+	var se *cli.StatusError
+	if errors.As(err, &se) {
+		if se.Err != nil {
+			Report(w, se.Err, t, asJSON)
+		}
+		return se.Status
 	}
 	e := apierr.From(err)
 	status := ExitError

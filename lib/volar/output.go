@@ -592,3 +592,15 @@ func endpoints(d *api.Deployment) string {
 	}
 	return strings.Join(d.Endpoints, ", ")
 }
+
+// Copied reports a `volar vms cp`: a sentence, the CopyResult in JSON,
+// nothing in quiet mode.
+func (o *Output) Copied(res api.CopyResult, src, dst string) error {
+	switch {
+	case o.Format == JSON:
+		return o.JSONValue(res)
+	case o.Quiet:
+		return nil
+	}
+	return o.line("Copied %s to %s (%d files, %d bytes).", src, dst, res.Files, res.Bytes)
+}

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/volantvm/volant/lib/apierr"
 )
 
 // ReadOptions select entries.
@@ -196,4 +198,48 @@ func rotated(f *os.File, path string) bool {
 	as, ok1 := a.Sys().(*syscall.Stat_t)
 	bs, ok2 := b.Sys().(*syscall.Stat_t)
 	return ok1 && ok2 && (as.Ino != bs.Ino || as.Dev != bs.Dev)
+}
+
+// Printer writes entries as the workload's output, with an RFC 3339
+// timestamp before each line when asked. A gap is a line of its own, so
+// lost output never goes unnoticed:
+//
+//	[volant: 4096 bytes of output were lost here: the guest's buffer overflowed]
+func Printer(w io.Writer, timestamps bool) func(Entry) error {
+	atLineStart := true
+	return func(e Entry) error {
+		if e.Gap > 0 {
+			prefix := ""
+			if !atLineStart {
+				prefix = "\n"
+			}
+			_, err := fmt.Fprintf(w, "%s[volant: %d bytes of output were lost here: the guest's buffer overflowed]\n", prefix, e.Gap)
+			atLineStart = true
+			return err
+		}
+		if timestamps && atLineStart {
+			if _, err := io.WriteString(w, e.Time.UTC().Format(time.RFC3339Nano)+" "); err != nil {
+				return err
+			}
+		}
+		_, err := w.Write(e.Data())
+		atLineStart = !e.Partial
+		return err
+	}
+}
+
+// ParseSince reads a --since or ?since= value: RFC 3339, or a duration
+// before now ("10m"). "" is the zero time (no bound).
+func ParseSince(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, apierr.New(apierr.InvalidInput, "since %q: use RFC 3339 (2026-12-05T10:00:00Z) or a duration (10m)", s).With("field", "since")
+	}
+	return t, nil
 }

@@ -84,7 +84,7 @@ grep -q "health check passed" "$tmp/progress" || fail "no progress on stderr: $(
 [[ $(volar -o json vms show web1 | jq -r .state) == running ]] || fail "web1 is not running"
 x curl -fsS --max-time 10 http://192.168.127.100/ | grep -c "hello from volar" >/dev/null || fail "the guest does not answer HTTP"
 volar vms list | grep -E '^web1 +httpd +running +192\.168\.127\.100' >/dev/null || fail "vms list: $(volar vms list)"
-volar vms logs web1 | grep -c "kestrel" >/dev/null || fail "vms logs has no kestrel lines"
+volar vms logs --console web1 | grep -c "kestrel" >/dev/null || fail "vms logs has no kestrel lines"
 volar -o json events --since 0 --type vm.healthy >"$tmp/events" &
 ev=$!
 sleep 2
