@@ -284,33 +284,8 @@ func TestBashCompletion(t *testing.T) {
 	for _, c := range []struct{ line, want string }{
 		{"volar ", "completion\ndeployments\nevents\nplugins\nsetup\nversion\nvms\nvolumes\n"},
 		{"volar de", "deployments\n"},
-		{"volar vms ", "console
-cp
-create
-delete
-exec
-list
-logs
-restart
-show
-start
-stop
-wait
-"},
-		{"volar vms create web1 --", "--cpu
---help
---host
---kernel-arg
---memory
---output
---plugin
---publish
---quiet
---timeout
---token
---volume
---wait
-"},
+		{"volar vms ", "console\ncp\ncreate\ndelete\nexec\nlist\nlogs\nrestart\nshow\nstart\nstop\nwait\n"},
+		{"volar vms create web1 --", "--cpu\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--publish\n--quiet\n--timeout\n--token\n--volume\n--wait\n"},
 		{"volar deployments scale web --r", "--replicas\n"},
 	} {
 		if got := bashComplete(t, c.line); got != reg+c.want {
