@@ -9,6 +9,10 @@
 //	volant-launch pause    --dir RUNDIR | --name NAME
 //	volant-launch resume   --dir RUNDIR | --name NAME
 //	volant-launch counters --dir RUNDIR | --name NAME
+//	volant-launch exec     --dir RUNDIR | --name NAME [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]]
+//	                       [--timeout D] [--max-output BYTES] -- CMD [ARGS...]
+//	volant-launch cp       --dir RUNDIR | --name NAME SRC DST   (one of them :PATH or NAME:PATH in the guest)
+//	volant-launch logs     --dir RUNDIR | --name NAME [-f] [--since T] [--tail N] [--timestamps] [--stream stdout|stderr] [--json]
 //	volant-launch backends
 //	volant-launch version
 //
@@ -68,6 +72,13 @@
 //	          read_bytes, write_bytes, read_ops, write_ops), plus "tap:<tap>" per NIC whose tap is
 //	          visible in this network namespace: rx_bytes, rx_frames, tx_bytes, tx_frames as the
 //	          guest sees them
+//	exec      {"kind":"launch.exec","exit_code","signal","stdout","stderr","stdout_truncated","stderr_truncated","duration_ms"}
+//	          without -i/-t: the command ran to its end (each stream capped at --max-output, 1 MiB);
+//	          with -i or -t the command's streams are ours and so is its exit status (125: it could
+//	          not run, 126: not executable, 127: not found; the error object is on stderr)
+//	cp        {"kind":"launch.cp","direction":"in|out","files","bytes","skipped"}
+//	logs      the workload's output as it was written (not JSON; --json: one entry per line),
+//	          from <data dir>/vms/<name>/workload.log, kept after the VM stopped
 //	backends  {"kind":"launch.backends","default":"qemu","backends":[{"name","usable","binary","accel","reason","capabilities"}]}
 //
 // `run` is for systemd (Type=notify: READY=1 once the VMM answers on its

@@ -1,5 +1,6 @@
 // Command volar is the command line of Volant: it drives volantd's REST API
-// (plugins, VMs, deployments, volumes, events, logs, the serial console) and
+// (plugins, VMs, deployments, volumes, events, logs, exec and copy into a
+// VM, the serial console) and
 // prepares the host for it (setup).
 //
 // Synopsis:
@@ -17,7 +18,9 @@
 //	volar vms list [--plugin P] [--deployment D] [--state S]
 //	volar vms show|stop|delete NAME
 //	volar vms start|restart NAME [--wait [--timeout D]]
-//	volar vms logs NAME [-f|--follow] [--tail N]
+//	volar vms logs NAME [-f|--follow] [--tail N] [--since T] [-t|--timestamps] [--stream stdout|stderr] [--console]
+//	volar vms exec NAME [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]] [--timeout D] -- CMD [ARGS...]
+//	volar vms cp NAME:PATH LOCAL | LOCAL NAME:PATH
 //	volar vms console NAME [--escape ^]]
 //	volar vms wait NAME [--state running] [--timeout D]
 //	volar deployments create NAME --plugin P --replicas N [-p SPEC]... [--cpu N] [--memory MB] [--config FILE]
