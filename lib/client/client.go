@@ -53,14 +53,15 @@ import (
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/layout"
 )
 
-// DefaultSocket is where volantd listens unless told otherwise.
-const DefaultSocket = "/run/volant/volantd.sock"
+// DefaultSocket is where volantd listens unless told otherwise (lib/layout).
+const DefaultSocket = layout.DefaultSocket
 
 // Environment variables FromEnv reads.
 const (
-	EnvHost  = "VOLANT_HOST"
+	EnvHost  = layout.EnvHost
 	EnvToken = "VOLANT_TOKEN"
 )
 

@@ -10,21 +10,21 @@ import (
 	"io"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/fetch"
+	"github.com/volantvm/volant/lib/layout"
 )
 
 // FindKestrel locates the kestrel binary a build installs: override when
 // set (fledge --kestrel), else [agent] local/path (relative to
-// fledge.toml), else a kestrel next to the running executable (fledge and
-// kestrel are built and installed together), else kestrel on $PATH. The
-// binary must be a static ELF executable: it runs as PID 1 before any
-// library is reachable.
+// fledge.toml), else the kestrel lib/layout finds (next to the running
+// executable, since fledge and kestrel are built and installed together,
+// else on $PATH). The binary must be a static ELF executable: it runs as
+// PID 1 before any library is reachable.
 func FindKestrel(c *Config, override string) (string, error) {
 	var cand, from string
 	switch {
@@ -40,24 +40,12 @@ func FindKestrel(c *Config, override string) (string, error) {
 		}
 		cand, from = p, "[agent] local"
 	default:
-		if exe, err := os.Executable(); err == nil {
-			if real, err := filepath.EvalSymlinks(exe); err == nil {
-				exe = real
-			}
-			p := filepath.Join(filepath.Dir(exe), "kestrel")
-			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
-				cand, from = p, "next to "+filepath.Base(exe)
-			}
-		}
-		if cand == "" {
-			if p, err := exec.LookPath("kestrel"); err == nil {
-				cand, from = p, "$PATH"
-			}
-		}
-		if cand == "" {
-			return "", apierr.New(apierr.NotFound, "kestrel not found: not next to this executable and not on $PATH").
+		p, err := layout.FindBinary("kestrel", "")
+		if err != nil {
+			return "", apierr.Wrap(apierr.NotFound, err, "kestrel not found: not next to this executable and not on $PATH").
 				With("hint", "run `make build` (it installs bin/kestrel beside bin/fledge), set [agent] local = \"PATH\" in fledge.toml, or pass --kestrel PATH")
 		}
+		cand, from = p, "next to this executable or $PATH"
 	}
 	if err := checkStatic(cand, "kestrel"); err != nil {
 		return "", fmt.Errorf("kestrel from %s: %w", from, err)

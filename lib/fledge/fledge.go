@@ -46,6 +46,7 @@ import (
 	"github.com/volantvm/volant/lib/fledge/ext4"
 	"github.com/volantvm/volant/lib/fledge/progress"
 	"github.com/volantvm/volant/lib/initramfs"
+	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/manifest"
 )
 
@@ -329,7 +330,7 @@ func BootInitramfs(ctx context.Context, req BootRequest) (*BootResult, error) {
 	start := time.Now()
 	if req.ModulesDir == "" {
 		return nil, apierr.New(apierr.Usage, "the boot initramfs needs the guest kernel's modules directory").
-			With("hint", "pass --kernel-modules /var/lib/volant/kernel/modules/<release>")
+			With("hint", "pass --kernel-modules "+filepath.Join(layout.DefaultKernelDir, "modules", "<release>"))
 	}
 	if req.Output == "" {
 		return nil, apierr.New(apierr.Usage, "no output file given")
@@ -372,7 +373,7 @@ func BootInitramfs(ctx context.Context, req BootRequest) (*BootResult, error) {
 func modulesError(dir string, err error) error {
 	if errors.Is(err, os.ErrNotExist) {
 		return apierr.Wrap(apierr.NotFound, err, "kernel modules directory "+dir+" is missing or has no modules.dep").
-			With("hint", "pass /lib/modules/<release> of the guest kernel, e.g. /var/lib/volant/kernel/modules/<release> (make kernel)")
+			With("hint", "pass /lib/modules/<release> of the guest kernel, e.g. "+filepath.Join(layout.DefaultKernelDir, "modules", "<release>")+" (make kernel)")
 	}
 	return fmt.Errorf("adding kernel modules from %s: %w", dir, err)
 }

@@ -1,6 +1,6 @@
 // Package store is Volant's state: one SQLite database shared by volantd and
-// by the volant-* commands run from shells, at /var/lib/volant/volant.db
-// unless VOLANT_DB or a flag says otherwise.
+// by the volant-* commands run from shells. Where it lives is lib/layout's
+// rule (<data>/volant.db, VOLANT_DB); Open takes the path.
 //
 // Open creates the file (and its directory) when missing and brings the
 // schema up to date with the versioned migrations in migrations.go; the
@@ -35,13 +35,15 @@
 // tests of lib/ipam and cmd/volant-ipam kill processes inside transactions to
 // check it.
 //
-// Tables (schema version 2; see migrations.go for the DDL):
+// Tables (schema version 3; see migrations.go for the DDL):
 //
-//	plugins      installed plugin manifests
-//	deployments  desired/current replica counts
-//	vms          VMs volantd runs
-//	ip_leases    addresses leased to VM names (lib/ipam)
-//	events       the event log; ids increase and are never reused (SSE resume)
+//	plugins             installed plugin manifests
+//	deployments         desired/current replica counts
+//	vms                 VMs volantd runs
+//	ip_leases           addresses leased to VM names (lib/ipam)
+//	events              the event log; ids increase and are never reused (SSE resume)
+//	volumes             disk images that outlive VMs (lib/volume)
+//	volume_attachments  which VM uses which volume, where
 //
 // Timestamps are stored as TEXT in one fixed-width UTC form (TimeFormat), so
 // they sort as strings and read well in the sqlite3 shell.
@@ -69,12 +71,6 @@ import (
 
 	"github.com/volantvm/volant/lib/apierr"
 )
-
-// DefaultPath is where the database lives unless told otherwise.
-const DefaultPath = "/var/lib/volant/volant.db"
-
-// EnvPath names the environment variable that overrides DefaultPath.
-const EnvPath = "VOLANT_DB"
 
 // DefaultBusyTimeout is how long a write waits for another process's write
 // lock before failing with UNAVAILABLE.

@@ -418,7 +418,8 @@ func pickStarter(cfg Config, lo launch.Options, log *slog.Logger) (runner.Starte
 	}
 	if mode == "systemd" {
 		if cfg.DataDir != DefaultDataDir || cfg.RunRoot != DefaultRunRoot {
-			return nil, apierr.New(apierr.Usage, "--vm-runner systemd needs the default --data-dir and --run-root (volant-vm@.service reads /var/lib/volant/vms/NAME/spec.json)")
+			return nil, apierr.New(apierr.Usage, "--vm-runner systemd needs the default --data-dir and --run-root (volant-vm@.service reads %s)",
+				layout.Dirs{}.VMFile("NAME", layout.SpecName))
 		}
 		log.Info("VMs run as systemd units volant-vm@NAME")
 		return runner.Systemd{}, nil
