@@ -2,16 +2,15 @@ package fledge
 
 import (
 	"context"
-	"crypto/sha256"
 	"debug/elf"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/google/renameio/v2"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/buildinfo"
@@ -111,7 +110,7 @@ func resolveBusybox(ctx context.Context, c *Config, work string, fo fetch.Option
 		p = filepath.Join(c.Dir, p)
 	}
 	if want := strings.TrimPrefix(c.Source.BusyboxSHA256, "sha256:"); want != "" {
-		got, err := fileSHA256(p)
+		got, _, err := hashFile(p)
 		if err != nil {
 			return "", fmt.Errorf("busybox: %w", err)
 		}
@@ -127,43 +126,19 @@ func resolveBusybox(ctx context.Context, c *Config, work string, fo fetch.Option
 }
 
 // download fetches rawURL to dst (lib/fetch: connect, header and stall
-// timeouts, so a server that stops answering fails the build). It writes a
-// temporary file beside dst and renames it into place once complete.
-func download(ctx context.Context, rawURL, dst string, o fetch.Options) (err error) {
+// timeouts, so a server that stops answering fails the build), through a
+// renameio pending file beside dst renamed into place once complete.
+func download(ctx context.Context, rawURL, dst string, o fetch.Options) error {
 	if o.UserAgent == "" {
 		o.UserAgent = "volant-fledge/" + buildinfo.Version
 	}
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
+	f, err := renameio.NewPendingFile(dst, renameio.WithTempDir(filepath.Dir(dst)), renameio.WithStaticPermissions(0o755))
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
+	defer f.Cleanup()
 	if _, err := fetch.Get(ctx, rawURL, f, o); err != nil {
 		return err
 	}
-	if err := f.Chmod(0o755); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), dst)
-}
-
-func fileSHA256(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return f.CloseAtomicallyReplace()
 }

@@ -29,8 +29,6 @@ package fledge
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +37,9 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/google/renameio/v2"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/bootimage"
@@ -201,22 +202,25 @@ func (s steps) time(name string, fn func() error) error {
 	return err
 }
 
-// output is an artifact and its manifest being written: both go to
-// temporary names in the output directory and are renamed into place by
-// commit; discard removes whatever is left.
+// output is an artifact and its manifest being written: both are
+// renameio pending files (temporary names in the output directory), synced
+// and renamed into place by commit; discard removes whatever is left.
 type output struct {
 	dir, name, ext string
-	tmpArtifact    string
-	tmpManifest    string
+	// art is the artifact: written through the file, or by a tool given
+	// its Name() that writes in place (ext4.Make keeps the inode).
+	art      *renameio.PendingFile
+	manifest *renameio.PendingFile
 }
 
 func newOutput(dir, name, ext string) (*output, error) {
-	f, err := os.CreateTemp(dir, "."+name+ext+".tmp-*")
+	o := &output{dir: dir, name: name, ext: ext}
+	f, err := renameio.NewPendingFile(o.artifactPath(), renameio.WithTempDir(dir), renameio.WithStaticPermissions(0o644))
 	if err != nil {
 		return nil, fmt.Errorf("creating artifact: %w", err)
 	}
-	f.Close()
-	return &output{dir: dir, name: name, ext: ext, tmpArtifact: f.Name()}, nil
+	o.art = f
+	return o, nil
 }
 
 func (o *output) artifactPath() string { return filepath.Join(o.dir, o.name+o.ext) }
@@ -236,35 +240,20 @@ func (o *output) commit(c *Config, m *manifest.Manifest) error {
 	if _, err := manifest.Parse(body); err != nil {
 		return manifestError(c, err)
 	}
-	f, err := os.CreateTemp(o.dir, "."+o.name+".manifest.json.tmp-*")
+	f, err := renameio.NewPendingFile(o.manifestPath(), renameio.WithTempDir(o.dir), renameio.WithStaticPermissions(0o644))
 	if err != nil {
 		return fmt.Errorf("writing manifest: %w", err)
 	}
-	o.tmpManifest = f.Name()
+	o.manifest = f
 	if _, err := f.Write(append(body, '\n')); err != nil {
-		f.Close()
 		return fmt.Errorf("writing manifest: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("writing manifest: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing manifest: %w", err)
-	}
-	for _, p := range []string{o.tmpArtifact, o.tmpManifest} {
-		if err := os.Chmod(p, 0o644); err != nil {
-			return err
-		}
-	}
-	if err := os.Rename(o.tmpArtifact, o.artifactPath()); err != nil {
+	if err := o.art.CloseAtomicallyReplace(); err != nil {
 		return fmt.Errorf("placing artifact: %w", err)
 	}
-	o.tmpArtifact = ""
-	if err := os.Rename(o.tmpManifest, o.manifestPath()); err != nil {
+	if err := o.manifest.CloseAtomicallyReplace(); err != nil {
 		return fmt.Errorf("placing manifest: %w", err)
 	}
-	o.tmpManifest = ""
 	if d, err := os.Open(o.dir); err == nil {
 		_ = d.Sync()
 		d.Close()
@@ -272,30 +261,46 @@ func (o *output) commit(c *Config, m *manifest.Manifest) error {
 	return nil
 }
 
+// sameFile checks that a tool which wrote a pending file by its name wrote
+// into it, not into a new file under that name (which the rename would
+// place unsynced).
+func sameFile(f *os.File) error {
+	a, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	b, err := os.Stat(f.Name())
+	if err != nil {
+		return err
+	}
+	if !os.SameFile(a, b) {
+		return fmt.Errorf("%s was replaced while being written", f.Name())
+	}
+	return nil
+}
+
+// discard removes the pending files (nothing once commit placed them).
 func (o *output) discard() {
-	for _, p := range []string{o.tmpArtifact, o.tmpManifest} {
-		if p != "" {
-			os.Remove(p)
+	for _, f := range []*renameio.PendingFile{o.art, o.manifest} {
+		if f != nil {
+			_ = f.Cleanup()
 		}
 	}
 }
 
-// hashFile returns the sha256 (hex) and size of p, synced to disk.
+// hashFile returns the sha256 (hex, go-digest) and size of p.
 func hashFile(p string) (string, int64, error) {
-	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	f, err := os.Open(p)
 	if err != nil {
 		return "", 0, err
 	}
 	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
+	d := digest.SHA256.Digester()
+	n, err := io.Copy(d.Hash(), f)
 	if err != nil {
 		return "", 0, err
 	}
-	if err := f.Sync(); err != nil {
-		return "", 0, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return d.Digest().Encoded(), n, nil
 }
 
 // BootRequest asks for a boot initramfs.

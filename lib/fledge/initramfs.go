@@ -2,12 +2,12 @@ package fledge
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/volantvm/volant/lib/bootimage"
 	"github.com/volantvm/volant/lib/initramfs"
@@ -127,7 +127,7 @@ func buildInitramfs(ctx context.Context, c *Config, req Request) (res *Result, e
 	var sum string
 	err = st.time("write", func() error {
 		s := req.Progress.Step("write initramfs "+filepath.Base(o.artifactPath()), -1)
-		sum, res.Bytes, err = writeArchive(b, o.tmpArtifact, s)
+		sum, res.Bytes, err = writeArchive(b, o.art, s)
 		s.Done(err)
 		return err
 	})
@@ -150,27 +150,15 @@ func buildInitramfs(ctx context.Context, c *Config, req Request) (res *Result, e
 	return res, nil
 }
 
-// writeArchive writes b gzip-compressed to path, returning its sha256 and
-// size.
-func writeArchive(b *initramfs.Builder, path string, s interface{ Add(int64) }) (string, int64, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		return "", 0, err
-	}
-	h := sha256.New()
-	cw := &countWriter{w: io.MultiWriter(f, h), s: s}
+// writeArchive writes b gzip-compressed to w, returning its sha256 (hex,
+// go-digest) and size.
+func writeArchive(b *initramfs.Builder, w io.Writer, s interface{ Add(int64) }) (string, int64, error) {
+	d := digest.SHA256.Digester()
+	cw := &countWriter{w: io.MultiWriter(w, d.Hash()), s: s}
 	if err := b.WriteTo(cw, initramfs.Gzip); err != nil {
-		f.Close()
 		return "", 0, fmt.Errorf("writing initramfs: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return "", 0, err
-	}
-	if err := f.Close(); err != nil {
-		return "", 0, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), cw.n, nil
+	return d.Digest().Encoded(), cw.n, nil
 }
 
 type countWriter struct {

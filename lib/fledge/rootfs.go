@@ -163,7 +163,7 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 	}
 	err = st.time("mkfs", func() error {
 		s := req.Progress.Step("mkfs.ext4 "+filepath.Base(o.artifactPath()), -1)
-		r, err := ext4.Make(ctx, rootfs, o.tmpArtifact, ext4.Options{
+		r, err := ext4.Make(ctx, rootfs, o.art.Name(), ext4.Options{
 			FreeBytes: free,
 			Label:     label,
 			Seed:      img.InstanceDigest + "\x00" + name + "\x00" + version,
@@ -180,7 +180,10 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 	var sum string
 	err = st.time("checksum", func() error {
 		var err error
-		sum, res.Bytes, err = hashFile(o.tmpArtifact)
+		if err := sameFile(o.art.File); err != nil {
+			return err
+		}
+		sum, res.Bytes, err = hashFile(o.art.Name())
 		return err
 	})
 	if err != nil {

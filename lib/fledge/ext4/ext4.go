@@ -365,7 +365,9 @@ func PlanFor(u Usage, free int64, bs int) Plan {
 // AutoFree is the automatic free space for content of the given size.
 func AutoFree(content int64) int64 { return max(content/10, MinAutoBuffer) }
 
-// Make builds image (created or truncated) from dir.
+// Make builds image from dir. An existing image is truncated and written in
+// place, not replaced: a caller holding it open (a renameio pending file)
+// still holds the image.
 func Make(ctx context.Context, dir, image string, o Options) (*Result, error) {
 	log := o.Logger
 	if log == nil {
@@ -412,8 +414,8 @@ func Make(ctx context.Context, dir, image string, o Options) (*Result, error) {
 	for attempt := 1; ; attempt++ {
 		res.Attempts = attempt
 		log.Debug("mkfs.ext4", "attempt", attempt, "block_size", bs, "blocks", plan.Blocks, "inodes", plan.Inodes, "content_blocks", u.Blocks(plan.BlockSize))
-		if err := os.Remove(image); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("removing %s: %w", image, err)
+		if err := os.Truncate(image, 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("truncating %s: %w", image, err)
 		}
 		args := []string{
 			"-q", "-F", "-t", "ext4", "-b", strconv.Itoa(plan.BlockSize), "-I", strconv.Itoa(InodeSize),

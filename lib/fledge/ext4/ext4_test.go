@@ -259,3 +259,39 @@ func TestMakeManySmallFilesNeedsNoRetryForInodes(t *testing.T) {
 		t.Fatalf("only %d free inodes", r.FreeInodes)
 	}
 }
+
+// TestMakeWritesInPlace: an existing, larger image is truncated and
+// written in place, so a caller holding it open (fledge's renameio
+// pending file, which it syncs and renames) holds the filesystem.
+func TestMakeWritesInPlace(t *testing.T) {
+	needTools(t)
+	dir := tree(t, false)
+	img := filepath.Join(t.TempDir(), "x.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(1 << 30); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Make(context.Background(), dir, img, Options{Seed: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	named, err := os.Stat(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(held, named) {
+		t.Fatal("Make replaced the image instead of writing the file it was given")
+	}
+	if held.Size() != r.SizeBytes {
+		t.Fatalf("image is %d bytes, its filesystem %d: the old size was kept", held.Size(), r.SizeBytes)
+	}
+	ext4test.Fsck(t, img)
+}
