@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/google/renameio/v2"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/volantvm/volant/lib/apierr"
@@ -26,12 +27,22 @@ import (
 // Config.MaxArtifactBytes says otherwise.
 const DefaultMaxArtifactBytes = 64 << 30
 
-// partialSuffix marks a download in progress: <plugins>/.<plugin>.<file>.partial-<random>.
-const partialSuffix = ".partial-"
+// partialDirName is where downloads in progress live:
+// <plugins>/.partial/.<file><random>, renameio pending files destined for
+// <plugins>/<plugin>/<file>. Everything in it is a download that no
+// install placed (yet).
+const partialDirName = ".partial"
 
-// staged is a downloaded artifact waiting in its private temporary file
-// until its install wins; only then is it renamed to dst.
-type staged struct{ tmp, dst string }
+// legacyPartialSuffix marks the previous version's downloads in progress:
+// <plugins>/.<plugin>.<file>.partial-<random>.
+const legacyPartialSuffix = ".partial-"
+
+// staged is a downloaded artifact waiting in its pending file until its
+// install wins; only then is it renamed to its final path.
+type staged struct {
+	f   *renameio.PendingFile
+	dst string
+}
 
 // pluginsDir is where fetched artifacts live (<data>/plugins/<name>/) and
 // the first directory local artifacts may come from.
@@ -119,16 +130,18 @@ func (c *Controller) place(s []staged) error {
 		if err := os.MkdirAll(filepath.Dir(a.dst), 0o755); err != nil {
 			return err
 		}
-		if err := os.Rename(a.tmp, a.dst); err != nil {
+		if err := a.f.CloseAtomicallyReplace(); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// removeStaged removes the downloads that were not placed (all of them
+// when the install lost or failed; none after place).
 func removeStaged(s []staged) {
 	for _, a := range s {
-		os.Remove(a.tmp)
+		_ = a.f.Cleanup()
 	}
 }
 
@@ -230,43 +243,37 @@ func (c *Controller) hashLocal(ctx context.Context, plugin, field, p string) (st
 	if st.Size() > c.maxArtifactBytes() {
 		return "", c.artifactTooLarge(plugin, field, p)
 	}
-	d := digest.SHA256.Digester()
-	n, err := copyCtx(ctx, d.Hash(), io.LimitReader(f, c.maxArtifactBytes()+1))
+	r := &ctxReader{ctx: ctx, r: io.LimitReader(f, c.maxArtifactBytes()+1)}
+	d, err := digest.SHA256.FromReader(r)
 	if err != nil {
 		return "", fmt.Errorf("plugin %s: hashing %s %s: %w", plugin, field, p, err)
 	}
-	if n > c.maxArtifactBytes() {
+	if r.n > c.maxArtifactBytes() {
 		return "", c.artifactTooLarge(plugin, field, p)
 	}
-	return d.Digest().Encoded(), nil
+	return d.Encoded(), nil
 }
 
-// copyCtx copies until EOF or until ctx ends.
-func copyCtx(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
-	buf := make([]byte, 1<<20)
-	var n int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return n, err
-		}
-		k, err := r.Read(buf)
-		if k > 0 {
-			if _, werr := w.Write(buf[:k]); werr != nil {
-				return n, werr
-			}
-			n += int64(k)
-		}
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
+// ctxReader reads r until ctx ends (a hash of a large file stops at the
+// next read after a cancel), counting what it read.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+	n   int64
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
 	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
-// download fetches a remote artifact into a private temporary file in the
-// plugins directory and verifies it. Its final path is
+// download fetches a remote artifact into a pending file in
+// <data>/plugins/.partial, synced (so placing it later costs no fsync
+// inside the install's transaction), and verifies it. Its final path is
 // <data>/plugins/<plugin>/<file name of the URL>.
 func (c *Controller) download(ctx context.Context, plugin, field, loc, want string) (staged, string, error) {
 	u, err := url.Parse(loc)
@@ -278,22 +285,22 @@ func (c *Controller) download(ctx context.Context, plugin, field, loc, want stri
 	if base == "/" || base == "." || base == "" || base == ".." {
 		base = strings.NewReplacer("[", "", "]", "").Replace(field)
 	}
-	s := staged{dst: filepath.Join(c.pluginDir(plugin), base)}
-	if err := os.MkdirAll(c.pluginsDir(), 0o755); err != nil {
-		return s, "", err
+	dst := filepath.Join(c.pluginDir(plugin), base)
+	partial := filepath.Join(c.pluginsDir(), partialDirName)
+	if err := os.MkdirAll(partial, 0o755); err != nil {
+		return staged{}, "", err
 	}
-	f, err := os.CreateTemp(c.pluginsDir(), "."+plugin+"."+base+partialSuffix+"*")
+	f, err := renameio.NewPendingFile(dst, renameio.WithTempDir(partial), renameio.WithStaticPermissions(0o600))
 	if err != nil {
-		return s, "", err
+		return staged{}, "", err
 	}
-	s.tmp = f.Name()
 	ok := false
 	defer func() {
 		if !ok {
-			f.Close()
-			os.Remove(s.tmp)
+			_ = f.Cleanup()
 		}
 	}()
+	s := staged{f: f, dst: dst}
 	d := digest.SHA256.Digester()
 	_, err = fetch.Get(ctx, loc, io.MultiWriter(f, d.Hash()), fetch.Options{
 		MaxBytes: c.maxArtifactBytes(), StallTimeout: c.cfg.FetchStallTimeout, UserAgent: "volantd/" + buildinfo.String(),
@@ -302,9 +309,6 @@ func (c *Controller) download(ctx context.Context, plugin, field, loc, want stri
 		return s, "", fmt.Errorf("plugin %s: %s: %w", plugin, field, err)
 	}
 	if err := f.Sync(); err != nil {
-		return s, "", err
-	}
-	if err := f.Close(); err != nil {
 		return s, "", err
 	}
 	sum := d.Digest().Encoded()
@@ -320,8 +324,9 @@ func (c *Controller) download(ctx context.Context, plugin, field, loc, want stri
 var legacyPartial = regexp.MustCompile(`^\..+\.[0-9]+$`)
 
 // cleanArtifacts removes what interrupted installs left: partial
-// downloads, and the empty directories of plugins that are not installed.
-// It runs at startup, before any install.
+// downloads (this version's, in .partial/, and earlier versions'), and
+// the empty directories of plugins that are not installed. It runs at
+// startup, before any install.
 func (c *Controller) cleanArtifacts(installed map[string]bool) (removed []string) {
 	entries, err := os.ReadDir(c.pluginsDir())
 	if err != nil {
@@ -330,8 +335,17 @@ func (c *Controller) cleanArtifacts(installed map[string]bool) (removed []string
 	for _, e := range entries {
 		p := filepath.Join(c.pluginsDir(), e.Name())
 		if !e.IsDir() {
-			if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), partialSuffix) && os.Remove(p) == nil {
+			if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), legacyPartialSuffix) && os.Remove(p) == nil {
 				removed = append(removed, p)
+			}
+			continue
+		}
+		if e.Name() == partialDirName {
+			sub, _ := os.ReadDir(p)
+			for _, s := range sub {
+				if s.Type().IsRegular() && os.Remove(filepath.Join(p, s.Name())) == nil {
+					removed = append(removed, filepath.Join(p, s.Name()))
+				}
 			}
 			continue
 		}

@@ -399,11 +399,12 @@ func TestRestartRemovesPartialDownloads(t *testing.T) {
 	c, _ := f.controller()
 	f.plugin(c, "web")
 	plugins := filepath.Join(f.dir, "plugins")
-	for _, d := range []string{"web", "ghost", "mine"} {
+	for _, d := range []string{"web", "ghost", "mine", ".partial"} {
 		os.MkdirAll(filepath.Join(plugins, d), 0o755)
 	}
 	partial := []string{
-		filepath.Join(plugins, ".web.rootfs.img.partial-1234"),
+		filepath.Join(plugins, ".partial", ".rootfs.img8093475620475"), // this version's (renameio's name)
+		filepath.Join(plugins, ".web.rootfs.img.partial-1234"),         // the previous version's
 		filepath.Join(plugins, ".ghost.rootfs.img.partial-99"),
 		filepath.Join(plugins, "web", ".rootfs.img.3712645"), // earlier versions' name
 	}
