@@ -26,6 +26,9 @@ var allowed = []string{
 	"golang.org/x/sys/unix",
 	"github.com/klauspost/compress", // kmod: .ko.zst
 	"github.com/ulikunitz/xz",       // kmod: .ko.xz
+	// Atomic writes (resolv.conf, hosts, stage 1's handoff): stdlib only
+	// (os, path/filepath, strconv, math/rand/v2); 25 KB more kestrel.
+	"github.com/google/renameio/v2",
 }
 
 // forbidden are named so a failure says plainly what went wrong.

@@ -115,6 +115,7 @@ func TestVMInitramfs(t *testing.T) {
 	im.AddBusybox("sh", "httpd", "killall", "cat")
 	im.File("/srv/index.html", 0o644, "served from the initramfs\n")
 	im.File("/srv/cgi-bin/crash", 0o755, "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho crashing\nkillall -9 httpd\n")
+	im.File("/srv/cgi-bin/resolv", 0o755, "#!/bin/sh\necho 'Content-Type: text/plain'\necho\ncat /etc/resolv.conf\n")
 	initrd := im.Write()
 
 	ip := netip.MustParseAddr("192.168.127.100")
@@ -144,6 +145,10 @@ func TestVMInitramfs(t *testing.T) {
 	}
 	if body := g.mustGet("/v1/data/hello.txt"); body != "from the data disk\n" {
 		t.Fatalf("data disk through the proxy: %q", body)
+	}
+	// kestrel wrote volant.dns into /etc/resolv.conf (renameio, in the guest).
+	if body := g.mustGet("/v1/cgi-bin/resolv"); body != "# written by kestrel from volant.dns\nnameserver 192.168.127.1\n" {
+		t.Fatalf("/etc/resolv.conf in the guest: %q", body)
 	}
 
 	// Crash the workload through the manifest action; on-failure restarts it.

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/volantvm/volant/lib/manifest"
 )
 
@@ -47,11 +49,12 @@ func writeHandoff(h Handoff) error {
 	if err := os.MkdirAll(filepath.Dir(HandoffPath), 0o700); err != nil {
 		return err
 	}
-	tmp := HandoffPath + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp, err)
+	// The temporary file beside the target: renameio would otherwise probe
+	// $TMPDIR, which stage 1 may not have.
+	if err := renameio.WriteFile(HandoffPath, b, 0o600, renameio.WithTempDir(filepath.Dir(HandoffPath))); err != nil {
+		return fmt.Errorf("writing %s: %w", HandoffPath, err)
 	}
-	return os.Rename(tmp, HandoffPath)
+	return nil
 }
 
 // readHandoff returns the handoff and true when stage 1 left one.

@@ -21,6 +21,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/volantvm/volant/lib/bootargs"
 	"github.com/volantvm/volant/lib/kestrel/guest"
 )
@@ -156,32 +158,21 @@ func Hosts(ip netip.Addr, hostname string) []byte {
 	return []byte(s)
 }
 
-// writeFile replaces path atomically (temp file, fsync, rename); a symlink
-// at path (a distribution's resolv.conf link) is replaced, not followed.
+// writeFile replaces path atomically (renameio: a temporary file beside
+// it, fsync, rename) with a file of mode 0644, whatever the image had
+// there; a symlink at path (a distribution's resolv.conf link) is
+// replaced, not followed.
 func writeFile(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".")
+	f, err := renameio.NewPendingFile(path, renameio.WithTempDir(filepath.Dir(path)), renameio.WithStaticPermissions(0o644))
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
+	defer f.Cleanup()
 	if _, err := f.Write(data); err != nil {
-		f.Close()
 		return err
 	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return f.CloseAtomicallyReplace()
 }

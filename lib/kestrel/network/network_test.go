@@ -71,6 +71,18 @@ func TestFiles(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Dir(p)); len(ents) != 1 {
 		t.Fatalf("temp files left: %v", ents)
 	}
+	// An image's own file is replaced with a readable one, whatever its mode.
+	hosts := filepath.Join(dir, "etc", "hosts")
+	os.WriteFile(hosts, []byte("old\n"), 0o600)
+	if err := writeFile(hosts, []byte("new\n")); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(hosts); err != nil || st.Mode().Perm() != 0o644 {
+		t.Fatalf("hosts written as %v (%v), want mode 0644", st.Mode(), err)
+	}
+	if b, _ := os.ReadFile(hosts); string(b) != "new\n" {
+		t.Fatalf("hosts reads %q", b)
+	}
 }
 
 // TestConfigureLinksInNamespace runs the rtnetlink requests against a real
