@@ -21,9 +21,19 @@ import (
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
-// talkerGuest is a kestrel plugin whose workload writes numbered lines to
-// stdout and stderr, with busybox for the commands the test runs.
-func talkerGuest(t *testing.T, w *vmWorld) {
+// guestPlugin describes a kestrel plugin built for a test: busybox with
+// some of its applets, more files, the workload and other manifest fields.
+type guestPlugin struct {
+	name     string
+	applets  []string
+	files    map[string]string // guest path -> host file, copied with mode 0755
+	workload string            // the manifest's "workload" object
+	extra    string            // more top-level manifest fields, each after a comma
+}
+
+// plugin builds p as w's guest: an initramfs with busybox, p's files and
+// the boot image (kestrel and the kernel's modules), and its manifest.
+func (w *vmWorld) plugin(t *testing.T, p guestPlugin) {
 	t.Helper()
 	k, _ := guesttest.Kernel(t)
 	bb, err := exec.LookPath("busybox")
@@ -32,22 +42,34 @@ func talkerGuest(t *testing.T, w *vmWorld) {
 	}
 	b := initramfs.New()
 	b.CopyFile("/bin/busybox", bb, 0o755)
-	for _, a := range []string{"sh", "cat", "sha256sum", "sleep", "echo"} {
+	for _, a := range p.applets {
 		b.Symlink("/bin/"+a, "busybox")
+	}
+	for guest, host := range p.files {
+		if err := b.CopyFile(guest, host, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := bootimage.Add(b, bootimage.Options{Kestrel: guesttest.Kestrel(t), ModulesDir: k.ModulesDir}); err != nil {
 		t.Fatal(err)
 	}
-	archive := filepath.Join(t.TempDir(), "talker.cpio.gz")
+	archive := filepath.Join(t.TempDir(), p.name+".cpio.gz")
 	if err := b.WriteFile(archive, initramfs.Gzip); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := os.ReadFile(archive)
 	sum := sha256.Sum256(data)
-	w.guest.manifest = filepath.Join(t.TempDir(), "talker.json")
-	os.WriteFile(w.guest.manifest, []byte(fmt.Sprintf(`{"name":"talker","version":"1.0.0","initramfs":{"url":%q,"checksum":"sha256:%s"},
-		"workload":{"entrypoint":["/bin/sh","-c","i=0; while :; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); sleep 0.1; done"]}}`,
-		archive, hex.EncodeToString(sum[:]))), 0o644)
+	w.guest.manifest = filepath.Join(t.TempDir(), p.name+".json")
+	os.WriteFile(w.guest.manifest, []byte(fmt.Sprintf(`{"name":%q,"version":"1.0.0","initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":%s%s}`,
+		p.name, archive, hex.EncodeToString(sum[:]), p.workload, p.extra)), 0o644)
+}
+
+// talkerGuest is a kestrel plugin whose workload writes numbered lines to
+// stdout and stderr, with busybox for the commands the test runs.
+func talkerGuest(t *testing.T, w *vmWorld) {
+	t.Helper()
+	w.plugin(t, guestPlugin{name: "talker", applets: []string{"sh", "cat", "sha256sum", "sleep", "echo"},
+		workload: `{"entrypoint":["/bin/sh","-c","i=0; while :; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); sleep 0.1; done"]}`})
 }
 
 // launchRaw runs volant-launch and returns its stdout, stderr and status.
