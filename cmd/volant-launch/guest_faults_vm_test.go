@@ -336,14 +336,123 @@ sample:
 	}
 }
 
+// floodRound is one round of the logflood workload as the host's workload
+// log showed it.
+type floodRound struct {
+	written, received, lost int64 // bytes
+	gaps                    int   // gap entries
+	missing                 map[string]int
+	seconds                 float64 // the workload's own time
+	first, last             time.Time
+}
+
+// countFlood reads entries of one logflood round until its summary arrived
+// and every byte the summary counts is accounted for, as received or as
+// lost in a counted gap. It fails the test on a damaged line or a line
+// missing where no gap entry is.
+func countFlood(t *testing.T, entries <-chan workloadlog.Entry, round int) floodRound {
+	t.Helper()
+	type streamCount struct {
+		bytes    int64
+		next     int  // the next line number expected
+		missing  int  // lines skipped over a gap
+		afterGap bool // a gap entry came since this stream's last whole line
+		pending  []byte
+	}
+	counts := map[string]*streamCount{"stdout": {}, "stderr": {}}
+	var r floodRound
+	var summaryLen int64
+	lineRE := regexp.MustCompile(`^(out|err) (\d{9}) x{85}\n$`)
+	received := func() int64 { return counts["stdout"].bytes + counts["stderr"].bytes - summaryLen }
+	for summaryLen == 0 || received()+r.lost < r.written {
+		var e workloadlog.Entry
+		var ok bool
+		select {
+		case e, ok = <-entries:
+		case <-time.After(90 * time.Second):
+			t.Fatalf("round %d: no log entry for 90 s (received %d, lost %d of %d)", round, received(), r.lost, r.written)
+		}
+		if !ok {
+			t.Fatalf("round %d: logs -f ended", round)
+		}
+		if e.Gap > 0 {
+			r.lost += e.Gap
+			r.gaps++
+			// The store is shared by both streams: either may have lost
+			// lines, and a line cut by the gap is whole on neither side.
+			for _, c := range counts {
+				c.afterGap, c.pending = true, nil
+			}
+			continue
+		}
+		if r.first.IsZero() {
+			r.first = e.Time
+		}
+		r.last = e.Time
+		c := counts[e.Stream]
+		if c == nil {
+			t.Fatalf("an entry of stream %q", e.Stream)
+		}
+		d := e.Data()
+		c.bytes += int64(len(d))
+		if e.Partial {
+			c.pending = append(c.pending, d...)
+			continue
+		}
+		line := string(append(c.pending, d...))
+		c.pending = nil
+		if strings.HasPrefix(line, "flood-done ") {
+			var n int
+			var out, errs int64
+			if _, err := fmt.Sscanf(line, "flood-done round=%d stdout=%d stderr=%d seconds=%g\n", &n, &out, &errs, &r.seconds); err != nil || n != round {
+				t.Fatalf("round %d: summary %q: %v", round, line, err)
+			}
+			r.written, summaryLen = out+errs, int64(len(line))
+			continue
+		}
+		m := lineRE.FindStringSubmatch(line)
+		if m == nil {
+			if c.afterGap {
+				continue // the tail of a line whose head was dropped
+			}
+			t.Fatalf("round %d: a %s line arrived damaged: %q", round, e.Stream, line)
+		}
+		seq, _ := strconv.Atoi(m[2])
+		switch {
+		case seq == c.next:
+		case seq > c.next && c.afterGap:
+			c.missing += seq - c.next
+		default:
+			t.Fatalf("round %d: %s: line %d after line %d with no gap entry between", round, e.Stream, seq, c.next-1)
+		}
+		c.next, c.afterGap = seq+1, false
+	}
+	r.received = received()
+	r.missing = map[string]int{}
+	for s, c := range counts {
+		r.missing[s] = c.missing
+	}
+	if r.received+r.lost != r.written {
+		t.Errorf("round %d: received %d + lost %d (counted) != written %d", round, r.received, r.lost, r.written)
+	}
+	for s, n := range r.missing {
+		if int64(n)*100 > r.lost {
+			t.Errorf("round %d: %s: %d lines missing, more than the gaps' %d bytes", round, s, n, r.lost)
+		}
+	}
+	return r
+}
+
 // TestVMWorkloadLogFlood runs a workload that writes 100-byte numbered
-// lines to stdout and stderr at 10 MB/s together for 10 s
-// ($VOLANT_TEST_FLOOD_RATE, bytes/s) while `volant-launch logs -f --json`
-// follows the host's workload log, and accounts for every byte: what
-// arrived plus what the counted gap entries say was dropped equals what
-// the workload wrote, lines arrive whole and in order per stream, and a
-// line is missing only where a gap entry is. It logs the rate the
-// workload reached and the rate the host received.
+// lines to stdout and stderr as `volant-launch logs -f --json` follows the
+// host's workload log, and accounts for every byte: what arrived plus what
+// counted gap entries say was dropped equals what the workload wrote,
+// lines arrive whole and in order per stream, and lines are missing only
+// where a gap entry is. Round 1 asks for 10 MB/s for 10 s
+// ($VOLANT_TEST_FLOOD_RATE, bytes/s) with the host reading, and logs the
+// rate the workload reached and the host received. Round 2 writes 24 MiB
+// while the VM's supervisor is stopped (SIGSTOP), so kestrel's 4 MiB
+// store overflows: the loss must show up as gap entries.
 func TestVMWorkloadLogFlood(t *testing.T) {
 	const name = "flood1"
 	rate := 10_000_000
@@ -352,10 +461,10 @@ func TestVMWorkloadLogFlood(t *testing.T) {
 	}
 	w := newWorld(t, name)
 	flood := guesttest.StaticInit(t, "cmd/volant-launch/testdata/logflood")
-	w.plugin(t, guestPlugin{name: "flood", applets: []string{"sh", "touch", "true"},
+	w.plugin(t, guestPlugin{name: "flood", applets: []string{"sh", "echo", "true"},
 		files:    map[string]string{"/bin/logflood": flood},
-		workload: fmt.Sprintf(`{"entrypoint":["/bin/logflood","-rate","%d","-seconds","10"]}`, rate)})
-	_, _, runErr := w.start(t, name)
+		workload: `{"entrypoint":["/bin/logflood"]}`})
+	run, _, runErr := w.start(t, name)
 	w.waitAgent(t, runErr)
 
 	follow := exec.Command(w.bin, "logs", "-f", "--json", "--dir", w.runDir)
@@ -366,20 +475,13 @@ func TestVMWorkloadLogFlood(t *testing.T) {
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { follow.Process.Kill(); follow.Wait() }()
-
-	type streamCount struct {
-		bytes    int64
-		next     int  // the next line number expected
-		missing  int  // lines skipped over a gap
-		afterGap bool // a gap entry came since this stream's last whole line
-		pending  []byte
-	}
-	counts := map[string]*streamCount{"stdout": {}, "stderr": {}}
-	var gapBytes, gaps, total, summaryLen int64
-	var seconds float64
-	var first, last time.Time
-	lineRE := regexp.MustCompile(`^(out|err) (\d{9}) x{85}\n$`)
+	defer func() {
+		follow.Process.Kill()
+		follow.Wait()
+		if t.Failed() {
+			t.Logf("logs -f said: %s", ferr.String())
+		}
+	}()
 	entries := make(chan workloadlog.Entry, 1024)
 	go func() {
 		defer close(entries)
@@ -394,82 +496,45 @@ func TestVMWorkloadLogFlood(t *testing.T) {
 			entries <- e
 		}
 	}()
-	w.execGuest(t, "touch", "/tmp/flood")
+
+	// Round 1: the host reads all along.
+	w.execGuest(t, "sh", "-c", fmt.Sprintf("echo %d 10 0 > /tmp/flood", rate))
 	t0 := time.Now()
-	received := func() int64 { return counts["stdout"].bytes + counts["stderr"].bytes - summaryLen }
-	// Until the summary arrived and every byte it counts is accounted for.
-	for summaryLen == 0 || received()+gapBytes < total {
-		var e workloadlog.Entry
-		var ok bool
-		select {
-		case e, ok = <-entries:
-		case <-time.After(60 * time.Second):
-			t.Fatalf("no log entry for 60 s (received %d, lost %d of %d); logs: %s", received(), gapBytes, total, ferr.String())
+	r := countFlood(t, entries, 1)
+	t.Logf("round 1: the workload wrote %d bytes in %.2f s (%.2f MB/s; asked %.2f MB/s); the host's log received %d bytes (%.2f MB/s over %.2f s of entry times, all in %.2f s after the trigger); %d gap entries for %d bytes; lines missing %v",
+		r.written, r.seconds, float64(r.written)/r.seconds/1e6, float64(rate)/1e6, r.received, float64(r.received)/r.last.Sub(r.first).Seconds()/1e6,
+		r.last.Sub(r.first).Seconds(), time.Since(t0).Seconds(), r.gaps, r.lost, r.missing)
+
+	// Round 2: nobody reads on the host while 24 MiB are written.
+	w.execGuest(t, "sh", "-c", fmt.Sprintf("echo %d 0 %d > /tmp/flood", rate, 24<<20))
+	run.Process.Signal(syscall.SIGSTOP)
+	stopped := true
+	defer func() {
+		if stopped {
+			run.Process.Signal(syscall.SIGCONT)
 		}
-		if !ok {
-			t.Fatalf("logs -f ended: %s", ferr.String())
+	}()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		con, _ := os.ReadFile(w.log)
+		if bytes.Contains(con, []byte("flood-done round=2")) {
+			break
 		}
-		if e.Gap > 0 {
-			gapBytes += e.Gap
-			gaps++
-			// The store is shared by both streams: either may have lost
-			// lines, and a line cut by the gap is whole on neither side.
-			for _, c := range counts {
-				c.afterGap, c.pending = true, nil
-			}
-			continue
+		if time.Now().After(deadline) {
+			t.Fatalf("round 2 did not end with the supervisor stopped (kestrel waited for the host?); console:\n%s", con)
 		}
-		if first.IsZero() {
-			first = e.Time
-		}
-		last = e.Time
-		c := counts[e.Stream]
-		if c == nil {
-			t.Fatalf("an entry of stream %q", e.Stream)
-		}
-		d := e.Data()
-		c.bytes += int64(len(d))
-		if e.Partial {
-			c.pending = append(c.pending, d...)
-			continue
-		}
-		line := string(append(c.pending, d...))
-		c.pending = nil
-		if strings.HasPrefix(line, "flood-done ") {
-			var out, errs int64
-			if _, err := fmt.Sscanf(line, "flood-done stdout=%d stderr=%d seconds=%g\n", &out, &errs, &seconds); err != nil {
-				t.Fatalf("summary %q: %v", line, err)
-			}
-			total, summaryLen = out+errs, int64(len(line))
-			continue
-		}
-		m := lineRE.FindStringSubmatch(line)
-		if m == nil {
-			if c.afterGap {
-				continue // the tail of a line whose head was dropped
-			}
-			t.Fatalf("a %s line arrived damaged: %q", e.Stream, line)
-		}
-		seq, _ := strconv.Atoi(m[2])
-		switch {
-		case seq == c.next:
-		case seq > c.next && c.afterGap:
-			c.missing += seq - c.next
-		default:
-			t.Fatalf("%s: line %d after line %d with no gap entry between", e.Stream, seq, c.next-1)
-		}
-		c.next, c.afterGap = seq+1, false
+		time.Sleep(200 * time.Millisecond)
 	}
-	got := received()
-	t.Logf("the workload wrote %d bytes in %.2f s (%.2f MB/s; asked %.2f MB/s); the host's log received %d bytes (%.2f MB/s over %.2f s of entry times, done %.2f s after the trigger); %d gap entries for %d bytes; lines missing: stdout %d, stderr %d",
-		total, seconds, float64(total)/seconds/1e6, float64(rate)/1e6, got, float64(got)/last.Sub(first).Seconds()/1e6, last.Sub(first).Seconds(),
-		time.Since(t0).Seconds(), gaps, gapBytes, counts["stdout"].missing, counts["stderr"].missing)
-	if got+gapBytes != total {
-		t.Errorf("received %d + lost %d (counted) != written %d: %d bytes unaccounted for", got, gapBytes, total, total-got-gapBytes)
+	run.Process.Signal(syscall.SIGCONT)
+	stopped = false
+	r = countFlood(t, entries, 2)
+	t.Logf("round 2 (supervisor stopped): the workload wrote %d bytes in %.2f s (%.2f MB/s); the host's log received %d bytes; %d gap entries for %d bytes; lines missing %v",
+		r.written, r.seconds, float64(r.written)/r.seconds/1e6, r.received, r.gaps, r.lost, r.missing)
+	// What the host got is what the store held plus what was in flight.
+	if r.gaps == 0 || r.received > 8<<20 {
+		t.Errorf("round 2: %d of %d bytes lost in %d gap entries: the guest's 4 MiB store should have overflowed", r.lost, r.written, r.gaps)
 	}
-	for s, c := range counts {
-		if int64(c.missing)*100 > gapBytes {
-			t.Errorf("%s: %d lines missing, more than the gaps' %d bytes", s, c.missing, gapBytes)
-		}
+	if r.missing["stdout"]+r.missing["stderr"] == 0 {
+		t.Error("round 2: no lines missing although bytes were lost")
 	}
 }

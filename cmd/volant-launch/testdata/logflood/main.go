@@ -1,9 +1,11 @@
-// Command logflood is a test workload: once the file named by -trigger
-// exists, it writes numbered fixed-size lines to stdout and stderr at a
-// combined rate for a while, then prints a summary line on stdout
-// ("flood-done stdout=BYTES stderr=BYTES seconds=S") and sleeps. The
-// guest-access tests count what reached the host's workload log against
-// the summary.
+// Command logflood is a test workload. Each time the file named by
+// -trigger appears, it reads "RATE SECONDS BYTES" from it (bytes per second
+// over both streams; stop after SECONDS or once BYTES are written, 0 for
+// no limit), removes it, writes numbered 100-byte lines to stdout and
+// stderr (numbered from 0 per round), then prints a summary line on stdout
+// and on /dev/console ("flood-done round=N stdout=BYTES stderr=BYTES
+// seconds=S"). The guest-access tests count what reached the host's
+// workload log against the summary.
 package main
 
 import (
@@ -12,6 +14,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,43 +22,55 @@ import (
 const lineLen = 100
 
 func main() {
-	rate := flag.Int("rate", 10_000_000, "bytes per second, both streams together")
-	seconds := flag.Float64("seconds", 10, "how long to write")
-	trigger := flag.String("trigger", "/tmp/flood", "start once this file exists")
+	trigger := flag.String("trigger", "/tmp/flood", "start a round once this file exists")
 	flag.Parse()
-	for {
-		if _, err := os.Stat(*trigger); err == nil {
-			break
+	for round := 1; ; round++ {
+		var rate int
+		var seconds float64
+		var limit int64
+		for {
+			b, err := os.ReadFile(*trigger)
+			if err == nil {
+				if _, err := fmt.Sscan(string(b), &rate, &seconds, &limit); err == nil {
+					break
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
+		os.Remove(*trigger)
+		dur := time.Duration(seconds * float64(time.Second))
+		var wg sync.WaitGroup
+		var total atomic.Int64
+		written := make([]int64, 2)
+		t0 := time.Now()
+		tags := []string{"out", "err"}
+		for i, w := range []io.Writer{os.Stdout, os.Stderr} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				written[i] = flood(w, tags[i], rate/2, t0, dur, limit, &total)
+			}()
+		}
+		wg.Wait()
+		summary := fmt.Sprintf("flood-done round=%d stdout=%d stderr=%d seconds=%.3f\n", round, written[0], written[1], time.Since(t0).Seconds())
+		os.Stdout.WriteString(summary)
+		if c, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+			c.WriteString(summary)
+			c.Close()
+		}
 	}
-	dur := time.Duration(*seconds * float64(time.Second))
-	var wg sync.WaitGroup
-	written := make([]int64, 2)
-	t0 := time.Now()
-	tags := []string{"out", "err"}
-	for i, w := range []io.Writer{os.Stdout, os.Stderr} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			written[i] = flood(w, tags[i], *rate/2, t0, dur)
-		}()
-	}
-	wg.Wait()
-	fmt.Printf("flood-done stdout=%d stderr=%d seconds=%.3f\n", written[0], written[1], time.Since(t0).Seconds())
-	select {}
 }
 
 // flood writes lines "<tag> <seq> xxx…\n" to w, paced every 10 ms to
-// perSecond bytes, until dur has passed since t0; it returns the bytes
-// written.
-func flood(w io.Writer, tag string, perSecond int, t0 time.Time, dur time.Duration) int64 {
+// perSecond bytes, until dur has passed since t0 or total (both streams)
+// reached limit; it returns the bytes written.
+func flood(w io.Writer, tag string, perSecond int, t0 time.Time, dur time.Duration, limit int64, total *atomic.Int64) int64 {
 	var n int64
 	var seq int
 	buf := make([]byte, 0, 64<<10)
 	for {
 		el := time.Since(t0)
-		if el >= dur {
+		if (dur > 0 && el >= dur) || (limit > 0 && total.Load() >= limit) {
 			return n
 		}
 		due := int64(float64(perSecond) * el.Seconds())
@@ -74,6 +89,7 @@ func flood(w io.Writer, tag string, perSecond int, t0 time.Time, dur time.Durati
 		}
 		k, err := w.Write(buf)
 		n += int64(k)
+		total.Add(int64(k))
 		if err != nil {
 			return n
 		}
