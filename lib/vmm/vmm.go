@@ -53,6 +53,13 @@ type Config struct {
 	Machine string `json:"machine,omitempty"`
 	// Accel must be resolved (kvm or tcg) before building argv.
 	Accel Accel `json:"accel"`
+	// RestoreFrom, when set, is a directory Control.SaveState wrote: the
+	// VMM starts to receive that state instead of booting (QEMU waits for
+	// an incoming migration; Cloud Hypervisor starts with its API alone),
+	// and Control.Restore loads it. Everything else in the config must
+	// describe the same machine as the one saved (CPUs, memory, the same
+	// devices in the same order); paths, taps and MACs may differ.
+	RestoreFrom string `json:"restore_from,omitempty"`
 }
 
 // Disk is a block device, attached in order (the first is /dev/vda).
@@ -96,6 +103,10 @@ type Capabilities struct {
 	AgentTransport string   `json:"agent_transport,omitempty"`
 	DiskFormats    []string `json:"disk_formats"`
 	InitramfsBoot  bool     `json:"initramfs_boot"`
+	// Snapshot: Control.SaveState saves a paused VM's memory and device
+	// state, and a VMM started with Config.RestoreFrom runs it again
+	// (Control.Restore).
+	Snapshot bool `json:"snapshot"`
 }
 
 // Agent channel transports.
@@ -156,6 +167,14 @@ type Control interface {
 	Resume(ctx context.Context) error
 	// Counters returns per-device I/O counters where the backend has them.
 	Counters(ctx context.Context) (map[string]map[string]int64, error)
+	// SaveState writes the memory and device state of a paused VM into
+	// dir (an empty directory; the files are the backend's), and leaves
+	// the VM paused. The disks are not saved: the caller copies them
+	// while the VM is paused.
+	SaveState(ctx context.Context, dir string) error
+	// Restore loads the state in cfg.RestoreFrom into a VMM started with
+	// cfg, and runs the VM.
+	Restore(ctx context.Context, cfg Config) error
 	Close() error
 }
 

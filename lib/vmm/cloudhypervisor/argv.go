@@ -40,6 +40,11 @@ func Argv(binary string, cfg vmm.Config) ([]string, error) {
 	if err := validate(cfg); err != nil {
 		return nil, err
 	}
+	if cfg.RestoreFrom != "" {
+		// The VM comes from the snapshot (Control.Restore); the VMM starts
+		// without one.
+		return []string{binary, "--api-socket", "path=" + val(cfg.APISocket)}, nil
+	}
 	a := []string{binary,
 		"--api-socket", "path=" + val(cfg.APISocket),
 		"--cpus", "boot=" + strconv.Itoa(cfg.CPUs),
@@ -56,7 +61,9 @@ func Argv(binary string, cfg vmm.Config) ([]string, error) {
 			opt += ",readonly=on"
 		}
 		if d.Format == "qcow2" {
-			opt += ",image_type=qcow2"
+			// A qcow2 disk may be an overlay on a backing file (a VM made
+			// from a snapshot): CH opens backing files only when told.
+			opt += ",image_type=qcow2,backing_files=on"
 		}
 		if d.Serial != "" {
 			opt += ",serial=" + d.Serial

@@ -46,6 +46,7 @@ func (b *Backend) Capabilities() vmm.Capabilities {
 		AgentTransport: vmm.AgentVsock,
 		DiskFormats:    []string{"raw", "qcow2"},
 		InitramfsBoot:  true,
+		Snapshot:       true,
 	}
 }
 

@@ -1,6 +1,7 @@
 package cloudhypervisor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -67,9 +68,25 @@ type VMInfo struct {
 }
 
 func (c *Client) do(ctx context.Context, method, op string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, BaseURL+op, nil)
+	return c.doBody(ctx, method, op, nil, out)
+}
+
+// doBody is do with a JSON request body (nil: none).
+func (c *Client) doBody(ctx context.Context, method, op string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("cloud-hypervisor %s: %w", op, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, BaseURL+op, body)
 	if err != nil {
 		return fmt.Errorf("cloud-hypervisor %s: %w", op, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if method == http.MethodGet {
 		req.Header.Set("Accept", "application/json")
@@ -79,15 +96,15 @@ func (c *Client) do(ctx context.Context, method, op string, out any) error {
 		return fmt.Errorf("cloud-hypervisor %s: %w", op, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
 		return fmt.Errorf("cloud-hypervisor %s: reading answer: %w", op, err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return &APIError{Op: op, Status: resp.StatusCode, Body: string(body)}
+		return &APIError{Op: op, Status: resp.StatusCode, Body: string(answer)}
 	}
 	if out != nil {
-		if err := json.Unmarshal(body, out); err != nil {
+		if err := json.Unmarshal(answer, out); err != nil {
 			return fmt.Errorf("cloud-hypervisor %s: decoding answer: %w", op, err)
 		}
 	}
@@ -141,6 +158,25 @@ func (c *Client) ShutdownVMM(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// Snapshot is PUT /vm.snapshot: CH writes the paused VM's config, device
+// state and memory into the directory of a file:// URL.
+func (c *Client) Snapshot(ctx context.Context, destinationURL string) error {
+	return c.doBody(ctx, http.MethodPut, "vm.snapshot", map[string]any{"destination_url": destinationURL}, nil)
+}
+
+// RestoreConfig is the body of PUT /vm.restore (RestoreConfig).
+type RestoreConfig struct {
+	SourceURL string `json:"source_url"`
+	Prefault  bool   `json:"prefault,omitempty"`
+	Resume    bool   `json:"resume,omitempty"`
+}
+
+// Restore is PUT /vm.restore: a VMM started without a VM brings one back
+// from a snapshot's directory.
+func (c *Client) Restore(ctx context.Context, rc RestoreConfig) error {
+	return c.doBody(ctx, http.MethodPut, "vm.restore", rc, nil)
 }
 
 // isGone reports errors that mean the VMM closed or removed its socket.

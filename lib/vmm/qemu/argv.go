@@ -112,6 +112,9 @@ func Argv(binary string, cfg vmm.Config) ([]string, error) {
 		d := dev("virtio-net-device", "virtio-net-pci,romfile=") + ",netdev=" + id + ",mac=" + n.MAC
 		a = append(a, "-netdev", "tap,id="+id+",ifname="+esc(n.Tap)+",script=no,downscript=no", "-device", d)
 	}
+	if cfg.RestoreFrom != "" {
+		a = append(a, "-incoming", "defer")
+	}
 	if cfg.AgentSocket != "" {
 		a = append(a,
 			"-device", dev("virtio-serial-device", "virtio-serial-pci"),

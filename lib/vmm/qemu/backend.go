@@ -58,6 +58,7 @@ func (b *Backend) Capabilities() vmm.Capabilities {
 		AgentTransport: vmm.AgentVirtioSerial,
 		DiskFormats:    []string{"raw", "qcow2"},
 		InitramfsBoot:  true,
+		Snapshot:       true,
 	}
 }
 

@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // QMP is a client of the QEMU Machine Protocol over a unix socket: JSON
@@ -149,6 +152,20 @@ func (q *QMP) read(r *bufio.Reader) {
 // Execute runs one command with optional arguments and decodes its "return"
 // into result (may be nil).
 func (q *QMP) Execute(ctx context.Context, cmd string, args any, result any) error {
+	return q.execute(ctx, cmd, args, nil, result)
+}
+
+// ExecuteWithFile runs one command with f's descriptor attached to it
+// (SCM_RIGHTS), as getfd takes it: QEMU keeps a duplicate under the name
+// the command gives, and f may be closed afterwards.
+func (q *QMP) ExecuteWithFile(ctx context.Context, cmd string, args any, f *os.File, result any) error {
+	if _, ok := q.conn.(*net.UnixConn); !ok {
+		return fmt.Errorf("qmp %s: passing a file needs a unix socket", cmd)
+	}
+	return q.execute(ctx, cmd, args, unix.UnixRights(int(f.Fd())), result)
+}
+
+func (q *QMP) execute(ctx context.Context, cmd string, args any, oob []byte, result any) error {
 	q.mu.Lock()
 	if q.err != nil {
 		err := q.err
@@ -173,7 +190,11 @@ func (q *QMP) Execute(ctx context.Context, cmd string, args any, result any) err
 	if dl, ok := ctx.Deadline(); ok {
 		q.conn.SetWriteDeadline(dl)
 	}
-	_, err = q.conn.Write(append(b, '\n'))
+	if oob != nil {
+		_, _, err = q.conn.(*net.UnixConn).WriteMsgUnix(append(b, '\n'), oob, nil)
+	} else {
+		_, err = q.conn.Write(append(b, '\n'))
+	}
 	q.conn.SetWriteDeadline(time.Time{})
 	q.wmu.Unlock()
 	if err != nil {

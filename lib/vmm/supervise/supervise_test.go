@@ -271,7 +271,9 @@ func (f fakeControl) Resume(context.Context) error { return nil }
 func (f fakeControl) Counters(context.Context) (map[string]map[string]int64, error) {
 	return nil, nil
 }
-func (f fakeControl) Close() error { return nil }
+func (f fakeControl) SaveState(context.Context, string) error   { return nil }
+func (f fakeControl) Restore(context.Context, vmm.Config) error { return nil }
+func (f fakeControl) Close() error                              { return nil }
 
 func TestStopEscalates(t *testing.T) {
 	for _, tc := range []struct {

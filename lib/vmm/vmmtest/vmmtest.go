@@ -4,7 +4,8 @@
 // refused early with NOT_SUPPORTED, and that a real process started from its
 // argv (through lib/vmm/supervise, as Volant starts it) answers its control
 // socket and goes through the whole lifecycle: ready, running, pause,
-// resume, counters, power button or hard stop, quit.
+// resume, counters, power button or hard stop, quit; and where the backend
+// can, saving a paused VM's state and running it again in a new VMM.
 //
 // Cloud Hypervisor runs it against the fake CH (the test binary
 // impersonating cloud-hypervisor); QEMU runs it against real QEMU booting
@@ -56,6 +57,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("EarlyExit", func(t *testing.T) { testEarlyExit(t, h) })
 	t.Run("Lifecycle", func(t *testing.T) { testLifecycle(t, h) })
 	t.Run("Stop", func(t *testing.T) { testStop(t, h) })
+	t.Run("Snapshot", func(t *testing.T) { testSnapshot(t, h) })
 }
 
 func listDir(t testing.TB, dir string) []string {
@@ -358,4 +360,82 @@ func testStop(t *testing.T, h Harness) {
 		t.Fatalf("stopped by %s, want %s", res.Method, want)
 	}
 	t.Logf("stopped by %s in %v", res.Method, res.Elapsed.Round(time.Millisecond))
+}
+
+// testSnapshot saves a running guest's state (paused), resumes it, then
+// runs the saved state in a second VMM process started for it, whose guest
+// must be alive: it honours the power button (or at least runs).
+func testSnapshot(t *testing.T, h Harness) {
+	caps := h.Backend.Capabilities()
+	cfg := h.Config(t, t.TempDir())
+	if !caps.Snapshot {
+		r := cfg
+		r.RestoreFrom = t.TempDir()
+		if _, err := h.Backend.Argv(r); !errors.Is(err, vmm.ErrNotSupported) {
+			t.Errorf("Argv with restore_from without the capability: %v, want NOT_SUPPORTED", err)
+		}
+		return
+	}
+	p, ctl := start(t, h, cfg)
+	defer ctl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), h.Timeout)
+	defer cancel()
+	waitState(t, ctx, ctl, vmm.StateRunning)
+	if h.GuestReady != nil {
+		if err := h.GuestReady(ctx, cfg); err != nil {
+			t.Fatalf("guest never got ready: %v", err)
+		}
+	}
+	stateDir := t.TempDir()
+	if err := ctl.SaveState(ctx, stateDir); err == nil {
+		t.Error("SaveState of a running VM succeeded; it must be paused first")
+	}
+	for _, e := range listDir(t, stateDir)[1:] {
+		os.RemoveAll(e)
+	}
+	if err := ctl.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := ctl.SaveState(ctx, stateDir); err != nil {
+		t.Fatalf("SaveState: %v", err)
+	}
+	var total int64
+	for _, e := range listDir(t, stateDir)[1:] {
+		if st, err := os.Stat(e); err == nil && st.Mode().IsRegular() {
+			total += st.Size()
+		}
+	}
+	if total == 0 {
+		t.Fatalf("SaveState wrote nothing into %s", stateDir)
+	}
+	t.Logf("state of a %d MiB guest saved in %v: %d bytes", cfg.MemoryMB, time.Since(t0).Round(time.Millisecond), total)
+	if err := ctl.Resume(ctx); err != nil {
+		t.Fatalf("Resume after SaveState: %v", err)
+	}
+	waitState(t, ctx, ctl, vmm.StateRunning)
+	// The source goes: its state lives on in the directory.
+	ctl.Quit(ctx)
+	waitExit(t, p, 10*time.Second, "Quit")
+
+	r := h.Config(t, t.TempDir())
+	r.RestoreFrom = stateDir
+	p2, ctl2 := start(t, h, r)
+	defer ctl2.Close()
+	t0 = time.Now()
+	if err := ctl2.Restore(ctx, r); err != nil {
+		t.Fatalf("Restore: %v\nstderr: %s", err, p2.Stderr())
+	}
+	waitState(t, ctx, ctl2, vmm.StateRunning)
+	t.Logf("restored and running after %v", time.Since(t0).Round(time.Millisecond))
+	if h.PowerButtonStops {
+		// Only a guest that runs powers off.
+		if err := ctl2.PowerButton(ctx); err != nil {
+			t.Fatalf("PowerButton: %v", err)
+		}
+		waitExit(t, p2, h.Timeout, "the power button pressed in the restored guest")
+		if err := p2.ExitError(); err != nil {
+			t.Errorf("the restored VMM's exit: %v", err)
+		}
+	}
 }

@@ -58,9 +58,11 @@ func Main(args []string) int {
 	if err != nil {
 		return fail(2, "%v", err)
 	}
-	cfg, err := VMConfigFromFlags(flags)
-	if err != nil {
-		return fail(1, "parsing config: %v", err)
+	var cfg *VMConfig
+	if len(flags["kernel"]) > 0 {
+		if cfg, err = VMConfigFromFlags(flags); err != nil {
+			return fail(1, "parsing config: %v", err)
+		}
 	}
 	api, err := parseOptions(first(flags["api-socket"]), "path", "fd")
 	if err != nil || api["path"] == "" {
@@ -77,8 +79,10 @@ func Main(args []string) int {
 		return fail(1, "creating API socket: %v", err)
 	}
 	defer os.Remove(api["path"])
-	if err := vm.boot(); err != nil {
-		return fail(1, "booting VM: %v", err)
+	if cfg != nil {
+		if err := vm.boot("booted"); err != nil {
+			return fail(1, "booting VM: %v", err)
+		}
 	}
 	srv := &http.Server{Handler: v.Wrap(vm.Handler())}
 	go srv.Serve(ln)
@@ -122,7 +126,9 @@ func parseCLI(args []string) (map[string][]string, error) {
 			return nil, fmt.Errorf("a value is required for '--%s'", name)
 		}
 	}
-	if len(out["kernel"]) == 0 {
+	if len(out["kernel"]) == 0 && !(len(out) == 1 && len(out["api-socket"]) == 1) {
+		// With --api-socket alone CH starts without a VM (one is created
+		// or restored through the API).
 		return nil, errors.New("the following required arguments were not provided: --kernel")
 	}
 	return out, nil
@@ -363,8 +369,14 @@ type VM struct {
 	Exit chan int
 }
 
-// NewVM returns a running VM for cfg.
-func NewVM(cfg *VMConfig) *VM { return &VM{cfg: cfg, state: "Running", Exit: make(chan int, 4)} }
+// NewVM returns a running VM for cfg; with a nil cfg, a VMM without a VM.
+func NewVM(cfg *VMConfig) *VM {
+	vm := &VM{cfg: cfg, state: "Running", Exit: make(chan int, 4)}
+	if cfg == nil {
+		vm.state = ""
+	}
+	return vm
+}
 
 // SetState forces the VM's state (Created, Running, Paused, Shutdown).
 func (vm *VM) SetState(s string) {
@@ -375,13 +387,13 @@ func (vm *VM) SetState(s string) {
 
 // boot writes the guest's first console line where --serial says, and
 // serves the vsock device's host socket.
-func (vm *VM) boot() error {
+func (vm *VM) boot(how string) error {
 	if vm.cfg.Vsock != nil {
 		if err := serveVsock(vm.cfg.Vsock["socket"].(string)); err != nil {
 			return err
 		}
 	}
-	line := fmt.Sprintf("fake cloud-hypervisor guest: booted with %q\n", vm.cfg.Payload["cmdline"])
+	line := fmt.Sprintf("fake cloud-hypervisor guest: %s with %q\n", how, vm.cfg.Payload["cmdline"])
 	switch vm.cfg.Serial["mode"] {
 	case "File":
 		f, err := os.OpenFile(vm.cfg.Serial["file"].(string), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -440,6 +452,10 @@ func (vm *VM) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/vm.info", func(w http.ResponseWriter, r *http.Request) {
 		vm.mu.Lock()
 		defer vm.mu.Unlock()
+		if vm.cfg == nil {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
 		jsonOK(w, map[string]any{"config": vm.cfg, "state": vm.state, "memory_actual_size": vm.cfg.Memory["size"]})
 	})
 	mux.HandleFunc("GET /api/v1/vm.counters", func(w http.ResponseWriter, r *http.Request) {
@@ -476,6 +492,8 @@ func (vm *VM) Handler() http.Handler {
 			vm.Exit <- 0
 		}()
 	})
+	mux.HandleFunc("PUT /api/v1/vm.snapshot", vm.snapshot)
+	mux.HandleFunc("PUT /api/v1/vm.restore", vm.restore)
 	mux.HandleFunc("PUT /api/v1/vmm.shutdown", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		go func() { vm.Exit <- 0 }()
