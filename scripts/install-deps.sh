@@ -6,13 +6,14 @@
 set -euo pipefail
 demo=(
   build-essential libsqlite3-dev pkg-config libgpgme-dev
-  qemu-system-x86 busybox-static cpio e2fsprogs xz-utils kmod
+  qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs xz-utils kmod
   iproute2 nftables curl jq
 )
 pkgs=(
   build-essential libsqlite3-dev pkg-config   # cgo for go-sqlite3
   libgpgme-dev                                # lets plain `go build/test ./...` (no tags) compile containers/image
   qemu-system-x86                             # the VMM that boots guests here
+  qemu-utils xfsprogs                         # qemu-img: overlays on snapshots' disks; xfs: the reflink test's filesystem
   busybox-static cpio e2fsprogs xz-utils kmod # initramfs/rootfs building, kernel extraction, depmod
   iproute2 iptables nftables                  # bridge, taps, NAT
   systemd                                     # systemd-socket-activate, systemd-analyze

@@ -17,9 +17,8 @@
 //     them is finished by running it again with the same size.
 //   - Remove deletes the file and syncs the directory.
 //
-// The images are raw so every hypervisor can boot them and snapshots can
-// clone them (Clone: a reflink where the filesystem can, see lib/volume's
-// snapshot support).
+// The images are raw so every hypervisor can boot them and a snapshot can
+// copy them (clone.go: PointInTime, Derive).
 package volume
 
 import (
