@@ -48,6 +48,7 @@
 //	read     ReadRequest     ReadReply        a tar stream guest→host, then one CopyResult line
 //	write    WriteRequest    Reply{OK}        a tar stream host→guest (the host then closes its side), then one CopyResult line guest→host
 //	logs     LogsRequest     Reply{OK}        LogRecord lines guest→host, each followed by its data, for as long as the stream is open
+//	identity IdentityRequest IdentityReply    nothing (a restored guest takes a new identity; see OpIdentity)
 //
 // # Exec
 //

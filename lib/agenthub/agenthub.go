@@ -227,7 +227,9 @@ func (h *Hub) accept(ctx context.Context) {
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
-			agentchan.Proxy(ctx, c, h.Session, agentchan.ProxyOptions{})
+			// Clients get every op but identity, which only the
+			// supervisor itself sends (after a restore).
+			agentchan.Proxy(ctx, c, h.Session, agentchan.ProxyOptions{Allow: agentchan.ClientOps()})
 			h.mu.Lock()
 			delete(h.clients, c)
 			h.mu.Unlock()

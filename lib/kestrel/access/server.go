@@ -38,7 +38,10 @@ type Config struct {
 	WorkloadEnv func() (env []string, dir string)
 	// AttachWait bounds how long an exec waits for its streams (10 s if 0).
 	AttachWait time.Duration
-	Log        *slog.Logger
+	// Identity applies the identity op (a restored guest becoming another
+	// VM); nil answers it NOT_SUPPORTED.
+	Identity func(ctx context.Context, req agentchan.IdentityRequest) (agentchan.IdentityReply, error)
+	Log      *slog.Logger
 }
 
 // Server serves the agent channel. Create it with New.
@@ -63,8 +66,10 @@ func New(cfg Config) *Server {
 	if cfg.WorkloadEnv == nil {
 		cfg.WorkloadEnv = func() ([]string, string) { return nil, "" }
 	}
-	h := agentchan.Hello{Agent: "kestrel", Version: cfg.Version, VM: cfg.VM,
-		Ops: []string{agentchan.OpExec, agentchan.OpAttach, agentchan.OpRead, agentchan.OpWrite, agentchan.OpLogs}}
+	h := agentchan.Hello{Agent: "kestrel", Version: cfg.Version, VM: cfg.VM, Ops: agentchan.ClientOps()}
+	if cfg.Identity != nil {
+		h.Ops = append(h.Ops, agentchan.OpIdentity)
+	}
 	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
 		h.BootID = strings.TrimSpace(string(b))
 	}
@@ -84,7 +89,10 @@ func (s *Server) Running() int {
 func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	mux, err := agentchan.Accept(conn, s.hello)
+	s.mu.Lock()
+	hello := s.hello
+	s.mu.Unlock()
+	mux, err := agentchan.Accept(conn, hello)
 	if err != nil {
 		conn.Close()
 		return err
@@ -144,6 +152,26 @@ func (s *Server) handle(ctx context.Context, st *agentchan.Stream) {
 			return
 		}
 		s.logs(ctx, st, r)
+	case agentchan.OpIdentity:
+		if s.cfg.Identity == nil {
+			st.WriteLine(agentchan.ErrorReply(apierr.New(apierr.NotSupported, "this kestrel cannot take a new identity")))
+			return
+		}
+		var r agentchan.IdentityRequest
+		if err := unmarshal(line, &r); err != nil {
+			st.WriteLine(agentchan.ErrorReply(err))
+			return
+		}
+		rep, err := s.cfg.Identity(ctx, r)
+		if err != nil {
+			st.WriteLine(agentchan.ErrorReply(err))
+			return
+		}
+		rep.Reply = agentchan.Reply{OK: true}
+		s.mu.Lock()
+		s.hello.VM = r.VM
+		s.mu.Unlock()
+		st.WriteLine(rep)
 	default:
 		st.WriteLine(agentchan.ErrorReply(apierr.New(apierr.NotSupported, "this kestrel (%s) does not know the %q operation", s.cfg.Version, req.Op).With("op", req.Op)))
 	}

@@ -93,6 +93,7 @@ type Agent struct {
 	started time.Time
 
 	mu       sync.Mutex
+	vm       string
 	m        *manifest.Manifest
 	sup      *supervisor.Supervisor
 	checker  *health.Checker
@@ -109,11 +110,26 @@ func New(cfg Config) *Agent {
 	if cfg.Console == nil {
 		cfg.Console = io.Discard
 	}
-	a := &Agent{cfg: cfg, log: log, ring: ringbuf.New(cfg.RingSize), output: outlog.New(cfg.OutputSize), started: time.Now()}
+	a := &Agent{cfg: cfg, log: log, ring: ringbuf.New(cfg.RingSize), output: outlog.New(cfg.OutputSize), started: time.Now(), vm: cfg.VM}
 	if cfg.ReportURL != "" {
 		a.reporter = report.New(cfg.ReportURL, log)
 	}
 	return a
+}
+
+// SetIdentity makes the agent the agent of VM vm (a guest restored from a
+// snapshot is another VM than the one saved): its status names vm, and its
+// reports go to reportURL ("" keeps the URL) at once.
+func (a *Agent) SetIdentity(vm, reportURL string) {
+	a.mu.Lock()
+	a.vm = vm
+	a.mu.Unlock()
+	if a.reporter != nil {
+		if reportURL != "" {
+			a.reporter.SetURL(reportURL)
+		}
+		a.changed()
+	}
 }
 
 // Logs implements api.Backend.
@@ -149,14 +165,14 @@ func (a *Agent) Manifest() *manifest.Manifest {
 // Status implements api.Backend.
 func (a *Agent) Status() agentapi.Status {
 	a.mu.Lock()
-	sup, checker, loadErr := a.sup, a.checker, a.loadErr
+	sup, checker, loadErr, vm := a.sup, a.checker, a.loadErr, a.vm
 	a.mu.Unlock()
 	up := time.Since(a.started)
 	if a.cfg.Uptime != nil {
 		up = a.cfg.Uptime()
 	}
 	st := agentapi.Status{
-		VM: a.cfg.VM, Plugin: a.cfg.Plugin, Agent: a.cfg.Version, Boot: a.cfg.Boot,
+		VM: vm, Plugin: a.cfg.Plugin, Agent: a.cfg.Version, Boot: a.cfg.Boot,
 		UptimeMS: up.Milliseconds(),
 		Workload: agentapi.WorkloadStatus{State: agentapi.WorkloadStarting, Error: loadErr},
 		Health:   agentapi.HealthStatus{State: agentapi.HealthUnknown},

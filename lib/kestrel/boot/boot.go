@@ -280,7 +280,8 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	} else if len(h.ModulesPending) > 0 {
 		b.log.Warn("volant.modules names modules the initramfs lacks", "modules", strings.Join(h.ModulesPending, ","))
 	}
-	if _, err := network.Configure(b.m, network.FromArgs(args), b.log); err != nil {
+	netCfg := network.FromArgs(args)
+	if _, err := network.Configure(b.m, netCfg, b.log); err != nil {
 		return err
 	}
 
@@ -339,7 +340,9 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 		Manifest: h.Manifest,
 		Ready:    func() { b.ready(args, h) },
 	})
-	acc := access.New(access.Config{VM: args.VM, Version: b.version, Reaper: r, Output: a.Output(), WorkloadEnv: a.WorkloadEnv, Log: b.log})
+	id := &identity{b: b, agent: a, apiHost: args.APIHost, apiPort: args.APIPort, net: netCfg}
+	acc := access.New(access.Config{VM: args.VM, Version: b.version, Reaper: r, Output: a.Output(), WorkloadEnv: a.WorkloadEnv,
+		Identity: id.apply, Log: b.log})
 	serveAccess = func() {
 		go func() {
 			if err := acc.Serve(ctx, access.Channels{}); err != nil {

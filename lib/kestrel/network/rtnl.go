@@ -253,6 +253,13 @@ func addrReplace(index int, name string, p netip.Prefix) *nlmsg {
 	return m
 }
 
+// addrDelete is RTM_DELADDR of a prefix on index.
+func addrDelete(index int, name string, p netip.Prefix) *nlmsg {
+	m := addrReplace(index, name, p)
+	m.typ, m.flags, m.what = unix.RTM_DELADDR, unix.NLM_F_REQUEST|unix.NLM_F_ACK, fmt.Sprintf("removing address %s from %s", p, name)
+	return m
+}
+
 // defaultRoute is RTM_NEWROUTE (create or replace) of the default route
 // via gw out of index; onlink when gw lies outside the link's subnet.
 func defaultRoute(index int, name string, gw netip.Addr, onlink bool) *nlmsg {

@@ -32,11 +32,11 @@ const MaxQueue = 32
 
 // Reporter queues and posts snapshots.
 type Reporter struct {
-	url    string
 	client *http.Client
 	log    *slog.Logger
 
 	mu      sync.Mutex
+	url     string
 	queue   []queued
 	seq     uint64
 	wake    chan struct{}
@@ -96,6 +96,23 @@ func (r *Reporter) Send(st agentapi.Status) {
 	}
 }
 
+// SetURL makes the reporter post to url from now on (a guest restored from
+// a snapshot reports as the VM it now is); the reports still queued
+// describe the guest as it was and are dropped.
+func (r *Reporter) SetURL(url string) {
+	r.mu.Lock()
+	r.url = url
+	r.dropped += len(r.queue)
+	r.queue = nil
+	r.mu.Unlock()
+}
+
+func (r *Reporter) target() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.url
+}
+
 // Stats returns how many reports were delivered and dropped.
 func (r *Reporter) Stats() (sent, dropped int) {
 	r.mu.Lock()
@@ -133,13 +150,13 @@ func (r *Reporter) Run(ctx context.Context) {
 			backoff = 0
 			continue
 		case errors.As(err, &rejected):
-			r.log.Warn("control plane rejected a status report; dropping it", "url", r.url, "err", err)
+			r.log.Warn("control plane rejected a status report; dropping it", "url", r.target(), "err", err)
 			r.pop(head.seq, true)
 			continue
 		}
 		if backoff == 0 {
 			backoff = 200 * time.Millisecond
-			r.log.Warn("status report failed; retrying", "url", r.url, "err", err)
+			r.log.Warn("status report failed; retrying", "url", r.target(), "err", err)
 		} else if backoff < 30*time.Second {
 			backoff = min(2*backoff, 30*time.Second)
 		}
@@ -177,7 +194,8 @@ func (r *Reporter) post(ctx context.Context, st agentapi.Status) error {
 	if err != nil {
 		return &rejectedError{status: "unencodable status: " + err.Error()}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.url, bytes.NewReader(body))
+	url := r.target()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return &rejectedError{status: err.Error()}
 	}
@@ -195,7 +213,7 @@ func (r *Reporter) post(ctx context.Context, st agentapi.Status) error {
 	case resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusRequestTimeout:
 		return &rejectedError{status: resp.Status}
 	}
-	return fmt.Errorf("POST %s: %s", r.url, resp.Status)
+	return fmt.Errorf("POST %s: %s", url, resp.Status)
 }
 
 // Flush waits until every queued report was delivered or dropped, or ctx is

@@ -1,0 +1,65 @@
+package report
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/agentapi"
+)
+
+// After SetURL, reports go to the new URL, and the ones queued for the old
+// one (the identity the guest had) are dropped.
+func TestSetURL(t *testing.T) {
+	var mu sync.Mutex
+	got := map[string][]string{}
+	handler := func(name string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			var st agentapi.Status
+			json.NewDecoder(r.Body).Decode(&st)
+			mu.Lock()
+			got[name] = append(got[name], st.VM)
+			mu.Unlock()
+		}
+	}
+	oldSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "down", http.StatusServiceUnavailable) // the old one never takes a report
+	}))
+	defer oldSrv.Close()
+	newSrv := httptest.NewServer(handler("new"))
+	defer newSrv.Close()
+	r := New(oldSrv.URL, nil)
+	r.Send(agentapi.Status{VM: "saved"})
+	r.Send(agentapi.Status{VM: "saved"})
+	r.SetURL(newSrv.URL)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+	r.Send(agentapi.Status{VM: "restored"})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got["new"])
+		mu.Unlock()
+		if n >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no report reached the new URL")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got["new"]) != 1 || got["new"][0] != "restored" {
+		t.Errorf("the new URL got %v", got["new"])
+	}
+	if _, dropped := r.Stats(); dropped != 2 {
+		t.Errorf("%d reports dropped, want the 2 queued before SetURL", dropped)
+	}
+}
