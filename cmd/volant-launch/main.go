@@ -3,7 +3,8 @@
 // Synopsis:
 //
 //	volant-launch argv     [SPEC FLAGS]            print the VMM command line; start nothing
-//	volant-launch run      [SPEC FLAGS] [--stop-timeout D] [--ready-timeout D]
+//	volant-launch run      [SPEC FLAGS] [--stop-timeout D] [--ready-timeout D] [--restore SNAPSHOT]
+//	volant-launch snapshot --dir RUNDIR | --name NAME --to SNAPSHOT
 //	volant-launch stop     --dir RUNDIR | --name NAME [--timeout D]
 //	volant-launch status   --dir RUNDIR | --name NAME
 //	volant-launch pause    --dir RUNDIR | --name NAME
@@ -67,6 +68,9 @@
 //	status    {"kind":"launch.status","name","run_dir","running","state","vmm","supervisor":{pid,start_time,boot_id,alive},
 //	           "vmm_process":{...},"socket","console_socket","serial_log","started_at"}
 //	pause, resume   the status after the change (kinds launch.pause, launch.resume)
+//	snapshot  {"kind":"launch.snapshot","vm","vmm","accel","machine","cpus","memory_mb","kernel",
+//	           "disks":[{"role","serial","readonly","file","artifact","method","source","mount_path","allocated_bytes"}],
+//	           "state_bytes","disk_bytes","paused_ms","created_at"}  (also written as SNAPSHOT/snapshot.json)
 //	counters  {"kind":"launch.counters","name","run_dir","vmm","counters":{"<device>":{"<counter>":N,..},..}}
 //	          the hypervisor's own per device (Cloud Hypervisor: GET /vm.counters; QEMU: per drive
 //	          read_bytes, write_bytes, read_ops, write_ops), plus "tap:<tap>" per NIC whose tap is
@@ -94,6 +98,20 @@
 // where volantd reads why a VM's run ended; a run that ends well removes
 // it. A run refused because the VM already runs (CONFLICT) leaves it alone.
 //
+// `snapshot` pauses a running VM, copies each of its writable disks and
+// volumes as they are into SNAPSHOT/disks/ (a reflink where the filesystem
+// shares blocks, else the disk's data with its holes kept: "method" says
+// which), saves its memory and device state into SNAPSHOT/state/ (QEMU:
+// migration to a file; Cloud Hypervisor: vm.snapshot), and resumes it. The
+// VM runs on. `run --restore SNAPSHOT` starts a VM from it instead of
+// booting: give the same manifest, kernel, CPUs and memory, and this VM's
+// own name, tap and lease. The VM's disks are its own images of the
+// snapshot's (reflinks, else qcow2 overlays on them, in
+// <data dir>/vms/<name>/disks/), so the snapshot is never written and can
+// start any number of VMs. Its taps stay down until kestrel, told over the
+// agent channel, took the new VM's identity: name, MAC, address, clock,
+// fresh randomness (docs/snapshots.md says what the workload sees).
+//
 // Environment (lib/layout): VOLANT_KERNEL_DIR (default /var/lib/volant/kernel),
 // VOLANT_KESTREL (default: a kestrel next to this binary), VOLANT_RUN_ROOT
 // (default /run/volant/vms), VOLANT_DATA_DIR (default /var/lib/volant; the
@@ -108,7 +126,8 @@
 //	INVALID_MANIFEST   3  the manifest failed validation
 //	CMDLINE_TOO_LONG   3  the kernel command line cannot fit even without the manifest
 //	NOT_FOUND          4  kernel, artifact or tap missing; status of a VM that is not there
-//	CONFLICT           5  the VM already runs (its run dir is locked); pause or counters of a stopped VM
+//	CONFLICT           5  the VM already runs (its run dir is locked); pause, counters or snapshot of a stopped VM;
+//	                      snapshot --to that exists
 //	NOT_SUPPORTED      7  the backend or host cannot do it (TCG on Cloud Hypervisor, KVM on a PVM host, remote artifacts)
 //	CHECKSUM_MISMATCH  8  an artifact's sha256 differs from the manifest's; nothing was started
 //	                      (artifacts are hashed unless this host already verified the same file
@@ -120,6 +139,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -128,6 +148,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/launch"
+	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/runner"
 	"github.com/volantvm/volant/lib/vmm"
 )
@@ -146,6 +167,7 @@ type options struct {
 	Pause    pauseCmd           `command:"pause" description:"Pause a VM's vCPUs"`
 	Resume   resumeCmd          `command:"resume" description:"Resume a paused VM"`
 	Counters countersCmd        `command:"counters" description:"Report a VM's I/O counters"`
+	Snapshot snapshotCmd        `command:"snapshot" description:"Save a running VM (memory, devices, disks) into a directory; the VM runs on"`
 	Exec     execCmd            `command:"exec" description:"Run a command in a running VM over its agent channel"`
 	Cp       cpCmd              `command:"cp" description:"Copy files into or out of a running VM (tar over the agent channel)"`
 	Logs     logsCmd            `command:"logs" description:"Print a VM's workload output (stdout and stderr, kept on the host)"`
@@ -196,12 +218,18 @@ func (c *argvCmd) Execute(ctx context.Context, env *cli.Env) error {
 type runCmd struct {
 	specFlags
 	ReadyTimeout time.Duration `long:"ready-timeout" default:"30s" description:"how long the VMM gets to answer on its socket"`
+	Restore      string        `long:"restore" value-name:"SNAPSHOT" description:"run the VM from a snapshot directory (volant-launch snapshot) instead of booting it"`
 }
 
 func (c *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 	s, err := c.spec(env)
 	if err != nil {
 		return err
+	}
+	if c.Restore != "" {
+		if err := restoreSpec(ctx, env, &s, c.Restore); err != nil {
+			return err
+		}
 	}
 	res, err := runner.Foreground(ctx, s, libOptions(env, true), launch.RunOptions{
 		Notify:       func(state string) { daemon.SdNotify(false, state) },
@@ -212,6 +240,42 @@ func (c *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 		return err
 	}
 	return cli.WriteResult(env, "launch.run", res)
+}
+
+// restoreSpec makes s run from the snapshot in dir (launch.FromSnapshot),
+// with its own images of the snapshot's disks in its data directory.
+func restoreSpec(ctx context.Context, env *cli.Env, s *launch.Spec, dir string) error {
+	name := s.VMName()
+	if name == "" {
+		return apierr.New(apierr.Usage, "--restore needs the VM's name: --name, \"name\", or a piped lease")
+	}
+	o := libOptions(env, false)
+	return launch.FromSnapshot(ctx, s, dir, filepath.Join(layout.Dirs{Data: o.StateDir}.VMDir(name), layout.DisksName))
+}
+
+type snapshotCmd struct {
+	dirFlags
+	To string `long:"to" value-name:"DIR" required:"yes" description:"the new snapshot's directory (must not exist)"`
+}
+
+func (c *snapshotCmd) Execute(ctx context.Context, env *cli.Env) error {
+	o := libOptions(env, true)
+	dir, err := launch.RunDirOf(c.Dir, c.Name, o)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(c.To); err == nil {
+		return apierr.New(apierr.Conflict, "%s exists already", c.To).With("to", c.To)
+	}
+	info, err := launch.Snapshot(ctx, dir, c.To, o)
+	if err == nil {
+		err = launch.WriteSnapshotInfo(c.To, info)
+	}
+	if err != nil {
+		os.RemoveAll(c.To)
+		return err
+	}
+	return cli.WriteResult(env, "launch.snapshot", info)
 }
 
 type stopCmd struct {

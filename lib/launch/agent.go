@@ -21,14 +21,14 @@ import (
 // startAgent starts the owner of the VM's agent channel (lib/agenthub):
 // clients reach the guest through p.Agent.Socket, and the workload's output
 // is kept in p.Agent.WorkloadLog. The returned function stops it.
-func startAgent(ctx context.Context, p *Plan, log *slog.Logger) (stop func(), err error) {
+func startAgent(ctx context.Context, p *Plan, log *slog.Logger) (stop func(), hub *agenthub.Hub, err error) {
 	a := p.Agent
 	if err := os.MkdirAll(filepath.Dir(a.WorkloadLog), 0o755); err != nil {
-		return nil, fmt.Errorf("workload log directory: %w", err)
+		return nil, nil, fmt.Errorf("workload log directory: %w", err)
 	}
 	logs, err := workloadlog.Open(a.WorkloadLog, workloadlog.Rotation{})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	dial := func(ctx context.Context) (io.ReadWriteCloser, error) {
 		if a.Transport == vmm.AgentVsock {
@@ -37,15 +37,15 @@ func startAgent(ctx context.Context, p *Plan, log *slog.Logger) (stop func(), er
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", a.VMMSocket)
 	}
-	hub, err := agenthub.Start(ctx, agenthub.Options{VM: p.Name, Dial: dial, Socket: a.Socket, Logs: logs, Log: log})
+	hub, err = agenthub.Start(ctx, agenthub.Options{VM: p.Name, Dial: dial, Socket: a.Socket, Logs: logs, Log: log})
 	if err != nil {
 		logs.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	return func() {
 		hub.Close()
 		logs.Close()
-	}, nil
+	}, hub, nil
 }
 
 // DialGuest connects to the agent of the VM running in runDir, through the

@@ -120,6 +120,11 @@ type Plan struct {
 	SerialLog   string `json:"serial_log"`
 	// Agent is the host's side of the agent channel to kestrel.
 	Agent *AgentPlan `json:"agent,omitempty"`
+	// Restore, when set, runs the VM from a saved state (RestoreSpec).
+	Restore *RestorePlan `json:"restore,omitempty"`
+	// DiskRoles name Config.Disks, in order: rootfs, disk:<name> (the
+	// manifest's), extra:<i> (the spec's Disks), volume:<i>.
+	DiskRoles []string `json:"disk_roles,omitempty"`
 	// DiskCopies are the VM's own copies of writable disks (DiskMode
 	// "copy"); Run makes the missing ones before the VMM starts.
 	DiskCopies []DiskCopy `json:"disk_copies,omitempty"`
@@ -322,6 +327,9 @@ func (r *prep) check() error {
 	if err := checkVolumes(s.Volumes, m); err != nil {
 		return err
 	}
+	if err := checkOwnDisks(s.OwnDisks, m); err != nil {
+		return err
+	}
 
 	// The words of the spec.
 	switch s.Verify {
@@ -438,6 +446,9 @@ func (r *prep) backend(ctx context.Context) error {
 	}
 	r.b, r.caps = b, b.Capabilities()
 	p.VMM = b.Name()
+	if err := checkRestore(s, r.caps, b.Name()); err != nil {
+		return err
+	}
 	want := s.Accel
 	if want == "" {
 		want = vmm.AccelAuto
@@ -570,6 +581,10 @@ func (r *prep) disks(context.Context) error {
 	p, m := r.p, r.m
 	diskDir := filepath.Join(r.o.StateDir, "vms", p.Name, "disks")
 	own := func(a Artifact, file string) string {
+		if d, ok := r.s.OwnDisks[a.Role]; ok {
+			r.note("%s: booting the VM's own image %s (%s)", a.Role, d.Path, or(d.Format, "raw"))
+			return d.Path
+		}
 		if !r.copyDisks {
 			return a.Path
 		}
@@ -582,20 +597,30 @@ func (r *prep) disks(context.Context) error {
 		return c.To
 	}
 	var disks []vmm.Disk
+	var roles []string
 	for _, a := range r.arts {
 		switch {
 		case a.Role == "rootfs":
-			disks = append(disks, vmm.Disk{Path: own(a, "rootfs.img"), Format: m.Rootfs.Format})
+			roles = append(roles, a.Role)
+			disks = append(disks, vmm.Disk{Path: own(a, "rootfs.img"), Format: ownFormat(r.s, a.Role, m.Rootfs.Format)})
 		case strings.HasPrefix(a.Role, "disk:"):
 			d := m.Disks[slices.IndexFunc(m.Disks, func(d manifest.Disk) bool { return "disk:"+d.Name == a.Role })]
-			path := a.Path
+			path, format := a.Path, d.Format
 			if !d.ReadOnly {
-				path = own(a, "disk-"+d.Name+".img")
+				path, format = own(a, "disk-"+d.Name+".img"), ownFormat(r.s, a.Role, d.Format)
 			}
-			disks = append(disks, vmm.Disk{Path: path, Format: d.Format, ReadOnly: d.ReadOnly})
+			roles = append(roles, a.Role)
+			disks = append(disks, vmm.Disk{Path: path, Format: format, ReadOnly: d.ReadOnly})
 		}
 	}
+	for i := range r.s.Disks {
+		roles = append(roles, fmt.Sprintf("extra:%d", i))
+	}
+	for i := range r.s.Volumes {
+		roles = append(roles, fmt.Sprintf("volume:%d", i))
+	}
 	p.Config.Disks = append(append(disks, r.s.Disks...), volumeDisks(r.s.Volumes)...)
+	p.DiskRoles = roles
 	return nil
 }
 
@@ -620,6 +645,14 @@ func (r *prep) argv(context.Context) error {
 	}
 	if nw := p.Network; nw != nil {
 		p.Config.Nets = []vmm.Net{{Tap: nw.Tap, MAC: nw.MAC}}
+	}
+	if r.s.Restore != nil {
+		dir, err := stateDir(r.s.Restore)
+		if err != nil {
+			return err
+		}
+		p.Restore = &RestorePlan{State: dir}
+		p.Config.RestoreFrom = dir
 	}
 	var err error
 	p.Argv, err = r.b.Argv(p.Config)

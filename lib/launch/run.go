@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/volantvm/volant/lib/agenthub"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/supervise"
@@ -134,12 +135,14 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 		return nil, err
 	}
 	log.Info("VMM started", "vm", p.Name, "vmm", p.VMM, "pid", proc.Pid, "accel", p.Accel)
+	var hub *agenthub.Hub
 	if p.Agent != nil {
-		stopAgent, err := startAgent(ctx, p, log)
+		stopAgent, h, err := startAgent(ctx, p, log)
 		if err != nil {
 			return nil, err
 		}
 		defer stopAgent()
+		hub = h
 	}
 	if p.SerialRelay != "" {
 		relay, err := startConsoleRelay(ctx, p.SerialRelay, p.Console, p.SerialLog, log)
@@ -168,6 +171,11 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 	case err != nil:
 		return nil, apierr.Wrap(apierr.Timeout, err, p.VMM+" did not answer on "+p.Config.APISocket)
 	default:
+		if p.Restore != nil {
+			if err := restoreGuest(ctx, p, b, hub, log); err != nil {
+				return nil, err
+			}
+		}
 		log.Info("VM running", "vm", p.Name, "ready_after", time.Since(started).Round(time.Millisecond))
 		notify(fmt.Sprintf("READY=1\nSTATUS=VM %s running (%s, pid %d)", p.Name, p.VMM, proc.Pid))
 	}

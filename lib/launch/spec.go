@@ -54,6 +54,13 @@ type Spec struct {
 	// Volumes are attached after Disks and mounted by kestrel before the
 	// workload starts (see Volume).
 	Volumes []Volume `json:"volumes,omitempty"`
+	// OwnDisks give the VM's own copy of writable manifest disks, by role
+	// (rootfs, disk:<name>), as files the caller made (volantd derives
+	// them from a snapshot's disks: reflinks, or qcow2 overlays): they
+	// are booted as they are, instead of a copy of the artifact.
+	OwnDisks map[string]vmm.Disk `json:"own_disks,omitempty"`
+	// Restore runs the VM from a saved state instead of booting it.
+	Restore *RestoreSpec `json:"restore,omitempty"`
 	// Tap is the host tap device of the VM's NIC (default: the net_tap
 	// result's, else derived from the name, see DefaultTapName).
 	Tap string `json:"tap,omitempty"`

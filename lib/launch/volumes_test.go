@@ -37,7 +37,7 @@ func TestPrepareVolumes(t *testing.T) {
 		t.Errorf("the command line names %+v", args.Volumes)
 	}
 	joined := strings.Join(p.Argv, " ")
-	if !strings.Contains(joined, `path="`+b+`",readonly=on,image_type=qcow2,serial=volant-vol1`) {
+	if !strings.Contains(joined, `path="`+b+`",readonly=on,image_type=qcow2,backing_files=on,serial=volant-vol1`) {
 		t.Errorf("argv lacks the second volume: %s", joined)
 	}
 }
