@@ -22,6 +22,7 @@ pkgs=(
   etcd-server openssl                         # the Kubernetes control plane of tests/e2e/kubernetes.sh
   containernetworking-plugins                 # CNI host-local, the IPAM benchmark baseline
   curl jq tmux hyperfine wrk procps psmisc    # e2e scripts, console test, benchmarks
+  dropbear-bin openssh-client                 # bench/exec: ssh into a guest as the baseline
   zsh                                         # volar's zsh completion test
   nodejs npm                                  # the MCP client test (official TypeScript SDK)
 )

@@ -39,7 +39,7 @@ type execJSON struct {
 
 // execGuest runs `volant-launch exec --dir RUN -- argv` and decodes its
 // result; it fails the test unless the exec itself worked.
-func (w *vmWorld) execGuest(t *testing.T, argv ...string) execJSON {
+func (w *vmWorld) execGuest(t testing.TB, argv ...string) execJSON {
 	t.Helper()
 	out, stderr, code := w.launchRaw(t, "", append([]string{"exec", "--dir", w.runDir, "--"}, argv...)...)
 	var res execJSON
@@ -50,7 +50,7 @@ func (w *vmWorld) execGuest(t *testing.T, argv ...string) execJSON {
 }
 
 // waitAgent waits until a command runs in the guest.
-func (w *vmWorld) waitAgent(t *testing.T, run *strings.Builder) {
+func (w *vmWorld) waitAgent(t testing.TB, run *strings.Builder) {
 	t.Helper()
 	deadline := time.Now().Add(120 * time.Second)
 	for {

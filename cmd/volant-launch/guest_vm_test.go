@@ -29,11 +29,12 @@ type guestPlugin struct {
 	files    map[string]string // guest path -> host file, copied with mode 0755
 	workload string            // the manifest's "workload" object
 	extra    string            // more top-level manifest fields, each after a comma
+	build    func(b *initramfs.Builder) error
 }
 
 // plugin builds p as w's guest: an initramfs with busybox, p's files and
 // the boot image (kestrel and the kernel's modules), and its manifest.
-func (w *vmWorld) plugin(t *testing.T, p guestPlugin) {
+func (w *vmWorld) plugin(t testing.TB, p guestPlugin) {
 	t.Helper()
 	k, _ := guesttest.Kernel(t)
 	bb, err := exec.LookPath("busybox")
@@ -47,6 +48,11 @@ func (w *vmWorld) plugin(t *testing.T, p guestPlugin) {
 	}
 	for guest, host := range p.files {
 		if err := b.CopyFile(guest, host, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p.build != nil {
+		if err := p.build(b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -73,7 +79,7 @@ func talkerGuest(t *testing.T, w *vmWorld) {
 }
 
 // launchRaw runs volant-launch and returns its stdout, stderr and status.
-func (w *vmWorld) launchRaw(t *testing.T, stdin string, args ...string) (string, string, int) {
+func (w *vmWorld) launchRaw(t testing.TB, stdin string, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(w.bin, args...)
 	cmd.Env = w.env

@@ -52,7 +52,7 @@ func hasKestrel() bool {
 // newGuest builds the plugin: kestrel + modules + busybox httpd as the
 // workload when kestrel is in the tree, else the test init (which answers
 // /healthz itself and powers off on the ACPI button) + modules.
-func newGuest(t *testing.T, k *kernel.Kernel) vmGuest {
+func newGuest(t testing.TB, k *kernel.Kernel) vmGuest {
 	t.Helper()
 	dir := t.TempDir()
 	b := initramfs.New()
@@ -100,7 +100,7 @@ type vmWorld struct {
 
 const guestIP = "192.168.127.100"
 
-func newWorld(t *testing.T, name string) *vmWorld {
+func newWorld(t testing.TB, name string) *vmWorld {
 	t.Helper()
 	k, _ := guesttest.Kernel(t)
 	guesttest.QEMU(t)
@@ -123,7 +123,7 @@ func newWorld(t *testing.T, name string) *vmWorld {
 }
 
 // start runs `volant-launch run` inside the namespace with a piped lease.
-func (w *vmWorld) start(t *testing.T, name string, extra ...string) (*exec.Cmd, *strings.Builder, *strings.Builder) {
+func (w *vmWorld) start(t testing.TB, name string, extra ...string) (*exec.Cmd, *strings.Builder, *strings.Builder) {
 	t.Helper()
 	lease := fmt.Sprintf(`{"version":"1","kind":"ipam.lease","vm":%q,"ip":%q,"prefix":24,"gateway":"192.168.127.1","mac":"02:00:00:00:00:64"}`, name, guestIP)
 	args := append([]string{"run", "--manifest", w.guest.manifest, "--kernel", w.kernelDir, "--run-dir", w.runDir, "--serial-log", w.log}, extra...)
