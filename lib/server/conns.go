@@ -49,8 +49,10 @@ func (s *Server) LimitListener(l net.Listener) net.Listener {
 // connection while the server discards its body; the inner half, which
 // runs once the request is let in, reads the whole body (at most
 // MaxBodyBytes) within that deadline and then lifts it, so the handler
-// runs without one.
-func (s *Server) bodyDeadline(outer bool, h http.Handler) http.Handler {
+// runs without one. A body streamed(r) says is a stream (a tar stream to a
+// guest) is neither read ahead nor bounded: the inner half lifts the
+// deadline and the handler reads the body as it arrives.
+func (s *Server) bodyDeadline(outer bool, streamed func(*http.Request) bool, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc := http.NewResponseController(w)
 		if outer {
@@ -58,7 +60,7 @@ func (s *Server) bodyDeadline(outer bool, h http.Handler) http.Handler {
 			h.ServeHTTP(w, r)
 			return
 		}
-		if r.Body != nil && r.Body != http.NoBody {
+		if r.Body != nil && r.Body != http.NoBody && (streamed == nil || !streamed(r)) {
 			data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 			if err != nil {
 				w.Header().Set("Connection", "close")

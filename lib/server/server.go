@@ -125,8 +125,17 @@ func New(ctl *controller.Controller, o Options) *Server {
 // the bearer token (Options.Token must then be set).
 func (s *Server) Handler(auth bool) http.Handler {
 	mux := http.NewServeMux()
+	streams := map[string]bool{}
 	for _, rt := range s.routes() {
 		mux.Handle(rt.pattern(), rt.handler)
+		// A tar body is a stream of any size (PUT .../files).
+		if rt.reqContent == "application/x-tar" {
+			streams[rt.pattern()] = true
+		}
+	}
+	streamed := func(r *http.Request) bool {
+		_, pattern := mux.Handler(r)
+		return streams[pattern]
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if allow := allowed(mux, r); len(allow) > 0 {
@@ -138,11 +147,11 @@ func (s *Server) Handler(auth bool) http.Handler {
 		writeError(w, r, apierr.New(apierr.NotFound, "no route %s %s; GET /openapi.json lists them", r.Method, r.URL.Path).
 			With("method", r.Method).With("path", r.URL.Path))
 	})
-	var h http.Handler = s.bodyDeadline(false, mux)
+	var h http.Handler = s.bodyDeadline(false, streamed, mux)
 	if auth {
 		h = s.authenticate(h)
 	}
-	return s.logRequests(s.bodyDeadline(true, h))
+	return s.logRequests(s.bodyDeadline(true, nil, h))
 }
 
 // AgentHandler serves only the routes guests use, without a token.
@@ -157,7 +166,7 @@ func (s *Server) AgentHandler() http.Handler {
 		writeError(w, r, apierr.New(apierr.NotFound, "the agent endpoint serves only kestrel's report and manifest routes").
 			With("path", r.URL.Path))
 	})
-	return s.logRequests(s.bodyDeadline(true, withAgent(s.bodyDeadline(false, mux))))
+	return s.logRequests(s.bodyDeadline(true, nil, withAgent(s.bodyDeadline(false, nil, mux))))
 }
 
 // allowed returns the methods mux serves r's path with (other than the
