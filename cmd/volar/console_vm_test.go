@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/initramfs"
@@ -106,35 +107,19 @@ func (tm *tmux) waitScreen(what string, ok func(string) bool) string {
 	}
 }
 
-// TestVMConsoleUnderTmux attaches `volar vms console` in a real terminal
-// (tmux) to a VM that a real volantd runs under QEMU with kestrel as PID 1,
-// from a plugin whose manifest offers a shell on the console
-// (console.shell): typed commands run in the guest and their answers come
-// back, Ctrl-C interrupts the guest's foreground job instead of killing
-// volar (raw mode), Ctrl-] detaches, and the shell gets its terminal back as
-// it was (canonical mode, echo). The docs' scripted example (`echo 'uname
-// -r' | volar -q vms console NAME`) prints the guest's kernel release. A
-// plugin that does not ask for a shell has an output-only console.
-func TestVMConsoleUnderTmux(t *testing.T) {
-	netnstest.Require(t, "tmux")
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	kestrel := guesttest.Kestrel(t)
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		netnstest.SkipOrFail(t, "busybox not installed (apt-get install busybox-static)")
-	}
-	bins := realBinaries(t)
+// startVolantdVMs runs a real volantd (QEMU, kestrel as the guest's PID
+// 1) in a private network namespace, in a short scratch directory (unix
+// socket paths have 107 bytes), and waits until it is ready. At the end
+// it deletes every VM (VMs outlive volantd) and stops the daemon.
+func startVolantdVMs(t *testing.T, bins, kernelDir, kestrel string) (dir, sock string, c *client.Client) {
+	t.Helper()
 	ns := netnstest.New(t)
-	// Short: unix socket paths have 107 bytes.
 	dir, err := os.MkdirTemp("", "vc-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "volantd.sock")
-
-	// volantd in the namespace, with kestrel as the guest's PID 1.
+	sock = filepath.Join(dir, "volantd.sock")
 	logPath := filepath.Join(dir, "volantd.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -142,7 +127,7 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 	}
 	cmd := exec.Command("ip", "netns", "exec", ns.Name, filepath.Join(bins, "volantd"),
 		"--socket", sock, "--data-dir", filepath.Join(dir, "data"), "--run-root", filepath.Join(dir, "run"),
-		"--kernel", k.Dir, "--kestrel", kestrel, "--launcher", filepath.Join(bins, "volant-launch"),
+		"--kernel", kernelDir, "--kestrel", kestrel, "--launcher", filepath.Join(bins, "volant-launch"),
 		"--vmm", "qemu", "--vm-runner", "detached", "--agent-listen", "off", "--stop-timeout", "2s",
 		"--artifact-dir", dir)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -152,17 +137,19 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(exited) }()
-	c, err := client.New(sock, client.Options{Timeout: 90 * time.Second})
+	c, err = client.New(sock, client.Options{Timeout: 90 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		// VMs outlive volantd: delete ours first, then stop the daemon
 		// (the namespace's cleanup kills anything left).
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		c.DeleteVM(ctx, "con1")
-		c.DeleteVM(ctx, "con2")
+		vms, _ := c.ListVMs(ctx, api.VMFilter{})
+		for _, vm := range vms {
+			c.DeleteVM(ctx, vm.Name)
+		}
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -192,7 +179,29 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return dir, sock, c
+}
 
+// TestVMConsoleUnderTmux attaches `volar vms console` in a real terminal
+// (tmux) to a VM that a real volantd runs under QEMU with kestrel as PID 1,
+// from a plugin whose manifest offers a shell on the console
+// (console.shell): typed commands run in the guest and their answers come
+// back, Ctrl-C interrupts the guest's foreground job instead of killing
+// volar (raw mode), Ctrl-] detaches, and the shell gets its terminal back as
+// it was (canonical mode, echo). The docs' scripted example (`echo 'uname
+// -r' | volar -q vms console NAME`) prints the guest's kernel release. A
+// plugin that does not ask for a shell has an output-only console.
+func TestVMConsoleUnderTmux(t *testing.T) {
+	netnstest.Require(t, "tmux")
+	k, _ := guesttest.Kernel(t)
+	guesttest.QEMU(t)
+	kestrel := guesttest.Kestrel(t)
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		netnstest.SkipOrFail(t, "busybox not installed (apt-get install busybox-static)")
+	}
+	bins := realBinaries(t)
+	dir, sock, c := startVolantdVMs(t, bins, k.Dir, kestrel)
 	// volantd must serve the console route (issue 8; proposed in
 	// NOTES-for-server.md, client side in lib/client.Console).
 	if _, err := c.Console(context.Background(), "no-such-vm"); apierr.Is(err, apierr.NotFound) &&

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/initramfs"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+// TestVMExecUnderTmux runs `volar vms exec -it VM -- /bin/sh` in a real
+// terminal (tmux) against a VM that a real volantd runs under QEMU with
+// kestrel as PID 1: the guest's shell sees the terminal's size (stty
+// size) and a resize of the terminal, Ctrl-C interrupts the guest's
+// foreground job and not volar, `exit 7` ends volar with status 7 and the
+// terminal is as it was. Then, without a terminal: statuses of commands
+// (their own, 127 for a missing one), cp both ways with a checksum, and a
+// stopped VM's clear refusal.
+func TestVMExecUnderTmux(t *testing.T) {
+	netnstest.Require(t, "tmux")
+	k, _ := guesttest.Kernel(t)
+	guesttest.QEMU(t)
+	kestrel := guesttest.Kestrel(t)
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		netnstest.SkipOrFail(t, "busybox not installed (apt-get install busybox-static)")
+	}
+	bins := realBinaries(t)
+	dir, sock, c := startVolantdVMs(t, bins, k.Dir, kestrel)
+	env := map[string]string{"VOLANT_HOST": sock}
+
+	// A plugin with busybox's shell and tools, no network (exec does not
+	// need the guest's network).
+	b := initramfs.New()
+	b.CopyFile("/bin/busybox", busybox, 0o755)
+	for _, a := range []string{"sh", "stty", "sleep", "sha256sum", "true"} {
+		b.Symlink("/bin/"+a, "busybox")
+	}
+	b.Dir("/tmp", 0o1777)
+	art := filepath.Join(dir, "shell.cpio.gz")
+	if err := b.WriteFile(art, initramfs.Gzip); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(art)
+	sum := sha256.Sum256(data)
+	man := filepath.Join(dir, "shell.json")
+	os.WriteFile(man, []byte(fmt.Sprintf(`{"name":"shell","version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},
+		"workload":{"entrypoint":["/bin/busybox","sleep","3600"]},"network":{"mode":"none"},"resources":{"cpu_cores":1,"memory_mb":192}}`,
+		art, hex.EncodeToString(sum[:]))), 0o644)
+	if r := runVolar(t, "", env, "plugins", "install", "--manifest", man); r.Code != 0 {
+		t.Fatal(r)
+	}
+	if r := runVolar(t, "", env, "vms", "create", "ex1", "--plugin", "shell"); r.Code != 0 {
+		t.Fatal(r)
+	}
+	// The first exec that runs tells that the guest's agent is up.
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		r := runVolar(t, "", env, "vms", "exec", "ex1", "--", "true")
+		if r.Code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			l := runVolar(t, "", env, "vms", "logs", "--console", "ex1")
+			t.Fatalf("no exec into ex1: %s\nconsole:\n%s", r, l.Stdout)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	// The terminal: volar in a shell that reports how volar ended and the
+	// terminal's mode afterwards.
+	tm := newTmux(t, dir, fmt.Sprintf(`%s vms exec -it -e PS1=guest# ex1 -- /bin/sh; echo "EXIT=$?"; stty -a | tr ' ;' '\n\n' | grep -x -e icanon -e -icanon -e echo -e -echo | sed 's/^/MODE /'; exec sleep 600`, volarBinary(t)),
+		"VOLANT_HOST="+sock)
+	tm.waitScreen("the guest's prompt", func(s string) bool { return strings.Contains(s, "guest#") })
+	// stty size prints "ROWS COLS": the pane's size (tmux's status line
+	// takes a row of the window).
+	paneSize := func() string {
+		out, err := exec.Command("tmux", "-S", tm.sock, "display-message", "-p", "-t", "volar", "#{pane_height} #{pane_width}").Output()
+		if err != nil {
+			t.Fatalf("tmux display-message: %v", err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	size := paneSize()
+	tm.literal("stty size")
+	tm.keys("Enter")
+	tm.waitScreen("the guest's terminal size "+size, func(s string) bool { return strings.Contains(s, "\n"+size+"\n") })
+	if out, err := exec.Command("tmux", "-S", tm.sock, "resize-window", "-t", "volar", "-x", "100", "-y", "30").CombinedOutput(); err != nil {
+		t.Fatalf("tmux resize-window: %v: %s", err, out)
+	}
+	resized := paneSize()
+	if resized == size {
+		t.Fatalf("tmux did not resize the pane (%s)", size)
+	}
+	// The resize reaches the guest asynchronously: ask until it shows.
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		tm.literal("stty size")
+		tm.keys("Enter")
+		time.Sleep(time.Second)
+		s := tm.screen()
+		if strings.Contains(s, "\n"+resized+"\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest never saw the resize from %s to %s:\n%s", size, resized, s)
+		}
+	}
+	t.Logf("the guest's stty size: %s, after the resize %s", size, resized)
+
+	// Ctrl-C goes to the guest's foreground job (the terminal is raw).
+	tm.literal("sleep 60; echo slept")
+	tm.keys("Enter")
+	time.Sleep(time.Second)
+	tm.keys("C-c")
+	tm.literal("echo after=$((1+1))")
+	tm.keys("Enter")
+	s := tm.waitScreen("the answer after Ctrl-C", func(s string) bool { return strings.Contains(s, "after=2") })
+	if strings.Contains(s, "EXIT=") {
+		t.Fatalf("Ctrl-C ended volar:\n%s", s)
+	}
+	for _, l := range strings.Split(s, "\n") {
+		if strings.TrimSpace(l) == "slept" {
+			t.Errorf("Ctrl-C did not interrupt the guest's sleep:\n%s", s)
+		}
+	}
+	// The shell's status is volar's; the terminal is restored.
+	tm.literal("exit 7")
+	tm.keys("Enter")
+	s = tm.waitScreen("volar to end", func(s string) bool { return strings.Contains(s, "MODE ") })
+	for _, want := range []string{"EXIT=7", "MODE icanon", "MODE echo"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("after the shell exited, the screen lacks %q:\n%s", want, s)
+		}
+	}
+	t.Logf("the terminal:\n%s", strings.TrimRight(s, "\n"))
+
+	// Without a terminal.
+	if r := runVolar(t, "", env, "vms", "exec", "ex1", "--", "sh", "-c", "echo out; echo err >&2; exit 3"); r.Code != 3 || r.Stdout != "out\n" || r.Stderr != "err\n" {
+		t.Errorf("exec exit 3: %s", r)
+	}
+	if r := runVolar(t, "", env, "vms", "exec", "ex1", "--", "no-such-command"); r.Code != 127 || !strings.Contains(r.Stderr, "NOT_FOUND") {
+		t.Errorf("exec of a missing command: %s", r)
+	}
+	src := filepath.Join(dir, "blob")
+	blob := make([]byte, 8<<20)
+	rand.Read(blob)
+	os.WriteFile(src, blob, 0o640)
+	want := sha256.Sum256(blob)
+	if r := runVolar(t, "", env, "vms", "cp", src, "ex1:/tmp/"); r.Code != 0 {
+		t.Fatalf("cp in: %s", r)
+	}
+	if r := runVolar(t, "", env, "vms", "exec", "ex1", "--", "sha256sum", "/tmp/blob"); !strings.HasPrefix(r.Stdout, hex.EncodeToString(want[:])) {
+		t.Fatalf("the guest's checksum: %s", r)
+	}
+	back := filepath.Join(dir, "back")
+	if r := runVolar(t, "", env, "vms", "cp", "ex1:/tmp/blob", back); r.Code != 0 {
+		t.Fatalf("cp out: %s", r)
+	}
+	if got, _ := os.ReadFile(back); sha256.Sum256(got) != want {
+		t.Fatal("the file came back with another checksum")
+	}
+	if st, err := os.Stat(back); err != nil || st.Mode().Perm() != 0o640 {
+		t.Errorf("the copy's mode: %v %v", st.Mode(), err)
+	}
+
+	// A stopped VM: a clear refusal, status 125.
+	if _, err := c.StopVM(context.Background(), "ex1"); err != nil {
+		t.Fatal(err)
+	}
+	if r := runVolar(t, "", env, "vms", "exec", "ex1", "--", "true"); r.Code != 125 || !strings.Contains(r.Stderr, "CONFLICT") {
+		t.Errorf("exec into a stopped VM: %s", r)
+	}
+}
