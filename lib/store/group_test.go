@@ -16,6 +16,15 @@ import (
 	"time"
 )
 
+// openScripted opens a store for a test that scripts who shares a group:
+// without the age limit, which would split the group wherever the machine
+// is slow enough for the script to take more than maxGroupAge.
+func openScripted(t *testing.T) *Store {
+	s := open(t, filepath.Join(t.TempDir(), "volant.db"), Options{})
+	s.maxAge = time.Hour
+	return s
+}
+
 // queued waits until n callers wait for the write connection's turn.
 func queued(t *testing.T, s *Store, n int) {
 	t.Helper()
@@ -50,7 +59,7 @@ func eventTypes(t *testing.T, s *Store) map[string]bool {
 // returns.
 func TestGroupCommitSharesCommits(t *testing.T) {
 	ctx := context.Background()
-	s := open(t, filepath.Join(t.TempDir(), "volant.db"), Options{})
+	s := openScripted(t)
 	const n = 50
 	g0 := s.Generation()
 	inside, release := make(chan struct{}), make(chan struct{})
@@ -99,7 +108,7 @@ func TestGroupCommitSharesCommits(t *testing.T) {
 // the others commit and their Tx calls succeed.
 func TestGroupCommitIsolatesFailures(t *testing.T) {
 	ctx := context.Background()
-	s := open(t, filepath.Join(t.TempDir(), "volant.db"), Options{})
+	s := openScripted(t)
 	boom := errors.New("boom")
 	inside, release := make(chan struct{}), make(chan struct{})
 	type result struct {
@@ -175,7 +184,7 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 // works again afterwards.
 func TestGroupCommitInterruptedStatement(t *testing.T) {
 	ctx := context.Background()
-	s := open(t, filepath.Join(t.TempDir(), "volant.db"), Options{})
+	s := openScripted(t)
 	inside, release := make(chan struct{}), make(chan struct{})
 	errs := make([]error, 3)
 	var wg sync.WaitGroup
@@ -237,7 +246,7 @@ func TestGroupCommitInterruptedStatement(t *testing.T) {
 // for its turn returns CANCELED and leaves no group hanging.
 func TestGroupCommitCanceledWaiter(t *testing.T) {
 	ctx := context.Background()
-	s := open(t, filepath.Join(t.TempDir(), "volant.db"), Options{})
+	s := openScripted(t)
 	inside, release := make(chan struct{}), make(chan struct{})
 	first := make(chan error, 1)
 	go func() {
@@ -358,7 +367,7 @@ func TestMain(m *testing.M) {
 // and a read do not.
 func TestGeneration(t *testing.T) {
 	ctx := context.Background()
-	s := open(t, filepath.Join(t.TempDir(), "volant.db"), Options{})
+	s := openScripted(t)
 	g0 := s.Generation()
 	if _, err := s.AppendEvent(ctx, "test.one", "", nil); err != nil {
 		t.Fatal(err)
@@ -373,5 +382,45 @@ func TestGeneration(t *testing.T) {
 	s.Read(ctx, func(tx *sql.Tx) error { return nil })
 	if g := s.Generation(); g != g0+1 {
 		t.Fatalf("after a rollback and a read: generation %d, want %d", g, g0+1)
+	}
+}
+
+// TestGroupCommitAgeLimit: a group open longer than maxGroupAge is
+// committed when its current fn ends, even with callers waiting, so a
+// steady stream of callers cannot keep the first one waiting.
+func TestGroupCommitAgeLimit(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "volant.db"), Options{})
+	inside, release := make(chan struct{}), make(chan struct{})
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		errs[0] = s.Tx(ctx, func(tx *sql.Tx) error {
+			close(inside)
+			<-release
+			_, err := AppendEvent(ctx, tx, "test.old", "", nil)
+			return err
+		})
+	}()
+	<-inside
+	go func() {
+		defer wg.Done()
+		errs[1] = s.Tx(ctx, func(tx *sql.Tx) error {
+			_, err := AppendEvent(ctx, tx, "test.next", "", nil)
+			return err
+		})
+	}()
+	queued(t, s, 1)
+	g0 := s.Generation()
+	time.Sleep(2 * maxGroupAge)
+	close(release)
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatal(errs)
+	}
+	if c := s.Generation() - g0; c != 2 {
+		t.Fatalf("%d commits, want 2: a group older than %s took the next caller in", c, maxGroupAge)
 	}
 }
