@@ -138,6 +138,13 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// EventRetention is how many events the log keeps (default 100000).
 	EventRetention int
+	// ReplicaBackoff is how long the reconciler waits before it tries a
+	// replica again after a failure (a create that failed, the replica
+	// crashed or failed); it doubles with every failure in a row, up to
+	// ReplicaBackoffMax, and starts over once the replica runs. Defaults
+	// 1 s and 5 min.
+	ReplicaBackoff    time.Duration
+	ReplicaBackoffMax time.Duration
 	// ReplicaParallelism bounds concurrent replica creations (default 2).
 	ReplicaParallelism int
 	// MaxBooting bounds the VMs booting at once: a start waits for a slot
@@ -194,7 +201,8 @@ type Controller struct {
 	changed  chan struct{} // closed and replaced on every VM change
 	ready    bool
 
-	wake chan struct{} // deployment reconciler
+	wake    chan struct{} // deployment reconciler
+	retries *retries      // replicas waiting to be tried again
 
 	ports portSync
 	// base is the controller's lifetime context, set by Run (watchers and
@@ -277,6 +285,7 @@ func New(cfg Config) (*Controller, error) {
 		base:     context.Background(),
 	}
 	c.events = events.New(cfg.Store, cfg.Logger)
+	c.retries = newRetries(cfg.ReplicaBackoff, cfg.ReplicaBackoffMax, c.kickDeployments)
 	return c, nil
 }
 

@@ -366,6 +366,7 @@ func (c *Controller) DeleteDeployment(ctx context.Context, name string) (*api.De
 	if errs := c.deleteReplicas(sctx, vms, "deployment deleted"); len(errs) > 0 {
 		return nil, fmt.Errorf("deleting deployment %s: %w", name, errors.Join(errs...))
 	}
+	c.retries.forget(name)
 	err = c.st.Tx(sctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(sctx, `DELETE FROM deployments WHERE name = ?`, name); err != nil {
 			return internal(err, "deleting deployment %s", name)
@@ -510,14 +511,32 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 	}
 	var errs []string
 	// Scale down: everything above the desired count.
+	for _, v := range extra {
+		c.retries.reset(v.Name)
+	}
 	for _, err := range c.deleteReplicas(ctx, extra, "scaled down") {
 		errs = append(errs, err.Error())
 	}
-	// Replace crashed and failed replicas; create missing ones.
+	// Replace crashed and failed replicas; create missing ones; both wait
+	// for their retry after a failure (retries).
 	var todo []int
 	for i := 1; i <= d.Replicas; i++ {
 		v, ok := have[i]
+		rn := ReplicaName(name, i)
+		if ok && v.State == api.VMRunning {
+			c.retries.reset(rn)
+		}
+		failedNow := ""
 		if ok && v.Step == "" && v.Desired == desireRunning && (v.State == api.VMCrashed || v.State == api.VMFailed) {
+			failedNow = strings.TrimSuffix(string(v.State)+": "+v.Error, ": ")
+		}
+		if failedNow != "" || !ok {
+			if due, note := c.retries.due(rn, failedNow); !due {
+				errs = append(errs, note)
+				continue
+			}
+		}
+		if failedNow != "" {
 			log.Info("recreating a replica", "vm", v.Name, "state", v.State)
 			if err := c.deleteReplica(ctx, v.Name, "recreating a "+string(v.State)+" replica"); err != nil {
 				errs = append(errs, err.Error())
@@ -550,6 +569,7 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 				_, err = c.createVM(ctx, req, name)
 			}
 			if err != nil {
+				c.retries.failed(req.Name, err.Error())
 				log.Warn("creating a replica", "vm", req.Name, "err", err)
 				mu.Lock()
 				errs = append(errs, err.Error())

@@ -276,6 +276,13 @@ func NewNetwork() *Network { return &Network{taps: map[string]hostnet.Tap{}} }
 
 var _ controller.Network = (*Network)(nil)
 
+// SetNoBridge sets NoBridge while the network is in use.
+func (n *Network) SetNoBridge(v bool) {
+	n.mu.Lock()
+	n.NoBridge = v
+	n.mu.Unlock()
+}
+
 // AddTap implements controller.Network.
 func (n *Network) AddTap(_ context.Context, cfg hostnet.TapConfig) (*hostnet.TapResult, error) {
 	n.mu.Lock()

@@ -1,0 +1,106 @@
+package controller_test
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/controller/controllertest"
+	"github.com/volantvm/volant/lib/store"
+)
+
+func lastEvent(t *testing.T, st *store.Store) int64 {
+	t.Helper()
+	evs, err := st.EventsSince(context.Background(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) == 0 {
+		return 0
+	}
+	return evs[len(evs)-1].ID
+}
+
+// TestFailingReplicaBacksOff: a replica whose create fails after the VM
+// was recorded (the bridge is missing: the tap step fails, the create is
+// undone) is retried with an exponential, capped backoff, not at once
+// whenever its own undo wakes the reconciler (which made 4,879 events in
+// 20 s). Once the cause is gone it comes up, and a later crash of the
+// running replica is retried after the base delay again (the backoff was
+// reset by its success).
+func TestFailingReplicaBacksOff(t *testing.T) {
+	f := newFixture(t)
+	pr := controllertest.NewProber()
+	c, _ := f.controllerWith(controller.Config{Prober: pr, MaxBooting: -1, ReconcileInterval: 100 * time.Millisecond,
+		ReplicaBackoff: 200 * time.Millisecond, ReplicaBackoffMax: 2 * time.Second})
+	f.plugin(c, "web")
+	f.nw.SetNoBridge(true)
+	before := lastEvent(t, f.st)
+	if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "web", Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	const window = 3 * time.Second
+	time.Sleep(window)
+	evs, err := f.st.EventsSince(f.ctx, before, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := 0
+	for _, e := range evs {
+		if e.Type == api.EventVMCreated {
+			created++
+		}
+	}
+	// Tries at 0, 0.2, 0.6, 1.4 s, then 3 s (and every 2 s): 4 or 5 in 3 s.
+	t.Logf("%d events, %d creates of the replica in %s", len(evs), created, window)
+	if created < 3 || created > 7 {
+		t.Fatalf("%d creates in %s (%d events), want 4 or 5", created, window, len(evs))
+	}
+	d, err := c.Deployment(f.ctx, "svc")
+	if err != nil || d.Error == "" {
+		t.Fatalf("the deployment does not say why: %+v %v", d, err)
+	}
+
+	// The bridge is back: the replica comes up within the capped delay.
+	f.nw.SetNoBridge(false)
+	var vm *api.VM
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if vm, err = c.VM(f.ctx, "svc-1"); err == nil && vm.IP != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica did not come back: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	st := controllertest.Healthy("svc-1")
+	pr.Set(netip.MustParseAddr(vm.IP), &st)
+	eventuallyState(t, c, "svc-1", api.VMRunning)
+
+	// Its success reset the backoff: a crash now is replaced after about
+	// the base delay (0.2 s), not the capped one (2 s).
+	vm, err = c.VM(f.ctx, "svc-1")
+	if err != nil || vm.PID == 0 {
+		t.Fatalf("running without a pid: %+v %v", vm, err)
+	}
+	old := vm.PID
+	f.rt.Kill("svc-1", nil)
+	t0 := time.Now()
+	for {
+		v, err := c.VM(f.ctx, "svc-1")
+		if err == nil && v.PID != 0 && v.PID != old {
+			break
+		}
+		if time.Since(t0) > 5*time.Second {
+			t.Fatal("the crashed replica was not replaced")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if d := time.Since(t0); d < 150*time.Millisecond || d > 1500*time.Millisecond {
+		t.Fatalf("the crashed replica was replaced after %s; want about the base delay (200ms)", d)
+	}
+}
