@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -36,6 +37,7 @@ type fakeHost struct {
 	dir      string
 	kernel   string
 	manifest []byte
+	artifact string // the plugin's initramfs, which manifest names
 	// bin, when set, holds the volantd, cloud-hypervisor and volant-launch
 	// to run (default: bins, where volantd is this test binary).
 	bin string
@@ -60,6 +62,7 @@ func newFakeHost(t testing.TB) *fakeHost {
 	b.File("/lib/modules/6.1.0-test/modules.dep", 0o644, []byte("kernel/x.ko:\n"))
 	b.File("/bin/app", 0o755, []byte("#!/bin/sh\n"))
 	art := filepath.Join(dir, "app.cpio.gz")
+	h.artifact = art
 	if err := b.WriteFile(art, initramfs.Gzip); err != nil {
 		t.Fatal(err)
 	}
@@ -82,10 +85,14 @@ func (h *fakeHost) start(t testing.TB, extra ...string) *volantdProc {
 	wrap := append([]string{"ip", "netns", "exec", h.ns.Name}, kvm...)
 	// The fake guests never become healthy, so boots are not admitted a
 	// few at a time (--max-booting -1): each would hold its slot until
-	// the start timeout.
+	// the start timeout (unless extra sets --max-booting).
 	// The plugin's artifact is in h.dir, which volantd is told to allow.
-	args := append([]string{"--vmm", "cloud-hypervisor", "--kernel", h.kernel, "--health-interval", "1s", "--stop-timeout", "2s", "--max-booting", "-1",
-		"--artifact-dir", h.dir}, extra...)
+	args := []string{"--vmm", "cloud-hypervisor", "--kernel", h.kernel, "--health-interval", "1s", "--stop-timeout", "2s",
+		"--artifact-dir", h.dir}
+	if !slices.Contains(extra, "--max-booting") {
+		args = append(args, "--max-booting", "-1")
+	}
+	args = append(args, extra...)
 	if h.bin != "" {
 		return startDaemonFrom(t, h.bin, h.dir, wrap, files, nil, args...)
 	}
@@ -134,20 +141,12 @@ func (h *fakeHost) taps(t *testing.T) []hostnet.Tap {
 	return taps
 }
 
-// TestKillDuringCreatesThenRestart: volantd is killed with SIGKILL while 20
-// creates are in flight. After a restart there are no leaked leases, no
-// orphan hypervisors, no duplicate addresses, no orphan taps, and every VM
-// whose run is alive is adopted; interrupted creates are finished.
-func TestKillDuringCreatesThenRestart(t *testing.T) {
-	kvmtest.Require(t)
-	h := newFakeHost(t)
-	d1 := h.start(t)
+// createThenKill starts n creates on d1 and kills it with SIGKILL once
+// some VMs run and the rest are somewhere in their steps. It returns how
+// many creates the kill cut off (at least one).
+func createThenKill(t *testing.T, d1 *volantdProc, n int) int {
+	t.Helper()
 	ctx := context.Background()
-	if _, err := d1.c.InstallPlugin(ctx, h.manifest, client.InstallOptions{}); err != nil {
-		t.Fatal(err)
-	}
-
-	const n = 20
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	results := make([]error, n)
@@ -220,6 +219,24 @@ func TestKillDuringCreatesThenRestart(t *testing.T) {
 	if failed == 0 {
 		t.Fatal("every create finished before the kill; the test proves nothing")
 	}
+	return failed
+}
+
+// TestKillDuringCreatesThenRestart: volantd is killed with SIGKILL while 20
+// creates are in flight. After a restart there are no leaked leases, no
+// orphan hypervisors, no duplicate addresses, no orphan taps, and every VM
+// whose run is alive is adopted; interrupted creates are finished.
+func TestKillDuringCreatesThenRestart(t *testing.T) {
+	kvmtest.Require(t)
+	h := newFakeHost(t)
+	d1 := h.start(t)
+	ctx := context.Background()
+	if _, err := d1.c.InstallPlugin(ctx, h.manifest, client.InstallOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 20
+	failed := createThenKill(t, d1, n)
 
 	d2 := h.start(t)
 	vms, err := d2.c.ListVMs(ctx, api.VMFilter{})

@@ -24,6 +24,9 @@ type ReconcileReport struct {
 	Deleted []string `json:"deleted"`
 	// Stopped are VMs whose interrupted stop was completed.
 	Stopped []string `json:"stopped"`
+	// Undone are VMs whose interrupted create failed when it was resumed:
+	// undone (deleted, lease and tap freed), as a create that fails is.
+	Undone []string `json:"undone"`
 	// Failed are VMs whose resumed operation failed (state failed).
 	Failed []string `json:"failed"`
 	// RemovedPartials are partial downloads of interrupted plugin installs
@@ -161,6 +164,7 @@ func (c *Controller) Reconcile(ctx context.Context) (*ReconcileReport, error) {
 	c.kickDeployments()
 	c.log.Info("reconciled", "vms", len(rows), "adopted", len(rep.Adopted), "resumed", len(rep.Resumed),
 		"crashed", len(rep.Crashed), "deleted", len(rep.Deleted), "freed_leases", len(rep.FreedLeases),
+		"undone", len(rep.Undone), "failed", len(rep.Failed), "stopped", len(rep.Stopped),
 		"removed_taps", len(rep.RemovedTaps), "orphan_runs", len(rep.OrphanRuns), "removed_partials", len(rep.RemovedPartials))
 	return rep, nil
 }
@@ -202,9 +206,32 @@ func (c *Controller) reconcileVM(ctx context.Context, v vmRow, rep *ReconcileRep
 	}
 	switch {
 	case v.Step != "":
-		// An interrupted create or start: finish it (its start step adopts
-		// a run that is already there).
-		if err := c.runSteps(ctx, v.Name, c.upSteps(v.Name)); err != nil {
+		// An interrupted create or start: finish it. The steps measure
+		// before they act, so all of them run again (a reboot since may
+		// have removed the tap), unless the hypervisor runs already: then
+		// the steps before the recorded one completed, and it goes on
+		// from there (its start step adopts the run), since running them
+		// again could fail for reasons the operation without the crash
+		// never met (a bridge deleted since) and undo a VM that runs.
+		// When it fails, the outcome is the one it would have had without
+		// the crash: a create (the VM never ran) is undone, a start
+		// leaves the VM failed.
+		steps := c.upSteps(v.Name)
+		if live {
+			steps = resumeAt(steps, v.Step)
+		}
+		if err := c.runSteps(ctx, v.Name, steps); err != nil {
+			if v.StartedAt == nil {
+				log.Warn("reconcile: a resumed create failed; undoing it", "err", err)
+				if derr := c.destroy(ctx, v.Name, "create failed after a volantd restart: "+err.Error()); derr != nil {
+					log.Error("reconcile: undoing a failed create", "err", derr)
+					c.markFailed(ctx, v.Name, err)
+					note(&rep.Failed, v.Name)
+					return
+				}
+				note(&rep.Undone, v.Name)
+				return
+			}
 			log.Warn("reconcile: resuming a start", "err", err)
 			c.markFailed(ctx, v.Name, err)
 			note(&rep.Failed, v.Name)
@@ -243,4 +270,17 @@ func (c *Controller) markCrashed(ctx context.Context, name, msg string) {
 	if err != nil && !errors.Is(err, context.Canceled) {
 		c.log.Warn("recording a crash", "vm", name, "err", err)
 	}
+}
+
+// resumeAt returns steps from the one named at on (all of them when no
+// step has that name). Each step is recorded before it runs, so the one
+// named ran partly or not at all and runs again (steps are idempotent);
+// those before it completed.
+func resumeAt(steps []step, at string) []step {
+	for i, s := range steps {
+		if s.name == at {
+			return steps[i:]
+		}
+	}
+	return steps
 }

@@ -327,8 +327,9 @@ func Serve(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("reconciling state at startup: %w", err)
 	}
-	log.Info("startup reconciliation", "adopted", rep.Adopted, "resumed", rep.Resumed, "crashed", rep.Crashed,
-		"freed_leases", rep.FreedLeases, "removed_taps", rep.RemovedTaps, "orphan_runs", rep.OrphanRuns)
+	log.Info("startup reconciliation", "adopted", rep.Adopted, "resumed", rep.Resumed, "undone", rep.Undone, "failed", rep.Failed,
+		"crashed", rep.Crashed, "stopped", rep.Stopped, "deleted", rep.Deleted,
+		"freed_leases", rep.FreedLeases, "removed_taps", rep.RemovedTaps, "orphan_runs", rep.OrphanRuns, "removed_partials", rep.RemovedPartials)
 
 	srv := server.New(ctl, server.Options{Token: cfg.Token, Logger: log})
 
