@@ -2,7 +2,9 @@ package controller_test
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,6 +61,11 @@ func TestFailingReplicaBacksOff(t *testing.T) {
 	if created < 3 || created > 7 {
 		t.Fatalf("%d creates in %s (%d events), want 4 or 5", created, window, len(evs))
 	}
+	// Each try is a vm.created and its undo's vm.deleted: the storm of
+	// issue 21 was 4,879 events in 20 s.
+	if len(evs) > 6*7 {
+		t.Fatalf("%d events in %s", len(evs), window)
+	}
 	d, err := c.Deployment(f.ctx, "svc")
 	if err != nil || d.Error == "" {
 		t.Fatalf("the deployment does not say why: %+v %v", d, err)
@@ -102,5 +109,61 @@ func TestFailingReplicaBacksOff(t *testing.T) {
 	}
 	if d := time.Since(t0); d < 150*time.Millisecond || d > 1500*time.Millisecond {
 		t.Fatalf("the crashed replica was replaced after %s; want about the base delay (200ms)", d)
+	}
+}
+
+// passCounter counts the deployment reconciler's passes (its debug line).
+type passCounter struct{ n atomic.Int64 }
+
+func (p *passCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (p *passCounter) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "deployments: a reconcile pass" {
+		p.n.Add(1)
+	}
+	return nil
+}
+func (p *passCounter) WithAttrs([]slog.Attr) slog.Handler { return p }
+func (p *passCounter) WithGroup(string) slog.Handler      { return p }
+
+// TestReplicaFailureStartsNoPass: the undo of a replica's failed create
+// (its vm.deleted) does not wake the deployment reconciler at once; only
+// the end of the replica's backoff does. Before, every failed create
+// woke it, so a pass followed each failure (and, without the backoff,
+// created the replica again at once). With no periodic passes in the
+// window, the passes are about the tries.
+func TestReplicaFailureStartsNoPass(t *testing.T) {
+	f := newFixture(t)
+	passes := &passCounter{}
+	c, _ := f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1, ReconcileInterval: time.Hour,
+		ReplicaBackoff: 200 * time.Millisecond, ReplicaBackoffMax: 2 * time.Second, Logger: slog.New(passes)})
+	f.plugin(c, "web")
+	f.nw.SetNoBridge(true)
+	before := lastEvent(t, f.st)
+	p0 := passes.n.Load()
+	if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "web", Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	const window = 2500 * time.Millisecond
+	time.Sleep(window)
+	n := passes.n.Load() - p0
+	evs, err := f.st.EventsSince(f.ctx, before, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := 0
+	for _, e := range evs {
+		if e.Type == api.EventVMCreated {
+			created++
+		}
+	}
+	// Tries at 0, 0.2, 0.6 and 1.4 s: one pass each (the first woken by
+	// the create of the deployment, the others by the end of a wait),
+	// and at most one more (the start-up kick, if it came late).
+	t.Logf("%d passes, %d creates in %s", n, created, window)
+	if created < 3 || created > 5 {
+		t.Fatalf("%d creates in %s, want 4", created, window)
+	}
+	if n > int64(created)+1 {
+		t.Fatalf("%d passes for %d creates: a failure woke the reconciler", n, created)
 	}
 }

@@ -465,6 +465,7 @@ func (c *Controller) ReconcileDeployments(ctx context.Context) {
 		c.log.Warn("deployments: listing", "err", err)
 		return
 	}
+	c.log.Debug("deployments: a reconcile pass", "deployments", len(ds))
 	for _, d := range ds {
 		if ctx.Err() != nil {
 			return

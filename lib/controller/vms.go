@@ -254,6 +254,11 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 		if derr := c.destroy(sctx, req.Name, "create failed: "+err.Error()); derr != nil {
 			c.log.Error("undoing a failed create", "vm", req.Name, "err", derr)
 		}
+		if deployment == "" {
+			// Its name is free again for a deployment's replica. (A
+			// replica's retry waits for its backoff: no pass now.)
+			c.kickDeployments()
+		}
 		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
 	}
 	return c.VM(ctx, req.Name)
@@ -667,6 +672,7 @@ func (c *Controller) DeleteVM(ctx context.Context, name string) (*api.VM, error)
 		return nil, err
 	}
 	defer unlock()
+	defer c.kickDeployments() // a deployment's replica: make it again
 	v, err := c.VM(ctx, name)
 	if apierr.Is(err, apierr.NotFound) && before != nil {
 		before.State, before.PID, before.Step = api.VMDeleted, 0, ""
@@ -682,7 +688,11 @@ func (c *Controller) DeleteVM(ctx context.Context, name string) (*api.VM, error)
 	return v, nil
 }
 
-// destroy runs the delete steps; the caller holds the VM's lock.
+// destroy runs the delete steps; the caller holds the VM's lock. It does
+// not wake the deployment reconciler: a caller whose delete may leave a
+// deployment short does (DeleteVM); the reconciler's own deletes (scaling
+// down, recreating, undoing a replica's failed create, whose retry waits
+// for its backoff) must not start a pass at once.
 func (c *Controller) destroy(ctx context.Context, name, reason string) error {
 	steps := []step{
 		{"stop", func(ctx context.Context) error { return c.stop(ctx, name, desireDeleted) }},
@@ -713,7 +723,6 @@ func (c *Controller) destroy(ctx context.Context, name, reason string) error {
 		c.log.Warn("removing the VM's files", "vm", name, "err", err)
 	}
 	c.publishNow(ctx)
-	c.kickDeployments()
 	return nil
 }
 
