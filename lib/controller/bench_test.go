@@ -79,7 +79,9 @@ func mustPool(b *testing.B) ipam.Pool {
 }
 
 func (f *fixture) pluginB(b *testing.B, c *controller.Controller, name string) {
-	art := filepath.Join(f.dir, name+".img")
+	// volantd takes local artifacts only from the plugins directory.
+	art := filepath.Join(f.dir, "plugins", name+".img")
+	os.MkdirAll(filepath.Dir(art), 0o755)
 	os.WriteFile(art, []byte(name), 0o644)
 	sum := sha256.Sum256([]byte(name))
 	m := fmt.Sprintf(`{"name":%q,"version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":{"entrypoint":["/a"]}}`, name, art, hex.EncodeToString(sum[:]))
