@@ -9,16 +9,17 @@
 // has its own runner:
 //
 //	stdio/<command>.jsonl   runs bin/<command> (stdio_test.go)
+//	http/volantd.jsonl      sends requests to one volantd (http_test.go)
 //
 // A stdio case is
 //
 //	{"name":"...", "args":[...], "stdin":"...", "code":"USAGE",
-//	 "files":{"m.json":"..."}, "setup":[{"args":[...],"stdin":"..."}],
-//	 "netns":false, "issue":"21"}
+//	 "files":{"m.json":"..."}, "exec":["m.json"],
+//	 "setup":[{"args":[...],"stdin":"..."}], "netns":false, "issue":"21"}
 //
 // The command runs in a scratch directory $TMP (its working directory;
 // "$TMP" in args, stdin and files is replaced by its path) holding only
-// files, with VOLANT_DB=$TMP/volant.db, VOLANT_DATA_DIR=$TMP/data and
+// files (those in exec executable), with VOLANT_DB=$TMP/volant.db, VOLANT_DATA_DIR=$TMP/data and
 // VOLANT_RUN_ROOT=$TMP/run. setup steps run first and must succeed. The
 // case passes when the command exits with the exit status of code, writes
 // nothing on stdout, ends stderr with one JSON error object carrying code,
@@ -27,6 +28,27 @@
 // "netns":true (always for volant-net) the steps run inside a network
 // namespace the test creates, whose links, addresses, nftables ruleset and
 // ip_forward must not change either. "issue" names where the case comes from.
+//
+// An http case is
+//
+//	{"name":"...", "method":"POST", "path":"/api/v1/plugins",
+//	 "content_type":"application/json", "accept":"...", "body":"...",
+//	 "auth":"", "status":403, "code":"PERMISSION_DENIED",
+//	 "files":{...}, "dirs":[...], "fifos":[...], "links":{"name":"target"},
+//	 "issue":"21"}
+//
+// One volantd runs for all of them in a scratch directory $TMP (no
+// bridge, no agent endpoint; the API on a unix socket and on loopback TCP
+// with a token) with one plugin installed; files, directories, FIFOs and
+// symlinks a case names are made under $TMP before its request and
+// removed after it; "$TMP" and "$HTTP" (a server whose /blob matches no
+// checksum) in path, body, files and link targets are replaced. auth is
+// how the token goes: "" in the Authorization header, "none", "wrong",
+// "query" (in the query string). The case passes when the answer has its
+// status, is a JSON error object with its code and a message, and the
+// plugins, VMs, deployments and volumes the API lists, the last event's
+// ID and the files and directories under $TMP/data (the database aside)
+// are as before.
 //
 // To add a case, append a line; to cover a new command, add a file named
 // after it. The run ends by printing on stderr the number of cases and how

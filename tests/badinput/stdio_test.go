@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,8 +29,10 @@ type stdioCase struct {
 		Args  []string `json:"args"`
 		Stdin string   `json:"stdin,omitempty"`
 	} `json:"setup,omitempty"`
-	// Files are written into $TMP first (name → content, "$TMP" replaced).
+	// Files are written into $TMP first (name → content, "$TMP" replaced;
+	// directories on the way are made); those named in Exec are executable.
 	Files map[string]string `json:"files,omitempty"`
+	Exec  []string          `json:"exec,omitempty"`
 	NetNS bool              `json:"netns,omitempty"`
 	Issue string            `json:"issue,omitempty"`
 }
@@ -97,7 +100,15 @@ func TestStdio(t *testing.T) {
 				return o.String(), e.String(), 0
 			}
 			for name, content := range c.Files {
-				if err := os.WriteFile(filepath.Join(dir, name), []byte(strings.ReplaceAll(content, "$TMP", dir)), 0o644); err != nil {
+				p := filepath.Join(dir, name)
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				mode := os.FileMode(0o644)
+				if slices.Contains(c.Exec, name) {
+					mode = 0o755
+				}
+				if err := os.WriteFile(p, []byte(strings.ReplaceAll(content, "$TMP", dir)), mode); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -141,7 +152,7 @@ func lastError(stderr string) apierr.Error {
 
 // snapshot describes what a command could change: every file under dir
 // with its mode and content (not directories, not SQLite's -shm index,
-// which readers update, nor data/cache) and, in a namespace, its links, addresses, nftables ruleset and
+// which readers update, not volantd's lock file, nor data/cache) and, in a namespace, its links, addresses, nftables ruleset and
 // ip_forward.
 func snapshot(t *testing.T, dir string, ns *netnstest.NS) string {
 	t.Helper()
@@ -163,6 +174,9 @@ func snapshot(t *testing.T, dir string, ns *netnstest.NS) string {
 		rel, _ := filepath.Rel(dir, p)
 		if strings.HasSuffix(rel, ".db-shm") {
 			return nil // SQLite's shared-memory index: readers write it too
+		}
+		if strings.HasSuffix(rel, ".db.volantd-lock") {
+			return nil // the empty file volantd's one-daemon-per-database flock is on
 		}
 		fmt.Fprintf(&b, "%s %s", rel, info.Mode())
 		if info.Mode().IsRegular() {
