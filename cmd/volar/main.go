@@ -1,5 +1,5 @@
 // Command volar is the command line of Volant: it drives volantd's REST API
-// (plugins, VMs, deployments, volumes, events, logs, exec and copy into a
+// (plugins, VMs, deployments, volumes, snapshots, events, logs, exec and copy into a
 // VM, the serial console) and
 // prepares the host for it (setup).
 //
@@ -23,8 +23,13 @@
 //	volar vms cp NAME:PATH LOCAL | LOCAL NAME:PATH
 //	volar vms console NAME [--escape ^]]
 //	volar vms wait NAME [--state running] [--timeout D]
+//	volar vms create NAME --from-snapshot SNAPSHOT [--wait [--timeout D]]
+//	volar vms snapshot NAME [--name SNAPSHOT]
+//	volar vms restore NAME SNAPSHOT
+//	volar snapshots list
+//	volar snapshots show|delete NAME
 //	volar deployments create NAME --plugin P --replicas N [-p SPEC]... [--cpu N] [--memory MB] [--config FILE]
-//	                        [--volume-template NAME:SIZE:/PATH]...
+//	                        [--volume-template NAME:SIZE:/PATH]... [--from-snapshot SNAPSHOT]
 //	volar deployments scale NAME --replicas M
 //	volar deployments list
 //	volar deployments show|delete NAME
@@ -60,6 +65,9 @@
 //	deployments create|scale|show|delete        one Deployment object
 //	volumes list                                a JSON array of Volume
 //	volumes create|show|resize|delete           one Volume object
+//	snapshots list                              a JSON array of Snapshot
+//	vms snapshot, snapshots show|delete         one Snapshot object
+//	vms restore                                 one VM object
 //	events                                      one compact Event object per line (NDJSON)
 //	setup                                       one object {"dry_run","changed","ready","items":[...],...}
 //	version                                     {"client","server","addr"}
@@ -139,6 +147,20 @@
 // is first created. Scaling down keeps the volumes of the replicas it
 // removes (and deleting the deployment keeps them all); scaling up again
 // gives replica i its data-i back. Delete them with `volumes delete`.
+//
+// # Snapshots
+//
+// `volar vms snapshot web1 --name warm` saves the running VM web1 — its
+// memory, devices and a point-in-time copy of its disks and volumes — and
+// lets it run on. `volar vms create web2 --from-snapshot warm` starts a
+// new VM from it without booting: the workload is already running, warm,
+// with the saved VM's memory, under web2's own address, MAC, hostname,
+// clock and fresh randomness (docs/snapshots.md). `volar vms restore web1
+// warm` rolls web1 back to the snapshot (what it wrote since is lost; a VM
+// with volumes attached cannot be rolled back). `volar deployments create
+// svc --from-snapshot warm --replicas 3` starts every replica from it, so
+// scaling up restores instead of booting. A snapshot in use by a VM or a
+// deployment cannot be deleted (CONFLICT).
 //
 // # Events
 //

@@ -97,9 +97,10 @@ func TestHelpAtEveryLevel(t *testing.T) {
 	paths := commandPaths(t)
 	want := []string{"completion", "deployments", "deployments create", "deployments delete", "deployments list",
 		"deployments scale", "deployments show", "events", "plugins", "plugins disable", "plugins enable",
-		"plugins install", "plugins list", "plugins remove", "plugins show", "setup", "version", "vms",
-		"vms console", "vms cp", "vms create", "vms delete", "vms exec", "vms list", "vms logs", "vms restart", "vms show", "vms start",
-		"vms stop", "vms wait", "volumes", "volumes create", "volumes delete", "volumes list", "volumes resize", "volumes show"}
+		"plugins install", "plugins list", "plugins remove", "plugins show", "setup", "snapshots", "snapshots delete",
+		"snapshots list", "snapshots show", "version", "vms",
+		"vms console", "vms cp", "vms create", "vms delete", "vms exec", "vms list", "vms logs", "vms restart", "vms restore",
+		"vms show", "vms snapshot", "vms start", "vms stop", "vms wait", "volumes", "volumes create", "volumes delete", "volumes list", "volumes resize", "volumes show"}
 	var got []string
 	for _, p := range paths {
 		got = append(got, strings.Join(p, " "))
@@ -215,7 +216,7 @@ func TestCompletionInProcess(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{""}, "completion\ndeployments\nevents\nplugins\nsetup\nversion\nvms\nvolumes\n"},
+		{[]string{""}, "completion\ndeployments\nevents\nplugins\nsetup\nsnapshots\nversion\nvms\nvolumes\n"},
 		{[]string{"v"}, "version\nvms\nvolumes\n"},
 		{[]string{"vms", "st"}, "start\nstop\n"},
 		{[]string{"vms", "create", "--pl"}, "--plugin\n"},
@@ -282,10 +283,10 @@ printf '%%s\n' "${COMPREPLY[@]}"`, script, strings.Join(quoted, " "), len(words)
 func TestBashCompletion(t *testing.T) {
 	reg := "complete -o default -F _volar_complete volar\n"
 	for _, c := range []struct{ line, want string }{
-		{"volar ", "completion\ndeployments\nevents\nplugins\nsetup\nversion\nvms\nvolumes\n"},
+		{"volar ", "completion\ndeployments\nevents\nplugins\nsetup\nsnapshots\nversion\nvms\nvolumes\n"},
 		{"volar de", "deployments\n"},
-		{"volar vms ", "console\ncp\ncreate\ndelete\nexec\nlist\nlogs\nrestart\nshow\nstart\nstop\nwait\n"},
-		{"volar vms create web1 --", "--cpu\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--publish\n--quiet\n--timeout\n--token\n--volume\n--wait\n"},
+		{"volar vms ", "console\ncp\ncreate\ndelete\nexec\nlist\nlogs\nrestart\nrestore\nshow\nsnapshot\nstart\nstop\nwait\n"},
+		{"volar vms create web1 --", "--cpu\n--from-snapshot\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--publish\n--quiet\n--timeout\n--token\n--volume\n--wait\n"},
 		{"volar deployments scale web --r", "--replicas\n"},
 	} {
 		if got := bashComplete(t, c.line); got != reg+c.want {

@@ -166,6 +166,11 @@ type CreateVMRequest struct {
 	// and other guests reach GuestPort of the VM. A host port in use (a
 	// host listener, another VM or deployment) is PORT_IN_USE.
 	Ports []portmap.Mapping `json:"ports,omitempty"`
+	// FromSnapshot starts the VM from a snapshot (Snapshot) instead of
+	// booting it: plugin, CPUs and memory are the snapshot's (giving
+	// others is INVALID_INPUT), its disks and volumes are the VM's own
+	// copies of the snapshot's, and volumes cannot be given.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 }
 
 // LogOptions select what GET /api/v1/vms/{name}/logs returns.
@@ -303,6 +308,8 @@ type Deployment struct {
 	// Endpoints are the replicas that receive the published ports'
 	// connections: those running and healthy, in index order.
 	Endpoints []string `json:"endpoints,omitempty"`
+	// FromSnapshot is the snapshot replicas start from.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 	// Error is the last reconcile failure, if the last reconcile failed.
 	Error     string    `json:"error,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
@@ -329,6 +336,10 @@ type CreateDeploymentRequest struct {
 	// (one new connection to each in turn); a replica leaves the set while
 	// its health check fails.
 	Ports []portmap.Mapping `json:"ports,omitempty"`
+	// FromSnapshot starts every replica from a snapshot instead of
+	// booting it (see CreateVMRequest.FromSnapshot); the snapshot cannot
+	// be deleted while the deployment exists.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 }
 
 // ScaleRequest is the body of POST /api/v1/deployments/{name}/scale.

@@ -313,6 +313,7 @@ func (c *Controller) Run(ctx context.Context) {
 	c.mu.Lock()
 	c.base = ctx
 	c.mu.Unlock()
+	c.cleanSnapshots()
 	var wg sync.WaitGroup
 	wg.Add(4)
 	go func() { defer wg.Done(); c.runPorts(ctx) }()

@@ -29,6 +29,7 @@ type deploymentRow struct {
 	Current         int
 	Resources       api.Resources
 	VolumeTemplates []api.VolumeTemplate
+	FromSnapshot    string
 	Error           string
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
@@ -37,6 +38,7 @@ type deploymentRow struct {
 type deploymentConfig struct {
 	Resources       api.Resources        `json:"resources"`
 	VolumeTemplates []api.VolumeTemplate `json:"volume_templates,omitempty"`
+	FromSnapshot    string               `json:"from_snapshot,omitempty"`
 }
 
 const deploymentColumns = `name, plugin, replicas, current, config, error, created_at, updated_at`
@@ -53,7 +55,7 @@ func scanDeployment(r rowScanner) (deploymentRow, error) {
 		if err := json.Unmarshal([]byte(cfg.String), &c); err != nil {
 			return d, fmt.Errorf("deployment %s config: %w", d.Name, err)
 		}
-		d.Resources, d.VolumeTemplates = c.Resources, c.VolumeTemplates
+		d.Resources, d.VolumeTemplates, d.FromSnapshot = c.Resources, c.VolumeTemplates, c.FromSnapshot
 	}
 	var err error
 	if d.CreatedAt, err = store.ParseTime(created); err != nil {
@@ -109,7 +111,7 @@ func ReplicaName(deployment string, i int) string { return deployment + "-" + st
 
 func (c *Controller) deploymentAPI(ctx context.Context, q querier, d deploymentRow) (api.Deployment, error) {
 	out := api.Deployment{Name: d.Name, Plugin: d.Plugin, Replicas: d.Replicas, Current: d.Current, Resources: d.Resources,
-		VolumeTemplates: d.VolumeTemplates, Error: d.Error, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, VMs: []string{}}
+		VolumeTemplates: d.VolumeTemplates, FromSnapshot: d.FromSnapshot, Error: d.Error, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, VMs: []string{}}
 	vms, err := listVMs(ctx, q, api.VMFilter{Deployment: d.Name})
 	if err != nil {
 		return out, err
@@ -185,6 +187,11 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 	if err := checkReplicas(req.Replicas); err != nil {
 		return nil, err
 	}
+	unlockSnap, err := c.deploymentSnapshot(ctx, &req)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockSnap()
 	_, m, err := c.usablePlugin(ctx, req.Plugin)
 	if err != nil {
 		return nil, err
@@ -209,7 +216,7 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 	if err != nil {
 		return nil, err
 	}
-	cfg, _ := json.Marshal(deploymentConfig{Resources: res, VolumeTemplates: templates})
+	cfg, _ := json.Marshal(deploymentConfig{Resources: res, VolumeTemplates: templates, FromSnapshot: req.FromSnapshot})
 	now := store.FormatTime(time.Now())
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		if _, err := getDeployment(ctx, tx, req.Name); err == nil {
@@ -564,6 +571,7 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 				return
 			}
 			req := api.CreateVMRequest{Name: ReplicaName(name, i), Plugin: d.Plugin, CPUCores: d.Resources.CPUCores, MemoryMB: d.Resources.MemoryMB}
+			req.FromSnapshot = d.FromSnapshot
 			vols, err := c.replicaVolumes(ctx, name, i, d.VolumeTemplates)
 			if err == nil {
 				req.Volumes = vols

@@ -248,6 +248,9 @@ func (c *Controller) applyStatus(ctx context.Context, name string, st *agentapi.
 	}
 	if v.State == api.VMRunning {
 		c.boots.Release(name) // booted: the next start may go
+		if v0.State != api.VMRunning {
+			c.settleRestore(ctx, name)
+		}
 	}
 	if v.Deployment != "" && (v.State != v0.State || v.Health != v0.Health) {
 		c.kickDeployments()

@@ -36,6 +36,10 @@ type Runtime interface {
 	// run's status after the change (CONFLICT when it does not run).
 	Pause(ctx context.Context, name string) (*launch.Status, error)
 	Resume(ctx context.Context, name string) (*launch.Status, error)
+	// Snapshot saves the running VM (memory, devices, point-in-time disk
+	// copies) into dir, which it makes, with its snapshot.json
+	// (launch.Snapshot); the VM runs on.
+	Snapshot(ctx context.Context, name, dir string) (*launch.SnapshotInfo, error)
 	// Counters reads the VM's I/O counters.
 	Counters(ctx context.Context, name string) (*launch.CountersReport, error)
 }

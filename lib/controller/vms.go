@@ -153,6 +153,11 @@ func validateCreate(req api.CreateVMRequest) error {
 }
 
 func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, deployment string) (*api.VM, error) {
+	if req.FromSnapshot != "" {
+		if err := c.fromSnapshot(&req); err != nil {
+			return nil, err
+		}
+	}
 	if err := validateCreate(req); err != nil {
 		return nil, err
 	}
@@ -207,6 +212,11 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
 	}
 
+	if req.FromSnapshot != "" {
+		if err := c.refSnapshot(ctx, req.Name, req.FromSnapshot); err != nil {
+			return nil, err
+		}
+	}
 	// The row and its lease, in one transaction.
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		if _, err := getVM(ctx, tx, req.Name); err == nil {
@@ -238,6 +248,9 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 		return appendVMEvent(ctx, tx, api.EventVMCreated, &row, vmEvent{Plugin: row.Plugin, Deployment: deployment, IP: row.IP, Resources: res})
 	})
 	if err != nil {
+		if req.FromSnapshot != "" {
+			os.RemoveAll(c.vmDir(req.Name))
+		}
 		return nil, err
 	}
 	c.notify()
@@ -457,6 +470,9 @@ func (c *Controller) stepStage(ctx context.Context, name string) error {
 	}
 	spec := c.spec(v, p, lease)
 	spec.Volumes = launchVolumes(atts)
+	if err := c.stageFromSnapshot(ctx, name, &spec); err != nil {
+		return err
+	}
 	b, err := json.MarshalIndent(spec, "", "  ")
 	if err != nil {
 		return err

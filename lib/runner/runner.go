@@ -250,6 +250,21 @@ func (r *Runner) Resume(ctx context.Context, name string) (*launch.Status, error
 	return st, nil
 }
 
+// Snapshot saves the running VM into dir, which must not exist
+// (launch.Snapshot), with its snapshot.json; the VM runs on. A failed
+// snapshot leaves no dir behind.
+func (r *Runner) Snapshot(ctx context.Context, name, dir string) (*launch.SnapshotInfo, error) {
+	info, err := launch.Snapshot(ctx, r.runDir(name), dir, r.Options)
+	if err == nil {
+		err = launch.WriteSnapshotInfo(dir, info)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return info, nil
+}
+
 // Counters reads the VM's I/O counters (launch.Counters).
 func (r *Runner) Counters(ctx context.Context, name string) (*launch.CountersReport, error) {
 	rep, err := launch.Counters(ctx, r.runDir(name), r.Options)

@@ -106,7 +106,8 @@ type (
 // NewMCPServer returns the MCP server of the API: tools to list, create,
 // start, stop and delete VMs, read their console logs, list plugins and
 // deployments, scale deployments, and (when b is a VolumeBackend) list,
-// create, resize and delete volumes.
+// create, resize and delete volumes, and (a SnapshotBackend) snapshot,
+// restore and start VMs from snapshots.
 func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
 	s := mcp.NewServer(&mcp.Implementation{Name: "volantd", Title: "Volant microVMs", Version: buildinfo.String()}, &mcp.ServerOptions{
 		Instructions: "Volant runs workloads in microVMs on one Linux host. Plugins are installed images; " +
@@ -257,6 +258,7 @@ func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
 			return nil, d, nil
 		})
 	addVolumeTools(s, b, ro)
+	addSnapshotTools(s, b, ro)
 	return s
 }
 

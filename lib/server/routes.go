@@ -188,6 +188,7 @@ func (s *Server) routes() []route {
 			handler: http.HandlerFunc(s.events)},
 	}
 	rs = append(rs, s.volumeRoutes()...)
+	rs = append(rs, s.snapshotRoutes()...)
 	for _, m := range []string{"POST", "GET", "DELETE"} {
 		rs = append(rs, route{method: m, path: "/mcp", id: "mcp" + map[string]string{"POST": "Post", "GET": "Get", "DELETE": "Delete"}[m], tag: "mcp",
 			summary: map[string]string{

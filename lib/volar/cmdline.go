@@ -80,19 +80,27 @@ type CommandLine struct {
 	} `command:"plugins" alias:"plugin" description:"Manage plugins (what VMs boot)"`
 
 	VMs struct {
-		Create  vmCreateCmd  `command:"create" description:"Create and start a VM" long-description:"Create and start a VM from a plugin. volantd leases an address, makes the tap and starts the hypervisor, then answers; the VM is 'starting' until its health check passes. --wait waits until it is 'running', printing progress on stderr."`
-		List    vmListCmd    `command:"list" alias:"ls" description:"List VMs"`
-		Show    vmShowCmd    `command:"show" description:"Show a VM"`
-		Start   vmStartCmd   `command:"start" description:"Start a stopped, crashed or failed VM"`
-		Stop    vmStopCmd    `command:"stop" description:"Stop a VM (power button, then hard stop); it keeps its address"`
-		Restart vmRestartCmd `command:"restart" description:"Stop and start a VM"`
-		Delete  vmDeleteCmd  `command:"delete" alias:"rm" description:"Stop a VM, free its address and forget it"`
-		Logs    vmLogsCmd    `command:"logs" description:"Print what a VM's workload wrote (stdout and stderr), or its serial console with --console"`
-		Exec    vmExecCmd    `command:"exec" description:"Run a command in a running VM (over the host-only agent channel)" long-description:"Run a command in a running VM over the agent channel, which only the host reaches (never the guest network). The command runs directly (no shell unless you name one) with the workload's environment; its output streams to yours and volar exits with its status. -i attaches stdin; -t allocates a terminal in the guest (with -i, your terminal goes raw and its size follows). Exit statuses: the command's; 125 when Volant could not run it (VM not running, daemon unreachable; the error is printed), 126 when it cannot be executed, 127 when it does not exist. With -o json the command runs to its end and its exit code, stdout and stderr are printed as one JSON object."`
-		Cp      vmCpCmd      `command:"cp" description:"Copy files into or out of a running VM (NAME:PATH on one side)" long-description:"Copy a file or directory between this host and a running VM, as a tar stream over the agent channel: one of SRC and DST is NAME:PATH. A destination that is a directory receives the source inside it; otherwise the source is written under the destination's name (its parent must exist). Modes and times are kept; files belong to the user who writes them. Entries that would leave the destination (.., absolute names, symlinks pointing out) are refused. - as the local side is a tar stream on stdin or stdout."`
-		Console vmConsoleCmd `command:"console" description:"Attach the terminal to a VM's serial console (Ctrl-] detaches)" long-description:"Attach the terminal to a VM's serial console through volantd. The terminal is put in raw mode, so every key (Ctrl-C too) goes to the guest; type the detach key (Ctrl-] unless --escape says otherwise) to return. The terminal is restored however the session ends."`
-		Wait    vmWaitCmd    `command:"wait" description:"Wait until a VM is in a state"`
+		Create   vmCreateCmd   `command:"create" description:"Create and start a VM" long-description:"Create and start a VM from a plugin. volantd leases an address, makes the tap and starts the hypervisor, then answers; the VM is 'starting' until its health check passes. --wait waits until it is 'running', printing progress on stderr."`
+		List     vmListCmd     `command:"list" alias:"ls" description:"List VMs"`
+		Show     vmShowCmd     `command:"show" description:"Show a VM"`
+		Start    vmStartCmd    `command:"start" description:"Start a stopped, crashed or failed VM"`
+		Stop     vmStopCmd     `command:"stop" description:"Stop a VM (power button, then hard stop); it keeps its address"`
+		Restart  vmRestartCmd  `command:"restart" description:"Stop and start a VM"`
+		Delete   vmDeleteCmd   `command:"delete" alias:"rm" description:"Stop a VM, free its address and forget it"`
+		Logs     vmLogsCmd     `command:"logs" description:"Print what a VM's workload wrote (stdout and stderr), or its serial console with --console"`
+		Exec     vmExecCmd     `command:"exec" description:"Run a command in a running VM (over the host-only agent channel)" long-description:"Run a command in a running VM over the agent channel, which only the host reaches (never the guest network). The command runs directly (no shell unless you name one) with the workload's environment; its output streams to yours and volar exits with its status. -i attaches stdin; -t allocates a terminal in the guest (with -i, your terminal goes raw and its size follows). Exit statuses: the command's; 125 when Volant could not run it (VM not running, daemon unreachable; the error is printed), 126 when it cannot be executed, 127 when it does not exist. With -o json the command runs to its end and its exit code, stdout and stderr are printed as one JSON object."`
+		Cp       vmCpCmd       `command:"cp" description:"Copy files into or out of a running VM (NAME:PATH on one side)" long-description:"Copy a file or directory between this host and a running VM, as a tar stream over the agent channel: one of SRC and DST is NAME:PATH. A destination that is a directory receives the source inside it; otherwise the source is written under the destination's name (its parent must exist). Modes and times are kept; files belong to the user who writes them. Entries that would leave the destination (.., absolute names, symlinks pointing out) are refused. - as the local side is a tar stream on stdin or stdout."`
+		Console  vmConsoleCmd  `command:"console" description:"Attach the terminal to a VM's serial console (Ctrl-] detaches)" long-description:"Attach the terminal to a VM's serial console through volantd. The terminal is put in raw mode, so every key (Ctrl-C too) goes to the guest; type the detach key (Ctrl-] unless --escape says otherwise) to return. The terminal is restored however the session ends."`
+		Wait     vmWaitCmd     `command:"wait" description:"Wait until a VM is in a state"`
+		Snapshot vmSnapshotCmd `command:"snapshot" description:"Save a running VM (memory, devices, disks) as a snapshot; the VM runs on"`
+		Restore  vmRestoreCmd  `command:"restore" description:"Roll a VM back to a snapshot (what it wrote since is lost)"`
 	} `command:"vms" alias:"vm" description:"Manage VMs"`
+
+	Snapshots struct {
+		List   snapshotListCmd   `command:"list" alias:"ls" description:"List snapshots"`
+		Show   snapshotShowCmd   `command:"show" description:"Show a snapshot: sizes, how its disks were copied, who uses it"`
+		Delete snapshotDeleteCmd `command:"delete" alias:"rm" description:"Delete a snapshot (refused while a VM or deployment uses it)"`
+	} `command:"snapshots" alias:"snapshot" alias:"snap" description:"Manage snapshots (saved VMs that start without booting)"`
 
 	Deployments struct {
 		Create deploymentCreateCmd `command:"create" description:"Create a deployment: N replicas NAME-1..NAME-N kept running" long-description:"Create a deployment. volantd creates the replicas NAME-1..NAME-N in the background and keeps them running: a crashed replica is recreated."`
@@ -274,7 +282,8 @@ func (c *pluginRemoveCmd) run(ctx context.Context, s *Session, _ *cli.Env) error
 // --- vms ---
 
 type vmCreateCmd struct {
-	Plugin     PluginName `long:"plugin" value-name:"PLUGIN" required:"yes" description:"plugin to boot"`
+	Plugin     PluginName `long:"plugin" value-name:"PLUGIN" description:"plugin to boot (required unless --from-snapshot)"`
+	FromSnap   string     `long:"from-snapshot" value-name:"SNAPSHOT" description:"start the VM from a snapshot instead of booting it (plugin, CPUs, memory and volumes are the snapshot's)"`
 	Publish    []string   `long:"publish" short:"p" value-name:"SPEC" description:"publish a host port to the VM: HOSTPORT:GUESTPORT, with HOSTIP: before and /tcp or /udp after if need be (repeatable)"`
 	CPU        int        `long:"cpu" value-name:"N" description:"vCPUs (default: the plugin's)"`
 	Memory     int        `long:"memory" value-name:"MB" description:"memory in MiB (default: the plugin's)"`
@@ -291,7 +300,8 @@ func (c *vmCreateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 	if err != nil {
 		return err
 	}
-	req := api.CreateVMRequest{Name: c.Args.Name, Plugin: string(c.Plugin), CPUCores: c.CPU, MemoryMB: c.Memory, KernelArgs: c.KernelArgs, Ports: ports}
+	req := api.CreateVMRequest{Name: c.Args.Name, Plugin: string(c.Plugin), CPUCores: c.CPU, MemoryMB: c.Memory, KernelArgs: c.KernelArgs, Ports: ports,
+		FromSnapshot: c.FromSnap}
 	for _, v := range c.Volumes {
 		m, err := ParseVolumeMount(v)
 		if err != nil {
@@ -424,7 +434,8 @@ type deploymentCreateCmd struct {
 	CPU       int            `long:"cpu" value-name:"N" description:"vCPUs per replica (default: the plugin's)"`
 	Memory    int            `long:"memory" value-name:"MB" description:"memory per replica in MiB (default: the plugin's)"`
 	Templates []string       `long:"volume-template" value-name:"NAME:SIZE:/PATH" description:"give replica i its own volume NAME-i of SIZE mounted at PATH, kept on scale-down and reused on scale-up (repeatable)"`
-	Config    flags.Filename `long:"config" short:"c" value-name:"FILE" description:"JSON with any of name, plugin, replicas, resources {cpu_cores, memory_mb}, volume_templates [{name, size, path}], ports; flags override it"`
+	FromSnap  string         `long:"from-snapshot" value-name:"SNAPSHOT" description:"start every replica from a snapshot instead of booting it (scale-up restores)"`
+	Config    flags.Filename `long:"config" short:"c" value-name:"FILE" description:"JSON with any of name, plugin, replicas, resources {cpu_cores, memory_mb}, volume_templates [{name, size, path}], ports, from_snapshot; flags override it"`
 	Args      struct {
 		Name string `positional-arg-name:"NAME" description:"the deployment's name; its VMs are NAME-1..NAME-N (or \"name\" in --config)"`
 	} `positional-args:"yes"`
@@ -443,7 +454,7 @@ func (c *deploymentCreateCmd) run(ctx context.Context, s *Session, env *cli.Env)
 		return err
 	}
 	req, err := DeploymentRequest(cfg, DeploymentFlags{Name: c.Args.Name, Plugin: string(c.Plugin),
-		Replicas: c.Replicas, CPU: c.CPU, Memory: c.Memory, VolumeTemplates: c.Templates, Ports: ports})
+		Replicas: c.Replicas, CPU: c.CPU, Memory: c.Memory, VolumeTemplates: c.Templates, Ports: ports, FromSnapshot: c.FromSnap})
 	if err != nil {
 		return err
 	}

@@ -171,8 +171,8 @@ func (s *Session) CreateVM(ctx context.Context, req api.CreateVMRequest, w WaitO
 	if err := checkName("VM", req.Name); err != nil {
 		return err
 	}
-	if req.Plugin == "" {
-		return usage("volar vms create NAME --plugin PLUGIN", "--plugin is required")
+	if req.Plugin == "" && req.FromSnapshot == "" {
+		return usage("volar vms create NAME --plugin PLUGIN (or --from-snapshot SNAPSHOT)", "--plugin is required")
 	}
 	if req.CPUCores < 0 || req.MemoryMB < 0 {
 		return usage("leave --cpu and --memory out for the plugin's defaults", "--cpu and --memory must be positive")
@@ -431,6 +431,7 @@ type DeploymentConfig struct {
 	Resources       *api.Resources       `json:"resources,omitempty"`
 	VolumeTemplates []api.VolumeTemplate `json:"volume_templates,omitempty"`
 	Ports           []portmap.Mapping    `json:"ports,omitempty"`
+	FromSnapshot    string               `json:"from_snapshot,omitempty"`
 }
 
 // ReadDeploymentConfig reads and strictly decodes a --config file.
@@ -471,6 +472,8 @@ type DeploymentFlags struct {
 	VolumeTemplates []string
 	// Ports replace the config's when given.
 	Ports []portmap.Mapping
+	// FromSnapshot starts the replicas from a snapshot.
+	FromSnapshot string
 }
 
 // DeploymentRequest merges a --config file (nil: none) and the flags into
@@ -495,6 +498,10 @@ func DeploymentRequest(cfg *DeploymentConfig, f DeploymentFlags) (api.CreateDepl
 		}
 		req.VolumeTemplates = cfg.VolumeTemplates
 		req.Ports = cfg.Ports
+		req.FromSnapshot = cfg.FromSnapshot
+	}
+	if f.FromSnapshot != "" {
+		req.FromSnapshot = f.FromSnapshot
 	}
 	if len(f.Ports) > 0 {
 		req.Ports = f.Ports
@@ -536,7 +543,7 @@ func (s *Session) CreateDeployment(ctx context.Context, req api.CreateDeployment
 	if err := checkName("deployment", req.Name); err != nil {
 		return err
 	}
-	if req.Plugin == "" {
+	if req.Plugin == "" && req.FromSnapshot == "" {
 		return usage("give --plugin or a --config file with \"plugin\"", "a plugin is required")
 	}
 	if req.Replicas < 0 || req.Replicas > api.MaxReplicas {

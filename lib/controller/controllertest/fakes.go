@@ -8,8 +8,11 @@ package controllertest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -49,6 +52,8 @@ type run struct {
 	info   *launch.Status
 	done   chan struct{}
 	paused bool
+	// spec is the spec the run was started from, when it could be read.
+	spec launch.Spec
 }
 
 // NewRuntime returns an empty runtime.
@@ -74,7 +79,7 @@ func (r *Runtime) Check(_ context.Context, spec launch.Spec) error {
 }
 
 // Start implements controller.Runtime.
-func (r *Runtime) Start(ctx context.Context, name, _ string) (*launch.Status, bool, error) {
+func (r *Runtime) Start(ctx context.Context, name, specPath string) (*launch.Status, bool, error) {
 	if r.StartDelay > 0 {
 		select {
 		case <-time.After(r.StartDelay):
@@ -98,6 +103,9 @@ func (r *Runtime) Start(ctx context.Context, name, _ string) (*launch.Status, bo
 	info := &launch.Status{Name: name, Running: true, State: vmm.StateRunning, VMM: "fake",
 		Supervisor: &launch.ProcessStatus{Identity: id, Alive: true}, Process: &launch.ProcessStatus{Identity: vm, Alive: true}, StartedAt: &now}
 	ru := &run{info: info, done: make(chan struct{})}
+	if b, err := os.ReadFile(specPath); err == nil {
+		json.Unmarshal(b, &ru.spec)
+	}
 	r.runs[name] = ru
 	delete(r.lastErr, name)
 	return ru.status(), false, nil
@@ -142,6 +150,29 @@ func (r *Runtime) setPaused(name string, paused bool) (*launch.Status, error) {
 	}
 	ru.paused = paused
 	return ru.status(), nil
+}
+
+// Snapshot implements controller.Runtime: a snapshot directory as
+// launch.Snapshot writes one, with a made-up state file and no disks.
+func (r *Runtime) Snapshot(_ context.Context, name, dir string) (*launch.SnapshotInfo, error) {
+	r.mu.Lock()
+	ru := r.runs[name]
+	r.mu.Unlock()
+	if ru == nil {
+		return nil, apierr.New(apierr.Conflict, "VM %s is not running (state stopped)", name)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, launch.SnapshotStateName), 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, launch.SnapshotStateName, "memory"), make([]byte, 4096), 0o600); err != nil {
+		return nil, err
+	}
+	info := &launch.SnapshotInfo{Version: 1, VM: name, VMM: "fake", CPUs: ru.spec.CPUs, MemoryMB: ru.spec.MemoryMB, StateBytes: 4096,
+		CreatedAt: time.Now().UTC()}
+	if err := launch.WriteSnapshotInfo(dir, info); err != nil {
+		return nil, err
+	}
+	return info, nil
 }
 
 // Counters implements controller.Runtime: one made-up disk whose
