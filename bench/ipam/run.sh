@@ -184,7 +184,7 @@ jq -n --argjson n "$N" --argjson rounds "$ROUNDS" --argjson target_ms "$TARGET_M
       target_leases_per_s: $target_inproc
     }
   } | .met_ms_per_op = (.volant_ipam.ms_per_op <= .target_ms_per_op)
-    | .in_process.met = ([.in_process.levels[].leases_per_s] | max >= .in_process.target_leases_per_s)' >"$RESULT.tmp"
+    | .in_process |= (.met = ((.levels | map(.leases_per_s) | max) >= .target_leases_per_s))' >"$RESULT.tmp"
 mv "$RESULT.tmp" "$RESULT"
 
 jq -r '
