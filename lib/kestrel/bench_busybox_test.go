@@ -21,7 +21,7 @@ import (
 // httpd on :80, and both are timed from QEMU's launch to the first HTTP 200
 // of /index.html on the guest IP (kestrel's proxy is not in the path), in
 // alternating boots so both see the same machine load. bench/boot/run.sh
-// runs it; it prints medians and the ratio kestrel/busybox (target <= 1.05)
+// runs it; it prints medians and the ratio kestrel/busybox (target <= 1.15)
 // and writes $VOLANT_BENCH_OUT. It asserts nothing about time.
 func BenchmarkVMBootVsBusybox(b *testing.B) {
 	n := benchRuns(7)
@@ -100,7 +100,7 @@ exec httpd -f -p 80 -h /srv
 		"busybox_qemu_cpu_ms_median":        med(results["busybox_cpu"]),
 		"ratio_qemu_cpu_kestrel_to_busybox": med(results["kestrel_cpu"]) / med(results["busybox_cpu"]),
 		"kestrel_uptime_ms_at":              marksMedians(results),
-		"target_ratio":                      1.05,
+		"target_ratio":                      1.15,
 		"host_loadavg_before":               strings.TrimSpace(string(loadBefore)),
 		"host_loadavg_after":                strings.TrimSpace(string(loadAfter)),
 	}
