@@ -572,8 +572,8 @@ func (c *Client) DeleteDeployment(ctx context.Context, name string) (*api.Deploy
 // attach). What is written goes to the guest's serial port; what is read is
 // what the guest writes there. The caller closes the stream to detach.
 // Before the upgrade the daemon answers with an ordinary error: NOT_FOUND,
-// CONFLICT (no live console, or another client attached), NOT_SUPPORTED
-// (the VM's hypervisor serves no console socket).
+// CONFLICT (no live console, or another client attached), UNAVAILABLE
+// (the VM's run is still starting: its console is not up yet).
 func (c *Client) Console(ctx context.Context, name string) (io.ReadWriteCloser, error) {
 	resp, cancel, err := c.do(ctx, request{method: http.MethodGet, path: api.Prefix + "/vms/" + esc(name) + "/console",
 		stream: true, header: http.Header{"Connection": {"Upgrade"}, "Upgrade": {"tcp"}, "Accept": {"*/*"}}})

@@ -509,3 +509,37 @@ func TestPauseResumeCounters(t *testing.T) {
 		}
 	}
 }
+
+// The console socket of a VM comes from its run. A run that has not
+// written its plan yet has none: UNAVAILABLE (try again), not the
+// NOT_SUPPORTED of the days when Cloud Hypervisor's console was only
+// logged (volant-launch relays it now, lib/launch.TestConsoleRelay).
+func TestConsoleSocket(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	f.plugin(c, "web")
+	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "web1", Plugin: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := f.rt.Inspect(f.ctx, "web1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.ConsoleSocket(f.ctx, "web1"); err != nil || got != info.Console || got == "" {
+		t.Fatalf("ConsoleSocket: %q %v, want the run's %q", got, err, info.Console)
+	}
+	f.rt.SetUnplanned("web1", true)
+	_, err = c.ConsoleSocket(f.ctx, "web1")
+	if !apierr.Is(err, apierr.Unavailable) || strings.Contains(err.Error(), "serves no console") {
+		t.Fatalf("a run without its plan yet: %v, want UNAVAILABLE", err)
+	}
+	if _, err := c.StopVM(f.ctx, "web1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ConsoleSocket(f.ctx, "web1"); !apierr.Is(err, apierr.Conflict) {
+		t.Fatalf("a stopped VM: %v, want CONFLICT", err)
+	}
+	if _, err := c.ConsoleSocket(f.ctx, "nope"); !apierr.Is(err, apierr.NotFound) {
+		t.Fatalf("a missing VM: %v, want NOT_FOUND", err)
+	}
+}

@@ -42,6 +42,7 @@ type Runtime struct {
 	StartDelay time.Duration
 	// StopDelay delays every Stop, as a guest taking its time to power off.
 	StopDelay time.Duration
+	unplanned map[string]bool
 	lastErr   map[string]error
 
 	stopping, maxStopping int
@@ -58,7 +59,8 @@ type run struct {
 
 // NewRuntime returns an empty runtime.
 func NewRuntime() *Runtime {
-	return &Runtime{runs: map[string]*run{}, starts: map[string]int{}, CheckErr: map[string]error{}, StartErr: map[string]error{}, lastErr: map[string]error{}}
+	return &Runtime{runs: map[string]*run{}, starts: map[string]int{}, CheckErr: map[string]error{}, StartErr: map[string]error{},
+		unplanned: map[string]bool{}, lastErr: map[string]error{}}
 }
 
 var _ controller.Runtime = (*Runtime)(nil)
@@ -100,7 +102,7 @@ func (r *Runtime) Start(ctx context.Context, name, specPath string) (*launch.Sta
 	id := supervise.Identity{Pid: 100000 + r.next, StartTime: uint64(r.next), BootID: "fake"}
 	vm := supervise.Identity{Pid: 200000 + r.next, StartTime: uint64(r.next), BootID: "fake"}
 	now := time.Now().UTC()
-	info := &launch.Status{Name: name, Running: true, State: vmm.StateRunning, VMM: "fake",
+	info := &launch.Status{Name: name, Running: true, State: vmm.StateRunning, VMM: "fake", Console: "/fake/run/" + name + "/" + launch.ConsoleName,
 		Supervisor: &launch.ProcessStatus{Identity: id, Alive: true}, Process: &launch.ProcessStatus{Identity: vm, Alive: true}, StartedAt: &now}
 	ru := &run{info: info, done: make(chan struct{})}
 	if b, err := os.ReadFile(specPath); err == nil {
@@ -128,7 +130,19 @@ func (r *Runtime) Inspect(_ context.Context, name string) (*launch.Status, error
 	if ru == nil {
 		return nil, apierr.New(apierr.NotFound, "no run of %s", name)
 	}
-	return ru.status(), nil
+	st := ru.status()
+	if r.unplanned[name] {
+		st.Console = ""
+	}
+	return st, nil
+}
+
+// SetUnplanned makes the run of VM name one that has not written its plan
+// yet (true): Inspect reports no console socket.
+func (r *Runtime) SetUnplanned(name string, unplanned bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.unplanned[name] = unplanned
 }
 
 // Pause implements controller.Runtime.
