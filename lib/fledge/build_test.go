@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -290,6 +291,38 @@ func TestBuildInitramfs(t *testing.T) {
 	}
 	if res.Applets < 100 {
 		t.Errorf("only %d busybox applets", res.Applets)
+	}
+}
+
+// fledge.toml's [console] shell becomes the manifest's console.shell (a
+// shell kestrel runs on the serial console), and a shell the manifest
+// would refuse fails the build before anything is built.
+func TestBuildConsoleShell(t *testing.T) {
+	needBusybox(t)
+	res, out, err := build(t, project(t, webToml+"\n[console]\nshell = \"/bin/sh\"\n", webFiles), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := readManifest(t, res.Manifest); m.Console == nil || m.Console.Shell != "/bin/sh" {
+		t.Fatalf("manifest console %+v, want shell /bin/sh", m.Console)
+	}
+	if names := leftovers(t, out); len(names) != 2 {
+		t.Fatalf("output directory holds %v", names)
+	}
+	// Without the table the console stays output only.
+	res, _, err = build(t, project(t, webToml, webFiles), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := readManifest(t, res.Manifest); m.Console != nil {
+		t.Fatalf("manifest console %+v without [console]", m.Console)
+	}
+	_, out, err = build(t, project(t, webToml+"\n[console]\nshell = \"sh\"\n", webFiles), nil)
+	if !apierr.Is(err, apierr.InvalidInput) || !slices.ContainsFunc(Problems(err), func(p Problem) bool { return p.Field == "console.shell" }) {
+		t.Fatalf("a relative shell: %v, want INVALID_INPUT on console.shell", err)
+	}
+	if names := leftovers(t, out); len(names) != 0 {
+		t.Fatalf("a refused build left %v", names)
 	}
 }
 

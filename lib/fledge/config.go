@@ -28,8 +28,8 @@ const DefaultBusybox = "/bin/busybox"
 // Config is a fledge.toml file (format version "1"). The build keys follow
 // the original Volant fledge format (version, strategy, [agent], [init],
 // [source], [filesystem], [mappings]); the plugin's manifest fields live in
-// [plugin], [workload], [health_check], [resources], [network], [actions]
-// and [labels], named as in the manifest JSON.
+// [plugin], [workload], [health_check], [resources], [network], [console],
+// [actions] and [labels], named as in the manifest JSON.
 type Config struct {
 	Version     string            `toml:"version"`
 	Strategy    string            `toml:"strategy"`
@@ -43,6 +43,7 @@ type Config struct {
 	HealthCheck *HealthCheck      `toml:"health_check"`
 	Resources   Resources         `toml:"resources"`
 	Network     *Network          `toml:"network"`
+	Console     *Console          `toml:"console"`
 	Actions     map[string]Action `toml:"actions"`
 	Labels      map[string]string `toml:"labels"`
 
@@ -152,6 +153,12 @@ type Resources struct {
 type Network struct {
 	Mode      string `toml:"mode"`
 	AgentPort int    `toml:"agent_port"`
+}
+
+// Console is the manifest's console: Shell is a shell in the guest that
+// kestrel runs on the serial console (empty: the console is output only).
+type Console struct {
+	Shell string `toml:"shell"`
 }
 
 // Action is one of the manifest's actions.
@@ -275,7 +282,7 @@ func Parse(file string, data []byte) (*Config, error) {
 
 // known keys per table, for suggestions.
 var knownKeys = map[string][]string{
-	"":             {"version", "strategy", "plugin", "agent", "init", "source", "filesystem", "mappings", "workload", "health_check", "resources", "network", "actions", "labels"},
+	"":             {"version", "strategy", "plugin", "agent", "init", "source", "filesystem", "mappings", "workload", "health_check", "resources", "network", "console", "actions", "labels"},
 	"plugin":       {"name", "version", "runtime", "enabled", "openapi"},
 	"agent":        {"local", "source_strategy", "path", "version", "url", "checksum"},
 	"init":         {"path", "none"},
@@ -285,6 +292,7 @@ var knownKeys = map[string][]string{
 	"health_check": {"endpoint", "interval_ms", "timeout_ms", "retries"},
 	"resources":    {"cpu_cores", "memory_mb"},
 	"network":      {"mode", "agent_port"},
+	"console":      {"shell"},
 }
 
 func suggestKey(k toml.Key) string {

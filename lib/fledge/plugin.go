@@ -98,6 +98,9 @@ func (c *Config) manifestFor(name, version string, w manifest.Workload, labels m
 	if n := c.Network; n != nil {
 		m.Network = &manifest.Network{Mode: n.Mode, AgentPort: n.AgentPort}
 	}
+	if k := c.Console; k != nil && k.Shell != "" {
+		m.Console = &manifest.Console{Shell: k.Shell}
+	}
 	if len(c.Actions) > 0 {
 		m.Actions = map[string]manifest.Action{}
 		for k, a := range c.Actions {
