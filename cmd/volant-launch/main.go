@@ -61,7 +61,8 @@
 //	argv      {"kind":"launch.argv","vmm","accel","argv":[..],"cmdline","run_dir","initrd":{"path","layers"},
 //	           "artifacts":[{"role","path","sha256","verified"}],"notes":[..],"warnings":[..]}
 //	          a dry run: a backend that cannot run on this host (its binary missing, no KVM) is
-//	          planned anyway, for a host where it can, and "warnings" says why `run` would refuse here
+//	          planned anyway, for a host where it can, and "warnings" says why `run` would refuse here;
+//	          it writes no cache the plan does not name (the host's TSC rate is read, not remembered)
 //	run       {"kind":"launch.run","name","vmm","pid","started_at","ended_at","ended":"poweroff|stopped","stop_method"}
 //	          printed when the VM has ended; the VMM runs in the foreground meanwhile
 //	stop      {"kind":"launch.stop","name","run_dir","method":"power_button|hard_stop|kill|already_exited|not_running","elapsed_ms"}
@@ -122,6 +123,7 @@
 //
 //	USAGE              2  bad flags, no manifest, no name
 //	INVALID_INPUT      3  malformed spec, bad lease, run dir too long for its sockets, a multicast MAC,
+//	                      a MAC or DNS for a VM without a network (no tap, no lease, or network mode none),
 //	                      cpus or memory outside the manifest's bounds (1-64, 64-262144 MiB)
 //	INVALID_MANIFEST   3  the manifest failed validation
 //	CMDLINE_TOO_LONG   3  the kernel command line cannot fit even without the manifest

@@ -31,6 +31,7 @@ import (
 	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor/chtest"
+	"github.com/volantvm/volant/lib/vmm/qemu"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
 
@@ -329,6 +330,13 @@ func TestPrepareRefusals(t *testing.T) {
 			s.Manifest = []byte(fmt.Sprintf(`{"name":"web","version":"1","rootfs":{"url":%q},"workload":{"entrypoint":["/a"]}}`, disk))
 			s.BootLayer = "never"
 		}, apierr.InvalidInput, "rootfs plugin"},
+		// Network settings for a VM without a NIC were ignored without a word.
+		{"mac without a nic", func(s *Spec) { s.MAC = "02:00:00:00:00:01" }, apierr.InvalidInput, "no network"},
+		{"dns without a nic", func(s *Spec) { s.DNS = []string{"10.0.0.1"} }, apierr.InvalidInput, "no network"},
+		{"mac with network mode none", func(s *Spec) {
+			s.Manifest = []byte(strings.Replace(string(f.manifest), `"resources"`, `"network":{"mode":"none"},"resources"`, 1))
+			s.MAC = "02:00:00:00:00:01"
+		}, apierr.InvalidInput, "network mode none"},
 		{"bzImage on ch", func(s *Spec) {
 			bz := filepath.Join(f.dir, "bzImage")
 			os.WriteFile(bz, []byte("MZ not an elf"), 0o644)
@@ -967,5 +975,35 @@ func TestDryRunPlansForAnotherHost(t *testing.T) {
 	s.Accel, s.DiskMode = "", "cpoy"
 	if _, err := DryRun(context.Background(), s, o); !apierr.Is(err, apierr.InvalidInput) {
 		t.Fatalf("a disk_mode typo in a dry run: %v", err)
+	}
+}
+
+// TestDryRunWritesNoTSCCache: argv's dry run leaves the cache directory as
+// it found it, refused or not: the host TSC rate a TCG microvm's command
+// line carries is read, not remembered (it was written before a checksum
+// mismatch was refused, and before any bad input the later phases refuse).
+func TestDryRunWritesNoTSCCache(t *testing.T) {
+	f := newFixture(t)
+	o := f.opts
+	o.Backends = []vmm.Backend{&qemu.Backend{Binary: filepath.Join(f.dir, "no", "qemu-system-x86_64")}}
+	s := f.spec()
+	s.VMM, s.Accel = qemu.Name, vmm.AccelTCG
+	s.Manifest = manifestJSON(t, f.plugin, strings.Repeat("ab", 32))
+	if _, err := DryRun(context.Background(), s, o); !apierr.Is(err, apierr.ChecksumMismatch) {
+		t.Fatalf("a dry run with a wrong checksum: %v, want CHECKSUM_MISMATCH", err)
+	}
+	if ents, _ := os.ReadDir(o.CacheDir); len(ents) != 0 {
+		t.Fatalf("a refused dry run wrote into the cache: %v", ents)
+	}
+	s.Manifest = f.manifest
+	p, err := DryRun(context.Background(), s, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(p.Cmdline, "tsc_early_khz=") {
+		t.Fatalf("a TCG microvm command line without the TSC rate: %s", p.Cmdline)
+	}
+	if _, err := os.Stat(filepath.Join(o.CacheDir, "tsc_khz")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a dry run remembered the TSC rate: %v", err)
 	}
 }

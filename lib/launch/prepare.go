@@ -542,7 +542,7 @@ func (r *prep) kernel(ctx context.Context) error {
 func (r *prep) cmdline(context.Context) error {
 	var err error
 	p := r.p
-	p.Cmdline, p.Manifest.InInitrd, err = buildCmdline(r.s, r.m, p.Name, p.Network, p.Accel, r.machine, r.o.CacheDir)
+	p.Cmdline, p.Manifest.InInitrd, err = buildCmdline(r.s, r.m, p.Name, p.Network, p.Accel, r.machine, r.tscCache())
 	if err != nil {
 		return err
 	}
@@ -797,11 +797,11 @@ func resolveNetwork(s Spec, name string, lease *Lease, m *manifest.Manifest, not
 		if lease != nil || tap != "" {
 			return nil, badInput("plugin %s has network mode none, but a lease or tap was given", m.Name)
 		}
-		return nil, nil
+		return nil, unusedNetwork(s, "plugin "+m.Name+" has network mode none")
 	}
 	if lease == nil && tap == "" {
 		note("no lease and no tap given: the VM has no network")
-		return nil, nil
+		return nil, unusedNetwork(s, "no lease and no tap were given")
 	}
 	nw := &network{Tap: tap, MAC: s.MAC}
 	if nw.Tap == "" {

@@ -118,10 +118,24 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-// hostTSCkHz is kernel.HostTSCkHz, remembered for the boot under cacheDir:
-// where the kernel offers no tsc_freq_khz it parses /proc/cpuinfo, whose
-// read can take milliseconds (it samples every CPU's frequency).
+// tscCache is where the cmdline phase remembers the host's TSC rate: the
+// cache directory, or nowhere for a dry run (volant-launch argv), which
+// leaves the cache as it found it, refused or not.
+func (r *prep) tscCache() string {
+	if r.dry {
+		return ""
+	}
+	return r.o.CacheDir
+}
+
+// hostTSCkHz is kernel.HostTSCkHz, remembered for the boot under cacheDir
+// (none: read each time): where the kernel offers no tsc_freq_khz it
+// parses /proc/cpuinfo, whose read can take milliseconds (it samples every
+// CPU's frequency).
 func hostTSCkHz(cacheDir string) (int, error) {
+	if cacheDir == "" {
+		return kernel.HostTSCkHz()
+	}
 	boot := bootID()
 	p := filepath.Join(cacheDir, "tsc_khz")
 	if b, err := os.ReadFile(p); err == nil && boot != "" {

@@ -24,7 +24,7 @@
 // case passes when the command exits with the exit status of code, writes
 // nothing on stdout, ends stderr with one JSON error object carrying code,
 // and leaves $TMP's files as setup left them (names, modes, contents;
-// caches under data/cache and empty directories aside). With
+// empty directories aside). With
 // "netns":true (always for volant-net) the steps run inside a network
 // namespace the test creates, whose links, addresses, nftables ruleset and
 // ip_forward must not change either. "issue" names where the case comes from.
