@@ -6,15 +6,15 @@ package guesttest
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
@@ -130,7 +130,7 @@ func buildPackage(t testing.TB, pkg string, cgo bool, flags ...string) string {
 			b.err = &buildError{err: err, out: string(out)}
 			return
 		}
-		b.path = filepath.Join(dir, fmt.Sprintf("%s-%x", name, sha256File(tmp)))
+		b.path = filepath.Join(dir, name+"-"+contentTag(tmp))
 		if err := os.Rename(tmp, b.path); err != nil {
 			b.err = err
 		}
@@ -157,13 +157,17 @@ func ModuleRoot() (string, error) {
 	return filepath.Dir(strings.TrimSpace(string(out))), nil
 }
 
-func sha256File(p string) []byte {
+// contentTag is a short tag of p's content (the first 12 hex digits of
+// its sha256), naming a build so a changed source gets a new file.
+func contentTag(p string) string {
 	f, err := os.Open(p)
 	if err != nil {
-		return nil
+		return ""
 	}
 	defer f.Close()
-	h := sha256.New()
-	io.Copy(h, f)
-	return h.Sum(nil)[:6]
+	d, err := digest.SHA256.FromReader(f)
+	if err != nil {
+		return ""
+	}
+	return d.Encoded()[:12]
 }
