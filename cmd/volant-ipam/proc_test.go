@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -59,12 +60,30 @@ func command(t *testing.T, db string, args ...string) *exec.Cmd {
 
 func startLease(t *testing.T, db, vm string, pool ...string) *proc {
 	t.Helper()
-	p := &proc{vm: vm, cmd: command(t, db, append([]string{"lease", "--vm", vm}, pool...)...)}
-	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
-	if err := p.cmd.Start(); err != nil {
+	p, err := spawnLease(t, db, vm, pool...)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// spawnLease is startLease for any goroutine: it reports a failed start
+// instead of ending the test.
+func spawnLease(t *testing.T, db, vm string, pool ...string) (*proc, error) {
+	p := &proc{vm: vm, cmd: command(t, db, append([]string{"lease", "--vm", vm}, pool...)...)}
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() {
+		// A test that failed early leaves no process writing into its
+		// temporary directory.
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+	})
+	return p, nil
 }
 
 func (p *proc) wait() {
@@ -128,9 +147,24 @@ func TestProcessesLeaseConcurrently(t *testing.T) {
 	go func() {
 		held <- st.Tx(context.Background(), func(*sql.Tx) error { <-gate; return nil })
 	}()
+	// Started all at once: started one after another on a loaded host,
+	// the first waited for the lock while the other 59 were spawned, and
+	// that took longer than the busy timeout (10 s of nobody committing
+	// is UNAVAILABLE, rightly).
 	more := make([]*proc, 60)
+	errs := make([]error, len(more))
+	var wg sync.WaitGroup
 	for i := range more {
-		more[i] = startLease(t, db, fmt.Sprintf("late-%d", i), concurrencyPool...)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			more[i], errs[i] = spawnLease(t, db, fmt.Sprintf("late-%d", i), concurrencyPool...)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		close(gate)
+		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
 	close(gate)

@@ -14,7 +14,9 @@
 //     a crash of the process;
 //   - foreign_keys=ON;
 //   - busy_timeout (Options.BusyTimeout, default 10 s): a process that finds
-//     the write lock taken waits for it instead of failing;
+//     the write lock taken waits for it instead of failing, for as long as
+//     other writers keep committing; it fails (UNAVAILABLE) only when the
+//     lock stays with one holder, nobody committing, for the whole timeout;
 //   - writes in BEGIN IMMEDIATE transactions (Tx), which take the write lock
 //     up front. A read-then-write transaction therefore cannot fail halfway
 //     with SQLITE_BUSY because another process wrote in between: what it read
@@ -73,7 +75,7 @@ import (
 )
 
 // DefaultBusyTimeout is how long a write waits for another process's write
-// lock before failing with UNAVAILABLE.
+// lock, while nobody commits, before failing with UNAVAILABLE.
 const DefaultBusyTimeout = 10 * time.Second
 
 // TimeFormat is how timestamps are stored: UTC, millisecond precision, fixed
@@ -94,8 +96,9 @@ func ParseTime(s string) (time.Time, error) {
 
 // Options tune Open. The zero value is the documented default.
 type Options struct {
-	// BusyTimeout bounds the wait for another process's write lock;
-	// 0 means DefaultBusyTimeout.
+	// BusyTimeout bounds the wait for another process's write lock
+	// while nobody commits (a writer queued behind others that commit
+	// waits on); 0 means DefaultBusyTimeout.
 	BusyTimeout time.Duration
 	// Logger receives debug logs (migrations applied); nil discards them.
 	Logger *slog.Logger
@@ -321,15 +324,12 @@ func (s *Store) Tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	}
 	g := s.group
 	if g == nil {
-		// The group's transaction outlives this caller's context (later
-		// callers join it), so it is not begun with ctx: database/sql
-		// would roll it back when ctx ends.
-		tx, err := s.w.BeginTx(context.WithoutCancel(ctx), nil)
+		conn, tx, err := s.begin(ctx)
 		if err != nil {
 			s.passTurn()
 			return s.dbErr(ctx, "beginning a write transaction", err)
 		}
-		g = &group{tx: tx, begun: time.Now(), done: make(chan struct{})}
+		g = &group{conn: conn, tx: tx, begun: time.Now(), done: make(chan struct{})}
 		s.group = g
 	}
 	ferr, panicked, pval := g.run(ctx, fn)
@@ -363,6 +363,54 @@ func (s *Store) Tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	return g.err
 }
 
+// begin begins a write transaction (BEGIN IMMEDIATE) on a connection of
+// its own, waiting for other processes' write locks as long as they make
+// progress. SQLite's busy timeout bounds one wait for the lock; when it
+// runs out but some other connection committed meanwhile (PRAGMA
+// data_version moved), the lock is changing hands, not stuck, and the
+// wait goes on: the busy timeout bounds how long one holder may keep the
+// lock, not how long a writer may queue behind many short transactions
+// (200 volant-ipam processes at once on a loaded host). A wait with no
+// commit by anyone for a whole busy timeout fails (UNAVAILABLE), as does
+// one whose ctx ends. The transaction outlives ctx (later callers join the
+// group), so it is not begun with ctx: database/sql would roll it back
+// when ctx ends.
+func (s *Store) begin(ctx context.Context) (*sql.Conn, *sql.Tx, error) {
+	conn, err := s.w.Conn(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	for {
+		before, verr := dataVersion(ctx, conn)
+		tx, err := conn.BeginTx(context.WithoutCancel(ctx), nil)
+		if err == nil {
+			return conn, tx, nil
+		}
+		var after int64
+		if verr == nil {
+			after, verr = dataVersion(ctx, conn)
+		}
+		if !isBusy(err) || verr != nil || after == before || ctx.Err() != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+		s.log.Debug("write lock still busy, but other writers committed: waiting on", "db", s.path)
+	}
+}
+
+// dataVersion is PRAGMA data_version: it changes when another connection
+// commits.
+func dataVersion(ctx context.Context, conn *sql.Conn) (int64, error) {
+	var v int64
+	err := conn.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v)
+	return v, err
+}
+
+func isBusy(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && (se.Code == sqlite3.ErrBusy || se.Code == sqlite3.ErrLocked)
+}
+
 // Group commit limits: a group is committed when no caller waits for the
 // write connection, or when it holds maxGroup callers' writes, or when it
 // has been open for maxGroupAge, so a steady stream of callers cannot keep
@@ -375,6 +423,7 @@ const (
 // group is a write transaction shared by the Tx calls that took turns
 // while it was open.
 type group struct {
+	conn    *sql.Conn // the write connection, held until the group ends
 	tx      *sql.Tx
 	begun   time.Time
 	members int  // fns that succeeded: their writes wait for the commit
@@ -448,6 +497,7 @@ func (s *Store) endGroup() {
 			s.gen.Add(1)
 		}
 	}
+	g.conn.Close()
 	close(g.done)
 	s.passTurn()
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -344,6 +345,47 @@ func TestBusyTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := waiter.AppendEvent(ctx, "test.unblocked", "", nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A writer waits as long as other writers make progress: the busy timeout
+// bounds how long one holder may keep the write lock, not how long a
+// writer may queue behind many short transactions (200 volant-ipam
+// processes at once on a loaded machine queued past 10 s, each holding the
+// lock for milliseconds, and failed with "held its write lock for more
+// than 10s").
+func TestBusyWaitOutlastsAQueue(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "volant.db")
+	holder := open(t, path, Options{})
+	waiter := open(t, path, Options{BusyTimeout: time.Second})
+	// The holder commits one short transaction after another for three
+	// busy timeouts, taking the lock back at once each time.
+	started, done := make(chan struct{}), make(chan error, 1)
+	go func() {
+		var once sync.Once
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			if err := holder.Tx(ctx, func(tx *sql.Tx) error {
+				once.Do(func() { close(started) })
+				_, err := AppendEvent(ctx, tx, "test.holder", "", nil)
+				time.Sleep(20 * time.Millisecond)
+				return err
+			}); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	<-started
+	start := time.Now()
+	if _, err := waiter.AppendEvent(ctx, "test.waiter", "", nil); err != nil {
+		t.Fatalf("a writer queued behind short transactions failed after %s: %v", time.Since(start), err)
+	}
+	t.Logf("the writer waited %s behind the short transactions", time.Since(start))
+	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 }
