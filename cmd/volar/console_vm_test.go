@@ -31,7 +31,7 @@ var (
 // realBinaries returns a directory with volantd and volant-launch
 // ($VOLANT_BIN's when the Makefile provides them, else built from this
 // checkout), made once per test process.
-func realBinaries(t *testing.T) string {
+func realBinaries(t testing.TB) string {
 	t.Helper()
 	cmds := map[string]string{"volantd": guesttest.Command(t, "volantd"), "volant-launch": guesttest.Command(t, "volant-launch")}
 	vmBinsOnce.Do(func() {
@@ -111,9 +111,9 @@ func (tm *tmux) waitScreen(what string, ok func(string) bool) string {
 // 1) in a private network namespace, in a short scratch directory (unix
 // socket paths have 107 bytes), and waits until it is ready. At the end
 // it deletes every VM (VMs outlive volantd) and stops the daemon.
-func startVolantdVMs(t *testing.T, bins, kernelDir, kestrel string) (dir, sock string, c *client.Client) {
+func startVolantdVMs(t testing.TB, bins, kernelDir, kestrel string) (dir, sock string, c *client.Client, ns *netnstest.NS) {
 	t.Helper()
-	ns := netnstest.New(t)
+	ns = netnstest.New(t)
 	dir, err := os.MkdirTemp("", "vc-")
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +179,7 @@ func startVolantdVMs(t *testing.T, bins, kernelDir, kestrel string) (dir, sock s
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return dir, sock, c
+	return dir, sock, c, ns
 }
 
 // TestVMConsoleUnderTmux attaches `volar vms console` in a real terminal
@@ -201,7 +201,7 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 		netnstest.SkipOrFail(t, "busybox not installed (apt-get install busybox-static)")
 	}
 	bins := realBinaries(t)
-	dir, sock, c := startVolantdVMs(t, bins, k.Dir, kestrel)
+	dir, sock, c, _ := startVolantdVMs(t, bins, k.Dir, kestrel)
 	// volantd must serve the console route (issue 8; proposed in
 	// NOTES-for-server.md, client side in lib/client.Console).
 	if _, err := c.Console(context.Background(), "no-such-vm"); apierr.Is(err, apierr.NotFound) &&

@@ -36,7 +36,7 @@ func TestVMExecUnderTmux(t *testing.T) {
 		netnstest.SkipOrFail(t, "busybox not installed (apt-get install busybox-static)")
 	}
 	bins := realBinaries(t)
-	dir, sock, c := startVolantdVMs(t, bins, k.Dir, kestrel)
+	dir, sock, c, _ := startVolantdVMs(t, bins, k.Dir, kestrel)
 	env := map[string]string{"VOLANT_HOST": sock}
 
 	// A plugin with busybox's shell and tools, no network (exec does not
