@@ -82,7 +82,8 @@ func TestGuestAccessThroughVolantd(t *testing.T) {
 	guestDir := t.TempDir() // the fake guest is this host
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
-	payload := bytes.Repeat([]byte("payload "), 10000)
+	// Larger than a JSON body may be: the tar body is streamed.
+	payload := bytes.Repeat([]byte("payload "), 3<<17)
 	tw.WriteHeader(&tar.Header{Name: "in.txt", Typeflag: tar.TypeReg, Mode: 0o640, Size: int64(len(payload))})
 	tw.Write(payload)
 	tw.Close()
