@@ -36,7 +36,10 @@ type Config struct {
 	// WorkloadEnv returns the workload's environment and working
 	// directory, which execs start from (nil: PATH and HOME only, in /).
 	WorkloadEnv func() (env []string, dir string)
-	// AttachWait bounds how long an exec waits for its streams (10 s if 0).
+	// AttachWait bounds how long an exec waits for its streams, and an
+	// attached stream for its exec (60 s if 0). The host opens them all
+	// at once, but with 100 execs opened together into a busy one-vCPU
+	// guest, the last streams arrived more than 10 s after their exec.
 	AttachWait time.Duration
 	// Identity applies the identity op (a restored guest becoming another
 	// VM); nil answers it NOT_SUPPORTED.
@@ -61,7 +64,7 @@ func New(cfg Config) *Server {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.AttachWait <= 0 {
-		cfg.AttachWait = 10 * time.Second
+		cfg.AttachWait = time.Minute
 	}
 	if cfg.WorkloadEnv == nil {
 		cfg.WorkloadEnv = func() ([]string, string) { return nil, "" }
