@@ -314,7 +314,10 @@ sample:
 	client, errb = w.startExec(t, "sh", "-c", "echo started; sleep 1003")
 	rebooted := make(chan error, 1)
 	go func() { rebooted <- client.Wait() }()
-	w.launchRaw(t, "", "exec", "--dir", w.runDir, "--", "reboot", "-f")
+	// reboot(2) does not return: that exec's status never arrives either.
+	if _, stderr, code := w.launchRaw(t, "", "exec", "--dir", w.runDir, "--", "reboot", "-f"); code != 9 || !strings.Contains(stderr, `"UNAVAILABLE"`) {
+		t.Errorf("exec of reboot -f: status %d %s", code, stderr)
+	}
 	select {
 	case <-rebooted:
 	case <-time.After(60 * time.Second):
