@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -24,7 +25,8 @@ import (
 // size) and a resize of the terminal, Ctrl-C interrupts the guest's
 // foreground job and not volar, `exit 7` ends volar with status 7 and the
 // terminal is as it was. Then, without a terminal: statuses of commands
-// (their own, 127 for a missing one), cp both ways with a checksum, and a
+// (their own, 127 for a missing one), cp both ways with a checksum, a
+// client killed mid-command (its command is gone from the guest), and a
 // stopped VM's clear refusal.
 func TestVMExecUnderTmux(t *testing.T) {
 	netnstest.Require(t, "tmux")
@@ -43,7 +45,7 @@ func TestVMExecUnderTmux(t *testing.T) {
 	// need the guest's network).
 	b := initramfs.New()
 	b.CopyFile("/bin/busybox", busybox, 0o755)
-	for _, a := range []string{"sh", "stty", "sleep", "sha256sum", "true"} {
+	for _, a := range []string{"sh", "stty", "sleep", "sha256sum", "true", "cat"} {
 		b.Symlink("/bin/"+a, "busybox")
 	}
 	b.Dir("/tmp", 0o1777)
@@ -173,6 +175,39 @@ func TestVMExecUnderTmux(t *testing.T) {
 	if st, err := os.Stat(back); err != nil || st.Mode().Perm() != 0o640 {
 		t.Errorf("the copy's mode: %v %v", st.Mode(), err)
 	}
+
+	// A client killed mid-command (its HTTP connection to volantd drops):
+	// nothing it ran is left in the guest.
+	client := exec.Command(volarBinary(t), "vms", "exec", "-i", "ex1", "--", "sh", "-c", "echo started; exec sleep 1004")
+	client.Env = append(os.Environ(), "VOLANT_HOST="+sock)
+	stdout, _ := client.StdoutPipe()
+	stdin, _ := client.StdinPipe()
+	defer stdin.Close()
+	if err := client.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "started\n" {
+		client.Process.Kill()
+		client.Wait()
+		t.Fatalf("exec -i printed %q: %v", line, err)
+	}
+	client.Process.Kill()
+	client.Wait()
+	t0 := time.Now()
+	for {
+		r := runVolar(t, "", env, "vms", "exec", "ex1", "--", "sh", "-c", "for p in /proc/[0-9]*; do cat $p/cmdline; echo; done")
+		if r.Code != 0 {
+			t.Fatalf("listing the guest's processes: %s", r)
+		}
+		if !strings.Contains(r.Stdout, "sleep\x001004") {
+			break
+		}
+		if time.Since(t0) > 30*time.Second {
+			t.Fatalf("sleep 1004 still runs in the guest 30 s after its client was killed")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("a killed client's command was gone from the guest %s later", time.Since(t0).Round(time.Millisecond))
 
 	// A stopped VM: a clear refusal, status 125.
 	if _, err := c.StopVM(context.Background(), "ex1"); err != nil {
