@@ -184,7 +184,7 @@ func TestVMExecFaults(t *testing.T) {
 	client, _ := w.startExec(t, "sh", "-c", "echo started; exec sleep 1001")
 	client.Process.Kill()
 	client.Wait()
-	took := w.waitGone(t, "sleep 1001 ", 15*time.Second)
+	took := w.waitGone(t, "sleep 1001 ", 30*time.Second)
 	t.Logf("client killed: its command ended in the guest within %s", took.Round(time.Millisecond))
 	// A client interrupted (Ctrl-C outside a terminal) whose command
 	// ignores SIGHUP: killed after the grace.
@@ -194,7 +194,7 @@ func TestVMExecFaults(t *testing.T) {
 	if code := client.ProcessState.ExitCode(); code == 0 {
 		t.Errorf("an interrupted exec exited 0: %s", errb)
 	}
-	took = w.waitGone(t, "sleep 1002 ", agentchan.HangupGrace+15*time.Second)
+	took = w.waitGone(t, "sleep 1002 ", agentchan.HangupGrace+30*time.Second)
 	t.Logf("client interrupted, command ignoring SIGHUP: gone within %s (grace %s); the client said %s",
 		took.Round(time.Millisecond), agentchan.HangupGrace, strings.TrimSpace(errb.String()))
 
