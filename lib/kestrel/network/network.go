@@ -75,10 +75,12 @@ func Configure(m *guest.Machine, c Config, log *slog.Logger) (string, error) {
 			return "", fmt.Errorf("setting hostname %q: %w", c.Hostname, err)
 		}
 	}
+	t0 := time.Now()
 	nic, err := configureLinks(c, PickLink)
 	if err != nil || nic == nil {
 		return "", err
 	}
+	linked := time.Since(t0)
 	if len(c.DNS) > 0 {
 		if err := writeFile("/etc/resolv.conf", ResolvConf(c.DNS)); err != nil {
 			log.Warn("cannot write /etc/resolv.conf", "err", err)
@@ -89,7 +91,8 @@ func Configure(m *guest.Machine, c Config, log *slog.Logger) (string, error) {
 			log.Warn("cannot write /etc/hosts", "err", err)
 		}
 	}
-	log.Info("network configured", "link", nic.Name, "mac", net.HardwareAddr(nic.MAC).String(), "address", c.Address.String(), "gateway", c.Gateway.String())
+	log.Info("network configured", "link", nic.Name, "mac", net.HardwareAddr(nic.MAC).String(), "address", c.Address.String(), "gateway", c.Gateway.String(),
+		"links_took", linked.Round(time.Millisecond), "took", time.Since(t0).Round(time.Millisecond))
 	return nic.Name, nil
 }
 
