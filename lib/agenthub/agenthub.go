@@ -60,6 +60,7 @@ type Hub struct {
 	sess    *agentchan.Session
 	up      chan struct{} // closed while a session is up; replaced when it ends
 	clients map[net.Conn]struct{}
+	attempt context.CancelFunc // ends the connection attempt under way
 }
 
 // Start listens on o.Socket and connects to the guest in the background.
@@ -132,15 +133,35 @@ func (h *Hub) Session(ctx context.Context) (*agentchan.Session, error) {
 	}
 }
 
+// Redial drops the guest connection, or the attempt to make one, and
+// connects again. A guest restored from a snapshot holds the saved VM's
+// session, which the new VMM's channel does not continue: the host's
+// handshake may be taken for that session's bytes, leaving both sides
+// waiting, until a reconnection resets the guest's end.
+func (h *Hub) Redial() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.sess != nil {
+		h.sess.Close()
+	}
+	if h.attempt != nil {
+		h.attempt()
+	}
+}
+
 func (h *Hub) connectLoop(ctx context.Context) {
 	var logFrom int64 = -1
 	bootID := ""
 	pause := 50 * time.Millisecond
 	for ctx.Err() == nil {
-		conn, err := h.o.Dial(ctx)
+		actx, acancel := context.WithCancel(ctx)
+		h.mu.Lock()
+		h.attempt = acancel
+		h.mu.Unlock()
+		conn, err := h.o.Dial(actx)
 		if err == nil {
 			var sess *agentchan.Session
-			sess, err = agentchan.Connect(ctx, conn)
+			sess, err = agentchan.Connect(actx, conn)
 			if err == nil {
 				pause = 50 * time.Millisecond
 				if sess.Hello.BootID != bootID {
@@ -161,6 +182,7 @@ func (h *Hub) connectLoop(ctx context.Context) {
 				h.log.Info("agent channel session ended", "vm", h.o.VM)
 			}
 		}
+		acancel()
 		if err != nil && ctx.Err() == nil {
 			h.log.Debug("agent channel: connecting", "vm", h.o.VM, "err", err)
 		}

@@ -41,7 +41,11 @@ type RestorePlan struct {
 
 // IdentityWait bounds the wait for a restored guest's agent to take its
 // identity.
-const IdentityWait = 60 * time.Second
+const IdentityWait = 90 * time.Second
+
+// identityAttempt bounds one try to reach the restored guest's agent
+// before the channel is dialed again.
+const identityAttempt = 15 * time.Second
 
 // checkOwnDisks is Prepare's cheap check of Spec.OwnDisks: each names a
 // writable disk of the manifest (rootfs, or disk:<name> not readonly)
@@ -148,14 +152,26 @@ func restoreGuest(ctx context.Context, p *Plan, b vmm.Backend, hub *agenthub.Hub
 			req.DNS = append(req.DNS, d.String())
 		}
 	}
+	// The connection the hub made before the state was loaded may be
+	// wedged (Hub.Redial): start afresh, and again while the guest does
+	// not answer.
+	hub.Redial()
 	var rep *agentchan.IdentityReply
-	for {
-		sess, err := hub.Session(ictx)
+	for attempt := 1; ; attempt++ {
+		tried := time.Now()
+		actx, cancel := context.WithTimeout(ictx, identityAttempt)
+		sess, err := hub.Session(actx)
 		if err == nil {
 			req.Time = time.Now().UnixNano()
-			if rep, err = sess.SetIdentity(ictx, req); err == nil {
-				break
-			}
+			rep, err = sess.SetIdentity(actx, req)
+		}
+		cancel()
+		if err == nil {
+			break
+		}
+		if ictx.Err() == nil && time.Since(tried) >= identityAttempt {
+			log.Info("restore: the guest's agent did not answer; reconnecting", "vm", p.Name, "attempt", attempt)
+			hub.Redial()
 		}
 		log.Debug("restore: identity not taken yet", "err", err)
 		// The session the hub had may have been the saved one's, cut by

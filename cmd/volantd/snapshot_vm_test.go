@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/fledge"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+// counterPlugin builds (into outDir) an initramfs plugin whose workload,
+// busybox httpd, counts requests to /cgi-bin/count in a file in the
+// guest's memory (/tmp/n) and tells who the guest is at /cgi-bin/id.
+func counterPlugin(t testing.TB, outDir, modulesDir, kestrel string) []byte {
+	t.Helper()
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
+	}
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "www", "cgi-bin"), 0o755)
+	os.WriteFile(filepath.Join(src, "www", "index.html"), []byte("counter\n"), 0o644)
+	cgi := func(name, body string) {
+		os.WriteFile(filepath.Join(src, "www", "cgi-bin", name), []byte("#!/bin/busybox sh\n"+body+"\n"), 0o755)
+	}
+	cgi("count", `n=$(/bin/busybox cat /tmp/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /tmp/n; printf "Content-Type: text/plain\r\n\r\n%s\n" $n`)
+	cgi("id", `printf "Content-Type: text/plain\r\n\r\n%s\n" "$(/bin/busybox hostname)"`)
+	toml := `version = "1"
+strategy = "initramfs"
+[plugin]
+name = "counter"
+version = "1.0.0"
+[source]
+busybox = "/bin/busybox"
+[workload]
+entrypoint = ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
+base_url = "http://127.0.0.1:80"
+[health_check]
+endpoint = "/index.html"
+interval_ms = 500
+[resources]
+cpu_cores = 1
+memory_mb = 128
+[mappings]
+"www" = "/www"
+`
+	cfg := filepath.Join(src, "fledge.toml")
+	os.WriteFile(cfg, []byte(toml), 0o644)
+	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: outDir,
+		KernelModules: modulesDir, Kestrel: kestrel})
+	if err != nil {
+		t.Fatalf("fledge build: %v", err)
+	}
+	m, err := os.ReadFile(res.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// get GETs http://ip/path from inside the namespace, giving a loaded
+// machine's CGI time.
+func get(h *fakeHost, ip, path string) (string, error) {
+	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := h.ns.Do(func() error {
+				var err error
+				c, err = (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}}
+	hc := &http.Client{Transport: tr, Timeout: 45 * time.Second}
+	resp, err := hc.Get("http://" + ip + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("GET %s%s: %s", ip, path, resp.Status)
+	}
+	return strings.TrimSpace(string(b)), err
+}
+
+// TestVMSnapshots boots a real guest (QEMU TCG, kestrel) through volantd
+// that counts requests in memory, snapshots it after three, starts two VMs
+// from the snapshot — each answers at its own address, under its own
+// name, with the saved count — and rolls the source back to the snapshot,
+// which takes its count file back to what it was.
+func TestVMSnapshots(t *testing.T) {
+	k, _ := guesttest.Kernel(t)
+	guesttest.QEMU(t)
+	kestrel := guesttest.Kestrel(t)
+	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
+	wrap := []string{"ip", "netns", "exec", h.ns.Name}
+	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
+		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "10s")
+	ctx := context.Background()
+	if _, err := d.c.InstallPlugin(ctx, counterPlugin(t, filepath.Join(h.dir, "data", "plugins", "counter"), k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running := func(name string) *api.VM {
+		t.Helper()
+		vm, err := d.c.WaitVM(ctx, name, api.VMRunning, 150*time.Second)
+		if err != nil {
+			rc, _ := d.c.VMLogs(ctx, name, api.LogOptions{Tail: 60})
+			launchLog, _ := os.ReadFile(filepath.Join(h.dir, "data", "vms", name, "launch.log"))
+			t.Fatalf("%s never ran: %v\nconsole:\n%s\nvolant-launch:\n%s", name, err, readAll(rc), launchLog)
+		}
+		return vm
+	}
+	count := func(vm *api.VM, want string) {
+		t.Helper()
+		if got, err := get(h, vm.IP, "/cgi-bin/count"); err != nil || got != want {
+			t.Fatalf("%s (%s) counts %q (%v), want %s", vm.Name, vm.IP, got, err, want)
+		}
+	}
+
+	if _, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: "src", Plugin: "counter"}); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	src := running("src")
+	t.Logf("src booted to healthy in %v", time.Since(t0).Round(time.Millisecond))
+	for i := 1; i <= 3; i++ {
+		count(src, fmt.Sprint(i))
+	}
+	snap, err := d.c.SnapshotVM(ctx, "src", api.CreateSnapshotRequest{Name: "warm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("snapshot: state %d bytes (guest memory %d MiB), disks %d bytes, paused %d ms", snap.StateBytes, snap.MemoryMB, snap.DiskBytes, snap.PausedMS)
+	if snap.VM != "src" || snap.Plugin != "counter" || snap.StateBytes <= 0 {
+		t.Fatalf("snapshot %+v", snap)
+	}
+	count(src, "4") // the source ran on
+
+	var clones []*api.VM
+	for _, name := range []string{"clone1", "clone2"} {
+		t0 := time.Now()
+		if _, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: name, FromSnapshot: "warm"}); err != nil {
+			t.Fatal(err)
+		}
+		vm := running(name)
+		t.Logf("%s restored to healthy in %v at %s", name, time.Since(t0).Round(time.Millisecond), vm.IP)
+		clones = append(clones, vm)
+	}
+	ips := map[string]string{src.IP: "src"}
+	for _, vm := range clones {
+		if other, ok := ips[vm.IP]; ok || vm.IP == "" {
+			t.Fatalf("%s has address %q, as %s", vm.Name, vm.IP, other)
+		}
+		ips[vm.IP] = vm.Name
+		count(vm, "4") // the snapshot's 3, plus this request
+		if id, err := get(h, vm.IP, "/cgi-bin/id"); err != nil || id != vm.Name {
+			t.Errorf("%s says it is %q (%v)", vm.Name, id, err)
+		}
+	}
+	count(src, "5") // the source kept its own count
+	if id, err := get(h, src.IP, "/cgi-bin/id"); err != nil || id != "src" {
+		t.Errorf("src says it is %q (%v)", id, err)
+	}
+	if _, err := d.c.DeleteSnapshot(ctx, "warm"); !apierr.Is(err, apierr.Conflict) {
+		t.Errorf("deleting a snapshot in use: %v, want CONFLICT", err)
+	}
+
+	// Rolling src back: its count file is the snapshot's again.
+	if _, err := d.c.RestoreVM(ctx, "src", api.RestoreVMRequest{Snapshot: "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	src = running("src")
+	count(src, "4")
+	if id, err := get(h, src.IP, "/cgi-bin/id"); err != nil || id != "src" {
+		t.Errorf("src after its restore says it is %q (%v)", id, err)
+	}
+	// vm.restored follows the health report that made src running.
+	restored := 0
+	for deadline := time.Now().Add(20 * time.Second); restored != 3 && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		restored = 0
+		for _, e := range collectEvents(t, d.c, api.EventVMRestored) {
+			if strings.Contains(string(e.Data), `"snapshot":"warm"`) {
+				restored++
+			}
+		}
+	}
+	if restored != 3 {
+		t.Errorf("%d vm.restored events, want 3 (clone1, clone2, src)", restored)
+	}
+	for _, name := range []string{"clone1", "clone2", "src"} {
+		if _, err := d.c.DeleteVM(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.c.DeleteSnapshot(ctx, "warm"); err != nil {
+		t.Fatal(err)
+	}
+}
