@@ -73,7 +73,8 @@
 //	IP_EXHAUSTED         6  lease: no free address in the pool (nothing is written)
 //	NOT_SUPPORTED        7  the database was written by a newer Volant
 //	UNAVAILABLE          9  the database cannot be opened, or another process held
-//	                        its write lock for more than 10 s
+//	                        its write lock for more than 10 s with nobody committing
+//	                        (a lease queued behind others that commit waits its turn)
 //	PERMISSION_DENIED   10  the database or its directory is not writable
 //	INTERNAL             1  anything else (a corrupt database, a bug)
 //
