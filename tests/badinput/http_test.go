@@ -317,7 +317,7 @@ func (d *httpDaemon) state(t *testing.T) string {
 			return err
 		}
 		rel, _ := filepath.Rel(data, p)
-		if strings.HasPrefix(rel, "volant.db") || rel == "cache" {
+		if strings.HasPrefix(rel, "volant.db") {
 			if e.IsDir() {
 				return filepath.SkipDir
 			}
