@@ -225,5 +225,10 @@ func TestVMSnapshotAndClones(t *testing.T) {
 		if err := json.Unmarshal([]byte(r.out.String()), &res); err != nil || res.Ended != "stopped" {
 			t.Errorf("%s ended %+v (%v)", r.runDir, res, err)
 		}
+		for _, l := range strings.Split(r.errb.String(), "\n") {
+			if strings.Contains(l, "restore") || strings.Contains(l, "VMM started") || strings.Contains(l, "agent channel") {
+				t.Logf("%s: %s", filepath.Base(r.runDir), l)
+			}
+		}
 	}
 }
