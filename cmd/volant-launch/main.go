@@ -62,7 +62,8 @@
 //	           "artifacts":[{"role","path","sha256","verified"}],"notes":[..],"warnings":[..]}
 //	          a dry run: a backend that cannot run on this host (its binary missing, no KVM) is
 //	          planned anyway, for a host where it can, and "warnings" says why `run` would refuse here;
-//	          it writes no cache the plan does not name (the host's TSC rate is read, not remembered)
+//	          it writes no cache the plan does not name (the host's TSC rate is read, not remembered),
+//	          and warns when the command line carries this host's TSC rate (TCG microvm: right only here)
 //	run       {"kind":"launch.run","name","vmm","pid","started_at","ended_at","ended":"poweroff|stopped","stop_method"}
 //	          printed when the VM has ended; the VMM runs in the foreground meanwhile
 //	stop      {"kind":"launch.stop","name","run_dir","method":"power_button|hard_stop|kill|already_exited|not_running","elapsed_ms"}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -1002,6 +1003,10 @@ func TestDryRunWritesNoTSCCache(t *testing.T) {
 	}
 	if !strings.Contains(p.Cmdline, "tsc_early_khz=") {
 		t.Fatalf("a TCG microvm command line without the TSC rate: %s", p.Cmdline)
+	}
+	// The rate is this host's: a plan for another host says so.
+	if !slices.ContainsFunc(p.Warnings, func(w string) bool { return strings.Contains(w, "this host's TSC rate") }) {
+		t.Fatalf("warnings %q do not say the TSC rate is this host's", p.Warnings)
 	}
 	if _, err := os.Stat(filepath.Join(o.CacheDir, "tsc_khz")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a dry run remembered the TSC rate: %v", err)

@@ -546,6 +546,7 @@ func (r *prep) cmdline(context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.warnHostTSC()
 	if p.Manifest.InInitrd {
 		r.note("the manifest does not fit the %d-byte kernel command line: it travels in the initrd as %s", bootargs.MaxCmdline, ManifestInVM)
 	}

@@ -128,6 +128,21 @@ func (r *prep) tscCache() string {
 	return r.o.CacheDir
 }
 
+// warnHostTSC warns a dry run whose command line carries this host's TSC
+// rate (tsc_early_khz, for a TCG microvm): under TCG the guest's TSC runs
+// at its host's rate, so the line is right only on a host like this one.
+func (r *prep) warnHostTSC() {
+	if !r.dry {
+		return
+	}
+	for _, w := range strings.Fields(r.p.Cmdline) {
+		if strings.HasPrefix(w, "tsc_early_khz=") {
+			r.warn("the kernel command line carries this host's TSC rate (%s): under TCG the guest's TSC runs at its host's rate, so on another host run argv there, or the guest's clock drifts", w)
+			return
+		}
+	}
+}
+
 // hostTSCkHz is kernel.HostTSCkHz, remembered for the boot under cacheDir
 // (none: read each time): where the kernel offers no tsc_freq_khz it
 // parses /proc/cpuinfo, whose read can take milliseconds (it samples every
