@@ -32,6 +32,7 @@
 //	DATA_CORRUPT         13   500  the state database is damaged; details say how to recover
 //	VOLUME_IN_USE          5   409  a volume is held by another VM (one writer at a time) or in use where it must not be
 //	NO_SPACE              14   507  the host's filesystem is full; nothing was left half-made
+//	ISOLATION_UNAVAILABLE 9   503  the hypervisor's jail cannot be set up here (see --insecure-vmm)
 package apierr
 
 import (
@@ -68,6 +69,9 @@ const (
 	DataCorrupt        Code = "DATA_CORRUPT"
 	VolumeInUse        Code = "VOLUME_IN_USE"
 	NoSpace            Code = "NO_SPACE"
+	// IsolationUnavailable: the VMM's jail (its own uid, mount namespace,
+	// cgroup, seccomp) cannot be set up on this host (lib/vmm/jail).
+	IsolationUnavailable Code = "ISOLATION_UNAVAILABLE"
 )
 
 // codeInfo holds a code's exit status and HTTP status. The HTTP statuses
@@ -82,28 +86,29 @@ type codeInfo struct {
 }
 
 var codes = map[Code]codeInfo{
-	Internal:           {1, 500},  // Internal Server Error
-	Usage:              {2, 400},  // Bad Request
-	InvalidInput:       {3, 400},  // Bad Request
-	InvalidManifest:    {3, 422},  // Unprocessable Entity
-	UnsupportedVersion: {3, 400},  // Bad Request
-	CmdlineTooLong:     {3, 422},  // Unprocessable Entity
-	TooLarge:           {3, 413},  // Content Too Large
-	MethodNotAllowed:   {3, 405},  // Method Not Allowed
-	NotFound:           {4, 404},  // Not Found
-	Conflict:           {5, 409},  // Conflict
-	IPExhausted:        {6, 409},  // Conflict
-	PortInUse:          {5, 409},  // Conflict
-	NotSupported:       {7, 501},  // Not Implemented
-	ChecksumMismatch:   {8, 422},  // Unprocessable Entity
-	Unavailable:        {9, 503},  // Service Unavailable
-	PermissionDenied:   {10, 403}, // Forbidden
-	Unauthorized:       {10, 401}, // Unauthorized
-	Timeout:            {11, 504}, // Gateway Timeout
-	Canceled:           {12, 499}, // nginx's Client Closed Request
-	DataCorrupt:        {13, 500}, // Internal Server Error
-	VolumeInUse:        {5, 409},  // Conflict
-	NoSpace:            {14, 507}, // Insufficient Storage
+	Internal:             {1, 500},  // Internal Server Error
+	Usage:                {2, 400},  // Bad Request
+	InvalidInput:         {3, 400},  // Bad Request
+	InvalidManifest:      {3, 422},  // Unprocessable Entity
+	UnsupportedVersion:   {3, 400},  // Bad Request
+	CmdlineTooLong:       {3, 422},  // Unprocessable Entity
+	TooLarge:             {3, 413},  // Content Too Large
+	MethodNotAllowed:     {3, 405},  // Method Not Allowed
+	NotFound:             {4, 404},  // Not Found
+	Conflict:             {5, 409},  // Conflict
+	IPExhausted:          {6, 409},  // Conflict
+	PortInUse:            {5, 409},  // Conflict
+	NotSupported:         {7, 501},  // Not Implemented
+	ChecksumMismatch:     {8, 422},  // Unprocessable Entity
+	Unavailable:          {9, 503},  // Service Unavailable
+	PermissionDenied:     {10, 403}, // Forbidden
+	Unauthorized:         {10, 401}, // Unauthorized
+	Timeout:              {11, 504}, // Gateway Timeout
+	Canceled:             {12, 499}, // nginx's Client Closed Request
+	DataCorrupt:          {13, 500}, // Internal Server Error
+	VolumeInUse:          {5, 409},  // Conflict
+	NoSpace:              {14, 507}, // Insufficient Storage
+	IsolationUnavailable: {9, 503},  // Service Unavailable
 }
 
 // Codes returns every known code, for documentation and tests.

@@ -88,6 +88,7 @@ func TestHTTPStatusesMatchNetHTTP(t *testing.T) {
 		Unauthorized: http.StatusUnauthorized, Timeout: http.StatusGatewayTimeout, Canceled: 499,
 		MethodNotAllowed: http.StatusMethodNotAllowed, DataCorrupt: http.StatusInternalServerError,
 		VolumeInUse: http.StatusConflict, NoSpace: http.StatusInsufficientStorage,
+		IsolationUnavailable: http.StatusServiceUnavailable,
 	}
 	for _, c := range Codes() {
 		if c.HTTPStatus() != want[c] {
