@@ -15,6 +15,8 @@ import (
 
 	"github.com/google/renameio/v2"
 	"golang.org/x/sys/unix"
+
+	"github.com/volantvm/volant/lib/vmm/jail"
 )
 
 // Identity names one process for its whole life: its pid, its start time
@@ -207,6 +209,9 @@ type PidFile struct {
 	Backend    string    `json:"backend"`
 	Socket     string    `json:"socket"`
 	StartedAt  time.Time `json:"started_at"`
+	// Jail says how the VMM is confined (nil: not recorded, a run of an
+	// older build).
+	Jail *jail.Info `json:"jail,omitempty"`
 }
 
 // WritePidFile writes pf to path atomically (temp + rename). It does not

@@ -32,6 +32,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/volantvm/volant/lib/vmm/jail"
 )
 
 // Options describe the process to start.
@@ -49,6 +51,9 @@ type Options struct {
 	Stderr io.Writer
 	// ExtraFiles are passed as fds 3, 4, ...
 	ExtraFiles []*os.File
+	// Jail, when set, confines the process (lib/vmm/jail): the thread that
+	// forks it enters the jail first and is never used again.
+	Jail *jail.Spec
 }
 
 // Process is a started VMM.
@@ -80,20 +85,39 @@ func Start(o Options) (*Process, error) {
 		Pdeathsig: syscall.SIGKILL,
 		Setpgid:   true,
 	}
+	if cmd.Err != nil {
+		return nil, fmt.Errorf("starting %s: %w", o.Argv[0], cmd.Err)
+	}
 	p := &Process{done: make(chan struct{}), tail: tl}
 	started := make(chan error, 1)
 	go func() {
 		// Hold this OS thread for the child's whole life: Pdeathsig is tied
 		// to the forking thread (see the package comment).
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
+		after := func() {}
+		if o.Jail != nil {
+			// The thread's namespace and root become the jail's: it must
+			// never run another goroutine, so it is not unlocked and ends
+			// with this goroutine.
+			j := *o.Jail
+			j.Binary = cmd.Path
+			var err error
+			if after, err = j.Enter(cmd.SysProcAttr); err != nil {
+				started <- err
+				return
+			}
+		} else {
+			defer runtime.UnlockOSThread()
+		}
+		err := cmd.Start()
+		after()
+		if err != nil {
 			started <- err
 			return
 		}
 		p.proc = cmd.Process
 		started <- nil
-		err := cmd.Wait()
+		err = cmd.Wait()
 		p.state = cmd.ProcessState
 		if err != nil && p.state != nil {
 			err = nil // an exit status, reported through ExitError
