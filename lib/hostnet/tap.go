@@ -317,7 +317,9 @@ func (h *Host) checkExistingTap(l netlink.Link, s tapSpec) (tapRecord, error) {
 	if err != nil {
 		return tapRecord{}, err
 	}
-	if !sameID(owner, s.owner) || !sameID(group, s.group) {
+	// No owner asked for: any will do (a jailed VM's supervisor makes its
+	// tap the VMM's uid's for the run, lib/vmm/jail).
+	if s.owner != nil && !sameID(owner, s.owner) || s.group != nil && !sameID(group, s.group) {
 		return tapRecord{}, apierr.New(apierr.Conflict, "tap %s exists with owner %s group %s, not %s %s; delete it first (tap del)",
 			s.name, idString(owner), idString(group), idString(s.owner), idString(s.group)).With("tap", s.name)
 	}
@@ -680,4 +682,58 @@ func delNeighbour(br netlink.Link, ip netip.Addr, mac net.HardwareAddr) (bool, e
 		return true, nil
 	}
 	return false, nil
+}
+
+// SetTapOwner makes the persistent tap name the uid's and gid's, so a
+// process of theirs (a jailed hypervisor, lib/vmm/jail) can attach to it
+// without CAP_NET_ADMIN. restore gives it back its earlier owner and
+// group (none, for a tap volant-net made without --owner).
+func SetTapOwner(name string, uid, gid uint32) (restore func(), err error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, apierr.Wrap(apierr.NotFound, err, "tap "+name).With("tap", name)
+	}
+	owner, group, err := tunOwnerGroup(l.Attrs().Index)
+	if err != nil {
+		return nil, err
+	}
+	if err := setTunIDs(name, l, &uid, &gid); err != nil {
+		return nil, err
+	}
+	return func() { setTunIDs(name, l, owner, group) }, nil
+}
+
+// setTunIDs attaches to the persistent tap and sets its owner and group;
+// nil means none.
+func setTunIDs(name string, l netlink.Link, owner, group *uint32) error {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening /dev/net/tun: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return apierr.Wrap(apierr.InvalidInput, err, "tap name "+name)
+	}
+	flags := unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
+	if tt, ok := l.(*netlink.Tuntap); ok && tt.Flags&netlink.TUNTAP_MULTI_QUEUE != 0 {
+		flags |= unix.IFF_MULTI_QUEUE
+	}
+	ifr.SetUint16(uint16(flags))
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return fmt.Errorf("attaching to tap %s: %w", name, err)
+	}
+	id := func(p *uint32) int {
+		if p == nil {
+			return -1
+		}
+		return int(*p)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, id(owner)); err != nil {
+		return fmt.Errorf("setting the owner of tap %s: %w", name, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, id(group)); err != nil {
+		return fmt.Errorf("setting the group of tap %s: %w", name, err)
+	}
+	return nil
 }
