@@ -222,6 +222,7 @@ type runCmd struct {
 	specFlags
 	ReadyTimeout time.Duration `long:"ready-timeout" default:"30s" description:"how long the VMM gets to answer on its socket"`
 	Restore      string        `long:"restore" value-name:"SNAPSHOT" description:"run the VM from a snapshot directory (volant-launch snapshot) instead of booting it"`
+	InsecureVMM  bool          `long:"insecure-vmm" description:"run the hypervisor as root without its jail (own uid, mount namespace, cgroup); logged and shown in status"`
 }
 
 func (c *runCmd) Execute(ctx context.Context, env *cli.Env) error {
@@ -234,6 +235,7 @@ func (c *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 			return err
 		}
 	}
+	cli.Override(&s.InsecureVMM, c.InsecureVMM)
 	res, err := runner.Foreground(ctx, s, libOptions(env, true), launch.RunOptions{
 		Notify:       func(state string) { daemon.SdNotify(false, state) },
 		VMMOutput:    env.Stderr,

@@ -15,6 +15,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/vmm"
+	"github.com/volantvm/volant/lib/vmm/jail"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
 
@@ -38,6 +39,9 @@ type Status struct {
 	Console    string         `json:"console_socket,omitempty"`
 	SerialLog  string         `json:"serial_log,omitempty"`
 	StartedAt  *time.Time     `json:"started_at,omitempty"`
+	// Jail says how the hypervisor is confined: its uid and cgroup, or
+	// insecure (it runs as root without a jail: --insecure-vmm).
+	Jail *jail.Info `json:"jail,omitempty"`
 }
 
 // Starting reports whether a run holds the VM but its hypervisor is not
@@ -152,7 +156,7 @@ func Inspect(ctx context.Context, runDir string, o Options) (*Status, error) {
 		}
 		return st, nil
 	}
-	st.VMM, st.Socket = pf.Backend, pf.Socket
+	st.VMM, st.Socket, st.Jail = pf.Backend, pf.Socket, pf.Jail
 	st.Supervisor = &ProcessStatus{Identity: pf.Supervisor, Alive: pf.Supervisor.Alive()}
 	if pf.VMM.Pid == 0 {
 		if st.Supervisor.Alive {

@@ -30,7 +30,7 @@
 // guest kernel command line:
 //
 //	console=ttyS0 panic=-1 quiet [tsc_early_khz=<host TSC> under TCG microvm]
-//	tsc=reliable no_timer_check 8250.nr_uarts=1 mitigations=off
+//	tsc=reliable no_timer_check 8250.nr_uarts=1
 //	random.trust_cpu=on cryptomgr.notests volant.vm=… volant.ip=… volant.gw=…
 //	volant.dns=… volant.api_host=… volant.api_port=… volant.plugin=…
 //	volant.runtime=… [volant.boot=rootfs volant.rootfs_fstype=…]
@@ -64,10 +64,15 @@
 // /run/volant/vms/<name>, mode 0700; a second run of the same VM is
 // CONFLICT), which holds:
 //
-//	ctl.sock      the VMM's control socket (CH REST API or QEMU QMP)
-//	console.sock  the attachable serial console (one client at a time)
-//	serial.sock   Cloud Hypervisor's serial socket, relayed by Run to the
-//	              serial log and console.sock (CH cannot do both itself)
+//	vmm/          the VMM's own directory (its uid's, 0700), holding:
+//	  ctl.sock      the VMM's control socket (CH REST API or QEMU QMP)
+//	  console.sock  QEMU's attachable serial console (one client at a time)
+//	  serial.sock   Cloud Hypervisor's serial socket, relayed by Run to the
+//	                serial log and to console.sock in the run directory (CH
+//	                cannot do both itself)
+//	  agent.sock    the VMM's end of the agent channel
+//	root/         the mount point of the VMM's jail (empty outside it)
+//	guest.sock    the agent channel's clients (lib/agenthub)
 //	pid           {"supervisor":{pid,start_time,boot_id},"vmm":{...},...}
 //	plan.json     the resolved plan
 //	initrd        the layered initrd, when one is needed
@@ -76,6 +81,26 @@
 // /var/lib/volant/vms/<name>/serial.log, rotated to .1 past 8 MiB) and is
 // kept; the run directory is removed when the run ends. Unix socket paths
 // must fit in 107 bytes: a run dir too long for that is refused up front.
+//
+// CPU vulnerability mitigations stay on in the guest unless kernel_args
+// say mitigations=off.
+//
+// # The jail
+//
+// Unless the operator asks for --insecure-vmm (Options.Jail.Insecure or
+// Spec.InsecureVMM; logged, and shown in the status as "jail":{"insecure":
+// true}), the VMM runs in a jail (lib/vmm/jail): a uid and gid of its own
+// from Options.Jail.UIDs, no_new_privs, a mount namespace whose read-only
+// root holds only the system's read-only directories, its own /dev, its
+// kernel, initrd and disks and the run directory's vmm/ (its sockets: the
+// only directory it may write, with its serial log and writable disks,
+// which are its uid's for the run), and a cgroup of its own (Limits: guest
+// memory + overhead, pids, CPU weight and quota) under Options.Jail.Cgroup,
+// or its supervisor's when that is CgroupUnit (the systemd unit's). The tap
+// is its uid's for the run. A VMM killed at its memory limit ends the run
+// with UNAVAILABLE and details reason "oom". A jail that cannot be set up
+// fails the run with ISOLATION_UNAVAILABLE. The status (and pid file) say
+// which uid and cgroup.
 //
 // The VMM runs under lib/vmm/supervise: it dies with its supervisor (so a
 // kill -9 of `volant-launch run` leaves no orphan), its readiness is its

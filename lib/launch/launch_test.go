@@ -462,10 +462,26 @@ func TestRunLifecycle(t *testing.T) {
 	if st.Name != "web1" || st.VMM != cloudhypervisor.Name || !st.Supervisor.Alive || !st.Process.Alive || st.SerialLog != p.SerialLog {
 		t.Fatalf("status %+v", st)
 	}
-	for _, name := range []string{SocketName, PidFileName, PlanFileName} {
+	for _, name := range []string{VMMDirName + "/" + SocketName, PidFileName, PlanFileName} {
 		if _, err := os.Stat(filepath.Join(p.RunDir, name)); err != nil {
 			t.Errorf("run dir lacks %s: %v", name, err)
 		}
+	}
+	// The fake Cloud Hypervisor runs jailed: the VM's uid, no_new_privs,
+	// its sockets' directory its own, a cgroup with the plan's memory
+	// limit; CH's own seccomp and Landlock are asked for.
+	if st.Jail == nil || st.Jail.Insecure || st.Jail.UID == 0 || st.Jail.Cgroup == "" || st.Jail.MemoryLimitMB != 128+DefaultOverheadMB {
+		t.Fatalf("jail %+v", st.Jail)
+	}
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", st.Process.Pid))
+	if u := fmt.Sprint(st.Jail.UID); !strings.Contains(string(status), "Uid:\t"+u+"\t"+u+"\t"+u+"\t"+u+"\n") || !strings.Contains(string(status), "NoNewPrivs:\t1") {
+		t.Fatalf("the VMM's status:\n%s", status)
+	}
+	if fi, err := os.Stat(VMMDir(p.RunDir)); err != nil || fi.Sys().(*syscall.Stat_t).Uid != st.Jail.UID || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("the VMM's directory: %v %v", fi, err)
+	}
+	if !slices.Contains(p.Argv, "--landlock") || !slices.Contains(p.Argv, "--seccomp") {
+		t.Fatalf("argv %q", p.Argv)
 	}
 	// The pid file's identity is the VMM's, verified by start time.
 	if !st.Process.Identity.Alive() || st.Process.StartTime == 0 {

@@ -44,11 +44,17 @@ const (
 	// GuestSocketName is where clients reach the guest's agent through
 	// the VM's supervisor (lib/agenthub): exec, copy (lib/agentchan).
 	GuestSocketName = "guest.sock"
-	PidFileName     = "pid"
-	PlanFileName    = "plan.json"
-	InitrdName      = "initrd"
-	ManifestInVM    = "/etc/volant/manifest.json"
-	maxSocketPath   = 107 // sun_path is 108 bytes with the NUL
+	// VMMDirName is the run directory's subdirectory the VMM owns (its
+	// jail's only writable directory): its sockets live there.
+	VMMDirName = "vmm"
+	// JailRootName is the mount point of the VMM's jail root (empty
+	// outside the VMM's mount namespace).
+	JailRootName  = "root"
+	PidFileName   = "pid"
+	PlanFileName  = "plan.json"
+	InitrdName    = "initrd"
+	ManifestInVM  = "/etc/volant/manifest.json"
+	maxSocketPath = 107 // sun_path is 108 bytes with the NUL
 )
 
 // Options are the host-side settings a launcher runs with: directories,
@@ -71,7 +77,9 @@ type Options struct {
 	Backends []vmm.Backend
 	// HostRoot is the host's root for KVM detection; nil means "/".
 	HostRoot fs.FS
-	Logger   *slog.Logger
+	// Jail confines each VMM (lib/vmm/jail).
+	Jail   JailOptions
+	Logger *slog.Logger
 }
 
 func (o Options) withDefaults() Options {
@@ -88,6 +96,9 @@ func (o Options) withDefaults() Options {
 	}
 	return o
 }
+
+// VMMDir is the directory of a run directory that the VMM owns.
+func VMMDir(runDir string) string { return filepath.Join(runDir, VMMDirName) }
 
 // DefaultBackends are Cloud Hypervisor and QEMU, in that order of preference.
 func DefaultBackends(hostRoot fs.FS) []vmm.Backend {
@@ -129,7 +140,9 @@ type Plan struct {
 	// "copy"); Run makes the missing ones before the VMM starts.
 	DiskCopies []DiskCopy `json:"disk_copies,omitempty"`
 	StopAfter  Duration   `json:"stop_timeout"`
-	Notes      []string   `json:"notes,omitempty"`
+	// InsecureVMM: the VMM runs as root without a jail (Spec.InsecureVMM).
+	InsecureVMM bool     `json:"insecure_vmm,omitempty"`
+	Notes       []string `json:"notes,omitempty"`
 	// Warnings say why the plan could not run on this host; only DryRun
 	// plans have them (Prepare fails instead).
 	Warnings []string     `json:"warnings,omitempty"`
@@ -318,7 +331,7 @@ func (r *prep) check() error {
 		return badInput("the tap is for VM %q, not %q", s.NetTap.VM, name).With("field", "net_tap.vm")
 	}
 	r.lease = lease
-	r.p = &Plan{Name: name, manifestJSON: mjson}
+	r.p = &Plan{Name: name, manifestJSON: mjson, InsecureVMM: s.InsecureVMM}
 	r.p.Manifest = manifestInfo{Name: m.Name, Version: m.Version, Boot: "initramfs"}
 	if m.Rootfs != nil {
 		r.p.Manifest.Boot = "rootfs"
@@ -493,18 +506,22 @@ func (r *prep) backend(ctx context.Context) error {
 	if p.RunDir, err = filepath.Abs(p.RunDir); err != nil {
 		return fmt.Errorf("run dir: %w", err)
 	}
-	p.Console = filepath.Join(p.RunDir, ConsoleName)
+	// The VMM's sockets are in the directory it owns; what the supervisor
+	// serves (the relayed console, the guest socket) is root's.
+	vmmDir := VMMDir(p.RunDir)
+	p.Console = filepath.Join(vmmDir, ConsoleName)
 	if !r.caps.SerialSocket {
-		p.SerialRelay = filepath.Join(p.RunDir, SerialName)
+		p.Console = filepath.Join(p.RunDir, ConsoleName)
+		p.SerialRelay = filepath.Join(vmmDir, SerialName)
 	}
 	if r.caps.AgentChannel {
 		p.Agent = &AgentPlan{
-			VMMSocket: filepath.Join(p.RunDir, AgentName), Transport: r.caps.AgentTransport,
+			VMMSocket: filepath.Join(vmmDir, AgentName), Transport: r.caps.AgentTransport,
 			Socket:      filepath.Join(p.RunDir, GuestSocketName),
 			WorkloadLog: WorkloadLogPath(r.o, p.Name),
 		}
 	}
-	for _, sp := range []string{filepath.Join(p.RunDir, SocketName), p.Console, p.SerialRelay, filepath.Join(p.RunDir, AgentName), filepath.Join(p.RunDir, GuestSocketName)} {
+	for _, sp := range []string{filepath.Join(vmmDir, SocketName), p.Console, p.SerialRelay, filepath.Join(vmmDir, AgentName), filepath.Join(p.RunDir, GuestSocketName)} {
 		if len(sp) > maxSocketPath {
 			return badInput("socket path %s is %d bytes; unix sockets allow %d: choose a shorter run dir", sp, len(sp), maxSocketPath).
 				With("field", "run_dir").With("bytes", len(sp))
@@ -631,7 +648,7 @@ func (r *prep) argv(context.Context) error {
 	p.Config = vmm.Config{
 		Name: p.Name, CPUs: r.cpus, MemoryMB: r.mem,
 		Kernel: r.kern.path, Cmdline: p.Cmdline,
-		Disks: p.Config.Disks, APISocket: filepath.Join(p.RunDir, SocketName),
+		Disks: p.Config.Disks, APISocket: filepath.Join(VMMDir(p.RunDir), SocketName),
 		Serial:  vmm.Serial{LogFile: p.SerialLog, Socket: p.Console},
 		Machine: r.machine, Accel: p.Accel,
 	}
@@ -874,7 +891,11 @@ func buildCmdline(s Spec, m *manifest.Manifest, name string, nw *network, accel 
 		}
 		base = append(base, "tsc_early_khz="+strconv.Itoa(khz))
 	}
-	base = append(base, "tsc=reliable", "no_timer_check", "8250.nr_uarts=1", "mitigations=off",
+	// The guest kernel keeps its CPU vulnerability mitigations (a hostile
+	// guest process must not read its neighbours' memory inside the
+	// guest): mitigations=off only when the caller asks, in kernel_args
+	// (bench/boot measures what they cost).
+	base = append(base, "tsc=reliable", "no_timer_check", "8250.nr_uarts=1",
 		"random.trust_cpu=on", "cryptomgr.notests")
 	a, err := m.BootArgs()
 	if err != nil {

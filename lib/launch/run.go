@@ -17,6 +17,7 @@ import (
 	"github.com/volantvm/volant/lib/agenthub"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/vmm"
+	"github.com/volantvm/volant/lib/vmm/jail"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
 
@@ -108,13 +109,34 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 	if err != nil {
 		return nil, err
 	}
+	if err := os.Mkdir(VMMDir(p.RunDir), 0o700); err != nil {
+		return nil, fmt.Errorf("run dir: %w", err)
+	}
+	var jl *jailRun
+	pf.Jail = &jail.Info{Insecure: true}
+	if p.InsecureVMM || o.Jail.Insecure {
+		log.Warn("the VMM runs as root without a jail (--insecure-vmm)", "vm", p.Name)
+	} else {
+		if jl, err = setupJail(p, o, log); err != nil {
+			return nil, err
+		}
+		defer jl.teardown(log)
+		pf.Jail = &jl.info
+	}
 
 	var out io.Writer = io.Discard
 	if ro.VMMOutput != nil {
 		out = ro.VMMOutput
 	}
-	proc, err := supervise.Start(supervise.Options{Argv: p.Argv, Stdout: out, Stderr: out})
+	so := supervise.Options{Argv: p.Argv, Stdout: out, Stderr: out}
+	if jl != nil {
+		so.Jail = jl.spec
+	}
+	proc, err := supervise.Start(so)
 	if err != nil {
+		if apierr.Is(err, jail.Failed) {
+			return nil, err
+		}
 		return nil, apierr.Wrap(apierr.Unavailable, err, "starting "+p.VMM)
 	}
 	started := time.Now()
@@ -164,6 +186,8 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 	})
 	cancel()
 	switch {
+	case errors.Is(err, supervise.ErrExited) && jl.oomKilled():
+		return nil, errOOM(p, jl)
 	case errors.Is(err, supervise.ErrExited):
 		return nil, apierr.Wrap(apierr.Unavailable, err, p.VMM+" exited while starting")
 	case err != nil && ctx.Err() != nil:
@@ -199,6 +223,9 @@ func Run(ctx context.Context, p *Plan, o Options, ro RunOptions) (res *Result, e
 	<-proc.Done()
 	res.EndedAt = time.Now()
 	if res.Ended == "poweroff" {
+		if jl.oomKilled() {
+			return res, errOOM(p, jl)
+		}
 		if err := proc.ExitError(); err != nil {
 			return res, apierr.Wrap(apierr.Unavailable, err, p.VMM+" exited unexpectedly")
 		}

@@ -97,6 +97,9 @@ type Spec struct {
 	// boots the artifact itself (one VM at a time; its writes change it and
 	// its next checksum verification fails).
 	DiskMode string `json:"disk_mode,omitempty"`
+	// InsecureVMM runs the VMM as root without a jail (lib/vmm/jail), as
+	// Options.Jail.Insecure does for every VM of a host.
+	InsecureVMM bool `json:"insecure_vmm,omitempty"`
 	// StopTimeoutMS is how long `run` gives the guest to power off after the
 	// ACPI power button before stopping it hard (default 10000).
 	StopTimeoutMS int `json:"stop_timeout_ms,omitempty"`

@@ -2,9 +2,19 @@ package runner
 
 import (
 	"os"
+	"strconv"
 
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/layout"
+	"github.com/volantvm/volant/lib/vmm/jail"
+)
+
+// The variables of the VMM's jail (launch.JailOptions).
+const (
+	EnvInsecureVMM   = "VOLANT_INSECURE_VMM"    // "1": no jail, the VMM runs as root
+	EnvVMMUIDs       = "VOLANT_VMM_UIDS"        // FIRST-LAST: the VMMs' uids
+	EnvVMMCgroup     = "VOLANT_VMM_CGROUP"      // parent cgroup, or "unit"
+	EnvVMMOverheadMB = "VOLANT_VMM_OVERHEAD_MB" // memory a VMM may use beyond its guest's
 )
 
 // Environ is the environment a `volant-launch` process gets for the
@@ -14,6 +24,19 @@ func Environ(o launch.Options) []string {
 	env := append([]string{"PATH=" + os.Getenv("PATH")}, dirs(o).Environ()...)
 	if o.Kestrel != "" {
 		env = append(env, layout.EnvKestrel+"="+o.Kestrel)
+	}
+	j := o.Jail
+	if j.Insecure {
+		env = append(env, EnvInsecureVMM+"=1")
+	}
+	if j.UIDs.Count > 0 {
+		env = append(env, EnvVMMUIDs+"="+j.UIDs.String())
+	}
+	if j.Cgroup != "" {
+		env = append(env, EnvVMMCgroup+"="+j.Cgroup)
+	}
+	if j.OverheadMB > 0 {
+		env = append(env, EnvVMMOverheadMB+"="+strconv.Itoa(j.OverheadMB))
 	}
 	return env
 }
@@ -30,6 +53,12 @@ func OptionsFromEnv(getenv func(string) string) launch.Options {
 	}
 	if o.Kestrel == "" {
 		o.Kestrel = layout.Sibling("kestrel")
+	}
+	if getenv != nil {
+		o.Jail.Insecure = getenv(EnvInsecureVMM) == "1" || getenv(EnvInsecureVMM) == "true"
+		o.Jail.UIDs, _ = jail.ParseRange(getenv(EnvVMMUIDs)) // checked by the door that set it
+		o.Jail.Cgroup = getenv(EnvVMMCgroup)
+		o.Jail.OverheadMB, _ = strconv.Atoi(getenv(EnvVMMOverheadMB))
 	}
 	return o
 }

@@ -15,6 +15,7 @@ package cloudhypervisor
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -88,7 +89,27 @@ func Argv(binary string, cfg vmm.Config) ([]string, error) {
 		// unix socket (CONNECT <port>), which CH creates.
 		a = append(a, "--vsock", "cid="+strconv.Itoa(vmm.AgentVsockCID)+",socket="+val(cfg.AgentSocket))
 	}
+	// CH's own confinement, inside the jail of lib/vmm/jail: its seccomp
+	// filters (the default, said aloud), and Landlock limited to the files
+	// of its config (CH adds those itself) plus the directory where it
+	// creates its sockets.
+	a = append(a, "--seccomp", "true", "--landlock")
+	if dir := socketDir(cfg); dir != "" {
+		a = append(a, "--landlock-rules", "path="+val(dir)+",access=rw")
+	}
 	return a, nil
+}
+
+// socketDir is the directory of the sockets CH creates (they share one:
+// the VMM's directory of its run directory), or "" when they do not.
+func socketDir(cfg vmm.Config) string {
+	dir := filepath.Dir(cfg.APISocket)
+	for _, s := range []string{cfg.Serial.Socket, cfg.AgentSocket} {
+		if s != "" && filepath.Dir(s) != dir {
+			return ""
+		}
+	}
+	return dir
 }
 
 // val quotes a value for CH's option parser when it holds a comma.

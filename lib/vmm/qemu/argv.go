@@ -21,6 +21,11 @@ const (
 	MachinePC      = "pc"
 )
 
+// Sandbox is the value of -sandbox on every QEMU command line. QEMU runs
+// unprivileged already (lib/vmm/jail), so elevateprivileges=deny costs
+// nothing; QEMU's own -runas would need set*id after this filter is on.
+const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
 // AgentPortName is the virtio-serial port name kestrel looks for (the
 // guest's /dev/vportNpM whose sysfs name is this; agentchan.PortName).
 const AgentPortName = "org.volant.agent"
@@ -48,6 +53,9 @@ func Argv(binary string, cfg vmm.Config) ([]string, error) {
 	a := []string{binary,
 		"-name", "guest=" + esc(cfg.Name) + ",debug-threads=on",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		// Its seccomp filter: no obsolete system calls, no set*id, no
+		// fork or exec, no scheduler or resource changes.
+		"-sandbox", Sandbox,
 	}
 	switch machine {
 	case MachineMicrovm:

@@ -101,12 +101,17 @@ func Main(args []string) int {
 // Volant uses: each takes one value, --disk and --net one or more.
 func parseCLI(args []string) (map[string][]string, error) {
 	single := map[string]bool{"api-socket": true, "cpus": true, "memory": true, "kernel": true,
-		"initramfs": true, "cmdline": true, "serial": true, "console": true, "vsock": true}
-	multi := map[string]bool{"disk": true, "net": true}
+		"initramfs": true, "cmdline": true, "serial": true, "console": true, "vsock": true, "seccomp": true}
+	multi := map[string]bool{"disk": true, "net": true, "landlock-rules": true}
+	flag := map[string]bool{"landlock": true} // takes no value (clap's SetTrue)
 	out := map[string][]string{}
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		name, ok := strings.CutPrefix(a, "--")
+		if ok && flag[name] {
+			out[name] = []string{"true"}
+			continue
+		}
 		if !ok || !(single[name] || multi[name]) {
 			return nil, fmt.Errorf("unexpected argument '%s' found", a)
 		}
@@ -229,6 +234,12 @@ type VMConfig struct {
 	Serial  map[string]any   `json:"serial"`
 	Console map[string]any   `json:"console"`
 	Vsock   map[string]any   `json:"vsock,omitempty"`
+	// LandlockEnable and LandlockRules are --landlock and --landlock-rules.
+	LandlockEnable bool             `json:"landlock_enable,omitempty"`
+	LandlockRules  []map[string]any `json:"landlock_rules,omitempty"`
+	// Seccomp is --seccomp (not part of VmConfig: the fake keeps it for
+	// tests, outside the JSON it serves).
+	Seccomp string `json:"-"`
 }
 
 // VMConfigFromFlags builds the VmConfig CH would from parsed flags.
@@ -323,6 +334,26 @@ func VMConfigFromFlags(f map[string][]string) (*VMConfig, error) {
 			return nil, fmt.Errorf("--vsock: cid (>= 3) and socket are required, got %q", v)
 		}
 		c.Vsock = map[string]any{"cid": cid, "socket": o["socket"]}
+	}
+	switch v := or(first(f["seccomp"]), "true"); v {
+	case "true", "false", "log":
+		c.Seccomp = v
+	default:
+		return nil, fmt.Errorf("--seccomp: invalid value %q (true, false or log)", v)
+	}
+	c.LandlockEnable = first(f["landlock"]) == "true"
+	for _, r := range f["landlock-rules"] {
+		o, err := parseOptions(r, "path", "access")
+		if err != nil {
+			return nil, fmt.Errorf("--landlock-rules: %w", err)
+		}
+		if o["path"] == "" || strings.Trim(o["access"], "rw") != "" || o["access"] == "" {
+			return nil, fmt.Errorf("--landlock-rules: path and access (r, w or rw) are required, got %q", r)
+		}
+		if !c.LandlockEnable {
+			return nil, errors.New("--landlock-rules needs --landlock")
+		}
+		c.LandlockRules = append(c.LandlockRules, map[string]any{"path": o["path"], "access": o["access"]})
 	}
 	return c, nil
 }

@@ -1,0 +1,244 @@
+package launch
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/hostnet"
+	"github.com/volantvm/volant/lib/vmm"
+	"github.com/volantvm/volant/lib/vmm/jail"
+)
+
+// JailOptions say how VMMs are confined (lib/vmm/jail). The zero value is
+// a jail with the defaults.
+type JailOptions struct {
+	// Insecure runs each VMM as root without a jail (--insecure-vmm,
+	// VOLANT_INSECURE_VMM): logged, and shown in the VM's status.
+	Insecure bool
+	// UIDs are the uids VMMs get, one per running VM (default
+	// jail.DefaultRange; --vmm-uids, VOLANT_VMM_UIDS).
+	UIDs jail.Range
+	// UIDDir holds the uid locks (default jail.DefaultUIDDir).
+	UIDDir string
+	// Cgroup is the cgroup under which each VMM gets its own (default
+	// "volant"); CgroupUnit keeps the VMM in its supervisor's cgroup,
+	// whose limits the runner set (the systemd unit's).
+	Cgroup string
+	// OverheadMB is what a VMM may use beyond its guest's memory (default
+	// DefaultOverheadMB for its backend and acceleration).
+	OverheadMB int
+}
+
+// CgroupUnit as JailOptions.Cgroup: the VMM stays in the cgroup its
+// supervisor runs in (volant-vm@.service sets it; lib/runner sets the
+// unit's limits).
+const CgroupUnit = "unit"
+
+// Overheads of a VMM beyond guest memory, measured with the guest's memory
+// all touched (bench/jail): QEMU under TCG keeps a translation cache and
+// its own heap; under KVM and for Cloud Hypervisor the process is smaller.
+// The page cache of the kernel and initrd it reads is charged to its
+// cgroup too, but is reclaimed before the limit kills anything.
+const (
+	DefaultOverheadMBTCG = 160
+	DefaultOverheadMB    = 96
+)
+
+// DefaultPids bounds a VMM's threads: QEMU's vCPU, I/O and worker threads
+// (its thread pool has at most 64) with room to spare.
+const DefaultPids = 256
+
+// Limits are the cgroup limits of a plan's VMM: memory = guest memory +
+// overhead; pids; CPU weight 100 per vCPU; CPU quota one core per vCPU
+// plus half a core for the VMM's own threads.
+func Limits(p *Plan, o JailOptions) jail.Limits {
+	over := o.OverheadMB
+	if over <= 0 {
+		over = DefaultOverheadMB
+		if p.Accel == vmm.AccelTCG {
+			over = DefaultOverheadMBTCG
+		}
+	}
+	cpus := max(p.Config.CPUs, 1)
+	return jail.Limits{
+		MemoryBytes:     int64(p.Config.MemoryMB+over) << 20,
+		Pids:            DefaultPids + int64(cpus),
+		CPUWeight:       uint64(min(100*cpus, 10000)),
+		CPUQuotaPercent: 100*cpus + 50,
+	}
+}
+
+// jailRun is one run's jail and what Run must undo after it.
+type jailRun struct {
+	spec   *jail.Spec
+	cg     *jail.Cgroup
+	info   jail.Info
+	limits jail.Limits
+	undo   []func()
+}
+
+// setupJail prepares p's jail: a uid of its own, the VM's writable files
+// and its socket directory made the uid's for the run, the tap owned by
+// it, a cgroup with the plan's limits.
+func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
+	jo := o.Jail
+	j = &jailRun{limits: Limits(p, jo)}
+	defer func() {
+		if err != nil {
+			j.teardown(log)
+		}
+	}()
+	dir := jo.UIDDir
+	if dir == "" {
+		dir = jail.DefaultUIDDir
+	}
+	uid, release, err := jail.AllocateUID(dir, jo.UIDs, p.Name)
+	if err != nil {
+		return j, err
+	}
+	j.undo = append(j.undo, release)
+	gid := uid
+	j.info = jail.Info{UID: uid, GID: gid, MemoryLimitMB: j.limits.MemoryBytes >> 20}
+	spec := &jail.Spec{UID: uid, GID: gid, Root: filepath.Join(p.RunDir, JailRootName)}
+	if err := os.Mkdir(spec.Root, 0o700); err != nil {
+		return j, jailFailed(err, "the jail's root directory")
+	}
+
+	// Its sockets' directory, its serial log and its writable disks are
+	// its own for the run; what it reads must be readable by anyone.
+	vmmDir := VMMDir(p.RunDir)
+	own := func(path string) error {
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			return missing(err, path)
+		}
+		if err := os.Chown(path, int(uid), int(gid)); err != nil {
+			return jailFailed(err, "giving "+path+" to the VMM")
+		}
+		j.undo = append(j.undo, func() { os.Chown(path, int(st.Uid), int(st.Gid)) })
+		return nil
+	}
+	if err := own(vmmDir); err != nil {
+		return j, err
+	}
+	spec.Paths = append(spec.Paths, jail.Path{Path: vmmDir, Write: true})
+	if p.Config.Serial.LogFile != "" {
+		f, err := os.OpenFile(p.Config.Serial.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return j, jailFailed(err, "creating the serial log")
+		}
+		f.Close()
+		if err := own(p.Config.Serial.LogFile); err != nil {
+			return j, err
+		}
+		spec.Paths = append(spec.Paths, jail.Path{Path: p.Config.Serial.LogFile, Write: true})
+	}
+	readable := func(path string) error {
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			return missing(err, path)
+		}
+		if st.Mode&0o004 == 0 {
+			return apierr.New(jail.Failed, "jail: %s is not readable by the VMM's uid (mode %o): make it readable by others (chmod o+r), or give the VM its own copy", path, st.Mode&0o777).
+				With("path", path)
+		}
+		spec.Paths = append(spec.Paths, jail.Path{Path: path})
+		return nil
+	}
+	if err := readable(p.Config.Kernel); err != nil {
+		return j, err
+	}
+	if in := p.Config.Initramfs; in != "" {
+		if filepath.Dir(in) == p.RunDir {
+			// Staged for this run: its own.
+			if err := own(in); err != nil {
+				return j, err
+			}
+			spec.Paths = append(spec.Paths, jail.Path{Path: in})
+		} else if err := readable(in); err != nil {
+			return j, err
+		}
+	}
+	for _, d := range p.Config.Disks {
+		if d.ReadOnly {
+			if err := readable(d.Path); err != nil {
+				return j, err
+			}
+			continue
+		}
+		if err := own(d.Path); err != nil {
+			return j, err
+		}
+		spec.Paths = append(spec.Paths, jail.Path{Path: d.Path, Write: true})
+	}
+	for _, n := range p.Config.Nets {
+		restore, err := hostnet.SetTapOwner(n.Tap, uid, gid)
+		if err != nil {
+			return j, jailFailed(err, "giving tap "+n.Tap+" to the VMM")
+		}
+		j.undo = append(j.undo, restore)
+		if len(spec.Devices) == 0 {
+			spec.Devices = append(spec.Devices, "/dev/net/tun")
+		}
+	}
+	if p.Accel == vmm.AccelKVM {
+		spec.Devices = append(spec.Devices, "/dev/kvm")
+	}
+
+	if jo.Cgroup != CgroupUnit {
+		parent := jo.Cgroup
+		if parent == "" {
+			parent = jail.DefaultCgroupParent
+		}
+		cg, err := jail.NewCgroup(parent, p.Name+"."+strconv.FormatUint(uint64(uid), 10), j.limits)
+		if err != nil {
+			return j, err
+		}
+		j.cg, spec.Cgroup, j.info.Cgroup = cg, cg, cg.Path
+	}
+	j.spec = spec
+	log.Info("VMM jail", "vm", p.Name, "uid", uid, "cgroup", j.info.Cgroup, "memory_limit_mb", j.info.MemoryLimitMB)
+	return j, nil
+}
+
+// oomKilled reports whether the kernel ended the VMM for its memory limit.
+func (j *jailRun) oomKilled() bool { return j != nil && j.cg != nil && j.cg.OOMKills() > 0 }
+
+// teardown gives back what setupJail took, last first, once the VMM has
+// exited.
+func (j *jailRun) teardown(log *slog.Logger) {
+	if j == nil {
+		return
+	}
+	if j.cg != nil {
+		if err := j.cg.Delete(); err != nil {
+			log.Warn("removing the VMM's cgroup", "cgroup", j.cg.Path, "err", err)
+		}
+	}
+	for i := len(j.undo) - 1; i >= 0; i-- {
+		j.undo[i]()
+	}
+	j.undo = nil
+}
+
+// missing is the error of a file the VM needs that went away since
+// Prepare: the VMM could not start either.
+func missing(err error, path string) error {
+	return apierr.Wrap(apierr.Unavailable, err, "a file the VM boots from, "+path).With("path", path)
+}
+
+func jailFailed(err error, what string) error {
+	return apierr.Wrap(jail.Failed, err, "jail: "+what).
+		With("hint", "fix the host, or run without a jail with --insecure-vmm (the hypervisor then runs as root)")
+}
+
+// errOOM is the error of a VMM the kernel ended at its memory limit.
+func errOOM(p *Plan, j *jailRun) error {
+	return apierr.New(apierr.Unavailable, "the VMM of %s was killed at its memory limit (%d MiB: %d MiB of guest memory + the VMM's overhead)",
+		p.Name, j.info.MemoryLimitMB, p.Config.MemoryMB).
+		With("reason", "oom").With("memory_limit_mb", j.info.MemoryLimitMB).With("cgroup", j.info.Cgroup)
+}
