@@ -104,8 +104,8 @@ func TestVMJail(t *testing.T) {
 		out, stderr, code := w.launchRaw(t, "", "status", "--dir", w.runDir)
 		var s struct {
 			Process struct{ Pid int } `json:"vmm_process"`
-			Jail    *jailInfo        `json:"jail"`
-			Socket  string           `json:"socket"`
+			Jail    *jailInfo         `json:"jail"`
+			Socket  string            `json:"socket"`
 		}
 		if code != 0 || json.Unmarshal([]byte(out), &s) != nil || s.Jail == nil || s.Process.Pid == 0 {
 			t.Fatalf("status: %d %s %s", code, out, stderr)
