@@ -91,6 +91,16 @@ func TestVMJail(t *testing.T) {
 
 	runA, _, errA := wa.start(t, "jaila")
 	runB, _, errB := wb.start(t, "jailb")
+	// A run that is still there at the end is stopped as an operator
+	// would (SIGTERM), so it gives back its uid, cgroup and files.
+	t.Cleanup(func() {
+		for _, r := range []*exec.Cmd{runA, runB} {
+			if r.ProcessState == nil {
+				r.Process.Signal(syscall.SIGTERM)
+				waitRun(t, r, 30*time.Second)
+			}
+		}
+	})
 	wa.waitHealthy(t, 120*time.Second)
 	wb.waitHealthy(t, 120*time.Second)
 
@@ -183,7 +193,9 @@ func TestVMJail(t *testing.T) {
 	// B's guest fills its memory: its VMM outgrows the limit and is
 	// killed; B's run ends with the reason; A goes on answering.
 	t0 := time.Now()
-	_, stderr, code := wb.launchRaw(t, "", "exec", "--dir", wb.runDir, "--", "dd", "if=/dev/zero", "of=/big", "bs=1M", "count=220")
+	// dd's one buffer of 160 MiB, filled from /dev/zero, is guest memory
+	// QEMU must back: more than the 8 MiB of room B's VMM has.
+	_, stderr, code := wb.launchRaw(t, "", "exec", "--dir", wb.runDir, "--", "dd", "if=/dev/zero", "of=/dev/null", "bs=160M", "count=1")
 	t.Logf("dd in B: status %d %s", code, strings.TrimSpace(stderr))
 	waitRun(t, runB, 60*time.Second)
 	if runB.ProcessState.Success() || !strings.Contains(errB.String(), `"reason":"oom"`) || !strings.Contains(errB.String(), "memory limit") {
@@ -223,6 +235,9 @@ func waitRun(t *testing.T, cmd *exec.Cmd, d time.Duration) {
 	select {
 	case <-done:
 	case <-time.After(d):
+		// Kill it here: the test's cleanup must not Wait a second time.
+		cmd.Process.Kill()
+		<-done
 		t.Fatalf("the run did not end within %v", d)
 	}
 }
