@@ -90,23 +90,9 @@ func New(t testing.TB) *NS {
 	return n
 }
 
-// Cmd returns a command that runs inside the namespace, as `ip netns
-// exec` would: in the network namespace, in a mount namespace of its own
-// with a sysfs of the network namespace over /sys (so /sys/class/net lists
-// its devices). Unlike `ip netns exec`, the host's cgroup file systems stay
-// at /sys/fs/cgroup, whatever their layout (v1, hybrid or v2), so a VM
-// supervisor run there can give its hypervisor a cgroup (lib/vmm/jail).
+// Cmd returns a command that runs inside the namespace (ip netns exec).
 func (n *NS) Cmd(name string, args ...string) *exec.Cmd {
-	const enter = `d=$(mktemp -d /tmp/.netnstest-cg.XXXXXX) || exit 1
-if mount --rbind /sys/fs/cgroup "$d" 2>/dev/null; then
-	mount -t sysfs sysfs /sys && mount --move "$d" /sys/fs/cgroup || exit 1
-else
-	mount -t sysfs sysfs /sys || exit 1
-fi
-rmdir "$d"
-exec "$0" "$@"`
-	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + n.Name, "unshare", "--mount", "--propagation", "private",
-		"sh", "-c", enter, name}, args...)...)
+	return exec.Command("ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
 }
 
 // Run runs a command inside the namespace and returns its stdout; the test

@@ -56,7 +56,8 @@ type Cgroup struct {
 // (v1 controllers and a v2 hierarchy without them), "legacy" (v1), or
 // "unavailable".
 func Layout() string {
-	switch cgroups.Mode() {
+	_, mode := hostCgroups()
+	switch mode {
 	case cgroups.Unified:
 		return "unified"
 	case cgroups.Hybrid:
@@ -75,16 +76,15 @@ func NewCgroup(parent, name string, l Limits) (*Cgroup, error) {
 		return nil, fmt.Errorf("cgroup name %q", name)
 	}
 	path := "/" + strings.Trim(filepath.Clean("/"+parent), "/") + "/" + name
-	switch cgroups.Mode() {
+	root, mode := hostCgroups()
+	switch mode {
 	case cgroups.Unified:
-		return newV2(cgroupRoot, path, l)
+		return newV2(root, path, l)
 	case cgroups.Hybrid, cgroups.Legacy:
-		return newV1(path, l)
+		return newV1(root, path, l)
 	}
-	return nil, failed(errors.New("no cgroup file system at /sys/fs/cgroup"), "cgroups")
+	return nil, failed(errors.New("no cgroup file system at /sys/fs/cgroup, and none this process belongs to"), "cgroups")
 }
-
-const cgroupRoot = "/sys/fs/cgroup"
 
 func newV2(root, path string, l Limits) (*Cgroup, error) {
 	quota := int64(l.CPUQuotaPercent) * cpuPeriod / 100
@@ -113,7 +113,7 @@ func newV2(root, path string, l Limits) (*Cgroup, error) {
 	return &Cgroup{Path: path, v2: m, root: root}, nil
 }
 
-func newV1(path string, l Limits) (*Cgroup, error) {
+func newV1(root, path string, l Limits) (*Cgroup, error) {
 	shares := l.CPUWeight * 1024 / 100
 	quota := int64(l.CPUQuotaPercent) * cpuPeriod / 100
 	period := uint64(cpuPeriod)
@@ -125,21 +125,17 @@ func newV1(path string, l Limits) (*Cgroup, error) {
 	// Only the controllers the limits need: others (devices, freezer, …)
 	// may be missing or owned by someone else.
 	need := func() ([]cgroup1.Subsystem, error) {
-		all, err := cgroup1.Default()
-		if err != nil {
-			return nil, err
-		}
-		var out []cgroup1.Subsystem
-		for _, s := range all {
-			switch s.Name() {
-			case cgroup1.Memory, cgroup1.Pids, cgroup1.Cpu:
-				out = append(out, s)
+		var missing []string
+		for _, c := range []string{"memory", "pids", "cpu"} {
+			var st unix.Statfs_t
+			if unix.Statfs(filepath.Join(root, c), &st) != nil || st.Type != unix.CGROUP_SUPER_MAGIC {
+				missing = append(missing, c)
 			}
 		}
-		if len(out) != 3 {
-			return nil, fmt.Errorf("the host's cgroup v1 hierarchies lack memory, pids or cpu (found %d of them)", len(out))
+		if len(missing) > 0 {
+			return nil, fmt.Errorf("the host's cgroup v1 hierarchies at %s lack %s", root, strings.Join(missing, ", "))
 		}
-		return out, nil
+		return []cgroup1.Subsystem{cgroup1.NewMemory(root), cgroup1.NewPids(root), cgroup1.NewCpu(root)}, nil
 	}
 	cg, err := cgroup1.New(cgroup1.StaticPath(path), res, cgroup1.WithHierarchy(need), func(c *cgroup1.InitConfig) error {
 		c.InitCheck = func(s cgroup1.Subsystem, _ cgroup1.Path, err error) error {

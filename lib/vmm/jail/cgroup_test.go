@@ -3,6 +3,7 @@ package jail
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +18,12 @@ import (
 // Delete removes the cgroup.
 func TestCgroupLimits(t *testing.T) {
 	netnstest.Require(t)
+	if os.Getenv(freshSysfs) != "" {
+		// Under `ip netns exec`'s sysfs: no cgroup file systems here.
+		if ents, _ := os.ReadDir("/sys/fs/cgroup"); len(ents) != 0 {
+			t.Fatalf("/sys/fs/cgroup is not empty under a fresh sysfs: %v", ents)
+		}
+	}
 	layout := Layout()
 	if layout == "unavailable" {
 		netnstest.SkipOrFail(t, "no cgroup file system at /sys/fs/cgroup")
@@ -64,4 +71,25 @@ func TestCgroupLimits(t *testing.T) {
 		t.Fatalf("%s is still there after Delete: %v", mem, err)
 	}
 	t.Logf("%s host: limits written and the cgroup removed", layout)
+}
+
+const freshSysfs = "VOLANT_JAIL_TEST_FRESH_SYSFS"
+
+// A supervisor started by `ip netns exec` sees a fresh sysfs over /sys,
+// without the host's cgroup file systems: NewCgroup finds them through
+// PID 1's root all the same. The test runs TestCgroupLimits again in such
+// a mount namespace.
+func TestCgroupUnderFreshSysfs(t *testing.T) {
+	netnstest.Require(t, "unshare")
+	if os.Getenv(freshSysfs) != "" {
+		t.Skip("inside already")
+	}
+	cmd := exec.Command("unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
+		`mount -t sysfs sysfs /sys && exec "$0" "$@"`, os.Args[0], "-test.run", "^TestCgroupLimits$", "-test.v")
+	cmd.Env = append(os.Environ(), freshSysfs+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestCgroupLimits") {
+		t.Fatalf("under a fresh sysfs: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
 }

@@ -16,6 +16,11 @@
 //   - its own cgroup (Cgroup) with a memory limit (guest memory plus the
 //     VMM's measured overhead), a pids limit and a CPU weight and quota.
 //
+// The cgroup file systems are found at /sys/fs/cgroup, or, for a
+// supervisor whose mount namespace hides them (`ip netns exec` mounts a
+// sysfs of its own over /sys), mounted again in a namespace of a thread of
+// its own (cgroupfs.go).
+//
 // The backend adds its own system-call filter on top: QEMU's
 // `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`,
 // Cloud Hypervisor's `--seccomp true` and `--landlock`.
