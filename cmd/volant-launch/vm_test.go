@@ -373,7 +373,7 @@ func TestVMStopFromAnotherProcess(t *testing.T) {
 		if !strings.HasPrefix(n, "READY=1") {
 			t.Fatalf("first notification %q, want READY=1", n)
 		}
-		if _, err := os.Stat(filepath.Join(w.runDir, launch.SocketName)); err != nil {
+		if _, err := os.Stat(filepath.Join(launch.VMMDir(w.runDir), launch.SocketName)); err != nil {
 			t.Fatal("READY=1 before the control socket exists")
 		}
 	case <-time.After(60 * time.Second):
