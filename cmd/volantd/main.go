@@ -42,6 +42,13 @@
 //	--agent-listen ADDR  VOLANT_AGENT_LISTEN  where kestrel reports (default <gateway>:7070; "off")
 //	--launcher FILE      VOLANT_LAUNCHER      volant-launch binary (default: next to volantd, then PATH)
 //	--vm-runner MODE     VOLANT_VM_RUNNER     auto, systemd (volant-vm@NAME units) or detached (default auto)
+//	--vmm-uids RANGE     VOLANT_VMM_UIDS      uids for the jailed hypervisors, one per running VM: FIRST-LAST
+//	                                          or FIRST+COUNT, owned by no user (default 1073741824+65536)
+//	--vmm-overhead-mb N  VOLANT_VMM_OVERHEAD_MB  memory a hypervisor may use beyond its guest's; its cgroup's
+//	                                          limit is the sum (default 160 under TCG, 96 otherwise)
+//	--insecure-vmm       VOLANT_INSECURE_VMM  run hypervisors as root without their jail; logged, and each
+//	                                          VM shows "jail":{"insecure":true}. Without it, a host where
+//	                                          the jail cannot be made fails VM starts with ISOLATION_UNAVAILABLE
 //	--health-interval D  VOLANT_HEALTH_INTERVAL  kestrel poll interval of running VMs (default 5s)
 //	--stop-timeout D     VOLANT_STOP_TIMEOUT  time a guest gets to power off (default 10s)
 //	--start-timeout D    VOLANT_START_TIMEOUT time a hypervisor gets to answer (default 60s)
@@ -96,9 +103,11 @@ import (
 	"github.com/volantvm/volant/lib/controller"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/ipam"
+	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/server"
 	"github.com/volantvm/volant/lib/store"
+	"github.com/volantvm/volant/lib/vmm/jail"
 	"github.com/volantvm/volant/lib/volantd"
 )
 
@@ -151,6 +160,9 @@ type serveCmd struct {
 	DNS            []string      `long:"dns" env:"VOLANT_DNS" env-delim:"," description:"guest resolver (repeatable)"`
 	AgentListen    string        `long:"agent-listen" env:"VOLANT_AGENT_LISTEN" description:"kestrel's report endpoint (default <gateway>:7070; off)"`
 	Launcher       string        `long:"launcher" env:"VOLANT_LAUNCHER" description:"volant-launch binary"`
+	InsecureVMM    bool          `long:"insecure-vmm" env:"VOLANT_INSECURE_VMM" description:"run hypervisors as root without their jail (own uid, mount namespace, cgroup, seccomp); logged, and shown in each VM's jail"`
+	VMMUIDs        string        `long:"vmm-uids" env:"VOLANT_VMM_UIDS" description:"uids for the hypervisors, one per running VM: FIRST-LAST or FIRST+COUNT, owned by no user (default 1073741824+65536)"`
+	VMMOverheadMB  int           `long:"vmm-overhead-mb" env:"VOLANT_VMM_OVERHEAD_MB" description:"memory a hypervisor may use beyond its guest's before the kernel stops it (default 160 under TCG, 96 otherwise)"`
 	VMRunner       string        `long:"vm-runner" env:"VOLANT_VM_RUNNER" default:"auto" choice:"auto" choice:"systemd" choice:"detached" description:"how VMs run"`
 	HealthInterval time.Duration `long:"health-interval" env:"VOLANT_HEALTH_INTERVAL" default:"5s" description:"kestrel poll interval"`
 	StopTimeout    time.Duration `long:"stop-timeout" env:"VOLANT_STOP_TIMEOUT" default:"10s" description:"time a guest gets to power off"`
@@ -199,6 +211,12 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 	case f.NoNAT:
 		nat = "off"
 	}
+	vmmJail := launch.JailOptions{Insecure: f.InsecureVMM, OverheadMB: f.VMMOverheadMB}
+	if f.VMMUIDs != "" {
+		if vmmJail.UIDs, err = jail.ParseRange(f.VMMUIDs); err != nil {
+			return err
+		}
+	}
 	return volantd.Serve(ctx, volantd.Config{
 		Socket: f.Socket, Listen: f.Listen, Token: token, Listeners: passed,
 		DB: f.DB, IntegrityCheck: f.IntegrityCheck, DataDir: f.DataDir, RunRoot: f.RunRoot, CacheDir: f.CacheDir,
@@ -207,7 +225,7 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 		Launch: controller.LaunchDefaults{
 			Kernel: f.Kernel, BootInitramfs: f.BootInitramfs, Kestrel: kestrel, VMM: f.VMM, Accel: f.Accel, Debug: f.GuestDebug,
 		},
-		KernelDir: f.Kernel, Launcher: f.Launcher, VMRunner: f.VMRunner,
+		KernelDir: f.Kernel, Launcher: f.Launcher, VMRunner: f.VMRunner, VMMJail: vmmJail,
 		HealthInterval: f.HealthInterval, StopTimeout: f.StopTimeout, StartTimeout: f.StartTimeout,
 		MaxBooting: f.MaxBooting,
 		Images:     controller.ImageConfig{MaxBuilds: f.MaxBuilds, AuthFile: f.RegistryAuth, InsecureRegistries: f.Insecure},

@@ -132,6 +132,14 @@ func TestVMControlPlane(t *testing.T) {
 		t.Fatalf("web1 never ran: %v", err)
 	}
 	t.Logf("web1 running %s after create (health %s, agent %s)", time.Since(t0).Round(time.Millisecond), vm.Health, vm.Agent.Agent)
+	// Its hypervisor runs in its jail (lib/vmm/jail), as GET shows: a uid
+	// of its own, which its process has, and a cgroup.
+	if vm, err = d.c.VM(ctx, "web1"); err != nil || vm.Jail == nil || vm.Jail.Insecure || vm.Jail.UID == 0 || vm.Jail.Cgroup == "" {
+		t.Fatalf("web1's jail: %+v %v", vm, err)
+	}
+	if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", vm.PID)); !strings.Contains(string(st), fmt.Sprintf("Uid:\t%d\t", vm.Jail.UID)) {
+		t.Fatalf("web1's hypervisor (pid %d) does not run as uid %d:\n%s", vm.PID, vm.Jail.UID, st)
+	}
 	body, err := fetch(h, "http://"+vm.IP+"/index.html")
 	if err != nil || body != "hello from volant\n" {
 		t.Fatalf("GET http://%s/index.html: %q %v", vm.IP, body, err)

@@ -120,7 +120,10 @@ type VM struct {
 	// Error is why the last start, stop or health check failed.
 	Error string `json:"error,omitempty"`
 	// PID is the hypervisor's process ID while it runs.
-	PID       int        `json:"pid,omitempty"`
+	PID int `json:"pid,omitempty"`
+	// Jail says how the hypervisor is confined while it runs: its own uid
+	// and cgroup, or insecure (volantd --insecure-vmm: as root, no jail).
+	Jail      *VMMJail   `json:"jail,omitempty"`
 	Resources Resources  `json:"resources"`
 	CreatedAt time.Time  `json:"created_at"`
 	StartedAt *time.Time `json:"started_at,omitempty"`
@@ -134,6 +137,17 @@ type VM struct {
 	// Ports are the host ports published to this VM (see
 	// CreateVMRequest.Ports).
 	Ports []portmap.Mapping `json:"ports,omitempty"`
+}
+
+// VMMJail is a running VM's hypervisor jail (lib/vmm/jail).
+type VMMJail struct {
+	// Insecure: the hypervisor runs as root without a jail.
+	Insecure bool   `json:"insecure,omitempty"`
+	UID      uint32 `json:"uid,omitempty"`
+	// Cgroup is its own cgroup ("" when its systemd unit's holds the
+	// limits).
+	Cgroup        string `json:"cgroup,omitempty"`
+	MemoryLimitMB int64  `json:"memory_limit_mb,omitempty"`
 }
 
 // VMList is the answer of GET /api/v1/vms.

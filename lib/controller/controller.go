@@ -165,6 +165,9 @@ type LaunchDefaults struct {
 	Accel         string `json:"accel,omitempty"`
 	Machine       string `json:"machine,omitempty"`
 	Debug         bool   `json:"debug,omitempty"`
+	// InsecureVMM runs every hypervisor as root without its jail
+	// (volantd --insecure-vmm; launch.Spec.InsecureVMM).
+	InsecureVMM bool `json:"insecure_vmm,omitempty"`
 }
 
 // Network is the part of lib/hostnet the controller uses; *hostnet.Host

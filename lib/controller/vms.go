@@ -68,6 +68,13 @@ func (c *Controller) VM(ctx context.Context, name string) (*api.VM, error) {
 		return nil, err
 	}
 	out[0].Volumes = mountsOf(atts, name)
+	if v.State == api.VMRunning {
+		// Its jail, from the run's pid file (cheap; gone once it ends).
+		if st, err := c.cfg.Runtime.Inspect(ctx, name); err == nil && st.Live() && st.Jail != nil {
+			j := st.Jail
+			out[0].Jail = &api.VMMJail{Insecure: j.Insecure, UID: j.UID, Cgroup: j.Cgroup, MemoryLimitMB: j.MemoryLimitMB}
+		}
+	}
 	if err := c.st.Read(ctx, func(tx *sql.Tx) error { return attachVMPorts(ctx, tx, out) }); err != nil {
 		return nil, err
 	}
@@ -323,6 +330,7 @@ func (c *Controller) spec(v vmRow, p pluginRow, lease *ipam.Lease) launch.Spec {
 		SerialLog:     c.SerialLog(v.Name),
 		KernelArgs:    v.KernelArgs,
 		Debug:         d.Debug,
+		InsecureVMM:   d.InsecureVMM,
 		StopTimeoutMS: int(c.cfg.StopTimeout.Milliseconds()),
 	}
 	if lease != nil {

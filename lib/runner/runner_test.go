@@ -22,6 +22,7 @@ import (
 	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor/chtest"
+	"github.com/volantvm/volant/lib/vmm/jail"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
 
@@ -46,13 +47,14 @@ func getenv(env []string) func(string) string {
 // what volant-launch reads back, and the old data directory name still
 // works.
 func TestEnvironRoundTrip(t *testing.T) {
-	o := launch.Options{KernelDir: "/k", Kestrel: "/bin/kestrel", RunRoot: "/r", StateDir: "/d", CacheDir: "/c"}
+	o := launch.Options{KernelDir: "/k", Kestrel: "/bin/kestrel", RunRoot: "/r", StateDir: "/d", CacheDir: "/c",
+		Jail: launch.JailOptions{Insecure: true, UIDs: jail.Range{First: 5000, Count: 10}, Cgroup: "unit", OverheadMB: 50}}
 	env := runner.Environ(o)
 	if !strings.HasPrefix(env[0], "PATH=") {
 		t.Fatalf("no PATH first: %q", env)
 	}
 	if got := runner.OptionsFromEnv(getenv(env)); got.KernelDir != o.KernelDir || got.Kestrel != o.Kestrel ||
-		got.RunRoot != o.RunRoot || got.StateDir != o.StateDir || got.CacheDir != o.CacheDir {
+		got.RunRoot != o.RunRoot || got.StateDir != o.StateDir || got.CacheDir != o.CacheDir || got.Jail != o.Jail {
 		t.Fatalf("OptionsFromEnv(Environ(%+v)) = %+v", o, got)
 	}
 	if got := runner.OptionsFromEnv(getenv([]string{"VOLANT_STATE_DIR=/old"})); got.StateDir != "/old" {

@@ -2,12 +2,15 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
+	"github.com/godbus/dbus/v5"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/launch"
 )
 
 // SystemdRunning reports whether systemd is the init system (sd_booted(3):
@@ -26,7 +29,42 @@ func UnitName(name string) string { return "volant-vm@" + name + ".service" }
 // from /var/lib/volant/vms/NAME/spec.json, so volantd's data directory
 // must be /var/lib/volant in this mode. The unit is Type=notify: its start
 // job finishes once the hypervisor answers.
-type Systemd struct{}
+//
+// Before each start the unit gets, as runtime properties, the limits a
+// detached run gives its hypervisor's own cgroup (launch.Limits: guest
+// memory + the VMM's overhead, tasks, CPU weight and quota), plus room
+// for volant-launch itself; the unit's hypervisor stays in the unit's
+// cgroup (VOLANT_VMM_CGROUP=unit in the unit file) and is otherwise
+// jailed the same way.
+type Systemd struct {
+	// Options are the host's launch options, to plan the VM's limits.
+	Options launch.Options
+}
+
+// The supervisor's own share of a unit's limits: volant-launch's memory
+// and threads beside its hypervisor's.
+const (
+	SupervisorMemoryMB = 64
+	SupervisorTasks    = 64
+)
+
+// UnitProperties are the runtime properties of the unit that runs spec:
+// MemoryMax, TasksMax, CPUWeight and CPUQuotaPerSecUSec.
+func (s Systemd) UnitProperties(ctx context.Context, spec launch.Spec) ([]sddbus.Property, error) {
+	p, err := launch.Prepare(ctx, spec, s.Options)
+	if err != nil {
+		return nil, err
+	}
+	l := launch.Limits(p, s.Options.Jail)
+	return []sddbus.Property{
+		{Name: "MemoryAccounting", Value: dbus.MakeVariant(true)},
+		{Name: "MemoryMax", Value: dbus.MakeVariant(uint64(l.MemoryBytes) + SupervisorMemoryMB<<20)},
+		{Name: "TasksAccounting", Value: dbus.MakeVariant(true)},
+		{Name: "TasksMax", Value: dbus.MakeVariant(uint64(l.Pids) + SupervisorTasks)},
+		{Name: "CPUWeight", Value: dbus.MakeVariant(l.CPUWeight)},
+		{Name: "CPUQuotaPerSecUSec", Value: dbus.MakeVariant(uint64(l.CPUQuotaPercent) * 10000)},
+	}, nil
+}
 
 // Name implements Starter.
 func (Systemd) Name() string { return "systemd" }
@@ -41,7 +79,7 @@ func (Systemd) conn(ctx context.Context) (*sddbus.Conn, error) {
 
 // Start implements Starter: it starts the unit and waits for its start job.
 // The returned channel is nil: the run directory tells when it ends.
-func (s Systemd) Start(ctx context.Context, name, _ string) (<-chan struct{}, error) {
+func (s Systemd) Start(ctx context.Context, name, specPath string) (<-chan struct{}, error) {
 	c, err := s.conn(ctx)
 	if err != nil {
 		return nil, err
@@ -49,6 +87,21 @@ func (s Systemd) Start(ctx context.Context, name, _ string) (<-chan struct{}, er
 	defer c.Close()
 	unit := UnitName(name)
 	_ = c.ResetFailedUnitContext(ctx, unit) // a unit that failed before must be startable again
+	js, err := os.ReadFile(specPath)
+	if err != nil {
+		return nil, fmt.Errorf("reading the spec of %s: %w", name, err)
+	}
+	var spec launch.Spec
+	if err := json.Unmarshal(js, &spec); err != nil {
+		return nil, fmt.Errorf("the spec of %s: %w", name, err)
+	}
+	props, err := s.UnitProperties(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetUnitPropertiesContext(ctx, unit, true, props...); err != nil {
+		return nil, apierr.Wrap(apierr.Unavailable, err, "setting the limits of "+unit)
+	}
 	ch := make(chan string, 1)
 	if _, err := c.StartUnitContext(ctx, unit, "replace", ch); err != nil {
 		return nil, apierr.Wrap(apierr.Unavailable, err, "starting "+unit)

@@ -61,6 +61,23 @@ func (f *fakeSystemd) StopUnit(unit, mode string) (dbus.ObjectPath, *dbus.Error)
 	return f.job("StopUnit/"+mode, unit), nil
 }
 
+// unitProperty is one (sv) of SetUnitProperties' a(sv).
+type unitProperty struct {
+	Name  string
+	Value dbus.Variant
+}
+
+func (f *fakeSystemd) SetUnitProperties(unit string, runtime bool, props []unitProperty) *dbus.Error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var kv []string
+	for _, p := range props {
+		kv = append(kv, fmt.Sprintf("%s=%v", p.Name, p.Value.Value()))
+	}
+	f.calls = append(f.calls, fmt.Sprintf("SetUnitProperties %s runtime=%v %s", unit, runtime, strings.Join(kv, ",")))
+	return nil
+}
+
 func (f *fakeSystemd) ResetFailedUnit(unit string) *dbus.Error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -138,21 +155,32 @@ func newFakeSystemd(t *testing.T, addr string) *fakeSystemd {
 }
 
 // TestSystemdRunnerOverDBus: the systemd runner starts and stops the VM's
-// volant-vm@ unit through the Manager API, resets a failed unit before a
-// start, waits for each job's end, and reports a failed job or a missing
-// bus as UNAVAILABLE with the unit named.
+// volant-vm@ unit through the Manager API, resets a failed unit and sets
+// the VM's limits (the jail's: guest memory + VMM overhead, tasks, CPU,
+// plus volant-launch's share) as runtime properties before a start, waits
+// for each job's end, and reports a failed job or a missing bus as
+// UNAVAILABLE with the unit named.
 func TestSystemdRunnerOverDBus(t *testing.T) {
 	addr := startBus(t)
 	sd := newFakeSystemd(t, addr)
-	var r runner.Systemd
+	w := newWorld(t)
+	r := runner.Systemd{Options: w.opts}
+	r.Options.Jail.OverheadMB = 100
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	if _, err := r.Start(ctx, "web1", "/ignored/spec.json"); err != nil {
+	if _, err := r.Start(ctx, "web1", w.specPath); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := sd.takeCalls(), "ResetFailedUnit volant-vm@web1.service; StartUnit/replace volant-vm@web1.service"; got != want {
+	// 128 MiB of guest memory + 100 + 64 for volant-launch; 256+1 tasks
+	// for the VMM + 64; one vCPU: weight 100, 1.5 cores.
+	props := "MemoryAccounting=true,MemoryMax=306184192,TasksAccounting=true,TasksMax=321,CPUWeight=100,CPUQuotaPerSecUSec=1500000"
+	if got, want := sd.takeCalls(), "ResetFailedUnit volant-vm@web1.service; SetUnitProperties volant-vm@web1.service runtime=true "+props+"; StartUnit/replace volant-vm@web1.service"; got != want {
 		t.Fatalf("start called %q; want %q", got, want)
+	}
+	// A spec that cannot run starts nothing.
+	if _, err := r.Start(ctx, "web1", filepath.Join(t.TempDir(), "none.json")); err == nil || strings.Contains(sd.takeCalls(), "StartUnit") {
+		t.Fatalf("a missing spec: %v", err)
 	}
 	ok, err := r.Stop(ctx, "web1")
 	if err != nil || !ok {
@@ -165,7 +193,7 @@ func TestSystemdRunnerOverDBus(t *testing.T) {
 	sd.mu.Lock()
 	sd.failed["volant-vm@bad.service"] = true
 	sd.mu.Unlock()
-	_, err = r.Start(ctx, "bad", "/ignored/spec.json")
+	_, err = r.Start(ctx, "bad", w.specPath)
 	if !apierr.Is(err, apierr.Unavailable) || !strings.Contains(err.Error(), "job failed") || !strings.Contains(err.Error(), "journalctl -u volant-vm@bad.service") {
 		t.Fatalf("a failed start job gave %v", err)
 	}
@@ -174,7 +202,7 @@ func TestSystemdRunnerOverDBus(t *testing.T) {
 	}
 
 	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(t.TempDir(), "none"))
-	if _, err := r.Start(ctx, "web1", ""); !apierr.Is(err, apierr.Unavailable) || !strings.Contains(err.Error(), "D-Bus") {
+	if _, err := r.Start(ctx, "web1", w.specPath); !apierr.Is(err, apierr.Unavailable) || !strings.Contains(err.Error(), "D-Bus") {
 		t.Fatalf("no bus gave %v", err)
 	}
 }

@@ -106,6 +106,10 @@ type Config struct {
 	KernelDir string
 	// Launcher is the volant-launch binary (runner.FindLauncher).
 	Launcher string
+	// VMMJail confines each hypervisor (lib/vmm/jail): its uid range,
+	// memory overhead; Insecure runs them as root without a jail (logged,
+	// shown in each VM's "jail").
+	VMMJail launch.JailOptions
 	// VMRunner is auto (systemd units where systemd is PID 1, else
 	// detached children), systemd or detached.
 	VMRunner string
@@ -287,7 +291,13 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	lo := launch.Options{KernelDir: cfg.KernelDir, Kestrel: cfg.Launch.Kestrel, RunRoot: cfg.RunRoot, StateDir: cfg.DataDir, CacheDir: cfg.CacheDir, Logger: log}
+	lo := launch.Options{KernelDir: cfg.KernelDir, Kestrel: cfg.Launch.Kestrel, RunRoot: cfg.RunRoot, StateDir: cfg.DataDir, CacheDir: cfg.CacheDir,
+		Jail: cfg.VMMJail, Logger: log}
+	if cfg.VMMJail.Insecure {
+		// In every VM's spec too: a systemd unit's run reads only that.
+		cfg.Launch.InsecureVMM = true
+		log.Warn("hypervisors run as root without a jail (--insecure-vmm): a guest that escapes its VMM owns the host")
+	}
 	starter, err := pickStarter(cfg, lo, log)
 	if err != nil {
 		return err
@@ -423,7 +433,7 @@ func pickStarter(cfg Config, lo launch.Options, log *slog.Logger) (runner.Starte
 				layout.Dirs{}.VMFile("NAME", layout.SpecName))
 		}
 		log.Info("VMs run as systemd units volant-vm@NAME")
-		return runner.Systemd{}, nil
+		return runner.Systemd{Options: lo}, nil
 	}
 	launcher, err := runner.FindLauncher(cfg.Launcher)
 	if err != nil {
