@@ -119,6 +119,13 @@
 // (default /run/volant/vms), VOLANT_DATA_DIR (default /var/lib/volant; the
 // old name VOLANT_STATE_DIR is still read when it is unset),
 // VOLANT_CACHE_DIR (default <data dir>/cache), NOTIFY_SOCKET (systemd).
+// The VMM's jail (lib/vmm/jail; docs/volant-launch.md "The jail"):
+// VOLANT_VMM_UIDS (FIRST-LAST or FIRST+COUNT, default 1073741824+65536),
+// VOLANT_VMM_CGROUP (parent cgroup, default volant; "unit": the
+// supervisor's own, whose limits systemd holds), VOLANT_VMM_OVERHEAD_MB
+// (memory beyond the guest's, default 160 under TCG, 96 otherwise),
+// VOLANT_INSECURE_VMM=1 (as --insecure-vmm: the VMM runs as root, without
+// a jail; logged, and the status says "jail":{"insecure":true}).
 //
 // Errors (stderr, one JSON object {"code","message","details"}; exit status):
 //
@@ -135,7 +142,10 @@
 //	CHECKSUM_MISMATCH  8  an artifact's sha256 differs from the manifest's; nothing was started
 //	                      (artifacts are hashed unless this host already verified the same file
 //	                      version — device, inode, size, mtime, ctime; --verify always hashes every time)
-//	UNAVAILABLE        9  no usable hypervisor; the VMM exited early or unexpectedly; the guest panicked
+//	UNAVAILABLE        9  no usable hypervisor; the VMM exited early or unexpectedly; the guest panicked;
+//	                      the VMM was killed at its memory limit (details "reason":"oom")
+//	ISOLATION_UNAVAILABLE 9  the VMM's jail cannot be set up here (no cgroup controller, a kernel or
+//	                      artifact others cannot read, every uid in use); nothing was started
 //	TIMEOUT           11  the VMM never answered on its control socket
 //	CANCELED          12  interrupted (SIGINT, SIGTERM) while preparing (hashing stops at once)
 package main

@@ -1,6 +1,9 @@
 package launch
 
 import (
+	"encoding/binary"
+	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -168,12 +171,23 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 			if err := readable(d.Path); err != nil {
 				return j, err
 			}
-			continue
+		} else {
+			if err := own(d.Path); err != nil {
+				return j, err
+			}
+			spec.Paths = append(spec.Paths, jail.Path{Path: d.Path, Write: true})
 		}
-		if err := own(d.Path); err != nil {
-			return j, err
+		// A qcow2 overlay (a VM restored from a snapshot) reads its
+		// backing files too.
+		backing, err := qcow2Backing(d.Path)
+		if err != nil {
+			return j, jailFailed(err, "reading the backing files of "+d.Path)
 		}
-		spec.Paths = append(spec.Paths, jail.Path{Path: d.Path, Write: true})
+		for _, b := range backing {
+			if err := readable(b); err != nil {
+				return j, err
+			}
+		}
 	}
 	for _, n := range p.Config.Nets {
 		restore, err := hostnet.SetTapOwner(n.Tap, uid, gid)
@@ -241,4 +255,46 @@ func errOOM(p *Plan, j *jailRun) error {
 	return apierr.New(apierr.Unavailable, "the VMM of %s was killed at its memory limit (%d MiB: %d MiB of guest memory + the VMM's overhead)",
 		p.Name, j.info.MemoryLimitMB, p.Config.MemoryMB).
 		With("reason", "oom").With("memory_limit_mb", j.info.MemoryLimitMB).With("cgroup", j.info.Cgroup)
+}
+
+// qcow2Backing is the chain of backing files of a qcow2 image (none for
+// another format): the header's backing_file_offset and _size (big
+// endian, at bytes 8 and 16), a path relative to the image's directory
+// unless absolute.
+func qcow2Backing(path string) ([]string, error) {
+	var chain []string
+	for range 16 {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		var h [20]byte
+		_, err = io.ReadFull(f, h[:])
+		if err != nil || string(h[:4]) != "QFI\xfb" {
+			f.Close()
+			return chain, nil
+		}
+		off, size := binary.BigEndian.Uint64(h[8:16]), binary.BigEndian.Uint32(h[16:20])
+		if off == 0 || size == 0 {
+			f.Close()
+			return chain, nil
+		}
+		if size > 4096 {
+			f.Close()
+			return nil, fmt.Errorf("%s: a backing file name of %d bytes", path, size)
+		}
+		name := make([]byte, size)
+		_, err = f.ReadAt(name, int64(off))
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		next := string(name)
+		if !filepath.IsAbs(next) {
+			next = filepath.Join(filepath.Dir(path), next)
+		}
+		chain = append(chain, filepath.Clean(next))
+		path = next
+	}
+	return nil, fmt.Errorf("%s: more than 16 backing files", path)
 }

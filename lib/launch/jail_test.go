@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
 	"github.com/volantvm/volant/lib/vmm/jail"
 )
 
@@ -118,4 +120,34 @@ func cgroupExists(path string) bool {
 		return true
 	}
 	return len(dirs) > 0
+}
+
+// A restored VM's qcow2 overlay reads its backing chain: the jail exposes
+// each file of it, found as QEMU finds them (relative to the image, or
+// absolute), as qemu-img wrote them.
+func TestQcow2BackingChain(t *testing.T) {
+	img, err := exec.LookPath("qemu-img")
+	if err != nil {
+		netnstest.SkipOrFail(t, "qemu-img is needed")
+	}
+	dir := t.TempDir()
+	run := func(args ...string) {
+		if out, err := exec.Command(img, args...).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img %v: %v %s", args, err, out)
+		}
+	}
+	base := filepath.Join(dir, "base.raw")
+	os.WriteFile(base, make([]byte, 1<<20), 0o644)
+	os.Mkdir(filepath.Join(dir, "o"), 0o755)
+	mid := filepath.Join(dir, "o", "mid.qcow2")
+	top := filepath.Join(dir, "top.qcow2")
+	run("create", "-f", "qcow2", "-b", "../base.raw", "-F", "raw", mid)
+	run("create", "-f", "qcow2", "-b", mid, "-F", "qcow2", top)
+	got, err := qcow2Backing(top)
+	if err != nil || len(got) != 2 || got[0] != mid || got[1] != base {
+		t.Fatalf("chain %q %v, want [%s %s]", got, err, mid, base)
+	}
+	if got, err := qcow2Backing(base); err != nil || len(got) != 0 {
+		t.Fatalf("a raw image's chain: %q %v", got, err)
+	}
 }
