@@ -3,11 +3,15 @@
 #
 # Boots the same VM BENCH_N times (default 10) each way, interleaved, inside
 # a private network namespace (bridge br0 192.168.127.1/24 + a tap):
-#   launch  volant-launch run, the VM spec on stdin
-#   direct  the QEMU command line `volant-launch argv` printed, run directly
+#   launch    volant-launch run, the VM spec on stdin (the VMM in its jail,
+#             the guest's CPU vulnerability mitigations on: the defaults)
+#   direct    the QEMU command line `volant-launch argv` printed, run directly
+#   insecure  volant-launch run --insecure-vmm (no jail): what the jail costs
+#   nomitig   volant-launch run --kernel-arg mitigations=off: what the
+#             guest's mitigations cost
 # and reports medians of the time from process start to QEMU's exec (a shim
-# first on PATH records it) and to the workload answering HTTP.
-# Targets: overhead <= 10 ms to exec, <= 5 % to healthy.
+# first on PATH says when on its stderr) and to the workload answering HTTP.
+# Targets: overhead <= 10 ms to exec, <= 5 % to healthy (launch vs direct).
 # Results: bench/results/launch.json. Needs root, QEMU, the guest kernel
 # (make kernel) and bin/volant-launch (make build).
 set -euo pipefail
