@@ -98,7 +98,8 @@ func get(h *fakeHost, ip, path string) (string, error) {
 // TestVMSnapshots boots a real guest (QEMU TCG, kestrel) through volantd
 // that counts requests in memory, snapshots it after three, starts two VMs
 // from the snapshot — each answers at its own address, under its own
-// name, with the saved count — and rolls the source back to the snapshot,
+// name, with the saved count — as do the replicas of a deployment started
+// from it when it scales up, and rolls the source back to the snapshot,
 // which takes its count file back to what it was.
 func TestVMSnapshots(t *testing.T) {
 	k, _ := guesttest.Kernel(t)
@@ -177,6 +178,30 @@ func TestVMSnapshots(t *testing.T) {
 		t.Errorf("deleting a snapshot in use: %v, want CONFLICT", err)
 	}
 
+	// A deployment from the snapshot: scaling up restores.
+	if _, err := d.c.CreateDeployment(ctx, api.CreateDeploymentRequest{Name: "svc", Replicas: 1, FromSnapshot: "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	waitCurrent(t, d.c, "svc", 1, 150*time.Second)
+	if _, err := d.c.ScaleDeployment(ctx, "svc", 2); err != nil {
+		t.Fatal(err)
+	}
+	waitCurrent(t, d.c, "svc", 2, 150*time.Second)
+	for _, name := range []string{"svc-1", "svc-2"} {
+		vm, err := d.c.VM(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if other, ok := ips[vm.IP]; ok || vm.IP == "" {
+			t.Fatalf("%s has address %q, as %s", vm.Name, vm.IP, other)
+		}
+		ips[vm.IP] = vm.Name
+		count(vm, "4")
+	}
+	if _, err := d.c.DeleteDeployment(ctx, "svc"); err != nil {
+		t.Fatal(err)
+	}
+
 	// Rolling src back: its count file is the snapshot's again.
 	if _, err := d.c.RestoreVM(ctx, "src", api.RestoreVMRequest{Snapshot: "warm"}); err != nil {
 		t.Fatal(err)
@@ -188,7 +213,7 @@ func TestVMSnapshots(t *testing.T) {
 	}
 	// vm.restored follows the health report that made src running.
 	restored := 0
-	for deadline := time.Now().Add(20 * time.Second); restored != 3 && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(20 * time.Second); restored != 5 && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		restored = 0
 		for _, e := range collectEvents(t, d.c, api.EventVMRestored) {
 			if strings.Contains(string(e.Data), `"snapshot":"warm"`) {
@@ -196,8 +221,8 @@ func TestVMSnapshots(t *testing.T) {
 			}
 		}
 	}
-	if restored != 3 {
-		t.Errorf("%d vm.restored events, want 3 (clone1, clone2, src)", restored)
+	if restored != 5 {
+		t.Errorf("%d vm.restored events, want 5 (clone1, clone2, svc-1, svc-2, src)", restored)
 	}
 	for _, name := range []string{"clone1", "clone2", "src"} {
 		if _, err := d.c.DeleteVM(ctx, name); err != nil {
