@@ -100,6 +100,30 @@ check(!res.isError && structured(res).state === "deleted", "delete_volume delete
 res = await client.callTool({ name: "list_volumes", arguments: {} });
 check(!res.isError && structured(res).volumes.length === 0, "list_volumes is empty again", res);
 
+// Snapshots: a running VM saved, a VM started from it, the source rolled
+// back, the snapshot kept from deletion while in use.
+for (const want of ["snapshot_vm", "create_vm_from_snapshot", "restore_vm", "list_snapshots", "delete_snapshot"]) {
+  check(names.includes(want), `tools/list has ${want}`, names);
+}
+res = await client.callTool({ name: "create_vm", arguments: { name: vm + "s", plugin: "web" } });
+check(!res.isError, "create_vm for a snapshot", res);
+res = await client.callTool({ name: "snapshot_vm", arguments: { vm: vm + "s", name: "mcpsnap" } });
+check(!res.isError && structured(res).name === "mcpsnap" && structured(res).vm === vm + "s" && structured(res).plugin === "web", "snapshot_vm saves it", res);
+res = await client.callTool({ name: "create_vm_from_snapshot", arguments: { name: vm + "c", snapshot: "mcpsnap" } });
+check(!res.isError && structured(res).plugin === "web" && structured(res).ip, "create_vm_from_snapshot starts a VM from it", res);
+res = await client.callTool({ name: "list_snapshots", arguments: {} });
+check(!res.isError && structured(res).snapshots.some((s) => s.name === "mcpsnap" && s.used_by.includes("vm/" + vm + "c")), "list_snapshots shows who uses it", res);
+res = await client.callTool({ name: "restore_vm", arguments: { vm: vm + "s", snapshot: "mcpsnap" } });
+check(!res.isError && structured(res).name === vm + "s", "restore_vm rolls the source back", res);
+res = await client.callTool({ name: "delete_snapshot", arguments: { name: "mcpsnap" } });
+check(res.isError === true && /CONFLICT/.test(res.content[0].text), "delete_snapshot of a snapshot in use is a CONFLICT tool error", res);
+for (const v of [vm + "s", vm + "c"]) {
+  res = await client.callTool({ name: "delete_vm", arguments: { name: v } });
+  check(!res.isError, `delete_vm ${v}`, res);
+}
+res = await client.callTool({ name: "delete_snapshot", arguments: { name: "mcpsnap" } });
+check(!res.isError && structured(res).name === "mcpsnap", "delete_snapshot deletes it once unused", res);
+
 // Errors are tool errors carrying the API's code, not protocol failures.
 res = await client.callTool({ name: "delete_vm", arguments: { name: vm } });
 check(res.isError === true && /NOT_FOUND/.test(res.content[0].text), "delete_vm of a deleted VM is a NOT_FOUND tool error", res);
