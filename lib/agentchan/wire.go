@@ -43,6 +43,7 @@ const (
 	OpRead   = "read"
 	OpWrite  = "write"
 	OpLogs   = "logs"
+	OpInputs = "inputs"
 )
 
 // Hello is the guest's part of the handshake.
@@ -52,7 +53,17 @@ type Hello struct {
 	VM      string   `json:"vm,omitempty"`
 	BootID  string   `json:"boot_id,omitempty"` // changes with every guest boot
 	Ops     []string `json:"ops"`
+	// Inputs is InputsWaiting while kestrel holds the workload until the
+	// host sends the VM's inputs (InputsRequest), InputsReceived once it
+	// has them, "" when the VM has none.
+	Inputs string `json:"inputs,omitempty"`
 }
+
+// Hello.Inputs values.
+const (
+	InputsWaiting  = "waiting"
+	InputsReceived = "received"
+)
 
 // Request is what every request line has.
 type Request struct {

@@ -42,6 +42,9 @@ type Options struct {
 	Socket string
 	// Logs receives the workload's output (nil: not collected).
 	Logs *workloadlog.Writer
+	// Inputs are sent to kestrel whenever it says it waits for them (at
+	// every boot of a VM that has inputs).
+	Inputs *agentchan.Inputs
 	// GuestWait bounds a client stream's wait for the guest
 	// (DefaultGuestWait if 0).
 	GuestWait time.Duration
@@ -168,6 +171,9 @@ func (h *Hub) connectLoop(ctx context.Context) {
 					bootID, logFrom = sess.Hello.BootID, -1
 				}
 				h.log.Info("agent channel connected", "vm", h.o.VM, "agent", sess.Hello.Agent, "version", sess.Hello.Version)
+				if h.o.Inputs != nil && sess.Hello.Inputs == agentchan.InputsWaiting {
+					h.sendInputs(ctx, sess)
+				}
 				h.mu.Lock()
 				h.sess = sess
 				close(h.up)
@@ -192,6 +198,19 @@ func (h *Hub) connectLoop(ctx context.Context) {
 		}
 		pause = min(pause*2, 2*time.Second)
 	}
+}
+
+// sendInputs hands the VM's inputs to kestrel, which starts the workload
+// once it has them. A failure is logged: kestrel still waits, and the next
+// session tries again.
+func (h *Hub) sendInputs(ctx context.Context, sess *agentchan.Session) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := sess.SendInputs(ctx, h.o.Inputs); err != nil {
+		h.log.Warn("agent channel: the guest did not take the VM's inputs", "vm", h.o.VM, "err", err)
+		return
+	}
+	h.log.Info("agent channel: inputs sent", "vm", h.o.VM, "files", len(h.o.Inputs.Files), "env", len(h.o.Inputs.Env))
 }
 
 // pumpLogs copies the workload's output into the log until the session

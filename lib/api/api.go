@@ -18,7 +18,7 @@
 //	POST   /api/v1/plugins/{name}/enable         Plugin
 //	POST   /api/v1/plugins/{name}/disable        Plugin
 //	GET    /api/v1/plugins/{name}/manifest       the manifest as installed
-//	GET    /api/v1/vms[?plugin=&deployment=&state=]  VMList
+//	GET    /api/v1/vms[?plugin=&deployment=&state=&label=K=V]  VMList
 //	POST   /api/v1/vms                           CreateVMRequest → 201 VM
 //	GET    /api/v1/vms/{name}                    VM
 //	DELETE /api/v1/vms/{name}                    VM (state "deleted")
@@ -40,6 +40,7 @@ package api
 
 import (
 	"encoding/json"
+	"sort"
 	"time"
 
 	"github.com/volantvm/volant/lib/agentapi"
@@ -137,6 +138,13 @@ type VM struct {
 	// Ports are the host ports published to this VM (see
 	// CreateVMRequest.Ports).
 	Ports []portmap.Mapping `json:"ports,omitempty"`
+	// Workload is how the VM changes its plugin's workload (nil: not at all).
+	Workload *WorkloadOverride `json:"workload,omitempty"`
+	// Labels are the VM's own key/values.
+	Labels map[string]string `json:"labels,omitempty"`
+	// Inputs names what the VM receives over the agent channel (the
+	// values are never answered).
+	Inputs *InputsSummary `json:"inputs,omitempty"`
 }
 
 // VMMJail is a running VM's hypervisor jail (lib/vmm/jail).
@@ -160,6 +168,8 @@ type VMFilter struct {
 	Plugin     string  `json:"plugin,omitempty"`
 	Deployment string  `json:"deployment,omitempty"`
 	State      VMState `json:"state,omitempty"`
+	// Label is KEY=VALUE: only VMs whose label KEY is VALUE.
+	Label string `json:"label,omitempty"`
 }
 
 // CreateVMRequest is the body of POST /api/v1/vms. CPU and memory default
@@ -185,6 +195,68 @@ type CreateVMRequest struct {
 	// others is INVALID_INPUT), its disks and volumes are the VM's own
 	// copies of the snapshot's, and volumes cannot be given.
 	FromSnapshot string `json:"from_snapshot,omitempty"`
+	// Workload changes the plugin's workload for this VM: its command,
+	// environment, working directory and restart policy. It travels on
+	// the guest kernel command line with the manifest: nothing secret
+	// (that is what Inputs are for).
+	Workload *WorkloadOverride `json:"workload,omitempty"`
+	// Labels are the VM's own key/values (at most 32; keys as manifest
+	// labels, values up to 256 characters); GET /api/v1/vms?label=K=V
+	// selects by them. volant-kubelet records a pod's UID in one.
+	Labels map[string]string `json:"labels,omitempty"`
+	// Inputs are environment variables and files handed to kestrel over
+	// the host-only agent channel before the workload starts: never on
+	// the kernel command line, never in an answer.
+	Inputs *Inputs `json:"inputs,omitempty"`
+}
+
+// WorkloadOverride changes a plugin's workload for one VM. Command and
+// Args have Docker's and Kubernetes' meaning (see
+// manifest.Workload.ResolveCommand): Command replaces the image's
+// Entrypoint (and its Cmd with it), Args replaces the Cmd; a plugin not
+// built from an image has its whole entrypoint as Entrypoint.
+type WorkloadOverride struct {
+	Command []string `json:"command,omitempty"`
+	Args    []string `json:"args,omitempty"`
+	// Env is added to the workload's environment (replacing the
+	// manifest's value of a name).
+	Env     map[string]string `json:"env,omitempty"`
+	Workdir string            `json:"workdir,omitempty"`
+	Restart string            `json:"restart,omitempty" jsonschema:"enum=no,enum=on-failure,enum=always"`
+}
+
+// Inputs are what a VM receives over the host-only agent channel before
+// its workload starts, at every boot: kestrel waits for them (they never
+// touch the kernel command line or the guest network). Env is added to the
+// workload's environment (and to commands run with exec); Files are
+// written (parent directories made, mode 0755; file mode default 0644);
+// Dirs are made empty. File data is base64 in JSON.
+type Inputs = agentchan.Inputs
+
+// InputFile is one file of Inputs.
+type InputFile = agentchan.InputFile
+
+// InputsSummary is what an answer says of a VM's Inputs: names, no values.
+type InputsSummary struct {
+	Env   []string `json:"env,omitempty"`
+	Files []string `json:"files,omitempty"`
+	Dirs  []string `json:"dirs,omitempty"`
+}
+
+// SummarizeInputs names the variables, files and directories of in.
+func SummarizeInputs(in *Inputs) *InputsSummary {
+	if in == nil {
+		return nil
+	}
+	s := &InputsSummary{Dirs: in.Dirs}
+	for k := range in.Env {
+		s.Env = append(s.Env, k)
+	}
+	sort.Strings(s.Env)
+	for _, f := range in.Files {
+		s.Files = append(s.Files, f.Path)
+	}
+	return s
 }
 
 // LogOptions select what GET /api/v1/vms/{name}/logs returns.

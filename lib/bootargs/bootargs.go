@@ -20,6 +20,7 @@
 //	volant.rootfs_fstype=ext4             its filesystem
 //	volant.modules=a,b                    extra kernel modules to load at boot
 //	volant.debug=1                        verbose agent logging
+//	volant.inputs=1                       hold the workload until the host sends the VM's inputs over the agent channel
 //	volant.console_shell=/bin/sh|off      a shell on the serial console (overrides the manifest's console.shell)
 //	volant.volumes=SERIAL:PATH[:ro],...   volumes to mount before the workload starts (see Volume)
 //
@@ -74,6 +75,9 @@ type Args struct {
 	ConsoleShell string
 	// Volumes are mounted before the workload starts.
 	Volumes []Volume
+	// Inputs: the host sends the VM's inputs (env, files) over the agent
+	// channel; kestrel starts the workload only once it has them.
+	Inputs bool
 }
 
 // ConsoleShellOff as volant.console_shell refuses a console shell even
@@ -121,6 +125,9 @@ func (a Args) Fields() []string {
 		add("volant.debug", "1")
 	}
 	add("volant.console_shell", a.ConsoleShell)
+	if a.Inputs {
+		add("volant.inputs", "1")
+	}
 	add("volant.volumes", formatVolumes(a.Volumes))
 	add("volant.manifest_file", a.ManifestFile)
 	add("volant.manifest", a.Manifest)
@@ -241,6 +248,8 @@ func Parse(cmdline string) (Args, error) {
 			}
 		case "volant.debug":
 			a.Debug = v == "" || v == "1" || v == "true" || v == "on"
+		case "volant.inputs":
+			a.Inputs = v == "" || v == "1" || v == "true" || v == "on"
 		case "volant.console_shell":
 			if v != ConsoleShellOff && (!strings.HasPrefix(v, "/") || strings.ContainsFunc(v, unicode.IsControl)) {
 				bad(k, v, "want an absolute path of a shell in the guest, or off")

@@ -415,6 +415,9 @@ func (c *Client) ListVMs(ctx context.Context, f api.VMFilter) ([]api.VM, error) 
 	if f.State != "" {
 		q.Set("state", string(f.State))
 	}
+	if f.Label != "" {
+		q.Set("label", f.Label)
+	}
 	var l api.VMList
 	if err := c.call(ctx, request{method: http.MethodGet, path: api.Prefix + "/vms", query: q}, &l); err != nil {
 		return nil, err

@@ -47,6 +47,10 @@ type vmRow struct {
 	Agent      *agentapi.Status
 	AgentAt    *time.Time
 	KernelArgs []string
+	// Workload is the create request's override and a summary of its
+	// inputs; Labels its labels.
+	Workload *vmWorkload
+	Labels   map[string]string
 }
 
 type querier interface {
@@ -56,18 +60,26 @@ type querier interface {
 }
 
 const vmColumns = `id, plugin, deployment, ip, mac, tap, state, desired, step, health, error, pid,
-	cpu_cores, memory_mb, created_at, started_at, updated_at, supervisor, vmm, agent, agent_at, kernel_args`
+	cpu_cores, memory_mb, created_at, started_at, updated_at, supervisor, vmm, agent, agent_at, kernel_args, workload, labels`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
 func scanVM(r rowScanner) (vmRow, error) {
 	var v vmRow
-	var dep, ip, mac, tap, started, sup, vm, agent, agentAt, kargs sql.NullString
+	var dep, ip, mac, tap, started, sup, vm, agent, agentAt, kargs, work, labels sql.NullString
 	var pid sql.NullInt64
 	var created, updated, state string
 	if err := r.Scan(&v.Name, &v.Plugin, &dep, &ip, &mac, &tap, &state, &v.Desired, &v.Step, &v.Health, &v.Error, &pid,
-		&v.CPUCores, &v.MemoryMB, &created, &started, &updated, &sup, &vm, &agent, &agentAt, &kargs); err != nil {
+		&v.CPUCores, &v.MemoryMB, &created, &started, &updated, &sup, &vm, &agent, &agentAt, &kargs, &work, &labels); err != nil {
 		return v, err
+	}
+	if err := unmarshalNull(work, &v.Workload); err != nil {
+		return v, fmt.Errorf("vm %s workload: %w", v.Name, err)
+	}
+	if labels.Valid && labels.String != "" {
+		if err := json.Unmarshal([]byte(labels.String), &v.Labels); err != nil {
+			return v, fmt.Errorf("vm %s labels: %w", v.Name, err)
+		}
 	}
 	v.State = api.VMState(state)
 	v.Deployment, v.IP, v.MAC, v.Tap = dep.String, ip.String, mac.String, tap.String
@@ -172,6 +184,13 @@ func listVMs(ctx context.Context, q querier, f api.VMFilter) ([]vmRow, error) {
 	if f.State != "" {
 		where, args = append(where, "state = ?"), append(args, string(f.State))
 	}
+	if f.Label != "" {
+		k, val, err := labelFilter(f.Label)
+		if err != nil {
+			return nil, err
+		}
+		where, args = append(where, "json_extract(labels, ?) = ?"), append(args, `$."`+k+`"`, val)
+	}
 	query := `SELECT ` + vmColumns + ` FROM vms`
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
@@ -200,11 +219,21 @@ func insertVM(ctx context.Context, tx *sql.Tx, v vmRow) error {
 	if len(v.KernelArgs) == 0 {
 		kargs = sql.NullString{}
 	}
+	work, err := jsonNull(v.Workload)
+	if err != nil {
+		return err
+	}
+	labels := sql.NullString{}
+	if len(v.Labels) > 0 {
+		if labels, err = jsonNull(v.Labels); err != nil {
+			return err
+		}
+	}
 	now := store.FormatTime(v.CreatedAt)
 	_, err = tx.ExecContext(ctx, `INSERT INTO vms (id, plugin, deployment, ip, mac, tap, state, desired, step, health, error,
-		cpu_cores, memory_mb, created_at, updated_at, kernel_args) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', '', ?, ?, ?, ?, ?)`,
+		cpu_cores, memory_mb, created_at, updated_at, kernel_args, workload, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', '', ?, ?, ?, ?, ?, ?, ?)`,
 		v.Name, v.Plugin, nullStr(v.Deployment), nullStr(v.IP), nullStr(v.MAC), nullStr(v.Tap), string(v.State), v.Desired, v.Step,
-		v.CPUCores, v.MemoryMB, now, now, kargs)
+		v.CPUCores, v.MemoryMB, now, now, kargs, work, labels)
 	if err != nil {
 		return fmt.Errorf("recording VM %s: %w", v.Name, err)
 	}
@@ -261,6 +290,8 @@ func (v vmRow) toAPI(serialLog string) api.VM {
 		State: v.State, Health: agentapi.HealthState(v.Health), Step: v.Step, Error: v.Error, PID: v.PID,
 		Resources: api.Resources{CPUCores: v.CPUCores, MemoryMB: v.MemoryMB},
 		CreatedAt: v.CreatedAt, StartedAt: v.StartedAt, UpdatedAt: v.UpdatedAt, SerialLog: serialLog, Agent: v.Agent,
+		Labels: v.Labels,
 	}
+	out.Workload, out.Inputs = v.workloadSummary()
 	return out
 }

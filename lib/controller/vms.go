@@ -156,10 +156,18 @@ func validateCreate(req api.CreateVMRequest) error {
 				With("field", fmt.Sprintf("kernel_args[%d]", i))
 		}
 	}
+	if err := checkWorkload(req); err != nil {
+		return err
+	}
 	return checkMounts(req.Volumes)
 }
 
 func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, deployment string) (*api.VM, error) {
+	if req.FromSnapshot != "" && (req.Workload != nil || req.Inputs != nil) {
+		// A snapshot's workload already runs, with its inputs.
+		return nil, apierr.New(apierr.InvalidInput, "a VM from a snapshot runs the snapshot's workload: give no workload or inputs").
+			With("field", "from_snapshot")
+	}
 	if req.FromSnapshot != "" {
 		if err := c.fromSnapshot(&req); err != nil {
 			return nil, err
@@ -187,6 +195,10 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 	row := vmRow{
 		Name: req.Name, Plugin: p.Name, Deployment: deployment, State: api.VMStarting, Desired: desireRunning, Step: "lease",
 		CPUCores: req.CPUCores, MemoryMB: req.MemoryMB, CreatedAt: now, UpdatedAt: now, KernelArgs: req.KernelArgs,
+		Labels: req.Labels,
+	}
+	if req.Workload != nil || req.Inputs != nil {
+		row.Workload = &vmWorkload{Override: req.Workload, Inputs: api.SummarizeInputs(req.Inputs)}
 	}
 	if row.CPUCores == 0 {
 		row.CPUCores = m.Resources.CPUCores
@@ -213,10 +225,19 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 	if err != nil {
 		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
 	}
-	spec := c.spec(row, p, lease)
+	spec, err := c.spec(row, p, lease)
+	if err != nil {
+		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
+	}
 	spec.Volumes = vols
 	if err := c.cfg.Runtime.Check(ctx, spec); err != nil {
 		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
+	}
+	// The inputs go to a file of the VM's own before its row exists: a
+	// VM never starts without them. A create that fails removes the
+	// directory with them.
+	if err := c.writeInputs(req.Name, req.Inputs); err != nil {
+		return nil, fmt.Errorf("creating VM %s: keeping its inputs: %w", req.Name, err)
 	}
 
 	if req.FromSnapshot != "" {
@@ -257,6 +278,8 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 	if err != nil {
 		if req.FromSnapshot != "" {
 			os.RemoveAll(c.vmDir(req.Name))
+		} else if req.Inputs != nil {
+			os.Remove(c.InputsPath(req.Name))
 		}
 		return nil, err
 	}
@@ -312,11 +335,16 @@ func (c *Controller) usablePlugin(ctx context.Context, name string) (pluginRow, 
 }
 
 // spec is the launch spec of a VM.
-func (c *Controller) spec(v vmRow, p pluginRow, lease *ipam.Lease) launch.Spec {
+func (c *Controller) spec(v vmRow, p pluginRow, lease *ipam.Lease) (launch.Spec, error) {
 	d := c.cfg.Launch
+	o, in := v.workloadSummary()
+	m, err := vmManifest(p.Manifest, o)
+	if err != nil {
+		return launch.Spec{}, fmt.Errorf("the workload of VM %s over plugin %s: %w", v.Name, p.Name, err)
+	}
 	s := launch.Spec{
 		Name:          v.Name,
-		Manifest:      json.RawMessage(p.Manifest),
+		Manifest:      m,
 		Kernel:        d.Kernel,
 		BootInitramfs: d.BootInitramfs,
 		Kestrel:       d.Kestrel,
@@ -342,7 +370,10 @@ func (c *Controller) spec(v vmRow, p pluginRow, lease *ipam.Lease) launch.Spec {
 		s.DNS = c.cfg.DNS
 		s.Lease = &launch.Lease{VM: v.Name, IP: lease.IP.String(), Prefix: lease.Prefix, Gateway: lease.Gateway.String(), MAC: lease.MAC}
 	}
-	return s
+	if in != nil {
+		s.InputsFile = c.InputsPath(v.Name)
+	}
+	return s, nil
 }
 
 // step is one named, idempotent step of an operation: run measures the
@@ -476,7 +507,10 @@ func (c *Controller) stepStage(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	spec := c.spec(v, p, lease)
+	spec, err := c.spec(v, p, lease)
+	if err != nil {
+		return err
+	}
 	spec.Volumes = launchVolumes(atts)
 	if err := c.stageFromSnapshot(ctx, name, &spec); err != nil {
 		return err

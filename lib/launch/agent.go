@@ -2,6 +2,7 @@ package launch
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,18 @@ func startAgent(ctx context.Context, p *Plan, log *slog.Logger) (stop func(), hu
 	if err := os.MkdirAll(filepath.Dir(a.WorkloadLog), 0o755); err != nil {
 		return nil, nil, fmt.Errorf("workload log directory: %w", err)
 	}
+	var inputs *agentchan.Inputs
+	if a.Inputs != "" {
+		// Read once: the VM's inputs for every boot of this run.
+		b, err := os.ReadFile(a.Inputs)
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading the VM's inputs: %w", err)
+		}
+		inputs = &agentchan.Inputs{}
+		if err := json.Unmarshal(b, inputs); err != nil {
+			return nil, nil, apierr.Wrap(apierr.InvalidInput, err, "the VM's inputs file "+a.Inputs)
+		}
+	}
 	logs, err := workloadlog.Open(a.WorkloadLog, workloadlog.Rotation{})
 	if err != nil {
 		return nil, nil, err
@@ -37,7 +50,7 @@ func startAgent(ctx context.Context, p *Plan, log *slog.Logger) (stop func(), hu
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", a.VMMSocket)
 	}
-	hub, err = agenthub.Start(ctx, agenthub.Options{VM: p.Name, Dial: dial, Socket: a.Socket, Logs: logs, Log: log})
+	hub, err = agenthub.Start(ctx, agenthub.Options{VM: p.Name, Dial: dial, Socket: a.Socket, Logs: logs, Inputs: inputs, Log: log})
 	if err != nil {
 		logs.Close()
 		return nil, nil, err

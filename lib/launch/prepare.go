@@ -163,6 +163,9 @@ type AgentPlan struct {
 	Socket string `json:"socket"`
 	// WorkloadLog is where the workload's output is kept.
 	WorkloadLog string `json:"workload_log"`
+	// Inputs is the VM's inputs file (Spec.InputsFile), sent to kestrel
+	// at every boot.
+	Inputs string `json:"inputs,omitempty"`
 }
 
 type manifestInfo struct {
@@ -519,6 +522,20 @@ func (r *prep) backend(ctx context.Context) error {
 			VMMSocket: filepath.Join(vmmDir, AgentName), Transport: r.caps.AgentTransport,
 			Socket:      filepath.Join(p.RunDir, GuestSocketName),
 			WorkloadLog: WorkloadLogPath(r.o, p.Name),
+		}
+	}
+	if s.InputsFile != "" {
+		if p.Agent == nil {
+			return vmm.NotSupported(p.VMM, "inputs (they travel over the agent channel, which this hypervisor lacks)")
+		}
+		if p.Agent.Inputs, err = filepath.Abs(s.InputsFile); err != nil {
+			return fmt.Errorf("inputs file: %w", err)
+		}
+		if st, err := os.Stat(p.Agent.Inputs); err != nil || !st.Mode().IsRegular() {
+			if !r.dry {
+				return badInput("inputs_file %s is not a readable file", s.InputsFile).With("field", "inputs_file")
+			}
+			r.warn("inputs_file %s is not a readable file here", s.InputsFile)
 		}
 	}
 	for _, sp := range []string{filepath.Join(vmmDir, SocketName), p.Console, p.SerialRelay, filepath.Join(vmmDir, AgentName), filepath.Join(p.RunDir, GuestSocketName)} {
@@ -908,6 +925,7 @@ func buildCmdline(s Spec, m *manifest.Manifest, name string, nw *network, accel 
 	a.APIHost, a.APIPort = s.APIHost, s.APIPort
 	a.Debug = s.Debug
 	a.Volumes = volumeArgs(s.Volumes)
+	a.Inputs = s.InputsFile != ""
 	compose := func(a bootargs.Args) string {
 		words := append(append([]string{}, base...), a.Fields()...)
 		return strings.Join(append(words, s.KernelArgs...), " ")

@@ -103,6 +103,11 @@ type Spec struct {
 	// StopTimeoutMS is how long `run` gives the guest to power off after the
 	// ACPI power button before stopping it hard (default 10000).
 	StopTimeoutMS int `json:"stop_timeout_ms,omitempty"`
+	// InputsFile holds the VM's inputs (agentchan.Inputs as JSON: env and
+	// files, secrets among them; keep it 0600): kestrel holds the
+	// workload until `run` has sent them over the agent channel, at every
+	// boot. Needs a hypervisor with an agent channel.
+	InputsFile string `json:"inputs_file,omitempty"`
 }
 
 // VMName is the VM's name: Name, else the piped lease's vm, else the piped

@@ -476,7 +476,7 @@ func (s *Server) setPluginEnabled(enabled bool) http.HandlerFunc {
 
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := api.VMFilter{Plugin: q.Get("plugin"), Deployment: q.Get("deployment"), State: api.VMState(q.Get("state"))}
+	f := api.VMFilter{Plugin: q.Get("plugin"), Deployment: q.Get("deployment"), State: api.VMState(q.Get("state")), Label: q.Get("label")}
 	body, err := s.lists.list(r.Context(), s.ctl.Generation, s.ctl.ListVMs, f)
 	if err != nil {
 		writeError(w, r, err)

@@ -25,6 +25,7 @@ func migrations() []migration {
 		{2, "volantd: desired state, steps, health and process identities", schemaV2},
 		{3, "volumes and their attachments to VMs", schemaV3},
 		{4, "published ports", schemaV4},
+		{5, "VM workload overrides and labels; daemon settings", schemaV5},
 	}
 }
 
@@ -204,6 +205,24 @@ END;
 CREATE TRIGGER deployments_ports_gone AFTER DELETE ON deployments BEGIN
 	DELETE FROM ports WHERE owner_kind = 'deployment' AND owner = OLD.name;
 END;
+`
+
+// schemaV5: a VM's own workload and labels, and the daemon's settings.
+//
+//   - vms.workload: the create request's workload override and the names
+//     (not the values) of its inputs, JSON; vms.labels: its labels, JSON,
+//     selected with json_extract.
+//   - settings: one JSON value per key that the daemon keeps across
+//     restarts; "network" is the guest subnet set through the API (PUT
+//     /api/v1/network), which then wins over the --subnet default.
+const schemaV5 = `
+ALTER TABLE vms ADD COLUMN workload TEXT CHECK (workload IS NULL OR json_valid(workload));
+ALTER TABLE vms ADD COLUMN labels TEXT CHECK (labels IS NULL OR json_valid(labels));
+CREATE TABLE settings (
+	key        TEXT PRIMARY KEY,
+	value      TEXT NOT NULL CHECK (json_valid(value)),
+	updated_at TEXT NOT NULL
+) STRICT;
 `
 
 // migrate applies the migrations the database lacks. It reads the version

@@ -44,7 +44,10 @@ type Config struct {
 	// Identity applies the identity op (a restored guest becoming another
 	// VM); nil answers it NOT_SUPPORTED.
 	Identity func(ctx context.Context, req agentchan.IdentityRequest) (agentchan.IdentityReply, error)
-	Log      *slog.Logger
+	// Inputs receives the VM's inputs (nil: the VM has none, and the
+	// inputs op is refused).
+	Inputs *Inputs
+	Log    *slog.Logger
 }
 
 // Server serves the agent channel. Create it with New.
@@ -69,7 +72,7 @@ func New(cfg Config) *Server {
 	if cfg.WorkloadEnv == nil {
 		cfg.WorkloadEnv = func() ([]string, string) { return nil, "" }
 	}
-	h := agentchan.Hello{Agent: "kestrel", Version: cfg.Version, VM: cfg.VM, Ops: agentchan.ClientOps()}
+	h := agentchan.Hello{Agent: "kestrel", Version: cfg.Version, VM: cfg.VM, Ops: append(agentchan.ClientOps(), agentchan.OpInputs)}
 	if cfg.Identity != nil {
 		h.Ops = append(h.Ops, agentchan.OpIdentity)
 	}
@@ -95,6 +98,9 @@ func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
 	s.mu.Lock()
 	hello := s.hello
 	s.mu.Unlock()
+	if s.cfg.Inputs != nil {
+		hello.Inputs = s.cfg.Inputs.State()
+	}
 	mux, err := agentchan.Accept(conn, hello)
 	if err != nil {
 		conn.Close()
@@ -175,6 +181,13 @@ func (s *Server) handle(ctx context.Context, st *agentchan.Stream) {
 		s.hello.VM = r.VM
 		s.mu.Unlock()
 		st.WriteLine(rep)
+	case agentchan.OpInputs:
+		var r agentchan.InputsRequest
+		if err := unmarshal(line, &r); err != nil {
+			st.WriteLine(agentchan.ErrorReply(err))
+			return
+		}
+		s.inputs(st, r)
 	default:
 		st.WriteLine(agentchan.ErrorReply(apierr.New(apierr.NotSupported, "this kestrel (%s) does not know the %q operation", s.cfg.Version, req.Op).With("op", req.Op)))
 	}

@@ -17,7 +17,9 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,6 +62,11 @@ type Config struct {
 	// BeforeStart runs once the manifest is known, before the workload
 	// starts (the guest mounts data disks there). An error ends Run.
 	BeforeStart func(ctx context.Context, m *manifest.Manifest) error
+	// Env, when set, is called after BeforeStart: its variables are added
+	// to the workload's environment (and to commands run over the agent
+	// channel). They are the VM's inputs, which may be secret: they are
+	// not part of the manifest the agent serves.
+	Env func() map[string]string
 	// AfterStart runs once, in its own goroutine, when the workload is up:
 	// its health check first passed (the workload's first start had its
 	// outcome when it has no health check), or AfterStartWait passed since
@@ -152,7 +159,32 @@ func (a *Agent) WorkloadEnv() (env []string, dir string) {
 	if err != nil {
 		return nil, ""
 	}
+	a.addEnv(&spec)
 	return spec.Env, spec.Dir
+}
+
+// addEnv adds Config.Env's variables to spec, replacing the manifest's of
+// the same name.
+func (a *Agent) addEnv(spec *supervisor.Spec) {
+	if a.cfg.Env == nil {
+		return
+	}
+	extra := a.cfg.Env()
+	if len(extra) == 0 {
+		return
+	}
+	env := spec.Env[:0:0]
+	for _, kv := range spec.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ok := extra[k]; !ok {
+			env = append(env, kv)
+		}
+	}
+	for k, v := range extra {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	spec.Env = env
 }
 
 // Manifest implements api.Backend.
@@ -304,6 +336,7 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	if err != nil {
 		return fail(fmt.Errorf("workload of plugin %s: %w", m.Name, err))
 	}
+	a.addEnv(&spec)
 	if a.cfg.StopGrace > 0 {
 		spec.StopGrace = a.cfg.StopGrace
 	}

@@ -32,6 +32,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -295,16 +296,30 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 		}
 	}()
 	// The agent channel (exec, copy, workload logs) is served once its
-	// device's driver is loaded: with the late modules, or now.
+	// device's driver is loaded: with the late modules, after the
+	// workload started; or before it starts when the VM has inputs, which
+	// come over the channel.
 	var serveAccess func()
+	var channelOnce sync.Once
+	openChannel := func() {
+		channelOnce.Do(func() {
+			if len(h.ModulesLater) > 0 {
+				if err := modules.LoadLater(b.m, modules.Dir("/"), h.ModulesLater, b.log); err != nil {
+					b.log.Warn("loading the late kernel modules", "err", err)
+				}
+			}
+			serveAccess()
+		})
+	}
 	afterStart := func() {
 		time.Sleep(LateModulesDelay)
-		if len(h.ModulesLater) > 0 {
-			if err := modules.LoadLater(b.m, modules.Dir("/"), h.ModulesLater, b.log); err != nil {
-				b.log.Warn("loading the late kernel modules", "err", err)
-			}
-		}
-		serveAccess()
+		openChannel()
+	}
+	var inputs *access.Inputs
+	var inputsEnv func() map[string]string
+	if args.Inputs {
+		inputs = access.NewInputs("/")
+		inputsEnv = inputs.Env
 	}
 
 	reportURL := ""
@@ -332,8 +347,16 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 			if sh := consoleshell.Choose(args, m); sh != "" {
 				go consoleshell.Run(ctx, r, sh, consoleshell.Device("/"), b.log)
 			}
+			if inputs != nil {
+				openChannel()
+				b.log.Info("waiting for the VM's inputs over the agent channel")
+				if err := inputs.Wait(ctx); err != nil {
+					return fmt.Errorf("the VM's inputs: %w", err)
+				}
+			}
 			return nil
 		},
+		Env:        inputsEnv,
 		AfterStart: afterStart,
 		// A manifest that came with the boot lets the workload start before
 		// the API serves: "agent ready" is printed when it does.
@@ -342,7 +365,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	})
 	id := &identity{b: b, agent: a, apiHost: args.APIHost, apiPort: args.APIPort, net: netCfg}
 	acc := access.New(access.Config{VM: args.VM, Version: b.version, Reaper: r, Output: a.Output(), WorkloadEnv: a.WorkloadEnv,
-		Identity: id.apply, Log: b.log})
+		Identity: id.apply, Inputs: inputs, Log: b.log})
 	serveAccess = func() {
 		go func() {
 			if err := acc.Serve(ctx, access.Channels{}); err != nil {
