@@ -13,6 +13,7 @@
 //	volar plugins install --manifest FILE [--replace]
 //	volar plugins install --image REF [--name NAME] [--pull always|if-not-present|never] [--insecure] [--replace]
 //	volar plugins show|enable|disable|remove NAME
+//	volar run IMAGE [--name N] [-p SPEC]... [-e K=V]... [--cpu N] [--memory MB] [--pull P] [--insecure] [-- ARGS...]
 //	volar vms create NAME --plugin P [-p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]]... [--cpu N] [--memory MB]
 //	                 [--kernel-arg ARG]... [-v VOLUME:/PATH[:ro]]... [--wait [--timeout D]]
 //	volar vms list [--plugin P] [--deployment D] [--state S]
@@ -62,6 +63,7 @@
 //	plugins list, vms list, deployments list    a JSON array of Plugin / VM / Deployment (never null)
 //	plugins show|install|enable|disable|remove  one Plugin object
 //	vms create|show|start|stop|restart|delete|wait  one VM object (create --wait: the VM once running)
+//	run                                         one VM object, once running
 //	deployments create|scale|show|delete        one Deployment object
 //	volumes list                                a JSON array of Volume
 //	volumes create|show|resize|delete           one Volume object

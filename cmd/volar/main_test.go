@@ -97,7 +97,7 @@ func TestHelpAtEveryLevel(t *testing.T) {
 	paths := commandPaths(t)
 	want := []string{"completion", "deployments", "deployments create", "deployments delete", "deployments list",
 		"deployments scale", "deployments show", "events", "plugins", "plugins disable", "plugins enable",
-		"plugins install", "plugins list", "plugins remove", "plugins show", "setup", "snapshots", "snapshots delete",
+		"plugins install", "plugins list", "plugins remove", "plugins show", "run", "setup", "snapshots", "snapshots delete",
 		"snapshots list", "snapshots show", "version", "vms",
 		"vms console", "vms cp", "vms create", "vms delete", "vms exec", "vms list", "vms logs", "vms restart", "vms restore",
 		"vms show", "vms snapshot", "vms start", "vms stop", "vms wait", "volumes", "volumes create", "volumes delete", "volumes list", "volumes resize", "volumes show"}

@@ -118,6 +118,7 @@ type CommandLine struct {
 		Delete volumeDeleteCmd `command:"delete" alias:"rm" description:"Delete a volume and its data (refused while a VM is attached to it)"`
 	} `command:"volumes" alias:"volume" alias:"vol" description:"Manage volumes (data that outlives VMs)"`
 
+	Run        runCmd        `command:"run" description:"Run a container image as a VM: build (or reuse) its plugin, create the VM, wait until it runs" long-description:"Run a container image as a VM in one step: volantd builds the plugin from the image (or reuses the one built from the same image: --pull if-not-present by default), creates a VM from it with the arguments after -- as the image's Cmd, and volar waits until it is running, printing progress on stderr."`
 	Events     eventsCmd     `command:"events" description:"Follow volantd's event stream (Ctrl-C ends)"`
 	Completion completionCmd `command:"completion" description:"Print a shell completion script (bash or zsh)"`
 	Version    versionCmd    `command:"version" description:"Print volar's and volantd's versions"`
@@ -310,6 +311,53 @@ func (c *vmCreateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 		req.Volumes = append(req.Volumes, m)
 	}
 	return s.CreateVM(ctx, req, c.options())
+}
+
+type runCmd struct {
+	Name     string        `long:"name" value-name:"NAME" description:"the VM's name (default REPOSITORY-XXXXXX)"`
+	Publish  []string      `long:"publish" short:"p" value-name:"SPEC" description:"publish a host port to the VM: HOSTPORT:GUESTPORT, with HOSTIP: before and /tcp or /udp after if need be (repeatable)"`
+	Env      []string      `long:"env" short:"e" value-name:"KEY=VALUE" description:"add to the workload's environment (repeatable; it travels on the kernel command line: nothing secret)"`
+	CPU      int           `long:"cpu" value-name:"N" description:"vCPUs (default: the plugin's)"`
+	Memory   int           `long:"memory" value-name:"MB" description:"memory in MiB (default: the plugin's)"`
+	Pull     string        `long:"pull" value-name:"POLICY" default:"if-not-present" description:"when to ask the registry: always, if-not-present or never"`
+	Insecure bool          `long:"insecure" description:"the registry speaks plain HTTP or has an unverified certificate"`
+	Timeout  time.Duration `long:"timeout" value-name:"DURATION" default:"5m" description:"how long to wait for the VM to run (the build not counted)"`
+	Args     struct {
+		Image string   `positional-arg-name:"IMAGE" description:"the image: docker://REPO:TAG or REPO:TAG"`
+		Args  []string `positional-arg-name:"ARG" description:"after --: the arguments, replacing the image's Cmd"`
+	} `positional-args:"yes" required:"1"`
+}
+
+func (c *runCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	ports, err := parsePublish(c.Publish)
+	if err != nil {
+		return err
+	}
+	env := map[string]string{}
+	for _, kv := range c.Env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return usage("-e KEY=VALUE", "-e %q: use KEY=VALUE", kv)
+		}
+		env[k] = v
+	}
+	return s.RunImage(ctx, RunRequest{
+		Image: api.InstallImageRequest{Image: c.Args.Image, Pull: c.Pull, Insecure: c.Insecure},
+		VM: api.CreateVMRequest{Name: c.Name, CPUCores: c.CPU, MemoryMB: c.Memory, Ports: ports,
+			Workload: workloadOf(c.Args.Args, env)},
+		Wait: WaitOptions{Wait: true, Timeout: c.Timeout},
+	})
+}
+
+func workloadOf(args []string, env map[string]string) *api.WorkloadOverride {
+	if len(args) == 0 && len(env) == 0 {
+		return nil
+	}
+	w := &api.WorkloadOverride{Args: args}
+	if len(env) > 0 {
+		w.Env = env
+	}
+	return w
 }
 
 // parsePublish reads -p flags; a bad one is a usage error (nothing is sent).

@@ -2,6 +2,7 @@ package volar
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -100,4 +101,53 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// RunRequest is `volar run`: the image to build (or reuse) and the VM to
+// create from it (its Plugin is the built plugin; its Name defaults to
+// REPOSITORY-XXXXXX).
+type RunRequest struct {
+	Image api.InstallImageRequest
+	VM    api.CreateVMRequest
+	Wait  WaitOptions
+}
+
+// RunImage is `volar run IMAGE [-- ARGS]`: the plugin from the image, a VM
+// from the plugin, and the wait until it runs.
+func (s *Session) RunImage(ctx context.Context, r RunRequest) error {
+	if r.VM.Name != "" {
+		if err := checkName("VM", r.VM.Name); err != nil {
+			return err
+		}
+	}
+	p, built, err := s.InstallImage(ctx, r.Image)
+	if err != nil {
+		return err
+	}
+	if s.Out.Format == Table && !s.Out.Quiet {
+		how := "built"
+		if !built {
+			how = "reused"
+		}
+		s.Out.progress("Plugin %s %s (%s)", p.Name, how, p.Image)
+	}
+	r.VM.Plugin = p.Name
+	if r.VM.Name == "" {
+		r.VM.Name = runName(p.Name)
+	}
+	return s.CreateVM(ctx, r.VM, r.Wait)
+}
+
+// runName is the plugin's repository part and six random hex digits.
+func runName(plugin string) string {
+	base := plugin
+	if i := strings.LastIndexByte(base, '-'); i > 0 && len(base)-i == 13 {
+		base = base[:i] // <repository>-<digest>
+	}
+	if len(base) > 50 {
+		base = base[:50]
+	}
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%x", strings.TrimRight(base, "-_"), b)
 }

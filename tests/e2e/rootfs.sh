@@ -7,7 +7,9 @@
 # (oci_rootfs, docker://), installed with volar and booted with
 # `volar vms create --wait`; HTTP 200 through the VM's address. After
 # `volar vms restart` the page shows a second boot: the disk's writes
-# persist (each VM boots its own copy of the plugin's image).
+# persist (each VM boots its own copy of the plugin's image). Then the
+# same image through volantd: `volar plugins install --image` (built once,
+# cached by digest) and `volar run`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VL_NAME=rootfs
@@ -82,5 +84,13 @@ volar vms wait web1 --state running >/dev/null || vl_fail "web1 did not run agai
 # The plugin's own image still matches its checksum: the VM wrote to its copy.
 [[ "sha256:$(sha256sum "$(jq -r .rootfs.url "$manifest" | sed 's|^file://||')" | cut -d' ' -f1)" == "$(jq -r .rootfs.checksum "$manifest")" ]] ||
   vl_fail "the plugin's rootfs image changed"
+# The same image in one step: volantd builds the plugin (cached by digest:
+# a second install builds nothing) and volar run boots a VM from it.
+volar plugins install --image docker://127.0.0.1:5000/web:1 --insecure >"$t/install.txt" 2>&1 || vl_fail "plugins install --image: $(cat "$t/install.txt")"
+grep -q "installed (built from docker://127.0.0.1:5000/web:1)" "$t/install.txt" || vl_fail "install --image said: $(cat "$t/install.txt")"
+volar plugins install --image docker://127.0.0.1:5000/web:1 --insecure 2>&1 | grep -q "already built" || vl_fail "the second install built again"
+vm=$(volar -o json run --insecure --name run1 docker://127.0.0.1:5000/web:1 2>"$t/run.txt") || vl_fail "volar run: $(cat "$t/run.txt")"
+ip=$(jq -r 'select(.state == "running") | .ip' <<<"$vm")
+[[ -n $ip && $(vl_get "http://$ip:8080/") == "boots=1" ]] || vl_fail "volar run: $vm $(vl_get "http://$ip:8080/" 2>&1)"
 kill "$registry"
 vl_log "ok"
