@@ -216,7 +216,7 @@ func TestCompletionInProcess(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{""}, "completion\ndeployments\nevents\nplugins\nsetup\nsnapshots\nversion\nvms\nvolumes\n"},
+		{[]string{""}, "completion\ndeployments\nevents\nplugins\nrun\nsetup\nsnapshots\nversion\nvms\nvolumes\n"},
 		{[]string{"v"}, "version\nvms\nvolumes\n"},
 		{[]string{"vms", "st"}, "start\nstop\n"},
 		{[]string{"vms", "create", "--pl"}, "--plugin\n"},
@@ -283,7 +283,7 @@ printf '%%s\n' "${COMPREPLY[@]}"`, script, strings.Join(quoted, " "), len(words)
 func TestBashCompletion(t *testing.T) {
 	reg := "complete -o default -F _volar_complete volar\n"
 	for _, c := range []struct{ line, want string }{
-		{"volar ", "completion\ndeployments\nevents\nplugins\nsetup\nsnapshots\nversion\nvms\nvolumes\n"},
+		{"volar ", "completion\ndeployments\nevents\nplugins\nrun\nsetup\nsnapshots\nversion\nvms\nvolumes\n"},
 		{"volar de", "deployments\n"},
 		{"volar vms ", "console\ncp\ncreate\ndelete\nexec\nlist\nlogs\nrestart\nrestore\nshow\nsnapshot\nstart\nstop\nwait\n"},
 		{"volar vms create web1 --", "--cpu\n--from-snapshot\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--publish\n--quiet\n--timeout\n--token\n--volume\n--wait\n"},
