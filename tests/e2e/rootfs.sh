@@ -91,6 +91,9 @@ grep -q "installed (built from docker://127.0.0.1:5000/web:1)" "$t/install.txt" 
 volar plugins install --image docker://127.0.0.1:5000/web:1 --insecure 2>&1 | grep -q "already built" || vl_fail "the second install built again"
 vm=$(volar -o json run --insecure --name run1 docker://127.0.0.1:5000/web:1 2>"$t/run.txt") || vl_fail "volar run: $(cat "$t/run.txt")"
 ip=$(jq -r 'select(.state == "running") | .ip' <<<"$vm")
-[[ -n $ip && $(vl_get "http://$ip:8080/") == "boots=1" ]] || vl_fail "volar run: $vm $(vl_get "http://$ip:8080/" 2>&1)"
+# A plugin built by volantd has no health check: running means the
+# workload started, and its httpd listens a moment later.
+page_is() { [[ $(vl_get "$1") == "$2" ]]; }
+[[ -n $ip ]] && vl_wait 60 page_is "http://$ip:8080/" boots=1 || vl_fail "volar run: $vm $(vl_get "http://$ip:8080/" 2>&1)"
 kill "$registry"
 vl_log "ok"
