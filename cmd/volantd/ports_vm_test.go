@@ -284,6 +284,58 @@ func TestPublishedPortsVM(t *testing.T) {
 		t.Fatalf("svc-1 and svc-3 should share: %v %v", got, errs)
 	}
 
+	// Pause svc-3: its vCPUs stop (its guest no longer answers), it leaves
+	// the set at once, and after more than three health intervals it is
+	// still paused and healthy, not polled into "unhealthy" nor replaced.
+	// Resumed, it answers and rejoins.
+	evctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	evs, err := d.c.Events(evctx, api.EventOptions{Types: []string{"vm.*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evs.Close()
+	if vm, err := d.c.PauseVM(ctx, "svc-3"); err != nil || vm.State != api.VMPaused {
+		t.Fatalf("pausing svc-3: %+v %v", vm, err)
+	}
+	if dep, err := d.c.Deployment(ctx, "svc"); err != nil || !slices.Equal(dep.Endpoints, []string{"svc-1"}) {
+		t.Fatalf("endpoints right after pausing svc-3: %v %v", dep.Endpoints, err)
+	}
+	if b, err := getIn(h.ns, "http://"+v3.IP+"/name.txt", 2*time.Second); err == nil {
+		t.Fatalf("paused svc-3 answered: %q", b)
+	}
+	if got, errs := tally(far, "10.77.0.1:8080", 10); got["svc-1"] != 10 {
+		t.Fatalf("only svc-1 should answer while svc-3 is paused: %v %v", got, errs)
+	}
+	time.Sleep(4 * interval) // what is checked is that nothing happens
+	if v, err := d.c.VM(ctx, "svc-3"); err != nil || v.State != api.VMPaused || v.Health != "healthy" {
+		t.Fatalf("svc-3 after %s paused: %+v %v", 4*interval, v, err)
+	}
+	if vm, err := d.c.ResumeVM(ctx, "svc-3"); err != nil || vm.State != api.VMRunning {
+		t.Fatalf("resuming svc-3: %+v %v", vm, err)
+	}
+	if b, err := getIn(h.ns, "http://"+v3.IP+"/name.txt", 5*time.Second); err != nil || b != "svc-3" {
+		t.Fatalf("resumed svc-3: %q %v", b, err)
+	}
+	waitEndpoints(t, d.c, "svc", []string{"svc-1", "svc-3"}, 2*interval)
+	if got, errs := tally(far, "10.77.0.1:8080", 10); got["svc-1"] != 5 || got["svc-3"] != 5 {
+		t.Fatalf("svc-1 and svc-3 should share after the resume: %v %v", got, errs)
+	}
+	seen := map[string]int{} // svc-3's events from the pause to the resume
+	for seen[api.EventVMResumed] == 0 {
+		e, err := evs.Next()
+		if err != nil {
+			t.Fatalf("events: %v (so far %v)", err, seen)
+		}
+		if e.ResourceID == "svc-3" {
+			seen[e.Type]++
+		}
+	}
+	evs.Close()
+	if seen[api.EventVMPaused] != 1 || seen[api.EventVMUnhealthy] != 0 || seen[api.EventVMCrashed] != 0 {
+		t.Fatalf("svc-3's events from its pause to its resume: %v", seen)
+	}
+
 	// kill -9 volantd; meanwhile the table is flushed (a reboot would lose
 	// it) and a stray owner's rule appears: the restarted daemon rebuilds
 	// what its database says and removes the stray.

@@ -17,7 +17,7 @@
 //	volar vms create NAME --plugin P [-p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]]... [--cpu N] [--memory MB]
 //	                 [--kernel-arg ARG]... [-v VOLUME:/PATH[:ro]]... [--wait [--timeout D]]
 //	volar vms list [--plugin P] [--deployment D] [--state S]
-//	volar vms show|stop|delete NAME
+//	volar vms show|stop|pause|resume|delete NAME
 //	volar vms start|restart NAME [--wait [--timeout D]]
 //	volar vms logs NAME [-f|--follow] [--tail N] [--since T] [-t|--timestamps] [--stream stdout|stderr] [--console]
 //	volar vms exec NAME [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]] [--timeout D] -- CMD [ARGS...]
@@ -62,7 +62,7 @@
 //
 //	plugins list, vms list, deployments list    a JSON array of Plugin / VM / Deployment (never null)
 //	plugins show|install|enable|disable|remove  one Plugin object
-//	vms create|show|start|stop|restart|delete|wait  one VM object (create --wait: the VM once running)
+//	vms create|show|start|stop|pause|resume|restart|delete|wait  one VM object (create --wait: the VM once running)
 //	run                                         one VM object, once running
 //	deployments create|scale|show|delete        one Deployment object
 //	volumes list                                a JSON array of Volume

@@ -99,7 +99,7 @@ func TestHelpAtEveryLevel(t *testing.T) {
 		"deployments scale", "deployments show", "events", "plugins", "plugins disable", "plugins enable",
 		"plugins install", "plugins list", "plugins remove", "plugins show", "run", "setup", "snapshots", "snapshots delete",
 		"snapshots list", "snapshots show", "version", "vms",
-		"vms console", "vms cp", "vms create", "vms delete", "vms exec", "vms list", "vms logs", "vms restart", "vms restore",
+		"vms console", "vms cp", "vms create", "vms delete", "vms exec", "vms list", "vms logs", "vms pause", "vms restart", "vms restore", "vms resume",
 		"vms show", "vms snapshot", "vms start", "vms stop", "vms wait", "volumes", "volumes create", "volumes delete", "volumes list", "volumes resize", "volumes show"}
 	var got []string
 	for _, p := range paths {
@@ -285,7 +285,7 @@ func TestBashCompletion(t *testing.T) {
 	for _, c := range []struct{ line, want string }{
 		{"volar ", "completion\ndeployments\nevents\nplugins\nrun\nsetup\nsnapshots\nversion\nvms\nvolumes\n"},
 		{"volar de", "deployments\n"},
-		{"volar vms ", "console\ncp\ncreate\ndelete\nexec\nlist\nlogs\nrestart\nrestore\nshow\nsnapshot\nstart\nstop\nwait\n"},
+		{"volar vms ", "console\ncp\ncreate\ndelete\nexec\nlist\nlogs\npause\nrestart\nrestore\nresume\nshow\nsnapshot\nstart\nstop\nwait\n"},
 		{"volar vms create web1 --", "--cpu\n--from-snapshot\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--publish\n--quiet\n--timeout\n--token\n--volume\n--wait\n"},
 		{"volar deployments scale web --r", "--replicas\n"},
 	} {

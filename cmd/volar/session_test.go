@@ -100,6 +100,10 @@ func TestVMCommands(t *testing.T) {
 	tr.run(0, "-q", "vms", "wait", "nginx-demo", "--state", "stopped")
 	tr.run(0, "vms", "start", "nginx-demo", "--wait")
 	tr.run(0, "-o", "json", "vms", "restart", "nginx-demo", "--wait")
+	tr.all("vms", "pause", "nginx-demo") // pausing a paused VM succeeds
+	tr.run(0, "vms", "list", "--state", "paused")
+	tr.run(0, "vms", "resume", "nginx-demo")
+	tr.run(1, "vms", "pause", "nope")
 
 	d.serialLog("nginx-demo", "Linux version 6.1.0\nkestrel: starting nginx\nnginx: ready\n")
 	tr.run(0, "vms", "logs", "--console", "nginx-demo")

@@ -25,6 +25,8 @@
 //	POST   /api/v1/vms/{name}/start              VM
 //	POST   /api/v1/vms/{name}/stop               VM
 //	POST   /api/v1/vms/{name}/restart            VM
+//	POST   /api/v1/vms/{name}/pause              VM (state "paused")
+//	POST   /api/v1/vms/{name}/resume             VM
 //	GET    /api/v1/vms/{name}/logs[?follow=1&tail=N]  the serial console log, text/plain
 //	GET    /api/v1/vms/{name}/wait?state=running&timeout=30s  VM, once it is in that state
 //	POST   /api/v1/vms/{name}/agent              agentapi.Status from kestrel → 204
@@ -65,6 +67,12 @@ const (
 	// workload runs). The VM stays Running if it later turns unhealthy;
 	// Health says so.
 	VMRunning VMState = "running"
+	// VMPaused: its vCPUs are paused (POST .../pause); it keeps its memory,
+	// address and run. A paused VM is not health-polled, not counted
+	// unhealthy, takes no published-port traffic and is not replaced by its
+	// deployment; resume makes it running again (starting if it had not
+	// passed its health check yet).
+	VMPaused VMState = "paused"
 	// VMStopping: a stop is in progress.
 	VMStopping VMState = "stopping"
 	// VMStopped: stopped on request; it keeps its address and can be started.
@@ -81,7 +89,7 @@ const (
 
 // VMStates lists every state, for validation and documentation.
 func VMStates() []VMState {
-	return []VMState{VMStarting, VMRunning, VMStopping, VMStopped, VMCrashed, VMFailed, VMDeleting, VMDeleted}
+	return []VMState{VMStarting, VMRunning, VMPaused, VMStopping, VMStopped, VMCrashed, VMFailed, VMDeleting, VMDeleted}
 }
 
 // Valid reports whether s is one of the states.
@@ -459,6 +467,8 @@ const (
 	EventVMHealthy   = "vm.healthy"   // {"name","state","health_check":"passed"}: the VM is running
 	EventVMUnhealthy = "vm.unhealthy" // {"name","state","error"}
 	EventVMStopped   = "vm.stopped"   // {"name","state","method"}
+	EventVMPaused    = "vm.paused"    // {"name","state"}
+	EventVMResumed   = "vm.resumed"   // {"name","state"}: running again (starting if it had not passed its check)
 	EventVMCrashed   = "vm.crashed"   // {"name","state","error"}
 	EventVMFailed    = "vm.failed"    // {"name","state","error"}: a start could not complete
 	EventVMAdopted   = "vm.adopted"   // {"name","state","pid"}: found running after a volantd restart
@@ -493,7 +503,7 @@ const (
 // EventTypes lists the event types volantd emits.
 func EventTypes() []string {
 	return []string{
-		EventVMCreated, EventVMStarted, EventVMHealthy, EventVMUnhealthy, EventVMStopped,
+		EventVMCreated, EventVMStarted, EventVMHealthy, EventVMUnhealthy, EventVMStopped, EventVMPaused, EventVMResumed,
 		EventVMCrashed, EventVMFailed, EventVMAdopted, EventVMDeleted,
 		EventPluginInstalled, EventPluginEnabled, EventPluginDisabled, EventPluginRemoved,
 		EventPluginBuildStarted, EventPluginBuildProgress, EventPluginBuildFinished, EventPluginBuildFailed,

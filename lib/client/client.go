@@ -448,6 +448,17 @@ func (c *Client) vmAction(ctx context.Context, method, name, action string) (*ap
 	return &vm, c.call(ctx, request{method: method, path: p}, &vm)
 }
 
+// PauseVM pauses a running VM's vCPUs (state "paused"; a paused VM is
+// returned as is).
+func (c *Client) PauseVM(ctx context.Context, name string) (*api.VM, error) {
+	return c.vmAction(ctx, http.MethodPost, name, "pause")
+}
+
+// ResumeVM resumes a paused VM (a running one is returned as is).
+func (c *Client) ResumeVM(ctx context.Context, name string) (*api.VM, error) {
+	return c.vmAction(ctx, http.MethodPost, name, "resume")
+}
+
 // StartVM starts a stopped, crashed or failed VM (a VM already starting or
 // running is returned as is).
 func (c *Client) StartVM(ctx context.Context, name string) (*api.VM, error) {

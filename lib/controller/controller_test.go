@@ -476,15 +476,20 @@ func TestPauseResumeCounters(t *testing.T) {
 	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "web1", Plugin: "web"}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := c.PauseVM(f.ctx, "web1")
-	if err != nil || st.State != "paused" {
-		t.Fatalf("PauseVM: %+v %v", st, err)
+	vm, err := c.PauseVM(f.ctx, "web1")
+	if err != nil || vm.State != api.VMPaused {
+		t.Fatalf("PauseVM: %+v %v", vm, err)
 	}
 	if st, err := f.rt.Inspect(f.ctx, "web1"); err != nil || st.State != "paused" {
 		t.Fatalf("the runtime's run after PauseVM: %+v %v", st, err)
 	}
-	if st, err := c.ResumeVM(f.ctx, "web1"); err != nil || st.State != "running" {
-		t.Fatalf("ResumeVM: %+v %v", st, err)
+	// It never passed its check (the fakes never report healthy): resumed,
+	// it is starting again, and its run is running.
+	if vm, err := c.ResumeVM(f.ctx, "web1"); err != nil || vm.State != api.VMStarting {
+		t.Fatalf("ResumeVM: %+v %v", vm, err)
+	}
+	if st, err := f.rt.Inspect(f.ctx, "web1"); err != nil || st.State != "running" {
+		t.Fatalf("the runtime's run after ResumeVM: %+v %v", st, err)
 	}
 	rep, err := c.VMCounters(f.ctx, "web1")
 	if err != nil || rep.Name != "web1" || rep.Counters["disk0"]["read_ops"] != 1 {

@@ -85,6 +85,9 @@ func (c *Controller) pollHealth(ctx context.Context, name string, ended <-chan s
 			c.log.Warn("health poll: reading the VM", "vm", name, "err", err)
 		}
 		wait := c.cfg.HealthInterval
+		if err == nil && v.State == api.VMPaused {
+			failures = 0 // a paused guest cannot answer; it starts afresh
+		}
 		if err == nil && v.State == api.VMStarting {
 			wait = time.Second
 		}

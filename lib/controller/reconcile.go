@@ -248,7 +248,7 @@ func (c *Controller) reconcileVM(ctx context.Context, v vmRow, rep *ReconcileRep
 		}
 		c.recordRun(ctx, v.Name, ri, true)
 		note(&rep.Adopted, v.Name)
-	case v.State == api.VMStarting || v.State == api.VMRunning || v.State == api.VMStopping:
+	case v.State == api.VMStarting || v.State == api.VMRunning || v.State == api.VMPaused || v.State == api.VMStopping:
 		// It should run, but its run is gone: it died while volantd was away.
 		if _, err := c.cfg.Runtime.Stop(ctx, v.Name, c.cfg.StopTimeout); err != nil {
 			log.Warn("reconcile: clearing a dead run", "err", err)

@@ -98,7 +98,7 @@ func (c *Controller) runEnded(ctx context.Context, name string, info *launch.Sta
 		if v.Supervisor == nil || *v.Supervisor != info.SupervisorID() || v.Desired != desireRunning {
 			return errSkip
 		}
-		if v.State != api.VMStarting && v.State != api.VMRunning {
+		if v.State != api.VMStarting && v.State != api.VMRunning && v.State != api.VMPaused {
 			return errSkip
 		}
 		v.State, v.PID, v.Supervisor, v.VMM, v.Health, v.Error = api.VMCrashed, 0, nil, nil, "", msg

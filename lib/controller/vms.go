@@ -565,6 +565,8 @@ func (c *Controller) recordRun(ctx context.Context, name string, info *launch.St
 			// Another run than the recorded one (systemd restarted it):
 			// its guest has to prove itself healthy again.
 			v.State, v.Health, v.Agent, v.AgentAt = api.VMStarting, string(agentapi.HealthUnknown), nil, nil
+		case same && v.State == api.VMPaused && info.State == vmm.StatePaused:
+			// Adopted after a restart, still paused: it stays paused.
 		case !same && v.State == api.VMRunning:
 			// The first run since a start; its guest reported healthy
 			// before this step finished recording it.
@@ -668,7 +670,7 @@ func (c *Controller) stop(ctx context.Context, name, desired string) error {
 		v.Desired, v.Step = desired, "stop"
 		if desired == desireDeleted {
 			v.State = api.VMDeleting
-		} else if v.State == api.VMStarting || v.State == api.VMRunning {
+		} else if v.State == api.VMStarting || v.State == api.VMRunning || v.State == api.VMPaused {
 			v.State = api.VMStopping
 		}
 		return nil
@@ -677,6 +679,7 @@ func (c *Controller) stop(ctx context.Context, name, desired string) error {
 		return err
 	}
 	c.unwatch(name)
+	c.resumeToStop(ctx, name)
 	method, err := c.cfg.Runtime.Stop(ctx, name, c.cfg.StopTimeout)
 	if err != nil {
 		return fmt.Errorf("stopping VM %s: %w", name, err)

@@ -32,6 +32,8 @@ type Backend interface {
 	CreateVM(ctx context.Context, req api.CreateVMRequest) (*api.VM, error)
 	StartVM(ctx context.Context, name string) (*api.VM, error)
 	StopVM(ctx context.Context, name string) (*api.VM, error)
+	PauseVM(ctx context.Context, name string) (*api.VM, error)
+	ResumeVM(ctx context.Context, name string) (*api.VM, error)
 	DeleteVM(ctx context.Context, name string) (*api.VM, error)
 	ListPlugins(ctx context.Context) ([]api.Plugin, error)
 	ListDeployments(ctx context.Context) ([]api.Deployment, error)
@@ -65,7 +67,7 @@ type (
 	listVMsIn struct {
 		Plugin     string `json:"plugin,omitempty" jsonschema:"only VMs of this plugin"`
 		Deployment string `json:"deployment,omitempty" jsonschema:"only replicas of this deployment"`
-		State      string `json:"state,omitempty" jsonschema:"only VMs in this state: starting, running, stopping, stopped, crashed, failed, deleting"`
+		State      string `json:"state,omitempty" jsonschema:"only VMs in this state: starting, running, paused, stopping, stopped, crashed, failed, deleting"`
 	}
 	nameIn struct {
 		Name string `json:"name" jsonschema:"the VM's name"`
@@ -169,6 +171,22 @@ func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
 	mcp.AddTool(s, &mcp.Tool{Name: "stop_vm", Description: "Stop a VM (ACPI power button, then a hard stop). It keeps its address and can be started again.", Annotations: destructive},
 		func(ctx context.Context, _ *mcp.CallToolRequest, in nameIn) (*mcp.CallToolResult, any, error) {
 			vm, err := b.StopVM(ctx, in.Name)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return nil, vm, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "pause_vm", Description: "Pause a running VM's vCPUs. A paused VM keeps its memory and address, is not health-checked, takes no published-port traffic and is not replaced by its deployment."},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in nameIn) (*mcp.CallToolResult, any, error) {
+			vm, err := b.PauseVM(ctx, in.Name)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return nil, vm, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "resume_vm", Description: "Resume a paused VM."},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in nameIn) (*mcp.CallToolResult, any, error) {
+			vm, err := b.ResumeVM(ctx, in.Name)
 			if err != nil {
 				return nil, nil, toolErr(err)
 			}

@@ -118,6 +118,12 @@ func (s *Server) routes() []route {
 			status:  200, resp: api.VM{}, errors: append(nameErrors, apierr.Conflict), handler: s.vmAction(s.ctl.StopVM)},
 		{method: "POST", path: api.Prefix + "/vms/{name}/restart", id: "restartVM", tag: "vms", summary: "Stop and start a VM",
 			status: 200, resp: api.VM{}, errors: append(nameErrors, apierr.Conflict, apierr.Unavailable), handler: s.vmAction(s.ctl.RestartVM)},
+		{method: "POST", path: api.Prefix + "/vms/{name}/pause", id: "pauseVM", tag: "vms",
+			summary: "Pause a running VM's vCPUs (state paused: not health-checked, no published-port traffic, not replaced by its deployment)",
+			status:  200, resp: api.VM{}, errors: append(nameErrors, apierr.Conflict), handler: s.vmAction(s.ctl.PauseVM)},
+		{method: "POST", path: api.Prefix + "/vms/{name}/resume", id: "resumeVM", tag: "vms",
+			summary: "Resume a paused VM (running again, or starting if it had not passed its health check)",
+			status:  200, resp: api.VM{}, errors: append(nameErrors, apierr.Conflict), handler: s.vmAction(s.ctl.ResumeVM)},
 		{method: "GET", path: api.Prefix + "/vms/{name}/logs", id: "vmLogs", tag: "vms",
 			summary: "The VM's serial console log (stream=console, the default) or its workload's output as kestrel captured it " +
 				"(stream=workload for stdout and stderr, or one of them), kept on the host; lost output shows as a line " +

@@ -86,6 +86,8 @@ type CommandLine struct {
 		Start    vmStartCmd    `command:"start" description:"Start a stopped, crashed or failed VM"`
 		Stop     vmStopCmd     `command:"stop" description:"Stop a VM (power button, then hard stop); it keeps its address"`
 		Restart  vmRestartCmd  `command:"restart" description:"Stop and start a VM"`
+		Pause    vmPauseCmd    `command:"pause" description:"Pause a running VM's vCPUs (no health checks, no published-port traffic)"`
+		Resume   vmResumeCmd   `command:"resume" description:"Resume a paused VM"`
 		Delete   vmDeleteCmd   `command:"delete" alias:"rm" description:"Stop a VM, free its address and forget it"`
 		Logs     vmLogsCmd     `command:"logs" description:"Print what a VM's workload wrote (stdout and stderr), or its serial console with --console"`
 		Exec     vmExecCmd     `command:"exec" description:"Run a command in a running VM (over the host-only agent channel)" long-description:"Run a command in a running VM over the agent channel, which only the host reaches (never the guest network). The command runs directly (no shell unless you name one) with the workload's environment; its output streams to yours and volar exits with its status. -i attaches stdin; -t allocates a terminal in the guest (with -i, your terminal goes raw and its size follows). Exit statuses: the command's; 125 when Volant could not run it (VM not running, daemon unreachable; the error is printed), 126 when it cannot be executed, 127 when it does not exist. With -o json the command runs to its end and its exit code, stdout and stderr are printed as one JSON object."`
@@ -373,7 +375,7 @@ func parsePublish(specs []string) ([]portmap.Mapping, error) {
 type vmListCmd struct {
 	Plugin     PluginName     `long:"plugin" value-name:"PLUGIN" description:"only VMs of this plugin"`
 	Deployment DeploymentName `long:"deployment" value-name:"NAME" description:"only replicas of this deployment"`
-	State      string         `long:"state" value-name:"STATE" description:"only VMs in this state (starting, running, stopping, stopped, crashed, failed, deleting)"`
+	State      string         `long:"state" value-name:"STATE" description:"only VMs in this state (starting, running, paused, stopping, stopped, crashed, failed, deleting)"`
 }
 
 func (c *vmListCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
@@ -405,6 +407,18 @@ type vmStopCmd struct{ vmCmd }
 
 func (c *vmStopCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 	return s.VMAction(ctx, "stop", string(c.Args.Name), WaitOptions{})
+}
+
+type vmPauseCmd struct{ vmCmd }
+
+func (c *vmPauseCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.VMAction(ctx, "pause", string(c.Args.Name), WaitOptions{})
+}
+
+type vmResumeCmd struct{ vmCmd }
+
+func (c *vmResumeCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.VMAction(ctx, "resume", string(c.Args.Name), WaitOptions{})
 }
 
 type vmDeleteCmd struct{ vmCmd }

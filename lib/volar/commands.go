@@ -222,6 +222,8 @@ func (s *Session) VMAction(ctx context.Context, action, name string, w WaitOptio
 		"start":   {s.Client.StartVM, "started"},
 		"stop":    {s.Client.StopVM, "stopped"},
 		"restart": {s.Client.RestartVM, "restarted"},
+		"pause":   {s.Client.PauseVM, "paused"},
+		"resume":  {s.Client.ResumeVM, "resumed"},
 		"delete":  {s.Client.DeleteVM, "deleted"},
 	}
 	a, ok := acts[action]
@@ -379,6 +381,10 @@ func describeVMEvent(ev *api.Event) string {
 		return "unhealthy: " + d.Error
 	case api.EventVMStopped:
 		return "stopped"
+	case api.EventVMPaused:
+		return "paused"
+	case api.EventVMResumed:
+		return "resumed"
 	case api.EventVMCrashed:
 		return "crashed: " + d.Error
 	case api.EventVMFailed:
