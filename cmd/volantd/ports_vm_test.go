@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -144,6 +145,56 @@ func tally(ns *netnstest.NS, addr string, n int) (map[string]int, []error) {
 	return got, errs
 }
 
+// healthWatch counts the events that can change a deployment's endpoint
+// set (health verdicts, pauses, crashes), from a stream opened at once.
+type healthWatch struct{ n atomic.Int64 }
+
+func watchHealth(t testing.TB, c *client.Client) *healthWatch {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := c.Events(ctx, api.EventOptions{Types: []string{api.EventVMHealthy, api.EventVMUnhealthy,
+		api.EventVMPaused, api.EventVMResumed, api.EventVMCrashed, api.EventVMStarted}})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	w := &healthWatch{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if _, err := st.Next(); err != nil {
+				return
+			}
+			w.n.Add(1)
+		}
+	}()
+	t.Cleanup(func() { cancel(); st.Close(); <-done })
+	return w
+}
+
+// stableTally is tally over a set that stays want for the whole run: on
+// this shared, loaded machine a TCG guest sometimes misses its health
+// checks, and the replica then rightly leaves the set for a while. A run
+// during which any health event came is done again (up to 4 runs); the
+// caller checks the exact round robin of the stable one.
+func stableTally(t testing.TB, ns *netnstest.NS, addr string, n int, c *client.Client, w *healthWatch, dep string, want []string) (map[string]int, []error) {
+	t.Helper()
+	for try := 1; ; try++ {
+		waitEndpoints(t, c, dep, want, 120*time.Second)
+		before := w.n.Load()
+		got, errs := tally(ns, addr, n)
+		time.Sleep(300 * time.Millisecond) // events of the last requests' time reach the stream
+		if w.n.Load() == before {
+			return got, errs
+		}
+		t.Logf("run %d: the endpoint set changed during %d requests (health events; the machine is loaded): %v %d errors", try, n, got, len(errs))
+		if try == 4 {
+			t.Fatalf("no stable run of %d requests in 4 tries", n)
+		}
+	}
+}
+
 func waitEndpoints(t testing.TB, c *client.Client, name string, want []string, timeout time.Duration) time.Duration {
 	t.Helper()
 	t0 := time.Now()
@@ -202,7 +253,8 @@ func TestPublishedPortsVM(t *testing.T) {
 	t.Logf("3 replicas healthy behind 8080 after %s", took.Round(time.Millisecond))
 
 	// 300 requests from the LAN through the one port: 100 per replica.
-	got, errs := tally(far, "10.77.0.1:8080", 300)
+	hw := watchHealth(t, d.c)
+	got, errs := stableTally(t, far, "10.77.0.1:8080", 300, d.c, hw, "svc", all)
 	t.Logf("distribution over 300 requests through 10.77.0.1:8080: %v", got)
 	if len(errs) > 0 {
 		t.Fatalf("%d of 300 requests failed, first: %v", len(errs), errs[0])
@@ -260,7 +312,7 @@ func TestPublishedPortsVM(t *testing.T) {
 	}
 	took = waitEndpoints(t, d.c, "svc", []string{"svc-1", "svc-3"}, 2*interval)
 	t.Logf("svc-2's workload killed: out of the set after %s (limit %s)", took.Round(time.Millisecond), 2*interval)
-	got, errs = tally(far, "10.77.0.1:8080", 30)
+	got, errs = stableTally(t, far, "10.77.0.1:8080", 30, d.c, hw, "svc", []string{"svc-1", "svc-3"})
 	if got["svc-2"] != 0 || got["svc-1"] != 15 || got["svc-3"] != 15 || len(errs) > 0 {
 		t.Fatalf("after killing svc-2's workload (%s after): %v %v", time.Since(t0), got, errs)
 	}
@@ -272,7 +324,7 @@ func TestPublishedPortsVM(t *testing.T) {
 	}
 	took = waitEndpoints(t, d.c, "svc", []string{"svc-1"}, 2*interval+2*time.Second) // kestrel needs 3 failed checks (1.5 s)
 	t.Logf("svc-3 unhealthy: out of the set after %s", took.Round(time.Millisecond))
-	if got, errs := tally(far, "10.77.0.1:8080", 10); got["svc-1"] != 10 {
+	if got, errs := stableTally(t, far, "10.77.0.1:8080", 10, d.c, hw, "svc", []string{"svc-1"}); got["svc-1"] != 10 {
 		t.Fatalf("only svc-1 should answer: %v %v", got, errs)
 	}
 	if b, err := getIn(h.ns, "http://"+v3.IP+"/cgi-bin/well", 5*time.Second); err != nil || b != "well" {
@@ -280,7 +332,7 @@ func TestPublishedPortsVM(t *testing.T) {
 	}
 	took = waitEndpoints(t, d.c, "svc", []string{"svc-1", "svc-3"}, 2*interval+2*time.Second)
 	t.Logf("svc-3 healthy again: back in the set after %s", took.Round(time.Millisecond))
-	if got, errs := tally(far, "10.77.0.1:8080", 10); got["svc-1"] != 5 || got["svc-3"] != 5 {
+	if got, errs := stableTally(t, far, "10.77.0.1:8080", 10, d.c, hw, "svc", []string{"svc-1", "svc-3"}); got["svc-1"] != 5 || got["svc-3"] != 5 {
 		t.Fatalf("svc-1 and svc-3 should share: %v %v", got, errs)
 	}
 
@@ -304,7 +356,7 @@ func TestPublishedPortsVM(t *testing.T) {
 	if b, err := getIn(h.ns, "http://"+v3.IP+"/name.txt", 2*time.Second); err == nil {
 		t.Fatalf("paused svc-3 answered: %q", b)
 	}
-	if got, errs := tally(far, "10.77.0.1:8080", 10); got["svc-1"] != 10 {
+	if got, errs := stableTally(t, far, "10.77.0.1:8080", 10, d.c, hw, "svc", []string{"svc-1"}); got["svc-1"] != 10 {
 		t.Fatalf("only svc-1 should answer while svc-3 is paused: %v %v", got, errs)
 	}
 	time.Sleep(4 * interval) // what is checked is that nothing happens
@@ -318,7 +370,7 @@ func TestPublishedPortsVM(t *testing.T) {
 		t.Fatalf("resumed svc-3: %q %v", b, err)
 	}
 	waitEndpoints(t, d.c, "svc", []string{"svc-1", "svc-3"}, 2*interval)
-	if got, errs := tally(far, "10.77.0.1:8080", 10); got["svc-1"] != 5 || got["svc-3"] != 5 {
+	if got, errs := stableTally(t, far, "10.77.0.1:8080", 10, d.c, hw, "svc", []string{"svc-1", "svc-3"}); got["svc-1"] != 5 || got["svc-3"] != 5 {
 		t.Fatalf("svc-1 and svc-3 should share after the resume: %v %v", got, errs)
 	}
 	seen := map[string]int{} // svc-3's events from the pause to the resume
@@ -356,7 +408,7 @@ func TestPublishedPortsVM(t *testing.T) {
 	if strings.Contains(rules, "vm:ghost") || !strings.Contains(rules, "dep:svc") || !strings.Contains(rules, "vm:solo") {
 		t.Fatalf("after the restart:\n%s", rules)
 	}
-	if got, errs := tally(far, "10.77.0.1:8080", 10); got["svc-1"] != 5 || got["svc-3"] != 5 {
+	if got, errs := stableTally(t, far, "10.77.0.1:8080", 10, d.c, hw, "svc", []string{"svc-1", "svc-3"}); got["svc-1"] != 5 || got["svc-3"] != 5 {
 		t.Fatalf("after the restart svc-1 and svc-3 should share: %v %v", got, errs)
 	}
 
