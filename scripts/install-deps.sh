@@ -25,6 +25,7 @@ pkgs=(
   dropbear-bin openssh-client                 # bench/exec: ssh into a guest as the baseline
   zsh                                         # volar's zsh completion test
   nodejs npm                                  # the MCP client test (official TypeScript SDK)
+  prometheus                                  # scrapes volantd in the metrics test (cmd/volantd)
 )
 [[ ${1:-} == demo ]] && pkgs=("${demo[@]}")
 missing=()

@@ -20,6 +20,10 @@
 //	                                          head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >F
 //	--token T            VOLANT_TOKEN         the token itself; on the command line every user sees it in ps
 //	                                          (volantd warns): prefer --token-file or the variable
+//	--metrics-listen ADDR VOLANT_METRICS_LISTEN  also serve GET /metrics (Prometheus text format) alone on
+//	                                          this TCP address; it needs the token unless --metrics-no-auth.
+//	                                          The API's listeners serve /metrics too (the socket without a token)
+//	--metrics-no-auth    VOLANT_METRICS_NO_AUTH  serve --metrics-listen to anyone who reaches it, without a token
 //	--db PATH            VOLANT_DB            state database (default <data-dir>/volant.db)
 //	--data-dir DIR       VOLANT_DATA_DIR      plugins/, vms/<name>/ (spec, serial log) (default /var/lib/volant)
 //	--run-root DIR       VOLANT_RUN_ROOT      per-VM run directories (default /run/volant/vms)
@@ -141,6 +145,8 @@ type serveCmd struct {
 	Listen         string        `long:"listen" env:"VOLANT_LISTEN" description:"also serve the API on this TCP address (requires --token-file)"`
 	Token          string        `long:"token" env:"VOLANT_TOKEN" description:"bearer token required on TCP"`
 	TokenFile      string        `long:"token-file" env:"VOLANT_TOKEN_FILE" description:"file holding the token"`
+	MetricsListen  string        `long:"metrics-listen" env:"VOLANT_METRICS_LISTEN" description:"also serve GET /metrics alone on this TCP address (requires the token unless --metrics-no-auth)"`
+	MetricsNoAuth  bool          `long:"metrics-no-auth" env:"VOLANT_METRICS_NO_AUTH" description:"serve --metrics-listen without a token"`
 	DB             string        `long:"db" env:"VOLANT_DB" description:"state database (default <data-dir>/volant.db)"`
 	DataDir        string        `long:"data-dir" env:"VOLANT_DATA_DIR" description:"data directory"`
 	RunRoot        string        `long:"run-root" env:"VOLANT_RUN_ROOT" description:"per-VM run directories"`
@@ -219,6 +225,7 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 	}
 	return volantd.Serve(ctx, volantd.Config{
 		Socket: f.Socket, Listen: f.Listen, Token: token, Listeners: passed,
+		MetricsListen: f.MetricsListen, MetricsNoAuth: f.MetricsNoAuth,
 		DB: f.DB, IntegrityCheck: f.IntegrityCheck, DataDir: f.DataDir, RunRoot: f.RunRoot, CacheDir: f.CacheDir,
 		ArtifactDirs: f.ArtifactDirs, MaxArtifactBytes: f.MaxArtifactGiB << 30,
 		Bridge: f.Bridge, Subnet: f.Subnet, SetupNetwork: !f.NoNetSetup, NAT: nat, AgentListen: f.AgentListen, DNS: f.DNS,

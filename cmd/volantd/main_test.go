@@ -202,6 +202,8 @@ func TestContract(t *testing.T) {
 	}{
 		{"tcp without a token", []string{"--listen", "127.0.0.1:0", "--socket", ""}, 2, `"code":"USAGE"`},
 		{"nothing to listen on", []string{"--socket", ""}, 2, `"code":"USAGE"`},
+		{"metrics on tcp without a token", []string{"--metrics-listen", "127.0.0.1:0", "--socket", "/nonexistent/x.sock"}, 2, `--metrics-no-auth`},
+		{"metrics-no-auth alone", []string{"--metrics-no-auth", "--socket", "/nonexistent/x.sock"}, 2, `applies only to --metrics-listen`},
 		{"nat and no-nat", []string{"--nat", "--no-nat"}, 2, `--nat and --no-nat contradict`},
 		{"bad runner", []string{"--vm-runner", "docker"}, 2, `"code":"USAGE"`},
 		{"bad subnet", []string{"--subnet", "300.1.1.0/24", "--socket", "/nonexistent/x.sock"}, 3, `"code":"INVALID_INPUT"`},

@@ -70,6 +70,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/volantvm/volant/lib/agentapi"
@@ -206,6 +207,9 @@ type Controller struct {
 
 	wake    chan struct{} // deployment reconciler
 	retries *retries      // replicas waiting to be tried again
+	// passes and passErrors count deployment reconcile passes and the
+	// errors they met (Stats).
+	passes, passErrors atomic.Uint64
 
 	ports portSync
 	// base is the controller's lifetime context, set by Run (watchers and

@@ -463,6 +463,7 @@ func (c *Controller) runDeployments(ctx context.Context) {
 
 // ReconcileDeployments makes one pass over every deployment.
 func (c *Controller) ReconcileDeployments(ctx context.Context) {
+	c.passes.Add(1)
 	var ds []deploymentRow
 	if err := c.st.Read(ctx, func(tx *sql.Tx) error {
 		var err error
@@ -470,6 +471,7 @@ func (c *Controller) ReconcileDeployments(ctx context.Context) {
 		return err
 	}); err != nil {
 		c.log.Warn("deployments: listing", "err", err)
+		c.passErrors.Add(1)
 		return
 	}
 	c.log.Debug("deployments: a reconcile pass", "deployments", len(ds))
@@ -589,6 +591,7 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 	wg.Wait()
 
 	// Record how many run and the outcome.
+	c.passErrors.Add(uint64(len(errs)))
 	msg := strings.Join(errs, "; ")
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		var running int

@@ -68,6 +68,11 @@ func (s *Server) routes() []route {
 			status: 200, resp: api.Health{}, noAuth: true, handler: http.HandlerFunc(s.healthz)},
 		{method: "GET", path: "/openapi.json", id: "openapi", tag: "daemon", summary: "This document",
 			status: 200, resp: map[string]any{}, handler: http.HandlerFunc(s.openapi)},
+		{method: "GET", path: "/metrics", id: "metrics", tag: "daemon",
+			summary: "Prometheus metrics (text format): API request and VM boot durations, VMs by state, reconcile passes and errors, " +
+				"the boot queue, the event log, event streams; per VM (labels vm, plugin, deployment) state, health, the hypervisor " +
+				"process's CPU time and memory, guest memory and workload restarts as kestrel reports them, tap and block counters",
+			status: 200, resp: "", content: "text/plain", handler: s.metrics.handler()},
 
 		{method: "GET", path: api.Prefix + "/plugins", id: "listPlugins", tag: "plugins", summary: "List installed plugins",
 			status: 200, resp: api.PluginList{}, handler: http.HandlerFunc(s.listPlugins)},

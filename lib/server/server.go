@@ -88,6 +88,7 @@ type Server struct {
 	consoles consoles
 	lists    vmListCache
 	frames   frameCache
+	metrics  *metrics
 }
 
 // New returns a server for ctl.
@@ -117,6 +118,7 @@ func New(ctl *controller.Controller, o Options) *Server {
 		o.MaxConns = DefaultMaxConns
 	}
 	s := &Server{ctl: ctl, opts: o, log: o.Logger}
+	s.metrics = newMetrics(s)
 	s.mcp = MCPHandler(ControllerBackend{ctl}, MCPOptions{SessionTimeout: o.MCPSessionTimeout, MaxSessions: o.MCPMaxSessions, Logger: o.Logger})
 	return s
 }
@@ -127,7 +129,7 @@ func (s *Server) Handler(auth bool) http.Handler {
 	mux := http.NewServeMux()
 	streams := map[string]bool{}
 	for _, rt := range s.routes() {
-		mux.Handle(rt.pattern(), rt.handler)
+		mux.Handle(rt.pattern(), s.metrics.instrument(rt.id, rt.handler))
 		// A tar body is a stream of any size (PUT .../files).
 		if rt.reqContent == "application/x-tar" {
 			streams[rt.pattern()] = true
@@ -152,6 +154,27 @@ func (s *Server) Handler(auth bool) http.Handler {
 		h = s.authenticate(h)
 	}
 	return s.logRequests(s.bodyDeadline(true, nil, h))
+}
+
+// MetricsHandler serves only GET /metrics, for a listener of its own
+// (volantd --metrics-listen); with auth it needs the bearer token.
+func (s *Server) MetricsHandler(auth bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, apierr.New(apierr.NotFound, "this listener serves only GET /metrics").With("path", r.URL.Path))
+	})
+	var h http.Handler = mux
+	if auth {
+		h = s.authenticate(h)
+	}
+	return s.logRequests(h)
+}
+
+// Run does the server's background work until ctx ends: it follows the
+// event log for the boot duration histogram.
+func (s *Server) Run(ctx context.Context) {
+	s.metrics.followBoots(ctx)
 }
 
 // AgentHandler serves only the routes guests use, without a token.

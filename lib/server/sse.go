@@ -48,6 +48,8 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	log := s.ctl.Events()
 	sub := log.Subscribe(s.opts.SSEBuffer)
 	defer sub.Cancel()
+	s.metrics.sse.Add(1)
+	defer s.metrics.sse.Add(-1)
 	last, err := log.Last(ctx)
 	if err != nil {
 		writeError(w, r, err)

@@ -68,6 +68,11 @@ type Config struct {
 	// Listeners are sockets passed by systemd (socket activation); when
 	// any are given, Socket and Listen are not opened. TCP ones need Token.
 	Listeners []net.Listener
+	// MetricsListen is a TCP address serving only GET /metrics ("" for
+	// none; the API's listeners serve it too). It needs Token unless
+	// MetricsNoAuth says the operator wants it open.
+	MetricsListen string
+	MetricsNoAuth bool
 
 	DB string
 	// IntegrityCheck runs SQLite's full integrity_check on the database at
@@ -131,8 +136,9 @@ type Config struct {
 
 // Addrs are where a running daemon serves.
 type Addrs struct {
-	API   []net.Addr
-	Agent net.Addr
+	API     []net.Addr
+	Agent   net.Addr
+	Metrics net.Addr
 }
 
 func (c *Config) defaults() {
@@ -172,6 +178,13 @@ func (c *Config) Validate() error {
 		if err := CheckToken(c.Token); err != nil {
 			return err
 		}
+	}
+	if c.MetricsListen != "" && c.Token == "" && !c.MetricsNoAuth {
+		return apierr.New(apierr.Usage, "refusing to serve metrics on TCP without a token: give --token-file, or --metrics-no-auth to serve them to anyone who can reach %s", c.MetricsListen).
+			With("metrics_listen", c.MetricsListen)
+	}
+	if c.MetricsNoAuth && c.MetricsListen == "" {
+		return apierr.New(apierr.Usage, "--metrics-no-auth applies only to --metrics-listen, which is not given (the API's listeners always keep their token)")
 	}
 	if c.Socket == "" && c.Listen == "" && len(c.Listeners) == 0 {
 		return apierr.New(apierr.Usage, "nothing to listen on: give --socket and/or --listen")
@@ -386,8 +399,20 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 	}
 
+	if cfg.MetricsListen != "" {
+		ml, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.MetricsListen)
+		if err != nil {
+			return apierr.Wrap(apierr.Unavailable, err, "listening for metrics on "+cfg.MetricsListen)
+		}
+		defer ml.Close()
+		serve(ml, srv.MetricsHandler(!cfg.MetricsNoAuth))
+		addrs.Metrics = ml.Addr()
+		log.Info("serving metrics", "addr", ml.Addr().String(), "token", !cfg.MetricsNoAuth)
+	}
+
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
 	g.Go(func() error { ctl.Run(runCtx); return nil })
+	g.Go(func() error { srv.Run(runCtx); return nil })
 
 	cfg.Notify(fmt.Sprintf("READY=1\nSTATUS=serving; %d VMs adopted, %d resumed, %d crashed", len(rep.Adopted), len(rep.Resumed), len(rep.Crashed)))
 	if cfg.Ready != nil {

@@ -142,6 +142,13 @@ func (g *Gate) Release(name string) {
 	}
 }
 
+// Waiting is the number of starts queued for a slot.
+func (g *Gate) Waiting() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.waiting)
+}
+
 // Booting is the number of slots taken.
 func (g *Gate) Booting() int {
 	if g.slots == nil {

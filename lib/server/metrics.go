@@ -1,0 +1,360 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/procfs"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/controller/events"
+)
+
+// Metrics, GET /metrics in the Prometheus text format. Everything but the
+// request and boot histograms is read when scraped: the VM list from the
+// database, each VMM's CPU time and resident memory from /proc/<pid>/stat,
+// each tap's counters from /sys/class/net/<tap>/statistics. Guest memory
+// and workload restarts are kestrel's last report. Block counters come
+// from the hypervisor (QEMU query-blockstats, Cloud Hypervisor
+// vm.counters) through volant-launch; those are slower to ask for, so a
+// scrape answers with the last values and, when they are older than
+// blockRefresh, asks again in the background (the first scrape of a VM has
+// none). QEMU 7.2's QMP has no network counters: network series always
+// come from the tap, and only when the tap is in volantd's own network
+// namespace (they are absent otherwise).
+//
+// Series (per VM labels: vm, plugin, deployment; deployment "" for a VM
+// of its own):
+//
+//	volant_api_request_duration_seconds{route,code}   histogram, route = operationId
+//	volant_vm_boot_duration_seconds{plugin}           histogram, create (or start) → running
+//	volant_vms{state}                                 gauge, every state
+//	volant_reconcile_passes_total, volant_reconcile_errors_total
+//	volant_boot_queue_length, volant_boots_in_progress
+//	volant_event_log_events                           events retained
+//	volant_sse_subscribers                            open GET /api/v1/events streams
+//	volant_vm_state{vm,plugin,deployment,state}       1 for the VM's state
+//	volant_vm_healthy                                 1 healthy, 0 not (or unknown)
+//	volant_vm_vmm_cpu_seconds_total                   the VMM process's user+system time
+//	volant_vm_vmm_resident_memory_bytes
+//	volant_vm_guest_memory_total_bytes, volant_vm_guest_memory_used_bytes  (MemTotal − MemAvailable)
+//	volant_vm_workload_restarts_total
+//	volant_vm_network_{receive,transmit}_{bytes,packets}_total  as the guest sees it (its receive is the tap's transmit)
+//	volant_vm_block_{read,write}_{bytes,ops}_total{device}
+//
+// plus the Go runtime's and volantd's own process series (go_*, process_*).
+type metrics struct {
+	s        *Server
+	reg      *prometheus.Registry
+	requests *prometheus.HistogramVec
+	boots    *prometheus.HistogramVec
+	sse      atomic.Int64
+	proc     procfs.FS
+	procErr  error
+	sysNet   string // /sys/class/net
+
+	blockMu      sync.Mutex
+	blockAt      time.Time
+	blockBusy    bool
+	blockByVM    map[string]map[string]map[string]int64
+	blockRefresh time.Duration
+
+	// bootSub is taken when the server is made, so that Run sees the
+	// boots that began before it.
+	bootSub *events.Subscription
+}
+
+// blockRefresh is how old block counters may get before a scrape asks the
+// hypervisors again.
+const blockRefresh = 10 * time.Second
+
+var vmLabels = []string{"vm", "plugin", "deployment"}
+
+var (
+	descVMs          = prometheus.NewDesc("volant_vms", "VMs by state.", []string{"state"}, nil)
+	descPasses       = prometheus.NewDesc("volant_reconcile_passes_total", "Passes of the deployment reconciler.", nil, nil)
+	descPassErrors   = prometheus.NewDesc("volant_reconcile_errors_total", "Errors the deployment reconciler met (replicas it could not create, delete or replace).", nil, nil)
+	descBootQueue    = prometheus.NewDesc("volant_boot_queue_length", "Starts waiting for a boot slot (--max-booting).", nil, nil)
+	descBooting      = prometheus.NewDesc("volant_boots_in_progress", "Boot slots taken: VMs started and not yet healthy.", nil, nil)
+	descEventLog     = prometheus.NewDesc("volant_event_log_events", "Events retained in the event log.", nil, nil)
+	descSSE          = prometheus.NewDesc("volant_sse_subscribers", "Open event streams (GET /api/v1/events).", nil, nil)
+	descState        = prometheus.NewDesc("volant_vm_state", "1 for the VM's current state.", append(vmLabels[:3:3], "state"), nil)
+	descHealthy      = prometheus.NewDesc("volant_vm_healthy", "1 when the VM's last health verdict is healthy, else 0.", vmLabels, nil)
+	descCPU          = prometheus.NewDesc("volant_vm_vmm_cpu_seconds_total", "User and system CPU time of the VM's hypervisor process (/proc/<pid>/stat).", vmLabels, nil)
+	descRSS          = prometheus.NewDesc("volant_vm_vmm_resident_memory_bytes", "Resident memory of the VM's hypervisor process (/proc/<pid>/stat).", vmLabels, nil)
+	descGuestTotal   = prometheus.NewDesc("volant_vm_guest_memory_total_bytes", "The guest's MemTotal, as kestrel last reported it.", vmLabels, nil)
+	descGuestUsed    = prometheus.NewDesc("volant_vm_guest_memory_used_bytes", "The guest's MemTotal − MemAvailable, as kestrel last reported it.", vmLabels, nil)
+	descRestarts     = prometheus.NewDesc("volant_vm_workload_restarts_total", "Workload restarts, as kestrel last reported them.", vmLabels, nil)
+	descNetRxBytes   = prometheus.NewDesc("volant_vm_network_receive_bytes_total", "Bytes the guest received (its tap's tx_bytes).", vmLabels, nil)
+	descNetTxBytes   = prometheus.NewDesc("volant_vm_network_transmit_bytes_total", "Bytes the guest sent (its tap's rx_bytes).", vmLabels, nil)
+	descNetRxPackets = prometheus.NewDesc("volant_vm_network_receive_packets_total", "Packets the guest received (its tap's tx_packets).", vmLabels, nil)
+	descNetTxPackets = prometheus.NewDesc("volant_vm_network_transmit_packets_total", "Packets the guest sent (its tap's rx_packets).", vmLabels, nil)
+	devLabels        = append(vmLabels[:3:3], "device")
+	descBlock        = map[string]*prometheus.Desc{
+		"read_bytes":  prometheus.NewDesc("volant_vm_block_read_bytes_total", "Bytes read from a disk, by the hypervisor's count.", devLabels, nil),
+		"write_bytes": prometheus.NewDesc("volant_vm_block_write_bytes_total", "Bytes written to a disk, by the hypervisor's count.", devLabels, nil),
+		"read_ops":    prometheus.NewDesc("volant_vm_block_read_ops_total", "Read operations on a disk, by the hypervisor's count.", devLabels, nil),
+		"write_ops":   prometheus.NewDesc("volant_vm_block_write_ops_total", "Write operations on a disk, by the hypervisor's count.", devLabels, nil),
+	}
+)
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{s: s, reg: prometheus.NewRegistry(), sysNet: "/sys/class/net", blockRefresh: blockRefresh,
+		blockByVM: map[string]map[string]map[string]int64{}}
+	if s.ctl != nil { // nil: only the OpenAPI document is wanted
+		m.bootSub = s.ctl.Events().Subscribe(1024)
+	}
+	m.proc, m.procErr = procfs.NewFS(procfs.DefaultMountPoint)
+	m.requests = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "volant_api_request_duration_seconds", Help: "API request duration by route (operationId) and HTTP status; streams count until they end.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+	}, []string{"route", "code"})
+	m.boots = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "volant_vm_boot_duration_seconds", Help: "From a VM's create (or start) to its first passed health check.",
+		Buckets: []float64{.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300},
+	}, []string{"plugin"})
+	m.reg.MustRegister(m.requests, m.boots, m, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Describe sends nothing: the per-VM series change with the VMs, so the
+// collector is unchecked.
+func (m *metrics) Describe(chan<- *prometheus.Desc) {}
+
+// Collect reads the daemon's and every VM's series.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	st := m.s.ctl.Stats()
+	counter(descPasses, float64(st.ReconcilePasses))
+	counter(descPassErrors, float64(st.ReconcileErrors))
+	gauge(descBootQueue, float64(st.BootQueue))
+	gauge(descBooting, float64(st.Booting))
+	gauge(descSSE, float64(m.sse.Load()))
+	if n, err := m.eventLogSize(ctx); err == nil {
+		gauge(descEventLog, float64(n))
+	}
+
+	vms, err := m.s.ctl.ListVMs(ctx, api.VMFilter{})
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(descVMs, err)
+		return
+	}
+	byState := map[api.VMState]int{}
+	for _, s := range api.VMStates() {
+		byState[s] = 0
+	}
+	block := m.blockCounters(vms)
+	for i := range vms {
+		v := &vms[i]
+		byState[v.State]++
+		l := []string{v.Name, v.Plugin, v.Deployment}
+		gauge(descState, 1, append(l[:3:3], string(v.State))...)
+		healthy := 0.0
+		if v.Health == "healthy" {
+			healthy = 1
+		}
+		gauge(descHealthy, healthy, l...)
+		if v.PID > 0 && m.procErr == nil {
+			if p, err := m.proc.Proc(v.PID); err == nil {
+				if s, err := p.Stat(); err == nil {
+					counter(descCPU, s.CPUTime(), l...)
+					gauge(descRSS, float64(s.ResidentMemory()), l...)
+				}
+			}
+		}
+		if a := v.Agent; a != nil {
+			counter(descRestarts, float64(a.Workload.Restarts), l...)
+			if mem := a.Memory; mem != nil && mem.GuestTotalKiB > 0 {
+				gauge(descGuestTotal, float64(mem.GuestTotalKiB)*1024, l...)
+				gauge(descGuestUsed, float64(mem.GuestTotalKiB-mem.GuestAvailableKiB)*1024, l...)
+			}
+		}
+		if v.Tap != "" && v.PID > 0 {
+			m.tapCounters(ch, v.Tap, l)
+		}
+		for dev, cs := range block[v.Name] {
+			for k, d := range descBlock {
+				if n, ok := cs[k]; ok {
+					counter(d, float64(n), append(l[:3:3], dev)...)
+				}
+			}
+		}
+	}
+	for s, n := range byState {
+		gauge(descVMs, float64(n), string(s))
+	}
+}
+
+func (m *metrics) eventLogSize(ctx context.Context) (int64, error) {
+	log := m.s.ctl.Events()
+	first, err := log.First(ctx)
+	if err != nil {
+		return 0, err
+	}
+	last, err := log.Last(ctx)
+	if err != nil || first == 0 {
+		return 0, err
+	}
+	return last - first + 1, nil
+}
+
+// tapCounters sends a tap's counters, turned to the guest's view.
+func (m *metrics) tapCounters(ch chan<- prometheus.Metric, tap string, l []string) {
+	dir := filepath.Join(m.sysNet, tap, "statistics")
+	for _, c := range []struct {
+		file string
+		d    *prometheus.Desc
+	}{{"tx_bytes", descNetRxBytes}, {"rx_bytes", descNetTxBytes}, {"tx_packets", descNetRxPackets}, {"rx_packets", descNetTxPackets}} {
+		b, err := os.ReadFile(filepath.Join(dir, c.file))
+		if err != nil {
+			return // not in this namespace (or gone)
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.d, prometheus.CounterValue, float64(n), l...)
+	}
+}
+
+// blockCounters returns the last block counters read for vms and, when
+// they are older than blockRefresh, reads them again in the background.
+func (m *metrics) blockCounters(vms []api.VM) map[string]map[string]map[string]int64 {
+	m.blockMu.Lock()
+	defer m.blockMu.Unlock()
+	if !m.blockBusy && time.Since(m.blockAt) > m.blockRefresh {
+		var names []string
+		for _, v := range vms {
+			if v.PID > 0 && (v.State == api.VMRunning || v.State == api.VMStarting || v.State == api.VMPaused) {
+				names = append(names, v.Name)
+			}
+		}
+		m.blockBusy = true
+		go m.refreshBlock(names)
+	}
+	return m.blockByVM
+}
+
+func (m *metrics) refreshBlock(names []string) {
+	out := map[string]map[string]map[string]int64{}
+	var mu sync.Mutex
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for _, n := range names {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			rep, err := m.s.ctl.VMCounters(ctx, n)
+			if err != nil {
+				return
+			}
+			devs := map[string]map[string]int64{}
+			for dev, cs := range rep.Counters {
+				if strings.HasPrefix(dev, "tap:") {
+					continue // the tap's own counters are read at scrape
+				}
+				for k := range descBlock {
+					if _, ok := cs[k]; ok {
+						devs[dev] = cs
+						break
+					}
+				}
+			}
+			mu.Lock()
+			out[n] = devs
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	m.blockMu.Lock()
+	m.blockByVM, m.blockAt, m.blockBusy = out, time.Now(), false
+	m.blockMu.Unlock()
+}
+
+// instrument times a route's requests.
+func (m *metrics) instrument(route string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t0 := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		h.ServeHTTP(sw, r)
+		code := sw.status
+		if code == 0 {
+			code = http.StatusOK
+		}
+		m.requests.WithLabelValues(route, strconv.Itoa(code)).Observe(time.Since(t0).Seconds())
+	})
+}
+
+// followBoots observes boot durations from the event log until ctx ends:
+// from vm.created (or vm.started when no create is pending) to the next
+// vm.healthy of the same VM.
+func (m *metrics) followBoots(ctx context.Context) {
+	sub := m.bootSub
+	if sub == nil {
+		return
+	}
+	defer func() { sub.Cancel() }()
+	type pending struct {
+		at     time.Time
+		plugin string
+	}
+	since := map[string]pending{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-sub.C:
+			if !ok {
+				// Dropped for falling behind: boots in flight are lost
+				// to the histogram; take a new subscription.
+				sub = m.s.ctl.Events().Subscribe(1024)
+				clear(since)
+				continue
+			}
+			switch e.Type {
+			case api.EventVMCreated, api.EventVMStarted:
+				if _, ok := since[e.ResourceID]; ok && e.Type == api.EventVMStarted {
+					continue
+				}
+				var plugin string
+				if v, err := m.s.ctl.VM(ctx, e.ResourceID); err == nil {
+					plugin = v.Plugin
+				}
+				since[e.ResourceID] = pending{e.Timestamp, plugin}
+			case api.EventVMHealthy:
+				if p, ok := since[e.ResourceID]; ok {
+					m.boots.WithLabelValues(p.plugin).Observe(e.Timestamp.Sub(p.at).Seconds())
+					delete(since, e.ResourceID)
+				}
+			case api.EventVMStopped, api.EventVMCrashed, api.EventVMFailed, api.EventVMDeleted:
+				delete(since, e.ResourceID)
+			}
+		}
+	}
+}
+
+// metricsHandler serves the registry.
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
