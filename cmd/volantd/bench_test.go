@@ -102,6 +102,34 @@ func BenchmarkDaemonScale(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// GET /metrics with the N VMs tracked (target < 50 ms), side by side
+	// with GET /api/v1/vms one request at a time, alternating, on the
+	// unix socket, one every 100 ms.
+	var scrapeMS, listMS []float64
+	var scrapeBytes, vmSeries int
+	for i := 0; i < 21; i++ {
+		for _, p := range []string{"/metrics", "/api/v1/vms"} {
+			t0 := time.Now()
+			body, err := rawGet(d.sock, p)
+			ms := float64(time.Since(t0).Microseconds()) / 1000
+			if err != nil {
+				b.Fatal(err)
+			}
+			if p == "/metrics" {
+				scrapeMS, scrapeBytes = append(scrapeMS, ms), len(body)
+				vmSeries = strings.Count(string(body), "\nvolant_vm_state{")
+			} else {
+				listMS = append(listMS, ms)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if vmSeries != n {
+		b.Fatalf("the scrape has %d volant_vm_state series, want %d", vmSeries, n)
+	}
+	fmt.Fprintf(os.Stderr, "GET /metrics with %d VMs: median %.1f ms, p95 %.1f ms (%d bytes); GET /api/v1/vms alone: median %.1f ms\n",
+		n, median(scrapeMS), percentile(scrapeMS, 95), scrapeBytes, median(listMS))
+
 	bodyFile := filepath.Join(b.TempDir(), "vms.json")
 	if err := os.WriteFile(bodyFile, body, 0o644); err != nil {
 		b.Fatal(err)
@@ -180,6 +208,9 @@ func BenchmarkDaemonScale(b *testing.B) {
 		"get_vms_static":            sideJSON(st),
 		"ratio_requests_per_second": round2(median(vd.rps) / median(st.rps)),
 		"ratio_latency_p99":         round2(median(vd.p99) / median(st.p99)),
+		"metrics_scrape_ms":         map[string]any{"median": median(scrapeMS), "p95": percentile(scrapeMS, 95), "samples": scrapeMS, "bytes": scrapeBytes, "target": "< 50 ms"},
+		"get_vms_single_ms":         map[string]any{"median": median(listMS), "samples": listMS},
+		"ratio_scrape_to_get_vms":   round2(median(scrapeMS) / median(listMS)),
 		"wrk":                       "wrk -t2 -c16 -d" + dur + " --latency (second process, namespace loopback), rounds alternate which server goes first",
 		"target":                    ">= 1000 req/s and p99 <= 50 ms for volantd; idle RSS <= 25 MiB",
 		"host_loadavg":              loadavg(),
@@ -352,4 +383,15 @@ func wrkFloat(t testing.TB, out, re string) float64 {
 func loadavg() string {
 	b, _ := os.ReadFile("/proc/loadavg")
 	return strings.TrimSpace(string(b))
+}
+
+// percentile is the nearest-rank p-th percentile of v.
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return round2(s[max(0, min(i, len(s)-1))])
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -128,20 +129,32 @@ func getIn(ns *netnstest.NS, url string, timeout time.Duration) (string, error) 
 	return strings.TrimSpace(b.String()), nil
 }
 
-// tally sends n requests for name.txt through addr from ns and counts the
-// answers by replica (errors under "error").
+// tally sends n requests for name.txt through addr from ns, six at a
+// time (each on a new connection, so each is balanced on its own), and
+// counts the answers by replica (errors under "error").
 func tally(ns *netnstest.NS, addr string, n int) (map[string]int, []error) {
 	got := map[string]int{}
 	var errs []error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 6)
 	for range n {
-		b, err := getIn(ns, "http://"+addr+"/name.txt", 5*time.Second)
-		if err != nil {
-			got["error"]++
-			errs = append(errs, err)
-			continue
-		}
-		got[b]++
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			b, err := getIn(ns, "http://"+addr+"/name.txt", 5*time.Second)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				got["error"]++
+				errs = append(errs, err)
+				return
+			}
+			got[b]++
+		}()
 	}
+	wg.Wait()
 	return got, errs
 }
 

@@ -72,7 +72,7 @@ func TestOpenAPIMatchesTheRoutes(t *testing.T) {
 			}
 		}
 	}
-	for _, p := range []string{"/api/v1", "/api/v1/vm", "/api/v1/vms/zz/pause", "/api/v1/plugins/zz/actions", "/api/v2/vms", "/metrics", "/api/v1/deployments/zz/vms"} {
+	for _, p := range []string{"/api/v1", "/api/v1/vm", "/api/v1/vms/zz/hibernate", "/api/v1/plugins/zz/actions", "/api/v2/vms", "/metricz", "/api/v1/deployments/zz/vms"} {
 		for _, m := range methods {
 			if served(e, m, p) {
 				t.Errorf("%s %s is served but not documented", m, p)
