@@ -54,6 +54,9 @@
 //	                                          VM shows "jail":{"insecure":true}. Without it, a host where
 //	                                          the jail cannot be made fails VM starts with ISOLATION_UNAVAILABLE
 //	--health-interval D  VOLANT_HEALTH_INTERVAL  kestrel poll interval of running VMs (default 5s)
+//	--liveness-grace D   VOLANT_LIVENESS_GRACE  a deployment's replica that stays unhealthy (failing its
+//	                                          check, or kestrel not answering) longer is replaced, within
+//	                                          the replica backoff (default 2m; 0 never)
 //	--stop-timeout D     VOLANT_STOP_TIMEOUT  time a guest gets to power off (default 10s)
 //	--start-timeout D    VOLANT_START_TIMEOUT time a hypervisor gets to answer (default 60s)
 //	--max-booting N      VOLANT_MAX_BOOTING   VMs booting at once; more starts queue until one is healthy
@@ -171,6 +174,7 @@ type serveCmd struct {
 	VMMOverheadMB  int           `long:"vmm-overhead-mb" env:"VOLANT_VMM_OVERHEAD_MB" description:"memory a hypervisor may use beyond its guest's before the kernel stops it (default 160 under TCG, 96 otherwise)"`
 	VMRunner       string        `long:"vm-runner" env:"VOLANT_VM_RUNNER" default:"auto" choice:"auto" choice:"systemd" choice:"detached" description:"how VMs run"`
 	HealthInterval time.Duration `long:"health-interval" env:"VOLANT_HEALTH_INTERVAL" default:"5s" description:"kestrel poll interval"`
+	LivenessGrace  time.Duration `long:"liveness-grace" env:"VOLANT_LIVENESS_GRACE" default:"2m" description:"replace a deployment's replica unhealthy for longer (0: never)"`
 	StopTimeout    time.Duration `long:"stop-timeout" env:"VOLANT_STOP_TIMEOUT" default:"10s" description:"time a guest gets to power off"`
 	StartTimeout   time.Duration `long:"start-timeout" env:"VOLANT_START_TIMEOUT" default:"60s" description:"time a hypervisor gets to answer"`
 	MaxBooting     int           `long:"max-booting" env:"VOLANT_MAX_BOOTING" description:"VMs booting at once; more starts queue until one is healthy (default CPUs+1; -1 unlimited)"`
@@ -234,10 +238,11 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 		},
 		KernelDir: f.Kernel, Launcher: f.Launcher, VMRunner: f.VMRunner, VMMJail: vmmJail,
 		HealthInterval: f.HealthInterval, StopTimeout: f.StopTimeout, StartTimeout: f.StartTimeout,
-		MaxBooting: f.MaxBooting,
-		Images:     controller.ImageConfig{MaxBuilds: f.MaxBuilds, AuthFile: f.RegistryAuth, InsecureRegistries: f.Insecure},
-		Notify:     func(state string) { _, _ = daemon.SdNotify(false, state) },
-		Logger:     log,
+		LivenessGrace: livenessGrace(f.LivenessGrace),
+		MaxBooting:    f.MaxBooting,
+		Images:        controller.ImageConfig{MaxBuilds: f.MaxBuilds, AuthFile: f.RegistryAuth, InsecureRegistries: f.Insecure},
+		Notify:        func(state string) { _, _ = daemon.SdNotify(false, state) },
+		Logger:        log,
 	})
 }
 
@@ -350,4 +355,13 @@ func (openAPICmd) Execute(_ context.Context, env *cli.Env) error {
 	}
 	_, err = fmt.Fprintf(env.Stdout, "%s\n", doc)
 	return err
+}
+
+// livenessGrace maps the flag (0: never) to the controller's setting
+// (negative: never).
+func livenessGrace(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

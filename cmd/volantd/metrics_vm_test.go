@@ -100,8 +100,20 @@ func TestMetricsPrometheusVM(t *testing.T) {
 	if _, err := d.c.CreateDeployment(ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "svc", Replicas: 2}); err != nil {
 		t.Fatal(err)
 	}
-	took := waitEndpoints(t, d.c, "svc", []string{"svc-1", "svc-2"}, 300*time.Second)
-	t.Logf("2 replicas healthy after %s", took.Round(time.Millisecond))
+	t1 := time.Now()
+	for _, n := range []string{"svc-1", "svc-2"} {
+		for {
+			_, err := d.c.WaitVM(ctx, n, api.VMRunning, 300*time.Second)
+			if err == nil {
+				break
+			}
+			if time.Since(t1) > 300*time.Second { // the replica may not exist yet
+				t.Fatalf("%s: %v", n, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	t.Logf("2 replicas running after %s", time.Since(t1).Round(time.Millisecond))
 
 	cfg := filepath.Join(h.dir, "prometheus.yml")
 	if err := os.WriteFile(cfg, []byte(`global:

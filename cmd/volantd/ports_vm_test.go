@@ -251,7 +251,8 @@ func TestPublishedPortsVM(t *testing.T) {
 	wrap := []string{"ip", "netns", "exec", h.ns.Name}
 	const interval = 2 * time.Second
 	args := []string{"--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", interval.String(), "--start-timeout", "90s", "--stop-timeout", "5s"}
+		"--health-interval", interval.String(), "--start-timeout", "90s", "--stop-timeout", "5s",
+		"--liveness-grace", "0"} // svc-2's dead workload must stay out of the set, not be replaced
 	d := startDaemon(t, h.dir, wrap, nil, args...)
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, svcPlugin(t, filepath.Join(h.dir, "data"), k.ModulesDir, kestrel, "1", "/health"), client.InstallOptions{}); err != nil {

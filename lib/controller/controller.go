@@ -146,6 +146,11 @@ type Config struct {
 	// 1 s and 5 min.
 	ReplicaBackoff    time.Duration
 	ReplicaBackoffMax time.Duration
+	// LivenessGrace is how long a running replica may stay unhealthy
+	// (its health check failing, or kestrel not answering) before the
+	// reconciler replaces it, within the replica backoff (default
+	// DefaultLivenessGrace; negative: never).
+	LivenessGrace time.Duration
 	// ReplicaParallelism bounds concurrent replica creations (default 2).
 	ReplicaParallelism int
 	// MaxBooting bounds the VMs booting at once: a start waits for a slot
@@ -210,6 +215,7 @@ type Controller struct {
 	// passes and passErrors count deployment reconcile passes and the
 	// errors they met (Stats).
 	passes, passErrors atomic.Uint64
+	live               *liveness // replicas seen unhealthy, since when
 
 	ports portSync
 	// base is the controller's lifetime context, set by Run (watchers and
@@ -293,6 +299,10 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c.events = events.New(cfg.Store, cfg.Logger)
 	c.retries = newRetries(cfg.ReplicaBackoff, cfg.ReplicaBackoffMax, c.kickDeployments)
+	if cfg.LivenessGrace == 0 {
+		cfg.LivenessGrace = DefaultLivenessGrace
+	}
+	c.live = newLiveness(cfg.LivenessGrace, c.kickDeployments)
 	return c, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/names"
@@ -530,25 +531,38 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 	// Replace crashed and failed replicas; create missing ones; both wait
 	// for their retry after a failure (retries).
 	var todo []int
+	waiting := 0 // errs that are notes of replicas waiting out their backoff
 	for i := 1; i <= d.Replicas; i++ {
 		v, ok := have[i]
 		rn := ReplicaName(name, i)
-		if ok && v.State == api.VMRunning {
-			c.retries.reset(rn)
+		if ok && v.State == api.VMRunning && v.Health != string(agentapi.HealthUnhealthy) {
+			c.retries.reset(rn) // a replica replaced for its health keeps counting
 		}
-		failedNow := ""
+		failedNow, why := "", ""
 		if ok && v.Step == "" && v.Desired == desireRunning && (v.State == api.VMCrashed || v.State == api.VMFailed) {
 			failedNow = strings.TrimSuffix(string(v.State)+": "+v.Error, ": ")
+			why = "recreating a " + string(v.State) + " replica"
+		}
+		// Liveness: running but unhealthy for longer than the grace.
+		if ok && v.Step == "" && v.Desired == desireRunning && v.State == api.VMRunning && v.Health == string(agentapi.HealthUnhealthy) {
+			if over, d := c.live.unhealthy(rn, time.Now()); over {
+				failedNow = fmt.Sprintf("unhealthy for %s (liveness grace %s): %s", d.Round(time.Second), c.cfg.LivenessGrace, v.Error)
+				why = "replacing a replica " + failedNow
+			}
+		} else {
+			c.live.healthy(rn)
 		}
 		if failedNow != "" || !ok {
 			if due, note := c.retries.due(rn, failedNow); !due {
 				errs = append(errs, note)
+				waiting++
 				continue
 			}
 		}
 		if failedNow != "" {
-			log.Info("recreating a replica", "vm", v.Name, "state", v.State)
-			if err := c.deleteReplica(ctx, v.Name, "recreating a "+string(v.State)+" replica"); err != nil {
+			log.Info("recreating a replica", "vm", v.Name, "state", v.State, "health", v.Health)
+			c.live.healthy(rn)
+			if err := c.deleteReplica(ctx, v.Name, why); err != nil {
 				errs = append(errs, err.Error())
 				continue
 			}
@@ -591,7 +605,7 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 	wg.Wait()
 
 	// Record how many run and the outcome.
-	c.passErrors.Add(uint64(len(errs)))
+	c.passErrors.Add(uint64(len(errs) - waiting))
 	msg := strings.Join(errs, "; ")
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		var running int

@@ -120,8 +120,11 @@ type Config struct {
 	VMRunner string
 
 	HealthInterval time.Duration
-	StopTimeout    time.Duration
-	StartTimeout   time.Duration
+	// LivenessGrace: a replica unhealthy for longer is replaced (0: the
+	// controller's default; negative: never).
+	LivenessGrace time.Duration
+	StopTimeout   time.Duration
+	StartTimeout  time.Duration
 	// MaxBooting bounds VMs booting at once (controller.Config.MaxBooting).
 	MaxBooting int
 	// Images configures plugin builds from container images.
@@ -332,7 +335,8 @@ func Serve(ctx context.Context, cfg Config) error {
 		Store: st, Pool: pool, Bridge: cfg.Bridge, DataDir: cfg.DataDir, Runtime: rt, Network: hn,
 		Launch: cfg.Launch, AgentHost: agentHost, AgentPort: agentPort, DNS: cfg.DNS,
 		HealthInterval: cfg.HealthInterval, StopTimeout: cfg.StopTimeout, StartTimeout: cfg.StartTimeout, Logger: log,
-		MaxBooting: cfg.MaxBooting, ArtifactDirs: cfg.ArtifactDirs, MaxArtifactBytes: cfg.MaxArtifactBytes,
+		LivenessGrace: cfg.LivenessGrace,
+		MaxBooting:    cfg.MaxBooting, ArtifactDirs: cfg.ArtifactDirs, MaxArtifactBytes: cfg.MaxArtifactBytes,
 		Images: cfg.Images,
 	})
 	if err != nil {
