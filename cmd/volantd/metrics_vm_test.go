@@ -70,10 +70,10 @@ func procStat(t testing.TB, pid int) (cpu float64, rss float64) {
 		t.Fatal(err)
 	}
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:])) // from field 3, state
-	ut, _ := strconv.ParseFloat(f[11], 64)                                    // field 14
-	st, _ := strconv.ParseFloat(f[12], 64)                                    // field 15
-	pages, _ := strconv.ParseFloat(f[21], 64)                                 // field 24
-	return (ut + st) / 100, pages * float64(os.Getpagesize())                 // USER_HZ is 100 on Linux
+	ut, _ := strconv.ParseFloat(f[11], 64)                                   // field 14
+	st, _ := strconv.ParseFloat(f[12], 64)                                   // field 15
+	pages, _ := strconv.ParseFloat(f[21], 64)                                // field 24
+	return (ut + st) / 100, pages * float64(os.Getpagesize())                // USER_HZ is 100 on Linux
 }
 
 // TestMetricsPrometheusVM runs Debian's real Prometheus server against
