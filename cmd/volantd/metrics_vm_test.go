@@ -190,12 +190,16 @@ scrape_configs:
 		if err != nil || v.PID == 0 {
 			t.Fatalf("%s: %+v %v", n, v, err)
 		}
-		cpu := promQuery(t, h.ns, base, fmt.Sprintf(`volant_vm_vmm_cpu_seconds_total{vm=%q,plugin="svc",deployment="svc"}`, n))
+		sel := fmt.Sprintf(`volant_vm_vmm_cpu_seconds_total{vm=%q,plugin="svc",deployment="svc"}`, n)
+		cpu := promQuery(t, h.ns, base, sel)
+		at := promQuery(t, h.ns, base, "timestamp("+sel+")") // when it was scraped
 		rss := promQuery(t, h.ns, base, fmt.Sprintf(`volant_vm_vmm_resident_memory_bytes{vm=%q}`, n))
 		procCPU, procRSS := procStat(t, v.PID)
-		if len(cpu) != 1 || len(rss) != 1 {
+		if len(cpu) != 1 || len(rss) != 1 || len(at) != 1 {
 			t.Fatalf("%s: cpu %+v rss %+v", n, cpu, rss)
 		}
+		sec := int64(at[0].Value)
+		cpu[0].At = time.Unix(sec, int64((at[0].Value-float64(sec))*1e9))
 		lag := time.Since(cpu[0].At) + time.Second
 		maxGain := lag.Seconds() * float64(runtime.NumCPU())
 		t.Logf("%s (pid %d): cpu %.2f s in Prometheus (%s old), %.2f s in /proc; rss %.1f MiB vs %.1f MiB",
