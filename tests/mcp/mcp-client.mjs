@@ -50,7 +50,7 @@ check(client.getServerVersion()?.name === "volantd", "initialize: server is vola
 
 const { tools } = await client.listTools();
 const names = tools.map((t) => t.name).sort();
-for (const want of ["create_vm", "delete_vm", "list_plugins", "list_vms", "scale_deployment", "stop_vm", "vm_logs"]) {
+for (const want of ["create_vm", "delete_vm", "list_plugins", "list_vms", "pause_vm", "resume_vm", "scale_deployment", "stop_vm", "vm_logs"]) {
   check(names.includes(want), `tools/list has ${want}`, names);
 }
 const create = tools.find((t) => t.name === "create_vm");
@@ -69,6 +69,13 @@ check(!res.isError && structured(res).vms.some((v) => v.name === vm && v.ip === 
 
 res = await client.callTool({ name: "vm_logs", arguments: { name: vm, tail: 5 } });
 check(!res.isError && res.content[0].type === "text", "vm_logs reads the console log", res);
+
+res = await client.callTool({ name: "pause_vm", arguments: { name: vm } });
+check(!res.isError && structured(res).state === "paused", "pause_vm pauses it", res);
+res = await client.callTool({ name: "resume_vm", arguments: { name: vm } });
+check(!res.isError && ["starting", "running"].includes(structured(res).state), "resume_vm resumes it", res);
+res = await client.callTool({ name: "resume_vm", arguments: { name: "nope" } });
+check(res.isError && res.content[0].text.startsWith("NOT_FOUND"), "resume_vm of no VM is NOT_FOUND", res);
 
 res = await client.callTool({ name: "stop_vm", arguments: { name: vm } });
 check(!res.isError && structured(res).state === "stopped", "stop_vm stops it", res);
