@@ -494,6 +494,7 @@ func (o *Output) Deployment(d *api.Deployment) error {
 		{"CPUs", itoa(d.Resources.CPUCores)},
 		{"Memory", mib(d.Resources.MemoryMB)},
 		{"Volumes", strings.Join(tmpl, ", ")},
+		{"From snapshot", d.FromSnapshot},
 		{"VMs", vms},
 		{"Ports", portList(d.Ports)},
 		{"Endpoints", endpoints(d)},

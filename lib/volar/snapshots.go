@@ -2,6 +2,7 @@ package volar
 
 import (
 	"context"
+	"strconv"
 	"strings"
 
 	"github.com/volantvm/volant/lib/api"
@@ -157,7 +158,7 @@ func (o *Output) Snapshot(s *api.Snapshot) error {
 		{"State size", volume.FormatSize(s.StateBytes)},
 		{"Disk copies", volume.FormatSize(s.DiskBytes)},
 		{"Disks", strings.Join(disks, "; ")},
-		{"Paused", itoa(int(s.PausedMS)) + " ms"},
+		{"Paused", strconv.FormatInt(s.PausedMS, 10) + " ms"},
 		{"Used by", strings.Join(s.UsedBy, ", ")},
 		{"Path", s.Path},
 		{"Created", o.timestamp(s.CreatedAt)},
