@@ -387,7 +387,12 @@ func (p *process) signal(sig unix.Signal) {
 			return
 		}
 	}
-	_ = unix.Kill(p.pid, sig)
+	// To the command's process group (it leads its own session), as a
+	// terminal's Ctrl-C would: `sh -c 'a | b'` ends with its pipeline
+	// rather than leaving it to hold the output open.
+	if unix.Kill(-p.pid, sig) != nil {
+		_ = unix.Kill(p.pid, sig)
+	}
 }
 
 func (p *process) closeOutputs() {
