@@ -62,8 +62,17 @@ func (c *execCmd) Execute(ctx context.Context, env *cli.Env) error {
 	}
 	defer sess.Close()
 	req := agentchan.ExecRequest{Argv: c.Args.Command, Env: c.Env, Dir: c.Workdir, User: c.User, TTY: c.TTY, Stdin: c.Interactive}
+	// Without a TTY our signals go to the command (agentterm.Forward).
+	var sigs chan os.Signal
+	if !c.TTY {
+		sigs = make(chan os.Signal, 4)
+		signal.Notify(sigs, agentterm.ForwardedSignals...)
+		defer signal.Stop(sigs)
+	}
 	if !c.Interactive && !c.TTY {
-		res, err := sess.Run(ctx, req, nil, c.MaxOutput)
+		ectx, hooks, stop := agentterm.Forward(ctx, sigs)
+		defer stop()
+		res, err := sess.RunWith(ectx, req, nil, c.MaxOutput, hooks)
 		if err != nil {
 			return err
 		}
@@ -72,7 +81,7 @@ func (c *execCmd) Execute(ctx context.Context, env *cli.Env) error {
 	winch := make(chan os.Signal, 1)
 	signal.Notify(winch, syscall.SIGWINCH)
 	defer signal.Stop(winch)
-	exit, err := agentterm.Exec(ctx, sess, req, env.Stdin, env.Stdout, env.Stderr, agentterm.Options{Winch: winch})
+	exit, err := agentterm.Exec(ctx, sess, req, env.Stdin, env.Stdout, env.Stderr, agentterm.Options{Winch: winch, Signals: sigs})
 	if err != nil {
 		return streamErr(err)
 	}

@@ -81,7 +81,11 @@
 //	exec      {"kind":"launch.exec","exit_code","signal","stdout","stderr","stdout_truncated","stderr_truncated","duration_ms"}
 //	          without -i/-t: the command ran to its end (each stream capped at --max-output, 1 MiB);
 //	          with -i or -t the command's streams are ours and so is its exit status (125: it could
-//	          not run, 126: not executable, 127: not found; the error object is on stderr)
+//	          not run, 126: not executable, 127: not found; the error object is on stderr).
+//	          Without -t, SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to
+//	          the command's process group in the guest once it runs, and its resulting status is
+//	          the result (130 after an untrapped SIGINT); the third SIGINT/SIGTERM gives up
+//	          (CANCELED: the command is hung up, then killed). With -t Ctrl-C is a key.
 //	cp        {"kind":"launch.cp","direction":"in|out","files","bytes","skipped"}
 //	logs      the workload's output as it was written (not JSON; --json: one entry per line),
 //	          from <data dir>/vms/<name>/workload.log, kept after the VM stopped

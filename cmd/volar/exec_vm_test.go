@@ -7,10 +7,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,6 +178,22 @@ func TestVMExecUnderTmux(t *testing.T) {
 		t.Errorf("the copy's mode: %v %v", st.Mode(), err)
 	}
 
+	// Without a terminal volar's signals go to the command (through
+	// volantd's upgraded connection): a trapped SIGINT runs the trap and
+	// its status is volar's; an untrapped one ends the command with 130.
+	for _, tc := range []struct {
+		script, out string
+		code        int
+	}{
+		{`trap "echo trapped; exit 42" INT; echo started; while :; do sleep 0.1; done`, "started\ntrapped\n", 42},
+		{`echo started; sleep 1006; echo survived`, "started\n", 130},
+	} {
+		out, stderr, code := signalVolar(t, sock, syscall.SIGINT, "vms", "exec", "ex1", "--", "sh", "-c", tc.script)
+		if code != tc.code || out != tc.out {
+			t.Errorf("exec %q, sent SIGINT: status %d, output %q; want %d, %q; stderr: %s", tc.script, code, out, tc.code, tc.out, stderr)
+		}
+	}
+
 	// A client killed mid-command (its HTTP connection to volantd drops):
 	// nothing it ran is left in the guest.
 	client := exec.Command(volarBinary(t), "vms", "exec", "-i", "ex1", "--", "sh", "-c", "echo started; exec sleep 1004")
@@ -216,4 +234,35 @@ func TestVMExecUnderTmux(t *testing.T) {
 	if r := runVolar(t, "", env, "vms", "exec", "ex1", "--", "true"); r.Code != 125 || !strings.Contains(r.Stderr, "CONFLICT") {
 		t.Errorf("exec into a stopped VM: %s", r)
 	}
+}
+
+// signalVolar runs volar with args against the volantd at sock, sends it
+// sig once the command printed its first line and returns volar's whole
+// stdout, its stderr and its status.
+func signalVolar(t *testing.T, sock string, sig syscall.Signal, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(volarBinary(t), args...)
+	cmd.Env = append(os.Environ(), "VOLANT_HOST="+sock)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	kill := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
+	defer kill.Stop()
+	r := bufio.NewReader(stdout)
+	first, err := r.ReadString('\n')
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("volar %q printed %q (%v): %s", args, first, err, errb.String())
+	}
+	cmd.Process.Signal(sig)
+	rest, _ := io.ReadAll(r)
+	cmd.Wait()
+	return first + string(rest), errb.String(), cmd.ProcessState.ExitCode()
 }

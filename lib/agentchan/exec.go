@@ -260,13 +260,19 @@ const DefaultOutputCap = 1 << 20
 // first, the result so far is returned with the error (TIMEOUT or
 // CANCELED).
 func (s *Session) Run(ctx context.Context, req ExecRequest, stdin []byte, maxOutput int) (*RunResult, error) {
+	return s.RunWith(ctx, req, stdin, maxOutput, ExecIO{})
+}
+
+// RunWith is Run with hooks' Control and Started (its streams are Run's
+// own): signals forwarded to the command, for one.
+func (s *Session) RunWith(ctx context.Context, req ExecRequest, stdin []byte, maxOutput int, hooks ExecIO) (*RunResult, error) {
 	if maxOutput <= 0 {
 		maxOutput = DefaultOutputCap
 	}
 	req.TTY = false
 	req.Stdin = stdin != nil
 	out, errb := &lockedCap{c: CappedBuffer{Max: maxOutput}}, &lockedCap{c: CappedBuffer{Max: maxOutput}}
-	eio := ExecIO{Stdout: out, Stderr: errb}
+	eio := ExecIO{Stdout: out, Stderr: errb, Control: hooks.Control, Started: hooks.Started}
 	if stdin != nil {
 		eio.Stdin = bytes.NewReader(stdin)
 	}

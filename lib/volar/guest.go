@@ -82,8 +82,15 @@ func (c *vmExecCmd) run(ctx context.Context, s *Session, env *cli.Env) error {
 	winch := make(chan os.Signal, 1)
 	signal.Notify(winch, syscall.SIGWINCH)
 	defer signal.Stop(winch)
+	// Without a TTY our signals go to the command (agentterm.Forward).
+	var sigs chan os.Signal
+	if !c.TTY {
+		sigs = make(chan os.Signal, 4)
+		signal.Notify(sigs, agentterm.ForwardedSignals...)
+		defer signal.Stop(sigs)
+	}
 	exit, err := agentterm.Exec(ctx, sess, agentchan.ExecRequest{Argv: c.Args.Command, Env: c.Env, Dir: c.Workdir, User: c.User, TTY: c.TTY, Stdin: c.Interactive},
-		env.Stdin, flushWriter{env.Stdout}, flushWriter{env.Stderr}, agentterm.Options{Winch: winch})
+		env.Stdin, flushWriter{env.Stdout}, flushWriter{env.Stderr}, agentterm.Options{Winch: winch, Signals: sigs})
 	if err != nil {
 		return execFailed(err)
 	}
