@@ -61,7 +61,7 @@ func BenchmarkDaemonScale(b *testing.B) {
 	port, staticPort := 18080, 18081
 	// The default pool (.100-.254 of a /24) holds 155 guests; a /22 holds
 	// 920 (.100 of the first /24 to the last host).
-	d := h.start(b, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--token", token, "--subnet", "192.168.124.0/22")
+	d := h.start(b, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--insecure-tcp", "--token", token, "--subnet", "192.168.124.0/22")
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, h.manifest, client.InstallOptions{}); err != nil {
 		b.Fatal(err)

@@ -36,7 +36,7 @@ func TestGuestAccessThroughVolantd(t *testing.T) {
 	tokb := make([]byte, 24)
 	rand.Read(tokb)
 	token := hex.EncodeToString(tokb)
-	d := h.start(t, "--listen", "127.0.0.1:17070", "--token", token)
+	d := h.start(t, "--listen", "127.0.0.1:17070", "--insecure-tcp", "--token", token)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if _, err := d.c.InstallPlugin(ctx, h.manifest, client.InstallOptions{}); err != nil {

@@ -14,7 +14,7 @@
 // Serve flags (each also an environment variable):
 //
 //	--socket PATH        VOLANT_SOCKET        unix socket of the API, mode 0660 (default /run/volant/volantd.sock; "" for none)
-//	--listen ADDR        VOLANT_LISTEN        also serve the API on TCP; requires --token
+//	--listen ADDR        VOLANT_LISTEN        also serve the API on TCP; requires --token and TLS (or --insecure-tcp)
 //	--token-file F       VOLANT_TOKEN_FILE    the bearer token TCP clients must send (compared in constant time),
 //	                                          read from a file (mode 0600); at least 128 random bits, e.g.
 //	                                          head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >F
@@ -24,6 +24,10 @@
 //	                                          this TCP address; it needs the token unless --metrics-no-auth.
 //	                                          The API's listeners serve /metrics too (the socket without a token)
 //	--metrics-no-auth    VOLANT_METRICS_NO_AUTH  serve --metrics-listen to anyone who reaches it, without a token
+//	--tls-cert F         VOLANT_TLS_CERT      serve TCP over TLS (1.2 or later) with this PEM certificate;
+//	--tls-key F          VOLANT_TLS_KEY       and its key (volar setup --tls makes a self-signed pair)
+//	--tls-client-ca F    VOLANT_TLS_CLIENT_CA also require a client certificate this CA signed
+//	--insecure-tcp       VOLANT_INSECURE_TCP  serve TCP without TLS; without TLS or this, --listen is USAGE
 //	--db PATH            VOLANT_DB            state database (default <data-dir>/volant.db)
 //	--data-dir DIR       VOLANT_DATA_DIR      plugins/, vms/<name>/ (spec, serial log) (default /var/lib/volant)
 //	--run-root DIR       VOLANT_RUN_ROOT      per-VM run directories (default /run/volant/vms)
@@ -150,6 +154,10 @@ type serveCmd struct {
 	TokenFile      string        `long:"token-file" env:"VOLANT_TOKEN_FILE" description:"file holding the token"`
 	MetricsListen  string        `long:"metrics-listen" env:"VOLANT_METRICS_LISTEN" description:"also serve GET /metrics alone on this TCP address (requires the token unless --metrics-no-auth)"`
 	MetricsNoAuth  bool          `long:"metrics-no-auth" env:"VOLANT_METRICS_NO_AUTH" description:"serve --metrics-listen without a token"`
+	TLSCert        string        `long:"tls-cert" env:"VOLANT_TLS_CERT" description:"serve TCP over TLS with this certificate (PEM; volar setup --tls makes a self-signed one)"`
+	TLSKey         string        `long:"tls-key" env:"VOLANT_TLS_KEY" description:"the certificate's private key (PEM)"`
+	TLSClientCA    string        `long:"tls-client-ca" env:"VOLANT_TLS_CLIENT_CA" description:"require TCP clients to present a certificate this CA (PEM) signed"`
+	InsecureTCP    bool          `long:"insecure-tcp" env:"VOLANT_INSECURE_TCP" description:"serve TCP without TLS (the token crosses the network in clear text)"`
 	DB             string        `long:"db" env:"VOLANT_DB" description:"state database (default <data-dir>/volant.db)"`
 	DataDir        string        `long:"data-dir" env:"VOLANT_DATA_DIR" description:"data directory"`
 	RunRoot        string        `long:"run-root" env:"VOLANT_RUN_ROOT" description:"per-VM run directories"`
@@ -230,6 +238,7 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 	return volantd.Serve(ctx, volantd.Config{
 		Socket: f.Socket, Listen: f.Listen, Token: token, Listeners: passed,
 		MetricsListen: f.MetricsListen, MetricsNoAuth: f.MetricsNoAuth,
+		TLS: volantd.TLS{Cert: f.TLSCert, Key: f.TLSKey, ClientCA: f.TLSClientCA}, InsecureTCP: f.InsecureTCP,
 		DB: f.DB, IntegrityCheck: f.IntegrityCheck, DataDir: f.DataDir, RunRoot: f.RunRoot, CacheDir: f.CacheDir,
 		ArtifactDirs: f.ArtifactDirs, MaxArtifactBytes: f.MaxArtifactGiB << 30,
 		Bridge: f.Bridge, Subnet: f.Subnet, SetupNetwork: !f.NoNetSetup, NAT: nat, AgentListen: f.AgentListen, DNS: f.DNS,

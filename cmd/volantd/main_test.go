@@ -270,7 +270,7 @@ func writeTemp(t *testing.T, s string) string {
 // socket mode, a refused second daemon, TCP with a token, SIGTERM.
 func TestDaemonProcess(t *testing.T) {
 	dir := t.TempDir()
-	d := startDaemon(t, dir, nil, nil, "--no-network-setup", "--agent-listen", "off", "--listen", "127.0.0.1:0", "--token", testToken)
+	d := startDaemon(t, dir, nil, nil, "--no-network-setup", "--agent-listen", "off", "--listen", "127.0.0.1:0", "--insecure-tcp", "--token", testToken)
 	// A token on the command line is in every user's ps: volantd says so.
 	if b, _ := os.ReadFile(d.log); !strings.Contains(string(b), "--token-file") {
 		t.Errorf("no warning about --token in the log:\n%s", b)
@@ -333,7 +333,7 @@ func TestSocketActivation(t *testing.T) {
 	defer nl.Close()
 	b := bins(t)
 	cmd := exec.Command("systemd-socket-activate", "-l", sock, "-l", fmt.Sprintf("127.0.0.1:%d", port),
-		"-E", "NOTIFY_SOCKET="+notify, "-E", "VOLANT_TOKEN="+testToken,
+		"-E", "NOTIFY_SOCKET="+notify, "-E", "VOLANT_TOKEN="+testToken, "-E", "VOLANT_INSECURE_TCP=1",
 		filepath.Join(b, "volantd"), "--socket", filepath.Join(dir, "unused.sock"), "--data-dir", filepath.Join(dir, "data"),
 		"--run-root", filepath.Join(dir, "run"), "--no-network-setup", "--agent-listen", "off", "--launcher", filepath.Join(b, "volant-launch"))
 	var out bytes.Buffer

@@ -65,6 +65,10 @@ type Config struct {
 	// then required.
 	Listen string
 	Token  string
+	// TLS serves the TCP listeners over TLS; without it TCP is refused
+	// unless InsecureTCP (the token then crosses the network in clear).
+	TLS         TLS
+	InsecureTCP bool
 	// Listeners are sockets passed by systemd (socket activation); when
 	// any are given, Socket and Listen are not opened. TCP ones need Token.
 	Listeners []net.Listener
@@ -188,6 +192,14 @@ func (c *Config) Validate() error {
 	}
 	if c.MetricsNoAuth && c.MetricsListen == "" {
 		return apierr.New(apierr.Usage, "--metrics-no-auth applies only to --metrics-listen, which is not given (the API's listeners always keep their token)")
+	}
+	if c.TLS.Enabled() || c.TLS.ClientCA != "" {
+		if _, err := c.TLS.serverConfig(); err != nil {
+			return err
+		}
+	} else if tcp && !c.InsecureTCP {
+		return apierr.New(apierr.Usage, "refusing to serve the API on plain TCP: give --tls-cert and --tls-key (volar setup --tls makes a self-signed pair), or --insecure-tcp to send the token in clear text").
+			With("listen", c.Listen)
 	}
 	if c.Socket == "" && c.Listen == "" && len(c.Listeners) == 0 {
 		return apierr.New(apierr.Usage, "nothing to listen on: give --socket and/or --listen")
@@ -379,6 +391,15 @@ func Serve(ctx context.Context, cfg Config) error {
 			}
 			return nil
 		})
+	}
+	if cfg.TLS.Enabled() {
+		tc, err := cfg.TLS.serverConfig()
+		if err != nil {
+			return err
+		}
+		lns = wrapTCP(lns, tc)
+	} else if cfg.InsecureTCP {
+		log.Warn("serving the API on plain TCP (--insecure-tcp): the bearer token crosses the network in clear text")
 	}
 	for _, l := range lns {
 		serve(l, srv.Handler(l.Addr().Network() != "unix"))

@@ -176,7 +176,7 @@ func startHTTPDaemon(t *testing.T) *httpDaemon {
 	defer logf.Close()
 	x := d.ns.Cmd(bin, "--socket", d.sock, "--data-dir", filepath.Join(dir, "data"), "--run-root", filepath.Join(dir, "run"),
 		"--no-network-setup", "--agent-listen", "off", "--launcher", launcher,
-		"--listen", "127.0.0.1:0", "--token-file", tokenFile)
+		"--listen", "127.0.0.1:0", "--insecure-tcp", "--token-file", tokenFile)
 	x.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "TMPDIR=" + dir}
 	x.Stdout, x.Stderr = logf, logf
 	if err := x.Start(); err != nil {
