@@ -7,7 +7,7 @@
 //
 //	volar [GLOBAL FLAGS] COMMAND ...
 //
-//	volar setup [--dry-run] [--bridge vbr0] [--cidr 192.168.127.1/24] [--nat] [--uplink IFACE] [--adopt]
+//	volar setup [--dry-run] [--bridge vbr0] [--cidr 192.168.127.1/24] [--nat] [--uplink IFACE] [--adopt] [--tls [--tls-host NAME]...]
 //	            [--data-dir DIR] [--run-root DIR] [--kernel DIR] [--systemd [--systemd-dir DIR]]
 //	volar plugins list
 //	volar plugins install --manifest FILE [--replace]
@@ -47,6 +47,9 @@
 //	-H, --host ADDR     volantd's address: a unix socket path (/run/volant/volantd.sock,
 //	                    the default), unix:///path, or http(s)://host:port (VOLANT_HOST)
 //	    --token TOKEN   bearer token for TCP (VOLANT_TOKEN)
+//
+// VOLANT_CA_FILE names the PEM certificate an https:// volantd's must chain
+// to (its self-signed one: volar setup --tls).
 //	-o, --output FMT    table (default) or json
 //	-q, --quiet         print only names
 //
@@ -103,7 +106,9 @@
 // would use; with --systemd also volantd's units (volantd.socket,
 // volantd.service, volant-vm@.service, embedded from contrib/systemd) in
 // /etc/systemd/system, followed by `systemctl daemon-reload` where systemd
-// runs (nothing is enabled: `systemctl enable --now volantd.socket`). It
+// runs (nothing is enabled: `systemctl enable --now volantd.socket`); with
+// --tls a self-signed certificate and key for volantd's TCP API in
+// <data dir>/tls (cert.pem, key.pem 0600; --tls-host names it is for). It
 // prints what it changed; running it again changes nothing.
 // --dry-run changes nothing and prints what would change. Start volantd
 // with the same --bridge/--nat choices (volantd sets the bridge up itself

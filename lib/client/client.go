@@ -14,11 +14,12 @@
 //
 //	unix:///run/volant/volantd.sock   a unix socket (the default)
 //	/run/volant/volantd.sock          the same, as a bare path
-//	http://127.0.0.1:7777             TCP (volantd --listen; needs a token)
-//	https://volant.example:7777       TCP behind TLS
+//	http://127.0.0.1:7777             TCP (volantd --listen --insecure-tcp; needs a token)
+//	https://volant.example:7777       TCP over TLS (volantd --tls-cert; Options.CAFile
+//	                                  for a self-signed certificate)
 //
-// FromEnv reads VOLANT_HOST (an address as above; default the unix socket)
-// and VOLANT_TOKEN (the bearer token for TCP).
+// FromEnv reads VOLANT_HOST (an address as above; default the unix socket),
+// VOLANT_TOKEN (the bearer token for TCP) and VOLANT_CA_FILE (Options.CAFile).
 //
 // # Errors
 //
@@ -39,6 +40,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,6 +49,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -63,6 +67,9 @@ const DefaultSocket = layout.DefaultSocket
 const (
 	EnvHost  = layout.EnvHost
 	EnvToken = "VOLANT_TOKEN"
+	// EnvCAFile names PEM certificates to trust for an https address (a
+	// self-signed volantd: volar setup --tls).
+	EnvCAFile = "VOLANT_CA_FILE"
 )
 
 // Options tune a Client. The zero value is fine for the unix socket.
@@ -79,6 +86,9 @@ type Options struct {
 	Transport http.RoundTripper
 	// UserAgent is sent with every request (default "volant-client").
 	UserAgent string
+	// CAFile holds the PEM certificates an https daemon's certificate must
+	// chain to (default the system's roots); ignored with Transport.
+	CAFile string
 }
 
 // Client talks to one volantd. It is safe for concurrent use.
@@ -130,7 +140,19 @@ func New(addr string, o Options) (*Client, error) {
 		u.RawQuery, u.Fragment = "", ""
 		c.base = u
 		if tr == nil {
-			tr = &http.Transport{Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 8, IdleConnTimeout: 30 * time.Second}
+			t := &http.Transport{Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 8, IdleConnTimeout: 30 * time.Second}
+			if o.CAFile != "" {
+				pem, err := os.ReadFile(o.CAFile)
+				if err != nil {
+					return nil, apierr.Wrap(apierr.InvalidInput, err, "reading the CA file").With("file", o.CAFile)
+				}
+				pool := x509.NewCertPool()
+				if !pool.AppendCertsFromPEM(pem) {
+					return nil, apierr.New(apierr.InvalidInput, "the CA file %s holds no PEM certificate", o.CAFile).With("file", o.CAFile)
+				}
+				t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+			}
+			tr = t
 		}
 	default:
 		return nil, apierr.New(apierr.InvalidInput,
@@ -145,6 +167,9 @@ func New(addr string, o Options) (*Client, error) {
 func FromEnv(getenv func(string) string, o Options) (*Client, error) {
 	if o.Token == "" {
 		o.Token = getenv(EnvToken)
+	}
+	if o.CAFile == "" {
+		o.CAFile = getenv(EnvCAFile)
 	}
 	return New(getenv(EnvHost), o)
 }

@@ -176,6 +176,8 @@ type setupCmd struct {
 	KernelDir  flags.Filename `long:"kernel" value-name:"DIR" description:"guest kernel directory (default $VOLANT_KERNEL_DIR, else /var/lib/volant/kernel)"`
 	Systemd    bool           `long:"systemd" description:"install volantd.socket, volantd.service and volant-vm@.service and reload systemd (nothing is enabled)"`
 	SystemdDir flags.Filename `long:"systemd-dir" value-name:"DIR" description:"where --systemd installs the units (default /etc/systemd/system)"`
+	TLS        bool           `long:"tls" description:"make a self-signed certificate for volantd's TCP API in <data dir>/tls (an existing one is kept)"`
+	TLSHosts   []string       `long:"tls-host" value-name:"NAME" description:"a name or address the certificate is for (repeatable; default this host's name, localhost, 127.0.0.1, ::1)"`
 }
 
 func (f *setupCmd) runLocal(ctx context.Context, env *cli.Env, out *Output) error {
@@ -187,6 +189,7 @@ func (f *setupCmd) runLocal(ctx context.Context, env *cli.Env, out *Output) erro
 		Network: hostnet.Config{Bridge: f.Bridge, CIDR: f.CIDR, NAT: f.NAT, Uplink: f.Uplink, Adopt: f.Adopt},
 		DataDir: dirs.Data, RunRoot: dirs.RunRoot, KernelDir: dirs.WithDefaults().Kernel,
 		Systemd: f.Systemd, SystemdDir: string(f.SystemdDir), DryRun: f.DryRun,
+		TLS: f.TLS, TLSHosts: f.TLSHosts,
 	}
 	res, err := Setup(ctx, req, nil)
 	if res != nil {

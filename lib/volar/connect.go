@@ -31,6 +31,9 @@ type Target struct {
 	Addr   string // as given: unix:///path, /path, http(s)://host:port
 	Source string // "--host", "VOLANT_HOST" or "default"
 	Token  string
+	// CAFile: PEM certificates an https daemon must chain to
+	// ($VOLANT_CA_FILE; default the system's roots).
+	CAFile string
 }
 
 // ResolveTarget picks the daemon address: --host, else $VOLANT_HOST, else
@@ -46,13 +49,14 @@ func ResolveTarget(flagHost, flagToken string, getenv func(string) string) Targe
 	if t.Token == "" {
 		t.Token = getenv(client.EnvToken)
 	}
+	t.CAFile = getenv(client.EnvCAFile)
 	return t
 }
 
 // Client returns a client for t. An address of the wrong shape is a usage
 // error.
 func (t Target) Client(timeout time.Duration, version string) (*client.Client, error) {
-	c, err := client.New(t.Addr, client.Options{Token: t.Token, Timeout: timeout, UserAgent: "volar/" + version})
+	c, err := client.New(t.Addr, client.Options{Token: t.Token, CAFile: t.CAFile, Timeout: timeout, UserAgent: "volar/" + version})
 	if err != nil {
 		e := apierr.From(err)
 		return nil, &apierr.Error{Code: apierr.Usage, Message: e.Message + " (from " + t.Source + ")", Details: e.Details, Err: err}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/google/renameio/v2"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/launch"
+	"github.com/volantvm/volant/lib/selfsigned"
 )
 
 // SetupRequest is what `volar setup` prepares. Zero fields take volantd's
@@ -41,6 +43,13 @@ type SetupRequest struct {
 	// and, where systemd runs, reloads it. Nothing is enabled or started.
 	Systemd    bool   `json:"systemd,omitempty"`
 	SystemdDir string `json:"systemd_dir,omitempty"`
+	// TLS makes a self-signed certificate and key for volantd's TCP API
+	// in DataDir/tls (cert.pem, key.pem mode 0600), for TLSHosts (default
+	// this host's name, localhost, 127.0.0.1 and ::1); an existing pair is
+	// kept. volantd --tls-cert/--tls-key serve it; clients trust it with
+	// VOLANT_CA_FILE=cert.pem.
+	TLS      bool     `json:"tls,omitempty"`
+	TLSHosts []string `json:"tls_hosts,omitempty"`
 	// DryRun changes nothing and reports what would change.
 	DryRun bool `json:"dry_run"`
 }
@@ -143,6 +152,14 @@ func Setup(ctx context.Context, req SetupRequest, log *slog.Logger) (*SetupResul
 		}
 		if it.Status == StatusChanged {
 			log.Info("setup", "item", "dir", "change", it.Detail)
+		}
+	}
+
+	if req.TLS {
+		it, err := ensureTLS(filepath.Join(req.DataDir, "tls"), req.TLSHosts, req.DryRun)
+		res.add(it)
+		if err != nil {
+			return res, err
 		}
 	}
 
@@ -442,4 +459,48 @@ func (o *Output) SetupSummary(res *SetupResult) error {
 		fmt.Fprintln(o.Stdout, "  "+h)
 	}
 	return nil
+}
+
+// ensureTLS makes a self-signed pair in dir unless both files are there.
+func ensureTLS(dir string, hosts []string, dryRun bool) (SetupItem, error) {
+	it := SetupItem{Item: "tls"}
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	_, errC := os.Stat(cert)
+	_, errK := os.Stat(key)
+	switch {
+	case errC == nil && errK == nil:
+		it.Status, it.Detail = StatusOK, cert+" and "+key+" exist"
+		return it, nil
+	case dryRun:
+		it.Status, it.Detail = StatusWouldChange, "would make a self-signed certificate "+cert
+		return it, nil
+	}
+	if len(hosts) == 0 {
+		hosts = []string{"localhost", "127.0.0.1", "::1"}
+		if h, err := os.Hostname(); err == nil && h != "" {
+			hosts = append([]string{h}, hosts...)
+		}
+	}
+	fail := func(err error, what string) (SetupItem, error) {
+		it.Status, it.Detail = StatusFailed, err.Error()
+		return it, apierr.Wrap(apierr.CodeOf(err), err, what)
+	}
+	p, err := selfsigned.New(hosts, 5*365*24*time.Hour)
+	if err != nil {
+		return fail(err, "making the certificate")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fail(err, "creating "+dir)
+	}
+	// The key first: a certificate is never there without its key.
+	if err := renameio.WriteFile(key, p.Key, 0o600); err != nil {
+		return fail(err, "writing "+key)
+	}
+	if err := renameio.WriteFile(cert, p.Cert, 0o644); err != nil {
+		return fail(err, "writing "+cert)
+	}
+	it.Status = StatusChanged
+	it.Detail = fmt.Sprintf("made a self-signed certificate for %s: volantd --tls-cert %s --tls-key %s; clients VOLANT_CA_FILE=%s",
+		strings.Join(hosts, ", "), cert, key, cert)
+	return it, nil
 }
