@@ -47,11 +47,11 @@
 //	-H, --host ADDR     volantd's address: a unix socket path (/run/volant/volantd.sock,
 //	                    the default), unix:///path, or http(s)://host:port (VOLANT_HOST)
 //	    --token TOKEN   bearer token for TCP (VOLANT_TOKEN)
+//	-o, --output FMT    table (default) or json
+//	-q, --quiet         print only names
 //
 // VOLANT_CA_FILE names the PEM certificate an https:// volantd's must chain
 // to (its self-signed one: volar setup --tls).
-//	-o, --output FMT    table (default) or json
-//	-q, --quiet         print only names
 //
 // # Output
 //
