@@ -532,4 +532,15 @@ type Health struct {
 	Ready bool `json:"ready"`
 	// LastEventID is the newest event's ID.
 	LastEventID int64 `json:"last_event_id"`
+	// Network is the guest address pool: volant-kubelet registers Subnet
+	// as its node's podCIDR.
+	Network *Network `json:"network,omitempty"`
+}
+
+// Network is volantd's guest address pool.
+type Network struct {
+	Subnet     string `json:"subnet"`
+	Gateway    string `json:"gateway"`
+	RangeStart string `json:"range_start"`
+	RangeEnd   string `json:"range_end"`
 }

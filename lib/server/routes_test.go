@@ -21,6 +21,7 @@ import (
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/controller"
 	"github.com/volantvm/volant/lib/controller/controllertest"
+	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/server"
 )
 
@@ -733,6 +734,10 @@ func TestListFiltersAndHealthz(t *testing.T) {
 	h, err := e.c.Health(e.ctx)
 	if err != nil || h.Status != "ok" || !h.Ready || h.LastEventID == 0 {
 		t.Fatalf("health: %+v %v", h, err)
+	}
+	// The guest pool (volant-kubelet's podCIDR).
+	if n := h.Network; n == nil || n.Subnet != ipam.DefaultSubnet || n.Gateway != "192.168.127.1" || n.RangeStart != "192.168.127.100" {
+		t.Fatalf("health network: %+v", h.Network)
 	}
 	code, body = e.do("GET", "/api/v1/nothing", "", nil)
 	e.apiErr(code, body, 404, apierr.NotFound)

@@ -366,7 +366,9 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Version: buildinfo.String(), Ready: s.ctl.Ready(), LastEventID: last})
+	pool := s.ctl.Config().Pool
+	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Version: buildinfo.String(), Ready: s.ctl.Ready(), LastEventID: last,
+		Network: &api.Network{Subnet: pool.Subnet.String(), Gateway: pool.Gateway.String(), RangeStart: pool.Start.String(), RangeEnd: pool.End.String()}})
 }
 
 func (s *Server) listPlugins(w http.ResponseWriter, r *http.Request) {
