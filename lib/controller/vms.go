@@ -230,14 +230,17 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
 	}
 	spec.Volumes = vols
-	if err := c.cfg.Runtime.Check(ctx, spec); err != nil {
-		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
-	}
-	// The inputs go to a file of the VM's own before its row exists: a
-	// VM never starts without them. A create that fails removes the
-	// directory with them.
+	// The inputs go to a file of the VM's own before its row exists (and
+	// before the runtime checks the spec that names it): a VM never
+	// starts without them. A create that fails removes the file.
 	if err := c.writeInputs(req.Name, req.Inputs); err != nil {
 		return nil, fmt.Errorf("creating VM %s: keeping its inputs: %w", req.Name, err)
+	}
+	if err := c.cfg.Runtime.Check(ctx, spec); err != nil {
+		if req.Inputs != nil {
+			os.Remove(c.InputsPath(req.Name))
+		}
+		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
 	}
 
 	if req.FromSnapshot != "" {

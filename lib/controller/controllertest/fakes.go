@@ -75,6 +75,12 @@ func (r *Runtime) Check(_ context.Context, spec launch.Spec) error {
 	if spec.Name == "" {
 		return apierr.New(apierr.Usage, "no name")
 	}
+	// As volant-launch's check: the inputs file a spec names is there.
+	if spec.InputsFile != "" {
+		if st, err := os.Stat(spec.InputsFile); err != nil || !st.Mode().IsRegular() {
+			return apierr.New(apierr.InvalidInput, "inputs_file %s is not a readable file", spec.InputsFile)
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.CheckErr[m.Name]
