@@ -213,8 +213,9 @@ END;
 //     (not the values) of its inputs, JSON; vms.labels: its labels, JSON,
 //     selected with json_extract.
 //   - settings: one JSON value per key that the daemon keeps across
-//     restarts; "network" is the guest subnet set through the API (PUT
-//     /api/v1/network), which then wins over the --subnet default.
+//     restarts. No key is written yet: it is meant for a guest subnet set
+//     through the API (volant-kubelet taking the node's podCIDR), which
+//     is not implemented.
 const schemaV5 = `
 ALTER TABLE vms ADD COLUMN workload TEXT CHECK (workload IS NULL OR json_valid(workload));
 ALTER TABLE vms ADD COLUMN labels TEXT CHECK (labels IS NULL OR json_valid(labels));
