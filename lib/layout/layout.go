@@ -18,6 +18,10 @@
 //	  volumes/<name>.img             volumes: disk images that outlive VMs
 //	/run/volant/volantd.sock         volantd's API socket (VOLANT_SOCKET)
 //	/run/volant/vms/<name>/          a VM's run directory (VOLANT_RUN_ROOT): sockets, pid file, plan
+//	/run/volant/uids/                one lock file per jailed hypervisor's uid in use (lib/vmm/jail)
+//
+// Paths in the guest (kestrel's, such as /run/volant/identity.json) are not
+// this layout: lib/kestrel keeps them.
 //
 // VOLANT_STATE_DIR is the name volant-launch used for the data directory
 // before this package; it is still read when VOLANT_DATA_DIR is unset.
@@ -35,6 +39,9 @@ const (
 	DefaultKernelDir = "/var/lib/volant/kernel"
 	DefaultRunRoot   = "/run/volant/vms"
 	DefaultSocket    = "/run/volant/volantd.sock"
+	// DefaultUIDDir is host-wide on purpose: a uid must be unique among
+	// all the host's hypervisors, whatever directories their runs use.
+	DefaultUIDDir = "/run/volant/uids"
 )
 
 // Environment variables.

@@ -3,6 +3,7 @@ package jail
 import (
 	"errors"
 	"fmt"
+	"github.com/volantvm/volant/lib/layout"
 	"hash/fnv"
 	"os"
 	"path/filepath"
@@ -28,7 +29,7 @@ var DefaultRange = Range{First: 1 << 30, Count: 65536}
 // DefaultUIDDir holds one lock file per uid in use. It is host-wide on
 // purpose: a uid must be unique among all the host's VMMs, whatever data
 // or run directory their supervisors use.
-const DefaultUIDDir = "/run/volant/uids"
+const DefaultUIDDir = layout.DefaultUIDDir
 
 // ParseRange reads "FIRST-LAST" (inclusive) or "FIRST+COUNT".
 func ParseRange(s string) (Range, error) {
