@@ -146,8 +146,19 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 			return missing(err, path)
 		}
 		if st.Mode&0o004 == 0 {
-			return apierr.New(jail.Failed, "jail: %s is not readable by the VMM's uid (mode %o): make it readable by others (chmod o+r), or give the VM its own copy", path, st.Mode&0o777).
-				With("path", path)
+			// Not for everyone (a volume attached read-only, which
+			// several VMs may read at once): for this VM's uid, for this
+			// run, through an ACL entry.
+			undo, err := jail.GrantRead(path, uid)
+			if err != nil {
+				return apierr.New(jail.Failed, "jail: %s is not readable by the VMM's uid (mode %o) and it cannot be granted to it (%v): make it readable by others (chmod o+r), or give the VM its own copy", path, st.Mode&0o777, err).
+					With("path", path)
+			}
+			j.undo = append(j.undo, func() {
+				if err := undo(); err != nil {
+					log.Warn("taking back the VMM's read access", "path", path, "err", err)
+				}
+			})
 		}
 		spec.Paths = append(spec.Paths, jail.Path{Path: path})
 		return nil
