@@ -146,20 +146,33 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 			return missing(err, path)
 		}
 		if st.Mode&0o004 == 0 {
-			// Not for everyone (a volume attached read-only, which
-			// several VMs may read at once): for this VM's uid, for this
-			// run, through an ACL entry.
-			undo, err := jail.GrantRead(path, uid)
-			if err != nil {
-				return apierr.New(jail.Failed, "jail: %s is not readable by the VMM's uid (mode %o) and it cannot be granted to it (%v): make it readable by others (chmod o+r), or give the VM its own copy", path, st.Mode&0o777, err).
-					With("path", path)
-			}
-			j.undo = append(j.undo, func() {
-				if err := undo(); err != nil {
-					log.Warn("taking back the VMM's read access", "path", path, "err", err)
-				}
-			})
+			return apierr.New(jail.Failed, "jail: %s is not readable by the VMM's uid (mode %o): make it readable by others (chmod o+r), or give the VM its own copy", path, st.Mode&0o777).
+				With("path", path)
 		}
+		spec.Paths = append(spec.Paths, jail.Path{Path: path})
+		return nil
+	}
+	// A read-only disk others may not read (a volume attached read-only,
+	// which several VMs may read at once): its uid reads it through an
+	// ACL entry for this run. Kernels and initrds stay readable by all.
+	readOnlyDisk := func(path string) error {
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			return missing(err, path)
+		}
+		if st.Mode&0o004 != 0 {
+			return readable(path)
+		}
+		undo, err := jail.GrantRead(path, uid)
+		if err != nil {
+			return apierr.New(jail.Failed, "jail: %s is not readable by the VMM's uid (mode %o) and it cannot be granted to it (%v): make it readable by others (chmod o+r), or give the VM its own copy", path, st.Mode&0o777, err).
+				With("path", path)
+		}
+		j.undo = append(j.undo, func() {
+			if err := undo(); err != nil {
+				log.Warn("taking back the VMM's read access", "path", path, "err", err)
+			}
+		})
 		spec.Paths = append(spec.Paths, jail.Path{Path: path})
 		return nil
 	}
@@ -179,7 +192,7 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 	}
 	for _, d := range p.Config.Disks {
 		if d.ReadOnly {
-			if err := readable(d.Path); err != nil {
+			if err := readOnlyDisk(d.Path); err != nil {
 				return j, err
 			}
 		} else {
