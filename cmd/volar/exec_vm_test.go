@@ -123,10 +123,24 @@ func TestVMExecUnderTmux(t *testing.T) {
 	t.Logf("the guest's stty size: %s, after the resize %s", size, resized)
 
 	// Ctrl-C goes to the guest's foreground job (the terminal is raw).
-	tm.literal("sleep 60; echo slept")
+	// A Ctrl-C that reaches the guest before the shell has made sleep its
+	// foreground job goes to the shell, which ignores it (seen in CI under
+	// load): press it until the prompt is back, as a person would. At the
+	// prompt a Ctrl-C does nothing, and all this takes far less than 60 s.
+	tm.literal("echo sleeping; sleep 60; echo slept")
 	tm.keys("Enter")
-	time.Sleep(time.Second)
-	tm.keys("C-c")
+	tm.waitScreen("the sleep to start", func(s string) bool { return strings.Contains(s, "\nsleeping\n") })
+	for deadline := time.Now().Add(40 * time.Second); ; {
+		time.Sleep(time.Second)
+		tm.keys("C-c")
+		time.Sleep(500 * time.Millisecond)
+		if strings.HasSuffix(strings.TrimRight(tm.screen(), "\n "), "guest#") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Ctrl-C never brought the prompt back:\n%s", tm.screen())
+		}
+	}
 	tm.literal("echo after=$((1+1))")
 	tm.keys("Enter")
 	s := tm.waitScreen("the answer after Ctrl-C", func(s string) bool { return strings.Contains(s, "after=2") })
