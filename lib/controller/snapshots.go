@@ -143,18 +143,23 @@ func (c *Controller) SnapshotVM(ctx context.Context, vm string, req api.CreateSn
 	if err := checkName("VM name", vm); err != nil {
 		return nil, err
 	}
-	name := req.Name
-	if name == "" {
-		name = vm + "-" + strings.ToLower(time.Now().UTC().Format("20060102t150405"))
-	}
-	if err := checkName("snapshot name", name); err != nil {
-		return nil, err
+	if req.Name != "" {
+		if err := checkName("snapshot name", req.Name); err != nil {
+			return nil, err
+		}
 	}
 	unlock, err := c.locks.lock(ctx, vm)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	name := req.Name
+	if name == "" {
+		name = c.unusedSnapshotName(vm)
+		if err := checkName("snapshot name", name); err != nil {
+			return nil, apierr.New(apierr.InvalidInput, "VM %s's name is too long to name its snapshot after it; give the snapshot a name", vm).With("vm", vm)
+		}
+	}
 	unlockSnap, err := c.locks.lock(ctx, snapshotLock(name))
 	if err != nil {
 		return nil, err
@@ -204,6 +209,20 @@ func (c *Controller) SnapshotVM(ctx context.Context, vm string, req api.CreateSn
 		"paused_ms", info.PausedMS)
 	s := c.snapshotAPI(ctx, name, info, meta)
 	return &s, nil
+}
+
+// unusedSnapshotName names an unnamed snapshot after its VM and the time
+// to the second, with a counter when that second already has one. The
+// caller holds the VM's lock, so no other unnamed snapshot of it races.
+func (c *Controller) unusedSnapshotName(vm string) string {
+	base := vm + "-" + strings.ToLower(time.Now().UTC().Format("20060102t150405"))
+	name := base
+	for i := 2; ; i++ {
+		if _, err := os.Lstat(c.snapshotDir(name)); errors.Is(err, os.ErrNotExist) {
+			return name
+		}
+		name = fmt.Sprintf("%s-%d", base, i)
+	}
 }
 
 // ListSnapshots returns the snapshots, by name.

@@ -169,3 +169,26 @@ func TestSnapshotLifecycle(t *testing.T) {
 		t.Errorf("events of s1: %q", got)
 	}
 }
+
+// TestUnnamedSnapshotsDoNotCollide: a name is made from the VM and the
+// time to the second, so two unnamed snapshots of one VM within a second
+// each get a name of their own instead of the second one's CONFLICT.
+func TestUnnamedSnapshotsDoNotCollide(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	f.plugin(c, "web")
+	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "src", Plugin: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for i := 0; i < 3; i++ {
+		s, err := c.SnapshotVM(f.ctx, "src", api.CreateSnapshotRequest{})
+		if err != nil {
+			t.Fatalf("unnamed snapshot %d: %v", i+1, err)
+		}
+		if seen[s.Name] || !strings.HasPrefix(s.Name, "src-") {
+			t.Fatalf("unnamed snapshot %d is named %q (had %v)", i+1, s.Name, seen)
+		}
+		seen[s.Name] = true
+	}
+}
