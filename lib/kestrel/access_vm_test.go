@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/volantvm/volant/lib/kestrel/internal/vmtest"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 // connectAgent dials a VM's agent socket and performs the handshake,
@@ -74,7 +76,7 @@ func TestVMAgentChannel(t *testing.T) {
 		},
 	}
 	im := vmtest.BootImage(t, k)
-	im.AddBusybox("sh", "sleep", "sha256sum", "pidof", "tty", "stty", "cat", "echo", "true", "id")
+	im.AddBusybox("sh", "sleep", "sha256sum", "tty", "stty", "cat", "echo", "true", "id")
 	initrd := im.Write()
 	vm := vmtest.Boot(t, n, vmlinux, vmtest.Config{Name: "agent", Initrd: initrd, Agent: true,
 		Cmdline: "volant.vm=agent volant.manifest=" + encode(t, m)})
@@ -150,22 +152,26 @@ func TestVMAgentChannel(t *testing.T) {
 			agentchan.ExecIO{Started: func(pid int) { started <- pid }})
 		done <- err
 	}()
-	<-started
-	time.Sleep(300 * time.Millisecond)
+	leader := <-started
+	// The exec's processes are those of its session (sid = the leader's
+	// pid), not every sleep in the guest: the workload runs its own
+	// `sleep 0.2` most of the time, which `pidof sleep` kept finding
+	// (so the test failed whenever no poll fell between two of them).
+	members := func() string {
+		out, _, _ := run(t, sess, "sh", "-c", sessionMembers(leader))
+		return out
+	}
+	var before string
+	if err := wait.For(30*time.Second, func() bool { before = members(); return strings.Count(before, "(sleep)") == 2 }); err != nil {
+		t.Fatalf("the exec's two sleeps never showed in its session: %q", before)
+	}
 	ccancel()
 	if err := <-done; !apierr.Is(err, apierr.Canceled) {
 		t.Errorf("canceled exec: %v", err)
 	}
-	deadline := time.Now().Add(agentchan.HangupGrace + 10*time.Second)
-	for {
-		out, _, _ := run(t, sess, "sh", "-c", "pidof sleep || echo none")
-		if out == "none\n" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sleep still runs in the guest after its client left: %q", out)
-		}
-		time.Sleep(200 * time.Millisecond)
+	var left string
+	if err := wait.For(agentchan.HangupGrace+10*time.Second, func() bool { left = members(); return left == "" }); err != nil {
+		t.Fatalf("the exec's processes still run in the guest after its client left: %q (before: %q)", left, before)
 	}
 
 	// Files both ways, checked by checksum on both sides.
@@ -227,4 +233,13 @@ func TestVMAgentChannel(t *testing.T) {
 	if err := vm.Wait(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// sessionMembers is a guest shell script that prints the processes of
+// session sid that have not exited ("pid (comm)" lines).
+func sessionMembers(sid int) string {
+	return `for d in /proc/[0-9]*; do
+	read -r pid comm state ppid pgrp sid rest 2>/dev/null <"$d/stat" || continue
+	if [ "$sid" = ` + strconv.Itoa(sid) + ` ] && [ "$state" != Z ]; then echo "$pid $comm"; fi
+done`
 }
