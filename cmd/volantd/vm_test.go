@@ -34,6 +34,13 @@ func webPlugin(t testing.TB, out, modulesDir, kestrel string) []byte {
 // webPluginProbed is webPlugin with kestrel's health check every intervalMS.
 func webPluginProbed(t testing.TB, out, modulesDir, kestrel string, intervalMS int) []byte {
 	t.Helper()
+	return webPluginRunning(t, out, modulesDir, kestrel, intervalMS, `["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]`)
+}
+
+// webPluginRunning is webPluginProbed whose workload is entrypoint (a TOML
+// array), which must end up serving /www on port 80 as httpd does.
+func webPluginRunning(t testing.TB, out, modulesDir, kestrel string, intervalMS int, entrypoint string) []byte {
+	t.Helper()
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
 	}
@@ -48,7 +55,7 @@ version = "1.0.0"
 [source]
 busybox = "/bin/busybox"
 [workload]
-entrypoint = ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
+entrypoint = ` + entrypoint + `
 base_url = "http://127.0.0.1:80"
 [health_check]
 endpoint = "/index.html"
