@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -205,6 +206,52 @@ func TestVMExecUnderTmux(t *testing.T) {
 		out, stderr, code := signalVolar(t, sock, syscall.SIGINT, "vms", "exec", "ex1", "--", "sh", "-c", tc.script)
 		if code != tc.code || out != tc.out {
 			t.Errorf("exec %q, sent SIGINT: status %d, output %q; want %d, %q; stderr: %s", tc.script, code, out, tc.code, tc.out, stderr)
+		}
+	}
+
+	// With -o json too: nothing is printed before the end, so the command
+	// says it started in a file of the guest. SIGINT runs the trap, SIGTERM
+	// ends an untrapping command; the object and volar's status are the
+	// command's.
+	for i, tc := range []struct {
+		sig            syscall.Signal
+		script, out    string
+		code           int
+		killedBySignal string
+	}{
+		{syscall.SIGINT, `trap "echo trapped; exit 42" INT; echo started; : > /tmp/json-0; while :; do sleep 0.1; done`, "started\ntrapped\n", 42, ""},
+		{syscall.SIGTERM, `echo started; : > /tmp/json-1; sleep 1007; echo survived`, "started\n", 143, "SIGTERM"},
+	} {
+		marker := fmt.Sprintf("/tmp/json-%d", i)
+		cmd := exec.Command(volarBinary(t), "-o", "json", "vms", "exec", "ex1", "--", "sh", "-c", tc.script)
+		cmd.Env = append(os.Environ(), "VOLANT_HOST="+sock)
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		kill := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
+		deadline := time.Now().Add(60 * time.Second)
+		for runVolar(t, "", env, "vms", "exec", "ex1", "--", "cat", marker).Code != 0 {
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				cmd.Wait()
+				t.Fatalf("-o json exec %q never started: %s", tc.script, errb.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		cmd.Process.Signal(tc.sig)
+		cmd.Wait()
+		kill.Stop()
+		var res struct {
+			ExitCode int    `json:"exit_code"`
+			Signal   string `json:"signal"`
+			Stdout   string `json:"stdout"`
+		}
+		err := json.Unmarshal([]byte(out.String()), &res)
+		if code := cmd.ProcessState.ExitCode(); err != nil || code != tc.code || res.ExitCode != tc.code || res.Stdout != tc.out || res.Signal != tc.killedBySignal {
+			t.Errorf("exec -o json %q, sent %s: status %d, output %q (%v); want %d, stdout %q, signal %q; stderr: %s",
+				tc.script, tc.sig, code, out.String(), err, tc.code, tc.out, tc.killedBySignal, errb.String())
 		}
 	}
 

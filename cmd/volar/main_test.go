@@ -14,6 +14,7 @@ import (
 
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/cli/clitest"
+	"github.com/volantvm/volant/lib/volar"
 )
 
 // TestMain lets the test binary be volar itself: started through a link
@@ -298,5 +299,21 @@ func TestBashCompletion(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "caddy.json"), []byte("{}"), 0o644)
 	if got := bashComplete(t, "volar plugins install --manifest "+dir+"/ca"); got != reg+dir+"/caddy.json\n" {
 		t.Errorf("completing a manifest path: %q", got)
+	}
+}
+
+// `vms exec -i -o json` sends its stdin whole: more than it takes is
+// refused before volantd is asked anything, never cut short.
+func TestExecJSONStdinTooLarge(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "volantd.sock") // nobody listens
+	env := map[string]string{"VOLANT_HOST": sock}
+	r := runVolar(t, strings.Repeat("x", volar.MaxJSONStdin+1), env, "-o", "json", "vms", "exec", "-i", "web1", "--", "cat")
+	if r.Code != 125 || r.Stdout != "" || !strings.Contains(r.Stderr, `"TOO_LARGE"`) {
+		t.Errorf("1 MiB + 1 of stdin: %s", r)
+	}
+	// At the bound the stdin is taken: what fails then is reaching volantd.
+	r = runVolar(t, strings.Repeat("x", volar.MaxJSONStdin), env, "-o", "json", "vms", "exec", "-i", "web1", "--", "cat")
+	if r.Code != 125 || strings.Contains(r.Stderr, "TOO_LARGE") || !strings.Contains(r.Stderr, `"UNAVAILABLE"`) {
+		t.Errorf("1 MiB of stdin: %s", r)
 	}
 }

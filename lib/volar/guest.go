@@ -48,31 +48,7 @@ func (c *vmExecCmd) run(ctx context.Context, s *Session, env *cli.Env) error {
 		defer cancel()
 	}
 	if s.Out.Format == JSON {
-		// Run to its end; the exit code is in the object and is volar's
-		// status too.
-		if c.TTY {
-			return apierr.New(apierr.Usage, "-o json runs the command to its end: it has no terminal (drop -t)")
-		}
-		req := api.ExecRequest{Command: c.Args.Command, Env: c.Env, Workdir: c.Workdir, User: c.User, TimeoutMS: int(c.Timeout.Milliseconds())}
-		if c.Interactive {
-			b, err := io.ReadAll(io.LimitReader(env.Stdin, 1<<20))
-			if err != nil {
-				return err
-			}
-			in := string(b)
-			req.Stdin = &in
-		}
-		res, err := s.Client.Exec(ctx, name, req)
-		if err != nil {
-			return execFailed(err)
-		}
-		if err := s.Out.JSONValue(res); err != nil {
-			return err
-		}
-		if res.ExitCode != 0 {
-			return &cli.StatusError{Status: res.ExitCode}
-		}
-		return nil
+		return c.runJSON(ctx, s, env, name)
 	}
 	sess, err := s.Client.GuestSession(ctx, name)
 	if err != nil {
@@ -99,6 +75,52 @@ func (c *vmExecCmd) run(ctx context.Context, s *Session, env *cli.Env) error {
 	}
 	return nil
 }
+
+// runJSON runs the command to its end and prints its api.ExecResult. It
+// runs over the upgraded connection, as the streamed mode does, rather
+// than as a plain JSON request: so the signals volar gets reach the
+// command (agentterm.Forward) and its own status comes back.
+func (c *vmExecCmd) runJSON(ctx context.Context, s *Session, env *cli.Env, name string) error {
+	if c.TTY {
+		return apierr.New(apierr.Usage, "-o json runs the command to its end: it has no terminal (drop -t)")
+	}
+	var stdin []byte
+	if c.Interactive {
+		b, err := io.ReadAll(io.LimitReader(env.Stdin, MaxJSONStdin+1))
+		if err != nil {
+			return err
+		}
+		if len(b) > MaxJSONStdin {
+			return execFailed(apierr.New(apierr.TooLarge, "-o json takes at most %d bytes of stdin; stream larger input without -o json", MaxJSONStdin))
+		}
+		stdin = b
+	}
+	sess, err := s.Client.GuestSession(ctx, name)
+	if err != nil {
+		return execFailed(err)
+	}
+	defer sess.Close()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, agentterm.ForwardedSignals...)
+	defer signal.Stop(sigs)
+	ectx, hooks, stop := agentterm.Forward(ctx, sigs)
+	defer stop()
+	res, err := sess.RunWith(ectx, agentchan.ExecRequest{Argv: c.Args.Command, Env: c.Env, Dir: c.Workdir, User: c.User}, stdin, 0, hooks)
+	if err != nil {
+		return execFailed(err)
+	}
+	if err := s.Out.JSONValue(res); err != nil {
+		return err
+	}
+	if res.ExitCode != 0 {
+		return &cli.StatusError{Status: res.ExitCode}
+	}
+	return nil
+}
+
+// MaxJSONStdin bounds the stdin `volar vms exec -i -o json` reads before
+// the command starts (it is sent whole).
+const MaxJSONStdin = 1 << 20
 
 type vmCpCmd struct {
 	Args struct {
