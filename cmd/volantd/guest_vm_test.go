@@ -27,7 +27,7 @@ const (
 	talkerStderr = "talker: to stderr"
 )
 
-// TestGuestAccessVM is guest access through volantd into a real guest
+// TestVMGuestAccess is guest access through volantd into a real guest
 // (QEMU TCG, Debian's kernel, kestrel as PID 1, busybox; the plugin built
 // by fledge) in a test-made network namespace: a JSON exec with its exit
 // code and both streams; the MCP exec_vm and vm_logs tools through the
@@ -35,7 +35,7 @@ const (
 // reboots while two commands run, one a JSON exec and one over the
 // upgraded stream: both end with UNAVAILABLE rather than hanging, and an
 // exec into the VM afterwards is CONFLICT (not_running).
-func TestGuestAccessVM(t *testing.T) {
+func TestVMGuestAccess(t *testing.T) {
 	k, _ := guesttest.Kernel(t)
 	guesttest.QEMU(t)
 	kestrel := guesttest.Kestrel(t)

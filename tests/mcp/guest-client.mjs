@@ -2,7 +2,7 @@
 // TypeScript SDK against a VM whose agent channel is live. cmd/volantd's
 // TestGuestAccessThroughVolantd runs it against a daemon whose VM runs on
 // the fake Cloud Hypervisor (its guest agent runs commands on the host);
-// TestGuestAccessVM against a real guest under QEMU (kestrel as PID 1,
+// TestVMGuestAccess against a real guest under QEMU (kestrel as PID 1,
 // busybox for the commands).
 //
 // Environment: MCP_URL, MCP_TOKEN (streamable HTTP), MCP_VM (the VM);
