@@ -18,6 +18,7 @@ import (
 	"github.com/volantvm/volant/lib/fledge"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 // counterPlugin builds (into outDir) an initramfs plugin whose workload,
@@ -230,6 +231,107 @@ func TestVMSnapshots(t *testing.T) {
 		}
 	}
 	if _, err := d.c.DeleteSnapshot(ctx, "warm"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestVMRestoreRollsVolumeBack boots a real guest through volantd whose
+// workload adds a line to a diary on its volume each time it starts,
+// snapshots it, starts it again (two lines), and rolls it back to the
+// snapshot: the volume's image holds the snapshot's one line again, and
+// the VM, which kept its volume, adds to that when it next boots.
+func TestVMRestoreRollsVolumeBack(t *testing.T) {
+	k, _ := guesttest.Kernel(t)
+	guesttest.QEMU(t)
+	kestrel := guesttest.Kestrel(t)
+	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
+	wrap := []string{"ip", "netns", "exec", h.ns.Name}
+	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
+		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "10s")
+	ctx := context.Background()
+	if _, err := d.c.InstallPlugin(ctx, diaryPlugin(t, filepath.Join(h.dir, "data", "plugins", "diary"), k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "notes", Size: "64MiB"}); err != nil {
+		t.Fatal(err)
+	}
+	running := func(what string) *api.VM {
+		t.Helper()
+		vm, err := d.c.WaitVM(ctx, "keeper", api.VMRunning, 150*time.Second)
+		if err != nil {
+			rc, _ := d.c.VMLogs(ctx, "keeper", api.LogOptions{Tail: 60})
+			t.Fatalf("keeper never ran %s: %v\n%s", what, err, readAll(rc))
+		}
+		return vm
+	}
+	diary := func(vm *api.VM, want string) {
+		t.Helper()
+		if got, err := fetch(h, "http://"+vm.IP+"/diary"); err != nil || got != want {
+			t.Fatalf("the diary reads %q (%v), want %q", got, err, want)
+		}
+	}
+	stop := func() {
+		t.Helper()
+		if _, err := d.c.StopVM(ctx, "keeper"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.c.WaitVM(ctx, "keeper", api.VMStopped, 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if _, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: "keeper", Plugin: "diary",
+		Volumes: []api.VolumeMount{{Volume: "notes", Path: "/data"}}}); err != nil {
+		t.Fatal(err)
+	}
+	diary(running("at first"), "keeper\n")
+	if _, err := d.c.SnapshotVM(ctx, "keeper", api.CreateSnapshotRequest{Name: "one-line"}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if _, err := d.c.StartVM(ctx, "keeper"); err != nil {
+		t.Fatal(err)
+	}
+	diary(running("again"), "keeper\nkeeper\n")
+
+	t0 := time.Now()
+	if _, err := d.c.RestoreVM(ctx, "keeper", api.RestoreVMRequest{Snapshot: "one-line"}); err != nil {
+		t.Fatal(err)
+	}
+	running("from its snapshot")
+	t.Logf("keeper rolled back to healthy in %v", time.Since(t0).Round(time.Millisecond))
+	v, err := d.c.Volume(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read while the guest runs: it wrote nothing since the snapshot, so
+	// the image is what the roll-back put there.
+	if out := debugfsCat(t, v.Path, "/diary"); out != "keeper\n" {
+		t.Fatalf("the rolled-back VM runs on a volume whose diary is %q, want the snapshot's one line", out)
+	}
+	// The restore settles (vm.restored) before the stop, or the next
+	// start would restore again.
+	if err := wait.For(30*time.Second, func() bool { return len(collectEvents(t, d.c, api.EventVMRestored)) == 1 }); err != nil {
+		t.Fatalf("waiting for vm.restored: %v", err)
+	}
+	stop()
+	if v, err = d.c.Volume(ctx, "notes"); err != nil {
+		t.Fatal(err)
+	}
+	if out := debugfsCat(t, v.Path, "/diary"); out != "keeper\n" {
+		t.Fatalf("after the roll-back the volume's image holds the diary %q, want the snapshot's one line", out)
+	}
+	if len(v.Attachments) != 1 || v.Attachments[0].VM != "keeper" {
+		t.Errorf("notes is attached to %+v, want keeper alone", v.Attachments)
+	}
+	if _, err := d.c.StartVM(ctx, "keeper"); err != nil {
+		t.Fatal(err)
+	}
+	diary(running("after its roll-back"), "keeper\nkeeper\n")
+	if _, err := d.c.DeleteVM(ctx, "keeper"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.c.DeleteSnapshot(ctx, "one-line"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -350,9 +350,20 @@ func (c *Controller) stageFromSnapshot(ctx context.Context, name string, spec *l
 			if err := os.RemoveAll(disks); err != nil {
 				return err
 			}
+			// A VM rolled back to a snapshot of itself keeps its
+			// volumes (its start claimed them), rolled back too.
+			if len(spec.Volumes) > 0 {
+				if err := launch.RollBackVolumes(ctx, c.snapshotDir(ref.Snapshot), spec.Volumes); err != nil {
+					return fmt.Errorf("the volumes of %s from snapshot %s: %w", name, ref.Snapshot, err)
+				}
+			}
 		}
 	}
-	if err := launch.FromSnapshot(ctx, spec, c.snapshotDir(ref.Snapshot), disks); err != nil {
+	from := launch.FromSnapshot
+	if len(spec.Volumes) > 0 {
+		from = launch.FromSnapshotKeepingVolumes // its own, rolled back above
+	}
+	if err := from(ctx, spec, c.snapshotDir(ref.Snapshot), disks); err != nil {
 		return fmt.Errorf("the disks of %s from snapshot %s: %w", name, ref.Snapshot, err)
 	}
 	if !ref.Restore {
@@ -390,8 +401,11 @@ func (c *Controller) settleRestore(ctx context.Context, name string) {
 // RestoreVM rolls a VM back to a snapshot of a VM of the same plugin and
 // size: it stops the VM, drops its disks, and starts it from the
 // snapshot's state with its own images of the snapshot's disks, under its
-// own name, address and MAC. A VM with volumes attached cannot be rolled
-// back (NOT_SUPPORTED): the volumes are shared data that outlives it.
+// own name, address and MAC. A VM with volumes keeps them, rolled back to
+// the snapshot's copies as it starts: the snapshot must have saved the
+// same volumes (mounted at the same paths, read-only alike, not resized
+// since; a snapshot of this VM does), and no other VM may hold one it
+// writes (VOLUME_IN_USE). Its read-only volumes are left as they are.
 func (c *Controller) RestoreVM(ctx context.Context, name string, req api.RestoreVMRequest) (*api.VM, error) {
 	if err := checkName("VM name", name); err != nil {
 		return nil, err
@@ -419,9 +433,8 @@ func (c *Controller) RestoreVM(ctx context.Context, name string, req api.Restore
 	if err != nil {
 		return nil, err
 	}
-	if len(atts) > 0 {
-		return nil, apierr.New(apierr.NotSupported, "VM %s has volumes attached; rolling volumes back is not supported", name).
-			With("vm", name)
+	if err := c.checkRollBack(ctx, name, req.Snapshot, atts); err != nil {
+		return nil, err
 	}
 	sctx := context.WithoutCancel(ctx)
 	if err := c.stop(sctx, name, desireStopped); err != nil {
@@ -449,6 +462,33 @@ func (c *Controller) RestoreVM(ctx context.Context, name string, req api.Restore
 		return nil, err
 	}
 	return c.VM(ctx, name)
+}
+
+// checkRollBack tells whether the volumes of VM name (atts) can be rolled
+// back to the snapshot's copies: the snapshot saved the same ones, and no
+// other VM holds one that will be written.
+func (c *Controller) checkRollBack(ctx context.Context, name, snapshot string, atts []attachmentRow) error {
+	if len(atts) == 0 {
+		return nil
+	}
+	if err := launch.CheckSnapshotVolumes(c.snapshotDir(snapshot), launchVolumes(atts)); err != nil {
+		return fmt.Errorf("rolling %s back to snapshot %s: %w", name, snapshot, err)
+	}
+	return c.st.Read(ctx, func(tx *sql.Tx) error {
+		for _, a := range atts {
+			if a.ReadOnly {
+				continue
+			}
+			holders, err := conflictingHolders(ctx, tx, name, a.Volume, false)
+			if err != nil {
+				return err
+			}
+			if len(holders) > 0 {
+				return volumeInUse(name, a.Volume, false, holders)
+			}
+		}
+		return nil
+	})
 }
 
 // refSnapshot records that the new VM name starts from snapshot, under

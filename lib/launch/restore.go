@@ -224,6 +224,12 @@ func DeriveDisks(ctx context.Context, snapDir, dir string) (map[string]vmm.Disk,
 	if err != nil {
 		return nil, nil, err
 	}
+	return deriveDisks(ctx, info, snapDir, dir, true)
+}
+
+// deriveDisks is DeriveDisks for info; with withVolumes false the
+// snapshot's volumes are left out (the VM brings its own).
+func deriveDisks(ctx context.Context, info *SnapshotInfo, snapDir, dir string, withVolumes bool) (map[string]vmm.Disk, []Volume, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, err
 	}
@@ -232,6 +238,9 @@ func DeriveDisks(ctx context.Context, snapDir, dir string) (map[string]vmm.Disk,
 	for _, d := range info.Disks {
 		if d.File == "" {
 			continue // a plugin artifact: the plan has it
+		}
+		if !withVolumes && VolumeIndex(d.Role) >= 0 {
+			continue
 		}
 		name := strings.NewReplacer(":", "-", "/", "-").Replace(d.Role) + ".from-snapshot"
 		base := filepath.Join(snapDir, d.File)
@@ -279,9 +288,33 @@ func FromSnapshot(ctx context.Context, s *Spec, snapDir, disksDir string) error 
 	if len(s.Volumes) > 0 || len(s.OwnDisks) > 0 {
 		return badInput("a VM started from a snapshot has the snapshot's disks and volumes; give none").With("field", "volumes")
 	}
+	return fromSnapshot(ctx, s, snapDir, disksDir, false)
+}
+
+// FromSnapshotKeepingVolumes is FromSnapshot for a VM rolled back to a
+// snapshot of itself, which keeps its volumes: s brings the snapshot's
+// volumes (the same number, mounted at the same paths, read-only alike;
+// else INVALID_INPUT), attached as they are, so the caller first makes
+// them hold the snapshot's data (RollBackVolumes). Its own disks are made
+// as FromSnapshot makes them.
+func FromSnapshotKeepingVolumes(ctx context.Context, s *Spec, snapDir, disksDir string) error {
+	if len(s.OwnDisks) > 0 {
+		return badInput("a VM started from a snapshot has the snapshot's disks; give none").With("field", "own_disks")
+	}
+	return fromSnapshot(ctx, s, snapDir, disksDir, true)
+}
+
+// fromSnapshot is FromSnapshot, or with keepVolumes its variant that
+// keeps the volumes s brings.
+func fromSnapshot(ctx context.Context, s *Spec, snapDir, disksDir string, keepVolumes bool) error {
 	info, err := ReadSnapshotInfo(snapDir)
 	if err != nil {
 		return err
+	}
+	if keepVolumes {
+		if err := checkSnapshotVolumes(info, snapDir, s.Volumes, false); err != nil {
+			return err
+		}
 	}
 	same := func(field string, set bool, equal bool, want any) error {
 		if set && !equal {
@@ -305,11 +338,14 @@ func FromSnapshot(ctx context.Context, s *Spec, snapDir, disksDir string) error 
 	if s.Kernel == "" {
 		s.Kernel = info.Kernel
 	}
-	own, vols, err := DeriveDisks(ctx, snapDir, disksDir)
+	own, vols, err := deriveDisks(ctx, info, snapDir, disksDir, !keepVolumes)
 	if err != nil {
 		return err
 	}
-	s.OwnDisks, s.Volumes = own, vols
+	s.OwnDisks = own
+	if !keepVolumes {
+		s.Volumes = vols
+	}
 	s.Restore = &RestoreSpec{State: filepath.Join(snapDir, SnapshotStateName)}
 	return nil
 }
@@ -323,4 +359,119 @@ func existingImage(dir, name string) (string, string, bool) {
 		}
 	}
 	return "", "", false
+}
+
+// snapshotVolume is a volume's copy in a snapshot.
+type snapshotVolume struct {
+	File     string // the copy, absolute
+	Path     string // where the guest mounted it
+	ReadOnly bool
+}
+
+// snapshotVolumes are the snapshot's volume copies, in the order the VM
+// had them attached.
+func snapshotVolumes(info *SnapshotInfo, snapDir string) []snapshotVolume {
+	var ds []SnapshotDisk
+	for _, d := range info.Disks {
+		if VolumeIndex(d.Role) >= 0 && d.File != "" {
+			ds = append(ds, d)
+		}
+	}
+	slices.SortFunc(ds, func(a, b SnapshotDisk) int { return VolumeIndex(a.Role) - VolumeIndex(b.Role) })
+	out := make([]snapshotVolume, len(ds))
+	for i, d := range ds {
+		path := d.MountPath
+		if path == "" {
+			path = fmt.Sprintf("/mnt/volume%d", VolumeIndex(d.Role))
+		}
+		out[i] = snapshotVolume{File: filepath.Join(snapDir, d.File), Path: path, ReadOnly: d.ReadOnly}
+	}
+	return out
+}
+
+// CheckSnapshotVolumes tells whether vols can stand for the volumes of the
+// snapshot in snapDir: as many, in the same order, mounted at the same
+// paths, read-only alike (else INVALID_INPUT), each raw and of the size of
+// its copy (else CONFLICT: it was resized since).
+func CheckSnapshotVolumes(snapDir string, vols []Volume) error {
+	info, err := ReadSnapshotInfo(snapDir)
+	if err != nil {
+		return err
+	}
+	return checkSnapshotVolumes(info, snapDir, vols, true)
+}
+
+// checkSnapshotVolumes is CheckSnapshotVolumes; with sizes false only
+// the mounts are compared (a volume may grow once the VM ran from it).
+func checkSnapshotVolumes(info *SnapshotInfo, snapDir string, vols []Volume, sizes bool) error {
+	saved := snapshotVolumes(info, snapDir)
+	describe := func(n int, at func(int) string) string {
+		var ps []string
+		for i := range n {
+			ps = append(ps, at(i))
+		}
+		return "[" + strings.Join(ps, " ") + "]"
+	}
+	savedDesc := describe(len(saved), func(i int) string { return mountDesc(saved[i].Path, saved[i].ReadOnly) })
+	givenDesc := describe(len(vols), func(i int) string { return mountDesc(vols[i].Path, vols[i].ReadOnly) })
+	if savedDesc != givenDesc {
+		return badInput("the snapshot saved volumes mounted at %s; the VM has %s", savedDesc, givenDesc).
+			With("field", "volumes").With("saved", savedDesc).With("given", givenDesc)
+	}
+	if !sizes {
+		return nil
+	}
+	for i, v := range vols {
+		if v.Format != "" && v.Format != volume.FormatRaw {
+			return apierr.New(apierr.NotSupported, "the volume at %s is %s; only a raw volume is rolled back to a snapshot", v.Path, v.Format).
+				With("path", v.Path)
+		}
+		want, err := os.Stat(saved[i].File)
+		if err != nil {
+			return fmt.Errorf("the snapshot's copy of the volume at %s: %w", v.Path, err)
+		}
+		got, err := os.Stat(v.File)
+		if err != nil {
+			return fmt.Errorf("the volume at %s: %w", v.Path, err)
+		}
+		if got.Size() != want.Size() {
+			return apierr.New(apierr.Conflict, "the volume at %s is %s; it was %s when the snapshot was taken (resized since)",
+				v.Path, volume.FormatSize(got.Size()), volume.FormatSize(want.Size())).With("path", v.Path)
+		}
+	}
+	return nil
+}
+
+func mountDesc(path string, ro bool) string {
+	if ro {
+		return path + ":ro"
+	}
+	return path
+}
+
+// RollBackVolumes makes each read-write volume of vols, the volumes of a
+// VM that is not running, hold again what the snapshot in snapDir saved
+// of it (CheckSnapshotVolumes first): the snapshot's copy replaces the
+// volume's image, a reflink where the filesystem can, else a copy of its
+// data, moved into place by a rename, so a crash leaves each volume
+// whole, rolled back or not; the snapshot is never written. Running it
+// again does the same. A read-only volume is left as it is: the VM never
+// wrote it, and others may share it.
+func RollBackVolumes(ctx context.Context, snapDir string, vols []Volume) error {
+	info, err := ReadSnapshotInfo(snapDir)
+	if err != nil {
+		return err
+	}
+	if err := checkSnapshotVolumes(info, snapDir, vols, true); err != nil {
+		return err
+	}
+	for i, sv := range snapshotVolumes(info, snapDir) {
+		if sv.ReadOnly {
+			continue
+		}
+		if _, err := volume.PointInTime(ctx, sv.File, volume.FormatRaw, vols[i].File); err != nil {
+			return fmt.Errorf("rolling back the volume at %s: %w", sv.Path, err)
+		}
+	}
+	return nil
 }

@@ -93,3 +93,68 @@ func TestFromSnapshotRefusesAnotherMachine(t *testing.T) {
 		t.Errorf("no snapshot: %v, want NOT_FOUND", e)
 	}
 }
+
+// TestRollBackVolumes: a VM rolled back to a snapshot of itself keeps its
+// volume, which then holds the snapshot's copy again (and the snapshot
+// stays as it was); volumes that are not the snapshot's, or were resized
+// since, are refused before anything is written.
+func TestRollBackVolumes(t *testing.T) {
+	ctx := context.Background()
+	snap := snapshotDir(t)
+	vol := filepath.Join(t.TempDir(), "data.img")
+	// The copy in the snapshot is "saved 1.img" (11 bytes); the volume
+	// was written since, at the same size.
+	if err := os.WriteFile(vol, []byte("written 1.i"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mine := []Volume{{File: vol, Format: volume.FormatRaw, Path: "/data"}}
+	for _, c := range []struct {
+		vols []Volume
+		code apierr.Code
+	}{
+		{nil, apierr.InvalidInput},
+		{[]Volume{{File: vol, Path: "/other"}}, apierr.InvalidInput},
+		{[]Volume{{File: vol, Path: "/data", ReadOnly: true}}, apierr.InvalidInput},
+		{append(mine, Volume{File: vol, Path: "/more"}), apierr.InvalidInput},
+	} {
+		if err := RollBackVolumes(ctx, snap, c.vols); apierr.CodeOf(err) != c.code {
+			t.Errorf("rolling back %+v: %v, want %s", c.vols, err, c.code)
+		}
+	}
+	if b, _ := os.ReadFile(vol); string(b) != "written 1.i" {
+		t.Fatalf("a refused roll-back wrote the volume: %q", b)
+	}
+
+	if err := RollBackVolumes(ctx, snap, mine); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(vol); string(b) != "saved 1.img" {
+		t.Errorf("the volume holds %q after its roll-back, want the snapshot's copy", b)
+	}
+	if err := os.WriteFile(vol, []byte("written again"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(snap, "disks/1.img")); string(b) != "saved 1.img" {
+		t.Errorf("writing the rolled-back volume changed the snapshot's copy: %q", b)
+	}
+	// "written again" is 13 bytes: the volume was resized.
+	if err := RollBackVolumes(ctx, snap, mine); !apierr.Is(err, apierr.Conflict) {
+		t.Errorf("a resized volume: %v, want CONFLICT", err)
+	}
+
+	// The spec keeps the VM's volume, and makes its own disks.
+	s := Spec{Name: "src", Volumes: mine}
+	disks := filepath.Join(t.TempDir(), "disks")
+	if err := FromSnapshotKeepingVolumes(ctx, &s, snap, disks); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Volumes) != 1 || s.Volumes[0] != mine[0] || len(s.OwnDisks) != 1 || s.Restore == nil {
+		t.Errorf("spec %+v", s)
+	}
+	if ents, _ := os.ReadDir(disks); len(ents) != 1 {
+		t.Errorf("the VM's disks directory holds %d images, want the rootfs's alone", len(ents))
+	}
+	if err := FromSnapshotKeepingVolumes(ctx, &Spec{Name: "src"}, snap, disks); !apierr.Is(err, apierr.InvalidInput) {
+		t.Errorf("keeping no volumes of a snapshot that has one: %v, want INVALID_INPUT", err)
+	}
+}
