@@ -312,7 +312,7 @@ func TestVMConsoleUnderTmux(t *testing.T) {
 	}
 	// The console is free again: the docs' scripted session (stdin not a
 	// terminal) prints the guest's kernel release.
-	r = runVolar(t, "uname -r\n", env, "-q", "vms", "console", "con1")
+	r = runVolar(t, "uname -r\n", env, "-q", "vms", "console", "--linger", "10s", "con1")
 	if r.Code != 0 || !strings.Contains(strings.ReplaceAll(r.Stdout, "uname -r", ""), k.Release) {
 		t.Errorf("scripted console (want %s): %s", k.Release, r)
 	}

@@ -22,7 +22,7 @@
 //	volar vms logs NAME [-f|--follow] [--tail N] [--since T] [-t|--timestamps] [--stream stdout|stderr] [--console]
 //	volar vms exec NAME [-i] [-t] [-e K=V]... [-w DIR] [-u UID[:GID]] [--timeout D] -- CMD [ARGS...]
 //	volar vms cp NAME:PATH LOCAL | LOCAL NAME:PATH
-//	volar vms console NAME [--escape ^]]
+//	volar vms console NAME [--escape ^]] [--linger 1s]
 //	volar vms wait NAME [--state running] [--timeout D]
 //	volar vms create NAME --from-snapshot SNAPSHOT [--wait [--timeout D]]
 //	volar vms snapshot NAME [--name SNAPSHOT]
@@ -132,7 +132,8 @@
 // Ctrl-] detaches (change it with --escape ^X, or --escape none); the
 // terminal is restored however the session ends. When stdin is not a
 // terminal, its bytes are sent and the session ends once stdin ends and the
-// guest has been quiet for a second. QEMU and Cloud Hypervisor VMs both
+// guest has been quiet for a second (--linger DURATION; at most ten times
+// that in all). QEMU and Cloud Hypervisor VMs both
 // have a console (volant-launch relays CH's); a run without a console
 // socket answers NOT_SUPPORTED: use `vms logs --follow`.
 //
@@ -163,8 +164,8 @@
 // new VM from it without booting: the workload is already running, warm,
 // with the saved VM's memory, under web2's own address, MAC, hostname,
 // clock and fresh randomness (docs/snapshots.md). `volar vms restore web1
-// warm` rolls web1 back to the snapshot (what it wrote since is lost; a VM
-// with volumes attached cannot be rolled back). `volar deployments create
+// warm` rolls web1 back to the snapshot, its volumes too (what it wrote
+// since is lost; docs/snapshots.md). `volar deployments create
 // svc --from-snapshot warm --replicas 3` starts every replica from it, so
 // scaling up restores instead of booting. A snapshot in use by a VM or a
 // deployment cannot be deleted (CONFLICT).

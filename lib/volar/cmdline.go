@@ -463,8 +463,9 @@ func (c *vmLogsCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 }
 
 type vmConsoleCmd struct {
-	Escape string `long:"escape" short:"e" value-name:"KEY" default:"^]" description:"detach key: ^X for Ctrl-X, or none"`
-	Args   vmArg  `positional-args:"yes" required:"yes"`
+	Escape string        `long:"escape" short:"e" value-name:"KEY" default:"^]" description:"detach key: ^X for Ctrl-X, or none"`
+	Linger time.Duration `long:"linger" value-name:"DURATION" default:"1s" description:"stdin not a terminal: once it ends, print the guest's output until it is quiet this long (at most 10 times this)"`
+	Args   vmArg         `positional-args:"yes" required:"yes"`
 }
 
 func (c *vmConsoleCmd) run(ctx context.Context, s *Session, env *cli.Env) error {
@@ -472,12 +473,15 @@ func (c *vmConsoleCmd) run(ctx context.Context, s *Session, env *cli.Env) error 
 	if err != nil {
 		return err
 	}
+	if c.Linger <= 0 {
+		return apierr.New(apierr.Usage, "--linger must be positive")
+	}
 	conn, err := s.Client.Console(ctx, string(c.Args.Name))
 	if err != nil {
 		return err
 	}
 	return Console(ctx, conn, env.Stdin, env.Stdout, env.Stderr,
-		ConsoleOptions{Name: string(c.Args.Name), Escape: key, NoEscape: !on, Quiet: s.Out.Quiet})
+		ConsoleOptions{Name: string(c.Args.Name), Escape: key, NoEscape: !on, Quiet: s.Out.Quiet, Linger: c.Linger})
 }
 
 type vmWaitCmd struct {
