@@ -42,7 +42,9 @@
 //	--vmm NAME           VOLANT_VMM           auto, cloud-hypervisor or qemu (default auto)
 //	--accel A            VOLANT_ACCEL         auto, kvm or tcg (default auto)
 //	--bridge NAME        VOLANT_BRIDGE        guest bridge (default vbr0)
-//	--subnet CIDR        VOLANT_SUBNET        guest subnet; the gateway is its first address (default 192.168.127.0/24)
+//	--subnet CIDR        VOLANT_SUBNET        guest subnet; the gateway is its first address (default 192.168.127.0/24);
+//	                                          a subnet set through PUT /api/v1/network (volant-kubelet's podCIDR)
+//	                                          is kept in the database and wins over it
 //	--no-network-setup   VOLANT_NO_NETWORK_SETUP  do not create the bridge (volant-net setup made it)
 //	--nat                VOLANT_NAT           masquerade the guest subnet when setting the bridge up
 //	--no-nat             VOLANT_NO_NAT        remove Volant's masquerading (neither flag: leave NAT as it is)

@@ -10,6 +10,8 @@
 //
 //	GET    /healthz                              Health
 //	GET    /openapi.json                         the OpenAPI 3.1 document of all of this
+//	GET    /api/v1/network                       Network
+//	PUT    /api/v1/network                       SetNetworkRequest → Network (CONFLICT while VMs exist)
 //	GET    /api/v1/plugins                       PluginList
 //	POST   /api/v1/plugins[?replace=true]        a plugin manifest → 201 Plugin
 //	POST   /api/v1/plugins                       InstallImageRequest → 201 Plugin (built) or 200 (cached)
@@ -532,9 +534,14 @@ type Health struct {
 	Ready bool `json:"ready"`
 	// LastEventID is the newest event's ID.
 	LastEventID int64 `json:"last_event_id"`
-	// Network is the guest address pool: volant-kubelet registers Subnet
-	// as its node's podCIDR.
+	// Network is the guest address pool (GET /api/v1/network).
 	Network *Network `json:"network,omitempty"`
+}
+
+// SetNetworkRequest is the body of PUT /api/v1/network: the guest subnet
+// (the gateway is its first address, the range the default one).
+type SetNetworkRequest struct {
+	Subnet string `json:"subnet"`
 }
 
 // Network is volantd's guest address pool.

@@ -338,6 +338,19 @@ func (c *Client) Health(ctx context.Context) (*api.Health, error) {
 	return &h, c.call(ctx, request{method: http.MethodGet, path: "/healthz"}, &h)
 }
 
+// Network returns the guest network (the pool VMs take addresses from).
+func (c *Client) Network(ctx context.Context) (*api.Network, error) {
+	var n api.Network
+	return &n, c.call(ctx, request{method: http.MethodGet, path: api.Prefix + "/network"}, &n)
+}
+
+// SetNetwork makes subnet volantd's guest subnet, kept across restarts;
+// CONFLICT while VMs hold addresses in another one (see PUT /api/v1/network).
+func (c *Client) SetNetwork(ctx context.Context, subnet string) (*api.Network, error) {
+	var n api.Network
+	return &n, c.call(ctx, request{method: http.MethodPut, path: api.Prefix + "/network", body: api.SetNetworkRequest{Subnet: subnet}}, &n)
+}
+
 // OpenAPI returns the daemon's OpenAPI document.
 func (c *Client) OpenAPI(ctx context.Context) (json.RawMessage, error) {
 	var doc json.RawMessage

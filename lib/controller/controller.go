@@ -124,6 +124,10 @@ type Config struct {
 	// to (volant.api_host/api_port); default the pool's gateway and 7070.
 	AgentHost string
 	AgentPort int
+	// Renetwork, when set, lets SetNetwork change the guest pool while no
+	// VM exists (volantd makes the bridge's new address and kestrel's
+	// endpoint).
+	Renetwork Renetwork
 	// DNS resolvers given to guests.
 	DNS []string
 	// HealthInterval is the /healthz poll interval of running VMs (default
@@ -203,6 +207,9 @@ type Controller struct {
 	// builds of one plugin name.
 	builds     chan struct{}
 	imageLocks keyLock
+
+	// netMu guards cfg.Pool and cfg.AgentHost (SetNetwork changes them).
+	netMu sync.RWMutex
 
 	mu       sync.Mutex
 	watchers map[string]*watcher // by VM name
@@ -314,7 +321,11 @@ func (c *Controller) Events() *events.Log { return c.events }
 func (c *Controller) Generation() uint64 { return c.st.Generation() }
 
 // Config returns the controller's configuration with defaults filled in.
-func (c *Controller) Config() Config { return c.cfg }
+func (c *Controller) Config() Config {
+	c.netMu.RLock()
+	defer c.netMu.RUnlock()
+	return c.cfg
+}
 
 // Ready reports whether Reconcile has finished.
 func (c *Controller) Ready() bool {

@@ -219,7 +219,8 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 	// pool's longest address: what would fail at start fails here.
 	var lease *ipam.Lease
 	if bridged {
-		lease = &ipam.Lease{VM: req.Name, IP: c.cfg.Pool.End, Prefix: c.cfg.Pool.Subnet.Bits(), Gateway: c.cfg.Pool.Gateway, MAC: names.MAC(req.Name, 0)}
+		pool := c.pool()
+		lease = &ipam.Lease{VM: req.Name, IP: pool.End, Prefix: pool.Subnet.Bits(), Gateway: pool.Gateway, MAC: names.MAC(req.Name, 0)}
 	}
 	vols, err := c.checkVolumesExist(ctx, req.Volumes)
 	if err != nil {
@@ -248,7 +249,9 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 			return nil, err
 		}
 	}
-	// The row and its lease, in one transaction.
+	// The row and its lease, in one transaction, with the pool held
+	// (SetNetwork waits for the commit).
+	c.netMu.RLock()
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		if _, err := getVM(ctx, tx, req.Name); err == nil {
 			return vmExists(req.Name)
@@ -257,6 +260,9 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 			return err
 		}
 		if bridged {
+			if lease.Subnet() != c.cfg.Pool.Subnet {
+				return apierr.New(apierr.Conflict, "creating VM %s: the guest network changed to %s meanwhile; try again", req.Name, c.cfg.Pool.Subnet)
+			}
 			l, err := ipam.AcquireTx(ctx, tx, c.cfg.Pool, req.Name)
 			if err != nil {
 				return fmt.Errorf("creating VM %s: %w", req.Name, err)
@@ -278,6 +284,7 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 		res := &api.Resources{CPUCores: row.CPUCores, MemoryMB: row.MemoryMB}
 		return appendVMEvent(ctx, tx, api.EventVMCreated, &row, vmEvent{Plugin: row.Plugin, Deployment: deployment, IP: row.IP, Resources: res})
 	})
+	c.netMu.RUnlock()
 	if err != nil {
 		if req.FromSnapshot != "" {
 			os.RemoveAll(c.vmDir(req.Name))
@@ -356,7 +363,7 @@ func (c *Controller) spec(v vmRow, p pluginRow, lease *ipam.Lease) (launch.Spec,
 		Machine:       d.Machine,
 		CPUs:          v.CPUCores,
 		MemoryMB:      v.MemoryMB,
-		APIHost:       c.cfg.AgentHost,
+		APIHost:       c.agentHost(),
 		APIPort:       c.cfg.AgentPort,
 		SerialLog:     c.SerialLog(v.Name),
 		KernelArgs:    v.KernelArgs,
@@ -454,6 +461,8 @@ func (c *Controller) stepLease(ctx context.Context, name string) error {
 	if ok, err := c.bridged(ctx, v); err != nil || !ok {
 		return err
 	}
+	c.netMu.RLock()
+	defer c.netMu.RUnlock()
 	_, err = c.updateVM(ctx, name, func(tx *sql.Tx, v *vmRow) error {
 		l, err := ipam.AcquireTx(ctx, tx, c.cfg.Pool, name) // returns the held lease when there is one
 		if err != nil {

@@ -73,6 +73,14 @@ func (s *Server) routes() []route {
 				"the boot queue, the event log, event streams; per VM (labels vm, plugin, deployment) state, health, the hypervisor " +
 				"process's CPU time and memory, guest memory and workload restarts as kestrel reports them, tap and block counters",
 			status: 200, resp: "", content: "text/plain", handler: s.metrics.handler()},
+		{method: "GET", path: api.Prefix + "/network", id: "getNetwork", tag: "daemon", summary: "The guest network: the pool VMs take addresses from",
+			status: 200, resp: api.Network{}, handler: http.HandlerFunc(s.getNetwork)},
+		{method: "PUT", path: api.Prefix + "/network", id: "setNetwork", tag: "daemon",
+			summary: "Set the guest subnet (gateway its first address, the default range), kept across restarts where it wins over --subnet; " +
+				"the bridge's address and kestrel's endpoint follow. The same subnet again changes nothing; another one is refused " +
+				"(CONFLICT) while any VM exists, so a VM's address never moves. volant-kubelet sets its node's podCIDR here",
+			req: api.SetNetworkRequest{}, status: 200, resp: api.Network{},
+			errors: append(bodyErrors, apierr.Conflict, apierr.NotSupported), handler: http.HandlerFunc(s.setNetwork)},
 
 		{method: "GET", path: api.Prefix + "/plugins", id: "listPlugins", tag: "plugins", summary: "List installed plugins",
 			status: 200, resp: api.PluginList{}, handler: http.HandlerFunc(s.listPlugins)},

@@ -366,9 +366,26 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
-	pool := s.ctl.Config().Pool
-	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Version: buildinfo.String(), Ready: s.ctl.Ready(), LastEventID: last,
-		Network: &api.Network{Subnet: pool.Subnet.String(), Gateway: pool.Gateway.String(), RangeStart: pool.Start.String(), RangeEnd: pool.End.String()}})
+	n := s.ctl.Network()
+	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Version: buildinfo.String(), Ready: s.ctl.Ready(), LastEventID: last, Network: &n})
+}
+
+func (s *Server) getNetwork(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.ctl.Network())
+}
+
+func (s *Server) setNetwork(w http.ResponseWriter, r *http.Request) {
+	var req api.SetNetworkRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	n, _, err := s.ctl.SetNetwork(r.Context(), req.Subnet)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, n)
 }
 
 func (s *Server) listPlugins(w http.ResponseWriter, r *http.Request) {

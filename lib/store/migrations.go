@@ -213,9 +213,9 @@ END;
 //     (not the values) of its inputs, JSON; vms.labels: its labels, JSON,
 //     selected with json_extract.
 //   - settings: one JSON value per key that the daemon keeps across
-//     restarts. No key is written yet: it is meant for a guest subnet set
-//     through the API (volant-kubelet taking the node's podCIDR), which
-//     is not implemented.
+//     restarts; "network" is the guest subnet set through the API (PUT
+//     /api/v1/network: volant-kubelet's podCIDR), which then wins over
+//     --subnet (settings.go).
 const schemaV5 = `
 ALTER TABLE vms ADD COLUMN workload TEXT CHECK (workload IS NULL OR json_valid(workload));
 ALTER TABLE vms ADD COLUMN labels TEXT CHECK (labels IS NULL OR json_valid(labels));

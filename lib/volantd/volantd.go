@@ -32,6 +32,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -307,8 +308,27 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	defer st.Close()
 
+	// A subnet set through the API (PUT /api/v1/network: volant-kubelet's
+	// podCIDR) wins over --subnet: the VMs' leases are in it.
+	var set controller.NetworkSetting
+	if found, err := st.Setting(ctx, store.SettingNetwork, &set); err != nil {
+		return err
+	} else if found {
+		p, err := ipam.PoolConfig{Subnet: set.Subnet}.Pool()
+		if err != nil {
+			return fmt.Errorf("the stored guest network: %w", err)
+		}
+		if p != pool {
+			log.Info("guest subnet set through the API wins over --subnet", "subnet", p.Subnet.String(), "flag", pool.Subnet.String())
+		}
+		pool = p
+	}
+
 	hn := &hostnet.Host{Log: log}
-	if cfg.SetupNetwork {
+	setupBridge := func(ctx context.Context, pool ipam.Pool) error {
+		if !cfg.SetupNetwork {
+			return nil
+		}
 		res, err := hn.Setup(ctx, hostnet.Config{Bridge: cfg.Bridge, CIDR: netip.PrefixFrom(pool.Gateway, pool.Subnet.Bits()).String(),
 			NAT: cfg.NAT == "on", KeepNAT: cfg.NAT == ""})
 		if err != nil {
@@ -317,6 +337,10 @@ func Serve(ctx context.Context, cfg Config) error {
 		if res.Changed {
 			log.Info("host network set up", "bridge", res.Bridge, "address", res.Address, "nat", res.NAT)
 		}
+		return nil
+	}
+	if err := setupBridge(ctx, pool); err != nil {
+		return err
 	}
 
 	lo := launch.Options{KernelDir: cfg.KernelDir, Kestrel: cfg.Launch.Kestrel, RunRoot: cfg.RunRoot, StateDir: cfg.DataDir, CacheDir: cfg.CacheDir,
@@ -333,16 +357,20 @@ func Serve(ctx context.Context, cfg Config) error {
 	rt := &runner.Runner{Options: lo, Starter: starter, StartTimeout: cfg.StartTimeout}
 
 	agentHost, agentPort := pool.Gateway.String(), DefaultAgentPort
+	agentFixed := false // --agent-listen names the host: it stays when the subnet changes
 	if cfg.AgentListen != "" && cfg.AgentListen != "off" {
 		h, p, err := splitHostPort(cfg.AgentListen)
 		if err != nil {
 			return apierr.New(apierr.Usage, "--agent-listen %q: %v", cfg.AgentListen, err)
 		}
 		if h != "" && h != "0.0.0.0" {
-			agentHost = h
+			agentHost, agentFixed = h, true
 		}
 		agentPort = p
 	}
+	// moveAgent is set once serving starts: it moves kestrel's endpoint to
+	// a new gateway.
+	var moveAgent func(ctx context.Context, host string) error
 	ctl, err := controller.New(controller.Config{
 		Store: st, Pool: pool, Bridge: cfg.Bridge, DataDir: cfg.DataDir, Runtime: rt, Network: hn,
 		Launch: cfg.Launch, AgentHost: agentHost, AgentPort: agentPort, DNS: cfg.DNS,
@@ -350,6 +378,22 @@ func Serve(ctx context.Context, cfg Config) error {
 		LivenessGrace: cfg.LivenessGrace,
 		MaxBooting:    cfg.MaxBooting, ArtifactDirs: cfg.ArtifactDirs, MaxArtifactBytes: cfg.MaxArtifactBytes,
 		Images: cfg.Images,
+		Renetwork: func(ctx context.Context, p ipam.Pool) (string, error) {
+			if !cfg.SetupNetwork {
+				return "", apierr.New(apierr.NotSupported, "volantd does not manage the bridge (--no-network-setup): give %s the address %s/%d and restart volantd with --subnet %s",
+					cfg.Bridge, p.Gateway, p.Subnet.Bits(), p.Subnet)
+			}
+			if err := setupBridge(ctx, p); err != nil {
+				return "", err
+			}
+			if agentFixed || cfg.AgentListen == "off" {
+				return agentHost, nil
+			}
+			if err := moveAgent(ctx, p.Gateway.String()); err != nil {
+				return "", err
+			}
+			return p.Gateway.String(), nil
+		},
 	})
 	if err != nil {
 		return err
@@ -375,22 +419,28 @@ func Serve(ctx context.Context, cfg Config) error {
 	// Streams (events, log follows) end when serving stops.
 	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopServing()
-	var servers []*http.Server
+	var (
+		serversMu sync.Mutex
+		servers   []*http.Server
+	)
 	addrs := Addrs{}
 	// Every listener and the controller run in one group: the first
 	// listener that fails ends serving, and Serve returns its error.
 	g, gctx := errgroup.WithContext(ctx)
-	serve := func(l net.Listener, h http.Handler) {
+	serve := func(l net.Listener, h http.Handler) *http.Server {
 		// Header, body and idle timeouts and a connection cap per
 		// listener (lib/server); streams keep their own keep-alives.
 		hs := srv.HTTPServer(h, func(net.Listener) context.Context { return serveCtx })
+		serversMu.Lock()
 		servers = append(servers, hs)
+		serversMu.Unlock()
 		g.Go(func() error {
 			if err := hs.Serve(srv.LimitListener(l)); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("serving on %s: %w", l.Addr(), err)
 			}
 			return nil
 		})
+		return hs
 	}
 	if cfg.TLS.Enabled() {
 		tc, err := cfg.TLS.serverConfig()
@@ -411,17 +461,39 @@ func Serve(ctx context.Context, cfg Config) error {
 		if cfg.AgentListen != "" {
 			addr = cfg.AgentListen
 		}
-		al, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+		var agentMu sync.Mutex
+		var agentHS *http.Server
+		listenAgent := func(ctx context.Context, addr string) (net.Addr, error) {
+			al, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			agentMu.Lock()
+			defer agentMu.Unlock()
+			if agentHS != nil {
+				agentHS.Close() // its Serve returns ErrServerClosed
+			}
+			agentHS = serve(al, srv.AgentHandler())
+			log.Info("serving the agent endpoint", "addr", al.Addr().String())
+			return al.Addr(), nil
+		}
+		moveAgent = func(ctx context.Context, host string) error {
+			if _, err := listenAgent(ctx, net.JoinHostPort(host, strconv.Itoa(agentPort))); err != nil {
+				return apierr.Wrap(apierr.Unavailable, err, "listening for kestrel's reports on the new gateway")
+			}
+			return nil
+		}
+		al, err := listenAgent(ctx, addr)
 		if err != nil {
 			// Without it kestrel's reports are lost, but health still comes
 			// from polling: degrade, say so, keep going.
 			log.Warn("cannot listen for kestrel's reports; health comes from polling only", "addr", addr, "err", err)
 		} else {
-			defer al.Close()
-			serve(al, srv.AgentHandler())
-			addrs.Agent = al.Addr()
-			log.Info("serving the agent endpoint", "addr", al.Addr().String())
+			addrs.Agent = al
 		}
+	}
+	if moveAgent == nil {
+		moveAgent = func(context.Context, string) error { return nil }
 	}
 
 	if cfg.MetricsListen != "" {
@@ -449,7 +521,10 @@ func Serve(ctx context.Context, cfg Config) error {
 	log.Info("shutting down; VMs keep running")
 	stopServing()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	for _, hs := range servers {
+	serversMu.Lock()
+	all := servers
+	serversMu.Unlock()
+	for _, hs := range all {
 		_ = hs.Shutdown(sctx)
 	}
 	cancel()
