@@ -3,9 +3,10 @@
 // over both streams; stop after SECONDS or once BYTES are written, 0 for
 // no limit), removes it, writes numbered 100-byte lines to stdout and
 // stderr (numbered from 0 per round), then prints a summary line on stdout
-// and on /dev/console ("flood-done round=N stdout=BYTES stderr=BYTES
-// seconds=S"). The guest-access tests count what reached the host's
-// workload log against the summary.
+// and appends it to the file named by -done, /dev/console by default
+// ("flood-done round=N stdout=BYTES stderr=BYTES seconds=S"). The
+// guest-access tests count what reached the host's workload log against
+// the summary.
 package main
 
 import (
@@ -23,6 +24,7 @@ const lineLen = 100
 
 func main() {
 	trigger := flag.String("trigger", "/tmp/flood", "start a round once this file exists")
+	done := flag.String("done", "/dev/console", "append each round's summary to this file")
 	flag.Parse()
 	for round := 1; ; round++ {
 		var rate int
@@ -54,7 +56,7 @@ func main() {
 		wg.Wait()
 		summary := fmt.Sprintf("flood-done round=%d stdout=%d stderr=%d seconds=%.3f\n", round, written[0], written[1], time.Since(t0).Seconds())
 		os.Stdout.WriteString(summary)
-		if c, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+		if c, err := os.OpenFile(*done, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
 			c.WriteString(summary)
 			c.Close()
 		}
