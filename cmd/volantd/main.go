@@ -15,14 +15,15 @@
 //
 //	--socket PATH        VOLANT_SOCKET        unix socket of the API, mode 0660 (default /run/volant/volantd.sock; "" for none)
 //	--listen ADDR        VOLANT_LISTEN        also serve the API on TCP; requires --token and TLS (or --insecure-tcp)
-//	--token-file F       VOLANT_TOKEN_FILE    the bearer token TCP clients must send (compared in constant time),
+//	--token-file F       VOLANT_TOKEN_FILE    volantd's own bearer token, an admin's (compared in constant time;
+//	                                          named tokens with roles come from `volar tokens create`),
 //	                                          read from a file (mode 0600); at least 128 random bits, e.g.
 //	                                          head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >F
 //	--token T            VOLANT_TOKEN         the token itself; on the command line every user sees it in ps
 //	                                          (volantd warns): prefer --token-file or the variable
 //	--metrics-listen ADDR VOLANT_METRICS_LISTEN  also serve GET /metrics (Prometheus text format) alone on
 //	                                          this TCP address; it needs the token unless --metrics-no-auth.
-//	                                          The API's listeners serve /metrics too (the socket without a token)
+//	                                          The API's listeners serve /metrics too (root on the socket without a token)
 //	--metrics-no-auth    VOLANT_METRICS_NO_AUTH  serve --metrics-listen to anyone who reaches it, without a token
 //	--tls-cert F         VOLANT_TLS_CERT      serve TCP over TLS (1.2 or later) with this PEM certificate;
 //	--tls-key F          VOLANT_TLS_KEY       and its key (volar setup --tls makes a self-signed pair)
@@ -152,7 +153,7 @@ type options struct {
 type serveCmd struct {
 	Socket         string        `long:"socket" env:"VOLANT_SOCKET" description:"unix socket of the API (\"\" for none)"`
 	Listen         string        `long:"listen" env:"VOLANT_LISTEN" description:"also serve the API on this TCP address (requires --token-file)"`
-	Token          string        `long:"token" env:"VOLANT_TOKEN" description:"bearer token required on TCP"`
+	Token          string        `long:"token" env:"VOLANT_TOKEN" description:"volantd's own bearer token, an admin's (named tokens: volar tokens create)"`
 	TokenFile      string        `long:"token-file" env:"VOLANT_TOKEN_FILE" description:"file holding the token"`
 	MetricsListen  string        `long:"metrics-listen" env:"VOLANT_METRICS_LISTEN" description:"also serve GET /metrics alone on this TCP address (requires the token unless --metrics-no-auth)"`
 	MetricsNoAuth  bool          `long:"metrics-no-auth" env:"VOLANT_METRICS_NO_AUTH" description:"serve --metrics-listen without a token"`

@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"golang.org/x/net/netutil"
-
 	"github.com/volantvm/volant/lib/apierr"
 )
 
@@ -34,13 +32,14 @@ func (s *Server) HTTPServer(h http.Handler, base func(net.Listener) context.Cont
 		ReadHeaderTimeout: s.opts.HeaderTimeout,
 		IdleTimeout:       s.opts.IdleTimeout,
 		BaseContext:       base,
+		ConnContext:       connContext,
 	}
 }
 
 // LimitListener bounds the connections served from l at once (MaxConns);
 // more wait in the listen backlog.
 func (s *Server) LimitListener(l net.Listener) net.Listener {
-	return netutil.LimitListener(l, s.opts.MaxConns)
+	return &limitListener{Listener: l, sem: make(chan struct{}, s.opts.MaxConns), done: make(chan struct{})}
 }
 
 // bodyDeadline bounds the time a request's body may take to arrive. The

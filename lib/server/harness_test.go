@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -197,11 +198,10 @@ func (e *env) snapshot() snapshot {
 	s.Plugins = q(`SELECT name || ':' || version || ':' || enabled FROM plugins ORDER BY name`)
 	s.Deployments = q(`SELECT name || ':' || replicas FROM deployments ORDER BY name`)
 	s.Leases = q(`SELECT vm_id || ':' || ip FROM ip_leases ORDER BY ip`)
-	id, err := e.ctl.Events().Last(e.ctx)
-	if err != nil {
-		e.t.Fatal(err)
+	// The audit trail records refused calls too: they change nothing else.
+	for _, n := range q(`SELECT coalesce(max(id), 0) FROM events WHERE type != 'audit'`) {
+		s.Events, _ = strconv.ParseInt(n, 10, 64)
 	}
-	s.Events = id
 	for n := range e.nw.Taps() {
 		s.Taps = append(s.Taps, n)
 	}

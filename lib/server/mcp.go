@@ -110,7 +110,12 @@ type (
 // deployments, scale deployments, and (when b is a VolumeBackend) list,
 // create, resize and delete volumes, and (a SnapshotBackend) snapshot,
 // restore and start VMs from snapshots.
-func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
+func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server { return newMCPServer(b, log, nil) }
+
+// newMCPServer is NewMCPServer whose tool calls guard checks against the
+// API's roles (nil: no check, as on stdio, where the daemon's REST API
+// checks the token of every call the tools make).
+func newMCPServer(b Backend, log *slog.Logger, guard *Server) *mcp.Server {
 	s := mcp.NewServer(&mcp.Implementation{Name: "volantd", Title: "Volant microVMs", Version: buildinfo.String()}, &mcp.ServerOptions{
 		Instructions: "Volant runs workloads in microVMs on one Linux host. Plugins are installed images; " +
 			"VMs boot from a plugin and get an IP on the host bridge; deployments keep N replicas running.",
@@ -277,6 +282,9 @@ func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server {
 		})
 	addVolumeTools(s, b, ro)
 	addSnapshotTools(s, b, ro)
+	if guard != nil {
+		s.AddReceivingMiddleware(guard.mcpGuard)
+	}
 	return s
 }
 
@@ -302,6 +310,9 @@ type MCPOptions struct {
 	// DefaultMCPMaxSessions); initialize is UNAVAILABLE past it.
 	MaxSessions int
 	Logger      *slog.Logger
+	// guard checks each request's principal against the API's roles
+	// (volantd's own server; see mcpGuard).
+	guard *Server
 }
 
 // MCPHandler serves the MCP server of b over streamable HTTP. Idle
@@ -315,9 +326,12 @@ func MCPHandler(b Backend, o MCPOptions) http.Handler {
 	if o.MaxSessions <= 0 {
 		o.MaxSessions = DefaultMCPMaxSessions
 	}
-	s := NewMCPServer(b, o.Logger)
-	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
+	s := newMCPServer(b, o.Logger, o.guard)
+	var h http.Handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
 		&mcp.StreamableHTTPOptions{Logger: o.Logger, MaxRequestBodyBytes: MaxBodyBytes, SessionTimeout: o.SessionTimeout})
+	if o.guard != nil {
+		h = mcpPrincipal(h)
+	}
 	var mu sync.Mutex // one initialize at a time is counted against the cap
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		jw := &jsonErrors{ResponseWriter: w, r: r}
@@ -396,6 +410,8 @@ func (j *jsonErrors) finish() {
 	switch j.status {
 	case http.StatusBadRequest, http.StatusUnsupportedMediaType, http.StatusNotAcceptable:
 		code = apierr.InvalidInput
+	case http.StatusUnauthorized:
+		code = apierr.Unauthorized
 	case http.StatusForbidden:
 		code = apierr.PermissionDenied
 	case http.StatusNotFound:

@@ -58,10 +58,12 @@ type metrics struct {
 	reg      *prometheus.Registry
 	requests *prometheus.HistogramVec
 	boots    *prometheus.HistogramVec
-	sse      atomic.Int64
-	proc     procfs.FS
-	procErr  error
-	sysNet   string // /sys/class/net
+	// unauth counts requests refused as UNAUTHORIZED, by reason.
+	unauth  *prometheus.CounterVec
+	sse     atomic.Int64
+	proc    procfs.FS
+	procErr error
+	sysNet  string // /sys/class/net
 
 	blockMu      sync.Mutex
 	blockAt      time.Time
@@ -123,9 +125,18 @@ func newMetrics(s *Server) *metrics {
 		Name: "volant_vm_boot_duration_seconds", Help: "From a VM's create (or start) to its first passed health check.",
 		Buckets: []float64{.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300},
 	}, []string{"plugin"})
-	m.reg.MustRegister(m.requests, m.boots, m, collectors.NewGoCollector(),
+	m.unauth = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "volant_api_unauthorized_total", Help: "Requests refused as UNAUTHORIZED, by reason (missing, malformed, unknown, expired, revoked, token_in_query).",
+	}, []string{"reason"})
+	m.reg.MustRegister(m.requests, m.boots, m.unauth, m, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// refused counts a request refused as UNAUTHORIZED.
+func (m *metrics) refused(reason any) {
+	r, _ := reason.(string)
+	m.unauth.WithLabelValues(r).Inc()
 }
 
 // Describe sends nothing: the per-VM series change with the VMs, so the

@@ -15,6 +15,7 @@ import (
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/auth"
 	"github.com/volantvm/volant/lib/buildinfo"
 )
 
@@ -22,7 +23,7 @@ import (
 // route table (paths, methods, parameters, error codes) and the Go types
 // of the bodies (schemas, through invopop/jsonschema).
 func (s *Server) OpenAPI() ([]byte, error) {
-	return openAPI(s.routes())
+	return openAPI(s.routes(), s.need)
 }
 
 func schemaName(t reflect.Type) string {
@@ -97,7 +98,7 @@ func mapType(t reflect.Type) *jsonschema.Schema {
 	return nil
 }
 
-func openAPI(routes []route) ([]byte, error) {
+func openAPI(routes []route, need func(string) auth.Role) ([]byte, error) {
 	ss := &schemaSet{
 		r:    &jsonschema.Reflector{Namer: schemaName, Mapper: mapType},
 		defs: map[string]*jsonschema.Schema{},
@@ -186,8 +187,10 @@ func openAPI(routes []route) ([]byte, error) {
 		}
 		byStatus := map[int][]string{}
 		codes := append([]apierr.Code{apierr.Internal}, rt.errors...)
-		if !rt.noAuth {
-			codes = append(codes, apierr.Unauthorized)
+		role := need(rt.id)
+		if role != anyone {
+			codes = append(codes, apierr.Unauthorized, apierr.PermissionDenied)
+			op["x-role"] = string(role)
 		}
 		for _, c := range codes {
 			st := c.HTTPStatus()
@@ -203,7 +206,7 @@ func openAPI(routes []route) ([]byte, error) {
 			}
 		}
 		op["responses"] = resps
-		if rt.noAuth {
+		if role == anyone {
 			op["security"] = []any{}
 		}
 		if paths[rt.path] == nil {
@@ -217,7 +220,8 @@ func openAPI(routes []route) ([]byte, error) {
 			"title":   "volantd",
 			"version": buildinfo.String(),
 			"description": "The control plane of Volant: plugins, VMs, deployments, events, MCP. " +
-				"Served on a unix socket (no token) and, with --listen, on TCP with a bearer token. " +
+				"Served on a unix socket (no token needed as root) and, with --listen, on TCP with a bearer token. " +
+				"Each operation's x-role is the least role (viewer, operator, admin) whose token may call it. " +
 				"Errors are {code, message, details} with the code's HTTP status.",
 		},
 		"paths": paths,

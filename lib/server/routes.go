@@ -37,7 +37,6 @@ type route struct {
 	errors  []apierr.Code
 	// agent routes are also served on the agent listener.
 	agent   bool
-	noAuth  bool
 	handler http.Handler
 }
 
@@ -65,7 +64,7 @@ func states() []string {
 func (s *Server) routes() []route {
 	rs := []route{
 		{method: "GET", path: "/healthz", id: "health", tag: "daemon", summary: "Liveness and readiness (no token needed)",
-			status: 200, resp: api.Health{}, noAuth: true, handler: http.HandlerFunc(s.healthz)},
+			status: 200, resp: api.Health{}, handler: http.HandlerFunc(s.healthz)},
 		{method: "GET", path: "/openapi.json", id: "openapi", tag: "daemon", summary: "This document",
 			status: 200, resp: map[string]any{}, handler: http.HandlerFunc(s.openapi)},
 		{method: "GET", path: "/metrics", id: "metrics", tag: "daemon",
@@ -207,6 +206,7 @@ func (s *Server) routes() []route {
 			status: 200, resp: api.Event{}, content: "text/event-stream", errors: []apierr.Code{apierr.InvalidInput, apierr.DataCorrupt},
 			handler: http.HandlerFunc(s.events)},
 	}
+	rs = append(rs, s.tokenRoutes()...)
 	rs = append(rs, s.volumeRoutes()...)
 	rs = append(rs, s.snapshotRoutes()...)
 	for _, m := range []string{"POST", "GET", "DELETE"} {
@@ -221,6 +221,22 @@ func (s *Server) routes() []route {
 			handler: s.mcp})
 	}
 	return rs
+}
+
+func (s *Server) tokenRoutes() []route {
+	return []route{
+		{method: "GET", path: api.Prefix + "/tokens", id: "listTokens", tag: "tokens",
+			summary: "List the named API tokens (never their secrets) with their role, expiry and state",
+			status:  200, resp: api.TokenList{}, handler: http.HandlerFunc(s.listTokens)},
+		{method: "POST", path: api.Prefix + "/tokens", id: "createToken", tag: "tokens",
+			summary: "Create a named token with a role (viewer, operator, admin) and an optional lifetime; the answer holds its secret, " +
+				"which volantd keeps only as a hash and never shows again",
+			req: api.CreateTokenRequest{}, status: 201, resp: api.CreatedToken{}, errors: append(bodyErrors, apierr.Conflict),
+			handler: http.HandlerFunc(s.createToken)},
+		{method: "DELETE", path: api.Prefix + "/tokens/{name}", id: "revokeToken", tag: "tokens",
+			summary: "Revoke a token: the next request with it is UNAUTHORIZED (its name stays taken); repeating it answers the same",
+			status:  200, resp: api.Token{}, errors: nameErrors, handler: http.HandlerFunc(s.revokeToken)},
+	}
 }
 
 // The routes kestrel calls, as patterns; a test checks that they match

@@ -6,8 +6,14 @@
 //
 // Two handlers:
 //
-//   - Handler: the whole API, for volantd's unix socket (trusted by its
-//     file mode) and, with a bearer token, for TCP (--listen).
+//   - Handler: the whole API, for volantd's unix socket and, with a bearer
+//     token, for TCP (--listen). Every request but /healthz runs as a
+//     principal (lib/auth): the named token it carries, volantd's own
+//     token (an admin), or on the unix socket without a token root or
+//     volantd's uid (an admin). Each route needs the role the access
+//     table (access.go) gives its operation, and every call that asks to
+//     change something is recorded in the event log under the
+//     principal's name (an "audit" event).
 //   - AgentHandler: only what guests need, served on the bridge's gateway
 //     address without a token: kestrel's status report (accepted only from
 //     the VM's own address) and the plugin manifest fetch.
@@ -21,7 +27,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +44,7 @@ import (
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/auth"
 	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/controller"
 	"github.com/volantvm/volant/lib/workloadlog"
@@ -49,8 +55,9 @@ const MaxBodyBytes = 1 << 20
 
 // Options tune a Server.
 type Options struct {
-	// Token, when set, is required as "Authorization: Bearer <token>" by
-	// handlers made with auth (TCP listeners).
+	// Token is volantd's own token (--token-file): sent as
+	// "Authorization: Bearer <token>" it makes a call an admin's, named
+	// auth.DaemonToken. Named tokens (POST /api/v1/tokens) work besides it.
 	Token string
 	// SSEBuffer is how many events a slow event-stream reader may fall
 	// behind before it is disconnected (default 1024); it then resumes
@@ -85,6 +92,10 @@ type Server struct {
 	log  *slog.Logger
 	mcp  http.Handler
 
+	access map[string]auth.Role
+	// mutating are the operations the audit trail records (audited).
+	mutating map[string]bool
+
 	consoles consoles
 	lists    vmListCache
 	frames   frameCache
@@ -117,19 +128,25 @@ func New(ctl *controller.Controller, o Options) *Server {
 	if o.MaxConns <= 0 {
 		o.MaxConns = DefaultMaxConns
 	}
-	s := &Server{ctl: ctl, opts: o, log: o.Logger}
+	s := &Server{ctl: ctl, opts: o, log: o.Logger, access: access(), mutating: map[string]bool{}}
 	s.metrics = newMetrics(s)
-	s.mcp = MCPHandler(ControllerBackend{ctl}, MCPOptions{SessionTimeout: o.MCPSessionTimeout, MaxSessions: o.MCPMaxSessions, Logger: o.Logger})
+	s.mcp = MCPHandler(ControllerBackend{ctl}, MCPOptions{SessionTimeout: o.MCPSessionTimeout, MaxSessions: o.MCPMaxSessions, Logger: o.Logger,
+		guard: s})
+	for _, rt := range s.routes() {
+		s.mutating[rt.id] = s.mutating[rt.id] || audited(rt)
+	}
 	return s
 }
 
-// Handler serves the whole API. With auth, every route but /healthz needs
-// the bearer token (Options.Token must then be set).
-func (s *Server) Handler(auth bool) http.Handler {
+// Handler serves the whole API. With tcp, every route but /healthz needs
+// a bearer token. Without it (the unix socket) a call without a token is
+// an admin's unless its connection is a unix socket whose peer is neither
+// root nor volantd's own uid; a call with a token runs as that token.
+func (s *Server) Handler(tcp bool) http.Handler {
 	mux := http.NewServeMux()
 	streams := map[string]bool{}
 	for _, rt := range s.routes() {
-		mux.Handle(rt.pattern(), s.metrics.instrument(rt.id, rt.handler))
+		mux.Handle(rt.pattern(), s.metrics.instrument(rt.id, s.guard(rt, rt.handler)))
 		// A tar body is a stream of any size (PUT .../files).
 		if rt.reqContent == "application/x-tar" {
 			streams[rt.pattern()] = true
@@ -149,24 +166,25 @@ func (s *Server) Handler(auth bool) http.Handler {
 		writeError(w, r, apierr.New(apierr.NotFound, "no route %s %s; GET /openapi.json lists them", r.Method, r.URL.Path).
 			With("method", r.Method).With("path", r.URL.Path))
 	})
-	var h http.Handler = s.bodyDeadline(false, streamed, mux)
-	if auth {
-		h = s.authenticate(h)
-	}
+	h := s.authenticate(tcp, s.bodyDeadline(false, streamed, mux))
 	return s.logRequests(s.bodyDeadline(true, nil, h))
 }
 
 // MetricsHandler serves only GET /metrics, for a listener of its own
-// (volantd --metrics-listen); with auth it needs the bearer token.
+// (volantd --metrics-listen); with auth it needs a token of any role.
 func (s *Server) MetricsHandler(auth bool) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", s.metrics.handler())
+	var mh http.Handler = s.metrics.handler()
+	if auth {
+		mh = s.guard(route{method: "GET", path: "/metrics", id: "metrics"}, mh)
+	}
+	mux.Handle("GET /metrics", mh)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, apierr.New(apierr.NotFound, "this listener serves only GET /metrics").With("path", r.URL.Path))
 	})
 	var h http.Handler = mux
 	if auth {
-		h = s.authenticate(h)
+		h = s.authenticate(true, h)
 	}
 	return s.logRequests(h)
 }
@@ -212,24 +230,6 @@ type agentKey struct{}
 func withAgent(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), agentKey{}, true)))
-	})
-}
-
-func (s *Server) authenticate(h http.Handler) http.Handler {
-	want := []byte("Bearer " + s.opts.Token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
-			h.ServeHTTP(w, r)
-			return
-		}
-		got := []byte(r.Header.Get("Authorization"))
-		if s.opts.Token == "" || subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="volantd"`)
-			writeError(w, r, apierr.New(apierr.Unauthorized, "missing or wrong bearer token").
-				With("hint", "send Authorization: Bearer <token> (volantd --token, VOLANT_TOKEN)"))
-			return
-		}
-		h.ServeHTTP(w, r)
 	})
 }
 
@@ -287,6 +287,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if r != nil && errors.Is(r.Context().Err(), context.Canceled) && e.Code == apierr.Internal {
 		e.Code = apierr.Canceled
 	}
+	noteCode(r, e.Code)
 	writeJSON(w, e.Code.HTTPStatus(), e)
 }
 

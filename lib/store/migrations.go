@@ -26,6 +26,7 @@ func migrations() []migration {
 		{3, "volumes and their attachments to VMs", schemaV3},
 		{4, "published ports", schemaV4},
 		{5, "VM workload overrides and labels; daemon settings", schemaV5},
+		{6, "named API tokens with roles, stored hashed", schemaV6},
 	}
 }
 
@@ -281,3 +282,19 @@ func (s *Store) tooNew(v, latest int) error {
 		"database %s has schema version %d, newer than this build's %d: use a newer volant build", s.path, v, latest).
 		With("db", s.path).With("schema_version", v).With("supported_version", latest)
 }
+
+// schemaV6 holds the API's named tokens (lib/auth): only each token's
+// SHA-256, never the token. A revoked token keeps its row (revoked_at), so
+// its name stays taken and the audit trail's names stay unambiguous.
+const schemaV6 = `
+CREATE TABLE tokens (
+	name       TEXT PRIMARY KEY,
+	role       TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+	hash       TEXT NOT NULL UNIQUE CHECK (length(hash) = 64),
+	created_at TEXT NOT NULL,
+	created_by TEXT NOT NULL,
+	expires_at TEXT,
+	revoked_at TEXT,
+	revoked_by TEXT
+) STRICT;
+`

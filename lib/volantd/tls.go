@@ -3,8 +3,13 @@ package volantd
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"os"
+	"sync"
+	"sync/atomic"
 
 	"github.com/volantvm/volant/lib/apierr"
 )
@@ -50,7 +55,11 @@ func (t TLS) serverConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// wrapTCP serves the TCP listeners of lns over TLS when cfg is set.
+// wrapTCP serves the TCP listeners of lns over TLS when cfg is set. A
+// client that speaks plain HTTP to such a port (a downgrade, or an
+// http:// URL by mistake) is answered with a JSON error, INVALID_INPUT
+// with details.reason "tls_required", instead of net/http's text, and
+// nothing else.
 func wrapTCP(lns []net.Listener, cfg *tls.Config) []net.Listener {
 	if cfg == nil {
 		return lns
@@ -59,8 +68,93 @@ func wrapTCP(lns []net.Listener, cfg *tls.Config) []net.Listener {
 	for i, l := range lns {
 		out[i] = l
 		if l.Addr().Network() == "tcp" {
-			out[i] = tls.NewListener(l, cfg)
+			out[i] = &tlsListener{Listener: l, cfg: cfg}
 		}
 	}
 	return out
+}
+
+// tlsListener hands out connections that start TLS when the client's
+// first byte opens a TLS handshake record, and refuse plain HTTP. The
+// first byte is read on the server's first Read, under the deadline it
+// set (the header timeout), so Accept never blocks on a slow client.
+type tlsListener struct {
+	net.Listener
+	cfg *tls.Config
+}
+
+func (l *tlsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &sniffConn{Conn: c, cfg: l.cfg}, nil
+}
+
+// sniffConn is a server connection that becomes a *tls.Conn (tls) once
+// its first byte says the client speaks TLS.
+type sniffConn struct {
+	net.Conn // the raw connection
+	cfg      *tls.Config
+	once     sync.Once
+	tls      atomic.Pointer[tls.Conn]
+	err      error
+}
+
+// recordTypeHandshake is the first byte of a TLS ClientHello record.
+const recordTypeHandshake = 0x16
+
+func (c *sniffConn) sniff() {
+	var b [1]byte
+	if _, err := io.ReadFull(c.Conn, b[:]); err != nil {
+		c.err = err
+		return
+	}
+	if b[0] != recordTypeHandshake {
+		e := apierr.New(apierr.InvalidInput, "this port serves the API over TLS only: use https://").With("reason", "tls_required")
+		body, _ := json.Marshal(e)
+		fmt.Fprintf(c.Conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+			len(body), body)
+		c.err = e
+		return
+	}
+	c.tls.Store(tls.Server(&prefixConn{Conn: c.Conn, first: b[:]}, c.cfg))
+}
+
+func (c *sniffConn) Read(p []byte) (int, error) {
+	c.once.Do(c.sniff)
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.tls.Load().Read(p)
+}
+
+func (c *sniffConn) Write(p []byte) (int, error) {
+	c.once.Do(c.sniff)
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.tls.Load().Write(p)
+}
+
+func (c *sniffConn) Close() error {
+	if t := c.tls.Load(); t != nil {
+		return t.Close()
+	}
+	return c.Conn.Close()
+}
+
+// prefixConn reads first before the connection.
+type prefixConn struct {
+	net.Conn
+	first []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.first) > 0 {
+		n := copy(p, c.first)
+		c.first = c.first[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
 }

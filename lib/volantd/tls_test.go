@@ -90,7 +90,7 @@ func tlsClient(pool *x509.CertPool, certs ...tls.Certificate) *http.Client {
 
 // TCP is served over TLS: a client that trusts the certificate gets its
 // answers, one that does not is refused by its own check, and plain HTTP
-// on the TLS port gets no API answer.
+// on the TLS port gets no API answer but INVALID_INPUT (tls_required).
 func TestServeTLS(t *testing.T) {
 	cert, key, pool, _ := pairFiles(t)
 	addr := serveTLS(t, TLS{Cert: cert, Key: key})
@@ -100,8 +100,9 @@ func TestServeTLS(t *testing.T) {
 	if _, _, err := get(tlsClient(x509.NewCertPool()), "https://"+addr+"/api/v1/vms"); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("a client that does not trust the certificate: %v", err)
 	}
-	if code, body, err := get(&http.Client{Timeout: 10 * time.Second}, "http://"+addr+"/api/v1/vms"); err == nil && (code == 200 || strings.Contains(body, `"vms"`)) {
-		t.Fatalf("plain HTTP on the TLS port answered %d %q", code, body)
+	if code, body, err := get(&http.Client{Timeout: 10 * time.Second}, "http://"+addr+"/api/v1/vms"); err != nil || code != 400 ||
+		!strings.Contains(body, `"code":"INVALID_INPUT"`) || !strings.Contains(body, `"reason":"tls_required"`) {
+		t.Fatalf("plain HTTP on the TLS port answered %d %q %v", code, body, err)
 	}
 	// TLS 1.1 is refused.
 	c := tlsClient(pool)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
+	_ "github.com/volantvm/volant/lib/store" // the sqlite3 driver
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
@@ -150,6 +152,7 @@ func TestHTTP(t *testing.T) {
 type httpDaemon struct {
 	dir, sock, addr, token string
 	ns                     *netnstest.NS
+	sqldb                  *sql.DB
 	client                 *http.Client // over the unix socket
 	tcp                    *http.Client // to addr, inside ns
 }
@@ -235,6 +238,12 @@ func startHTTPDaemon(t *testing.T) *httpDaemon {
 			return conn, err
 		}}}
 
+	d.sqldb, err = sql.Open("sqlite3", "file:"+filepath.Join(dir, "data", "volant.db")+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.sqldb.Close() })
+
 	// The one plugin every case must leave as it is.
 	art := filepath.Join(dir, "data", "plugins", "web.img")
 	if err := os.MkdirAll(filepath.Dir(art), 0o755); err != nil {
@@ -289,6 +298,39 @@ func (d *httpDaemon) do(t *testing.T, method, path, ctype, accept, body, auth st
 	return resp.StatusCode, resp.Header.Get("Content-Type"), b
 }
 
+// db is the daemon's database, open read-only.
+func (d *httpDaemon) db(t *testing.T) *sql.DB { return d.sqldb }
+
+// lastEvent is the id of the newest event where cond holds (0: none).
+func (d *httpDaemon) lastEvent(t *testing.T, cond string) int64 {
+	t.Helper()
+	var id int64
+	if err := d.db(t).QueryRow("SELECT coalesce(max(id), 0) FROM events WHERE " + cond).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// audits returns the audit events after id as "principal status code".
+func (d *httpDaemon) audits(t *testing.T, after int64) []string {
+	t.Helper()
+	rows, err := d.db(t).Query("SELECT json_extract(data, '$.principal') || ' ' || json_extract(data, '$.status') || ' ' || "+
+		"coalesce(json_extract(data, '$.code'), '') FROM events WHERE type = 'audit' AND id > ? ORDER BY id", after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
 // state describes what a request could change: what the API lists (over
 // the unix socket), the last event's ID, and every file and directory
 // under the data directory but the database's own files.
@@ -303,11 +345,9 @@ func (d *httpDaemon) state(t *testing.T) string {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if p == "/healthz" {
-			var h struct {
-				LastEventID int64 `json:"last_event_id"`
-			}
-			json.Unmarshal(body, &h)
-			body = []byte(fmt.Sprint(h.LastEventID))
+			// The audit trail records refused calls too (checked apart, by
+			// audits): the last event that is not an audit counts.
+			body = []byte(fmt.Sprint(d.lastEvent(t, "type != 'audit'")))
 		}
 		fmt.Fprintf(&b, "%s %d %s\n", p, resp.StatusCode, bytes.TrimSpace(body))
 	}
