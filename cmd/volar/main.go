@@ -38,6 +38,9 @@
 //	volar volumes list
 //	volar volumes show|delete NAME
 //	volar volumes resize NAME --size SIZE
+//	volar tokens create NAME --role viewer|operator|admin [--expires-in D]
+//	volar tokens list
+//	volar tokens revoke NAME
 //	volar events [--since ID] [--type T]...
 //	volar completion bash|zsh
 //	volar version
@@ -46,7 +49,8 @@
 //
 //	-H, --host ADDR     volantd's address: a unix socket path (/run/volant/volantd.sock,
 //	                    the default), unix:///path, or http(s)://host:port (VOLANT_HOST)
-//	    --token TOKEN   bearer token for TCP (VOLANT_TOKEN)
+//	    --token TOKEN   bearer token for TCP, or for a non-root user on the socket (VOLANT_TOKEN):
+//	                    volantd's own (an admin) or a named one (volar tokens create)
 //	-o, --output FMT    table (default) or json
 //	-q, --quiet         print only names
 //
@@ -73,6 +77,9 @@
 //	snapshots list                              a JSON array of Snapshot
 //	vms snapshot, snapshots show|delete         one Snapshot object
 //	vms restore                                 one VM object
+//	tokens list                                 a JSON array of Token (never a secret)
+//	tokens create                               one CreatedToken object (with its secret; -q: the secret alone)
+//	tokens revoke                               one Token object
 //	events                                      one compact Event object per line (NDJSON)
 //	setup                                       one object {"dry_run","changed","ready","items":[...],...}
 //	version                                     {"client","server","addr"}
@@ -113,6 +120,20 @@
 // --dry-run changes nothing and prints what would change. Start volantd
 // with the same --bridge/--nat choices (volantd sets the bridge up itself
 // at start and follows its own --nat).
+//
+// # Tokens
+//
+// volantd's API has three roles: viewer (read, events, logs), operator
+// (also the VM lifecycle, exec, console, files, snapshots, volumes) and
+// admin (also plugins, deployments, tokens). `volar tokens create ci
+// --role viewer [--expires-in 30d]` makes a named token and prints its
+// secret once (-q prints it alone, for a file); volantd keeps only its
+// hash. `tokens list` shows names, roles and states (active, expired,
+// revoked); `tokens revoke NAME` stops it at once. These need an admin:
+// root on the unix socket, volantd's own token, or an admin token. A call
+// the token's role does not allow is PERMISSION_DENIED (exit 1). Every
+// change made through the API is an "audit" event naming the token:
+// `volar events --type audit`.
 //
 // # Published ports
 //

@@ -99,7 +99,7 @@ func TestHelpAtEveryLevel(t *testing.T) {
 	want := []string{"completion", "deployments", "deployments create", "deployments delete", "deployments list",
 		"deployments scale", "deployments show", "events", "plugins", "plugins disable", "plugins enable",
 		"plugins install", "plugins list", "plugins remove", "plugins show", "run", "setup", "snapshots", "snapshots delete",
-		"snapshots list", "snapshots show", "version", "vms",
+		"snapshots list", "snapshots show", "tokens", "tokens create", "tokens list", "tokens revoke", "version", "vms",
 		"vms console", "vms cp", "vms create", "vms delete", "vms exec", "vms list", "vms logs", "vms pause", "vms restart", "vms restore", "vms resume",
 		"vms show", "vms snapshot", "vms start", "vms stop", "vms wait", "volumes", "volumes create", "volumes delete", "volumes list", "volumes resize", "volumes show"}
 	var got []string
@@ -217,7 +217,7 @@ func TestCompletionInProcess(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{""}, "completion\ndeployments\nevents\nplugins\nrun\nsetup\nsnapshots\nversion\nvms\nvolumes\n"},
+		{[]string{""}, "completion\ndeployments\nevents\nplugins\nrun\nsetup\nsnapshots\ntokens\nversion\nvms\nvolumes\n"},
 		{[]string{"v"}, "version\nvms\nvolumes\n"},
 		{[]string{"vms", "st"}, "start\nstop\n"},
 		{[]string{"vms", "create", "--pl"}, "--plugin\n"},
@@ -284,7 +284,7 @@ printf '%%s\n' "${COMPREPLY[@]}"`, script, strings.Join(quoted, " "), len(words)
 func TestBashCompletion(t *testing.T) {
 	reg := "complete -o default -F _volar_complete volar\n"
 	for _, c := range []struct{ line, want string }{
-		{"volar ", "completion\ndeployments\nevents\nplugins\nrun\nsetup\nsnapshots\nversion\nvms\nvolumes\n"},
+		{"volar ", "completion\ndeployments\nevents\nplugins\nrun\nsetup\nsnapshots\ntokens\nversion\nvms\nvolumes\n"},
 		{"volar de", "deployments\n"},
 		{"volar vms ", "console\ncp\ncreate\ndelete\nexec\nlist\nlogs\npause\nrestart\nrestore\nresume\nshow\nsnapshot\nstart\nstop\nwait\n"},
 		{"volar vms create web1 --", "--cpu\n--from-snapshot\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--publish\n--quiet\n--timeout\n--token\n--volume\n--wait\n"},

@@ -120,6 +120,12 @@ type CommandLine struct {
 		Delete volumeDeleteCmd `command:"delete" alias:"rm" description:"Delete a volume and its data (refused while a VM is attached to it)"`
 	} `command:"volumes" alias:"volume" alias:"vol" description:"Manage volumes (data that outlives VMs)"`
 
+	Tokens struct {
+		Create tokenCreateCmd `command:"create" description:"Create a named API token with a role; its secret is printed once" long-description:"Create a named bearer token for volantd's API with a role: viewer (read, events, logs), operator (also the VM lifecycle, exec, console, files, snapshots, volumes) or admin (also plugins, deployments, tokens). The secret is printed once (alone with -q) and volantd keeps only its hash. Admin only."`
+		List   tokenListCmd   `command:"list" alias:"ls" description:"List the named tokens (never their secrets)"`
+		Revoke tokenRevokeCmd `command:"revoke" alias:"rm" description:"Revoke a token: the next request with it is refused"`
+	} `command:"tokens" alias:"token" description:"Manage API tokens and their roles (admin only)"`
+
 	Run        runCmd        `command:"run" description:"Run a container image as a VM: build (or reuse) its plugin, create the VM, wait until it runs" long-description:"Run a container image as a VM in one step: volantd builds the plugin from the image (or reuses the one built from the same image: --pull if-not-present by default), creates a VM from it with the arguments after -- as the image's Cmd, and volar waits until it is running, printing progress on stderr."`
 	Events     eventsCmd     `command:"events" description:"Follow volantd's event stream (Ctrl-C ends)"`
 	Completion completionCmd `command:"completion" description:"Print a shell completion script (bash or zsh)"`
@@ -596,6 +602,34 @@ type volumeDeleteCmd struct{ volumeCmd }
 
 func (c *volumeDeleteCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 	return s.DeleteVolume(ctx, string(c.Args.Name))
+}
+
+// --- tokens ---
+
+type tokenCreateCmd struct {
+	Role      string `long:"role" short:"r" value-name:"ROLE" required:"yes" choice:"viewer" choice:"operator" choice:"admin" description:"what the token may do"`
+	ExpiresIn string `long:"expires-in" value-name:"DURATION" description:"the token stops working after this long: 90m, 24h, 30d (default: until revoked)"`
+	Args      struct {
+		Name string `positional-arg-name:"NAME" description:"the token's name, recorded in the audit trail (lowercase letters, digits, - and _)"`
+	} `positional-args:"yes" required:"yes"`
+}
+
+func (c *tokenCreateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.CreateToken(ctx, c.Args.Name, c.Role, c.ExpiresIn)
+}
+
+type tokenListCmd struct{}
+
+func (tokenListCmd) run(ctx context.Context, s *Session, _ *cli.Env) error { return s.ListTokens(ctx) }
+
+type tokenRevokeCmd struct {
+	Args struct {
+		Name string `positional-arg-name:"NAME" description:"the token's name"`
+	} `positional-args:"yes" required:"yes"`
+}
+
+func (c *tokenRevokeCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.RevokeToken(ctx, c.Args.Name)
 }
 
 // --- events ---

@@ -115,7 +115,7 @@ func Report(w io.Writer, err error, t *Target, asJSON bool) int {
 		for k, v := range e.Details {
 			details[k] = v
 		}
-		details["hint"] = "give volantd's token with --token or VOLANT_TOKEN (the one volantd was started with)"
+		details["hint"] = "give a token with --token or VOLANT_TOKEN: volantd's own (--token-file) or one `volar tokens create` made"
 		e = &apierr.Error{Code: e.Code, Message: e.Message, Details: details, Err: e.Err}
 	}
 	if asJSON {
