@@ -18,14 +18,17 @@ const anyone auth.Role = "anyone"
 //   - operator: the VM lifecycle (create, start, stop, restart, pause,
 //     resume, delete, wait is a read), exec, the console, copying files
 //     in and out (as strong as exec), snapshots and volumes.
-//   - admin: plugins, deployments, tokens, and kestrel's report on the
-//     API (guests use the agent endpoint, which has its own rule).
+//   - admin: plugins, deployments, tokens, the guest network, and
+//     kestrel's report on the API (guests use the agent endpoint, which has its own rule).
 func access() map[string]auth.Role {
 	v, o, a := auth.Viewer, auth.Operator, auth.Admin
 	return map[string]auth.Role{
 		"health":  anyone,
 		"openapi": v,
 		"metrics": v,
+		// The guest subnet: every VM's addressing.
+		"getNetwork": v,
+		"setNetwork": a,
 
 		"listPlugins":       v,
 		"getPlugin":         v,
