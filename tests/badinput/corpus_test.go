@@ -39,16 +39,22 @@
 //
 // One volantd runs for all of them in a scratch directory $TMP (no
 // bridge, no agent endpoint; the API on a unix socket and on loopback TCP
-// with a token) with one plugin installed; files, directories, FIFOs and
+// over TLS with a token) with one plugin installed and named tokens made
+// by root on the socket; files, directories, FIFOs and
 // symlinks a case names are made under $TMP before its request and
 // removed after it; "$TMP" and "$HTTP" (a server whose /blob matches no
 // checksum) in path, body, files and link targets are replaced. auth is
-// how the token goes: "" in the Authorization header, "none", "wrong",
-// "query" (in the query string). The case passes when the answer has its
+// how the request is authenticated: "" (volantd's own token, an admin's,
+// in the Authorization header), "none", "wrong", "malformed" (Basic),
+// "query" (in the query string), "query+header" (both), "viewer" and
+// "operator" (named tokens of those roles), "expired", "revoked", "plain"
+// (plain HTTP to the TLS port). The case passes when the answer has its
 // status, is a JSON error object with its code and a message, and the
 // plugins, VMs, deployments and volumes the API lists, the last event's
-// ID and the files and directories under $TMP/data (the database aside)
-// are as before.
+// ID (audit events aside) and the files and directories under $TMP/data
+// (the database aside) are as before; no audit event records the call as
+// done, and a viewer's or operator's refused change is audited under the
+// token's name with PERMISSION_DENIED.
 //
 // To add a case, append a line; to cover a new command, add a file named
 // after it. The run ends by printing on stderr the number of cases and how

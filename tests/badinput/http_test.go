@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
@@ -22,6 +24,7 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/selfsigned"
 	_ "github.com/volantvm/volant/lib/store" // the sqlite3 driver
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
@@ -35,8 +38,13 @@ type httpCase struct {
 	ContentType string `json:"content_type,omitempty"`
 	Accept      string `json:"accept,omitempty"`
 	Body        string `json:"body,omitempty"`
-	// Auth is how the request carries the token: "" (as it should),
-	// "none", "wrong", "query" (in the query string, which is refused).
+	// Auth is how the request carries the token: "" (the daemon's own,
+	// an admin's, as it should), "none", "wrong", "query" (in the query
+	// string, which is refused), "query+header" (both), "malformed"
+	// (Authorization: Basic), "viewer", "operator" (named tokens of those
+	// roles), "expired" (a viewer's, expired), "revoked" (an admin's,
+	// revoked), "plain" (the daemon's token over plain HTTP to the TLS
+	// port: a downgrade).
 	Auth   string      `json:"auth,omitempty"`
 	Status int         `json:"status"`
 	Code   apierr.Code `json:"code"`
@@ -126,6 +134,7 @@ func TestHTTP(t *testing.T) {
 				made = append(made, p)
 			}
 			before := d.state(t)
+			lastEvent := d.lastEvent(t, "1 = 1")
 			status, ctype, body := d.do(t, c.Method, sub(c.Path), c.ContentType, c.Accept, sub(c.Body), c.Auth)
 			var problems []string
 			if status != c.Status {
@@ -141,6 +150,20 @@ func TestHTTP(t *testing.T) {
 			if after := d.state(t); after != before {
 				problems = append(problems, "the request changed state:\nbefore:\n"+before+"\nafter:\n"+after)
 			}
+			// The audit trail: nothing recorded as done; a refusal to a
+			// named token recorded under its name (written before the
+			// answer; other refusals may be recorded just after it).
+			audits := d.audits(t, lastEvent)
+			for _, a := range audits {
+				if f := strings.Fields(a); len(f) < 3 || f[1] < "400" {
+					problems = append(problems, "audited as done: "+a)
+				}
+			}
+			if (c.Auth == "viewer" || c.Auth == "operator") && c.Status == 403 {
+				if want := c.Auth + " 403 PERMISSION_DENIED"; c.Method != "GET" && (len(audits) != 1 || audits[0] != want) {
+					problems = append(problems, fmt.Sprintf("audit trail %q, want [%s]", audits, want))
+				}
+			}
 			if len(problems) > 0 {
 				t.Fatalf("%s: %s %s:\n%s", where, c.Method, c.Path, strings.Join(problems, "\n"))
 			}
@@ -153,8 +176,9 @@ type httpDaemon struct {
 	dir, sock, addr, token string
 	ns                     *netnstest.NS
 	sqldb                  *sql.DB
-	client                 *http.Client // over the unix socket
-	tcp                    *http.Client // to addr, inside ns
+	secrets                map[string]string // named tokens by name
+	client                 *http.Client      // over the unix socket
+	tcp                    *http.Client      // to addr, inside ns
 }
 
 // startHTTPDaemon runs volantd in a scratch directory and a network
@@ -177,9 +201,22 @@ func startHTTPDaemon(t *testing.T) *httpDaemon {
 		t.Fatal(err)
 	}
 	defer logf.Close()
+	pair, err := selfsigned.New([]string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pair.Cert, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pair.Key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pair.Cert)
 	x := d.ns.Cmd(bin, "--socket", d.sock, "--data-dir", filepath.Join(dir, "data"), "--run-root", filepath.Join(dir, "run"),
 		"--no-network-setup", "--agent-listen", "off", "--launcher", launcher,
-		"--listen", "127.0.0.1:0", "--insecure-tcp", "--token-file", tokenFile)
+		"--listen", "127.0.0.1:0", "--tls-cert", certFile, "--tls-key", keyFile, "--token-file", tokenFile)
 	x.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "TMPDIR=" + dir}
 	x.Stdout, x.Stderr = logf, logf
 	if err := x.Start(); err != nil {
@@ -230,6 +267,7 @@ func startHTTPDaemon(t *testing.T) *httpDaemon {
 	// The daemon's loopback is the namespace's: the socket is made there.
 	d.tcp = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
+		TLSClientConfig:   &tls.Config{RootCAs: roots},
 		DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
 			err = d.ns.Do(func() error {
 				conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
@@ -258,6 +296,38 @@ func startHTTPDaemon(t *testing.T) *httpDaemon {
 	if st, _, body := d.do(t, "POST", "/api/v1/plugins", "application/json", "", m, ""); st != 201 {
 		t.Fatalf("installing the plugin web: %d %s", st, body)
 	}
+
+	// Named tokens, made by root on the unix socket: one of each kind a
+	// case may name.
+	d.secrets = map[string]string{}
+	for _, tk := range []struct{ name, role, expires string }{
+		{"viewer", "viewer", ""}, {"operator", "operator", ""}, {"expired", "viewer", "1ms"}, {"revoked", "admin", ""},
+	} {
+		resp, err := d.client.Post("http://volantd/api/v1/tokens", "application/json",
+			strings.NewReader(fmt.Sprintf(`{"name":%q,"role":%q,"expires_in":%q}`, tk.name, tk.role, tk.expires)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var created struct{ Secret string }
+		err = json.NewDecoder(resp.Body).Decode(&created)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 201 || created.Secret == "" {
+			t.Fatalf("creating the token %s: %d %v", tk.name, resp.StatusCode, err)
+		}
+		d.secrets[tk.name] = created.Secret
+	}
+	req, _ := http.NewRequest("DELETE", "http://volantd/api/v1/tokens/revoked", nil)
+	if resp, err := d.client.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("revoking a token: %v", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st, _, _ := d.do(t, "GET", "/api/v1/vms", "", "", "", "expired"); st == 401 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the token that expires after 1 ms still works")
+		}
+	}
 	return d
 }
 
@@ -265,8 +335,11 @@ func startHTTPDaemon(t *testing.T) *httpDaemon {
 // wrongly, otherwise over TCP with the token as it should be.
 func (d *httpDaemon) do(t *testing.T, method, path, ctype, accept, body, auth string) (int, string, []byte) {
 	t.Helper()
-	url := "http://" + d.addr + path
-	if auth == "query" {
+	url := "https://" + d.addr + path
+	if auth == "plain" {
+		url = "http://" + d.addr + path
+	}
+	if auth == "query" || auth == "query+header" {
 		sep := "?"
 		if strings.Contains(path, "?") {
 			sep = "&"
@@ -278,10 +351,19 @@ func (d *httpDaemon) do(t *testing.T, method, path, ctype, accept, body, auth st
 		t.Fatal(err)
 	}
 	switch auth {
-	case "":
+	case "", "query+header", "plain":
 		req.Header.Set("Authorization", "Bearer "+d.token)
 	case "wrong":
 		req.Header.Set("Authorization", "Bearer "+strings.Repeat("0", len(d.token)))
+	case "malformed":
+		req.Header.Set("Authorization", "Basic "+d.token)
+	case "none", "query":
+	default:
+		s, ok := d.secrets[auth]
+		if !ok {
+			t.Fatalf("auth %q: no such kind", auth)
+		}
+		req.Header.Set("Authorization", "Bearer "+s)
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
