@@ -24,11 +24,14 @@ type ReadOptions struct {
 	// Stream is "stdout", "stderr" or "" for both. Gap entries are always
 	// returned.
 	Stream string
-	// Follow keeps reading new entries until ctx ends.
+	// Follow keeps reading new entries until ctx ends, through
+	// rotations; a follower whose file was rotated away before it read
+	// it all (more than Files-1 files behind) ends with UNAVAILABLE.
 	Follow bool
 	// Poll is how often a follower looks for more (250 ms if 0).
 	Poll time.Duration
-	// Files is how many files the log rotates through (DefaultFiles if 0).
+	// Files is how many files the log rotates through (DefaultFiles if
+	// 0): the writer's Rotation.Files.
 	Files int
 }
 
@@ -87,7 +90,7 @@ func Read(ctx context.Context, path string, o ReadOptions, fn func(Entry) error)
 	if !o.Follow {
 		return scanFile(path, emit)
 	}
-	return follow(ctx, path, o.Poll, emit)
+	return follow(ctx, path, o.Files, o.Poll, emit)
 }
 
 // scanFile calls fn for every complete entry of one file.
@@ -124,8 +127,11 @@ func decode(line []byte, fn func(Entry) error) error {
 }
 
 // follow reads the live file from its start, then what is appended, and
-// moves to the new file when the log rotates.
-func follow(ctx context.Context, path string, poll time.Duration, fn func(Entry) error) error {
+// when the log rotates moves on to the file written after the one it read:
+// a follower that fell behind by whole files reads them in order. One that
+// fell so far behind that its file was rotated away returns an error
+// rather than skip entries silently.
+func follow(ctx context.Context, path string, files int, poll time.Duration, fn func(Entry) error) error {
 	var f *os.File
 	var r *bufio.Reader
 	var pending []byte
@@ -172,8 +178,15 @@ func follow(ctx context.Context, path string, poll time.Duration, fn func(Entry)
 				if err := drain(); err != nil {
 					return err
 				}
+				next, err := successor(ctx, f, path, files)
 				f.Close()
 				f = nil
+				if err != nil {
+					return err
+				}
+				if next != nil {
+					f, r, pending = next, bufio.NewReaderSize(next, 64<<10), nil
+				}
 				continue
 			}
 		}
@@ -183,6 +196,64 @@ func follow(ctx context.Context, path string, poll time.Duration, fn func(Entry)
 		case <-t.C:
 		}
 	}
+}
+
+// successor opens the file written after f, which rotation has renamed
+// to path.k: path.k-1, or path itself when k is 1. A rotation racing the
+// lookup is retried. When f is none of the rotated files it was removed:
+// the reader fell behind by more than the files kept. It returns nil, nil
+// when ctx ends.
+func successor(ctx context.Context, f *os.File, path string, files int) (*os.File, error) {
+	name := func(k int) string {
+		if k == 0 {
+			return path
+		}
+		return path + "." + strconv.Itoa(k)
+	}
+	lost := func() error {
+		return apierr.New(apierr.Unavailable, "following %s: the reader fell behind the log's rotation (more than %d files) and missed entries", path, files-1).
+			With("path", path)
+	}
+	for ctx.Err() == nil {
+		k := 0
+		for i := 1; i < files; i++ {
+			if same(f, name(i)) {
+				k = i
+				break
+			}
+		}
+		if k == 0 {
+			return nil, lost()
+		}
+		next, err := os.Open(name(k - 1))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("workload log: %w", err)
+		}
+		// f still at path.k after the open means no rotation moved
+		// path.k-1 before it (a rotation renames the older files first).
+		stayed := same(f, name(k))
+		switch {
+		case err == nil && stayed:
+			return next, nil
+		case err == nil:
+			next.Close() // moved on: look again
+		case stayed && k > 1:
+			return nil, lost() // removed by hand
+		case stayed:
+			time.Sleep(time.Millisecond) // the writer creates the new live file
+		}
+	}
+	return nil, nil
+}
+
+// same reports whether the file named p is f.
+func same(f *os.File, p string) bool {
+	a, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	b, err := os.Stat(p)
+	return err == nil && os.SameFile(a, b)
 }
 
 // rotated reports whether path now names another file than f.

@@ -160,3 +160,74 @@ func TestFollow(t *testing.T) {
 		}
 	}
 }
+
+// A follower that falls behind by whole files (a reader slower than a
+// flood of output) reads the files it missed in order, and one lapped by
+// the whole rotation says so rather than skip entries silently.
+func TestFollowBehindRotation(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		lines    int // written while the follower is held
+		wantLost bool
+	}{
+		// An entry takes about 75 bytes: a file holds 13.
+		{"two files behind", 30, false},
+		{"lapped", 60, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "workload.log")
+			w, err := Open(p, Rotation{MaxBytes: 1000, Files: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			line := func(i int) string { return fmt.Sprintf("n%04d\n", i) }
+			w.Write("stdout", time.Now(), []byte(line(0)))
+			w.Flush()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			held, release := make(chan struct{}), make(chan struct{})
+			got := make(chan string, 1000)
+			done := make(chan error, 1)
+			go func() {
+				first := true
+				done <- Read(ctx, p, ReadOptions{Follow: true, Poll: 5 * time.Millisecond}, func(e Entry) error {
+					if first {
+						first = false
+						close(held)
+						<-release
+					}
+					got <- string(e.Data())
+					return nil
+				})
+			}()
+			<-held
+			for i := 1; i <= tc.lines; i++ {
+				w.Write("stdout", time.Now(), []byte(line(i)))
+			}
+			w.Flush()
+			close(release)
+			for i := 0; i <= tc.lines; i++ {
+				select {
+				case s := <-got:
+					if s != line(i) {
+						if tc.wantLost {
+							t.Fatalf("lapped follower went on at %q after %d lines instead of ending with an error", s, i)
+						}
+						t.Fatalf("line %d = %q", i, s)
+					}
+				case err := <-done:
+					if !tc.wantLost || err == nil || !strings.Contains(err.Error(), "fell behind") {
+						t.Fatalf("follower ended after %d lines: %v", i, err)
+					}
+					return
+				case <-time.After(10 * time.Second):
+					t.Fatalf("follower stopped after %d of %d lines", i, tc.lines+1)
+				}
+			}
+			if tc.wantLost {
+				t.Fatal("lapped follower saw every line")
+			}
+		})
+	}
+}
