@@ -177,6 +177,8 @@ type httpDaemon struct {
 	ns                     *netnstest.NS
 	sqldb                  *sql.DB
 	secrets                map[string]string // named tokens by name
+	pid                    int               // volantd's
+	roots                  *x509.CertPool    // trusts its certificate
 	client                 *http.Client      // over the unix socket
 	tcp                    *http.Client      // to addr, inside ns
 }
@@ -222,6 +224,7 @@ func startHTTPDaemon(t *testing.T) *httpDaemon {
 	if err := x.Start(); err != nil {
 		t.Fatal(err)
 	}
+	d.pid, d.roots = x.Process.Pid, roots
 	done := make(chan struct{})
 	go func() { x.Wait(); close(done) }()
 	t.Cleanup(func() {
