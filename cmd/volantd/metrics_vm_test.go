@@ -76,13 +76,13 @@ func procStat(t testing.TB, pid int) (cpu float64, rss float64) {
 	return (ut + st) / 100, pages * float64(os.Getpagesize())                // USER_HZ is 100 on Linux
 }
 
-// TestMetricsPrometheusVM runs Debian's real Prometheus server against
+// TestVMMetricsPrometheus runs Debian's real Prometheus server against
 // volantd's --metrics-listen, in a namespace of their own, for a minute
 // while a deployment of two real guests (QEMU TCG) serves requests; then
 // asks Prometheus's HTTP API for per-VM series and checks them against
 // /proc and the taps' counters, and reports the scrape durations
 // Prometheus measured.
-func TestMetricsPrometheusVM(t *testing.T) {
+func TestVMMetricsPrometheus(t *testing.T) {
 	k, _ := guesttest.Kernel(t)
 	guesttest.QEMU(t)
 	netnstest.Require(t, "prometheus")
