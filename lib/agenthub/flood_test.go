@@ -29,6 +29,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,6 +55,9 @@ const (
 	workloadEnv = "VOLANT_FLOOD_WORKLOAD" // the workload's argv, JSON (guest)
 	logEnv      = "VOLANT_FLOOD_LOG"      // the workload log (host)
 	clientEnv   = "VOLANT_FLOOD_CLIENTS"  // the Hub's client socket (host)
+	// VOLANT_FLOOD_CPUPROFILE, when set, is a directory where each helper
+	// process writes a CPU profile (guest.pprof, host.pprof) of its run.
+	profileEnv = "VOLANT_FLOOD_CPUPROFILE"
 )
 
 // floodRotation is the host log's rotation in these runs: files larger than
@@ -63,11 +67,22 @@ const (
 var floodRotation = workloadlog.Rotation{MaxBytes: 64 << 20, Files: 8}
 
 func TestMain(m *testing.M) {
-	switch os.Getenv(roleEnv) {
-	case "guest":
-		os.Exit(runGuest())
-	case "host":
-		os.Exit(runHost())
+	if role := os.Getenv(roleEnv); role != "" {
+		run := map[string]func() int{"guest": runGuest, "host": runHost}[role]
+		if run == nil {
+			fmt.Fprintln(os.Stderr, "unknown role", role)
+			os.Exit(2)
+		}
+		if dir := os.Getenv(profileEnv); dir != "" {
+			f, err := os.Create(filepath.Join(dir, role+".pprof"))
+			if err == nil && pprof.StartCPUProfile(f) == nil {
+				code := run()
+				pprof.StopCPUProfile()
+				f.Close()
+				os.Exit(code)
+			}
+		}
+		os.Exit(run())
 	}
 	os.Exit(m.Run())
 }

@@ -3,6 +3,7 @@ package workloadlog
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -229,5 +230,41 @@ func TestFollowBehindRotation(t *testing.T) {
 				t.Fatal("lapped follower saw every line")
 			}
 		})
+	}
+}
+
+// BenchmarkWrite is the supervisor's cost per 100-byte line of output, as
+// the logs stream delivers it (a record of many lines).
+func BenchmarkWrite(b *testing.B) {
+	w, err := Open(filepath.Join(b.TempDir(), "workload.log"), Rotation{MaxBytes: 1 << 30})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	var rec []byte
+	for i := 0; len(rec) < 32<<10; i++ {
+		rec = fmt.Appendf(rec, "out %09d %s\n", i, strings.Repeat("x", 85))
+	}
+	now := time.Now()
+	b.SetBytes(int64(len(rec)))
+	for b.Loop() {
+		if err := w.Write("stdout", now, rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// appendJSONString writes what encoding/json writes, byte for byte.
+func TestAppendJSONString(t *testing.T) {
+	cases := []string{"", "\n", "hello\n", "a\nb\n\n", "no newline", "tab\there", "quote\" and \\ back", "<html>&amp;</html>\n",
+		"\x00\x01\x1f\x7f", "é ü 日本\n", "\u2028\u2029", strings.Repeat("x", 100) + "\n"}
+	for c := 0; c < 0x80; c++ {
+		cases = append(cases, string([]byte{'a', byte(c), 'b', '\n'}))
+	}
+	for _, s := range cases {
+		want, _ := json.Marshal(s)
+		if got := appendJSONString([]byte("prefix"), []byte(s)); string(got) != "prefix"+string(want) {
+			t.Errorf("%q: got %s, want %s", s, got[len("prefix"):], want)
+		}
 	}
 }
