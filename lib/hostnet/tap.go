@@ -684,28 +684,69 @@ func delNeighbour(br netlink.Link, ip netip.Addr, mac net.HardwareAddr) (bool, e
 	return false, nil
 }
 
-// SetTapOwner makes the persistent tap name the uid's and gid's, so a
-// process of theirs (a jailed hypervisor, lib/vmm/jail) can attach to it
-// without CAP_NET_ADMIN. restore gives it back its earlier owner and
-// group (none, for a tap volant-net made without --owner).
-func SetTapOwner(name string, uid, gid uint32) (restore func(), err error) {
+// SetTapOwner makes the persistent tap name the uid's, so a process of
+// that uid (a jailed hypervisor, lib/vmm/jail) can attach to it without
+// CAP_NET_ADMIN; its group is left as it is. restore gives it back its
+// earlier owner, or root for a tap that had none (volant-net makes them
+// without --owner): the kernel cannot unset an owner, and root may attach
+// to any tap anyway.
+func SetTapOwner(name string, uid uint32) (restore func() error, err error) {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		return nil, apierr.Wrap(apierr.NotFound, err, "tap "+name).With("tap", name)
 	}
-	owner, group, err := tunOwnerGroup(l.Attrs().Index)
+	owner, _, err := tunOwnerGroup(l.Attrs().Index)
 	if err != nil {
 		return nil, err
 	}
-	if err := setTunIDs(name, l, &uid, &gid); err != nil {
+	if err := setTunOwner(name, l, uid); err != nil {
 		return nil, err
 	}
-	return func() { setTunIDs(name, l, owner, group) }, nil
+	return func() error { return setTunOwner(name, l, ownerOrRoot(owner)) }, nil
 }
 
-// setTunIDs attaches to the persistent tap and sets its owner and group;
-// nil means none.
-func setTunIDs(name string, l netlink.Link, owner, group *uint32) error {
+func ownerOrRoot(owner *uint32) uint32 {
+	if owner == nil {
+		return 0
+	}
+	return *owner
+}
+
+// TapOwner reads the persistent tap's owner and group (nil: none).
+func TapOwner(name string) (owner, group *uint32, err error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, nil, apierr.Wrap(apierr.NotFound, err, "tap "+name).With("tap", name)
+	}
+	return tunOwnerGroup(l.Attrs().Index)
+}
+
+// RestoreTapOwner gives the persistent tap name back to owner (nil: none,
+// which is root, as SetTapOwner's restore) while it is still uid's: the
+// undo of SetTapOwner by whoever finds a dead run's record
+// (lib/vmm/jail). A tap that is gone, or that has another owner since, is
+// left alone.
+func RestoreTapOwner(name string, uid uint32, owner *uint32) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("tap %s: %w", name, err)
+	}
+	cur, _, err := tunOwnerGroup(l.Attrs().Index)
+	if err != nil {
+		return err
+	}
+	if cur == nil || *cur != uid {
+		return nil
+	}
+	return setTunOwner(name, l, ownerOrRoot(owner))
+}
+
+// setTunOwner attaches to the persistent tap and sets its owner.
+func setTunOwner(name string, l netlink.Link, owner uint32) error {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("opening /dev/net/tun: %w", err)
@@ -723,17 +764,8 @@ func setTunIDs(name string, l netlink.Link, owner, group *uint32) error {
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		return fmt.Errorf("attaching to tap %s: %w", name, err)
 	}
-	id := func(p *uint32) int {
-		if p == nil {
-			return -1
-		}
-		return int(*p)
-	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, id(owner)); err != nil {
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, int(owner)); err != nil {
 		return fmt.Errorf("setting the owner of tap %s: %w", name, err)
-	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, id(group)); err != nil {
-		return fmt.Errorf("setting the group of tap %s: %w", name, err)
 	}
 	return nil
 }

@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
+
+	"github.com/vishvananda/netns"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/hostnet"
@@ -81,7 +84,20 @@ type jailRun struct {
 	cg     *jail.Cgroup
 	info   jail.Info
 	limits jail.Limits
-	undo   []func()
+	lease  *jail.Lease
+	undo   []func() error
+	log    *slog.Logger
+}
+
+// onTeardown adds an undo step for teardown.
+func (j *jailRun) onTeardown(what string, undo func() error) {
+	j.undo = append(j.undo, func() error {
+		if err := undo(); err != nil {
+			j.log.Warn(what, "err", err)
+			return err
+		}
+		return nil
+	})
 }
 
 // setupJail prepares p's jail: a uid of its own, the VM's writable files
@@ -89,21 +105,21 @@ type jailRun struct {
 // it, a cgroup with the plan's limits.
 func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 	jo := o.Jail
-	j = &jailRun{limits: Limits(p, jo)}
+	j = &jailRun{limits: Limits(p, jo), log: log}
 	defer func() {
 		if err != nil {
 			j.teardown(log)
 		}
 	}()
-	dir := jo.UIDDir
-	if dir == "" {
-		dir = jail.DefaultUIDDir
-	}
-	uid, release, err := jail.AllocateUID(dir, jo.UIDs, p.Name)
+	// The uid's record of what this run changes, written before each
+	// change, lets the next holder of the uid (or volantd) undo them if
+	// this process is killed before its teardown (lib/vmm/jail.Lease).
+	lease, err := jailUIDs(jo, log).Lease(p.Name)
 	if err != nil {
 		return j, err
 	}
-	j.undo = append(j.undo, release)
+	j.lease = lease
+	uid := lease.UID
 	gid := uid
 	j.info = jail.Info{UID: uid, GID: gid, MemoryLimitMB: j.limits.MemoryBytes >> 20}
 	spec := &jail.Spec{UID: uid, GID: gid, Root: filepath.Join(p.RunDir, JailRootName)}
@@ -115,14 +131,14 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 	// its own for the run; what it reads must be readable by anyone.
 	vmmDir := VMMDir(p.RunDir)
 	own := func(path string) error {
-		var st syscall.Stat_t
-		if err := syscall.Stat(path, &st); err != nil {
+		if _, err := os.Stat(path); err != nil {
 			return missing(err, path)
 		}
-		if err := os.Chown(path, int(uid), int(gid)); err != nil {
+		undo, err := lease.Chown(path)
+		if err != nil {
 			return jailFailed(err, "giving "+path+" to the VMM")
 		}
-		j.undo = append(j.undo, func() { os.Chown(path, int(st.Uid), int(st.Gid)) })
+		j.onTeardown("giving back "+path, undo)
 		return nil
 	}
 	if err := own(vmmDir); err != nil {
@@ -163,16 +179,12 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 		if st.Mode&0o004 != 0 {
 			return readable(path)
 		}
-		undo, err := jail.GrantRead(path, uid)
+		undo, err := lease.GrantRead(path)
 		if err != nil {
 			return apierr.New(jail.Failed, "jail: %s is not readable by the VMM's uid (mode %o) and it cannot be granted to it (%v): make it readable by others (chmod o+r), or give the VM its own copy", path, st.Mode&0o777, err).
 				With("path", path)
 		}
-		j.undo = append(j.undo, func() {
-			if err := undo(); err != nil {
-				log.Warn("taking back the VMM's read access", "path", path, "err", err)
-			}
-		})
+		j.onTeardown("taking back the VMM's read access to "+path, undo)
 		spec.Paths = append(spec.Paths, jail.Path{Path: path})
 		return nil
 	}
@@ -214,11 +226,22 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 		}
 	}
 	for _, n := range p.Config.Nets {
-		restore, err := hostnet.SetTapOwner(n.Tap, uid, gid)
+		owner, _, err := hostnet.TapOwner(n.Tap)
+		if err != nil {
+			return j, jailFailed(err, "reading the owner of tap "+n.Tap)
+		}
+		ns, err := netnsID("/proc/thread-self/ns/net")
+		if err != nil {
+			return j, jailFailed(err, "reading the network namespace")
+		}
+		if err := lease.NoteTap(jail.Tap{Name: n.Tap, Owner: owner, NetNS: ns}); err != nil {
+			return j, err
+		}
+		restore, err := hostnet.SetTapOwner(n.Tap, uid)
 		if err != nil {
 			return j, jailFailed(err, "giving tap "+n.Tap+" to the VMM")
 		}
-		j.undo = append(j.undo, restore)
+		j.onTeardown("giving back tap "+n.Tap, restore)
 		if len(spec.Devices) == 0 {
 			spec.Devices = append(spec.Devices, "/dev/net/tun")
 		}
@@ -232,7 +255,7 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 		if parent == "" {
 			parent = jail.DefaultCgroupParent
 		}
-		cg, err := jail.NewCgroup(parent, p.Name+"."+strconv.FormatUint(uint64(uid), 10), j.limits)
+		cg, err := lease.NewCgroup(parent, p.Name+"."+strconv.FormatUint(uint64(uid), 10), j.limits)
 		if err != nil {
 			return j, err
 		}
@@ -252,15 +275,97 @@ func (j *jailRun) teardown(log *slog.Logger) {
 	if j == nil {
 		return
 	}
+	ok := true
 	if j.cg != nil {
 		if err := j.cg.Delete(); err != nil {
 			log.Warn("removing the VMM's cgroup", "cgroup", j.cg.Path, "err", err)
+			ok = false
 		}
 	}
 	for i := len(j.undo) - 1; i >= 0; i-- {
-		j.undo[i]()
+		if j.undo[i]() != nil {
+			ok = false
+		}
 	}
 	j.undo = nil
+	if j.lease != nil {
+		// A step that failed stays in the uid's record, for Reclaim.
+		if ok {
+			j.lease.Done()
+		}
+		j.lease.Release()
+		j.lease = nil
+	}
+}
+
+// jailUIDs is where o's VMM uids come from.
+func jailUIDs(o JailOptions, log *slog.Logger) jail.UIDs {
+	return jail.UIDs{Dir: o.UIDDir, Range: o.UIDs, RestoreTap: restoreTap, Logger: log}
+}
+
+// ReclaimJails undoes what killed runs left for their VMMs' uids (their
+// disks' and taps' owners, ACL entries, cgroups: lib/vmm/jail.Reclaim).
+// Runs that live are left alone; volantd calls it when it starts, and
+// every jailed run's start does the same.
+func ReclaimJails(o Options) ([]uint32, error) {
+	return jailUIDs(o.Jail, o.Logger).Reclaim()
+}
+
+// restoreTap gives a dead run's tap back to its owner, in the network
+// namespace it is in: this process's, or one named under /run/netns or
+// held by a process. A namespace found nowhere is gone, and its tap with it.
+func restoreTap(uid uint32, t jail.Tap) error {
+	restore := func() error { return hostnet.RestoreTapOwner(t.Name, uid, t.Owner) }
+	if here, err := netnsID("/proc/thread-self/ns/net"); err == nil && here == t.NetNS {
+		return restore()
+	}
+	named, _ := filepath.Glob("/run/netns/*")
+	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
+	for _, p := range append(named, procs...) {
+		if id, err := netnsID(p); err == nil && id == t.NetNS {
+			return inNetNS(p, restore)
+		}
+	}
+	return nil
+}
+
+// netnsID is the inode of a network namespace's nsfs file.
+func netnsID(path string) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// inNetNS runs fn on a thread of its own moved into the namespace at
+// path; a thread that cannot move back is not returned to the scheduler.
+func inNetNS(path string, fn func() error) error {
+	ch := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			ch <- err
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromPath(path)
+		if err != nil {
+			ch <- err
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			ch <- err
+			return
+		}
+		ch <- fn()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+	return <-ch
 }
 
 // missing is the error of a file the VM needs that went away since

@@ -638,12 +638,13 @@ func helperRun(planFile string) int {
 	var hp struct {
 		Plan *Plan
 		Opts struct{ RunRoot, StateDir, CacheDir, Binary string }
+		Jail JailOptions
 	}
 	if err := json.Unmarshal(b, &hp); err != nil {
 		return 1
 	}
 	o := Options{RunRoot: hp.Opts.RunRoot, StateDir: hp.Opts.StateDir, CacheDir: hp.Opts.CacheDir, HostRoot: kvmHost,
-		Backends: []vmm.Backend{&cloudhypervisor.Backend{Binary: hp.Opts.Binary, HostRoot: kvmHost}}}
+		Backends: []vmm.Backend{&cloudhypervisor.Backend{Binary: hp.Opts.Binary, HostRoot: kvmHost}}, Jail: hp.Jail}
 	if _, err := Run(context.Background(), hp.Plan, o, RunOptions{}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -18,7 +18,9 @@
 //	  volumes/<name>.img             volumes: disk images that outlive VMs
 //	/run/volant/volantd.sock         volantd's API socket (VOLANT_SOCKET)
 //	/run/volant/vms/<name>/          a VM's run directory (VOLANT_RUN_ROOT): sockets, pid file, plan
-//	/run/volant/uids/                one lock file per jailed hypervisor's uid in use (lib/vmm/jail)
+//	/run/volant/uids/                per jailed hypervisor's uid in use (lib/vmm/jail):
+//	  <uid>                            its lock file
+//	  <uid>.json                       what its run changed for it, undone after a crash
 //
 // Paths in the guest (kestrel's, such as /run/volant/identity.json) are not
 // this layout: lib/kestrel keeps them.

@@ -405,6 +405,13 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 	}
 	log.Info("local plugin artifacts come only from", "dirs", ctl.ArtifactDirs())
+	// What supervisors killed while this daemon was away left for their
+	// hypervisors' uids (disk owners, ACL entries, tap owners, cgroups).
+	if uids, err := launch.ReclaimJails(lo); err != nil {
+		log.Warn("undoing what killed VM runs left (their uids stay out of use until it works)", "reclaimed_uids", uids, "err", err)
+	} else if len(uids) > 0 {
+		log.Info("undid what killed VM runs left", "reclaimed_uids", uids)
+	}
 	cfg.Notify("STATUS=reconciling VMs")
 	rep, err := ctl.Reconcile(ctx)
 	if err != nil {

@@ -75,7 +75,7 @@ func NewCgroup(parent, name string, l Limits) (*Cgroup, error) {
 	if strings.ContainsAny(name, "/\x00") || name == "" || name == "." || name == ".." {
 		return nil, fmt.Errorf("cgroup name %q", name)
 	}
-	path := "/" + strings.Trim(filepath.Clean("/"+parent), "/") + "/" + name
+	path := cgroupPath(parent, name)
 	root, mode := hostCgroups()
 	switch mode {
 	case cgroups.Unified:

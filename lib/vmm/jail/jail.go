@@ -3,7 +3,9 @@
 //
 //   - its own unprivileged uid and gid, one per VM, from a range no user
 //     of the host has (AllocateUID: a lock file per uid, held by the VM's
-//     supervisor for the run's life, so a crash frees it);
+//     supervisor for the run's life, so a crash frees it; what the run
+//     changes for that uid is recorded beside the lock before each change,
+//     and undone by the next holder of the uid after a crash: ledger.go);
 //   - no_new_privs, so nothing it executes gains privileges;
 //   - its own mount namespace whose root is a read-only tmpfs holding only
 //     the VMM's executable and the host's read-only system directories it

@@ -1,16 +1,11 @@
 package jail
 
 import (
-	"errors"
 	"fmt"
 	"github.com/volantvm/volant/lib/layout"
-	"hash/fnv"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/volantvm/volant/lib/apierr"
 )
@@ -65,43 +60,14 @@ func (r Range) String() string {
 	return fmt.Sprintf("%d-%d", r.First, uint64(r.First)+uint64(r.Count)-1)
 }
 
-// AllocateUID picks a free uid of r for VM name and holds it until release
-// is called (or the process dies: the hold is an flock on dir/<uid>). The
-// search starts at a place derived from the name, so a VM usually gets
-// the same uid again. Uids that /etc/passwd names are skipped.
+// AllocateUID is UIDs{Dir: dir, Range: r}.Lease(name): a uid of r for VM
+// name, held until release is called (or the process dies).
 func AllocateUID(dir string, r Range, name string) (uid uint32, release func(), err error) {
-	if r.Count == 0 {
-		r = DefaultRange
+	l, err := UIDs{Dir: dir, Range: r}.Lease(name)
+	if err != nil {
+		return 0, nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return 0, nil, failed(err, "uid lock directory")
-	}
-	h := fnv.New32a()
-	h.Write([]byte(name))
-	start := h.Sum32() % r.Count
-	taken := passwdUIDs()
-	for i := uint32(0); i < r.Count; i++ {
-		u := r.First + (start+i)%r.Count
-		if taken[u] {
-			continue
-		}
-		f, err := os.OpenFile(filepath.Join(dir, strconv.FormatUint(uint64(u), 10)), os.O_RDWR|os.O_CREATE, 0o600)
-		if err != nil {
-			return 0, nil, failed(err, "uid lock")
-		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			f.Close()
-			if errors.Is(err, unix.EWOULDBLOCK) {
-				continue
-			}
-			return 0, nil, failed(err, "uid lock")
-		}
-		f.Truncate(0)
-		f.WriteAt([]byte(name+"\n"), 0)
-		return u, func() { f.Close() }, nil
-	}
-	return 0, nil, apierr.New(Failed, "jail: every uid of %s is in use", r).With("range", r.String()).
-		With("hint", "give a larger range (--vmm-uids)")
+	return l.UID, func() { l.Done(); l.Release() }, nil
 }
 
 // passwdUIDs are the uids /etc/passwd names.

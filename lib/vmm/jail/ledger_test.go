@@ -1,0 +1,174 @@
+package jail
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/cgroups/v3/cgroup1"
+
+	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+// die drops a lease as a SIGKILL would: the flock goes, nothing is undone.
+func (l *Lease) die() { l.f.Close(); l.f = nil }
+
+// A holder that dies leaves its record; the next lease of that uid, for
+// another VM, gives back what the record names before it returns: the
+// file's owner (only while the dead uid still owns it: a change recorded
+// but never made is left alone), the ACL entry, the cgroup with what still
+// ran in it.
+func TestLeaseUndoesDeadHolder(t *testing.T) {
+	netnstest.Require(t)
+	dir := t.TempDir()
+	rw, ro, never := filepath.Join(dir, "rw.img"), filepath.Join(dir, "ro.img"), filepath.Join(dir, "never.img")
+	for _, p := range []string{rw, ro, never} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chown(never, 1234, 1234)
+	u := UIDs{Dir: filepath.Join(dir, "uids"), Range: Range{First: 1<<30 + 4200, Count: 1}}
+	l, err := u.Lease("web1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := l.UID
+	if _, err := l.Chown(rw); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.GrantRead(ro); err != nil {
+		t.Fatal(err)
+	}
+	// Recorded, then the process died before the chown.
+	if err := l.change(func(r *Record) { r.Chowns = append(r.Chowns, Owner{Path: never}) }, func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	var cg *Cgroup
+	var sleeper *exec.Cmd
+	if Layout() != "unavailable" {
+		if cg, err = l.NewCgroup(DefaultCgroupParent, fmt.Sprintf("ledger.%d", os.Getpid()), Limits{MemoryBytes: 64 << 20, Pids: 16, CPUWeight: 100, CPUQuotaPercent: 100}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { DeleteCgroup(cg.Path) })
+		// A VMM still dying in it.
+		sleeper = exec.Command("sleep", "60")
+		if err := sleeper.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sleeper.Process.Kill() })
+		if cg.v2 != nil {
+			err = cg.v2.AddProc(uint64(sleeper.Process.Pid))
+		} else {
+			err = cg.v1.Add(cgroup1.Process{Pid: sleeper.Process.Pid})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		go sleeper.Wait()
+	}
+	l.die()
+
+	if _, err := os.Stat(filepath.Join(u.Dir, fmt.Sprint(uid)+".json")); err != nil {
+		t.Fatalf("no record after the holder died: %v", err)
+	}
+	l2, err := u.Lease("web2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Release()
+	if l2.UID != uid {
+		t.Fatalf("uid %d, want the only one, %d", l2.UID, uid)
+	}
+	if o := owner(t, rw); o != [2]uint32{0, 0} {
+		t.Errorf("rw is %v, want root's again", o)
+	}
+	if o := owner(t, never); o != [2]uint32{1234, 1234} {
+		t.Errorf("a file recorded but never given away is %v, want 1234:1234 as it was", o)
+	}
+	if n, err := syscall.Getxattr(ro, aclXattr, make([]byte, 64)); err == nil {
+		t.Errorf("an ACL of %d bytes is left on ro", n)
+	}
+	if cg != nil {
+		// Killed, then reaped by the goroutine above.
+		deadline := time.Now().Add(5 * time.Second)
+		for syscall.Kill(sleeper.Process.Pid, 0) == nil && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if syscall.Kill(sleeper.Process.Pid, 0) == nil {
+			t.Error("the process left in the dead holder's cgroup still runs")
+		}
+		if err := DeleteCgroup(cg.Path); err != nil {
+			t.Error(err)
+		}
+		if hasCgroup(cg.Path) {
+			t.Errorf("cgroup %s left behind", cg.Path)
+		}
+	}
+}
+
+func hasCgroup(path string) bool {
+	if _, err := os.Stat("/sys/fs/cgroup" + path); err == nil {
+		return true
+	}
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + path)
+	return len(dirs) > 0
+}
+
+func owner(t *testing.T, p string) [2]uint32 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	return [2]uint32{st.Uid, st.Gid}
+}
+
+// A record that cannot be undone keeps its uid out of use: no lease gets
+// it, Reclaim says why, and once the undo works (here, taps can be
+// restored) the uid is handed out again.
+func TestUndoneRecordQuarantinesUID(t *testing.T) {
+	dir := t.TempDir()
+	u := UIDs{Dir: dir, Range: Range{First: 1<<30 + 4300, Count: 1}}
+	l, err := u.Lease("web1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := uint32(0)
+	if err := l.NoteTap(Tap{Name: "tap-web1", Owner: &one, NetNS: 7}); err != nil {
+		t.Fatal(err)
+	}
+	l.die()
+	if _, err := u.Lease("web2"); !apierr.Is(err, Failed) {
+		t.Fatalf("a uid whose tap could not be given back was handed out: %v", err)
+	}
+	if got, err := u.Reclaim(); err == nil || len(got) != 0 {
+		t.Fatalf("reclaim: %v %v, want an error and nothing reclaimed", got, err)
+	}
+	var restored []Tap
+	u.RestoreTap = func(uid uint32, tp Tap) error {
+		if uid != l.UID {
+			t.Errorf("restore for uid %d, want %d", uid, l.UID)
+		}
+		restored = append(restored, tp)
+		return nil
+	}
+	got, err := u.Reclaim()
+	if err != nil || len(got) != 1 || len(restored) != 1 || restored[0].Name != "tap-web1" || *restored[0].Owner != 0 || restored[0].NetNS != 7 {
+		t.Fatalf("reclaim: %v %v, restored %+v", got, err, restored)
+	}
+	l2, err := u.Lease("web2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2.Done()
+	l2.Release()
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("left in the uid dir: %v", ents)
+	}
+}
