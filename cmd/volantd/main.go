@@ -22,13 +22,16 @@
 //	--token T            VOLANT_TOKEN         the token itself; on the command line every user sees it in ps
 //	                                          (volantd warns): prefer --token-file or the variable
 //	--metrics-listen ADDR VOLANT_METRICS_LISTEN  also serve GET /metrics (Prometheus text format) alone on
-//	                                          this TCP address; it needs the token unless --metrics-no-auth.
+//	                                          this TCP address; it needs the token unless --metrics-no-auth,
+//	                                          and is served over the API's TLS (--tls-cert, --tls-key,
+//	                                          --tls-client-ca), in plain HTTP only with --insecure-tcp.
 //	                                          The API's listeners serve /metrics too (root on the socket without a token)
 //	--metrics-no-auth    VOLANT_METRICS_NO_AUTH  serve --metrics-listen to anyone who reaches it, without a token
 //	--tls-cert F         VOLANT_TLS_CERT      serve TCP over TLS (1.2 or later) with this PEM certificate;
 //	--tls-key F          VOLANT_TLS_KEY       and its key (volar setup --tls makes a self-signed pair)
 //	--tls-client-ca F    VOLANT_TLS_CLIENT_CA also require a client certificate this CA signed
-//	--insecure-tcp       VOLANT_INSECURE_TCP  serve TCP without TLS; without TLS or this, --listen is USAGE
+//	--insecure-tcp       VOLANT_INSECURE_TCP  serve TCP without TLS; without TLS or this, --listen and
+//	                                          --metrics-listen are USAGE
 //	--db PATH            VOLANT_DB            state database (default <data-dir>/volant.db)
 //	--data-dir DIR       VOLANT_DATA_DIR      plugins/, vms/<name>/ (spec, serial log) (default /var/lib/volant)
 //	--run-root DIR       VOLANT_RUN_ROOT      per-VM run directories (default /run/volant/vms)
@@ -155,12 +158,12 @@ type serveCmd struct {
 	Listen         string        `long:"listen" env:"VOLANT_LISTEN" description:"also serve the API on this TCP address (requires --token-file)"`
 	Token          string        `long:"token" env:"VOLANT_TOKEN" description:"volantd's own bearer token, an admin's (named tokens: volar tokens create)"`
 	TokenFile      string        `long:"token-file" env:"VOLANT_TOKEN_FILE" description:"file holding the token"`
-	MetricsListen  string        `long:"metrics-listen" env:"VOLANT_METRICS_LISTEN" description:"also serve GET /metrics alone on this TCP address (requires the token unless --metrics-no-auth)"`
+	MetricsListen  string        `long:"metrics-listen" env:"VOLANT_METRICS_LISTEN" description:"also serve GET /metrics alone on this TCP address (requires the token unless --metrics-no-auth; over the API's TLS, plain only with --insecure-tcp)"`
 	MetricsNoAuth  bool          `long:"metrics-no-auth" env:"VOLANT_METRICS_NO_AUTH" description:"serve --metrics-listen without a token"`
 	TLSCert        string        `long:"tls-cert" env:"VOLANT_TLS_CERT" description:"serve TCP over TLS with this certificate (PEM; volar setup --tls makes a self-signed one)"`
 	TLSKey         string        `long:"tls-key" env:"VOLANT_TLS_KEY" description:"the certificate's private key (PEM)"`
 	TLSClientCA    string        `long:"tls-client-ca" env:"VOLANT_TLS_CLIENT_CA" description:"require TCP clients to present a certificate this CA (PEM) signed"`
-	InsecureTCP    bool          `long:"insecure-tcp" env:"VOLANT_INSECURE_TCP" description:"serve TCP without TLS (the token crosses the network in clear text)"`
+	InsecureTCP    bool          `long:"insecure-tcp" env:"VOLANT_INSECURE_TCP" description:"serve TCP (--listen, --metrics-listen) without TLS (the token crosses the network in clear text)"`
 	DB             string        `long:"db" env:"VOLANT_DB" description:"state database (default <data-dir>/volant.db)"`
 	DataDir        string        `long:"data-dir" env:"VOLANT_DATA_DIR" description:"data directory"`
 	RunRoot        string        `long:"run-root" env:"VOLANT_RUN_ROOT" description:"per-VM run directories"`

@@ -91,7 +91,7 @@ func TestVMMetricsPrometheus(t *testing.T) {
 	wrap := []string{"ip", "netns", "exec", h.ns.Name}
 	args := []string{"--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
 		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "5s",
-		"--metrics-listen", "127.0.0.1:9100", "--metrics-no-auth"}
+		"--metrics-listen", "127.0.0.1:9100", "--metrics-no-auth", "--insecure-tcp"}
 	d := startDaemon(t, h.dir, wrap, nil, args...)
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, svcPlugin(t, filepath.Join(h.dir, "data"), k.ModulesDir, kestrel, "1", "/health"), client.InstallOptions{}); err != nil {

@@ -44,6 +44,14 @@ func pairFiles(t *testing.T) (cert, key string, pool *x509.CertPool, pair tls.Ce
 // its address.
 func serveTLS(t *testing.T, tc TLS) string {
 	t.Helper()
+	a := serveWith(t, func(c *Config) { c.TLS = tc })
+	return a.API[0].String()
+}
+
+// serveWith runs Serve on a TCP listener of its own with the config edit
+// makes and returns its addresses.
+func serveWith(t *testing.T, edit func(*Config)) Addrs {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -52,23 +60,24 @@ func serveTLS(t *testing.T, tc TLS) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Addrs, 1)
 	done := make(chan error, 1)
-	go func() {
-		done <- Serve(ctx, Config{
-			Listeners: []net.Listener{l}, Token: tlsTestToken, TLS: tc,
-			DataDir: filepath.Join(dir, "data"), RunRoot: filepath.Join(dir, "run"),
-			AgentListen: "off", Launcher: "/bin/true", VMRunner: "detached",
-			Ready: func(a Addrs) { ready <- a },
-		})
-	}()
+	cfg := Config{
+		Listeners: []net.Listener{l}, Token: tlsTestToken,
+		DataDir: filepath.Join(dir, "data"), RunRoot: filepath.Join(dir, "run"),
+		AgentListen: "off", Launcher: "/bin/true", VMRunner: "detached",
+		Ready: func(a Addrs) { ready <- a },
+	}
+	edit(&cfg)
+	go func() { done <- Serve(ctx, cfg) }()
 	t.Cleanup(func() { cancel(); <-done })
 	select {
-	case <-ready:
+	case a := <-ready:
+		return a
 	case err := <-done:
 		t.Fatalf("Serve ended before serving: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("Serve did not become ready")
 	}
-	return l.Addr().String()
+	return Addrs{}
 }
 
 func get(c *http.Client, url string) (int, string, error) {
@@ -163,5 +172,47 @@ func TestValidateTCP(t *testing.T) {
 		if err := c.Validate(); !apierr.Is(err, apierr.Usage) {
 			t.Errorf("%s: %v, want USAGE", name, err)
 		}
+	}
+}
+
+// --metrics-listen is served over the API's TLS (and client CA) when they
+// are set: a client that trusts the certificate and shows a client
+// certificate the CA signed gets the metrics; plain HTTP, a client without
+// a certificate, or one that does not trust the server's, get none.
+func TestServeMetricsTLS(t *testing.T) {
+	cert, key, pool, _ := pairFiles(t)
+	caCert, _, _, clientPair := pairFiles(t)
+	a := serveWith(t, func(c *Config) {
+		c.TLS = TLS{Cert: cert, Key: key, ClientCA: caCert}
+		c.MetricsListen = "127.0.0.1:0"
+	})
+	url := "https://" + a.Metrics.String() + "/metrics"
+	if code, body, err := get(tlsClient(pool, clientPair), url); err != nil || code != 200 || !strings.Contains(body, "# TYPE") {
+		t.Fatalf("metrics over TLS: %d %.200q %v", code, body, err)
+	}
+	if _, _, err := get(tlsClient(pool), url); err == nil {
+		t.Error("metrics served to a client without a certificate")
+	}
+	if _, _, err := get(tlsClient(x509.NewCertPool(), clientPair), url); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("a client that does not trust the certificate: %v", err)
+	}
+	if code, body, err := get(&http.Client{Timeout: 10 * time.Second}, "http://"+a.Metrics.String()+"/metrics"); err == nil && (code == 200 || strings.Contains(body, "# TYPE")) {
+		t.Errorf("plain HTTP on the metrics port answered %d %.200q", code, body)
+	}
+}
+
+// Without TLS, metrics on TCP are refused (USAGE) unless --insecure-tcp
+// says plain TCP is wanted; then they are served in plain HTTP.
+func TestMetricsPlainOnlyWhenInsecure(t *testing.T) {
+	c := Config{Socket: filepath.Join(t.TempDir(), "s.sock"), Token: tlsTestToken, MetricsListen: "127.0.0.1:0", DataDir: t.TempDir(), VMRunner: "detached"}
+	if err := c.Validate(); !apierr.Is(err, apierr.Usage) || !strings.Contains(err.Error(), "--insecure-tcp") {
+		t.Fatalf("plain metrics without --insecure-tcp: %v", err)
+	}
+	a := serveWith(t, func(c *Config) {
+		c.InsecureTCP = true
+		c.MetricsListen = "127.0.0.1:0"
+	})
+	if code, body, err := get(&http.Client{Timeout: 10 * time.Second}, "http://"+a.Metrics.String()+"/metrics"); err != nil || code != 200 || !strings.Contains(body, "# TYPE") {
+		t.Fatalf("plain metrics with --insecure-tcp: %d %.200q %v", code, body, err)
 	}
 }

@@ -22,6 +22,7 @@ package volantd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -201,6 +202,10 @@ func (c *Config) Validate() error {
 	} else if tcp && !c.InsecureTCP {
 		return apierr.New(apierr.Usage, "refusing to serve the API on plain TCP: give --tls-cert and --tls-key (volar setup --tls makes a self-signed pair), or --insecure-tcp to send the token in clear text").
 			With("listen", c.Listen)
+	}
+	if c.MetricsListen != "" && !c.TLS.Enabled() && !c.InsecureTCP {
+		return apierr.New(apierr.Usage, "refusing to serve metrics on plain TCP: give --tls-cert and --tls-key (the metrics are then served over the API's TLS), or --insecure-tcp to serve them in clear text").
+			With("metrics_listen", c.MetricsListen)
 	}
 	if c.Socket == "" && c.Listen == "" && len(c.Listeners) == 0 {
 		return apierr.New(apierr.Usage, "nothing to listen on: give --socket and/or --listen")
@@ -509,9 +514,20 @@ func Serve(ctx context.Context, cfg Config) error {
 			return apierr.Wrap(apierr.Unavailable, err, "listening for metrics on "+cfg.MetricsListen)
 		}
 		defer ml.Close()
+		// Over the API's TLS (and client CA) when it has one; plain only
+		// with --insecure-tcp (Validate).
+		if cfg.TLS.Enabled() {
+			tc, err := cfg.TLS.serverConfig()
+			if err != nil {
+				return err
+			}
+			ml = tls.NewListener(ml, tc)
+		} else {
+			log.Warn("serving metrics on plain TCP (--insecure-tcp)", "addr", ml.Addr().String())
+		}
 		serve(ml, srv.MetricsHandler(!cfg.MetricsNoAuth))
 		addrs.Metrics = ml.Addr()
-		log.Info("serving metrics", "addr", ml.Addr().String(), "token", !cfg.MetricsNoAuth)
+		log.Info("serving metrics", "addr", ml.Addr().String(), "token", !cfg.MetricsNoAuth, "tls", cfg.TLS.Enabled())
 	}
 
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
