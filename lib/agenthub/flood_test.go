@@ -73,6 +73,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "unknown role", role)
 			os.Exit(2)
 		}
+		go stopWithParent()
 		if dir := os.Getenv(profileEnv); dir != "" {
 			f, err := os.Create(filepath.Join(dir, role+".pprof"))
 			if err == nil && pprof.StartCPUProfile(f) == nil {
@@ -85,6 +86,19 @@ func TestMain(m *testing.M) {
 		os.Exit(run())
 	}
 	os.Exit(m.Run())
+}
+
+// stopWithParent ends a helper process (as SIGTERM does, so the guest
+// process stops its workload) when the test process is gone without
+// cleaning up (killed, or panicked at its timeout).
+func stopWithParent() {
+	parent := os.Getppid()
+	for range time.Tick(200 * time.Millisecond) {
+		if os.Getppid() != parent {
+			syscall.Kill(os.Getpid(), syscall.SIGTERM)
+			return
+		}
+	}
 }
 
 // serialConsole stands in for the guest's serial console, kestrel's other
