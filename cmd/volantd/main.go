@@ -57,7 +57,8 @@
 //	--launcher FILE      VOLANT_LAUNCHER      volant-launch binary (default: next to volantd, then PATH)
 //	--vm-runner MODE     VOLANT_VM_RUNNER     auto, systemd (volant-vm@NAME units) or detached (default auto)
 //	--vmm-uids RANGE     VOLANT_VMM_UIDS      uids for the jailed hypervisors, one per running VM: FIRST-LAST
-//	                                          or FIRST+COUNT, owned by no user (default 1073741824+65536)
+//	                                          or FIRST+COUNT, owned by no user (default 1073741824+65536);
+//	                                          under systemd it reaches each volant-vm@ unit through /run/volant/vm.env
 //	--vmm-overhead-mb N  VOLANT_VMM_OVERHEAD_MB  memory a hypervisor may use beyond its guest's; its cgroup's
 //	                                          limit is the sum (default 160 under TCG, 96 otherwise)
 //	--insecure-vmm       VOLANT_INSECURE_VMM  run hypervisors as root without their jail; logged, and each

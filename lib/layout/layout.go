@@ -18,6 +18,7 @@
 //	  volumes/<name>.img             volumes: disk images that outlive VMs
 //	/run/volant/volantd.sock         volantd's API socket (VOLANT_SOCKET)
 //	/run/volant/vms/<name>/          a VM's run directory (VOLANT_RUN_ROOT): sockets, pid file, plan
+//	/run/volant/vm.env               the volant-vm@ units' environment (volantd's jail settings, lib/runner)
 //	/run/volant/uids/                per jailed hypervisor's uid in use (lib/vmm/jail):
 //	  <uid>                            its lock file
 //	  <uid>.json                       what its run changed for it, undone after a crash
@@ -44,6 +45,8 @@ const (
 	// DefaultUIDDir is host-wide on purpose: a uid must be unique among
 	// all the host's hypervisors, whatever directories their runs use.
 	DefaultUIDDir = "/run/volant/uids"
+	// SystemdEnvFile is what volant-vm@.service's EnvironmentFile= names.
+	SystemdEnvFile = "/run/volant/vm.env"
 )
 
 // Environment variables.

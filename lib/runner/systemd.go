@@ -5,12 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
+	"github.com/google/renameio/v2"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/launch"
+	"github.com/volantvm/volant/lib/layout"
 )
 
 // SystemdRunning reports whether systemd is the init system (sd_booted(3):
@@ -36,9 +40,54 @@ func UnitName(name string) string { return "volant-vm@" + name + ".service" }
 // for volant-launch itself; the unit's hypervisor stays in the unit's
 // cgroup (VOLANT_VMM_CGROUP=unit in the unit file) and is otherwise
 // jailed the same way.
+//
+// The unit's volant-launch gets volantd's jail settings (--vmm-uids,
+// --insecure-vmm, --vmm-overhead-mb) from SystemdEnvFile, which Start
+// writes before each start (the unit's EnvironmentFile=).
 type Systemd struct {
 	// Options are the host's launch options, to plan the VM's limits.
 	Options launch.Options
+	// EnvFile is where Start writes the units' environment (default
+	// SystemdEnvFile, the path the unit names).
+	EnvFile string
+}
+
+// SystemdEnvFile is the environment file volant-vm@.service reads
+// (EnvironmentFile=-/run/volant/vm.env).
+const SystemdEnvFile = layout.SystemdEnvFile
+
+// SystemdEnviron is what SystemdEnvFile holds for o: the jail's variables
+// that are set (Environ's), except VOLANT_VMM_CGROUP, which the unit sets
+// to "unit" itself (a file's variables override the unit's).
+func SystemdEnviron(o launch.Options) []string {
+	j := o.Jail
+	j.Cgroup = ""
+	var env []string
+	for _, kv := range Environ(launch.Options{Jail: j}) {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "VOLANT_") && k != layout.EnvKestrel {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// writeEnvFile writes SystemdEnviron to the units' environment file.
+func (s Systemd) writeEnvFile() error {
+	path := s.EnvFile
+	if path == "" {
+		path = SystemdEnvFile
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("the units' environment file: %w", err)
+	}
+	body := "# Written by volantd before each start of a volant-vm@ unit: its jail settings.\n"
+	for _, kv := range SystemdEnviron(s.Options) {
+		body += kv + "\n"
+	}
+	if err := renameio.WriteFile(path, []byte(body), 0o644); err != nil {
+		return fmt.Errorf("the units' environment file: %w", err)
+	}
+	return nil
 }
 
 // The supervisor's own share of a unit's limits: volant-launch's memory
@@ -97,6 +146,9 @@ func (s Systemd) Start(ctx context.Context, name, specPath string) (<-chan struc
 	}
 	props, err := s.UnitProperties(ctx, spec)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.writeEnvFile(); err != nil {
 		return nil, err
 	}
 	if err := c.SetUnitPropertiesContext(ctx, unit, true, props...); err != nil {

@@ -11,11 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/unit"
 	"github.com/godbus/dbus/v5"
 
+	systemdunits "github.com/volantvm/volant/contrib/systemd"
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/runner"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
+	"github.com/volantvm/volant/lib/vmm/jail"
 )
 
 // fakeSystemd is systemd's Manager object as Systemd uses it: jobs
@@ -204,5 +208,107 @@ func TestSystemdRunnerOverDBus(t *testing.T) {
 	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(t.TempDir(), "none"))
 	if _, err := r.Start(ctx, "web1", w.specPath); !apierr.Is(err, apierr.Unavailable) || !strings.Contains(err.Error(), "D-Bus") {
 		t.Fatalf("no bus gave %v", err)
+	}
+}
+
+// unitEnvironment is the environment systemd gives volant-vm@.service's
+// ExecStart: its Environment= assignments, then the files its
+// EnvironmentFile= names (which override them; a leading "-" lets a file
+// be missing), with envFile read in place of the runner's
+// SystemdEnvFile. It fails the test if the unit names no such file.
+func unitEnvironment(t *testing.T, envFile string) map[string]string {
+	t.Helper()
+	f, err := systemdunits.Units.Open("volant-vm@.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	opts, err := unit.DeserializeOptions(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	var files []string
+	for _, o := range opts {
+		if o.Section != "Service" {
+			continue
+		}
+		switch o.Name {
+		case "Environment":
+			for _, kv := range strings.Fields(o.Value) {
+				k, v, _ := strings.Cut(kv, "=")
+				env[k] = v
+			}
+		case "EnvironmentFile":
+			files = append(files, o.Value)
+		}
+	}
+	found := false
+	for _, p := range files {
+		optional := strings.HasPrefix(p, "-")
+		p = strings.TrimPrefix(p, "-")
+		if p != runner.SystemdEnvFile {
+			t.Fatalf("the unit reads %s, which volantd does not write", p)
+		}
+		found = true
+		b, err := os.ReadFile(envFile)
+		if err != nil {
+			if optional && os.IsNotExist(err) {
+				continue
+			}
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			k, v, _ := strings.Cut(line, "=")
+			env[k] = v
+		}
+	}
+	if !found {
+		t.Errorf("volant-vm@.service has no EnvironmentFile=-%s: volantd's settings do not reach its volant-launch", runner.SystemdEnvFile)
+	}
+	return env
+}
+
+// A custom --vmm-uids (and --insecure-vmm, --vmm-overhead-mb) reaches the
+// volant-launch of each volant-vm@ unit: the runner writes them to the
+// file the unit's EnvironmentFile= names before each start, and the
+// environment systemd builds from the unit and that file gives
+// volant-launch (runner.OptionsFromEnv, as its main reads it) the range,
+// while the unit's own VOLANT_VMM_CGROUP=unit stays.
+func TestSystemdUnitGetsVMMUIDs(t *testing.T) {
+	addr := startBus(t)
+	newFakeSystemd(t, addr)
+	w := newWorld(t)
+	envFile := filepath.Join(t.TempDir(), "vm.env")
+	r := runner.Systemd{Options: w.opts, EnvFile: envFile}
+	custom := jail.Range{First: 200000, Count: 500}
+	r.Options.Jail.UIDs = custom
+	r.Options.Jail.OverheadMB = 120
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := r.Start(ctx, "web1", w.specPath); err != nil {
+		t.Fatal(err)
+	}
+	env := unitEnvironment(t, envFile)
+	o := runner.OptionsFromEnv(func(k string) string { return env[k] })
+	if o.Jail.UIDs != custom || o.Jail.OverheadMB != 120 || o.Jail.Cgroup != launch.CgroupUnit || o.Jail.Insecure {
+		t.Fatalf("the unit's volant-launch gets jail options %+v, want uids %s, overhead 120, cgroup %q", o.Jail, custom, launch.CgroupUnit)
+	}
+	if st, err := os.Stat(envFile); err != nil || st.Mode().Perm() != 0o644 {
+		t.Fatalf("the environment file: %v", err)
+	}
+
+	// The defaults again: the file no longer names a range.
+	r.Options.Jail = launch.JailOptions{Insecure: true}
+	if _, err := r.Start(ctx, "web1", w.specPath); err != nil {
+		t.Fatal(err)
+	}
+	env = unitEnvironment(t, envFile)
+	o = runner.OptionsFromEnv(func(k string) string { return env[k] })
+	if o.Jail.UIDs != (jail.Range{}) || !o.Jail.Insecure || o.Jail.Cgroup != launch.CgroupUnit {
+		t.Fatalf("after a restart with defaults: %+v", o.Jail)
 	}
 }
