@@ -62,8 +62,9 @@ const (
 
 // floodRotation is the host log's rotation in these runs: files larger than
 // the default so that a round of 10 s at 10 MB/s (about 170 MB of JSON)
-// rotates a few times but a follower that falls behind is not lapped (a
-// follower more than a whole file behind skips that file).
+// rotates a few times, but the test's follower, a second or more behind on
+// a loaded machine, is not lapped by the rotation (it would end with
+// UNAVAILABLE, having missed entries the pipeline delivered).
 var floodRotation = workloadlog.Rotation{MaxBytes: 64 << 20, Files: 8}
 
 func TestMain(m *testing.M) {
