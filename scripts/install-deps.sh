@@ -26,6 +26,7 @@ pkgs=(
   zsh                                         # volar's zsh completion test
   nodejs npm                                  # the MCP client test (official TypeScript SDK)
   prometheus                                  # scrapes volantd in the metrics test (cmd/volantd)
+  minisign                                    # checks what fledge build --sign writes (cmd/fledge)
 )
 [[ ${1:-} == demo ]] && pkgs=("${demo[@]}")
 missing=()

@@ -2,7 +2,8 @@
 //
 // Synopsis:
 //
-//	fledge build [-c fledge.toml] [-o OUTDIR] [--kernel-modules DIR] [--kestrel PATH] [--work-dir DIR] [-q] [-v]
+//	fledge build [-c fledge.toml] [-o OUTDIR] [--kernel-modules DIR] [--kestrel PATH] [--work-dir DIR] [--sign KEY] [-q] [-v]
+//	fledge keygen -o KEYFILE
 //	fledge boot-initramfs [--kernel-modules DIR] [-o FILE] [--kestrel PATH] [--module NAME]...
 //	fledge version
 //
@@ -20,6 +21,20 @@
 // modules.dep) adds the guest kernel's virtio/ext4/button modules and their
 // dependencies to an initramfs plugin. See docs/fledge.md for the
 // fledge.toml reference.
+//
+// --sign KEY signs the manifest with the minisign private key KEY and
+// writes the signature next to it as <name>.manifest.json.minisig (an
+// encrypted key, from `minisign -G`, takes its password from
+// $MINISIGN_PASSWORD). The manifest holds every artifact's sha256, so the
+// signature covers the whole plugin; `volar plugins install --manifest
+// FILE` sends FILE.minisig along, and volantd --trusted-keys checks it.
+// A build without --sign removes a signature an earlier build left there.
+// `minisign -Vm out/web.manifest.json -p KEY.pub` verifies it too.
+//
+// keygen writes a new minisign key pair: KEYFILE (the private key, mode
+// 0600, not encrypted: keep it as a secret) and KEYFILE.pub (the public
+// key, for volantd's --trusted-keys directory). An existing file is never
+// overwritten (CONFLICT).
 //
 // boot-initramfs writes the initrd rootfs plugins boot with: kestrel as
 // /init plus the kernel's modules (default --kernel-modules: the modules of
@@ -40,6 +55,9 @@
 //	                 "filesystem":{"size_bytes":..,"content_bytes":..,"free_bytes":..,..},
 //	                 "entries":N,"busybox_applets":N,"kernel_release":..,"modules":[..],
 //	                 "init":"kestrel|custom|none","kestrel":"/path","steps_ms":{..}}
+//	                 with --sign also "signature":"/abs/out/web.manifest.json.minisig","key_id":"<16 hex>"
+//	keygen          {"version":"1","kind":"fledge.keygen","key_id":"<16 hex>","private_key":"/abs/KEYFILE",
+//	                 "public_key":"/abs/KEYFILE.pub"}
 //	boot-initramfs  {"version":"1","kind":"fledge.boot-initramfs","artifact":..,"sha256":..,"bytes":N,
 //	                 "kernel_release":..,"modules":[..],"entries":N,"kestrel":..,"duration_ms":N}
 //	version         {"version":"1","kind":"fledge.version","build":".."}
@@ -51,8 +69,11 @@
 //	                       {"field","message"}), a mapping escapes the build context, the image
 //	                       is not a linux/amd64 container image, a binary is not static
 //	INVALID_MANIFEST   3   the manifest fledge would write is invalid
-//	NOT_FOUND          4   fledge.toml, the image, kestrel, busybox or the modules directory is missing
-//	PERMISSION_DENIED 10   oci_rootfs without root, or the signature policy rejects the image
+//	                       (also INVALID_INPUT: --sign KEY is not a minisign private key)
+//	NOT_FOUND          4   fledge.toml, the image, kestrel, busybox, the modules directory or the key is missing
+//	CONFLICT           5   keygen: KEYFILE or KEYFILE.pub exists
+//	PERMISSION_DENIED 10   oci_rootfs without root, the signature policy rejects the image, or the
+//	                       password does not decrypt the signing key
 //	UNAUTHORIZED      10   the registry refused the credentials
 //	UNAVAILABLE        9   the registry is unreachable, TLS failed (see [source] insecure), mkfs.ext4 missing
 //	CHECKSUM_MISMATCH  8   a layer's digest or DiffID, or busybox_sha256, does not match
@@ -75,6 +96,7 @@ import (
 	"github.com/volantvm/volant/lib/fledge/progress"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/layout"
+	"github.com/volantvm/volant/lib/signing"
 )
 
 func main() { cli.Main(run) }
@@ -86,6 +108,7 @@ func run(ctx context.Context, env *cli.Env) error {
 type options struct {
 	Build   buildCmd           `command:"build" description:"Build the plugin fledge.toml describes"`
 	Boot    bootCmd            `command:"boot-initramfs" description:"Write the boot initramfs of rootfs plugins: kestrel + kernel modules"`
+	Keygen  keygenCmd          `command:"keygen" description:"Write a new minisign key pair to sign plugins with"`
 	Version cli.VersionCommand `command:"version" description:"Print the build version"`
 }
 
@@ -95,6 +118,7 @@ type buildCmd struct {
 	KernelModules string `long:"kernel-modules" value-name:"DIR" description:"/lib/modules/<release> of the guest kernel, for initramfs plugins"`
 	Kestrel       string `long:"kestrel" value-name:"PATH" description:"kestrel binary (overrides [agent])"`
 	WorkDir       string `long:"work-dir" value-name:"DIR" description:"where images are unpacked (default /dev/shm when the image fits, else $TMPDIR)"`
+	Sign          string `long:"sign" value-name:"KEY" description:"sign the manifest with this minisign private key (writes <manifest>.minisig)"`
 	Quiet         bool   `short:"q" long:"quiet" description:"no progress on stderr"`
 	Verbose       bool   `short:"v" long:"verbose" description:"debug logs on stderr"`
 }
@@ -106,6 +130,8 @@ func (c *buildCmd) Execute(ctx context.Context, env *cli.Env) error {
 		KernelModules: c.KernelModules,
 		Kestrel:       c.Kestrel,
 		WorkDir:       c.WorkDir,
+		SignKey:       c.Sign,
+		SignPassword:  env.Env(signing.PasswordEnv),
 		Logger:        env.Logger(c.Verbose),
 		Progress:      reporter(env.Stderr, c.Quiet),
 	}
@@ -121,6 +147,26 @@ func (c *buildCmd) Execute(ctx context.Context, env *cli.Env) error {
 		return err
 	}
 	return cli.WriteResult(env, "fledge.build", res)
+}
+
+type keygenCmd struct {
+	Output string `short:"o" long:"output" value-name:"KEYFILE" required:"yes" description:"private key file to write (the public key goes to KEYFILE.pub)"`
+}
+
+func (c *keygenCmd) Execute(_ context.Context, env *cli.Env) error {
+	path, err := filepath.Abs(c.Output)
+	if err != nil {
+		return err
+	}
+	kp, err := signing.WriteKeyPair(path)
+	if err != nil {
+		return err
+	}
+	return cli.WriteResult(env, "fledge.keygen", struct {
+		KeyID      string `json:"key_id"`
+		PrivateKey string `json:"private_key"`
+		PublicKey  string `json:"public_key"`
+	}{kp.ID, path, path + signing.PublicKeySuffix})
 }
 
 type bootCmd struct {

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -163,5 +165,83 @@ func TestBuildWritesWhatItReports(t *testing.T) {
 	q := clitest.Run(t, run, "", nil, "build", "-q", "-c", filepath.Join(dir, "fledge.toml"), "-o", filepath.Join(dir, "out"))
 	if q.Code != 0 || q.Stderr != "" {
 		t.Fatalf("-q: exit %d, stderr %q", q.Code, q.Stderr)
+	}
+}
+
+// TestBuildSigned: keygen writes a key pair (the private key 0600) and
+// never overwrites one; build --sign writes <manifest>.minisig, which the
+// minisign tool itself verifies with the public key and which fails for
+// the manifest changed by a byte; a build without --sign removes it.
+func TestBuildSigned(t *testing.T) {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		netnstest.SkipOrFail(t, "busybox-static not installed")
+	}
+	ms, err := exec.LookPath("minisign")
+	if err != nil {
+		netnstest.SkipOrFail(t, "minisign not installed (scripts/install-deps.sh)")
+	}
+	dir := writeProject(t, okToml, map[string]string{"index.html": "hi\n"})
+	key := filepath.Join(dir, "key")
+	r := clitest.Run(t, run, "", nil, "keygen", "-o", key)
+	var kg struct {
+		Kind, KeyID, PrivateKey, PublicKey string
+	}
+	json.Unmarshal([]byte(strings.NewReplacer(`"key_id"`, `"KeyID"`, `"private_key"`, `"PrivateKey"`, `"public_key"`, `"PublicKey"`).Replace(r.Stdout)), &kg)
+	if r.Code != 0 || kg.Kind != "fledge.keygen" || kg.PrivateKey != key || kg.PublicKey != key+".pub" || len(kg.KeyID) == 0 {
+		t.Fatalf("keygen: %+v", r)
+	}
+	if st, err := os.Stat(key); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("private key mode: %v %v", st, err)
+	}
+	before, _ := os.ReadFile(key)
+	if r := clitest.Run(t, run, "", nil, "keygen", "-o", key); r.Code != 5 || !strings.Contains(r.Stderr, `"code":"CONFLICT"`) {
+		t.Fatalf("keygen over an existing key: %+v", r)
+	}
+	if after, _ := os.ReadFile(key); !bytes.Equal(before, after) {
+		t.Fatal("keygen changed an existing key")
+	}
+
+	out := filepath.Join(dir, "out")
+	r = clitest.Run(t, run, "", map[string]string{"SOURCE_DATE_EPOCH": "1700000000"}, "build", "-q", "-c", filepath.Join(dir, "fledge.toml"), "-o", out, "--sign", key)
+	var res struct {
+		Manifest  string `json:"manifest"`
+		Signature string `json:"signature"`
+		KeyID     string `json:"key_id"`
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), &res); err != nil || r.Code != 0 || res.Signature != res.Manifest+".minisig" || res.KeyID != kg.KeyID {
+		t.Fatalf("build --sign: %+v", r)
+	}
+	verify := func(manifest string) (string, error) {
+		cmd := exec.Command(ms, "-V", "-m", manifest, "-x", res.Signature, "-p", key+".pub")
+		b, err := cmd.CombinedOutput()
+		return string(b), err
+	}
+	if out, err := verify(res.Manifest); err != nil || !strings.Contains(out, "plugin:hello version:0.1.0 file:hello.manifest.json") {
+		t.Fatalf("minisign -V: %v\n%s", err, out)
+	}
+	body, _ := os.ReadFile(res.Manifest)
+	changed := filepath.Join(dir, "changed.json")
+	os.WriteFile(changed, bytes.Replace(body, []byte(`"0.1.0"`), []byte(`"0.1.1"`), 1), 0o644)
+	if out, err := verify(changed); err == nil {
+		t.Fatalf("minisign verified a changed manifest:\n%s", out)
+	}
+	// Deterministic: the same build signs to the same bytes.
+	sig1, _ := os.ReadFile(res.Signature)
+	clitest.Run(t, run, "", map[string]string{"SOURCE_DATE_EPOCH": "1700000000"}, "build", "-q", "-c", filepath.Join(dir, "fledge.toml"), "-o", out, "--sign", key)
+	if sig2, _ := os.ReadFile(res.Signature); !bytes.Equal(sig1, sig2) {
+		t.Fatal("two builds of the same inputs signed differently")
+	}
+	if r := clitest.Run(t, run, "", nil, "build", "-q", "-c", filepath.Join(dir, "fledge.toml"), "-o", out); r.Code != 0 {
+		t.Fatal(r)
+	}
+	if _, err := os.Stat(res.Signature); !os.IsNotExist(err) {
+		t.Fatalf("an unsigned build left the earlier signature: %v", err)
+	}
+	// A key that is not one: refused before building.
+	if r := clitest.Run(t, run, "", nil, "build", "-q", "-c", filepath.Join(dir, "fledge.toml"), "-o", filepath.Join(dir, "out2"), "--sign", key+".pub"); r.Code != 3 {
+		t.Fatalf("--sign with a public key: %+v", r)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "out2", "hello.manifest.json")); !os.IsNotExist(err) {
+		t.Fatal("a build with a bad key wrote a manifest")
 	}
 }

@@ -33,11 +33,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
 
+	"aead.dev/minisign"
 	"github.com/google/renameio/v2"
 	"github.com/opencontainers/go-digest"
 
@@ -49,6 +51,7 @@ import (
 	"github.com/volantvm/volant/lib/initramfs"
 	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/signing"
 )
 
 // Request is one build.
@@ -75,6 +78,15 @@ type Request struct {
 	// busybox_url) and of registry reads (a registry that stops
 	// answering); zero values are lib/fetch's defaults.
 	Fetch fetch.Options `json:"-"`
+	// SignKey is a minisign private key file (fledge keygen, or minisign
+	// -G): the manifest is signed with it, the signature written next to
+	// it as <name>.manifest.json.minisig. SignPassword decrypts an
+	// encrypted key. Without SignKey a signature left by an earlier build
+	// is removed, since it would not match the new manifest.
+	SignKey      string `json:"sign_key,omitempty"`
+	SignPassword string `json:"-"`
+
+	key *minisign.PrivateKey // SignKey, read before the build
 
 	Logger   *slog.Logger      `json:"-"`
 	Progress progress.Reporter `json:"-"`
@@ -112,6 +124,10 @@ type Result struct {
 	Init          InitMode `json:"init,omitempty"`
 	// Kestrel is the agent binary installed ("" when none).
 	Kestrel string `json:"kestrel,omitempty"`
+	// Signature is the manifest's minisign signature file and KeyID the
+	// key that made it (with Request.SignKey).
+	Signature string `json:"signature,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
 	// StepsMS times the build's steps.
 	StepsMS map[string]int64 `json:"steps_ms"`
 }
@@ -160,6 +176,13 @@ func BuildConfig(ctx context.Context, c *Config, req Request) (*Result, error) {
 		return nil, err
 	}
 	var err error
+	if req.SignKey != "" {
+		k, err := signing.ReadPrivateKey(req.SignKey, req.SignPassword)
+		if err != nil {
+			return nil, err
+		}
+		req.key = &k
+	}
 	out := req.OutputDir
 	if out == "" {
 		out = "out"
@@ -187,6 +210,9 @@ func BuildConfig(ctx context.Context, c *Config, req Request) (*Result, error) {
 		return nil, err
 	}
 	res.Strategy = c.Strategy
+	if req.key != nil {
+		res.Signature, res.KeyID = res.Manifest+signing.SignatureSuffix, signing.KeyID(req.key.ID())
+	}
 	res.StaleWorkDirs = stale
 	res.DurationMS = time.Since(start).Milliseconds()
 	return res, nil
@@ -211,10 +237,12 @@ type output struct {
 	// its Name() that writes in place (ext4.Make keeps the inode).
 	art      *renameio.PendingFile
 	manifest *renameio.PendingFile
+	sig      *renameio.PendingFile
+	key      *minisign.PrivateKey // signs the manifest when set
 }
 
-func newOutput(dir, name, ext string) (*output, error) {
-	o := &output{dir: dir, name: name, ext: ext}
+func newOutput(dir, name, ext string, key *minisign.PrivateKey) (*output, error) {
+	o := &output{dir: dir, name: name, ext: ext, key: key}
 	f, err := renameio.NewPendingFile(o.artifactPath(), renameio.WithTempDir(dir), renameio.WithStaticPermissions(0o644))
 	if err != nil {
 		return nil, fmt.Errorf("creating artifact: %w", err)
@@ -245,14 +273,38 @@ func (o *output) commit(c *Config, m *manifest.Manifest) error {
 		return fmt.Errorf("writing manifest: %w", err)
 	}
 	o.manifest = f
-	if _, err := f.Write(append(body, '\n')); err != nil {
+	body = append(body, '\n')
+	if _, err := f.Write(body); err != nil {
 		return fmt.Errorf("writing manifest: %w", err)
+	}
+	sigPath := o.manifestPath() + signing.SignatureSuffix
+	if o.key != nil {
+		// The signature covers the file's bytes; the trusted comment
+		// names what it signs (deterministic, as the outputs are).
+		sig := signing.Sign(*o.key, body, fmt.Sprintf("plugin:%s version:%s file:%s", m.Name, m.Version, filepath.Base(o.manifestPath())))
+		if o.sig, err = renameio.NewPendingFile(sigPath, renameio.WithTempDir(o.dir), renameio.WithStaticPermissions(0o644)); err != nil {
+			return fmt.Errorf("writing signature: %w", err)
+		}
+		if _, err := o.sig.Write(sig); err != nil {
+			return fmt.Errorf("writing signature: %w", err)
+		}
+	}
+	// A signature of an earlier manifest goes first: a crash midway
+	// leaves a manifest without one, never one with a signature that
+	// belongs to another.
+	if err := os.Remove(sigPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing the earlier signature: %w", err)
 	}
 	if err := o.art.CloseAtomicallyReplace(); err != nil {
 		return fmt.Errorf("placing artifact: %w", err)
 	}
 	if err := o.manifest.CloseAtomicallyReplace(); err != nil {
 		return fmt.Errorf("placing manifest: %w", err)
+	}
+	if o.sig != nil {
+		if err := o.sig.CloseAtomicallyReplace(); err != nil {
+			return fmt.Errorf("placing signature: %w", err)
+		}
 	}
 	if d, err := os.Open(o.dir); err == nil {
 		_ = d.Sync()
@@ -281,7 +333,7 @@ func sameFile(f *os.File) error {
 
 // discard removes the pending files (nothing once commit placed them).
 func (o *output) discard() {
-	for _, f := range []*renameio.PendingFile{o.art, o.manifest} {
+	for _, f := range []*renameio.PendingFile{o.art, o.manifest, o.sig} {
 		if f != nil {
 			_ = f.Cleanup()
 		}

@@ -119,7 +119,7 @@ func buildInitramfs(ctx context.Context, c *Config, req Request) (res *Result, e
 	res.Entries = b.Len()
 	log.Debug("initramfs layout", "entries", res.Entries, "applets", len(applets), "modules", len(res.Modules))
 
-	o, err := newOutput(req.OutputDir, name, ".cpio.gz")
+	o, err := newOutput(req.OutputDir, name, ".cpio.gz", req.key)
 	if err != nil {
 		return nil, err
 	}

@@ -148,7 +148,7 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 		return nil, err
 	}
 
-	o, err := newOutput(req.OutputDir, name, ".img")
+	o, err := newOutput(req.OutputDir, name, ".img", req.key)
 	if err != nil {
 		return nil, err
 	}
