@@ -40,6 +40,11 @@
 //	                                          in the variable); by default only <data-dir>/plugins. Any other
 //	                                          local path in a manifest is refused (PERMISSION_DENIED)
 //	--max-artifact-gib N VOLANT_MAX_ARTIFACT_GIB  largest plugin artifact, local or downloaded (default 64)
+//	--trusted-keys DIR   VOLANT_TRUSTED_KEYS  minisign public keys (*.pub, from fledge keygen or minisign -G):
+//	                                          a plugin's signature must verify with one of them, at install
+//	                                          (SIGNATURE_INVALID) and again before each boot
+//	--require-signed     VOLANT_REQUIRE_SIGNED  refuse plugins without a signature (SIGNATURE_REQUIRED), at
+//	                                          install and before each boot; needs --trusted-keys
 //	--kernel DIR|FILE    VOLANT_KERNEL_DIR    guest kernel directory or vmlinux (default /var/lib/volant/kernel)
 //	--kestrel FILE       VOLANT_KESTREL       kestrel binary for boot images (default: next to volantd)
 //	--boot-initramfs F   VOLANT_BOOT_INITRAMFS  prebuilt boot initramfs for rootfs plugins
@@ -170,6 +175,8 @@ type serveCmd struct {
 	RunRoot        string        `long:"run-root" env:"VOLANT_RUN_ROOT" description:"per-VM run directories"`
 	CacheDir       string        `long:"cache-dir" env:"VOLANT_CACHE_DIR" description:"boot image cache (default <data-dir>/cache)"`
 	ArtifactDirs   []string      `long:"artifact-dir" env:"VOLANT_ARTIFACT_DIRS" env-delim:":" description:"also take local plugin artifacts from this directory (repeatable; default only <data-dir>/plugins)"`
+	TrustedKeys    string        `long:"trusted-keys" env:"VOLANT_TRUSTED_KEYS" value-name:"DIR" description:"minisign public keys (*.pub) plugin signatures must verify with"`
+	RequireSigned  bool          `long:"require-signed" env:"VOLANT_REQUIRE_SIGNED" description:"refuse unsigned plugins at install and before each boot (needs --trusted-keys)"`
 	MaxArtifactGiB int64         `long:"max-artifact-gib" env:"VOLANT_MAX_ARTIFACT_GIB" default:"64" description:"largest plugin artifact, local or downloaded, in GiB"`
 	Kernel         string        `long:"kernel" env:"VOLANT_KERNEL_DIR" description:"guest kernel directory or vmlinux"`
 	Kestrel        string        `long:"kestrel" env:"VOLANT_KESTREL" description:"kestrel binary (default: next to volantd)"`
@@ -248,6 +255,7 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 		TLS: volantd.TLS{Cert: f.TLSCert, Key: f.TLSKey, ClientCA: f.TLSClientCA}, InsecureTCP: f.InsecureTCP,
 		DB: f.DB, IntegrityCheck: f.IntegrityCheck, DataDir: f.DataDir, RunRoot: f.RunRoot, CacheDir: f.CacheDir,
 		ArtifactDirs: f.ArtifactDirs, MaxArtifactBytes: f.MaxArtifactGiB << 30,
+		TrustedKeys: f.TrustedKeys, RequireSigned: f.RequireSigned,
 		Bridge: f.Bridge, Subnet: f.Subnet, SetupNetwork: !f.NoNetSetup, NAT: nat, AgentListen: f.AgentListen, DNS: f.DNS,
 		Launch: controller.LaunchDefaults{
 			Kernel: f.Kernel, BootInitramfs: f.BootInitramfs, Kestrel: kestrel, VMM: f.VMM, Accel: f.Accel, Debug: f.GuestDebug,

@@ -10,7 +10,7 @@
 //	volar setup [--dry-run] [--bridge vbr0] [--cidr 192.168.127.1/24] [--nat] [--uplink IFACE] [--adopt] [--tls [--tls-host NAME]...]
 //	            [--data-dir DIR] [--run-root DIR] [--kernel DIR] [--systemd [--systemd-dir DIR]]
 //	volar plugins list
-//	volar plugins install --manifest FILE [--replace]
+//	volar plugins install --manifest FILE [--signature SIG] [--replace]
 //	volar plugins install --image REF [--name NAME] [--pull always|if-not-present|never] [--insecure] [--replace]
 //	volar plugins show|enable|disable|remove NAME
 //	volar run IMAGE [--name N] [-p SPEC]... [-e K=V]... [--cpu N] [--memory MB] [--pull P] [--insecure] [-- ARGS...]

@@ -375,10 +375,34 @@ type Plugin struct {
 	Manifest json.RawMessage `json:"manifest"`
 	// Image and ImageDigest name the container image the plugin was
 	// built from (the manifest's image and image_digest).
-	Image       string    `json:"image,omitempty"`
-	ImageDigest string    `json:"image_digest,omitempty"`
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
+	Image       string `json:"image,omitempty"`
+	ImageDigest string `json:"image_digest,omitempty"`
+	// Signature is set when the plugin was installed with a signature.
+	Signature *PluginSignature `json:"signature,omitempty"`
+	CreatedAt time.Time        `json:"created_at"`
+	UpdatedAt time.Time        `json:"updated_at"`
+}
+
+// PluginSignature says who signed a plugin's manifest (lib/signing).
+type PluginSignature struct {
+	// KeyID is the minisign key ID the signature names.
+	KeyID string `json:"key_id"`
+	// TrustedComment is the comment signed along (fledge writes the
+	// plugin's name and version and the manifest's file name).
+	TrustedComment string `json:"trusted_comment,omitempty"`
+	// Verified says that a key of volantd's --trusted-keys verified it at
+	// install; without --trusted-keys a signature is kept unverified.
+	Verified bool `json:"verified"`
+}
+
+// SignedPluginRequest is the body of POST /api/v1/plugins that installs a
+// signed plugin: the manifest file's text exactly as it was signed (a JSON
+// string, so no byte of it changes on the way) and the text of its
+// minisign signature file (<manifest>.minisig, as `fledge build --sign`
+// writes it).
+type SignedPluginRequest struct {
+	Manifest  string `json:"manifest"`
+	Signature string `json:"signature"`
 }
 
 // PluginList is the answer of GET /api/v1/plugins.

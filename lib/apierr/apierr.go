@@ -33,6 +33,8 @@
 //	VOLUME_IN_USE          5   409  a volume is held by another VM (one writer at a time) or in use where it must not be
 //	NO_SPACE              14   507  the host's filesystem is full; nothing was left half-made
 //	ISOLATION_UNAVAILABLE 9   503  the hypervisor's jail cannot be set up here (see --insecure-vmm)
+//	SIGNATURE_REQUIRED   10   403  the plugin has no signature and volantd runs with --require-signed
+//	SIGNATURE_INVALID     8   422  a plugin's signature is malformed, by a key not trusted, or does not match its manifest
 package apierr
 
 import (
@@ -72,6 +74,13 @@ const (
 	// IsolationUnavailable: the VMM's jail (its own uid, mount namespace,
 	// cgroup, seccomp) cannot be set up on this host (lib/vmm/jail).
 	IsolationUnavailable Code = "ISOLATION_UNAVAILABLE"
+	// SignatureRequired: volantd --require-signed and the plugin is not
+	// signed (lib/signing).
+	SignatureRequired Code = "SIGNATURE_REQUIRED"
+	// SignatureInvalid: a plugin's signature is malformed, made by a key
+	// that is not trusted, or does not match the manifest it came with
+	// (or, at boot, the manifest stored for it); details.reason says which.
+	SignatureInvalid Code = "SIGNATURE_INVALID"
 )
 
 // codeInfo holds a code's exit status and HTTP status. The HTTP statuses
@@ -109,6 +118,8 @@ var codes = map[Code]codeInfo{
 	VolumeInUse:          {5, 409},  // Conflict
 	NoSpace:              {14, 507}, // Insufficient Storage
 	IsolationUnavailable: {9, 503},  // Service Unavailable
+	SignatureRequired:    {10, 403}, // Forbidden
+	SignatureInvalid:     {8, 422},  // Unprocessable Entity
 }
 
 // Codes returns every known code, for documentation and tests.

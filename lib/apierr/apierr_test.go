@@ -89,6 +89,7 @@ func TestHTTPStatusesMatchNetHTTP(t *testing.T) {
 		MethodNotAllowed: http.StatusMethodNotAllowed, DataCorrupt: http.StatusInternalServerError,
 		VolumeInUse: http.StatusConflict, NoSpace: http.StatusInsufficientStorage,
 		IsolationUnavailable: http.StatusServiceUnavailable,
+		SignatureRequired:    http.StatusForbidden, SignatureInvalid: http.StatusUnprocessableEntity,
 	}
 	for _, c := range Codes() {
 		if c.HTTPStatus() != want[c] {

@@ -373,19 +373,29 @@ type InstallOptions struct {
 	// Replace an installed plugin of the same name (VMs already created
 	// keep the manifest they were created with).
 	Replace bool
+	// Signature is the manifest's minisign signature (the text of its
+	// .minisig file); the manifest is then sent as a SignedPluginRequest,
+	// byte for byte as signed.
+	Signature []byte
 }
 
 // InstallPlugin installs a plugin from its manifest (JSON). The daemon
 // validates it (INVALID_MANIFEST lists every problem), fetches remote
-// artifacts and checks every checksum (CHECKSUM_MISMATCH). Installing a
+// artifacts and checks every checksum (CHECKSUM_MISMATCH), and checks
+// o.Signature with its trusted keys (SIGNATURE_INVALID; SIGNATURE_REQUIRED
+// without one when it requires signed plugins). Installing a
 // name that exists is CONFLICT unless o.Replace.
 func (c *Client) InstallPlugin(ctx context.Context, manifest []byte, o InstallOptions) (*api.Plugin, error) {
 	q := url.Values{}
 	if o.Replace {
 		q.Set("replace", "true")
 	}
+	var body any = json.RawMessage(manifest)
+	if len(o.Signature) > 0 {
+		body = api.SignedPluginRequest{Manifest: string(manifest), Signature: string(o.Signature)}
+	}
 	var p api.Plugin
-	return &p, c.call(ctx, request{method: http.MethodPost, path: api.Prefix + "/plugins", query: q, body: json.RawMessage(manifest)}, &p)
+	return &p, c.call(ctx, request{method: http.MethodPost, path: api.Prefix + "/plugins", query: q, body: body}, &p)
 }
 
 // InstallImage builds a plugin from a container image in volantd (POST

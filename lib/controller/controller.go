@@ -80,6 +80,7 @@ import (
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/layout"
+	"github.com/volantvm/volant/lib/signing"
 	"github.com/volantvm/volant/lib/store"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
@@ -104,6 +105,12 @@ type Config struct {
 	// FetchStallTimeout ends an artifact download that received nothing
 	// for this long (default fetch.DefaultStallTimeout).
 	FetchStallTimeout time.Duration
+	// TrustedKeys is a directory of minisign public keys (*.pub): a
+	// plugin's signature must verify with one of them, at install and
+	// before every boot (signatures.go). RequireSigned refuses plugins
+	// without a signature; it needs TrustedKeys.
+	TrustedKeys   string
+	RequireSigned bool
 	// Images configures plugin builds from container images (images.go).
 	Images ImageConfig
 	// Runtime runs the VMs; required (see LaunchRuntime).
@@ -292,6 +299,15 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.RequireSigned && cfg.TrustedKeys == "" {
+		return nil, apierr.New(apierr.Usage, "requiring signed plugins needs trusted keys to check them with").
+			With("hint", "give --trusted-keys DIR, a directory of minisign public keys")
+	}
+	if cfg.TrustedKeys != "" {
+		if _, err := signing.LoadKeys(cfg.TrustedKeys); err != nil {
+			return nil, err
+		}
 	}
 	c := &Controller{
 		cfg:      cfg,

@@ -69,7 +69,14 @@ const buildDirPrefix = ".build-"
 // name run one after the other, so concurrent requests for one image build
 // it once. The build goes on when the caller goes away. Its steps are
 // events (plugin.build.*).
+//
+// With Config.RequireSigned it is SIGNATURE_REQUIRED before anything is
+// fetched: a plugin volantd builds carries no signature of its publisher.
 func (c *Controller) InstallImage(ctx context.Context, req api.InstallImageRequest) (_ *api.Plugin, built bool, err error) {
+	if c.cfg.RequireSigned {
+		return nil, false, apierr.New(apierr.SignatureRequired, "volantd requires signed plugins (--require-signed); a plugin built from an image has no signature").
+			With("hint", "build and sign it with `fledge build --sign KEY`, then install the signed manifest")
+	}
 	switch req.Pull {
 	case "", api.PullAlways, api.PullIfNotPresent, api.PullNever:
 	default:

@@ -14,6 +14,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/names"
+	"github.com/volantvm/volant/lib/signing"
 	"github.com/volantvm/volant/lib/store"
 )
 
@@ -25,6 +26,11 @@ type pluginRow struct {
 	Enabled   bool
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	// SignedManifest and Signature are what a signed plugin was installed
+	// from; SignedBy the trusted key that verified it then (signatures.go).
+	SignedManifest []byte
+	Signature      []byte
+	SignedBy       string
 }
 
 func (p pluginRow) toAPI() api.Plugin {
@@ -33,21 +39,30 @@ func (p pluginRow) toAPI() api.Plugin {
 		ImageDigest string `json:"image_digest"`
 	}
 	_ = json.Unmarshal(p.Manifest, &img) // the stored manifest was valid JSON when installed
-	return api.Plugin{Name: p.Name, Version: p.Version, Runtime: p.Runtime, Enabled: p.Enabled,
+	out := api.Plugin{Name: p.Name, Version: p.Version, Runtime: p.Runtime, Enabled: p.Enabled,
 		Manifest: json.RawMessage(p.Manifest), Image: img.Image, ImageDigest: img.ImageDigest,
 		CreatedAt: p.CreatedAt, UpdatedAt: p.UpdatedAt}
+	if len(p.Signature) > 0 {
+		info, _ := signing.Parse(p.Signature) // parsed at install
+		out.Signature = &api.PluginSignature{KeyID: info.KeyID, TrustedComment: info.TrustedComment, Verified: p.SignedBy != ""}
+	}
+	return out
 }
 
-const pluginColumns = `name, version, runtime, manifest, enabled, created_at, updated_at`
+const pluginColumns = `name, version, runtime, manifest, enabled, created_at, updated_at, signed_manifest, signature, signed_by`
 
 func scanPlugin(r rowScanner) (pluginRow, error) {
 	var p pluginRow
 	var m, created, updated string
+	var signed, sig, by sql.NullString
 	var enabled int
-	if err := r.Scan(&p.Name, &p.Version, &p.Runtime, &m, &enabled, &created, &updated); err != nil {
+	if err := r.Scan(&p.Name, &p.Version, &p.Runtime, &m, &enabled, &created, &updated, &signed, &sig, &by); err != nil {
 		return p, err
 	}
 	p.Manifest, p.Enabled = []byte(m), enabled == 1
+	if sig.Valid {
+		p.SignedManifest, p.Signature, p.SignedBy = []byte(signed.String), []byte(sig.String), by.String
+	}
 	var err error
 	if p.CreatedAt, err = store.ParseTime(created); err != nil {
 		return p, err
@@ -117,15 +132,33 @@ func (c *Controller) PluginManifest(ctx context.Context, name string) (json.RawM
 
 // InstallPlugin validates a manifest, fetches its remote artifacts into
 // <data>/plugins/<name>/ (rewriting their URLs to the local copies),
-// verifies every artifact's checksum, and records the plugin. Local
+// verifies every artifact's checksum, and records the plugin. With
+// Config.RequireSigned it is SIGNATURE_REQUIRED: see InstallSignedPlugin. Local
 // artifacts must be regular files inside ArtifactDirs (PERMISSION_DENIED
 // otherwise, whatever is at the path). A name that is installed already is
 // CONFLICT unless replace; of concurrent installs of one name, only the
 // winner's downloads reach their final paths.
 func (c *Controller) InstallPlugin(ctx context.Context, data []byte, replace bool) (*api.Plugin, error) {
+	return c.InstallSignedPlugin(ctx, data, nil, replace)
+}
+
+// InstallSignedPlugin is InstallPlugin for a manifest that comes with its
+// minisign signature (nil: none). The signature is checked against the
+// trusted keys before anything else (SIGNATURE_INVALID), and kept with the
+// manifest's exact text so every boot checks it again.
+func (c *Controller) InstallSignedPlugin(ctx context.Context, data, sig []byte, replace bool) (*api.Plugin, error) {
+	signedBy, err := c.checkInstallSignature(data, sig)
+	if err != nil {
+		return nil, err
+	}
 	m, err := manifest.Parse(data)
 	if err != nil {
 		return nil, err
+	}
+	if sig != nil {
+		if err := signedChecksums(m); err != nil {
+			return nil, err
+		}
 	}
 	if !replace {
 		if _, err := c.Plugin(ctx, m.Name); err == nil {
@@ -146,6 +179,13 @@ func (c *Controller) InstallPlugin(ctx context.Context, data []byte, replace boo
 	}
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	var out pluginRow
+	var signed, signature, by any // NULL unless signed
+	if sig != nil {
+		signed, signature = string(data), string(sig)
+		if signedBy != "" {
+			by = signedBy
+		}
+	}
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		old, err := getPlugin(ctx, tx, m.Name)
 		switch {
@@ -153,17 +193,21 @@ func (c *Controller) InstallPlugin(ctx context.Context, data []byte, replace boo
 			return pluginExists(m.Name)
 		case err == nil:
 			out = old
-			_, err = tx.ExecContext(ctx, `UPDATE plugins SET version = ?, runtime = ?, manifest = ?, enabled = ?, updated_at = ? WHERE name = ?`,
-				m.Version, m.Runtime, string(js), boolInt(enabled), store.FormatTime(now), m.Name)
+			_, err = tx.ExecContext(ctx, `UPDATE plugins SET version = ?, runtime = ?, manifest = ?, enabled = ?, updated_at = ?, signed_manifest = ?, signature = ?, signed_by = ? WHERE name = ?`,
+				m.Version, m.Runtime, string(js), boolInt(enabled), store.FormatTime(now), signed, signature, by, m.Name)
 		case apierr.Is(err, apierr.NotFound):
 			out = pluginRow{CreatedAt: now}
-			_, err = tx.ExecContext(ctx, `INSERT INTO plugins (name, version, runtime, manifest, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-				m.Name, m.Version, m.Runtime, string(js), boolInt(enabled), store.FormatTime(now), store.FormatTime(now))
+			_, err = tx.ExecContext(ctx, `INSERT INTO plugins (name, version, runtime, manifest, enabled, created_at, updated_at, signed_manifest, signature, signed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				m.Name, m.Version, m.Runtime, string(js), boolInt(enabled), store.FormatTime(now), store.FormatTime(now), signed, signature, by)
 		}
 		if err != nil {
 			return internal(err, "recording plugin %s", m.Name)
 		}
 		out.Name, out.Version, out.Runtime, out.Manifest, out.Enabled, out.UpdatedAt = m.Name, m.Version, m.Runtime, js, enabled, now
+		out.SignedManifest, out.Signature, out.SignedBy = nil, nil, signedBy
+		if sig != nil {
+			out.SignedManifest, out.Signature = data, sig
+		}
 		if _, err = store.AppendEvent(ctx, tx, api.EventPluginInstalled, m.Name, map[string]any{"name": m.Name, "version": m.Version, "replaced": replace && !out.CreatedAt.Equal(now)}); err != nil {
 			return err
 		}

@@ -321,7 +321,8 @@ func vmExists(name string) error {
 	return apierr.New(apierr.Conflict, "a VM named %s exists already", name).With("vm", name)
 }
 
-// usablePlugin returns an installed, enabled plugin and its manifest.
+// usablePlugin returns an installed, enabled plugin and its manifest; a
+// plugin whose signature does not hold (checkBootSignature) is refused.
 func (c *Controller) usablePlugin(ctx context.Context, name string) (pluginRow, *manifest.Manifest, error) {
 	var p pluginRow
 	err := c.st.Read(ctx, func(tx *sql.Tx) error {
@@ -335,6 +336,9 @@ func (c *Controller) usablePlugin(ctx context.Context, name string) (pluginRow, 
 	if !p.Enabled {
 		return p, nil, apierr.New(apierr.Conflict, "plugin %s is disabled", name).With("plugin", name).
 			With("hint", "enable it: POST /api/v1/plugins/"+name+"/enable")
+	}
+	if err := c.checkBootSignature(p); err != nil {
+		return p, nil, err
 	}
 	m, err := manifest.Decode(p.Manifest)
 	if err != nil {
@@ -505,6 +509,9 @@ func (c *Controller) stepStage(ctx context.Context, name string) error {
 		p, err = getPlugin(ctx, tx, v.Plugin)
 		return err
 	}); err != nil {
+		return err
+	}
+	if err := c.checkBootSignature(p); err != nil {
 		return err
 	}
 	var lease *ipam.Lease

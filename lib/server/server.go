@@ -440,12 +440,36 @@ func (s *Server) installPlugin(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, status, p)
 		return
 	}
-	p, err := s.ctl.InstallPlugin(r.Context(), data, replace)
+	var sig []byte
+	if isSignedRequest(data) {
+		var req api.SignedPluginRequest
+		if err := decodeStrict(data, &req); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		data, sig = []byte(req.Manifest), []byte(req.Signature)
+		if len(sig) == 0 {
+			writeError(w, r, apierr.New(apierr.InvalidInput, "signature is empty").With("field", "signature"))
+			return
+		}
+	}
+	p, err := s.ctl.InstallSignedPlugin(r.Context(), data, sig, replace)
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, p)
+}
+
+// isSignedRequest tells a SignedPluginRequest from a manifest.
+func isSignedRequest(data []byte) bool {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(data, &top) != nil {
+		return false
+	}
+	_, sig := top["signature"]
+	_, workload := top["workload"]
+	return sig && !workload
 }
 
 // isImageRequest tells an InstallImageRequest from a manifest (which

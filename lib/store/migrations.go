@@ -27,6 +27,7 @@ func migrations() []migration {
 		{4, "published ports", schemaV4},
 		{5, "VM workload overrides and labels; daemon settings", schemaV5},
 		{6, "named API tokens with roles, stored hashed", schemaV6},
+		{7, "plugin signatures", schemaV7},
 	}
 }
 
@@ -297,4 +298,18 @@ CREATE TABLE tokens (
 	revoked_at TEXT,
 	revoked_by TEXT
 ) STRICT;
+`
+
+// schemaV7 keeps what a signed plugin was installed from (lib/signing):
+// signed_manifest is the manifest's text exactly as signed (the manifest
+// column is what install made of it: fetched artifacts' URLs rewritten,
+// checksums filled in), signature the minisign signature's text, and
+// signed_by the ID of the trusted key that verified it at install (NULL
+// when volantd had no --trusted-keys). volantd verifies signed_manifest
+// against the signature, and the manifest column against signed_manifest,
+// before every boot.
+const schemaV7 = `
+ALTER TABLE plugins ADD COLUMN signed_manifest TEXT;
+ALTER TABLE plugins ADD COLUMN signature TEXT;
+ALTER TABLE plugins ADD COLUMN signed_by TEXT;
 `

@@ -47,6 +47,7 @@ import (
 	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/runner"
 	"github.com/volantvm/volant/lib/server"
+	"github.com/volantvm/volant/lib/signing"
 	"github.com/volantvm/volant/lib/store"
 )
 
@@ -96,6 +97,11 @@ type Config struct {
 	// MaxArtifactBytes bounds each plugin artifact, local or fetched
 	// (default controller.DefaultMaxArtifactBytes).
 	MaxArtifactBytes int64
+	// TrustedKeys is a directory of minisign public keys plugin signatures
+	// must verify with; RequireSigned refuses unsigned plugins (both at
+	// install and before every boot; controller.Config).
+	TrustedKeys   string
+	RequireSigned bool
 
 	// Bridge and Subnet are the guest network; the gateway is the
 	// subnet's first address.
@@ -223,6 +229,14 @@ func (c *Config) Validate() error {
 			return apierr.New(apierr.Usage, "--artifact-dir %q must be an absolute path", d).With("artifact_dir", d)
 		}
 		c.ArtifactDirs[i] = filepath.Clean(d)
+	}
+	if c.RequireSigned && c.TrustedKeys == "" {
+		return apierr.New(apierr.Usage, "--require-signed needs --trusted-keys DIR, the minisign public keys to check signatures with")
+	}
+	if c.TrustedKeys != "" {
+		if _, err := signing.LoadKeys(c.TrustedKeys); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -382,7 +396,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		HealthInterval: cfg.HealthInterval, StopTimeout: cfg.StopTimeout, StartTimeout: cfg.StartTimeout, Logger: log,
 		LivenessGrace: cfg.LivenessGrace,
 		MaxBooting:    cfg.MaxBooting, ArtifactDirs: cfg.ArtifactDirs, MaxArtifactBytes: cfg.MaxArtifactBytes,
-		Images: cfg.Images,
+		Images: cfg.Images, TrustedKeys: cfg.TrustedKeys, RequireSigned: cfg.RequireSigned,
 		Renetwork: func(ctx context.Context, p ipam.Pool) (string, error) {
 			if !cfg.SetupNetwork {
 				return "", apierr.New(apierr.NotSupported, "volantd does not manage the bridge (--no-network-setup): give %s the address %s/%d and restart volantd with --subnet %s",
@@ -416,6 +430,9 @@ func Serve(ctx context.Context, cfg Config) error {
 		log.Warn("undoing what killed VM runs left (their uids stay out of use until it works)", "reclaimed_uids", uids, "err", err)
 	} else if len(uids) > 0 {
 		log.Info("undid what killed VM runs left", "reclaimed_uids", uids)
+	}
+	if cfg.TrustedKeys != "" {
+		log.Info("plugin signatures are checked", "trusted_keys", cfg.TrustedKeys, "require_signed", cfg.RequireSigned)
 	}
 	cfg.Notify("STATUS=reconciling VMs")
 	rep, err := ctl.Reconcile(ctx)

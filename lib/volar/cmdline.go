@@ -236,7 +236,8 @@ func (pluginsListCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 }
 
 type pluginsInstallCmd struct {
-	Manifest flags.Filename `long:"manifest" short:"m" value-name:"FILE" description:"plugin manifest (JSON; - for stdin)"`
+	Manifest flags.Filename `long:"manifest" short:"m" value-name:"FILE" description:"plugin manifest (JSON; - for stdin); FILE.minisig, when there, is sent as its signature"`
+	Sig      flags.Filename `long:"signature" value-name:"FILE" description:"the manifest's minisign signature (default FILE.minisig when it exists)"`
 	Image    string         `long:"image" short:"i" value-name:"REF" description:"build the plugin from this container image (docker://REPO:TAG, REPO:TAG, oci:DIR:TAG, ...)"`
 	Name     string         `long:"name" value-name:"NAME" description:"with --image: the plugin's name (default REPOSITORY-DIGEST)"`
 	Pull     string         `long:"pull" value-name:"POLICY" description:"with --image: when to ask the registry: always (default), if-not-present or never"`
@@ -248,6 +249,8 @@ func (c *pluginsInstallCmd) run(ctx context.Context, s *Session, env *cli.Env) e
 	switch {
 	case (c.Manifest == "") == (c.Image == ""):
 		return usage("volar plugins install --manifest FILE | --image REF", "give one of --manifest and --image")
+	case c.Image != "" && c.Sig != "":
+		return usage("volar plugins install --manifest FILE [--signature SIG]", "--signature goes with --manifest")
 	case c.Manifest != "" && (c.Name != "" || c.Pull != "" || c.Insecure):
 		return usage("volar plugins install --image REF [--name NAME]", "--name, --pull and --insecure go with --image")
 	case c.Image != "":
@@ -265,7 +268,11 @@ func (c *pluginsInstallCmd) run(ctx context.Context, s *Session, env *cli.Env) e
 	if err != nil {
 		return err
 	}
-	return s.InstallPlugin(ctx, m, c.Replace)
+	sig, err := ReadSignature(string(c.Manifest), string(c.Sig))
+	if err != nil {
+		return err
+	}
+	return s.InstallPlugin(ctx, m, sig, c.Replace)
 }
 
 type (

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/names"
 	"github.com/volantvm/volant/lib/portmap"
+	"github.com/volantvm/volant/lib/signing"
 )
 
 // ErrHelp is returned after --help printed the usage; it is not a failure.
@@ -71,17 +73,43 @@ func ReadManifest(path string, stdin io.Reader) ([]byte, error) {
 	if err != nil {
 		return nil, apierr.Wrap(apierr.CodeOf(err), err, "reading manifest")
 	}
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 || data[0] != '{' || !json.Valid(data) {
+	// The bytes go as they are: a signature covers them all, the final
+	// newline too.
+	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' || !json.Valid(t) {
 		return nil, apierr.New(apierr.InvalidInput, "manifest %s is not a JSON object", path).
 			With("hint", "a plugin manifest is JSON; check it with `volant-manifest validate "+path+"`")
 	}
 	return data, nil
 }
 
-// InstallPlugin is `volar plugins install --manifest FILE`.
-func (s *Session) InstallPlugin(ctx context.Context, manifest []byte, replace bool) error {
-	p, err := s.Client.InstallPlugin(ctx, manifest, client.InstallOptions{Replace: replace})
+// ReadSignature reads a manifest's minisign signature: the file sig, else
+// manifestPath.minisig when it exists (fledge build --sign writes it
+// there). nil when there is none.
+func ReadSignature(manifestPath, sig string) ([]byte, error) {
+	explicit := sig != ""
+	if !explicit {
+		if manifestPath == "-" || manifestPath == "" {
+			return nil, nil
+		}
+		sig = manifestPath + signing.SignatureSuffix
+	}
+	data, err := os.ReadFile(sig)
+	if err != nil {
+		if !explicit && errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, apierr.Wrap(apierr.CodeOf(err), err, "reading the signature")
+	}
+	if len(data) > 4096 {
+		return nil, apierr.New(apierr.InvalidInput, "signature %s is %d bytes; a minisign signature is a few hundred", sig, len(data))
+	}
+	return data, nil
+}
+
+// InstallPlugin is `volar plugins install --manifest FILE`, with the
+// manifest's signature when sig is not nil.
+func (s *Session) InstallPlugin(ctx context.Context, manifest, sig []byte, replace bool) error {
+	p, err := s.Client.InstallPlugin(ctx, manifest, client.InstallOptions{Replace: replace, Signature: sig})
 	if err != nil {
 		return err
 	}

@@ -382,6 +382,13 @@ func (o *Output) Plugin(p *api.Plugin) error {
 		{"Installed", o.timestamp(p.CreatedAt)},
 		{"Updated", o.timestamp(p.UpdatedAt)},
 	}
+	if sg := p.Signature; sg != nil {
+		v := "by key " + sg.KeyID + " (verified with a trusted key)"
+		if !sg.Verified {
+			v = "by key " + sg.KeyID + " (not verified: volantd has no trusted keys)"
+		}
+		kv = append(kv, [2]string{"Signed", v})
+	}
 	if m := parseManifest(p.Manifest); m != nil {
 		switch {
 		case m.Initramfs != nil:
@@ -440,6 +447,9 @@ func (o *Output) PluginAction(p *api.Plugin, verb string) error {
 		return o.names(p.Name)
 	case o.Format == JSON:
 		return o.JSONValue(p)
+	}
+	if p.Signature != nil && p.Signature.Verified {
+		verb += ", signed by key " + p.Signature.KeyID
 	}
 	return o.line("Plugin %s %s %s", p.Name, p.Version, verb)
 }
