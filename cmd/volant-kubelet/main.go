@@ -23,15 +23,27 @@
 //	--no-taint                                          register without the volant.dev/microvm=true:NoSchedule taint
 //	--cpu N, --memory MIB, --pods N                     the node's capacity (default the host's CPUs, its memory,
 //	                                                    and the addresses of volantd's guest range)
+//	--pod-cidr CIDR                                     register the node with this podCIDR (a cluster whose
+//	                                                    controller-manager does not --allocate-node-cidrs)
+//	--no-routes                                         leave routing between the nodes' pod CIDRs to the operator's
+//	                                                    network (no host-gateway routes)
 //	--insecure-registry                                 image builds may reach plain-HTTP registries
 //	--status-interval D                                 how often VMs are listed for pod status (default 1s)
 //	-v, --verbose                                       debug logs
 //
-// The node's spec.podCIDR is volantd's guest subnet (GET /healthz
-// "network"), so pod IPs are VM addresses: give each host's volantd its
-// own --subnet inside the cluster's pod network. A node object already
-// registered with another podCIDR is refused (CONFLICT): the podCIDR of a
-// node is set once.
+// The node registers NotReady, with room for no pods, and waits for its
+// spec.podCIDR (kube-controller-manager --allocate-node-cidrs
+// --cluster-cidr allocates it after registration; or --pod-cidr). Then it
+// makes that volantd's guest subnet (PUT /api/v1/network, kept by volantd
+// across restarts), so pod IPs are VM addresses unique across the
+// cluster, and reports the node Ready. volantd refuses a new subnet while
+// VMs hold addresses in another one (CONFLICT; delete them, or the node
+// object if it is the node that changed). Unless --no-routes, it keeps a
+// route to every other Volant node's podCIDR via that node's InternalIP
+// (flannel's host-gw), marked "proto 86", and removes it when the node
+// goes; so the hosts must reach each other's InternalIP directly (one L2
+// network). Routing also needs IP forwarding, which volantd turns on with
+// its bridge.
 //
 // Runs until SIGINT or SIGTERM; exit status 0 then. Errors are one JSON
 // object on stderr (see lib/apierr), as for every Volant command.
@@ -85,6 +97,8 @@ type runCmd struct {
 	CPU            int           `long:"cpu" description:"the node's CPUs (default the host's)"`
 	MemoryMB       int           `long:"memory" value-name:"MIB" description:"the node's memory (default the host's)"`
 	Pods           int           `long:"pods" description:"the node's pods (default the addresses of volantd's guest range)"`
+	PodCIDR        string        `long:"pod-cidr" description:"register the node with this podCIDR"`
+	NoRoutes       bool          `long:"no-routes" description:"leave routing between the nodes' pod CIDRs to the operator's network"`
 	Insecure       bool          `long:"insecure-registry" description:"image builds may reach plain-HTTP registries"`
 	StatusInterval time.Duration `long:"status-interval" default:"1s" description:"how often VMs are listed for pod status"`
 	Verbose        bool          `long:"verbose" short:"v" description:"debug logs"`
@@ -96,6 +110,14 @@ func (f *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 	}
 	if _, err := netip.ParseAddr(f.NodeIP); err != nil {
 		return apierr.New(apierr.Usage, "--node-ip %q is not an IP address", f.NodeIP)
+	}
+	var podCIDR netip.Prefix
+	if f.PodCIDR != "" {
+		p, err := netip.ParsePrefix(f.PodCIDR)
+		if err != nil || !p.Addr().Is4() {
+			return apierr.New(apierr.Usage, "--pod-cidr %q is not an IPv4 prefix", f.PodCIDR)
+		}
+		podCIDR = p.Masked()
 	}
 	labels := map[string]string{}
 	for _, l := range f.Labels {
@@ -140,7 +162,7 @@ func (f *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 	}
 	cfg := kubelet.NodeConfig{
 		Name: name, NodeIP: f.NodeIP, Port: f.Port, Labels: labels, NoTaint: f.NoTaint,
-		CPU: pick(f.CPU, host.CPU), MemoryMB: pick(f.MemoryMB, host.MemoryMB), Pods: pick(f.Pods, host.Pods), PodCIDR: host.Subnet,
+		CPU: pick(f.CPU, host.CPU), MemoryMB: pick(f.MemoryMB, host.MemoryMB), Pods: f.Pods, PodCIDR: podCIDR, NoRoutes: f.NoRoutes,
 		Kube: kc, CertFile: f.CertFile, KeyFile: f.KeyFile, ClientCAFile: f.ClientCAFile,
 		Volant: kubelet.Client(vc), Insecure: f.Insecure, StatusInterval: f.StatusInterval, Logger: env.Logger(f.Verbose),
 	}

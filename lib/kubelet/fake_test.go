@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +32,8 @@ type fakeVolant struct {
 	execs    []agentchan.ExecRequest
 	execOut  string
 	execCode int
+	subnet   string
+	netErr   error
 }
 
 func newFake() *fakeVolant { return &fakeVolant{vms: map[string]*api.VM{}, nextIP: 100} }
@@ -44,6 +47,18 @@ func (f *fakeVolant) InstallImage(_ context.Context, req api.InstallImageRequest
 	}
 	name := strings.NewReplacer(":", "-", "/", "-", ".", "-").Replace(req.Image)
 	return &api.Plugin{Name: name}, true, nil
+}
+
+func (f *fakeVolant) SetNetwork(_ context.Context, subnet string) (*api.Network, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.netErr != nil {
+		return nil, f.netErr
+	}
+	f.subnet = subnet
+	p := netip.MustParsePrefix(subnet).Addr().As4()
+	at := func(last byte) string { return netip.AddrFrom4([4]byte{p[0], p[1], p[2], last}).String() }
+	return &api.Network{Subnet: subnet, Gateway: at(1), RangeStart: at(100), RangeEnd: at(254)}, nil
 }
 
 func (f *fakeVolant) CreateVM(_ context.Context, req api.CreateVMRequest) (*api.VM, error) {

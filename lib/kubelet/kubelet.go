@@ -80,6 +80,8 @@ type Volant interface {
 	// Exec runs a command in a running VM with its standard streams
 	// attached (the guest-access API's interactive exec).
 	Exec(ctx context.Context, vm string, req agentchan.ExecRequest, eio agentchan.ExecIO) (*agentchan.ExitStatus, error)
+	// SetNetwork makes the node's podCIDR volantd's guest subnet.
+	SetNetwork(ctx context.Context, subnet string) (*api.Network, error)
 }
 
 // Client adapts a lib/client Client to Volant.

@@ -51,10 +51,23 @@ type NodeConfig struct {
 	// NoTaint registers the node without the volant.dev/microvm taint.
 	NoTaint bool
 	// CPU, MemoryMB and Pods are the node's capacity (and allocatable).
+	// Pods 0: the addresses of volantd's guest range once it is the
+	// podCIDR (0 until then, so nothing is scheduled before).
 	CPU, MemoryMB, Pods int
-	// PodCIDR is volantd's guest subnet: the node's spec.podCIDR, so pod
-	// IPs (VM addresses) are unique across the cluster.
+	// PodCIDR, when valid, is registered as the node's spec.podCIDR (a
+	// cluster without kube-controller-manager --allocate-node-cidrs);
+	// otherwise the controller-manager allocates one. Either way the
+	// node's podCIDR, read from the API, becomes volantd's guest subnet
+	// (PUT /api/v1/network), so pod IPs are VM addresses, unique across
+	// the cluster.
 	PodCIDR netip.Prefix
+	// NoRoutes leaves routing between the nodes' pod CIDRs to the
+	// operator's network; otherwise host-gateway routes to the other
+	// Volant nodes' pod CIDRs are kept (RunRoutes).
+	NoRoutes bool
+	// Routes is where they go (default: this network namespace's main
+	// table).
+	Routes RouteTable
 	// Kube is the API server's client.
 	Kube kubernetes.Interface
 	// CertFile and KeyFile are the kubelet API's serving certificate;
@@ -82,13 +95,16 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 		return apierr.New(apierr.Usage, "the kubelet API (logs, exec) needs --tls-cert-file, --tls-private-key-file and --client-ca-file")
 	}
 	var prov *Provider
+	var spec *corev1.Node
+	netReady := make(chan struct{})
+	// The node is NotReady, with no room for pods, until volantd's
+	// subnet is its podCIDR; then this reports it Ready.
+	status := vknode.NewNaiveNodeProvider()
 	mux := http.NewServeMux()
 	n, err := nodeutil.NewNode(cfg.Name, func(pc nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
 		prov = NewProvider(ProviderConfig{Node: cfg.Name, NodeIP: cfg.NodeIP, Volant: cfg.Volant, ConfigMaps: pc.ConfigMaps,
-			Secrets: pc.Secrets, Interval: cfg.StatusInterval, Insecure: cfg.Insecure, Logger: cfg.Logger})
-		// nil: virtual-kubelet's naive node provider, which pings and
-		// reports the node Ready once registered.
-		return prov, nil, nil
+			Secrets: pc.Secrets, Interval: cfg.StatusInterval, Insecure: cfg.Insecure, NetworkReady: netReady, Logger: cfg.Logger})
+		return prov, status, nil
 	},
 		nodeutil.WithClient(cfg.Kube),
 		func(nc *nodeutil.NodeConfig) error {
@@ -96,6 +112,7 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 			nc.InformerResyncPeriod = time.Minute
 			nc.NumWorkers = max(runtime.NumCPU(), 4)
 			ApplyNodeSpec(&nc.NodeSpec, cfg)
+			spec = &nc.NodeSpec
 			return nil
 		},
 		nodeutil.WithTLSConfig(nodeutil.WithKeyPairFromPath(cfg.CertFile, cfg.KeyFile), nodeutil.WithCAFromPath(cfg.ClientCAFile)),
@@ -129,12 +146,24 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 	case err := <-errc:
 		return fmt.Errorf("running node %s: %w", cfg.Name, err)
 	}
-	if err := checkPodCIDR(ctx, cfg); err != nil {
+	ready, err := joinNetwork(ctx, cfg, spec.DeepCopy())
+	if err == nil {
+		err = status.UpdateStatus(ctx, ready)
+	}
+	if err != nil {
 		cancel()
 		<-errc
 		return err
 	}
-	cfg.Logger.Info("node ready", "node", cfg.Name, "pod_cidr", cfg.PodCIDR.String())
+	close(netReady)
+	cfg.Logger.Info("node ready", "node", cfg.Name, "pod_cidr", ready.Spec.PodCIDR, "pods", ready.Status.Capacity.Pods().Value())
+	if !cfg.NoRoutes {
+		go func() {
+			if err := RunRoutes(ctx, RouteConfig{Node: cfg.Name, Kube: cfg.Kube, Table: cfg.Routes, Logger: cfg.Logger}); err != nil && ctx.Err() == nil {
+				cfg.Logger.Error("host-gateway routes stopped", "err", err)
+			}
+		}()
+	}
 	err = <-errc
 	if ctx.Err() != nil {
 		return nil
@@ -142,20 +171,85 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 	return err
 }
 
-// checkPodCIDR: the node's podCIDR is set once, when it is first
-// registered; one that is not volantd's subnet would give pods addresses
-// the cluster routes elsewhere.
-func checkPodCIDR(ctx context.Context, cfg NodeConfig) error {
-	node, err := cfg.Kube.CoreV1().Nodes().Get(ctx, cfg.Name, metav1.GetOptions{})
+// podCIDRPoll is how often the node is read while it has no podCIDR.
+const podCIDRPoll = 500 * time.Millisecond
+
+// waitPodCIDR reads the node until it has a podCIDR: kube-controller-
+// manager allocates one after the node registers, and it is not in the
+// node object virtual-kubelet keeps.
+func waitPodCIDR(ctx context.Context, cfg NodeConfig) (netip.Prefix, error) {
+	said := time.Time{}
+	for {
+		node, err := cfg.Kube.CoreV1().Nodes().Get(ctx, cfg.Name, metav1.GetOptions{})
+		if err != nil && ctx.Err() != nil {
+			return netip.Prefix{}, ctx.Err()
+		}
+		if err == nil && node.Spec.PodCIDR != "" {
+			p, perr := netip.ParsePrefix(node.Spec.PodCIDR)
+			if perr != nil || !p.Addr().Is4() {
+				return netip.Prefix{}, apierr.New(apierr.NotSupported, "node %s has podCIDR %q: Volant's guest subnet is one IPv4 prefix", cfg.Name, node.Spec.PodCIDR)
+			}
+			if cfg.PodCIDR.IsValid() && p.Masked() != cfg.PodCIDR.Masked() {
+				return netip.Prefix{}, apierr.New(apierr.Conflict, "node %s has podCIDR %s, not --pod-cidr %s: a node's podCIDR is set once; "+
+					"drop --pod-cidr, or delete the node object (kubectl delete node %s) so it registers again", cfg.Name, p, cfg.PodCIDR, cfg.Name).
+					With("pod_cidr", p.String())
+			}
+			return p.Masked(), nil
+		}
+		if time.Since(said) > 30*time.Second {
+			cfg.Logger.Info("waiting for the node's podCIDR (kube-controller-manager --allocate-node-cidrs, or --pod-cidr)", "node", cfg.Name, "err", err)
+			said = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return netip.Prefix{}, ctx.Err()
+		case <-time.After(podCIDRPoll):
+		}
+	}
+}
+
+// joinNetwork makes the node's podCIDR volantd's guest subnet and returns
+// node (virtual-kubelet's copy of the node) as it is then: Ready, its
+// network available, room for as many pods as the guest range has
+// addresses (or cfg.Pods). volantd refuses (CONFLICT) while VMs hold
+// addresses in another subnet.
+func joinNetwork(ctx context.Context, cfg NodeConfig, node *corev1.Node) (*corev1.Node, error) {
+	cidr, err := waitPodCIDR(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("reading node %s: %w", cfg.Name, err)
+		return nil, err
 	}
-	if got := node.Spec.PodCIDR; got != cfg.PodCIDR.String() {
-		return apierr.New(apierr.Conflict, "node %s has podCIDR %q but volantd's guest subnet is %s: the podCIDR of a node is set once; "+
-			"start volantd with --subnet %s, or delete the node object (kubectl delete node %s) so it registers again", cfg.Name, got, cfg.PodCIDR, got, cfg.Name).
-			With("pod_cidr", got).With("subnet", cfg.PodCIDR.String())
+	nw, err := cfg.Volant.SetNetwork(ctx, cidr.String())
+	if err != nil {
+		return nil, fmt.Errorf("node %s has podCIDR %s; making it volantd's guest subnet: %w", cfg.Name, cidr, err)
 	}
-	return nil
+	pods := cfg.Pods
+	if pods <= 0 {
+		var h Host
+		if err := h.fromNetwork(nw); err != nil {
+			return nil, err
+		}
+		pods = h.Pods
+	}
+	node.Spec.PodCIDR, node.Spec.PodCIDRs = cidr.String(), []string{cidr.String()}
+	q := *resource.NewQuantity(int64(pods), resource.DecimalSI)
+	node.Status.Capacity[corev1.ResourcePods] = q
+	node.Status.Allocatable[corev1.ResourcePods] = q.DeepCopy()
+	node.Status.Phase = corev1.NodeRunning
+	now := metav1.Now()
+	setCondition(node, corev1.NodeReady, corev1.ConditionTrue, "KubeletReady", "volantd's guest subnet is the node's podCIDR "+cidr.String(), now)
+	setCondition(node, corev1.NodeNetworkUnavailable, corev1.ConditionFalse, "VolantNetworkReady", "pod IPs are VM addresses in "+cidr.String(), now)
+	return node, nil
+}
+
+func setCondition(n *corev1.Node, typ corev1.NodeConditionType, st corev1.ConditionStatus, reason, msg string, now metav1.Time) {
+	c := corev1.NodeCondition{Type: typ, Status: st, Reason: reason, Message: msg, LastHeartbeatTime: now, LastTransitionTime: now}
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == typ {
+			n.Status.Conditions[i] = c
+			return
+		}
+	}
+	n.Status.Conditions = append(n.Status.Conditions, c)
 }
 
 // ApplyNodeSpec sets the node object a Volant host registers: labels,
@@ -179,8 +273,18 @@ func ApplyNodeSpec(n *corev1.Node, cfg NodeConfig) {
 		n.Spec.Taints = []corev1.Taint{{Key: TaintKey, Value: TaintValue, Effect: corev1.TaintEffectNoSchedule}}
 	}
 	if cfg.PodCIDR.IsValid() {
-		n.Spec.PodCIDR = cfg.PodCIDR.String()
-		n.Spec.PodCIDRs = []string{cfg.PodCIDR.String()}
+		n.Spec.PodCIDR = cfg.PodCIDR.Masked().String()
+		n.Spec.PodCIDRs = []string{n.Spec.PodCIDR}
+	}
+	// Not Ready, the network unavailable, until volantd's subnet is the
+	// podCIDR (joinNetwork).
+	now := metav1.Now()
+	n.Status.Phase = corev1.NodePending
+	n.Status.Conditions = nil
+	setCondition(n, corev1.NodeReady, corev1.ConditionFalse, "VolantNetworkPending", "waiting for the node's podCIDR to become volantd's guest subnet", now)
+	setCondition(n, corev1.NodeNetworkUnavailable, corev1.ConditionTrue, "VolantNetworkPending", "volantd's guest subnet is not the podCIDR yet", now)
+	for _, t := range []corev1.NodeConditionType{corev1.NodeMemoryPressure, corev1.NodeDiskPressure, corev1.NodePIDPressure} {
+		setCondition(n, t, corev1.ConditionFalse, "VolantHost", "not measured by volant-kubelet", now)
 	}
 	res := corev1.ResourceList{
 		corev1.ResourceCPU:    *resource.NewQuantity(int64(cfg.CPU), resource.DecimalSI),

@@ -3,7 +3,9 @@ package kubelet
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,7 +29,7 @@ func TestApplyNodeSpec(t *testing.T) {
 	if len(n.Spec.Taints) != 1 || n.Spec.Taints[0].Key != TaintKey || n.Spec.Taints[0].Effect != corev1.TaintEffectNoSchedule {
 		t.Fatalf("taints %v", n.Spec.Taints)
 	}
-	if n.Spec.PodCIDR != "10.244.1.0/24" || len(n.Spec.PodCIDRs) != 1 {
+	if n.Spec.PodCIDR != "10.244.1.0/24" || len(n.Spec.PodCIDRs) != 1 { // --pod-cidr
 		t.Fatalf("podCIDR %q %v", n.Spec.PodCIDR, n.Spec.PodCIDRs)
 	}
 	c := n.Status.Capacity
@@ -45,18 +47,62 @@ func TestApplyNodeSpec(t *testing.T) {
 	}
 }
 
-// TestCheckPodCIDR: a node registered with another podCIDR is refused
-// with CONFLICT.
-func TestCheckPodCIDR(t *testing.T) {
-	kc := fake.NewSimpleClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "vol1"}, Spec: corev1.NodeSpec{PodCIDR: "10.244.7.0/24"}})
-	cfg := NodeConfig{Name: "vol1", Kube: kc, PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}
-	if err := checkPodCIDR(context.Background(), cfg); !apierr.Is(err, apierr.Conflict) {
-		t.Fatalf("another podCIDR: %v", err)
+// TestJoinNetwork: the podCIDR the controller-manager gives the node
+// after it registers becomes volantd's subnet, and the node then reports
+// Ready with room for the range's addresses; a podCIDR other than
+// --pod-cidr, and volantd's refusal, fail with CONFLICT.
+func TestJoinNetwork(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kc := fake.NewSimpleClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "vol1"}})
+	v := newFake()
+	cfg := NodeConfig{Name: "vol1", Kube: kc, Volant: v, CPU: 2, MemoryMB: 1024, Logger: discard()}
+	var base corev1.Node
+	ApplyNodeSpec(&base, cfg)
+	if base.Status.Capacity.Pods().Value() != 0 || condition(&base, corev1.NodeReady) != corev1.ConditionFalse {
+		t.Fatalf("registered with pods %v, Ready %q", base.Status.Capacity.Pods(), condition(&base, corev1.NodeReady))
 	}
-	cfg.PodCIDR = netip.MustParsePrefix("10.244.7.0/24")
-	if err := checkPodCIDR(context.Background(), cfg); err != nil {
+	// The controller-manager allocates the podCIDR a little later.
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		n, _ := kc.CoreV1().Nodes().Get(ctx, "vol1", metav1.GetOptions{})
+		n.Spec.PodCIDR = "10.244.5.0/24"
+		kc.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+	}()
+	node, err := joinNetwork(ctx, cfg, base.DeepCopy())
+	if err != nil {
 		t.Fatal(err)
 	}
+	if v.subnet != "10.244.5.0/24" || node.Spec.PodCIDR != "10.244.5.0/24" {
+		t.Fatalf("volantd's subnet %q, node's podCIDR %q", v.subnet, node.Spec.PodCIDR)
+	}
+	if node.Status.Capacity.Pods().Value() != 155 || node.Status.Allocatable.Pods().Value() != 155 ||
+		condition(node, corev1.NodeReady) != corev1.ConditionTrue || condition(node, corev1.NodeNetworkUnavailable) != corev1.ConditionFalse {
+		t.Fatalf("after: pods %v, conditions %+v", node.Status.Capacity.Pods(), node.Status.Conditions)
+	}
+	cfg.Pods = 7
+	if node, err := joinNetwork(ctx, cfg, base.DeepCopy()); err != nil || node.Status.Capacity.Pods().Value() != 7 {
+		t.Fatalf("--pods 7: %v", err)
+	}
+
+	cfg.PodCIDR = netip.MustParsePrefix("10.244.1.0/24")
+	if _, err := joinNetwork(ctx, cfg, base.DeepCopy()); !apierr.Is(err, apierr.Conflict) {
+		t.Fatalf("another --pod-cidr: %v", err)
+	}
+	cfg.PodCIDR = netip.Prefix{}
+	v.netErr = apierr.New(apierr.Conflict, "VMs hold addresses")
+	if _, err := joinNetwork(ctx, cfg, base.DeepCopy()); !apierr.Is(err, apierr.Conflict) || !strings.Contains(err.Error(), "10.244.5.0/24") {
+		t.Fatalf("volantd refuses: %v", err)
+	}
+}
+
+func condition(n *corev1.Node, typ corev1.NodeConditionType) corev1.ConditionStatus {
+	for _, c := range n.Status.Conditions {
+		if c.Type == typ {
+			return c.Status
+		}
+	}
+	return ""
 }
 
 type healther struct{ h *api.Health }

@@ -165,9 +165,14 @@ func vmRequest(pod *corev1.Pod, node, plugin string, src sources) (api.CreateVMR
 			in.Files = append(in.Files, files...)
 		}
 	}
-	if in.Env != nil || len(in.Files) > 0 || len(in.Dirs) > 0 {
-		req.Inputs = in
+	// /etc/hostname says the pod's hostname, as the kubelet's mount does
+	// (the guest kernel's hostname is the VM's name).
+	host := pod.Name
+	if pod.Spec.Hostname != "" {
+		host = pod.Spec.Hostname
 	}
+	in.Files = append(in.Files, api.InputFile{Path: "/etc/hostname", Mode: 0o644, Data: []byte(host + "\n")})
+	req.Inputs = in
 	return req, nil
 }
 

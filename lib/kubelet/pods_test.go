@@ -99,7 +99,7 @@ func TestVMRequest(t *testing.T) {
 	for _, f := range in.Files {
 		files = append(files, fmt.Sprintf("%s=%s@%o", f.Path, f.Data, f.Mode))
 	}
-	if got := strings.Join(files, " "); got != "/etc/app/a.conf=a@644 /etc/app/b.conf=b@644 /run/creds/db/password=hunter2@400" {
+	if got := strings.Join(files, " "); got != "/etc/app/a.conf=a@644 /etc/app/b.conf=b@644 /run/creds/db/password=hunter2@400 /etc/hostname=web-1\n@644" {
 		t.Fatalf("files: %s", got)
 	}
 	if strings.Join(in.Dirs, ",") != "/tmp/scratch" {
@@ -113,7 +113,7 @@ func TestVMRequest(t *testing.T) {
 	}
 	pod.Spec.Volumes[0].ConfigMap.Optional = ptr(true)
 	pod.Spec.Volumes[1].Secret.Optional = ptr(true)
-	if req, err = vmRequest(pod, "vol1", "p", listers(t)); err != nil || len(req.Inputs.Files) != 0 {
+	if req, err = vmRequest(pod, "vol1", "p", listers(t)); err != nil || len(req.Inputs.Files) != 1 { // /etc/hostname alone
 		t.Fatalf("optional volumes: %+v %v", req.Inputs, err)
 	}
 	// An item path may not leave its mount.

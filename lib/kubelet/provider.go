@@ -34,7 +34,10 @@ type ProviderConfig struct {
 	Interval time.Duration
 	// Insecure lets image builds reach plain-HTTP or unverified registries.
 	Insecure bool
-	Logger   *slog.Logger
+	// NetworkReady, when set, is closed once volantd's guest subnet is the
+	// node's podCIDR: no VM is created before (images are built meanwhile).
+	NetworkReady <-chan struct{}
+	Logger       *slog.Logger
 }
 
 // Provider is the virtual-kubelet provider (nodeutil.Provider and
@@ -187,6 +190,13 @@ func (p *Provider) startOnce(ctx context.Context, e *podEntry) error {
 		return err
 	}
 	req.Name = e.vm
+	if ch := p.cfg.NetworkReady; ch != nil {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	vm, err := p.cfg.Volant.CreateVM(ctx, req)
 	if apierr.Is(err, apierr.Conflict) {
 		// A create that was answered too late: the VM is there.

@@ -416,3 +416,22 @@ func TestLogsAndExec(t *testing.T) {
 		t.Fatalf("tty exec request %+v", r)
 	}
 }
+
+// TestNoVMBeforeTheNetwork: a pod's image is built at once, but its VM is
+// created only once volantd's subnet is the node's podCIDR.
+func TestNoVMBeforeTheNetwork(t *testing.T) {
+	f := newFake()
+	ready := make(chan struct{})
+	p := NewProvider(ProviderConfig{Node: "vol1", NodeIP: "10.0.0.1", Volant: f, Interval: time.Hour, NetworkReady: ready})
+	p.NotifyPods(context.Background(), (&recorder{}).add)
+	if err := p.CreatePod(context.Background(), testPod("web-1")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, p, "the image build", func() bool { i, _, _, _ := f.counts(); return i == 1 })
+	time.Sleep(200 * time.Millisecond)
+	if _, c, _, _ := f.counts(); c != 0 {
+		t.Fatalf("%d VMs created before the network was ready", c)
+	}
+	close(ready)
+	eventually(t, p, "the VM", func() bool { _, c, _, _ := f.counts(); return c == 1 })
+}

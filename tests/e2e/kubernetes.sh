@@ -1,32 +1,36 @@
 #!/usr/bin/env bash
-# kubernetes.sh — a Volant host joins a real Kubernetes control plane as a
-# node (volant-kubelet), and pods run as microVMs.
+# kubernetes.sh — two Volant hosts join a real Kubernetes control plane as
+# nodes (volant-kubelet), and pods run as microVMs on both.
 #
-# Inside a private network namespace: etcd (Debian's etcd-server) and
-# kube-apiserver, kube-controller-manager (--allocate-node-cidrs) and
-# kube-scheduler built by `make k8s-tools` ($VOLANT_K8S_BIN), all on the
-# namespace's loopback, with a CA, serving and client certificates made
-# here; volantd with --subnet 10.244.1.0/24; volant-kubelet authenticated
-# as a user of the group volant:nodes, authorized only by
-# contrib/kubernetes/rbac.yaml. The image is an OCI layout written here
+# Two network namespaces made here, linked by a veth pair (172.30.0.1 and
+# .2, the nodes' InternalIPs): host A holds etcd (Debian's etcd-server),
+# kube-apiserver, kube-controller-manager (--allocate-node-cidrs
+# --cluster-cidr 10.244.0.0/16) and kube-scheduler built by `make
+# k8s-tools` ($VOLANT_K8S_BIN) on its loopback (the apiserver also on
+# 172.30.0.1, for host B), and each host its own volantd and
+# volant-kubelet, authenticated as users of the group volant:nodes,
+# authorized only by contrib/kubernetes/rbac.yaml, with its own kubelet
+# serving certificate and port. The image is an OCI layout written here
 # (no registry): busybox httpd serving a page, and a start script that logs.
 #
-# Checked, with kubectl: the node registers Ready with Volant's labels,
-# the volant.dev/microvm taint and podCIDR 10.244.1.0/24 (volantd's
-# subnet), and the controller-manager keeps it; a Deployment of 2 replicas
-# that tolerates the taint becomes available (httpGet readiness probe, env
-# from a ConfigMap, a Secret volume), each pod a VM whose IP is its pod IP
-# and serves the page; the Service's EndpointSlice lists both pod IPs;
+# Checked, with kubectl: both nodes register Ready with Volant's labels,
+# the volant.dev/microvm taint, a lease and a podCIDR the controller-manager
+# gave them, which each volantd then takes as its guest subnet; each
+# volant-kubelet routes the other node's podCIDR via its InternalIP
+# (host-gw); a Deployment of 4 replicas that tolerates the taint becomes
+# available over both nodes (httpGet readiness probe, env from a
+# ConfigMap, a Secret volume), each pod a VM whose IP, from its node's
+# podCIDR, is its pod IP and serves the page; a pod on host A fetches the
+# page of a pod on host B; the Service's EndpointSlice lists the 4 pod IPs;
 # `kubectl logs` shows the workload's output; `kubectl exec` runs in the
-# guest (the Secret's file, the ConfigMap's env, the exit status); a pod
-# the provider cannot run (two containers) fails with VolantUnsupported;
-# kill -9 of volant-kubelet and a restart adopts the VMs (same pod IPs, no
-# second VM); scale to 1 deletes a VM; deleting the Deployment leaves no
-# VM. Timings are printed.
-#
-# Not here yet (docs/kubernetes.md says so): two hosts (two namespaces and
-# a veth pair, host-gw routes, a pod on one host fetching from the other,
-# rescheduling when a node dies).
+# guest (/etc/hostname, the Secret's file, the ConfigMap's env, the exit
+# status); a pod the provider cannot run (two containers) fails with
+# VolantUnsupported; kill -9 of volant-kubelet A and a restart adopts the
+# VMs (same pod IPs, no second VM); scale to 1 and back to 4; kill -9 of
+# volant-kubelet B: node B NotReady, its pods replaced on node A (the
+# seconds are printed), and once B's volant-kubelet is back, the VMs of the
+# evicted pods are gone there; deleting the Deployment leaves no VM and no
+# tap on either host. Timings are printed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VL_NAME=k8s
@@ -35,8 +39,57 @@ K8S=${VOLANT_K8S_BIN:-/var/cache/volant-k8s/bin}
 export PATH=$K8S:$PATH
 vl_need volantd volar volant-kubelet volant-launch kestrel etcd kube-apiserver kube-controller-manager kube-scheduler kubectl \
   openssl jq curl busybox umoci
-vl_netns "vt-e2e-k8s-$$"
+vl_netns "vt-e2e-k8s-$$" # host A, and the control plane
 t=$VL_TMP
+NSB="vt-e2e-k8sb-$$"    # host B
+b_daemon=
+cleanup_b() {
+  if [[ -n $b_daemon ]]; then
+    VOLANT_HOST=$t/b/volantd.sock volar -q vms list 2>/dev/null | VOLANT_HOST=$t/b/volantd.sock xargs -r -n1 volar -q vms delete >/dev/null 2>&1 || true
+  fi
+  local p
+  for p in $(ip netns pids "$NSB" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  ip netns del "$NSB" 2>/dev/null || true
+}
+k8s_cleanup() {
+  local rc=$?
+  set +e # (exit) below must not end the handler
+  [[ -n $VL_KEEP ]] || cleanup_b
+  (exit $rc)
+  vl_cleanup
+}
+trap k8s_cleanup EXIT
+ip netns add "$NSB"
+ip -n "$NSB" link set lo up
+ip -n "$VL_NS" link add veth0 type veth peer name veth0 netns "$NSB"
+ip_a=172.30.0.1 ip_b=172.30.0.2
+ip -n "$VL_NS" addr add $ip_a/24 dev veth0
+ip -n "$NSB" addr add $ip_b/24 dev veth0
+ip -n "$VL_NS" link set veth0 up
+ip -n "$NSB" link set veth0 up
+# dump: what the hosts say, for a failure.
+dump() {
+  local h
+  for h in a b; do
+    echo "--- host $h: VMs" >&2
+    VOLANT_HOST=$([[ $h == a ]] && echo "$VOLANT_HOST" || echo "$t/b/volantd.sock") volar -o json vms list 2>&1 |
+      jq -c '.[] | {name, state, ip, health, error}' >&2 || true
+    local sock vm
+    sock=$([[ $h == a ]] && echo "$VOLANT_HOST" || echo "$t/b/volantd.sock")
+    for vm in $(VOLANT_HOST=$sock volar -o json vms list 2>/dev/null | jq -r '.[] | select(.state != "running") | .name'); do
+      local d=$t/data/vms/$vm
+      [[ $h == b ]] && d=$t/b/data/vms/$vm
+      echo "--- $vm (host $h): $(ls "$d" 2>&1 | tr '\n' ' ')" >&2
+      tail -n 15 "$d"/*.log >&2 || true
+      pgrep -af "$vm" | cut -c1-200 >&2 || true
+    done
+    echo "--- volant-kubelet $h" >&2
+    tail -n 25 "$t/kubelet-$h.log" >&2 || true
+  done
+  echo "--- volantd b" >&2
+  tail -n 25 "$t/b/volantd.log" >&2 || true
+}
+volar_b() { VOLANT_HOST=$t/b/volantd.sock volar "$@"; }
 t0=$SECONDS
 since() { echo "$((SECONDS - $1))s"; }
 
@@ -53,23 +106,28 @@ cert() { # cert NAME SUBJ [SANS]
     -out "$pki/$name.crt" 2>/dev/null
 }
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$pki/ca.key" -subj "/CN=volant-e2e-ca" -days 2 -out "$pki/ca.crt" 2>/dev/null
-node_ip=10.244.1.1 # volantd's bridge address: the node's InternalIP
-cert apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes.default.svc"
+cert apiserver "/CN=kube-apiserver" "IP:127.0.0.1,IP:$ip_a,DNS:localhost,IP:10.96.0.1,DNS:kubernetes.default.svc"
 cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
-cert kubelet-a "/CN=system:node:vol-a" "IP:$node_ip,DNS:vol-a"
+# Each node its own serving certificate, with its InternalIP, and its own
+# kubelet port (the trap of nodes sharing an address does not bite here,
+# but the port the node announces is what the apiserver must use).
+cert kubelet-a "/CN=system:node:vol-a" "IP:$ip_a,DNS:vol-a"
+cert kubelet-b "/CN=system:node:vol-b" "IP:$ip_b,DNS:vol-b"
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 admin_token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 node_token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+node_b_token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 cat >"$pki/tokens.csv" <<CSV
 $admin_token,admin,admin,system:masters
 $node_token,volant-node-a,volant-node-a,volant:nodes
+$node_b_token,volant-node-b,volant-node-b,volant:nodes
 CSV
-kubeconfig() { # kubeconfig FILE TOKEN
+kubeconfig() { # kubeconfig FILE TOKEN [SERVER]
   cat >"$1" <<YAML
 apiVersion: v1
 kind: Config
-clusters: [{name: e2e, cluster: {server: "https://127.0.0.1:6443", certificate-authority: "$pki/ca.crt"}}]
+clusters: [{name: e2e, cluster: {server: "https://${3:-127.0.0.1}:6443", certificate-authority: "$pki/ca.crt"}}]
 users: [{name: u, user: {token: "$2"}}]
 contexts: [{name: e2e, context: {cluster: e2e, user: u}}]
 current-context: e2e
@@ -77,13 +135,14 @@ YAML
 }
 kubeconfig "$t/admin.kubeconfig" "$admin_token"
 kubeconfig "$t/node-a.kubeconfig" "$node_token"
+kubeconfig "$t/node-b.kubeconfig" "$node_b_token" $ip_a
 export KUBECONFIG=$t/admin.kubeconfig
 k() { vl_in kubectl "$@"; }
 
 # --- the control plane --------------------------------------------------
 vl_in etcd --data-dir "$t/etcd" --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
   --listen-peer-urls http://127.0.0.1:2380 >"$t/etcd.log" 2>&1 &
-vl_in kube-apiserver --etcd-servers http://127.0.0.1:2379 --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port 6443 \
+vl_in kube-apiserver --etcd-servers http://127.0.0.1:2379 --bind-address 0.0.0.0 --advertise-address $ip_a --secure-port 6443 \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" --client-ca-file "$pki/ca.crt" \
   --token-auth-file "$pki/tokens.csv" --authorization-mode Node,RBAC --service-cluster-ip-range 10.96.0.0/16 \
   --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$pki/sa.pub" \
@@ -108,11 +167,11 @@ umoci unpack --image "$t/oci:web" "$t/bundle" >/dev/null
 r=$t/bundle/rootfs
 mkdir -p "$r/bin" "$r/var/www" "$r/etc"
 cp "$(command -v busybox)" "$r/bin/busybox"
-for c in sh cat echo hostname; do ln -s busybox "$r/bin/$c"; done
+for c in sh cat echo hostname nc printf; do ln -s busybox "$r/bin/$c"; done
 echo "built for volant-e2e" >"$r/etc/motd"
 cat >"$r/bin/start" <<'SH'
 #!/bin/sh
-echo "page of $(hostname) greeting=$GREETING" >/var/www/index.html
+echo "page of $(cat /etc/hostname) greeting=$GREETING" >/var/www/index.html
 echo "web started greeting=$GREETING"
 exec /bin/busybox httpd -f -p 8080 -h /var/www
 SH
@@ -121,29 +180,68 @@ umoci repack --image "$t/oci:web" "$t/bundle" >/dev/null
 umoci config --image "$t/oci:web" --config.entrypoint /bin/start --config.exposedports 8080/tcp >/dev/null
 image="oci:$t/oci:web"
 
-# --- the Volant node ----------------------------------------------------
-vl_volantd --subnet 10.244.1.0/24 --health-interval 2s --stop-timeout 5s
+# --- the Volant nodes ----------------------------------------------------
+# volantd starts on its default subnet; volant-kubelet makes the node's
+# podCIDR its guest subnet.
+# One boot at a time per host: under TCG on a loaded 2-core machine, 4 boots
+# at once left guests stalled in stage 1.
+vl_volantd --health-interval 2s --stop-timeout 5s --max-booting 1
+mkdir -p "$t/b"
+ip netns exec "$NSB" volantd --socket "$t/b/volantd.sock" --data-dir "$t/b/data" --run-root "$t/b/run" \
+  --kernel "${VOLANT_KERNEL_DIR:-/var/lib/volant/kernel}" --kestrel "${VOLANT_KESTREL:-$(command -v kestrel)}" \
+  --vmm "${VOLANT_VMM:-auto}" --artifact-dir "$t" --health-interval 2s --stop-timeout 5s --max-booting 1 >>"$t/b/volantd.log" 2>&1 &
+b_daemon=$!
+b_up() { volar_b -o json version | jq -e '.server != null' >/dev/null; }
+vl_wait 30 b_up || { tail -20 "$t/b/volantd.log" >&2; vl_fail "volantd B did not come up"; }
 kubelet_pid=
 start_kubelet() {
-  ip netns exec "$VL_NS" volant-kubelet --kubeconfig "$t/node-a.kubeconfig" --nodename vol-a --node-ip "$node_ip" --port 10250 \
+  ip netns exec "$VL_NS" volant-kubelet --kubeconfig "$t/node-a.kubeconfig" --nodename vol-a --node-ip $ip_a --port 10250 \
     --tls-cert-file "$pki/kubelet-a.crt" --tls-private-key-file "$pki/kubelet-a.key" --client-ca-file "$pki/ca.crt" \
-    -l volant.dev/zone=a >>"$t/kubelet-a.log" 2>&1 &
+    --cpu 4 -l volant.dev/zone=a >>"$t/kubelet-a.log" 2>&1 &
   kubelet_pid=$!
+}
+kubelet_b_pid=
+start_kubelet_b() {
+  # Not through a function: $! must be volant-kubelet (ip netns exec and env exec it).
+  ip netns exec "$NSB" env VOLANT_HOST="$t/b/volantd.sock" volant-kubelet --kubeconfig "$t/node-b.kubeconfig" --nodename vol-b --node-ip $ip_b \
+    --port 10251 --tls-cert-file "$pki/kubelet-b.crt" --tls-private-key-file "$pki/kubelet-b.key" --client-ca-file "$pki/ca.crt" \
+    --cpu 4 -l volant.dev/zone=b >>"$t/kubelet-b.log" 2>&1 &
+  kubelet_b_pid=$!
 }
 t1=$SECONDS
 start_kubelet
-node_ready() { k get node vol-a -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status == "True")' >/dev/null; }
-vl_wait 60 node_ready || { tail -20 "$t/kubelet-a.log" >&2; vl_fail "node vol-a did not become Ready"; }
-vl_log "node Ready $(since $t1) after volant-kubelet started"
-node=$(k get node vol-a -o json)
-jq -e '.spec.podCIDR == "10.244.1.0/24" and .metadata.labels.type == "volant-microvm" and .metadata.labels["volant.dev/zone"] == "a"
-  and .metadata.labels["kubernetes.io/os"] == "linux" and any(.spec.taints[]; .key == "volant.dev/microvm" and .effect == "NoSchedule")
-  and (.status.capacity.pods | tonumber) > 100 and any(.status.addresses[]; .type == "InternalIP" and .address == "'$node_ip'")' \
-  <<<"$node" >/dev/null || vl_fail "node object: $node"
-# A lease heartbeat.
-k -n kube-node-lease get lease vol-a >/dev/null || vl_fail "no node lease"
+start_kubelet_b
+is_ready() { k get node "$1" -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status == "True")' >/dev/null; }
+node_ready() { is_ready vol-a; }
+vl_wait 60 is_ready vol-a || { tail -20 "$t/kubelet-a.log" >&2; vl_fail "node vol-a did not become Ready"; }
+vl_wait 60 is_ready vol-b || { tail -20 "$t/kubelet-b.log" >&2; vl_fail "node vol-b did not become Ready"; }
+vl_log "nodes Ready $(since $t1) after volant-kubelet started"
+declare -A cidr
+for n in vol-a vol-b; do
+  node=$(k get node $n -o json)
+  ip=$ip_a
+  [[ $n == vol-b ]] && ip=$ip_b
+  jq -e '(.spec.podCIDR | startswith("10.244.")) and .metadata.labels.type == "volant-microvm" and .metadata.labels["volant.dev/zone"] == "'${n#vol-}'"
+    and .metadata.labels["kubernetes.io/os"] == "linux" and any(.spec.taints[]; .key == "volant.dev/microvm" and .effect == "NoSchedule")
+    and (.status.capacity.pods | tonumber) > 100 and any(.status.addresses[]; .type == "InternalIP" and .address == "'$ip'")
+    and any(.status.conditions[]; .type == "NetworkUnavailable" and .status == "False")' \
+    <<<"$node" >/dev/null || vl_fail "node object: $node"
+  cidr[$n]=$(jq -r .spec.podCIDR <<<"$node")
+  # A lease heartbeat.
+  k -n kube-node-lease get lease $n >/dev/null || vl_fail "no node lease for $n"
+done
+[[ ${cidr[vol-a]} != "${cidr[vol-b]}" ]] || vl_fail "both nodes have podCIDR ${cidr[vol-a]}"
+[[ $(curl -s --unix-socket "$VOLANT_HOST" http://v/api/v1/network | jq -r .subnet) == "${cidr[vol-a]}" ]] ||
+  vl_fail "volantd A's subnet is not vol-a's podCIDR ${cidr[vol-a]}"
+[[ $(curl -s --unix-socket "$t/b/volantd.sock" http://v/api/v1/network | jq -r .subnet) == "${cidr[vol-b]}" ]] ||
+  vl_fail "volantd B's subnet is not vol-b's podCIDR ${cidr[vol-b]}"
+vl_log "podCIDRs: vol-a ${cidr[vol-a]}, vol-b ${cidr[vol-b]}"
+# host-gw: each host routes the other's podCIDR via its InternalIP.
+route_to() { ip -n "$1" -4 route show "$2" proto 86 | grep -q "via $3"; }
+vl_wait 20 route_to "$VL_NS" "${cidr[vol-b]}" $ip_b || vl_fail "host A has no route to ${cidr[vol-b]}: $(ip -n "$VL_NS" route)"
+vl_wait 20 route_to "$NSB" "${cidr[vol-a]}" $ip_a || vl_fail "host B has no route to ${cidr[vol-a]}: $(ip -n "$NSB" route)"
 
-# --- a Deployment -------------------------------------------------------
+# --- a Deployment over both nodes ---------------------------------------
 k create configmap web-config --from-literal greeting=hello-from-configmap >/dev/null
 k create secret generic web-secret --from-literal password=hunter2 >/dev/null
 cat >"$t/web.yaml" <<YAML
@@ -151,13 +249,18 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
 spec:
-  replicas: 2
+  replicas: 4
   selector: {matchLabels: {app: web}}
   template:
     metadata: {labels: {app: web}}
     spec:
-      tolerations: [{key: volant.dev/microvm, operator: Exists, effect: NoSchedule}]
+      tolerations:
+        - {key: volant.dev/microvm, operator: Exists, effect: NoSchedule}
+        - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 5}
+        - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 5}
       nodeSelector: {type: volant-microvm}
+      topologySpreadConstraints:
+        - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: web}}}
       containers:
         - name: web
           image: "$image"
@@ -177,32 +280,58 @@ spec:
 YAML
 t2=$SECONDS
 k apply -f "$t/web.yaml" >/dev/null
-available() { k get deploy web -o json | jq -e '.status.availableReplicas == 2' >/dev/null; }
-vl_wait 300 available || {
-  k get pods -o wide >&2; k describe pods >&2 | tail -40; tail -30 "$t/kubelet-a.log" >&2
+available() { k get deploy web -o json | jq -e ".status.availableReplicas == $1 and .status.replicas == $1" >/dev/null; }
+vl_wait 300 available 4 || {
+  k get pods -o wide >&2; dump
   vl_fail "the Deployment did not become available"
 }
-vl_log "2 replicas Ready $(since $t2) after kubectl apply (image build and 2 VM boots under $(grep -q kvm /proc/cpuinfo && echo KVM || echo TCG))"
+vl_log "4 replicas Ready $(since $t2) after kubectl apply (image builds and 4 VM boots on 2 hosts under $(grep -q kvm /proc/cpuinfo && echo KVM || echo TCG))"
 pods=$(k get pods -l app=web -o json)
 mapfile -t ips < <(jq -r '.items[].status.podIP' <<<"$pods" | sort)
-[[ ${#ips[@]} == 2 ]] || vl_fail "pod IPs: ${ips[*]}"
-vms=$(volar -o json vms list)
+[[ ${#ips[@]} == 4 ]] || vl_fail "pod IPs: ${ips[*]}"
+vms_a=$(volar -o json vms list)
+vms_b=$(volar_b -o json vms list)
+in_cidr() { # in_cidr IP CIDR (a /24)
+  [[ ${1%.*} == "${2%.*}" ]]
+}
+for n in vol-a vol-b; do
+  mapfile -t nips < <(jq -r --arg n $n '.items[] | select(.spec.nodeName == $n) | .status.podIP' <<<"$pods")
+  ((${#nips[@]} >= 1)) || vl_fail "no pod on $n: $(k get pods -o wide)"
+  vms=$vms_a
+  [[ $n == vol-b ]] && vms=$vms_b
+  [[ $(jq length <<<"$vms") == "${#nips[@]}" ]] || vl_fail "$n: $(jq length <<<"$vms") VMs for ${#nips[@]} pods"
+  for ip in "${nips[@]}"; do
+    in_cidr "$ip" "${cidr[$n]}" || vl_fail "pod IP $ip is not in $n's podCIDR ${cidr[$n]}"
+    jq -e --arg ip "$ip" --arg n $n 'any(.[]; .ip == $ip and .state == "running" and .labels["volant.dev/node"] == $n)' <<<"$vms" >/dev/null ||
+      vl_fail "no running VM on $n has pod IP $ip: $vms"
+  done
+done
+vl_log "spread: vol-a $(jq length <<<"$vms_a"), vol-b $(jq length <<<"$vms_b")"
 for ip in "${ips[@]}"; do
-  [[ $ip == 10.244.1.* ]] || vl_fail "pod IP $ip is not in the node's podCIDR"
-  jq -e --arg ip "$ip" 'any(.[]; .ip == $ip and .state == "running" and .labels["volant.dev/node"] == "vol-a")' <<<"$vms" >/dev/null ||
-    vl_fail "no running VM has pod IP $ip: $vms"
-  page=$(vl_get "http://$ip:8080/") || vl_fail "GET $ip"
+  page=$(vl_get "http://$ip:8080/") || vl_fail "GET $ip from host A"
   [[ $page == *"greeting=hello-from-configmap"* ]] || vl_fail "the page of $ip: $page"
 done
-[[ $(jq length <<<"$vms") == 2 ]] || vl_fail "$(jq length <<<"$vms") VMs for 2 pods"
 eps() { k get endpointslices -l kubernetes.io/service-name=web -o json | jq -r '[.items[].endpoints[]? | select(.conditions.ready) | .addresses[]] | sort | join(" ")'; }
 eps_match() { [[ $(eps) == "${ips[*]}" ]]; }
 vl_wait 30 eps_match || vl_fail "EndpointSlice: $(eps), want ${ips[*]}"
 
+# --- pod to pod across the hosts ------------------------------------------
+pod=$(jq -r '[.items[] | select(.spec.nodeName == "vol-a")][0].metadata.name' <<<"$pods")
+pod_b=$(jq -r '[.items[] | select(.spec.nodeName == "vol-b")][0]' <<<"$pods")
+ip_pod_b=$(jq -r .status.podIP <<<"$pod_b")
+# (busybox nc: Debian's static busybox wget segfaults)
+page=$(k exec "$pod" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 $ip_pod_b 8080") ||
+  vl_fail "pod $pod on vol-a could not fetch from $ip_pod_b on vol-b: $page"
+[[ $page == *"200 OK"*"page of $(jq -r .metadata.name <<<"$pod_b") greeting=hello-from-configmap"* ]] || vl_fail "the page across hosts: $page"
+vl_log "pod $pod (vol-a) fetched the page of $(jq -r .metadata.name <<<"$pod_b") ($ip_pod_b, vol-b)"
+
 # --- logs and exec through the kubelet API ------------------------------
-pod=$(jq -r '.items[0].metadata.name' <<<"$pods")
-logs_say() { k logs "$pod" | grep -q "web started greeting=hello-from-configmap"; }
-vl_wait 20 logs_say || vl_fail "kubectl logs: $(k logs "$pod" 2>&1)"
+logs_say() { k logs "$1" | grep -q "web started greeting=hello-from-configmap"; }
+vl_wait 20 logs_say "$pod" || vl_fail "kubectl logs: $(k logs "$pod" 2>&1)"
+vl_wait 20 logs_say "$(jq -r .metadata.name <<<"$pod_b")" || vl_fail "kubectl logs through vol-b's kubelet API"
+[[ $(k exec "$pod" -- cat /etc/hostname) == "$pod" ]] || vl_fail "kubectl exec cat /etc/hostname: $(k exec "$pod" -- cat /etc/hostname 2>&1)"
+[[ $(k exec "$(jq -r .metadata.name <<<"$pod_b")" -- cat /etc/hostname) == "$(jq -r .metadata.name <<<"$pod_b")" ]] ||
+  vl_fail "kubectl exec through vol-b's kubelet API"
 [[ $(k exec "$pod" -- cat /etc/motd) == "built for volant-e2e" ]] || vl_fail "kubectl exec cat: $(k exec "$pod" -- cat /etc/motd 2>&1)"
 [[ $(k exec "$pod" -- cat /etc/web-secret/password) == "hunter2" ]] || vl_fail "the Secret's file: $(k exec "$pod" -- cat /etc/web-secret/password 2>&1)"
 [[ $(k exec "$pod" -- sh -c 'echo $GREETING') == "hello-from-configmap" ]] || vl_fail "exec's env"
@@ -212,7 +341,7 @@ rc=$?
 set -e
 [[ $rc == 7 ]] || vl_fail "kubectl exec exit status $rc, want 7"
 # The Secret is nowhere on the kernel command line.
-for p in $(ip netns pids "$VL_NS"); do
+for p in $(ip netns pids "$VL_NS") $(ip netns pids "$NSB"); do
   if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q hunter2; then vl_fail "the Secret is on a command line: pid $p"; fi
 done
 
@@ -230,26 +359,63 @@ refused() { k get pod two -o json | jq -e '.status.phase == "Failed" and .status
 vl_wait 30 refused || vl_fail "pod two: $(k get pod two -o json | jq -c .status)"
 k delete pod two --wait=false >/dev/null
 
-# --- volant-kubelet killed and restarted: the VMs are adopted -----------
+# --- volant-kubelet A killed and restarted: the VMs are adopted -----------
+podips() { k get pods -l app=web -o json | jq -r '.items[] | select(.metadata.deletionTimestamp == null) | .status.podIP' | sort; }
+n_a=$(jq length <<<"$vms_a")
 kill -9 "$kubelet_pid"
 wait "$kubelet_pid" 2>/dev/null || true
 t3=$SECONDS
 start_kubelet
 vl_wait 60 node_ready || vl_fail "node vol-a not Ready after the restart"
 sleep 5 # a few status rounds of the new provider
-vl_wait 60 available || vl_fail "the Deployment is not available after the restart"
-mapfile -t ips2 < <(k get pods -l app=web -o json | jq -r '.items[].status.podIP' | sort)
+vl_wait 60 available 4 || vl_fail "the Deployment is not available after the restart"
+mapfile -t ips2 < <(podips)
 [[ "${ips2[*]}" == "${ips[*]}" ]] || vl_fail "pod IPs after the restart: ${ips2[*]}, before: ${ips[*]}"
 n=$(volar -o json vms list | jq length)
-[[ $n == 2 ]] || vl_fail "$n VMs after the restart (a pod ran twice?)"
+[[ $n == "$n_a" ]] || vl_fail "$n VMs on vol-a after the restart, $n_a before (a pod ran twice?)"
 grep -q "adopted the VM of a pod" "$t/kubelet-a.log" || vl_fail "the restarted provider did not adopt"
-vl_log "restarted volant-kubelet adopted both VMs; Deployment available $(since $t3) after the restart"
+vl_log "restarted volant-kubelet A adopted its VMs; Deployment available $(since $t3) after the restart"
 
-# --- scale down, delete --------------------------------------------------
+# --- scale to 1 and back ----------------------------------------------------
+nvms() { echo $(($(volar -o json vms list | jq length) + $(volar_b -o json vms list | jq length))); }
 k scale deploy web --replicas 1 >/dev/null
-one_vm() { [[ $(volar -o json vms list | jq length) == 1 ]]; }
-vl_wait 90 one_vm || vl_fail "scale to 1: $(volar -o json vms list | jq -c 'map(.name)')"
+one_vm() { [[ $(nvms) == 1 ]]; }
+vl_wait 90 one_vm || vl_fail "scale to 1: $(nvms) VMs"
+t4=$SECONDS
+k scale deploy web --replicas 4 >/dev/null
+vl_wait 300 available 4 || { k get pods -o wide >&2; dump; vl_fail "scale back to 4"; }
+vl_log "scaled to 1 and back to 4 available in $(since $t4)"
+
+# --- node B's volant-kubelet dies: its pods move to node A ----------------
+on_b=$(k get pods -l app=web -o json | jq '[.items[] | select(.spec.nodeName == "vol-b")] | length')
+((on_b >= 1)) || vl_fail "no pod on vol-b after scaling back: $(k get pods -o wide)"
+kill -9 "$kubelet_b_pid"
+wait "$kubelet_b_pid" 2>/dev/null || true
+t5=$SECONDS
+not_ready() { k get node vol-b -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status != "True")' >/dev/null; }
+vl_wait 90 not_ready || vl_fail "node vol-b still Ready $(since $t5) after its volant-kubelet died"
+notready_s=$((SECONDS - t5))
+all_on_a() {
+  k get pods -l app=web -o json | jq -e '[.items[] | select(.metadata.deletionTimestamp == null)] |
+    length == 4 and all(.[]; .spec.nodeName == "vol-a" and any(.status.conditions[]?; .type == "Ready" and .status == "True"))' >/dev/null
+}
+vl_wait 240 all_on_a || { k get pods -o wide >&2; tail -20 "$t/controller-manager.log" >&2; vl_fail "the pods of vol-b were not replaced on vol-a"; }
+vl_log "volant-kubelet B killed: node NotReady after ${notready_s}s, its $on_b pods replaced and Ready on vol-a $(since $t5) after the kill (grace 20s, tolerationSeconds 5)"
+# B comes back: the VMs of the evicted pods go, none runs twice.
+t6=$SECONDS
+start_kubelet_b
+vl_wait 60 is_ready vol-b || vl_fail "node vol-b not Ready after its volant-kubelet restarted"
+b_empty() { [[ $(volar_b -o json vms list | jq length) == 0 ]]; }
+vl_wait 90 b_empty || vl_fail "vol-b still runs $(volar_b -o json vms list | jq -c 'map(.name)') for evicted pods"
+[[ $(curl -s --unix-socket "$t/b/volantd.sock" http://v/api/v1/network | jq -r .subnet) == "${cidr[vol-b]}" ]] || vl_fail "volantd B's subnet changed"
+vl_log "vol-b back: the VMs of its evicted pods deleted $(since $t6) after its volant-kubelet restarted"
+
+# --- delete: nothing left on either host --------------------------------
 k delete -f "$t/web.yaml" >/dev/null
-no_vm() { [[ $(volar -o json vms list | jq length) == 0 ]]; }
-vl_wait 90 no_vm || vl_fail "after the Deployment's delete: $(volar -o json vms list | jq -c 'map(.name)')"
+no_vm() { [[ $(nvms) == 0 ]]; }
+vl_wait 90 no_vm || vl_fail "after the Deployment's delete: $(volar -o json vms list | jq -c 'map(.name)') $(volar_b -o json vms list | jq -c 'map(.name)')"
+for ns in "$VL_NS" "$NSB"; do
+  taps=$(ip -n "$ns" -o link show | grep -c ': vt-' || true)
+  [[ $taps == 0 ]] || vl_fail "$taps taps left in $ns: $(ip -n "$ns" -o link show)"
+done
 vl_log "ok in $(since $t0)"
