@@ -15,7 +15,8 @@
 //	volar plugins show|enable|disable|remove NAME
 //	volar run IMAGE [--name N] [-p SPEC]... [-e K=V]... [--cpu N] [--memory MB] [--pull P] [--insecure] [-- ARGS...]
 //	volar vms create NAME --plugin P [-p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]]... [--cpu N] [--memory MB]
-//	                 [--kernel-arg ARG]... [-v VOLUME:/PATH[:ro]]... [--wait [--timeout D]]
+//	                 [--kernel-arg ARG]... [-v VOLUME:/PATH[:ro]]... [--secret-env NAME=@FILE|NAME=-]...
+//	                 [--secret-file /GUEST/PATH=LOCALFILE]... [--wait [--timeout D]]
 //	volar vms list [--plugin P] [--deployment D] [--state S]
 //	volar vms show|stop|pause|resume|delete NAME
 //	volar vms start|restart NAME [--wait [--timeout D]]

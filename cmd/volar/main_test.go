@@ -287,7 +287,7 @@ func TestBashCompletion(t *testing.T) {
 		{"volar ", "completion\ndeployments\nevents\nplugins\nrun\nsetup\nsnapshots\ntokens\nversion\nvms\nvolumes\n"},
 		{"volar de", "deployments\n"},
 		{"volar vms ", "console\ncp\ncreate\ndelete\nexec\nlist\nlogs\npause\nrestart\nrestore\nresume\nshow\nsnapshot\nstart\nstop\nwait\n"},
-		{"volar vms create web1 --", "--cpu\n--from-snapshot\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--publish\n--quiet\n--timeout\n--token\n--volume\n--wait\n"},
+		{"volar vms create web1 --", "--cpu\n--from-snapshot\n--help\n--host\n--kernel-arg\n--memory\n--output\n--plugin\n--publish\n--quiet\n--secret-env\n--secret-file\n--timeout\n--token\n--volume\n--wait\n"},
 		{"volar deployments scale web --r", "--replicas\n"},
 	} {
 		if got := bashComplete(t, c.line); got != reg+c.want {

@@ -308,13 +308,15 @@ type vmCreateCmd struct {
 	Memory     int        `long:"memory" value-name:"MB" description:"memory in MiB (default: the plugin's)"`
 	KernelArgs []string   `long:"kernel-arg" value-name:"ARG" description:"extra guest kernel command-line word (repeatable)"`
 	Volumes    []string   `long:"volume" short:"v" value-name:"NAME:/PATH[:ro]" description:"mount volume NAME at PATH before the workload starts, read-only with :ro (repeatable)"`
+	SecretEnv  []string   `long:"secret-env" value-name:"NAME=@FILE" description:"add NAME to the workload's environment, its value read from FILE (NAME=-: stdin), over the agent channel only (repeatable)"`
+	SecretFile []string   `long:"secret-file" value-name:"PATH=FILE" description:"write the local FILE to the guest's PATH (mode 0600) before the workload starts, over the agent channel only (repeatable)"`
 	waitFlags
 	Args struct {
 		Name string `positional-arg-name:"NAME" description:"the new VM's name (lowercase letters, digits, - and _)"`
 	} `positional-args:"yes" required:"yes"`
 }
 
-func (c *vmCreateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+func (c *vmCreateCmd) run(ctx context.Context, s *Session, env *cli.Env) error {
 	ports, err := parsePublish(c.Publish)
 	if err != nil {
 		return err
@@ -327,6 +329,9 @@ func (c *vmCreateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 			return err
 		}
 		req.Volumes = append(req.Volumes, m)
+	}
+	if req.Inputs, err = ParseSecrets(c.SecretEnv, c.SecretFile, env.Stdin); err != nil {
+		return err
 	}
 	return s.CreateVM(ctx, req, c.options())
 }

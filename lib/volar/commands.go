@@ -700,3 +700,57 @@ func (s *Session) Version(ctx context.Context, clientVersion string) error {
 	}
 	return s.Out.fields([][2]string{{"volar", v.Client}, {"volantd", server}, {"Address", v.Addr}})
 }
+
+// ParseSecrets turns `vms create`'s --secret-env and --secret-file specs
+// into the VM's inputs, which volantd hands to kestrel over the host-only
+// agent channel before the workload starts (api.CreateVMRequest.Inputs).
+// A value never comes from the command line itself, where ps and the
+// shell's history would keep it: --secret-env NAME=@FILE reads FILE (one
+// final newline dropped), NAME=- reads stdin (once); --secret-file
+// GUESTPATH=LOCALFILE copies LOCALFILE's bytes to GUESTPATH (mode 0600).
+func ParseSecrets(envSpecs, fileSpecs []string, stdin io.Reader) (*api.Inputs, error) {
+	if len(envSpecs) == 0 && len(fileSpecs) == 0 {
+		return nil, nil
+	}
+	in := &api.Inputs{}
+	stdinUsed := false
+	for _, spec := range envSpecs {
+		name, src, ok := strings.Cut(spec, "=")
+		if !ok || name == "" {
+			return nil, apierr.New(apierr.Usage, "--secret-env %q: give NAME=@FILE or NAME=-", spec)
+		}
+		var data []byte
+		var err error
+		switch {
+		case src == "-":
+			if stdinUsed {
+				return nil, apierr.New(apierr.Usage, "--secret-env %s=-: stdin is read once, and another secret took it", name)
+			}
+			stdinUsed = true
+			data, err = io.ReadAll(io.LimitReader(stdin, 1<<20))
+		case strings.HasPrefix(src, "@"):
+			data, err = os.ReadFile(src[1:])
+		default:
+			return nil, apierr.New(apierr.Usage, "--secret-env %s: a value on the command line stays in ps and the shell's history; give %s=@FILE or %s=- (stdin)", name, name, name)
+		}
+		if err != nil {
+			return nil, apierr.Wrap(apierr.CodeOf(err), err, "reading secret "+name)
+		}
+		if in.Env == nil {
+			in.Env = map[string]string{}
+		}
+		in.Env[name] = strings.TrimSuffix(string(data), "\n")
+	}
+	for _, spec := range fileSpecs {
+		guest, local, ok := strings.Cut(spec, "=")
+		if !ok || !strings.HasPrefix(guest, "/") || local == "" {
+			return nil, apierr.New(apierr.Usage, "--secret-file %q: give /GUEST/PATH=LOCALFILE", spec)
+		}
+		data, err := os.ReadFile(local)
+		if err != nil {
+			return nil, apierr.Wrap(apierr.CodeOf(err), err, "reading secret file "+local)
+		}
+		in.Files = append(in.Files, api.InputFile{Path: guest, Mode: 0o600, Data: data})
+	}
+	return in, nil
+}

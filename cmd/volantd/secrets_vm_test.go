@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/fledge"
+	"github.com/volantvm/volant/lib/signing"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/netnstest"
+)
+
+// TestVMSecrets boots a real guest (QEMU TCG) from a signed plugin under
+// --require-signed, created by volar with --secret-env (from a file) and
+// --secret-file. The workload serves the sha256 of the variable and of the
+// file it finds, which match the secrets; the secrets' values appear
+// nowhere else the test can look: the hypervisor's argv (its kernel
+// command line with it), every process's argv on the host, the serial
+// log, the VM's spec, volantd's answers and its event log.
+func TestVMSecrets(t *testing.T) {
+	k, _ := guesttest.Kernel(t)
+	guesttest.QEMU(t)
+	kestrel := guesttest.Kestrel(t)
+	volar := guesttest.Command(t, "volar")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
+	}
+	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
+	data := filepath.Join(h.dir, "data")
+
+	// A signed plugin whose workload proves what it received.
+	key := filepath.Join(h.dir, "key")
+	kp, err := signing.WriteKeyPair(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trusted := filepath.Join(h.dir, "trusted")
+	os.MkdirAll(trusted, 0o755)
+	os.WriteFile(filepath.Join(trusted, "ci.pub"), kp.Public, 0o644)
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "www"), 0o755)
+	os.WriteFile(filepath.Join(src, "www", "index.html"), []byte("ok\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "fledge.toml"), []byte(`version = "1"
+strategy = "initramfs"
+[plugin]
+name = "sec"
+version = "1"
+[source]
+busybox = "/bin/busybox"
+[workload]
+entrypoint = ["/bin/sh", "-c", "printf %s \"$TOKEN\" | sha256sum | cut -c1-64 > /www/env.txt; sha256sum /etc/app/secret | cut -c1-64 > /www/file.txt; exec /bin/busybox httpd -f -p 80 -h /www"]
+base_url = "http://127.0.0.1:80"
+[resources]
+cpu_cores = 1
+memory_mb = 128
+[mappings]
+"www" = "/www"
+`), 0o644)
+	res, err := fledge.Build(context.Background(), fledge.Request{Config: filepath.Join(src, "fledge.toml"),
+		OutputDir: filepath.Join(data, "plugins", "sec"), KernelModules: k.ModulesDir, Kestrel: kestrel, SignKey: key})
+	if err != nil {
+		t.Fatalf("fledge build: %v", err)
+	}
+	m, _ := os.ReadFile(res.Manifest)
+	sig, _ := os.ReadFile(res.Signature)
+
+	wrap := []string{"ip", "netns", "exec", h.ns.Name}
+	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
+		"--health-interval", "2s", "--start-timeout", "240s", "--stop-timeout", "5s", "--trusted-keys", trusted, "--require-signed")
+	ctx := context.Background()
+	if _, err := d.c.InstallPlugin(ctx, m, client.InstallOptions{Signature: sig}); err != nil {
+		t.Fatal(err)
+	}
+
+	secret := func() string {
+		b := make([]byte, 16)
+		rand.Read(b)
+		return "s3cr3t-" + hex.EncodeToString(b)
+	}
+	token, fileSecret := secret(), secret()
+	tokFile, secFile := filepath.Join(h.dir, "token"), filepath.Join(h.dir, "secret")
+	os.WriteFile(tokFile, []byte(token+"\n"), 0o600)
+	os.WriteFile(secFile, []byte(fileSecret), 0o600)
+	cmd := exec.Command(volar, "-H", d.sock, "-o", "json", "vms", "create", "s1", "--plugin", "sec",
+		"--secret-env", "TOKEN=@"+tokFile, "--secret-file", "/etc/app/secret="+secFile, "--wait", "--timeout", "300s")
+	created, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("volar vms create: %v %s", err, created)
+	}
+	var v api.VM
+	if err := json.Unmarshal(created, &v); err != nil || v.State != api.VMRunning || v.IP == "" {
+		t.Fatalf("created: %v %s", err, created)
+	}
+
+	sum := func(s string) string { h := sha256.Sum256([]byte(s)); return hex.EncodeToString(h[:]) }
+	for file, want := range map[string]string{"env.txt": sum(token), "file.txt": sum(fileSecret)} {
+		// Running means kestrel answers; the workload's server may come
+		// a moment later.
+		var got string
+		var err error
+		for t0 := time.Now(); time.Since(t0) < 120*time.Second; time.Sleep(500 * time.Millisecond) {
+			if got, err = getIn(h.ns, "http://"+v.IP+"/"+file, 10*time.Second); err == nil {
+				break
+			}
+		}
+		if err != nil || strings.TrimSpace(got) != want {
+			serial, _ := os.ReadFile(filepath.Join(data, "vms", "s1", "serial.log"))
+			t.Logf("serial log:\n%s", tail(string(serial), 30))
+			t.Fatalf("the workload's %s: %q %v, want %s", file, got, err, want)
+		}
+	}
+
+	// Where the values must not be.
+	places := map[string][]byte{"volar's answer": created}
+	qemus := nsPids(h.ns, "qemu-system-x86_64")
+	if len(qemus) == 0 {
+		t.Fatal("no qemu-system-x86_64 in the namespace")
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil {
+			places["argv "+p] = b
+		}
+	}
+	for _, f := range []string{"serial.log", "spec.json"} {
+		b, err := os.ReadFile(filepath.Join(data, "vms", "s1", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		places[f] = b
+	}
+	for _, p := range []string{"/api/v1/vms/s1", "/api/v1/vms", "/api/v1/plugins"} {
+		b, err := rawGet(d.sock, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		places["GET "+p] = b
+	}
+	ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	evs, err := d.c.Events(ectx, api.EventOptions{FromStart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all strings.Builder
+	n := 0
+	for {
+		e, err := evs.Next()
+		if err != nil {
+			break
+		}
+		n++
+		fmt.Fprintf(&all, "%s %s %s\n", e.Type, e.ResourceID, e.Data)
+		if e.Type == api.EventVMHealthy && e.ResourceID == "s1" {
+			break
+		}
+	}
+	evs.Close()
+	if n == 0 || !strings.Contains(all.String(), "vm.created") {
+		t.Fatalf("events read: %d\n%s", n, all.String())
+	}
+	places["events"] = []byte(all.String())
+	for where, b := range places {
+		for _, s := range []string{token, fileSecret} {
+			if strings.Contains(string(b), s) {
+				t.Errorf("a secret is in %s", where)
+			}
+		}
+	}
+	t.Logf("secrets checked absent from %d places (%d argvs, %d events)", len(places), len(procs), n)
+	if !strings.Contains(string(places["GET /api/v1/vms/s1"]), `"TOKEN"`) {
+		t.Errorf("the VM's answer does not name its input TOKEN: %s", places["GET /api/v1/vms/s1"])
+	}
+	if _, err := d.c.DeleteVM(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+}
