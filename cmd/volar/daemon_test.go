@@ -195,6 +195,22 @@ func (d *daemon) waitVM(name string, state api.VMState) {
 }
 
 // waitDeployment waits until a deployment's replicas are all running.
+// waitRollout waits for a deployment's update revision to reach state.
+func (d *daemon) waitRollout(name string, revision int, state api.RolloutState) {
+	d.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		r, err := d.c.Rollout(d.ctx, name)
+		if err == nil && r.Revision == revision && r.State == state {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("deployment %s: update %+v %v, want revision %d %s", name, r, err, revision, state)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (d *daemon) waitDeployment(name string, replicas int) {
 	d.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)

@@ -12,7 +12,7 @@
 //	volar plugins list
 //	volar plugins install --manifest FILE [--signature SIG] [--replace]
 //	volar plugins install --image REF [--name NAME] [--pull always|if-not-present|never] [--insecure] [--replace]
-//	volar plugins show|enable|disable|remove NAME
+//	volar plugins show|enable|disable|remove NAME[@VERSION]
 //	volar run IMAGE [--name N] [-p SPEC]... [-e K=V]... [--cpu N] [--memory MB] [--pull P] [--insecure] [-- ARGS...]
 //	volar vms create NAME --plugin P [-p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]]... [--cpu N] [--memory MB]
 //	                 [--kernel-arg ARG]... [-v VOLUME:/PATH[:ro]]... [--secret-env NAME=@FILE|NAME=-]...
@@ -33,6 +33,8 @@
 //	volar deployments create NAME --plugin P --replicas N [-p SPEC]... [--cpu N] [--memory MB] [--config FILE]
 //	                        [--volume-template NAME:SIZE:/PATH]... [--from-snapshot SNAPSHOT]
 //	volar deployments scale NAME --replicas M
+//	volar deployments update NAME --plugin P[@VERSION] [--max-surge N] [--max-unavailable N] [--deadline D]
+//	volar deployments rollout status|undo|history NAME
 //	volar deployments list
 //	volar deployments show|delete NAME
 //	volar volumes create NAME --size SIZE [--fs ext4]
@@ -72,7 +74,9 @@
 //	plugins show|install|enable|disable|remove  one Plugin object
 //	vms create|show|start|stop|pause|resume|restart|delete|wait  one VM object (create --wait: the VM once running)
 //	run                                         one VM object, once running
-//	deployments create|scale|show|delete        one Deployment object
+//	deployments create|scale|update|show|delete one Deployment object
+//	deployments rollout status|undo             one Rollout object
+//	deployments rollout history                 {"rollouts": [Rollout...]}, newest first
 //	volumes list                                a JSON array of Volume
 //	volumes create|show|resize|delete           one Volume object
 //	snapshots list                              a JSON array of Snapshot
@@ -144,6 +148,19 @@
 // tcp): a deployment's port is balanced across its running, healthy
 // replicas (its Endpoints in `deployments show`). A port in use is
 // PORT_IN_USE (exit 1). -p is no longer short for --plugin.
+//
+// # Plugin versions and rolling updates
+//
+// A plugin may be installed in several versions; --plugin NAME@VERSION
+// (and NAME@VERSION for plugins show|remove) picks one, a bare NAME the
+// version installed last. `deployments update` replaces a deployment's
+// replicas with ones of another version a batch at a time: new replicas
+// while there are fewer than the count plus --max-surge (default 1), old
+// ones removed while at least the count minus --max-unavailable (default
+// 0) stay healthy; a new replica not healthy within --deadline (default
+// 5m) rolls the update back. `rollout status` shows where it is, `rollout
+// undo` rolls back the update under way (or goes back to the version
+// before the last complete one), `rollout history` lists the updates.
 //
 // # Console
 //

@@ -97,7 +97,8 @@ func commandPaths(t *testing.T) [][]string {
 func TestHelpAtEveryLevel(t *testing.T) {
 	paths := commandPaths(t)
 	want := []string{"completion", "deployments", "deployments create", "deployments delete", "deployments list",
-		"deployments scale", "deployments show", "events", "plugins", "plugins disable", "plugins enable",
+		"deployments rollout", "deployments rollout history", "deployments rollout status", "deployments rollout undo",
+		"deployments scale", "deployments show", "deployments update", "events", "plugins", "plugins disable", "plugins enable",
 		"plugins install", "plugins list", "plugins remove", "plugins show", "run", "setup", "snapshots", "snapshots delete",
 		"snapshots list", "snapshots show", "tokens", "tokens create", "tokens list", "tokens revoke", "version", "vms",
 		"vms console", "vms cp", "vms create", "vms delete", "vms exec", "vms list", "vms logs", "vms pause", "vms restart", "vms restore", "vms resume",

@@ -145,6 +145,22 @@ func TestDeploymentCommands(t *testing.T) {
 	tr.run(0, "-q", "vms", "list", "--deployment", "web")
 	tr.run(1, "deployments", "scale", "nope", "--replicas", "1")
 
+	// A second version beside the first; a rolling update to it, undone.
+	tr.run(0, "plugins", "install", "--manifest", d.manifest("caddy", "2.9.0", ""))
+	tr.run(0, "plugins", "show", "caddy")
+	tr.run(1, "deployments", "rollout", "status", "web") // NOT_FOUND: never updated
+	tr.run(0, "deployments", "update", "web", "--plugin", "caddy@2.9.0", "--max-surge", "1", "--deadline", "2m")
+	d.waitRollout("web", 1, api.RolloutComplete)
+	tr.run(0, "deployments", "rollout", "status", "web")
+	tr.run(0, "deployments", "update", "web", "--plugin", "caddy") // the default version: runs it already
+	tr.run(0, "-q", "deployments", "rollout", "undo", "web")
+	d.waitRollout("web", 2, api.RolloutComplete)
+	tr.all("deployments", "rollout", "history", "web")
+	tr.run(0, "deployments", "show", "web")
+	tr.run(1, "deployments", "update", "web", "--plugin", "caddy@9")                                             // NOT_FOUND
+	tr.run(1, "deployments", "update", "web", "--plugin", "caddy", "--max-surge", "0", "--max-unavailable", "0") // INVALID_INPUT
+	tr.run(1, "plugins", "remove", "caddy@2.8.4")                                                                // in use
+
 	// The spec's service-config.json: plugin and resources from the file,
 	// replicas from the flag.
 	cfg := filepath.Join(d.dir, "service-config.json")

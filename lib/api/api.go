@@ -114,6 +114,8 @@ type Resources struct {
 type VM struct {
 	Name   string `json:"name"`
 	Plugin string `json:"plugin"`
+	// PluginVersion is the version of the plugin the VM runs.
+	PluginVersion string `json:"plugin_version,omitempty"`
 	// Deployment is set for the replicas of a deployment.
 	Deployment string `json:"deployment,omitempty"`
 	// IP, MAC and Tap are the guest's address, NIC MAC and host tap; empty
@@ -185,7 +187,9 @@ type VMFilter struct {
 // CreateVMRequest is the body of POST /api/v1/vms. CPU and memory default
 // to the plugin manifest's resources.
 type CreateVMRequest struct {
-	Name     string `json:"name" jsonschema:"pattern=^[a-z0-9][a-z0-9_-]{0\\,62}$"`
+	Name string `json:"name" jsonschema:"pattern=^[a-z0-9][a-z0-9_-]{0\\,62}$"`
+	// Plugin is <name> (its default version: the one installed last) or
+	// <name>@<version>.
 	Plugin   string `json:"plugin"`
 	CPUCores int    `json:"cpu_cores,omitempty" jsonschema:"minimum=1,maximum=64"`
 	MemoryMB int    `json:"memory_mb,omitempty" jsonschema:"minimum=64,maximum=262144"`
@@ -364,12 +368,17 @@ const (
 	PullNever        = "never"
 )
 
-// Plugin is an installed plugin.
+// Plugin is an installed plugin, in one of its versions: the default
+// one (the version installed last, which a bare name means) unless asked
+// for as <name>@<version>.
 type Plugin struct {
 	Name    string `json:"name"`
 	Version string `json:"version"`
 	Runtime string `json:"runtime"`
 	Enabled bool   `json:"enabled"`
+	// Versions are the versions installed side by side, oldest install
+	// first; the last is the default.
+	Versions []string `json:"versions,omitempty"`
 	// Manifest is the manifest as installed (normalized; artifact URLs
 	// that were remote point at the fetched copies).
 	Manifest json.RawMessage `json:"manifest"`
@@ -412,9 +421,12 @@ type PluginList struct {
 
 // Deployment keeps Replicas VMs named <name>-1 .. <name>-<replicas> running.
 type Deployment struct {
-	Name     string `json:"name"`
-	Plugin   string `json:"plugin"`
-	Replicas int    `json:"replicas"`
+	Name   string `json:"name"`
+	Plugin string `json:"plugin"`
+	// PluginVersion is the plugin version its replicas run (during a
+	// rolling update: the one they are being moved to).
+	PluginVersion string `json:"plugin_version,omitempty"`
+	Replicas      int    `json:"replicas"`
 	// Current counts the replicas that are running (healthy).
 	Current   int       `json:"current"`
 	Resources Resources `json:"resources"`
@@ -430,6 +442,8 @@ type Deployment struct {
 	Endpoints []string `json:"endpoints,omitempty"`
 	// FromSnapshot is the snapshot replicas start from.
 	FromSnapshot string `json:"from_snapshot,omitempty"`
+	// Rollout is the latest rolling update, with its progress.
+	Rollout *Rollout `json:"rollout,omitempty"`
 	// Error is the last reconcile failure, if the last reconcile failed.
 	Error     string    `json:"error,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
@@ -444,7 +458,9 @@ type DeploymentList struct {
 // CreateDeploymentRequest is the body of POST /api/v1/deployments.
 // Resources default to the plugin manifest's.
 type CreateDeploymentRequest struct {
-	Name      string     `json:"name" jsonschema:"pattern=^[a-z0-9][a-z0-9_-]{0\\,58}$"`
+	Name string `json:"name" jsonschema:"pattern=^[a-z0-9][a-z0-9_-]{0\\,58}$"`
+	// Plugin is <name> (its default version) or <name>@<version>; the
+	// replicas run that version until an update moves them.
 	Plugin    string     `json:"plugin"`
 	Replicas  int        `json:"replicas" jsonschema:"minimum=0,maximum=1000"`
 	Resources *Resources `json:"resources,omitempty"`
@@ -534,6 +550,7 @@ func EventTypes() []string {
 		EventPluginInstalled, EventPluginEnabled, EventPluginDisabled, EventPluginRemoved,
 		EventPluginBuildStarted, EventPluginBuildProgress, EventPluginBuildFinished, EventPluginBuildFailed,
 		EventDeploymentCreated, EventDeploymentScaled, EventDeploymentDeleted,
+		EventRolloutStarted, EventRolloutStep, EventRolloutRollingBack, EventRolloutComplete, EventRolloutRolledBack, EventRolloutSuperseded,
 		EventIPLeased, EventIPReleased,
 		EventVolumeCreated, EventVolumeResized, EventVolumeDeleted, EventVolumeAttached, EventVolumeDetached, EventVolumeFailed,
 	}

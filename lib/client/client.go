@@ -623,6 +623,36 @@ func (c *Client) ScaleDeployment(ctx context.Context, name string, replicas int)
 		body: api.ScaleRequest{Replicas: replicas}}, &d)
 }
 
+// UpdateDeployment starts a rolling update of a deployment's replicas to
+// another plugin version (PATCH /api/v1/deployments/{name}); the replicas
+// are replaced in the background (watch Rollout or the events).
+func (c *Client) UpdateDeployment(ctx context.Context, name string, req api.UpdateDeploymentRequest) (*api.Deployment, error) {
+	var d api.Deployment
+	return &d, c.call(ctx, request{method: http.MethodPatch, path: api.Prefix + "/deployments/" + esc(name), body: req}, &d)
+}
+
+// Rollout returns a deployment's latest rolling update and its progress.
+func (c *Client) Rollout(ctx context.Context, name string) (*api.Rollout, error) {
+	var r api.Rollout
+	return &r, c.call(ctx, request{method: http.MethodGet, path: api.Prefix + "/deployments/" + esc(name) + "/rollout"}, &r)
+}
+
+// UndoRollout rolls back the update under way, or starts one back to the
+// version before the last complete one.
+func (c *Client) UndoRollout(ctx context.Context, name string) (*api.Rollout, error) {
+	var r api.Rollout
+	return &r, c.call(ctx, request{method: http.MethodPost, path: api.Prefix + "/deployments/" + esc(name) + "/rollout/undo"}, &r)
+}
+
+// RolloutHistory lists a deployment's rolling updates, newest first.
+func (c *Client) RolloutHistory(ctx context.Context, name string) ([]api.Rollout, error) {
+	var l api.RolloutList
+	if err := c.call(ctx, request{method: http.MethodGet, path: api.Prefix + "/deployments/" + esc(name) + "/rollouts"}, &l); err != nil {
+		return nil, err
+	}
+	return l.Rollouts, nil
+}
+
 // DeleteDeployment deletes a deployment and its VMs, and returns it as it was.
 func (c *Client) DeleteDeployment(ctx context.Context, name string) (*api.Deployment, error) {
 	var d api.Deployment

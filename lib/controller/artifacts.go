@@ -50,6 +50,21 @@ func (c *Controller) pluginsDir() string { return filepath.Join(c.cfg.DataDir, "
 
 func (c *Controller) pluginDir(name string) string { return filepath.Join(c.pluginsDir(), name) }
 
+// pluginVersionDir is where one version's fetched artifacts live:
+// <data>/plugins/<name>/@<version>/, so versions installed side by side
+// keep their own files of the same name. A version that is not a plain
+// file name is spelled by its digest. (Installs before versions put their
+// files in <data>/plugins/<name>/ itself; their manifests say so.)
+func (c *Controller) pluginVersionDir(name, version string) string {
+	dir := version
+	if !plainVersion.MatchString(version) {
+		dir = digest.FromString(version).Encoded()[:16]
+	}
+	return filepath.Join(c.pluginDir(name), "@"+dir)
+}
+
+var plainVersion = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]*$`)
+
 // ArtifactDirs returns the directories local artifacts may come from:
 // <data>/plugins and Config.ArtifactDirs, absolute and cleaned.
 func (c *Controller) ArtifactDirs() []string {
@@ -108,7 +123,7 @@ func (c *Controller) stageArtifacts(ctx context.Context, m *manifest.Manifest) (
 			*a.url, *a.sum = filepath.Clean(p), "sha256:"+sum
 			continue
 		}
-		s, sum, err := c.download(ctx, m.Name, a.field, *a.url, *a.sum)
+		s, sum, err := c.download(ctx, m.Name, m.Version, a.field, *a.url, *a.sum)
 		if err != nil {
 			return out, err
 		}
@@ -274,8 +289,8 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 // download fetches a remote artifact into a pending file in
 // <data>/plugins/.partial, synced (so placing it later costs no fsync
 // inside the install's transaction), and verifies it. Its final path is
-// <data>/plugins/<plugin>/<file name of the URL>.
-func (c *Controller) download(ctx context.Context, plugin, field, loc, want string) (staged, string, error) {
+// <data>/plugins/<plugin>/@<version>/<file name of the URL>.
+func (c *Controller) download(ctx context.Context, plugin, version, field, loc, want string) (staged, string, error) {
 	u, err := url.Parse(loc)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
 		return staged{}, "", apierr.New(apierr.InvalidManifest, "plugin %s: %s %q is neither a local path nor an http(s) URL", plugin, field, loc).
@@ -285,7 +300,7 @@ func (c *Controller) download(ctx context.Context, plugin, field, loc, want stri
 	if base == "/" || base == "." || base == "" || base == ".." {
 		base = strings.NewReplacer("[", "", "]", "").Replace(field)
 	}
-	dst := filepath.Join(c.pluginDir(plugin), base)
+	dst := filepath.Join(c.pluginVersionDir(plugin, version), base)
 	partial := filepath.Join(c.pluginsDir(), partialDirName)
 	if err := os.MkdirAll(partial, 0o755); err != nil {
 		return staged{}, "", err

@@ -162,6 +162,10 @@ type Config struct {
 	// reconciler replaces it, within the replica backoff (default
 	// DefaultLivenessGrace; negative: never).
 	LivenessGrace time.Duration
+	// DrainDelay is how long a replica a rolling update removes keeps
+	// serving the connections it has after it left its deployment's
+	// published ports, before it is stopped (default 2 s).
+	DrainDelay time.Duration
 	// ReplicaParallelism bounds concurrent replica creations (default 2).
 	ReplicaParallelism int
 	// MaxBooting bounds the VMs booting at once: a start waits for a slot
@@ -322,6 +326,9 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c.events = events.New(cfg.Store, cfg.Logger)
 	c.retries = newRetries(cfg.ReplicaBackoff, cfg.ReplicaBackoffMax, c.kickDeployments)
+	if cfg.DrainDelay <= 0 {
+		cfg.DrainDelay = 2 * time.Second
+	}
 	if cfg.LivenessGrace == 0 {
 		cfg.LivenessGrace = DefaultLivenessGrace
 	}

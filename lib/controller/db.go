@@ -25,28 +25,30 @@ const (
 
 // vmRow is one row of the vms table.
 type vmRow struct {
-	Name       string
-	Plugin     string
-	Deployment string
-	IP         string
-	MAC        string
-	Tap        string
-	State      api.VMState
-	Desired    string
-	Step       string
-	Health     string
-	Error      string
-	PID        int
-	CPUCores   int
-	MemoryMB   int
-	CreatedAt  time.Time
-	StartedAt  *time.Time
-	UpdatedAt  time.Time
-	Supervisor *supervise.Identity
-	VMM        *supervise.Identity
-	Agent      *agentapi.Status
-	AgentAt    *time.Time
-	KernelArgs []string
+	Name   string
+	Plugin string
+	// PluginVersion is the version of the plugin the VM runs.
+	PluginVersion string
+	Deployment    string
+	IP            string
+	MAC           string
+	Tap           string
+	State         api.VMState
+	Desired       string
+	Step          string
+	Health        string
+	Error         string
+	PID           int
+	CPUCores      int
+	MemoryMB      int
+	CreatedAt     time.Time
+	StartedAt     *time.Time
+	UpdatedAt     time.Time
+	Supervisor    *supervise.Identity
+	VMM           *supervise.Identity
+	Agent         *agentapi.Status
+	AgentAt       *time.Time
+	KernelArgs    []string
 	// Workload is the create request's override and a summary of its
 	// inputs; Labels its labels.
 	Workload *vmWorkload
@@ -60,7 +62,7 @@ type querier interface {
 }
 
 const vmColumns = `id, plugin, deployment, ip, mac, tap, state, desired, step, health, error, pid,
-	cpu_cores, memory_mb, created_at, started_at, updated_at, supervisor, vmm, agent, agent_at, kernel_args, workload, labels`
+	cpu_cores, memory_mb, created_at, started_at, updated_at, supervisor, vmm, agent, agent_at, kernel_args, workload, labels, plugin_version`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
@@ -70,7 +72,7 @@ func scanVM(r rowScanner) (vmRow, error) {
 	var pid sql.NullInt64
 	var created, updated, state string
 	if err := r.Scan(&v.Name, &v.Plugin, &dep, &ip, &mac, &tap, &state, &v.Desired, &v.Step, &v.Health, &v.Error, &pid,
-		&v.CPUCores, &v.MemoryMB, &created, &started, &updated, &sup, &vm, &agent, &agentAt, &kargs, &work, &labels); err != nil {
+		&v.CPUCores, &v.MemoryMB, &created, &started, &updated, &sup, &vm, &agent, &agentAt, &kargs, &work, &labels, &v.PluginVersion); err != nil {
 		return v, err
 	}
 	if err := unmarshalNull(work, &v.Workload); err != nil {
@@ -113,6 +115,9 @@ func scanVM(r rowScanner) (vmRow, error) {
 	}
 	return v, nil
 }
+
+// pluginRef names the plugin version the VM runs.
+func (v vmRow) pluginRef() string { return pluginRef(v.Plugin, v.PluginVersion) }
 
 func parseTimePtr(s sql.NullString) (*time.Time, error) {
 	if !s.Valid || s.String == "" {
@@ -230,9 +235,9 @@ func insertVM(ctx context.Context, tx *sql.Tx, v vmRow) error {
 		}
 	}
 	now := store.FormatTime(v.CreatedAt)
-	_, err = tx.ExecContext(ctx, `INSERT INTO vms (id, plugin, deployment, ip, mac, tap, state, desired, step, health, error,
-		cpu_cores, memory_mb, created_at, updated_at, kernel_args, workload, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', '', ?, ?, ?, ?, ?, ?, ?)`,
-		v.Name, v.Plugin, nullStr(v.Deployment), nullStr(v.IP), nullStr(v.MAC), nullStr(v.Tap), string(v.State), v.Desired, v.Step,
+	_, err = tx.ExecContext(ctx, `INSERT INTO vms (id, plugin, plugin_version, deployment, ip, mac, tap, state, desired, step, health, error,
+		cpu_cores, memory_mb, created_at, updated_at, kernel_args, workload, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', '', ?, ?, ?, ?, ?, ?, ?)`,
+		v.Name, v.Plugin, v.PluginVersion, nullStr(v.Deployment), nullStr(v.IP), nullStr(v.MAC), nullStr(v.Tap), string(v.State), v.Desired, v.Step,
 		v.CPUCores, v.MemoryMB, now, now, kargs, work, labels)
 	if err != nil {
 		return fmt.Errorf("recording VM %s: %w", v.Name, err)
@@ -271,22 +276,23 @@ func saveVM(ctx context.Context, tx *sql.Tx, v *vmRow) error {
 
 // vmEvent is the data of most vm.* events.
 type vmEvent struct {
-	Name       string         `json:"name"`
-	Plugin     string         `json:"plugin,omitempty"`
-	Deployment string         `json:"deployment,omitempty"`
-	State      api.VMState    `json:"state,omitempty"`
-	IP         string         `json:"ip,omitempty"`
-	PID        int            `json:"pid,omitempty"`
-	Resources  *api.Resources `json:"resources,omitempty"`
-	Method     string         `json:"method,omitempty"`
-	Error      string         `json:"error,omitempty"`
-	Health     string         `json:"health_check,omitempty"`
+	Name          string         `json:"name"`
+	Plugin        string         `json:"plugin,omitempty"`
+	PluginVersion string         `json:"plugin_version,omitempty"`
+	Deployment    string         `json:"deployment,omitempty"`
+	State         api.VMState    `json:"state,omitempty"`
+	IP            string         `json:"ip,omitempty"`
+	PID           int            `json:"pid,omitempty"`
+	Resources     *api.Resources `json:"resources,omitempty"`
+	Method        string         `json:"method,omitempty"`
+	Error         string         `json:"error,omitempty"`
+	Health        string         `json:"health_check,omitempty"`
 }
 
 // toAPI converts a row to the API's VM.
 func (v vmRow) toAPI(serialLog string) api.VM {
 	out := api.VM{
-		Name: v.Name, Plugin: v.Plugin, Deployment: v.Deployment, IP: v.IP, MAC: v.MAC, Tap: v.Tap,
+		Name: v.Name, Plugin: v.Plugin, PluginVersion: v.PluginVersion, Deployment: v.Deployment, IP: v.IP, MAC: v.MAC, Tap: v.Tap,
 		State: v.State, Health: agentapi.HealthState(v.Health), Step: v.Step, Error: v.Error, PID: v.PID,
 		Resources: api.Resources{CPUCores: v.CPUCores, MemoryMB: v.MemoryMB},
 		CreatedAt: v.CreatedAt, StartedAt: v.StartedAt, UpdatedAt: v.UpdatedAt, SerialLog: serialLog, Agent: v.Agent,

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,8 +26,10 @@ import (
 var MaxDeploymentName = names.MaxLen - 1 - len(strconv.Itoa(api.MaxReplicas))
 
 type deploymentRow struct {
-	Name            string
-	Plugin          string
+	Name   string
+	Plugin string
+	// PluginVersion is the version new replicas run.
+	PluginVersion   string
 	Replicas        int
 	Current         int
 	Resources       api.Resources
@@ -42,13 +46,13 @@ type deploymentConfig struct {
 	FromSnapshot    string               `json:"from_snapshot,omitempty"`
 }
 
-const deploymentColumns = `name, plugin, replicas, current, config, error, created_at, updated_at`
+const deploymentColumns = `name, plugin, replicas, current, config, error, created_at, updated_at, plugin_version`
 
 func scanDeployment(r rowScanner) (deploymentRow, error) {
 	var d deploymentRow
 	var cfg sql.NullString
 	var created, updated string
-	if err := r.Scan(&d.Name, &d.Plugin, &d.Replicas, &d.Current, &cfg, &d.Error, &created, &updated); err != nil {
+	if err := r.Scan(&d.Name, &d.Plugin, &d.Replicas, &d.Current, &cfg, &d.Error, &created, &updated, &d.PluginVersion); err != nil {
 		return d, err
 	}
 	if cfg.Valid {
@@ -111,7 +115,7 @@ func replicaIndex(deployment, vm string) int {
 func ReplicaName(deployment string, i int) string { return deployment + "-" + strconv.Itoa(i) }
 
 func (c *Controller) deploymentAPI(ctx context.Context, q querier, d deploymentRow) (api.Deployment, error) {
-	out := api.Deployment{Name: d.Name, Plugin: d.Plugin, Replicas: d.Replicas, Current: d.Current, Resources: d.Resources,
+	out := api.Deployment{Name: d.Name, Plugin: d.Plugin, PluginVersion: d.PluginVersion, Replicas: d.Replicas, Current: d.Current, Resources: d.Resources,
 		VolumeTemplates: d.VolumeTemplates, FromSnapshot: d.FromSnapshot, Error: d.Error, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, VMs: []string{}}
 	vms, err := listVMs(ctx, q, api.VMFilter{Deployment: d.Name})
 	if err != nil {
@@ -120,6 +124,9 @@ func (c *Controller) deploymentAPI(ctx context.Context, q querier, d deploymentR
 	sort.Slice(vms, func(i, j int) bool { return replicaIndex(d.Name, vms[i].Name) < replicaIndex(d.Name, vms[j].Name) })
 	for _, v := range vms {
 		out.VMs = append(out.VMs, v.Name)
+	}
+	if out.Rollout, err = c.rolloutAPI(ctx, q, d); err != nil {
+		return out, err
 	}
 	return out, deploymentPorts(ctx, q, &out, vms)
 }
@@ -193,7 +200,7 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 		return nil, err
 	}
 	defer unlockSnap()
-	_, m, err := c.usablePlugin(ctx, req.Plugin)
+	p, m, err := c.usablePlugin(ctx, req.Plugin)
 	if err != nil {
 		return nil, err
 	}
@@ -233,14 +240,14 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 			return apierr.New(apierr.Conflict, "VM %s exists and is not part of deployment %s; its replicas would take that name", clash.String, req.Name).
 				With("deployment", req.Name).With("vm", clash.String)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO deployments (name, plugin, replicas, current, config, error, created_at, updated_at) VALUES (?, ?, ?, 0, ?, '', ?, ?)`,
-			req.Name, req.Plugin, req.Replicas, string(cfg), now, now); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO deployments (name, plugin, plugin_version, replicas, current, config, error, created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, '', ?, ?)`,
+			req.Name, p.Name, p.Version, req.Replicas, string(cfg), now, now); err != nil {
 			return internal(err, "recording deployment %s", req.Name)
 		}
 		if err := insertPorts(ctx, tx, "deployment", req.Name, ports); err != nil {
 			return err
 		}
-		_, err := store.AppendEvent(ctx, tx, api.EventDeploymentCreated, req.Name, map[string]any{"name": req.Name, "plugin": req.Plugin, "replicas": req.Replicas})
+		_, err := store.AppendEvent(ctx, tx, api.EventDeploymentCreated, req.Name, map[string]any{"name": req.Name, "plugin": p.Name, "plugin_version": p.Version, "replicas": req.Replicas})
 		return err
 	})
 	if err != nil {
@@ -315,7 +322,7 @@ func (c *Controller) desiredReplicas(ctx context.Context, name string) (int, err
 }
 
 // cancelQueuedReplicas ends the boot-slot wait of a deployment's replicas
-// whose index is above keep.
+// but the keep of lowest index.
 func (c *Controller) cancelQueuedReplicas(ctx context.Context, name string, keep int) {
 	var vms []vmRow
 	if err := c.st.Read(ctx, func(tx *sql.Tx) error {
@@ -325,8 +332,9 @@ func (c *Controller) cancelQueuedReplicas(ctx context.Context, name string, keep
 	}); err != nil {
 		return
 	}
-	for _, v := range vms {
-		if replicaIndex(name, v.Name) > keep {
+	sort.Slice(vms, func(i, j int) bool { return replicaIndex(name, vms[i].Name) < replicaIndex(name, vms[j].Name) })
+	for k, v := range vms {
+		if k >= keep {
 			c.boots.CancelWait(v.Name)
 		}
 	}
@@ -495,12 +503,16 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 	defer unlock()
 	var d deploymentRow
 	var vms []vmRow
+	var ro *rolloutRow
 	err = c.st.Read(ctx, func(tx *sql.Tx) error {
 		var err error
 		if d, err = getDeployment(ctx, tx, name); err != nil {
 			return err
 		}
-		vms, err = listVMs(ctx, tx, api.VMFilter{Deployment: name})
+		if vms, err = listVMs(ctx, tx, api.VMFilter{Deployment: name}); err != nil {
+			return err
+		}
+		ro, err = activeRollout(ctx, tx, name)
 		return err
 	})
 	if err != nil {
@@ -510,17 +522,47 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 		return
 	}
 	log := c.log.With("deployment", name)
+	var errs []string
+	waiting := 0 // errs that are notes of replicas waiting out their backoff
+	if ro != nil {
+		var again time.Duration
+		errs, again = c.rolloutPass(ctx, d, vms, *ro)
+		if again > 0 && again < c.cfg.ReconcileInterval {
+			time.AfterFunc(again, c.kickDeployments)
+		}
+	} else {
+		errs, waiting = c.keepReplicas(ctx, log, d, vms)
+	}
+	c.recordDeployment(ctx, log, name, errs, waiting)
+}
+
+// keepReplicas is the pass of a deployment with no update under way: it
+// keeps d.Replicas replicas, those of the lowest indexes, deletes the
+// rest (highest index first), replaces crashed, failed and (after the
+// liveness grace) unhealthy ones and creates the missing ones at the
+// lowest free indexes. It returns the pass's errors and how many of
+// them are notes of replicas waiting out their backoff.
+func (c *Controller) keepReplicas(ctx context.Context, log *slog.Logger, d deploymentRow, vms []vmRow) (errs []string, waiting int) {
+	name := d.Name
+	sort.Slice(vms, func(i, j int) bool { return replicaIndex(name, vms[i].Name) < replicaIndex(name, vms[j].Name) })
 	have := map[int]vmRow{}
 	var extra []vmRow
+	var slots []int // the indexes of the replicas to keep, then free ones up to the count
 	for _, v := range vms {
 		i := replicaIndex(name, v.Name)
-		if i < 1 || i > d.Replicas {
+		if i < 1 || len(slots) >= d.Replicas {
 			extra = append(extra, v)
 			continue
 		}
 		have[i] = v
+		slots = append(slots, i)
 	}
-	var errs []string
+	for i := 1; len(slots) < d.Replicas; i++ {
+		if _, ok := have[i]; !ok && !slices.Contains(slots, i) {
+			slots = append(slots, i)
+		}
+	}
+	sort.Ints(slots)
 	// Scale down: everything above the desired count.
 	for _, v := range extra {
 		c.retries.reset(v.Name)
@@ -531,8 +573,7 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 	// Replace crashed and failed replicas; create missing ones; both wait
 	// for their retry after a failure (retries).
 	var todo []int
-	waiting := 0 // errs that are notes of replicas waiting out their backoff
-	for i := 1; i <= d.Replicas; i++ {
+	for _, i := range slots {
 		v, ok := have[i]
 		rn := ReplicaName(name, i)
 		if ok && v.State == api.VMRunning && v.Health != string(agentapi.HealthUnhealthy) {
@@ -576,6 +617,7 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, c.cfg.ReplicaParallelism)
 	for _, i := range todo {
+		rank := slices.Index(slots, i) + 1
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -583,10 +625,10 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 			defer func() { <-sem }()
 			// The deployment may have been scaled down or deleted while
 			// earlier creates of this pass waited for boot slots.
-			if want, err := c.desiredReplicas(ctx, name); err != nil || i > want {
+			if want, err := c.desiredReplicas(ctx, name); err != nil || rank > want {
 				return
 			}
-			req := api.CreateVMRequest{Name: ReplicaName(name, i), Plugin: d.Plugin, CPUCores: d.Resources.CPUCores, MemoryMB: d.Resources.MemoryMB}
+			req := api.CreateVMRequest{Name: ReplicaName(name, i), Plugin: pluginRef(d.Plugin, d.PluginVersion), CPUCores: d.Resources.CPUCores, MemoryMB: d.Resources.MemoryMB}
 			req.FromSnapshot = d.FromSnapshot
 			vols, err := c.replicaVolumes(ctx, name, i, d.VolumeTemplates)
 			if err == nil {
@@ -604,10 +646,14 @@ func (c *Controller) reconcileDeployment(ctx context.Context, name string) {
 	}
 	wg.Wait()
 
-	// Record how many run and the outcome.
+	return errs, waiting
+}
+
+// recordDeployment records how many replicas run and the pass's outcome.
+func (c *Controller) recordDeployment(ctx context.Context, log *slog.Logger, name string, errs []string, waiting int) {
 	c.passErrors.Add(uint64(len(errs) - waiting))
 	msg := strings.Join(errs, "; ")
-	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
+	err := c.st.Tx(ctx, func(tx *sql.Tx) error {
 		var running int
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM vms WHERE deployment = ? AND state = 'running'`, name).Scan(&running); err != nil {
 			return err

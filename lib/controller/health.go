@@ -94,7 +94,7 @@ func (c *Controller) pollHealth(ctx context.Context, name string, ended <-chan s
 		if err == nil && v.IP != "" && (v.State == api.VMStarting || v.State == api.VMRunning) {
 			ip, perr := netip.ParseAddr(v.IP)
 			if port == 0 {
-				port = c.agentPort(ctx, v.Plugin)
+				port = c.agentPort(ctx, v.pluginRef())
 			}
 			if perr == nil {
 				st, perr := c.cfg.Prober.Probe(ctx, netip.AddrPortFrom(ip, port))
@@ -199,7 +199,7 @@ func (c *Controller) applyStatus(ctx context.Context, name string, st *agentapi.
 	if err != nil {
 		return
 	}
-	hc := c.pluginHasCheck(ctx, v0.Plugin, cache)
+	hc := c.pluginHasCheck(ctx, v0.pluginRef(), cache)
 	h := verdict(st, hc)
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	v, err := c.updateVM(ctx, name, func(tx *sql.Tx, v *vmRow) error {

@@ -31,6 +31,9 @@ type pluginRow struct {
 	SignedManifest []byte
 	Signature      []byte
 	SignedBy       string
+	// Versions are the installed versions, oldest install first (read
+	// only where the API shows them).
+	Versions []string
 }
 
 func (p pluginRow) toAPI() api.Plugin {
@@ -39,7 +42,7 @@ func (p pluginRow) toAPI() api.Plugin {
 		ImageDigest string `json:"image_digest"`
 	}
 	_ = json.Unmarshal(p.Manifest, &img) // the stored manifest was valid JSON when installed
-	out := api.Plugin{Name: p.Name, Version: p.Version, Runtime: p.Runtime, Enabled: p.Enabled,
+	out := api.Plugin{Name: p.Name, Version: p.Version, Runtime: p.Runtime, Enabled: p.Enabled, Versions: p.Versions,
 		Manifest: json.RawMessage(p.Manifest), Image: img.Image, ImageDigest: img.ImageDigest,
 		CreatedAt: p.CreatedAt, UpdatedAt: p.UpdatedAt}
 	if len(p.Signature) > 0 {
@@ -71,7 +74,25 @@ func scanPlugin(r rowScanner) (pluginRow, error) {
 	return p, err
 }
 
-func getPlugin(ctx context.Context, q querier, name string) (pluginRow, error) {
+// SplitPluginRef splits a plugin reference, <name> or <name>@<version>.
+// An empty version means the plugin's default version: the one installed
+// last.
+func SplitPluginRef(ref string) (name, version string) {
+	name, version, _ = strings.Cut(ref, "@")
+	return name, version
+}
+
+// pluginRef is the reference to one version of a plugin.
+func pluginRef(name, version string) string {
+	if version == "" {
+		return name
+	}
+	return name + "@" + version
+}
+
+// getPlugin reads a plugin in the version ref names (see SplitPluginRef).
+func getPlugin(ctx context.Context, q querier, ref string) (pluginRow, error) {
+	name, version := SplitPluginRef(ref)
 	p, err := scanPlugin(q.QueryRowContext(ctx, `SELECT `+pluginColumns+` FROM plugins WHERE name = ?`, name))
 	if errors.Is(err, sql.ErrNoRows) {
 		return p, apierr.New(apierr.NotFound, "no plugin named %s is installed", name).With("plugin", name)
@@ -79,10 +100,49 @@ func getPlugin(ctx context.Context, q querier, name string) (pluginRow, error) {
 	if err != nil {
 		return p, fmt.Errorf("reading plugin %s: %w", name, err)
 	}
+	if version == "" || version == p.Version {
+		return p, nil
+	}
+	var m string
+	var signed, sig, by sql.NullString
+	err = q.QueryRowContext(ctx, `SELECT runtime, manifest, signed_manifest, signature, signed_by FROM plugin_versions WHERE name = ? AND version = ?`,
+		name, version).Scan(&p.Runtime, &m, &signed, &sig, &by)
+	if errors.Is(err, sql.ErrNoRows) {
+		vs, _ := pluginVersions(ctx, q, name)
+		return p, apierr.New(apierr.NotFound, "plugin %s has no version %s installed (installed: %s)", name, version, strings.Join(vs, ", ")).
+			With("plugin", name).With("version", version).With("versions", vs)
+	}
+	if err != nil {
+		return p, fmt.Errorf("reading plugin %s: %w", ref, err)
+	}
+	p.Version, p.Manifest = version, []byte(m)
+	p.SignedManifest, p.Signature, p.SignedBy = nil, nil, ""
+	if sig.Valid {
+		p.SignedManifest, p.Signature, p.SignedBy = []byte(signed.String), []byte(sig.String), by.String
+	}
 	return p, nil
 }
 
-// ListPlugins returns the installed plugins by name.
+// pluginVersions lists a plugin's installed versions, oldest install first.
+func pluginVersions(ctx context.Context, q querier, name string) ([]string, error) {
+	rows, err := q.QueryContext(ctx, `SELECT version FROM plugin_versions WHERE name = ? ORDER BY created_at, rowid`, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// ListPlugins returns the installed plugins by name, each in its default
+// version.
 func (c *Controller) ListPlugins(ctx context.Context) ([]api.Plugin, error) {
 	out := []api.Plugin{}
 	err := c.st.Read(ctx, func(tx *sql.Tx) error {
@@ -91,14 +151,24 @@ func (c *Controller) ListPlugins(ctx context.Context) ([]api.Plugin, error) {
 			return err
 		}
 		defer rows.Close()
+		var ps []pluginRow
 		for rows.Next() {
 			p, err := scanPlugin(rows)
 			if err != nil {
 				return err
 			}
+			ps = append(ps, p)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, p := range ps {
+			if p.Versions, err = pluginVersions(ctx, tx, p.Name); err != nil {
+				return err
+			}
 			out = append(out, p.toAPI())
 		}
-		return rows.Err()
+		return nil
 	})
 	if err != nil {
 		return nil, internal(err, "listing plugins")
@@ -106,12 +176,16 @@ func (c *Controller) ListPlugins(ctx context.Context) ([]api.Plugin, error) {
 	return out, nil
 }
 
-// Plugin returns one plugin.
-func (c *Controller) Plugin(ctx context.Context, name string) (*api.Plugin, error) {
+// Plugin returns one plugin, in the version ref names (<name> for the
+// default one, <name>@<version>).
+func (c *Controller) Plugin(ctx context.Context, ref string) (*api.Plugin, error) {
 	var p pluginRow
 	err := c.st.Read(ctx, func(tx *sql.Tx) error {
 		var err error
-		p, err = getPlugin(ctx, tx, name)
+		if p, err = getPlugin(ctx, tx, ref); err != nil {
+			return err
+		}
+		p.Versions, err = pluginVersions(ctx, tx, p.Name)
 		return err
 	})
 	if err != nil {
@@ -131,13 +205,15 @@ func (c *Controller) PluginManifest(ctx context.Context, name string) (json.RawM
 }
 
 // InstallPlugin validates a manifest, fetches its remote artifacts into
-// <data>/plugins/<name>/ (rewriting their URLs to the local copies),
-// verifies every artifact's checksum, and records the plugin. With
+// <data>/plugins/<name>/@<version>/ (rewriting their URLs to the local
+// copies), verifies every artifact's checksum, and records the plugin. With
 // Config.RequireSigned it is SIGNATURE_REQUIRED: see InstallSignedPlugin. Local
 // artifacts must be regular files inside ArtifactDirs (PERMISSION_DENIED
-// otherwise, whatever is at the path). A name that is installed already is
-// CONFLICT unless replace; of concurrent installs of one name, only the
-// winner's downloads reach their final paths.
+// otherwise, whatever is at the path). A new version of an installed
+// plugin is installed beside the others and becomes the default one; a
+// version that is installed already is CONFLICT unless replace; of
+// concurrent installs of one version, only the winner's downloads reach
+// their final paths.
 func (c *Controller) InstallPlugin(ctx context.Context, data []byte, replace bool) (*api.Plugin, error) {
 	return c.InstallSignedPlugin(ctx, data, nil, replace)
 }
@@ -160,9 +236,10 @@ func (c *Controller) InstallSignedPlugin(ctx context.Context, data, sig []byte, 
 			return nil, err
 		}
 	}
+	ref := pluginRef(m.Name, m.Version)
 	if !replace {
-		if _, err := c.Plugin(ctx, m.Name); err == nil {
-			return nil, pluginExists(m.Name)
+		if _, err := c.Plugin(ctx, ref); err == nil {
+			return nil, pluginExists(ref)
 		}
 	}
 	enabled := m.IsEnabled()
@@ -188,10 +265,13 @@ func (c *Controller) InstallSignedPlugin(ctx context.Context, data, sig []byte, 
 	}
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		old, err := getPlugin(ctx, tx, m.Name)
+		replaced := false
 		switch {
-		case err == nil && !replace:
-			return pluginExists(m.Name)
 		case err == nil:
+			_, verr := getPlugin(ctx, tx, ref)
+			if replaced = verr == nil; replaced && !replace {
+				return pluginExists(ref)
+			}
 			out = old
 			_, err = tx.ExecContext(ctx, `UPDATE plugins SET version = ?, runtime = ?, manifest = ?, enabled = ?, updated_at = ?, signed_manifest = ?, signature = ?, signed_by = ? WHERE name = ?`,
 				m.Version, m.Runtime, string(js), boolInt(enabled), store.FormatTime(now), signed, signature, by, m.Name)
@@ -201,20 +281,31 @@ func (c *Controller) InstallSignedPlugin(ctx context.Context, data, sig []byte, 
 				m.Name, m.Version, m.Runtime, string(js), boolInt(enabled), store.FormatTime(now), store.FormatTime(now), signed, signature, by)
 		}
 		if err != nil {
-			return internal(err, "recording plugin %s", m.Name)
+			return internal(err, "recording plugin %s", ref)
+		}
+		// The version's row; a replaced version counts as installed now.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM plugin_versions WHERE name = ? AND version = ?`, m.Name, m.Version); err != nil {
+			return internal(err, "recording plugin %s", ref)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO plugin_versions (name, version, runtime, manifest, created_at, signed_manifest, signature, signed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			m.Name, m.Version, m.Runtime, string(js), store.FormatTime(now), signed, signature, by); err != nil {
+			return internal(err, "recording plugin %s", ref)
 		}
 		out.Name, out.Version, out.Runtime, out.Manifest, out.Enabled, out.UpdatedAt = m.Name, m.Version, m.Runtime, js, enabled, now
 		out.SignedManifest, out.Signature, out.SignedBy = nil, nil, signedBy
 		if sig != nil {
 			out.SignedManifest, out.Signature = data, sig
 		}
-		if _, err = store.AppendEvent(ctx, tx, api.EventPluginInstalled, m.Name, map[string]any{"name": m.Name, "version": m.Version, "replaced": replace && !out.CreatedAt.Equal(now)}); err != nil {
+		if out.Versions, err = pluginVersions(ctx, tx, m.Name); err != nil {
+			return internal(err, "listing versions of plugin %s", m.Name)
+		}
+		if _, err = store.AppendEvent(ctx, tx, api.EventPluginInstalled, m.Name, map[string]any{"name": m.Name, "version": m.Version, "replaced": replaced}); err != nil {
 			return err
 		}
 		// This install has won (the transaction holds the write lock):
 		// only now do its downloads take their final names.
 		if err := c.place(downloads); err != nil {
-			return fmt.Errorf("plugin %s: placing fetched artifacts: %w", m.Name, err)
+			return fmt.Errorf("plugin %s: placing fetched artifacts: %w", ref, err)
 		}
 		return nil
 	})
@@ -226,8 +317,9 @@ func (c *Controller) InstallSignedPlugin(ctx context.Context, data, sig []byte, 
 	return &res, nil
 }
 
-func pluginExists(name string) error {
-	return apierr.New(apierr.Conflict, "plugin %s is installed already", name).With("plugin", name).
+func pluginExists(ref string) error {
+	name, version := SplitPluginRef(ref)
+	return apierr.New(apierr.Conflict, "plugin %s is installed already", ref).With("plugin", name).With("version", version).
 		With("hint", "remove it first, or install with replace=true")
 }
 
@@ -241,6 +333,7 @@ func boolInt(b bool) int {
 // SetPluginEnabled enables or disables a plugin; VMs are created only from
 // enabled plugins. Setting the state it has is not an error.
 func (c *Controller) SetPluginEnabled(ctx context.Context, name string, enabled bool) (*api.Plugin, error) {
+	name, _ = SplitPluginRef(name) // every version is enabled or not
 	var out pluginRow
 	err := c.st.Tx(ctx, func(tx *sql.Tx) error {
 		p, err := getPlugin(ctx, tx, name)
@@ -271,29 +364,63 @@ func (c *Controller) SetPluginEnabled(ctx context.Context, name string, enabled 
 	return &res, nil
 }
 
-// RemovePlugin uninstalls a plugin; CONFLICT while VMs or deployments use
-// it. Artifacts volantd fetched for it are deleted.
-func (c *Controller) RemovePlugin(ctx context.Context, name string) (*api.Plugin, error) {
+// RemovePlugin uninstalls a plugin (ref <name>: every version) or one
+// version of it (<name>@<version>); CONFLICT while VMs or deployments use
+// what would go, or a rolling update names it. Artifacts volantd fetched
+// for it are deleted. When the default version goes, the version installed
+// last of those left becomes the default.
+func (c *Controller) RemovePlugin(ctx context.Context, ref string) (*api.Plugin, error) {
+	name, version := SplitPluginRef(ref)
 	var out pluginRow
+	whole := version == ""
 	err := c.st.Tx(ctx, func(tx *sql.Tx) error {
-		p, err := getPlugin(ctx, tx, name)
+		p, err := getPlugin(ctx, tx, ref)
 		if err != nil {
 			return err
 		}
 		out = p
-		var vms, deps int
-		if err := tx.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM vms WHERE plugin = ?), (SELECT count(*) FROM deployments WHERE plugin = ?)`, name, name).Scan(&vms, &deps); err != nil {
-			return internal(err, "counting users of plugin %s", name)
+		vs, err := pluginVersions(ctx, tx, name)
+		if err != nil {
+			return internal(err, "listing versions of plugin %s", name)
 		}
-		if vms > 0 || deps > 0 {
-			return apierr.New(apierr.Conflict, "plugin %s is in use by %d VM(s) and %d deployment(s); delete them first", name, vms, deps).
-				With("plugin", name).With("vms", vms).With("deployments", deps)
+		if len(vs) <= 1 {
+			whole = true
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM plugins WHERE name = ?`, name); err != nil {
-			if store.IsConstraint(err) {
-				return apierr.Wrap(apierr.Conflict, err, "plugin "+name+" is in use")
+		// Users of what goes: every version, or the one.
+		q := `SELECT (SELECT count(*) FROM vms WHERE plugin = ?1 AND (?2 OR plugin_version = ?3)),
+			(SELECT count(*) FROM deployments WHERE plugin = ?1 AND (?2 OR plugin_version = ?3)),
+			(SELECT count(*) FROM rollouts WHERE state IN ('progressing', 'rolling_back') AND
+				((from_plugin = ?1 AND (?2 OR from_version = ?3)) OR (to_plugin = ?1 AND (?2 OR to_version = ?3))))`
+		var vms, deps, rolls int
+		if err := tx.QueryRowContext(ctx, q, name, whole, p.Version).Scan(&vms, &deps, &rolls); err != nil {
+			return internal(err, "counting users of plugin %s", ref)
+		}
+		if vms > 0 || deps > 0 || rolls > 0 {
+			what := name
+			if !whole {
+				what = pluginRef(name, p.Version)
 			}
-			return internal(err, "removing plugin %s", name)
+			return apierr.New(apierr.Conflict, "plugin %s is in use by %d VM(s) and %d deployment(s) (%d rolling update(s)); delete them first", what, vms, deps, rolls).
+				With("plugin", name).With("version", version).With("vms", vms).With("deployments", deps).With("rollouts", rolls)
+		}
+		if whole {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM plugins WHERE name = ?`, name); err != nil {
+				if store.IsConstraint(err) {
+					return apierr.Wrap(apierr.Conflict, err, "plugin "+name+" is in use")
+				}
+				return internal(err, "removing plugin %s", name)
+			}
+			_, err = store.AppendEvent(ctx, tx, api.EventPluginRemoved, name, map[string]any{"name": name, "version": p.Version, "versions": vs})
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM plugin_versions WHERE name = ? AND version = ?`, name, p.Version); err != nil {
+			return internal(err, "removing plugin %s", ref)
+		}
+		// The default went: the version installed last of those left.
+		if _, err := tx.ExecContext(ctx, `UPDATE plugins SET (version, runtime, manifest, signed_manifest, signature, signed_by, updated_at) =
+			(SELECT version, runtime, manifest, signed_manifest, signature, signed_by, ?3 FROM plugin_versions WHERE name = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1)
+			WHERE name = ?1 AND version = ?2`, name, p.Version, store.FormatTime(time.Now())); err != nil {
+			return internal(err, "removing plugin %s", ref)
 		}
 		_, err = store.AppendEvent(ctx, tx, api.EventPluginRemoved, name, map[string]any{"name": name, "version": p.Version})
 		return err
@@ -301,8 +428,12 @@ func (c *Controller) RemovePlugin(ctx context.Context, name string) (*api.Plugin
 	if err != nil {
 		return nil, err
 	}
-	if err := os.RemoveAll(c.pluginDir(name)); err != nil {
-		c.log.Warn("removing fetched artifacts", "plugin", name, "err", err)
+	dir := c.pluginDir(name)
+	if !whole {
+		dir = c.pluginVersionDir(name, out.Version)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		c.log.Warn("removing fetched artifacts", "plugin", ref, "err", err)
 	}
 	c.notify()
 	res := out.toAPI()

@@ -37,10 +37,13 @@ const (
 // snapshotMeta is what volantd adds to a snapshot: the plugin and size of
 // the VM it was taken of, which VMs started from it must have.
 type snapshotMeta struct {
-	VM       string `json:"vm"`
-	Plugin   string `json:"plugin"`
-	CPUCores int    `json:"cpu_cores"`
-	MemoryMB int    `json:"memory_mb"`
+	VM     string `json:"vm"`
+	Plugin string `json:"plugin"`
+	// PluginVersion is the version the VM ran (empty in snapshots taken
+	// before versions: the plugin's default one).
+	PluginVersion string `json:"plugin_version,omitempty"`
+	CPUCores      int    `json:"cpu_cores"`
+	MemoryMB      int    `json:"memory_mb"`
 }
 
 // snapshotRef ties a VM to the snapshot it was started from. Restore is
@@ -186,7 +189,7 @@ func (c *Controller) SnapshotVM(ctx context.Context, vm string, req api.CreateSn
 	if err != nil {
 		return nil, fmt.Errorf("snapshotting VM %s: %w", vm, err)
 	}
-	meta := snapshotMeta{VM: vm, Plugin: v.Plugin, CPUCores: v.CPUCores, MemoryMB: v.MemoryMB}
+	meta := snapshotMeta{VM: vm, Plugin: v.Plugin, PluginVersion: v.PluginVersion, CPUCores: v.CPUCores, MemoryMB: v.MemoryMB}
 	b, _ := json.MarshalIndent(meta, "", "  ")
 	if err := writeFileAtomic(filepath.Join(tmp, snapshotMetaName), append(b, '\n'), 0o600); err != nil {
 		os.RemoveAll(tmp)
@@ -317,8 +320,10 @@ func (c *Controller) fromSnapshot(req *api.CreateVMRequest) error {
 		}
 		return nil
 	}
+	plugin, version := SplitPluginRef(req.Plugin)
 	for _, err := range []error{
-		same("plugin", req.Plugin, meta.Plugin, req.Plugin != ""),
+		same("plugin", plugin, meta.Plugin, plugin != ""),
+		same("plugin", version, meta.PluginVersion, version != "" && meta.PluginVersion != ""),
 		same("cpu_cores", req.CPUCores, meta.CPUCores, req.CPUCores != 0),
 		same("memory_mb", req.MemoryMB, meta.MemoryMB, req.MemoryMB != 0),
 	} {
@@ -330,7 +335,7 @@ func (c *Controller) fromSnapshot(req *api.CreateVMRequest) error {
 		return apierr.New(apierr.InvalidInput, "a VM started from a snapshot gets its own copies of the snapshot's volumes; give none").
 			With("field", "volumes")
 	}
-	req.Plugin, req.CPUCores, req.MemoryMB = meta.Plugin, meta.CPUCores, meta.MemoryMB
+	req.Plugin, req.CPUCores, req.MemoryMB = pluginRef(meta.Plugin, meta.PluginVersion), meta.CPUCores, meta.MemoryMB
 	return nil
 }
 

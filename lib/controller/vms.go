@@ -193,7 +193,7 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 	}
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	row := vmRow{
-		Name: req.Name, Plugin: p.Name, Deployment: deployment, State: api.VMStarting, Desired: desireRunning, Step: "lease",
+		Name: req.Name, Plugin: p.Name, PluginVersion: p.Version, Deployment: deployment, State: api.VMStarting, Desired: desireRunning, Step: "lease",
 		CPUCores: req.CPUCores, MemoryMB: req.MemoryMB, CreatedAt: now, UpdatedAt: now, KernelArgs: req.KernelArgs,
 		Labels: req.Labels,
 	}
@@ -256,7 +256,7 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 		if _, err := getVM(ctx, tx, req.Name); err == nil {
 			return vmExists(req.Name)
 		}
-		if _, err := getPlugin(ctx, tx, p.Name); err != nil {
+		if _, err := getPlugin(ctx, tx, row.pluginRef()); err != nil {
 			return err
 		}
 		if bridged {
@@ -282,7 +282,7 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 			return err
 		}
 		res := &api.Resources{CPUCores: row.CPUCores, MemoryMB: row.MemoryMB}
-		return appendVMEvent(ctx, tx, api.EventVMCreated, &row, vmEvent{Plugin: row.Plugin, Deployment: deployment, IP: row.IP, Resources: res})
+		return appendVMEvent(ctx, tx, api.EventVMCreated, &row, vmEvent{Plugin: row.Plugin, PluginVersion: row.PluginVersion, Deployment: deployment, IP: row.IP, Resources: res})
 	})
 	c.netMu.RUnlock()
 	if err != nil {
@@ -321,15 +321,17 @@ func vmExists(name string) error {
 	return apierr.New(apierr.Conflict, "a VM named %s exists already", name).With("vm", name)
 }
 
-// usablePlugin returns an installed, enabled plugin and its manifest; a
-// plugin whose signature does not hold (checkBootSignature) is refused.
-func (c *Controller) usablePlugin(ctx context.Context, name string) (pluginRow, *manifest.Manifest, error) {
+// usablePlugin returns an installed, enabled plugin, in the version ref
+// names (see SplitPluginRef), and its manifest; a plugin whose signature
+// does not hold (checkBootSignature) is refused.
+func (c *Controller) usablePlugin(ctx context.Context, ref string) (pluginRow, *manifest.Manifest, error) {
 	var p pluginRow
 	err := c.st.Read(ctx, func(tx *sql.Tx) error {
 		var err error
-		p, err = getPlugin(ctx, tx, name)
+		p, err = getPlugin(ctx, tx, ref)
 		return err
 	})
+	name := p.Name
 	if err != nil {
 		return p, nil, err
 	}
@@ -439,7 +441,7 @@ func (c *Controller) bridged(ctx context.Context, v vmRow) (bool, error) {
 	var p pluginRow
 	err := c.st.Read(ctx, func(tx *sql.Tx) error {
 		var err error
-		p, err = getPlugin(ctx, tx, v.Plugin)
+		p, err = getPlugin(ctx, tx, v.pluginRef())
 		return err
 	})
 	if err != nil {
@@ -506,7 +508,7 @@ func (c *Controller) stepStage(ctx context.Context, name string) error {
 	var p pluginRow
 	if err := c.st.Read(ctx, func(tx *sql.Tx) error {
 		var err error
-		p, err = getPlugin(ctx, tx, v.Plugin)
+		p, err = getPlugin(ctx, tx, v.pluginRef())
 		return err
 	}); err != nil {
 		return err

@@ -38,6 +38,9 @@ type Backend interface {
 	ListPlugins(ctx context.Context) ([]api.Plugin, error)
 	ListDeployments(ctx context.Context) ([]api.Deployment, error)
 	ScaleDeployment(ctx context.Context, name string, replicas int) (*api.Deployment, error)
+	UpdateDeployment(ctx context.Context, name string, req api.UpdateDeploymentRequest) (*api.Deployment, error)
+	Rollout(ctx context.Context, name string) (*api.Rollout, error)
+	UndoRollout(ctx context.Context, name string) (*api.Rollout, error)
 	VMLogs(ctx context.Context, name string, o api.LogOptions) (io.ReadCloser, error)
 	Exec(ctx context.Context, name string, req api.ExecRequest) (*api.ExecResult, error)
 }
@@ -74,7 +77,7 @@ type (
 	}
 	createVMIn struct {
 		Name     string            `json:"name" jsonschema:"the new VM's name: 1-63 lowercase letters, digits, - and _"`
-		Plugin   string            `json:"plugin" jsonschema:"the installed plugin to boot"`
+		Plugin   string            `json:"plugin" jsonschema:"the installed plugin to boot: NAME (its default, last installed, version) or NAME@VERSION"`
 		CPUCores int               `json:"cpu_cores,omitempty" jsonschema:"vCPUs (default: the plugin's)"`
 		MemoryMB int               `json:"memory_mb,omitempty" jsonschema:"memory in MiB (default: the plugin's)"`
 		Wait     bool              `json:"wait,omitempty" jsonschema:"wait until the VM is running (its health check passed), up to 2 minutes"`
@@ -84,6 +87,16 @@ type (
 	scaleIn struct {
 		Name     string `json:"name" jsonschema:"the deployment's name"`
 		Replicas int    `json:"replicas" jsonschema:"the desired number of replicas"`
+	}
+	updateIn struct {
+		Name           string `json:"name" jsonschema:"the deployment's name"`
+		Plugin         string `json:"plugin" jsonschema:"the plugin version to move the replicas to: NAME@VERSION, or NAME for its default (last installed) version"`
+		MaxSurge       *int   `json:"max_surge,omitempty" jsonschema:"replicas allowed above the count during the update (default 1; 0 with volume templates)"`
+		MaxUnavailable *int   `json:"max_unavailable,omitempty" jsonschema:"replicas of the count allowed to be out of service (default 0, or 1 when max_surge is 0)"`
+		DeadlineMS     int64  `json:"deadline_ms,omitempty" jsonschema:"milliseconds a new replica may take to become healthy before the update rolls back (default 300000)"`
+	}
+	deploymentIn struct {
+		Name string `json:"name" jsonschema:"the deployment's name"`
 	}
 	logsIn struct {
 		Name       string `json:"name" jsonschema:"the VM's name"`
@@ -107,7 +120,8 @@ type (
 
 // NewMCPServer returns the MCP server of the API: tools to list, create,
 // start, stop and delete VMs, read their console logs, list plugins and
-// deployments, scale deployments, and (when b is a VolumeBackend) list,
+// deployments, scale deployments, update them (rolling updates: start,
+// status, undo), and (when b is a VolumeBackend) list,
 // create, resize and delete volumes, and (a SnapshotBackend) snapshot,
 // restore and start VMs from snapshots.
 func NewMCPServer(b Backend, log *slog.Logger) *mcp.Server { return newMCPServer(b, log, nil) }
@@ -279,6 +293,33 @@ func newMCPServer(b Backend, log *slog.Logger, guard *Server) *mcp.Server {
 				return nil, nil, toolErr(err)
 			}
 			return nil, d, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "update_deployment", Description: "Start a rolling update of a deployment to another plugin version: " +
+		"replicas are replaced a batch at a time in the background, each new one healthy before an old one goes (with max_unavailable 0); " +
+		"a new replica not healthy within the deadline rolls the update back. Follow it with rollout_status."},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in updateIn) (*mcp.CallToolResult, any, error) {
+			d, err := b.UpdateDeployment(ctx, in.Name, api.UpdateDeploymentRequest{Plugin: in.Plugin, MaxSurge: in.MaxSurge,
+				MaxUnavailable: in.MaxUnavailable, DeadlineMS: in.DeadlineMS})
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return nil, d, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "rollout_status", Description: "A deployment's latest rolling update: its state (progressing, rolling_back, complete, rolled_back, superseded), versions, and how many replicas run the target version and are healthy.", Annotations: ro},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in deploymentIn) (*mcp.CallToolResult, any, error) {
+			r, err := b.Rollout(ctx, in.Name)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return nil, r, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "undo_rollout", Description: "Roll back a deployment's update under way, or start an update back to the version it ran before its last complete update."},
+		func(ctx context.Context, _ *mcp.CallToolRequest, in deploymentIn) (*mcp.CallToolResult, any, error) {
+			r, err := b.UndoRollout(ctx, in.Name)
+			if err != nil {
+				return nil, nil, toolErr(err)
+			}
+			return nil, r, nil
 		})
 	addVolumeTools(s, b, ro)
 	addSnapshotTools(s, b, ro)

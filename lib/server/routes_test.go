@@ -858,7 +858,7 @@ func TestMethodNotAllowed(t *testing.T) {
 		{"PUT", "/api/v1/vms/web1", "DELETE, GET"},
 		{"PATCH", "/api/v1/vms/web1", "DELETE, GET"},
 		{"PUT", "/api/v1/plugins", "GET, POST"},
-		{"PATCH", "/api/v1/deployments/svc", "DELETE, GET"},
+		{"PUT", "/api/v1/deployments/svc", "DELETE, GET, PATCH"},
 		{"DELETE", "/api/v1/vms", "GET, POST"},
 		{"GET", "/api/v1/vms/web1/start", "POST"},
 		{"POST", "/healthz", "GET"},

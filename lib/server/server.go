@@ -747,6 +747,47 @@ func (s *Server) scaleDeployment(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, d)
 }
 
+func (s *Server) updateDeployment(w http.ResponseWriter, r *http.Request) {
+	var req api.UpdateDeploymentRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	d, err := s.ctl.UpdateDeployment(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) getRollout(w http.ResponseWriter, r *http.Request) {
+	ro, err := s.ctl.Rollout(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ro)
+}
+
+func (s *Server) undoRollout(w http.ResponseWriter, r *http.Request) {
+	ro, err := s.ctl.UndoRollout(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ro)
+}
+
+func (s *Server) listRollouts(w http.ResponseWriter, r *http.Request) {
+	rs, err := s.ctl.RolloutHistory(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.RolloutList{Rollouts: rs})
+}
+
 func (s *Server) deleteDeployment(w http.ResponseWriter, r *http.Request) {
 	d, err := s.ctl.DeleteDeployment(r.Context(), r.PathValue("name"))
 	if err != nil {

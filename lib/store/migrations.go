@@ -28,6 +28,7 @@ func migrations() []migration {
 		{5, "VM workload overrides and labels; daemon settings", schemaV5},
 		{6, "named API tokens with roles, stored hashed", schemaV6},
 		{7, "plugin signatures", schemaV7},
+		{8, "plugin versions side by side; deployment rollouts", schemaV8},
 	}
 }
 
@@ -312,4 +313,57 @@ const schemaV7 = `
 ALTER TABLE plugins ADD COLUMN signed_manifest TEXT;
 ALTER TABLE plugins ADD COLUMN signature TEXT;
 ALTER TABLE plugins ADD COLUMN signed_by TEXT;
+`
+
+// schemaV8: a plugin installed in several versions, and rolling updates.
+//
+//   - plugin_versions: one row per installed version of a plugin, with its
+//     manifest and signature (as schema 7 keeps them). The plugins row stays the plugin's (its enabled flag, its
+//     foreign keys) and copies its default version: the one installed
+//     last, which a bare plugin name means. Existing plugins become their
+//     only version.
+//   - vms.plugin_version, deployments.plugin_version: the version a VM
+//     runs, and the one a deployment's new replicas run. Existing rows get
+//     their plugin's version.
+//   - rollouts: a deployment's rolling updates, numbered by revision, with
+//     their limits and state. The state is progressing or rolling_back
+//     while the update is under way (at most one such row per deployment),
+//     and complete, rolled_back or superseded when it ended. A restarted
+//     volantd continues an update where its VM rows say it is.
+const schemaV8 = `
+CREATE TABLE plugin_versions (
+	name       TEXT NOT NULL REFERENCES plugins(name) ON UPDATE CASCADE ON DELETE CASCADE,
+	version    TEXT NOT NULL,
+	runtime    TEXT NOT NULL,
+	manifest   TEXT NOT NULL CHECK (json_valid(manifest)),
+	created_at TEXT NOT NULL,
+	signed_manifest TEXT,
+	signature       TEXT,
+	signed_by       TEXT,
+	PRIMARY KEY (name, version)
+) STRICT;
+INSERT INTO plugin_versions (name, version, runtime, manifest, created_at, signed_manifest, signature, signed_by)
+	SELECT name, version, runtime, manifest, updated_at, signed_manifest, signature, signed_by FROM plugins;
+ALTER TABLE vms ADD COLUMN plugin_version TEXT NOT NULL DEFAULT '';
+UPDATE vms SET plugin_version = coalesce((SELECT version FROM plugins WHERE plugins.name = vms.plugin), '');
+ALTER TABLE deployments ADD COLUMN plugin_version TEXT NOT NULL DEFAULT '';
+UPDATE deployments SET plugin_version = coalesce((SELECT version FROM plugins WHERE plugins.name = deployments.plugin), '');
+CREATE TABLE rollouts (
+	deployment      TEXT NOT NULL REFERENCES deployments(name) ON UPDATE CASCADE ON DELETE CASCADE,
+	revision        INTEGER NOT NULL CHECK (revision > 0),
+	from_plugin     TEXT NOT NULL,
+	from_version    TEXT NOT NULL,
+	to_plugin       TEXT NOT NULL,
+	to_version      TEXT NOT NULL,
+	max_surge       INTEGER NOT NULL CHECK (max_surge >= 0),
+	max_unavailable INTEGER NOT NULL CHECK (max_unavailable >= 0),
+	deadline_ms     INTEGER NOT NULL CHECK (deadline_ms > 0),
+	state           TEXT NOT NULL CHECK (state IN ('progressing', 'rolling_back', 'complete', 'rolled_back', 'superseded')),
+	reason          TEXT NOT NULL DEFAULT '',
+	started_at      TEXT NOT NULL,
+	updated_at      TEXT NOT NULL,
+	finished_at     TEXT,
+	PRIMARY KEY (deployment, revision)
+) STRICT;
+CREATE UNIQUE INDEX rollouts_active ON rollouts(deployment) WHERE state IN ('progressing', 'rolling_back');
 `

@@ -37,15 +37,20 @@
 // tests of lib/ipam and cmd/volant-ipam kill processes inside transactions to
 // check it.
 //
-// Tables (schema version 3; see migrations.go for the DDL):
+// Tables (schema version 8; see migrations.go for the DDL):
 //
-//	plugins             installed plugin manifests
-//	deployments         desired/current replica counts
+//	plugins             installed plugins, with their default version's manifest
+//	plugin_versions     every installed version of each plugin
+//	deployments         desired/current replica counts, the version new replicas run
+//	rollouts            deployments' rolling updates, by revision
 //	vms                 VMs volantd runs
 //	ip_leases           addresses leased to VM names (lib/ipam)
 //	events              the event log; ids increase and are never reused (SSE resume)
 //	volumes             disk images that outlive VMs (lib/volume)
 //	volume_attachments  which VM uses which volume, where
+//	ports               published host ports (lib/portmap)
+//	settings            the daemon's settings
+//	tokens              the API's named tokens, hashed (lib/auth)
 //
 // Timestamps are stored as TEXT in one fixed-width UTC form (TimeFormat), so
 // they sort as strings and read well in the sqlite3 shell.

@@ -105,11 +105,17 @@ type CommandLine struct {
 	} `command:"snapshots" alias:"snapshot" alias:"snap" description:"Manage snapshots (saved VMs that start without booting)"`
 
 	Deployments struct {
-		Create deploymentCreateCmd `command:"create" description:"Create a deployment: N replicas NAME-1..NAME-N kept running" long-description:"Create a deployment. volantd creates the replicas NAME-1..NAME-N in the background and keeps them running: a crashed replica is recreated."`
-		Scale  deploymentScaleCmd  `command:"scale" description:"Change a deployment's replica count (scale-down removes the highest indexes)"`
-		List   deploymentListCmd   `command:"list" alias:"ls" description:"List deployments"`
-		Show   deploymentShowCmd   `command:"show" description:"Show a deployment"`
-		Delete deploymentDeleteCmd `command:"delete" alias:"rm" description:"Delete a deployment and its VMs"`
+		Create  deploymentCreateCmd `command:"create" description:"Create a deployment: N replicas NAME-1..NAME-N kept running" long-description:"Create a deployment. volantd creates the replicas NAME-1..NAME-N in the background and keeps them running: a crashed replica is recreated."`
+		Scale   deploymentScaleCmd  `command:"scale" description:"Change a deployment's replica count (scale-down removes the highest indexes)"`
+		Update  deploymentUpdateCmd `command:"update" description:"Roll a deployment's replicas to another plugin version, a batch at a time" long-description:"Start a rolling update: volantd replaces the replicas with ones of --plugin (NAME@VERSION, or NAME for its last installed version) in the background. Each pass creates new replicas while there are fewer than the count plus --max-surge, and removes old ones while at least the count minus --max-unavailable stay healthy; so with --max-unavailable 0 (the default) an old replica goes only once a new one is healthy, and it leaves the published ports before it stops. A new replica that is not healthy within --deadline (or crashes) rolls the update back. Follow it with deployments rollout status."`
+		List    deploymentListCmd   `command:"list" alias:"ls" description:"List deployments"`
+		Show    deploymentShowCmd   `command:"show" description:"Show a deployment"`
+		Delete  deploymentDeleteCmd `command:"delete" alias:"rm" description:"Delete a deployment and its VMs"`
+		Rollout struct {
+			Status  rolloutStatusCmd  `command:"status" description:"Show a deployment's latest rolling update and its progress"`
+			Undo    rolloutUndoCmd    `command:"undo" description:"Roll back the update under way, or go back to the version before the last complete update"`
+			History rolloutHistoryCmd `command:"history" description:"List a deployment's rolling updates, newest first"`
+		} `command:"rollout" description:"Follow, undo and list a deployment's rolling updates"`
 	} `command:"deployments" alias:"deployment" alias:"deploy" description:"Manage deployments (replicated VMs)"`
 
 	Volumes struct {
@@ -555,6 +561,37 @@ type deploymentScaleCmd struct {
 
 func (c *deploymentScaleCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 	return s.ScaleDeployment(ctx, string(c.Args.Name), *c.Replicas)
+}
+
+type deploymentUpdateCmd struct {
+	Plugin         PluginName    `long:"plugin" value-name:"PLUGIN[@VERSION]" required:"yes" description:"the plugin version to move the replicas to (NAME: its last installed version)"`
+	MaxSurge       *int          `long:"max-surge" value-name:"N" description:"replicas allowed above the count during the update (default 1; 0 with volume templates)"`
+	MaxUnavailable *int          `long:"max-unavailable" value-name:"N" description:"replicas of the count allowed out of service (default 0, or 1 with --max-surge 0)"`
+	Deadline       time.Duration `long:"deadline" value-name:"DURATION" description:"how long a new replica may take to become healthy before the update rolls back (default 5m)"`
+	Args           deploymentArg `positional-args:"yes" required:"yes"`
+}
+
+func (c *deploymentUpdateCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.UpdateDeployment(ctx, string(c.Args.Name), api.UpdateDeploymentRequest{Plugin: string(c.Plugin),
+		MaxSurge: c.MaxSurge, MaxUnavailable: c.MaxUnavailable, DeadlineMS: c.Deadline.Milliseconds()}, c.Deadline)
+}
+
+type rolloutStatusCmd struct{ deploymentCmd }
+
+func (c *rolloutStatusCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.RolloutStatus(ctx, string(c.Args.Name))
+}
+
+type rolloutUndoCmd struct{ deploymentCmd }
+
+func (c *rolloutUndoCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.UndoRollout(ctx, string(c.Args.Name))
+}
+
+type rolloutHistoryCmd struct{ deploymentCmd }
+
+func (c *rolloutHistoryCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
+	return s.RolloutHistory(ctx, string(c.Args.Name))
 }
 
 type deploymentListCmd struct{}

@@ -605,6 +605,50 @@ func (s *Session) ScaleDeployment(ctx context.Context, name string, replicas int
 	return s.Out.DeploymentAction(d, "scaled")
 }
 
+// UpdateDeployment is `volar deployments update NAME --plugin P[@V]`.
+func (s *Session) UpdateDeployment(ctx context.Context, name string, req api.UpdateDeploymentRequest, deadline time.Duration) error {
+	if deadline < 0 || (deadline > 0 && deadline < time.Millisecond) {
+		return usage("--deadline 5m", "--deadline must be a positive duration")
+	}
+	for flag, n := range map[string]*int{"--max-surge": req.MaxSurge, "--max-unavailable": req.MaxUnavailable} {
+		if n != nil && (*n < 0 || *n > api.MaxReplicas) {
+			return usage(flag+" N", "%s must be between 0 and %d", flag, api.MaxReplicas)
+		}
+	}
+	d, err := s.Client.UpdateDeployment(ctx, name, req)
+	if err != nil {
+		return err
+	}
+	return s.Out.DeploymentAction(d, "updated")
+}
+
+// RolloutStatus is `volar deployments rollout status NAME`.
+func (s *Session) RolloutStatus(ctx context.Context, name string) error {
+	r, err := s.Client.Rollout(ctx, name)
+	if err != nil {
+		return err
+	}
+	return s.Out.Rollout(r)
+}
+
+// UndoRollout is `volar deployments rollout undo NAME`.
+func (s *Session) UndoRollout(ctx context.Context, name string) error {
+	r, err := s.Client.UndoRollout(ctx, name)
+	if err != nil {
+		return err
+	}
+	return s.Out.Rollout(r)
+}
+
+// RolloutHistory is `volar deployments rollout history NAME`.
+func (s *Session) RolloutHistory(ctx context.Context, name string) error {
+	rs, err := s.Client.RolloutHistory(ctx, name)
+	if err != nil {
+		return err
+	}
+	return s.Out.RolloutList(rs)
+}
+
 // ListDeployments is `volar deployments list`.
 func (s *Session) ListDeployments(ctx context.Context) error {
 	ds, err := s.Client.ListDeployments(ctx)

@@ -366,6 +366,14 @@ func bootMode(raw json.RawMessage) string {
 	return ""
 }
 
+// versionsLine lists a plugin's versions when it has more than one.
+func versionsLine(vs []string) string {
+	if len(vs) < 2 {
+		return ""
+	}
+	return strings.Join(vs, ", ") + " (the last is the default)"
+}
+
 // Plugin prints one plugin in full ("plugins show").
 func (o *Output) Plugin(p *api.Plugin) error {
 	switch {
@@ -377,6 +385,7 @@ func (o *Output) Plugin(p *api.Plugin) error {
 	kv := [][2]string{
 		{"Name", p.Name},
 		{"Version", p.Version},
+		{"Versions", versionsLine(p.Versions)},
 		{"Runtime", p.Runtime},
 		{"Enabled", enabled(p.Enabled)},
 		{"Installed", o.timestamp(p.CreatedAt)},
@@ -499,8 +508,9 @@ func (o *Output) Deployment(d *api.Deployment) error {
 	}
 	return o.fields([][2]string{
 		{"Name", d.Name},
-		{"Plugin", d.Plugin},
+		{"Plugin", pluginVersion(d.Plugin, d.PluginVersion)},
 		{"Replicas", fmt.Sprintf("%d desired, %d running", d.Replicas, d.Current)},
+		{"Update", rolloutLine(d.Rollout)},
 		{"CPUs", itoa(d.Resources.CPUCores)},
 		{"Memory", mib(d.Resources.MemoryMB)},
 		{"Volumes", strings.Join(tmpl, ", ")},
@@ -525,7 +535,87 @@ func (o *Output) DeploymentAction(d *api.Deployment, verb string) error {
 	if verb == "deleted" {
 		return o.line("Deployment %s deleted", d.Name)
 	}
-	return o.line("Deployment %s %s: %d %s of plugin %s", d.Name, verb, d.Replicas, plural(d.Replicas, "replica"), d.Plugin)
+	if verb == "updated" {
+		if r := d.Rollout; r != nil && r.State.Active() {
+			return o.line("Deployment %s: update %d from %s to %s under way (max surge %d, max unavailable %d, deadline %s)", d.Name, r.Revision,
+				r.From, r.To, r.MaxSurge, r.MaxUnavailable, time.Duration(r.DeadlineMS)*time.Millisecond)
+		}
+		return o.line("Deployment %s runs %s already", d.Name, pluginVersion(d.Plugin, d.PluginVersion))
+	}
+	return o.line("Deployment %s %s: %d %s of plugin %s", d.Name, verb, d.Replicas, plural(d.Replicas, "replica"), pluginVersion(d.Plugin, d.PluginVersion))
+}
+
+// pluginVersion is NAME@VERSION, or NAME when the version is unknown.
+func pluginVersion(name, version string) string {
+	if version == "" {
+		return name
+	}
+	return name + "@" + version
+}
+
+// rolloutLine says where an update is.
+func rolloutLine(r *api.Rollout) string {
+	if r == nil {
+		return ""
+	}
+	s := fmt.Sprintf("%d %s, %s → %s", r.Revision, r.State, r.From, r.To)
+	if p := r.Progress; p != nil && r.State.Active() {
+		s += fmt.Sprintf(" (%d of %d at %s, %d ready; %d old)", p.Updated, p.Replicas, p.Target, p.Ready, p.Old)
+	}
+	return s
+}
+
+// Rollout prints a deployment's latest update.
+func (o *Output) Rollout(r *api.Rollout) error {
+	switch {
+	case o.Quiet:
+		return o.names(r.Deployment)
+	case o.Format == JSON:
+		return o.JSONValue(r)
+	}
+	kv := [][2]string{
+		{"Deployment", r.Deployment},
+		{"Revision", itoa(r.Revision)},
+		{"State", string(r.State)},
+		{"From", r.From},
+		{"To", r.To},
+		{"Max surge", strconv.Itoa(r.MaxSurge)},
+		{"Max unavailable", strconv.Itoa(r.MaxUnavailable)},
+		{"Deadline", (time.Duration(r.DeadlineMS) * time.Millisecond).String()},
+		{"Reason", r.Reason},
+	}
+	if p := r.Progress; p != nil {
+		kv = append(kv, [2]string{"Replicas", fmt.Sprintf("%d desired; %d at %s, %d of them ready; %d old; %d healthy in all",
+			p.Replicas, p.Updated, p.Target, p.Ready, p.Old, p.Healthy)})
+	}
+	kv = append(kv, [2]string{"Started", o.timestamp(r.StartedAt)})
+	if r.FinishedAt != nil {
+		kv = append(kv, [2]string{"Finished", o.timestamp(*r.FinishedAt)})
+	}
+	return o.fields(kv)
+}
+
+// RolloutList prints a deployment's updates.
+func (o *Output) RolloutList(rs []api.Rollout) error {
+	if rs == nil {
+		rs = []api.Rollout{}
+	}
+	switch {
+	case o.Quiet:
+		for _, r := range rs {
+			if err := o.names(strconv.Itoa(r.Revision)); err != nil {
+				return err
+			}
+		}
+		return nil
+	case o.Format == JSON:
+		return o.JSONValue(api.RolloutList{Rollouts: rs})
+	}
+	rows := make([][]string, 0, len(rs))
+	for _, r := range rs {
+		rows = append(rows, []string{strconv.Itoa(r.Revision), r.From, r.To, string(r.State), o.timestamp(r.StartedAt), r.Reason})
+	}
+	return o.table([]string{"REVISION", "FROM", "TO", "STATE", "STARTED", "REASON"}, rows)
 }
 
 func plural(n int, word string) string {
