@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -470,5 +471,65 @@ func TestCloseCheckpointsAndKeepsWALFiles(t *testing.T) {
 	evs, err := c.EventsSince(ctx, 0, 0)
 	if err != nil || len(evs) != 20 {
 		t.Fatalf("copy of the database file alone: %d events, %v", len(evs), err)
+	}
+}
+
+// TestSchemaV6KeepsPluginsAndVMs: a database of schema 5 with a plugin, a
+// deployment and a VM of it migrates to plugin versions: the plugin is its
+// only version, the VM and the deployment run it, and nothing is lost.
+func TestSchemaV6KeepsPluginsAndVMs(t *testing.T) {
+	ctx := context.Background()
+	s := &Store{path: filepath.Join(t.TempDir(), "volant.db"), busyTimeout: DefaultBusyTimeout, log: slog.New(slog.DiscardHandler), maxAge: maxGroupAge}
+	s.w = sql.OpenDB(s.connector("immediate", false))
+	s.w.SetMaxOpenConns(1)
+	s.r = sql.OpenDB(s.connector("deferred", true))
+	t.Cleanup(func() { s.Close() })
+	if err := s.migrate(ctx, migrations()[:5]); err != nil {
+		t.Fatal(err)
+	}
+	now := FormatTime(time.Now())
+	err := s.Tx(ctx, func(tx *sql.Tx) error {
+		for _, q := range []string{
+			`INSERT INTO plugins (name, version, runtime, manifest, enabled, created_at, updated_at) VALUES ('web', '1.2', 'web', '{"name":"web"}', 1, ?1, ?1)`,
+			`INSERT INTO deployments (name, plugin, replicas, current, config, created_at, updated_at) VALUES ('svc', 'web', 1, 1, NULL, ?1, ?1)`,
+			`INSERT INTO vms (id, plugin, deployment, state, cpu_cores, memory_mb, created_at, updated_at) VALUES ('svc-1', 'web', 'svc', 'running', 1, 128, ?1, ?1)`,
+		} {
+			if _, err := tx.Exec(q, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.migrate(ctx, migrations()); err != nil {
+		t.Fatal(err)
+	}
+	var versions, vmVersion, depVersion, manifest string
+	err = s.Read(ctx, func(tx *sql.Tx) error {
+		if err := tx.QueryRow(`SELECT group_concat(version), min(manifest) FROM plugin_versions WHERE name = 'web'`).Scan(&versions, &manifest); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(`SELECT plugin_version FROM vms WHERE id = 'svc-1'`).Scan(&vmVersion); err != nil {
+			return err
+		}
+		return tx.QueryRow(`SELECT plugin_version FROM deployments WHERE name = 'svc'`).Scan(&depVersion)
+	})
+	if err != nil || versions != "1.2" || manifest != `{"name":"web"}` || vmVersion != "1.2" || depVersion != "1.2" {
+		t.Fatalf("after the migration: versions %q manifest %q, the VM runs %q, the deployment %q (%v)", versions, manifest, vmVersion, depVersion, err)
+	}
+	// One update under way per deployment.
+	err = s.Tx(ctx, func(tx *sql.Tx) error {
+		q := `INSERT INTO rollouts (deployment, revision, from_plugin, from_version, to_plugin, to_version, max_surge, max_unavailable,
+			deadline_ms, state, started_at, updated_at) VALUES ('svc', ?, 'web', '1.2', 'web', '1.3', 1, 0, 1000, 'progressing', ?, ?)`
+		if _, err := tx.Exec(q, 1, now, now); err != nil {
+			return err
+		}
+		_, err := tx.Exec(q, 2, now, now)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "UNIQUE") {
+		t.Fatalf("two updates under way: %v", err)
 	}
 }
