@@ -474,17 +474,17 @@ func TestCloseCheckpointsAndKeepsWALFiles(t *testing.T) {
 	}
 }
 
-// TestSchemaV7KeepsPluginsAndVMs: a database of schema 6 with a plugin, a
+// TestSchemaV8KeepsPluginsAndVMs: a database of schema 7 with a plugin, a
 // deployment and a VM of it migrates to plugin versions: the plugin is its
 // only version, the VM and the deployment run it, and nothing is lost.
-func TestSchemaV7KeepsPluginsAndVMs(t *testing.T) {
+func TestSchemaV8KeepsPluginsAndVMs(t *testing.T) {
 	ctx := context.Background()
 	s := &Store{path: filepath.Join(t.TempDir(), "volant.db"), busyTimeout: DefaultBusyTimeout, log: slog.New(slog.DiscardHandler), maxAge: maxGroupAge}
 	s.w = sql.OpenDB(s.connector("immediate", false))
 	s.w.SetMaxOpenConns(1)
 	s.r = sql.OpenDB(s.connector("deferred", true))
 	t.Cleanup(func() { s.Close() })
-	if err := s.migrate(ctx, migrations()[:6]); err != nil {
+	if err := s.migrate(ctx, migrations()[:7]); err != nil {
 		t.Fatal(err)
 	}
 	now := FormatTime(time.Now())
