@@ -91,9 +91,11 @@ func mcpDaemon(t *testing.T) (*httptest.Server, *client.Client) {
 	art := filepath.Join(dir, "plugins", "web.cpio")
 	os.MkdirAll(filepath.Dir(art), 0o755)
 	os.WriteFile(art, []byte("web"), 0o644)
-	m := `{"name":"web","version":"1","initramfs":{"url":"` + art + `"},"workload":{"entrypoint":["/app"]}}`
-	if _, err := c.InstallPlugin(ctx, []byte(m), client.InstallOptions{}); err != nil {
-		t.Fatal(err)
+	for _, v := range []string{"2", "1"} { // 1, installed last, is the default
+		m := `{"name":"web","version":"` + v + `","initramfs":{"url":"` + art + `"},"workload":{"entrypoint":["/app"]}}`
+		if _, err := c.InstallPlugin(ctx, []byte(m), client.InstallOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := c.CreateDeployment(ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "web", Replicas: 1}); err != nil {
 		t.Fatal(err)

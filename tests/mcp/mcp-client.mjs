@@ -83,6 +83,18 @@ check(!res.isError && structured(res).state === "stopped", "stop_vm stops it", r
 res = await client.callTool({ name: "scale_deployment", arguments: { name: "svc", replicas: 2 } });
 check(!res.isError && structured(res).replicas === 2, "scale_deployment sets replicas", res);
 
+// A rolling update to web@2 (the fakes never turn healthy, so it stays
+// under way), its status, and undo turning it around.
+for (const want of ["rollout_status", "undo_rollout", "update_deployment"]) {
+  check(names.includes(want), `tools/list has ${want}`, names);
+}
+res = await client.callTool({ name: "update_deployment", arguments: { name: "svc", plugin: "web@2" } });
+check(!res.isError && structured(res).plugin_version === "2" && structured(res).rollout?.state === "progressing", "update_deployment starts an update to web@2", res);
+res = await client.callTool({ name: "rollout_status", arguments: { name: "svc" } });
+check(!res.isError && structured(res).to === "web@2" && structured(res).from === "web@1", "rollout_status shows it", res);
+res = await client.callTool({ name: "undo_rollout", arguments: { name: "svc" } });
+check(!res.isError && structured(res).state === "rolling_back" && structured(res).reason === "undone", "undo_rollout rolls it back", res);
+
 res = await client.callTool({ name: "delete_vm", arguments: { name: vm } });
 check(!res.isError && structured(res).state === "deleted", "delete_vm deletes it", res);
 
