@@ -43,6 +43,9 @@
 // restart it (by its exit code), Failed when the VM crashes or fails to
 // start. podIP is the VM's address, hostIP the node's.
 //
+// Events on the pod: Building, Built or BuildFailed (the image's plugin),
+// Created or Failed (the VM), Unhealthy (a failed probe).
+//
 // Logs are the workload's (GET /api/v1/vms/{name}/logs?stream=workload);
 // exec is the guest-access API's interactive exec (with a TTY when asked).
 // See docs/kubernetes.md.

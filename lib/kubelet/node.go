@@ -17,6 +17,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/buildinfo"
@@ -100,10 +103,16 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 	// The node is NotReady, with no room for pods, until volantd's
 	// subnet is its podCIDR; then this reports it Ready.
 	status := vknode.NewNaiveNodeProvider()
+	// Pod events (virtual-kubelet's and the provider's) go to the API
+	// server through one broadcaster.
+	eb := record.NewBroadcaster()
+	defer eb.Shutdown()
+	eb.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cfg.Kube.CoreV1().Events("")})
+	events := eb.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "volant-kubelet", Host: cfg.Name})
 	mux := http.NewServeMux()
 	n, err := nodeutil.NewNode(cfg.Name, func(pc nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
 		prov = NewProvider(ProviderConfig{Node: cfg.Name, NodeIP: cfg.NodeIP, Volant: cfg.Volant, ConfigMaps: pc.ConfigMaps,
-			Secrets: pc.Secrets, Interval: cfg.StatusInterval, Insecure: cfg.Insecure, NetworkReady: netReady, Logger: cfg.Logger})
+			Secrets: pc.Secrets, Interval: cfg.StatusInterval, Insecure: cfg.Insecure, NetworkReady: netReady, Events: events, Logger: cfg.Logger})
 		return prov, status, nil
 	},
 		nodeutil.WithClient(cfg.Kube),
@@ -111,6 +120,7 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 			nc.HTTPListenAddr = ":" + strconv.Itoa(cfg.Port)
 			nc.InformerResyncPeriod = time.Minute
 			nc.NumWorkers = max(runtime.NumCPU(), 4)
+			nc.EventRecorder = events
 			ApplyNodeSpec(&nc.NodeSpec, cfg)
 			spec = &nc.NodeSpec
 			return nil

@@ -95,6 +95,7 @@ func (p *Provider) probeLoop(ctx context.Context, k string, e *podEntry, pr *cor
 		if liveness {
 			r = &e.liveness
 		}
+		pod := e.pod
 		if err == nil {
 			r.oks, r.fails = r.oks+1, 0
 			if !r.ok && int32(r.oks) >= okAt {
@@ -113,6 +114,13 @@ func (p *Provider) probeLoop(ctx context.Context, k string, e *podEntry, pr *cor
 			}
 		}
 		p.mu.Unlock()
+		if err != nil {
+			kind := "Readiness"
+			if liveness {
+				kind = "Liveness"
+			}
+			p.event(pod, corev1.EventTypeWarning, "Unhealthy", "%s probe failed: %v", kind, err)
+		}
 		p.poke()
 		if restart {
 			p.log.Info("liveness probe failed; restarting the pod's VM", "pod", k, "vm", v.Name, "err", err)

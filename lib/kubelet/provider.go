@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"k8s.io/client-go/tools/record"
 	"log/slog"
 	"sync"
 	"time"
@@ -37,7 +38,10 @@ type ProviderConfig struct {
 	// NetworkReady, when set, is closed once volantd's guest subnet is the
 	// node's podCIDR: no VM is created before (images are built meanwhile).
 	NetworkReady <-chan struct{}
-	Logger       *slog.Logger
+	// Events records the pod's events: the image build, the VM's create,
+	// probe failures (nil: none).
+	Events record.EventRecorder
+	Logger *slog.Logger
 }
 
 // Provider is the virtual-kubelet provider (nodeutil.Provider and
@@ -181,9 +185,16 @@ func (p *Provider) startOnce(ctx context.Context, e *podEntry) error {
 	pod := e.pod.DeepCopy()
 	p.mu.Unlock()
 	c := pod.Spec.Containers[0]
-	plugin, _, err := p.cfg.Volant.InstallImage(ctx, api.InstallImageRequest{Image: c.Image, Pull: pullPolicy(c.ImagePullPolicy), Insecure: p.cfg.Insecure})
+	p.event(pod, corev1.EventTypeNormal, "Building", "building a plugin from image %s", c.Image)
+	plugin, built, err := p.cfg.Volant.InstallImage(ctx, api.InstallImageRequest{Image: c.Image, Pull: pullPolicy(c.ImagePullPolicy), Insecure: p.cfg.Insecure})
 	if err != nil {
+		p.event(pod, corev1.EventTypeWarning, "BuildFailed", "building a plugin from image %s: %v", c.Image, err)
 		return fmt.Errorf("building the plugin of image %s: %w", c.Image, err)
+	}
+	if built {
+		p.event(pod, corev1.EventTypeNormal, "Built", "plugin %s built from image %s", plugin.Name, c.Image)
+	} else {
+		p.event(pod, corev1.EventTypeNormal, "Built", "plugin %s of image %s already built", plugin.Name, c.Image)
 	}
 	req, err := vmRequest(pod, p.cfg.Node, plugin.Name, sources{p.cfg.ConfigMaps, p.cfg.Secrets})
 	if err != nil {
@@ -206,12 +217,21 @@ func (p *Provider) startOnce(ctx context.Context, e *podEntry) error {
 		}
 	}
 	if err != nil {
+		p.event(pod, corev1.EventTypeWarning, "Failed", "creating VM %s: %v", req.Name, err)
 		return fmt.Errorf("creating VM %s: %w", req.Name, err)
 	}
+	p.event(pod, corev1.EventTypeNormal, "Created", "VM %s created, address %s; booting", vm.Name, vm.IP)
 	p.mu.Lock()
 	e.vmState, e.vmAt = vm, p.now()
 	p.mu.Unlock()
 	return nil
+}
+
+// event records an event on pod when the provider has a recorder.
+func (p *Provider) event(pod *corev1.Pod, typ, reason, format string, args ...any) {
+	if p.cfg.Events != nil {
+		p.cfg.Events.Eventf(pod, typ, reason, format, args...)
+	}
 }
 
 func isUnsupported(err error) bool {

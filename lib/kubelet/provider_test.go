@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/tools/record"
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/volantvm/volant/lib/agentapi"
@@ -434,4 +435,49 @@ func TestNoVMBeforeTheNetwork(t *testing.T) {
 	}
 	close(ready)
 	eventually(t, p, "the VM", func() bool { _, c, _, _ := f.counts(); return c == 1 })
+}
+
+// TestPodEvents: the image build, the VM's create, a failed build and a
+// failing readiness probe are events on the pod.
+func TestPodEvents(t *testing.T) {
+	f := newFake()
+	rec := record.NewFakeRecorder(100)
+	p := NewProvider(ProviderConfig{Node: "vol1", NodeIP: "10.0.0.1", Volant: f, Interval: time.Hour, Events: rec})
+	p.NotifyPods(context.Background(), (&recorder{}).add)
+	if err := p.CreatePod(context.Background(), testPod("web-1")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, p, "the VM", func() bool { _, c, _, _ := f.counts(); return c == 1 })
+	want := []string{"Normal Building building a plugin from image oci:/images:web",
+		"Normal Built plugin oci--images-web built from image oci:/images:web",
+		"Normal Created VM " + VMName(testPod("web-1")) + " created, address 10.244.1.100; booting"}
+	for _, w := range want {
+		select {
+		case got := <-rec.Events:
+			if got != w {
+				t.Fatalf("event %q, want %q", got, w)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no event %q", w)
+		}
+	}
+	f.mu.Lock()
+	f.buildErr = errors.New("no such image")
+	f.mu.Unlock()
+	pod2 := testPod("web-2")
+	pod2.UID = "another-uid"
+	if err := p.CreatePod(context.Background(), pod2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case got := <-rec.Events:
+			if strings.HasPrefix(got, "Warning BuildFailed building a plugin from image oci:/images:web: no such image") {
+				return
+			}
+		case <-deadline:
+			t.Fatal("no BuildFailed event")
+		}
+	}
 }

@@ -20,7 +20,8 @@
 # (host-gw); a Deployment of 4 replicas that tolerates the taint becomes
 # available over both nodes (httpGet readiness probe, env from a
 # ConfigMap, a Secret volume), each pod a VM whose IP, from its node's
-# podCIDR, is its pod IP and serves the page; a pod on host A fetches the
+# podCIDR, is its pod IP and serves the page; volant-kubelet's Built and
+# Created events are on the pods; a pod on host A fetches the
 # page of a pod on host B; the Service's EndpointSlice lists the 4 pod IPs;
 # `kubectl logs` shows the workload's output; `kubectl exec` runs in the
 # guest (/etc/hostname, the Secret's file, the ConfigMap's env, the exit
@@ -306,6 +307,11 @@ for n in vol-a vol-b; do
       vl_fail "no running VM on $n has pod IP $ip: $vms"
   done
 done
+# Events on a pod: the image build and the VM's create, from volant-kubelet.
+p1=$(jq -r '.items[0].metadata.name' <<<"$pods")
+ev() { k get events --field-selector involvedObject.name="$p1" -o json | jq -e '[.items[] | select(.source.component == "volant-kubelet") | .reason] as $r |
+  ($r | index("Built")) != null and ($r | index("Created")) != null' >/dev/null; }
+vl_wait 20 ev || vl_fail "events of $p1: $(k get events --field-selector involvedObject.name="$p1" -o json | jq -c '[.items[] | {reason, source}]')"
 vl_log "spread: vol-a $(jq length <<<"$vms_a"), vol-b $(jq length <<<"$vms_b")"
 for ip in "${ips[@]}"; do
   page=$(vl_get "http://$ip:8080/") || vl_fail "GET $ip from host A"
