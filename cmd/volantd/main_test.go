@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -349,9 +350,17 @@ func TestSocketActivation(t *testing.T) {
 		}
 	}()
 	waitPath(t, sock)
-	// The first connection starts volantd, which then serves the passed socket.
+	// The first connection starts volantd, which then serves the passed
+	// socket. The path exists once systemd-socket-activate has bound it,
+	// a moment before it listens: until then a connect is refused.
 	c, _ := client.New(sock, client.Options{Timeout: 30 * time.Second})
-	h, err := c.Health(context.Background())
+	var h *api.Health
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		h, err = c.Health(context.Background())
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil || !h.Ready {
 		t.Fatalf("health over the activated socket: %+v %v", h, err)
 	}

@@ -73,7 +73,15 @@ func TestDeliversInOrderAndRetries(t *testing.T) {
 	if got[0] != "unknown" || got[1] != "healthy" || got[2] != "unhealthy" {
 		t.Fatalf("order %v", got)
 	}
-	if sent, dropped := r.Stats(); sent != 3 || dropped != 0 {
+	// The server saw the third report before the reporter read its
+	// answer and counted it: wait for the count, not a moment.
+	var sent, dropped int
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if sent, dropped = r.Stats(); sent == 3 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if sent != 3 || dropped != 0 {
 		t.Fatalf("stats %d %d", sent, dropped)
 	}
 }
