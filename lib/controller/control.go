@@ -19,18 +19,11 @@ import (
 // replaced by its deployment. Pausing a paused VM returns it as it is;
 // CONFLICT when the VM does not run.
 func (c *Controller) PauseVM(ctx context.Context, name string) (*api.VM, error) {
-	if err := checkName("VM name", name); err != nil {
-		return nil, err
-	}
-	unlock, err := c.locks.lock(ctx, name)
+	v, unlock, err := c.lockedVM(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := c.readVM(ctx, name)
-	if err != nil {
-		return nil, err
-	}
 	if v.State == api.VMPaused {
 		return c.VM(ctx, name)
 	}
@@ -56,18 +49,11 @@ func (c *Controller) PauseVM(ctx context.Context, name string) (*api.VM, error) 
 // had passed its health check, else starting; health polling goes on.
 // Resuming a VM that runs returns it as it is; CONFLICT when it does not.
 func (c *Controller) ResumeVM(ctx context.Context, name string) (*api.VM, error) {
-	if err := checkName("VM name", name); err != nil {
-		return nil, err
-	}
-	unlock, err := c.locks.lock(ctx, name)
+	v, unlock, err := c.lockedVM(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := c.readVM(ctx, name)
-	if err != nil {
-		return nil, err
-	}
 	if v.State == api.VMRunning || v.State == api.VMStarting {
 		return c.VM(ctx, name)
 	}
@@ -91,6 +77,23 @@ func (c *Controller) ResumeVM(ctx context.Context, name string) (*api.VM, error)
 	return c.VM(ctx, name)
 }
 
+// lockedVM starts a verb that changes one VM: it checks the name, takes
+// the VM's lock and reads its row. The caller calls unlock when done.
+func (c *Controller) lockedVM(ctx context.Context, name string) (v vmRow, unlock func(), err error) {
+	if err := checkName("VM name", name); err != nil {
+		return vmRow{}, nil, err
+	}
+	unlock, err = c.locks.lock(ctx, name)
+	if err != nil {
+		return vmRow{}, nil, err
+	}
+	if v, err = c.readVM(ctx, name); err != nil {
+		unlock()
+		return vmRow{}, nil, err
+	}
+	return v, unlock, nil
+}
+
 func notRunning(name string, v vmRow) error {
 	return apierr.New(apierr.Conflict, "VM %s is %s, not running", name, v.State).
 		With("vm", name).With("state", string(v.State))
@@ -111,18 +114,11 @@ func (c *Controller) VMCounters(ctx context.Context, name string) (*launch.Count
 // control runs op on a VM that runs, under the VM's lock (no stop or
 // delete in between).
 func (c *Controller) control(ctx context.Context, name string, op func(context.Context, string) (*launch.Status, error)) (*launch.Status, error) {
-	if err := checkName("VM name", name); err != nil {
-		return nil, err
-	}
-	unlock, err := c.locks.lock(ctx, name)
+	v, unlock, err := c.lockedVM(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := c.readVM(ctx, name)
-	if err != nil {
-		return nil, err
-	}
 	if v.State != api.VMRunning && v.State != api.VMStarting && v.State != api.VMPaused {
 		return nil, notRunning(name, v)
 	}

@@ -412,21 +412,14 @@ func (c *Controller) settleRestore(ctx context.Context, name string) {
 // since; a snapshot of this VM does), and no other VM may hold one it
 // writes (VOLUME_IN_USE). Its read-only volumes are left as they are.
 func (c *Controller) RestoreVM(ctx context.Context, name string, req api.RestoreVMRequest) (*api.VM, error) {
-	if err := checkName("VM name", name); err != nil {
-		return nil, err
-	}
 	if req.Snapshot == "" {
 		return nil, apierr.New(apierr.InvalidInput, "snapshot is required").With("field", "snapshot")
 	}
-	unlock, err := c.locks.lock(ctx, name)
+	v, unlock, err := c.lockedVM(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := c.readVM(ctx, name)
-	if err != nil {
-		return nil, err
-	}
 	if v.Desired == desireDeleted {
 		return nil, apierr.New(apierr.Conflict, "VM %s is being deleted", name).With("vm", name)
 	}
