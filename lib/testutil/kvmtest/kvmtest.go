@@ -116,8 +116,7 @@ func Wrap(t testing.TB) (prefix []string, files []*os.File) {
 // serve waits until the wrapper has mounted the connection (go-fuse reads
 // the kernel's INIT request at once, and a read before the mount fails),
 // then serves it. Serve returns once the last process of the namespace has
-// gone (the kernel ends the connection with the mount); dev stays open until
-// then, so its number is never reused under the server.
+// gone (the kernel ends the connection with the mount).
 func serve(dev *os.File, done <-chan struct{}) {
 	defer dev.Close()
 	for {
@@ -136,8 +135,16 @@ func serve(dev *os.File, done <-chan struct{}) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// "/dev/fd/N" tells go-fuse that another process mounted the
-	// connection (the wrapper, with fd=3).
-	srv, err := fuse.NewServer(fs.NewNodeFS(&dir{}, &fs.Options{}), fmt.Sprintf("/dev/fd/%d", dev.Fd()),
+	// connection (the wrapper, with fd=3). go-fuse closes the fd it is
+	// given when Serve returns, so it gets a duplicate of its own: with
+	// dev's number it closed dev's fd under dev, whose Close then closed
+	// whatever had taken the number since (a TempDir cleanup's directory:
+	// "unlinkat: bad file descriptor").
+	fd, err := unix.Dup(int(dev.Fd()))
+	if err != nil {
+		return
+	}
+	srv, err := fuse.NewServer(fs.NewNodeFS(&dir{}, &fs.Options{}), fmt.Sprintf("/dev/fd/%d", fd),
 		&fuse.MountOptions{FsName: wrapperScriptLabel, Name: wrapperScriptLabel})
 	if err != nil {
 		return // the wrapped command sees a dead /dev/kvm and says so
