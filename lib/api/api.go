@@ -438,7 +438,8 @@ type Deployment struct {
 	// across the replicas in Endpoints.
 	Ports []portmap.Mapping `json:"ports,omitempty"`
 	// Endpoints are the replicas that receive the published ports'
-	// connections: those running and healthy, in index order.
+	// connections, in index order: those the host's rules send them to,
+	// which are the running and healthy ones once a change is applied.
 	Endpoints []string `json:"endpoints,omitempty"`
 	// FromSnapshot is the snapshot replicas start from.
 	FromSnapshot string `json:"from_snapshot,omitempty"`

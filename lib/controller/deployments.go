@@ -128,7 +128,7 @@ func (c *Controller) deploymentAPI(ctx context.Context, q querier, d deploymentR
 	if out.Rollout, err = c.rolloutAPI(ctx, q, d); err != nil {
 		return out, err
 	}
-	return out, deploymentPorts(ctx, q, &out, vms)
+	return out, c.deploymentPorts(ctx, q, &out, vms)
 }
 
 // ListDeployments returns the deployments by name.

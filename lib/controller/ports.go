@@ -49,6 +49,32 @@ type portSync struct {
 	// applied is what the kernel was last made to hold, by owner.
 	applied map[hostnet.PortOwner]string
 	synced  time.Time
+
+	// routed is, by owner, the backends the kernel was last made to send
+	// connections to: a deployment's Endpoints. It has a lock of its own
+	// since readers hold a database transaction and syncPorts reads the
+	// database under mu.
+	routedMu sync.Mutex
+	routed   map[hostnet.PortOwner][]string
+}
+
+func (p *portSync) setRouted(o hostnet.PortOwner, backends []string) {
+	p.routedMu.Lock()
+	defer p.routedMu.Unlock()
+	if p.routed == nil {
+		p.routed = map[hostnet.PortOwner][]string{}
+	}
+	if backends == nil {
+		delete(p.routed, o)
+		return
+	}
+	p.routed[o] = backends
+}
+
+func (p *portSync) routes(o hostnet.PortOwner, ip string) bool {
+	p.routedMu.Lock()
+	defer p.routedMu.Unlock()
+	return ip != "" && slices.Contains(p.routed[o], ip)
 }
 
 type portRow struct {
@@ -260,6 +286,7 @@ func (c *Controller) syncPorts(ctx context.Context, full, gc bool) error {
 			continue
 		}
 		c.ports.applied[o] = key
+		c.ports.setRouted(o, slices.Clone(set.Backends))
 	}
 	for o := range c.ports.applied {
 		if _, ok := want[o]; ok {
@@ -270,6 +297,7 @@ func (c *Controller) syncPorts(ctx context.Context, full, gc bool) error {
 			continue
 		}
 		delete(c.ports.applied, o)
+		c.ports.setRouted(o, nil)
 	}
 	if gc {
 		keep := make([]hostnet.PortOwner, 0, len(want))
@@ -340,8 +368,10 @@ func attachVMPorts(ctx context.Context, q querier, vms []api.VM) error {
 	return nil
 }
 
-// deploymentPorts fills a deployment's Ports and Endpoints.
-func deploymentPorts(ctx context.Context, q querier, d *api.Deployment, vms []vmRow) error {
+// deploymentPorts fills a deployment's Ports and Endpoints: the replicas
+// the kernel's rules send connections to, which follow the database's
+// running and healthy replicas once syncPorts has written them.
+func (c *Controller) deploymentPorts(ctx context.Context, q querier, d *api.Deployment, vms []vmRow) error {
 	rows, err := readPortRows(ctx, q, "deployment", d.Name)
 	if err != nil {
 		return err
@@ -351,8 +381,9 @@ func deploymentPorts(ctx context.Context, q querier, d *api.Deployment, vms []vm
 		return nil
 	}
 	d.Endpoints = []string{}
+	o := hostnet.DeploymentPorts(d.Name)
 	for _, v := range vms {
-		if isEndpoint(v) {
+		if c.ports.routes(o, v.IP) {
 			d.Endpoints = append(d.Endpoints, v.Name)
 		}
 	}

@@ -138,6 +138,32 @@ func TestPublishedPorts(t *testing.T) {
 	}
 	eventuallyPublished(t, f.nw, hostnet.DeploymentPorts("svc"), ips["svc-1"].String(), ips["svc-2"].String(), ips["svc-3"].String())
 
+	// Endpoints say where the kernel sends connections: while the rules
+	// that drop an unhealthy replica are still being written, it is still
+	// an endpoint (a client that waits for the set to change and then
+	// sends requests must not reach it).
+	release := f.nw.HoldPorts()
+	if err := c.Report(f.ctx, "svc-3", sick3(), netip.Addr{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(f.nw.Held()) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no rules were written after svc-3 turned unhealthy")
+		}
+	}
+	if d, _ := c.Deployment(f.ctx, "svc"); strings.Join(d.Endpoints, ",") != "svc-1,svc-2,svc-3" {
+		t.Errorf("endpoints while the rules dropping svc-3 are being written: %v", d.Endpoints)
+	}
+	release()
+	eventuallyPublished(t, f.nw, hostnet.DeploymentPorts("svc"), ips["svc-1"].String(), ips["svc-2"].String())
+	if d, _ := c.Deployment(f.ctx, "svc"); strings.Join(d.Endpoints, ",") != "svc-1,svc-2" {
+		t.Fatalf("endpoints once svc-3 is dropped: %v", d.Endpoints)
+	}
+	if err := c.Report(f.ctx, "svc-3", controllertest.Healthy("svc-3"), netip.Addr{}); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyPublished(t, f.nw, hostnet.DeploymentPorts("svc"), ips["svc-1"].String(), ips["svc-2"].String(), ips["svc-3"].String())
+
 	// Deleting the VM removes its ports before the answer.
 	if _, err := c.DeleteVM(f.ctx, "web1"); err != nil {
 		t.Fatal(err)
@@ -169,4 +195,10 @@ func TestPublishedPorts(t *testing.T) {
 	if _, ok := f.nw.Published()[hostnet.DeploymentPorts("svc")]; ok {
 		t.Fatal("svc's ports are published after its delete")
 	}
+}
+
+func sick3() agentapi.Status {
+	st := controllertest.Healthy("svc-3")
+	st.Health.State = agentapi.HealthUnhealthy
+	return st
 }

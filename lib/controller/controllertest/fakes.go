@@ -320,6 +320,8 @@ type Network struct {
 	ports      map[hostnet.PortOwner]hostnet.PortSet
 	portWrites int
 	listening  map[int]bool
+	hold       chan struct{} // SetPorts waits on it (HoldPorts)
+	held       []hostnet.PortSet
 }
 
 // NewNetwork returns a network without taps.

@@ -18,6 +18,12 @@ var _ controller.Ports = (*Network)(nil)
 // SetPorts implements controller.Ports.
 func (n *Network) SetPorts(_ context.Context, set hostnet.PortSet) (*hostnet.PortsResult, error) {
 	n.mu.Lock()
+	if hold := n.hold; hold != nil {
+		n.held = append(n.held, set)
+		n.mu.Unlock()
+		<-hold
+		n.mu.Lock()
+	}
 	defer n.mu.Unlock()
 	if n.ports == nil {
 		n.ports = map[hostnet.PortOwner]hostnet.PortSet{}
@@ -41,6 +47,28 @@ func (n *Network) SetPorts(_ context.Context, set hostnet.PortSet) (*hostnet.Por
 	n.ports[set.Owner] = set
 	n.portWrites++
 	return &hostnet.PortsResult{Owner: set.Owner, Changed: changed}, nil
+}
+
+// HoldPorts makes SetPorts wait, as a slow kernel would, until release
+// is called; Held lists the sets that waited.
+func (n *Network) HoldPorts() (release func()) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	hold := make(chan struct{})
+	n.hold, n.held = hold, nil
+	return func() {
+		n.mu.Lock()
+		n.hold = nil
+		n.mu.Unlock()
+		close(hold)
+	}
+}
+
+// Held returns the sets SetPorts was asked for while held.
+func (n *Network) Held() []hostnet.PortSet {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.held)
 }
 
 // DelPorts implements controller.Ports.
