@@ -19,9 +19,10 @@
 //	/run/volant/volantd.sock         volantd's API socket (VOLANT_SOCKET)
 //	/run/volant/vms/<name>/          a VM's run directory (VOLANT_RUN_ROOT): sockets, pid file, plan
 //	/run/volant/vm.env               the volant-vm@ units' environment (volantd's jail settings, lib/runner)
-//	/run/volant/uids/                per jailed hypervisor's uid in use (lib/vmm/jail):
+//	/var/lib/volant/uids/            per jailed hypervisor's uid in use (lib/vmm/jail):
 //	  <uid>                            its lock file
 //	  <uid>.json                       what its run changed for it, undone after a crash
+//	                                   or a power loss (so not under /run)
 //
 // Paths in the guest (kestrel's, such as /run/volant/identity.json) are not
 // this layout: lib/kestrel keeps them.
@@ -44,7 +45,9 @@ const (
 	DefaultSocket    = "/run/volant/volantd.sock"
 	// DefaultUIDDir is host-wide on purpose: a uid must be unique among
 	// all the host's hypervisors, whatever directories their runs use.
-	DefaultUIDDir = "/run/volant/uids"
+	// It is on disk: a record names disks chowned to the uid, which a
+	// reboot does not give back.
+	DefaultUIDDir = "/var/lib/volant/uids"
 	// SystemdEnvFile is what volant-vm@.service's EnvironmentFile= names.
 	SystemdEnvFile = "/run/volant/vm.env"
 )

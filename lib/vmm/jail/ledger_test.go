@@ -172,3 +172,42 @@ func TestUndoneRecordQuarantinesUID(t *testing.T) {
 		t.Fatalf("left in the uid dir: %v", ents)
 	}
 }
+
+// A record written before a reboot (the host lost power with a VM
+// running) is undone by the first Reclaim after it: the record lives on
+// disk, its cgroup and its tap's network namespace are gone with the old
+// boot and count as undone, and the disk the dead VMM owned is given back.
+// Had the records lived on a tmpfs, the disk would have stayed the uid's
+// for whichever VM got that uid next.
+func TestRecordOfAPreviousBoot(t *testing.T) {
+	netnstest.Require(t)
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const uid = 1<<30 + 4300
+	if err := os.Chown(disk, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+	u := UIDs{Dir: filepath.Join(dir, "uids"), Range: Range{First: uid, Count: 1},
+		// lib/launch's finds no namespace of that inode: nothing to do.
+		RestoreTap: func(uint32, Tap) error { return nil }}
+	if err := os.MkdirAll(u.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rec := fmt.Sprintf(`{"uid":%d,"vm":"web1","chowns":[{"path":%q,"uid":0,"gid":0}],"cgroup":"/volant.slice/volant-web1-gone.scope","taps":[{"name":"vt-web1","owner":null,"netns":1}]}`, uid, disk)
+	if err := os.WriteFile(filepath.Join(u.Dir, fmt.Sprint(uid)+".json"), []byte(rec), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := u.Reclaim()
+	if err != nil || len(got) != 1 || got[0] != uid {
+		t.Fatalf("reclaim after the reboot: %v %v", got, err)
+	}
+	if o := owner(t, disk); o != [2]uint32{0, 0} {
+		t.Errorf("the disk is %v after the reclaim, want root's", o)
+	}
+	if DefaultUIDDir != "/var/lib/volant/uids" {
+		t.Errorf("records default to %s: they must outlive a reboot", DefaultUIDDir)
+	}
+}
