@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net"
-	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,7 +15,6 @@ import (
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/fledge"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/portmap"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
@@ -33,55 +29,16 @@ import (
 // and /cgi-bin/well puts it back.
 func svcPlugin(t testing.TB, dataDir, modulesDir, kestrel, version, healthPath string) []byte {
 	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
-	}
-	src := t.TempDir()
-	write := func(rel, data string, mode os.FileMode) {
-		p := filepath.Join(src, "www", rel)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(data), mode); err != nil {
-			t.Fatal(err)
-		}
-	}
 	cgi := "#!/bin/sh\necho 'Content-Type: text/plain'\necho\n"
-	write("health", "ok\n", 0o644)
-	write("version.txt", version+"\n", 0o644)
-	write("cgi-bin/die", cgi+"echo dying\nkill -9 $(cut -d' ' -f4 /proc/$PPID/stat)\n", 0o755)
-	write("cgi-bin/sick", cgi+"mv /www/health /www/health.off && echo sick\n", 0o755)
-	write("cgi-bin/well", cgi+"mv /www/health.off /www/health && echo well\n", 0o755)
-	toml := `version = "1"
-strategy = "initramfs"
-[plugin]
-name = "svc"
-version = "` + version + `"
-[source]
-busybox = "/bin/busybox"
-[workload]
-entrypoint = ["/bin/sh", "-c", "hostname > /www/name.txt && exec /bin/busybox httpd -f -p 80 -h /www"]
-base_url = "http://127.0.0.1:80"
-restart = "no"
-[health_check]
-endpoint = "` + healthPath + `"
-interval_ms = 500
-[resources]
-cpu_cores = 1
-memory_mb = 128
-[mappings]
-"www" = "/www"
-`
-	cfg := filepath.Join(src, "fledge.toml")
-	os.WriteFile(cfg, []byte(toml), 0o644)
-	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg,
-		OutputDir: filepath.Join(dataDir, "plugins", "svc", version), KernelModules: modulesDir, Kestrel: kestrel})
-	if err != nil {
-		t.Fatalf("fledge build: %v", err)
-	}
-	m, err := os.ReadFile(res.Manifest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return guestPlugin{Name: "svc", Version: version, Restart: "no", Health: healthPath,
+		Entrypoint: `["/bin/sh", "-c", "hostname > /www/name.txt && exec /bin/busybox httpd -f -p 80 -h /www"]`,
+		Files: map[string]string{
+			"health":       "ok\n",
+			"version.txt":  version + "\n",
+			"cgi-bin/die":  cgi + "echo dying\nkill -9 $(cut -d' ' -f4 /proc/$PPID/stat)\n",
+			"cgi-bin/sick": cgi + "mv /www/health /www/health.off && echo sick\n",
+			"cgi-bin/well": cgi + "mv /www/health.off /www/health && echo well\n",
+		}}.manifest(t, filepath.Join(dataDir, "plugins", "svc", version), modulesDir, kestrel)
 }
 
 // lan is a client namespace on a veth to the host namespace: a machine on
@@ -95,38 +52,6 @@ func lan(t testing.TB, host *netnstest.NS) *netnstest.NS {
 	c.Run("ip", "addr", "add", "10.77.0.2/24", "dev", "eth0")
 	c.Run("ip", "link", "set", "eth0", "up")
 	return c
-}
-
-// getIn GETs url from inside ns on a new connection.
-func getIn(ns *netnstest.NS, url string, timeout time.Duration) (string, error) {
-	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := ns.Do(func() error {
-				var err error
-				c, err = (&net.Dialer{Timeout: timeout}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		}}
-	resp, err := (&http.Client{Transport: tr, Timeout: timeout}).Get(url)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, rerr := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if rerr != nil {
-			break
-		}
-	}
-	if resp.StatusCode != 200 {
-		return b.String(), fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return strings.TrimSpace(b.String()), nil
 }
 
 // tally sends n requests for name.txt through addr from ns, six at a

@@ -3,9 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,7 +12,6 @@ import (
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/fledge"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 	"github.com/volantvm/volant/lib/testutil/wait"
@@ -26,74 +22,12 @@ import (
 // guest's memory (/tmp/n) and tells who the guest is at /cgi-bin/id.
 func counterPlugin(t testing.TB, outDir, modulesDir, kestrel string) []byte {
 	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
-	}
-	src := t.TempDir()
-	os.MkdirAll(filepath.Join(src, "www", "cgi-bin"), 0o755)
-	os.WriteFile(filepath.Join(src, "www", "index.html"), []byte("counter\n"), 0o644)
-	cgi := func(name, body string) {
-		os.WriteFile(filepath.Join(src, "www", "cgi-bin", name), []byte("#!/bin/busybox sh\n"+body+"\n"), 0o755)
-	}
-	cgi("count", `n=$(/bin/busybox cat /tmp/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /tmp/n; printf "Content-Type: text/plain\r\n\r\n%s\n" $n`)
-	cgi("id", `printf "Content-Type: text/plain\r\n\r\n%s\n" "$(/bin/busybox hostname)"`)
-	toml := `version = "1"
-strategy = "initramfs"
-[plugin]
-name = "counter"
-version = "1.0.0"
-[source]
-busybox = "/bin/busybox"
-[workload]
-entrypoint = ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
-base_url = "http://127.0.0.1:80"
-[health_check]
-endpoint = "/index.html"
-interval_ms = 500
-[resources]
-cpu_cores = 1
-memory_mb = 128
-[mappings]
-"www" = "/www"
-`
-	cfg := filepath.Join(src, "fledge.toml")
-	os.WriteFile(cfg, []byte(toml), 0o644)
-	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: outDir,
-		KernelModules: modulesDir, Kestrel: kestrel})
-	if err != nil {
-		t.Fatalf("fledge build: %v", err)
-	}
-	m, err := os.ReadFile(res.Manifest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-// get GETs http://ip/path from inside the namespace, giving a loaded
-// machine's CGI time.
-func get(h *fakeHost, ip, path string) (string, error) {
-	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := h.ns.Do(func() error {
-				var err error
-				c, err = (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		}}
-	hc := &http.Client{Transport: tr, Timeout: 45 * time.Second}
-	resp, err := hc.Get("http://" + ip + path)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		return string(b), fmt.Errorf("GET %s%s: %s", ip, path, resp.Status)
-	}
-	return strings.TrimSpace(string(b)), err
+	cgi := func(body string) string { return "#!/bin/busybox sh\n" + body + "\n" }
+	return guestPlugin{Name: "counter", Health: "/index.html", Files: map[string]string{
+		"index.html":    "counter\n",
+		"cgi-bin/count": cgi(`n=$(/bin/busybox cat /tmp/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /tmp/n; printf "Content-Type: text/plain\r\n\r\n%s\n" $n`),
+		"cgi-bin/id":    cgi(`printf "Content-Type: text/plain\r\n\r\n%s\n" "$(/bin/busybox hostname)"`),
+	}}.manifest(t, outDir, modulesDir, kestrel)
 }
 
 // TestVMSnapshots boots a real guest (QEMU TCG, kestrel) through volantd

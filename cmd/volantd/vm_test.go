@@ -4,12 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,7 +13,6 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/fledge"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
@@ -34,76 +29,15 @@ func webPlugin(t testing.TB, out, modulesDir, kestrel string) []byte {
 // webPluginProbed is webPlugin with kestrel's health check every intervalMS.
 func webPluginProbed(t testing.TB, out, modulesDir, kestrel string, intervalMS int) []byte {
 	t.Helper()
-	return webPluginRunning(t, out, modulesDir, kestrel, intervalMS, `["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]`)
+	return webPluginRunning(t, out, modulesDir, kestrel, intervalMS, httpdWWW)
 }
 
 // webPluginRunning is webPluginProbed whose workload is entrypoint (a TOML
 // array), which must end up serving /www on port 80 as httpd does.
 func webPluginRunning(t testing.TB, out, modulesDir, kestrel string, intervalMS int, entrypoint string) []byte {
 	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
-	}
-	src := t.TempDir()
-	os.MkdirAll(filepath.Join(src, "www"), 0o755)
-	os.WriteFile(filepath.Join(src, "www", "index.html"), []byte("hello from volant\n"), 0o644)
-	toml := `version = "1"
-strategy = "initramfs"
-[plugin]
-name = "web"
-version = "1.0.0"
-[source]
-busybox = "/bin/busybox"
-[workload]
-entrypoint = ` + entrypoint + `
-base_url = "http://127.0.0.1:80"
-[health_check]
-endpoint = "/index.html"
-interval_ms = ` + strconv.Itoa(intervalMS) + `
-[resources]
-cpu_cores = 1
-memory_mb = 128
-[mappings]
-"www" = "/www"
-`
-	cfg := filepath.Join(src, "fledge.toml")
-	os.WriteFile(cfg, []byte(toml), 0o644)
-	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: out,
-		KernelModules: modulesDir, Kestrel: kestrel})
-	if err != nil {
-		t.Fatalf("fledge build: %v", err)
-	}
-	m, err := os.ReadFile(res.Manifest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-// fetch GETs a URL from inside the namespace: the connection is dialed on
-// a thread switched into it.
-func fetch(h *fakeHost, url string) (string, error) {
-	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := h.ns.Do(func() error {
-				var err error
-				c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		}}
-	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	resp, err := hc.Get(url)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return string(b), err
+	return guestPlugin{Name: "web", Entrypoint: entrypoint, Health: "/index.html", IntervalMS: intervalMS,
+		Files: map[string]string{"index.html": "hello from volant\n"}}.manifest(t, out, modulesDir, kestrel)
 }
 
 // TestVMControlPlane boots real guests (QEMU TCG, Debian's kernel, our

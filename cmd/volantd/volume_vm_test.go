@@ -11,7 +11,6 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/fledge"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
@@ -22,49 +21,11 @@ import (
 // on every start, and serves /data over HTTP (health check: the diary).
 func diaryPlugin(t testing.TB, outDir, modulesDir, kestrel string) []byte {
 	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
-	}
-	src := t.TempDir()
-	os.MkdirAll(filepath.Join(src, "www"), 0o755)
 	script := `test -f /data/first || /bin/busybox hostname > /data/first; ` +
 		`/bin/busybox hostname >> /data/diary; /bin/busybox sync; ` +
 		`exec /bin/busybox httpd -f -p 80 -h /data`
-	toml := `version = "1"
-strategy = "initramfs"
-[plugin]
-name = "diary"
-version = "1.0.0"
-[source]
-busybox = "/bin/busybox"
-[workload]
-entrypoint = ["/bin/busybox", "sh", "-c", ` + tomlString(script) + `]
-base_url = "http://127.0.0.1:80"
-[health_check]
-endpoint = "/diary"
-interval_ms = 500
-[resources]
-cpu_cores = 1
-memory_mb = 128
-[mappings]
-"www" = "/www"
-`
-	cfg := filepath.Join(src, "fledge.toml")
-	os.WriteFile(cfg, []byte(toml), 0o644)
-	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: outDir,
-		KernelModules: modulesDir, Kestrel: kestrel})
-	if err != nil {
-		t.Fatalf("fledge build: %v", err)
-	}
-	m, err := os.ReadFile(res.Manifest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func tomlString(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+	return guestPlugin{Name: "diary", Entrypoint: `["/bin/busybox", "sh", "-c", ` + tomlString(script) + `]`,
+		Health: "/diary"}.manifest(t, outDir, modulesDir, kestrel)
 }
 
 // TestVolumeOutlivesVM boots real guests (QEMU TCG, kestrel) through
