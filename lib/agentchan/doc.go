@@ -29,10 +29,15 @@
 //
 //	VOLANT-AGENT 1 <nonce> <Hello as JSON>\n
 //
-// The host skips anything before the answer carrying its nonce. From then on
-// the stream carries one yamux session (github.com/hashicorp/yamux, see its
-// spec.md) in which the host is the client. A session ends when the byte
-// stream does; the guest then waits for the next handshake.
+// The host skips anything before the answer carrying its nonce (on the same
+// line too). From then on the stream carries one yamux session
+// (github.com/hashicorp/yamux, see its spec.md) in which the host is the
+// client. A session ends when the byte stream does; the guest then waits for
+// the next handshake. It also ends when, where the next yamux frame should
+// begin, the guest reads a byte other than yamux's version (0): the host
+// started over (a guest restored from a snapshot holds the saved VM's
+// session when the new host's handshake arrives), and that byte begins the
+// next handshake, answered on the same stream (Accept, GuestSession).
 //
 // # Streams
 //

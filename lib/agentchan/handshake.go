@@ -5,13 +5,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -59,10 +62,13 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser) (*Session, error) {
 		if err != nil {
 			return nil, handshakeErr(ctx, err)
 		}
-		rest, ok := bytes.CutPrefix(line, want)
-		if !ok {
+		// The answer may follow bytes of a session the guest held
+		// before on this stream (a restored guest's) on the same line.
+		i := bytes.Index(line, want)
+		if i < 0 {
 			continue
 		}
+		rest := line[i+len(want):]
 		var h Hello
 		if err := json.Unmarshal(rest, &h); err != nil {
 			conn.Close()
@@ -93,7 +99,16 @@ func handshakeErr(ctx context.Context, err error) error {
 // host's handshake line, answers it with hello and starts the yamux
 // session (the guest is its server). An error means the stream ended
 // before a handshake.
-func Accept(conn io.ReadWriteCloser, hello Hello) (*yamux.Session, error) {
+//
+// The session also ends when the host starts over: a byte other than
+// yamux's version where a frame should begin, as from a host that dialed
+// afresh while the guest still holds an older session on the same byte
+// stream — a guest restored from a snapshot holds the saved VM's session,
+// and the new host's handshake arrives into it. conn is then left open and
+// Restarted returns the stream from that byte on, for the next Accept:
+// the host's handshake is answered at once instead of being lost with the
+// old session (which left both sides waiting until the host gave up).
+func Accept(conn io.ReadWriteCloser, hello Hello) (*GuestSession, error) {
 	r := bufio.NewReaderSize(conn, 4096)
 	prefix := []byte(fmt.Sprintf("%s %d ", magic, ProtocolVersion))
 	for {
@@ -119,8 +134,109 @@ func Accept(conn io.ReadWriteCloser, hello Hello) (*yamux.Session, error) {
 		if _, err := fmt.Fprintf(conn, "%s %d %s %s\n", magic, ProtocolVersion, nonce, b); err != nil {
 			return nil, err
 		}
-		return yamux.Server(&bufConn{r: r, WriteCloser: conn}, YamuxConfig())
+		w := &frameWatch{r: r, conn: conn}
+		mux, err := yamux.Server(w, YamuxConfig())
+		if err != nil {
+			return nil, err
+		}
+		return &GuestSession{Session: mux, w: w}, nil
 	}
+}
+
+// GuestSession is the guest's side of a session (Accept).
+type GuestSession struct {
+	*yamux.Session
+	w *frameWatch
+}
+
+// Restarted returns, once the session ended because the host started over
+// (see Accept), the byte stream from the host's new handshake on; else
+// nil.
+func (g *GuestSession) Restarted() io.ReadWriteCloser {
+	g.w.mu.Lock()
+	defer g.w.mu.Unlock()
+	if g.w.rest == nil {
+		return nil
+	}
+	return &bufConn{r: bufio.NewReader(io.MultiReader(bytes.NewReader(g.w.rest), g.w.r)), WriteCloser: g.w.conn}
+}
+
+// errHostRestarted ends a guest session whose host started over.
+var errHostRestarted = errors.New("agent channel: the host started a new session")
+
+// frameWatch is the guest session's byte stream, as yamux reads it: it
+// follows yamux's framing (a 12-byte header — version 0, type, flags,
+// stream ID, length — and, for a data frame, length bytes of payload) and
+// stops at a frame boundary whose first byte is not version 0: the host
+// started over. The bytes from there on are kept in rest, yamux reads an
+// error, and closing the session leaves conn open for the next Accept.
+type frameWatch struct {
+	r    io.Reader
+	conn io.ReadWriteCloser
+
+	hdr  [yamuxHeader]byte
+	n    int    // header bytes of the current frame seen
+	body uint32 // payload bytes of the current frame still to come
+
+	mu   sync.Mutex
+	rest []byte
+}
+
+// yamuxHeader is the size of a yamux frame header; yamuxData its type of
+// a data frame, the one type whose length counts payload bytes that follow.
+const (
+	yamuxHeader = 12
+	yamuxData   = 0
+)
+
+func (w *frameWatch) Read(p []byte) (int, error) {
+	w.mu.Lock()
+	restarted := w.rest != nil
+	w.mu.Unlock()
+	if restarted {
+		return 0, errHostRestarted
+	}
+	n, err := w.r.Read(p)
+	for i := 0; i < n; {
+		if w.body > 0 {
+			k := min(uint32(n-i), w.body)
+			w.body -= k
+			i += int(k)
+			continue
+		}
+		if w.n == 0 && p[i] != 0 {
+			w.mu.Lock()
+			w.rest = bytes.Clone(p[i:n])
+			w.mu.Unlock()
+			if i == 0 {
+				return 0, errHostRestarted
+			}
+			return i, nil
+		}
+		w.hdr[w.n] = p[i]
+		w.n++
+		i++
+		if w.n == yamuxHeader {
+			w.n = 0
+			if w.hdr[1] == yamuxData {
+				w.body = binary.BigEndian.Uint32(w.hdr[8:])
+			}
+		}
+	}
+	return n, err
+}
+
+func (w *frameWatch) Write(p []byte) (int, error) { return w.conn.Write(p) }
+
+// Close closes conn, unless the host started over: the next session
+// needs it.
+func (w *frameWatch) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.rest != nil {
+		return nil
+	}
+	return w.conn.Close()
 }
 
 // DialVsock connects to port in the guest through Cloud Hypervisor's

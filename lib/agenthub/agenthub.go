@@ -64,6 +64,7 @@ type Hub struct {
 	up      chan struct{} // closed while a session is up; replaced when it ends
 	clients map[net.Conn]struct{}
 	attempt context.CancelFunc // ends the connection attempt under way
+	now     chan struct{}      // the next attempt starts without its pause (Wake, Redial)
 }
 
 // Start listens on o.Socket and connects to the guest in the background.
@@ -84,7 +85,8 @@ func Start(ctx context.Context, o Options) (*Hub, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	h := &Hub{o: o, log: o.Log, ln: ln, cancel: cancel, up: make(chan struct{}), clients: map[net.Conn]struct{}{}}
+	h := &Hub{o: o, log: o.Log, ln: ln, cancel: cancel, up: make(chan struct{}), clients: map[net.Conn]struct{}{},
+		now: make(chan struct{}, 1)}
 	h.wg.Add(2)
 	go func() { defer h.wg.Done(); h.connectLoop(ctx) }()
 	go func() { defer h.wg.Done(); h.accept(ctx) }()
@@ -137,10 +139,9 @@ func (h *Hub) Session(ctx context.Context) (*agentchan.Session, error) {
 }
 
 // Redial drops the guest connection, or the attempt to make one, and
-// connects again. A guest restored from a snapshot holds the saved VM's
-// session, which the new VMM's channel does not continue: the host's
-// handshake may be taken for that session's bytes, leaving both sides
-// waiting, until a reconnection resets the guest's end.
+// connects again at once. A guest restored from a snapshot that does not
+// take the new session (a kestrel older than agentchan.Accept's restart)
+// is freed by it: the host's end going away ends the saved session.
 func (h *Hub) Redial() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -149,6 +150,24 @@ func (h *Hub) Redial() {
 	}
 	if h.attempt != nil {
 		h.attempt()
+	}
+	h.wakeLocked()
+}
+
+// Wake tells the hub that the guest's end of the channel can be reached
+// now (the VMM answers, so its channel socket is there): if it waits out
+// the pause after a failed attempt, or the attempt under way fails, the
+// next starts at once. A connection or an attempt under way is left alone.
+func (h *Hub) Wake() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.wakeLocked()
+}
+
+func (h *Hub) wakeLocked() {
+	select {
+	case h.now <- struct{}{}:
+	default:
 	}
 }
 
@@ -192,11 +211,15 @@ func (h *Hub) connectLoop(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			h.log.Debug("agent channel: connecting", "vm", h.o.VM, "err", err)
 		}
+		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
-		case <-time.After(pause):
+		case <-t.C:
+			pause = min(pause*2, 2*time.Second)
+		case <-h.now:
+			pause = 50 * time.Millisecond
 		}
-		pause = min(pause*2, 2*time.Second)
+		t.Stop()
 	}
 }
 

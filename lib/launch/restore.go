@@ -120,10 +120,19 @@ func restoreGuest(ctx context.Context, p *Plan, b vmm.Backend, hub *agenthub.Hub
 	if err := setTaps(p, false); err != nil {
 		return err
 	}
+	if hub == nil {
+		return errors.New("restore: no agent channel to give the guest its identity")
+	}
 	ctl, err := b.Dial(ctx, p.Config.APISocket)
 	if err != nil {
 		return apierr.Wrap(apierr.Unavailable, err, "restore: connecting to "+p.VMM)
 	}
+	// The VMM answers, so its end of the agent channel is there: the hub
+	// connects now, before the state is loaded, and its handshake waits
+	// in the channel. The restored kestrel finds it where the saved
+	// session's next frame would be, and answers it at once
+	// (agentchan.Accept); the hub does not wait out a reconnect pause.
+	hub.Wake()
 	err = ctl.Restore(ctx, p.Config)
 	ctl.Close()
 	if err != nil {
@@ -131,9 +140,6 @@ func restoreGuest(ctx context.Context, p *Plan, b vmm.Backend, hub *agenthub.Hub
 	}
 	loaded := time.Since(t0)
 	log.Info("restore: state loaded; giving the guest its identity", "vm", p.Name, "after", loaded.Round(time.Millisecond))
-	if hub == nil {
-		return errors.New("restore: no agent channel to give the guest its identity")
-	}
 	ictx, cancel := context.WithTimeout(ctx, IdentityWait)
 	defer cancel()
 	req := agentchan.IdentityRequest{VM: p.Name, Seed: make([]byte, 64)}
@@ -152,10 +158,9 @@ func restoreGuest(ctx context.Context, p *Plan, b vmm.Backend, hub *agenthub.Hub
 			req.DNS = append(req.DNS, d.String())
 		}
 	}
-	// The connection the hub made before the state was loaded may be
-	// wedged (Hub.Redial): start afresh, and again while the guest does
-	// not answer.
-	hub.Redial()
+	// A guest that does not answer within identityAttempt (its kestrel
+	// predates the restart of agentchan.Accept, or the saved session was
+	// cut mid-frame) is freed by a reconnection (Hub.Redial).
 	var rep *agentchan.IdentityReply
 	for attempt := 1; ; attempt++ {
 		tried := time.Now()

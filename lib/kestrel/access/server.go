@@ -89,30 +89,48 @@ func (s *Server) Running() int {
 	return s.running
 }
 
-// ServeConn serves one host session on conn: the handshake, then streams
-// until the byte stream ends. It returns the error that ended it (io.EOF
-// when the stream ended before a handshake).
+// ServeConn serves host sessions on conn: the handshake, then streams
+// until the byte stream ends. A host that starts over on the same stream
+// (agentchan.Accept: a guest restored from a snapshot still holds the
+// saved VM's session when the new host's handshake arrives) gets its new
+// session at once. It returns the error that ended it (io.EOF when the
+// stream ended before a handshake).
 func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	s.mu.Lock()
-	hello := s.hello
-	s.mu.Unlock()
-	if s.cfg.Inputs != nil {
-		hello.Inputs = s.cfg.Inputs.State()
+	rw := conn
+	for {
+		s.mu.Lock()
+		hello := s.hello
+		s.mu.Unlock()
+		if s.cfg.Inputs != nil {
+			hello.Inputs = s.cfg.Inputs.State()
+		}
+		mux, err := agentchan.Accept(rw, hello)
+		if err != nil {
+			conn.Close()
+			return err
+		}
+		s.log.Info("agent channel: host connected")
+		stopMux := context.AfterFunc(ctx, func() { mux.Close() })
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			agentchan.Serve(mux.Session, func(st *agentchan.Stream) { s.handle(ctx, st) })
+		}()
+		<-mux.CloseChan()
+		stopMux()
+		if next := mux.Restarted(); next != nil {
+			// The old session's streams were closed with it; what
+			// still runs for them ends on its own.
+			s.log.Info("agent channel: the host started a new session")
+			rw = next
+			continue
+		}
+		<-served
+		s.log.Debug("agent channel: host session ended")
+		return nil
 	}
-	mux, err := agentchan.Accept(conn, hello)
-	if err != nil {
-		conn.Close()
-		return err
-	}
-	s.log.Info("agent channel: host connected")
-	stopMux := context.AfterFunc(ctx, func() { mux.Close() })
-	defer stopMux()
-	agentchan.Serve(mux, func(st *agentchan.Stream) { s.handle(ctx, st) })
-	mux.Close()
-	s.log.Debug("agent channel: host session ended")
-	return nil
 }
 
 func (s *Server) handle(ctx context.Context, st *agentchan.Stream) {
