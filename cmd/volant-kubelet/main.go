@@ -4,12 +4,16 @@
 //
 // Synopsis:
 //
-//	volant-kubelet [run] --kubeconfig F --node-ip IP --tls-cert-file F --tls-private-key-file F --client-ca-file F [FLAGS]
+//	volant-kubelet [run] --kubeconfig F [--bootstrap-kubeconfig F] --node-ip IP --tls-cert-file F --tls-private-key-file F --client-ca-file F [FLAGS]
 //	volant-kubelet version
 //
 // Flags (each also an environment variable):
 //
 //	--kubeconfig F            KUBECONFIG                the node's credentials for the API server (see contrib/kubernetes/rbac.yaml)
+//	--bootstrap-kubeconfig F                            a bootstrap token's kubeconfig: when --kubeconfig is missing or its
+//	                                                    client certificate expired, ask for one (a CSR for system:node:NAME)
+//	                                                    and write --kubeconfig (TLS bootstrap, as the kubelet's)
+//	--cert-dir DIR                                      where the bootstrapped key and certificate go (default --kubeconfig's directory)
 //	--nodename NAME           VOLANT_NODE_NAME          the node's name (default the host name)
 //	--node-ip IP              VOLANT_NODE_IP            the node's InternalIP: the API server reaches the kubelet API on it; pods' hostIP
 //	--port N                  VOLANT_KUBELET_PORT       the kubelet API's HTTPS port: logs and exec (default 10250)
@@ -30,6 +34,19 @@
 //	--insecure-registry                                 image builds may reach plain-HTTP registries
 //	--status-interval D                                 how often VMs are listed for pod status (default 1s)
 //	-v, --verbose                                       debug logs
+//
+// With --bootstrap-kubeconfig (a kubeconfig with a bootstrap token, as
+// kubeadm makes them), a node without credentials gets its own: when
+// --kubeconfig is missing or its client certificate expires within a
+// minute, volant-kubelet sends a CertificateSigningRequest for
+// system:node:NAME in system:nodes (signer
+// kubernetes.io/kube-apiserver-client-kubelet), waits for its approval
+// (kube-controller-manager approves it when the token's group may create
+// certificatesigningrequests/nodeclient), and writes the key, the
+// certificate (--cert-dir) and --kubeconfig. That identity is not in the
+// group volant:nodes: bind the volant-kubelet ClusterRole to the user
+// system:node:NAME (docs/kubernetes.md). The certificate is not renewed
+// while volant-kubelet runs.
 //
 // The node registers NotReady, with room for no pods, and waits for its
 // spec.podCIDR (kube-controller-manager --allocate-node-cidrs
@@ -84,6 +101,8 @@ type options struct {
 
 type runCmd struct {
 	Kubeconfig     string        `long:"kubeconfig" env:"KUBECONFIG" description:"the node's kubeconfig"`
+	Bootstrap      string        `long:"bootstrap-kubeconfig" description:"a bootstrap token's kubeconfig: ask for the node's client certificate when --kubeconfig has none that is valid"`
+	CertDir        string        `long:"cert-dir" description:"where the bootstrapped key and certificate go (default --kubeconfig's directory)"`
 	NodeName       string        `long:"nodename" env:"VOLANT_NODE_NAME" description:"the node's name (default the host name)"`
 	NodeIP         string        `long:"node-ip" env:"VOLANT_NODE_IP" description:"the node's InternalIP"`
 	Port           int           `long:"port" env:"VOLANT_KUBELET_PORT" default:"10250" description:"the kubelet API's HTTPS port"`
@@ -146,6 +165,13 @@ func (f *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 	vc, err := client.New(f.Host, client.Options{Token: token, UserAgent: "volant-kubelet/" + buildinfo.String()})
 	if err != nil {
 		return err
+	}
+	if f.Bootstrap != "" {
+		err := kubelet.Bootstrap(ctx, kubelet.BootstrapConfig{Node: name, Kubeconfig: f.Kubeconfig, BootstrapKubeconfig: f.Bootstrap,
+			CertDir: f.CertDir, Logger: env.Logger(f.Verbose)})
+		if err != nil {
+			return err
+		}
 	}
 	rc, err := clientcmd.BuildConfigFromFlags("", f.Kubeconfig)
 	if err != nil {

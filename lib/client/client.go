@@ -351,6 +351,17 @@ func (c *Client) SetNetwork(ctx context.Context, subnet string) (*api.Network, e
 	return &n, c.call(ctx, request{method: http.MethodPut, path: api.Prefix + "/network", body: api.SetNetworkRequest{Subnet: subnet}}, &n)
 }
 
+// Metrics returns volantd's GET /metrics, in the Prometheus text format
+// (the caller closes it).
+func (c *Client) Metrics(ctx context.Context) (io.ReadCloser, error) {
+	resp, cancel, err := c.do(ctx, request{method: http.MethodGet, path: "/metrics",
+		header: http.Header{"Accept": {"text/plain"}}})
+	if err != nil {
+		return nil, err
+	}
+	return &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}, nil
+}
+
 // OpenAPI returns the daemon's OpenAPI document.
 func (c *Client) OpenAPI(ctx context.Context) (json.RawMessage, error) {
 	var doc json.RawMessage

@@ -1,6 +1,7 @@
 package kubelet
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
 	"io"
@@ -33,6 +34,8 @@ type fakeVolant struct {
 	execOut  string
 	execCode int
 	subnet   string
+	metrics  string   // GET /metrics
+	writes   []string // WriteFiles: "vm:dir/name=data"
 	netErr   error
 }
 
@@ -151,6 +154,30 @@ func (f *fakeVolant) Exec(_ context.Context, vm string, req agentchan.ExecReques
 	}
 	io.WriteString(eio.Stdout, out)
 	return &agentchan.ExitStatus{Code: code}, nil
+}
+
+func (f *fakeVolant) Metrics(context.Context) (io.ReadCloser, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return io.NopCloser(strings.NewReader(f.metrics)), nil
+}
+
+func (f *fakeVolant) WriteFiles(_ context.Context, vm, dir string, r io.Reader) (*api.CopyResult, error) {
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		b, _ := io.ReadAll(tr)
+		f.mu.Lock()
+		f.writes = append(f.writes, fmt.Sprintf("%s:%s/%s=%s@%o", vm, dir, h.Name, b, h.Mode))
+		f.mu.Unlock()
+	}
+	return &api.CopyResult{}, nil
 }
 
 // run marks a VM running with its workload in state ws.

@@ -13,10 +13,12 @@
 //     restartPolicy kestrel's (Always → always, OnFailure → on-failure,
 //     Never → no);
 //   - env (with valueFrom resolved by virtual-kubelet: ConfigMaps,
-//     Secrets, the downward API) and configMap, secret and emptyDir
-//     volumes are the VM's inputs: handed to kestrel over the host-only
-//     agent channel before the workload starts, never on the kernel
-//     command line;
+//     Secrets, the downward API) and configMap, secret, emptyDir,
+//     downwardAPI and projected volumes — the kube-api-access-* service
+//     account volume among them, its token from the TokenRequest API and
+//     refreshed in the running guest — are the VM's inputs: handed to
+//     kestrel over the host-only agent channel before the workload
+//     starts, never on the kernel command line;
 //   - limits (else requests) give vCPUs (cpu rounded up, at least 1) and
 //     memory (MiB rounded up, at least 128); neither: the plugin's;
 //   - the VM carries the pod's UID, namespace, name and the node in its
@@ -31,9 +33,9 @@
 // A pod the provider cannot run fails at once with reason
 // "VolantUnsupported" and a message saying why: more than one app
 // container, init or ephemeral containers, hostNetwork, hostPID or hostIPC,
-// volume types other than configMap, secret, emptyDir and the projected
-// service-account token (which is not mounted), volumeMounts with subPath,
-// privileged or added capabilities.
+// volume types other than configMap, secret, emptyDir, projected and
+// downwardAPI (and projected or downwardAPI sources a VM cannot have),
+// volumeMounts with subPath, privileged or added capabilities.
 //
 // Pod status: Pending (ContainerCreating, or ImageBuilding while volantd
 // builds the plugin) until kestrel reports the workload running, then
@@ -44,7 +46,12 @@
 // start. podIP is the VM's address, hostIP the node's.
 //
 // Events on the pod: Building, Built or BuildFailed (the image's plugin),
-// Created or Failed (the VM), Unhealthy (a failed probe).
+// Created or Failed (the VM), Started (the workload runs), Unhealthy (a
+// failed probe).
+//
+// /stats/summary and /metrics/resource map volantd's per-VM series (GET
+// /metrics) to the pods: the hypervisor's CPU time and resident memory,
+// the guest's memory, the tap's counters (stats.go).
 //
 // Logs are the workload's (GET /api/v1/vms/{name}/logs?stream=workload);
 // exec is the guest-access API's interactive exec (with a TTY when asked).
@@ -83,6 +90,12 @@ type Volant interface {
 	// Exec runs a command in a running VM with its standard streams
 	// attached (the guest-access API's interactive exec).
 	Exec(ctx context.Context, vm string, req agentchan.ExecRequest, eio agentchan.ExecIO) (*agentchan.ExitStatus, error)
+	// Metrics is volantd's GET /metrics (Prometheus text): the per-VM
+	// CPU, memory and network series /stats/summary maps to pods.
+	Metrics(ctx context.Context) (io.ReadCloser, error)
+	// WriteFiles extracts the tar stream r at a guest path (the
+	// guest-access API's file copy): refreshed service account tokens.
+	WriteFiles(ctx context.Context, vm, path string, r io.Reader) (*api.CopyResult, error)
 	// SetNetwork makes the node's podCIDR volantd's guest subnet.
 	SetNetwork(ctx context.Context, subnet string) (*api.Network, error)
 }

@@ -112,7 +112,7 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 	mux := http.NewServeMux()
 	n, err := nodeutil.NewNode(cfg.Name, func(pc nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
 		prov = NewProvider(ProviderConfig{Node: cfg.Name, NodeIP: cfg.NodeIP, Volant: cfg.Volant, ConfigMaps: pc.ConfigMaps,
-			Secrets: pc.Secrets, Interval: cfg.StatusInterval, Insecure: cfg.Insecure, NetworkReady: netReady, Events: events, Logger: cfg.Logger})
+			Secrets: pc.Secrets, Tokens: KubeTokens(cfg.Kube), Interval: cfg.StatusInterval, Insecure: cfg.Insecure, NetworkReady: netReady, Events: events, Logger: cfg.Logger})
 		return prov, status, nil
 	},
 		nodeutil.WithClient(cfg.Kube),
@@ -273,7 +273,6 @@ func ApplyNodeSpec(n *corev1.Node, cfg NodeConfig) {
 		"kubernetes.io/os":       "linux",
 		"kubernetes.io/arch":     runtime.GOARCH,
 		"kubernetes.io/hostname": cfg.Name,
-		"kubernetes.io/role":     "agent",
 	}
 	for k, v := range cfg.Labels {
 		n.Labels[k] = v

@@ -1,6 +1,7 @@
 package kubelet
 
 import (
+	"context"
 	"fmt"
 	"path"
 	"regexp"
@@ -47,9 +48,17 @@ func checkPod(pod *corev1.Pod) error {
 	for _, v := range s.Volumes {
 		vols[v.Name] = v
 		switch {
-		case v.ConfigMap != nil, v.Secret != nil, v.EmptyDir != nil, serviceAccountVolume(v):
+		case v.ConfigMap != nil, v.Secret != nil, v.EmptyDir != nil:
+		case v.Projected != nil:
+			if err := checkProjected(v.Name, v.Projected); err != nil {
+				return err
+			}
+		case v.DownwardAPI != nil:
+			if err := checkDownward(v.Name, v.DownwardAPI.Items); err != nil {
+				return err
+			}
 		default:
-			return refuse("volume %q: only configMap, secret and emptyDir volumes are supported", v.Name)
+			return refuse("volume %q: only configMap, secret, emptyDir, projected and downwardAPI volumes are supported", v.Name)
 		}
 	}
 	c := &s.Containers[0]
@@ -86,31 +95,17 @@ func checkPod(pod *corev1.Pod) error {
 	return nil
 }
 
-// serviceAccountVolume is the projected volume the ServiceAccount
-// admission plugin adds (kube-api-access-*): a token, the cluster CA and
-// the namespace. The provider does not mount it (the VM would need the
-// API server's address on its network); the pod runs without it.
-func serviceAccountVolume(v corev1.Volume) bool {
-	p := v.Projected
-	if p == nil {
-		return false
-	}
-	for _, s := range p.Sources {
-		if s.ServiceAccountToken == nil && s.ConfigMap == nil && s.DownwardAPI == nil {
-			return false
-		}
-	}
-	return strings.HasPrefix(v.Name, "kube-api-access-")
-}
-
 // Config sources the provider reads volumes from.
 type sources struct {
 	ConfigMaps corev1listers.ConfigMapLister
 	Secrets    corev1listers.SecretLister
+	// Tokens serves service account tokens (projected volumes).
+	Tokens TokenRequester
 }
 
-// vmRequest is the create request of a pod's VM, the plugin built.
-func vmRequest(pod *corev1.Pod, node, plugin string, src sources) (api.CreateVMRequest, error) {
+// vmRequest is the create request of a pod's VM, the plugin built, and
+// the service account tokens its inputs hold.
+func vmRequest(ctx context.Context, pod *corev1.Pod, node, plugin string, src sources) (api.CreateVMRequest, []tokenFile, error) {
 	c := &pod.Spec.Containers[0]
 	req := api.CreateVMRequest{
 		Name:   VMName(pod),
@@ -135,7 +130,7 @@ func vmRequest(pod *corev1.Pod, node, plugin string, src sources) (api.CreateVMR
 		if e.ValueFrom != nil {
 			// virtual-kubelet resolves valueFrom before CreatePod; one
 			// left is one it could not resolve.
-			return req, fmt.Errorf("env %s: valueFrom was not resolved", e.Name)
+			return req, nil, fmt.Errorf("env %s: valueFrom was not resolved", e.Name)
 		}
 		if in.Env == nil {
 			in.Env = map[string]string{}
@@ -146,6 +141,7 @@ func vmRequest(pod *corev1.Pod, node, plugin string, src sources) (api.CreateVMR
 	for _, v := range pod.Spec.Volumes {
 		vols[v.Name] = v
 	}
+	var toks []tokenFile
 	for _, m := range c.VolumeMounts {
 		v := vols[m.Name]
 		switch {
@@ -154,13 +150,30 @@ func vmRequest(pod *corev1.Pod, node, plugin string, src sources) (api.CreateVMR
 		case v.ConfigMap != nil:
 			files, err := configMapFiles(pod.Namespace, v.ConfigMap, src.ConfigMaps, m.MountPath)
 			if err != nil {
-				return req, fmt.Errorf("volume %s: %w", v.Name, err)
+				return req, nil, fmt.Errorf("volume %s: %w", v.Name, err)
 			}
 			in.Files = append(in.Files, files...)
 		case v.Secret != nil:
 			files, err := secretFiles(pod.Namespace, v.Secret, src.Secrets, m.MountPath)
 			if err != nil {
-				return req, fmt.Errorf("volume %s: %w", v.Name, err)
+				return req, nil, fmt.Errorf("volume %s: %w", v.Name, err)
+			}
+			in.Files = append(in.Files, files...)
+		case v.Projected != nil:
+			files, t, err := projectedFiles(ctx, pod, v.Projected, src, m.MountPath)
+			if err != nil {
+				return req, nil, fmt.Errorf("volume %s: %w", v.Name, err)
+			}
+			in.Files = append(in.Files, files...)
+			toks = append(toks, t...)
+		case v.DownwardAPI != nil:
+			mode := uint32(0o644)
+			if v.DownwardAPI.DefaultMode != nil {
+				mode = uint32(*v.DownwardAPI.DefaultMode) & 0o777
+			}
+			files, err := downwardFiles(pod, v.DownwardAPI.Items, mode, m.MountPath)
+			if err != nil {
+				return req, nil, fmt.Errorf("volume %s: %w", v.Name, err)
 			}
 			in.Files = append(in.Files, files...)
 		}
@@ -173,7 +186,7 @@ func vmRequest(pod *corev1.Pod, node, plugin string, src sources) (api.CreateVMR
 	}
 	in.Files = append(in.Files, api.InputFile{Path: "/etc/hostname", Mode: 0o644, Data: []byte(host + "\n")})
 	req.Inputs = in
-	return req, nil
+	return req, toks, nil
 }
 
 func configMapFiles(ns string, v *corev1.ConfigMapVolumeSource, l corev1listers.ConfigMapLister, dir string) ([]api.InputFile, error) {

@@ -1,6 +1,7 @@
 package kubelet
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -73,7 +74,7 @@ func TestVMRequest(t *testing.T) {
 	src := listers(t,
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "app"}, Data: map[string]string{"b.conf": "b", "a.conf": "a"}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "creds"}, Data: map[string][]byte{"password": []byte("hunter2"), "other": []byte("x")}})
-	req, err := vmRequest(pod, "vol1", "web-abc", src)
+	req, _, err := vmRequest(context.Background(), pod, "vol1", "web-abc", src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,19 +108,19 @@ func TestVMRequest(t *testing.T) {
 	}
 
 	// A missing ConfigMap is an error (retried), an optional one is not.
-	req, err = vmRequest(pod, "vol1", "p", listers(t))
+	req, _, err = vmRequest(context.Background(), pod, "vol1", "p", listers(t))
 	if err == nil || !strings.Contains(err.Error(), `configMap default/app`) {
 		t.Fatalf("missing configMap: %v", err)
 	}
 	pod.Spec.Volumes[0].ConfigMap.Optional = ptr(true)
 	pod.Spec.Volumes[1].Secret.Optional = ptr(true)
-	if req, err = vmRequest(pod, "vol1", "p", listers(t)); err != nil || len(req.Inputs.Files) != 1 { // /etc/hostname alone
+	if req, _, err = vmRequest(context.Background(), pod, "vol1", "p", listers(t)); err != nil || len(req.Inputs.Files) != 1 { // /etc/hostname alone
 		t.Fatalf("optional volumes: %+v %v", req.Inputs, err)
 	}
 	// An item path may not leave its mount.
 	pod.Spec.Volumes[1].Secret.Items[0].Path = "../../etc/passwd"
 	pod.Spec.Volumes[1].Secret.Optional = nil
-	if _, err := vmRequest(pod, "vol1", "p", src); !isUnsupported(err) {
+	if _, _, err := vmRequest(context.Background(), pod, "vol1", "p", src); !isUnsupported(err) {
 		t.Fatalf("item leaving the mount: %v", err)
 	}
 }
@@ -132,7 +133,7 @@ func TestCheckPodRefuses(t *testing.T) {
 		{"two containers", "one app container", func(p *corev1.Pod) { p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "side"}) }},
 		{"init", "init containers", func(p *corev1.Pod) { p.Spec.InitContainers = []corev1.Container{{Name: "i"}} }},
 		{"hostNetwork", "hostNetwork", func(p *corev1.Pod) { p.Spec.HostNetwork = true }},
-		{"hostPath", "only configMap, secret and emptyDir", func(p *corev1.Pod) {
+		{"hostPath", "only configMap, secret, emptyDir, projected and downwardAPI", func(p *corev1.Pod) {
 			p.Spec.Volumes = []corev1.Volume{{Name: "h", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}}}
 		}},
 		{"pvc", "only configMap", func(p *corev1.Pod) {
@@ -144,6 +145,18 @@ func TestCheckPodRefuses(t *testing.T) {
 		}},
 		{"privileged", "privileged", func(p *corev1.Pod) {
 			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr(true)}
+		}},
+		{"clusterTrustBundle", "projected sources other than", func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "b", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+				Sources: []corev1.VolumeProjection{{ClusterTrustBundle: &corev1.ClusterTrustBundleProjection{Path: "b"}}}}}}}
+		}},
+		{"resourceFieldRef", "resourceFieldRef", func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "d", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
+				Items: []corev1.DownwardAPIVolumeFile{{Path: "cpu", ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.cpu"}}}}}}}
+		}},
+		{"status field", `field "status.podIP"`, func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "d", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
+				Items: []corev1.DownwardAPIVolumeFile{{Path: "ip", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}}}}}
 		}},
 		{"grpc probe", "gRPC probes", func(p *corev1.Pod) {
 			p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 1}}}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	corev1listers "k8s.io/client-go/listers/core/v1"
 
+	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 )
@@ -31,6 +32,9 @@ type ProviderConfig struct {
 	// ConfigMaps and Secrets are read for configMap and secret volumes.
 	ConfigMaps corev1listers.ConfigMapLister
 	Secrets    corev1listers.SecretLister
+	// Tokens serves the service account tokens of projected volumes
+	// (nil: a pod with one fails to start, saying so).
+	Tokens TokenRequester
 	// Interval is how often VMs are listed for pod status (default 1 s).
 	Interval time.Duration
 	// Insecure lets image builds reach plain-HTTP or unverified registries.
@@ -55,6 +59,9 @@ type Provider struct {
 	notify func(*corev1.Pod)
 	kick   chan struct{}
 	now    func() time.Time
+
+	statsMu sync.Mutex
+	stats   statsState
 }
 
 // podEntry is a pod the provider runs.
@@ -78,6 +85,11 @@ type podEntry struct {
 	restarts  int // liveness and crash restarts by the provider
 	sent      *corev1.PodStatus
 	startedAt time.Time
+	// running: the container was running at the last status (a Started
+	// event is recorded when it starts running).
+	running bool
+	// tokens are the service account tokens the VM was created with.
+	tokens []tokenFile
 }
 
 // NewProvider returns a provider; Run starts its status loop.
@@ -123,8 +135,12 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 		e.vm = vms[0].Name
 		v := vms[0]
 		e.vmState = &v
+		// Its start was recorded by the provider that created it.
+		e.running = v.State == api.VMRunning && v.Agent != nil && v.Agent.Workload.State == agentapi.WorkloadRunning
 		p.log.Info("adopted the VM of a pod", "pod", k, "vm", e.vm)
 		p.put(k, e)
+		// Its tokens' times are unknown: new ones at once.
+		go p.refreshTokens(wctx, k, e, tokenSpecs(pod))
 	} else {
 		e.building = true
 		p.put(k, e)
@@ -167,7 +183,14 @@ func (p *Provider) start(ctx context.Context, k string, e *podEntry) {
 		}
 		p.mu.Unlock()
 		p.poke()
-		if err == nil || isUnsupported(err) || ctx.Err() != nil {
+		if err == nil {
+			p.mu.Lock()
+			toks := e.tokens
+			p.mu.Unlock()
+			p.refreshTokens(ctx, k, e, toks)
+			return
+		}
+		if isUnsupported(err) || ctx.Err() != nil {
 			return
 		}
 		p.log.Warn("starting a pod's VM", "pod", k, "err", err, "retry_in", backoff)
@@ -196,7 +219,7 @@ func (p *Provider) startOnce(ctx context.Context, e *podEntry) error {
 	} else {
 		p.event(pod, corev1.EventTypeNormal, "Built", "plugin %s of image %s already built", plugin.Name, c.Image)
 	}
-	req, err := vmRequest(pod, p.cfg.Node, plugin.Name, sources{p.cfg.ConfigMaps, p.cfg.Secrets})
+	req, toks, err := vmRequest(ctx, pod, p.cfg.Node, plugin.Name, sources{p.cfg.ConfigMaps, p.cfg.Secrets, p.cfg.Tokens})
 	if err != nil {
 		return err
 	}
@@ -223,6 +246,7 @@ func (p *Provider) startOnce(ctx context.Context, e *podEntry) error {
 	p.event(pod, corev1.EventTypeNormal, "Created", "VM %s created, address %s; booting", vm.Name, vm.IP)
 	p.mu.Lock()
 	e.vmState, e.vmAt = vm, p.now()
+	e.tokens = toks
 	p.mu.Unlock()
 	return nil
 }
@@ -394,6 +418,7 @@ func (p *Provider) Sync(ctx context.Context) error {
 	p.mu.Lock()
 	var changed []*corev1.Pod
 	var restart []string
+	var started []*podEntry
 	for _, e := range p.pods {
 		if v, ok := byName[e.vm]; ok {
 			e.vmState = &v
@@ -408,6 +433,11 @@ func (p *Provider) Sync(ctx context.Context) error {
 			e.vmState, e.gone = nil, true
 		}
 		st := p.status(e)
+		running := len(st.ContainerStatuses) == 1 && st.ContainerStatuses[0].State.Running != nil
+		if running && !e.running {
+			started = append(started, e)
+		}
+		e.running = running
 		if e.sent != nil && equality.Semantic.DeepEqual(e.sent, st) {
 			continue
 		}
@@ -417,7 +447,13 @@ func (p *Provider) Sync(ctx context.Context) error {
 		changed = append(changed, pod)
 	}
 	notify := p.notify
+	for i, e := range started {
+		started[i] = &podEntry{pod: e.pod.DeepCopy(), vm: e.vm}
+	}
 	p.mu.Unlock()
+	for _, e := range started {
+		p.event(e.pod, corev1.EventTypeNormal, "Started", "the workload of VM %s is running", e.vm)
+	}
 	for _, name := range restart {
 		p.log.Info("starting a crashed pod VM again", "vm", name)
 		if _, err := p.cfg.Volant.StartVM(ctx, name); err != nil {

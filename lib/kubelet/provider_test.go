@@ -461,6 +461,36 @@ func TestPodEvents(t *testing.T) {
 			t.Fatalf("no event %q", w)
 		}
 	}
+	// The workload runs: Started, once; again after a restart in the guest.
+	vm := VMName(testPod("web-1"))
+	nextEvent := func() string {
+		t.Helper()
+		if err := p.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-rec.Events:
+			return got
+		default:
+			return ""
+		}
+	}
+	startedEv := "Normal Started the workload of VM " + vm + " is running"
+	f.run(vm, agentapi.WorkloadRunning, 0, nil)
+	if got := nextEvent(); got != startedEv {
+		t.Fatalf("event %q, want %q", got, startedEv)
+	}
+	if got := nextEvent(); got != "" {
+		t.Fatalf("a second event while the workload runs on: %q", got)
+	}
+	f.run(vm, agentapi.WorkloadRestarting, 1, nil)
+	if got := nextEvent(); got != "" {
+		t.Fatalf("event %q while the workload restarts", got)
+	}
+	f.run(vm, agentapi.WorkloadRunning, 1, nil)
+	if got := nextEvent(); got != startedEv {
+		t.Fatalf("after a restart: event %q, want %q", got, startedEv)
+	}
 	f.mu.Lock()
 	f.buildErr = errors.New("no such image")
 	f.mu.Unlock()

@@ -6,9 +6,7 @@ import (
 	"io"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	vkapi "github.com/virtual-kubelet/virtual-kubelet/node/api"
-	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
@@ -120,14 +118,4 @@ func (p *Provider) AttachToContainer(context.Context, string, string, string, vk
 // PortForward is not supported: pod IPs are reachable on the pod network.
 func (p *Provider) PortForward(context.Context, string, string, int32, io.ReadWriteCloser) error {
 	return apierr.New(apierr.NotSupported, "kubectl port-forward is not supported by volant-kubelet; reach the pod IP or a Service")
-}
-
-// GetStatsSummary is not supported yet (the metrics issue).
-func (p *Provider) GetStatsSummary(context.Context) (*statsv1alpha1.Summary, error) {
-	return nil, errdefs.NotFound("stats are not supported by volant-kubelet yet")
-}
-
-// GetMetricsResource is not supported yet (the metrics issue).
-func (p *Provider) GetMetricsResource(context.Context) ([]*dto.MetricFamily, error) {
-	return nil, errdefs.NotFound("metrics are not supported by volant-kubelet yet")
 }
