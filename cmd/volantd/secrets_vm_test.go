@@ -1,16 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,7 +31,10 @@ import (
 // file it finds, which match the secrets; the secrets' values appear
 // nowhere else the test can look: the hypervisor's argv (its kernel
 // command line with it), every process's argv on the host, the serial
-// log, the VM's spec, volantd's answers and its event log.
+// log, the VM's spec, volantd's answers and its event log; nor in any file
+// of the data directory (the state database with it, where they are
+// sealed) or of the VM's run directory. After a stop and a restart of
+// volantd, the VM starts again with its inputs from the sealed row.
 func TestVMSecrets(t *testing.T) {
 	k, _ := guesttest.Kernel(t)
 	guesttest.QEMU(t)
@@ -105,22 +111,26 @@ memory_mb = 128
 	}
 
 	sum := func(s string) string { h := sha256.Sum256([]byte(s)); return hex.EncodeToString(h[:]) }
-	for file, want := range map[string]string{"env.txt": sum(token), "file.txt": sum(fileSecret)} {
-		// Running means kestrel answers; the workload's server may come
-		// a moment later.
-		var got string
-		var err error
-		for t0 := time.Now(); time.Since(t0) < 120*time.Second; time.Sleep(500 * time.Millisecond) {
-			if got, err = getIn(h.ns, "http://"+v.IP+"/"+file, 10*time.Second); err == nil {
-				break
+	received := func() {
+		t.Helper()
+		for file, want := range map[string]string{"env.txt": sum(token), "file.txt": sum(fileSecret)} {
+			// Running means kestrel answers; the workload's server may
+			// come a moment later.
+			var got string
+			var err error
+			for t0 := time.Now(); time.Since(t0) < 120*time.Second; time.Sleep(500 * time.Millisecond) {
+				if got, err = getIn(h.ns, "http://"+v.IP+"/"+file, 10*time.Second); err == nil {
+					break
+				}
+			}
+			if err != nil || strings.TrimSpace(got) != want {
+				serial, _ := os.ReadFile(filepath.Join(data, "vms", "s1", "serial.log"))
+				t.Logf("serial log:\n%s", tail(string(serial), 30))
+				t.Fatalf("the workload's %s: %q %v, want %s", file, got, err, want)
 			}
 		}
-		if err != nil || strings.TrimSpace(got) != want {
-			serial, _ := os.ReadFile(filepath.Join(data, "vms", "s1", "serial.log"))
-			t.Logf("serial log:\n%s", tail(string(serial), 30))
-			t.Fatalf("the workload's %s: %q %v, want %s", file, got, err, want)
-		}
 	}
+	received()
 
 	// Where the values must not be.
 	places := map[string][]byte{"volar's answer": created}
@@ -183,7 +193,72 @@ memory_mb = 128
 	if !strings.Contains(string(places["GET /api/v1/vms/s1"]), `"TOKEN"`) {
 		t.Errorf("the VM's answer does not name its input TOKEN: %s", places["GET /api/v1/vms/s1"])
 	}
+
+	// At rest: the data directory (the state database and its WAL with
+	// it) and the VM's run directory hold no secret; the one clear copy
+	// is the run's inputs file, 0600 in a 0700 directory of the tmpfs.
+	inputs := filepath.Join(h.dir, "inputs", "s1.json")
+	for _, p := range []string{inputs, filepath.Dir(inputs)} {
+		st, err := os.Stat(p)
+		if err != nil || st.Mode().Perm()&0o077 != 0 {
+			t.Fatalf("%s: %v %v", p, st, err)
+		}
+	}
+	secretsAbsent(t, token, fileSecret, data, filepath.Join(h.dir, "run"))
+
+	// A stop removes the clear copy; volantd restarts; the VM starts
+	// again with its inputs read from the sealed row.
+	if _, err := d.c.StopVM(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(inputs); !os.IsNotExist(err) {
+		t.Fatalf("the inputs in clear after a stop: %v", err)
+	}
+	secretsAbsent(t, token, fileSecret, data, filepath.Join(h.dir, "run"), filepath.Join(h.dir, "inputs"), d.log)
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	<-d.done
+	d = startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
+		"--health-interval", "2s", "--start-timeout", "240s", "--stop-timeout", "5s", "--trusted-keys", trusted, "--require-signed")
+	started, err := exec.Command(volar, "-H", d.sock, "-o", "json", "vms", "start", "s1", "--wait", "--timeout", "300s").CombinedOutput()
+	if err != nil {
+		t.Fatalf("volar vms start after a volantd restart: %v %s", err, started)
+	}
+	received()
+	secretsAbsent(t, token, fileSecret, data, filepath.Join(h.dir, "run"), d.log)
 	if _, err := d.c.DeleteVM(ctx, "s1"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := os.Stat(inputs); !os.IsNotExist(err) {
+		t.Fatalf("the inputs in clear after a delete: %v", err)
+	}
+}
+
+// secretsAbsent fails when a file under one of dirs holds one of the
+// secrets (as text, the way they were given).
+func secretsAbsent(t *testing.T, a, b string, dirs ...string) {
+	t.Helper()
+	n := 0
+	for _, dir := range dirs {
+		err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+			if err != nil || !e.Type().IsRegular() {
+				return nil // sockets, and what a run removes meanwhile
+			}
+			body, err := os.ReadFile(p)
+			if err != nil {
+				return nil
+			}
+			n++
+			if bytes.Contains(body, []byte(a)) || bytes.Contains(body, []byte(b)) {
+				t.Errorf("%s holds a secret", p)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n < 3 {
+		t.Fatalf("only %d files read under %v", n, dirs)
+	}
+	t.Logf("no secret in %d files under %v", n, dirs)
 }

@@ -33,7 +33,7 @@ func BenchmarkListVMs200(b *testing.B) {
 	}
 	defer st.Close()
 	pr := controllertest.NewProber()
-	c, err := controller.New(controller.Config{Store: st, DataDir: dir, Runtime: controllertest.NewRuntime(),
+	c, err := controller.New(controller.Config{Store: st, DataDir: dir, InputsDir: filepath.Join(dir, "run-inputs"), Runtime: controllertest.NewRuntime(),
 		Network: controllertest.NewNetwork(), Prober: pr, MaxBooting: -1, HealthInterval: time.Hour, Pool: mustPool(b)})
 	if err != nil {
 		b.Fatal(err)

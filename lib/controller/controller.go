@@ -80,6 +80,7 @@ import (
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/layout"
+	"github.com/volantvm/volant/lib/secretbox"
 	"github.com/volantvm/volant/lib/signing"
 	"github.com/volantvm/volant/lib/store"
 	"github.com/volantvm/volant/lib/vmm/supervise"
@@ -94,8 +95,13 @@ type Config struct {
 	// Bridge is the bridge taps attach to (default vbr0).
 	Bridge string
 	// DataDir holds plugins/<name>/ (fetched artifacts) and vms/<name>/
-	// (spec.json, serial.log, launch.log); default /var/lib/volant.
+	// (spec.json, serial.log, launch.log); default /var/lib/volant. Its
+	// secrets.key seals VMs' inputs in the database (secrets.go).
 	DataDir string
+	// InputsDir is where a VM's inputs are in clear while it runs, for
+	// its volant-launch to read: a tmpfs directory (default
+	// /run/volant/inputs, volantd's layout.Dirs.InputsDir).
+	InputsDir string
 	// ArtifactDirs are the directories besides DataDir/plugins that local
 	// plugin artifacts may come from (volantd --artifact-dir).
 	ArtifactDirs []string
@@ -236,6 +242,10 @@ type Controller struct {
 	live               *liveness // replicas seen unhealthy, since when
 
 	ports portSync
+
+	keyMu sync.Mutex
+	key   *secretbox.Key // loaded on first use (secretsKey)
+
 	// base is the controller's lifetime context, set by Run (watchers and
 	// background work started before Run use the Reconcile context).
 	base context.Context
@@ -260,6 +270,9 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = layout.DefaultDataDir
+	}
+	if cfg.InputsDir == "" {
+		cfg.InputsDir = layout.Dirs{}.InputsDir()
 	}
 	if cfg.Network == nil {
 		cfg.Network = &hostnet.Host{Log: cfg.Logger}

@@ -28,6 +28,7 @@ import (
 type fixture struct {
 	t   *testing.T
 	dir string
+	run string // the controller's InputsDir, apart from the data dir
 	st  *store.Store
 	rt  *controllertest.Runtime
 	nw  *controllertest.Network
@@ -42,7 +43,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	return &fixture{t: t, dir: dir, st: st, rt: controllertest.NewRuntime(), nw: controllertest.NewNetwork(), ctx: context.Background()}
+	return &fixture{t: t, dir: dir, run: t.TempDir(), st: st, rt: controllertest.NewRuntime(), nw: controllertest.NewNetwork(), ctx: context.Background()}
 }
 
 // controller makes a controller on the fixture's store and fakes, as a
@@ -59,6 +60,7 @@ func (f *fixture) controller() (*controller.Controller, *controller.ReconcileRep
 func (f *fixture) controllerWith(cfg controller.Config) (*controller.Controller, *controller.ReconcileReport) {
 	f.t.Helper()
 	cfg.Store, cfg.DataDir, cfg.Runtime, cfg.Network = f.st, f.dir, f.rt, f.nw
+	cfg.InputsDir = f.run
 	if cfg.HealthInterval == 0 {
 		cfg.HealthInterval = 50 * time.Millisecond
 	}

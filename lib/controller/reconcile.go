@@ -38,6 +38,9 @@ type ReconcileReport struct {
 	RemovedTaps []string `json:"removed_taps"`
 	// OrphanRuns are runs of VMs that do not exist, which were stopped.
 	OrphanRuns []string `json:"orphan_runs"`
+	// SealedInputs are VMs whose inputs an earlier volantd kept in clear
+	// (<data>/vms/<name>/inputs.json), now sealed in the database.
+	SealedInputs []string `json:"sealed_inputs,omitempty"`
 	// Volumes are the volume operations that were finished or undone.
 	Volumes *VolumeReconcileReport `json:"volumes,omitempty"`
 }
@@ -80,6 +83,10 @@ func (c *Controller) Reconcile(ctx context.Context) (*ReconcileReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Inputs an earlier volantd kept in clear are sealed before any start.
+	if rep.SealedInputs, err = c.sealLegacyInputs(ctx, rows); err != nil {
+		return rep, fmt.Errorf("reconcile: %w", err)
+	}
 	// No install runs yet: whatever is partial is left from a crash.
 	rep.RemovedPartials = append(c.cleanBuilds(), c.cleanArtifacts(installed)...)
 	var mu sync.Mutex
@@ -114,6 +121,7 @@ func (c *Controller) Reconcile(ctx context.Context) (*ReconcileReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	c.gcRunInputs(rows)
 	keep := make([]string, 0, len(rows))
 	known := map[string]bool{}
 	for _, v := range rows {

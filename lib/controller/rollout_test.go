@@ -482,6 +482,7 @@ func TestRollingUpdateRestart(t *testing.T) {
 func (f *fixture) startController(cfg controller.Config) (*controller.Controller, func()) {
 	f.t.Helper()
 	cfg.Store, cfg.DataDir, cfg.Runtime, cfg.Network = f.st, f.dir, f.rt, f.nw
+	cfg.InputsDir = f.run
 	c, err := controller.New(cfg)
 	if err != nil {
 		f.t.Fatal(err)

@@ -231,15 +231,23 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
 	}
 	spec.Volumes = vols
-	// The inputs go to a file of the VM's own before its row exists (and
-	// before the runtime checks the spec that names it): a VM never
-	// starts without them. A create that fails removes the file.
-	if err := c.writeInputs(req.Name, req.Inputs); err != nil {
-		return nil, fmt.Errorf("creating VM %s: keeping its inputs: %w", req.Name, err)
+	// The inputs are sealed for the VM's row (secrets.go) and, in clear,
+	// go to its run's inputs file before the runtime checks the spec that
+	// names it. A create that fails removes the file.
+	var sealed sealedInputs
+	if req.Inputs != nil {
+		plain, s, err := c.sealInputs(req.Name, req.Inputs)
+		if err != nil {
+			return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
+		}
+		sealed = s
+		if err := c.writeRunInputs(req.Name, plain); err != nil {
+			return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
+		}
 	}
 	if err := c.cfg.Runtime.Check(ctx, spec); err != nil {
 		if req.Inputs != nil {
-			os.Remove(c.InputsPath(req.Name))
+			c.dropRunInputs(req.Name)
 		}
 		return nil, fmt.Errorf("creating VM %s: %w", req.Name, err)
 	}
@@ -275,6 +283,11 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 			}
 			return err
 		}
+		if req.Inputs != nil {
+			if err := putInputsTx(ctx, tx, req.Name, sealed); err != nil {
+				return err
+			}
+		}
 		if err := attachVolumesTx(ctx, tx, req.Name, req.Volumes); err != nil {
 			return fmt.Errorf("creating VM %s: %w", req.Name, err)
 		}
@@ -289,7 +302,7 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 		if req.FromSnapshot != "" {
 			os.RemoveAll(c.vmDir(req.Name))
 		} else if req.Inputs != nil {
-			os.Remove(c.InputsPath(req.Name))
+			c.dropRunInputs(req.Name)
 		}
 		return nil, err
 	}
@@ -536,6 +549,11 @@ func (c *Controller) stepStage(ctx context.Context, name string) error {
 	if err := c.stageFromSnapshot(ctx, name, &spec); err != nil {
 		return err
 	}
+	if spec.InputsFile != "" {
+		if err := c.stageInputs(ctx, name); err != nil {
+			return err
+		}
+	}
 	b, err := json.MarshalIndent(spec, "", "  ")
 	if err != nil {
 		return err
@@ -705,6 +723,7 @@ func (c *Controller) stop(ctx context.Context, name, desired string) error {
 	if err != nil {
 		return fmt.Errorf("stopping VM %s: %w", name, err)
 	}
+	c.dropRunInputs(name) // the next start writes them again
 	was := v.State
 	_, err = c.updateVM(ctx, name, func(tx *sql.Tx, v *vmRow) error {
 		v.PID, v.Supervisor, v.VMM, v.Health = 0, nil, nil, ""
@@ -804,6 +823,7 @@ func (c *Controller) destroy(ctx context.Context, name, reason string) error {
 	if err := os.RemoveAll(c.vmDir(name)); err != nil {
 		c.log.Warn("removing the VM's files", "vm", name, "err", err)
 	}
+	c.dropRunInputs(name)
 	c.publishNow(ctx)
 	return nil
 }

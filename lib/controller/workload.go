@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -17,8 +16,8 @@ import (
 
 // A VM's own workload: the overrides of its create request (vms.workload),
 // its labels (vms.labels), and its inputs (env and files for the agent
-// channel), which live only in <data>/vms/<name>/inputs.json (0600), never
-// in the database or an answer.
+// channel): vms.workload keeps their names, never their values, which are
+// sealed in vm_inputs and nowhere in an answer (secrets.go).
 
 // vmWorkload is the vms.workload column.
 type vmWorkload struct {
@@ -185,22 +184,6 @@ func vmManifest(raw []byte, o *api.WorkloadOverride) (json.RawMessage, error) {
 		return nil, err
 	}
 	return m.JSON()
-}
-
-// InputsPath is where a VM's inputs are kept while it exists.
-func (c *Controller) InputsPath(name string) string {
-	return filepath.Join(c.vmDir(name), "inputs.json")
-}
-
-func (c *Controller) writeInputs(name string, in *api.Inputs) error {
-	if in == nil {
-		return nil
-	}
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	return writeFileAtomic(c.InputsPath(name), b, 0o600)
 }
 
 func (v vmRow) workloadSummary() (*api.WorkloadOverride, *api.InputsSummary) {

@@ -1,26 +1,36 @@
 package controller_test
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/store"
+	"github.com/volantvm/volant/lib/testutil/wait"
+
+	_ "github.com/mattn/go-sqlite3"
 )
 
 // TestCreateVMWorkload: a VM's command, args, env, workdir and restart
 // change the manifest it boots (with Docker's and Kubernetes' meaning of
-// command and args), its labels select it, and its inputs go to a file of
-// its own (0600) that the launch spec names: never into the spec's
-// manifest, the database or an answer.
+// command and args), its labels select it, and its inputs are sealed in
+// the database and in clear only in a file of the run's (0600, in a 0700
+// directory apart from the data directory) that the launch spec names,
+// from a start until a stop: never in the spec's manifest, the data
+// directory, the database in clear or an answer.
 func TestCreateVMWorkload(t *testing.T) {
 	f := newFixture(t)
 	c, _ := f.controller()
@@ -72,23 +82,36 @@ func TestCreateVMWorkload(t *testing.T) {
 	if strings.Join(w.Entrypoint, " ") != "/bin/app --port 90" || w.Env["A"] != "1" || w.Env["B"] != "3" || w.Workdir != "/srv" || w.Restart != "always" {
 		t.Fatalf("the VM's manifest workload %+v", w)
 	}
-	if spec.InputsFile != c.InputsPath("pod-1") {
-		t.Fatalf("inputs file %q, want %q", spec.InputsFile, c.InputsPath("pod-1"))
+	if spec.InputsFile != c.InputsPath("pod-1") || !strings.HasPrefix(spec.InputsFile, f.run+"/") {
+		t.Fatalf("inputs file %q, want %q in %s", spec.InputsFile, c.InputsPath("pod-1"), f.run)
 	}
-	st, err := os.Stat(spec.InputsFile)
-	if err != nil || st.Mode().Perm() != 0o600 {
-		t.Fatalf("inputs file: %v %v", st, err)
-	}
+	checkMode(t, spec.InputsFile, 0o600)
+	checkMode(t, f.run, 0o700)
+	checkMode(t, c.SecretsKeyPath(), 0o600)
 	var in api.Inputs
 	raw, _ := os.ReadFile(spec.InputsFile)
 	if err := json.Unmarshal(raw, &in); err != nil || in.Env["TOKEN"] != secret || string(in.Files[0].Data) != secret || in.Dirs[0] != "/cache" {
 		t.Fatalf("inputs %+v %v", in, err)
 	}
-	// Nowhere in the database.
-	db, _ := os.ReadFile(filepath.Join(f.dir, "volant.db"))
-	wal, _ := os.ReadFile(filepath.Join(f.dir, "volant.db-wal"))
-	if strings.Contains(string(db)+string(wal), secret) {
-		t.Fatal("the database holds the secret")
+	// Sealed in the database; in clear nowhere in the data directory.
+	if n := sealedRows(t, f, "pod-1"); n != 1 {
+		t.Fatalf("%d sealed inputs rows for pod-1", n)
+	}
+	noSecretIn(t, f.dir, secret)
+
+	// Stopped: the clear copy goes; started: it comes back from the
+	// sealed row, the same.
+	if _, err := c.StopVM(f.ctx, "pod-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(spec.InputsFile); !os.IsNotExist(err) {
+		t.Fatalf("inputs in clear after a stop: %v", err)
+	}
+	if _, err := c.StartVM(f.ctx, "pod-1"); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := os.ReadFile(spec.InputsFile); err != nil || string(again) != string(raw) {
+		t.Fatalf("inputs after a start: %q %v", again, err)
 	}
 
 	// command replaces the image's Entrypoint and Cmd.
@@ -128,6 +151,186 @@ func TestCreateVMWorkload(t *testing.T) {
 	}
 	if _, err := os.Stat(c.InputsPath("pod-1")); !os.IsNotExist(err) {
 		t.Fatalf("inputs left after delete: %v", err)
+	}
+	if n := sealedRows(t, f, "pod-1"); n != 0 {
+		t.Fatalf("%d sealed inputs rows left after delete", n)
+	}
+}
+
+func checkMode(t *testing.T, path string, want os.FileMode) {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != want {
+		t.Fatalf("%s: %v %v, want mode %#o", path, st, err, want)
+	}
+}
+
+// sealedRows counts a VM's rows in vm_inputs.
+func sealedRows(t *testing.T, f *fixture, vm string) int {
+	t.Helper()
+	var n int
+	err := f.st.Read(f.ctx, func(tx *sql.Tx) error {
+		return tx.QueryRow(`SELECT count(*) FROM vm_inputs WHERE vm = ?`, vm).Scan(&n)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// noSecretIn fails when any file under dir (the database and its WAL
+// with them) holds secret.
+func noSecretIn(t *testing.T, dir, secret string) {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		n++
+		if bytes.Contains(b, []byte(secret)) {
+			t.Errorf("%s holds the secret", p)
+		}
+		return nil
+	})
+	if err != nil || n == 0 {
+		t.Fatalf("walking %s: %v (%d files)", dir, err, n)
+	}
+}
+
+// TestInputsSealedAcrossRestart: a VM's inputs come back from the sealed
+// row after a restart, when its clear copy is gone (a host reboot empties
+// /run); a stale clear copy of a VM that does not run is removed; a
+// changed sealed row or another key refuses the start (DATA_CORRUPT)
+// instead of handing the guest something else.
+func TestInputsSealedAcrossRestart(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	f.plugin(c, "app")
+	secret := "s3cr3t-restart"
+	in := &api.Inputs{Env: map[string]string{"TOKEN": secret}}
+	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "a", Plugin: "app", Inputs: in}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "b", Plugin: "app", Inputs: in}); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(c.InputsPath("a"))
+	if _, err := c.StopVM(f.ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(c.InputsPath("b"), want, 0o600) // left by a crash mid-stop
+	os.RemoveAll(f.run)                          // the host rebooted
+	f.rt.Kill("a", nil)
+	c2, _ := f.controller()
+	if err := wait.For(5*time.Second, func() bool {
+		v, err := c2.VM(f.ctx, "a")
+		return err == nil && v.State == api.VMCrashed
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.StartVM(f.ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(c2.InputsPath("a")); err != nil || string(got) != string(want) {
+		t.Fatalf("inputs after a restart: %q %v", got, err)
+	}
+	os.WriteFile(c.InputsPath("b"), want, 0o600)
+	c3, _ := f.controller()
+	if _, err := os.Stat(c3.InputsPath("b")); !os.IsNotExist(err) {
+		t.Fatalf("a stopped VM's inputs in clear after a restart: %v", err)
+	}
+	noSecretIn(t, f.dir, secret)
+
+	// A changed byte: the start is refused.
+	if _, err := c3.StopVM(f.ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	err := f.st.Tx(f.ctx, func(tx *sql.Tx) error {
+		var b []byte
+		if err := tx.QueryRow(`SELECT sealed FROM vm_inputs WHERE vm = 'a'`).Scan(&b); err != nil {
+			return err
+		}
+		b[len(b)/2] ^= 1
+		_, err := tx.Exec(`UPDATE vm_inputs SET sealed = ? WHERE vm = 'a'`, b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c3.StartVM(f.ctx, "a"); !apierr.Is(err, apierr.DataCorrupt) {
+		t.Fatalf("a start with changed inputs: %v", err)
+	}
+	// Another key: refused too, naming the key.
+	os.Remove(c3.SecretsKeyPath())
+	c4, _ := f.controller()
+	if _, err := c4.StartVM(f.ctx, "b"); !apierr.Is(err, apierr.DataCorrupt) || !strings.Contains(err.Error(), "key") {
+		t.Fatalf("a start under another key: %v", err)
+	}
+}
+
+// TestLegacyInputsSealed: a database from before schema 9, whose VM's
+// inputs an earlier volantd kept in clear in <data>/vms/<name>/inputs.json,
+// is migrated, and the next volantd seals the inputs into it and removes
+// the file; the VM starts with the same inputs.
+func TestLegacyInputsSealed(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	f.plugin(c, "app")
+	secret := "s3cr3t-legacy"
+	in := &api.Inputs{Env: map[string]string{"TOKEN": secret}, Files: []api.InputFile{{Path: "/etc/k", Mode: 0o400, Data: []byte(secret)}}}
+	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "old", Plugin: "app", Inputs: in}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.StopVM(f.ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	f.st.Close()
+	// Make it the database and data directory a schema-8 volantd left.
+	path := filepath.Join(f.dir, "volant.db")
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`DROP TABLE vm_inputs`, `PRAGMA user_version = 8`} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	os.Remove(filepath.Join(f.dir, "secrets.key"))
+	legacy := filepath.Join(f.dir, "vms", "old", "inputs.json")
+	b, _ := json.Marshal(in)
+	os.WriteFile(legacy, b, 0o600)
+
+	st, err := store.Open(f.ctx, path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f.st = st
+	c2, rep := f.controller()
+	if strings.Join(rep.SealedInputs, ",") != "old" {
+		t.Fatalf("sealed: %v", rep.SealedInputs)
+	}
+	if _, err := os.Stat(legacy); !os.IsNotExist(err) {
+		t.Fatalf("the clear inputs file is still there: %v", err)
+	}
+	if n := sealedRows(t, f, "old"); n != 1 {
+		t.Fatalf("%d sealed rows", n)
+	}
+	noSecretIn(t, f.dir, secret)
+	if _, err := c2.StartVM(f.ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(c2.InputsPath("old"))
+	var gin api.Inputs
+	if err := json.Unmarshal(got, &gin); err != nil || gin.Env["TOKEN"] != secret || string(gin.Files[0].Data) != secret {
+		t.Fatalf("inputs after the migration: %s %v", got, err)
 	}
 }
 

@@ -5,6 +5,7 @@
 //
 //	/var/lib/volant/                 data directory (VOLANT_DATA_DIR)
 //	  volant.db                      state database (VOLANT_DB)
+//	  secrets.key                    the key that seals VMs' inputs in the database (0600, lib/secretbox)
 //	  kernel/                        guest kernel (VOLANT_KERNEL_DIR; not moved with the data directory)
 //	  cache/                         built boot images, verified artifacts (VOLANT_CACHE_DIR)
 //	  plugins/<name>/                installed plugin artifacts
@@ -18,6 +19,8 @@
 //	  volumes/<name>.img             volumes: disk images that outlive VMs
 //	/run/volant/volantd.sock         volantd's API socket (VOLANT_SOCKET)
 //	/run/volant/vms/<name>/          a VM's run directory (VOLANT_RUN_ROOT): sockets, pid file, plan
+//	/run/volant/inputs/<name>.json   a VM's inputs in clear (0600, dir 0700), from its start until it
+//	                                 is stopped: what volant-launch sends kestrel (beside RunRoot)
 //	/run/volant/vm.env               the volant-vm@ units' environment (volantd's jail settings, lib/runner)
 //	/var/lib/volant/uids/            per jailed hypervisor's uid in use (lib/vmm/jail):
 //	  <uid>                            its lock file
@@ -70,7 +73,11 @@ const (
 
 // Names inside the data directory.
 const (
-	DBName        = "volant.db"
+	DBName = "volant.db"
+	// SecretsKeyName is the key file that seals secrets at rest.
+	SecretsKeyName = "secrets.key"
+	// InputsName is the directory beside RunRoot for VMs' inputs in clear.
+	InputsName    = "inputs"
 	KernelName    = "kernel"
 	CacheName     = "cache"
 	PluginsName   = "plugins"
@@ -182,6 +189,17 @@ func (d Dirs) VolumeImage(name string) string {
 
 // RunDir is <RunRoot>/<name>: a VM's run directory.
 func (d Dirs) RunDir(name string) string { return filepath.Join(d.WithDefaults().RunRoot, name) }
+
+// InputsDir is <RunRoot>/../inputs: VMs' inputs in clear while they run,
+// on the same tmpfs as their run directories but apart from them (a run
+// clears its run directory as it starts, and a restarted run reads its
+// inputs again).
+func (d Dirs) InputsDir() string {
+	return filepath.Join(filepath.Dir(d.WithDefaults().RunRoot), InputsName)
+}
+
+// SecretsKey is <Data>/secrets.key.
+func (d Dirs) SecretsKey() string { return filepath.Join(d.WithDefaults().Data, SecretsKeyName) }
 
 // Sibling returns the Volant binary called name that sits in the same
 // directory as the running executable (symlinks to it resolved), or "" when

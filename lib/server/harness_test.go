@@ -68,7 +68,7 @@ func newEnvDB(t *testing.T, db string, opts ...envOpt) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, dir: dir, st: st, rt: controllertest.NewRuntime(), nw: controllertest.NewNetwork(), pr: controllertest.NewProber(), ctx: ctx, stop: cancel}
-	cfg := controller.Config{MaxBooting: -1, Store: st, DataDir: dir, Runtime: e.rt, Network: e.nw, Prober: e.pr,
+	cfg := controller.Config{MaxBooting: -1, Store: st, DataDir: dir, InputsDir: filepath.Join(dir, "run-inputs"), Runtime: e.rt, Network: e.nw, Prober: e.pr,
 		HealthInterval: 50 * time.Millisecond, ReconcileInterval: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	so := server.Options{}

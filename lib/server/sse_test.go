@@ -380,7 +380,7 @@ func TestEventsSurviveRestart(t *testing.T) {
 	}
 	e.install("db")
 	// A second controller and server on the same database.
-	ctl2, err := controller.New(controller.Config{MaxBooting: -1, Store: e.st, DataDir: e.dir, Runtime: e.rt, Network: e.nw, Prober: e.pr})
+	ctl2, err := controller.New(controller.Config{MaxBooting: -1, Store: e.st, DataDir: e.dir, InputsDir: filepath.Join(e.dir, "run-inputs"), Runtime: e.rt, Network: e.nw, Prober: e.pr})
 	if err != nil {
 		t.Fatal(err)
 	}

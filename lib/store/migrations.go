@@ -29,6 +29,7 @@ func migrations() []migration {
 		{6, "named API tokens with roles, stored hashed", schemaV6},
 		{7, "plugin signatures", schemaV7},
 		{8, "plugin versions side by side; deployment rollouts", schemaV8},
+		{9, "VM inputs sealed at rest", schemaV9},
 	}
 }
 
@@ -366,4 +367,19 @@ CREATE TABLE rollouts (
 	PRIMARY KEY (deployment, revision)
 ) STRICT;
 CREATE UNIQUE INDEX rollouts_active ON rollouts(deployment) WHERE state IN ('progressing', 'rolling_back');
+`
+
+// schemaV9: a VM's inputs (the env and files of its create request, its
+// secrets) sealed at rest. sealed is lib/secretbox's record of the inputs'
+// JSON under the key file <data>/secrets.key, with the VM's name as
+// associated data; key_id names that key (not the key). The row goes with
+// its VM. Before schema 9 the inputs lived in clear in
+// <data>/vms/<name>/inputs.json: volantd seals those into this table when
+// it starts (lib/controller), which SQL alone cannot do.
+const schemaV9 = `
+CREATE TABLE vm_inputs (
+	vm     TEXT PRIMARY KEY REFERENCES vms(id) ON UPDATE CASCADE ON DELETE CASCADE,
+	key_id TEXT NOT NULL,
+	sealed BLOB NOT NULL CHECK (length(sealed) > 28)
+) STRICT;
 `

@@ -83,7 +83,7 @@ func TestOpenCreatesAndMigrates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(tables, " "); got != "deployments events ip_leases plugin_versions plugins ports rollouts settings tokens vms volume_attachments volumes" {
+	if got := strings.Join(tables, " "); got != "deployments events ip_leases plugin_versions plugins ports rollouts settings tokens vm_inputs vms volume_attachments volumes" {
 		t.Fatalf("tables: %s", got)
 	}
 	if err := s.Check(ctx); err != nil {
@@ -531,5 +531,40 @@ func TestSchemaV8KeepsPluginsAndVMs(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "UNIQUE") {
 		t.Fatalf("two updates under way: %v", err)
+	}
+}
+
+// TestSchemaV9SealedInputs: a VM's sealed inputs row goes with the VM,
+// follows a rename, and a row too short to be a sealed record is refused.
+func TestSchemaV9SealedInputs(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "volant.db"), Options{})
+	now := FormatTime(time.Now())
+	exec := func(q string, args ...any) error {
+		return s.Tx(ctx, func(tx *sql.Tx) error { _, err := tx.Exec(q, args...); return err })
+	}
+	for _, q := range []string{
+		`INSERT INTO plugins (name, version, runtime, manifest, enabled, created_at, updated_at) VALUES ('web', '1', 'web', '{}', 1, ?1, ?1)`,
+		`INSERT INTO vms (id, plugin, state, cpu_cores, memory_mb, created_at, updated_at) VALUES ('a', 'web', 'running', 1, 128, ?1, ?1)`,
+	} {
+		if err := exec(q, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := exec(`INSERT INTO vm_inputs (vm, key_id, sealed) VALUES ('a', 'k', ?)`, make([]byte, 28)); err == nil {
+		t.Fatal("a 28-byte sealed record was accepted")
+	}
+	if err := exec(`INSERT INTO vm_inputs (vm, key_id, sealed) VALUES ('nosuch', 'k', ?)`, make([]byte, 64)); err == nil {
+		t.Fatal("sealed inputs of no VM were accepted")
+	}
+	if err := exec(`INSERT INTO vm_inputs (vm, key_id, sealed) VALUES ('a', 'k', ?)`, make([]byte, 64)); err != nil {
+		t.Fatal(err)
+	}
+	count := func() (n int) {
+		s.Read(ctx, func(tx *sql.Tx) error { return tx.QueryRow(`SELECT count(*) FROM vm_inputs`).Scan(&n) })
+		return n
+	}
+	if err := exec(`DELETE FROM vms WHERE id = 'a'`); err != nil || count() != 0 {
+		t.Fatalf("after the VM's delete: %d rows (%v)", count(), err)
 	}
 }

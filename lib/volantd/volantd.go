@@ -392,7 +392,8 @@ func Serve(ctx context.Context, cfg Config) error {
 	var moveAgent func(ctx context.Context, host string) error
 	ctl, err := controller.New(controller.Config{
 		Store: st, Pool: pool, Bridge: cfg.Bridge, DataDir: cfg.DataDir, Runtime: rt, Network: hn,
-		Launch: cfg.Launch, AgentHost: agentHost, AgentPort: agentPort, DNS: cfg.DNS,
+		InputsDir: layout.Dirs{RunRoot: cfg.RunRoot}.InputsDir(),
+		Launch:    cfg.Launch, AgentHost: agentHost, AgentPort: agentPort, DNS: cfg.DNS,
 		HealthInterval: cfg.HealthInterval, StopTimeout: cfg.StopTimeout, StartTimeout: cfg.StartTimeout, Logger: log,
 		LivenessGrace: cfg.LivenessGrace,
 		MaxBooting:    cfg.MaxBooting, ArtifactDirs: cfg.ArtifactDirs, MaxArtifactBytes: cfg.MaxArtifactBytes,
