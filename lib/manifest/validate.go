@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/url"
 	"path"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,16 +36,64 @@ const (
 	DefaultAgentPort = 8080
 )
 
-var (
-	checksumRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-	hex64RE    = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
-	// labelRE bounds the length in code (at the call): a {0,62}
-	// repetition takes ~0.3 ms to compile, paid at the start of every
-	// command and of kestrel in the guest.
-	labelRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
-	envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	userRE   = regexp.MustCompile(`^[0-9]+(:[0-9]+)?$`)
-)
+// The syntax checks below are small hand-written matchers, not regular
+// expressions: compiling even these few patterns (and the unicode tables
+// package regexp brings in) runs at the start of every program that
+// imports this package, kestrel in the guest included, where under
+// software emulation every first-run instruction is translated.
+
+// isChecksum reports whether s is "sha256:" and 64 lowercase hex digits.
+func isChecksum(s string) bool {
+	h, ok := strings.CutPrefix(s, "sha256:")
+	return ok && len(h) == 64 && strings.IndexFunc(h, func(r rune) bool { return !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') }) < 0
+}
+
+// isHex64 reports whether s is 64 hex digits of either case.
+func isHex64(s string) bool {
+	return len(s) == 64 && strings.IndexFunc(s, func(r rune) bool {
+		return !('0' <= r && r <= '9' || 'a' <= r && r <= 'f' || 'A' <= r && r <= 'F')
+	}) < 0
+}
+
+func isAlnum(b byte) bool {
+	return '0' <= b && b <= '9' || 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z'
+}
+
+// isLabelKey: a letter or digit, then letters, digits and ._/- (the
+// length is bounded at the call).
+func isLabelKey(s string) bool {
+	if s == "" || !isAlnum(s[0]) {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if c := s[i]; !isAlnum(c) && c != '.' && c != '_' && c != '/' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// isEnvKey: a letter or underscore, then letters, digits and underscores.
+func isEnvKey(s string) bool {
+	if s == "" || !(isAlnum(s[0]) && !('0' <= s[0] && s[0] <= '9') || s[0] == '_') {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if c := s[i]; !isAlnum(c) && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// isUser: a numeric uid, or uid:gid.
+func isUser(s string) bool {
+	digits := func(t string) bool {
+		return t != "" && strings.IndexFunc(t, func(r rune) bool { return r < '0' || r > '9' }) < 0
+	}
+	uid, gid, hasGID := strings.Cut(s, ":")
+	return digits(uid) && (!hasGID || digits(gid))
+}
 
 var filesystems = map[string]bool{"ext4": true, "xfs": true, "btrfs": true, "squashfs": true}
 
@@ -163,7 +210,7 @@ func (m *Manifest) Normalize() {
 
 func normChecksum(c string) string {
 	c = strings.TrimSpace(c)
-	if hex64RE.MatchString(c) {
+	if isHex64(c) {
 		return "sha256:" + strings.ToLower(c)
 	}
 	if h, ok := strings.CutPrefix(c, "sha256:"); ok {
@@ -241,12 +288,12 @@ func (m *Manifest) Validate() error {
 		v.text("workload.base_url", w.BaseURL)
 	}
 	for _, k := range sortedKeys(w.Env) {
-		v.check(envKeyRE.MatchString(k), "workload.env."+k, "not a valid environment variable name")
+		v.check(isEnvKey(k), "workload.env."+k, "not a valid environment variable name")
 	}
 	v.absPath("workload.workdir", w.Workdir)
 	v.text("workload.workdir", w.Workdir)
 	if w.User != "" {
-		v.check(userRE.MatchString(w.User), "workload.user", "must be numeric uid or uid:gid, got %q", w.User)
+		v.check(isUser(w.User), "workload.user", "must be numeric uid or uid:gid, got %q", w.User)
 	}
 	v.oneOf("workload.restart", w.Restart, "no", "on-failure", "always")
 
@@ -282,7 +329,7 @@ func (m *Manifest) Validate() error {
 			"console.shell", "must be a path without spaces or control characters, as volant.console_shell takes it")
 	}
 	for _, k := range sortedKeys(m.Labels) {
-		v.check(len(k) <= 63 && labelRE.MatchString(k), "labels."+k, "label keys use letters, digits and ._/- (at most 63)")
+		v.check(len(k) <= 63 && isLabelKey(k), "labels."+k, "label keys use letters, digits and ._/- (at most 63)")
 		v.check(len(m.Labels[k]) <= 256, "labels."+k, "value longer than 256 characters")
 		v.text("labels."+k, m.Labels[k])
 	}
@@ -343,7 +390,7 @@ func (v *validator) oneOf(field, s string, allowed ...string) {
 
 func (v *validator) checksum(field, s string) {
 	if s != "" {
-		v.check(checksumRE.MatchString(s), field, "must be sha256:<64 hex digits>, got %q", s)
+		v.check(isChecksum(s), field, "must be sha256:<64 hex digits>, got %q", s)
 	}
 }
 
