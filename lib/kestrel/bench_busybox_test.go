@@ -82,6 +82,14 @@ exec httpd -f -p 80 -h /srv
 			waitHTTP200(b, vm, net, "http://"+ip.String()+":80/index.html")
 			results[variant] = append(results[variant], float64(vm.Since().Milliseconds()))
 			results[variant+"_cpu"] = append(results[variant+"_cpu"], float64(vm.CPUTime().Milliseconds()))
+			// Under TCG much of a boot's CPU is translating guest code:
+			// how much host code it made, and how often the cache filled.
+			if j, err := vm.JIT(); err == nil {
+				results[variant+"_jit_mb"] = append(results[variant+"_jit_mb"], math.Round(float64(j.CodeBytes)/1e5)/10)
+				results[variant+"_jit_flushes"] = append(results[variant+"_jit_flushes"], float64(j.Flushes))
+			} else {
+				b.Logf("%s: info jit: %v", variant, err)
+			}
 			if variant == "busybox" {
 				for k, v := range consoleMarks(vm.ConsoleText()) {
 					results["busybox_"+k] = append(results["busybox_"+k], v)
@@ -115,6 +123,10 @@ exec httpd -f -p 80 -h /srv
 		"kestrel_qemu_cpu_ms_median":        med(results["kestrel_cpu"]),
 		"busybox_qemu_cpu_ms_median":        med(results["busybox_cpu"]),
 		"ratio_qemu_cpu_kestrel_to_busybox": med(results["kestrel_cpu"]) / med(results["busybox_cpu"]),
+		"kestrel_jit_code_mb":               results["kestrel_jit_mb"],
+		"busybox_jit_code_mb":               results["busybox_jit_mb"],
+		"kestrel_jit_flushes":               results["kestrel_jit_flushes"],
+		"busybox_jit_flushes":               results["busybox_jit_flushes"],
 		"kestrel_uptime_ms_at":              marksMedians(results, "kestrel_"),
 		"busybox_uptime_ms_at":              marksMedians(results, "busybox_"),
 		"kestrel_late_modules_before_http":  lateBefore,
@@ -155,7 +167,7 @@ func consoleMarks(console string) map[string]float64 {
 func marksMedians(results map[string][]float64, prefix string) map[string]float64 {
 	out := map[string]float64{}
 	for k, v := range results {
-		if name, ok := strings.CutPrefix(k, prefix); ok && name != "cpu" {
+		if name, ok := strings.CutPrefix(k, prefix); ok && name != "cpu" && !strings.HasPrefix(name, "jit_") {
 			out[name] = medianOf(v)
 		}
 	}

@@ -131,6 +131,9 @@ func (b *booter) run() error {
 // (it executes stage 2 from the new root) on the rootfs path.
 func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 	b.log.Info("stage 1", "version", b.version, "uptime", guest.Uptime().Round(time.Millisecond))
+	if b.level.Level() <= slog.LevelDebug {
+		b.log.Debug("init executed", "uptime", guest.Executed().Round(time.Millisecond))
+	}
 	m, err := LocalManifest(args)
 	if err != nil {
 		return Handoff{}, err

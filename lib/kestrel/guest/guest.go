@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -134,6 +135,50 @@ func Uptime() time.Duration {
 		return 0
 	}
 	return time.Duration(ts.Nano())
+}
+
+// Executed is when the kernel ran init (its "Run /init as init process"
+// record in the kernel log, /dev/kmsg), as an uptime, or 0 when the log
+// does not say. The gap between it and a later Uptime is what the exec,
+// the Go runtime and the packages' initialization took before main ran.
+// It reads the whole kernel log, so kestrel asks only when debugging.
+func Executed() time.Duration {
+	f, err := os.OpenFile("/dev/kmsg", os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	buf := make([]byte, 8192)
+	for {
+		n, err := f.Read(buf) // one record per read; EAGAIN at the end
+		if err != nil {
+			if errors.Is(err, unix.EPIPE) { // a record was overwritten: go on
+				continue
+			}
+			return 0
+		}
+		if d, ok := initRecord(string(buf[:n])); ok {
+			return d
+		}
+	}
+}
+
+// initRecord reads a /dev/kmsg record ("PRI,SEQ,USEC,FLAGS;MESSAGE") and,
+// when it is the kernel's "Run <path> as init process", returns its time.
+func initRecord(rec string) (time.Duration, bool) {
+	head, msg, ok := strings.Cut(rec, ";")
+	if !ok || !strings.HasPrefix(msg, "Run ") || !strings.Contains(msg, " as init process") {
+		return 0, false
+	}
+	f := strings.Split(head, ",")
+	if len(f) < 3 {
+		return 0, false
+	}
+	us, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return time.Duration(us) * time.Microsecond, true
 }
 
 // Release is the running kernel's release (uname -r).

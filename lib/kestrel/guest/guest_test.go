@@ -3,6 +3,7 @@ package guest
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 func TestClaimRefusesOutsideAGuest(t *testing.T) {
@@ -32,5 +33,24 @@ func TestHostIsInInitPIDNamespace(t *testing.T) {
 	}
 	if ino != InitPIDNamespaceInode {
 		t.Skipf("test runs in a child PID namespace (inode %d)", ino)
+	}
+}
+
+func TestInitRecord(t *testing.T) {
+	for _, c := range []struct {
+		rec  string
+		want time.Duration
+		ok   bool
+	}{
+		{"6,312,1043215,-;Run /init as init process\n", 1043215 * time.Microsecond, true},
+		{"6,313,2000000,-;Run /sbin/init as init process\n", 2 * time.Second, true},
+		{"6,311,1040000,-;Freeing unused kernel image (initmem) memory: 2912K\n", 0, false},
+		{"6,300,bad,-;Run /init as init process\n", 0, false},
+		{"no separator", 0, false},
+	} {
+		got, ok := initRecord(c.rec)
+		if got != c.want || ok != c.ok {
+			t.Errorf("initRecord(%q) = %v, %v; want %v, %v", c.rec, got, ok, c.want, c.ok)
+		}
 	}
 }

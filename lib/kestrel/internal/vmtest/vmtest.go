@@ -486,3 +486,96 @@ func (r *Recorder) Reports() []json.RawMessage {
 	defer r.mu.Unlock()
 	return append([]json.RawMessage(nil), r.reports...)
 }
+
+// Monitor runs a QEMU human monitor command (QMP human-monitor-command)
+// and returns its text.
+func (vm *VM) Monitor(command string) (string, error) {
+	c, err := net.DialTimeout("unix", vm.qmp, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	if _, err := r.ReadBytes('\n'); err != nil { // greeting
+		return "", err
+	}
+	args, _ := json.Marshal(map[string]string{"command-line": command})
+	fmt.Fprintf(c, `{"execute":"qmp_capabilities"}`+"\n"+`{"execute":"human-monitor-command","arguments":%s}`+"\n", args)
+	answers := 0
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return "", err
+		}
+		var msg struct {
+			Return json.RawMessage `json:"return"`
+			Error  json.RawMessage `json:"error"`
+		}
+		if err := json.Unmarshal(line, &msg); err != nil {
+			return "", fmt.Errorf("QMP: %q: %w", line, err)
+		}
+		if msg.Error != nil {
+			return "", fmt.Errorf("QMP: %s", msg.Error)
+		}
+		if msg.Return == nil {
+			continue // an event
+		}
+		if answers++; answers == 2 {
+			var text string
+			err := json.Unmarshal(msg.Return, &text)
+			return text, err
+		}
+	}
+}
+
+// JIT is what QEMU's translator did so far under TCG ("info jit"): the
+// host code in its cache and how often the cache was flushed (each flush
+// throws every translation away, so hot code is translated again).
+type JIT struct {
+	CodeBytes, CacheBytes int64
+	Flushes               int
+}
+
+// JIT reads QEMU's translation statistics.
+func (vm *VM) JIT() (JIT, error) {
+	text, err := vm.Monitor("info jit")
+	if err != nil {
+		return JIT{}, err
+	}
+	return parseJIT(text)
+}
+
+func parseJIT(text string) (JIT, error) {
+	var j JIT
+	seen := 0
+	for _, line := range strings.Split(text, "\n") {
+		k, v, ok := strings.Cut(line, "  ")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		switch strings.TrimSpace(k) {
+		case "gen code size":
+			used, size, _ := strings.Cut(v, "/")
+			u, err1 := strconv.ParseInt(used, 10, 64)
+			s, err2 := strconv.ParseInt(size, 10, 64)
+			if err1 != nil || err2 != nil {
+				return j, fmt.Errorf("info jit: %q", line)
+			}
+			j.CodeBytes, j.CacheBytes = u, s
+			seen++
+		case "TB flush count":
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return j, fmt.Errorf("info jit: %q", line)
+			}
+			j.Flushes = n
+			seen++
+		}
+	}
+	if seen != 2 {
+		return j, fmt.Errorf("info jit: no code size or flush count in %q", text)
+	}
+	return j, nil
+}
