@@ -33,6 +33,8 @@ func TestContract(t *testing.T) {
 		{"validate-file", "", []string{"validate", examples + "caddy-initramfs.json"}, 0},
 		{"validate-stdin", nginx, []string{"validate"}, 0},
 		{"validate-invalid", `{"name":"Bad Name","workload":{}}`, []string{"validate"}, 3},
+		{"validate-secrets", "", []string{"validate", examples + "worker-exec.json"}, 0},
+		{"validate-secret-value", `{"name":"a","version":"1","initramfs":{"url":"/a"},"workload":{"entrypoint":["/a"],"env":{"TOKEN":"x"}},"secrets":{"env":["TOKEN"],"files":["tls.key"]}}`, []string{"validate"}, 3},
 		{"encode", nginx, []string{"encode"}, 0},
 		{"encode-raw", nginx, []string{"encode", "--raw"}, 0},
 		{"cmdline", nginx, []string{"cmdline"}, 0},

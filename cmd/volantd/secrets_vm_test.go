@@ -26,8 +26,9 @@ import (
 )
 
 // TestVMSecrets boots a real guest (QEMU TCG) from a signed plugin under
-// --require-signed, created by volar with --secret-env (from a file) and
-// --secret-file. The workload serves the sha256 of the variable and of the
+// --require-signed whose manifest names the secrets it needs, created by
+// volar with --secret-env (from a file) and --secret-file (a create short
+// of one is SECRET_MISSING). The workload serves the sha256 of the variable and of the
 // file it finds, which match the secrets; the secrets' values appear
 // nowhere else the test can look: the hypervisor's argv (its kernel
 // command line with it), every process's argv on the host, the serial
@@ -71,6 +72,9 @@ base_url = "http://127.0.0.1:80"
 [resources]
 cpu_cores = 1
 memory_mb = 128
+[secrets]
+env = ["TOKEN"]
+files = ["/etc/app/secret"]
 [mappings]
 "www" = "/www"
 `), 0o644)
@@ -99,7 +103,19 @@ memory_mb = 128
 	tokFile, secFile := filepath.Join(h.dir, "token"), filepath.Join(h.dir, "secret")
 	os.WriteFile(tokFile, []byte(token+"\n"), 0o600)
 	os.WriteFile(secFile, []byte(fileSecret), 0o600)
-	cmd := exec.Command(volar, "-H", d.sock, "-o", "json", "vms", "create", "s1", "--plugin", "sec",
+	// The manifest names the secrets (on the kernel command line: names
+	// only); a create without one of them is refused before anything runs.
+	var stderr strings.Builder
+	cmd := exec.Command(volar, "-H", d.sock, "-o", "json", "vms", "create", "s1", "--plugin", "sec", "--secret-env", "TOKEN=@"+tokFile)
+	cmd.Stderr = &stderr
+	if out, err := cmd.Output(); err == nil || cmd.ProcessState.ExitCode() != 1 || // volar's status for an API error
+		!strings.Contains(stderr.String(), `"code":"SECRET_MISSING"`) || !strings.Contains(stderr.String(), `"missing_files":["/etc/app/secret"]`) {
+		t.Fatalf("a create without the file secret: exit %d %v %s %s", cmd.ProcessState.ExitCode(), err, out, stderr.String())
+	}
+	if strings.Contains(stderr.String(), token) {
+		t.Fatal("the refusal holds the secret")
+	}
+	cmd = exec.Command(volar, "-H", d.sock, "-o", "json", "vms", "create", "s1", "--plugin", "sec",
 		"--secret-env", "TOKEN=@"+tokFile, "--secret-file", "/etc/app/secret="+secFile, "--wait", "--timeout", "300s")
 	created, err := cmd.Output()
 	if err != nil {

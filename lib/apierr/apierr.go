@@ -35,6 +35,7 @@
 //	ISOLATION_UNAVAILABLE 9   503  the hypervisor's jail cannot be set up here (see --insecure-vmm)
 //	SIGNATURE_REQUIRED   10   403  the plugin has no signature and volantd runs with --require-signed
 //	SIGNATURE_INVALID     8   422  a plugin's signature is malformed, by a key not trusted, or does not match its manifest
+//	SECRET_MISSING        3   422  the plugin's manifest names secrets the request does not give (details name them)
 package apierr
 
 import (
@@ -81,6 +82,10 @@ const (
 	// that is not trusted, or does not match the manifest it came with
 	// (or, at boot, the manifest stored for it); details.reason says which.
 	SignatureInvalid Code = "SIGNATURE_INVALID"
+	// SecretMissing: the plugin's manifest names secrets (its "secrets")
+	// that the create request's inputs do not give; details.missing_env
+	// and details.missing_files name them.
+	SecretMissing Code = "SECRET_MISSING"
 )
 
 // codeInfo holds a code's exit status and HTTP status. The HTTP statuses
@@ -120,6 +125,7 @@ var codes = map[Code]codeInfo{
 	IsolationUnavailable: {9, 503},  // Service Unavailable
 	SignatureRequired:    {10, 403}, // Forbidden
 	SignatureInvalid:     {8, 422},  // Unprocessable Entity
+	SecretMissing:        {3, 422},  // Unprocessable Entity
 }
 
 // Codes returns every known code, for documentation and tests.

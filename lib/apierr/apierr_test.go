@@ -90,6 +90,7 @@ func TestHTTPStatusesMatchNetHTTP(t *testing.T) {
 		VolumeInUse: http.StatusConflict, NoSpace: http.StatusInsufficientStorage,
 		IsolationUnavailable: http.StatusServiceUnavailable,
 		SignatureRequired:    http.StatusForbidden, SignatureInvalid: http.StatusUnprocessableEntity,
+		SecretMissing: http.StatusUnprocessableEntity,
 	}
 	for _, c := range Codes() {
 		if c.HTTPStatus() != want[c] {

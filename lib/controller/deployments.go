@@ -204,6 +204,11 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 	if err != nil {
 		return nil, err
 	}
+	if req.FromSnapshot == "" {
+		if err := checkDeploymentSecrets(m, p.Name); err != nil {
+			return nil, err
+		}
+	}
 	ports, err := c.checkPorts(ctx, "deployment", req.Name, req.Ports, m.Network == nil || m.Network.Mode != "none")
 	if err != nil {
 		return nil, err

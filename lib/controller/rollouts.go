@@ -270,6 +270,9 @@ func (c *Controller) UpdateDeployment(ctx context.Context, name string, req api.
 	if err != nil {
 		return nil, err
 	}
+	if err := checkDeploymentSecrets(m, p.Name); err != nil {
+		return nil, err
+	}
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		d, err := getDeployment(ctx, tx, name)
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/layout"
+	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/secretbox"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
@@ -216,4 +217,41 @@ func (c *Controller) gcRunInputs(rows []vmRow) {
 			c.log.Warn("removing stale inputs", "file", e.Name(), "err", err)
 		}
 	}
+}
+
+// checkSecrets refuses a create whose inputs lack a secret the plugin's
+// manifest names (SECRET_MISSING, naming what is missing, never a value).
+func checkSecrets(m *manifest.Manifest, plugin string, in *api.Inputs) error {
+	var env map[string]string
+	var files []string
+	if in != nil {
+		env = in.Env
+		for _, f := range in.Files {
+			files = append(files, f.Path)
+		}
+	}
+	missEnv, missFiles := m.MissingSecrets(env, files)
+	if len(missEnv)+len(missFiles) == 0 {
+		return nil
+	}
+	e := apierr.New(apierr.SecretMissing, "plugin %s needs secrets the request does not give: %s; give them as inputs (volar vms create --secret-env, --secret-file)",
+		plugin, strings.Join(append(append([]string{}, missEnv...), missFiles...), ", ")).With("plugin", plugin)
+	if len(missEnv) > 0 {
+		e.With("missing_env", missEnv)
+	}
+	if len(missFiles) > 0 {
+		e.With("missing_files", missFiles)
+	}
+	return e
+}
+
+// checkDeploymentSecrets refuses a deployment of a plugin that needs
+// secrets: a deployment cannot carry inputs for its replicas yet.
+func checkDeploymentSecrets(m *manifest.Manifest, plugin string) error {
+	if m.Secrets == nil || len(m.Secrets.Env)+len(m.Secrets.Files) == 0 {
+		return nil
+	}
+	return apierr.New(apierr.SecretMissing, "plugin %s needs secrets (%s), and a deployment cannot carry them for its replicas yet: create its VMs one by one with their inputs",
+		plugin, strings.Join(append(append([]string{}, m.Secrets.Env...), m.Secrets.Files...), ", ")).
+		With("plugin", plugin).With("missing_env", m.Secrets.Env).With("missing_files", m.Secrets.Files)
 }

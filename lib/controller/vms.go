@@ -186,6 +186,11 @@ func (c *Controller) createVM(ctx context.Context, req api.CreateVMRequest, depl
 	if err != nil {
 		return nil, err
 	}
+	if req.FromSnapshot == "" { // a snapshot's guest has its secrets already
+		if err := checkSecrets(m, p.Name, req.Inputs); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := c.readVM(ctx, req.Name); err == nil {
 		return nil, vmExists(req.Name)
 	} else if !apierr.Is(err, apierr.NotFound) {

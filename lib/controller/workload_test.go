@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -364,5 +365,92 @@ func TestCreateVMWorkloadRefusals(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(f.dir, "vms", "bad")); !os.IsNotExist(err) {
 		t.Fatalf("a refused create left %v", err)
+	}
+}
+
+// TestPluginSecretsRequired: a plugin whose manifest names secrets gets a
+// VM only from a create request whose inputs give them all; a request
+// short of one is SECRET_MISSING, naming what is missing (never a value),
+// and leaves nothing behind; a deployment, which cannot carry inputs yet,
+// is refused the same way, and so is a rolling update to such a plugin.
+func TestPluginSecretsRequired(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	art := filepath.Join(f.dir, "plugins", "db.img")
+	os.MkdirAll(filepath.Dir(art), 0o755)
+	os.WriteFile(art, []byte("db"), 0o644)
+	sum := sha256.Sum256([]byte("db"))
+	m := fmt.Sprintf(`{"name":"db","version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":{"entrypoint":["/db"]},
+		"secrets":{"env":["DB_PASSWORD"],"files":["/etc/db/tls.key"]}}`, art, hex.EncodeToString(sum[:]))
+	p, err := c.InstallPlugin(f.ctx, []byte(m), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(p); !strings.Contains(string(b), `"secrets":{"env":["DB_PASSWORD"],"files":["/etc/db/tls.key"]}`) {
+		t.Fatalf("the plugin's answer does not name its secrets: %s", b)
+	}
+	f.plugin(c, "plain")
+
+	secret := "pw-s3cr3t"
+	for _, tc := range []struct {
+		in                *api.Inputs
+		wantEnv, wantFile string
+	}{
+		{nil, "DB_PASSWORD", "/etc/db/tls.key"},
+		{&api.Inputs{Env: map[string]string{"DB_PASSWORD": secret}}, "", "/etc/db/tls.key"},
+		{&api.Inputs{Env: map[string]string{"OTHER": secret}, Files: []api.InputFile{{Path: "/etc/db/tls.key", Data: []byte(secret)}}}, "DB_PASSWORD", ""},
+	} {
+		_, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "db1", Plugin: "db", Inputs: tc.in})
+		var e *apierr.Error
+		if !errors.As(err, &e) || e.Code != apierr.SecretMissing {
+			t.Fatalf("inputs %+v: %v, want SECRET_MISSING", tc.in, err)
+		}
+		b, _ := json.Marshal(e)
+		if strings.Contains(string(b), secret) {
+			t.Fatalf("the error holds a value: %s", b)
+		}
+		gotEnv, _ := json.Marshal(e.Details["missing_env"])
+		gotFile, _ := json.Marshal(e.Details["missing_files"])
+		wantEnv, wantFile := "null", "null"
+		if tc.wantEnv != "" {
+			wantEnv = `["` + tc.wantEnv + `"]`
+		}
+		if tc.wantFile != "" {
+			wantFile = `["` + tc.wantFile + `"]`
+		}
+		if string(gotEnv) != wantEnv || string(gotFile) != wantFile {
+			t.Fatalf("inputs %+v: missing %s %s, want %s %s", tc.in, gotEnv, gotFile, wantEnv, wantFile)
+		}
+		if _, err := c.VM(f.ctx, "db1"); !apierr.Is(err, apierr.NotFound) {
+			t.Fatalf("a refused create left a VM: %v", err)
+		}
+		if n := sealedRows(t, f, "db1"); n != 0 {
+			t.Fatalf("a refused create left sealed inputs")
+		}
+	}
+	ents, _ := os.ReadDir(f.run)
+	if len(ents) != 0 {
+		t.Fatalf("a refused create left inputs in clear: %v", ents)
+	}
+
+	// Given all, it is made.
+	in := &api.Inputs{Env: map[string]string{"DB_PASSWORD": secret}, Files: []api.InputFile{{Path: "/etc/db/tls.key", Mode: 0o400, Data: []byte(secret)}}}
+	if _, err := c.CreateVM(f.ctx, api.CreateVMRequest{Name: "db1", Plugin: "db", Inputs: in}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Deployments cannot carry them.
+	_, err = c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "dbs", Plugin: "db", Replicas: 1})
+	if !apierr.Is(err, apierr.SecretMissing) {
+		t.Fatalf("a deployment of a plugin with secrets: %v", err)
+	}
+	if _, err := c.Deployment(f.ctx, "dbs"); !apierr.Is(err, apierr.NotFound) {
+		t.Fatalf("a refused deployment was made: %v", err)
+	}
+	if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "plains", Plugin: "plain", Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.UpdateDeployment(f.ctx, "plains", api.UpdateDeploymentRequest{Plugin: "db"}); !apierr.Is(err, apierr.SecretMissing) {
+		t.Fatalf("an update to a plugin with secrets: %v", err)
 	}
 }

@@ -29,7 +29,7 @@ const DefaultBusybox = "/bin/busybox"
 // the original Volant fledge format (version, strategy, [agent], [init],
 // [source], [filesystem], [mappings]); the plugin's manifest fields live in
 // [plugin], [workload], [health_check], [resources], [network], [console],
-// [actions] and [labels], named as in the manifest JSON.
+// [actions], [labels] and [secrets], named as in the manifest JSON.
 type Config struct {
 	Version     string            `toml:"version"`
 	Strategy    string            `toml:"strategy"`
@@ -46,6 +46,7 @@ type Config struct {
 	Console     *Console          `toml:"console"`
 	Actions     map[string]Action `toml:"actions"`
 	Labels      map[string]string `toml:"labels"`
+	Secrets     *Secrets          `toml:"secrets"`
 
 	// Dir is the absolute folder of the file: relative paths resolve
 	// against it and mapping sources must stay inside it.
@@ -159,6 +160,13 @@ type Network struct {
 // kestrel runs on the serial console (empty: the console is output only).
 type Console struct {
 	Shell string `toml:"shell"`
+}
+
+// Secrets is the manifest's secrets: the names of the env variables and
+// guest files each VM's create request must give (never their values).
+type Secrets struct {
+	Env   []string `toml:"env"`
+	Files []string `toml:"files"`
 }
 
 // Action is one of the manifest's actions.

@@ -101,6 +101,9 @@ func (c *Config) manifestFor(name, version string, w manifest.Workload, labels m
 	if k := c.Console; k != nil && k.Shell != "" {
 		m.Console = &manifest.Console{Shell: k.Shell}
 	}
+	if s := c.Secrets; s != nil && len(s.Env)+len(s.Files) > 0 {
+		m.Secrets = &manifest.Secrets{Env: s.Env, Files: s.Files}
+	}
 	if len(c.Actions) > 0 {
 		m.Actions = map[string]manifest.Action{}
 		for k, a := range c.Actions {

@@ -51,6 +51,23 @@ type Manifest struct {
 	OpenAPI       string            `json:"openapi,omitempty" jsonschema_description:"URL or absolute path of the workload's OpenAPI document."`
 	Console       *Console          `json:"console,omitempty" jsonschema_description:"What the serial console offers besides output. Default: output only."`
 	Labels        map[string]string `json:"labels,omitempty" jsonschema_description:"Free-form key/value labels; values without control characters."`
+	Secrets       *Secrets          `json:"secrets,omitempty" jsonschema_description:"The names of the secrets every VM of this plugin needs; their values come with each create request's inputs, never in the manifest."`
+}
+
+// Secrets names the secrets a plugin's workload needs: environment
+// variables and files that each VM's create request must give in its
+// inputs (api.CreateVMRequest.inputs), which reach kestrel over the
+// host-only agent channel. A manifest holds no secret's value: it is
+// encoded onto the guest's kernel command line (readable in the guest's
+// /proc/cmdline and in the hypervisor's argv on the host), kept in clear
+// in the state database, answered by GET /api/v1/plugins, and published
+// and signed as one artifact for every VM that runs it, while a secret
+// belongs to one VM. Nor does it name host files to read: the plugin's
+// author does not know the host, and volantd reading a path a manifest
+// names would hand the host's files to whoever installs a plugin.
+type Secrets struct {
+	Env   []string `json:"env,omitempty" jsonschema_description:"Environment variables the workload needs: each must be in the create request's inputs.env."`
+	Files []string `json:"files,omitempty" jsonschema_description:"Absolute guest paths of files the workload needs: each must be in the create request's inputs.files."`
 }
 
 // Artifact is a file the VM boots from.

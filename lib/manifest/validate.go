@@ -333,10 +333,55 @@ func (m *Manifest) Validate() error {
 		v.check(len(m.Labels[k]) <= 256, "labels."+k, "value longer than 256 characters")
 		v.text("labels."+k, m.Labels[k])
 	}
+	if sec := m.Secrets; sec != nil {
+		v.check(len(sec.Env)+len(sec.Files) <= MaxSecrets, "secrets", "%d secrets; at most %d", len(sec.Env)+len(sec.Files), MaxSecrets)
+		seen := map[string]bool{}
+		for i, k := range sec.Env {
+			f := fmt.Sprintf("secrets.env[%d]", i)
+			v.check(isEnvKey(k), f, "%q is not a valid environment variable name", k)
+			v.check(!seen[k], f, "%s is named twice", k)
+			seen[k] = true
+			_, inEnv := w.Env[k]
+			v.check(!inEnv, f, "%s is also in workload.env: a secret's value comes with each VM's inputs, never in the manifest", k)
+		}
+		for i, p := range sec.Files {
+			f := fmt.Sprintf("secrets.files[%d]", i)
+			v.check(path.IsAbs(p) && path.Clean(p) == p && p != "/", f, "%q must be a clean absolute path other than /", p)
+			v.text(f, p)
+			v.check(!seen[p], f, "%s is named twice", p)
+			seen[p] = true
+		}
+	}
 	if len(v.probs) > 0 {
 		return invalid(v.probs)
 	}
 	return nil
+}
+
+// MaxSecrets bounds the secrets a manifest names (env and files together).
+const MaxSecrets = 64
+
+// MissingSecrets lists the secrets m names that in does not give: env
+// names missing from env, file paths missing from files.
+func (m *Manifest) MissingSecrets(env map[string]string, files []string) (missingEnv, missingFiles []string) {
+	if m.Secrets == nil {
+		return nil, nil
+	}
+	for _, k := range m.Secrets.Env {
+		if _, ok := env[k]; !ok {
+			missingEnv = append(missingEnv, k)
+		}
+	}
+	have := map[string]bool{}
+	for _, f := range files {
+		have[f] = true
+	}
+	for _, f := range m.Secrets.Files {
+		if !have[f] {
+			missingFiles = append(missingFiles, f)
+		}
+	}
+	return missingEnv, missingFiles
 }
 
 type validator struct{ probs []Problem }
