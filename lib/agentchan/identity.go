@@ -11,7 +11,7 @@ import (
 // then), and it is not passed on for clients of the supervisor's socket.
 //
 //	op        request          reply            then
-//	identity  IdentityRequest  IdentityReply    the stream ends
+//	identity  IdentityRequest  IdentityReply    the host ends the stream
 //
 // kestrel mixes Seed into the kernel's random pool, credits it and forces
 // a reseed of the kernel's generator (so two guests from one snapshot draw
@@ -19,6 +19,9 @@ import (
 // the NIC MAC and IP (removing the saved address), the default route via
 // Gateway and the resolvers DNS, sets the hostname to VM, reports to the
 // control plane as VM from then on, and writes /run/volant/identity.json.
+// Its first report as VM goes out when the host ends the stream: the host
+// does so once it let the VM's network out (BeginIdentity), so that report
+// is not sent into a tap that is still down and retried a second later.
 const OpIdentity = "identity"
 
 // IdentityRequest is the identity a restored guest takes.
@@ -55,8 +58,21 @@ type IdentityReply struct {
 	Generation int `json:"generation"`
 }
 
-// SetIdentity sends an identity request and waits for its reply.
+// SetIdentity sends an identity request, waits for its reply and ends the
+// stream.
 func (s *Session) SetIdentity(ctx context.Context, req IdentityRequest) (*IdentityReply, error) {
+	rep, st, err := s.BeginIdentity(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	st.Conn.Close()
+	return rep, nil
+}
+
+// BeginIdentity sends an identity request and waits for its reply. The
+// caller closes the stream once the guest's network is let out: the guest
+// then reports as the VM it now is.
+func (s *Session) BeginIdentity(ctx context.Context, req IdentityRequest) (*IdentityReply, *Stream, error) {
 	req.Op = OpIdentity
 	if req.Time == 0 {
 		req.Time = time.Now().UnixNano()
@@ -64,10 +80,9 @@ func (s *Session) SetIdentity(ctx context.Context, req IdentityRequest) (*Identi
 	var rep IdentityReply
 	st, err := s.Call(ctx, req, &rep)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	st.Conn.Close()
-	return &rep, nil
+	return &rep, st, nil
 }
 
 // ClientOps are the operations a supervisor's socket passes on to the

@@ -162,13 +162,14 @@ func restoreGuest(ctx context.Context, p *Plan, b vmm.Backend, hub *agenthub.Hub
 	// predates the restart of agentchan.Accept, or the saved session was
 	// cut mid-frame) is freed by a reconnection (Hub.Redial).
 	var rep *agentchan.IdentityReply
+	var st *agentchan.Stream
 	for attempt := 1; ; attempt++ {
 		tried := time.Now()
 		actx, cancel := context.WithTimeout(ictx, identityAttempt)
 		sess, err := hub.Session(actx)
 		if err == nil {
 			req.Time = time.Now().UnixNano()
-			rep, err = sess.SetIdentity(actx, req)
+			rep, st, err = sess.BeginIdentity(actx, req)
 		}
 		cancel()
 		if err == nil {
@@ -189,7 +190,12 @@ func restoreGuest(ctx context.Context, p *Plan, b vmm.Backend, hub *agenthub.Hub
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := setTaps(p, true); err != nil {
+	err = setTaps(p, true)
+	// Ending the identity stream tells the guest its network is out: it
+	// reports as this VM now, and the control plane sees it healthy
+	// without waiting for its next poll.
+	st.Conn.Close()
+	if err != nil {
 		return err
 	}
 	log.Info("VM restored", "vm", p.Name, "was", rep.PreviousVM, "state_loaded", loaded.Round(time.Millisecond),

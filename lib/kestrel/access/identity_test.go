@@ -84,3 +84,63 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// The guest reports as its new VM (NetworkUp) only once the host ended the
+// identity stream — the host does so when it let the VM's network out —
+// and not for an identity refused.
+func TestIdentityNetworkUpWaitsForTheHost(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	up := make(chan string, 4)
+	var current string
+	srv := New(Config{VM: "saved", Version: "test",
+		Identity: func(_ context.Context, r agentchan.IdentityRequest) (agentchan.IdentityReply, error) {
+			if r.VM == "refused" {
+				return agentchan.IdentityReply{}, apierr.New(apierr.InvalidInput, "no")
+			}
+			current = r.VM
+			return agentchan.IdentityReply{PreviousVM: "saved"}, nil
+		},
+		NetworkUp: func() { up <- current }})
+	host, guest := socketpair(t)
+	go srv.ServeConn(ctx, guest)
+	sess, err := agentchan.Connect(ctx, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	seed := bytes.Repeat([]byte{1}, 32)
+	rep, st, err := sess.BeginIdentity(ctx, agentchan.IdentityRequest{VM: "clone1", Seed: seed})
+	if err != nil || rep.PreviousVM != "saved" {
+		t.Fatalf("BeginIdentity = %+v, %v", rep, err)
+	}
+	select {
+	case vm := <-up:
+		t.Fatalf("the guest announced itself as %s before the host let its network out", vm)
+	case <-time.After(300 * time.Millisecond):
+	}
+	st.Conn.Close()
+	select {
+	case vm := <-up:
+		if vm != "clone1" {
+			t.Errorf("announced as %q", vm)
+		}
+	case <-ctx.Done():
+		t.Fatal("the guest did not announce itself after the host ended the stream")
+	}
+	// SetIdentity ends the stream itself: the announcement follows.
+	if _, err := sess.SetIdentity(ctx, agentchan.IdentityRequest{VM: "clone2", Seed: seed}); err != nil {
+		t.Fatal(err)
+	}
+	if vm := <-up; vm != "clone2" {
+		t.Errorf("announced as %q", vm)
+	}
+	if _, err := sess.SetIdentity(ctx, agentchan.IdentityRequest{VM: "refused", Seed: seed}); !apierr.Is(err, apierr.InvalidInput) {
+		t.Fatalf("refused: %v", err)
+	}
+	select {
+	case vm := <-up:
+		t.Errorf("a refused identity announced %q", vm)
+	case <-time.After(300 * time.Millisecond):
+	}
+}

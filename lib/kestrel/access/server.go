@@ -44,6 +44,10 @@ type Config struct {
 	// Identity applies the identity op (a restored guest becoming another
 	// VM); nil answers it NOT_SUPPORTED.
 	Identity func(ctx context.Context, req agentchan.IdentityRequest) (agentchan.IdentityReply, error)
+	// NetworkUp is called when the host ended the stream of an identity
+	// op that succeeded: it let the VM's network out, and the guest can
+	// report as the VM it now is (nil: nothing to do).
+	NetworkUp func()
 	// Inputs receives the VM's inputs (nil: the VM has none, and the
 	// inputs op is refused).
 	Inputs *Inputs
@@ -198,7 +202,15 @@ func (s *Server) handle(ctx context.Context, st *agentchan.Stream) {
 		s.mu.Lock()
 		s.hello.VM = r.VM
 		s.mu.Unlock()
-		st.WriteLine(rep)
+		if st.WriteLine(rep) != nil {
+			return
+		}
+		// The host ends the stream once the VM's tap is up (or the
+		// session ends).
+		io.Copy(io.Discard, st)
+		if s.cfg.NetworkUp != nil {
+			s.cfg.NetworkUp()
+		}
 	case agentchan.OpInputs:
 		var r agentchan.InputsRequest
 		if err := unmarshal(line, &r); err != nil {

@@ -126,18 +126,20 @@ func New(cfg Config) *Agent {
 
 // SetIdentity makes the agent the agent of VM vm (a guest restored from a
 // snapshot is another VM than the one saved): its status names vm, and its
-// reports go to reportURL ("" keeps the URL) at once.
+// reports go to reportURL ("" keeps the URL). The first report as vm is
+// Announce's: the VM's network may not be let out yet.
 func (a *Agent) SetIdentity(vm, reportURL string) {
 	a.mu.Lock()
 	a.vm = vm
 	a.mu.Unlock()
-	if a.reporter != nil {
-		if reportURL != "" {
-			a.reporter.SetURL(reportURL)
-		}
-		a.changed()
+	if a.reporter != nil && reportURL != "" {
+		a.reporter.SetURL(reportURL)
 	}
 }
+
+// Announce reports the agent's status now (after SetIdentity, once the
+// VM's network is out).
+func (a *Agent) Announce() { a.changed() }
 
 // Logs implements api.Backend.
 func (a *Agent) Logs() *ringbuf.Buffer { return a.ring }

@@ -368,7 +368,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	})
 	id := &identity{b: b, agent: a, apiHost: args.APIHost, apiPort: args.APIPort, net: netCfg}
 	acc := access.New(access.Config{VM: args.VM, Version: b.version, Reaper: r, Output: a.Output(), WorkloadEnv: a.WorkloadEnv,
-		Identity: id.apply, Inputs: inputs, Log: b.log})
+		Identity: id.apply, NetworkUp: a.Announce, Inputs: inputs, Log: b.log})
 	serveAccess = func() {
 		go func() {
 			if err := acc.Serve(ctx, access.Channels{}); err != nil {

@@ -98,13 +98,15 @@ func (r *Reporter) Send(st agentapi.Status) {
 
 // SetURL makes the reporter post to url from now on (a guest restored from
 // a snapshot reports as the VM it now is); the reports still queued
-// describe the guest as it was and are dropped.
+// describe the guest as it was and are dropped, and so are the idle
+// connections, made from the address the guest had.
 func (r *Reporter) SetURL(url string) {
 	r.mu.Lock()
 	r.url = url
 	r.dropped += len(r.queue)
 	r.queue = nil
 	r.mu.Unlock()
+	r.client.CloseIdleConnections()
 }
 
 func (r *Reporter) target() string {

@@ -3,6 +3,7 @@ package report
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -61,5 +62,65 @@ func TestSetURL(t *testing.T) {
 	}
 	if _, dropped := r.Stats(); dropped != 2 {
 		t.Errorf("%d reports dropped, want the 2 queued before SetURL", dropped)
+	}
+}
+
+// SetURL drops the idle connections: after a guest took a new address
+// (a restored guest's identity), no report goes over a connection made
+// from the address it had — even to the same control plane.
+func TestSetURLDropsIdleConnections(t *testing.T) {
+	var mu sync.Mutex
+	conns, reports := 0, 0
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		reports++
+		mu.Unlock()
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			conns++
+			mu.Unlock()
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	r := New(srv.URL, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+	sent := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			got := reports
+			mu.Unlock()
+			if got >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d reports arrived, want %d", got, n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	r.Send(agentapi.Status{VM: "saved"})
+	sent(1)
+	r.Send(agentapi.Status{VM: "saved"})
+	sent(2)
+	mu.Lock()
+	before := conns
+	mu.Unlock()
+	if before != 1 {
+		t.Fatalf("%d connections for two reports; the test needs keep-alive", before)
+	}
+	r.SetURL(srv.URL)
+	r.Send(agentapi.Status{VM: "restored"})
+	sent(3)
+	mu.Lock()
+	defer mu.Unlock()
+	if conns != 2 {
+		t.Errorf("%d connections after SetURL, want a new one (2)", conns)
 	}
 }
