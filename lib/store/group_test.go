@@ -424,3 +424,32 @@ func TestGroupCommitAgeLimit(t *testing.T) {
 		t.Fatalf("%d commits, want 2: a group older than %s took the next caller in", c, maxGroupAge)
 	}
 }
+
+// TestReadersKeepTheirConnections: readers at full concurrency, again
+// and again, reuse the reader connections instead of closing and
+// reopening them.
+func TestReadersKeepTheirConnections(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "volant.db"), Options{})
+	ctx := context.Background()
+	for range 20 {
+		var wg, inside sync.WaitGroup
+		inside.Add(readConns)
+		for range readConns {
+			wg.Go(func() {
+				if err := s.Read(ctx, func(tx *sql.Tx) error {
+					var n int
+					err := tx.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master").Scan(&n)
+					inside.Done()
+					inside.Wait() // all readers hold a connection at once
+					return err
+				}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	if st := s.r.Stats(); st.MaxIdleClosed > 0 || st.OpenConnections > readConns {
+		t.Errorf("reader pool: %d connections closed for want of an idle slot, %d open", st.MaxIdleClosed, st.OpenConnections)
+	}
+}

@@ -179,7 +179,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s.w = sql.OpenDB(s.connector("immediate", false))
 	s.w.SetMaxOpenConns(1)
 	s.r = sql.OpenDB(s.connector("deferred", true))
-	s.r.SetMaxOpenConns(8)
+	// Every reader connection stays open: with database/sql's default of
+	// two idle connections, readers beyond two (volantd's health pollers,
+	// one per VM) closed their connection after each read and the next
+	// opened one again (sqlite3_open and the pragmas, in cgo).
+	s.r.SetMaxOpenConns(readConns)
+	s.r.SetMaxIdleConns(readConns)
 	if err := s.migrate(ctx, migrations()); err != nil {
 		s.Close()
 		return nil, err
@@ -566,6 +571,9 @@ func (s *Store) passTurn() {
 		s.turnMu.Unlock()
 	}
 }
+
+// readConns is how many read transactions run at once.
+const readConns = 8
 
 // Generation counts the write transactions this Store has committed. It
 // advances after a commit returns, so a caller that reads it, then reads

@@ -332,3 +332,92 @@ func TestStopWithoutSocketKills(t *testing.T) {
 		t.Fatalf("took %v; an unreachable socket must not wait out the grace period", r.Elapsed)
 	}
 }
+
+// TestWaitHoldsNoThread: 64 handles waited on at once hold no OS thread
+// each (the pidfds wait in the runtime's poller), each Wait returns when
+// its process exits, and a cancelled context ends a Wait.
+func TestWaitHoldsNoThread(t *testing.T) {
+	const n = 64
+	threads := func() int {
+		b, err := os.ReadFile("/proc/self/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+				k, _ := strconv.Atoi(strings.TrimSpace(v))
+				return k
+			}
+		}
+		t.Fatal("no Threads: in /proc/self/status")
+		return 0
+	}
+	var procs []*Process
+	var handles []*Handle
+	for range n {
+		p, err := Start(Options{Argv: []string{"sleep", "300"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Kill() })
+		h, err := p.Identity.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		procs, handles = append(procs, p), append(handles, h)
+	}
+	time.Sleep(100 * time.Millisecond)
+	before := threads() // Start's own waiters (wait4) hold threads too
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errs := make(chan error, n)
+	for _, h := range handles {
+		go func() { errs <- h.Wait(ctx) }()
+	}
+	time.Sleep(300 * time.Millisecond) // the waiters are parked
+	if got := threads(); got > before+n/4 {
+		t.Errorf("%d threads while %d handles are waited on (%d before)", got, n, before)
+	}
+	select {
+	case err := <-errs:
+		t.Fatalf("a Wait returned while its process runs: %v", err)
+	default:
+	}
+	for _, p := range procs {
+		p.Kill()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("Wait after the process exited: %v", err)
+		}
+	}
+
+	// A cancelled wait.
+	p, err := Start(Options{Argv: []string{"sleep", "300"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Kill()
+	h, err := p.Identity.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	cctx, ccancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Wait(cctx) }()
+	time.Sleep(100 * time.Millisecond)
+	ccancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled Wait: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a cancelled Wait did not return")
+	}
+	if !p.Identity.Alive() {
+		t.Error("the process died of a cancelled Wait")
+	}
+}
