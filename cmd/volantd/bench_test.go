@@ -95,7 +95,9 @@ func BenchmarkDaemonScale(b *testing.B) {
 	waitTracked(b, d, n)
 	time.Sleep(3 * time.Second)
 	loaded := rssKiB(b, pid)
+	prof := cpuProfile(b, "idle", 10)
 	loadedCPU := cpuUse(b, pid, 10*time.Second)
+	prof()
 
 	// The comparison serves what volantd answers.
 	body, err := rawGet(d.sock, "/api/v1/vms")
@@ -107,6 +109,7 @@ func BenchmarkDaemonScale(b *testing.B) {
 	// unix socket, one every 100 ms.
 	var scrapeMS, listMS []float64
 	var scrapeBytes, vmSeries int
+	prof = cpuProfile(b, "scrape", 5)
 	for i := 0; i < 21; i++ {
 		for _, p := range []string{"/metrics", "/api/v1/vms"} {
 			t0 := time.Now()
@@ -124,6 +127,7 @@ func BenchmarkDaemonScale(b *testing.B) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	prof()
 	if vmSeries != n {
 		b.Fatalf("the scrape has %d volant_vm_state series, want %d", vmSeries, n)
 	}
@@ -240,6 +244,29 @@ func BenchmarkDaemonScale(b *testing.B) {
 	stopWG.Wait()
 }
 
+// cpuProfile, when volantd serves net/http/pprof on the unix socket
+// $VOLANTD_PPROF (built with -tags pprof, see cmd/volantd/pprof.go),
+// takes a CPU profile of the next seconds into
+// $VOLANT_BENCH_PROFILE_DIR/volantd-<name>.pprof; wait waits for it.
+func cpuProfile(t testing.TB, name string, seconds int) (wait func()) {
+	sock, dir := os.Getenv("VOLANTD_PPROF"), os.Getenv("VOLANT_BENCH_PROFILE_DIR")
+	if sock == "" || dir == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		body, err := rawGetTimeout(sock, fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), time.Duration(seconds+30)*time.Second)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, "volantd-"+name+".pprof"), body, 0o644)
+		}
+		if err != nil {
+			t.Logf("profile %s: %v", name, err)
+		}
+	}()
+	return func() { <-done }
+}
+
 // realBins is a directory with the real volantd and volant-launch (from
 // $VOLANT_BIN, or built from this checkout) and this test binary as the
 // fake cloud-hypervisor, for benchmarks that measure volantd itself.
@@ -284,8 +311,10 @@ func waitTracked(t testing.TB, d *volantdProc, n int) {
 }
 
 // rawGet returns the body of GET path on volantd's unix socket.
-func rawGet(sock, path string) ([]byte, error) {
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+func rawGet(sock, path string) ([]byte, error) { return rawGetTimeout(sock, path, 0) }
+
+func rawGetTimeout(sock, path string, timeout time.Duration) ([]byte, error) {
+	hc := &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
 	resp, err := hc.Get("http://volantd" + path)
