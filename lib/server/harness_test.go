@@ -34,7 +34,7 @@ import (
 
 // env is a controller on in-memory fakes behind an httptest server.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string
 	st   *store.Store
 	ctl  *controller.Controller
@@ -50,13 +50,13 @@ type env struct {
 
 type envOpt func(*controller.Config, *server.Options)
 
-func newEnv(t *testing.T, opts ...envOpt) *env {
+func newEnv(t testing.TB, opts ...envOpt) *env {
 	t.Helper()
 	return newEnvDB(t, "", opts...)
 }
 
 // newEnvDB is newEnv on the database at db ("" for a new one).
-func newEnvDB(t *testing.T, db string, opts ...envOpt) *env {
+func newEnvDB(t testing.TB, db string, opts ...envOpt) *env {
 	t.Helper()
 	dir := t.TempDir()
 	if db == "" {
@@ -261,7 +261,7 @@ func (e *env) lease(vm string) (ipam.Lease, bool) {
 	return l, true
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Logf("%s", bytes.TrimRight(b, "\n"))

@@ -4,11 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -203,30 +202,93 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// TestScrapeCost times GET /metrics with 150 VMs on the fakes (no /proc,
-// sysfs or hypervisor behind them: what the collector and the encoding
-// cost by themselves). VOLANT_SCRAPE_COST=1 runs it; it asserts nothing
-// about time.
-func TestScrapeCost(t *testing.T) {
-	if os.Getenv("VOLANT_SCRAPE_COST") == "" {
-		t.Skip("VOLANT_SCRAPE_COST=1 runs it")
-	}
-	e := newEnv(t, func(c *controller.Config, _ *server.Options) { c.HealthInterval = time.Hour })
+// BenchmarkScrape times GET /metrics with 150 VMs on the fakes (no /proc,
+// taps or hypervisor behind them: what the collector and the encoding
+// cost by themselves), as Prometheus asks (gzip) and as curl does.
+func BenchmarkScrape(b *testing.B) {
+	e := newEnv(b, func(c *controller.Config, _ *server.Options) {
+		c.HealthInterval = time.Hour
+		c.Logger = slog.New(slog.DiscardHandler)
+	})
 	e.install("web")
 	for i := range 150 { // the default pool holds 155
 		if _, err := e.c.CreateVM(e.ctx, api.CreateVMRequest{Name: fmt.Sprintf("s%03d", i), Plugin: "web"}); err != nil {
-			t.Fatal(err)
+			b.Fatal(err)
 		}
 	}
-	var ms []float64
-	for range 21 {
-		t0 := time.Now()
-		fams := scrape(t, e.ts.URL+"/metrics", "")
-		ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
-		if n := len(fams["volant_vm_state"].GetMetric()); n != 150 {
-			t.Fatalf("%d volant_vm_state series", n)
-		}
+	h := e.srv.MetricsHandler(false)
+	for _, enc := range []string{"gzip", "identity"} {
+		b.Run(enc, func(b *testing.B) {
+			for b.Loop() {
+				req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+				req.Header.Set("Accept-Encoding", enc)
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, req)
+				if w.Code != 200 || !strings.Contains(w.Body.String(), "s149") && enc == "identity" {
+					b.Fatalf("%d %.200s", w.Code, w.Body.String())
+				}
+			}
+		})
 	}
-	sort.Float64s(ms)
-	t.Logf("GET /metrics with 150 VMs on the fakes: median %.1f ms (min %.1f, max %.1f)", ms[10], ms[0], ms[20])
+}
+
+// TestMetricsFreshness: a scrape shows a VM's change committed since the
+// last scrape (the VM list is kept only while the store's generation
+// holds), and block counters are asked for again once older than the
+// refresh age, not before.
+func TestMetricsFreshness(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan struct{})
+	go func() { e.srv.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	e.install("web")
+	if _, err := e.c.CreateVM(e.ctx, api.CreateVMRequest{Name: "solo", Plugin: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "an address", func() bool { v, err := e.c.VM(e.ctx, "solo"); return err == nil && v.IP != "" })
+	v, _ := e.c.VM(e.ctx, "solo")
+	st := controllertest.Healthy("solo")
+	e.pr.Set(netip.MustParseAddr(v.IP), &st)
+	if _, err := e.c.WaitVM(e.ctx, "solo", api.VMRunning, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	url := e.ts.URL + "/metrics"
+	state := func() string {
+		for _, m := range scrape(t, url, "")["volant_vm_state"].GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "state" {
+					return lp.GetValue()
+				}
+			}
+		}
+		return ""
+	}
+	if s := state(); s != "running" {
+		t.Fatalf("state %q before the pause", s)
+	}
+	if _, err := e.c.PauseVM(e.ctx, "solo"); err != nil {
+		t.Fatal(err)
+	}
+	if s := state(); s != "paused" {
+		t.Errorf("the scrape after the pause says %q", s)
+	}
+
+	// Block counters: the fake's read_ops counts the runtime's calls.
+	const age = 2 * time.Second
+	server.SetBlockRefresh(e.srv, age)
+	readOps := func() float64 {
+		n, _ := value(scrape(t, url, ""), "volant_vm_block_read_ops_total", "vm", "solo")
+		return n
+	}
+	var first float64
+	eventually(t, 5*time.Second, "block counters", func() bool { first = readOps(); return first > 0 })
+	t0 := time.Now()
+	for time.Since(t0) < age/4 {
+		if n := readOps(); n != first {
+			t.Fatalf("block counters asked for again within the refresh age: %v then %v", first, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	eventually(t, 5*time.Second, "block counters refreshed after the refresh age", func() bool { return readOps() > first })
 }
