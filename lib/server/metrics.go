@@ -22,17 +22,19 @@ import (
 // Metrics, GET /metrics in the Prometheus text format. Everything but the
 // request and boot histograms is read when scraped: the VM list from the
 // database (kept while the store's generation does not move), each VMM's
-// CPU time and resident memory from /proc/<pid>/stat, every tap's
-// counters from one read of /proc/thread-self/net/dev. Guest memory and
-// workload restarts are kestrel's last report. Block counters come from
-// the hypervisor (QEMU query-blockstats, Cloud Hypervisor vm.counters)
-// through volant-launch; those are slower to ask for, so a scrape answers
-// with the last values and, when they are older than blockRefresh, asks
-// again in the background, two VMs at a time (the first scrape of a VM
-// has none): a block series is at most blockRefresh plus one refresh
-// old. QEMU 7.2's QMP has no network counters: network series always
-// come from the tap, and only when the tap is in volantd's own network
-// namespace (they are absent otherwise).
+// CPU time and resident memory from /proc/<pid>/stat (kept open between
+// scrapes, one pread each), every tap's counters from one read of
+// /proc/thread-self/net/dev. Guest memory and workload restarts are
+// kestrel's last report. Block counters come from the hypervisor (QEMU
+// query-blockstats, Cloud Hypervisor vm.counters) through volant-launch;
+// those are slower to ask for, so a scrape answers with the last values
+// and, when they are older than blockRefresh, asks again in the
+// background, one VM at a time so that it takes at most one of the host's
+// CPUs from the scrapes (the first scrape of a VM has none): a block
+// series is at most blockRefresh plus one refresh old. QEMU 7.2's QMP has
+// no network counters: network series always come from the tap, and only
+// when the tap is in volantd's own network namespace (they are absent
+// otherwise).
 //
 // Series (per VM labels: vm, plugin, deployment; deployment "" for a VM
 // of its own):
@@ -63,6 +65,8 @@ type metrics struct {
 	unauth *prometheus.CounterVec
 	sse    atomic.Int64
 
+	stats statFiles // the VMMs' /proc/<pid>/stat
+
 	listMu  sync.Mutex
 	listGen uint64
 	list    []api.VM // ListVMs at listGen; read only
@@ -82,7 +86,7 @@ type metrics struct {
 // hypervisors again; blockWorkers is how many it asks at once.
 const (
 	blockRefresh = 10 * time.Second
-	blockWorkers = 2
+	blockWorkers = 1
 )
 
 var vmLabels = []string{"vm", "plugin", "deployment"}
@@ -178,7 +182,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	block := m.blockCounters(vms)
 	var taps map[string]netDevCounters // read once, when a VM has a tap
-	var stats statReader
+	m.stats.begin()
+	defer m.stats.end()
 	l := make([]string, 4)
 	for i := range vms {
 		v := &vms[i]
@@ -191,7 +196,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(descHealthy, healthy, l...)
 		if v.PID > 0 {
-			if s, err := stats.read(v.PID); err == nil {
+			if s, err := m.stats.stat(v.PID); err == nil {
 				counter(descCPU, s.cpuSeconds, l...)
 				gauge(descRSS, float64(s.rssBytes), l...)
 			}

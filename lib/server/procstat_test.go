@@ -3,6 +3,7 @@ package server
 import (
 	"math"
 	"os"
+	"os/exec"
 	"testing"
 
 	"github.com/prometheus/procfs"
@@ -40,15 +41,15 @@ func TestParseProcStat(t *testing.T) {
 	}
 }
 
-// TestStatReaderAgainstProcfs reads this process's own /proc/<pid>/stat
-// both ways: the CPU time may only grow between the reads, the resident
-// memory stays within a few MiB.
-func TestStatReaderAgainstProcfs(t *testing.T) {
+// TestStatFilesAgainstProcfs reads this process's own /proc/<pid>/stat
+// both ways, through the same open file three times: the CPU time may
+// only grow between the reads, the resident memory stays within a few MiB.
+func TestStatFilesAgainstProcfs(t *testing.T) {
 	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r statReader
+	var s statFiles
 	for range 3 {
 		p, err := fs.Self()
 		if err != nil {
@@ -58,7 +59,9 @@ func TestStatReaderAgainstProcfs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := r.read(os.Getpid())
+		s.begin()
+		got, err := s.stat(os.Getpid())
+		s.end()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -70,8 +73,45 @@ func TestStatReaderAgainstProcfs(t *testing.T) {
 			t.Errorf("rss %d, procfs %d", got.rssBytes, before.ResidentMemory())
 		}
 	}
-	if _, err := r.read(1 << 30); err == nil {
-		t.Error("read a process that cannot exist")
+	if n := s.open(); n != 1 {
+		t.Errorf("%d stat files open, want 1", n)
+	}
+}
+
+// TestStatFilesLifetime: a process's stat file stays open between scrapes
+// while the process runs, fails and is closed once it has exited (its pid
+// may be someone else's by then), and is closed when a scrape no longer
+// asks for it.
+func TestStatFilesLifetime(t *testing.T) {
+	var s statFiles
+	start := func() *exec.Cmd {
+		c := exec.Command("sleep", "60")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+		return c
+	}
+	a, b := start(), start()
+	scrape := func(pids ...int) (errs []error) {
+		s.begin()
+		defer s.end()
+		for _, p := range pids {
+			_, err := s.stat(p)
+			errs = append(errs, err)
+		}
+		return errs
+	}
+	if errs := scrape(a.Process.Pid, b.Process.Pid); errs[0] != nil || errs[1] != nil || s.open() != 2 {
+		t.Fatalf("first scrape: %v, %d open", errs, s.open())
+	}
+	a.Process.Kill()
+	a.Wait() // reaped: the open file's process is gone
+	if errs := scrape(a.Process.Pid, b.Process.Pid); errs[0] == nil || errs[1] != nil || s.open() != 1 {
+		t.Fatalf("after a's exit: %v, %d open (want a's read to fail and its file closed)", errs, s.open())
+	}
+	if scrape(); s.open() != 0 {
+		t.Fatalf("a scrape without b left %d files open", s.open())
 	}
 }
 
