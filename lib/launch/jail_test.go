@@ -21,6 +21,7 @@ import (
 	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/cloudhypervisor"
 	"github.com/volantvm/volant/lib/vmm/jail"
+	"github.com/volantvm/volant/lib/vmm/qemu"
 )
 
 // A jail that cannot be set up fails the run with ISOLATION_UNAVAILABLE
@@ -434,5 +435,21 @@ func TestRestoreTapInItsNamespace(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTCGLimitCoversTheTranslationCache: under TCG QEMU keeps a
+// translation cache of qemu.TCGCacheMiB beyond what it needs under KVM,
+// so the cgroup's memory limit must leave room for it, or a guest would
+// be OOM-killed for QEMU's cache rather than its own memory.
+func TestTCGLimitCoversTheTranslationCache(t *testing.T) {
+	p := &Plan{Accel: vmm.AccelTCG, Config: vmm.Config{CPUs: 1, MemoryMB: 128}}
+	got := Limits(p, JailOptions{}).MemoryBytes >> 20
+	if want := int64(128 + DefaultOverheadMB + qemu.TCGCacheMiB); got < want {
+		t.Fatalf("TCG memory limit %d MiB, want at least %d (guest + the KVM overhead + the translation cache)", got, want)
+	}
+	p.Accel = vmm.AccelKVM
+	if got := Limits(p, JailOptions{}).MemoryBytes >> 20; got != 128+DefaultOverheadMB {
+		t.Fatalf("KVM memory limit %d MiB, want %d", got, 128+DefaultOverheadMB)
 	}
 }
