@@ -13,7 +13,12 @@
 # (default 120s; the count within 60 s is reported too). Then each side's
 # running guests idle for IDLE (default 20s): QEMU's CPU use over it is
 # the idle cost per guest; the volantd side also reports volantd's and the
-# volant-launch supervisors' CPU. SIDES (default "volantd script") picks
+# volant-launch supervisors' CPU. Each side says where every guest's time
+# went (breakdown_*): its boot (hypervisor start to healthy, the time it
+# held its boot slot), and on the volantd side also the seconds from the
+# create to its hypervisor's start (queued for a slot, lease, tap, spec,
+# supervisor), to the hypervisor answering, and to volantd recording it
+# healthy (vm.started and vm.healthy events; healthy frees the slot). SIDES (default "volantd script") picks
 # the sides and their order. Writes bench/results/density.json.
 #
 #   VMS=36 WINDOW=120s bash bench/density/run.sh   (root, qemu, make build, make kernel)

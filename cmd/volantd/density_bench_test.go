@@ -184,6 +184,28 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, kestrel st
 	if _, err := d.c.InstallPlugin(ctx, webPluginProbed(b, filepath.Join(dir, "data", "plugins", "web"), k.ModulesDir, kestrel, probeMS), client.InstallOptions{}); err != nil {
 		b.Fatal(err)
 	}
+	// Every vm.* event from here on: when each replica's hypervisor
+	// answered (vm.started) and when volantd recorded it healthy
+	// (vm.healthy, which also frees its boot slot).
+	evCtx, stopEvents := context.WithCancel(ctx)
+	defer stopEvents()
+	events, err := d.c.Events(evCtx, api.EventOptions{Types: []string{api.EventVMStarted, api.EventVMHealthy}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var evMu sync.Mutex
+	var seen []api.Event
+	go func() {
+		for {
+			e, err := events.Next()
+			if err != nil {
+				return
+			}
+			evMu.Lock()
+			seen = append(seen, e)
+			evMu.Unlock()
+		}
+	}()
 	vd := d.cmd.Process.Pid
 	vd0 := cpuTicksOr0(vd)
 	sup0 := map[int]int64{}
@@ -223,6 +245,15 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, kestrel st
 		pids = append(pids, qemuOf[name])
 	}
 	r := densityResult(healthy, o.window)
+	var all []api.VM
+	if vms, err := d.c.ListVMs(ctx, api.VMFilter{}); err == nil {
+		all = vms
+	}
+	evMu.Lock()
+	for k, v := range densityBreakdown(t0, all, seen) {
+		r[k] = v
+	}
+	evMu.Unlock()
 	r["volantd_cpu_in_window"] = round3(volantdCPU)
 	r["supervisors_cpu_in_window"] = round3(float64(supTicks) / clkTck / elapsed)
 	r["idle_cores_per_guest"] = idleCores(b, pids, o.idle)
@@ -239,6 +270,61 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, kestrel st
 		}
 	}
 	return r
+}
+
+// densityBreakdown says where each replica's time went, in seconds from
+// the deployment's create (t0), per replica in the order they became
+// healthy: until its hypervisor process started (queued for a boot slot,
+// then lease, tap, spec and the supervisor's start), until the hypervisor
+// answered (vm.started), until volantd recorded it healthy (vm.healthy,
+// which frees its boot slot); and the boot itself, hypervisor start to
+// healthy, which is how long each replica held its slot.
+func densityBreakdown(t0 time.Time, vms []api.VM, events []api.Event) map[string]any {
+	type times struct{ vmm, started, healthy float64 }
+	at := map[string]*times{}
+	get := func(n string) *times {
+		if at[n] == nil {
+			at[n] = &times{-1, -1, -1}
+		}
+		return at[n]
+	}
+	for _, v := range vms {
+		if v.StartedAt != nil {
+			get(v.Name).vmm = v.StartedAt.Sub(t0).Seconds()
+		}
+	}
+	for _, e := range events {
+		s := e.Timestamp.Sub(t0).Seconds()
+		switch t := get(e.ResourceID); e.Type {
+		case api.EventVMStarted:
+			if t.started < 0 {
+				t.started = s
+			}
+		case api.EventVMHealthy:
+			if t.healthy < 0 {
+				t.healthy = s
+			}
+		}
+	}
+	var done []*times
+	for _, t := range at {
+		if t.healthy >= 0 && t.vmm >= 0 {
+			done = append(done, t)
+		}
+	}
+	sort.Slice(done, func(i, j int) bool { return done[i].healthy < done[j].healthy })
+	var toVMM, toAnswer, toHealthy, boot []float64
+	for _, t := range done {
+		toVMM = append(toVMM, round2(t.vmm))
+		toAnswer = append(toAnswer, round2(t.started))
+		toHealthy = append(toHealthy, round2(t.healthy))
+		boot = append(boot, round2(t.healthy-t.vmm))
+	}
+	return map[string]any{
+		"breakdown_seconds_to_vmm_start": toVMM, "breakdown_seconds_to_vmm_answering": toAnswer,
+		"breakdown_seconds_to_recorded_healthy": toHealthy, "breakdown_boot_seconds": boot,
+		"median_boot_seconds": median(boot),
+	}
 }
 
 // densityScript boots o.n guests the way a plain script would: a busybox
@@ -271,7 +357,7 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 		}}}
 
 	var mu sync.Mutex
-	var healthy []float64
+	var healthy, boots []float64
 	var pids []int
 	var procs []*os.Process
 	slots := make(chan struct{}, o.admit)
@@ -308,6 +394,7 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 				return
 			}
 			go cmd.Wait()
+			startedAt := time.Since(t0).Seconds()
 			mu.Lock()
 			procs = append(procs, cmd.Process)
 			mu.Unlock()
@@ -322,6 +409,7 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 						if resp.StatusCode == 200 {
 							mu.Lock()
 							healthy = append(healthy, time.Since(t0).Seconds())
+							boots = append(boots, round2(time.Since(t0).Seconds()-startedAt))
 							pids = append(pids, cmd.Process.Pid)
 							mu.Unlock()
 							return
@@ -341,6 +429,10 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 	wg.Wait()
 	mu.Lock()
 	r := densityResult(healthy, o.window)
+	// Each guest's boot, QEMU start to its first HTTP 200, in the order
+	// they answered: how long each held its slot.
+	r["breakdown_boot_seconds"] = boots
+	r["median_boot_seconds"] = median(boots)
 	r["idle_cores_per_guest"] = idleCores(b, pids, o.idle)
 	r["idle_guests"] = len(pids)
 	r["health_checks"] = "none after the first HTTP 200 from the host"
