@@ -66,6 +66,7 @@ type Options struct {
 }
 
 type booter struct {
+	gcOn    func() // restores the garbage collector (pauseGC)
 	m       *guest.Machine
 	con     *console.Writer
 	log     *slog.Logger
@@ -82,6 +83,7 @@ func Init(m *guest.Machine, o Options) {
 	con := console.NewWriter(o.Console)
 	level := new(slog.LevelVar)
 	b := &booter{m: m, con: con, level: level, version: o.Version, log: slog.New(console.NewHandler(con, level).WithClock(guest.Uptime))}
+	b.gcOn = pauseGC(BootMemoryLimit)
 	defer func() {
 		if r := recover(); r != nil {
 			b.fatal(fmt.Errorf("panic: %v\n%s", r, debug.Stack()))
@@ -211,6 +213,28 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 	return h, b.switchRoot(plan, h)
 }
 
+// BootMemoryLimit bounds kestrel's heap while its garbage collector is
+// paused for the boot: past it the collector runs anyway.
+const BootMemoryLimit = 32 << 20
+
+// pauseGC turns the garbage collector off, except past limit bytes of
+// memory, and returns the function that turns it back on as it was. The
+// boot turns it off until the workload is up (agent.Config's AfterStart):
+// its garbage is a few megabytes, and a collection during the boot is
+// CPU (and, under software emulation, translated code) spent before the
+// workload's start.
+func pauseGC(limit int64) (restore func()) {
+	percent := debug.SetGCPercent(-1)
+	old := debug.SetMemoryLimit(limit)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			debug.SetGCPercent(percent)
+			debug.SetMemoryLimit(old)
+		})
+	}
+}
+
 // LateModulesDelay is how long after the workload is up (agent.Config's
 // AfterStart) the late modules load and the agent channel opens: loading
 // a module holds the guest's CPU for tens of milliseconds at a time under
@@ -315,6 +339,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 		})
 	}
 	afterStart := func() {
+		b.gcOn()
 		time.Sleep(LateModulesDelay)
 		openChannel()
 	}
