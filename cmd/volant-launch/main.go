@@ -104,7 +104,10 @@
 // where volantd reads why a VM's run ended; a run that ends well removes
 // it. A run refused because the VM already runs (CONFLICT) leaves it alone.
 //
-// `snapshot` pauses a running VM, copies each of its writable disks and
+// `snapshot` waits (up to 30 s) for a running guest's agent to answer over
+// the agent channel — a guest whose agent is not up is still booting, and
+// every VM restored from it would finish that boot first — then pauses the
+// VM, copies each of its writable disks and
 // volumes as they are into SNAPSHOT/disks/ (a reflink where the filesystem
 // shares blocks, else the disk's data with its holes kept: "method" says
 // which), saves its memory and device state into SNAPSHOT/state/ (QEMU:

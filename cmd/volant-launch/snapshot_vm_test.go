@@ -190,6 +190,11 @@ func TestVMSnapshotAndClones(t *testing.T) {
 		name := fmt.Sprintf("clone%d", i+1)
 		took := w.waitAt(t, c, 60*time.Second)
 		t.Logf("%s answered at %s %v after its start", name, c.ip, took.Round(time.Millisecond))
+		// The snapshot waited for the source's agent: a clone resumes
+		// with its agent channel up, not finishing the boot that loads it.
+		if b, _ := os.ReadFile(c.log); strings.Contains(string(b), "agent channel on a virtio-serial port") {
+			t.Errorf("%s found its agent channel after the restore: the snapshot saved a guest whose agent was not up", name)
+		}
 		if got, err := w.getAt(c.ip, "/cgi-bin/count", 30*time.Second); err != nil || got != "4" {
 			t.Fatalf("%s: count %q %v, want the snapshot's 3 plus this request", name, got, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/volantvm/volant/lib/agentchan"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/bootargs"
 	"github.com/volantvm/volant/lib/vmm"
@@ -138,6 +139,15 @@ func Snapshot(ctx context.Context, runDir, dir string, o Options) (info *Snapsho
 		artifacts[a.Path] = true
 	}
 
+	if p.Agent != nil && st.State == vmm.StateRunning {
+		// A guest whose agent is not up yet is still booting (kestrel
+		// loads the agent channel's driver after the workload is up):
+		// saved now, every VM restored from it would finish that boot
+		// before it can take its identity.
+		if err := waitGuestAgent(ctx, runDir, SnapshotAgentWait); err != nil {
+			o.Logger.Warn("snapshot: the guest's agent does not answer; saving the VM as it is", "vm", p.Name, "err", err)
+		}
+	}
 	ctl, err := b.Dial(ctx, p.Config.APISocket)
 	if err != nil {
 		return nil, apierr.Wrap(apierr.Unavailable, err, "connecting to "+p.VMM)
@@ -229,4 +239,30 @@ func VolumeIndex(role string) int {
 		return i
 	}
 	return -1
+}
+
+// SnapshotAgentWait bounds Snapshot's wait for a running guest's agent to
+// answer before the VM is paused.
+const SnapshotAgentWait = 30 * time.Second
+
+// waitGuestAgent waits, up to d, until the agent of the VM running in
+// runDir answers over the agent channel: a logs request (which any kestrel
+// answers at once, and which is closed as soon as it is answered).
+func waitGuestAgent(ctx context.Context, runDir string, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	sess, err := DialGuest(ctx, runDir)
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	st, err := sess.Call(ctx, agentchan.LogsRequest{Op: agentchan.OpLogs, From: -1}, &agentchan.Reply{})
+	if err != nil {
+		if e := apierr.From(err); e != nil && e.Code != apierr.Unavailable && e.Code != apierr.Timeout {
+			return nil // the agent answered, with an error of its own
+		}
+		return err
+	}
+	st.Conn.Close()
+	return nil
 }
