@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -52,8 +53,8 @@ const (
 // Bootstrap makes sure cfg.Kubeconfig holds the node's credentials, as
 // the kubelet's --bootstrap-kubeconfig does: when the file is missing, or
 // its client certificate is unreadable or expires within a minute, it
-// makes a key (kept in CertDir, so a restart asks again with the same
-// one), sends a CertificateSigningRequest for system:node:<node>
+// makes a new key (kept aside in CertDir until the certificate comes, so
+// a restart meanwhile asks again with the same one), sends a CertificateSigningRequest for system:node:<node>
 // (O=system:nodes, signer kubernetes.io/kube-apiserver-client-kubelet,
 // usages digital signature and client auth) with the bootstrap
 // credentials, waits until it is approved (kube-controller-manager's
@@ -66,9 +67,6 @@ func Bootstrap(ctx context.Context, cfg BootstrapConfig) error {
 	log := cfg.Logger
 	if log == nil {
 		log = discard()
-	}
-	if cfg.CertDir == "" {
-		cfg.CertDir = filepath.Dir(cfg.Kubeconfig)
 	}
 	if ok, why := validKubeconfig(cfg.Kubeconfig); ok {
 		return nil
@@ -83,17 +81,32 @@ func Bootstrap(ctx context.Context, cfg BootstrapConfig) error {
 	if err != nil {
 		return err
 	}
+	return bootstrap(ctx, cfg, boot, kc, log)
+}
+
+// bootstrap asks for the node's certificate with kc (the bootstrap
+// credentials) and writes a kubeconfig for boot's API server.
+func bootstrap(ctx context.Context, cfg BootstrapConfig, boot *rest.Config, kc kubernetes.Interface, log *slog.Logger) error {
+	if log == nil {
+		log = discard()
+	}
+	if cfg.CertDir == "" {
+		cfg.CertDir = filepath.Dir(cfg.Kubeconfig)
+	}
 	if err := os.MkdirAll(cfg.CertDir, 0o700); err != nil {
 		return err
 	}
+	// A new key for each certificate, kept aside until it is signed (a
+	// restart meanwhile asks again with it: the same CSR).
 	keyPath := filepath.Join(cfg.CertDir, BootstrapKeyFile)
-	keyPEM, _, err := keyutil.LoadOrGenerateKeyFile(keyPath)
+	pendingKey := keyPath + ".pending"
+	keyPEM, _, err := keyutil.LoadOrGenerateKeyFile(pendingKey)
 	if err != nil {
-		return fmt.Errorf("the node's client key %s: %w", keyPath, err)
+		return fmt.Errorf("the node's client key %s: %w", pendingKey, err)
 	}
 	key, err := keyutil.ParsePrivateKeyPEM(keyPEM)
 	if err != nil {
-		return fmt.Errorf("the node's client key %s: %w", keyPath, err)
+		return fmt.Errorf("the node's client key %s: %w", pendingKey, err)
 	}
 	csrPEM, err := certutil.MakeCSR(key, &pkix.Name{CommonName: "system:node:" + cfg.Node, Organization: []string{"system:nodes"}}, nil, nil)
 	if err != nil {
@@ -114,6 +127,11 @@ func Bootstrap(ctx context.Context, cfg BootstrapConfig) error {
 		return fmt.Errorf("TLS bootstrap: waiting for CertificateSigningRequest %s (approve it: kubectl certificate approve %s): %w", reqName, reqName, err)
 	}
 	certPath := filepath.Join(cfg.CertDir, BootstrapCertFile)
+	// The key first: a crash before the certificate leaves a pair that
+	// does not match, which the next start sees and bootstraps again.
+	if err := os.Rename(pendingKey, keyPath); err != nil {
+		return err
+	}
 	if err := renameio.WriteFile(certPath, certPEM, 0o644); err != nil {
 		return err
 	}
@@ -125,11 +143,17 @@ func Bootstrap(ctx context.Context, cfg BootstrapConfig) error {
 }
 
 // validKubeconfig says whether a kubeconfig can be used as it is: there,
-// and its client certificate (if it has one) valid for another minute.
+// and its client certificate (if it has one) matching its key and valid
+// for another minute.
 func validKubeconfig(path string) (bool, string) {
 	c, err := clientcmd.BuildConfigFromFlags("", path)
 	if err != nil {
 		return false, err.Error()
+	}
+	if c.CertFile != "" && c.KeyFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile); err != nil {
+			return false, "its client certificate and key: " + err.Error()
+		}
 	}
 	data := c.CertData
 	if len(data) == 0 && c.CertFile != "" {

@@ -511,3 +511,43 @@ func TestPodEvents(t *testing.T) {
 		}
 	}
 }
+
+// TestAdoptedNoStarted: a restarted provider adopting a VM whose workload
+// runs records no second Started event; one that starts later does.
+func TestAdoptedNoStarted(t *testing.T) {
+	f := newFake()
+	pod := testPod("web-1")
+	if _, err := f.CreateVM(context.Background(), api.CreateVMRequest{Name: VMName(pod),
+		Labels: map[string]string{LabelPodUID: string(pod.UID), LabelNode: "vol1"}}); err != nil {
+		t.Fatal(err)
+	}
+	f.run(VMName(pod), agentapi.WorkloadRunning, 0, nil)
+	rec := record.NewFakeRecorder(100)
+	p := NewProvider(ProviderConfig{Node: "vol1", NodeIP: "10.0.0.1", Volant: f, Interval: time.Hour, Events: rec})
+	p.NotifyPods(context.Background(), (&recorder{}).add)
+	if err := p.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := p.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case ev := <-rec.Events:
+		t.Fatalf("event %q for an adopted running VM", ev)
+	default:
+	}
+	f.run(VMName(pod), agentapi.WorkloadRestarting, 1, nil)
+	_ = p.Sync(context.Background())
+	f.run(VMName(pod), agentapi.WorkloadRunning, 1, nil)
+	_ = p.Sync(context.Background())
+	select {
+	case ev := <-rec.Events:
+		if !strings.HasPrefix(ev, "Normal Started ") {
+			t.Fatalf("event %q", ev)
+		}
+	default:
+		t.Fatal("no Started event after the adopted VM's workload restarted")
+	}
+}
