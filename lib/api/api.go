@@ -443,6 +443,8 @@ type Deployment struct {
 	Endpoints []string `json:"endpoints,omitempty"`
 	// FromSnapshot is the snapshot replicas start from.
 	FromSnapshot string `json:"from_snapshot,omitempty"`
+	// Inputs names the replicas' inputs, without their values.
+	Inputs *InputsSummary `json:"inputs,omitempty"`
 	// Rollout is the latest rolling update, with its progress.
 	Rollout *Rollout `json:"rollout,omitempty"`
 	// Error is the last reconcile failure, if the last reconcile failed.
@@ -477,6 +479,9 @@ type CreateDeploymentRequest struct {
 	// booting it (see CreateVMRequest.FromSnapshot); the snapshot cannot
 	// be deleted while the deployment exists.
 	FromSnapshot string `json:"from_snapshot,omitempty"`
+	// Inputs are every replica's inputs (see CreateVMRequest.Inputs):
+	// the secrets the plugin's manifest names, sealed at rest.
+	Inputs *Inputs `json:"inputs,omitempty"`
 }
 
 // ScaleRequest is the body of POST /api/v1/deployments/{name}/scale.

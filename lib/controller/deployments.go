@@ -35,6 +35,7 @@ type deploymentRow struct {
 	Resources       api.Resources
 	VolumeTemplates []api.VolumeTemplate
 	FromSnapshot    string
+	Inputs          *api.InputsSummary // names; the values are sealed in deployment_inputs
 	Error           string
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
@@ -44,6 +45,7 @@ type deploymentConfig struct {
 	Resources       api.Resources        `json:"resources"`
 	VolumeTemplates []api.VolumeTemplate `json:"volume_templates,omitempty"`
 	FromSnapshot    string               `json:"from_snapshot,omitempty"`
+	Inputs          *api.InputsSummary   `json:"inputs,omitempty"`
 }
 
 const deploymentColumns = `name, plugin, replicas, current, config, error, created_at, updated_at, plugin_version`
@@ -60,7 +62,7 @@ func scanDeployment(r rowScanner) (deploymentRow, error) {
 		if err := json.Unmarshal([]byte(cfg.String), &c); err != nil {
 			return d, fmt.Errorf("deployment %s config: %w", d.Name, err)
 		}
-		d.Resources, d.VolumeTemplates, d.FromSnapshot = c.Resources, c.VolumeTemplates, c.FromSnapshot
+		d.Resources, d.VolumeTemplates, d.FromSnapshot, d.Inputs = c.Resources, c.VolumeTemplates, c.FromSnapshot, c.Inputs
 	}
 	var err error
 	if d.CreatedAt, err = store.ParseTime(created); err != nil {
@@ -116,7 +118,7 @@ func ReplicaName(deployment string, i int) string { return deployment + "-" + st
 
 func (c *Controller) deploymentAPI(ctx context.Context, q querier, d deploymentRow) (api.Deployment, error) {
 	out := api.Deployment{Name: d.Name, Plugin: d.Plugin, PluginVersion: d.PluginVersion, Replicas: d.Replicas, Current: d.Current, Resources: d.Resources,
-		VolumeTemplates: d.VolumeTemplates, FromSnapshot: d.FromSnapshot, Error: d.Error, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, VMs: []string{}}
+		VolumeTemplates: d.VolumeTemplates, FromSnapshot: d.FromSnapshot, Inputs: d.Inputs, Error: d.Error, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, VMs: []string{}}
 	vms, err := listVMs(ctx, q, api.VMFilter{Deployment: d.Name})
 	if err != nil {
 		return out, err
@@ -204,8 +206,20 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 	if err != nil {
 		return nil, err
 	}
+	if req.FromSnapshot != "" && req.Inputs != nil {
+		return nil, apierr.New(apierr.InvalidInput, "replicas from a snapshot run the snapshot's workload: give no inputs").With("field", "from_snapshot")
+	}
+	if err := checkWorkload(api.CreateVMRequest{Inputs: req.Inputs}); err != nil {
+		return nil, err
+	}
 	if req.FromSnapshot == "" {
-		if err := checkDeploymentSecrets(m, p.Name); err != nil {
+		if err := checkSecrets(m, p.Name, req.Inputs); err != nil {
+			return nil, err
+		}
+	}
+	var sealed sealedInputs
+	if req.Inputs != nil {
+		if _, sealed, err = c.sealInputs(deploymentOwner(req.Name), req.Inputs); err != nil {
 			return nil, err
 		}
 	}
@@ -229,7 +243,7 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 	if err != nil {
 		return nil, err
 	}
-	cfg, _ := json.Marshal(deploymentConfig{Resources: res, VolumeTemplates: templates, FromSnapshot: req.FromSnapshot})
+	cfg, _ := json.Marshal(deploymentConfig{Resources: res, VolumeTemplates: templates, FromSnapshot: req.FromSnapshot, Inputs: api.SummarizeInputs(req.Inputs)})
 	now := store.FormatTime(time.Now())
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		if _, err := getDeployment(ctx, tx, req.Name); err == nil {
@@ -251,6 +265,12 @@ func (c *Controller) CreateDeployment(ctx context.Context, req api.CreateDeploym
 		}
 		if err := insertPorts(ctx, tx, "deployment", req.Name, ports); err != nil {
 			return err
+		}
+		if req.Inputs != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO deployment_inputs (deployment, key_id, sealed) VALUES (?, ?, ?)`,
+				req.Name, sealed.keyID, sealed.sealed); err != nil {
+				return internal(err, "keeping the sealed inputs of deployment %s", req.Name)
+			}
 		}
 		_, err := store.AppendEvent(ctx, tx, api.EventDeploymentCreated, req.Name, map[string]any{"name": req.Name, "plugin": p.Name, "plugin_version": p.Version, "replicas": req.Replicas})
 		return err
@@ -636,6 +656,9 @@ func (c *Controller) keepReplicas(ctx context.Context, log *slog.Logger, d deplo
 			req := api.CreateVMRequest{Name: ReplicaName(name, i), Plugin: pluginRef(d.Plugin, d.PluginVersion), CPUCores: d.Resources.CPUCores, MemoryMB: d.Resources.MemoryMB}
 			req.FromSnapshot = d.FromSnapshot
 			vols, err := c.replicaVolumes(ctx, name, i, d.VolumeTemplates)
+			if err == nil && d.Inputs != nil {
+				req.Inputs, err = c.deploymentInputs(ctx, name)
+			}
 			if err == nil {
 				req.Volumes = vols
 				_, err = c.createVM(ctx, req, name)

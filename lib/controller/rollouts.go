@@ -270,8 +270,16 @@ func (c *Controller) UpdateDeployment(ctx context.Context, name string, req api.
 	if err != nil {
 		return nil, err
 	}
-	if err := checkDeploymentSecrets(m, p.Name); err != nil {
+	if d, err := c.Deployment(ctx, name); err != nil {
 		return nil, err
+	} else if d.FromSnapshot == "" {
+		in, err := c.deploymentInputs(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkSecrets(m, p.Name, in); err != nil {
+			return nil, err
+		}
 	}
 	err = c.st.Tx(ctx, func(tx *sql.Tx) error {
 		d, err := getDeployment(ctx, tx, name)
@@ -599,6 +607,9 @@ func (c *Controller) rolloutPass(ctx context.Context, d deploymentRow, vms []vmR
 			break
 		}
 		vols, err := c.replicaVolumes(ctx, d.Name, i, d.VolumeTemplates)
+		if err == nil && d.Inputs != nil {
+			req.Inputs, err = c.deploymentInputs(ctx, d.Name)
+		}
 		if err == nil {
 			req.Volumes = vols
 			_, err = c.createVM(ctx, req, d.Name)

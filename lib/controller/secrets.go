@@ -100,15 +100,20 @@ func (c *Controller) openInputs(ctx context.Context, name string) ([]byte, error
 	if err != nil {
 		return nil, fmt.Errorf("reading the inputs of %s: %w", name, err)
 	}
+	return c.openSealed(s, name)
+}
+
+// openSealed opens a sealed row for owner (a VM's name, or deploymentOwner).
+func (c *Controller) openSealed(s sealedInputs, owner string) ([]byte, error) {
 	k, err := c.secretsKey()
 	if err != nil {
-		return nil, fmt.Errorf("opening the inputs of %s: %w", name, err)
+		return nil, fmt.Errorf("opening the inputs of %s: %w", owner, err)
 	}
 	if s.keyID != k.ID() {
-		return nil, apierr.New(apierr.DataCorrupt, "the inputs of VM %s were sealed under key %s, not under %s (%s)", name, s.keyID, k.ID(), c.SecretsKeyPath()).
-			With("vm", name).With("key_id", s.keyID)
+		return nil, apierr.New(apierr.DataCorrupt, "the inputs of %s were sealed under key %s, not under %s (%s)", owner, s.keyID, k.ID(), c.SecretsKeyPath()).
+			With("owner", owner).With("key_id", s.keyID)
 	}
-	return k.Open(s.sealed, name)
+	return k.Open(s.sealed, owner)
 }
 
 // stageInputs writes the VM's inputs in clear for its run, from the sealed
@@ -245,13 +250,30 @@ func checkSecrets(m *manifest.Manifest, plugin string, in *api.Inputs) error {
 	return e
 }
 
-// checkDeploymentSecrets refuses a deployment of a plugin that needs
-// secrets: a deployment cannot carry inputs for its replicas yet.
-func checkDeploymentSecrets(m *manifest.Manifest, plugin string) error {
-	if m.Secrets == nil || len(m.Secrets.Env)+len(m.Secrets.Files) == 0 {
-		return nil
+// deploymentOwner is the associated data of a deployment's sealed inputs:
+// apart from any VM's name.
+func deploymentOwner(name string) string { return "deployment/" + name }
+
+// deploymentInputs opens a deployment's sealed inputs, every replica's;
+// nil when it has none.
+func (c *Controller) deploymentInputs(ctx context.Context, name string) (*api.Inputs, error) {
+	var s sealedInputs
+	err := c.st.Read(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT key_id, sealed FROM deployment_inputs WHERE deployment = ?`, name).Scan(&s.keyID, &s.sealed)
+	})
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
 	}
-	return apierr.New(apierr.SecretMissing, "plugin %s needs secrets (%s), and a deployment cannot carry them for its replicas yet: create its VMs one by one with their inputs",
-		plugin, strings.Join(append(append([]string{}, m.Secrets.Env...), m.Secrets.Files...), ", ")).
-		With("plugin", plugin).With("missing_env", m.Secrets.Env).With("missing_files", m.Secrets.Files)
+	if err != nil {
+		return nil, fmt.Errorf("reading the inputs of deployment %s: %w", name, err)
+	}
+	plain, err := c.openSealed(s, deploymentOwner(name))
+	if err != nil {
+		return nil, err
+	}
+	var in api.Inputs
+	if err := json.Unmarshal(plain, &in); err != nil {
+		return nil, apierr.Wrap(apierr.DataCorrupt, err, "the inputs of deployment "+name)
+	}
+	return &in, nil
 }

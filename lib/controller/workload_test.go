@@ -297,7 +297,7 @@ func TestLegacyInputsSealed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range []string{`DROP TABLE vm_inputs`, `PRAGMA user_version = 8`} {
+	for _, q := range []string{`DROP TABLE deployment_inputs`, `DROP TABLE vm_inputs`, `PRAGMA user_version = 8`} {
 		if _, err := db.Exec(q); err != nil {
 			t.Fatal(err)
 		}
@@ -371,8 +371,9 @@ func TestCreateVMWorkloadRefusals(t *testing.T) {
 // TestPluginSecretsRequired: a plugin whose manifest names secrets gets a
 // VM only from a create request whose inputs give them all; a request
 // short of one is SECRET_MISSING, naming what is missing (never a value),
-// and leaves nothing behind; a deployment, which cannot carry inputs yet,
-// is refused the same way, and so is a rolling update to such a plugin.
+// and leaves nothing behind. A deployment must give them as well: its
+// replicas get them, each sealed in a row of its own; a rolling update to
+// such a plugin from a deployment without them is refused.
 func TestPluginSecretsRequired(t *testing.T) {
 	f := newFixture(t)
 	c, _ := f.controller()
@@ -439,14 +440,48 @@ func TestPluginSecretsRequired(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Deployments cannot carry them.
-	_, err = c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "dbs", Plugin: "db", Replicas: 1})
-	if !apierr.Is(err, apierr.SecretMissing) {
-		t.Fatalf("a deployment of a plugin with secrets: %v", err)
+	// A deployment must give them too; its replicas get them, each
+	// sealed in its own row; the deployment's answer names them.
+	_, err = c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "dbs", Plugin: "db", Replicas: 1,
+		Inputs: &api.Inputs{Env: map[string]string{"DB_PASSWORD": secret}}})
+	if !apierr.Is(err, apierr.SecretMissing) || !strings.Contains(err.Error(), "/etc/db/tls.key") {
+		t.Fatalf("a deployment short of a secret: %v", err)
 	}
 	if _, err := c.Deployment(f.ctx, "dbs"); !apierr.Is(err, apierr.NotFound) {
 		t.Fatalf("a refused deployment was made: %v", err)
 	}
+	d, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "dbs", Plugin: "db", Replicas: 2, Inputs: in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(d); strings.Contains(string(b), secret) || d.Inputs == nil || strings.Join(d.Inputs.Env, ",") != "DB_PASSWORD" {
+		t.Fatalf("the deployment's answer: %s", b)
+	}
+	want, _ := json.Marshal(in)
+	for _, r := range []string{"dbs-1", "dbs-2"} {
+		if err := wait.For(10*time.Second, func() bool {
+			got, err := os.ReadFile(c.InputsPath(r))
+			return err == nil && string(got) == string(want)
+		}); err != nil {
+			t.Fatalf("replica %s's inputs: %v", r, err)
+		}
+		if n := sealedRows(t, f, r); n != 1 {
+			t.Fatalf("replica %s: %d sealed rows", r, n)
+		}
+	}
+	noSecretIn(t, f.dir, secret)
+	if _, err := c.DeleteDeployment(f.ctx, "dbs"); err != nil {
+		t.Fatal(err)
+	}
+	var left int
+	f.st.Read(f.ctx, func(tx *sql.Tx) error {
+		return tx.QueryRow(`SELECT count(*) FROM deployment_inputs`).Scan(&left)
+	})
+	if left != 0 {
+		t.Fatalf("%d deployment inputs rows after the delete", left)
+	}
+
+	// An update to a plugin that names secrets the deployment lacks.
 	if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "plains", Plugin: "plain", Replicas: 1}); err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,7 @@ func migrations() []migration {
 		{7, "plugin signatures", schemaV7},
 		{8, "plugin versions side by side; deployment rollouts", schemaV8},
 		{9, "VM inputs sealed at rest", schemaV9},
+		{10, "deployment inputs sealed at rest", schemaV10},
 	}
 }
 
@@ -381,5 +382,16 @@ CREATE TABLE vm_inputs (
 	vm     TEXT PRIMARY KEY REFERENCES vms(id) ON UPDATE CASCADE ON DELETE CASCADE,
 	key_id TEXT NOT NULL,
 	sealed BLOB NOT NULL CHECK (length(sealed) > 28)
+) STRICT;
+`
+
+// schemaV10: a deployment's inputs, every replica's, sealed as schema 9
+// seals a VM's (the associated data is "deployment/<name>"). Each replica
+// gets its own vm_inputs row when it is made.
+const schemaV10 = `
+CREATE TABLE deployment_inputs (
+	deployment TEXT PRIMARY KEY REFERENCES deployments(name) ON UPDATE CASCADE ON DELETE CASCADE,
+	key_id     TEXT NOT NULL,
+	sealed     BLOB NOT NULL CHECK (length(sealed) > 28)
 ) STRICT;
 `

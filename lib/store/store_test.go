@@ -83,7 +83,7 @@ func TestOpenCreatesAndMigrates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(tables, " "); got != "deployments events ip_leases plugin_versions plugins ports rollouts settings tokens vm_inputs vms volume_attachments volumes" {
+	if got := strings.Join(tables, " "); got != "deployment_inputs deployments events ip_leases plugin_versions plugins ports rollouts settings tokens vm_inputs vms volume_attachments volumes" {
 		t.Fatalf("tables: %s", got)
 	}
 	if err := s.Check(ctx); err != nil {

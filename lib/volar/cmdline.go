@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -521,15 +522,17 @@ func (c *vmWaitCmd) run(ctx context.Context, s *Session, _ *cli.Env) error {
 // --- deployments ---
 
 type deploymentCreateCmd struct {
-	Plugin    PluginName     `long:"plugin" value-name:"PLUGIN" description:"plugin of the replicas"`
-	Publish   []string       `long:"publish" short:"p" value-name:"SPEC" description:"publish a host port, balanced across the healthy replicas: HOSTPORT:GUESTPORT, with HOSTIP: before and /tcp or /udp after if need be (repeatable)"`
-	Replicas  *int           `long:"replicas" short:"r" value-name:"N" description:"number of VMs to keep running"`
-	CPU       int            `long:"cpu" value-name:"N" description:"vCPUs per replica (default: the plugin's)"`
-	Memory    int            `long:"memory" value-name:"MB" description:"memory per replica in MiB (default: the plugin's)"`
-	Templates []string       `long:"volume-template" value-name:"NAME:SIZE:/PATH" description:"give replica i its own volume NAME-i of SIZE mounted at PATH, kept on scale-down and reused on scale-up (repeatable)"`
-	FromSnap  string         `long:"from-snapshot" value-name:"SNAPSHOT" description:"start every replica from a snapshot instead of booting it (scale-up restores)"`
-	Config    flags.Filename `long:"config" short:"c" value-name:"FILE" description:"JSON with any of name, plugin, replicas, resources {cpu_cores, memory_mb}, volume_templates [{name, size, path}], ports, from_snapshot; flags override it"`
-	Args      struct {
+	Plugin     PluginName     `long:"plugin" value-name:"PLUGIN" description:"plugin of the replicas"`
+	Publish    []string       `long:"publish" short:"p" value-name:"SPEC" description:"publish a host port, balanced across the healthy replicas: HOSTPORT:GUESTPORT, with HOSTIP: before and /tcp or /udp after if need be (repeatable)"`
+	Replicas   *int           `long:"replicas" short:"r" value-name:"N" description:"number of VMs to keep running"`
+	CPU        int            `long:"cpu" value-name:"N" description:"vCPUs per replica (default: the plugin's)"`
+	Memory     int            `long:"memory" value-name:"MB" description:"memory per replica in MiB (default: the plugin's)"`
+	Templates  []string       `long:"volume-template" value-name:"NAME:SIZE:/PATH" description:"give replica i its own volume NAME-i of SIZE mounted at PATH, kept on scale-down and reused on scale-up (repeatable)"`
+	FromSnap   string         `long:"from-snapshot" value-name:"SNAPSHOT" description:"start every replica from a snapshot instead of booting it (scale-up restores)"`
+	SecretEnv  []string       `long:"secret-env" value-name:"NAME=@FILE" description:"add NAME to every replica's environment, its value read from FILE (NAME=-: stdin), over the agent channel only (repeatable)"`
+	SecretFile []string       `long:"secret-file" value-name:"PATH=FILE" description:"write the local FILE to every replica's PATH (mode 0600) before the workload starts, over the agent channel only (repeatable)"`
+	Config     flags.Filename `long:"config" short:"c" value-name:"FILE" description:"JSON with any of name, plugin, replicas, resources {cpu_cores, memory_mb}, volume_templates [{name, size, path}], ports, from_snapshot; flags override it"`
+	Args       struct {
 		Name string `positional-arg-name:"NAME" description:"the deployment's name; its VMs are NAME-1..NAME-N (or \"name\" in --config)"`
 	} `positional-args:"yes"`
 }
@@ -549,6 +552,12 @@ func (c *deploymentCreateCmd) run(ctx context.Context, s *Session, env *cli.Env)
 	req, err := DeploymentRequest(cfg, DeploymentFlags{Name: c.Args.Name, Plugin: string(c.Plugin),
 		Replicas: c.Replicas, CPU: c.CPU, Memory: c.Memory, VolumeTemplates: c.Templates, Ports: ports, FromSnapshot: c.FromSnap})
 	if err != nil {
+		return err
+	}
+	if c.Config == "-" && slices.ContainsFunc(c.SecretEnv, func(s string) bool { return strings.HasSuffix(s, "=-") }) {
+		return usage("volar deployments create NAME --config FILE --secret-env NAME=@FILE", "stdin cannot hold both --config and a --secret-env value")
+	}
+	if req.Inputs, err = ParseSecrets(c.SecretEnv, c.SecretFile, env.Stdin); err != nil {
 		return err
 	}
 	return s.CreateDeployment(ctx, req)
