@@ -108,6 +108,15 @@ func TestJailsReclaimedAfterKill(t *testing.T) {
 	if err := wait.For(20*time.Second, func() bool { return len(h.pidsOf(chtest.Name)) == 0 && len(h.pidsOf("volant-launch")) == 0 }); err != nil {
 		t.Fatalf("hypervisors %v, supervisors %v outlive the kill", h.pidsOf(chtest.Name), h.pidsOf("volant-launch"))
 	}
+	// A process on its way out has no command line any more (procs
+	// skips it) but may still hold its files: wait until the killed
+	// runs' uid locks are free, as they are once the processes are gone.
+	for name, j := range vms {
+		lock := filepath.Join(jail.DefaultUIDDir, fmt.Sprint(j.uid))
+		if err := wait.For(20*time.Second, func() bool { return !flocked(lock) }); err != nil {
+			t.Fatalf("%s's uid lock %s is still held after its run was killed", name, lock)
+		}
+	}
 	for name, j := range vms {
 		if _, err := os.Stat(record(j.uid)); err != nil || !cgroupThere(j.cgroup) {
 			t.Fatalf("after the kill, %s's record (%v) or cgroup (%v) is gone already: the leftovers this test is about are not there", name, err, cgroupThere(j.cgroup))
@@ -181,6 +190,20 @@ func deref(p *uint32) any {
 		return "nobody"
 	}
 	return *p
+}
+
+// flocked reports whether a process holds an exclusive flock on path.
+func flocked(path string) bool {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Flock(fd, syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		return true
+	}
+	syscall.Flock(fd, syscall.LOCK_UN)
+	return false
 }
 
 // cgroupThere reports whether a cgroup path exists in any hierarchy (v2,
