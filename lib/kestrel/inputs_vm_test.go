@@ -16,7 +16,8 @@ import (
 // (the handshake says it waits) until the host sends the VM's inputs over
 // the agent channel; then the files are there with their modes, the empty
 // directory exists, and the workload and exec'd commands see the
-// environment, which appears nowhere on the kernel command line.
+// environment, which appears nowhere on the kernel command line. An input
+// /etc/hostname names the host (the kernel's hostname, not only the file).
 func TestVMInputs(t *testing.T) {
 	k, vmlinux := guesttest.Kernel(t)
 	n := vmtest.NewNet(t)
@@ -28,7 +29,7 @@ func TestVMInputs(t *testing.T) {
 		},
 	}
 	im := vmtest.BootImage(t, k)
-	im.AddBusybox("sh", "sleep", "cat", "stat", "ls", "echo")
+	im.AddBusybox("sh", "sleep", "cat", "stat", "ls", "echo", "hostname")
 	vm := vmtest.Boot(t, n, vmlinux, vmtest.Config{Name: "inputs", Initrd: im.Write(), Agent: true,
 		Cmdline: "volant.vm=inputs volant.inputs=1 volant.manifest=" + encode(t, m)})
 	vm.WaitConsole("waiting for the VM's inputs", bootTimeout)
@@ -46,9 +47,10 @@ func TestVMInputs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := sess.SendInputs(ctx, &agentchan.Inputs{
-		Env:   map[string]string{"TOKEN": secret, "PLAIN": "from the inputs"},
-		Files: []agentchan.InputFile{{Path: "/etc/app/config", Data: []byte("config-v1")}, {Path: "/run/secrets/key", Mode: 0o400, Data: []byte(secret)}},
-		Dirs:  []string{"/data/empty"},
+		Env: map[string]string{"TOKEN": secret, "PLAIN": "from the inputs"},
+		Files: []agentchan.InputFile{{Path: "/etc/app/config", Data: []byte("config-v1")}, {Path: "/run/secrets/key", Mode: 0o400, Data: []byte(secret)},
+			{Path: "/etc/hostname", Data: []byte("web-7d9f-abcde\n")}},
+		Dirs: []string{"/data/empty"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -62,6 +64,9 @@ func TestVMInputs(t *testing.T) {
 	}
 	if strings.Contains(lines[len(lines)-2], secret) || !strings.Contains(lines[len(lines)-2], "volant.inputs=1") {
 		t.Fatalf("the kernel command line: %q", lines[len(lines)-2])
+	}
+	if out, _, code := run(t, sess, "hostname"); code != 0 || strings.TrimSpace(out) != "web-7d9f-abcde" {
+		t.Fatalf("hostname after an input /etc/hostname (%d): %q", code, out)
 	}
 	// Sent again: answered, not applied twice.
 	err = sess.SendInputs(ctx, &agentchan.Inputs{Files: []agentchan.InputFile{{Path: "/etc/app/config", Data: []byte("config-v2")}}})

@@ -178,12 +178,9 @@ func vmRequest(ctx context.Context, pod *corev1.Pod, node, plugin string, src so
 			in.Files = append(in.Files, files...)
 		}
 	}
-	// /etc/hostname says the pod's hostname, as the kubelet's mount does
-	// (the guest kernel's hostname is the VM's name).
-	host := pod.Name
-	if pod.Spec.Hostname != "" {
-		host = pod.Spec.Hostname
-	}
+	// /etc/hostname says the pod's hostname, as the kubelet's mount does,
+	// and kestrel names the guest's kernel after it.
+	host := podHostname(pod)
 	in.Files = append(in.Files, api.InputFile{Path: "/etc/hostname", Mode: 0o644, Data: []byte(host + "\n")})
 	req.Inputs = in
 	return req, toks, nil
@@ -335,4 +332,19 @@ func VMName(pod *corev1.Pod) string {
 		base = "pod"
 	}
 	return base + "-" + uid
+}
+
+// podHostname is the pod's hostname as the kubelet gives it: spec.hostname,
+// else the pod's name, cut to the 63 characters a hostname may have and
+// without a '-' or '.' left at its end. kestrel names the guest's kernel
+// after it too (an input /etc/hostname).
+func podHostname(pod *corev1.Pod) string {
+	host := pod.Name
+	if pod.Spec.Hostname != "" {
+		host = pod.Spec.Hostname
+	}
+	if len(host) > 63 {
+		host = strings.TrimRight(host[:63], "-.")
+	}
+	return host
 }

@@ -204,3 +204,20 @@ func TestResources(t *testing.T) {
 		}
 	}
 }
+
+// A pod's hostname is spec.hostname, else its name, at most 63
+// characters (what Sethostname takes) without a trailing '-' or '.'.
+func TestPodHostname(t *testing.T) {
+	long := strings.Repeat("a", 62) + "-bcdef"
+	for _, tc := range []struct{ name, hostname, want string }{
+		{"web-1", "", "web-1"},
+		{"web-1", "db", "db"},
+		{long, "", strings.Repeat("a", 62)},
+		{strings.Repeat("b", 70), "", strings.Repeat("b", 63)},
+	} {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: tc.name}, Spec: corev1.PodSpec{Hostname: tc.hostname}}
+		if got := podHostname(pod); got != tc.want {
+			t.Errorf("pod %q hostname %q: %q, want %q", tc.name, tc.hostname, got, tc.want)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/volantvm/volant/lib/agentchan"
@@ -20,6 +21,11 @@ import (
 type Inputs struct {
 	// Root is where guest paths are written ("" means /).
 	Root string
+	// SetHostname, when set, is given the first line of an input file
+	// /etc/hostname: as an init names the host from that file at boot, the
+	// kernel's hostname follows it (a Kubernetes pod's name, where the boot
+	// named the host after its VM).
+	SetHostname func(name string) error
 
 	once sync.Once
 	got  chan struct{}
@@ -126,6 +132,14 @@ func (in *Inputs) write(got *agentchan.Inputs) error {
 		if err := os.Rename(tmp, p); err != nil {
 			os.Remove(tmp)
 			return fmt.Errorf("placing input file %s: %w", f.Path, err)
+		}
+		if f.Path == "/etc/hostname" && in.SetHostname != nil {
+			name, _, _ := strings.Cut(string(f.Data), "\n")
+			if name = strings.TrimSpace(name); name != "" {
+				if err := in.SetHostname(name); err != nil {
+					return fmt.Errorf("naming the host %q after input file /etc/hostname: %w", name, err)
+				}
+			}
 		}
 	}
 	return nil

@@ -347,6 +347,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	var inputsEnv func() map[string]string
 	if args.Inputs {
 		inputs = access.NewInputs("/")
+		inputs.SetHostname = b.m.SetHostname
 		inputsEnv = inputs.Env
 	}
 
