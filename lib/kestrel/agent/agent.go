@@ -139,7 +139,12 @@ func (a *Agent) SetIdentity(vm, reportURL string) {
 
 // Announce reports the agent's status now (after SetIdentity, once the
 // VM's network is out).
-func (a *Agent) Announce() { a.changed() }
+func (a *Agent) Announce() {
+	if a.reporter != nil {
+		a.reporter.Resume()
+	}
+	a.changed()
+}
 
 // Logs implements api.Backend.
 func (a *Agent) Logs() *ringbuf.Buffer { return a.ring }

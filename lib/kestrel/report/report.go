@@ -42,7 +42,19 @@ type Reporter struct {
 	wake    chan struct{}
 	sent    int
 	dropped int
+	// heldUntil, while in the future, holds deliveries (SetURL: the
+	// guest's network is not out yet); Resume ends it.
+	heldUntil time.Time
+	// cancelPost ends the post under way.
+	cancelPost context.CancelFunc
+	// stale says the idle connections were made from the address the
+	// guest had: closed before the next post.
+	stale bool
 }
+
+// HoldMax bounds how long SetURL holds the reports when Resume does not
+// come (a host that never says the network is out).
+const HoldMax = 10 * time.Second
 
 // URL is where reports for vm go on the control plane at host:port.
 func URL(host string, port int, vm string) string {
@@ -99,14 +111,34 @@ func (r *Reporter) Send(st agentapi.Status) {
 // SetURL makes the reporter post to url from now on (a guest restored from
 // a snapshot reports as the VM it now is); the reports still queued
 // describe the guest as it was and are dropped, and so are the idle
-// connections, made from the address the guest had.
+// connections, made from the address the guest had, and the post under
+// way. Deliveries are held until Resume (at most HoldMax): a packet sent
+// while the VM's tap is still down (a connection tried, or an idle one
+// closed) leaves the guest waiting for the gateway's ARP answer until its
+// retransmission timer fires, a second after the tap is up. So the idle
+// connections are closed when the hold ends, with the network out.
 func (r *Reporter) SetURL(url string) {
 	r.mu.Lock()
 	r.url = url
 	r.dropped += len(r.queue)
 	r.queue = nil
+	r.heldUntil = time.Now().Add(HoldMax)
+	r.stale = true
+	if r.cancelPost != nil {
+		r.cancelPost()
+	}
 	r.mu.Unlock()
-	r.client.CloseIdleConnections()
+}
+
+// Resume ends SetURL's hold: the guest's network is out.
+func (r *Reporter) Resume() {
+	r.mu.Lock()
+	r.heldUntil = time.Time{}
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (r *Reporter) target() string {
@@ -132,7 +164,27 @@ func (r *Reporter) Run(ctx context.Context) {
 		if have {
 			head = r.queue[0]
 		}
+		held := time.Until(r.heldUntil)
+		stale := r.stale && held <= 0
+		if stale {
+			r.stale = false
+		}
 		r.mu.Unlock()
+		if stale {
+			r.client.CloseIdleConnections()
+		}
+		if held > 0 {
+			t := time.NewTimer(held)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-r.wake:
+			case <-t.C:
+			}
+			t.Stop()
+			continue
+		}
 		if !have {
 			select {
 			case <-ctx.Done():
@@ -141,9 +193,21 @@ func (r *Reporter) Run(ctx context.Context) {
 				continue
 			}
 		}
-		err := r.post(ctx, head.st)
+		pctx, cancel := context.WithCancel(ctx)
+		r.mu.Lock()
+		r.cancelPost = cancel
+		r.mu.Unlock()
+		err := r.post(pctx, head.st)
+		r.mu.Lock()
+		r.cancelPost = nil
+		r.mu.Unlock()
+		canceled := pctx.Err() != nil
+		cancel()
 		if ctx.Err() != nil {
 			return
+		}
+		if canceled && err != nil {
+			continue // SetURL: the report is gone from the queue
 		}
 		var rejected *rejectedError
 		switch {

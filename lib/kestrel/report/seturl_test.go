@@ -41,6 +41,7 @@ func TestSetURL(t *testing.T) {
 	defer cancel()
 	go r.Run(ctx)
 	r.Send(agentapi.Status{VM: "restored"})
+	r.Resume()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		mu.Lock()
@@ -117,10 +118,59 @@ func TestSetURLDropsIdleConnections(t *testing.T) {
 	}
 	r.SetURL(srv.URL)
 	r.Send(agentapi.Status{VM: "restored"})
+	r.Resume()
 	sent(3)
 	mu.Lock()
 	defer mu.Unlock()
 	if conns != 2 {
 		t.Errorf("%d connections after SetURL, want a new one (2)", conns)
+	}
+}
+
+// SetURL holds deliveries until Resume (a restored guest's tap is down
+// until then: a connection tried meanwhile waits out the guest's ARP and
+// SYN retransmission timers once it is up), and ends a post under way, so
+// that the first report after Resume goes at once.
+func TestSetURLHoldsUntilResume(t *testing.T) {
+	stuck := make(chan struct{})
+	oldSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // a post that never ends, as one to a peer gone with the saved VM
+		case <-stuck:
+		case <-r.Context().Done():
+		}
+	}))
+	defer func() { close(stuck); oldSrv.Close() }()
+	got := make(chan string, 4)
+	newSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var st agentapi.Status
+		json.NewDecoder(r.Body).Decode(&st)
+		got <- st.VM
+	}))
+	defer newSrv.Close()
+	r := New(oldSrv.URL, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+	r.Send(agentapi.Status{VM: "saved"})
+	time.Sleep(100 * time.Millisecond) // the post to the old URL is under way
+	r.SetURL(newSrv.URL)
+	r.Send(agentapi.Status{VM: "restored"})
+	select {
+	case vm := <-got:
+		t.Fatalf("a report (%s) went before Resume", vm)
+	case <-time.After(300 * time.Millisecond):
+	}
+	t0 := time.Now()
+	r.Resume()
+	select {
+	case vm := <-got:
+		if vm != "restored" {
+			t.Fatalf("first report after Resume: %s", vm)
+		}
+		if d := time.Since(t0); d > 2*time.Second {
+			t.Fatalf("the report after Resume took %s: the old post held it", d)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("no report after Resume: the post to the old URL still holds the reporter")
 	}
 }
