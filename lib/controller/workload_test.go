@@ -459,14 +459,13 @@ func TestPluginSecretsRequired(t *testing.T) {
 	}
 	want, _ := json.Marshal(in)
 	for _, r := range []string{"dbs-1", "dbs-2"} {
+		// The clear file is written before the replica's row (with its
+		// sealed inputs) commits: wait for both.
 		if err := wait.For(10*time.Second, func() bool {
 			got, err := os.ReadFile(c.InputsPath(r))
-			return err == nil && string(got) == string(want)
+			return err == nil && string(got) == string(want) && sealedRows(t, f, r) == 1
 		}); err != nil {
-			t.Fatalf("replica %s's inputs: %v", r, err)
-		}
-		if n := sealedRows(t, f, r); n != 1 {
-			t.Fatalf("replica %s: %d sealed rows", r, n)
+			t.Fatalf("replica %s's inputs: %v (%d sealed rows)", r, err, sealedRows(t, f, r))
 		}
 	}
 	noSecretIn(t, f.dir, secret)
