@@ -2,13 +2,10 @@ package controller_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -79,12 +76,8 @@ func mustPool(b *testing.B) ipam.Pool {
 }
 
 func (f *fixture) pluginB(b *testing.B, c *controller.Controller, name string) {
-	// volantd takes local artifacts only from the plugins directory.
-	art := filepath.Join(f.dir, "plugins", name+".img")
-	os.MkdirAll(filepath.Dir(art), 0o755)
-	os.WriteFile(art, []byte(name), 0o644)
-	sum := sha256.Sum256([]byte(name))
-	m := fmt.Sprintf(`{"name":%q,"version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":{"entrypoint":["/a"]}}`, name, art, hex.EncodeToString(sum[:]))
+	art, sum := localArtifact(f.dir, name+".img", name)
+	m := fmt.Sprintf(`{"name":%q,"version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":{"entrypoint":["/a"]}}`, name, art, sum)
 	if _, err := c.InstallPlugin(f.ctx, []byte(m), false); err != nil {
 		b.Fatal(err)
 	}

@@ -79,15 +79,22 @@ func (f *fixture) controllerWith(cfg controller.Config) (*controller.Controller,
 	return c, rep
 }
 
+// localArtifact writes body as the plugin artifact file under dataDir's
+// plugins directory (volantd takes local artifacts only from there and
+// the directories it is told to allow) and returns its path and hex
+// SHA-256, for a manifest's url and checksum.
+func localArtifact(dataDir, file, body string) (path, sum string) {
+	path = filepath.Join(dataDir, "plugins", file)
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	os.WriteFile(path, []byte(body), 0o644)
+	h := sha256.Sum256([]byte(body))
+	return path, hex.EncodeToString(h[:])
+}
+
 func (f *fixture) plugin(c *controller.Controller, name string) {
 	f.t.Helper()
-	// The plugins directory: volantd takes local artifacts only from there
-	// and the directories it is told to allow.
-	art := filepath.Join(f.dir, "plugins", name+".img")
-	os.MkdirAll(filepath.Dir(art), 0o755)
-	os.WriteFile(art, []byte(name), 0o644)
-	sum := sha256.Sum256([]byte(name))
-	m := fmt.Sprintf(`{"name":%q,"version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":{"entrypoint":["/a"]}}`, name, art, hex.EncodeToString(sum[:]))
+	art, sum := localArtifact(f.dir, name+".img", name)
+	m := fmt.Sprintf(`{"name":%q,"version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":{"entrypoint":["/a"]}}`, name, art, sum)
 	if _, err := c.InstallPlugin(f.ctx, []byte(m), false); err != nil {
 		f.t.Fatal(err)
 	}

@@ -2,8 +2,6 @@ package controller_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -28,13 +26,9 @@ import (
 // own.
 func (f *fixture) pluginVersion(c *controller.Controller, name, version string) *api.Plugin {
 	f.t.Helper()
-	body := name + "@" + version
-	art := filepath.Join(f.dir, "plugins", name+"-"+version+".img")
-	os.MkdirAll(filepath.Dir(art), 0o755)
-	os.WriteFile(art, []byte(body), 0o644)
-	sum := sha256.Sum256([]byte(body))
+	art, sum := localArtifact(f.dir, name+"-"+version+".img", name+"@"+version)
 	m := fmt.Sprintf(`{"name":%q,"version":%q,"initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":{"entrypoint":["/a"]}}`,
-		name, version, art, hex.EncodeToString(sum[:]))
+		name, version, art, sum)
 	p, err := c.InstallPlugin(f.ctx, []byte(m), false)
 	if err != nil {
 		f.t.Fatal(err)

@@ -2,8 +2,6 @@ package controller_test
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -54,12 +52,9 @@ func (s *signer) trust(dir string) {
 // a manifest naming it with its checksum, indented as fledge writes it.
 func signedManifest(t *testing.T, dir, name string) []byte {
 	t.Helper()
-	art := filepath.Join(dir, "plugins", name+".img")
-	os.MkdirAll(filepath.Dir(art), 0o755)
-	os.WriteFile(art, []byte(name), 0o644)
-	sum := sha256.Sum256([]byte(name))
+	art, sum := localArtifact(dir, name+".img", name)
 	return []byte(fmt.Sprintf("{\n  \"name\": %q,\n  \"version\": \"1.0.0\",\n  \"initramfs\": {\"url\": %q, \"checksum\": \"sha256:%s\"},\n"+
-		"  \"workload\": {\"entrypoint\": [\"/app\"]},\n  \"network\": {\"mode\": \"none\"}\n}\n", name, art, hex.EncodeToString(sum[:])))
+		"  \"workload\": {\"entrypoint\": [\"/app\"]},\n  \"network\": {\"mode\": \"none\"}\n}\n", name, art, sum))
 }
 
 func wantReason(t *testing.T, what string, err error, code apierr.Code, reason string) {

@@ -2,9 +2,7 @@ package controller_test
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,13 +33,10 @@ import (
 func TestCreateVMWorkload(t *testing.T) {
 	f := newFixture(t)
 	c, _ := f.controller()
-	art := filepath.Join(f.dir, "plugins", "app.img")
-	os.MkdirAll(filepath.Dir(art), 0o755)
-	os.WriteFile(art, []byte("app"), 0o644)
-	sum := sha256.Sum256([]byte("app"))
+	art, sum := localArtifact(f.dir, "app.img", "app")
 	labels, _ := json.Marshal(manifest.CommandLabels([]string{"/bin/app"}, []string{"--serve"}))
 	m := fmt.Sprintf(`{"name":"app","version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},
-		"workload":{"entrypoint":["/bin/app","--serve"],"env":{"A":"1","B":"2"}},"labels":%s}`, art, hex.EncodeToString(sum[:]), labels)
+		"workload":{"entrypoint":["/bin/app","--serve"],"env":{"A":"1","B":"2"}},"labels":%s}`, art, sum, labels)
 	if _, err := c.InstallPlugin(f.ctx, []byte(m), false); err != nil {
 		t.Fatal(err)
 	}
@@ -377,12 +372,9 @@ func TestCreateVMWorkloadRefusals(t *testing.T) {
 func TestPluginSecretsRequired(t *testing.T) {
 	f := newFixture(t)
 	c, _ := f.controller()
-	art := filepath.Join(f.dir, "plugins", "db.img")
-	os.MkdirAll(filepath.Dir(art), 0o755)
-	os.WriteFile(art, []byte("db"), 0o644)
-	sum := sha256.Sum256([]byte("db"))
+	art, sum := localArtifact(f.dir, "db.img", "db")
 	m := fmt.Sprintf(`{"name":"db","version":"1","initramfs":{"url":%q,"checksum":"sha256:%s"},"workload":{"entrypoint":["/db"]},
-		"secrets":{"env":["DB_PASSWORD"],"files":["/etc/db/tls.key"]}}`, art, hex.EncodeToString(sum[:]))
+		"secrets":{"env":["DB_PASSWORD"],"files":["/etc/db/tls.key"]}}`, art, sum)
 	p, err := c.InstallPlugin(f.ctx, []byte(m), false)
 	if err != nil {
 		t.Fatal(err)
