@@ -31,7 +31,18 @@ type promSample struct {
 
 func promQuery(t testing.TB, ns *netnstest.NS, base, q string) []promSample {
 	t.Helper()
-	body, err := getIn(ns, base+"/api/v1/query?query="+url.QueryEscape(q), 10*time.Second)
+	return promQueryAt(t, ns, base, q, time.Time{})
+}
+
+// promQueryAt evaluates q at time at (now when zero): queries compared
+// with each other must see the same window.
+func promQueryAt(t testing.TB, ns *netnstest.NS, base, q string, at time.Time) []promSample {
+	t.Helper()
+	u := base + "/api/v1/query?query=" + url.QueryEscape(q)
+	if !at.IsZero() {
+		u += "&time=" + strconv.FormatFloat(float64(at.UnixMilli())/1000, 'f', 3, 64)
+	}
+	body, err := getIn(ns, u, 10*time.Second)
 	if err != nil {
 		t.Fatalf("query %s: %v %s", q, err, body)
 	}
@@ -172,8 +183,11 @@ scrape_configs:
 	}
 	t.Logf("%d requests to the replicas during %s of scrapes", requests, time.Since(t0).Round(time.Second))
 
-	ups := promQuery(t, h.ns, base, `count_over_time(up{job="volantd"}[1m])`)
-	good := promQuery(t, h.ns, base, `sum_over_time(up{job="volantd"}[1m])`)
+	// One evaluation time for both: a scrape landing between two queries
+	// would make the second window hold one more.
+	at := time.Now()
+	ups := promQueryAt(t, h.ns, base, `count_over_time(up{job="volantd"}[1m])`, at)
+	good := promQueryAt(t, h.ns, base, `sum_over_time(up{job="volantd"}[1m])`, at)
 	if len(ups) != 1 || len(good) != 1 || ups[0].Value < 20 || good[0].Value != ups[0].Value {
 		t.Fatalf("scrapes in the last minute: %+v, successful: %+v (want >= 20, all up)", ups, good)
 	}
