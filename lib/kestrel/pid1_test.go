@@ -199,7 +199,8 @@ while true; do sleep 0.05; done`
 			if st.Workload.ExitCode == nil || *st.Workload.ExitCode != 3 {
 				t.Fatalf("first exit not recorded: %+v", st.Workload)
 			}
-			mountsBefore, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/mountinfo")
+			self := "/proc/" + strconv.Itoa(pid) + "/mountinfo"
+			mountsBefore := mountinfo(t, self)
 			// The orphans live 0.3 s; give PID 1 time to reap them.
 			deadline := time.Now().Add(10 * time.Second)
 			for strings.Count(p.stderr.String(), "reaped orphan") < 5 && time.Now().Before(deadline) {
@@ -211,8 +212,8 @@ while true; do sleep 0.05; done`
 			if z := zombiesOf(pid); len(z) > 0 {
 				t.Fatalf("zombies left under kestrel: %v", z)
 			}
-			mountsAfter, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/mountinfo")
-			if !bytes.Equal(mountsBefore, mountsAfter) || len(mountsBefore) == 0 {
+			mountsAfter := mountinfo(t, self)
+			if mountsBefore != mountsAfter || mountsBefore == "" {
 				t.Fatalf("kestrel changed its mount table outside a guest:\n%s\n---\n%s", mountsBefore, mountsAfter)
 			}
 
@@ -233,10 +234,12 @@ while true; do sleep 0.05; done`
 	}
 }
 
-// mountinfo is the test's mount table without network namespace bind
-// mounts (/run/netns/*), which this and other tests add and remove.
-func mountinfo(t *testing.T) string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+// mountinfo is a mount table (a /proc/<pid>/mountinfo file) without network
+// namespace bind mounts (/run/netns/*), which this and other tests, in this
+// and other packages, add and remove at any time; /run/netns is a shared
+// mount, so they show up in kestrel's copied mount namespace too.
+func mountinfo(t *testing.T, file string) string {
+	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +259,7 @@ func mountinfo(t *testing.T) string {
 // refuse, change nothing, and exit 2.
 func TestPID1OutsideAGuestRefusesGuestDuties(t *testing.T) {
 	t.Run("host mount namespace", func(t *testing.T) {
-		before := mountinfo(t)
+		before := mountinfo(t, "/proc/self/mountinfo")
 		p := startPID1(t, []string{"--pid", "--fork"})
 		err := p.wait(20 * time.Second)
 		var ee *exec.ExitError
@@ -266,7 +269,7 @@ func TestPID1OutsideAGuestRefusesGuestDuties(t *testing.T) {
 		if !strings.Contains(p.stderr.String(), "pid 1 of a child PID namespace") || !strings.Contains(p.stderr.String(), "refusing guest duties") {
 			t.Fatalf("stderr:\n%s", p.stderr)
 		}
-		if after := mountinfo(t); after != before {
+		if after := mountinfo(t, "/proc/self/mountinfo"); after != before {
 			t.Fatalf("the host's mount table changed:\n%s\n---\n%s", before, after)
 		}
 	})
