@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/volantvm/volant/lib/apierr"
 )
@@ -175,7 +178,9 @@ func pathErr(p string, err error) error {
 // later entry out of dir. When rename is set, the archive must have a
 // single top-level entry, which is written under that name instead.
 // Ownership is not restored (files belong to the extracting user); modes
-// and modification times are.
+// and modification times are. A regular file replaces the one there
+// atomically (a new file, synced, renamed over it): a reader never sees it
+// missing or partial.
 func ExtractTar(r io.Reader, dir, rename string) (CopyResult, error) {
 	var res CopyResult
 	root, err := os.OpenRoot(dir)
@@ -230,23 +235,11 @@ func ExtractTar(r io.Reader, dir, rename string) (CopyResult, error) {
 			}
 			dirs = append(dirs, dirTime{name, h})
 		case tar.TypeReg:
-			removeNonDir(root, name)
-			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-			if err != nil {
-				return res, extractErr(name, err)
-			}
-			n, err := io.Copy(f, tr)
+			n, err := writeFile(root, name, tr, mode, h.ModTime)
 			res.Bytes += n
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
 			if err != nil {
 				return res, extractErr(name, err)
 			}
-			if err := root.Chmod(name, mode); err != nil {
-				return res, extractErr(name, err)
-			}
-			_ = root.Chtimes(name, h.ModTime, h.ModTime)
 		case tar.TypeSymlink:
 			removeNonDir(root, name)
 			if err := root.Symlink(h.Linkname, name); err != nil {
@@ -300,6 +293,49 @@ func entryName(n string) (string, error) {
 		}
 	}
 	return path.Clean(n), nil
+}
+
+// writeFile writes a regular file the way files that matter are written:
+// a new file beside it, synced, then renamed over name, so a reader at the
+// same time sees the old file or the new one whole, never a missing,
+// empty or partial one (a service account token refreshed in a running
+// guest). A failure removes the new file; a crash may leave it, named
+// .NAME.volant-tmp-*.
+func writeFile(root *os.Root, name string, r io.Reader, mode fs.FileMode, mtime time.Time) (int64, error) {
+	if fi, err := root.Lstat(name); err == nil && fi.IsDir() {
+		return 0, fmt.Errorf("%s is a directory", name)
+	}
+	var tmp string
+	var f *os.File
+	for i := 0; ; i++ {
+		tmp = path.Join(path.Dir(name), "."+path.Base(name)+".volant-tmp-"+strconv.FormatUint(rand.Uint64(), 36))
+		var err error
+		f, err = root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrExist) || i == 10 {
+			return 0, err
+		}
+	}
+	n, err := io.Copy(f, r)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = root.Chmod(tmp, mode)
+	}
+	if err == nil {
+		_ = root.Chtimes(tmp, mtime, mtime)
+		err = root.Rename(tmp, name)
+	}
+	if err != nil {
+		_ = root.Remove(tmp)
+	}
+	return n, err
 }
 
 func removeNonDir(root *os.Root, name string) {

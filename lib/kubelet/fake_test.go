@@ -2,10 +2,13 @@ package kubelet
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +39,10 @@ type fakeVolant struct {
 	subnet   string
 	metrics  string   // GET /metrics
 	writes   []string // WriteFiles: "vm:dir/name=data"
-	netErr   error
+	// guests, when set, is where WriteFiles extracts its archives, as
+	// kestrel does (agentchan.ExtractTar): guests/<vm>/<path>.
+	guests string
+	netErr error
 }
 
 func newFake() *fakeVolant { return &fakeVolant{vms: map[string]*api.VM{}, nextIP: 100} }
@@ -163,7 +169,20 @@ func (f *fakeVolant) Metrics(context.Context) (io.ReadCloser, error) {
 }
 
 func (f *fakeVolant) WriteFiles(_ context.Context, vm, dir string, r io.Reader) (*api.CopyResult, error) {
-	tr := tar.NewReader(r)
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	if f.guests != "" {
+		d := filepath.Join(f.guests, vm, dir)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+		if _, err := agentchan.ExtractTar(bytes.NewReader(b), d, ""); err != nil {
+			return nil, err
+		}
+	}
+	tr := tar.NewReader(bytes.NewReader(b))
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {

@@ -28,7 +28,9 @@ import (
 // to the pod (it stops working when the pod is deleted), with the
 // projection's audience and lifetime; the provider asks for a new one when
 // 80% of its lifetime has passed (at most a day) and writes it in the
-// running guest (the guest-access API's file copy). Sources a VM cannot
+// running guest (the guest-access API's file copy, which replaces a file
+// atomically: a new file, synced, renamed over the old one, so the
+// workload never reads a partial token). Sources a VM cannot
 // have (clusterTrustBundle, podCertificate, resourceFieldRef) refuse the
 // pod.
 

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +23,7 @@ import (
 type fakeTokens struct {
 	mu   sync.Mutex
 	ttl  time.Duration
+	pad  int // the tokens' length past "token-N" (a JWT is about 1 KiB)
 	err  error
 	reqs []string // "ns/sa aud=… exp=… bound=Pod/name/uid"
 }
@@ -34,7 +38,7 @@ func (f *fakeTokens) CreateToken(_ context.Context, ns, sa string, req *authenti
 	f.reqs = append(f.reqs, fmt.Sprintf("%s/%s aud=%s exp=%d bound=%s/%s/%s", ns, sa, strings.Join(req.Spec.Audiences, ","),
 		*req.Spec.ExpirationSeconds, b.Kind, b.Name, b.UID))
 	out := req.DeepCopy()
-	out.Status = authenticationv1.TokenRequestStatus{Token: fmt.Sprintf("token-%d", len(f.reqs)),
+	out.Status = authenticationv1.TokenRequestStatus{Token: fmt.Sprintf("token-%d", len(f.reqs)) + strings.Repeat(".", f.pad),
 		ExpirationTimestamp: metav1.NewTime(time.Now().Add(f.ttl))}
 	return out, nil
 }
@@ -161,4 +165,51 @@ func TestTokenRefresh(t *testing.T) {
 		return len(f2.writes) == 1 && strings.HasSuffix(f2.writes[0], "/token=token-1@644")
 	})
 	_ = p2.DeletePod(context.Background(), pod)
+}
+
+// TestTokenRefreshIsAtomic: a workload reading its token while the
+// provider refreshes it (extracted in the guest by kestrel's
+// agentchan.ExtractTar) always reads a whole token, old or new: never a
+// missing, empty or cut-short file, across many refreshes.
+func TestTokenRefreshIsAtomic(t *testing.T) {
+	f := newFake()
+	f.guests = t.TempDir()
+	const pad = 128 << 10
+	tr := &fakeTokens{ttl: 50 * time.Millisecond, pad: pad} // refreshed every 40 ms
+	p := NewProvider(ProviderConfig{Node: "vol1", NodeIP: "10.0.0.1", Volant: f, Interval: time.Hour, Tokens: tr,
+		ConfigMaps: listers(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "kube-root-ca.crt"},
+			Data: map[string]string{"ca.crt": "CA"}}).ConfigMaps})
+	p.NotifyPods(context.Background(), (&recorder{}).add)
+	pod := saPod()
+	if err := p.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	defer p.DeletePod(context.Background(), pod)
+	file := filepath.Join(f.guests, VMName(pod), "/var/run/secrets/kubernetes.io/serviceaccount/token")
+	eventually(t, p, "the first refreshed token in the guest", func() bool { _, err := os.Stat(file); return err == nil })
+	tail := strings.Repeat(".", pad)
+	num := regexp.MustCompile(`^token-[0-9]+$`)
+	whole := func(b []byte) bool {
+		s, ok := strings.CutSuffix(string(b), tail)
+		return ok && num.MatchString(s)
+	}
+	const refreshes = 100
+	start, reads, bad, firstBad := tr.n(), 0, 0, ""
+	deadline := time.Now().Add(60 * time.Second)
+	for tr.n() < start+refreshes {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d refreshes in 60 s", tr.n()-start)
+		}
+		b, err := os.ReadFile(file)
+		reads++
+		if err != nil || !whole(b) {
+			if bad++; firstBad == "" {
+				firstBad = fmt.Sprintf("%d bytes, err %v", len(b), err)
+			}
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%d of %d reads during %d refreshes saw a partial token (the first: %s)", bad, reads, refreshes, firstBad)
+	}
+	t.Logf("%d reads during %d refreshes, all whole", reads, refreshes)
 }
