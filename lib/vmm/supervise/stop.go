@@ -53,6 +53,12 @@ type StopOptions struct {
 	// Grace is how long the guest gets to power off after the ACPI power
 	// button (default 10s; negative skips the power button).
 	Grace time.Duration
+	// Repress is how long after a press the power button is pressed again
+	// while the guest is still up, doubling after each press (default 1s):
+	// a guest that was not listening yet misses a press (kestrel loads
+	// the button's driver once its workload is up, and the kernel drops a
+	// press that comes before it).
+	Repress time.Duration
 	// Hard is how long the VMM gets to exit after a hard stop before it is
 	// killed (default 3s).
 	Hard   time.Duration
@@ -69,7 +75,8 @@ type StopResult struct {
 type Dialer func(ctx context.Context) (vmm.Control, error)
 
 // Stop ends a VMM gracefully, escalating: the ACPI power button (the guest
-// shuts down cleanly: disks synced, workload told), then after Grace a hard
+// shuts down cleanly: disks synced, workload told; pressed again after
+// Repress, 2×Repress, ... while the guest is up), then after Grace a hard
 // stop through the control socket (Shutdown, then Quit), then after Hard
 // SIGKILL. If ctx ends first, Stop skips to SIGKILL. A VMM that already
 // exited is success (StoppedAlready).
@@ -83,6 +90,9 @@ func Stop(ctx context.Context, t Target, dial Dialer, o StopOptions) (StopResult
 	}
 	if o.Hard <= 0 {
 		o.Hard = 3 * time.Second
+	}
+	if o.Repress <= 0 {
+		o.Repress = time.Second
 	}
 	start := time.Now()
 	res := func(m string) StopResult { return StopResult{Method: m, Elapsed: time.Since(start)} }
@@ -125,7 +135,7 @@ func Stop(ctx context.Context, t Target, dial Dialer, o StopOptions) (StopResult
 			err := call("power button", c.PowerButton)
 			if err == nil {
 				log.Info("pressed the ACPI power button; waiting for the guest to power off", "grace", o.Grace)
-				if waitCtx(ctx, t, o.Grace) {
+				if waitPressing(ctx, t, o.Grace, o.Repress, func() { _ = call("power button", c.PowerButton) }) {
 					return res(StoppedPowerButton), nil
 				}
 				log.Warn("guest did not power off in time; stopping it hard", "grace", o.Grace)
@@ -164,6 +174,26 @@ func exited(t Target, d time.Duration) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	return t.WaitExit(ctx) == nil
+}
+
+// waitPressing waits up to grace for t to exit, calling press again
+// after every, then after twice as long, and so on.
+func waitPressing(ctx context.Context, t Target, grace, every time.Duration, press func()) bool {
+	deadline := time.Now().Add(grace)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		if waitCtx(ctx, t, min(every, left)) {
+			return true
+		}
+		if ctx.Err() != nil || time.Until(deadline) <= 0 {
+			return false
+		}
+		press()
+		every *= 2
+	}
 }
 
 func waitCtx(ctx context.Context, t Target, d time.Duration) bool {
