@@ -13,9 +13,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -37,18 +37,20 @@ func HasKeyPower(caps string) bool {
 	if len(words) == 0 {
 		return false
 	}
-	// Each word is one unsigned long; sysfs drops leading zero words and
-	// prints each word without padding, so rebuild the number word by word.
-	n := new(big.Int)
-	for _, w := range words {
-		v, ok := new(big.Int).SetString(w, 16)
-		if !ok {
+	// Each word is one unsigned long (64 bits here); sysfs drops leading
+	// zero words and prints each word without padding, so bit n is bit
+	// n%64 of the (n/64+1)-th word from the right.
+	bit := false
+	for i, w := range words {
+		v, err := strconv.ParseUint(w, 16, 64)
+		if err != nil {
 			return false
 		}
-		n.Lsh(n, 64)
-		n.Or(n, v)
+		if len(words)-1-i == keyPower/64 {
+			bit = v&(1<<(keyPower%64)) != 0
+		}
 	}
-	return n.Bit(keyPower) == 1
+	return bit
 }
 
 // IsPress reports whether one input_event is a KEY_POWER press.

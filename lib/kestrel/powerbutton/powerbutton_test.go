@@ -18,6 +18,11 @@ func TestHasKeyPower(t *testing.T) {
 		"0":                            false,
 		"":                             false,
 		"zz 0":                         false,
+		"10000000000000 zz":            false,
+		// Bit 52 of the rightmost word is key 52 (KEY_DOT), not KEY_POWER.
+		"0 10000000000000": false,
+		// A word wider than 64 bits is not an unsigned long.
+		"110000000000000000 0": false,
 	} {
 		if got := HasKeyPower(caps); got != want {
 			t.Errorf("HasKeyPower(%q) = %v", caps, got)
