@@ -15,13 +15,15 @@ import (
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/kestrel/internal/vmtest"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/vmm/supervise"
 )
 
 // BenchmarkVMBoot measures kestrel in real guests, the initramfs and the
 // rootfs path side by side (alternating, so both see the same machine
 // load): QEMU launch to the first HTTP 200 from the workload through
-// kestrel's proxy on the guest IP, kestrel's RSS in the guest, and ACPI
-// power button to QEMU's exit. bench/kestrel/run.sh runs it; it prints
+// kestrel's proxy on the guest IP, kestrel's RSS in the guest, and a stop
+// through the ACPI power button (lib/vmm/supervise.Stop, as launchers do)
+// to QEMU's exit. bench/kestrel/run.sh runs it; it prints
 // medians and ratios and writes $VOLANT_BENCH_OUT. It asserts nothing
 // about time.
 func BenchmarkVMBoot(b *testing.B) {
@@ -69,9 +71,8 @@ func BenchmarkVMBoot(b *testing.B) {
 			httpAt := vm.Since()
 			st := g.waitStatus("status", 10*time.Second, func(s agentapi.Status) bool { return s.Memory != nil })
 			t1 := time.Now()
-			vm.PowerButton()
-			if err := vm.Wait(30 * time.Second); err != nil {
-				b.Fatalf("%s: %v", variant, err)
+			if res := vm.Stop(30 * time.Second); res.Method != supervise.StoppedPowerButton {
+				b.Fatalf("%s: the power button did not stop the guest: %+v\n%s", variant, res, vm.ConsoleText())
 			}
 			results[variant] = append(results[variant], sample{
 				httpMS: float64(httpAt.Milliseconds()),

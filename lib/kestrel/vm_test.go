@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/volantvm/volant/lib/kestrel/internal/vmtest"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/vmm/supervise"
 )
 
 const bootTimeout = 90 * time.Second
@@ -440,10 +442,13 @@ func TestVMFatalPowersOff(t *testing.T) {
 }
 
 // TestVMPowerButtonEarly boots the initramfs path with the manifest on the
-// command line (where kestrel loads some modules only once the workload is
-// up) and presses the power button the moment the workload first answers:
-// the press must not be lost, and the guest powers off cleanly; the late
-// modules are loaded by then or not at all, never blocking the shutdown.
+// command line (where kestrel loads some modules, the power button's
+// among them, only once the workload is up) and stops the guest the way
+// launchers do (lib/vmm/supervise.Stop) the moment the workload first
+// answers: the stop must not be lost (a press that comes before the
+// button's driver is pressed again), and the guest powers off cleanly
+// through the power button, not a hard stop; the late modules are loaded
+// by then or not at all, never blocking the shutdown.
 func TestVMPowerButtonEarly(t *testing.T) {
 	k, vmlinux := guesttest.Kernel(t)
 	n := vmtest.NewNet(t)
@@ -455,14 +460,25 @@ func TestVMPowerButtonEarly(t *testing.T) {
 	vm := vmtest.Boot(t, n, vmlinux, vmtest.Config{Name: "early-off", Initrd: im.Write(), IP: ip, MAC: mac,
 		Cmdline: "volant.vm=early volant.ip=" + ip.String() + "/24 volant.gw=192.168.127.1 volant.manifest=" + encode(t, webManifest(false))})
 	waitHTTP200(t, vm, n, "http://"+ip.String()+":80/index.html")
-	vm.PowerButton()
-	if err := vm.Wait(30 * time.Second); err != nil {
-		t.Fatalf("the power button pressed as the workload came up did not power the guest off: %v\n%s", err, vm.ConsoleText())
+	res := vm.Stop(30 * time.Second)
+	if err := vm.Wait(time.Second); err != nil || res.Method != supervise.StoppedPowerButton {
+		t.Fatalf("a stop as the workload came up did not power the guest off by its power button: %+v %v\n%s", res, err, vm.ConsoleText())
 	}
+	t.Logf("stopped in %s", res.Elapsed.Round(time.Millisecond))
 	con := vm.ConsoleText()
-	for _, want := range []string{"later=virtio_blk,virtio_console", `reason="ACPI power button pressed"`, "reboot: Power down"} {
+	for _, want := range []string{`reason="ACPI power button pressed"`, "reboot: Power down"} {
 		if !strings.Contains(con, want) {
 			t.Fatalf("console lacks %q:\n%s", want, con)
+		}
+	}
+	// The boot held back the power button's modules and the late ones.
+	_, later, _ := strings.Cut(con, "kestrel: kernel modules loaded ")
+	_, later, _ = strings.Cut(later, " later=")
+	later, _, _ = strings.Cut(later, "\n")
+	held := strings.Split(strings.TrimSpace(later), ",")
+	for _, want := range []string{"button", "evdev", "virtio_blk", "virtio_console"} {
+		if !slices.Contains(held, want) {
+			t.Fatalf("the boot did not hold back %s (later=%s):\n%s", want, later, con)
 		}
 	}
 }

@@ -145,6 +145,9 @@ func (b *booter) stage1(args bootargs.Args) (Handoff, error) {
 	var later []string
 	if plan.Mode == ModeInitramfs {
 		later = LateModules(m, len(args.Volumes))
+		if m != nil {
+			later = append(later, PowerButtonModules[:]...)
+		}
 	}
 	// The vsock transport serves only a guest with a vsock device (Cloud
 	// Hypervisor's agent channel); the bus knows once virtio is loaded.
@@ -246,16 +249,38 @@ const LateModulesDelay = 2 * time.Second
 // LateModules are the modules the initramfs path loads only once the
 // workload is up (each costs tens of milliseconds under software
 // emulation): the virtio console's, and virtio_blk when the plugin has no
-// disks and the VM no volumes. The power button's (button, evdev) are not
-// among them: a press the kernel sees before its driver is loaded is lost.
-// The rootfs path loads everything in stage 1, from the initramfs it then
-// leaves.
+// disks and the VM no volumes. The rootfs path loads everything in stage
+// 1, from the initramfs it then leaves.
 func LateModules(m *manifest.Manifest, volumes int) []string {
 	late := []string{"virtio_console"}
 	if (m == nil || len(m.Disks) == 0) && volumes == 0 {
 		late = append(late, "virtio_blk")
 	}
 	return late
+}
+
+// PowerButtonModules are the power button's modules: the ACPI button
+// driver, and evdev, through which kestrel reads its key. On the initramfs
+// path with the manifest known at boot they load as soon as the workload
+// is up (agent.Config's AfterStart: its health check first passed), not
+// before it starts: they are a fifth of the boot's module loading under
+// software emulation. A press the kernel sees before the button driver is
+// loaded is lost, so launchers press again until the guest is down
+// (lib/vmm/supervise.Stop); a VM that waits for its inputs loads them
+// before it waits.
+var PowerButtonModules = [...]string{"button", "evdev"}
+
+// splitPowerButton separates the power button's modules from the other
+// held-back ones.
+func splitPowerButton(held []string) (button, rest []string) {
+	for _, n := range held {
+		if slices.Contains(PowerButtonModules[:], n) {
+			button = append(button, n)
+		} else {
+			rest = append(rest, n)
+		}
+	}
+	return button, rest
 }
 
 func (b *booter) switchRoot(plan Plan, h Handoff) error {
@@ -317,11 +342,27 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	go r.Run(context.Background()) // PID 1 reaps until power-off
 	b.watchSignals(cancel)
-	go func() {
-		if err := powerbutton.Watch(ctx, 5*time.Second, b.log, func() { cancel(errors.New("ACPI power button pressed")) }); err != nil && ctx.Err() == nil {
-			b.log.Warn("power button unavailable: an ACPI shutdown request will not reach kestrel", "err", err)
-		}
-	}()
+	// The power button is watched from here on, or, when stage 1 held its
+	// modules back (PowerButtonModules), once they are loaded.
+	buttonLater, channelLater := splitPowerButton(h.ModulesLater)
+	var buttonOnce sync.Once
+	armButton := func() {
+		buttonOnce.Do(func() {
+			if len(buttonLater) > 0 {
+				if err := modules.LoadLater(b.m, modules.Dir("/"), buttonLater, b.log); err != nil {
+					b.log.Warn("loading the power button's kernel modules", "err", err)
+				}
+			}
+			go func() {
+				if err := powerbutton.Watch(ctx, 5*time.Second, b.log, func() { cancel(errors.New("ACPI power button pressed")) }); err != nil && ctx.Err() == nil {
+					b.log.Warn("power button unavailable: an ACPI shutdown request will not reach kestrel", "err", err)
+				}
+			}()
+		})
+	}
+	if len(buttonLater) == 0 {
+		armButton()
+	}
 	// The agent channel (exec, copy, workload logs) is served once its
 	// device's driver is loaded: with the late modules, after the
 	// workload started; or before it starts when the VM has inputs, which
@@ -330,8 +371,8 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	var channelOnce sync.Once
 	openChannel := func() {
 		channelOnce.Do(func() {
-			if len(h.ModulesLater) > 0 {
-				if err := modules.LoadLater(b.m, modules.Dir("/"), h.ModulesLater, b.log); err != nil {
+			if len(channelLater) > 0 {
+				if err := modules.LoadLater(b.m, modules.Dir("/"), channelLater, b.log); err != nil {
 					b.log.Warn("loading the late kernel modules", "err", err)
 				}
 			}
@@ -340,6 +381,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 	}
 	afterStart := func() {
 		b.gcOn()
+		armButton()
 		time.Sleep(LateModulesDelay)
 		openChannel()
 	}
@@ -377,6 +419,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 				go consoleshell.Run(ctx, r, sh, consoleshell.Device("/"), b.log)
 			}
 			if inputs != nil {
+				armButton() // the inputs may never come: the VM must still stop cleanly
 				openChannel()
 				b.log.Info("waiting for the VM's inputs over the agent channel")
 				if err := inputs.Wait(ctx); err != nil {

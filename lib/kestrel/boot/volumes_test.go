@@ -63,3 +63,13 @@ func TestLateModulesWithVolumes(t *testing.T) {
 		t.Errorf("a volume needs virtio_blk at boot: %s", got)
 	}
 }
+
+func TestSplitPowerButton(t *testing.T) {
+	button, rest := splitPowerButton([]string{"button", "evdev", "virtio_blk", "virtio_console"})
+	if strings.Join(button, ",") != "button,evdev" || strings.Join(rest, ",") != "virtio_blk,virtio_console" {
+		t.Fatalf("button %v rest %v", button, rest)
+	}
+	if button, rest := splitPowerButton([]string{"virtio_console"}); button != nil || strings.Join(rest, ",") != "virtio_console" {
+		t.Fatalf("button %v rest %v", button, rest)
+	}
+}

@@ -34,6 +34,7 @@ import (
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/qemu"
+	"github.com/volantvm/volant/lib/vmm/supervise"
 )
 
 // Bridge addressing inside the test's namespace (private addresses only
@@ -389,6 +390,34 @@ func (vm *VM) PowerButton() {
 		vm.t.Fatalf("QMP system_powerdown: %v", err)
 	}
 }
+
+// Stop stops the guest the way launchers do (lib/vmm/supervise.Stop: the
+// power button, pressed again while the guest is up, then after grace a
+// hard stop) and returns how QEMU ended.
+func (vm *VM) Stop(grace time.Duration) supervise.StopResult {
+	vm.t.Helper()
+	res, err := supervise.Stop(context.Background(), vmTarget{vm}, func(ctx context.Context) (vmm.Control, error) {
+		return (&qemu.Backend{}).Dial(ctx, vm.qmp)
+	}, supervise.StopOptions{Grace: grace})
+	if err != nil {
+		vm.t.Fatalf("stopping %s: %v", vm.Name, err)
+	}
+	return res
+}
+
+// vmTarget is a VM as supervise.Stop's target.
+type vmTarget struct{ vm *VM }
+
+func (t vmTarget) WaitExit(ctx context.Context) error {
+	select {
+	case <-t.vm.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (t vmTarget) Kill() error { return t.vm.cmd.Process.Kill() }
 
 // qmpCommand runs one QMP command: greeting, qmp_capabilities, command.
 // Quit ends QEMU at once (QMP quit), for guests that ignore the power
