@@ -15,8 +15,6 @@ import (
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/testutil/guesttest"
-	"github.com/volantvm/volant/lib/testutil/netnstest"
 	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
@@ -36,18 +34,13 @@ const (
 // upgraded stream: both end with UNAVAILABLE rather than hanging, and an
 // exec into the VM afterwards is CONFLICT (not_running).
 func TestVMGuestAccess(t *testing.T) {
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	kestrel := guesttest.Kestrel(t)
+	h := newQEMUHost(t)
+	k, kestrel := h.k, h.kestrel
 	mcpDir := mcpClientDir(t)
-	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
-	wrap := []string{"ip", "netns", "exec", h.ns.Name}
 	tokb := make([]byte, 24)
 	rand.Read(tokb)
 	token := hex.EncodeToString(tokb)
-	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "5s",
-		"--listen", "127.0.0.1:17071", "--insecure-tcp", "--token", token)
+	d := h.daemon(t, "--listen", "127.0.0.1:17071", "--insecure-tcp", "--token", token)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	entry := `["/bin/sh", "-c", "echo '` + talkerStdout + `'; echo '` + talkerStderr + `' >&2; exec /bin/busybox httpd -f -p 80 -h /www"]`

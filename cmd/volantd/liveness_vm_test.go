@@ -10,8 +10,6 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/testutil/guesttest"
-	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 // TestLivenessVM boots a real guest (QEMU TCG) as a deployment's replica,
@@ -20,14 +18,10 @@ import (
 // been unhealthy for --liveness-grace: a delete that says why, and a new
 // guest of the same name serving again.
 func TestLivenessVM(t *testing.T) {
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	kestrel := guesttest.Kestrel(t)
-	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
-	wrap := []string{"ip", "netns", "exec", h.ns.Name}
+	h := newQEMUHost(t)
+	k, kestrel := h.k, h.kestrel
 	const grace = 6 * time.Second
-	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "5s", "--liveness-grace", grace.String())
+	d := h.daemon(t, "--liveness-grace", grace.String())
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, svcPlugin(t, filepath.Join(h.dir, "data"), k.ModulesDir, kestrel, "1", "/health"), client.InstallOptions{}); err != nil {
 		t.Fatal(err)

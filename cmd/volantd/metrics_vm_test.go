@@ -17,7 +17,6 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -94,16 +93,9 @@ func procStat(t testing.TB, pid int) (cpu float64, rss float64) {
 // /proc and the taps' counters, and reports the scrape durations
 // Prometheus measured.
 func TestVMMetricsPrometheus(t *testing.T) {
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	netnstest.Require(t, "prometheus")
-	kestrel := guesttest.Kestrel(t)
-	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
-	wrap := []string{"ip", "netns", "exec", h.ns.Name}
-	args := []string{"--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "5s",
-		"--metrics-listen", "127.0.0.1:9100", "--metrics-no-auth", "--insecure-tcp"}
-	d := startDaemon(t, h.dir, wrap, nil, args...)
+	h := newQEMUHost(t, "prometheus")
+	k, kestrel := h.k, h.kestrel
+	d := h.daemon(t, "--metrics-listen", "127.0.0.1:9100", "--metrics-no-auth", "--insecure-tcp")
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, svcPlugin(t, filepath.Join(h.dir, "data"), k.ModulesDir, kestrel, "1", "/health"), client.InstallOptions{}); err != nil {
 		t.Fatal(err)

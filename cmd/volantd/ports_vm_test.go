@@ -17,7 +17,6 @@ import (
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/portmap"
-	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -196,18 +195,13 @@ func nftPorts(t testing.TB, ns *netnstest.NS) string {
 // port, a port a host process holds; rules rebuilt after volantd is
 // killed with SIGKILL and restarted, and none left after the deletes.
 func TestPublishedPortsVM(t *testing.T) {
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	netnstest.Require(t, "nft")
-	kestrel := guesttest.Kestrel(t)
-	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
+	h := newQEMUHost(t, "nft")
+	k, kestrel := h.k, h.kestrel
 	far := lan(t, h.ns)
-	wrap := []string{"ip", "netns", "exec", h.ns.Name}
 	const interval = 2 * time.Second
-	args := []string{"--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", interval.String(), "--start-timeout", "90s", "--stop-timeout", "5s",
-		"--liveness-grace", "0"} // svc-2's dead workload must stay out of the set, not be replaced
-	d := startDaemon(t, h.dir, wrap, nil, args...)
+	// svc-2's dead workload must stay out of the set, not be replaced.
+	args := []string{"--health-interval", interval.String(), "--liveness-grace", "0"}
+	d := h.daemon(t, args...)
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, svcPlugin(t, filepath.Join(h.dir, "data"), k.ModulesDir, kestrel, "1", "/health"), client.InstallOptions{}); err != nil {
 		t.Fatal(err)
@@ -353,7 +347,7 @@ func TestPublishedPortsVM(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	d = startDaemon(t, h.dir, wrap, nil, args...)
+	d = h.daemon(t, args...)
 	rules := nftPorts(t, h.ns)
 	if strings.Contains(rules, "vm:ghost") || !strings.Contains(rules, "dep:svc") || !strings.Contains(rules, "vm:solo") {
 		t.Fatalf("after the restart:\n%s", rules)

@@ -15,7 +15,6 @@ import (
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/portmap"
-	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -160,16 +159,10 @@ func replicaVersions(t *testing.T, c *client.Client, dep string) string {
 // deployment never has fewer than 3 healthy replicas meanwhile (sampled
 // every 100 ms). The events record each step.
 func TestRollingUpdateVM(t *testing.T) {
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	netnstest.Require(t, "nft")
-	kestrel := guesttest.Kestrel(t)
-	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
+	h := newQEMUHost(t, "nft")
+	k, kestrel := h.k, h.kestrel
 	far := lan(t, h.ns)
-	wrap := []string{"ip", "netns", "exec", h.ns.Name}
-	args := []string{"--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", "1s", "--start-timeout", "120s", "--stop-timeout", "5s"}
-	d := startDaemon(t, h.dir, wrap, nil, args...)
+	d := h.daemon(t, "--health-interval", "1s", "--start-timeout", "120s")
 	ctx := context.Background()
 	data := filepath.Join(h.dir, "data")
 	for _, v := range []struct{ version, health string }{{"1", "/health"}, {"2", "/health"}, {"3", "/never-there"}} {

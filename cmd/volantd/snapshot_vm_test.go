@@ -12,8 +12,6 @@ import (
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/testutil/guesttest"
-	"github.com/volantvm/volant/lib/testutil/netnstest"
 	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
@@ -37,13 +35,9 @@ func counterPlugin(t testing.TB, outDir, modulesDir, kestrel string) []byte {
 // from it when it scales up, and rolls the source back to the snapshot,
 // which takes its count file back to what it was.
 func TestVMSnapshots(t *testing.T) {
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	kestrel := guesttest.Kestrel(t)
-	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
-	wrap := []string{"ip", "netns", "exec", h.ns.Name}
-	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "10s")
+	h := newQEMUHost(t)
+	k, kestrel := h.k, h.kestrel
+	d := h.daemon(t, "--stop-timeout", "10s")
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, counterPlugin(t, filepath.Join(h.dir, "data", "plugins", "counter"), k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
 		t.Fatal(err)
@@ -60,7 +54,7 @@ func TestVMSnapshots(t *testing.T) {
 	}
 	count := func(vm *api.VM, want string) {
 		t.Helper()
-		if got, err := get(h, vm.IP, "/cgi-bin/count"); err != nil || got != want {
+		if got, err := get(h.fakeHost, vm.IP, "/cgi-bin/count"); err != nil || got != want {
 			t.Fatalf("%s (%s) counts %q (%v), want %s", vm.Name, vm.IP, got, err, want)
 		}
 	}
@@ -101,12 +95,12 @@ func TestVMSnapshots(t *testing.T) {
 		}
 		ips[vm.IP] = vm.Name
 		count(vm, "4") // the snapshot's 3, plus this request
-		if id, err := get(h, vm.IP, "/cgi-bin/id"); err != nil || id != vm.Name {
+		if id, err := get(h.fakeHost, vm.IP, "/cgi-bin/id"); err != nil || id != vm.Name {
 			t.Errorf("%s says it is %q (%v)", vm.Name, id, err)
 		}
 	}
 	count(src, "5") // the source kept its own count
-	if id, err := get(h, src.IP, "/cgi-bin/id"); err != nil || id != "src" {
+	if id, err := get(h.fakeHost, src.IP, "/cgi-bin/id"); err != nil || id != "src" {
 		t.Errorf("src says it is %q (%v)", id, err)
 	}
 	if _, err := d.c.DeleteSnapshot(ctx, "warm"); !apierr.Is(err, apierr.Conflict) {
@@ -143,7 +137,7 @@ func TestVMSnapshots(t *testing.T) {
 	}
 	src = running("src")
 	count(src, "4")
-	if id, err := get(h, src.IP, "/cgi-bin/id"); err != nil || id != "src" {
+	if id, err := get(h.fakeHost, src.IP, "/cgi-bin/id"); err != nil || id != "src" {
 		t.Errorf("src after its restore says it is %q (%v)", id, err)
 	}
 	// vm.restored follows the health report that made src running.
@@ -175,13 +169,9 @@ func TestVMSnapshots(t *testing.T) {
 // snapshot: the volume's image holds the snapshot's one line again, and
 // the VM, which kept its volume, adds to that when it next boots.
 func TestVMRestoreRollsVolumeBack(t *testing.T) {
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	kestrel := guesttest.Kestrel(t)
-	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
-	wrap := []string{"ip", "netns", "exec", h.ns.Name}
-	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "10s")
+	h := newQEMUHost(t)
+	k, kestrel := h.k, h.kestrel
+	d := h.daemon(t, "--stop-timeout", "10s")
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, diaryPlugin(t, filepath.Join(h.dir, "data", "plugins", "diary"), k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
 		t.Fatal(err)
@@ -200,7 +190,7 @@ func TestVMRestoreRollsVolumeBack(t *testing.T) {
 	}
 	diary := func(vm *api.VM, want string) {
 		t.Helper()
-		if got, err := fetch(h, "http://"+vm.IP+"/diary"); err != nil || got != want {
+		if got, err := fetch(h.fakeHost, "http://"+vm.IP+"/diary"); err != nil || got != want {
 			t.Fatalf("the diary reads %q (%v), want %q", got, err, want)
 		}
 	}

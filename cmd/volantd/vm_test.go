@@ -13,8 +13,6 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/testutil/guesttest"
-	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 // webPlugin builds an initramfs plugin with fledge: kestrel as PID 1 with
@@ -46,13 +44,9 @@ func webPluginRunning(t testing.TB, out, modulesDir, kestrel string, intervalMS 
 // deployment scales 1→3→1, and a replica whose hypervisor is killed is
 // recreated.
 func TestVMControlPlane(t *testing.T) {
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	kestrel := guesttest.Kestrel(t)
-	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
-	wrap := []string{"ip", "netns", "exec", h.ns.Name}
-	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "5s")
+	h := newQEMUHost(t)
+	k, kestrel := h.k, h.kestrel
+	d := h.daemon(t)
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, webPlugin(t, filepath.Join(h.dir, "data", "plugins", "web"), k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
 		t.Fatal(err)
@@ -81,12 +75,12 @@ func TestVMControlPlane(t *testing.T) {
 	if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", vm.PID)); !strings.Contains(string(st), fmt.Sprintf("Uid:\t%d\t", vm.Jail.UID)) {
 		t.Fatalf("web1's hypervisor (pid %d) does not run as uid %d:\n%s", vm.PID, vm.Jail.UID, st)
 	}
-	body, err := fetch(h, "http://"+vm.IP+"/index.html")
+	body, err := fetch(h.fakeHost, "http://"+vm.IP+"/index.html")
 	if err != nil || body != "hello from volant\n" {
 		t.Fatalf("GET http://%s/index.html: %q %v", vm.IP, body, err)
 	}
 	// Through kestrel's proxy too.
-	if body, err := fetch(h, "http://"+vm.IP+":8080/v1/index.html"); err != nil || body != "hello from volant\n" {
+	if body, err := fetch(h.fakeHost, "http://"+vm.IP+":8080/v1/index.html"); err != nil || body != "hello from volant\n" {
 		t.Fatalf("through kestrel's proxy: %q %v", body, err)
 	}
 	rc, err := d.c.VMLogs(ctx, "web1", api.LogOptions{})
@@ -117,7 +111,7 @@ func TestVMControlPlane(t *testing.T) {
 	waitCurrent(t, d.c, "svc", 3, 240*time.Second)
 	replicas, _ := d.c.ListVMs(ctx, api.VMFilter{Deployment: "svc"})
 	for _, v := range replicas {
-		if body, err := fetch(h, "http://"+v.IP+"/index.html"); err != nil || body != "hello from volant\n" {
+		if body, err := fetch(h.fakeHost, "http://"+v.IP+"/index.html"); err != nil || body != "hello from volant\n" {
 			t.Fatalf("replica %s at %s: %q %v", v.Name, v.IP, body, err)
 		}
 	}
@@ -132,7 +126,7 @@ func TestVMControlPlane(t *testing.T) {
 		v, err := d.c.VM(ctx, "svc-2")
 		if err == nil && v.State == api.VMRunning && v.PID != victim.PID {
 			t.Logf("svc-2 recreated: pid %d → %d, %s", victim.PID, v.PID, v.IP)
-			if body, err := fetch(h, "http://"+v.IP+"/index.html"); err != nil || body != "hello from volant\n" {
+			if body, err := fetch(h.fakeHost, "http://"+v.IP+"/index.html"); err != nil || body != "hello from volant\n" {
 				t.Fatalf("recreated replica: %q %v", body, err)
 			}
 			break

@@ -11,8 +11,6 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/testutil/guesttest"
-	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 // diaryPlugin builds (into outDir, where volantd takes artifacts from) an
@@ -34,13 +32,9 @@ func diaryPlugin(t testing.TB, outDir, modulesDir, kestrel string) []byte {
 // the volume while the second runs is refused; the data is on the image on
 // the host.
 func TestVolumeOutlivesVM(t *testing.T) {
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	kestrel := guesttest.Kestrel(t)
-	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
-	wrap := []string{"ip", "netns", "exec", h.ns.Name}
-	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "10s")
+	h := newQEMUHost(t)
+	k, kestrel := h.k, h.kestrel
+	d := h.daemon(t, "--stop-timeout", "10s")
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, diaryPlugin(t, filepath.Join(h.dir, "data", "plugins", "diary"), k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
 		t.Fatal(err)
@@ -63,7 +57,7 @@ func TestVolumeOutlivesVM(t *testing.T) {
 		return vm
 	}
 	first := boot("writer1")
-	if body, err := fetch(h, "http://"+first.IP+"/first"); err != nil || body != "writer1\n" {
+	if body, err := fetch(h.fakeHost, "http://"+first.IP+"/first"); err != nil || body != "writer1\n" {
 		t.Fatalf("writer1's volume: /first = %q %v", body, err)
 	}
 	if _, err := d.c.DeleteVM(ctx, "writer1"); err != nil {
@@ -71,11 +65,11 @@ func TestVolumeOutlivesVM(t *testing.T) {
 	}
 
 	second := boot("writer2")
-	body, err := fetch(h, "http://"+second.IP+"/first")
+	body, err := fetch(h.fakeHost, "http://"+second.IP+"/first")
 	if err != nil || body != "writer1\n" {
 		t.Fatalf("writer2 does not see what writer1 wrote: /first = %q %v", body, err)
 	}
-	if body, err := fetch(h, "http://"+second.IP+"/diary"); err != nil || body != "writer1\nwriter2\n" {
+	if body, err := fetch(h.fakeHost, "http://"+second.IP+"/diary"); err != nil || body != "writer1\nwriter2\n" {
 		t.Fatalf("the diary is %q (%v), want both VMs' lines", body, err)
 	}
 	t.Logf("writer2 (%s) read what writer1 wrote before it was deleted", second.IP)
