@@ -123,19 +123,25 @@ func TestPublishedPorts(t *testing.T) {
 		pr.Set(ips[n], &st)
 	}
 	eventuallyPublished(t, f.nw, hostnet.DeploymentPorts("svc"), ips["svc-1"].String(), ips["svc-2"].String(), ips["svc-3"].String())
+	// report is a replica's kestrel posting its status, which the
+	// controller's polls (every 50 ms here) then also read, as they would
+	// from a real guest.
+	report := func(name string, st agentapi.Status) {
+		t.Helper()
+		pr.Set(ips[name], &st)
+		if err := c.Report(f.ctx, name, st, netip.Addr{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// svc-2 fails its check: it leaves the set, and rejoins when it passes.
 	sick := controllertest.Healthy("svc-2")
 	sick.Health.State = agentapi.HealthUnhealthy
-	if err := c.Report(f.ctx, "svc-2", sick, netip.Addr{}); err != nil {
-		t.Fatal(err)
-	}
+	report("svc-2", sick)
 	eventuallyPublished(t, f.nw, hostnet.DeploymentPorts("svc"), ips["svc-1"].String(), ips["svc-3"].String())
 	if d, _ := c.Deployment(f.ctx, "svc"); strings.Join(d.Endpoints, ",") != "svc-1,svc-3" {
 		t.Fatalf("endpoints while svc-2 is unhealthy: %v", d.Endpoints)
 	}
-	if err := c.Report(f.ctx, "svc-2", controllertest.Healthy("svc-2"), netip.Addr{}); err != nil {
-		t.Fatal(err)
-	}
+	report("svc-2", controllertest.Healthy("svc-2"))
 	eventuallyPublished(t, f.nw, hostnet.DeploymentPorts("svc"), ips["svc-1"].String(), ips["svc-2"].String(), ips["svc-3"].String())
 
 	// Endpoints say where the kernel sends connections: while the rules
@@ -143,9 +149,7 @@ func TestPublishedPorts(t *testing.T) {
 	// an endpoint (a client that waits for the set to change and then
 	// sends requests must not reach it).
 	release := f.nw.HoldPorts()
-	if err := c.Report(f.ctx, "svc-3", sick3(), netip.Addr{}); err != nil {
-		t.Fatal(err)
-	}
+	report("svc-3", sick3())
 	for deadline := time.Now().Add(5 * time.Second); len(f.nw.Held()) == 0; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("no rules were written after svc-3 turned unhealthy")
@@ -159,9 +163,7 @@ func TestPublishedPorts(t *testing.T) {
 	if d, _ := c.Deployment(f.ctx, "svc"); strings.Join(d.Endpoints, ",") != "svc-1,svc-2" {
 		t.Fatalf("endpoints once svc-3 is dropped: %v", d.Endpoints)
 	}
-	if err := c.Report(f.ctx, "svc-3", controllertest.Healthy("svc-3"), netip.Addr{}); err != nil {
-		t.Fatal(err)
-	}
+	report("svc-3", controllertest.Healthy("svc-3"))
 	eventuallyPublished(t, f.nw, hostnet.DeploymentPorts("svc"), ips["svc-1"].String(), ips["svc-2"].String(), ips["svc-3"].String())
 
 	// Deleting the VM removes its ports before the answer.
