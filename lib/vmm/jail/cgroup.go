@@ -9,11 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
-	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
-	"github.com/containerd/cgroups/v3/cgroup2"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,34 +36,31 @@ const cpuPeriod = 100000
 // DefaultCgroupParent is the cgroup under which each VMM gets its own.
 const DefaultCgroupParent = "volant"
 
+// controllers are the cgroup controllers a VMM's limits need.
+var controllers = []string{"memory", "pids", "cpu"}
+
 // Cgroup is one VMM's cgroup, on a v2 (unified), v1 (legacy) or hybrid
-// host (v1 controllers beside an empty v2 hierarchy): containerd/cgroups
-// does the writing, this type picks the layout the host has and never
-// assumes one.
+// host (v1 controllers beside an empty v2 hierarchy). This type picks the
+// layout the host has and never assumes one; it writes the few cgroupfs
+// files the limits need itself (the kernel's cgroup-v2.rst and
+// cgroup-v1/*.rst name them), which is all a jail needs of a cgroup
+// library, without one's start-up cost in every `volant-launch run`.
 type Cgroup struct {
 	// Path is the cgroup's path below the hierarchy's root
 	// (/volant/web1.2000000005).
 	Path string
-	v1   cgroup1.Cgroup
-	v2   *cgroup2.Manager
-	root string // the v2 mount point
+	// v2 is the cgroup's directory on a unified host; "" on v1.
+	v2 string
+	// v1 are its directories per controller (memory, pids, cpu) on a v1
+	// or hybrid host, each below root/<controller>.
+	v1   map[string]string
+	root string
 }
 
 // Layout says which cgroup layout the host has: "unified" (v2), "hybrid"
 // (v1 controllers and a v2 hierarchy without them), "legacy" (v1), or
 // "unavailable".
-func Layout() string {
-	_, mode := hostCgroups()
-	switch mode {
-	case cgroups.Unified:
-		return "unified"
-	case cgroups.Hybrid:
-		return "hybrid"
-	case cgroups.Legacy:
-		return "legacy"
-	}
-	return "unavailable"
-}
+func Layout() string { _, mode := hostCgroups(); return mode.String() }
 
 // NewCgroup creates (or takes over, after a crash) the cgroup parent/name
 // with limits l. The controllers it needs are memory, pids and cpu; a
@@ -78,75 +72,143 @@ func NewCgroup(parent, name string, l Limits) (*Cgroup, error) {
 	path := cgroupPath(parent, name)
 	root, mode := hostCgroups()
 	switch mode {
-	case cgroups.Unified:
+	case modeUnified:
 		return newV2(root, path, l)
-	case cgroups.Hybrid, cgroups.Legacy:
+	case modeHybrid, modeLegacy:
 		return newV1(root, path, l)
 	}
 	return nil, failed(errors.New("no cgroup file system at /sys/fs/cgroup, and none this process belongs to"), "cgroups")
 }
 
+// newV2 makes the cgroup on a unified hierarchy: the controllers enabled
+// in every parent's cgroup.subtree_control, then memory.max, pids.max,
+// cpu.weight and cpu.max written.
 func newV2(root, path string, l Limits) (*Cgroup, error) {
-	quota := int64(l.CPUQuotaPercent) * cpuPeriod / 100
-	period := uint64(cpuPeriod)
-	weight := l.CPUWeight
-	res := &cgroup2.Resources{
-		Memory: &cgroup2.Memory{Max: &l.MemoryBytes},
-		Pids:   &cgroup2.Pids{Max: l.Pids},
-		CPU:    &cgroup2.CPU{Weight: &weight, Max: cgroup2.NewCPUMax(&quota, &period)},
-	}
-	// Enabling the controllers in the parents is NewManager's job; a
-	// hierarchy that lacks one (cgroup.controllers) is no jail.
+	// A hierarchy that lacks a controller (cgroup.controllers) is no jail.
 	avail, err := os.ReadFile(filepath.Join(root, "cgroup.controllers"))
 	if err != nil {
 		return nil, failed(err, "cgroup v2 controllers")
 	}
-	for _, c := range []string{"memory", "pids", "cpu"} {
-		if !strings.Contains(" "+strings.TrimSpace(string(avail))+" ", " "+c+" ") {
+	have := " " + strings.TrimSpace(string(avail)) + " "
+	for _, c := range controllers {
+		if !strings.Contains(have, " "+c+" ") {
 			return nil, failed(fmt.Errorf("the cgroup v2 hierarchy at %s has no %s controller (it has: %s)", root, c, strings.TrimSpace(string(avail))), "cgroups")
 		}
 	}
-	m, err := cgroup2.NewManager(root, path, res)
-	if err != nil {
+	dir := filepath.Join(root, path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, failed(err, "creating cgroup "+path)
 	}
-	return &Cgroup{Path: path, v2: m, root: root}, nil
+	// Each parent, from the root down, hands the controllers to its
+	// children. A parent this process may not write (delegation) may have
+	// them enabled already: only the nearest parent's answer counts.
+	var lastErr error
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	for i := range len(parts) { // root, then each parent below it
+		parent := filepath.Join(append([]string{root}, parts[:i]...)...)
+		lastErr = writeFile(filepath.Join(parent, "cgroup.subtree_control"), "+cpu +memory +pids")
+	}
+	if lastErr != nil {
+		unix.Rmdir(dir)
+		return nil, failed(lastErr, "creating cgroup "+path)
+	}
+	quota := int64(l.CPUQuotaPercent) * cpuPeriod / 100
+	vals := [][2]string{
+		{"cpu.weight", strconv.FormatUint(l.CPUWeight, 10)},
+		{"cpu.max", strconv.FormatInt(quota, 10) + " " + strconv.Itoa(cpuPeriod)},
+		{"memory.max", strconv.FormatInt(l.MemoryBytes, 10)},
+	}
+	if l.Pids > 0 {
+		vals = append(vals, [2]string{"pids.max", strconv.FormatInt(l.Pids, 10)})
+	}
+	for _, v := range vals {
+		if err := writeFile(filepath.Join(dir, v[0]), v[1]); err != nil {
+			unix.Rmdir(dir)
+			return nil, failed(err, "creating cgroup "+path)
+		}
+	}
+	return &Cgroup{Path: path, v2: dir}, nil
 }
 
+// newV1 makes the cgroup in the memory, pids and cpu hierarchies of a v1
+// (or hybrid) host and writes memory.limit_in_bytes, pids.max, cpu.shares,
+// cpu.cfs_period_us and cpu.cfs_quota_us.
 func newV1(root, path string, l Limits) (*Cgroup, error) {
-	shares := l.CPUWeight * 1024 / 100
-	quota := int64(l.CPUQuotaPercent) * cpuPeriod / 100
-	period := uint64(cpuPeriod)
-	res := &specs.LinuxResources{
-		Memory: &specs.LinuxMemory{Limit: &l.MemoryBytes},
-		Pids:   &specs.LinuxPids{Limit: &l.Pids},
-		CPU:    &specs.LinuxCPU{Shares: &shares, Quota: &quota, Period: &period},
-	}
 	// Only the controllers the limits need: others (devices, freezer, …)
 	// may be missing or owned by someone else.
-	need := func() ([]cgroup1.Subsystem, error) {
-		var missing []string
-		for _, c := range []string{"memory", "pids", "cpu"} {
-			var st unix.Statfs_t
-			if unix.Statfs(filepath.Join(root, c), &st) != nil || st.Type != unix.CGROUP_SUPER_MAGIC {
-				missing = append(missing, c)
+	var missing []string
+	for _, c := range controllers {
+		var st unix.Statfs_t
+		if unix.Statfs(filepath.Join(root, c), &st) != nil || st.Type != unix.CGROUP_SUPER_MAGIC {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, failed(fmt.Errorf("the host's cgroup v1 hierarchies at %s lack %s", root, strings.Join(missing, ", ")), "creating cgroup "+path)
+	}
+	cg := &Cgroup{Path: path, v1: map[string]string{}, root: root}
+	for _, c := range controllers {
+		cg.v1[c] = filepath.Join(root, c, path)
+	}
+	quota := int64(l.CPUQuotaPercent) * cpuPeriod / 100
+	vals := map[string][][2]string{
+		"memory": {{"memory.limit_in_bytes", strconv.FormatInt(l.MemoryBytes, 10)}},
+		"cpu": {
+			{"cpu.shares", strconv.FormatUint(l.CPUWeight*1024/100, 10)},
+			{"cpu.cfs_period_us", strconv.Itoa(cpuPeriod)},
+			{"cpu.cfs_quota_us", strconv.FormatInt(quota, 10)},
+		},
+	}
+	if l.Pids > 0 {
+		vals["pids"] = [][2]string{{"pids.max", strconv.FormatInt(l.Pids, 10)}}
+	}
+	for _, c := range controllers {
+		dir := cg.v1[c]
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, failed(fmt.Errorf("cgroup v1 %s: %w", c, err), "creating cgroup "+path)
+		}
+		for _, v := range vals[c] {
+			if err := writeFile(filepath.Join(dir, v[0]), v[1]); err != nil {
+				return nil, failed(fmt.Errorf("cgroup v1 %s: %w", c, err), "creating cgroup "+path)
 			}
 		}
-		if len(missing) > 0 {
-			return nil, fmt.Errorf("the host's cgroup v1 hierarchies at %s lack %s", root, strings.Join(missing, ", "))
-		}
-		return []cgroup1.Subsystem{cgroup1.NewMemory(root), cgroup1.NewPids(root), cgroup1.NewCpu(root)}, nil
 	}
-	cg, err := cgroup1.New(cgroup1.StaticPath(path), res, cgroup1.WithHierarchy(need), func(c *cgroup1.InitConfig) error {
-		c.InitCheck = func(s cgroup1.Subsystem, _ cgroup1.Path, err error) error {
-			return fmt.Errorf("cgroup v1 %s: %w", s.Name(), err)
-		}
-		return nil
-	})
+	return cg, nil
+}
+
+// writeFile writes one value to a cgroupfs file (which exists: the kernel
+// makes them with the directory).
+func writeFile(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {
-		return nil, failed(err, "creating cgroup "+path)
+		return err
 	}
-	return &Cgroup{Path: path, v1: cg}, nil
+	_, err = f.WriteString(value)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// dir is the cgroup's directory of a controller.
+func (c *Cgroup) dir(controller string) string {
+	if c.v2 != "" {
+		return c.v2
+	}
+	return c.v1[controller]
+}
+
+// addProc moves process pid into the cgroup (every controller's on v1).
+func (c *Cgroup) addProc(pid int) error {
+	if c.v2 != "" {
+		return writeFile(filepath.Join(c.v2, "cgroup.procs"), strconv.Itoa(pid))
+	}
+	for _, ctl := range controllers {
+		if err := writeFile(filepath.Join(c.v1[ctl], "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+			return fmt.Errorf("cgroup v1 %s: %w", ctl, err)
+		}
+	}
+	return nil
 }
 
 // enter makes the next fork of the calling (locked) thread start in the
@@ -154,8 +216,8 @@ func newV1(root, path string, l Limits) (*Cgroup, error) {
 // where a thread may sit in a cgroup of its own, by moving the thread in
 // (tasks) and, in the returned function, back out once it has forked.
 func (c *Cgroup) enter(attr *syscall.SysProcAttr) (after func(), err error) {
-	if c.v2 != nil {
-		fd, err := unix.Open(filepath.Join(c.root, c.Path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if c.v2 != "" {
+		fd, err := unix.Open(c.v2, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, failed(err, "opening cgroup "+c.Path)
 		}
@@ -164,26 +226,32 @@ func (c *Cgroup) enter(attr *syscall.SysProcAttr) (after func(), err error) {
 	}
 	tid := unix.Gettid()
 	// Where the thread is now, per controller, to go back to.
+	cur, err := threadCgroups()
+	if err != nil {
+		return nil, failed(err, "reading the thread's cgroup")
+	}
 	var back []*os.File
-	for _, s := range c.v1.Subsystems() {
-		cur, err := threadCgroup(tid, string(s.Name()))
-		if err != nil {
-			return nil, failed(err, "reading the thread's cgroup")
-		}
-		h, ok := s.(interface{ Path(string) string })
+	for _, ctl := range controllers {
+		p, ok := cur[ctl]
 		if !ok {
-			continue
+			closeAll(back)
+			return nil, failed(fmt.Errorf("thread %d: no %s cgroup", tid, ctl), "reading the thread's cgroup")
 		}
-		f, err := os.OpenFile(filepath.Join(h.Path(cur), "tasks"), os.O_WRONLY, 0)
+		f, err := os.OpenFile(filepath.Join(c.root, ctl, p, "tasks"), os.O_WRONLY, 0)
 		if err != nil {
 			closeAll(back)
 			return nil, failed(err, "opening the thread's cgroup")
 		}
 		back = append(back, f)
 	}
-	if err := c.v1.AddTask(cgroup1.Process{Pid: tid}); err != nil {
-		closeAll(back)
-		return nil, failed(err, "entering cgroup "+c.Path)
+	for _, ctl := range controllers {
+		if err := writeFile(filepath.Join(c.v1[ctl], "tasks"), strconv.Itoa(tid)); err != nil {
+			for _, f := range back {
+				f.WriteString(strconv.Itoa(tid))
+			}
+			closeAll(back)
+			return nil, failed(fmt.Errorf("cgroup v1 %s: %w", ctl, err), "entering cgroup "+c.Path)
+		}
 	}
 	return func() {
 		for _, f := range back {
@@ -199,13 +267,14 @@ func closeAll(fs []*os.File) {
 	}
 }
 
-// threadCgroup reads a thread's v1 cgroup path for a controller.
-func threadCgroup(tid int, controller string) (string, error) {
+// threadCgroups reads the calling thread's v1 cgroup path per controller.
+func threadCgroups() (map[string]string, error) {
 	f, err := os.Open("/proc/thread-self/cgroup")
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer f.Close()
+	out := map[string]string{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		parts := strings.SplitN(sc.Text(), ":", 3)
@@ -213,37 +282,27 @@ func threadCgroup(tid int, controller string) (string, error) {
 			continue
 		}
 		for _, c := range strings.Split(parts[1], ",") {
-			if c == controller {
-				return parts[2], nil
+			if c != "" {
+				out[c] = parts[2]
 			}
 		}
 	}
-	return "", fmt.Errorf("thread %d: no %s cgroup", tid, controller)
+	return out, sc.Err()
 }
 
 // OOMKills is how many times the kernel's OOM killer ended a process of
 // the cgroup because it reached its memory limit.
 func (c *Cgroup) OOMKills() uint64 {
-	var file, key string
-	var dir string
-	if c.v2 != nil {
-		dir, file, key = filepath.Join(c.root, c.Path), "memory.events", "oom_kill"
-	} else {
-		for _, s := range c.v1.Subsystems() {
-			if s.Name() == cgroup1.Memory {
-				if h, ok := s.(interface{ Path(string) string }); ok {
-					dir = h.Path(c.Path)
-				}
-			}
-		}
-		file, key = "memory.oom_control", "oom_kill"
+	file := "memory.oom_control"
+	if c.v2 != "" {
+		file = "memory.events"
 	}
-	b, err := os.ReadFile(filepath.Join(dir, file))
+	b, err := os.ReadFile(filepath.Join(c.dir("memory"), file))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, " "); ok && k == key {
+		if k, v, ok := strings.Cut(line, " "); ok && k == "oom_kill" {
 			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
 			return n
 		}
@@ -253,8 +312,70 @@ func (c *Cgroup) OOMKills() uint64 {
 
 // Delete removes the cgroup (it must be empty: the VMM has exited).
 func (c *Cgroup) Delete() error {
-	if c.v2 != nil {
-		return c.v2.Delete()
+	var busy []string
+	for _, d := range c.dirs() {
+		procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if len(strings.TrimSpace(string(procs))) > 0 {
+			busy = append(busy, d+" (contains running processes)")
+			continue
+		}
+		if err := rmdir(d); err != nil {
+			busy = append(busy, err.Error())
+		}
 	}
-	return c.v1.Delete()
+	if len(busy) > 0 {
+		return fmt.Errorf("cgroups: unable to remove %s", strings.Join(busy, ", "))
+	}
+	return nil
+}
+
+// dirs are the cgroup's directories: one on v2, one per controller on v1.
+func (c *Cgroup) dirs() []string {
+	if c.v2 != "" {
+		return []string{c.v2}
+	}
+	var out []string
+	for _, ctl := range controllers {
+		out = append(out, c.v1[ctl])
+	}
+	return out
+}
+
+// kill sends SIGKILL to every process of the cgroup (cgroup.kill where
+// the kernel has it, v2 since Linux 5.14).
+func (c *Cgroup) kill() error {
+	if c.v2 != "" && writeFile(filepath.Join(c.v2, "cgroup.kill"), "1") == nil {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(c.dir("memory"), "cgroup.procs"))
+	for _, f := range strings.Fields(string(b)) {
+		if pid, perr := strconv.Atoi(f); perr == nil && pid > 0 {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+	}
+	return err
+}
+
+// rmdir removes an empty cgroup directory, retrying while the kernel
+// still counts a process that has just exited (EBUSY); one that is gone is
+// removed.
+func rmdir(dir string) error {
+	var err error
+	delay := 10 * time.Millisecond
+	for i := range 5 {
+		if i > 0 {
+			time.Sleep(delay)
+			delay *= 2
+		}
+		if err = unix.Rmdir(dir); err == nil || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+	}
+	return fmt.Errorf("removing %s: %w", dir, err)
 }

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/containerd/cgroups/v3/cgroup1"
-
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -35,27 +33,21 @@ func TestCgroupLimits(t *testing.T) {
 	}
 	t.Cleanup(func() { cg.Delete() })
 	var want map[string]string
-	var dir func(ctl cgroup1.Name) string
-	if cg.v2 != nil {
-		d := filepath.Join(cg.root, cg.Path)
-		dir = func(cgroup1.Name) string { return d }
+	if cg.v2 != "" {
 		want = map[string]string{"memory.max": "314572800", "pids.max": "77", "cpu.weight": "200", "cpu.max": "150000 100000"}
 	} else {
-		dir = func(ctl cgroup1.Name) string {
-			for _, s := range cg.v1.Subsystems() {
-				if h, ok := s.(interface{ Path(string) string }); ok && s.Name() == ctl {
-					return h.Path(cg.Path)
-				}
-			}
-			t.Fatalf("no %s controller", ctl)
-			return ""
-		}
 		want = map[string]string{"memory.limit_in_bytes": "314572800", "pids.max": "77", "cpu.shares": "2048", "cpu.cfs_quota_us": "150000", "cpu.cfs_period_us": "100000"}
 	}
-	ctl := map[string]cgroup1.Name{"memory": cgroup1.Memory, "pids": cgroup1.Pids, "cpu": cgroup1.Cpu}
+	dir := func(ctl string) string {
+		d := cg.dir(ctl)
+		if d == "" {
+			t.Fatalf("no %s controller", ctl)
+		}
+		return d
+	}
 	for file, v := range want {
 		c, _, _ := strings.Cut(file, ".")
-		got, err := os.ReadFile(filepath.Join(dir(ctl[c]), file))
+		got, err := os.ReadFile(filepath.Join(dir(c), file))
 		if err != nil || strings.TrimSpace(string(got)) != v {
 			t.Errorf("%s host: %s = %q %v, want %s", layout, file, got, err, v)
 		}
@@ -63,7 +55,7 @@ func TestCgroupLimits(t *testing.T) {
 	if n := cg.OOMKills(); n != 0 {
 		t.Errorf("a new cgroup counts %d OOM kills", n)
 	}
-	mem := dir(ctl["memory"])
+	mem := dir("memory")
 	if err := cg.Delete(); err != nil {
 		t.Fatal(err)
 	}
@@ -92,4 +84,59 @@ func TestCgroupUnderFreshSysfs(t *testing.T) {
 		t.Fatalf("under a fresh sysfs: %v\n%s", err, out)
 	}
 	t.Logf("%s", out)
+}
+
+// On a unified (v2) host NewCgroup hands the controllers down from the
+// root through every parent and writes the limits in v2's files. This
+// host may have no v2 hierarchy with controllers (a hybrid one has them
+// all on v1), so the files are a directory tree that looks like one; the
+// real hierarchy is TestCgroupLimits' on a v2 host.
+func TestCgroupV2Files(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "volant", "web1.7")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		"cgroup.controllers":            "cpuset cpu io memory pids",
+		"cgroup.subtree_control":        "",
+		"volant/cgroup.subtree_control": "",
+	}
+	for _, f := range []string{"memory.max", "pids.max", "cpu.weight", "cpu.max", "cgroup.procs", "memory.events"} {
+		files["volant/web1.7/"+f] = ""
+	}
+	files["volant/web1.7/memory.events"] = "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n"
+	for f, v := range files {
+		if err := os.WriteFile(filepath.Join(root, f), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cg, err := newV2(root, "/volant/web1.7", Limits{MemoryBytes: 300 << 20, Pids: 77, CPUWeight: 200, CPUQuotaPercent: 150})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"cgroup.subtree_control":        "+cpu +memory +pids",
+		"volant/cgroup.subtree_control": "+cpu +memory +pids",
+		"volant/web1.7/memory.max":      "314572800",
+		"volant/web1.7/pids.max":        "77",
+		"volant/web1.7/cpu.weight":      "200",
+		"volant/web1.7/cpu.max":         "150000 100000",
+	}
+	for f, v := range want {
+		if got, _ := os.ReadFile(filepath.Join(root, f)); string(got) != v {
+			t.Errorf("%s = %q, want %q", f, got, v)
+		}
+	}
+	if cg.dir("memory") != dir || cg.dir("pids") != dir {
+		t.Errorf("dirs %q %q, want %q", cg.dir("memory"), cg.dir("pids"), dir)
+	}
+	if n := cg.OOMKills(); n != 2 {
+		t.Errorf("OOMKills = %d, want 2 (memory.events oom_kill)", n)
+	}
+	// A hierarchy without a controller the limits need is no jail.
+	os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpu memory"), 0o644)
+	if _, err := newV2(root, "/volant/web1.8", Limits{MemoryBytes: 1 << 30}); err == nil || !strings.Contains(err.Error(), "no pids controller") {
+		t.Errorf("without pids: %v, want an error naming the pids controller", err)
+	}
 }

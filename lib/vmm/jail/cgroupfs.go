@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/containerd/cgroups/v3"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,46 +25,68 @@ import (
 
 const sysCgroup = "/sys/fs/cgroup"
 
+// cgroupMode is a host's cgroup layout.
+type cgroupMode int
+
+const (
+	modeUnavailable cgroupMode = iota
+	modeLegacy                 // v1 controllers only
+	modeHybrid                 // v1 controllers, and a v2 hierarchy without them
+	modeUnified                // v2 alone
+)
+
+func (m cgroupMode) String() string {
+	switch m {
+	case modeUnified:
+		return "unified"
+	case modeHybrid:
+		return "hybrid"
+	case modeLegacy:
+		return "legacy"
+	}
+	return "unavailable"
+}
+
 var private struct {
 	once sync.Once
 	root string
-	mode cgroups.CGMode
+	mode cgroupMode
 	err  error
 }
 
-// hostCgroups finds the host's cgroup file systems and their layout
-// (containerd/cgroups' Mode, for a root that may not be /sys/fs/cgroup).
-func hostCgroups() (root string, mode cgroups.CGMode) {
-	if m := modeAt(sysCgroup); m != cgroups.Unavailable {
+// hostCgroups finds the host's cgroup file systems and their layout, for
+// a root that may not be /sys/fs/cgroup.
+func hostCgroups() (root string, mode cgroupMode) {
+	if m := modeAt(sysCgroup); m != modeUnavailable {
 		return sysCgroup, m
 	}
 	private.once.Do(func() { private.root, private.mode, private.err = mountPrivately() })
 	if private.err != nil {
-		return "", cgroups.Unavailable
+		return "", modeUnavailable
 	}
 	return private.root, private.mode
 }
 
 // modeAt is the layout of the cgroup file systems mounted at root.
-func modeAt(root string) cgroups.CGMode {
+func modeAt(root string) cgroupMode {
 	var st unix.Statfs_t
 	if unix.Statfs(root, &st) != nil {
-		return cgroups.Unavailable
+		return modeUnavailable
 	}
 	switch st.Type {
 	case unix.CGROUP2_SUPER_MAGIC:
-		return cgroups.Unified
+		return modeUnified
 	case unix.TMPFS_MAGIC:
 		var m unix.Statfs_t
 		if unix.Statfs(filepath.Join(root, "memory"), &m) != nil || m.Type != unix.CGROUP_SUPER_MAGIC {
-			return cgroups.Unavailable
+			return modeUnavailable
 		}
 		if unix.Statfs(filepath.Join(root, "unified"), &m) == nil && m.Type == unix.CGROUP2_SUPER_MAGIC {
-			return cgroups.Hybrid
+			return modeHybrid
 		}
-		return cgroups.Legacy
+		return modeLegacy
 	}
-	return cgroups.Unavailable
+	return modeUnavailable
 }
 
 // hierarchy is one line of /proc/self/cgroup: a v1 hierarchy's
@@ -98,20 +119,20 @@ func ownHierarchies() ([]hierarchy, error) {
 // namespace held by a thread that never returns to the scheduler, with
 // the layout the host has: v1 controllers on a tmpfs (and v2 at unified),
 // or v2 alone.
-func mountPrivately() (string, cgroups.CGMode, error) {
+func mountPrivately() (string, cgroupMode, error) {
 	hs, err := ownHierarchies()
 	if err != nil {
-		return "", cgroups.Unavailable, err
+		return "", modeUnavailable, err
 	}
 	type result struct {
 		root string
-		mode cgroups.CGMode
+		mode cgroupMode
 		err  error
 	}
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread holds the namespace
-		root, mode, err := func() (string, cgroups.CGMode, error) {
+		root, mode, err := func() (string, cgroupMode, error) {
 			if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_FS); err != nil {
 				return "", 0, fmt.Errorf("unshare: %w", err)
 			}
@@ -128,7 +149,7 @@ func mountPrivately() (string, cgroups.CGMode, error) {
 				}
 			}
 			const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
-			mode := cgroups.Unified
+			mode := modeUnified
 			switch {
 			case len(v1) == 0 && v2:
 				if err := unix.Mount("cgroup2", sysCgroup, "cgroup2", flags, ""); err != nil {
@@ -138,7 +159,7 @@ func mountPrivately() (string, cgroups.CGMode, error) {
 				if err := unix.Mount("tmpfs", sysCgroup, "tmpfs", flags, "mode=0755"); err != nil {
 					return "", 0, err
 				}
-				mode = cgroups.Legacy
+				mode = modeLegacy
 				for _, h := range v1 {
 					name := strings.Join(h.controllers, ",")
 					dir := filepath.Join(sysCgroup, name)
@@ -162,7 +183,7 @@ func mountPrivately() (string, cgroups.CGMode, error) {
 					if err := unix.Mount("cgroup2", dir, "cgroup2", flags, ""); err != nil {
 						return "", 0, fmt.Errorf("mounting cgroup2: %w", err)
 					}
-					mode = cgroups.Hybrid
+					mode = modeHybrid
 				}
 			default:
 				return "", 0, errors.New("this process belongs to no cgroup hierarchy")

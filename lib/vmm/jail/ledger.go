@@ -13,9 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
-	"github.com/containerd/cgroups/v3/cgroup2"
 	"github.com/google/renameio/v2"
 	"golang.org/x/sys/unix"
 
@@ -377,38 +374,28 @@ func cgroupPath(parent, name string) string {
 // run's VMM that has not finished dying). One that does not exist is done.
 func DeleteCgroup(path string) error {
 	root, mode := hostCgroups()
-	var kill, del func() error
+	cg := &Cgroup{Path: path}
 	switch mode {
-	case cgroups.Unified:
-		if _, err := os.Stat(filepath.Join(root, path)); errors.Is(err, os.ErrNotExist) {
-			return nil
+	case modeUnified:
+		cg.v2 = filepath.Join(root, path)
+	case modeHybrid, modeLegacy:
+		cg.v1, cg.root = map[string]string{}, root
+		for _, ctl := range controllers {
+			cg.v1[ctl] = filepath.Join(root, ctl, path)
 		}
-		m, err := cgroup2.Load(path, cgroup2.WithMountpoint(root))
-		if err != nil {
-			return err
-		}
-		kill, del = m.Kill, m.Delete
-	case cgroups.Hybrid, cgroups.Legacy:
-		cg, err := cgroup1.Load(cgroup1.StaticPath(path), cgroup1.WithHierarchy(func() ([]cgroup1.Subsystem, error) {
-			return []cgroup1.Subsystem{cgroup1.NewMemory(root), cgroup1.NewPids(root), cgroup1.NewCpu(root)}, nil
-		}))
-		if errors.Is(err, cgroup1.ErrCgroupDeleted) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		kill = func() error {
-			ps, err := cg.Processes(cgroup1.Memory, true)
-			for _, p := range ps {
-				unix.Kill(p.Pid, unix.SIGKILL)
-			}
-			return err
-		}
-		del = cg.Delete
 	default:
 		return nil // no cgroups, so none was made
 	}
+	gone := true
+	for _, d := range cg.dirs() {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			gone = false
+		}
+	}
+	if gone {
+		return nil
+	}
+	kill, del := cg.kill, cg.Delete
 	err := del()
 	for deadline := time.Now().Add(5 * time.Second); err != nil && time.Now().Before(deadline); err = del() {
 		kill()

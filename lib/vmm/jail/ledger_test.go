@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/cgroups/v3/cgroup1"
-
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
@@ -62,12 +60,7 @@ func TestLeaseUndoesDeadHolder(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { sleeper.Process.Kill() })
-		if cg.v2 != nil {
-			err = cg.v2.AddProc(uint64(sleeper.Process.Pid))
-		} else {
-			err = cg.v1.Add(cgroup1.Process{Pid: sleeper.Process.Pid})
-		}
-		if err != nil {
+		if err = cg.addProc(sleeper.Process.Pid); err != nil {
 			t.Fatal(err)
 		}
 		go sleeper.Wait()
