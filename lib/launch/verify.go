@@ -13,8 +13,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/opencontainers/go-digest"
-
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/vmm/supervise"
@@ -85,11 +83,11 @@ func verify(ctx context.Context, a *Artifact, cacheDir, mode string) error {
 			return nil
 		}
 	}
-	d, err := digest.SHA256.FromReader(ctxReader{ctx, f})
-	if err != nil {
+	h := sha256.New()
+	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
 		return fmt.Errorf("hashing %s: %w", a.Path, err)
 	}
-	got := d.Encoded()
+	got := hex.EncodeToString(h.Sum(nil))
 	if got != want {
 		return apierr.New(apierr.ChecksumMismatch, "%s %s has sha256 %s, but the manifest says %s; refusing to boot it", a.Role, a.Path, got, want).
 			With("path", a.Path).With("role", a.Role).With("expected", "sha256:"+want).With("actual", "sha256:"+got)
