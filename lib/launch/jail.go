@@ -130,17 +130,17 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 	}
 
 	// Its sockets' directory, its serial log and its writable disks are
-	// its own for the run; what it reads must be readable by anyone.
+	// its own for the run; what it reads must be readable by anyone. The
+	// first pass checks and collects, then the uid's record names every
+	// change in one write (Lease.Plan), then the second pass makes them.
 	vmmDir := VMMDir(p.RunDir)
+	var plan jail.Changes
+	var writable, grants []string // paths, in the order they are made the uid's
 	own := func(path string) error {
 		if _, err := os.Stat(path); err != nil {
 			return missing(err, path)
 		}
-		undo, err := lease.Chown(path)
-		if err != nil {
-			return jailFailed(err, "giving "+path+" to the VMM")
-		}
-		j.onTeardown("giving back "+path, undo)
+		writable = append(writable, path)
 		return nil
 	}
 	if err := own(vmmDir); err != nil {
@@ -181,12 +181,7 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 		if st.Mode&0o004 != 0 {
 			return readable(path)
 		}
-		undo, err := lease.GrantRead(path)
-		if err != nil {
-			return apierr.New(jail.Failed, "jail: %s is not readable by the VMM's uid (mode %o) and it cannot be granted to it (%v): make it readable by others (chmod o+r), or give the VM its own copy", path, st.Mode&0o777, err).
-				With("path", path)
-		}
-		j.onTeardown("taking back the VMM's read access to "+path, undo)
+		grants = append(grants, path)
 		spec.Paths = append(spec.Paths, jail.Path{Path: path})
 		return nil
 	}
@@ -227,37 +222,64 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 			}
 		}
 	}
-	for _, n := range p.Config.Nets {
-		owner, _, err := hostnet.TapOwner(n.Tap)
-		if err != nil {
-			return j, jailFailed(err, "reading the owner of tap "+n.Tap)
-		}
+	if len(p.Config.Nets) > 0 {
 		ns, err := netnsID("/proc/thread-self/ns/net")
 		if err != nil {
 			return j, jailFailed(err, "reading the network namespace")
 		}
-		if err := lease.NoteTap(jail.Tap{Name: n.Tap, Owner: owner, NetNS: ns}); err != nil {
-			return j, err
+		for _, n := range p.Config.Nets {
+			owner, _, err := hostnet.TapOwner(n.Tap)
+			if err != nil {
+				return j, jailFailed(err, "reading the owner of tap "+n.Tap)
+			}
+			plan.Taps = append(plan.Taps, jail.Tap{Name: n.Tap, Owner: owner, NetNS: ns})
 		}
-		restore, err := hostnet.SetTapOwner(n.Tap, uid)
-		if err != nil {
-			return j, jailFailed(err, "giving tap "+n.Tap+" to the VMM")
-		}
-		j.onTeardown("giving back tap "+n.Tap, restore)
-		if len(spec.Devices) == 0 {
-			spec.Devices = append(spec.Devices, "/dev/net/tun")
-		}
+		spec.Devices = append(spec.Devices, "/dev/net/tun")
 	}
 	if p.Accel == vmm.AccelKVM {
 		spec.Devices = append(spec.Devices, "/dev/kvm")
 	}
-
+	cgParent, cgName := jo.Cgroup, p.Name+"."+strconv.FormatUint(uint64(uid), 10)
+	if cgParent == "" {
+		cgParent = jail.DefaultCgroupParent
+	}
 	if jo.Cgroup != CgroupUnit {
-		parent := jo.Cgroup
-		if parent == "" {
-			parent = jail.DefaultCgroupParent
+		plan.Cgroup = jail.CgroupPath(cgParent, cgName)
+	}
+	plan.Chowns, plan.ACLs = writable, grants
+	if err := lease.Plan(plan); err != nil {
+		return j, jailFailed(err, "recording the VMM's changes")
+	}
+
+	for _, path := range writable {
+		undo, err := lease.Chown(path)
+		if err != nil {
+			return j, jailFailed(err, "giving "+path+" to the VMM")
 		}
-		cg, err := lease.NewCgroup(parent, p.Name+"."+strconv.FormatUint(uint64(uid), 10), j.limits)
+		j.onTeardown("giving back "+path, undo)
+	}
+	for _, path := range grants {
+		undo, err := lease.GrantRead(path)
+		if err != nil {
+			var st syscall.Stat_t
+			syscall.Stat(path, &st)
+			return j, apierr.New(jail.Failed, "jail: %s is not readable by the VMM's uid (mode %o) and it cannot be granted to it (%v): make it readable by others (chmod o+r), or give the VM its own copy", path, st.Mode&0o777, err).
+				With("path", path)
+		}
+		j.onTeardown("taking back the VMM's read access to "+path, undo)
+	}
+	for _, t := range plan.Taps {
+		if err := lease.NoteTap(t); err != nil {
+			return j, err
+		}
+		restore, err := hostnet.SetTapOwner(t.Name, uid)
+		if err != nil {
+			return j, jailFailed(err, "giving tap "+t.Name+" to the VMM")
+		}
+		j.onTeardown("giving back tap "+t.Name, restore)
+	}
+	if plan.Cgroup != "" {
+		cg, err := lease.NewCgroup(cgParent, cgName, j.limits)
 		if err != nil {
 			return j, err
 		}

@@ -330,7 +330,7 @@ func writePlan(p *Plan) error {
 	if err != nil {
 		return fmt.Errorf("encoding the plan: %w", err)
 	}
-	return supervise.WriteFileAtomic(filepath.Join(p.RunDir, PlanFileName), append(b, '\n'), 0o600)
+	return supervise.WriteRunFile(filepath.Join(p.RunDir, PlanFileName), append(b, '\n'), 0o600)
 }
 
 // maxSerialLog is the size past which the serial log is rotated (once, to

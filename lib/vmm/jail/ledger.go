@@ -1,6 +1,7 @@
 package jail
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -83,6 +85,8 @@ type Lease struct {
 	f    *os.File
 	path string // the lock file
 	rec  Record
+	// saved is the record as last written.
+	saved []byte
 	// done is set once the record's changes are undone.
 	done bool
 }
@@ -186,8 +190,77 @@ func (l *Lease) save() error {
 	if err != nil {
 		return err
 	}
-	return renameio.WriteFile(l.recordPath(), append(b, '\n'), 0o600)
+	b = append(b, '\n')
+	if bytes.Equal(b, l.saved) {
+		return nil // planned already (Plan): on disk as it is
+	}
+	if err := renameio.WriteFile(l.recordPath(), b, 0o600, renameio.WithTempDir(filepath.Dir(l.recordPath()))); err != nil {
+		return err
+	}
+	l.saved = b
+	return nil
 }
+
+// Changes are what a run is about to change for its VMM's uid: files to
+// make the uid's, files to grant it read access to, taps, its cgroup
+// (a path as CgroupPath makes it).
+type Changes struct {
+	Chowns []string
+	ACLs   []string
+	Taps   []Tap
+	Cgroup string
+}
+
+// Plan records every change of c before any is made, in one write (one
+// fsync instead of one per change); the Chown, GrantRead, NoteTap and
+// NewCgroup that follow and that the record names already write nothing.
+// A change planned but then not made (the run failed before it) is safe
+// to undo: undoing measures first (a file is given back only while the
+// uid owns it, a tap only while it is the uid's, a cgroup that is not
+// there is done).
+func (l *Lease) Plan(c Changes) error {
+	for _, p := range c.Chowns {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			return err
+		}
+		l.rec.addChown(Owner{Path: p, UID: st.Uid, GID: st.Gid})
+	}
+	for _, p := range c.ACLs {
+		l.rec.addACL(p)
+	}
+	for _, t := range c.Taps {
+		l.rec.addTap(t)
+	}
+	if c.Cgroup != "" {
+		l.rec.Cgroup = c.Cgroup
+	}
+	if err := l.save(); err != nil {
+		return failed(err, "writing the uid's record")
+	}
+	return nil
+}
+
+func (r *Record) addChown(o Owner) {
+	if !slices.ContainsFunc(r.Chowns, func(c Owner) bool { return c.Path == o.Path }) {
+		r.Chowns = append(r.Chowns, o)
+	}
+}
+
+func (r *Record) addACL(p string) {
+	if !slices.Contains(r.ACLs, p) {
+		r.ACLs = append(r.ACLs, p)
+	}
+}
+
+func (r *Record) addTap(t Tap) {
+	if !slices.ContainsFunc(r.Taps, func(x Tap) bool { return x.Name == t.Name }) {
+		r.Taps = append(r.Taps, t)
+	}
+}
+
+// CgroupPath is the path of the cgroup NewCgroup(parent, name) makes.
+func CgroupPath(parent, name string) string { return cgroupPath(parent, name) }
 
 // change records c, then makes the change.
 func (l *Lease) change(record func(*Record), make func() error) error {
@@ -206,7 +279,7 @@ func (l *Lease) Chown(path string) (undo func() error, err error) {
 		return nil, err
 	}
 	o := Owner{Path: path, UID: st.Uid, GID: st.Gid}
-	if err := l.change(func(r *Record) { r.Chowns = append(r.Chowns, o) }, func() error {
+	if err := l.change(func(r *Record) { r.addChown(o) }, func() error {
 		return os.Chown(path, int(l.UID), int(l.UID))
 	}); err != nil {
 		return nil, err
@@ -217,7 +290,7 @@ func (l *Lease) Chown(path string) (undo func() error, err error) {
 // GrantRead is GrantRead for the lease's uid, recorded first.
 func (l *Lease) GrantRead(path string) (undo func() error, err error) {
 	var undoACL func() error
-	if err := l.change(func(r *Record) { r.ACLs = append(r.ACLs, path) }, func() (err error) {
+	if err := l.change(func(r *Record) { r.addACL(path) }, func() (err error) {
 		undoACL, err = GrantRead(path, l.UID)
 		return err
 	}); err != nil {
@@ -228,7 +301,7 @@ func (l *Lease) GrantRead(path string) (undo func() error, err error) {
 
 // NoteTap records that tap t is about to be made the uid's.
 func (l *Lease) NoteTap(t Tap) error {
-	return l.change(func(r *Record) { r.Taps = append(r.Taps, t) }, func() error { return nil })
+	return l.change(func(r *Record) { r.addTap(t) }, func() error { return nil })
 }
 
 // NewCgroup is NewCgroup, recorded first.

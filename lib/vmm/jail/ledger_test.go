@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -202,5 +203,76 @@ func TestRecordOfAPreviousBoot(t *testing.T) {
 	}
 	if DefaultUIDDir != "/var/lib/volant/uids" {
 		t.Errorf("records default to %s: they must outlive a reboot", DefaultUIDDir)
+	}
+}
+
+// Plan names a run's changes in one write of the record, before any is
+// made: the changes it named write nothing more (the record's file is the
+// same one), one it did not name is recorded as before, and a holder that
+// dies after the plan, before making a planned change, leaves a record
+// whose undo leaves the unchanged file alone and frees the uid.
+func TestPlanRecordsOnce(t *testing.T) {
+	netnstest.Require(t)
+	dir := t.TempDir()
+	a, b, late := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img"), filepath.Join(dir, "late.img")
+	for _, p := range []string{a, b, late} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u := UIDs{Dir: filepath.Join(dir, "uids"), Range: Range{First: 1<<30 + 4400, Count: 1},
+		RestoreTap: func(uint32, Tap) error { return nil }}
+	l, err := u.Lease("web1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := func() uint64 {
+		var st syscall.Stat_t
+		if err := syscall.Stat(l.recordPath(), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	one := uint32(0)
+	if err := l.Plan(Changes{Chowns: []string{a, b}, Taps: []Tap{{Name: "vt-web1", Owner: &one, NetNS: 9}}, Cgroup: CgroupPath("volant", "web1.9")}); err != nil {
+		t.Fatal(err)
+	}
+	planned := ino()
+	if _, err := l.Chown(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.NoteTap(Tap{Name: "vt-web1", Owner: &one, NetNS: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ino(); got != planned {
+		t.Errorf("a planned change rewrote the record (inode %d, was %d)", got, planned)
+	}
+	if _, err := l.Chown(late); err != nil {
+		t.Fatal(err)
+	}
+	if got := ino(); got == planned {
+		t.Error("a change the plan did not name was not recorded")
+	}
+	rec, _ := os.ReadFile(l.recordPath())
+	for _, want := range []string{a, b, late, "vt-web1", "/volant/web1.9"} {
+		if !strings.Contains(string(rec), want) {
+			t.Errorf("the record lacks %s: %s", want, rec)
+		}
+	}
+	if n := strings.Count(string(rec), a); n != 1 {
+		t.Errorf("the record names %s %d times: %s", a, n, rec)
+	}
+	// Dies before b's chown: b is not the uid's, and stays as it is.
+	l.die()
+	os.Chown(b, 1234, 1234)
+	got, err := u.Reclaim()
+	if err != nil || len(got) != 1 {
+		t.Fatalf("reclaim: %v %v", got, err)
+	}
+	if o := owner(t, a); o != [2]uint32{0, 0} {
+		t.Errorf("%s is %v after the reclaim, want root's", a, o)
+	}
+	if o := owner(t, b); o != [2]uint32{1234, 1234} {
+		t.Errorf("%s, planned but never the uid's, is %v after the reclaim, want left alone", b, o)
 	}
 }
