@@ -9,17 +9,23 @@
 #   insecure  volant-launch run --insecure-vmm (no jail): what the jail costs
 #   nomitig   volant-launch run --kernel-arg mitigations=off: what the
 #             guest's mitigations cost
+#   before    (with BEFORE=PATH) volant-launch run of another build, e.g. the
+#             one before a change: the before/after pair, interleaved
 # and reports medians of the time from process start to QEMU's exec (a shim
 # first on PATH says when on its stderr) and to the workload answering HTTP.
 # Targets: overhead <= 10 ms to exec, <= 5 % to healthy (launch vs direct).
-# Results: bench/results/launch.json. Needs root, QEMU, the guest kernel
-# (make kernel) and bin/volant-launch (make build).
+# Results: bench/results/launch.json (OUT=FILE elsewhere). Needs root, QEMU,
+# the guest kernel (make kernel) and bin/volant-launch (make build;
+# LAUNCH=PATH for another binary).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 BIN=${VOLANT_BIN:-$ROOT/bin}
+LAUNCH=${LAUNCH:-$BIN/volant-launch}
+BEFORE=${BEFORE:-}
 export VOLANT_KERNEL_DIR=${VOLANT_KERNEL_DIR:-/var/lib/volant/kernel}
-[[ -x $BIN/volant-launch ]] || { echo "bench/launch: $BIN/volant-launch missing (make build)" >&2; exit 1; }
+[[ -x $LAUNCH ]] || { echo "bench/launch: $LAUNCH missing (make build)" >&2; exit 1; }
+[[ -z $BEFORE || -x $BEFORE ]] || { echo "bench/launch: $BEFORE (BEFORE) is not executable" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || { echo "bench/launch: needs root (network namespace, tap)" >&2; exit 1; }
 
 W=$(mktemp -d /tmp/volant-bench-launch.XXXXXX)
@@ -54,5 +60,5 @@ ip -n "$NS" tuntap add vt-bench mode tap
 ip -n "$NS" link set vt-bench master br0
 ip -n "$NS" link set vt-bench up
 
-ip netns exec "$NS" "$W/driver" -bin "$BIN/volant-launch" -work "$W" -tap vt-bench \
-	-pid1 "$PID1" -pid1-kind "$KIND" -n "${BENCH_N:-10}" -out "$ROOT/bench/results/launch.json"
+ip netns exec "$NS" "$W/driver" -bin "$LAUNCH" -bin-before "$BEFORE" -work "$W" -tap vt-bench \
+	-pid1 "$PID1" -pid1-kind "$KIND" -n "${BENCH_N:-10}" -out "${OUT:-$ROOT/bench/results/launch.json}"

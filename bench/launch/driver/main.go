@@ -50,6 +50,7 @@ type sample struct {
 
 func main() {
 	bin := flag.String("bin", "", "volant-launch binary")
+	before := flag.String("bin-before", "", "another volant-launch binary (an earlier build) booted the launch way too, interleaved: the before/after pair")
 	work := flag.String("work", "", "scratch directory")
 	tap := flag.String("tap", "vt-bench", "tap on br0")
 	pid1 := flag.String("pid1", "", "guest PID 1 binary (kestrel or the test init)")
@@ -58,13 +59,13 @@ func main() {
 	out := flag.String("out", "bench/results/launch.json", "results file")
 	kdir := flag.String("kernel", os.Getenv("VOLANT_KERNEL_DIR"), "kernel directory")
 	flag.Parse()
-	if err := run(*bin, *work, *tap, *pid1, *kind, *kdir, *n, *out); err != nil {
+	if err := run(*bin, *before, *work, *tap, *pid1, *kind, *kdir, *n, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/launch:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin, work, tap, pid1, kind, kdir string, n int, out string) error {
+func run(bin, before, work, tap, pid1, kind, kdir string, n int, out string) error {
 	k, err := kernel.Open(kdir)
 	if err != nil {
 		return err
@@ -114,13 +115,14 @@ func run(bin, work, tap, pid1, kind, kdir string, n int, out string) error {
 		return fmt.Errorf("argv[0] %s is not the shim", av.Argv[0])
 	}
 
-	launch := func(extra ...string) func() (*exec.Cmd, error) {
+	launchWith := func(bin string, extra ...string) func() (*exec.Cmd, error) {
 		return func() (*exec.Cmd, error) {
 			c := exec.Command(bin, append(append([]string{"run"}, args...), extra...)...)
 			c.Env, c.Stdin = env, strings.NewReader(spec)
 			return c, nil
 		}
 	}
+	launch := func(extra ...string) func() (*exec.Cmd, error) { return launchWith(bin, extra...) }
 	ways := map[string]func() (*exec.Cmd, error){
 		// The default: the VMM in its jail, the guest's mitigations on.
 		"launch": launch(),
@@ -139,13 +141,21 @@ func run(bin, work, tap, pid1, kind, kdir string, n int, out string) error {
 			return c, nil
 		},
 	}
+	order := []string{"launch", "direct", "insecure", "nomitig"}
+	if before != "" {
+		ways["before"] = launchWith(before)
+		order = append([]string{"before"}, order...)
+	}
 	// The floor under the launch way: starting this Go binary at all.
-	var floor, trueMS []float64
+	var floor, floorBefore, trueMS []float64
 	for range 20 {
 		for _, c := range []struct {
 			argv []string
 			dst  *[]float64
-		}{{[]string{bin, "version"}, &floor}, {[]string{"/bin/true"}, &trueMS}} {
+		}{{[]string{bin, "version"}, &floor}, {[]string{before, "version"}, &floorBefore}, {[]string{"/bin/true"}, &trueMS}} {
+			if c.argv[0] == "" {
+				continue
+			}
 			t0 := time.Now()
 			if err := exec.Command(c.argv[0], c.argv[1:]...).Run(); err != nil {
 				return err
@@ -154,7 +164,6 @@ func run(bin, work, tap, pid1, kind, kdir string, n int, out string) error {
 		}
 	}
 	res := map[string][]sample{}
-	order := []string{"launch", "direct", "insecure", "nomitig"}
 	for i := -1; i < n; i++ { // i == -1 warms the caches, unrecorded
 		for _, way := range order {
 			s, err := boot(ways[way], probe, way != "direct", runDir)
@@ -168,7 +177,7 @@ func run(bin, work, tap, pid1, kind, kdir string, n int, out string) error {
 		}
 		slices.Reverse(order) // alternate who goes first
 	}
-	return report(res, kind, n, out, median(floor), median(trueMS))
+	return report(res, kind, n, out, median(floor), median(floorBefore), median(trueMS), before)
 }
 
 // boot starts one VM, records when QEMU was exec'd and when the workload
@@ -305,7 +314,7 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func report(res map[string][]sample, kind string, n int, out string, floor, trueMS float64) error {
+func report(res map[string][]sample, kind string, n int, out string, floor, floorBefore, trueMS float64, before string) error {
 	col := func(way string, f func(sample) float64) []float64 {
 		var v []float64
 		for _, s := range res[way] {
@@ -366,6 +375,20 @@ func report(res map[string][]sample, kind string, n int, out string, floor, true
 		"pass":         map[string]bool{"exec_overhead": le-de <= 10, "healthy_ratio": lh/dh <= 1.05},
 		"reproduce":    "make build && sudo bash bench/launch/run.sh   (BENCH_N=10 by default)",
 	}
+	be, bh := median(col("before", ex)), median(col("before", he))
+	if before != "" {
+		r["before"] = map[string]any{
+			"note":                 "the same launch way with an earlier build of volant-launch (-bin-before), interleaved: the before/after pair",
+			"binary":               before,
+			"exec_median":          round(be),
+			"healthy_median":       round(bh),
+			"exec_overhead_median": round(be - de),
+			"healthy_ratio":        round3(bh / dh),
+			"version_ms":           round(floorBefore),
+			"exec":                 col("before", ex),
+			"healthy":              col("before", he),
+		}
+	}
 	b, _ := json.MarshalIndent(r, "", "  ")
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
@@ -380,6 +403,10 @@ func report(res map[string][]sample, kind string, n int, out string, floor, true
 	fmt.Printf("  to healthy:     volant-launch %7.1f ms   direct %7.1f ms   ratio %.3f        (target <= 1.05)\n", lh, dh, lh/dh)
 	fmt.Printf("  the jail:       to exec %+.2f ms, to healthy %.3f× (launch %7.1f ms, --insecure-vmm %7.1f ms)\n", le-ie, lh/ih, lh, ih)
 	fmt.Printf("  mitigations:    to healthy %.3f× (default %7.1f ms, mitigations=off %7.1f ms)\n", lh/nh, lh, nh)
+	if before != "" {
+		fmt.Printf("  before (%s): to QEMU exec %7.2f ms (overhead %6.2f ms), to healthy %7.1f ms (ratio %.3f); version %.2f ms\n",
+			before, be, be-de, bh, bh/dh, floorBefore)
+	}
 	fmt.Printf("  written to %s\n", out)
 	return nil
 }
