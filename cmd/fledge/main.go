@@ -2,7 +2,9 @@
 //
 // Synopsis:
 //
-//	fledge build [-c fledge.toml] [-o OUTDIR] [--kernel-modules DIR] [--kestrel PATH] [--work-dir DIR] [--sign KEY] [-q] [-v]
+//	fledge build [-c fledge.toml] [-o OUTDIR] [--kernel-modules DIR] [--kestrel PATH] [--work-dir DIR] [--sign KEY] [--progress auto|json] [-q] [-v]
+//	fledge build --image IMAGE [--name NAME] [--insecure] [--auth-file FILE] [-o OUTDIR] [--kestrel PATH] [--work-dir DIR] [--sign KEY] [--progress auto|json] [-q] [-v]
+//	fledge inspect [--resolve] [--insecure] [--auth-file FILE] [-v] IMAGE
 //	fledge keygen -o KEYFILE
 //	fledge boot-initramfs [--kernel-modules DIR] [-o FILE] [--kestrel PATH] [--module NAME]...
 //	fledge version
@@ -13,6 +15,12 @@
 //	oci_rootfs  <name>.img            ext4 root disk (needs root: keeps the image's owners)
 //	initramfs   <name>.cpio.gz        newc cpio + gzip, kestrel as /init, busybox
 //	both        <name>.manifest.json  the plugin manifest, ready for installation
+//
+// build --image IMAGE builds an oci_rootfs plugin from the image alone, as
+// a fledge.toml with only [plugin] name (--name, default the image's
+// repository name) and [source] image, insecure and auth_file would; -c is
+// not read then. volantd builds plugins from images this way (POST
+// /api/v1/plugins {"image": …}), running fledge as a separate process.
 //
 // Both files are written under temporary names and renamed into place only
 // when the build succeeded. Outputs are reproducible (same inputs, same
@@ -36,6 +44,13 @@
 // key, for volantd's --trusted-keys directory). An existing file is never
 // overwritten (CONFLICT).
 //
+// inspect describes an image reference without fetching anything: its
+// canonical form, transport, the host path or registry it is read from, and
+// the plugin name a build would give it; --resolve also reads its manifest
+// (a registry request for docker://; needs root, like a build) for its
+// digest. IMAGE is TRANSPORT:REFERENCE (docker://, oci:, oci-archive:,
+// docker-archive:, dir:) or a plain REPO:TAG (docker://).
+//
 // boot-initramfs writes the initrd rootfs plugins boot with: kestrel as
 // /init plus the kernel's modules (default --kernel-modules: the modules of
 // the kernel in $VOLANT_KERNEL_DIR, default /var/lib/volant/kernel;
@@ -45,7 +60,17 @@
 // kestrel installed next to fledge, else $PATH.
 //
 // Progress goes to stderr: a progress bar on a terminal, plain lines
-// otherwise, nothing with -q. Stdin is not read.
+// otherwise, nothing with -q. --progress json writes one JSON object a line
+// instead, for a program running fledge (volantd): when a step starts
+//
+//	{"version":"1","kind":"fledge.progress","step":"fetch layer 1/3 sha256:1a2b3c4d5e6f","total_bytes":N}
+//
+// (total_bytes only when known) and when it ends
+//
+//	{"version":"1","kind":"fledge.progress","step":"…","done":true,"bytes":N,"duration_ms":N,"error":"…"}
+//
+// (error only when it failed). Log lines (-v) stay text; the error object
+// is still the last line. Stdin is not read.
 //
 // Output (stdout, one JSON object):
 //
@@ -56,6 +81,10 @@
 //	                 "entries":N,"busybox_applets":N,"kernel_release":..,"modules":[..],
 //	                 "init":"kestrel|custom|none","kestrel":"/path","steps_ms":{..}}
 //	                 with --sign also "signature":"/abs/out/web.manifest.json.minisig","key_id":"<16 hex>"
+//	inspect         {"version":"1","kind":"fledge.inspect","image":"docker://docker.io/library/nginx:alpine",
+//	                 "transport":"docker","registry":"docker.io","name":"nginx","tag":"alpine"}
+//	                 (other transports: "path":"/abs/layout" instead of registry); with --resolve also
+//	                 "digest":"sha256:…","instance_digest":"sha256:…","signature_policy":..,"compressed_bytes":N
 //	keygen          {"version":"1","kind":"fledge.keygen","key_id":"<16 hex>","private_key":"/abs/KEYFILE",
 //	                 "public_key":"/abs/KEYFILE.pub"}
 //	boot-initramfs  {"version":"1","kind":"fledge.boot-initramfs","artifact":..,"sha256":..,"bytes":N,
@@ -64,8 +93,8 @@
 //
 // Errors (stderr, last line, one JSON object {"code","message","details"}; exit status):
 //
-//	USAGE              2   bad flags, an argument, a flag given twice
-//	INVALID_INPUT      3   fledge.toml is invalid (details.errors lists every problem as
+//	USAGE              2   bad flags, an argument, a flag given twice, -c with --image
+//	INVALID_INPUT      3   the image reference does not parse, fledge.toml is invalid (details.errors lists every problem as
 //	                       {"field","message"}), a mapping escapes the build context, the image
 //	                       is not a linux/amd64 container image, a binary is not static
 //	INVALID_MANIFEST   3   the manifest fledge would write is invalid
@@ -91,9 +120,12 @@ import (
 	"golang.org/x/term"
 
 	"github.com/volantvm/volant/lib/apierr"
+	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/fledge"
+	"github.com/volantvm/volant/lib/fledge/ociimage"
 	"github.com/volantvm/volant/lib/fledge/progress"
+	"github.com/volantvm/volant/lib/fledge/progress/bar"
 	"github.com/volantvm/volant/lib/kernel"
 	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/signing"
@@ -108,22 +140,39 @@ func run(ctx context.Context, env *cli.Env) error {
 type options struct {
 	Build   buildCmd           `command:"build" description:"Build the plugin fledge.toml describes"`
 	Boot    bootCmd            `command:"boot-initramfs" description:"Write the boot initramfs of rootfs plugins: kestrel + kernel modules"`
+	Inspect inspectCmd         `command:"inspect" description:"Describe an image reference (--resolve: with its digest)"`
 	Keygen  keygenCmd          `command:"keygen" description:"Write a new minisign key pair to sign plugins with"`
 	Version cli.VersionCommand `command:"version" description:"Print the build version"`
 }
 
 type buildCmd struct {
-	Config        string `short:"c" long:"config" default:"fledge.toml" description:"build configuration"`
+	Config string `short:"c" long:"config" description:"build configuration (default fledge.toml)"`
+	Image  string `long:"image" value-name:"IMAGE" description:"build an oci_rootfs plugin from this image alone (no fledge.toml)"`
+	Name   string `long:"name" value-name:"NAME" description:"with --image: the plugin's name (default the image's repository name)"`
+	imageFlags
 	OutputDir     string `short:"o" long:"output-dir" default:"out" description:"where the artifact and manifest go"`
 	KernelModules string `long:"kernel-modules" value-name:"DIR" description:"/lib/modules/<release> of the guest kernel, for initramfs plugins"`
 	Kestrel       string `long:"kestrel" value-name:"PATH" description:"kestrel binary (overrides [agent])"`
 	WorkDir       string `long:"work-dir" value-name:"DIR" description:"where images are unpacked (default /dev/shm when the image fits, else $TMPDIR)"`
 	Sign          string `long:"sign" value-name:"KEY" description:"sign the manifest with this minisign private key (writes <manifest>.minisig)"`
+	Progress      string `long:"progress" value-name:"FORMAT" choice:"auto" choice:"json" default:"auto" description:"progress on stderr: auto (a bar on a terminal, else lines) or json (one event a line)"`
 	Quiet         bool   `short:"q" long:"quiet" description:"no progress on stderr"`
 	Verbose       bool   `short:"v" long:"verbose" description:"debug logs on stderr"`
 }
 
+// imageFlags are [source]'s registry settings as flags (build --image, inspect).
+type imageFlags struct {
+	Insecure bool   `long:"insecure" description:"allow plain HTTP and unverified TLS for the registry"`
+	AuthFile string `long:"auth-file" value-name:"FILE" description:"registry credentials (containers-auth.json; default: the usual places)"`
+}
+
 func (c *buildCmd) Execute(ctx context.Context, env *cli.Env) error {
+	if c.Image == "" && (c.Name != "" || c.Insecure || c.AuthFile != "") {
+		return apierr.New(apierr.Usage, "--name, --insecure and --auth-file go with --image (in fledge.toml: [plugin] name, [source] insecure and auth_file)")
+	}
+	if c.Image != "" && c.Config != "" {
+		return apierr.New(apierr.Usage, "give -c or --image, not both")
+	}
 	req := fledge.Request{
 		Config:        c.Config,
 		OutputDir:     c.OutputDir,
@@ -133,7 +182,7 @@ func (c *buildCmd) Execute(ctx context.Context, env *cli.Env) error {
 		SignKey:       c.Sign,
 		SignPassword:  env.Env(signing.PasswordEnv),
 		Logger:        env.Logger(c.Verbose),
-		Progress:      reporter(env.Stderr, c.Quiet),
+		Progress:      reporter(env.Stderr, c.Quiet, c.Progress),
 	}
 	if s := env.Env("SOURCE_DATE_EPOCH"); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
@@ -142,11 +191,54 @@ func (c *buildCmd) Execute(ctx context.Context, env *cli.Env) error {
 		}
 		req.Epoch = n
 	}
-	res, err := fledge.Build(ctx, req)
+	var res *fledge.Result
+	if c.Image != "" {
+		out, err := filepath.Abs(c.OutputDir)
+		if err != nil {
+			return err
+		}
+		wd, err := os.Getwd()
+		if err != nil {
+			return err
+		}
+		cfg, err := fledge.ImageConfig(c.Image, c.Name, wd, c.AuthFile, c.Insecure)
+		if err != nil {
+			return err
+		}
+		req.OutputDir = out
+		res, err = fledge.BuildConfig(ctx, cfg, req)
+		if err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if res, err = fledge.Build(ctx, req); err != nil {
+			return err
+		}
+	}
+	return cli.WriteResult(env, "fledge.build", res)
+}
+
+type inspectCmd struct {
+	Resolve bool `long:"resolve" description:"read the image's manifest for its digest (a registry request for docker://)"`
+	imageFlags
+	Verbose bool `short:"v" long:"verbose" description:"debug logs on stderr"`
+	Args    struct {
+		Image string `positional-arg-name:"IMAGE" required:"yes"`
+	} `positional-args:"yes"`
+}
+
+func (c *inspectCmd) Execute(ctx context.Context, env *cli.Env) error {
+	info, err := fledge.Inspect(ctx, c.Args.Image, c.Resolve, ociimage.Options{
+		Insecure:  c.Insecure,
+		AuthFile:  c.AuthFile,
+		UserAgent: "volant-fledge/" + buildinfo.Version,
+		Logger:    env.Logger(c.Verbose),
+	})
 	if err != nil {
 		return err
 	}
-	return cli.WriteResult(env, "fledge.build", res)
+	return cli.WriteResult(env, "fledge.inspect", info)
 }
 
 type keygenCmd struct {
@@ -199,13 +291,17 @@ func (c *bootCmd) Execute(ctx context.Context, env *cli.Env) error {
 	return cli.WriteResult(env, "fledge.boot-initramfs", res)
 }
 
-// reporter shows a progress bar on a terminal and plain lines otherwise.
-func reporter(w io.Writer, quiet bool) progress.Reporter {
-	if quiet {
+// reporter shows JSON lines when asked, else a progress bar on a terminal
+// and plain lines otherwise.
+func reporter(w io.Writer, quiet bool, format string) progress.Reporter {
+	switch {
+	case quiet:
 		return progress.Discard
+	case format == "json":
+		return progress.JSON(w)
 	}
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		return progress.Bar(w)
+		return bar.New(w)
 	}
 	return progress.Lines(w)
 }

@@ -245,3 +245,37 @@ func TestBuildSigned(t *testing.T) {
 		t.Fatal("a build with a bad key wrote a manifest")
 	}
 }
+
+// TestImageFlags: build --image takes no fledge.toml, and the image flags
+// go with --image only; inspect prints the reference's description as
+// its one JSON result.
+func TestImageFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"build", "--image", "web:1", "-c", "fledge.toml"},
+		{"build", "--name", "web"},
+		{"build", "--insecure"},
+		{"inspect"},
+		{"inspect", "web:1", "web:2"},
+	} {
+		r := clitest.Run(t, run, "", nil, args...)
+		if r.Code != 2 || !strings.Contains(r.Stderr, `"code":"USAGE"`) || r.Stdout != "" {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q", args, r.Code, r.Stdout, r.Stderr)
+		}
+	}
+	r := clitest.Run(t, run, "", nil, "inspect", "--insecure", "localhost:5000/web:1")
+	var info struct {
+		Version, Kind, Image, Transport, Registry, Name, Tag, Digest string
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), &info); err != nil || r.Code != 0 {
+		t.Fatalf("inspect: %+v %v", r, err)
+	}
+	want := struct {
+		Version, Kind, Image, Transport, Registry, Name, Tag, Digest string
+	}{"1", "fledge.inspect", "docker://localhost:5000/web:1", "docker", "localhost:5000", "web", "1", ""}
+	if info != want {
+		t.Fatalf("inspect: %+v, want %+v", info, want)
+	}
+	if r := clitest.Run(t, run, "", nil, "inspect", "ostree:/x"); r.Code != 3 || !strings.Contains(r.Stderr, `"code":"INVALID_INPUT"`) {
+		t.Fatalf("inspect of an unlinked transport: %+v", r)
+	}
+}

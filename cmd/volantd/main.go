@@ -60,6 +60,10 @@
 //	--dns IP             VOLANT_DNS           resolver for guests (repeatable; comma-separated in the variable)
 //	--agent-listen ADDR  VOLANT_AGENT_LISTEN  where kestrel reports (default <gateway>:7070; "off")
 //	--launcher FILE      VOLANT_LAUNCHER      volant-launch binary (default: next to volantd, then PATH)
+//	--fledge FILE        VOLANT_FLEDGE        fledge binary, which builds plugins from images (POST
+//	                                          /api/v1/plugins {"image"}) in a process of its own (default:
+//	                                          next to volantd, then PATH, looked up at each build; without
+//	                                          one, volantd runs and image builds are UNAVAILABLE)
 //	--vm-runner MODE     VOLANT_VM_RUNNER     auto, systemd (volant-vm@NAME units) or detached (default auto)
 //	--vmm-uids RANGE     VOLANT_VMM_UIDS      uids for the jailed hypervisors, one per running VM: FIRST-LAST
 //	                                          or FIRST+COUNT, owned by no user (default 1073741824+65536);
@@ -124,6 +128,7 @@ import (
 	"github.com/volantvm/volant/lib/cli"
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/fledge/fledgecmd"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/ipam"
 	"github.com/volantvm/volant/lib/launch"
@@ -191,6 +196,7 @@ type serveCmd struct {
 	DNS            []string      `long:"dns" env:"VOLANT_DNS" env-delim:"," description:"guest resolver (repeatable)"`
 	AgentListen    string        `long:"agent-listen" env:"VOLANT_AGENT_LISTEN" description:"kestrel's report endpoint (default <gateway>:7070; off)"`
 	Launcher       string        `long:"launcher" env:"VOLANT_LAUNCHER" description:"volant-launch binary"`
+	Fledge         string        `long:"fledge" env:"VOLANT_FLEDGE" description:"fledge binary, for plugin builds from images"`
 	InsecureVMM    bool          `long:"insecure-vmm" env:"VOLANT_INSECURE_VMM" description:"run hypervisors as root without their jail (own uid, mount namespace, cgroup, seccomp); logged, and shown in each VM's jail"`
 	VMMUIDs        string        `long:"vmm-uids" env:"VOLANT_VMM_UIDS" description:"uids for the hypervisors, one per running VM: FIRST-LAST or FIRST+COUNT, owned by no user (default 1073741824+65536)"`
 	VMMOverheadMB  int           `long:"vmm-overhead-mb" env:"VOLANT_VMM_OVERHEAD_MB" description:"memory a hypervisor may use beyond its guest's before the kernel stops it (default 160 under TCG, 96 otherwise)"`
@@ -236,6 +242,14 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 	if kestrel == "" {
 		kestrel = layout.Sibling("kestrel")
 	}
+	fledge := ""
+	if f.Fledge != "" {
+		if fledge, err = fledgecmd.Find(f.Fledge); err != nil {
+			return err
+		}
+	} else if _, err := fledgecmd.Find(""); err != nil {
+		log.Warn("plugin builds from images are unavailable until fledge is installed", "err", err)
+	}
 	nat := "" // neither flag: leave NAT as it is
 	switch {
 	case f.NAT:
@@ -264,7 +278,7 @@ func (f *serveCmd) Execute(ctx context.Context, env *cli.Env) error {
 		HealthInterval: f.HealthInterval, StopTimeout: f.StopTimeout, StartTimeout: f.StartTimeout,
 		LivenessGrace: livenessGrace(f.LivenessGrace),
 		MaxBooting:    f.MaxBooting,
-		Images:        controller.ImageConfig{MaxBuilds: f.MaxBuilds, AuthFile: f.RegistryAuth, InsecureRegistries: f.Insecure},
+		Images:        controller.ImageConfig{Fledge: fledge, MaxBuilds: f.MaxBuilds, AuthFile: f.RegistryAuth, InsecureRegistries: f.Insecure},
 		Notify:        func(state string) { _, _ = daemon.SdNotify(false, state) },
 		Logger:        log,
 	})

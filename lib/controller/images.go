@@ -12,15 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containers/image/v5/docker/reference"
-	"github.com/containers/image/v5/types"
-
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
-	"github.com/volantvm/volant/lib/buildinfo"
-	"github.com/volantvm/volant/lib/fetch"
-	"github.com/volantvm/volant/lib/fledge"
-	"github.com/volantvm/volant/lib/fledge/ociimage"
+	"github.com/volantvm/volant/lib/fledge/fledgecmd"
 	"github.com/volantvm/volant/lib/fledge/progress"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/names"
@@ -28,7 +22,12 @@ import (
 )
 
 // ImageConfig configures the builds of plugins from container images.
+// They run the fledge command (lib/fledge/fledgecmd), so the controller
+// links none of the image libraries.
 type ImageConfig struct {
+	// Fledge is the fledge binary; "" finds it at each build next to the
+	// running executable, then on PATH (fledgecmd.Find).
+	Fledge string
 	// MaxBuilds bounds the builds running at once (default
 	// DefaultMaxBuilds); more wait for a slot.
 	MaxBuilds int
@@ -39,8 +38,6 @@ type ImageConfig struct {
 	// InsecureRegistries are registries (host or host:port) reached over
 	// plain HTTP or unverified TLS.
 	InsecureRegistries []string
-	// Fetch bounds registry reads (zero values: lib/fetch's defaults).
-	Fetch fetch.Options
 	// WorkDir is where images are unpacked ("": fledge's choice, memory
 	// when the image fits comfortably).
 	WorkDir string
@@ -62,8 +59,9 @@ func (c ImageConfig) maxBuilds() int {
 // which cleanBuilds removes at the next start (Reconcile).
 const buildDirPrefix = ".build-"
 
-// InstallImage builds a plugin from a container image with lib/fledge
-// (oci_rootfs, the same code as `fledge build`) and installs it, or answers
+// InstallImage builds a plugin from a container image with the fledge
+// command (`fledge build --image`, oci_rootfs, run as a child process) and
+// installs it, or answers
 // the plugin already built from that image digest (built reports which).
 // At most ImageConfig.MaxBuilds builds run at once; builds of one plugin
 // name run one after the other, so concurrent requests for one image build
@@ -87,14 +85,16 @@ func (c *Controller) InstallImage(ctx context.Context, req api.InstallImageReque
 			return nil, false, err
 		}
 	}
-	ref, err := ociimage.ParseReference(req.Image)
+	fl := c.fledge()
+	// What the reference names, nothing fetched yet.
+	info, err := fl.Inspect(ctx, fledgecmd.InspectRequest{Image: req.Image})
 	if err != nil {
 		return nil, false, err
 	}
-	if err := c.checkImageSource(ref); err != nil {
+	if err := c.checkImageSource(info); err != nil {
 		return nil, false, err
 	}
-	canonical := ociimage.Canonical(ref)
+	canonical := info.Image
 	if req.Pull == api.PullIfNotPresent || req.Pull == api.PullNever {
 		p, err := c.pluginFromImage(ctx, canonical, req.Name)
 		if err != nil || p != nil {
@@ -105,18 +105,17 @@ func (c *Controller) InstallImage(ctx context.Context, req api.InstallImageReque
 				With("image", canonical)
 		}
 	}
-	opts := c.imageOptions(ref, req.Insecure)
+	insecure := req.Insecure || info.Registry != "" && slices.Contains(c.cfg.Images.InsecureRegistries, info.Registry)
 	// The digest first (a manifest read): a plugin built from it is the
 	// answer, whatever the tag points at now.
-	src, err := ociimage.Open(ctx, req.Image, opts)
+	resolved, err := fl.Inspect(ctx, fledgecmd.InspectRequest{Image: req.Image, Resolve: true, Insecure: insecure, AuthFile: c.cfg.Images.AuthFile})
 	if err != nil {
 		return nil, false, err
 	}
-	digest := src.Image.Digest
-	src.Close()
+	digest := resolved.Digest
 	name := req.Name
 	if name == "" {
-		name = imagePluginName(ref, digest)
+		name = imagePluginName(info.Name, digest)
 	}
 
 	unlock, err := c.imageLocks.lock(ctx, name)
@@ -147,7 +146,7 @@ func (c *Controller) InstallImage(ctx context.Context, req api.InstallImageReque
 		return nil, false, apierr.From(context.Cause(ctx))
 	}
 	defer func() { <-c.builds }()
-	p, err := c.buildImage(bctx, name, canonical, digest, req.Image, opts, exists)
+	p, err := c.buildImage(bctx, fl, name, canonical, digest, req.Image, insecure, exists)
 	if err != nil {
 		return nil, false, err
 	}
@@ -161,9 +160,14 @@ func orWord(s, word string) string {
 	return s
 }
 
-// imagePluginName is <repository>-<12 hex digits of the digest>.
-func imagePluginName(ref types.ImageReference, digest string) string {
-	base, _ := ociimage.DefaultName(ref)
+// fledge runs the configured fledge binary.
+func (c *Controller) fledge() *fledgecmd.Cmd {
+	return &fledgecmd.Cmd{Binary: c.cfg.Images.Fledge, Logger: c.log}
+}
+
+// imagePluginName is <repository>-<12 hex digits of the digest>; base is
+// the name fledge suggests for the image.
+func imagePluginName(base, digest string) string {
 	if base == "" {
 		base = "image"
 	}
@@ -180,13 +184,13 @@ func imagePluginName(ref types.ImageReference, digest string) string {
 // checkImageSource refuses images read from host paths (oci:, dir:,
 // archives) outside the directories local artifacts may come from: the
 // same rule as a manifest's local artifacts.
-func (c *Controller) checkImageSource(ref types.ImageReference) error {
-	if ref.Transport().Name() == "docker" {
+func (c *Controller) checkImageSource(info *fledgecmd.ImageInfo) error {
+	if info.Transport == "docker" {
 		return nil
 	}
-	p := ref.StringWithinTransport()
-	if i := strings.IndexByte(p, ':'); i >= 0 {
-		p = p[:i]
+	p := info.Path
+	if p == "" || !filepath.IsAbs(p) {
+		return apierr.New(apierr.Internal, "fledge named no host path for %s", info.Image)
 	}
 	if abs, err := filepath.EvalSymlinks(p); err == nil {
 		p = abs
@@ -198,20 +202,6 @@ func (c *Controller) checkImageSource(ref types.ImageReference) error {
 	}
 	return apierr.New(apierr.PermissionDenied, "volantd reads images from host paths only inside %s; push the image to a registry, or copy it there",
 		strings.Join(c.ArtifactDirs(), ", ")).With("allowed_dirs", c.ArtifactDirs())
-}
-
-func (c *Controller) imageOptions(ref types.ImageReference, insecure bool) ociimage.Options {
-	ic := c.cfg.Images
-	if dr := ref.DockerReference(); dr != nil && slices.Contains(ic.InsecureRegistries, reference.Domain(dr)) {
-		insecure = true
-	}
-	return ociimage.Options{
-		Insecure:  insecure,
-		AuthFile:  ic.AuthFile,
-		UserAgent: "volantd/" + buildinfo.String(),
-		Timeouts:  ic.Fetch,
-		Logger:    c.log,
-	}
 }
 
 // pluginFromImage is the newest installed plugin built from the image
@@ -236,7 +226,7 @@ func (c *Controller) pluginFromImage(ctx context.Context, canonical, name string
 
 // buildImage runs the build into a private directory, moves the image to
 // <data>/plugins/<name>/<digest>.img and installs the manifest.
-func (c *Controller) buildImage(ctx context.Context, name, canonical, digest, image string, opts ociimage.Options, replace bool) (_ *api.Plugin, err error) {
+func (c *Controller) buildImage(ctx context.Context, fl *fledgecmd.Cmd, name, canonical, digest, image string, insecure, replace bool) (_ *api.Plugin, err error) {
 	start := time.Now()
 	c.buildEvent(ctx, api.EventPluginBuildStarted, name, map[string]any{"name": name, "image": canonical, "digest": digest})
 	defer func() {
@@ -252,16 +242,14 @@ func (c *Controller) buildImage(ctx context.Context, name, canonical, digest, im
 		return nil, err
 	}
 	defer os.RemoveAll(out)
-	cfg, err := fledge.ImageConfig(image, name, out, opts.AuthFile, opts.Insecure)
-	if err != nil {
-		return nil, err
-	}
-	res, err := fledge.BuildConfig(ctx, cfg, fledge.Request{
+	res, err := fl.Build(ctx, fledgecmd.BuildRequest{
+		Image:     image,
+		Name:      name,
 		OutputDir: out,
 		Kestrel:   c.cfg.Launch.Kestrel,
 		WorkDir:   c.cfg.Images.WorkDir,
-		Fetch:     opts.Timeouts,
-		Logger:    c.log,
+		Insecure:  insecure,
+		AuthFile:  c.cfg.Images.AuthFile,
 		Progress:  &buildProgress{c: c, ctx: ctx, name: name, image: canonical},
 	})
 	if err != nil {

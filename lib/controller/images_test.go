@@ -3,6 +3,7 @@ package controller_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/volantvm/volant/lib/controller/controllertest"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/testutil/ext4test"
+	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/imagetest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
@@ -24,9 +26,9 @@ import (
 // whose images are only inspected, not booted.
 const busyboxStandIn = "/bin/busybox"
 
-// imageFixture is a controller whose image builds read from a real
-// registry (Debian's docker-registry on loopback) holding imagetest.Sample
-// as web:1.
+// imageFixture is a controller whose image builds run the real fledge
+// command and read from a real registry (Debian's docker-registry on
+// loopback) holding imagetest.Sample as web:1.
 func imageFixture(t *testing.T) (*fixture, *controller.Controller, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -47,7 +49,7 @@ func imageFixture(t *testing.T) (*fixture, *controller.Controller, string) {
 	f := newFixture(t)
 	c, _ := f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1,
 		Launch: controller.LaunchDefaults{Kestrel: busyboxStandIn},
-		Images: controller.ImageConfig{InsecureRegistries: []string{reg}}})
+		Images: controller.ImageConfig{Fledge: guesttest.Command(t, "fledge"), InsecureRegistries: []string{reg}}})
 	return f, c, reg
 }
 
@@ -67,7 +69,7 @@ func buildEvents(t *testing.T, f *fixture, typ string) []api.Event {
 }
 
 // TestInstallImage builds a plugin from an image in a real registry with
-// lib/fledge, names it by digest, answers the same plugin without a second
+// the fledge command, names it by digest, answers the same plugin without a second
 // build (also to concurrent requests), reports the steps as events, and
 // honours the pull policies.
 func TestInstallImage(t *testing.T) {
@@ -196,7 +198,8 @@ func TestInstallImage(t *testing.T) {
 // there, and a registry that is not there is UNAVAILABLE.
 func TestInstallImageRefusals(t *testing.T) {
 	f := newFixture(t)
-	c, _ := f.controller()
+	c, _ := f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1,
+		Images: controller.ImageConfig{Fledge: guesttest.Command(t, "fledge")}})
 	for _, tc := range []struct {
 		req  api.InstallImageRequest
 		code apierr.Code
@@ -206,6 +209,7 @@ func TestInstallImageRefusals(t *testing.T) {
 		{api.InstallImageRequest{Image: "web:1", Name: "Bad Name"}, apierr.InvalidInput},
 		{api.InstallImageRequest{Image: "oci:/etc:latest"}, apierr.PermissionDenied},
 		{api.InstallImageRequest{Image: "dir:/root"}, apierr.PermissionDenied},
+		{api.InstallImageRequest{Image: "containers-storage:web"}, apierr.InvalidInput},
 	} {
 		if _, _, err := c.InstallImage(f.ctx, tc.req); !apierr.Is(err, tc.code) {
 			t.Errorf("%+v: %v, want %s", tc.req, err, tc.code)
@@ -218,5 +222,27 @@ func TestInstallImageRefusals(t *testing.T) {
 			t.Fatalf("unreachable registry: %v", err)
 		}
 		t.Logf("unreachable registry: %v", err)
+	}
+}
+
+// TestInstallImageWithoutFledge: image builds need the fledge command; a
+// controller without one says so (UNAVAILABLE, with a hint) and records
+// nothing.
+func TestInstallImageWithoutFledge(t *testing.T) {
+	f := newFixture(t)
+	t.Setenv("PATH", t.TempDir()) // no fledge on PATH, none beside the test binary
+	c, _ := f.controller()
+	_, _, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: "docker://127.0.0.1:1/web:1"})
+	var ae *apierr.Error
+	if !errors.As(err, &ae) || ae.Code != apierr.Unavailable || ae.Details["hint"] == nil || !strings.Contains(ae.Message, "fledge") {
+		t.Fatalf("without fledge: %v", err)
+	}
+	c, _ = f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1,
+		Images: controller.ImageConfig{Fledge: filepath.Join(t.TempDir(), "fledge")}})
+	if _, _, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: "web:1"}); !apierr.Is(err, apierr.Unavailable) {
+		t.Fatalf("a fledge that is not there: %v", err)
+	}
+	if evs := buildEvents(t, f, api.EventPluginBuildStarted); len(evs) != 0 {
+		t.Fatalf("build events without fledge: %+v", evs)
 	}
 }

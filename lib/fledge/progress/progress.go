@@ -1,16 +1,20 @@
 // Package progress reports the progress of long build steps (fetching and
-// unpacking layers, writing archives) to a person watching stderr: a
-// progress bar on a terminal (Bar), plain lines otherwise (Lines), or
-// nothing (Discard). Libraries take a Reporter; the command picks one.
+// unpacking layers, writing archives): to a person watching stderr, as a
+// progress bar on a terminal (lib/fledge/progress/bar) or plain lines
+// (Lines); to a program that runs fledge, as JSON lines (JSON, read back
+// with Replayer); or nothing (Discard). Libraries take a Reporter; the
+// command picks one. The package links only the standard library, so a
+// program that runs fledge (volantd, through lib/fledge/fledgecmd) reads
+// its progress without linking fledge.
 package progress
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"github.com/schollz/progressbar/v3"
 )
 
 // Reporter starts steps.
@@ -110,43 +114,6 @@ func (s *lineStep) Done(err error) {
 	}
 }
 
-// Bar draws a progress bar per step on w, a terminal.
-func Bar(w io.Writer) Reporter { return &bar{w: w} }
-
-type bar struct{ w io.Writer }
-
-func (b *bar) Step(name string, total int64) Step {
-	pb := progressbar.NewOptions64(total,
-		progressbar.OptionSetWriter(b.w),
-		progressbar.OptionSetDescription(name),
-		progressbar.OptionShowBytes(true),
-		progressbar.OptionUseIECUnits(true),
-		progressbar.OptionSetWidth(30),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionShowElapsedTimeOnFinish(),
-		progressbar.OptionSetPredictTime(total > 0),
-		progressbar.OptionOnCompletion(func() { fmt.Fprintln(b.w) }),
-	)
-	return &barStep{pb: pb, w: b.w, name: name}
-}
-
-type barStep struct {
-	pb   *progressbar.ProgressBar
-	w    io.Writer
-	name string
-}
-
-func (s *barStep) Add(n int64) { _ = s.pb.Add64(n) }
-
-func (s *barStep) Done(err error) {
-	if err != nil {
-		_ = s.pb.Exit()
-		fmt.Fprintf(s.w, "\nfledge: %s failed: %v\n", s.name, err)
-		return
-	}
-	_ = s.pb.Finish()
-}
-
 // Bytes formats n with binary units.
 func Bytes(n int64) string {
 	const unit = 1024
@@ -160,3 +127,115 @@ func Bytes(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
+
+// EventKind is the kind of every Event.
+const EventKind = "fledge.progress"
+
+// Event is one line JSON writes: a step began (Done false; TotalBytes
+// its size when known) or ended (Done true; Bytes done, DurationMS, and
+// Error when it failed).
+type Event struct {
+	Version    string `json:"version"`
+	Kind       string `json:"kind"`
+	Step       string `json:"step"`
+	TotalBytes *int64 `json:"total_bytes,omitempty"`
+	Done       bool   `json:"done,omitempty"`
+	Bytes      int64  `json:"bytes,omitempty"`
+	DurationMS int64  `json:"duration_ms,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+// JSON writes an Event line when a step starts and one when it ends, for
+// a program reading fledge's stderr (`fledge build --progress json`):
+//
+//	{"version":"1","kind":"fledge.progress","step":"fetch layer 1/3 sha256:1a2b3c4d5e6f","total_bytes":12902400}
+//	{"version":"1","kind":"fledge.progress","step":"fetch layer 1/3 sha256:1a2b3c4d5e6f","done":true,"bytes":12902400,"duration_ms":812}
+func JSON(w io.Writer) Reporter { return &jsonLines{w: w} }
+
+type jsonLines struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (j *jsonLines) write(ev Event) {
+	ev.Version, ev.Kind = "1", EventKind
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.w.Write(append(b, '\n'))
+}
+
+func (j *jsonLines) Step(name string, total int64) Step {
+	ev := Event{Step: name}
+	if total >= 0 {
+		ev.TotalBytes = &total
+	}
+	j.write(ev)
+	return &jsonStep{j: j, name: name, start: time.Now()}
+}
+
+type jsonStep struct {
+	j     *jsonLines
+	name  string
+	start time.Time
+	n     atomic.Int64
+}
+
+func (s *jsonStep) Add(n int64) { s.n.Add(n) }
+
+func (s *jsonStep) Done(err error) {
+	ev := Event{Step: s.name, Done: true, Bytes: s.n.Load(), DurationMS: time.Since(s.start).Milliseconds()}
+	if err != nil {
+		ev.Error = err.Error()
+	}
+	s.j.write(ev)
+}
+
+// Replayer turns the Events of another process back into calls of a
+// Reporter: a started step begins a Step, an ended one adds its bytes and
+// ends it.
+type Replayer struct {
+	r     Reporter
+	mu    sync.Mutex
+	steps map[string]Step
+}
+
+// NewReplayer replays into r (nil: Discard).
+func NewReplayer(r Reporter) *Replayer {
+	return &Replayer{r: Or(r), steps: map[string]Step{}}
+}
+
+// Replay applies ev.
+func (p *Replayer) Replay(ev Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s, ok := p.steps[ev.Step]
+	if !ev.Done {
+		total := int64(-1)
+		if ev.TotalBytes != nil {
+			total = *ev.TotalBytes
+		}
+		p.steps[ev.Step] = p.r.Step(ev.Step, total)
+		return
+	}
+	if !ok {
+		s = p.r.Step(ev.Step, -1)
+	}
+	delete(p.steps, ev.Step)
+	if ev.Bytes > 0 {
+		s.Add(ev.Bytes)
+	}
+	var err error
+	if ev.Error != "" {
+		err = stepError(ev.Error)
+	}
+	s.Done(err)
+}
+
+// stepError is a step's error as another process reported it.
+type stepError string
+
+func (e stepError) Error() string { return string(e) }
