@@ -18,6 +18,7 @@ import (
 	"io"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/volantvm/volant/lib/apierr"
@@ -306,7 +307,7 @@ func unknownFields(v any, t reflect.Type, path string) []Problem {
 			return nil
 		}
 		for i, e := range arr {
-			probs = append(probs, unknownFields(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i))...)
+			probs = append(probs, unknownFields(e, t.Elem(), path+"["+strconv.Itoa(i)+"]")...)
 		}
 	case reflect.Map:
 		obj, ok := v.(map[string]any)

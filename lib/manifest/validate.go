@@ -256,7 +256,7 @@ func (m *Manifest) Validate() error {
 	}
 	seenDisk := map[string]bool{}
 	for i, d := range m.Disks {
-		p := fmt.Sprintf("disks[%d]", i)
+		p := "disks[" + strconv.Itoa(i) + "]"
 		v.name(p+".name", d.Name)
 		v.check(!seenDisk[d.Name], p+".name", "duplicate disk name %q", d.Name)
 		seenDisk[d.Name] = true
@@ -280,7 +280,7 @@ func (m *Manifest) Validate() error {
 	} else {
 		v.check(strings.TrimSpace(w.Entrypoint[0]) != "", "workload.entrypoint[0]", "the program must not be empty")
 		for i, a := range w.Entrypoint {
-			v.arg(fmt.Sprintf("workload.entrypoint[%d]", i), a)
+			v.arg("workload.entrypoint["+strconv.Itoa(i)+"]", a)
 		}
 	}
 	if w.Type == "http" || w.BaseURL != "" {
@@ -337,7 +337,7 @@ func (m *Manifest) Validate() error {
 		v.check(len(sec.Env)+len(sec.Files) <= MaxSecrets, "secrets", "%d secrets; at most %d", len(sec.Env)+len(sec.Files), MaxSecrets)
 		seen := map[string]bool{}
 		for i, k := range sec.Env {
-			f := fmt.Sprintf("secrets.env[%d]", i)
+			f := "secrets.env[" + strconv.Itoa(i) + "]"
 			v.check(isEnvKey(k), f, "%q is not a valid environment variable name", k)
 			v.check(!seen[k], f, "%s is named twice", k)
 			seen[k] = true
@@ -345,7 +345,7 @@ func (m *Manifest) Validate() error {
 			v.check(!inEnv, f, "%s is also in workload.env: a secret's value comes with each VM's inputs, never in the manifest", k)
 		}
 		for i, p := range sec.Files {
-			f := fmt.Sprintf("secrets.files[%d]", i)
+			f := "secrets.files[" + strconv.Itoa(i) + "]"
 			v.check(path.IsAbs(p) && path.Clean(p) == p && p != "/", f, "%q must be a clean absolute path other than /", p)
 			v.text(f, p)
 			v.check(!seen[p], f, "%s is named twice", p)

@@ -66,6 +66,28 @@ func NewHandler(w io.Writer, level slog.Leveler) *Handler {
 	return &Handler{w: w, level: level, prefix: "kestrel: "}
 }
 
+// Stamp is the kernel's console timestamp for uptime d: "[%5d.%06d] ",
+// seconds and microseconds. It does without fmt: a log line is written
+// early in the boot, where every package's first use is code the
+// emulator translates.
+func Stamp(d time.Duration) string {
+	d = max(d, 0)
+	sec := strconv.FormatInt(int64(d/time.Second), 10)
+	us := strconv.FormatInt(int64(d%time.Second/time.Microsecond), 10)
+	b := make([]byte, 0, 16+len(sec))
+	b = append(b, '[')
+	for i := len(sec); i < 5; i++ {
+		b = append(b, ' ')
+	}
+	b = append(b, sec...)
+	b = append(b, '.')
+	for i := len(us); i < 6; i++ {
+		b = append(b, '0')
+	}
+	b = append(b, us...)
+	return string(append(b, ']', ' '))
+}
+
 // Enabled implements slog.Handler.
 func (h *Handler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.level.Level() }
 
@@ -73,8 +95,7 @@ func (h *Handler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.
 func (h *Handler) Handle(_ context.Context, r slog.Record) error {
 	var b strings.Builder
 	if h.clock != nil {
-		d := h.clock()
-		fmt.Fprintf(&b, "[%5d.%06d] ", d/time.Second, (d%time.Second)/time.Microsecond)
+		b.WriteString(Stamp(h.clock()))
 	}
 	b.WriteString(h.prefix)
 	if r.Level != slog.LevelInfo {

@@ -3,6 +3,7 @@ package console
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -69,5 +70,17 @@ func TestAsyncNeverBlocksAndReportsDrops(t *testing.T) {
 	got := sw.b.String()
 	if !strings.HasPrefix(got, "0123456789abcdefghij") || !strings.Contains(got, "3 bytes of workload output not shown") {
 		t.Fatalf("got %q", got)
+	}
+}
+
+func TestStampIsTheKernels(t *testing.T) {
+	for _, d := range []time.Duration{0, time.Microsecond, 2143651 * time.Microsecond, 99999*time.Second + 999999*time.Microsecond, 123456 * time.Second, 1500 * time.Nanosecond} {
+		want := fmt.Sprintf("[%5d.%06d] ", d/time.Second, (d%time.Second)/time.Microsecond)
+		if got := Stamp(d); got != want {
+			t.Errorf("Stamp(%v) = %q, want %q", d, got, want)
+		}
+	}
+	if got := Stamp(-time.Second); got != "[    0.000000] " {
+		t.Errorf("Stamp(-1s) = %q", got)
 	}
 }

@@ -234,7 +234,7 @@ func linkUp(index int, name string) *nlmsg {
 // as `ip addr add ... brd +` and the netlink library set it.
 func addrReplace(index int, name string, p netip.Prefix) *nlmsg {
 	m := &nlmsg{typ: unix.RTM_NEWADDR, flags: unix.NLM_F_REQUEST | unix.NLM_F_ACK | unix.NLM_F_CREATE | unix.NLM_F_REPLACE,
-		what: fmt.Sprintf("setting address %s on %s", p, name)}
+		what: "setting address " + p.String() + " on " + name}
 	family := byte(unix.AF_INET6)
 	if p.Addr().Is4() {
 		family = unix.AF_INET
@@ -256,7 +256,7 @@ func addrReplace(index int, name string, p netip.Prefix) *nlmsg {
 // addrDelete is RTM_DELADDR of a prefix on index.
 func addrDelete(index int, name string, p netip.Prefix) *nlmsg {
 	m := addrReplace(index, name, p)
-	m.typ, m.flags, m.what = unix.RTM_DELADDR, unix.NLM_F_REQUEST|unix.NLM_F_ACK, fmt.Sprintf("removing address %s from %s", p, name)
+	m.typ, m.flags, m.what = unix.RTM_DELADDR, unix.NLM_F_REQUEST|unix.NLM_F_ACK, "removing address "+p.String()+" from "+name
 	return m
 }
 
@@ -264,7 +264,7 @@ func addrDelete(index int, name string, p netip.Prefix) *nlmsg {
 // via gw out of index; onlink when gw lies outside the link's subnet.
 func defaultRoute(index int, name string, gw netip.Addr, onlink bool) *nlmsg {
 	m := &nlmsg{typ: unix.RTM_NEWROUTE, flags: unix.NLM_F_REQUEST | unix.NLM_F_ACK | unix.NLM_F_CREATE | unix.NLM_F_REPLACE,
-		what: fmt.Sprintf("adding default route via %s on %s", gw, name)}
+		what: "adding default route via " + gw.String() + " on " + name}
 	family := byte(unix.AF_INET6)
 	if gw.Is4() {
 		family = unix.AF_INET
