@@ -42,6 +42,8 @@
 // Exit statuses of `kestrel run`: 0 after a requested stop; 1 when the
 // manifest cannot be loaded or the API cannot listen; 2 for usage errors and
 // for a bare `kestrel` that is not a guest's init.
+//
+//go:debug multipathtcp=0
 package main
 
 import (
@@ -50,6 +52,10 @@ import (
 	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/kestrel"
 )
+
+// The go:debug line above makes kestrel's sockets plain TCP: Go's default of
+// Multipath TCP for listeners brings a microVM nothing, and costs its boot
+// the kernel's MPTCP paths (~260 blocks of translated code under TCG).
 
 func main() {
 	os.Exit(kestrel.Main(buildinfo.String(), kestrel.Env{Args: os.Args[1:], Stdout: os.Stdout, Stderr: os.Stderr, Stdin: os.Stdin}))
