@@ -20,6 +20,9 @@ var forbiddenDeps = []string{
 	"github.com/json-iterator/go",
 	"github.com/BurntSushi/toml",
 	"github.com/schollz/progressbar",
+	// Its package initialisation compiles regexps (90 KiB of heap in
+	// every start); crypto/sha256 and encoding/hex do what volantd needs.
+	"github.com/opencontainers/go-digest",
 	// lib/fledge itself and its image half; lib/fledge/fledgecmd and
 	// lib/fledge/progress (standard library only) are what volantd uses.
 	"github.com/volantvm/volant/lib/fledge/ociimage",

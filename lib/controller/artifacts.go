@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +17,6 @@ import (
 	"syscall"
 
 	"github.com/google/renameio/v2"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/buildinfo"
@@ -58,7 +59,8 @@ func (c *Controller) pluginDir(name string) string { return filepath.Join(c.plug
 func (c *Controller) pluginVersionDir(name, version string) string {
 	dir := version
 	if !plainVersion.MatchString(version) {
-		dir = digest.FromString(version).Encoded()[:16]
+		sum := sha256.Sum256([]byte(version))
+		dir = hex.EncodeToString(sum[:])[:16]
 	}
 	return filepath.Join(c.pluginDir(name), "@"+dir)
 }
@@ -259,14 +261,14 @@ func (c *Controller) hashLocal(ctx context.Context, plugin, field, p string) (st
 		return "", c.artifactTooLarge(plugin, field, p)
 	}
 	r := &ctxReader{ctx: ctx, r: io.LimitReader(f, c.maxArtifactBytes()+1)}
-	d, err := digest.SHA256.FromReader(r)
-	if err != nil {
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
 		return "", fmt.Errorf("plugin %s: hashing %s %s: %w", plugin, field, p, err)
 	}
 	if r.n > c.maxArtifactBytes() {
 		return "", c.artifactTooLarge(plugin, field, p)
 	}
-	return d.Encoded(), nil
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // ctxReader reads r until ctx ends (a hash of a large file stops at the
@@ -316,8 +318,8 @@ func (c *Controller) download(ctx context.Context, plugin, version, field, loc, 
 		}
 	}()
 	s := staged{f: f, dst: dst}
-	d := digest.SHA256.Digester()
-	_, err = fetch.Get(ctx, loc, io.MultiWriter(f, d.Hash()), fetch.Options{
+	h := sha256.New()
+	_, err = fetch.Get(ctx, loc, io.MultiWriter(f, h), fetch.Options{
 		MaxBytes: c.maxArtifactBytes(), StallTimeout: c.cfg.FetchStallTimeout, UserAgent: "volantd/" + buildinfo.String(),
 	})
 	if err != nil {
@@ -326,7 +328,7 @@ func (c *Controller) download(ctx context.Context, plugin, version, field, loc, 
 	if err := f.Sync(); err != nil {
 		return s, "", err
 	}
-	sum := d.Digest().Encoded()
+	sum := hex.EncodeToString(h.Sum(nil))
 	if err := compareSum(plugin, field, loc, want, sum); err != nil {
 		return s, "", err
 	}

@@ -367,14 +367,26 @@ func MCPHandler(b Backend, o MCPOptions) http.Handler {
 	if o.MaxSessions <= 0 {
 		o.MaxSessions = DefaultMCPMaxSessions
 	}
-	s := newMCPServer(b, o.Logger, o.guard)
-	var h http.Handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
-		&mcp.StreamableHTTPOptions{Logger: o.Logger, MaxRequestBodyBytes: MaxBodyBytes, SessionTimeout: o.SessionTimeout})
-	if o.guard != nil {
-		h = mcpPrincipal(h)
+	// The server, with its tools' JSON schemas (half a MiB of heap), is
+	// made at the first request rather than when volantd starts: most
+	// daemons never serve MCP.
+	type served struct {
+		s *mcp.Server
+		h http.Handler
 	}
+	get := sync.OnceValue(func() served {
+		s := newMCPServer(b, o.Logger, o.guard)
+		var h http.Handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
+			&mcp.StreamableHTTPOptions{Logger: o.Logger, MaxRequestBodyBytes: MaxBodyBytes, SessionTimeout: o.SessionTimeout})
+		if o.guard != nil {
+			h = mcpPrincipal(h)
+		}
+		return served{s, h}
+	})
 	var mu sync.Mutex // one initialize at a time is counted against the cap
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m := get()
+		s, h := m.s, m.h
 		jw := &jsonErrors{ResponseWriter: w, r: r}
 		defer jw.finish()
 		if r.Method != http.MethodPost || r.Header.Get("Mcp-Session-Id") != "" {
