@@ -10,14 +10,16 @@
 // Flags (each also an environment variable):
 //
 //	--kubeconfig F            KUBECONFIG                the node's credentials for the API server (see contrib/kubernetes/rbac.yaml)
-//	--bootstrap-kubeconfig F                            a bootstrap token's kubeconfig: when --kubeconfig is missing or its
-//	                                                    client certificate expired, ask for one (a CSR for system:node:NAME)
-//	                                                    and write --kubeconfig (TLS bootstrap, as the kubelet's)
-//	--cert-dir DIR                                      where the bootstrapped key and certificate go (default --kubeconfig's directory)
+//	--bootstrap-kubeconfig F                            a bootstrap token's kubeconfig: when --cert-dir has no valid client
+//	                                                    certificate, ask for one (a CSR for system:node:NAME), write
+//	                                                    --kubeconfig naming it, and renew it while running (TLS bootstrap
+//	                                                    and certificate rotation, as the kubelet's)
+//	--cert-dir DIR                                      where the node's client certificates go (default --kubeconfig's directory)
 //	--nodename NAME           VOLANT_NODE_NAME          the node's name (default the host name)
 //	--node-ip IP              VOLANT_NODE_IP            the node's InternalIP: the API server reaches the kubelet API on it; pods' hostIP
 //	--port N                  VOLANT_KUBELET_PORT       the kubelet API's HTTPS port: logs and exec (default 10250)
-//	--tls-cert-file F                                   its serving certificate (with the node IP in its SANs)
+//	--tls-cert-file F                                   its serving certificate (with the node IP in its SANs; read
+//	                                                    again when the file changes: renew it on disk, no restart)
 //	--tls-private-key-file F                            its key
 //	--client-ca-file F                                  the CA of the API server's kubelet client certificate;
 //	                                                    callers are then authorized with SubjectAccessReviews
@@ -37,16 +39,24 @@
 //
 // With --bootstrap-kubeconfig (a kubeconfig with a bootstrap token, as
 // kubeadm makes them), a node without credentials gets its own: when
-// --kubeconfig is missing or its client certificate expires within a
-// minute, volant-kubelet sends a CertificateSigningRequest for
-// system:node:NAME in system:nodes (signer
-// kubernetes.io/kube-apiserver-client-kubelet), waits for its approval
-// (kube-controller-manager approves it when the token's group may create
-// certificatesigningrequests/nodeclient), and writes the key, the
-// certificate (--cert-dir) and --kubeconfig. That identity is not in the
-// group volant:nodes: bind the volant-kubelet ClusterRole to the user
-// system:node:NAME (docs/kubernetes.md). The certificate is not renewed
-// while volant-kubelet runs.
+// --cert-dir has no valid client certificate (nor --kubeconfig names one),
+// volant-kubelet sends a CertificateSigningRequest for system:node:NAME
+// in system:nodes (signer kubernetes.io/kube-apiserver-client-kubelet)
+// with the token, waits for its approval (kube-controller-manager
+// approves it when the token's group may create
+// certificatesigningrequests/nodeclient), keeps the certificate and key
+// in --cert-dir (volant-kubelet-client-TIME.pem, and the symlink
+// volant-kubelet-client-current.pem to the one in use), and writes
+// --kubeconfig naming that symlink. While it runs it renews the
+// certificate when 70-90 % of its lifetime has passed (a new key, a CSR
+// sent with the node's own certificate, approved when system:nodes may
+// create certificatesigningrequests/selfnodeclient), and reconnects to
+// the API server with the new one; an expired certificate is asked for
+// again with the bootstrap token. That identity is not in the group
+// volant:nodes: bind the volant-kubelet ClusterRole to the user
+// system:node:NAME (docs/kubernetes.md). A --kubeconfig with a token is
+// used as it is. The kubelet API's serving certificate (--tls-cert-file)
+// is not bootstrapped: it is the file given, read again when it changes.
 //
 // The node registers NotReady, with room for no pods, and waits for its
 // spec.podCIDR (kube-controller-manager --allocate-node-cidrs
@@ -74,6 +84,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/volantvm/volant/lib/apierr"
@@ -166,15 +177,15 @@ func (f *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 	if err != nil {
 		return err
 	}
+	var rc *rest.Config
 	if f.Bootstrap != "" {
-		err := kubelet.Bootstrap(ctx, kubelet.BootstrapConfig{Node: name, Kubeconfig: f.Kubeconfig, BootstrapKubeconfig: f.Bootstrap,
+		// The node's own client certificate, renewed until ctx ends.
+		rc, err = kubelet.Bootstrap(ctx, kubelet.BootstrapConfig{Node: name, Kubeconfig: f.Kubeconfig, BootstrapKubeconfig: f.Bootstrap,
 			CertDir: f.CertDir, Logger: env.Logger(f.Verbose)})
 		if err != nil {
 			return err
 		}
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", f.Kubeconfig)
-	if err != nil {
+	} else if rc, err = clientcmd.BuildConfigFromFlags("", f.Kubeconfig); err != nil {
 		return apierr.Wrap(apierr.InvalidInput, err, "reading --kubeconfig")
 	}
 	rc.UserAgent = "volant-kubelet/" + buildinfo.String()

@@ -2,91 +2,108 @@ package kubelet
 
 import (
 	"context"
-	"crypto"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/google/renameio/v2"
 	certificatesv1 "k8s.io/api/certificates/v1"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-	certutil "k8s.io/client-go/util/cert"
-	"k8s.io/client-go/util/certificate/csr"
-	"k8s.io/client-go/util/keyutil"
+	"k8s.io/client-go/util/certificate"
+	"k8s.io/client-go/util/connrotation"
 
 	"github.com/volantvm/volant/lib/apierr"
 )
 
 // BootstrapConfig is the kubelet's TLS bootstrap: a node that has only a
-// bootstrap token asks the cluster for a client certificate.
+// bootstrap token asks the cluster for a client certificate, and renews
+// it while it runs.
 type BootstrapConfig struct {
 	// Node is the node's name: the certificate is for system:node:<Node>
 	// in the group system:nodes.
 	Node string
 	// Kubeconfig is where the node's own kubeconfig is (read when it is
-	// there and its certificate is valid; written otherwise).
+	// there; written to name the current certificate).
 	Kubeconfig string
 	// BootstrapKubeconfig has the bootstrap token's credentials.
 	BootstrapKubeconfig string
-	// CertDir holds the key and the certificate (default: Kubeconfig's
+	// CertDir holds the certificates and keys (default: Kubeconfig's
 	// directory).
 	CertDir string
 	Logger  *slog.Logger
 }
 
-// Bootstrap files written in CertDir.
-const (
-	BootstrapKeyFile  = "volant-kubelet-client.key"
-	BootstrapCertFile = "volant-kubelet-client.crt"
-)
+// ClientCertPrefix names the node's client certificate files in CertDir:
+// each certificate and its key in ClientCertPrefix-<time>.pem, and
+// ClientCertPrefix-current.pem a symlink to the one in use (as the
+// kubelet's kubelet-client-current.pem). An earlier volant-kubelet's
+// ClientCertPrefix.crt and .key are read when there is no current one.
+const ClientCertPrefix = "volant-kubelet-client"
 
-// Bootstrap makes sure cfg.Kubeconfig holds the node's credentials, as
-// the kubelet's --bootstrap-kubeconfig does: when the file is missing, or
-// its client certificate is unreadable or expires within a minute, it
-// makes a new key (kept aside in CertDir until the certificate comes, so
-// a restart meanwhile asks again with the same one), sends a CertificateSigningRequest for system:node:<node>
-// (O=system:nodes, signer kubernetes.io/kube-apiserver-client-kubelet,
-// usages digital signature and client auth) with the bootstrap
-// credentials, waits until it is approved (kube-controller-manager's
-// csrapproving controller approves it when the bootstrap token's group
-// may create certificatesigningrequests/nodeclient) and signed, and
-// writes the certificate and a kubeconfig that uses it (temp + rename).
-// The certificate is not renewed: when it nears its end, restart
-// volant-kubelet with a bootstrap token that is still valid.
-func Bootstrap(ctx context.Context, cfg BootstrapConfig) error {
-	log := cfg.Logger
-	if log == nil {
-		log = discard()
-	}
-	if ok, why := validKubeconfig(cfg.Kubeconfig); ok {
-		return nil
-	} else {
-		log.Info("TLS bootstrap: asking the cluster for the node's client certificate", "kubeconfig", cfg.Kubeconfig, "because", why)
+// Bootstrap returns the node's API client configuration when it
+// authenticates with a client certificate of its own, as the kubelet's
+// --bootstrap-kubeconfig and certificate rotation do. The certificate is
+// the current one in CertDir (or the one cfg.Kubeconfig names); when there
+// is none, or it has expired, Bootstrap sends a CertificateSigningRequest
+// for system:node:<node> (O=system:nodes, signer
+// kubernetes.io/kube-apiserver-client-kubelet, usages digital signature
+// and client auth, a new ECDSA key) with the bootstrap credentials and
+// waits until it is approved (kube-controller-manager's csrapproving
+// controller approves it when the bootstrap token's group may create
+// certificatesigningrequests/nodeclient) and signed. Then it writes
+// cfg.Kubeconfig naming ClientCertPrefix-current.pem (temp + rename) and
+// returns.
+//
+// Until ctx ends, the certificate is renewed with the node's own
+// credentials when 70 to 90 % of its lifetime has passed (a new key and a
+// CSR of system:node:<node>, which the controller-manager approves when
+// the group system:nodes may create
+// certificatesigningrequests/selfnodeclient), by client-go's certificate
+// manager (k8s.io/client-go/util/certificate). The returned configuration
+// presents the current certificate on each new connection, and its open
+// connections are closed when the certificate changes, so the clients
+// built from it go on with the new one. If the certificate expires
+// anyway, the bootstrap credentials ask for a new one.
+//
+// A kubeconfig with other credentials (a token) is returned as it is:
+// nothing is asked for or renewed.
+func Bootstrap(ctx context.Context, cfg BootstrapConfig) (*rest.Config, error) {
+	if rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig); err == nil && !usesClientCert(rc) {
+		return rc, nil
 	}
 	boot, err := clientcmd.BuildConfigFromFlags("", cfg.BootstrapKubeconfig)
 	if err != nil {
-		return apierr.Wrap(apierr.InvalidInput, err, "reading --bootstrap-kubeconfig")
+		return nil, apierr.Wrap(apierr.InvalidInput, err, "reading --bootstrap-kubeconfig")
 	}
-	kc, err := kubernetes.NewForConfig(boot)
-	if err != nil {
-		return err
-	}
-	return bootstrap(ctx, cfg, boot, kc, log)
+	return bootstrap(ctx, cfg, boot, func(c *rest.Config) (kubernetes.Interface, error) { return kubernetes.NewForConfig(c) })
 }
 
-// bootstrap asks for the node's certificate with kc (the bootstrap
-// credentials) and writes a kubeconfig for boot's API server.
-func bootstrap(ctx context.Context, cfg BootstrapConfig, boot *rest.Config, kc kubernetes.Interface, log *slog.Logger) error {
+// usesClientCert says whether a kubeconfig authenticates with a client
+// certificate, or has no credentials at all.
+func usesClientCert(c *rest.Config) bool {
+	return c.CertFile != "" || len(c.CertData) > 0 ||
+		(c.BearerToken == "" && c.BearerTokenFile == "" && c.Username == "" && c.ExecProvider == nil && c.AuthProvider == nil)
+}
+
+// bootstrapWait is how often Bootstrap looks for the first certificate.
+const bootstrapWait = 200 * time.Millisecond
+
+// bootstrap is Bootstrap with the clients made by newClient (the
+// bootstrap credentials' from boot).
+func bootstrap(ctx context.Context, cfg BootstrapConfig, boot *rest.Config, newClient func(*rest.Config) (kubernetes.Interface, error)) (*rest.Config, error) {
+	log := cfg.Logger
 	if log == nil {
 		log = discard()
 	}
@@ -94,99 +111,139 @@ func bootstrap(ctx context.Context, cfg BootstrapConfig, boot *rest.Config, kc k
 		cfg.CertDir = filepath.Dir(cfg.Kubeconfig)
 	}
 	if err := os.MkdirAll(cfg.CertDir, 0o700); err != nil {
-		return err
+		return nil, err
 	}
-	// A new key for each certificate, kept aside until it is signed (a
-	// restart meanwhile asks again with it: the same CSR).
-	keyPath := filepath.Join(cfg.CertDir, BootstrapKeyFile)
-	pendingKey := keyPath + ".pending"
-	keyPEM, _, err := keyutil.LoadOrGenerateKeyFile(pendingKey)
+	// The API server and its CA: the node's kubeconfig's when it has one
+	// (and its certificate the first one, when the directory has none),
+	// else the bootstrap kubeconfig's.
+	cluster := boot
+	certFile, keyFile := "", ""
+	if c, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig); err == nil {
+		cluster, certFile, keyFile = c, c.CertFile, c.KeyFile
+	}
+	klog := logr.FromSlogHandler(log.Handler())
+	store, err := certificate.NewFileStoreWithLogger(klog.V(4), ClientCertPrefix, cfg.CertDir, cfg.CertDir, certFile, keyFile)
 	if err != nil {
-		return fmt.Errorf("the node's client key %s: %w", pendingKey, err)
+		return nil, fmt.Errorf("the node's certificates in %s: %w", cfg.CertDir, err)
 	}
-	key, err := keyutil.ParsePrivateKeyPEM(keyPEM)
+	var m certificate.Manager
+	node, closeAll, err := rotatingConfig(cluster, func() *tls.Certificate { return m.Current() })
 	if err != nil {
-		return fmt.Errorf("the node's client key %s: %w", pendingKey, err)
+		return nil, err
 	}
-	csrPEM, err := certutil.MakeCSR(key, &pkix.Name{CommonName: "system:node:" + cfg.Node, Organization: []string{"system:nodes"}}, nil, nil)
+	bootClient, err := newClient(boot)
 	if err != nil {
-		return fmt.Errorf("making the node's CSR: %w", err)
+		return nil, err
 	}
-	name, err := csrName(cfg.Node, key)
+	nodeClient, err := newClient(node)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	usages := []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth}
-	reqName, uid, err := csr.RequestCertificateWithContext(ctx, kc, csrPEM, name, certificatesv1.KubeAPIServerClientKubeletSignerName, nil, usages, key)
+	mctx := logr.NewContext(ctx, klog)
+	m, err = certificate.NewManager(&certificate.Config{
+		// The node's own credentials while its certificate is valid,
+		// else the bootstrap token's.
+		ClientsetFn: func(current *tls.Certificate) (kubernetes.Interface, error) {
+			if current == nil {
+				return bootClient, nil
+			}
+			return nodeClient, nil
+		},
+		Template:         &x509.CertificateRequest{Subject: pkix.Name{CommonName: "system:node:" + cfg.Node, Organization: []string{"system:nodes"}}},
+		SignerName:       certificatesv1.KubeAPIServerClientKubeletSignerName,
+		Usages:           []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth},
+		CertificateStore: store,
+		Name:             "volant-kubelet client",
+		Ctx:              &mctx,
+	})
 	if err != nil {
-		return fmt.Errorf("TLS bootstrap: sending CertificateSigningRequest %s with the bootstrap credentials: %w", name, err)
+		return nil, fmt.Errorf("the node's client certificate manager: %w", err)
 	}
-	log.Info("TLS bootstrap: waiting for the CSR to be approved and signed", "csr", reqName)
-	certPEM, err := csr.WaitForCertificate(ctx, kc, reqName, uid)
-	if err != nil {
-		return fmt.Errorf("TLS bootstrap: waiting for CertificateSigningRequest %s (approve it: kubectl certificate approve %s): %w", reqName, reqName, err)
+	m.Start()
+	if m.Current() == nil {
+		log.Info("TLS bootstrap: asking the cluster for the node's client certificate (a CSR with the bootstrap credentials)",
+			"bootstrap_kubeconfig", cfg.BootstrapKubeconfig, "cert_dir", cfg.CertDir)
 	}
-	certPath := filepath.Join(cfg.CertDir, BootstrapCertFile)
-	// The key first: a crash before the certificate leaves a pair that
-	// does not match, which the next start sees and bootstraps again.
-	if err := os.Rename(pendingKey, keyPath); err != nil {
-		return err
-	}
-	if err := renameio.WriteFile(certPath, certPEM, 0o644); err != nil {
-		return err
-	}
-	if err := writeKubeconfig(cfg.Kubeconfig, boot, certPath, keyPath); err != nil {
-		return err
-	}
-	log.Info("TLS bootstrap: the node's kubeconfig is written", "kubeconfig", cfg.Kubeconfig, "csr", reqName)
-	return nil
-}
-
-// validKubeconfig says whether a kubeconfig can be used as it is: there,
-// and its client certificate (if it has one) matching its key and valid
-// for another minute.
-func validKubeconfig(path string) (bool, string) {
-	c, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		return false, err.Error()
-	}
-	if c.CertFile != "" && c.KeyFile != "" {
-		if _, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile); err != nil {
-			return false, "its client certificate and key: " + err.Error()
+	said := time.Now()
+	for m.Current() == nil {
+		if time.Since(said) > 30*time.Second {
+			log.Info("TLS bootstrap: still waiting for the node's CSR to be approved and signed "+
+				"(kubectl get csr; kubectl certificate approve NAME)", "node", cfg.Node)
+			said = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(bootstrapWait):
 		}
 	}
-	data := c.CertData
-	if len(data) == 0 && c.CertFile != "" {
-		if data, err = os.ReadFile(c.CertFile); err != nil {
-			return false, err.Error()
-		}
+	if err := writeKubeconfig(cfg.Kubeconfig, cluster, store.CurrentPath(), store.CurrentPath()); err != nil {
+		return nil, err
 	}
-	if len(data) == 0 {
-		return true, "" // a token or another credential
-	}
-	certs, err := certutil.ParseCertsPEM(data)
-	if err != nil || len(certs) == 0 {
-		return false, fmt.Sprintf("its client certificate does not parse: %v", err)
-	}
-	if end := certs[0].NotAfter; time.Until(end) < time.Minute {
-		return false, "its client certificate expires at " + end.UTC().Format(time.RFC3339)
-	}
-	return true, ""
+	cur := m.Current()
+	log.Info("the node's client certificate", "kubeconfig", cfg.Kubeconfig, "cert", store.CurrentPath(),
+		"not_after", cur.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	go closeOnRotation(ctx, m, closeAll, log)
+	return node, nil
 }
 
-// csrName is the node's CSR for a key: the same on a restart with the
-// same key, so a request already sent is found again.
-func csrName(node string, key any) (string, error) {
-	s, ok := key.(crypto.Signer)
-	if !ok {
-		return "", fmt.Errorf("the node's client key cannot sign")
+// rotationCheck is how often the certificate in use is compared with the
+// manager's current one.
+const rotationCheck = time.Second
+
+// closeOnRotation closes the connections made with a certificate when the
+// manager has a new one (the API server authenticates a connection's
+// certificate on each request: one that has expired fails), as the
+// kubelet's transport does.
+func closeOnRotation(ctx context.Context, m certificate.Manager, closeAll func(), log *slog.Logger) {
+	last := m.Current()
+	t := time.NewTicker(rotationCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			m.Stop()
+			return
+		case <-t.C:
+		}
+		cur := m.Current()
+		if cur == last {
+			continue
+		}
+		last = cur
+		if cur != nil {
+			log.Info("the node's client certificate was renewed; reconnecting", "not_after", cur.Leaf.NotAfter.UTC().Format(time.RFC3339))
+		} else {
+			log.Warn("the node's client certificate expired; asking for a new one with the bootstrap credentials")
+		}
+		closeAll()
 	}
-	der, err := x509.MarshalPKIXPublicKey(s.Public())
+}
+
+// rotatingConfig is cluster's server and CA with a transport that
+// presents current()'s certificate on each new connection, and a function
+// closing its connections.
+func rotatingConfig(cluster *rest.Config, current func() *tls.Certificate) (*rest.Config, func(), error) {
+	c := rest.AnonymousClientConfig(cluster)
+	tlsCfg, err := rest.TLSConfigFor(c)
 	if err != nil {
-		return "", err
+		return nil, nil, err
 	}
-	h := sha256.Sum256(append([]byte(node+"\x00"), der...))
-	return "volant-node-" + hex.EncodeToString(h[:12]), nil
+	if tlsCfg == nil {
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		if cert := current(); cert != nil {
+			return cert, nil
+		}
+		return &tls.Certificate{}, nil // no certificate: the server says who may not
+	}
+	d := connrotation.NewDialer((&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext)
+	c.Transport = utilnet.SetTransportDefaults(&http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: 10 * time.Second,
+		TLSClientConfig: tlsCfg, MaxIdleConnsPerHost: 25, DialContext: d.DialContext})
+	// The transport has the TLS settings; rest refuses both.
+	c.TLSClientConfig = rest.TLSClientConfig{}
+	return c, d.CloseAll, nil
 }
 
 // writeKubeconfig writes a kubeconfig for the API server of boot with the

@@ -3,13 +3,16 @@ package kubelet
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
+	"io"
 	"math/big"
-	"os"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -19,24 +22,27 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// signer approves and signs the node CSRs of a fake clientset, as
-// kube-controller-manager's csrapproving and csrsigning controllers do,
-// with certificates living life.
-func signer(t *testing.T, ctx context.Context, kc *fake.Clientset, life *atomic.Int64) {
+// signer approves and signs the node CSRs of a fake clientset with ca,
+// as kube-controller-manager's csrapproving and csrsigning controllers
+// do, with certificates living life. It names the CSRs sent with only a
+// generateName, as the API server does.
+func signer(t *testing.T, ctx context.Context, kc *fake.Clientset, ca *x509.Certificate, caKey *ecdsa.PrivateKey, life *atomic.Int64) {
 	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
+	var n atomic.Int64
+	kc.PrependReactor("create", "certificatesigningrequests", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if c := a.(k8stesting.CreateAction).GetObject().(*certificatesv1.CertificateSigningRequest); c.Name == "" {
+			c.Name = fmt.Sprintf("%s%d", c.GenerateName, n.Add(1))
+		}
+		return false, nil, nil
+	})
 	go func() {
 		for ctx.Err() == nil {
 			time.Sleep(20 * time.Millisecond)
@@ -58,7 +64,7 @@ func signer(t *testing.T, ctx context.Context, kc *fake.Clientset, life *atomic.
 					return
 				}
 				tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: req.Subject,
-					NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Duration(life.Load())), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+					NotBefore: time.Now().Add(-time.Second), NotAfter: time.Now().Add(time.Duration(life.Load())), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
 				der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, req.PublicKey, caKey)
 				if err != nil {
 					t.Errorf("signing %s: %v", c.Name, err)
@@ -73,33 +79,62 @@ func signer(t *testing.T, ctx context.Context, kc *fake.Clientset, life *atomic.
 	}()
 }
 
-// TestBootstrap: without a kubeconfig the node sends one CSR (its own
-// name, system:nodes, the kubelet client signer and usages), and once it
-// is signed writes the key, the certificate and a kubeconfig for the
-// bootstrap kubeconfig's API server; a second start reuses them (no new
-// CSR); a certificate about to expire, or one that does not match its
-// key, is replaced by a new CSR with a new key.
-func TestBootstrap(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// TestBootstrapRenews: without a certificate the node sends one CSR with
+// the bootstrap credentials (its own name, system:nodes, the kubelet
+// client signer and usages), writes a kubeconfig naming the current
+// certificate, and renews it with its own credentials before it ends;
+// the returned client presents the new certificate at once (its open
+// connections closed). A restart reuses the current certificate.
+func TestBootstrapRenews(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	kc := fake.NewSimpleClientset()
+	_, _, ca, caKey := testCert(t, &x509.Certificate{Subject: pkix.Name{CommonName: "ca"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}, nil, nil)
 	var life atomic.Int64
-	life.Store(int64(time.Hour))
-	signer(t, ctx, kc, &life)
-	boot := &rest.Config{Host: "https://10.0.0.1:6443", TLSClientConfig: rest.TLSClientConfig{CAData: []byte("CA")}}
-	cfg := BootstrapConfig{Node: "vol-b", Kubeconfig: filepath.Join(dir, "node.kubeconfig")}
-	if err := bootstrap(ctx, cfg, boot, kc, nil); err != nil {
+	life.Store(int64(8 * time.Second)) // renewed 5.3-7.1 s after it is signed
+	bootKC, nodeKC := fake.NewSimpleClientset(), fake.NewSimpleClientset()
+	signer(t, ctx, bootKC, ca, caKey, &life)
+	signer(t, ctx, nodeKC, ca, caKey, &life)
+
+	// The API server: tells which client certificate a request came with.
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TLS.PeerCertificates) == 0 {
+			http.Error(w, "no client certificate", http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(w, r.TLS.PeerCertificates[0].SerialNumber)
+	}))
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	srv.TLS = &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
+	srv.StartTLS()
+	defer srv.Close()
+	srvCA := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+
+	boot := &rest.Config{Host: srv.URL, BearerToken: "abcdef.0123456789abcdef", TLSClientConfig: rest.TLSClientConfig{CAData: srvCA}}
+	clients := func(c *rest.Config) (kubernetes.Interface, error) {
+		if c.BearerToken != "" {
+			return bootKC, nil
+		}
+		if c.Transport == nil || c.Host != srv.URL {
+			t.Errorf("the node's client: host %s, transport %v", c.Host, c.Transport)
+		}
+		return nodeKC, nil
+	}
+	cfg := BootstrapConfig{Node: "vol-b", Kubeconfig: filepath.Join(dir, "node.kubeconfig"), CertDir: filepath.Join(dir, "pki")}
+	rc, err := bootstrap(ctx, cfg, boot, clients)
+	if err != nil {
 		t.Fatal(err)
 	}
-	csrs := func() []certificatesv1.CertificateSigningRequest {
+	csrs := func(kc *fake.Clientset) []certificatesv1.CertificateSigningRequest {
 		l, _ := kc.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
 		return l.Items
 	}
-	if n := len(csrs()); n != 1 {
-		t.Fatalf("%d CSRs", n)
+	if n := len(csrs(bootKC)); n != 1 {
+		t.Fatalf("%d CSRs with the bootstrap credentials", n)
 	}
-	c := csrs()[0]
+	c := csrs(bootKC)[0]
 	blk, _ := pem.Decode(c.Spec.Request)
 	req, err := x509.ParseCertificateRequest(blk.Bytes)
 	if err != nil {
@@ -110,53 +145,72 @@ func TestBootstrap(t *testing.T) {
 		len(c.Spec.Usages) != 2 || c.Spec.Usages[0] != certificatesv1.UsageDigitalSignature || c.Spec.Usages[1] != certificatesv1.UsageClientAuth {
 		t.Fatalf("CSR %s: subject %v, signer %s, usages %v", c.Name, req.Subject, c.Spec.SignerName, c.Spec.Usages)
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	kcfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rc.Host != boot.Host || string(rc.CAData) != "CA" || rc.CertFile != filepath.Join(dir, BootstrapCertFile) || rc.KeyFile != filepath.Join(dir, BootstrapKeyFile) {
-		t.Fatalf("kubeconfig: host %s, CA %q, cert %s, key %s", rc.Host, rc.CAData, rc.CertFile, rc.KeyFile)
+	current := filepath.Join(cfg.CertDir, ClientCertPrefix+"-current.pem")
+	if kcfg.Host != srv.URL || string(kcfg.CAData) != string(srvCA) || kcfg.CertFile != current || kcfg.KeyFile != current {
+		t.Fatalf("kubeconfig: host %s, cert %s, key %s", kcfg.Host, kcfg.CertFile, kcfg.KeyFile)
 	}
-	if ok, why := validKubeconfig(cfg.Kubeconfig); !ok {
-		t.Fatalf("the written kubeconfig is not valid: %s", why)
-	}
-	key1, _ := os.ReadFile(rc.KeyFile)
+	first := clientCert(t, cfg.Kubeconfig)
 
-	// A restart: nothing asked.
-	if err := Bootstrap(ctx, BootstrapConfig{Node: "vol-b", Kubeconfig: cfg.Kubeconfig, BootstrapKubeconfig: filepath.Join(dir, "missing")}); err != nil {
-		t.Fatalf("a valid kubeconfig: %v", err)
-	}
-
-	// Certificates about to end: each replaced by a new CSR, a new key.
-	// (The fake clientset ignores the field selector and has no UIDs, so
-	// the waiting would take any signed CSR: the old ones go first.)
-	life.Store(int64(30 * time.Second))
-	names := map[string]bool{c.Name: true}
-	for i := 2; i <= 3; i++ {
-		for _, c := range csrs() {
-			_ = kc.CertificatesV1().CertificateSigningRequests().Delete(ctx, c.Name, metav1.DeleteOptions{})
-		}
-		if err := bootstrap(ctx, cfg, boot, kc, nil); err != nil {
-			t.Fatal(err)
-		}
-		if l := csrs(); len(l) != 1 || names[l[0].Name] {
-			t.Fatalf("CSRs after bootstrap %d: %d, the first %q (seen: %v)", i, len(l), l[0].Name, names)
-		} else {
-			names[l[0].Name] = true
-		}
-		if ok, why := validKubeconfig(cfg.Kubeconfig); ok || !strings.Contains(why, "expires at") {
-			t.Fatalf("a certificate ending in 30 s: valid %v (%s)", ok, why)
-		}
-	}
-	key2, _ := os.ReadFile(rc.KeyFile)
-	if string(key2) == string(key1) {
-		t.Fatal("a new certificate with the old key")
-	}
-	// A key that is not the certificate's: not valid.
-	if err := os.WriteFile(rc.KeyFile, key1, 0o600); err != nil {
+	// The client presents it.
+	hc, err := rest.HTTPClientFor(rc)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, why := validKubeconfig(cfg.Kubeconfig); ok || !strings.Contains(why, "key") {
-		t.Fatalf("a certificate with another key: valid %v (%s)", ok, why)
+	serial := func() string {
+		r, err := hc.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("the node's client: %s %s", r.Status, b)
+		}
+		return string(b)
+	}
+	if s := serial(); s != first.SerialNumber.String() {
+		t.Fatalf("the node's client presented %s, not %s", s, first.SerialNumber)
+	}
+
+	// Renewed before it ends, with the node's own credentials.
+	var second *x509.Certificate
+	for second == nil {
+		if c := clientCert(t, cfg.Kubeconfig); c.SerialNumber.Cmp(first.SerialNumber) != 0 {
+			second = c
+			break
+		}
+		if time.Now().After(first.NotAfter) {
+			t.Fatalf("the certificate ended (%s) without a renewal", first.NotAfter.Format(time.TimeOnly))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n, m := len(csrs(bootKC)), len(csrs(nodeKC)); n != 1 || m < 1 {
+		t.Fatalf("CSRs: %d with the bootstrap credentials, %d with the node's", n, m)
+	}
+	// The same client, at once (its keep-alive connection closed).
+	deadline := time.Now().Add(3 * rotationCheck)
+	for s := serial(); s == first.SerialNumber.String(); s = serial() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the node's client still presents the first certificate %s after the renewal", s)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// A restart (certificates living an hour now): the current one,
+	// nothing asked.
+	life.Store(int64(time.Hour))
+	cancel()
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel2()
+	before := len(csrs(bootKC)) + len(csrs(nodeKC))
+	if _, err := bootstrap(ctx2, cfg, boot, clients); err != nil {
+		t.Fatal(err)
+	}
+	if after := len(csrs(bootKC)) + len(csrs(nodeKC)); after != before {
+		t.Fatalf("a restart sent %d CSRs", after-before)
 	}
 }

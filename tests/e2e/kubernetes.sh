@@ -175,7 +175,8 @@ vl_in kube-scheduler --kubeconfig "$KUBECONFIG" --bind-address 127.0.0.1 --leade
 k apply -f contrib/kubernetes/rbac.yaml >/dev/null || vl_fail "applying the RBAC"
 # TLS bootstrap, as kubeadm sets it up: the bootstrap token's secret, its
 # group may send node CSRs that the csrapproving controller approves, and
-# the identity node B gets (system:node:vol-b) is given volant-kubelet's
+# nodes may renew their own certificates (selfnodeclient), and the
+# identity node B gets (system:node:vol-b) is given volant-kubelet's
 # ClusterRole.
 k -n kube-system create secret generic "bootstrap-token-$boot_id" --type bootstrap.kubernetes.io/token \
   --from-literal token-id="$boot_id" --from-literal token-secret="$boot_secret" --from-literal usage-bootstrap-authentication=true \
@@ -183,6 +184,8 @@ k -n kube-system create secret generic "bootstrap-token-$boot_id" --type bootstr
 k create clusterrolebinding volant-e2e-bootstrap --clusterrole system:node-bootstrapper --group system:bootstrappers >/dev/null
 k create clusterrolebinding volant-e2e-autoapprove --clusterrole system:certificates.k8s.io:certificatesigningrequests:nodeclient \
   --group system:bootstrappers >/dev/null
+k create clusterrolebinding volant-e2e-autoapprove-renewal --clusterrole system:certificates.k8s.io:certificatesigningrequests:selfnodeclient \
+  --group system:nodes >/dev/null
 k create clusterrolebinding volant-kubelet-vol-b --clusterrole volant-kubelet --user system:node:vol-b >/dev/null
 vl_log "control plane up in $(since $t0)"
 
@@ -253,9 +256,9 @@ csrs=$(k get csr -o json | jq -c --arg u "system:bootstrap:$boot_id" '[.items[] 
 jq -e 'length == 1 and (.[0].spec.signerName == "kubernetes.io/kube-apiserver-client-kubelet") and
   any(.[0].status.conditions[]; .type == "Approved" and .reason == "AutoApproved")' <<<"$csrs" >/dev/null ||
   vl_fail "node B's CSRs: $csrs"
-openssl x509 -in "$t/b/pki/volant-kubelet-client.crt" -noout -subject | grep -q 'O *= *system:nodes, CN *= *system:node:vol-b' ||
-  vl_fail "node B's certificate: $(openssl x509 -in "$t/b/pki/volant-kubelet-client.crt" -noout -subject 2>&1)"
-grep -q "client-certificate: $t/b/pki/volant-kubelet-client.crt" "$t/b/node.kubeconfig" || vl_fail "node B's kubeconfig: $(cat "$t/b/node.kubeconfig")"
+openssl x509 -in "$t/b/pki/volant-kubelet-client-current.pem" -noout -subject | grep -q 'O *= *system:nodes, CN *= *system:node:vol-b' ||
+  vl_fail "node B's certificate: $(openssl x509 -in "$t/b/pki/volant-kubelet-client-current.pem" -noout -subject 2>&1)"
+grep -q "client-certificate: $t/b/pki/volant-kubelet-client-current.pem" "$t/b/node.kubeconfig" || vl_fail "node B's kubeconfig: $(cat "$t/b/node.kubeconfig")"
 declare -A cidr
 for n in vol-a vol-b; do
   node=$(k get node $n -o json)
