@@ -73,8 +73,9 @@ type NodeConfig struct {
 	Routes RouteTable
 	// Kube is the API server's client.
 	Kube kubernetes.Interface
-	// CertFile and KeyFile are the kubelet API's serving certificate;
-	// ClientCAFile the CA that signs the API server's client certificate
+	// CertFile and KeyFile are the kubelet API's serving certificate
+	// (read again when they change: renewed on disk, it is served without
+	// a restart); ClientCAFile the CA that signs the API server's client certificate
 	// (authenticated, then authorized with SubjectAccessReviews).
 	CertFile, KeyFile, ClientCAFile string
 	// Volant is the local volantd; Insecure lets its image builds reach
@@ -96,6 +97,10 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 	}
 	if cfg.CertFile == "" || cfg.KeyFile == "" || cfg.ClientCAFile == "" {
 		return apierr.New(apierr.Usage, "the kubelet API (logs, exec) needs --tls-cert-file, --tls-private-key-file and --client-ca-file")
+	}
+	serving, err := servingCert(ctx, cfg.CertFile, cfg.KeyFile)
+	if err != nil {
+		return err
 	}
 	var prov *Provider
 	var spec *corev1.Node
@@ -125,7 +130,7 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 			spec = &nc.NodeSpec
 			return nil
 		},
-		nodeutil.WithTLSConfig(nodeutil.WithKeyPairFromPath(cfg.CertFile, cfg.KeyFile), nodeutil.WithCAFromPath(cfg.ClientCAFile)),
+		nodeutil.WithTLSConfig(serving, nodeutil.WithCAFromPath(cfg.ClientCAFile)),
 		nodeutil.AttachProviderRoutes(mux),
 		func(nc *nodeutil.NodeConfig) error {
 			ca, err := dynamiccertificates.NewDynamicCAContentFromFile("client-ca", cfg.ClientCAFile)
