@@ -80,12 +80,22 @@ const ClientCertPrefix = "volant-kubelet-client"
 // A kubeconfig with other credentials (a token) is returned as it is:
 // nothing is asked for or renewed.
 func Bootstrap(ctx context.Context, cfg BootstrapConfig) (*rest.Config, error) {
-	if rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig); err == nil && !usesClientCert(rc) {
+	rc, kerr := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if kerr == nil && !usesClientCert(rc) {
 		return rc, nil
 	}
 	boot, err := clientcmd.BuildConfigFromFlags("", cfg.BootstrapKubeconfig)
 	if err != nil {
-		return nil, apierr.Wrap(apierr.InvalidInput, err, "reading --bootstrap-kubeconfig")
+		if kerr != nil {
+			return nil, apierr.Wrap(apierr.InvalidInput, err, "reading --bootstrap-kubeconfig")
+		}
+		// Gone once the node has its certificate (kubeadm removes it):
+		// then an expired certificate cannot be asked for again.
+		if cfg.Logger != nil {
+			cfg.Logger.Warn("no bootstrap kubeconfig: the node's certificate is renewed with itself, and cannot be asked for again once it ended",
+				"bootstrap_kubeconfig", cfg.BootstrapKubeconfig, "err", err)
+		}
+		boot = rest.AnonymousClientConfig(rc)
 	}
 	return bootstrap(ctx, cfg, boot, func(c *rest.Config) (kubernetes.Interface, error) { return kubernetes.NewForConfig(c) })
 }
@@ -177,13 +187,27 @@ func bootstrap(ctx context.Context, cfg BootstrapConfig, boot *rest.Config, newC
 		case <-time.After(bootstrapWait):
 		}
 	}
-	if err := writeKubeconfig(cfg.Kubeconfig, cluster, store.CurrentPath(), store.CurrentPath()); err != nil {
+	// The kubeconfig names the current pair once there is one (a pair
+	// read from an earlier volant-kubelet's files stays named until it
+	// is renewed).
+	kubeconfig := func() error {
+		if _, err := os.Lstat(store.CurrentPath()); err != nil {
+			return nil
+		}
+		return writeKubeconfig(cfg.Kubeconfig, cluster, store.CurrentPath(), store.CurrentPath())
+	}
+	if err := kubeconfig(); err != nil {
 		return nil, err
 	}
 	cur := m.Current()
 	log.Info("the node's client certificate", "kubeconfig", cfg.Kubeconfig, "cert", store.CurrentPath(),
 		"not_after", cur.Leaf.NotAfter.UTC().Format(time.RFC3339))
-	go closeOnRotation(ctx, m, closeAll, log)
+	go closeOnRotation(ctx, m, func() {
+		closeAll()
+		if err := kubeconfig(); err != nil {
+			log.Error("writing the node's kubeconfig", "kubeconfig", cfg.Kubeconfig, "err", err)
+		}
+	}, log)
 	return node, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -28,6 +29,7 @@ import (
 	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // signer approves and signs the node CSRs of a fake clientset with ca,
@@ -212,5 +214,42 @@ func TestBootstrapRenews(t *testing.T) {
 	}
 	if after := len(csrs(bootKC)) + len(csrs(nodeKC)); after != before {
 		t.Fatalf("a restart sent %d CSRs", after-before)
+	}
+}
+
+// TestBootstrapEarlierFiles: a node bootstrapped by an earlier
+// volant-kubelet (volant-kubelet-client.crt and .key, the kubeconfig
+// naming them), whose bootstrap kubeconfig is gone (kubeadm removes it),
+// starts with that certificate: nothing asked, the kubeconfig as it was.
+// Without either, the error says which file is missing.
+func TestBootstrapEarlierFiles(t *testing.T) {
+	dir := t.TempDir()
+	caPEM, _, ca, caKey := testCert(t, &x509.Certificate{Subject: pkix.Name{CommonName: "ca"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}, nil, nil)
+	certPEM, keyPEM, cert, _ := testCert(t, &x509.Certificate{Subject: pkix.Name{CommonName: "system:node:vol-b", Organization: []string{"system:nodes"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, caKey)
+	crt, key := filepath.Join(dir, ClientCertPrefix+".crt"), filepath.Join(dir, ClientCertPrefix+".key")
+	writeFiles(t, map[string][]byte{crt: certPEM, key: keyPEM})
+	kc := filepath.Join(dir, "node.kubeconfig")
+	writeKubeconfigFile(t, kc, "https://192.0.2.1:6443", caPEM, &clientcmdapi.AuthInfo{ClientCertificate: crt, ClientKey: key})
+	before, _ := os.ReadFile(kc)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rc, err := Bootstrap(ctx, BootstrapConfig{Node: "vol-b", Kubeconfig: kc, BootstrapKubeconfig: filepath.Join(dir, "gone")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Host != "https://192.0.2.1:6443" || rc.Transport == nil {
+		t.Fatalf("the node's client: host %s, transport %v", rc.Host, rc.Transport)
+	}
+	if after, _ := os.ReadFile(kc); string(after) != string(before) {
+		t.Fatalf("the kubeconfig was rewritten:\n%s", after)
+	}
+	if c := clientCert(t, kc); c.SerialNumber.Cmp(cert.SerialNumber) != 0 {
+		t.Fatal("not the earlier certificate")
+	}
+	_, err = Bootstrap(ctx, BootstrapConfig{Node: "vol-b", Kubeconfig: filepath.Join(dir, "none"), BootstrapKubeconfig: filepath.Join(dir, "gone")})
+	if err == nil || !strings.Contains(err.Error(), "--bootstrap-kubeconfig") {
+		t.Fatalf("neither kubeconfig: %v", err)
 	}
 }
