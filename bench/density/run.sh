@@ -19,7 +19,9 @@
 # create to its hypervisor's start (queued for a slot, lease, tap, spec,
 # supervisor), to the hypervisor answering, and to volantd recording it
 # healthy (vm.started and vm.healthy events; healthy frees the slot). SIDES (default "volantd script") picks
-# the sides and their order. Writes bench/results/density.json.
+# the sides and their order; the side "before" is the volantd side with the
+# volantd, volant-launch and kestrel of another build, in directory BEFORE
+# (a change and what it changed, in one run). Writes bench/results/density.json.
 #
 #   VMS=36 WINDOW=120s bash bench/density/run.sh   (root, qemu, make build, make kernel)
 set -euo pipefail
@@ -27,7 +29,7 @@ cd "$(dirname "$0")/../.."
 out=bench/results/density.json
 mkdir -p bench/results
 VOLANT_BENCH_VMS=${VMS:-36} VOLANT_BENCH_WINDOW=${WINDOW:-120s} VOLANT_BENCH_IDLE=${IDLE:-20s} \
-  VOLANT_BENCH_SIDES=${SIDES:-volantd script} VOLANT_BENCH_OUT=$PWD/$out \
+  VOLANT_BENCH_SIDES=${SIDES:-volantd script} VOLANT_BENCH_BEFORE=${BEFORE:-} VOLANT_BENCH_OUT=$PWD/$out \
   VOLANT_BIN=${VOLANT_BIN:-$PWD/bin} VOLANT_KESTREL=${VOLANT_KESTREL:-$PWD/bin/kestrel} \
   go test -tags "${TAGS:-containers_image_openpgp libsqlite3}" -run '^$' -bench '^BenchmarkVMDensity$' -benchtime 1x -timeout 60m ./cmd/volantd/ |
   grep -v '^goos\|^goarch\|^pkg\|^cpu'

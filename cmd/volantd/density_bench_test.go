@@ -77,11 +77,20 @@ func BenchmarkVMDensity(b *testing.B) {
 		var r map[string]any
 		switch side {
 		case "volantd":
-			r = densityVolantd(b, ns, k, kestrel, o)
+			r = densityVolantd(b, ns, k, realBins(b), kestrel, o)
+		case "before":
+			// The volantd side with another build's volantd, volant-launch
+			// and kestrel (VOLANT_BENCH_BEFORE, a directory holding them):
+			// a change and what it changed, measured in one run.
+			dir := os.Getenv("VOLANT_BENCH_BEFORE")
+			if dir == "" {
+				b.Fatal("side before: set VOLANT_BENCH_BEFORE to a directory with volantd, volant-launch and kestrel")
+			}
+			r = densityVolantd(b, ns, k, dir, filepath.Join(dir, "kestrel"), o)
 		case "script":
 			r = densityScript(b, ns, k, vmlinux, qemuBin, o)
 		default:
-			b.Fatalf("unknown side %q (volantd, script)", side)
+			b.Fatalf("unknown side %q (volantd, script, before)", side)
 		}
 		res[side] = r
 		fmt.Fprintf(os.Stderr, "%s: %v of %d healthy within 60 s, %v within %s; idle %v cores per guest\n",
@@ -167,7 +176,7 @@ func nsPids(ns *netnstest.NS, name string) []int {
 	return out
 }
 
-func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, kestrel string, o densityOpts) map[string]any {
+func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kestrel string, o densityOpts) map[string]any {
 	dir := b.TempDir()
 	// Diagnosis knobs: volantd's poll interval of running guests and the
 	// plugin's health check interval (both 5 s by default).
@@ -179,7 +188,7 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, kestrel st
 	if v, err := strconv.Atoi(os.Getenv("VOLANT_BENCH_PROBE_MS")); err == nil && v > 0 {
 		probeMS = v
 	}
-	d := startDaemonFrom(b, realBins(b), dir, []string{"ip", "netns", "exec", ns.Name}, nil, nil, args...)
+	d := startDaemonFrom(b, bins, dir, []string{"ip", "netns", "exec", ns.Name}, nil, nil, args...)
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, webPluginProbed(b, filepath.Join(dir, "data", "plugins", "web"), k.ModulesDir, kestrel, probeMS), client.InstallOptions{}); err != nil {
 		b.Fatal(err)
@@ -249,6 +258,19 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, kestrel st
 	if vms, err := d.c.ListVMs(ctx, api.VMFilter{}); err == nil {
 		all = vms
 	}
+	// The replicas not healthy at the window's end, by state (and error):
+	// a run that counts few should say why.
+	notHealthy := map[string]int{}
+	for _, v := range all {
+		if _, ok := runningAt[v.Name]; !ok {
+			k := string(v.State)
+			if v.Error != "" {
+				k += ": " + v.Error
+			}
+			notHealthy[k]++
+		}
+	}
+	r["not_healthy_at_window_end"] = notHealthy
 	evMu.Lock()
 	for k, v := range densityBreakdown(t0, all, seen) {
 		r[k] = v
@@ -260,6 +282,11 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, kestrel st
 	r["idle_guests"] = len(pids)
 	r["volantd_cpu_idle"] = cpuUse(b, vd, o.idle)
 	r["health_checks"] = fmt.Sprintf("kestrel probes the workload every %d ms; volantd polls kestrel every %s", probeMS, or(os.Getenv("VOLANT_BENCH_HEALTH_INTERVAL"), "5s"))
+	if p := os.Getenv("VOLANT_BENCH_KEEP_LOG"); p != "" {
+		if data, err := os.ReadFile(d.log); err == nil {
+			os.WriteFile(p, data, 0o644)
+		}
+	}
 	// Scale to zero before the namespace goes.
 	if _, err := d.c.DeleteDeployment(ctx, "dense"); err != nil {
 		b.Logf("deleting the deployment: %v", err)

@@ -71,13 +71,76 @@ func NewCgroup(parent, name string, l Limits) (*Cgroup, error) {
 	}
 	path := cgroupPath(parent, name)
 	root, mode := hostCgroups()
+	var cg *Cgroup
+	var err error
 	switch mode {
 	case modeUnified:
-		return newV2(root, path, l)
+		cg, err = newV2(root, path, l)
 	case modeHybrid, modeLegacy:
-		return newV1(root, path, l)
+		cg, err = newV1(root, path, l)
+	default:
+		return nil, failed(errors.New("no cgroup file system at /sys/fs/cgroup, and none this process belongs to"), "cgroups")
 	}
-	return nil, failed(errors.New("no cgroup file system at /sys/fs/cgroup, and none this process belongs to"), "cgroups")
+	if err != nil {
+		return nil, err
+	}
+	if err := cg.weighParent(); err != nil {
+		cg.Delete()
+		return nil, failed(err, "weighing cgroup "+filepath.Dir(path))
+	}
+	return cg, nil
+}
+
+// weighParent gives the cgroup's parent the CPU weight of the cgroups it
+// holds, the sum of theirs (the default weight when it holds none): the
+// VMMs together weigh against the host's other processes as much as they
+// would one by one outside cgroups (a vCPU as much as one default
+// process), not as much as one process, which starved their boots on a
+// loaded host. Concurrent callers (a supervisor per VM) take turns on a
+// lock of the parent's directory, so the last to write saw every child.
+func (c *Cgroup) weighParent() error {
+	if filepath.Dir(c.Path) == "/" {
+		return nil // the hierarchy's root has no weight
+	}
+	dir, file := filepath.Dir(c.dir("cpu")), "cpu.weight"
+	def, lo, hi := uint64(100), uint64(1), uint64(10000)
+	if c.v2 == "" {
+		file, def, lo, hi = "cpu.shares", 1024, 2, 262144
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		return fmt.Errorf("locking %s: %w", dir, err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	sum, n := uint64(0), 0
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), file))
+		if err != nil {
+			continue // going away
+		}
+		if w, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
+			sum += w
+			n++
+		}
+	}
+	if n == 0 {
+		sum = def
+	}
+	sum = min(max(sum, lo), hi)
+	if err := writeFile(filepath.Join(dir, file), strconv.FormatUint(sum, 10)); err != nil {
+		return fmt.Errorf("setting the CPU weight of %s: %w", dir, err)
+	}
+	return nil
 }
 
 // newV2 makes the cgroup on a unified hierarchy: the controllers enabled
@@ -310,8 +373,16 @@ func (c *Cgroup) OOMKills() uint64 {
 	return 0
 }
 
-// Delete removes the cgroup (it must be empty: the VMM has exited).
+// Delete removes the cgroup (it must be empty: the VMM has exited), and
+// the parent's weight goes down by the cgroup's.
 func (c *Cgroup) Delete() error {
+	if err := c.remove(); err != nil {
+		return err
+	}
+	return c.weighParent()
+}
+
+func (c *Cgroup) remove() error {
 	var busy []string
 	for _, d := range c.dirs() {
 		procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))

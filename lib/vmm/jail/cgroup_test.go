@@ -77,10 +77,10 @@ func TestCgroupUnderFreshSysfs(t *testing.T) {
 		t.Skip("inside already")
 	}
 	cmd := exec.Command("unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
-		`mount -t sysfs sysfs /sys && exec "$0" "$@"`, os.Args[0], "-test.run", "^TestCgroupLimits$", "-test.v")
+		`mount -t sysfs sysfs /sys && exec "$0" "$@"`, os.Args[0], "-test.run", "^TestCgroup(Limits|ParentWeighsItsChildren)$", "-test.v")
 	cmd.Env = append(os.Environ(), freshSysfs+"=1")
 	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestCgroupLimits") {
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestCgroupLimits") || !strings.Contains(string(out), "--- PASS: TestCgroupParentWeighsItsChildren") {
 		t.Fatalf("under a fresh sysfs: %v\n%s", err, out)
 	}
 	t.Logf("%s", out)
@@ -134,9 +134,80 @@ func TestCgroupV2Files(t *testing.T) {
 	if n := cg.OOMKills(); n != 2 {
 		t.Errorf("OOMKills = %d, want 2 (memory.events oom_kill)", n)
 	}
+	// The parent weighs its children's cpu.weight together (v2's file;
+	// a real v1 or v2 host: TestCgroupParentWeighsItsChildren).
+	os.WriteFile(filepath.Join(root, "volant/cpu.weight"), []byte("100"), 0o644)
+	os.MkdirAll(filepath.Join(root, "volant/web2.8"), 0o755)
+	os.WriteFile(filepath.Join(root, "volant/web2.8/cpu.weight"), []byte("300\n"), 0o644)
+	if err := cg.weighParent(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "volant/cpu.weight")); string(got) != "500" {
+		t.Errorf("volant/cpu.weight = %q, want 500 (200 + 300)", got)
+	}
 	// A hierarchy without a controller the limits need is no jail.
 	os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpu memory"), 0o644)
 	if _, err := newV2(root, "/volant/web1.8", Limits{MemoryBytes: 1 << 30}); err == nil || !strings.Contains(err.Error(), "no pids controller") {
 		t.Errorf("without pids: %v, want an error naming the pids controller", err)
 	}
+}
+
+// The parent of the VMMs' cgroups weighs what it holds: the sum of its
+// children's CPU weights, down again as they go, the default when empty.
+// Without it the VMMs together got one process's share of a busy host.
+func TestCgroupParentWeighsItsChildren(t *testing.T) {
+	netnstest.Require(t)
+	layout := Layout()
+	if layout == "unavailable" {
+		netnstest.SkipOrFail(t, "no cgroup file system at /sys/fs/cgroup")
+	}
+	parent := fmt.Sprintf("volant-weigh-%d", os.Getpid())
+	root, _ := hostCgroups()
+	t.Cleanup(func() { // after the children's (cleanups run last first)
+		for _, d := range []string{root, filepath.Join(root, "cpu"), filepath.Join(root, "memory"), filepath.Join(root, "pids")} {
+			os.Remove(filepath.Join(d, parent))
+		}
+	})
+	a, err := NewCgroup(parent, "a", Limits{MemoryBytes: 64 << 20, Pids: 10, CPUWeight: 200, CPUQuotaPercent: 100})
+	if err != nil {
+		t.Fatalf("%s host: %v", layout, err)
+	}
+	t.Cleanup(func() { a.Delete() })
+	// v1's cpu.shares are the weight*1024/100 NewCgroup writes.
+	dir, file, scale, def := filepath.Join(root, parent), "cpu.weight", func(w int) string { return fmt.Sprint(w) }, "100"
+	if a.v2 == "" {
+		dir, file, scale, def = filepath.Join(root, "cpu", parent), "cpu.shares", func(w int) string { return fmt.Sprint(w * 1024 / 100) }, "1024"
+	}
+	weight := func() string {
+		b, err := os.ReadFile(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if got, want := weight(), scale(200); got != want {
+		t.Fatalf("%s host: one child of weight 200: the parent's %s = %s, want %s", layout, file, got, want)
+	}
+	b, err := NewCgroup(parent, "b", Limits{MemoryBytes: 64 << 20, Pids: 10, CPUWeight: 300, CPUQuotaPercent: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Delete() })
+	if got, want := weight(), scale(500); got != want {
+		t.Fatalf("%s host: children of weight 200 and 300: the parent's %s = %s, want %s", layout, file, got, want)
+	}
+	if err := a.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := weight(), scale(300); got != want {
+		t.Fatalf("%s host: after a child of 200 went: the parent's %s = %s, want %s", layout, file, got, want)
+	}
+	// DeleteCgroup (a dead run's cgroup, from its record) weighs too.
+	if err := DeleteCgroup(b.Path); err != nil {
+		t.Fatal(err)
+	}
+	if got := weight(); got != def {
+		t.Fatalf("%s host: empty parent's %s = %s, want the default %s", layout, file, got, def)
+	}
+	t.Logf("%s host: the parent's %s followed its children", layout, file)
 }
