@@ -914,10 +914,11 @@ func buildCmdline(s Spec, m *manifest.Manifest, name string, nw *network, accel 
 	// (bench/boot measures what they cost).
 	base = append(base, "tsc=reliable", "no_timer_check", "8250.nr_uarts=1",
 		"random.trust_cpu=on", "cryptomgr.notests")
-	a, err := m.BootArgs()
+	enc, err := encodeManifest(m, cacheDir)
 	if err != nil {
 		return "", false, err
 	}
+	a := m.BootArgsEncoded(enc)
 	a.VM = name
 	if nw != nil {
 		a.IP, a.Gateway, a.DNS = nw.IP, nw.Gateway, nw.DNS

@@ -21,6 +21,13 @@ func (m *Manifest) BootArgs() (bootargs.Args, error) {
 	if err != nil {
 		return bootargs.Args{}, err
 	}
+	return m.BootArgsEncoded(enc), nil
+}
+
+// BootArgsEncoded is BootArgs with enc, the manifest's Encode, at hand: for
+// a caller that remembers encodings (Encode's compressor allocates most of
+// a megabyte, a cost in every VM start).
+func (m *Manifest) BootArgsEncoded(enc string) bootargs.Args {
 	a := bootargs.Args{Manifest: enc, Plugin: m.Name, Runtime: m.Runtime}
 	if p := m.AgentPort(); p != DefaultAgentPort {
 		// Kestrel binds its API before it may have fetched the manifest.
@@ -30,7 +37,7 @@ func (m *Manifest) BootArgs() (bootargs.Args, error) {
 		a.Boot = bootargs.BootRootfs
 		a.RootfsFSType = m.Rootfs.FSType
 	}
-	return a, nil
+	return a
 }
 
 // Cmdline returns the kernel command-line fragment for the manifest, or
