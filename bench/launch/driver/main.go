@@ -20,6 +20,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -146,23 +147,60 @@ func run(bin, before, work, tap, pid1, kind, kdir string, n int, out string) err
 		ways["before"] = launchWith(before)
 		order = append([]string{"before"}, order...)
 	}
-	// The floor under the launch way: starting this Go binary at all.
 	var floor, floorBefore, trueMS []float64
+	// The floor under the launch way: starting this Go binary at all; and
+	// the CPU time (user + system, which a loaded machine does not inflate
+	// the way it does wall time) of `version` and of a `run` whose QEMU
+	// exits at once: what a start costs up to the hypervisor's exec, plus
+	// a failed start's short tail.
+	failDir := filepath.Join(work, "failqemu")
+	os.MkdirAll(failDir, 0o755)
+	if err := os.WriteFile(filepath.Join(failDir, "qemu-system-x86_64"), []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		return err
+	}
+	failEnv := append(os.Environ(), "PATH="+failDir+":"+os.Getenv("PATH"),
+		"VOLANT_CACHE_DIR="+filepath.Join(work, "cache"), "VOLANT_STATE_DIR="+filepath.Join(work, "state"))
+	bins := map[string]string{"after": bin}
+	if before != "" {
+		bins["before"] = before
+	}
+	cpu := map[string]map[string][]float64{}
+	for _, b := range []string{"after", "before"} {
+		cpu[b] = map[string][]float64{}
+	}
 	for range 20 {
-		for _, c := range []struct {
-			argv []string
-			dst  *[]float64
-		}{{[]string{bin, "version"}, &floor}, {[]string{before, "version"}, &floorBefore}, {[]string{"/bin/true"}, &trueMS}} {
-			if c.argv[0] == "" {
+		for _, b := range []string{"after", "before"} {
+			path := bins[b]
+			if path == "" {
 				continue
 			}
-			t0 := time.Now()
-			if err := exec.Command(c.argv[0], c.argv[1:]...).Run(); err != nil {
+			t, err := timed(exec.Command(path, "version"))
+			if err != nil {
 				return err
 			}
-			*c.dst = append(*c.dst, float64(time.Since(t0).Microseconds())/1000)
+			cpu[b]["version_wall"] = append(cpu[b]["version_wall"], t.wall)
+			cpu[b]["version_cpu"] = append(cpu[b]["version_cpu"], t.cpu)
+			c := exec.Command(path, append([]string{"run"}, args...)...)
+			c.Env, c.Stdin = failEnv, strings.NewReader(spec)
+			t, err = timed(c)
+			if err == nil {
+				return fmt.Errorf("%s run with a QEMU that exits at once succeeded", path)
+			}
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) {
+				return err
+			}
+			os.RemoveAll(runDir)
+			cpu[b]["failed_start_wall"] = append(cpu[b]["failed_start_wall"], t.wall)
+			cpu[b]["failed_start_cpu"] = append(cpu[b]["failed_start_cpu"], t.cpu)
 		}
+		t, err := timed(exec.Command("/bin/true"))
+		if err != nil {
+			return err
+		}
+		trueMS = append(trueMS, t.wall)
 	}
+	floor, floorBefore = cpu["after"]["version_wall"], cpu["before"]["version_wall"]
 	res := map[string][]sample{}
 	for i := -1; i < n; i++ { // i == -1 warms the caches, unrecorded
 		for _, way := range order {
@@ -177,7 +215,7 @@ func run(bin, before, work, tap, pid1, kind, kdir string, n int, out string) err
 		}
 		slices.Reverse(order) // alternate who goes first
 	}
-	return report(res, kind, n, out, median(floor), median(floorBefore), median(trueMS), before)
+	return report(res, cpu, kind, n, out, median(floor), median(floorBefore), median(trueMS), before)
 }
 
 // boot starts one VM, records when QEMU was exec'd and when the workload
@@ -314,7 +352,7 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func report(res map[string][]sample, kind string, n int, out string, floor, floorBefore, trueMS float64, before string) error {
+func report(res map[string][]sample, cpu map[string]map[string][]float64, kind string, n int, out string, floor, floorBefore, trueMS float64, before string) error {
 	col := func(way string, f func(sample) float64) []float64 {
 		var v []float64
 		for _, s := range res[way] {
@@ -389,6 +427,19 @@ func report(res map[string][]sample, kind string, n int, out string, floor, floo
 			"healthy":              col("before", he),
 		}
 	}
+	cpuOut := map[string]any{"note": "CPU time (user + system, from wait4's rusage) and wall time of `version` and of a `run` whose QEMU exits at once (the start up to the hypervisor's exec plus a failed start's tail), 20 each, medians; CPU time is what a loaded machine inflates least"}
+	for b, m := range cpu {
+		if len(m) == 0 {
+			continue
+		}
+		o := map[string]any{}
+		for k, v := range m {
+			o[k+"_median"] = round(median(v))
+			o[k] = v
+		}
+		cpuOut[b] = o
+	}
+	r["cpu_ms"] = cpuOut
 	b, _ := json.MarshalIndent(r, "", "  ")
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
@@ -407,8 +458,30 @@ func report(res map[string][]sample, kind string, n int, out string, floor, floo
 		fmt.Printf("  before (%s): to QEMU exec %7.2f ms (overhead %6.2f ms), to healthy %7.1f ms (ratio %.3f); version %.2f ms\n",
 			before, be, be-de, bh, bh/dh, floorBefore)
 	}
+	for _, b := range []string{"after", "before"} {
+		m := cpu[b]
+		if len(m) == 0 {
+			continue
+		}
+		fmt.Printf("  CPU (%-6s):  version %.2f ms CPU (%.2f wall); a run whose QEMU exits at once %.2f ms CPU (%.2f wall)\n", b,
+			median(m["version_cpu"]), median(m["version_wall"]), median(m["failed_start_cpu"]), median(m["failed_start_wall"]))
+	}
 	fmt.Printf("  written to %s\n", out)
 	return nil
+}
+
+type timing struct{ wall, cpu float64 }
+
+// timed runs c and returns its wall time and CPU time (user + system of it
+// and the children it waited for), in ms.
+func timed(c *exec.Cmd) (timing, error) {
+	t0 := time.Now()
+	err := c.Run()
+	t := timing{wall: float64(time.Since(t0).Microseconds()) / 1000}
+	if c.ProcessState != nil {
+		t.cpu = float64((c.ProcessState.UserTime() + c.ProcessState.SystemTime()).Microseconds()) / 1000
+	}
+	return t, err
 }
 
 func loadavg() string {
