@@ -105,7 +105,7 @@
 //	                  than 128 bits; nothing to listen on
 //	INVALID_INPUT  3  bad subnet or address
 //	CONFLICT       5  another volantd serves the socket
-//	UNAVAILABLE    9  cannot listen, no volant-launch, database locked; `mcp`: no daemon
+//	UNAVAILABLE    9  cannot listen, no volant-launch, a --fledge that is not there, database locked; `mcp`: no daemon
 //	PERMISSION_DENIED 10  not allowed to make the bridge or open the database
 //	DATA_CORRUPT   13  the database is damaged, empty or not a database (details.recovery says what to do)
 package main

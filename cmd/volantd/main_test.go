@@ -220,6 +220,7 @@ func TestContract(t *testing.T) {
 		{"missing token file", safe(t, "--listen", "127.0.0.1:0", "--socket", "", "--token-file", "/nonexistent/token"), 2, `"code":"USAGE"`},
 		{"token and token file", safe(t, "--listen", "127.0.0.1:0", "--socket", "", "--token", testToken, "--token-file", writeTemp(t, testToken)), 2, `"code":"USAGE"`},
 		{"relative artifact dir", safe(t, "--artifact-dir", "plugins", "--socket", "/nonexistent/x.sock"), 2, `"code":"USAGE"`},
+		{"a fledge that is not there", safe(t, "--fledge", "/nonexistent/fledge", "--socket", "/nonexistent/x.sock"), 9, `fledge binary \"/nonexistent/fledge\"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := clitest.Run(t, run, "", nil, tc.args...)
