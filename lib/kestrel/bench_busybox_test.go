@@ -20,7 +20,9 @@ import (
 // network modules, sets the address and execs httpd. Both serve busybox
 // httpd on :80, and both are timed from QEMU's launch to the first HTTP 200
 // of /index.html on the guest IP (kestrel's proxy is not in the path), in
-// alternating boots so both see the same machine load. bench/boot/run.sh
+// alternating boots so both see the same machine load ($VOLANT_BENCH_BEFORE,
+// an earlier kestrel build, joins the alternation as a third variant for a
+// before/after pair). bench/boot/run.sh
 // runs it; it prints medians and the ratio kestrel/busybox (target <= 1.15)
 // and writes $VOLANT_BENCH_OUT. It asserts nothing about time.
 func BenchmarkVMBootVsBusybox(b *testing.B) {
@@ -28,10 +30,21 @@ func BenchmarkVMBootVsBusybox(b *testing.B) {
 	k, vmlinux := guesttest.Kernel(b)
 	net := vmtest.NewNet(b)
 
-	kestrelImg := vmtest.BootImage(b, k)
-	kestrelImg.AddBusybox("sh", "httpd")
-	kestrelImg.File("/srv/index.html", 0o644, "ok\n")
-	kestrelInitrd := kestrelImg.Write()
+	kestrelInitrd := func(kestrel string) string {
+		im := vmtest.BootImageWith(b, k, kestrel)
+		im.AddBusybox("sh", "httpd")
+		im.File("/srv/index.html", 0o644, "ok\n")
+		return im.Write()
+	}
+	initrds := map[string]string{"kestrel": kestrelInitrd(guesttest.Kestrel(b))}
+	variants := []string{"kestrel", "busybox"}
+	// $VOLANT_BENCH_BEFORE names an earlier kestrel build, booted as a
+	// third variant in the same alternation ("before"): a before/after
+	// pair under one machine load.
+	if before := os.Getenv("VOLANT_BENCH_BEFORE"); before != "" {
+		initrds["before"] = kestrelInitrd(before)
+		variants = append(variants, "before")
+	}
 	manifest := encode(b, webManifest(false))
 
 	ix, err := kmod.LoadIndex(k.ModulesDir)
@@ -67,16 +80,16 @@ exec httpd -f -p 80 -h /srv
 	results := map[string][]float64{}
 	var lateBefore, buttonBefore []bool
 	for i := 0; i < n; i++ {
-		for vi, variant := range []string{"kestrel", "busybox"} {
-			host := 100 + 2*i + vi
+		for vi, variant := range variants {
+			host := 100 + len(variants)*i + vi
 			ip := netip.MustParseAddr("192.168.127." + strconv.Itoa(host))
 			mac := fmt.Sprintf("02:00:00:00:01:%02x", host)
 			cfg := vmtest.Config{Name: "boot-" + variant, IP: ip, MAC: mac,
 				Cmdline: "volant.vm=bench volant.ip=" + ip.String() + "/24 volant.gw=192.168.127.1"}
-			if variant == "kestrel" {
-				cfg.Initrd, cfg.Cmdline = kestrelInitrd, cfg.Cmdline+" volant.manifest="+manifest
-			} else {
+			if variant == "busybox" {
 				cfg.Initrd = busyboxInitrd
+			} else {
+				cfg.Initrd, cfg.Cmdline = initrds[variant], cfg.Cmdline+" volant.manifest="+manifest
 			}
 			vm := vmtest.Boot(b, net, vmlinux, cfg)
 			waitHTTP200(b, vm, net, "http://"+ip.String()+":80/index.html")
@@ -118,12 +131,7 @@ exec httpd -f -p 80 -h /srv
 	// Each pair's ratio (a kestrel boot and the busybox boot right after
 	// it) sees nearly the same machine: its median drifts less with the
 	// host's load than the ratio of the two medians does.
-	var pairs []float64
-	for i := range results["kestrel_cpu"] {
-		if i < len(results["busybox_cpu"]) && results["busybox_cpu"][i] > 0 {
-			pairs = append(pairs, math.Round(results["kestrel_cpu"][i]/results["busybox_cpu"][i]*1000)/1000)
-		}
-	}
+	pairs := pairRatios(results["kestrel_cpu"], results["busybox_cpu"])
 	out := map[string]any{
 		"runs":                               n,
 		"kestrel_launch_to_http_ms":          results["kestrel"],
@@ -150,9 +158,34 @@ exec httpd -f -p 80 -h /srv
 		"host_loadavg_before":                strings.TrimSpace(string(loadBefore)),
 		"host_loadavg_after":                 strings.TrimSpace(string(loadAfter)),
 	}
+	if _, ok := initrds["before"]; ok {
+		out["before_kestrel"] = os.Getenv("VOLANT_BENCH_BEFORE")
+		out["before_launch_to_http_ms"] = results["before"]
+		out["before_qemu_cpu_ms"] = results["before_cpu"]
+		out["before_qemu_cpu_ms_median"] = med(results["before_cpu"])
+		out["before_jit_code_mb"] = results["before_jit_mb"]
+		out["ratio_qemu_cpu_before_to_busybox"] = med(results["before_cpu"]) / med(results["busybox_cpu"])
+		before := pairRatios(results["before_cpu"], results["busybox_cpu"])
+		out["ratio_qemu_cpu_before_pairs"] = before
+		out["ratio_qemu_cpu_before_pairs_median"] = med(before)
+		after := pairRatios(results["kestrel_cpu"], results["before_cpu"])
+		out["ratio_qemu_cpu_kestrel_to_before_pairs"] = after
+		out["ratio_qemu_cpu_kestrel_to_before_pairs_median"] = med(after)
+	}
 	b.ReportMetric(out["ratio_kestrel_to_busybox"].(float64), "kestrel/busybox")
 	b.ReportMetric(out["ratio_qemu_cpu_kestrel_to_busybox"].(float64), "cpu-kestrel/busybox")
 	writeBenchOut(b, out)
+}
+
+// pairRatios divides a[i] by b[i], to three decimals.
+func pairRatios(a, b []float64) []float64 {
+	var out []float64
+	for i := range a {
+		if i < len(b) && b[i] > 0 {
+			out = append(out, math.Round(a[i]/b[i]*1000)/1000)
+		}
+	}
+	return out
 }
 
 // consoleMarks reads the guest uptime (ms) at which kestrel logged each

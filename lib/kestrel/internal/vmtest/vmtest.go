@@ -133,8 +133,15 @@ type Image struct {
 // and the guest kernel's default modules.
 func BootImage(t testing.TB, k *kernel.Kernel) *Image {
 	t.Helper()
+	return BootImageWith(t, k, guesttest.Kestrel(t))
+}
+
+// BootImageWith is BootImage with another kestrel binary (a benchmark's
+// earlier build).
+func BootImageWith(t testing.TB, k *kernel.Kernel, kestrel string) *Image {
+	t.Helper()
 	b := initramfs.New()
-	info, err := bootimage.Add(b, bootimage.Options{Kestrel: guesttest.Kestrel(t), ModulesDir: k.ModulesDir})
+	info, err := bootimage.Add(b, bootimage.Options{Kestrel: kestrel, ModulesDir: k.ModulesDir})
 	if err != nil {
 		t.Fatal(err)
 	}
