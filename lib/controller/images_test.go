@@ -31,6 +31,13 @@ const busyboxStandIn = "/bin/busybox"
 // loopback) holding imagetest.Sample as web:1.
 func imageFixture(t *testing.T) (*fixture, *controller.Controller, string) {
 	t.Helper()
+	return imageFixtureWith(t, busyboxStandIn)
+}
+
+// imageFixtureWith is imageFixture whose builds install kestrel from the
+// file kestrel.
+func imageFixtureWith(t *testing.T, kestrel string) (*fixture, *controller.Controller, string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		netnstest.SkipOrFail(t, "image builds need root (owners and device nodes are kept)")
 	}
@@ -48,7 +55,7 @@ func imageFixture(t *testing.T) (*fixture, *controller.Controller, string) {
 	}
 	f := newFixture(t)
 	c, _ := f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1,
-		Launch: controller.LaunchDefaults{Kestrel: busyboxStandIn},
+		Launch: controller.LaunchDefaults{Kestrel: kestrel},
 		Images: controller.ImageConfig{Fledge: guesttest.Command(t, "fledge"), InsecureRegistries: []string{reg}}})
 	return f, c, reg
 }
@@ -244,5 +251,33 @@ func TestInstallImageWithoutFledge(t *testing.T) {
 	}
 	if evs := buildEvents(t, f, api.EventPluginBuildStarted); len(evs) != 0 {
 		t.Fatalf("build events without fledge: %+v", evs)
+	}
+}
+
+// TestInstallImageBuildFails: a build that fails in fledge (here: the
+// kestrel to install is not there) answers fledge's own error code and
+// message, records plugin.build.failed with it, and leaves nothing in the
+// plugins directory.
+func TestInstallImageBuildFails(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-kestrel")
+	f, c, reg := imageFixtureWith(t, missing)
+	_, _, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: "docker://" + reg + "/web:1"})
+	var ae *apierr.Error
+	if !errors.As(err, &ae) || ae.Code != apierr.NotFound || !strings.Contains(ae.Message, missing) {
+		t.Fatalf("a build without kestrel: %#v", err)
+	}
+	failed := buildEvents(t, f, api.EventPluginBuildFailed)
+	if len(failed) != 1 || !strings.Contains(string(failed[0].Data), "no-kestrel") {
+		t.Fatalf("build.failed events %+v", failed)
+	}
+	if n := len(buildEvents(t, f, api.EventPluginBuildFinished)); n != 0 {
+		t.Fatalf("%d build.finished events for a failed build", n)
+	}
+	entries, _ := os.ReadDir(filepath.Join(f.dir, "plugins"))
+	for _, e := range entries {
+		t.Errorf("left in the plugins directory: %s", e.Name())
+	}
+	if ps, _ := c.ListPlugins(f.ctx); len(ps) != 0 {
+		t.Fatalf("a failed build installed %d plugins", len(ps))
 	}
 }
