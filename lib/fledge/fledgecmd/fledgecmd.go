@@ -132,7 +132,7 @@ func imageFlags(insecure bool, authFile string) []string {
 		args = append(args, "--insecure")
 	}
 	if authFile != "" {
-		args = append(args, "--auth-file", authFile)
+		args = append(args, "--auth-file="+authFile)
 	}
 	return args
 }
@@ -174,15 +174,16 @@ type BuildResult struct {
 // Build builds the plugin. Canceling ctx stops fledge (SIGTERM, then
 // SIGKILL after StopTimeout); fledge leaves nothing in OutputDir then.
 func (c *Cmd) Build(ctx context.Context, req BuildRequest) (*BuildResult, error) {
-	args := []string{"build", "--progress", "json", "--image", req.Image, "-o", req.OutputDir}
+	// --flag=value throughout: a value that begins with a dash stays a value.
+	args := []string{"build", "--progress=json", "--image=" + req.Image, "--output-dir=" + req.OutputDir}
 	if req.Name != "" {
-		args = append(args, "--name", req.Name)
+		args = append(args, "--name="+req.Name)
 	}
 	if req.Kestrel != "" {
-		args = append(args, "--kestrel", req.Kestrel)
+		args = append(args, "--kestrel="+req.Kestrel)
 	}
 	if req.WorkDir != "" {
-		args = append(args, "--work-dir", req.WorkDir)
+		args = append(args, "--work-dir="+req.WorkDir)
 	}
 	args = append(args, imageFlags(req.Insecure, req.AuthFile)...)
 	var res BuildResult

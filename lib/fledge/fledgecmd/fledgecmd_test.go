@@ -55,6 +55,12 @@ func TestInspect(t *testing.T) {
 	if _, err := c.Inspect(ctx, fledgecmd.InspectRequest{Image: "-rf"}); !apierr.Is(err, apierr.InvalidInput) {
 		t.Fatalf("an image that looks like a flag: %v", err)
 	}
+	// A build's values that look like flags stay values: fledge refuses
+	// the image, not the command line.
+	_, err = c.Build(ctx, fledgecmd.BuildRequest{Image: "-q", Name: "--insecure", OutputDir: t.TempDir()})
+	if apierr.Is(err, apierr.Usage) || err == nil {
+		t.Fatalf("a build of image -q: %v", err)
+	}
 }
 
 // TestBuildResultMatchesFledge: every field of BuildResult is a field of
