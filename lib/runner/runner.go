@@ -10,7 +10,7 @@
 //     OptionsFromEnv.
 //
 // A Runner starts the process with a Starter: Detached (a child of the
-// caller in its own session, its output in the VM's launch.log) or Systemd
+// caller in its own session, its output in the VM's launch.log) or systemd.Starter
 // (the volant-vm@NAME unit, over D-Bus). Everything after the start goes
 // through the VM's run directory (lib/launch), so it works the same for a
 // run this process started, one an earlier volantd started, or one systemd
@@ -38,7 +38,7 @@ import (
 
 // Starter starts and stops the `volant-launch run` process of a VM: as a
 // detached child (Detached) or as the volant-vm@NAME systemd unit
-// (Systemd).
+// (lib/runner/systemd).
 type Starter interface {
 	// Start starts the run of name reading its spec from specPath; it
 	// returns once the process is started (not ready). exited is closed

@@ -18,11 +18,12 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/runner"
+	"github.com/volantvm/volant/lib/runner/systemd"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 	"github.com/volantvm/volant/lib/vmm/jail"
 )
 
-// fakeSystemd is systemd's Manager object as Systemd uses it: jobs
+// fakeSystemd is systemd's Manager object as systemd.Starter uses it: jobs
 // for StartUnit and StopUnit that end, a moment after the call returns,
 // with a JobRemoved signal, as systemd's do. It serves on a real D-Bus
 // daemon the test starts (PID 1 here is not systemd, and there is no
@@ -168,7 +169,7 @@ func TestSystemdRunnerOverDBus(t *testing.T) {
 	addr := startBus(t)
 	sd := newFakeSystemd(t, addr)
 	w := newWorld(t)
-	r := runner.Systemd{Options: w.opts}
+	r := systemd.Starter{Options: w.opts}
 	r.Options.Jail.OverheadMB = 100
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -283,7 +284,7 @@ func TestSystemdUnitGetsVMMUIDs(t *testing.T) {
 	newFakeSystemd(t, addr)
 	w := newWorld(t)
 	envFile := filepath.Join(t.TempDir(), "vm.env")
-	r := runner.Systemd{Options: w.opts, EnvFile: envFile}
+	r := systemd.Starter{Options: w.opts, EnvFile: envFile}
 	custom := jail.Range{First: 200000, Count: 500}
 	r.Options.Jail.UIDs = custom
 	r.Options.Jail.OverheadMB = 120

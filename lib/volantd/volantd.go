@@ -46,6 +46,7 @@ import (
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/layout"
 	"github.com/volantvm/volant/lib/runner"
+	"github.com/volantvm/volant/lib/runner/systemd"
 	"github.com/volantvm/volant/lib/server"
 	"github.com/volantvm/volant/lib/signing"
 	"github.com/volantvm/volant/lib/store"
@@ -599,7 +600,7 @@ func pickStarter(cfg Config, lo launch.Options, log *slog.Logger) (runner.Starte
 				layout.Dirs{}.VMFile("NAME", layout.SpecName))
 		}
 		log.Info("VMs run as systemd units volant-vm@NAME")
-		return runner.Systemd{Options: lo}, nil
+		return systemd.Starter{Options: lo}, nil
 	}
 	launcher, err := runner.FindLauncher(cfg.Launcher)
 	if err != nil {
