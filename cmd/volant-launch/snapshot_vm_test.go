@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -14,10 +15,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/volantvm/volant/lib/agentchan"
 	"github.com/volantvm/volant/lib/bootimage"
 	"github.com/volantvm/volant/lib/initramfs"
 	"github.com/volantvm/volant/lib/launch"
@@ -236,4 +239,94 @@ func TestVMSnapshotAndClones(t *testing.T) {
 			}
 		}
 	}
+}
+
+// countingZeros is an endless stdin of zeros that counts what was read.
+type countingZeros struct{ n atomic.Int64 }
+
+func (z *countingZeros) Read(p []byte) (int, error) {
+	clear(p)
+	z.n.Add(int64(len(p)))
+	return len(p), nil
+}
+
+// TestVMSnapshotMidFrame: a guest is snapshotted while the host streams
+// the stdin of four execs into it faster than it reads, so the VM pauses
+// with a data frame of the agent channel's session half received (the
+// host sends frames of up to 32 KiB; the rest of the frame stays with the
+// saved VM's supervisor). The VM restored from it
+// reads the new supervisor's handshake as the rest of that frame and
+// cannot answer it; the supervisor's redial must free it (the channel
+// left closed long enough for the guest to see it go), and the clone
+// answers at its own address.
+func TestVMSnapshotMidFrame(t *testing.T) {
+	w := newWorld(t, "midsrc")
+	if w.guest.kind != "kestrel" {
+		t.Skip("restored guests take their identity from kestrel; this tree has none")
+	}
+	k, _ := guesttest.Kernel(t)
+	manifest := counterGuest(t, k.ModulesDir)
+	src := w.startVM(t, "midsrc", manifest, "192.168.127.100", 0x64)
+	boot := w.waitAt(t, src, 90*time.Second)
+	t.Logf("source booted and answered in %v", boot.Round(time.Millisecond))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sess, err := launch.DialGuest(ctx, src.runDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	// Four streams: each may have 256 KiB in flight (yamux's window),
+	// more than the guest's port buffers (128 pages), so the host's
+	// bytes wait in the channel and the pause cuts a frame.
+	in := &countingZeros{}
+	ectx, stopExec := context.WithCancel(ctx)
+	const streams = 4
+	execDone := make(chan error, streams)
+	for range streams {
+		go func() {
+			_, err := sess.Exec(ectx, agentchan.ExecRequest{Argv: []string{"/bin/busybox", "sh", "-c", "cat >/dev/null"}, Stdin: true},
+				agentchan.ExecIO{Stdin: in})
+			execDone <- err
+		}()
+	}
+	for in.n.Load() < 2<<20 {
+		select {
+		case err := <-execDone:
+			t.Fatalf("an exec ended before the snapshot: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	before := in.n.Load()
+	snap := filepath.Join(w.dir, "snapmid")
+	info := w.launch(t, "snapshot", "--dir", src.runDir, "--to", snap)
+	t.Logf("snapshot with the stream running (%d KiB sent before, %d KiB by its end): VM paused %v ms",
+		before>>10, in.n.Load()>>10, info["paused_ms"])
+	stopExec()
+	for range streams {
+		<-execDone
+	}
+
+	clone := w.startVM(t, "midclone", manifest, "192.168.127.101", 0x65, "--restore", snap)
+	took := w.waitAt(t, clone, 90*time.Second)
+	t.Logf("the clone answered at %s %v after its start", clone.ip, took.Round(time.Millisecond))
+	id, err := w.getAt(clone.ip, "/cgi-bin/id", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := strings.Fields(id); len(f) != 3 || f[0] != "midclone" {
+		t.Fatalf("the clone says it is %q", id)
+	}
+	for _, r := range []*vmRun{clone, src} {
+		r.cmd.Process.Signal(syscall.SIGTERM)
+		r.cmd.Wait()
+		for _, l := range strings.Split(r.errb.String(), "\n") {
+			if strings.Contains(l, "restore") || strings.Contains(l, "agent channel") {
+				t.Logf("%s: %s", filepath.Base(r.runDir), l)
+			}
+		}
+	}
+	b, _ := os.ReadFile(clone.log)
+	t.Logf("the clone's console:\n%s", b)
 }

@@ -50,22 +50,25 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser) (*Session, error) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	if _, err := fmt.Fprintf(conn, "%s %d %s\n", magic, ProtocolVersion, nonce); err != nil {
-		return nil, handshakeErr(ctx, err)
+		return nil, handshakeErr(ctx, err, 0)
 	}
 	r := bufio.NewReaderSize(conn, 64<<10)
 	want := []byte(fmt.Sprintf("%s %d %s ", magic, ProtocolVersion, nonce))
+	skipped := 0 // bytes from the guest before its answer, for the error
 	for {
 		line, err := r.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
+			skipped += len(line)
 			continue // skipping stale bytes
 		}
 		if err != nil {
-			return nil, handshakeErr(ctx, err)
+			return nil, handshakeErr(ctx, err, skipped+len(line))
 		}
 		// The answer may follow bytes of a session the guest held
 		// before on this stream (a restored guest's) on the same line.
 		i := bytes.Index(line, want)
 		if i < 0 {
+			skipped += len(line)
 			continue
 		}
 		rest := line[i+len(want):]
@@ -75,7 +78,7 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser) (*Session, error) {
 			return nil, apierr.Wrap(apierr.Unavailable, err, "agent channel: the guest's hello is malformed")
 		}
 		if !stop() {
-			return nil, handshakeErr(ctx, ctx.Err())
+			return nil, handshakeErr(ctx, ctx.Err(), skipped)
 		}
 		cfg := YamuxConfig()
 		cfg.EnableKeepAlive, cfg.KeepAliveInterval = true, KeepAlive
@@ -88,11 +91,16 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser) (*Session, error) {
 	}
 }
 
-func handshakeErr(ctx context.Context, err error) error {
+// handshakeErr is Connect's error; got is how many bytes the guest sent
+// that were not its answer (none: nothing came back at all, as from a
+// guest that did not read the handshake or whose answers do not reach the
+// host; some: the guest writes, but not to this handshake).
+func handshakeErr(ctx context.Context, err error, got int) error {
 	if ctx.Err() != nil {
-		return apierr.Wrap(apierr.Timeout, context.Cause(ctx), "agent channel: no handshake from the guest")
+		return apierr.Wrap(apierr.Timeout, context.Cause(ctx),
+			fmt.Sprintf("agent channel: no handshake from the guest (%d other bytes from it)", got)).With("bytes_received", got)
 	}
-	return apierr.Wrap(apierr.Unavailable, err, "agent channel: handshake")
+	return apierr.Wrap(apierr.Unavailable, err, fmt.Sprintf("agent channel: handshake (%d other bytes from the guest)", got)).With("bytes_received", got)
 }
 
 // Accept performs the guest's side of the handshake: it skips input until a
@@ -161,6 +169,14 @@ func (g *GuestSession) Restarted() io.ReadWriteCloser {
 	return &bufConn{r: bufio.NewReader(io.MultiReader(bytes.NewReader(g.w.rest), g.w.r)), WriteCloser: g.w.conn}
 }
 
+// ReadErr is the error the session's byte stream ended with (io.EOF: the
+// host's end closed), or nil.
+func (g *GuestSession) ReadErr() error {
+	g.w.mu.Lock()
+	defer g.w.mu.Unlock()
+	return g.w.err
+}
+
 // errHostRestarted ends a guest session whose host started over.
 var errHostRestarted = errors.New("agent channel: the host started a new session")
 
@@ -180,6 +196,7 @@ type frameWatch struct {
 
 	mu   sync.Mutex
 	rest []byte
+	err  error // the error reading the stream ended with
 }
 
 // yamuxHeader is the size of a yamux frame header; yamuxData its type of
@@ -197,6 +214,11 @@ func (w *frameWatch) Read(p []byte) (int, error) {
 		return 0, errHostRestarted
 	}
 	n, err := w.r.Read(p)
+	if err != nil {
+		w.mu.Lock()
+		w.err = err
+		w.mu.Unlock()
+	}
 	for i := 0; i < n; {
 		if w.body > 0 {
 			k := min(uint32(n-i), w.body)

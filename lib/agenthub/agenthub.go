@@ -65,7 +65,17 @@ type Hub struct {
 	clients map[net.Conn]struct{}
 	attempt context.CancelFunc // ends the connection attempt under way
 	now     chan struct{}      // the next attempt starts without its pause (Wake, Redial)
+	away    time.Time          // no dial before this (Redial: the guest must see the channel closed)
 }
+
+// RedialGap is how long Redial leaves the channel closed before it dials
+// again. A virtio-serial port tells the guest only whether a host is
+// connected now: a host that closes and dials again at once is never seen
+// to have gone (the guest's reader wakes up to a connected host and the
+// new bytes), so a guest wedged in its old session stays wedged. Kept
+// closed for a second, the port reads end-of-stream in the guest and
+// kestrel starts over with the next handshake.
+const RedialGap = time.Second
 
 // Start listens on o.Socket and connects to the guest in the background.
 func Start(ctx context.Context, o Options) (*Hub, error) {
@@ -138,13 +148,16 @@ func (h *Hub) Session(ctx context.Context) (*agentchan.Session, error) {
 	}
 }
 
-// Redial drops the guest connection, or the attempt to make one, and
-// connects again at once. A guest restored from a snapshot that does not
-// take the new session (a kestrel older than agentchan.Accept's restart)
-// is freed by it: the host's end going away ends the saved session.
+// Redial drops the guest connection, or the attempt to make one, leaves
+// the channel closed for RedialGap and connects again (without the
+// pause failed attempts build up). A guest that does not take the new
+// session (a restored guest whose saved session swallowed the handshake,
+// or a kestrel older than agentchan.Accept's restart) is freed by it: it
+// sees the host's end gone, which ends the session it held.
 func (h *Hub) Redial() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.away = time.Now().Add(RedialGap)
 	if h.sess != nil {
 		h.sess.Close()
 	}
@@ -176,6 +189,18 @@ func (h *Hub) connectLoop(ctx context.Context) {
 	bootID := ""
 	pause := 50 * time.Millisecond
 	for ctx.Err() == nil {
+		h.mu.Lock()
+		away := time.Until(h.away)
+		h.mu.Unlock()
+		if away > 0 {
+			t := time.NewTimer(away)
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
+			continue // Redial may have moved it
+		}
 		actx, acancel := context.WithCancel(ctx)
 		h.mu.Lock()
 		h.attempt = acancel
@@ -184,6 +209,11 @@ func (h *Hub) connectLoop(ctx context.Context) {
 		if err == nil {
 			var sess *agentchan.Session
 			sess, err = agentchan.Connect(actx, conn)
+			if err != nil && ctx.Err() == nil {
+				// The channel was there but the guest did not answer
+				// (Redial ended the attempt): what came back says why.
+				h.log.Warn("agent channel: the guest did not answer the handshake", "vm", h.o.VM, "err", err)
+			}
 			if err == nil {
 				pause = 50 * time.Millisecond
 				if sess.Hello.BootID != bootID {

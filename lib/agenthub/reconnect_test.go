@@ -102,9 +102,10 @@ func TestWakeDialsWithoutThePause(t *testing.T) {
 }
 
 // A connection whose guest does not answer is dropped by Redial and the
-// next dial starts at once, whatever pause the failed dials before it had
-// reached; the guest answers that one.
-func TestRedialDialsAgainAtOnce(t *testing.T) {
+// next dial starts once the channel was closed for RedialGap, whatever
+// pause the failed dials before it had reached; the guest answers that
+// one.
+func TestRedialDialsAgainAfterTheGap(t *testing.T) {
 	f := &fakeChannel{missing: 6, mute: 1}
 	h := startHub(t, f)
 	f.waitDials(t, 7) // the mute guest, after pauses of 50 ms to 1.6 s
@@ -112,8 +113,8 @@ func TestRedialDialsAgainAtOnce(t *testing.T) {
 	redialed := time.Now()
 	h.Redial()
 	at := f.waitDials(t, 8)
-	if d := at.Sub(redialed); d > time.Second {
-		t.Errorf("the dial after Redial came %v later; the hub's pause had grown to 2 s", d.Round(time.Millisecond))
+	if d := at.Sub(redialed); d < agenthub.RedialGap || d > agenthub.RedialGap+time.Second {
+		t.Errorf("the dial after Redial came %v later; want the gap of %v and not the hub's pause of 2 s", d.Round(time.Millisecond), agenthub.RedialGap)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

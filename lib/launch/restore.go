@@ -160,7 +160,9 @@ func restoreGuest(ctx context.Context, p *Plan, b vmm.Backend, hub *agenthub.Hub
 	}
 	// A guest that does not answer within identityAttempt (its kestrel
 	// predates the restart of agentchan.Accept, or the saved session was
-	// cut mid-frame) is freed by a reconnection (Hub.Redial).
+	// cut mid-frame and swallowed the handshake) is freed by a
+	// reconnection that leaves the channel closed long enough for the
+	// guest to see it (Hub.Redial).
 	var rep *agentchan.IdentityReply
 	var st *agentchan.Stream
 	for attempt := 1; ; attempt++ {
@@ -176,7 +178,7 @@ func restoreGuest(ctx context.Context, p *Plan, b vmm.Backend, hub *agenthub.Hub
 			break
 		}
 		if ictx.Err() == nil && time.Since(tried) >= identityAttempt {
-			log.Info("restore: the guest's agent did not answer; reconnecting", "vm", p.Name, "attempt", attempt)
+			log.Warn("restore: the guest's agent did not answer; reconnecting", "vm", p.Name, "attempt", attempt, "err", err)
 			hub.Redial()
 		}
 		log.Debug("restore: identity not taken yet", "err", err)

@@ -132,7 +132,9 @@ func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
 			continue
 		}
 		<-served
-		s.log.Debug("agent channel: host session ended")
+		// Said on the console: a guest whose channel is wedged has no
+		// other way to tell.
+		s.log.Info("agent channel: host session ended", "err", mux.ReadErr())
 		return nil
 	}
 }
