@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -20,9 +21,24 @@ import (
 type HTTPProber struct {
 	// Timeout bounds one probe (default 2 s).
 	Timeout time.Duration
+	// tr, when set, keeps its connection between probes (forVM).
+	tr *http.Transport
 }
 
 var probeTransport = &http.Transport{Proxy: nil, DisableKeepAlives: true, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}
+
+// forVM returns a prober for one VM's poller that keeps its connection to
+// kestrel open between polls, and the function that closes it. A poll on
+// an open connection is two packets into the guest instead of a TCP
+// handshake, an accept and a close: under software emulation each
+// packet and each of kestrel's wake-ups is host CPU, every interval, for
+// every idle VM. A connection that broke (the guest restarted, or took
+// another address) is dialed again; a guest that stopped answering still
+// fails the poll by its timeout.
+func (p HTTPProber) forVM() (Prober, func()) {
+	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 1, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}
+	return HTTPProber{Timeout: p.Timeout, tr: tr}, tr.CloseIdleConnections
+}
 
 // Probe implements Prober.
 func (p HTTPProber) Probe(ctx context.Context, agent netip.AddrPort) (*agentapi.Status, error) {
@@ -37,11 +53,18 @@ func (p HTTPProber) Probe(ctx context.Context, agent netip.AddrPort) (*agentapi.
 	if err != nil {
 		return nil, err
 	}
-	resp, err := (&http.Client{Transport: probeTransport}).Do(req)
+	tr := p.tr
+	if tr == nil {
+		tr = probeTransport
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10)) // so the connection is kept
+		resp.Body.Close()
+	}()
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
 	}
@@ -73,6 +96,12 @@ func (c *Controller) agentPort(ctx context.Context, plugin string) uint16 {
 // pollHealth polls kestrel's /healthz until the run ends: every second
 // while the VM starts, every HealthInterval once it runs.
 func (c *Controller) pollHealth(ctx context.Context, name string, ended <-chan struct{}) {
+	prober := c.cfg.Prober
+	if hp, ok := prober.(HTTPProber); ok {
+		var done func()
+		prober, done = hp.forVM()
+		defer done()
+	}
 	failures := 0
 	hasCheck := map[string]bool{}
 	port := uint16(0) // kestrel's port, from the VM's plugin manifest
@@ -97,7 +126,7 @@ func (c *Controller) pollHealth(ctx context.Context, name string, ended <-chan s
 				port = c.agentPort(ctx, v.pluginRef())
 			}
 			if perr == nil {
-				st, perr := c.cfg.Prober.Probe(ctx, netip.AddrPortFrom(ip, port))
+				st, perr := prober.Probe(ctx, netip.AddrPortFrom(ip, port))
 				if ctx.Err() != nil {
 					return
 				}
