@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/volantvm/volant/lib/kernel"
@@ -33,11 +34,17 @@ func newQEMUHost(t *testing.T, programs ...string) *qemuHost {
 }
 
 // daemon starts volantd in the namespace, booting guests with QEMU under
-// TCG: health checked every 2 s, 90 s to start, 5 s to stop. The flags in
-// extra come after these, and a flag given twice takes its last value.
+// TCG: health checked every 2 s, 90 s to start, 5 s to stop unless extra
+// sets these flags (volantd refuses a flag given twice). The flags in
+// extra come after the others.
 func (q *qemuHost) daemon(t *testing.T, extra ...string) *volantdProc {
 	t.Helper()
-	args := append([]string{"--vmm", "qemu", "--accel", "tcg", "--kernel", q.k.Dir, "--kestrel", q.kestrel,
-		"--health-interval", "2s", "--start-timeout", "90s", "--stop-timeout", "5s"}, extra...)
+	args := []string{"--vmm", "qemu", "--accel", "tcg", "--kernel", q.k.Dir, "--kestrel", q.kestrel}
+	for _, d := range [][2]string{{"--health-interval", "2s"}, {"--start-timeout", "90s"}, {"--stop-timeout", "5s"}} {
+		if !slices.Contains(extra, d[0]) {
+			args = append(args, d[0], d[1])
+		}
+	}
+	args = append(args, extra...)
 	return startDaemon(t, q.dir, q.wrap, nil, args...)
 }
