@@ -124,9 +124,11 @@ func (p *Provider) probeLoop(ctx context.Context, k string, e *podEntry, pr *cor
 		p.poke()
 		if restart {
 			p.log.Info("liveness probe failed; restarting the pod's VM", "pod", k, "vm", v.Name, "err", err)
+			at := time.Now()
 			if _, rerr := p.cfg.Volant.RestartVM(ctx, v.Name); rerr != nil {
 				p.log.Warn("restarting a pod's VM", "pod", k, "err", rerr)
 			} else {
+				e.reboot(at)
 				p.mu.Lock()
 				e.restarts++
 				e.ready.ok, e.ready.oks = false, 0

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
 )
 
@@ -30,7 +31,9 @@ import (
 // 80% of its lifetime has passed (at most a day) and writes it in the
 // running guest (the guest-access API's file copy, which replaces a file
 // atomically: a new file, synced, renamed over the old one, so the
-// workload never reads a partial token). Sources a VM cannot
+// workload never reads a partial token), and again as soon as the
+// workload runs after the provider restarted the VM (a liveness or crash
+// restart boots it with the inputs it was created with). Sources a VM cannot
 // have (clusterTrustBundle, podCertificate, resourceFieldRef) refuse the
 // pod.
 
@@ -290,12 +293,17 @@ func requestToken(ctx context.Context, tr TokenRequester, pod *corev1.Pod, tf *t
 // tokenRetry is how long a failed refresh waits before the next try.
 const tokenRetry = 10 * time.Second
 
+// bootPoll is how often a restarted VM is looked at until its workload
+// runs (then its tokens are written again).
+const bootPoll = 500 * time.Millisecond
+
 // refreshTokens replaces the pod's tokens in its running guest before they
 // expire, until ctx ends (the pod is deleted).
 func (p *Provider) refreshTokens(ctx context.Context, k string, e *podEntry, toks []tokenFile) {
 	if len(toks) == 0 {
 		return
 	}
+	var rebooted time.Time // the VM started again then; zero: not since the last write
 	for {
 		next := time.Time{}
 		for _, t := range toks {
@@ -303,10 +311,20 @@ func (p *Provider) refreshTokens(ctx context.Context, k string, e *podEntry, tok
 				next = at
 			}
 		}
+		if !rebooted.IsZero() {
+			next = time.Now().Add(bootPoll)
+		}
 		if d := time.Until(next); d > 0 {
 			select {
 			case <-ctx.Done():
 				return
+			case at := <-e.rebooted:
+				// Its inputs brought back the tokens it was created with.
+				rebooted = at
+				for i := range toks {
+					toks[i].issued = time.Time{}
+				}
+				continue
 			case <-time.After(d):
 			}
 		}
@@ -315,7 +333,15 @@ func (p *Provider) refreshTokens(ctx context.Context, k string, e *podEntry, tok
 		}
 		p.mu.Lock()
 		pod, vm := e.pod.DeepCopy(), e.vm
+		booted := e.vmState != nil && e.vmState.StartedAt != nil && !e.vmState.StartedAt.Before(rebooted) &&
+			e.vmState.Agent != nil && e.vmState.Agent.Workload.State == agentapi.WorkloadRunning
 		p.mu.Unlock()
+		if !rebooted.IsZero() {
+			if !booted {
+				continue // the inputs are written before the workload runs: after them
+			}
+			rebooted = time.Time{}
+		}
 		for i := range toks {
 			if at := toks[i].refreshAt(); !at.IsZero() && time.Now().Before(at) {
 				continue

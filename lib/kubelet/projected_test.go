@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
 )
 
@@ -212,4 +213,65 @@ func TestTokenRefreshIsAtomic(t *testing.T) {
 		t.Fatalf("%d of %d reads during %d refreshes saw a partial token (the first: %s)", bad, reads, refreshes, firstBad)
 	}
 	t.Logf("%d reads during %d refreshes, all whole", reads, refreshes)
+}
+
+// TestTokenRewrittenAfterRestart: a VM started again (here a crash
+// restart) boots with the inputs it was created with, so the token it
+// had at creation (maybe expired); the provider writes a new one once
+// the workload runs again (after kestrel wrote the inputs), not at the
+// token's next refresh time.
+func TestTokenRewrittenAfterRestart(t *testing.T) {
+	f := newFake()
+	tr := &fakeTokens{ttl: time.Hour}
+	p := NewProvider(ProviderConfig{Node: "vol1", NodeIP: "10.0.0.1", Volant: f, Interval: time.Hour, Tokens: tr,
+		ConfigMaps: listers(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "kube-root-ca.crt"},
+			Data: map[string]string{"ca.crt": "CA"}}).ConfigMaps})
+	p.NotifyPods(context.Background(), (&recorder{}).add)
+	pod := saPod()
+	if err := p.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	defer p.DeletePod(context.Background(), pod)
+	name := VMName(pod)
+	eventually(t, p, "the VM", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.vms[name] != nil
+	})
+	f.run(name, agentapi.WorkloadRunning, 0, nil)
+	f.set(name, api.VMCrashed, "qemu exited")
+	eventually(t, p, "the crashed VM started again", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.starts) == 1
+	})
+	writes := func() []string {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return append([]string(nil), f.writes...)
+	}
+	// Booting: its inputs are not written yet, nor the token.
+	for range 4 {
+		if err := p.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(bootPoll)
+	}
+	if w := writes(); len(w) != 0 {
+		t.Fatalf("a token written while the VM boots: %q", w)
+	}
+	// Its workload runs again: a new token.
+	f.mu.Lock()
+	now := time.Now()
+	v := f.vms[name]
+	v.State, v.StartedAt = api.VMRunning, &now
+	v.Agent = &agentapi.Status{Workload: agentapi.WorkloadStatus{State: agentapi.WorkloadRunning, StartedAt: &now}}
+	f.mu.Unlock()
+	eventually(t, p, "the token written again after the restart", func() bool {
+		w := writes()
+		return len(w) == 1 && strings.HasSuffix(w[0], "/token=token-2@644")
+	})
+	if n := tr.n(); n != 2 {
+		t.Fatalf("%d tokens asked for", n)
+	}
 }

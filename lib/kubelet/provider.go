@@ -90,6 +90,20 @@ type podEntry struct {
 	running bool
 	// tokens are the service account tokens the VM was created with.
 	tokens []tokenFile
+	// rebooted has the time before the provider started the VM again (a
+	// liveness or crash restart): it boots with the inputs it was
+	// created with, its tokens as old as the VM, so they are written
+	// again once its workload runs.
+	rebooted chan time.Time
+}
+
+// reboot tells the token refresh that the VM is started again (at is
+// before the start was asked for).
+func (e *podEntry) reboot(at time.Time) {
+	select {
+	case e.rebooted <- at:
+	default:
+	}
 }
 
 // NewProvider returns a provider; Run starts its status loop.
@@ -118,7 +132,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	}
 	p.mu.Unlock()
 
-	e := &podEntry{pod: pod.DeepCopy(), vm: VMName(pod), uid: pod.UID, created: p.now()}
+	e := &podEntry{pod: pod.DeepCopy(), vm: VMName(pod), uid: pod.UID, created: p.now(), rebooted: make(chan time.Time, 1)}
 	if err := checkPod(pod); err != nil {
 		e.refused = err
 		p.put(k, e)
@@ -417,7 +431,7 @@ func (p *Provider) Sync(ctx context.Context) error {
 	}
 	p.mu.Lock()
 	var changed []*corev1.Pod
-	var restart []string
+	var restart []*podEntry
 	var started []*podEntry
 	for _, e := range p.pods {
 		if v, ok := byName[e.vm]; ok {
@@ -426,7 +440,7 @@ func (p *Provider) Sync(ctx context.Context) error {
 				listed.Sub(e.startAt) >= CrashRestartDelay {
 				e.startAt = listed
 				e.restarts++
-				restart = append(restart, v.Name)
+				restart = append(restart, e)
 			}
 		} else if e.vmState != nil && !e.building && e.vmAt.Before(listed) {
 			// Not a VM created after the list was asked for: gone.
@@ -454,10 +468,13 @@ func (p *Provider) Sync(ctx context.Context) error {
 	for _, e := range started {
 		p.event(e.pod, corev1.EventTypeNormal, "Started", "the workload of VM %s is running", e.vm)
 	}
-	for _, name := range restart {
-		p.log.Info("starting a crashed pod VM again", "vm", name)
-		if _, err := p.cfg.Volant.StartVM(ctx, name); err != nil {
-			p.log.Warn("starting a crashed pod VM", "vm", name, "err", err)
+	for _, e := range restart {
+		p.log.Info("starting a crashed pod VM again", "vm", e.vm)
+		at := time.Now()
+		if _, err := p.cfg.Volant.StartVM(ctx, e.vm); err != nil {
+			p.log.Warn("starting a crashed pod VM", "vm", e.vm, "err", err)
+		} else {
+			e.reboot(at)
 		}
 	}
 	if notify != nil {
