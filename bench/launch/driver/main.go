@@ -67,6 +67,7 @@ func main() {
 }
 
 func run(bin, before, work, tap, pid1, kind, kdir string, n int, out string) error {
+	loadStart := loadavg()
 	k, err := kernel.Open(kdir)
 	if err != nil {
 		return err
@@ -215,7 +216,7 @@ func run(bin, before, work, tap, pid1, kind, kdir string, n int, out string) err
 		}
 		slices.Reverse(order) // alternate who goes first
 	}
-	return report(res, cpu, kind, n, out, median(floor), median(floorBefore), median(trueMS), before)
+	return report(res, cpu, kind, n, out, median(floor), median(floorBefore), median(trueMS), before, loadStart)
 }
 
 // boot starts one VM, records when QEMU was exec'd and when the workload
@@ -352,7 +353,7 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func report(res map[string][]sample, cpu map[string]map[string][]float64, kind string, n int, out string, floor, floorBefore, trueMS float64, before string) error {
+func report(res map[string][]sample, cpu map[string]map[string][]float64, kind string, n int, out string, floor, floorBefore, trueMS float64, before, loadStart string) error {
 	col := func(way string, f func(sample) float64) []float64 {
 		var v []float64
 		for _, s := range res[way] {
@@ -408,10 +409,11 @@ func report(res map[string][]sample, cpu map[string]map[string][]float64, kind s
 			"note":                  "fork+exec+exit of `volant-launch version` and of /bin/true: the part of the exec overhead that is starting a Go binary at all",
 			"volant_launch_version": round(floor), "bin_true": round(trueMS),
 		},
-		"load_average": loadavg(),
-		"targets":      map[string]any{"exec_overhead_ms": 10, "healthy_ratio": 1.05},
-		"pass":         map[string]bool{"exec_overhead": le-de <= 10, "healthy_ratio": lh/dh <= 1.05},
-		"reproduce":    "make build && sudo bash bench/launch/run.sh   (BENCH_N=10 by default)",
+		"load_average":       loadavg(),
+		"load_average_start": loadStart,
+		"targets":            map[string]any{"exec_overhead_ms": 10, "healthy_ratio": 1.05},
+		"pass":               map[string]bool{"exec_overhead": le-de <= 10, "healthy_ratio": lh/dh <= 1.05},
+		"reproduce":          "make build && sudo bash bench/launch/run.sh   (BENCH_N=10 by default)",
 	}
 	be, bh := median(col("before", ex)), median(col("before", he))
 	if before != "" {
@@ -450,7 +452,7 @@ func report(res map[string][]sample, cpu map[string]map[string][]float64, kind s
 	fmt.Printf("\nbench/launch (%s guest, n=%d per way, medians)\n", kind, n)
 	fmt.Printf("  to QEMU exec:   volant-launch %7.2f ms   direct %7.2f ms   overhead %6.2f ms   (target <= 10 ms)\n", le, de, le-de)
 	fmt.Printf("  process start:  volant-launch version %.2f ms, /bin/true %.2f ms (fork+exec+exit)\n", floor, trueMS)
-	fmt.Printf("  load average:   %s\n", loadavg())
+	fmt.Printf("  load average:   %s at the start, %s at the end\n", loadStart, loadavg())
 	fmt.Printf("  to healthy:     volant-launch %7.1f ms   direct %7.1f ms   ratio %.3f        (target <= 1.05)\n", lh, dh, lh/dh)
 	fmt.Printf("  the jail:       to exec %+.2f ms, to healthy %.3f× (launch %7.1f ms, --insecure-vmm %7.1f ms)\n", le-ie, lh/ih, lh, ih)
 	fmt.Printf("  mitigations:    to healthy %.3f× (default %7.1f ms, mitigations=off %7.1f ms)\n", lh/nh, lh, nh)
