@@ -113,12 +113,10 @@ func TestServiceAccountVolume(t *testing.T) {
 	}
 }
 
-// TestTokenRefresh: a pod's token is replaced in its running guest before
-// it expires, through the guest file copy; an adopted VM gets a new one
-// at once (its token's age is unknown).
-func TestTokenRefresh(t *testing.T) {
-	f := newFake()
-	tr := &fakeTokens{ttl: 1500 * time.Millisecond} // refreshed after 1.2 s
+// saPodOn creates saPod through a provider on f whose tokens come from tr
+// and whose cluster has its root CA's config map.
+func saPodOn(t *testing.T, f *fakeVolant, tr *fakeTokens) (*Provider, *corev1.Pod) {
+	t.Helper()
 	p := NewProvider(ProviderConfig{Node: "vol1", NodeIP: "10.0.0.1", Volant: f, Interval: time.Hour, Tokens: tr,
 		ConfigMaps: listers(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "kube-root-ca.crt"},
 			Data: map[string]string{"ca.crt": "CA"}}).ConfigMaps})
@@ -127,6 +125,16 @@ func TestTokenRefresh(t *testing.T) {
 	if err := p.CreatePod(context.Background(), pod); err != nil {
 		t.Fatal(err)
 	}
+	return p, pod
+}
+
+// TestTokenRefresh: a pod's token is replaced in its running guest before
+// it expires, through the guest file copy; an adopted VM gets a new one
+// at once (its token's age is unknown).
+func TestTokenRefresh(t *testing.T) {
+	f := newFake()
+	tr := &fakeTokens{ttl: 1500 * time.Millisecond} // refreshed after 1.2 s
+	p, pod := saPodOn(t, f, tr)
 	writes := func() []string {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -177,14 +185,7 @@ func TestTokenRefreshIsAtomic(t *testing.T) {
 	f.guests = t.TempDir()
 	const pad = 128 << 10
 	tr := &fakeTokens{ttl: 50 * time.Millisecond, pad: pad} // refreshed every 40 ms
-	p := NewProvider(ProviderConfig{Node: "vol1", NodeIP: "10.0.0.1", Volant: f, Interval: time.Hour, Tokens: tr,
-		ConfigMaps: listers(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "kube-root-ca.crt"},
-			Data: map[string]string{"ca.crt": "CA"}}).ConfigMaps})
-	p.NotifyPods(context.Background(), (&recorder{}).add)
-	pod := saPod()
-	if err := p.CreatePod(context.Background(), pod); err != nil {
-		t.Fatal(err)
-	}
+	p, pod := saPodOn(t, f, tr)
 	defer p.DeletePod(context.Background(), pod)
 	file := filepath.Join(f.guests, VMName(pod), "/var/run/secrets/kubernetes.io/serviceaccount/token")
 	eventually(t, p, "the first refreshed token in the guest", func() bool { _, err := os.Stat(file); return err == nil })
@@ -223,14 +224,7 @@ func TestTokenRefreshIsAtomic(t *testing.T) {
 func TestTokenRewrittenAfterRestart(t *testing.T) {
 	f := newFake()
 	tr := &fakeTokens{ttl: time.Hour}
-	p := NewProvider(ProviderConfig{Node: "vol1", NodeIP: "10.0.0.1", Volant: f, Interval: time.Hour, Tokens: tr,
-		ConfigMaps: listers(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "kube-root-ca.crt"},
-			Data: map[string]string{"ca.crt": "CA"}}).ConfigMaps})
-	p.NotifyPods(context.Background(), (&recorder{}).add)
-	pod := saPod()
-	if err := p.CreatePod(context.Background(), pod); err != nil {
-		t.Fatal(err)
-	}
+	p, pod := saPodOn(t, f, tr)
 	defer p.DeletePod(context.Background(), pod)
 	name := VMName(pod)
 	eventually(t, p, "the VM", func() bool {
