@@ -70,6 +70,9 @@ type podEntry struct {
 	vm     string
 	uid    types.UID
 	cancel context.CancelFunc // ends the build and the probes
+	// work is the pod's start and token refresh, which DeletePod waits
+	// for after cancel: none of them writes into the guest after it.
+	work sync.WaitGroup
 	// state, for the status
 	building  bool
 	buildErr  error
@@ -154,11 +157,19 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 		p.log.Info("adopted the VM of a pod", "pod", k, "vm", e.vm)
 		p.put(k, e)
 		// Its tokens' times are unknown: new ones at once.
-		go p.refreshTokens(wctx, k, e, tokenSpecs(pod))
+		e.work.Add(1)
+		go func() {
+			defer e.work.Done()
+			p.refreshTokens(wctx, k, e, tokenSpecs(pod))
+		}()
 	} else {
 		e.building = true
 		p.put(k, e)
-		go p.start(wctx, k, e)
+		e.work.Add(1)
+		go func() {
+			defer e.work.Done()
+			p.start(wctx, k, e)
+		}()
 	}
 	p.startProbes(wctx, k, e)
 	return nil
@@ -301,6 +312,7 @@ func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
 		if e.cancel != nil {
 			e.cancel()
 		}
+		e.work.Wait()
 		vm = e.vm
 	}
 	// The VM carrying the UID, whatever its name.
