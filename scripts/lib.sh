@@ -135,3 +135,15 @@ vl_count() {
 # vl_events ARGS...: the event log so far (volar events follows forever;
 # this stops it after a moment), one JSON object per line.
 vl_events() { timeout -s INT 3 volar -o json events "$@" || true; }
+
+# vl_events_match JQ ARGS...: whether the event log (vl_events ARGS...)
+# satisfies the jq filter JQ (read with -s), asked up to ten times: on a
+# host busy booting guests one 3 s look may end before volar has printed.
+vl_events_match() {
+  local filter=$1 i
+  shift
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    vl_events "$@" | jq -se "$filter" >/dev/null && return 0
+  done
+  return 1
+}

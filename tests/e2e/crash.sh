@@ -30,7 +30,7 @@ vl_log "killed volantd with $before"
 [[ $(vl_count qemu-system-x86) -ge 1 ]] || vl_fail "the VMs died with volantd"
 
 vl_volantd --health-interval 2s --stop-timeout 5s
-vl_events --since 0 --type vm.adopted | jq -se 'length >= 1' >/dev/null || vl_fail "no VM adopted after the restart"
+vl_events_match 'length >= 1' --since 0 --type vm.adopted || vl_fail "no VM adopted after the restart"
 want=6
 # grep -c reads all of volar's output; grep -q would exit at the first
 # match, and volar's write into the closed pipe would fail the pipeline.

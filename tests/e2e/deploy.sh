@@ -27,7 +27,7 @@ vl_wait 60 bash -c "[[ \$(volar -o json vms show svc-2 | jq -r .pid) != $old ]]"
 vl_wait 120 vl_running 3 svc || vl_fail "svc-2 did not come back: $(volar vms list 2>&1)"
 ip2=$(volar -o json vms show svc-2 | jq -r .ip)
 [[ $(vl_get "http://$ip2/") == "hello from web" ]] || vl_fail "recreated svc-2 does not answer"
-vl_events --since 0 --type vm.crashed | jq -se 'map(.resource_id) | index("svc-2") != null' >/dev/null ||
+vl_events_match 'map(.resource_id) | index("svc-2") != null' --since 0 --type vm.crashed ||
   vl_fail "no vm.crashed event for svc-2"
 
 # Scale to 1: svc-3 and svc-2 go, with their leases and taps.
