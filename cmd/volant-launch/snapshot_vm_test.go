@@ -150,6 +150,24 @@ func (w *vmWorld) startVM(t *testing.T, name, manifest, ip string, last byte, ex
 	return r
 }
 
+// startCounterSource boots the snapshot tests' source VM, name, from
+// counterGuest (kestrel guests only: a restored guest takes its identity
+// from kestrel), waits until it answers, and returns its world, manifest
+// and run.
+func startCounterSource(t *testing.T, name string) (*vmWorld, string, *vmRun) {
+	t.Helper()
+	w := newWorld(t, name)
+	if w.guest.kind != "kestrel" {
+		t.Skip("restored guests take their identity from kestrel; this tree has none")
+	}
+	k, _ := guesttest.Kernel(t)
+	manifest := counterGuest(t, k.ModulesDir)
+	src := w.startVM(t, name, manifest, "192.168.127.100", 0x64)
+	boot := w.waitAt(t, src, 90*time.Second)
+	t.Logf("source booted and answered in %v", boot.Round(time.Millisecond))
+	return w, manifest, src
+}
+
 // TestVMSnapshotAndClones: a guest that counts requests in memory is
 // snapshotted (volant-launch snapshot) after three requests, runs on, and
 // two new VMs are restored from the snapshot (volant-launch run
@@ -158,15 +176,7 @@ func (w *vmWorld) startVM(t *testing.T, name, manifest, ip string, last byte, ex
 // own hostname, with their own randomness and the host's time, while the
 // source keeps its own count.
 func TestVMSnapshotAndClones(t *testing.T) {
-	w := newWorld(t, "snapsrc")
-	if w.guest.kind != "kestrel" {
-		t.Skip("restored guests take their identity from kestrel; this tree has none")
-	}
-	k, _ := guesttest.Kernel(t)
-	manifest := counterGuest(t, k.ModulesDir)
-	src := w.startVM(t, "snapsrc", manifest, "192.168.127.100", 0x64)
-	boot := w.waitAt(t, src, 90*time.Second)
-	t.Logf("source booted and answered in %v", boot.Round(time.Millisecond))
+	w, manifest, src := startCounterSource(t, "snapsrc")
 	for i := 1; i <= 3; i++ {
 		if got, err := w.getAt(src.ip, "/cgi-bin/count", 30*time.Second); err != nil || got != strconv.Itoa(i) {
 			t.Fatalf("count %d: %q %v", i, got, err)
@@ -261,15 +271,7 @@ func (z *countingZeros) Read(p []byte) (int, error) {
 // answers at its own address. The pause does not always cut a frame (it
 // did in 2 of 3 runs at load 8-12); the test says whether it did.
 func TestVMSnapshotMidFrame(t *testing.T) {
-	w := newWorld(t, "midsrc")
-	if w.guest.kind != "kestrel" {
-		t.Skip("restored guests take their identity from kestrel; this tree has none")
-	}
-	k, _ := guesttest.Kernel(t)
-	manifest := counterGuest(t, k.ModulesDir)
-	src := w.startVM(t, "midsrc", manifest, "192.168.127.100", 0x64)
-	boot := w.waitAt(t, src, 90*time.Second)
-	t.Logf("source booted and answered in %v", boot.Round(time.Millisecond))
+	w, manifest, src := startCounterSource(t, "midsrc")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
