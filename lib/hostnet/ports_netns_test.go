@@ -55,6 +55,22 @@ func newPortLab(t *testing.T, n int) *portLab {
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) })}
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
+		// UDP port 80 answers each datagram with the guest's name.
+		var pc net.PacketConn
+		if err := g.Do(func() error { var err error; pc, err = net.ListenPacket("udp4", ":80"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			buf := make([]byte, 1500)
+			for {
+				_, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo([]byte(name), from)
+			}
+		}()
+		t.Cleanup(func() { pc.Close() })
 		l.guests = append(l.guests, g)
 		l.ips = append(l.ips, ip)
 	}
@@ -82,6 +98,23 @@ func get(ns *netnstest.NS, addr string) (string, error) {
 	return string(b), err
 }
 
+// ask sends one UDP datagram to addr from inside ns and returns the
+// answer, waiting at most 2 s for it.
+func ask(ns *netnstest.NS, addr string) (string, error) {
+	var c net.Conn
+	if err := ns.Do(func() error { var err error; c, err = net.Dial("udp4", addr); return err }); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("who")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	return string(buf[:n]), err
+}
+
 // spread sends n requests and counts the answers by guest.
 func spread(t *testing.T, ns *netnstest.NS, addr string, n int) map[string]int {
 	t.Helper()
@@ -100,7 +133,8 @@ func spread(t *testing.T, ns *netnstest.NS, addr string, n int) map[string]int {
 // TestPublishedPortsInKernel publishes a deployment-like port balanced
 // over three guests and a VM-like port to one, and checks what reaches
 // them from a LAN client, from the host (its own address, the bridge's and
-// 127.0.0.1) and from a guest (the bridge hairpin), that conflicts are
+// 127.0.0.1) and from a guest (the bridge hairpin), that a UDP port carries
+// datagrams both ways and a TCP port does not, that conflicts are
 // refused, that backends can change, and that deleting leaves the
 // namespace's other nftables tables exactly as they were.
 func TestPublishedPortsInKernel(t *testing.T) {
@@ -227,6 +261,20 @@ func TestPublishedPortsInKernel(t *testing.T) {
 	if b, err := get(h, "127.0.0.1:9090"); err == nil {
 		t.Fatalf("a port published on 10.77.0.1 answered on 127.0.0.1: %q", b)
 	}
+	// UDP 9090 (every host address) reaches the VM's UDP 80: from the LAN
+	// and from the host itself; TCP and UDP on one number are two ports.
+	for _, c := range []struct {
+		ns   *netnstest.NS
+		addr string
+	}{{l.client, "10.77.0.1:9090"}, {h, "10.77.0.1:9090"}, {h, "127.0.0.1:9090"}, {h, "192.168.127.1:9090"}} {
+		if b, err := ask(c.ns, c.addr); err != nil || b != "guest2" {
+			t.Fatalf("UDP to %s from %s: %q %v", c.addr, c.ns.Name, b, err)
+		}
+	}
+	// Control: the guests answer UDP only through a published UDP port.
+	if b, err := ask(l.client, "10.77.0.1:8080"); err == nil {
+		t.Fatalf("UDP to the deployment's TCP-only port 8080 answered %q", b)
+	}
 
 	// Conflicts: another owner's port, and a host listener.
 	clash := PortSet{Owner: VMPorts("web2"), Ports: []portmap.Mapping{{HostIP: "10.77.0.1", HostPort: 8080, GuestPort: 81}}, Backends: l.ips[:1]}
@@ -235,6 +283,18 @@ func TestPublishedPortsInKernel(t *testing.T) {
 	}
 	if err := inErr(t, h, func() error { return PortFree(portmap.Mapping{HostPort: 9999, GuestPort: 1}) }); apierr.CodeOf(err) != apierr.PortInUse {
 		t.Fatalf("a port a host process listens on: %v", err)
+	}
+	// A UDP socket holds 9997/udp, not 9997/tcp.
+	var upc net.PacketConn
+	if err := h.Do(func() error { var err error; upc, err = net.ListenPacket("udp4", "0.0.0.0:9997"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer upc.Close()
+	if err := inErr(t, h, func() error { return PortFree(portmap.Mapping{HostPort: 9997, GuestPort: 1, Protocol: "udp"}) }); apierr.CodeOf(err) != apierr.PortInUse {
+		t.Fatalf("a UDP port a host process has bound: %v", err)
+	}
+	if err := inErr(t, h, func() error { return PortFree(portmap.Mapping{HostPort: 9997, GuestPort: 1}) }); err != nil {
+		t.Fatalf("TCP 9997 while only UDP 9997 is bound: %v", err)
 	}
 	if err := inErr(t, h, func() error { return PortFree(portmap.Mapping{HostIP: "10.9.9.9", HostPort: 9998, GuestPort: 1}) }); apierr.CodeOf(err) != apierr.InvalidInput {
 		t.Fatalf("an address the host does not have: %v", err)
