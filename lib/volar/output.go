@@ -262,6 +262,7 @@ func (o *Output) VM(vm *api.VM) error {
 		{"Updated", o.timestamp(vm.UpdatedAt)},
 		{"Serial log", vm.SerialLog},
 		{"Ports", portList(vm.Ports)},
+		{"Jail", jailLine(vm.Jail)},
 	}
 	if a := vm.Agent; a != nil {
 		kv = append(kv, [2]string{"Agent", a.Agent})
@@ -668,6 +669,28 @@ func joinArgs(args []string) string {
 		out[i] = a
 	}
 	return strings.Join(out, " ")
+}
+
+// jailLine says how a running VM's hypervisor is confined: its uid, its
+// cgroup and memory limit, or that it runs as root (volantd
+// --insecure-vmm).
+func jailLine(j *api.VMMJail) string {
+	switch {
+	case j == nil:
+		return ""
+	case j.Insecure:
+		return "none: the hypervisor runs as root (--insecure-vmm)"
+	}
+	parts := []string{fmt.Sprintf("uid %d", j.UID)}
+	if j.Cgroup != "" {
+		parts = append(parts, "cgroup "+j.Cgroup)
+	} else {
+		parts = append(parts, "limits in its systemd unit")
+	}
+	if j.MemoryLimitMB > 0 {
+		parts = append(parts, fmt.Sprintf("memory limit %d MiB", j.MemoryLimitMB))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // portList is published ports as "8080→80/tcp, 127.0.0.1:8443→443/tcp".
