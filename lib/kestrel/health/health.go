@@ -7,6 +7,11 @@
 //     healthy); fewer leave it where it was;
 //   - a probe passes when the workload answers base_url+endpoint with a
 //     status below 400 within the timeout (redirects are not followed);
+//     an http:// URL is probed with one GET over a fresh TCP connection
+//     whose response head kestrel reads itself (probe.go): net/http's
+//     client, which https:// URLs use, is a large body of code to run
+//     for the first time while the workload starts, and under software
+//     emulation every new piece of code is translated before it runs;
 //   - while the verdict is still "unknown" (start-up, at most StartupWindow)
 //     the checker probes every StartupInterval, so a workload that is up in
 //     50 ms is healthy in about that time, not after a whole interval; a
@@ -22,6 +27,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -82,6 +88,10 @@ func (m *Machine) Status() agentapi.HealthStatus { return m.st }
 type Checker struct {
 	url      string
 	interval time.Duration
+	timeout  time.Duration
+	// target is the parsed http:// URL the raw probe dials; nil for
+	// other URLs, which go through client.
+	target   *target
 	client   *http.Client
 	log      *slog.Logger
 	onChange func(agentapi.HealthStatus)
@@ -111,21 +121,27 @@ func NewChecker(baseURL string, hc manifest.HealthCheck, log *slog.Logger, onCha
 	if retries == 0 {
 		retries = manifest.DefaultRetries
 	}
-	url := trimSlash(baseURL) + hc.Endpoint
-	return &Checker{
-		url:      url,
+	raw := trimSlash(baseURL) + hc.Endpoint
+	c := &Checker{
+		url:      raw,
 		interval: interval,
+		timeout:  timeout,
 		log:      log,
 		onChange: onChange,
 		m:        NewMachine(hc.Endpoint, retries),
-		client: &http.Client{
+	}
+	if u, err := url.Parse(raw); err == nil && u.Scheme == "http" && u.Host != "" {
+		c.target = newTarget(u)
+	} else {
+		c.client = &http.Client{
 			Timeout: timeout,
 			// A fresh connection per probe: a probe must see a workload
 			// that stopped accepting, not a pooled connection.
 			Transport:     &http.Transport{DisableKeepAlives: true, Proxy: nil},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+		}
 	}
+	return c
 }
 
 func trimSlash(s string) string {
@@ -194,6 +210,9 @@ func (c *Checker) Run(ctx context.Context) {
 }
 
 func (c *Checker) probe(ctx context.Context) error {
+	if c.target != nil {
+		return c.probeRaw(ctx)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url, nil)
 	if err != nil {
 		return err
