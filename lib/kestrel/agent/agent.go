@@ -77,11 +77,15 @@ type Config struct {
 	// (DefaultAfterStartWait if 0).
 	AfterStartWait time.Duration
 	// Manifest, when set, is the manifest, known before Run (it came with
-	// the boot): Run does not call its load function, and starts the
-	// workload before the API serves and the first report goes out, since
-	// under software emulation every step before the workload's exec is
-	// boot time. Without it the API serves first (kestrel may be fetching
-	// the manifest, and /healthz answers meanwhile).
+	// the boot): Run does not call its load function, starts the workload
+	// first, and begins serving the API and sending reports once the
+	// workload is up, when AfterStart runs (or the workload's supervision
+	// ended): under software emulation every step before the workload
+	// answers competes with its start for the CPU, and new code is
+	// translated before it runs. Meanwhile the API's listener is open, so
+	// a request made early is answered once the API serves. Without it
+	// the API serves first (kestrel may be fetching the manifest, and
+	// /healthz answers meanwhile).
 	Manifest *manifest.Manifest
 	// Ready, when set, is called once the API serves.
 	Ready func()
@@ -258,8 +262,9 @@ func (a *Agent) Listen() (net.Listener, error) {
 // supervises and probes the workload until ctx is done, when it stops the
 // workload gracefully, posts a last report and returns nil. With
 // Config.Manifest set it does not call load and starts the workload first:
-// the API, the reports and the health checks begin once the workload's
-// first start had its outcome. It returns an error when the API cannot
+// the health checks begin once the workload's first start had its
+// outcome, the API and the reports once the workload is up (see
+// Config.Manifest). It returns an error when the API cannot
 // listen, the manifest cannot be loaded or BeforeStart fails.
 func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load func(context.Context) (*manifest.Manifest, error)) error {
 	if ln == nil {
@@ -268,13 +273,16 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 			return err
 		}
 	}
-	srv := &http.Server{Handler: api.Handler(a, a.log), ReadHeaderTimeout: 10 * time.Second}
+	// The handler is made when the API begins to serve: with a manifest
+	// known at boot, after the workload is up.
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second}
 	srvDone := make(chan struct{})
 	rctx, stopReporter := context.WithCancel(context.Background())
 	defer stopReporter()
 	serving := false
 	serve := func() {
 		serving = true
+		srv.Handler = api.Handler(a, a.log)
 		go func() {
 			defer close(srvDone)
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -352,10 +360,14 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	hasCheck := m.HealthCheck != nil && m.Workload.BaseURL != ""
 	var afterStart, started sync.Once
 	startedCh := make(chan struct{})
+	upCh := make(chan struct{}) // closed when the workload is up
 	runAfterStart := func() {
-		if a.cfg.AfterStart != nil {
-			afterStart.Do(func() { go a.cfg.AfterStart() })
-		}
+		afterStart.Do(func() {
+			close(upCh)
+			if a.cfg.AfterStart != nil {
+				go a.cfg.AfterStart()
+			}
+		})
 	}
 	output := supervisor.Output{
 		Stdout: io.MultiWriter(a.ring, out, a.output.Writer(agentchan.Stdout)),
@@ -398,19 +410,28 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	}()
 	if !serving {
 		// The workload's first start had its outcome (or ctx ended): now
-		// the API, the reports, the health checks.
+		// the health checks.
 		select {
 		case <-startedCh:
 		case <-supDone:
 		case <-ctx.Done():
 		}
-		serve()
 	}
 	var wg sync.WaitGroup
 	hctx, stopHealth := context.WithCancel(ctx)
 	if checker != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); checker.Run(hctx) }()
+	}
+	if !serving {
+		// Once the workload is up (or its supervision ended, or ctx):
+		// the API and the reports.
+		select {
+		case <-upCh:
+		case <-supDone:
+		case <-ctx.Done():
+		}
+		serve()
 	}
 	<-supDone
 	<-ctx.Done()

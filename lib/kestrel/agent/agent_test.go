@@ -365,3 +365,107 @@ func TestWorkloadOrAPIFirst(t *testing.T) {
 		})
 	}
 }
+
+// TestPreloadedAPIWaitsForWorkloadUp: with the manifest known at boot and
+// a health check, the API and the reports begin once the check first
+// passes, not while the workload starts; a request made meanwhile waits
+// on the open listener and is answered then. A check that never passes
+// holds them back only for AfterStartWait.
+func TestPreloadedAPIWaitsForWorkloadUp(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	r := reaper.New(nil)
+	rctx, stopReaper := context.WithCancel(context.Background())
+	defer stopReaper()
+	go r.Run(rctx)
+	for _, healthy := range []bool{true, false} {
+		t.Run(map[bool]string{true: "check passes", false: "check never passes"}[healthy], func(t *testing.T) {
+			var up sync.Mutex
+			up.Lock() // the workload answers 503 until unlocked
+			workload := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				if !up.TryLock() {
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				up.Unlock()
+			}))
+			defer workload.Close()
+			var reports sync.Map
+			cp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				reports.Store("any", true)
+			}))
+			defer cp.Close()
+			m := &manifest.Manifest{Name: "w", Version: "1", Initramfs: &manifest.Artifact{URL: "/x.cpio"},
+				Workload:    manifest.Workload{Entrypoint: []string{sh, "-c", "sleep 60"}, BaseURL: workload.URL},
+				HealthCheck: &manifest.HealthCheck{Endpoint: "/", IntervalMS: 100, TimeoutMS: 500, Retries: 100}}
+			m.Normalize()
+			var a *Agent
+			ready := make(chan agentapi.Status, 1)
+			wait := time.Minute
+			if !healthy {
+				wait = 600 * time.Millisecond
+			}
+			a = New(Config{VM: "vm1", Listen: "127.0.0.1:0", Manifest: m, AfterStartWait: wait,
+				ReportURL: cp.URL + agentapi.ReportPath("vm1"), Ready: func() { ready <- a.Status() }})
+			ln, err := a.Listen()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			t0 := time.Now()
+			go func() { done <- a.Run(ctx, ln, r, nil) }()
+			early := make(chan agentapi.Status, 1)
+			go func() {
+				var st agentapi.Status
+				if resp, err := http.Get("http://" + ln.Addr().String() + "/healthz"); err == nil {
+					json.NewDecoder(resp.Body).Decode(&st)
+					resp.Body.Close()
+				}
+				early <- st
+			}()
+			waitFor(t, "the workload to run", func() bool { return a.Status().Workload.State == agentapi.WorkloadRunning })
+			time.Sleep(300 * time.Millisecond) // several failing checks
+			select {
+			case st := <-ready:
+				t.Fatalf("the API served while the workload was not up: %+v", st)
+			case st := <-early:
+				t.Fatalf("a request was answered while the workload was not up: %+v", st)
+			default:
+			}
+			if _, ok := reports.Load("any"); ok {
+				t.Fatal("a report went out while the workload was not up")
+			}
+			if healthy {
+				up.Unlock()
+			}
+			var st agentapi.Status
+			select {
+			case st = <-ready:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the API never served")
+			}
+			if healthy && st.Health.State != agentapi.HealthHealthy {
+				t.Fatalf("the API served with health %+v, want healthy", st.Health)
+			}
+			if !healthy && (st.Health.State != agentapi.HealthUnknown || time.Since(t0) < wait) {
+				t.Fatalf("the API served after %s with health %+v, want unknown after %s", time.Since(t0), st.Health, wait)
+			}
+			select {
+			case st := <-early:
+				if st.Workload.State != agentapi.WorkloadRunning {
+					t.Fatalf("the early request got %+v", st)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("the early request was never answered")
+			}
+			waitFor(t, "a report", func() bool { _, ok := reports.Load("any"); return ok })
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

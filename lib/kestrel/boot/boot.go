@@ -430,8 +430,9 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 		},
 		Env:        inputsEnv,
 		AfterStart: afterStart,
-		// A manifest that came with the boot lets the workload start before
-		// the API serves: "agent ready" is printed when it does.
+		// A manifest that came with the boot lets the workload start, and
+		// come up, before the API serves: "agent ready" is printed when it
+		// does.
 		Manifest: h.Manifest,
 		Ready:    func() { b.ready(args, h) },
 	})
@@ -464,8 +465,9 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 }
 
 // ready prints the line boot measurements key on: the agent API is up.
-// When the manifest came with the boot the workload was started just
-// before; otherwise it is starting (or its manifest is being fetched).
+// When the manifest came with the boot the workload is up by then (its
+// health check passed, or agent.DefaultAfterStartWait after its start);
+// otherwise it is starting (or its manifest is being fetched).
 // kestrel's memory is in /healthz (agentapi.Status.Memory); reading /proc
 // for it here would be boot time.
 func (b *booter) ready(args bootargs.Args, h Handoff) {
