@@ -286,6 +286,16 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 		if data, err := os.ReadFile(d.log); err == nil {
 			os.WriteFile(p, data, 0o644)
 		}
+		// And every replica's launch log (volant-launch's own account of
+		// its jail, the VMM's start and its first answer), in one file.
+		var all []byte
+		logs, _ := filepath.Glob(filepath.Join(dir, "data", "vms", "*", "launch.log"))
+		for _, l := range logs {
+			if data, err := os.ReadFile(l); err == nil {
+				all = append(all, data...)
+			}
+		}
+		os.WriteFile(p+".launch", all, 0o644)
 	}
 	// Scale to zero before the namespace goes.
 	if _, err := d.c.DeleteDeployment(ctx, "dense"); err != nil {

@@ -172,7 +172,9 @@ type Config struct {
 	// serving the connections it has after it left its deployment's
 	// published ports, before it is stopped (default 2 s).
 	DrainDelay time.Duration
-	// ReplicaParallelism bounds concurrent replica creations (default 2).
+	// ReplicaParallelism bounds the replica creations being prepared at
+	// once (row, lease, tap, spec; default 2). A create leaves the bound
+	// when it reaches the boot gate, so replicas queue for boot slots.
 	ReplicaParallelism int
 	// MaxBooting bounds the VMs booting at once: a start waits for a slot
 	// before its hypervisor starts and holds it until the guest is healthy,

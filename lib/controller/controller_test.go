@@ -344,6 +344,63 @@ func TestBootAdmission(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
+// TestDeploymentQueuesReplicasForBootSlots: a deployment's replicas queue
+// at the boot gate while the slots are held, even when the creates in
+// flight (ReplicaParallelism) are all waiting for their hypervisors to
+// answer; a slot freed by a healthy guest goes to a queued replica at
+// once. (The bound used to cover the start too: with both creates waiting
+// for their hypervisors nothing was prepared, and a freed slot stayed
+// idle until one answered and the next replica was made.)
+func TestDeploymentQueuesReplicasForBootSlots(t *testing.T) {
+	f := newFixture(t)
+	f.rt.StartHold = make(chan struct{}) // hypervisors answer when told
+	pr := controllertest.NewProber()
+	c, _ := f.controllerWith(controller.Config{Prober: pr, MaxBooting: 2, ReplicaParallelism: 1, StartTimeout: time.Minute})
+	t.Cleanup(func() {
+		// Every hypervisor answers; the replicas still queued give up.
+		close(f.rt.StartHold)
+		if _, err := c.DeleteDeployment(f.ctx, "d"); err != nil {
+			t.Error(err)
+		}
+	})
+	f.plugin(c, "web")
+	if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "d", Plugin: "web", Replicas: 5}); err != nil {
+		t.Fatal(err)
+	}
+	until := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("never %s: %d starts waiting for their hypervisor, %d replicas queued for a slot",
+					what, f.rt.Starting(), c.Stats().BootQueue)
+			}
+		}
+	}
+	// Both slots' hypervisors are starting, the other three replicas are
+	// made and queued, though only one replica is prepared at a time.
+	until("two starting and three queued", func() bool { return f.rt.Starting() == 2 && c.Stats().BootQueue == 3 })
+	if vms, _ := c.ListVMs(f.ctx, api.VMFilter{Deployment: "d"}); len(vms) != 5 {
+		t.Fatalf("%d replicas made, want all 5", len(vms))
+	}
+	// One hypervisor answers and its guest turns healthy: its slot goes to
+	// a queued replica, whose start begins without another create.
+	f.rt.StartHold <- struct{}{}
+	until("one started", func() bool { return f.rt.Starting() == 1 })
+	var first api.VM
+	until("a replica with a run", func() bool {
+		vms, _ := c.ListVMs(f.ctx, api.VMFilter{Deployment: "d"})
+		for _, v := range vms {
+			if v.PID != 0 {
+				first = v
+				return true
+			}
+		}
+		return false
+	})
+	pr.Set(netip.MustParseAddr(first.IP), ptr(controllertest.Healthy(first.Name)))
+	until("the freed slot taken by a queued replica", func() bool { return f.rt.Starting() == 2 && c.Stats().BootQueue == 2 })
+}
+
 // TestDeleteWhileQueuedForBoot: deleting a VM whose create waits for a boot
 // slot ends the wait at once: the create fails and is undone, the delete
 // answers, and the VM never started.

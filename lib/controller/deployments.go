@@ -640,20 +640,32 @@ func (c *Controller) keepReplicas(ctx context.Context, log *slog.Logger, d deplo
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	// ReplicaParallelism bounds the replicas being prepared (row, lease,
+	// tap, spec), not those queued for a boot slot or starting: a create
+	// frees its place once it reaches the boot gate, so that while the
+	// slots are held the next replicas are prepared and queue there, and
+	// a slot freed by a healthy guest goes to a queued replica at once.
+	// (Held through the start too, the bound left a freed slot idle
+	// whenever the creates in flight were all still waiting for their
+	// hypervisors to answer: seconds per handoff under load, bench/density.)
 	sem := make(chan struct{}, c.cfg.ReplicaParallelism)
 	for _, i := range todo {
 		rank := slices.Index(slots, i) + 1
+		rn := ReplicaName(name, i)
 		wg.Add(1)
 		sem <- struct{}{}
+		free := sync.OnceFunc(func() { <-sem })
+		forget := c.boots.OnArrival(rn, free)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
+			defer free()
+			defer forget()
 			// The deployment may have been scaled down or deleted while
 			// earlier creates of this pass waited for boot slots.
 			if want, err := c.desiredReplicas(ctx, name); err != nil || rank > want {
 				return
 			}
-			req := api.CreateVMRequest{Name: ReplicaName(name, i), Plugin: pluginRef(d.Plugin, d.PluginVersion), CPUCores: d.Resources.CPUCores, MemoryMB: d.Resources.MemoryMB}
+			req := api.CreateVMRequest{Name: rn, Plugin: pluginRef(d.Plugin, d.PluginVersion), CPUCores: d.Resources.CPUCores, MemoryMB: d.Resources.MemoryMB}
 			req.FromSnapshot = d.FromSnapshot
 			vols, err := c.replicaVolumes(ctx, name, i, d.VolumeTemplates)
 			if err == nil && d.Inputs != nil {

@@ -281,6 +281,9 @@ func (c *Controller) applyStatus(ctx context.Context, name string, st *agentapi.
 	if v.State == api.VMRunning {
 		c.boots.Release(name) // booted: the next start may go
 		if v0.State != api.VMRunning {
+			c.log.Debug("boot slot: released", "vm", name, "waiting", c.boots.Waiting())
+		}
+		if v0.State != api.VMRunning {
 			c.settleRestore(ctx, name)
 		}
 	}

@@ -577,16 +577,20 @@ func (c *Controller) stepStage(ctx context.Context, name string) error {
 // stepStart starts the VM's run, or adopts the live one, and records it.
 // A start first waits for a boot slot (Config.MaxBooting).
 func (c *Controller) stepStart(ctx context.Context, name string) error {
+	t0 := time.Now()
 	admitted, err := c.boots.Acquire(ctx, name)
 	if err != nil {
 		return fmt.Errorf("waiting for a boot slot for %s: %w", name, err)
 	}
+	t1 := time.Now()
 	info, adopted, err := c.cfg.Runtime.Start(ctx, name, c.SpecPath(name))
 	admitted(err == nil)
 	if err != nil {
 		return err
 	}
+	t2 := time.Now()
 	c.recordRun(ctx, name, info, adopted)
+	c.log.Debug("boot slot: started", "vm", name, "waited", t1.Sub(t0), "start", t2.Sub(t1), "record", time.Since(t2))
 	return nil
 }
 

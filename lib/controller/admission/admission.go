@@ -28,6 +28,8 @@ type Gate struct {
 	// canceled marks names whose start must not wait (a delete came
 	// before the start reached the gate); the next Acquire consumes it.
 	canceled map[string]bool
+	// arrival holds OnArrival's callbacks by VM name.
+	arrival map[string]*func()
 }
 
 type hold struct {
@@ -40,7 +42,8 @@ func (h *hold) free() { h.once.Do(func() { <-h.gate.slots }) }
 // New returns a gate of n slots (n <= 0: unlimited, nothing ever waits);
 // a slot is held at most timeout.
 func New(n int, timeout time.Duration) *Gate {
-	g := &Gate{timeout: timeout, held: map[string]*hold{}, waiting: map[string]context.CancelFunc{}, canceled: map[string]bool{}}
+	g := &Gate{timeout: timeout, held: map[string]*hold{}, waiting: map[string]context.CancelFunc{}, canceled: map[string]bool{},
+		arrival: map[string]*func(){}}
 	if n > 0 {
 		g.slots = make(chan struct{}, n)
 	}
@@ -51,6 +54,7 @@ func New(n int, timeout time.Duration) *Gate {
 // start failed (the slot frees at once) and done(true) once the hypervisor
 // runs: the slot then stays held until Release(name) or the timeout.
 func (g *Gate) Acquire(ctx context.Context, name string) (done func(started bool), err error) {
+	g.arrived(name)
 	if g.slots == nil {
 		return func(bool) {}, nil
 	}
@@ -97,6 +101,39 @@ func (g *Gate) Acquire(ctx context.Context, name string) (done func(started bool
 			h.free()
 		})
 	}, nil
+}
+
+// OnArrival calls fn once, when a start of name reaches the gate: it
+// waits for a slot from then on, or takes a free one. A caller that
+// bounds how many VMs it prepares at once (a deployment's replica
+// creations) frees its own bound there, so that starts queue at the gate
+// while the slots are held, and a freed slot goes to a queued start at
+// once instead of waiting for the next VM's preparation. forget drops fn
+// if it has not been called (the start failed before the gate). A second
+// OnArrival for the same name replaces the first.
+func (g *Gate) OnArrival(name string, fn func()) (forget func()) {
+	p := &fn
+	g.mu.Lock()
+	g.arrival[name] = p
+	g.mu.Unlock()
+	return func() {
+		g.mu.Lock()
+		if g.arrival[name] == p {
+			delete(g.arrival, name)
+		}
+		g.mu.Unlock()
+	}
+}
+
+// arrived calls and drops name's OnArrival callback, if any.
+func (g *Gate) arrived(name string) {
+	g.mu.Lock()
+	p := g.arrival[name]
+	delete(g.arrival, name)
+	g.mu.Unlock()
+	if p != nil {
+		(*p)()
+	}
 }
 
 // ErrWaitCanceled ends a start that was still queued for a boot slot

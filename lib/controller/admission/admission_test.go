@@ -2,6 +2,7 @@ package admission_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -69,5 +70,57 @@ func TestGateTimeoutFreesTheSlot(t *testing.T) {
 	g.Release("a")
 	if g.Booting() != 1 {
 		t.Fatalf("booting %d", g.Booting())
+	}
+}
+
+// TestGateOnArrival: the callback runs when a start reaches the gate,
+// whether it takes a free slot or waits for one; forgotten, it never runs.
+func TestGateOnArrival(t *testing.T) {
+	g := admission.New(1, time.Hour)
+	ctx := context.Background()
+	arrived := map[string]int{}
+	var mu sync.Mutex
+	count := func(name string) func() {
+		return func() { mu.Lock(); arrived[name]++; mu.Unlock() }
+	}
+	g.OnArrival("a", count("a"))
+	a, err := g.Acquire(ctx, "a") // takes the free slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	a(true)
+	g.OnArrival("b", count("b"))
+	got := make(chan error, 1)
+	go func() {
+		b, err := g.Acquire(ctx, "b") // waits for a's slot
+		if err == nil {
+			b(true)
+		}
+		got <- err
+	}()
+	for g.Waiting() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	mu.Lock()
+	if arrived["a"] != 1 || arrived["b"] != 1 {
+		t.Fatalf("arrivals %v while b waits; want a and b once", arrived)
+	}
+	mu.Unlock()
+	g.Release("a")
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	forget := g.OnArrival("c", count("c"))
+	forget()
+	g.Release("b")
+	c, err := g.Acquire(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c(false)
+	mu.Lock()
+	defer mu.Unlock()
+	if arrived["a"] != 1 || arrived["b"] != 1 || arrived["c"] != 0 {
+		t.Fatalf("arrivals %v; want a and b once, c (forgotten) never", arrived)
 	}
 }

@@ -42,6 +42,10 @@ type Runtime struct {
 	StartDelay time.Duration
 	// StopDelay delays every Stop, as a guest taking its time to power off.
 	StopDelay time.Duration
+	// StartHold, when set, holds every Start until it receives from it
+	// (a hypervisor slow to answer); Starting counts the Starts held.
+	StartHold chan struct{}
+	starting  int
 	unplanned map[string]bool
 	lastErr   map[string]error
 
@@ -88,6 +92,21 @@ func (r *Runtime) Check(_ context.Context, spec launch.Spec) error {
 
 // Start implements controller.Runtime.
 func (r *Runtime) Start(ctx context.Context, name, specPath string) (*launch.Status, bool, error) {
+	if r.StartHold != nil {
+		r.mu.Lock()
+		r.starting++
+		r.mu.Unlock()
+		select {
+		case <-r.StartHold:
+		case <-ctx.Done():
+		}
+		r.mu.Lock()
+		r.starting--
+		r.mu.Unlock()
+		if ctx.Err() != nil {
+			return nil, false, ctx.Err()
+		}
+	}
 	if r.StartDelay > 0 {
 		select {
 		case <-time.After(r.StartDelay):
@@ -301,6 +320,13 @@ func (r *Runtime) Kill(name string, cause error) bool {
 func (r *Runtime) Live() []string {
 	out, _ := r.Runs(context.Background())
 	return out
+}
+
+// Starting is the number of Starts StartHold holds now.
+func (r *Runtime) Starting() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.starting
 }
 
 // Starts counts how often a VM's run was started (not adopted).

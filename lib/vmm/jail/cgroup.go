@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -98,7 +99,21 @@ func NewCgroup(parent, name string, l Limits) (*Cgroup, error) {
 // process), not as much as one process, which starved their boots on a
 // loaded host. Concurrent callers (a supervisor per VM) take turns on a
 // lock of the parent's directory, so the last to write saw every child.
-func (c *Cgroup) weighParent() error {
+//
+// The sum stops at busyVMMs() default processes. Outside cgroups an idle
+// VMM weighs nothing against anyone, but a weight is a cgroup's whether
+// its processes run or not: on a host of mostly idle guests the whole sum
+// went to the few that were booting, 28 processes' weight for 3 vCPUs on
+// 2 cores, and volantd and the supervisors starting the next VMMs waited
+// seconds for a CPU between their turns (bench/density).
+func (c *Cgroup) weighParent() error { return c.weighParentUpTo(busyVMMs()) }
+
+// busyVMMs is how many VMMs the parent's weight counts at most: the
+// host's CPUs plus one, as many as volantd boots at once by default
+// (--max-booting).
+func busyVMMs() int { return runtime.NumCPU() + 1 }
+
+func (c *Cgroup) weighParentUpTo(busy int) error {
 	if filepath.Dir(c.Path) == "/" {
 		return nil // the hierarchy's root has no weight
 	}
@@ -136,7 +151,7 @@ func (c *Cgroup) weighParent() error {
 	if n == 0 {
 		sum = def
 	}
-	sum = min(max(sum, lo), hi)
+	sum = min(max(sum, lo), hi, def*uint64(max(busy, 1)))
 	if err := writeFile(filepath.Join(dir, file), strconv.FormatUint(sum, 10)); err != nil {
 		return fmt.Errorf("setting the CPU weight of %s: %w", dir, err)
 	}

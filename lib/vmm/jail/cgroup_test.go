@@ -139,11 +139,18 @@ func TestCgroupV2Files(t *testing.T) {
 	os.WriteFile(filepath.Join(root, "volant/cpu.weight"), []byte("100"), 0o644)
 	os.MkdirAll(filepath.Join(root, "volant/web2.8"), 0o755)
 	os.WriteFile(filepath.Join(root, "volant/web2.8/cpu.weight"), []byte("300\n"), 0o644)
-	if err := cg.weighParent(); err != nil {
+	if err := cg.weighParentUpTo(10); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(filepath.Join(root, "volant/cpu.weight")); string(got) != "500" {
 		t.Errorf("volant/cpu.weight = %q, want 500 (200 + 300)", got)
+	}
+	// ... up to the weight of so many busy VMMs (default processes).
+	if err := cg.weighParentUpTo(3); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "volant/cpu.weight")); string(got) != "300" {
+		t.Errorf("volant/cpu.weight = %q, want 300 (200 + 300, at most 3 processes' 100)", got)
 	}
 	// A hierarchy without a controller the limits need is no jail.
 	os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpu memory"), 0o644)
@@ -153,8 +160,10 @@ func TestCgroupV2Files(t *testing.T) {
 }
 
 // The parent of the VMMs' cgroups weighs what it holds: the sum of its
-// children's CPU weights, down again as they go, the default when empty.
-// Without it the VMMs together got one process's share of a busy host.
+// children's CPU weights, down again as they go, the default when empty,
+// and never more than busyVMMs() default processes. Without the sum the
+// VMMs together got one process's share of a busy host; without the cap
+// a host of idle guests lent all their weight to the few booting.
 func TestCgroupParentWeighsItsChildren(t *testing.T) {
 	netnstest.Require(t)
 	layout := Layout()
@@ -168,11 +177,16 @@ func TestCgroupParentWeighsItsChildren(t *testing.T) {
 			os.Remove(filepath.Join(d, parent))
 		}
 	})
-	a, err := NewCgroup(parent, "a", Limits{MemoryBytes: 64 << 20, Pids: 10, CPUWeight: 200, CPUQuotaPercent: 100})
-	if err != nil {
-		t.Fatalf("%s host: %v", layout, err)
+	child := func(name string, w int) *Cgroup {
+		t.Helper()
+		cg, err := NewCgroup(parent, name, Limits{MemoryBytes: 64 << 20, Pids: 10, CPUWeight: uint64(w), CPUQuotaPercent: 100})
+		if err != nil {
+			t.Fatalf("%s host: %v", layout, err)
+		}
+		t.Cleanup(func() { cg.Delete() })
+		return cg
 	}
-	t.Cleanup(func() { a.Delete() })
+	a := child("a", 100)
 	// v1's cpu.shares are the weight*1024/100 NewCgroup writes.
 	dir, file, scale, def := filepath.Join(root, parent), "cpu.weight", func(w int) string { return fmt.Sprint(w) }, "100"
 	if a.v2 == "" {
@@ -185,22 +199,27 @@ func TestCgroupParentWeighsItsChildren(t *testing.T) {
 		}
 		return strings.TrimSpace(string(b))
 	}
-	if got, want := weight(), scale(200); got != want {
-		t.Fatalf("%s host: one child of weight 200: the parent's %s = %s, want %s", layout, file, got, want)
+	if got, want := weight(), scale(100); got != want {
+		t.Fatalf("%s host: one child of weight 100: the parent's %s = %s, want %s", layout, file, got, want)
 	}
-	b, err := NewCgroup(parent, "b", Limits{MemoryBytes: 64 << 20, Pids: 10, CPUWeight: 300, CPUQuotaPercent: 100})
-	if err != nil {
+	b := child("b", 100)
+	if got, want := weight(), scale(200); got != want { // busyVMMs() >= 2
+		t.Fatalf("%s host: children of weight 100 and 100: the parent's %s = %s, want %s", layout, file, got, want)
+	}
+	capped := 100 * busyVMMs()
+	c := child("c", capped)
+	if got, want := weight(), scale(capped); got != want {
+		t.Fatalf("%s host: children of weight 100, 100 and %d: the parent's %s = %s, want %s (%d busy VMMs at most)",
+			layout, capped, file, got, want, busyVMMs())
+	}
+	if err := c.Delete(); err != nil {
 		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Delete() })
-	if got, want := weight(), scale(500); got != want {
-		t.Fatalf("%s host: children of weight 200 and 300: the parent's %s = %s, want %s", layout, file, got, want)
 	}
 	if err := a.Delete(); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := weight(), scale(300); got != want {
-		t.Fatalf("%s host: after a child of 200 went: the parent's %s = %s, want %s", layout, file, got, want)
+	if got, want := weight(), scale(100); got != want {
+		t.Fatalf("%s host: after two children went: the parent's %s = %s, want %s", layout, file, got, want)
 	}
 	// DeleteCgroup (a dead run's cgroup, from its record) weighs too.
 	if err := DeleteCgroup(b.Path); err != nil {

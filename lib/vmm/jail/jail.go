@@ -17,7 +17,8 @@
 //     database: they do not exist in there;
 //   - its own cgroup (Cgroup) with a memory limit (guest memory plus the
 //     VMM's measured overhead), a pids limit and a CPU weight and quota,
-//     under a parent whose weight is the sum of its children's.
+//     under a parent whose weight is the sum of its children's, up to
+//     the host's CPUs + 1 default processes.
 //
 // The cgroup file systems are found at /sys/fs/cgroup, or, for a
 // supervisor whose mount namespace hides them (`ip netns exec` mounts a
