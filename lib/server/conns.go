@@ -22,7 +22,8 @@ const (
 
 // HTTPServer returns the http.Server to serve h (Handler or AgentHandler)
 // with: request headers must arrive within HeaderTimeout, an idle
-// keep-alive connection is closed after IdleTimeout. The body deadline
+// keep-alive connection is closed after IdleTimeout, and the request line
+// and headers may take at most MaxHeaderBytes. The body deadline
 // (BodyTimeout) is the handlers' own (bodyDeadline), so that streams
 // (events, log follows, the console, long polls, MCP's stream) are not
 // cut by it; they keep themselves alive.
@@ -30,6 +31,7 @@ func (s *Server) HTTPServer(h http.Handler, base func(net.Listener) context.Cont
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: s.opts.HeaderTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		IdleTimeout:       s.opts.IdleTimeout,
 		BaseContext:       base,
 		ConnContext:       connContext,

@@ -53,6 +53,12 @@ import (
 // MaxBodyBytes bounds request bodies.
 const MaxBodyBytes = 1 << 20
 
+// MaxHeaderBytes bounds a request's line and headers (Go's default is
+// 1 MiB, which with MaxConns connections would let idle clients pin a
+// GiB). Go's HTTP server itself answers a request over it: 431, in
+// plain text, before volantd reads it.
+const MaxHeaderBytes = 64 << 10
+
 // Options tune a Server.
 type Options struct {
 	// Token is volantd's own token (--token-file): sent as

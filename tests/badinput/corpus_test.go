@@ -35,6 +35,7 @@
 //	 "content_type":"application/json", "accept":"...", "body":"...",
 //	 "auth":"", "status":403, "code":"PERMISSION_DENIED",
 //	 "files":{...}, "dirs":[...], "fifos":[...], "links":{"name":"target"},
+//	 "body_bytes":0, "header_bytes":0, "server_answers":false,
 //	 "issue":"21"}
 //
 // One volantd runs for all of them in a scratch directory $TMP (no
@@ -48,8 +49,14 @@
 // in the Authorization header), "none", "wrong", "malformed" (Basic),
 // "query" (in the query string), "query+header" (both), "viewer" and
 // "operator" (named tokens of those roles), "expired", "revoked", "plain"
-// (plain HTTP to the TLS port). The case passes when the answer has its
-// status, is a JSON error object with its code and a message, and the
+// (plain HTTP to the TLS port). body_bytes pads the body with spaces to
+// that size (keep it within a few hundred KiB of the 1 MiB limit: volantd
+// answers TOO_LARGE and closes the connection, and a client still writing
+// megabytes then sees a reset, not the answer); header_bytes adds an
+// X-Pad header that long. The case passes
+// when the answer has its status, is a JSON error object with its code and
+// a message (with "server_answers", no code: Go's HTTP server refuses the
+// request before volantd reads it, in plain text), and the
 // plugins, VMs, deployments and volumes the API lists, the last event's
 // ID (audit events aside) and the files and directories under $TMP/data
 // (the database aside) are as before; no audit event records the call as

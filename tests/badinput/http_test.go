@@ -45,9 +45,17 @@ type httpCase struct {
 	// roles), "expired" (a viewer's, expired), "revoked" (an admin's,
 	// revoked), "plain" (the daemon's token over plain HTTP to the TLS
 	// port: a downgrade).
-	Auth   string      `json:"auth,omitempty"`
-	Status int         `json:"status"`
-	Code   apierr.Code `json:"code"`
+	Auth string `json:"auth,omitempty"`
+	// BodyBytes pads the body with spaces to that many bytes;
+	// HeaderBytes adds an X-Pad header of that many bytes.
+	BodyBytes   int `json:"body_bytes,omitempty"`
+	HeaderBytes int `json:"header_bytes,omitempty"`
+	Status      int `json:"status"`
+	// Code is the error object's code; "" only with ServerAnswers.
+	Code apierr.Code `json:"code,omitempty"`
+	// ServerAnswers: Go's HTTP server answers before volantd reads the
+	// request (headers over the limit): plain text, no error object.
+	ServerAnswers bool `json:"server_answers,omitempty"`
 	// Files, Dirs, FIFOs and Links are made under $TMP before the request
 	// and removed after it: artifacts a case points the daemon at.
 	Files map[string]string `json:"files,omitempty"`
@@ -92,8 +100,8 @@ func TestHTTP(t *testing.T) {
 		c := lc.Case
 		t.Run(c.Name, func(t *testing.T) {
 			where := fmt.Sprintf("%s:%d", lc.File, lc.Line)
-			if c.Name == "" || c.Code == "" || c.Method == "" || c.Path == "" || c.Status == 0 {
-				t.Fatalf("%s: a case needs a name, method, path, status and code", where)
+			if c.Name == "" || (c.Code == "") != c.ServerAnswers || c.Method == "" || c.Path == "" || c.Status == 0 {
+				t.Fatalf("%s: a case needs a name, method, path, status and code (no code when the server answers)", where)
 			}
 			tally.cases.Add(1)
 			sub := func(s string) string {
@@ -135,16 +143,29 @@ func TestHTTP(t *testing.T) {
 			}
 			before := d.state(t)
 			lastEvent := d.lastEvent(t, "1 = 1")
-			status, ctype, body := d.do(t, c.Method, sub(c.Path), c.ContentType, c.Accept, sub(c.Body), c.Auth)
+			reqBody := sub(c.Body)
+			if n := c.BodyBytes - len(reqBody); n > 0 {
+				reqBody += strings.Repeat(" ", n)
+			}
+			var extra []string
+			if c.HeaderBytes > 0 {
+				extra = []string{"X-Pad", strings.Repeat("a", c.HeaderBytes)}
+			}
+			status, ctype, body := d.do(t, c.Method, sub(c.Path), c.ContentType, c.Accept, reqBody, c.Auth, extra...)
 			var problems []string
 			if status != c.Status {
 				problems = append(problems, fmt.Sprintf("status %d, want %d", status, c.Status))
 			}
 			var e apierr.Error
-			if !strings.HasPrefix(ctype, "application/json") {
+			switch {
+			case c.ServerAnswers:
+				if !strings.HasPrefix(ctype, "text/plain") {
+					problems = append(problems, fmt.Sprintf("Content-Type %q, want Go's text/plain", ctype))
+				}
+			case !strings.HasPrefix(ctype, "application/json"):
 				problems = append(problems, fmt.Sprintf("Content-Type %q", ctype))
 			}
-			if err := json.Unmarshal(body, &e); err != nil || e.Code != c.Code || e.Message == "" {
+			if err := json.Unmarshal(body, &e); !c.ServerAnswers && (err != nil || e.Code != c.Code || e.Message == "") {
 				problems = append(problems, fmt.Sprintf("not a %s error object: %s", c.Code, body))
 			}
 			if after := d.state(t); after != before {
@@ -336,7 +357,8 @@ func startHTTPDaemon(t *testing.T) *httpDaemon {
 
 // do sends one request: over TCP when auth says how to carry the token
 // wrongly, otherwise over TCP with the token as it should be.
-func (d *httpDaemon) do(t *testing.T, method, path, ctype, accept, body, auth string) (int, string, []byte) {
+// Extra header names and values follow auth.
+func (d *httpDaemon) do(t *testing.T, method, path, ctype, accept, body, auth string, extra ...string) (int, string, []byte) {
 	t.Helper()
 	url := "https://" + d.addr + path
 	if auth == "plain" {
@@ -373,6 +395,9 @@ func (d *httpDaemon) do(t *testing.T, method, path, ctype, accept, body, auth st
 	}
 	if accept != "" {
 		req.Header.Set("Accept", accept)
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		req.Header.Set(extra[i], extra[i+1])
 	}
 	resp, err := d.tcp.Do(req)
 	if err != nil {
