@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -344,6 +345,98 @@ func TestProbes(t *testing.T) {
 	eventually(t, p, "a liveness restart", func() bool { _, _, _, n := f.counts(); return n >= 1 })
 	f.run(vm, agentapi.WorkloadRunning, 0, nil)
 	eventually(t, p, "restart counted", func() bool { return r.last().Status.ContainerStatuses[0].RestartCount >= 1 })
+}
+
+// TestExecProbe: an exec readiness probe runs its command in the guest
+// (the guest-access exec), a non-zero status keeps the pod unready and
+// records an Unhealthy event on it, and status 0 makes it ready; a failing
+// exec liveness probe restarts the VM, with its own Unhealthy events.
+func TestExecProbe(t *testing.T) {
+	ctx := context.Background()
+	f := newFake()
+	f.execCode = 1
+	rec := record.NewFakeRecorder(1000)
+	p := NewProvider(ProviderConfig{Node: "vol1", NodeIP: "10.0.0.1", Volant: f, Interval: time.Hour, Events: rec})
+	r := &recorder{}
+	p.NotifyPods(ctx, r.add)
+	pod := testPod("execprobed")
+	c := &pod.Spec.Containers[0]
+	c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"cat", "/tmp/ready"}}},
+		PeriodSeconds: 1, FailureThreshold: 1}
+	if err := p.CreatePod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	defer p.DeletePod(ctx, pod)
+	eventually(t, p, "the VM", func() bool { _, err := p.vmOf("default", "execprobed", ""); return err == nil })
+	vm := VMName(pod)
+	f.run(vm, agentapi.WorkloadRunning, 0, nil)
+	unhealthy := func(kind string) {
+		t.Helper()
+		want := "Warning Unhealthy " + kind + " probe failed: exit status 1"
+		deadline := time.After(20 * time.Second)
+		for {
+			// The probes see the VM as the last Sync left it.
+			if err := p.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case got := <-rec.Events:
+				if got == want {
+					return
+				}
+			case <-time.After(100 * time.Millisecond):
+			case <-deadline:
+				t.Fatalf("no event %q", want)
+			}
+		}
+	}
+	unhealthy("Readiness")
+	eventually(t, p, "Running, not ready", func() bool { return phaseOf(r.last()) == "Running/running" })
+	f.mu.Lock()
+	if len(f.execs) == 0 || strings.Join(f.execs[0].Argv, " ") != "cat /tmp/ready" || f.execs[0].TTY || f.execs[0].Stdin {
+		t.Errorf("the probe's exec requests: %+v", f.execs)
+	}
+	f.execCode = 0
+	f.mu.Unlock()
+	eventually(t, p, "ready", func() bool { return phaseOf(r.last()) == "Running/running/ready" })
+
+	// Liveness by exec: status 1 twice restarts the VM.
+	live := testPod("execlive")
+	live.UID = "execlive-uid"
+	live.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}},
+		PeriodSeconds: 1, FailureThreshold: 2}
+	if err := p.CreatePod(ctx, live); err != nil {
+		t.Fatal(err)
+	}
+	defer p.DeletePod(ctx, live)
+	eventually(t, p, "the second VM", func() bool { _, err := p.vmOf("default", "execlive", ""); return err == nil })
+	f.run(VMName(live), agentapi.WorkloadRunning, 0, nil)
+	// Two passing probes: no restart.
+	eventually(t, p, "two passing liveness probes", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		n := 0
+		for _, e := range f.execs {
+			if strings.Join(e.Argv, " ") == "true" {
+				n++
+			}
+		}
+		return n >= 2
+	})
+	if _, _, _, n := f.counts(); n != 0 {
+		t.Fatalf("%d restarts while the exec liveness probe passes", n)
+	}
+	f.mu.Lock()
+	f.execCode = 1
+	f.mu.Unlock()
+	unhealthy("Liveness")
+	eventually(t, p, "a liveness restart", func() bool { _, _, _, n := f.counts(); return n >= 1 })
+	f.mu.Lock()
+	restarted := slices.Contains(f.restarts, VMName(live)) && !slices.Contains(f.restarts, vm)
+	f.mu.Unlock()
+	if !restarted {
+		t.Errorf("restarts %v, want %s only (the readiness probe never restarts)", f.restarts, VMName(live))
+	}
 }
 
 // fakeAttach is virtual-kubelet's AttachIO over buffers.
