@@ -21,6 +21,9 @@
 // repository name) and [source] image, insecure and auth_file would; -c is
 // not read then. volantd builds plugins from images this way (POST
 // /api/v1/plugins {"image": …}), running fledge as a separate process.
+// Registry credentials: --auth-file (or [source] auth_file), else
+// $REGISTRY_AUTH_FILE, else containers/image's usual places
+// ($XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json, …).
 //
 // Both files are written under temporary names and renamed into place only
 // when the build succeeded. Outputs are reproducible (same inputs, same
@@ -163,7 +166,16 @@ type buildCmd struct {
 // imageFlags are [source]'s registry settings as flags (build --image, inspect).
 type imageFlags struct {
 	Insecure bool   `long:"insecure" description:"allow plain HTTP and unverified TLS for the registry"`
-	AuthFile string `long:"auth-file" value-name:"FILE" description:"registry credentials (containers-auth.json; default: the usual places)"`
+	AuthFile string `long:"auth-file" value-name:"FILE" description:"registry credentials (containers-auth.json; default: $REGISTRY_AUTH_FILE, else the usual places)"`
+}
+
+// authFile is --auth-file, else $REGISTRY_AUTH_FILE (containers-auth.json(5)),
+// which containers/image leaves to the tools built on it.
+func (f imageFlags) authFile(env *cli.Env) string {
+	if f.AuthFile != "" {
+		return f.AuthFile
+	}
+	return env.Env("REGISTRY_AUTH_FILE")
 }
 
 func (c *buildCmd) Execute(ctx context.Context, env *cli.Env) error {
@@ -181,6 +193,7 @@ func (c *buildCmd) Execute(ctx context.Context, env *cli.Env) error {
 		WorkDir:       c.WorkDir,
 		SignKey:       c.Sign,
 		SignPassword:  env.Env(signing.PasswordEnv),
+		AuthFile:      env.Env("REGISTRY_AUTH_FILE"),
 		Logger:        env.Logger(c.Verbose),
 		Progress:      reporter(env.Stderr, c.Quiet, c.Progress),
 	}
@@ -201,7 +214,7 @@ func (c *buildCmd) Execute(ctx context.Context, env *cli.Env) error {
 		if err != nil {
 			return err
 		}
-		cfg, err := fledge.ImageConfig(c.Image, c.Name, wd, c.AuthFile, c.Insecure)
+		cfg, err := fledge.ImageConfig(c.Image, c.Name, wd, c.authFile(env), c.Insecure)
 		if err != nil {
 			return err
 		}
@@ -231,7 +244,7 @@ type inspectCmd struct {
 func (c *inspectCmd) Execute(ctx context.Context, env *cli.Env) error {
 	info, err := fledge.Inspect(ctx, c.Args.Image, c.Resolve, ociimage.Options{
 		Insecure:  c.Insecure,
-		AuthFile:  c.AuthFile,
+		AuthFile:  c.authFile(env),
 		UserAgent: "volant-fledge/" + buildinfo.Version,
 		Logger:    env.Logger(c.Verbose),
 	})

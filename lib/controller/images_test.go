@@ -2,8 +2,13 @@ package controller_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -279,5 +284,64 @@ func TestInstallImageBuildFails(t *testing.T) {
 	}
 	if ps, _ := c.ListPlugins(f.ctx); len(ps) != 0 {
 		t.Fatalf("a failed build installed %d plugins", len(ps))
+	}
+}
+
+// authProxy stands in front of the registry at reg and answers only
+// requests with the basic credentials user:secret, as a registry that
+// needs a login does. It returns its host:port.
+func authProxy(t *testing.T, reg string) string {
+	t.Helper()
+	target, _ := url.Parse("http://" + reg)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "user" || p != "secret" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="volant-test"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TestInstallImageRegistryAuth: an image in a registry that needs a login
+// is refused without credentials, and built with those of the auth file
+// volantd is given (--registry-auth-file), or of $REGISTRY_AUTH_FILE, the
+// usual place, when it is given none.
+func TestInstallImageRegistryAuth(t *testing.T) {
+	f, _, reg := imageFixture(t)
+	priv := authProxy(t, reg)
+	ref := "docker://" + priv + "/web:1"
+	authFile := filepath.Join(t.TempDir(), "auth.json")
+	auth := `{"auths":{"` + priv + `":{"auth":"` + base64.StdEncoding.EncodeToString([]byte("user:secret")) + `"}}}`
+	if err := os.WriteFile(authFile, []byte(auth), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	controllerWith := func(authFile string) *controller.Controller {
+		c, _ := f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1,
+			Launch: controller.LaunchDefaults{Kestrel: busyboxStandIn},
+			Images: controller.ImageConfig{Fledge: guesttest.Command(t, "fledge"), AuthFile: authFile, InsecureRegistries: []string{priv}}})
+		return c
+	}
+	// No credentials anywhere fledge looks.
+	t.Setenv("REGISTRY_AUTH_FILE", filepath.Join(t.TempDir(), "none.json"))
+	t.Setenv("HOME", t.TempDir())
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	_, _, err := controllerWith("").InstallImage(f.ctx, api.InstallImageRequest{Image: ref, Name: "anon"})
+	if !apierr.Is(err, apierr.Unauthorized) {
+		t.Fatalf("without credentials: %v, want UNAUTHORIZED", err)
+	}
+	t.Logf("without credentials: %v", err)
+
+	p, built, err := controllerWith(authFile).InstallImage(f.ctx, api.InstallImageRequest{Image: ref, Name: "given"})
+	if err != nil || !built || p.ImageDigest == "" {
+		t.Fatalf("with the auth file: %+v %v %v", p, built, err)
+	}
+	t.Setenv("REGISTRY_AUTH_FILE", authFile)
+	if _, built, err := controllerWith("").InstallImage(f.ctx, api.InstallImageRequest{Image: ref, Name: "usual"}); err != nil || !built {
+		t.Fatalf("with $REGISTRY_AUTH_FILE: %v %v", built, err)
 	}
 }

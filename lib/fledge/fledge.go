@@ -85,6 +85,11 @@ type Request struct {
 	// is removed, since it would not match the new manifest.
 	SignKey      string `json:"sign_key,omitempty"`
 	SignPassword string `json:"-"`
+	// AuthFile holds the registry credentials of an image whose [source]
+	// names no auth_file (the fledge command: $REGISTRY_AUTH_FILE, which
+	// containers/image does not read itself); "" leaves containers/image
+	// to its usual places (~/.docker/config.json, …).
+	AuthFile string `json:"-"`
 
 	key *minisign.PrivateKey // SignKey, read before the build
 

@@ -69,6 +69,9 @@ func buildRootfs(ctx context.Context, c *Config, req Request) (*Result, error) {
 	if auth != "" && !filepath.IsAbs(auth) {
 		auth = filepath.Join(c.Dir, auth)
 	}
+	if auth == "" {
+		auth = req.AuthFile
+	}
 
 	res := &Result{Name: name, Version: version, Kestrel: kestrel, StepsMS: st}
 	var src *ociimage.Source
