@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -284,6 +285,69 @@ func TestInstallImageBuildFails(t *testing.T) {
 	}
 	if ps, _ := c.ListPlugins(f.ctx); len(ps) != 0 {
 		t.Fatalf("a failed build installed %d plugins", len(ps))
+	}
+}
+
+// countingFledge is a fledge that runs the real one and records in log
+// when each build starts and ends ("start PID" / "end PID" lines).
+func countingFledge(t *testing.T, log string) string {
+	t.Helper()
+	real := guesttest.Command(t, "fledge")
+	p := filepath.Join(t.TempDir(), "fledge")
+	script := "#!/bin/sh\nif [ \"$1\" != build ]; then exec " + real + " \"$@\"; fi\n" +
+		"echo \"start $$\" >>" + log + "\n" + real + " \"$@\"\nrc=$?\necho \"end $$\" >>" + log + "\nexit $rc\n"
+	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestInstallImageMaxBuilds: three builds asked for at once (one image
+// under three names) run at most MaxBuilds (2) at a time; the third waits
+// for a slot, and all three are built.
+func TestInstallImageMaxBuilds(t *testing.T) {
+	f, _, reg := imageFixture(t)
+	log := filepath.Join(t.TempDir(), "builds.log")
+	c, _ := f.controllerWith(controller.Config{Prober: controllertest.NewProber(), MaxBooting: -1,
+		Launch: controller.LaunchDefaults{Kestrel: busyboxStandIn},
+		Images: controller.ImageConfig{Fledge: countingFledge(t, log), MaxBuilds: 2, InsecureRegistries: []string{reg}}})
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, built, err := c.InstallImage(f.ctx, api.InstallImageRequest{Image: "docker://" + reg + "/web:1", Name: "web" + strconv.Itoa(i)})
+			if err == nil && !built {
+				err = errors.New("not built")
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("install %d: %v", i, err)
+		}
+	}
+	data, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, peak, starts := 0, 0, 0
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		switch {
+		case strings.HasPrefix(line, "start "):
+			running++
+			starts++
+		case strings.HasPrefix(line, "end "):
+			running--
+		}
+		peak = max(peak, running)
+	}
+	t.Logf("builds: %d, at most %d at once\n%s", starts, peak, data)
+	if starts != 3 || peak > 2 {
+		t.Fatalf("%d builds, %d at once: want 3, at most MaxBuilds (2) at once", starts, peak)
 	}
 }
 
