@@ -6,12 +6,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
@@ -257,5 +259,136 @@ func TestVMRestoreRollsVolumeBack(t *testing.T) {
 	}
 	if _, err := d.c.DeleteSnapshot(ctx, "one-line"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// ledgerPlugin builds (into outDir) an initramfs plugin whose workload,
+// busybox httpd, keeps a ledger on the volume at /data: /cgi-bin/add
+// appends the guest's hostname to it (synced) and prints it, and
+// /cgi-bin/read prints it.
+func ledgerPlugin(t testing.TB, outDir, modulesDir, kestrel string) []byte {
+	t.Helper()
+	cgi := func(body string) string {
+		return "#!/bin/busybox sh\n" + body + "\nprintf \"Content-Type: text/plain\\r\\n\\r\\n\"; /bin/busybox cat /data/ledger\n"
+	}
+	return guestPlugin{Name: "ledger", Health: "/index.html", Files: map[string]string{
+		"index.html":   "ledger\n",
+		"cgi-bin/add":  cgi(`/bin/busybox hostname >> /data/ledger; /bin/busybox sync`),
+		"cgi-bin/read": cgi(``),
+	}}.manifest(t, outDir, modulesDir, kestrel)
+}
+
+// TestVMSnapshotCloneHasItsOwnVolume boots a real guest through volantd
+// that writes to its named volume, snapshots it, writes again, and starts
+// a new VM from the snapshot: the new VM (its hypervisor jailed, as
+// volantd runs them) finds the volume as it was when the snapshot was
+// taken, on an image of its own made from the snapshot's copy without
+// copying it (a reflink, else a qcow2 overlay), and what each writes
+// afterwards stays its own: not in the other, not in the snapshot's copy,
+// and the named volume stays attached to the source alone.
+func TestVMSnapshotCloneHasItsOwnVolume(t *testing.T) {
+	h := newQEMUHost(t)
+	k, kestrel := h.k, h.kestrel
+	d := h.daemon(t, "--stop-timeout", "10s")
+	ctx := context.Background()
+	if _, err := d.c.InstallPlugin(ctx, ledgerPlugin(t, filepath.Join(h.dir, "data", "plugins", "ledger"), k.ModulesDir, kestrel), client.InstallOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const volSize = 64 << 20
+	if _, err := d.c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "books", Size: "64MiB"}); err != nil {
+		t.Fatal(err)
+	}
+	running := func(name string) *api.VM {
+		t.Helper()
+		vm, err := d.c.WaitVM(ctx, name, api.VMRunning, 150*time.Second)
+		if err != nil {
+			rc, _ := d.c.VMLogs(ctx, name, api.LogOptions{Tail: 60})
+			launchLog, _ := os.ReadFile(filepath.Join(h.dir, "data", "vms", name, "launch.log"))
+			t.Fatalf("%s never ran: %v\nconsole:\n%s\nvolant-launch:\n%s", name, err, readAll(rc), launchLog)
+		}
+		return vm
+	}
+	ledger := func(vm *api.VM, path, want string) {
+		t.Helper()
+		if got, err := get(h.fakeHost, vm.IP, path); err != nil || got != want {
+			t.Fatalf("%s %s: the ledger reads %q (%v), want %q", vm.Name, path, got, err, want)
+		}
+	}
+
+	if _, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: "src", Plugin: "ledger",
+		Volumes: []api.VolumeMount{{Volume: "books", Path: "/data"}}}); err != nil {
+		t.Fatal(err)
+	}
+	src := running("src")
+	ledger(src, "/cgi-bin/add", "src")
+	snap, err := d.c.SnapshotVM(ctx, "src", api.CreateSnapshotRequest{Name: "signed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vol *api.SnapshotDisk
+	for i, dk := range snap.Disks {
+		if dk.Role == "volume:0" {
+			vol = &snap.Disks[i]
+		}
+	}
+	if vol == nil || vol.MountPath != "/data" || vol.Method == "" {
+		t.Fatalf("the snapshot's disks %+v: want volume:0, mounted at /data, copied", snap.Disks)
+	}
+	t.Logf("snapshot: the volume copied by %s, %d bytes allocated of %d", vol.Method, vol.AllocatedBytes, volSize)
+	ledger(src, "/cgi-bin/add", "src\nsrc") // after the snapshot
+
+	if _, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: "clone", FromSnapshot: "signed"}); err != nil {
+		t.Fatal(err)
+	}
+	clone := running("clone")
+	ledger(clone, "/cgi-bin/read", "src") // the volume as the snapshot saw it
+	ledger(clone, "/cgi-bin/add", "src\nclone")
+	ledger(src, "/cgi-bin/read", "src\nsrc") // the clone wrote to its own image
+
+	// The clone's image of the volume: derived from the snapshot's copy,
+	// not a copy of it.
+	disks := filepath.Join(h.dir, "data", "vms", "clone", "disks")
+	imgs, _ := filepath.Glob(filepath.Join(disks, "volume-0.from-snapshot.*"))
+	if len(imgs) != 1 {
+		ents, _ := os.ReadDir(disks)
+		t.Fatalf("the clone's volume image: %v (in %s: %v)", imgs, disks, ents)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(imgs[0], &st); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the clone's volume: %s, %d bytes allocated", filepath.Base(imgs[0]), st.Blocks*512)
+	if strings.HasSuffix(imgs[0], ".qcow2") && st.Blocks*512 >= volSize/4 {
+		t.Errorf("the clone's qcow2 overlay takes %d bytes: a copy, not an overlay", st.Blocks*512)
+	}
+	info, err := launch.ReadSnapshotInfo(snap.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dk := range info.Disks {
+		if dk.Role == "volume:0" {
+			if out := debugfsCat(t, filepath.Join(snap.Path, dk.File), "/ledger"); out != "src\n" {
+				t.Errorf("the snapshot's copy of the volume now holds %q, want what it saved", out)
+			}
+		}
+	}
+	v, err := d.c.Volume(ctx, "books")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Attachments) != 1 || v.Attachments[0].VM != "src" {
+		t.Errorf("books is attached to %+v, want src alone", v.Attachments)
+	}
+
+	for _, name := range []string{"clone", "src"} {
+		if _, err := d.c.DeleteVM(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.c.DeleteSnapshot(ctx, "signed"); err != nil {
+		t.Fatal(err)
+	}
+	if out := debugfsCat(t, v.Path, "/ledger"); out != "src\nsrc\n" {
+		t.Errorf("after both VMs went, books holds %q, want the source's two lines", out)
 	}
 }

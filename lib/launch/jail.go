@@ -210,14 +210,16 @@ func setupJail(p *Plan, o Options, log *slog.Logger) (j *jailRun, err error) {
 			}
 			spec.Paths = append(spec.Paths, jail.Path{Path: d.Path, Write: true})
 		}
-		// A qcow2 overlay (a VM restored from a snapshot) reads its
-		// backing files too.
+		// A qcow2 overlay (a VM started from a snapshot) reads its
+		// backing files too, read-only: a snapshot's copy of a disk or
+		// a volume, which others may not read, is granted as a
+		// read-only disk is.
 		backing, err := qcow2Backing(d.Path)
 		if err != nil {
 			return j, jailFailed(err, "reading the backing files of "+d.Path)
 		}
 		for _, b := range backing {
-			if err := readable(b); err != nil {
+			if err := readOnlyDisk(b); err != nil {
 				return j, err
 			}
 		}

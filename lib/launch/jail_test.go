@@ -160,6 +160,46 @@ func TestQcow2BackingChain(t *testing.T) {
 	}
 }
 
+// A VM started from a snapshot writes to a qcow2 overlay whose backing
+// file is the snapshot's copy, which others may not read (root's, 0600):
+// the VMM's uid reads it through an ACL entry for the run, taken back when
+// the run ends; the overlay is the uid's for the run.
+func TestJailGrantsTheBackingFile(t *testing.T) {
+	img, err := exec.LookPath("qemu-img")
+	if err != nil {
+		netnstest.SkipOrFail(t, "qemu-img is needed")
+	}
+	f := newFixture(t)
+	ctx := context.Background()
+	_, base := jailedFiles(t, f) // 0600
+	top := filepath.Join(filepath.Dir(base), "top.qcow2")
+	if out, err := exec.Command(img, "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", top).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v %s", err, out)
+	}
+	os.Chmod(top, 0o600)
+	spec := f.spec()
+	spec.Disks = []vmm.Disk{{Path: top, Format: "qcow2"}}
+	p, err := Prepare(ctx, spec, f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := startRun(t, ctx, p, f.opts)
+	st := waitRunning(t, p.RunDir, f.opts)
+	uid := st.Jail.UID
+	if u, _ := ownerOf(t, top); u != uid || !aclNames(base, uid) {
+		t.Fatalf("the running VMM (uid %d): overlay owner %d, ACL entry on its backing file %v", uid, u, aclNames(base, uid))
+	}
+	if _, err := Stop(ctx, p.RunDir, 10*time.Second, f.opts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if u, _ := ownerOf(t, top); u != 0 || aclNames(base, uid) {
+		t.Errorf("after the run: overlay owner %d, ACL entry on the backing file %v", u, aclNames(base, uid))
+	}
+}
+
 // startSupervisor runs p in a supervisor process of its own (the test
 // binary as helperRun), so a test can kill it with SIGKILL.
 func startSupervisor(t *testing.T, f *fixture, p *Plan, jo JailOptions) *exec.Cmd {
