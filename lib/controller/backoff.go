@@ -16,7 +16,7 @@ const (
 // and when the reconciler may try it again: after a create that failed, or
 // once it is seen crashed or failed, it waits ReplicaBackoff, doubled with
 // every failure in a row up to ReplicaBackoffMax; a replica seen running
-// starts over. The waits keep a replica that cannot come up (no bridge, a
+// for longer than ReplicaBackoffMax starts over. The waits keep a replica that cannot come up (no bridge, a
 // guest that dies at boot) from being recreated as fast as its own undo
 // wakes the reconciler.
 type retries struct {
@@ -89,7 +89,14 @@ func (r *retries) due(name, failedNow string) (ok bool, note string) {
 	return true, ""
 }
 
-// reset forgets the replica's failures (it runs, or it is gone).
+// stable says a replica started at started has run long enough to
+// forget its failures: for longer than the longest wait.
+func (r *retries) stable(started *time.Time) bool {
+	return started != nil && time.Since(*started) >= r.ceiling
+}
+
+// reset forgets the replica's failures (it has run long enough, or it is
+// gone).
 func (r *retries) reset(name string) {
 	r.mu.Lock()
 	delete(r.m, name)

@@ -30,9 +30,9 @@ func lastEvent(t *testing.T, st *store.Store) int64 {
 // was recorded (the bridge is missing: the tap step fails, the create is
 // undone) is retried with an exponential, capped backoff, not at once
 // whenever its own undo wakes the reconciler (which made 4,879 events in
-// 20 s). Once the cause is gone it comes up, and a later crash of the
-// running replica is retried after the base delay again (the backoff was
-// reset by its success).
+// 20 s). Once the cause is gone it comes up, and once it has run for
+// longer than the cap, a crash is retried after the base delay again (its
+// failures are forgotten).
 func TestFailingReplicaBacksOff(t *testing.T) {
 	f := newFixture(t)
 	pr := controllertest.NewProber()
@@ -88,12 +88,14 @@ func TestFailingReplicaBacksOff(t *testing.T) {
 	pr.Set(netip.MustParseAddr(vm.IP), &st)
 	eventuallyState(t, c, "svc-1", api.VMRunning)
 
-	// Its success reset the backoff: a crash now is replaced after about
-	// the base delay (0.2 s), not the capped one (2 s).
+	// Once it has run for longer than the cap its failures are forgotten:
+	// a crash now is replaced after about the base delay (0.2 s), not the
+	// capped one (2 s).
 	vm, err = c.VM(f.ctx, "svc-1")
-	if err != nil || vm.PID == 0 {
-		t.Fatalf("running without a pid: %+v %v", vm, err)
+	if err != nil || vm.PID == 0 || vm.StartedAt == nil {
+		t.Fatalf("running without a pid or start time: %+v %v", vm, err)
 	}
+	time.Sleep(time.Until(vm.StartedAt.Add(2*time.Second + 300*time.Millisecond))) // the condition is the time it has run
 	old := vm.PID
 	f.rt.Kill("svc-1", nil)
 	t0 := time.Now()
@@ -165,5 +167,69 @@ func TestReplicaFailureStartsNoPass(t *testing.T) {
 	}
 	if n > int64(created)+1 {
 		t.Fatalf("%d passes for %d creates: a failure woke the reconciler", n, created)
+	}
+}
+
+// TestCrashLoopBacksOff: a replica that comes up healthy and crashes soon
+// after, again and again, waits longer before each recreation — the base
+// delay doubled with each crash, up to the cap — instead of being
+// recreated after the base delay every time because it was seen running
+// in between.
+func TestCrashLoopBacksOff(t *testing.T) {
+	f := newFixture(t)
+	pr := controllertest.NewProber()
+	const base, ceiling = 100 * time.Millisecond, 800 * time.Millisecond
+	c, _ := f.controllerWith(controller.Config{Prober: pr, MaxBooting: -1, ReconcileInterval: 50 * time.Millisecond,
+		ReplicaBackoff: base, ReplicaBackoffMax: ceiling})
+	f.plugin(c, "web")
+	if _, err := c.CreateDeployment(f.ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "web", Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// newRun waits for a run of svc-1 other than old's hypervisor and
+	// returns its pid.
+	newRun := func(old int, limit time.Duration) int {
+		t.Helper()
+		for deadline := time.Now().Add(limit); ; time.Sleep(5 * time.Millisecond) {
+			if v, err := c.VM(f.ctx, "svc-1"); err == nil && v.PID != 0 && v.PID != old && v.IP != "" {
+				return v.PID
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no new run of svc-1 within %s", limit)
+			}
+		}
+	}
+	// up makes the run healthy and waits for it to be running.
+	up := func() {
+		t.Helper()
+		v, err := c.VM(f.ctx, "svc-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := controllertest.Healthy("svc-1")
+		pr.Set(netip.MustParseAddr(v.IP), &st)
+		eventuallyState(t, c, "svc-1", api.VMRunning)
+	}
+	pid := newRun(0, 10*time.Second)
+	up()
+	// Six crashes, each right after the replica came up: the waits are
+	// 0.1, 0.2, 0.4, 0.8, then capped at 0.8 s (uncapped: 1.6, 3.2 s).
+	want := []time.Duration{base, 2 * base, 4 * base, 8 * base, ceiling, ceiling}
+	var gaps []time.Duration
+	for range want {
+		f.rt.Kill("svc-1", nil)
+		t0 := time.Now()
+		pid = newRun(pid, 30*time.Second)
+		gaps = append(gaps, time.Since(t0))
+		up()
+	}
+	t.Logf("crash to the next run: %v (waits %v)", gaps, want)
+	for i, w := range want {
+		if gaps[i] < w*9/10 {
+			t.Errorf("crash %d: recreated after %s, before its wait of %s", i+1, gaps[i], w)
+		}
+	}
+	// The cap: the last waits are not doubled any more (3.2 s uncapped).
+	if last := gaps[len(gaps)-1]; last > 2*ceiling+time.Second {
+		t.Errorf("the sixth crash was recreated after %s; the cap is %s", last, ceiling)
 	}
 }

@@ -159,8 +159,8 @@ type Config struct {
 	// ReplicaBackoff is how long the reconciler waits before it tries a
 	// replica again after a failure (a create that failed, the replica
 	// crashed or failed); it doubles with every failure in a row, up to
-	// ReplicaBackoffMax, and starts over once the replica runs. Defaults
-	// 1 s and 5 min.
+	// ReplicaBackoffMax, and starts over once the replica has run for
+	// longer than ReplicaBackoffMax. Defaults 1 s and 5 min.
 	ReplicaBackoff    time.Duration
 	ReplicaBackoffMax time.Duration
 	// LivenessGrace is how long a running replica may stay unhealthy

@@ -601,8 +601,13 @@ func (c *Controller) keepReplicas(ctx context.Context, log *slog.Logger, d deplo
 	for _, i := range slots {
 		v, ok := have[i]
 		rn := ReplicaName(name, i)
-		if ok && v.State == api.VMRunning && v.Health != string(agentapi.HealthUnhealthy) {
-			c.retries.reset(rn) // a replica replaced for its health keeps counting
+		// A replica forgets its failures once it has run (and not been
+		// unhealthy) for longer than the longest wait; one that comes up
+		// and crashes soon after, again and again, keeps counting, so its
+		// waits grow as a crash loop's should. One replaced for its
+		// health keeps counting too.
+		if ok && v.State == api.VMRunning && v.Health != string(agentapi.HealthUnhealthy) && c.retries.stable(v.StartedAt) {
+			c.retries.reset(rn)
 		}
 		failedNow, why := "", ""
 		if ok && v.Step == "" && v.Desired == desireRunning && (v.State == api.VMCrashed || v.State == api.VMFailed) {
