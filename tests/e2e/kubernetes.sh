@@ -31,7 +31,7 @@
 # /metrics/resource the same as series; a pod on host A fetches the
 # page of a pod on host B; the Service's EndpointSlice lists the 4 pod IPs;
 # `kubectl logs` shows the workload's output; `kubectl exec` runs in the
-# guest (/etc/hostname, the Secret's file, the ConfigMap's env, the exit
+# guest (with -it in a terminal; /etc/hostname, the Secret's file, the ConfigMap's env, the exit
 # status, the service account volume: namespace, CA, and a token bound to
 # the pod that a TokenReview accepts); a pod the provider cannot run (two
 # containers) fails with VolantUnsupported; kill -9 of volant-kubelet A
@@ -405,6 +405,9 @@ vl_wait 20 logs_say "$(jq -r .metadata.name <<<"$pod_b")" || vl_fail "kubectl lo
 [[ $(k exec "$pod" -- cat /etc/motd) == "built for volant-e2e" ]] || vl_fail "kubectl exec cat: $(k exec "$pod" -- cat /etc/motd 2>&1)"
 [[ $(k exec "$pod" -- cat /etc/web-secret/password) == "hunter2" ]] || vl_fail "the Secret's file: $(k exec "$pod" -- cat /etc/web-secret/password 2>&1)"
 [[ $(k exec "$pod" -- sh -c 'echo $GREETING') == "hello-from-configmap" ]] || vl_fail "exec's env"
+# With -it: a terminal in the guest (script(1) gives kubectl one here).
+tty_out=$(script -qec "ip netns exec $VL_NS kubectl exec -it $pod -- sh -c 'tty; exit 3'" /dev/null </dev/null | tr -d '\r') && tty_rc=0 || tty_rc=$?
+[[ $tty_out == *"/dev/pts/"* && $tty_rc == 3 ]] || vl_fail "kubectl exec -it: status $tty_rc, said: $tty_out"
 set +e
 k exec "$pod" -- sh -c 'exit 7' 2>/dev/null
 rc=$?
