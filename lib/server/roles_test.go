@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
@@ -264,4 +265,80 @@ func TestMCPObeysRoles(t *testing.T) {
 	if strings.Join(got, ",") != "viewer-1 create_vm PERMISSION_DENIED,operator-1 create_vm NOT_FOUND" {
 		t.Fatalf("audit of MCP calls: %q", got)
 	}
+}
+
+// TestEveryMCPToolObeysItsRole calls every MCP tool with a session of each
+// role: a weaker role than the tool's is refused with PERMISSION_DENIED
+// before the tool runs, a strong enough one gets past the check, and
+// tools/list shows each role exactly the tools it may call. The roles are
+// written out here, by what each tool does, rather than taken from
+// mcpTools(), so a tool mapped to the wrong operation fails; a tool
+// missing here fails too.
+func TestEveryMCPToolObeysItsRole(t *testing.T) {
+	e := newEnv(t, func(_ *controller.Config, o *server.Options) { o.Token = daemonToken })
+	toks := e.tokens()
+	want := map[string]string{
+		"list_vms": "viewer", "get_vm": "viewer", "vm_logs": "viewer", "list_plugins": "viewer",
+		"list_deployments": "viewer", "rollout_status": "viewer", "list_volumes": "viewer",
+		"get_volume": "viewer", "list_snapshots": "viewer",
+
+		"create_vm": "operator", "start_vm": "operator", "stop_vm": "operator", "pause_vm": "operator",
+		"resume_vm": "operator", "delete_vm": "operator", "exec_vm": "operator",
+		"create_volume": "operator", "resize_volume": "operator", "delete_volume": "operator",
+		"snapshot_vm": "operator", "create_vm_from_snapshot": "operator", "restore_vm": "operator",
+		"delete_snapshot": "operator",
+
+		"scale_deployment": "admin", "update_deployment": "admin", "undo_rollout": "admin",
+	}
+	rank := map[string]int{"viewer": 1, "operator": 2, "admin": 3}
+	for _, role := range []string{"viewer", "operator", "admin"} {
+		secret := toks[role]
+		bearer := []string{"Authorization", "Bearer " + secret}
+		code, sid, body := e.mcpPost("", mcpInit, bearer...)
+		if code != 200 || sid == "" {
+			t.Fatalf("initialize as %s: %d %s", role, code, body)
+		}
+		e.mcpPost(sid, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, bearer...)
+		_, _, body = e.mcpPost(sid, `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, bearer...)
+		var listed struct {
+			Result struct {
+				Tools []struct{ Name string } `json:"tools"`
+			} `json:"result"`
+		}
+		if err := json.Unmarshal(sseData(body), &listed); err != nil {
+			t.Fatalf("tools/list as %s: %v %s", role, err, body)
+		}
+		seen := map[string]bool{}
+		for _, tool := range listed.Result.Tools {
+			seen[tool.Name] = true
+			need, ok := want[tool.Name]
+			switch {
+			case !ok:
+				t.Errorf("tool %s is not in this test's table: add it with the role its action needs", tool.Name)
+			case rank[need] > rank[role]:
+				t.Errorf("tools/list shows %s (needs %s) to a %s", tool.Name, need, role)
+			}
+		}
+		for tool, need := range want {
+			if rank[need] <= rank[role] && !seen[tool] {
+				t.Errorf("tools/list hides %s (needs %s) from a %s", tool, need, role)
+			}
+			call := fmt.Sprintf(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":%q,"arguments":{"name":"nope"}}}`, tool)
+			_, _, body := e.mcpPost(sid, call, bearer...)
+			denied := strings.Contains(string(body), "PERMISSION_DENIED")
+			if want := rank[role] < rank[need]; denied != want {
+				t.Errorf("%s (needs %s) as %s: denied %v: %s", tool, need, role, denied, body)
+			}
+		}
+	}
+}
+
+// sseData is the data of a one-event stream answer, or body itself.
+func sseData(body []byte) []byte {
+	for _, line := range strings.Split(string(body), "\n") {
+		if d, ok := strings.CutPrefix(line, "data: "); ok {
+			return []byte(d)
+		}
+	}
+	return body
 }
