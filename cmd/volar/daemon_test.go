@@ -20,7 +20,6 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/cli"
-	"github.com/volantvm/volant/lib/cli/clitest"
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/controller"
 	"github.com/volantvm/volant/lib/controller/controllertest"
@@ -371,29 +370,4 @@ func (s *stream) ended(t *testing.T) result {
 		t.Fatal("the command did not end by itself")
 	}
 	return result{}
-}
-
-// golden is clitest.Golden with the first differing lines shown, since
-// transcripts are long.
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	if want, err := os.ReadFile(filepath.Join("testdata", name+".golden")); err == nil && string(want) != got {
-		g, w := strings.Split(got, "\n"), strings.Split(string(want), "\n")
-		for i := 0; i < len(g) || i < len(w); i++ {
-			var gl, wl string
-			if i < len(g) {
-				gl = g[i]
-			}
-			if i < len(w) {
-				wl = w[i]
-			}
-			if gl != wl {
-				lo := max(0, i-8)
-				t.Errorf("testdata/%s.golden differs at line %d:\n%s\n got: %q\nwant: %q", name, i+1,
-					strings.Join(w[lo:i], "\n"), gl, wl)
-				break
-			}
-		}
-	}
-	clitest.Golden(t, name, got)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/cli/clitest"
 )
 
 // TestPluginCommands: every plugins command against volantd, in table,
@@ -53,7 +54,7 @@ func TestPluginCommands(t *testing.T) {
 	tr.run(0, "plugins", "remove", "caddy")
 	tr.run(0, "plugins", "rm", "nginx")
 	tr.all("plugins", "list")
-	golden(t, "session-plugins", tr.b.String())
+	clitest.Golden(t, "session-plugins", tr.b.String())
 }
 
 // TestVMCommands: create (the spec's sentence), --wait with progress,
@@ -116,7 +117,7 @@ func TestVMCommands(t *testing.T) {
 	tr.run(0, "-q", "vms", "delete", "web2")
 	tr.run(1, "vms", "show", "web2")
 	tr.all("vms", "list")
-	golden(t, "session-vms", tr.b.String())
+	clitest.Golden(t, "session-vms", tr.b.String())
 }
 
 // TestDeploymentCommands: create (flags and the spec's --config file),
@@ -176,7 +177,7 @@ func TestDeploymentCommands(t *testing.T) {
 	tr.run(0, "-o", "json", "deployments", "rm", "web")
 	tr.run(1, "deployments", "show", "web")
 	tr.all("deployments", "list")
-	golden(t, "session-deployments", tr.b.String())
+	clitest.Golden(t, "session-deployments", tr.b.String())
 }
 
 // TestEventsSinceAndResume: `events --since` replays after an ID, follows
@@ -312,7 +313,7 @@ func TestEventsSinceAndResume(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("events across the restart:\n got %q\nwant %q", got, want)
 	}
-	golden(t, "session-events", tr.b.String())
+	clitest.Golden(t, "session-events", tr.b.String())
 }
 
 // TestLogsFollow: `vms logs --follow` prints what the guest writes while it
@@ -392,7 +393,7 @@ func TestTokenOverTCP(t *testing.T) {
 		}
 		fmt.Fprintf(&tr.b, "$ %s\n%s\n", strings.Join(args, " "), mask(r))
 	}
-	golden(t, "session-token", tr.b.String())
+	clitest.Golden(t, "session-token", tr.b.String())
 }
 
 // TestVersionWithDaemon: volar version names both builds.

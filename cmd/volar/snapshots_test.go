@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"testing"
+
+	"github.com/volantvm/volant/lib/cli/clitest"
 )
 
 // TestSnapshotCommands: vms snapshot, snapshots list/show in every form,
@@ -47,5 +49,5 @@ func TestSnapshotCommands(t *testing.T) {
 	tr.run(0, "snapshots", "delete", "warm")
 	tr.run(1, "snapshots", "show", "warm")
 	tr.all("snapshots", "list")
-	golden(t, "session-snapshots", tr.b.String())
+	clitest.Golden(t, "session-snapshots", tr.b.String())
 }

@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/volantvm/volant/lib/cli/clitest"
 )
 
 var reSecret = regexp.MustCompile(`volant_[A-Za-z0-9_-]{43}`)
@@ -57,5 +59,5 @@ func TestTokensWithDaemon(t *testing.T) {
 	tr.run(0, "-o", "json", "tokens", "revoke", "ci")
 	tr.run(1, "tokens", "revoke", "nobody")
 	as("ci", 1, "vms", "list")
-	golden(t, "session-tokens", masked(tr.b.String()))
+	clitest.Golden(t, "session-tokens", masked(tr.b.String()))
 }

@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/volantvm/volant/lib/cli/clitest"
 )
 
 // What the host's filesystem allocates for an image differs between hosts.
@@ -72,7 +74,7 @@ func TestVolumeCommands(t *testing.T) {
 	tr.run(0, "volumes", "show", "cache-2")
 	tr.run(0, "deployments", "delete", "svc")
 	tr.run(0, "-q", "volumes", "list")
-	golden(t, "session-volumes", maskAllocated(tr.b.String()))
+	clitest.Golden(t, "session-volumes", maskAllocated(tr.b.String()))
 	if strings.Contains(tr.b.String(), "\"allocated_bytes\": 0") {
 		t.Error("a volume was listed with nothing allocated: its image was not made")
 	}
