@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/volantvm/volant/lib/testutil/ext4test"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -102,10 +103,7 @@ func TestVMExecRootfs(t *testing.T) {
 		t.Fatalf("the VM did not stop:\n%s", runErr)
 	}
 	vmCopy := filepath.Join(w.dir, "state", "vms", name, "disks", "rootfs.img")
-	onDisk, err := exec.Command("debugfs", "-R", "cat /srv/blob", vmCopy).Output()
-	if err != nil {
-		t.Fatalf("debugfs cat /srv/blob %s: %v", vmCopy, err)
-	}
+	onDisk := ext4test.Cat(t, vmCopy, "/srv/blob")
 	if sha256.Sum256(onDisk) != sum {
 		t.Fatalf("the VM's disk holds %d bytes at /srv/blob, not the file copied in", len(onDisk))
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/client"
 	"github.com/volantvm/volant/lib/launch"
+	"github.com/volantvm/volant/lib/testutil/ext4test"
 	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
@@ -232,7 +233,7 @@ func TestVMRestoreRollsVolumeBack(t *testing.T) {
 	}
 	// Read while the guest runs: it wrote nothing since the snapshot, so
 	// the image is what the roll-back put there.
-	if out := debugfsCat(t, v.Path, "/diary"); out != "keeper\n" {
+	if out := string(ext4test.Cat(t, v.Path, "/diary")); out != "keeper\n" {
 		t.Fatalf("the rolled-back VM runs on a volume whose diary is %q, want the snapshot's one line", out)
 	}
 	// The restore settles (vm.restored) before the stop, or the next
@@ -244,7 +245,7 @@ func TestVMRestoreRollsVolumeBack(t *testing.T) {
 	if v, err = d.c.Volume(ctx, "notes"); err != nil {
 		t.Fatal(err)
 	}
-	if out := debugfsCat(t, v.Path, "/diary"); out != "keeper\n" {
+	if out := string(ext4test.Cat(t, v.Path, "/diary")); out != "keeper\n" {
 		t.Fatalf("after the roll-back the volume's image holds the diary %q, want the snapshot's one line", out)
 	}
 	if len(v.Attachments) != 1 || v.Attachments[0].VM != "keeper" {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/testutil/ext4test"
 )
 
 // diaryPlugin builds (into outDir, where volantd takes artifacts from) an
@@ -86,7 +86,7 @@ func TestVolumeOutlivesVM(t *testing.T) {
 	if err != nil || len(v.Attachments) != 0 {
 		t.Fatalf("notes after both VMs: %+v %v", v, err)
 	}
-	if out := debugfsCat(t, v.Path, "/diary"); out != "writer1\nwriter2\n" {
+	if out := string(ext4test.Cat(t, v.Path, "/diary")); out != "writer1\nwriter2\n" {
 		t.Errorf("the image holds the diary %q", out)
 	}
 	if _, err := d.c.DeleteVolume(ctx, "notes"); err != nil {
@@ -95,14 +95,4 @@ func TestVolumeOutlivesVM(t *testing.T) {
 	if _, err := os.Stat(v.Path); !os.IsNotExist(err) {
 		t.Errorf("the deleted volume's image is still there: %v", err)
 	}
-}
-
-// debugfsCat reads a file from an ext4 image on the host.
-func debugfsCat(t *testing.T, img, path string) string {
-	t.Helper()
-	out, err := exec.Command("debugfs", "-R", "cat "+path, img).Output()
-	if err != nil {
-		t.Fatalf("debugfs cat %s: %v", path, err)
-	}
-	return string(out)
 }
