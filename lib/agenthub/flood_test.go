@@ -45,6 +45,7 @@ import (
 	"github.com/volantvm/volant/lib/kestrel/reaper"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
+	"github.com/volantvm/volant/lib/testutil/wait"
 	"github.com/volantvm/volant/lib/workloadlog"
 )
 
@@ -620,13 +621,7 @@ func BenchmarkLogPipelineFlood(b *testing.B) {
 
 func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	wait.Until(t, d, what, cond)
 }
 
 // childOf returns a child process of pid (0 if none).

@@ -13,6 +13,7 @@ import (
 	"github.com/volantvm/volant/lib/controller/controllertest"
 	"github.com/volantvm/volant/lib/hostnet"
 	"github.com/volantvm/volant/lib/portmap"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 func pm(t *testing.T, specs ...string) []portmap.Mapping {
@@ -28,16 +29,13 @@ func pm(t *testing.T, specs ...string) []portmap.Mapping {
 // to exactly backends.
 func eventuallyPublished(t *testing.T, nw *controllertest.Network, owner hostnet.PortOwner, backends ...string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		set, ok := nw.Published()[owner]
-		if ok && strings.Join(set.Backends, ",") == strings.Join(backends, ",") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s publishes %+v (%v), want backends %v", owner, set, ok, backends)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var set hostnet.PortSet
+	var ok bool
+	if err := wait.For(5*time.Second, func() bool {
+		set, ok = nw.Published()[owner]
+		return ok && strings.Join(set.Backends, ",") == strings.Join(backends, ",")
+	}); err != nil {
+		t.Fatalf("%s publishes %+v (%v), want backends %v (%v)", owner, set, ok, backends, err)
 	}
 }
 

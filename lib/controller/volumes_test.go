@@ -17,6 +17,7 @@ import (
 	"github.com/volantvm/volant/lib/controller/controllertest"
 	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/testutil/mntnstest"
+	"github.com/volantvm/volant/lib/testutil/wait"
 	"github.com/volantvm/volant/lib/volume"
 )
 
@@ -323,16 +324,13 @@ func TestVolumeCreateOnAFullDisk(t *testing.T) {
 
 func eventuallyStep(t *testing.T, c *controller.Controller, name, step string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		v, err := c.VM(context.Background(), name)
-		if err == nil && v.Step == step {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %+v %v, want step %q", name, v, err, step)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var v *api.VM
+	var err error
+	if werr := wait.For(5*time.Second, func() bool {
+		v, err = c.VM(context.Background(), name)
+		return err == nil && v.Step == step
+	}); werr != nil {
+		t.Fatalf("%s: %+v %v, want step %q (%v)", name, v, err, step, werr)
 	}
 }
 

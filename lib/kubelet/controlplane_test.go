@@ -32,6 +32,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/volantvm/volant/lib/testutil/netnstest"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 // controlPlane is a real etcd (Debian's etcd-server), kube-apiserver and
@@ -410,19 +411,20 @@ func TestControlPlaneClientCertRotation(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing after d or when Run ends.
+// waitFor polls cond every half second until it holds, failing after d or
+// when Run ends.
 func waitFor(t *testing.T, runErr chan error, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
+	err := wait.ForEvery(d, 500*time.Millisecond, func() bool {
 		select {
 		case err := <-runErr:
 			t.Fatalf("Run ended while waiting for %s: %v", what, err)
-		case <-time.After(500 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
+		return cond()
+	})
+	if err != nil {
+		t.Fatalf("%v waiting for %s", err, what)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 // recorder keeps what the provider notified.
@@ -64,19 +65,12 @@ func newTestProvider(t *testing.T, f *fakeVolant) (*Provider, *recorder) {
 // eventually polls cond (Sync first) until it holds.
 func eventually(t *testing.T, p *Provider, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	wait.Until(t, 20*time.Second, what, func() bool {
 		if err := p.Sync(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return cond()
+	})
 }
 
 func phaseOf(p *corev1.Pod) string {

@@ -16,6 +16,13 @@ const Interval = 10 * time.Millisecond
 // then; when timeout passes first it returns an error saying how long it
 // waited. cond is called at least once, and once more after the deadline.
 func For(timeout time.Duration, cond func() bool) error {
+	return ForEvery(timeout, Interval, cond)
+}
+
+// ForEvery is For polling every interval: for a condition that costs a
+// round trip to a server (an API server, a guest) and need not be asked
+// a hundred times a second.
+func ForEvery(timeout, interval time.Duration, cond func() bool) error {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
@@ -24,7 +31,7 @@ func For(timeout time.Duration, cond func() bool) error {
 			}
 			return fmt.Errorf("timed out after %s", timeout)
 		}
-		time.Sleep(Interval)
+		time.Sleep(interval)
 	}
 	return nil
 }
