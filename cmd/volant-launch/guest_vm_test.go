@@ -17,6 +17,7 @@ import (
 
 	"github.com/volantvm/volant/lib/bootimage"
 	"github.com/volantvm/volant/lib/initramfs"
+	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
@@ -120,6 +121,27 @@ func TestVMExecCpLogs(t *testing.T) {
 		t.Fatalf("exec: status %d %s\nrun: %s\nconsole:\n%s", code, stderr, errb, log)
 	}
 	t.Logf("first exec answered %s after the run started", time.Since(t0).Round(time.Millisecond))
+	// Only root reaches the channel: the clients' socket is 0600 in a
+	// 0700 run directory owned by root, and the VMM's end of it is in the
+	// VMM's own 0700 directory.
+	for _, c := range []struct {
+		path string
+		perm os.FileMode
+	}{{w.runDir, 0o700}, {filepath.Join(w.runDir, launch.GuestSocketName), 0o600}, {launch.VMMDir(w.runDir), 0o700}} {
+		st, err := os.Stat(c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != c.perm {
+			t.Errorf("%s: mode %v, want %v", c.path, st.Mode(), c.perm)
+		}
+		if c.path == w.runDir && st.Sys().(*syscall.Stat_t).Uid != 0 {
+			t.Errorf("the run directory belongs to uid %d, not root", st.Sys().(*syscall.Stat_t).Uid)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(launch.VMMDir(w.runDir), launch.AgentName)); err != nil {
+		t.Errorf("the VMM's end of the agent channel is not in its directory: %v", err)
+	}
 	if testing.Verbose() {
 		con, _ := os.ReadFile(w.log)
 		t.Logf("run's log:\n%s\nconsole:\n%s", errb, con)
@@ -204,4 +226,25 @@ func TestVMExecCpLogs(t *testing.T) {
 	if code != 0 || !strings.Contains(all, "out 0\nout 1\nout 2\n") || strings.Contains(all, "err") {
 		t.Fatalf("logs of the stopped VM (%d):\n%.300s", code, all)
 	}
+
+	// The VM runs again (a new boot, whose workload counts from 0 again):
+	// the log keeps the first boot's output and goes on after it.
+	cmd, _, errb = w.start(t, name)
+	var again string
+	for deadline := time.Now().Add(120 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		again, _, _ = w.launchRaw(t, "", "logs", "--name", name, "--stream", "stdout")
+		if strings.Count(again, "out 2\n") == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			con, _ := os.ReadFile(w.log)
+			t.Fatalf("the second boot's output never reached the log:\n%.600s\nrun: %s\nconsole:\n%s", again, errb, con)
+		}
+	}
+	if !strings.HasPrefix(again, all) || !strings.HasPrefix(again[len(all):], "out 0\nout 1\n") {
+		t.Fatalf("after a restart the log is not the first boot's followed by the second's:\nfirst (%d bytes): %.300s\nnow: %.600s", len(all), all, again)
+	}
+	t.Logf("after a restart the stdout log holds the first boot's %d bytes, then the second's %d", len(all), len(again)-len(all))
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
 }
