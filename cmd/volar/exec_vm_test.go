@@ -48,7 +48,7 @@ func TestVMExecUnderTmux(t *testing.T) {
 	// need the guest's network).
 	b := initramfs.New()
 	b.CopyFile("/bin/busybox", busybox, 0o755)
-	for _, a := range []string{"sh", "stty", "sleep", "sha256sum", "true", "cat"} {
+	for _, a := range []string{"sh", "stty", "sleep", "sha256sum", "true", "cat", "id"} {
 		b.Symlink("/bin/"+a, "busybox")
 	}
 	b.Dir("/tmp", 0o1777)
@@ -170,6 +170,22 @@ func TestVMExecUnderTmux(t *testing.T) {
 	}
 	if r := runVolar(t, "", env, "vms", "exec", "ex1", "--", "no-such-command"); r.Code != 127 || !strings.Contains(r.Stderr, "NOT_FOUND") {
 		t.Errorf("exec of a missing command: %s", r)
+	}
+	// -e, -w and -u reach the guest, streamed and with -o json; --timeout
+	// kills the command and says TIMEOUT.
+	flagged := []string{"vms", "exec", "-e", "GREETING=hi there", "-w", "/tmp", "-u", "65534:65533", "ex1", "--",
+		"sh", "-c", `echo "$GREETING|$(pwd)|$(id -u):$(id -g)"`}
+	if r := runVolar(t, "", env, flagged...); r.Code != 0 || r.Stdout != "hi there|/tmp|65534:65533\n" {
+		t.Errorf("exec -e -w -u: %s", r)
+	}
+	var jres struct {
+		Stdout string `json:"stdout"`
+	}
+	if r := runVolar(t, "", env, append([]string{"-o", "json"}, flagged...)...); r.Code != 0 || json.Unmarshal([]byte(r.Stdout), &jres) != nil || jres.Stdout != "hi there|/tmp|65534:65533\n" {
+		t.Errorf("exec -o json -e -w -u: %s", r)
+	}
+	if r := runVolar(t, "", env, "vms", "exec", "--timeout", "2s", "ex1", "--", "sleep", "1008"); r.Code != 125 || !strings.Contains(r.Stderr, "TIMEOUT") {
+		t.Errorf("exec --timeout 2s of sleep 1008: %s", r)
 	}
 	src := filepath.Join(dir, "blob")
 	blob := make([]byte, 8<<20)
