@@ -368,7 +368,7 @@ func TestVMSnapshotCloneHasItsOwnVolume(t *testing.T) {
 	}
 	for _, dk := range info.Disks {
 		if dk.Role == "volume:0" {
-			if out := debugfsCat(t, filepath.Join(snap.Path, dk.File), "/ledger"); out != "src\n" {
+			if out := string(ext4test.Cat(t, filepath.Join(snap.Path, dk.File), "/ledger")); out != "src\n" {
 				t.Errorf("the snapshot's copy of the volume now holds %q, want what it saved", out)
 			}
 		}
@@ -389,7 +389,7 @@ func TestVMSnapshotCloneHasItsOwnVolume(t *testing.T) {
 	if _, err := d.c.DeleteSnapshot(ctx, "signed"); err != nil {
 		t.Fatal(err)
 	}
-	if out := debugfsCat(t, v.Path, "/ledger"); out != "src\nsrc\n" {
+	if out := string(ext4test.Cat(t, v.Path, "/ledger")); out != "src\nsrc\n" {
 		t.Errorf("after both VMs went, books holds %q, want the source's two lines", out)
 	}
 }
