@@ -1,0 +1,127 @@
+package docs
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestArchitectureMapsEveryCommand keeps docs/architecture.md's two hops
+// true: in "From a command to the code" every command under cmd/ has a
+// row, either for the whole command or for each of its verbs (the
+// go-flags `command:"…"` tags of its main.go, but `version`), and every
+// lib/ package a row names exists. In the package table every package of
+// the module is named (lib/kestrel/... and lib/testutil/* stand for their
+// subpackages, which kestrel.md and the testutil row describe).
+func TestArchitectureMapsEveryCommand(t *testing.T) {
+	root := filepath.Join("..", "..")
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "architecture.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(doc)
+	start := strings.Index(text, "## From a command to the code")
+	if start < 0 {
+		t.Fatal(`docs/architecture.md has no "From a command to the code" section`)
+	}
+	section := text[start:]
+	if end := strings.Index(section[3:], "\n## "); end >= 0 {
+		section = section[:end+3]
+	}
+
+	// Rows: `cmd verb`, `verb`, … | its packages.
+	code := regexp.MustCompile("`([^`]+)`")
+	libPath := regexp.MustCompile(`lib/[a-z0-9_/]+[a-z0-9]`)
+	whole := map[string]bool{}
+	verbs := map[string]map[string]bool{}
+	rows := 0
+	for _, l := range strings.Split(section, "\n") {
+		cells := strings.Split(l, "|")
+		if len(cells) < 4 || strings.HasPrefix(strings.TrimSpace(cells[1]), "---") || strings.TrimSpace(cells[1]) == "command" {
+			continue
+		}
+		rows++
+		cmd := ""
+		for _, m := range code.FindAllStringSubmatch(cells[1], -1) {
+			f := strings.Fields(m[1])
+			switch {
+			case cmd == "" && len(f) == 1:
+				cmd = f[0]
+				whole[cmd] = true
+			default:
+				if cmd == "" {
+					cmd = f[0]
+				}
+				if verbs[cmd] == nil {
+					verbs[cmd] = map[string]bool{}
+				}
+				verbs[cmd][f[len(f)-1]] = true
+			}
+		}
+		for _, p := range libPath.FindAllString(cells[2], -1) {
+			if st, err := os.Stat(filepath.Join(root, p)); err != nil || !st.IsDir() {
+				t.Errorf("the row for %s names %s, which is not a package", cmd, p)
+			}
+		}
+	}
+	if rows < 5 {
+		t.Fatalf("found only %d rows in the command table", rows)
+	}
+
+	tag := regexp.MustCompile("`command:\"([a-z-]+)\"")
+	cmds, err := os.ReadDir(filepath.Join(root, "cmd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cmds {
+		main, err := os.ReadFile(filepath.Join(root, "cmd", c.Name(), "main.go"))
+		if err != nil {
+			continue
+		}
+		if whole[c.Name()] {
+			continue
+		}
+		if verbs[c.Name()] == nil {
+			t.Errorf("docs/architecture.md: no row for the command %s", c.Name())
+			continue
+		}
+		for _, m := range tag.FindAllStringSubmatch(string(main), -1) {
+			if v := m[1]; v != "version" && !verbs[c.Name()][v] {
+				t.Errorf("docs/architecture.md: no row for `%s %s`", c.Name(), v)
+			}
+		}
+	}
+
+	// Every package is named somewhere in the document.
+	seen := map[string]bool{}
+	err = filepath.WalkDir(filepath.Join(root, "lib"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if d.Name() == "testdata" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return nil
+		}
+		rel, _ := filepath.Rel(root, filepath.Dir(p))
+		pkg := filepath.ToSlash(rel)
+		if seen[pkg] || strings.HasPrefix(pkg, "lib/kestrel/") || strings.HasPrefix(pkg, "lib/testutil/") {
+			return nil
+		}
+		seen[pkg] = true
+		if !regexp.MustCompile("`" + regexp.QuoteMeta(pkg) + "[`.]").MatchString(text) {
+			t.Errorf("docs/architecture.md does not name the package %s", pkg)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
