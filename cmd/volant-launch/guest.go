@@ -47,7 +47,7 @@ type execCmd struct {
 
 func (c *execCmd) Execute(ctx context.Context, env *cli.Env) error {
 	lo := libOptions(env, false)
-	dir, err := launch.RunDirOf(c.Dir, c.Name, lo)
+	dir, err := c.dirFlags.runDir(lo)
 	if err != nil {
 		return err
 	}
@@ -130,7 +130,7 @@ type cpResult struct {
 
 func (c *cpCmd) Execute(ctx context.Context, env *cli.Env) error {
 	lo := libOptions(env, false)
-	dir, err := launch.RunDirOf(c.Dir, c.Name, lo)
+	dir, err := c.dirFlags.runDir(lo)
 	if err != nil {
 		return err
 	}
@@ -182,7 +182,7 @@ func (c *logsCmd) Execute(ctx context.Context, env *cli.Env) error {
 		}
 		path = launch.WorkloadLogPath(lo, c.Name)
 	default:
-		dir, err := launch.RunDirOf(c.Dir, c.Name, lo)
+		dir, err := c.dirFlags.runDir(lo)
 		if err != nil {
 			return err
 		}

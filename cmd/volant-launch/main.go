@@ -17,6 +17,8 @@
 //	volant-launch backends
 //	volant-launch version
 //
+// --dir RUNDIR may also be spelt --run-dir RUNDIR, as run spells it.
+//
 // SPEC FLAGS: --name NAME --manifest FILE --kernel DIR|VMLINUX|BZIMAGE
 // --vmm auto|cloud-hypervisor|qemu --accel auto|kvm|tcg --machine microvm|pc
 // --cpus N --memory MIB --run-dir DIR --tap TAP --mac MAC --serial-log FILE
@@ -282,7 +284,7 @@ type snapshotCmd struct {
 
 func (c *snapshotCmd) Execute(ctx context.Context, env *cli.Env) error {
 	o := libOptions(env, true)
-	dir, err := launch.RunDirOf(c.Dir, c.Name, o)
+	dir, err := c.dirFlags.runDir(o)
 	if err != nil {
 		return err
 	}
@@ -338,7 +340,7 @@ func (c *countersCmd) Execute(ctx context.Context, env *cli.Env) error {
 
 // act runs op on the run directory the flags name and writes its answer.
 func act[T any](ctx context.Context, env *cli.Env, o launch.Options, f dirFlags, kind string, op func(context.Context, string, launch.Options) (T, error)) error {
-	dir, err := launch.RunDirOf(f.Dir, f.Name, o)
+	dir, err := f.runDir(o)
 	if err != nil {
 		return err
 	}
@@ -350,8 +352,22 @@ func act[T any](ctx context.Context, env *cli.Env, o launch.Options, f dirFlags,
 }
 
 type dirFlags struct {
-	Dir  string `long:"dir" description:"the VM's run directory"`
-	Name string `long:"name" description:"the VM's name (run directory $VOLANT_RUN_ROOT/NAME)"`
+	Dir    string `long:"dir" description:"the VM's run directory"`
+	RunDir string `long:"run-dir" description:"the same as --dir (as volant-launch run names it)"`
+	Name   string `long:"name" description:"the VM's name (run directory $VOLANT_RUN_ROOT/NAME)"`
+}
+
+// runDir is the run directory the flags name: --dir, or --run-dir (the
+// name run gives the same directory), or $VOLANT_RUN_ROOT/NAME.
+func (f dirFlags) runDir(o launch.Options) (string, error) {
+	dir := f.Dir
+	if f.RunDir != "" {
+		if dir != "" && dir != f.RunDir {
+			return "", apierr.New(apierr.Usage, "--dir and --run-dir name the same thing: give one")
+		}
+		dir = f.RunDir
+	}
+	return launch.RunDirOf(dir, f.Name, o)
 }
 
 type backendsCmd struct{}
