@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/volantvm/volant/lib/agentchan"
 	"github.com/volantvm/volant/lib/apierr"
 )
@@ -121,17 +123,8 @@ func (in *Inputs) write(got *agentchan.Inputs) error {
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return fmt.Errorf("making the directory of input file %s: %w", f.Path, err)
 		}
-		tmp := p + ".volant-input"
-		if err := os.WriteFile(tmp, f.Data, mode); err != nil {
+		if err := writeInput(p, f.Data, mode); err != nil {
 			return fmt.Errorf("writing input file %s: %w", f.Path, err)
-		}
-		if err := os.Chmod(tmp, mode); err != nil { // past the umask
-			os.Remove(tmp)
-			return err
-		}
-		if err := os.Rename(tmp, p); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("placing input file %s: %w", f.Path, err)
 		}
 		if f.Path == "/etc/hostname" && in.SetHostname != nil {
 			name, _, _ := strings.Cut(string(f.Data), "\n")
@@ -166,4 +159,20 @@ func (s *Server) inputs(st *agentchan.Stream, req agentchan.InputsRequest) {
 	}
 	s.log.Info("agent channel: inputs applied", "files", len(got.Files), "dirs", len(got.Dirs), "env", len(got.Env))
 	st.WriteLine(agentchan.Reply{OK: true})
+}
+
+// writeInput replaces path atomically (renameio: a temporary file beside
+// it, fsync, rename) with a file of the input's mode, past the umask and
+// whatever mode a file there had; a symlink at path is replaced, not
+// followed.
+func writeInput(path string, data []byte, mode os.FileMode) error {
+	f, err := renameio.NewPendingFile(path, renameio.WithTempDir(filepath.Dir(path)), renameio.WithStaticPermissions(mode))
+	if err != nil {
+		return err
+	}
+	defer f.Cleanup()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	return f.CloseAtomicallyReplace()
 }
