@@ -88,3 +88,50 @@ func TestExtractReplacesFilesAtomically(t *testing.T) {
 	}
 	t.Logf("%d reads during %d replacements", reads.Load(), n)
 }
+
+// TestExtractTarRefusesEscapes is `volar vms cp VM:PATH DIR` against an
+// archive a guest might send: nothing it holds gets out of the host's
+// destination directory, neither by name (.., absolute), by a symlink or
+// hard link in the archive, nor by a symlink already in the destination.
+func TestExtractTarRefusesEscapes(t *testing.T) {
+	outside := t.TempDir()
+	cases := map[string][]*tar.Header{
+		"dotdot":          {{Name: "../escaped", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}},
+		"nested dotdot":   {{Name: "a/../../escaped", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}},
+		"absolute":        {{Name: filepath.Join(outside, "escaped"), Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}},
+		"symlink then in": {{Name: "d", Typeflag: tar.TypeSymlink, Linkname: outside}, {Name: "d/escaped", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}},
+		"relative link":   {{Name: "d", Typeflag: tar.TypeSymlink, Linkname: "../../../../../../" + outside}, {Name: "d/escaped", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}},
+		"hard link":       {{Name: "h", Typeflag: tar.TypeLink, Linkname: "../escaped-target"}},
+		"existing link":   {{Name: "pre/escaped", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}},
+	}
+	os.WriteFile(filepath.Join(outside, "escaped-target"), []byte("outside\n"), 0o644)
+	for name, hs := range cases {
+		t.Run(name, func(t *testing.T) {
+			dest := filepath.Join(t.TempDir(), "dest")
+			os.Mkdir(dest, 0o755)
+			os.Symlink(outside, filepath.Join(dest, "pre")) // a guest's earlier copy left it
+			var b bytes.Buffer
+			tw := tar.NewWriter(&b)
+			for _, h := range hs {
+				tw.WriteHeader(h)
+				if h.Size > 0 {
+					tw.Write([]byte("x"))
+				}
+			}
+			tw.Close()
+			_, err := ExtractTar(&b, dest, "")
+			if err == nil {
+				t.Error("extracted without an error")
+			}
+			for _, p := range []string{filepath.Join(outside, "escaped"), filepath.Join(filepath.Dir(dest), "escaped")} {
+				if _, err := os.Stat(p); err == nil {
+					t.Errorf("%s was written", p)
+					os.Remove(p)
+				}
+			}
+			if b, _ := os.ReadFile(filepath.Join(outside, "escaped-target")); string(b) != "outside\n" {
+				t.Errorf("the file outside changed: %q", b)
+			}
+		})
+	}
+}
