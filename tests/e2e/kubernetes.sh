@@ -33,7 +33,8 @@
 # `kubectl logs` shows the workload's output; `kubectl exec` runs in the
 # guest (with -it in a terminal; /etc/hostname, the Secret's file, the ConfigMap's env, the exit
 # status, the service account volume: namespace, CA, and a token bound to
-# the pod that a TokenReview accepts); a pod the provider cannot run (two
+# the pod that a TokenReview accepts); the kubelet API refuses a client
+# without a certificate and one RBAC grants nothing (403); a pod the provider cannot run (two
 # containers) fails with VolantUnsupported; kill -9 of volant-kubelet A
 # and a restart adopts the VMs (same pod IPs, no second VM); scale to 1
 # and back to 4; host B
@@ -125,6 +126,7 @@ cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-clien
 # but the port the node announces is what the apiserver must use).
 cert kubelet-a "/CN=system:node:vol-a" "IP:$ip_a,DNS:vol-a"
 cert kubelet-b "/CN=system:node:vol-b" "IP:$ip_b,DNS:vol-b"
+cert nobody "/CN=nobody" # a user RBAC grants nothing
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 admin_token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -405,6 +407,16 @@ vl_wait 20 logs_say "$(jq -r .metadata.name <<<"$pod_b")" || vl_fail "kubectl lo
 [[ $(k exec "$pod" -- cat /etc/motd) == "built for volant-e2e" ]] || vl_fail "kubectl exec cat: $(k exec "$pod" -- cat /etc/motd 2>&1)"
 [[ $(k exec "$pod" -- cat /etc/web-secret/password) == "hunter2" ]] || vl_fail "the Secret's file: $(k exec "$pod" -- cat /etc/web-secret/password 2>&1)"
 [[ $(k exec "$pod" -- sh -c 'echo $GREETING') == "hello-from-configmap" ]] || vl_fail "exec's env"
+# The kubelet API asks the API server (SubjectAccessReview) whether the
+# client, known by a certificate of the cluster's CA, may use it, as the
+# kubelet's webhook mode does: without a certificate the handshake fails,
+# a user RBAC grants nothing gets 403, the API server's client 200.
+kapi() { vl_in curl -sk --cacert "$pki/ca.crt" -o /dev/null -w '%{http_code}' "$@" "https://$ip_a:10250/containerLogs/default/$pod/web" || true; }
+[[ $(kapi) == 000 ]] || vl_fail "the kubelet API without a client certificate: HTTP $(kapi)"
+[[ $(kapi --cert "$pki/nobody.crt" --key "$pki/nobody.key") == 403 ]] ||
+  vl_fail "the kubelet API for a user RBAC grants nothing: HTTP $(kapi --cert "$pki/nobody.crt" --key "$pki/nobody.key")"
+[[ $(kapi --cert "$pki/apiserver-kubelet-client.crt" --key "$pki/apiserver-kubelet-client.key") == 200 ]] ||
+  vl_fail "the kubelet API for the API server's client: HTTP $(kapi --cert "$pki/apiserver-kubelet-client.crt" --key "$pki/apiserver-kubelet-client.key")"
 # With -it: a terminal in the guest (script(1) gives kubectl one here).
 tty_out=$(script -qec "ip netns exec $VL_NS kubectl exec -it $pod -- sh -c 'tty; exit 3'" /dev/null </dev/null | tr -d '\r') && tty_rc=0 || tty_rc=$?
 [[ $tty_out == *"/dev/pts/"* && $tty_rc == 3 ]] || vl_fail "kubectl exec -it: status $tty_rc, said: $tty_out"
