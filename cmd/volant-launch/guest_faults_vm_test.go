@@ -139,7 +139,8 @@ func rssKiB(t *testing.T, status string) int {
 // an archive with "..", clients that vanish mid-command (the guest's
 // processes are gone afterwards, also ones that ignore SIGHUP), 100
 // concurrent execs (kestrel's RSS measured during them), a large cp both
-// ways with checksums (throughput logged), and a guest that reboots while
+// ways with checksums (throughput logged), 1 GiB copied out (a sparse
+// guest file, so the guest needs no memory for it), and a guest that reboots while
 // a command runs (a clear UNAVAILABLE, the supervisor ends with the VM).
 func TestVMExecFaults(t *testing.T) {
 	const name = "faults1"
@@ -150,7 +151,7 @@ func TestVMExecFaults(t *testing.T) {
 	w := newWorld(t, name)
 	// An initramfs guest keeps its files in RAM: room for the big file
 	// twice (copied in, then read back out) and the rest.
-	w.plugin(t, guestPlugin{name: "faults", applets: []string{"sh", "cat", "sha256sum", "sleep", "echo", "true", "reboot", "kill"},
+	w.plugin(t, guestPlugin{name: "faults", applets: []string{"sh", "cat", "sha256sum", "sleep", "echo", "true", "reboot", "kill", "truncate", "rm"},
 		workload: `{"entrypoint":["/bin/sleep","1000000"]}`,
 		extra:    fmt.Sprintf(`,"resources":{"cpu_cores":1,"memory_mb":%d}`, 256+2*mib)})
 	run, _, runErr := w.start(t, name)
@@ -299,6 +300,10 @@ sample:
 	}
 	t.Logf("cp %d MiB: in %s (%.1f MiB/s), out %s (%.1f MiB/s)", mib, in.Round(time.Millisecond), float64(mib)/in.Seconds(),
 		out.Round(time.Millisecond), float64(mib)/out.Seconds())
+
+	// 1 GiB out of the guest, streamed; the session ends with the copy.
+	hugeTook := w.copyOutSparse(t, 1<<30)
+	t.Logf("cp 1 GiB out: %s (%.1f MiB/s)", hugeTook.Round(time.Millisecond), 1024/hugeTook.Seconds())
 
 	// The guest reboots while a command runs: the client gets UNAVAILABLE
 	// (status 125), the supervisor ends with the VM, exec is refused after.
@@ -531,4 +536,44 @@ func TestVMWorkloadLogFlood(t *testing.T) {
 	if r.missing["stdout"]+r.missing["stderr"] == 0 {
 		t.Error("round 2: no lines missing although bytes were lost")
 	}
+}
+
+// copyOutSparse copies a file of size bytes out of the guest with
+// `volant-launch cp` and checks that all of it arrived: the file is sparse
+// in the guest's tmpfs (its holes take no guest memory), so it reads back
+// as zeros. An exec afterwards removes it (the guest still answers).
+func (w *vmWorld) copyOutSparse(t *testing.T, size int64) time.Duration {
+	t.Helper()
+	w.execGuest(t, "truncate", "-s", strconv.FormatInt(size, 10), "/tmp/sparse")
+	dst := filepath.Join(t.TempDir(), "sparse")
+	defer os.Remove(dst)
+	t0 := time.Now()
+	if out, stderr, code := w.launchRaw(t, "", "cp", "--dir", w.runDir, ":/tmp/sparse", dst); code != 0 {
+		t.Fatalf("cp of %d bytes out: %d %s %s", size, code, out, stderr)
+	}
+	took := time.Since(t0)
+	f, err := os.Open(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var n int64
+	buf := make([]byte, 1<<20)
+	for {
+		k, err := f.Read(buf)
+		if i := bytes.IndexFunc(buf[:k], func(r rune) bool { return r != 0 }); i >= 0 {
+			t.Fatalf("the copy holds a non-zero byte at offset %d", n+int64(i))
+		}
+		n += int64(k)
+		if err != nil {
+			break
+		}
+	}
+	if n != size {
+		t.Fatalf("the copy of %d bytes came back with %d", size, n)
+	}
+	if res := w.execGuest(t, "rm", "/tmp/sparse"); res.ExitCode != 0 {
+		t.Errorf("an exec after the copy: %+v", res)
+	}
+	return took
 }
