@@ -34,8 +34,9 @@ import (
 // command line with it), every process's argv on the host, the serial
 // log, the VM's spec, volantd's answers and its event log; nor in any file
 // of the data directory (the state database with it, where they are
-// sealed) or of the VM's run directory. After a stop and a restart of
-// volantd, the VM starts again with its inputs from the sealed row.
+// sealed) or of the VM's run directory, and a local user other than root
+// can open none of those files. After a stop and a restart of volantd,
+// the VM starts again with its inputs from the sealed row.
 func TestVMSecrets(t *testing.T) {
 	k, _ := guesttest.Kernel(t)
 	guesttest.QEMU(t)
@@ -221,6 +222,15 @@ files = ["/etc/app/secret"]
 		}
 	}
 	secretsAbsent(t, token, fileSecret, data, filepath.Join(h.dir, "run"))
+	// A local user who is not root reads none of the running VM's files
+	// (its serial and workload logs, spec, disks, run directory, clear
+	// inputs, the launch log) nor the database or the key; only the
+	// plugins' artifacts and the caches of what they hold (manifests,
+	// module scans) and of the host's TSC frequency.
+	othersLockedOut(t, h.dir, []string{data, filepath.Join(h.dir, "run"), filepath.Join(h.dir, "inputs")},
+		func(p string) bool {
+			return strings.HasPrefix(p, filepath.Join(data, "plugins")+"/") || strings.HasPrefix(p, filepath.Join(data, "cache")+"/")
+		})
 
 	// A stop removes the clear copy; volantd restarts; the VM starts
 	// again with its inputs read from the sealed row.
@@ -247,6 +257,59 @@ files = ["/etc/app/secret"]
 	if _, err := os.Stat(inputs); !os.IsNotExist(err) {
 		t.Fatalf("the inputs in clear after a delete: %v", err)
 	}
+}
+
+// othersLockedOut opens every regular file under dirs as uid and gid
+// 65534 (a local user who is neither root nor in volantd's group) and
+// fails when one opens that public does not allow. The control: the
+// test's own 0700 directories, top and its parent, are made traversable
+// for the check, so that only the files' and volantd's directories' modes
+// decide, and at least one public file must open.
+func othersLockedOut(t *testing.T, top string, dirs []string, public func(string) bool) {
+	t.Helper()
+	for _, d := range []string{filepath.Dir(top), top} {
+		st, err := os.Stat(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(d, st.Mode().Perm()|0o001)
+		defer os.Chmod(d, st.Mode().Perm())
+	}
+	var files []string
+	for _, dir := range dirs {
+		filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+			if err == nil && e.Type().IsRegular() {
+				files = append(files, p)
+			}
+			return nil
+		})
+	}
+	cmd := exec.Command("/bin/sh", append([]string{"-c", `for f; do head -c1 "$f" >/dev/null 2>&1 && echo "$f"; done; exit 0`, "sh"}, files...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("reading as uid 65534: %v", err)
+	}
+	opened := map[string]bool{}
+	for _, f := range strings.Fields(string(out)) {
+		opened[f] = true
+	}
+	private, control := 0, 0
+	for _, f := range files {
+		switch {
+		case !public(f):
+			private++
+			if opened[f] {
+				t.Errorf("uid 65534 reads %s", f)
+			}
+		case opened[f]:
+			control++
+		}
+	}
+	if private == 0 || control == 0 {
+		t.Fatalf("%d files, %d private, %d public ones opened: nothing to compare", len(files), private, control)
+	}
+	t.Logf("uid 65534 opened %d of %d files, all public; %d private ones refused", len(opened), len(files), private)
 }
 
 // secretsAbsent fails when a file under one of dirs holds one of the

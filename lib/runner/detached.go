@@ -54,11 +54,14 @@ func (d *Detached) Start(ctx context.Context, name, specPath string) (<-chan str
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, err
 	}
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	// Root's and its group's only, as the serial log: the VMM's command
+	// line and errors are the VM's business (a log made before was 0644).
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", logPath, err)
 	}
 	defer logf.Close()
+	_ = logf.Chmod(0o640)
 	fmt.Fprintf(logf, "%s %s at %s\n", LaunchMarker, name, time.Now().UTC().Format(time.RFC3339Nano))
 	rt := d.ReadyTimeout
 	if rt <= 0 {
