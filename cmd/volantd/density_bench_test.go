@@ -373,9 +373,10 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 	if err != nil {
 		b.Fatal(err)
 	}
-	// lib/launch's command line under TCG on microvm, minus the volant.* keys.
+	// lib/launch's command line under TCG on microvm, minus the volant.* keys:
+	// the guest kernel's CPU mitigations on, as volantd's guests have them.
 	base := "console=ttyS0 panic=-1 quiet tsc_early_khz=" + strconv.Itoa(khz) +
-		" tsc=reliable no_timer_check 8250.nr_uarts=1 mitigations=off random.trust_cpu=on cryptomgr.notests"
+		" tsc=reliable no_timer_check 8250.nr_uarts=1 random.trust_cpu=on cryptomgr.notests"
 	const bridge = "sbr0"
 	ns.Run("ip", "link", "add", bridge, "type", "bridge")
 	ns.Run("ip", "addr", "add", "192.168.128.1/24", "dev", bridge)
