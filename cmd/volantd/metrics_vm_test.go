@@ -228,6 +228,29 @@ scrape_configs:
 		if len(rx) != 1 || rx[0].Value <= 0 || rx[0].Value > tapTx {
 			t.Errorf("%s: receive bytes %+v, tap tx_bytes now %.0f", n, rx, tapTx)
 		}
+		// Packets both ways, against the tap; the guest's transmit is
+		// the tap's receive.
+		for _, c := range []struct{ series, stat string }{
+			{"volant_vm_network_receive_packets_total", "tx_packets"},
+			{"volant_vm_network_transmit_packets_total", "rx_packets"},
+			{"volant_vm_network_transmit_bytes_total", "rx_bytes"},
+		} {
+			got := promQuery(t, h.ns, base, fmt.Sprintf(`%s{vm=%q}`, c.series, n))
+			out, err := h.ns.Output("cat", "/sys/class/net/"+v.Tap+"/statistics/"+c.stat)
+			if err != nil {
+				t.Fatal(err)
+			}
+			now, _ := strconv.ParseFloat(strings.TrimSpace(out), 64)
+			if len(got) != 1 || got[0].Value <= 0 || got[0].Value > now {
+				t.Errorf("%s: %s %+v, tap %s now %.0f", n, c.series, got, c.stat, now)
+			}
+		}
+		// Workload restarts as kestrel reports them (its workload has not
+		// restarted: the series is there, at 0, as the API says).
+		restarts := promQuery(t, h.ns, base, fmt.Sprintf(`volant_vm_workload_restarts_total{vm=%q,plugin="svc",deployment="svc"}`, n))
+		if v.Agent == nil || len(restarts) != 1 || restarts[0].Value != float64(v.Agent.Workload.Restarts) {
+			t.Errorf("%s: workload restarts %+v, the API's agent status %+v", n, restarts, v.Agent)
+		}
 		healthy := promQuery(t, h.ns, base, fmt.Sprintf(`volant_vm_healthy{vm=%q}`, n))
 		if len(healthy) != 1 || healthy[0].Value != 1 {
 			t.Errorf("%s: healthy %+v", n, healthy)
