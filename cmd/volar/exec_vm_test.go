@@ -208,6 +208,52 @@ func TestVMExecUnderTmux(t *testing.T) {
 	if st, err := os.Stat(back); err != nil || st.Mode().Perm() != 0o640 {
 		t.Errorf("the copy's mode: %v %v", st.Mode(), err)
 	}
+	// A directory both ways (`volar vms cp ./site web:/srv/`): its tree,
+	// modes and symlinks as they were.
+	site := filepath.Join(dir, "site")
+	os.MkdirAll(filepath.Join(site, "private"), 0o755)
+	os.Chmod(filepath.Join(site, "private"), 0o700)
+	os.WriteFile(filepath.Join(site, "index.html"), []byte("hello\n"), 0o644)
+	os.WriteFile(filepath.Join(site, "run.sh"), []byte("#!/bin/sh\necho run\n"), 0o755)
+	os.WriteFile(filepath.Join(site, "private", "key"), []byte("secret\n"), 0o600)
+	os.Symlink("index.html", filepath.Join(site, "home.html"))
+	if r := runVolar(t, "", env, "vms", "cp", site, "ex1:/tmp/"); r.Code != 0 {
+		t.Fatalf("cp of a directory in: %s", r)
+	}
+	if r := runVolar(t, "", env, "vms", "exec", "ex1", "--", "cat", "/tmp/site/home.html", "/tmp/site/private/key"); r.Stdout != "hello\nsecret\n" {
+		t.Fatalf("the directory in the guest: %s", r)
+	}
+	backDir := filepath.Join(dir, "back-dir")
+	os.Mkdir(backDir, 0o755)
+	if r := runVolar(t, "", env, "vms", "cp", "ex1:/tmp/site", backDir+"/"); r.Code != 0 {
+		t.Fatalf("cp of a directory out: %s", r)
+	}
+	for _, c := range []struct {
+		path string
+		mode os.FileMode
+		data string
+	}{
+		{"private", os.ModeDir | 0o700, ""}, {"index.html", 0o644, "hello\n"}, {"run.sh", 0o755, "#!/bin/sh\necho run\n"},
+		{"private/key", 0o600, "secret\n"}, {"home.html", os.ModeSymlink | 0o777, ""},
+	} {
+		p := filepath.Join(backDir, "site", c.path)
+		st, err := os.Lstat(p)
+		if err != nil {
+			t.Errorf("the directory came back without %s: %v", c.path, err)
+			continue
+		}
+		if st.Mode()&(os.ModeType|os.ModePerm) != c.mode {
+			t.Errorf("%s came back with mode %v, want %v", c.path, st.Mode(), c.mode)
+		}
+		if c.data != "" {
+			if b, _ := os.ReadFile(p); string(b) != c.data {
+				t.Errorf("%s came back holding %q", c.path, b)
+			}
+		}
+	}
+	if l, _ := os.Readlink(filepath.Join(backDir, "site", "home.html")); l != "index.html" {
+		t.Errorf("the symlink came back pointing to %q", l)
+	}
 
 	// Without a terminal volar's signals go to the command (through
 	// volantd's upgraded connection): a trapped SIGINT runs the trap and
