@@ -46,7 +46,7 @@ func WriteLastError(o launch.Options, name string, err error) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return fmt.Errorf("recording the last error of %s: %w", name, err)
 	}
-	if err := renameio.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+	if err := renameio.WriteFile(p, append(b, '\n'), 0o640); err != nil {
 		return fmt.Errorf("recording the last error of %s: %w", name, err)
 	}
 	return nil

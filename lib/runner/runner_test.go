@@ -93,6 +93,10 @@ func TestLastError(t *testing.T) {
 	if json.Unmarshal(b, &doc) != nil || doc["at"] == nil || doc["error"] == nil {
 		t.Fatalf("last-error.json: %s", b)
 	}
+	// Root's and its group's, as the VM's logs (docs/security.md).
+	if fi, err := os.Stat(runner.LastErrorPath(o, "web1")); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("last-error.json: %v %v, want mode 0640", fi, err)
+	}
 	if ents, _ := os.ReadDir(filepath.Dir(runner.LastErrorPath(o, "web1"))); len(ents) != 1 {
 		t.Fatalf("temp files left beside it: %v", ents)
 	}
