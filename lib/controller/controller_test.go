@@ -33,6 +33,9 @@ type fixture struct {
 	rt  *controllertest.Runtime
 	nw  *controllertest.Network
 	ctx context.Context
+	// stop ends the background work of the controller made last, as a
+	// restart ends the daemon before the next one opens the store.
+	stop func()
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -59,6 +62,9 @@ func (f *fixture) controller() (*controller.Controller, *controller.ReconcileRep
 // 50 ms unless set.
 func (f *fixture) controllerWith(cfg controller.Config) (*controller.Controller, *controller.ReconcileReport) {
 	f.t.Helper()
+	if f.stop != nil {
+		f.stop() // two daemons never share a store: the last one is gone
+	}
 	cfg.Store, cfg.DataDir, cfg.Runtime, cfg.Network = f.st, f.dir, f.rt, f.nw
 	cfg.InputsDir = f.run
 	if cfg.HealthInterval == 0 {
@@ -75,7 +81,8 @@ func (f *fixture) controllerWith(cfg controller.Config) (*controller.Controller,
 	ctx, cancel := context.WithCancel(f.ctx)
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
-	f.t.Cleanup(func() { cancel(); <-done })
+	f.stop = func() { cancel(); <-done }
+	f.t.Cleanup(f.stop)
 	return c, rep
 }
 

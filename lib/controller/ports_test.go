@@ -179,7 +179,7 @@ func TestPublishedPorts(t *testing.T) {
 	// A restart rebuilds the rules from the database and removes strays.
 	f.nw.DelPorts(f.ctx, hostnet.VMPorts("web3"))
 	f.nw.SetPorts(f.ctx, hostnet.PortSet{Owner: hostnet.VMPorts("ghost"), Ports: pm(t, "7777:77"), Backends: []string{"192.168.127.250"}})
-	f.controllerWith(controller.Config{Prober: pr, MaxBooting: -1})
+	c, _ = f.controllerWith(controller.Config{Prober: pr, MaxBooting: -1})
 	pub := f.nw.Published()
 	if _, ok := pub[hostnet.VMPorts("ghost")]; ok {
 		t.Fatal("a stray owner's ports survived reconciliation")
