@@ -60,12 +60,17 @@ check((create.inputSchema.required || []).includes("name"), "create_vm requires 
 let res = await client.callTool({ name: "list_plugins", arguments: {} });
 check(!res.isError && structured(res).plugins.some((p) => p.name === "web"), "list_plugins lists web", res);
 
-res = await client.callTool({ name: "create_vm", arguments: { name: vm, plugin: "web", memory_mb: 192 } });
+check([].concat(create.inputSchema.properties?.ports?.type).includes("array"), "create_vm takes ports", create.inputSchema);
+res = await client.callTool({ name: "create_vm", arguments: { name: vm + "-bad", plugin: "web", ports: ["80:99999"] } });
+check(res.isError && res.content[0].text.startsWith("INVALID_INPUT"), "create_vm refuses a bad port mapping", res);
+res = await client.callTool({ name: "create_vm", arguments: { name: vm, plugin: "web", memory_mb: 192, ports: ["18080:80", "127.0.0.1:15353:53/udp"] } });
 const created = structured(res);
 check(!res.isError && created.name === vm && created.ip && created.resources.memory_mb === 192, "create_vm creates a VM with an address", res);
+const ports = (created.ports || []).map((p) => `${p.host_ip || ""}:${p.host_port}:${p.guest_port}/${p.protocol || "tcp"}`).sort();
+check(JSON.stringify(ports) === JSON.stringify(["127.0.0.1:15353:53/udp", ":18080:80/tcp"]), "create_vm publishes its ports", created.ports);
 
 res = await client.callTool({ name: "list_vms", arguments: { plugin: "web" } });
-check(!res.isError && structured(res).vms.some((v) => v.name === vm && v.ip === created.ip), "list_vms shows it", res);
+check(!res.isError && structured(res).vms.some((v) => v.name === vm && v.ip === created.ip && (v.ports || []).length === 2), "list_vms shows it with its ports", res);
 
 res = await client.callTool({ name: "vm_logs", arguments: { name: vm, tail: 5 } });
 check(!res.isError && res.content[0].type === "text", "vm_logs reads the console log", res);
