@@ -14,9 +14,12 @@
 //     emulation every new piece of code is translated before it runs;
 //   - while the verdict is still "unknown" (start-up, at most StartupWindow)
 //     the checker probes every StartupInterval, so a workload that is up in
-//     50 ms is healthy in about that time, not after a whole interval; a
-//     failure is counted at most once per interval, so turning unhealthy
-//     still takes Retries intervals.
+//     50 ms is healthy in about StartupInterval, not after a whole
+//     interval; a failure is counted at most once per interval, so turning
+//     unhealthy still takes Retries intervals;
+//   - the first probe waits StartupInterval (or the interval, if shorter):
+//     the workload's process has only just been executed then, so a probe
+//     at once would fail and take the CPU from the workload's start.
 //
 // Machine is the pure state machine; Checker runs it on a ticker.
 package health
@@ -161,9 +164,17 @@ func (c *Checker) Status() agentapi.HealthStatus {
 	return c.m.Status()
 }
 
-// Run probes at once and then every interval until ctx is done.
+// Run probes after the first wait (see the package comment) and then
+// every interval until ctx is done.
 func (c *Checker) Run(ctx context.Context) {
 	start := time.Now()
+	first := time.NewTimer(min(c.interval, StartupInterval))
+	select {
+	case <-ctx.Done():
+		first.Stop()
+		return
+	case <-first.C:
+	}
 	var lastCounted time.Time
 	for {
 		t0 := time.Now()

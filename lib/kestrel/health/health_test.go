@@ -144,3 +144,35 @@ func TestStartupIsFastButUnhealthyIsNot(t *testing.T) {
 		t.Fatalf("unhealthy after %s with %+v", took, down.Status())
 	}
 }
+
+// TestFirstProbeWaits: the first probe comes StartupInterval after Run
+// starts (the interval when shorter), not at once, while the workload's
+// process has only just been executed.
+func TestFirstProbeWaits(t *testing.T) {
+	for _, tc := range []struct {
+		intervalMS int
+		want       time.Duration
+	}{{10_000, StartupInterval}, {30, 30 * time.Millisecond}} {
+		hit := make(chan time.Time, 1)
+		srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+			select {
+			case hit <- time.Now():
+			default:
+			}
+		}))
+		c := NewChecker(srv.URL, manifest.HealthCheck{Endpoint: "/", IntervalMS: tc.intervalMS, TimeoutMS: 1000, Retries: 1}, nil, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		t0 := time.Now()
+		go c.Run(ctx)
+		select {
+		case at := <-hit:
+			if at.Sub(t0) < tc.want {
+				t.Errorf("interval %d ms: first probe after %s, want at least %s", tc.intervalMS, at.Sub(t0), tc.want)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("interval %d ms: no probe", tc.intervalMS)
+		}
+		cancel()
+		srv.Close()
+	}
+}
