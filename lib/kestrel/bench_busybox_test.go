@@ -17,8 +17,9 @@ import (
 // BenchmarkVMBootVsBusybox compares boot-to-healthy of a kestrel initramfs
 // with the same kernel, modules and workload under a minimal busybox init:
 // a shell script that mounts /proc, /sys and /dev, loads just the virtio
-// network modules, sets the address and execs httpd. Both serve busybox
-// httpd on :80, and both are timed from QEMU's launch to the first HTTP 200
+// network modules, sets the address and execs httpd. Both run busybox
+// httpd with the same arguments (webManifest's: on :80, logging each
+// request), and both are timed from QEMU's launch to the first HTTP 200
 // of /index.html on the guest IP (kestrel's proxy is not in the path), in
 // alternating boots so both see the same machine load ($VOLANT_BENCH_BEFORE,
 // an earlier kestrel build, joins the alternation as a third variant for a
@@ -68,7 +69,7 @@ ip link set lo up
 ip addr add "$addr" dev eth0
 ip link set eth0 up
 read up _ </proc/uptime; echo "[$up] busybox: exec"
-exec httpd -f -p 80 -h /srv
+exec ` + strings.Join(webManifest(false).Workload.Entrypoint, " ") + `
 `)
 	bbImg := vmtest.BootImage(b, k) // same modules on board; /init replaced
 	bbImg.AddBusybox("sh", "httpd", "mount", "insmod", "ip", "cat")
