@@ -3,17 +3,20 @@ package kestrel_test
 import (
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/volantvm/volant/lib/agentapi"
+	"github.com/volantvm/volant/lib/kestrel/boot"
 	"github.com/volantvm/volant/lib/kestrel/internal/vmtest"
 	"github.com/volantvm/volant/lib/manifest"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
@@ -481,4 +484,31 @@ func TestVMPowerButtonEarly(t *testing.T) {
 			t.Fatalf("the boot did not hold back %s (later=%s):\n%s", want, later, con)
 		}
 	}
+	// The API began once the workload was healthy, and the button's
+	// modules loaded (if before the stop) ButtonDelay after that.
+	marks := consoleMarks(con)
+	healthy, ok := consoleMark(con, "kestrel: workload is healthy")
+	if !ok {
+		t.Fatalf("no health line:\n%s", con)
+	}
+	if api, ok := marks["api"]; ok && api < healthy {
+		t.Fatalf("the API listened at %.0f ms, before the workload was healthy at %.0f ms:\n%s", api, healthy, con)
+	}
+	if button, ok := marks["button"]; ok && button-healthy < float64(boot.ButtonDelay.Milliseconds()) {
+		t.Fatalf("the button's modules loaded %.0f ms after the workload was healthy, want at least %s:\n%s", button-healthy, boot.ButtonDelay, con)
+	}
+}
+
+// consoleMark is the guest uptime (ms) of the first console line holding s.
+func consoleMark(console, s string) (float64, bool) {
+	for _, line := range strings.Split(console, "\n") {
+		if !strings.Contains(line, s) || !strings.HasPrefix(line, "[") {
+			continue
+		}
+		end := strings.IndexByte(line, ']')
+		if sec, err := strconv.ParseFloat(strings.TrimSpace(line[1:end]), 64); err == nil {
+			return math.Round(sec * 1000), true
+		}
+	}
+	return 0, false
 }

@@ -222,8 +222,9 @@ const BootMemoryLimit = 32 << 20
 
 // pauseGC turns the garbage collector off, except past limit bytes of
 // memory, and returns the function that turns it back on as it was. The
-// boot turns it off until the workload is up (agent.Config's AfterStart):
-// its garbage is a few megabytes, and a collection during the boot is
+// boot turns it off until ButtonDelay after the workload is up
+// (agent.Config's AfterStart): its garbage is a few megabytes, and a
+// collection during the boot is
 // CPU (and, under software emulation, translated code) spent before the
 // workload's start.
 func pauseGC(limit int64) (restore func()) {
@@ -261,14 +262,23 @@ func LateModules(m *manifest.Manifest, volumes int) []string {
 
 // PowerButtonModules are the power button's modules: the ACPI button
 // driver, and evdev, through which kestrel reads its key. On the initramfs
-// path with the manifest known at boot they load as soon as the workload
-// is up (agent.Config's AfterStart: its health check first passed), not
-// before it starts: they are a fifth of the boot's module loading under
-// software emulation. A press the kernel sees before the button driver is
+// path with the manifest known at boot they load ButtonDelay after the
+// workload is up (agent.Config's AfterStart: its health check first
+// passed), not before it starts: they are a fifth of the boot's module
+// loading under software emulation. A press the kernel sees before the button driver is
 // loaded is lost, so launchers press again until the guest is down
 // (lib/vmm/supervise.Stop); a VM that waits for its inputs loads them
 // before it waits.
 var PowerButtonModules = [...]string{"button", "evdev"}
+
+// ButtonDelay is how long after the workload is up the power button's
+// modules load (and the garbage collector, paused for the boot, is turned
+// back on): the workload's first requests, the host's first health poll
+// and kestrel's report come first. A stop requested meanwhile is not
+// slower for it: its first press is lost either way (the button is not
+// loaded yet at the moment the workload is up), and launchers press again
+// after 1 s.
+const ButtonDelay = 500 * time.Millisecond
 
 // splitPowerButton separates the power button's modules from the other
 // held-back ones.
@@ -380,9 +390,10 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 		})
 	}
 	afterStart := func() {
+		time.Sleep(ButtonDelay)
 		b.gcOn()
 		armButton()
-		time.Sleep(LateModulesDelay)
+		time.Sleep(LateModulesDelay - ButtonDelay)
 		openChannel()
 	}
 	var inputs *access.Inputs
