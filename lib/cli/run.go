@@ -58,6 +58,19 @@ func Run[G any](ctx context.Context, env *Env, name string, opts *G) error {
 	return fmt.Errorf("%s: verb %q has no Execute method", name, verb)
 }
 
+// DefaultVerb returns env with verb put before its arguments when they
+// name no verb (there are none, or the first is a flag), for a command
+// whose main verb may be left out: `volantd --socket S` is `volantd serve
+// --socket S`. env itself is not changed.
+func DefaultVerb(env *Env, verb string) *Env {
+	if len(env.Args) > 0 && !strings.HasPrefix(env.Args[0], "-") {
+		return env
+	}
+	e := *env
+	e.Args = append([]string{verb}, env.Args...)
+	return &e
+}
+
 // CommandFor returns a pointer to the struct of the verb at path ("tap
 // add", as Parse returns it) in opts, found the way go-flags finds
 // commands: fields tagged `command:"name"`, in opts or in struct fields

@@ -231,3 +231,25 @@ func TestRunReportsAVerbWithoutExecute(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+func TestDefaultVerb(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "serve"},
+		{[]string{"--socket", "s"}, "serve --socket s"},
+		{[]string{"-v"}, "serve -v"},
+		{[]string{"check", "--full"}, "check --full"},
+		{[]string{"serve"}, "serve"},
+	} {
+		env := &Env{Args: c.args}
+		got := DefaultVerb(env, "serve")
+		if s := strings.Join(got.Args, " "); s != c.want {
+			t.Errorf("DefaultVerb(%q) = %q, want %q", c.args, s, c.want)
+		}
+		if strings.Join(env.Args, " ") != strings.Join(c.args, " ") {
+			t.Errorf("DefaultVerb(%q) changed its argument to %q", c.args, env.Args)
+		}
+	}
+}
