@@ -1,6 +1,7 @@
 // Package volantd wires the daemon together: state database, host
-// network, VM runtime, controller, HTTP listeners. cmd/volantd parses
-// flags into a Config and calls Serve; tests call Serve in-process.
+// network, VM runtime, controller, HTTP listeners. Its Command is the
+// volantd command: serve parses the flags into a Config and calls Serve;
+// tests call Serve in-process.
 //
 // Startup order, so that nothing is served on a state that is not true:
 //

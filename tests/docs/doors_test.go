@@ -17,7 +17,6 @@ const maxDoorLines = 60
 // fatDoors are the commands whose verbs have not moved to lib/ yet; each
 // leaves the list when it does.
 var fatDoors = map[string]bool{
-	"volantd":       true,
 	"volant-launch": true,
 }
 
