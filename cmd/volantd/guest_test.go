@@ -47,6 +47,10 @@ func TestGuestAccessThroughVolantd(t *testing.T) {
 	if _, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: "g1", Plugin: "app"}); err != nil {
 		t.Fatal(err)
 	}
+	// volantd says the hypervisors run as root.
+	if b, _ := os.ReadFile(d.log); !strings.Contains(string(b), "hypervisors run as root without a jail (--insecure-vmm)") {
+		t.Fatalf("volantd's log does not warn of --insecure-vmm:\n%s", b)
+	}
 
 	// JSON exec (the fake guest answers once the supervisor connected).
 	res, err := d.c.Exec(ctx, "g1", api.ExecRequest{Command: []string{"sh", "-c", "echo out; echo err >&2; exit 5"}})
@@ -55,6 +59,11 @@ func TestGuestAccessThroughVolantd(t *testing.T) {
 	}
 	if res.ExitCode != 5 || res.Stdout != "out\n" || res.Stderr != "err\n" {
 		t.Fatalf("exec: %+v", res)
+	}
+	// The supervisor, up since it answered, said so too.
+	launchLog := filepath.Join(h.dir, "data", "vms", "g1", "launch.log")
+	if b, _ := os.ReadFile(launchLog); !strings.Contains(string(b), "the VMM runs as root without a jail (--insecure-vmm)") {
+		t.Fatalf("the supervisor's log %s does not warn of --insecure-vmm:\n%s", launchLog, b)
 	}
 	if _, err := d.c.Exec(ctx, "g1", api.ExecRequest{Command: []string{"no-such-command-anywhere"}}); !apierr.Is(err, apierr.NotFound) {
 		t.Fatalf("missing command: %v", err)
@@ -133,6 +142,45 @@ func TestGuestAccessThroughVolantd(t *testing.T) {
 	}
 	if got := logs(api.LogStderr); got != "fake guest workload: stderr\n" {
 		t.Fatalf("stderr logs: %q", got)
+	}
+	// ?since= by the times the lines were read at: from the second
+	// line's on, and after it.
+	since := func(at time.Time) string {
+		r, err := d.c.VMLogs(ctx, "g1", api.LogOptions{Stream: api.LogWorkload, Since: at})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		b, _ := io.ReadAll(r)
+		return string(b)
+	}
+	var at [2]time.Time
+	timed, err := d.c.VMLogs(ctx, "g1", api.LogOptions{Stream: api.LogWorkload, Timestamps: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb2, _ := io.ReadAll(timed)
+	timed.Close()
+	lines := strings.Split(strings.TrimSuffix(string(tb2), "\n"), "\n")
+	for i := range at {
+		ts, _, _ := strings.Cut(lines[min(i, len(lines)-1)], " ")
+		if at[i], err = time.Parse(time.RFC3339Nano, ts); err != nil || len(lines) != 2 {
+			t.Fatalf("timestamped workload logs: %q", tb2)
+		}
+	}
+	want := "fake guest workload: stderr\n"
+	if !at[0].Before(at[1]) {
+		want = "fake guest workload: stdout\n" + want
+	}
+	if got := since(at[1]); got != want {
+		t.Fatalf("workload logs since %s: %q, want %q", at[1].Format(time.RFC3339Nano), got, want)
+	}
+	last := at[1]
+	if at[0].After(last) {
+		last = at[0]
+	}
+	if got := since(last.Add(time.Nanosecond)); got != "" {
+		t.Fatalf("workload logs since after the last line: %q", got)
 	}
 	if got := logs(api.LogConsole); !strings.Contains(got, "fake cloud-hypervisor guest: booted") {
 		t.Fatalf("console logs: %q", got)

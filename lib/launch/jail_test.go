@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -65,14 +67,20 @@ func TestJailRefusedUnlessInsecure(t *testing.T) {
 	}
 	release()
 
-	// --insecure-vmm: the VMM runs as root, and the status says so.
+	// --insecure-vmm: the VMM runs as root, the log and the status say
+	// so.
 	os.Chmod(f.kernel, 0o600)
 	o = f.opts
 	o.Jail.Insecure = true
+	var logged syncBuffer
+	o.Logger = slog.New(slog.NewTextHandler(&logged, nil))
 	wait := startRun(t, ctx, p, o)
 	st := waitRunning(t, p.RunDir, o)
 	if st.Jail == nil || !st.Jail.Insecure || st.Jail.UID != 0 || st.Jail.Cgroup != "" {
 		t.Fatalf("jail %+v, want insecure", st.Jail)
+	}
+	if l := logged.String(); !strings.Contains(l, `level=WARN msg="the VMM runs as root without a jail (--insecure-vmm)" vm=web1`) {
+		t.Fatalf("the insecure run's log does not warn that the VMM runs as root:\n%s", l)
 	}
 	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", st.Process.Pid))
 	if !strings.Contains(string(status), "Uid:\t0\t0\t0\t0\n") {
@@ -492,4 +500,22 @@ func TestTCGLimitCoversTheTranslationCache(t *testing.T) {
 	if got := Limits(p, JailOptions{}).MemoryBytes >> 20; got != 128+DefaultOverheadMB {
 		t.Fatalf("KVM memory limit %d MiB, want %d", got, 128+DefaultOverheadMB)
 	}
+}
+
+// syncBuffer is a buffer that goroutines may write at once (a logger's).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
