@@ -240,14 +240,30 @@ func newV1(root, path string, l Limits) (*Cgroup, error) {
 	if l.Pids > 0 {
 		vals["pids"] = [][2]string{{"pids.max", strconv.FormatInt(l.Pids, 10)}}
 	}
+	// A failure removes what was made in the hierarchies before it (the
+	// parents stay: they may hold other VMMs).
+	var made []string
+	fail := func(c string, err error) (*Cgroup, error) {
+		for i := len(made) - 1; i >= 0; i-- {
+			unix.Rmdir(made[i])
+		}
+		return nil, failed(fmt.Errorf("cgroup v1 %s: %w", c, err), "creating cgroup "+path)
+	}
 	for _, c := range controllers {
 		dir := cg.v1[c]
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, failed(fmt.Errorf("cgroup v1 %s: %w", c, err), "creating cgroup "+path)
+			return fail(c, err)
 		}
+		made = append(made, dir)
 		for _, v := range vals[c] {
 			if err := writeFile(filepath.Join(dir, v[0]), v[1]); err != nil {
-				return nil, failed(fmt.Errorf("cgroup v1 %s: %w", c, err), "creating cgroup "+path)
+				if v[0] == "cpu.cfs_quota_us" && errors.Is(err, unix.EINVAL) {
+					// v1 refuses a child more CPU than its parent
+					// has (v2 caps the child instead).
+					err = fmt.Errorf("%w: the VMM's CPU quota (%d%% of a core) is more than cgroup %s allows (its cpu.cfs_quota_us)",
+						err, l.CPUQuotaPercent, filepath.Dir(path))
+				}
+				return fail(c, err)
 			}
 		}
 	}
