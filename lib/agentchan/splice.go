@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/yamux"
 
@@ -38,7 +39,19 @@ func Proxy(ctx context.Context, conn io.ReadWriteCloser, up Upstream, opts Proxy
 	stop := context.AfterFunc(ctx, func() { mux.Close() })
 	defer stop()
 	defer mux.Close()
-	Serve(mux, func(st *Stream) { splice(ctx, st, up, opts) })
+	// The client's session ending (a client that went away) ends every
+	// splice at once: the far side may never close the streams it was
+	// given, and a wait for the guest is given up.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-mux.CloseChan():
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	Serve(mux, func(st *Stream) { splice(sctx, st, up, opts) })
 	return nil
 }
 
@@ -70,6 +83,9 @@ func splice(ctx context.Context, client *Stream, up Upstream, opts ProxyOptions)
 		return
 	}
 	defer guest.Close()
+	// Ends the copies below (Pipe aborts both sides) when ctx ends.
+	unblock := context.AfterFunc(ctx, func() { guest.SetDeadline(time.Now()) })
+	defer unblock()
 	if _, err := guest.Write(append(line, '\n')); err != nil {
 		client.WriteLine(ErrorReply(lost("while sending a request", err)))
 		return

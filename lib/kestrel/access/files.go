@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"time"
 
 	"github.com/volantvm/volant/lib/agentchan"
 	"github.com/volantvm/volant/lib/apierr"
@@ -40,6 +41,13 @@ func (s *Server) read(st *agentchan.Stream, req agentchan.ReadRequest) {
 	if err := st.WriteLine(rep); err != nil {
 		return
 	}
+	// The host sends nothing after its request: its end of stream means
+	// it went away, and the copy stops rather than wait for a reader that
+	// will not come (its stream would stay open on both sides).
+	go func() {
+		io.Copy(io.Discard, st)
+		st.Conn.SetWriteDeadline(time.Now())
+	}()
 	w := bufio.NewWriterSize(st.Conn, 64<<10)
 	res, err := agentchan.WriteTar(w, p)
 	if ferr := w.Flush(); err == nil && ferr != nil {
