@@ -63,10 +63,14 @@ func checkEnv(field string, env map[string]string) error {
 	return nil
 }
 
-// checkGuestPath: absolute, clean, not the root, no NUL or control characters.
+// checkGuestPath: absolute, clean, not the root, at most PATH_MAX, no NUL
+// or control characters.
 func checkGuestPath(field, p string) error {
 	if !path.IsAbs(p) || path.Clean(p) != p || p == "/" {
 		return badField(field, "%q must be a clean absolute path other than /", p)
+	}
+	if len(p) > manifest.MaxGuestPath {
+		return badField(field, "a path of %d bytes; at most %d", len(p), manifest.MaxGuestPath)
 	}
 	return checkText(field, p)
 }

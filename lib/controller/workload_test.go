@@ -348,6 +348,8 @@ func TestCreateVMWorkloadRefusals(t *testing.T) {
 		{"label key", api.CreateVMRequest{Labels: map[string]string{"bad key": "x"}}, apierr.InvalidInput},
 		{"relative file", api.CreateVMRequest{Inputs: &api.Inputs{Files: []api.InputFile{{Path: "etc/x"}}}}, apierr.InvalidInput},
 		{"dotdot file", api.CreateVMRequest{Inputs: &api.Inputs{Files: []api.InputFile{{Path: "/etc/../x"}}}}, apierr.InvalidInput},
+		{"long file", api.CreateVMRequest{Inputs: &api.Inputs{Files: []api.InputFile{{Path: "/" + strings.Repeat("x", manifest.MaxGuestPath)}}}}, apierr.InvalidInput},
+		{"long dir", api.CreateVMRequest{Inputs: &api.Inputs{Dirs: []string{"/" + strings.Repeat("x", manifest.MaxGuestPath)}}}, apierr.InvalidInput},
 		{"twice", api.CreateVMRequest{Inputs: &api.Inputs{Files: []api.InputFile{{Path: "/x"}}, Dirs: []string{"/x"}}}, apierr.InvalidInput},
 		{"mode", api.CreateVMRequest{Inputs: &api.Inputs{Files: []api.InputFile{{Path: "/x", Mode: 0o170000}}}}, apierr.InvalidInput},
 		{"too big", api.CreateVMRequest{Inputs: &api.Inputs{Files: []api.InputFile{{Path: "/x", Data: big}}}}, apierr.TooLarge},

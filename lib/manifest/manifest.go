@@ -36,7 +36,7 @@ type Manifest struct {
 	Schema        string            `json:"$schema,omitempty" jsonschema_description:"URL of this JSON Schema, for editors."`
 	SchemaVersion string            `json:"schema_version,omitempty" jsonschema:"enum=1.0,enum=1" jsonschema_description:"Manifest format version. Default 1.0."`
 	Name          string            `json:"name" jsonschema:"pattern=^[a-z0-9][a-z0-9_-]{0\\,62}$" jsonschema_description:"Unique plugin name: lowercase letters, digits, - and _."`
-	Version       string            `json:"version" jsonschema_description:"Plugin version, free-form without spaces or control characters."`
+	Version       string            `json:"version" jsonschema:"pattern=^[A-Za-z0-9][A-Za-z0-9_.+-]{0\\,63}$" jsonschema_description:"Plugin version: 1-64 ASCII letters, digits, '.', '_', '+' and '-', starting with a letter or digit (1.0.0, v2, 2024.01+build.3, 1.27-alpine). It names a directory and is part of URLs."`
 	Runtime       string            `json:"runtime,omitempty" jsonschema_description:"Runtime identifier. Defaults to the name."`
 	Enabled       *bool             `json:"enabled,omitempty" jsonschema_description:"Whether VMs may be created from it. Default true."`
 	Image         string            `json:"image,omitempty" jsonschema_description:"OCI image reference the plugin was built from (set by fledge)."`
@@ -68,7 +68,7 @@ type Manifest struct {
 // names would hand the host's files to whoever installs a plugin.
 type Secrets struct {
 	Env   []string `json:"env,omitempty" jsonschema_description:"Environment variables the workload needs: each must be in the create request's inputs.env."`
-	Files []string `json:"files,omitempty" jsonschema_description:"Absolute guest paths of files the workload needs: each must be in the create request's inputs.files."`
+	Files []string `json:"files,omitempty" jsonschema_description:"Clean absolute guest paths (at most 4095 bytes) of files the workload needs: each must be in the create request's inputs.files."`
 }
 
 // Artifact is a file the VM boots from.

@@ -302,3 +302,44 @@ func TestEntrypointScriptsKeepLineBreaks(t *testing.T) {
 		}
 	}
 }
+
+// A version is one path component and part of URLs: the rule of
+// lib/names, whose cases cover the characters; here, that the manifest
+// applies it and accepts the versions examples and docs use.
+func TestVersionRule(t *testing.T) {
+	m := func(version string) []byte {
+		b, _ := json.Marshal(map[string]any{"name": "a", "version": version, "initramfs": map[string]any{"url": "/i.cpio"},
+			"workload": map[string]any{"entrypoint": []string{"/a"}}})
+		return b
+	}
+	for _, ok := range []string{"1", "1.0", "1.0.0", "v2", "2024.01+build.3", "1.27-alpine", "17.0.9_9-jre", strings.Repeat("1", 64)} {
+		if _, err := Parse(m(ok)); err != nil {
+			t.Errorf("version %q was refused: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"../../etc", "..", ".1", "1.0/beta", "-1", "1 0", "1\x00", strings.Repeat("1", 65)} {
+		_, err := Parse(m(bad))
+		if ps := Problems(err); len(ps) != 1 || ps[0].Field != "version" {
+			t.Errorf("version %q: problems %v, want one of the field version", bad, ps)
+		}
+	}
+}
+
+func TestSecretPathLength(t *testing.T) {
+	m := func(p string) []byte {
+		b, _ := json.Marshal(map[string]any{"name": "a", "version": "1", "initramfs": map[string]any{"url": "/i.cpio"},
+			"workload": map[string]any{"entrypoint": []string{"/a"}}, "secrets": map[string]any{"files": []string{p}}})
+		return b
+	}
+	long := "/" + strings.Repeat("abc/", 1022) + "abcdef"
+	if len(long) != MaxGuestPath {
+		t.Fatalf("the test's path is %d bytes", len(long))
+	}
+	if _, err := Parse(m(long)); err != nil {
+		t.Fatalf("a secret path of %d bytes was refused: %v", len(long), err)
+	}
+	_, err := Parse(m(long + "b"))
+	if ps := Problems(err); len(ps) != 1 || ps[0].Field != "secrets.files[0]" {
+		t.Fatalf("a secret path of %d bytes: problems %v, want one of secrets.files[0]", len(long)+1, ps)
+	}
+}

@@ -1,9 +1,12 @@
 package manifest
 
 import (
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/volantvm/volant/lib/names"
 )
 
 // TestMatchersAgreeWithPatterns checks the hand-written syntax checks
@@ -42,6 +45,34 @@ func TestMatchersAgreeWithPatterns(t *testing.T) {
 		for _, s := range append(c.more, short...) {
 			if got, want := c.fn(s), c.re.MatchString(s); got != want {
 				t.Errorf("%s(%q) = %v, the pattern says %v", c.name, s, got, want)
+			}
+		}
+	}
+}
+
+// TestSchemaPatternsAreTheRules checks the JSON Schema's patterns of name
+// and version (struct tags, so the schema document) against lib/names,
+// which the validator uses.
+func TestSchemaPatternsAreTheRules(t *testing.T) {
+	for field, rule := range map[string]func(string) bool{"Name": names.Valid, "Version": names.ValidVersion} {
+		f, _ := reflect.TypeOf(Manifest{}).FieldByName(field)
+		var pattern string
+		for _, kv := range strings.Split(strings.ReplaceAll(f.Tag.Get("jsonschema"), `\,`, "\x00"), ",") {
+			if p, ok := strings.CutPrefix(kv, "pattern="); ok {
+				pattern = strings.ReplaceAll(p, "\x00", ",")
+			}
+		}
+		if pattern == "" {
+			t.Fatalf("%s has no pattern in its jsonschema tag", field)
+		}
+		re := regexp.MustCompile(pattern)
+		more := []string{strings.Repeat("a", 63), strings.Repeat("a", 64), strings.Repeat("a", 65), "1.0.0", "v2", "2024.01+build.3", "../../etc", "1/2"}
+		for c := 0; c < 256; c++ {
+			more = append(more, string(rune(c)), "a"+string(rune(c)), string([]byte{byte(c)}), "a"+string([]byte{byte(c)}))
+		}
+		for _, s := range more {
+			if got, want := rule(s), re.MatchString(s); got != want {
+				t.Errorf("%s: the rule says %v for %q, the schema's pattern %s says %v", field, got, s, pattern, want)
 			}
 		}
 	}

@@ -225,14 +225,18 @@ func (m *Manifest) Validate() error {
 	var v validator
 	v.check(m.SchemaVersion == SchemaVersion, "schema_version", "must be %q, got %q", SchemaVersion, m.SchemaVersion)
 	v.name("name", m.Name)
-	v.check(m.Version != "", "version", "required")
-	v.check(!strings.ContainsAny(m.Version, " \t\n") && len(m.Version) <= 64, "version", "must be at most 64 characters without spaces")
+	// A version becomes a directory name, part of URL paths and of what
+	// volar prints: one word of a few safe characters (names.ValidVersion).
+	if m.Version == "" {
+		v.add("version", "required")
+	} else {
+		v.check(names.ValidVersion(m.Version), "version", "%q: %s", m.Version, names.VersionRule)
+	}
 	if m.Runtime != m.Name {
 		v.name("runtime", m.Runtime)
 	}
 	// Free text that volar and logs print: no control characters (an
-	// escape sequence in a version would drive the reader's terminal).
-	v.text("version", m.Version)
+	// escape sequence would drive the reader's terminal).
 	v.text("image", m.Image)
 	v.text("image_digest", m.ImageDigest)
 
@@ -347,6 +351,7 @@ func (m *Manifest) Validate() error {
 		for i, p := range sec.Files {
 			f := "secrets.files[" + strconv.Itoa(i) + "]"
 			v.check(path.IsAbs(p) && path.Clean(p) == p && p != "/", f, "%q must be a clean absolute path other than /", p)
+			v.check(len(p) <= MaxGuestPath, f, "a path of %d bytes; at most %d", len(p), MaxGuestPath)
 			v.text(f, p)
 			v.check(!seen[p], f, "%s is named twice", p)
 			seen[p] = true
@@ -360,6 +365,11 @@ func (m *Manifest) Validate() error {
 
 // MaxSecrets bounds the secrets a manifest names (env and files together).
 const MaxSecrets = 64
+
+// MaxGuestPath bounds a path in the guest that a manifest or a create
+// request names (a secret file's): the guest kernel's PATH_MAX, 4096
+// bytes with the terminating NUL.
+const MaxGuestPath = 4095
 
 // MissingSecrets lists the secrets m names that in does not give: env
 // names missing from env, file paths missing from files.

@@ -55,3 +55,62 @@ func TestSameAsRegexp(t *testing.T) {
 		}
 	}
 }
+
+func TestValidVersion(t *testing.T) {
+	for _, tc := range []struct {
+		version string
+		ok      bool
+	}{
+		// Versions in examples, docs, tests and image tags.
+		{"1", true},
+		{"1.0", true},
+		{"1.0.0", true},
+		{"v2", true},
+		{"v53.0", true},
+		{"2024.01+build.3", true},
+		{"1.0.0-rc.1+sha.5114f85", true},
+		{"1.27-alpine", true},
+		{"17.0.9_9-jre", true},
+		{"1.1.1+ds1-3+b5", true},
+		{"latest", true},
+		{strings.Repeat("9", 64), true},
+		// What would be a path, an option or not one word.
+		{"", false},
+		{strings.Repeat("9", 65), false},
+		{".", false},
+		{"..", false},
+		{"../../etc", false},
+		{".hidden", false},
+		{"1.0/beta", false},
+		{"1.0\\beta", false},
+		{"-rc1", false},
+		{"+1", false},
+		{"_1", false},
+		{"web@1", false},
+		{"1 0", false},
+		{"1.0\x00", false},
+		{"1.0\n", false},
+		{"1.0\x1b[31m", false},
+		{"1%2F2", false},
+		{"1:2.0", false},
+		{"1.0~rc1", false},
+		{"1.0é", false},
+	} {
+		if got := ValidVersion(tc.version); got != tc.ok {
+			t.Errorf("ValidVersion(%q) = %v, want %v", tc.version, got, tc.ok)
+		}
+	}
+}
+
+// The version rule is the JSON Schema's pattern of a manifest's version
+// (lib/manifest); keep them identical.
+func TestVersionSameAsRegexp(t *testing.T) {
+	re := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$`)
+	for c := 0; c < 256; c++ {
+		for _, s := range []string{string(rune(c)), "a" + string(rune(c)), string([]byte{byte(c)}), "a" + string([]byte{byte(c)})} {
+			if ValidVersion(s) != re.MatchString(s) {
+				t.Fatalf("ValidVersion(%q) = %v, regexp says %v", s, ValidVersion(s), re.MatchString(s))
+			}
+		}
+	}
+}
