@@ -60,7 +60,8 @@ type Plugin struct {
 	// Name defaults to the image's repository name (oci_rootfs) or the
 	// folder of fledge.toml (initramfs).
 	Name string `toml:"name"`
-	// Version defaults to the image tag, else "0.0.0".
+	// Version defaults to the image tag when that is a valid version
+	// (names.ValidVersion), else "0.0.0".
 	Version string `toml:"version"`
 	Runtime string `toml:"runtime"`
 	Enabled *bool  `toml:"enabled"`

@@ -45,7 +45,10 @@ func sanitizeName(s string) string {
 }
 
 // names returns the plugin name and version: [plugin] name/version, else
-// the defaults given (image repository and tag, or the folder name).
+// the defaults given (image repository and tag, or the folder name), else
+// "plugin" and "0.0.0" when the defaults are no valid name or version. A
+// name or version the config gives is kept as it is: the manifest's
+// validation refuses it if it breaks the rule.
 func (c *Config) names(defName, defVersion string) (string, string) {
 	name, version := c.Plugin.Name, c.Plugin.Version
 	if name == "" {
@@ -56,9 +59,9 @@ func (c *Config) names(defName, defVersion string) (string, string) {
 	}
 	if version == "" {
 		version = defVersion
-	}
-	if version == "" || strings.ContainsAny(version, " \t\n") {
-		version = "0.0.0"
+		if !names.ValidVersion(version) {
+			version = "0.0.0"
+		}
 	}
 	return name, version
 }
