@@ -22,6 +22,7 @@ import (
 	"github.com/volantvm/volant/lib/buildinfo"
 	"github.com/volantvm/volant/lib/fetch"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/names"
 )
 
 // DefaultMaxArtifactBytes bounds one plugin artifact unless
@@ -53,19 +54,19 @@ func (c *Controller) pluginDir(name string) string { return filepath.Join(c.plug
 
 // pluginVersionDir is where one version's fetched artifacts live:
 // <data>/plugins/<name>/@<version>/, so versions installed side by side
-// keep their own files of the same name. A version that is not a plain
-// file name is spelled by its digest. (Installs before versions put their
+// keep their own files of the same name. Every version a manifest may
+// carry (names.ValidVersion) is a plain file name; one installed before
+// that rule that breaks it is spelled by its digest, as it was then, so
+// that removing it finds its files. (Installs before versions put their
 // files in <data>/plugins/<name>/ itself; their manifests say so.)
 func (c *Controller) pluginVersionDir(name, version string) string {
 	dir := version
-	if !plainVersion.MatchString(version) {
+	if !names.ValidVersion(version) {
 		sum := sha256.Sum256([]byte(version))
 		dir = hex.EncodeToString(sum[:])[:16]
 	}
 	return filepath.Join(c.pluginDir(name), "@"+dir)
 }
-
-var plainVersion = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]*$`)
 
 // ArtifactDirs returns the directories local artifacts may come from:
 // <data>/plugins and Config.ArtifactDirs, absolute and cleaned.

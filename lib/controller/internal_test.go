@@ -61,3 +61,22 @@ func TestVerdict(t *testing.T) {
 		}
 	}
 }
+
+// A version's directory is one component under the plugin's: the version
+// itself, or for a version installed before the version rule that breaks
+// it, its digest (as then, so installed files stay where they are).
+func TestPluginVersionDir(t *testing.T) {
+	c := &Controller{cfg: Config{DataDir: "/d"}}
+	for version, want := range map[string]string{
+		"1.0.0":           "/d/plugins/web/@1.0.0",
+		"2024.01+build.3": "/d/plugins/web/@2024.01+build.3",
+		"v2":              "/d/plugins/web/@v2",
+		"17.0.9_9-jre":    "/d/plugins/web/@17.0.9_9-jre",
+		"1.0/beta":        "/d/plugins/web/@df3abc1822d35936",
+		"../../etc":       "/d/plugins/web/@74ccf3c5b4c19a81",
+	} {
+		if got := c.pluginVersionDir("web", version); got != want {
+			t.Errorf("pluginVersionDir(web, %q) = %s, want %s", version, got, want)
+		}
+	}
+}
