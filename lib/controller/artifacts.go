@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+	"unicode"
 
 	"github.com/google/renameio/v2"
 
@@ -289,18 +290,26 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// maxFileName bounds the name of a downloaded file.
+const maxFileName = 200
+
 // download fetches a remote artifact into a pending file in
 // <data>/plugins/.partial, synced (so placing it later costs no fsync
 // inside the install's transaction), and verifies it. Its final path is
-// <data>/plugins/<plugin>/@<version>/<file name of the URL>.
+// <data>/plugins/<plugin>/@<version>/<file name of the URL, or the field>.
 func (c *Controller) download(ctx context.Context, plugin, version, field, loc, want string) (staged, string, error) {
 	u, err := url.Parse(loc)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
 		return staged{}, "", apierr.New(apierr.InvalidManifest, "plugin %s: %s %q is neither a local path nor an http(s) URL", plugin, field, loc).
 			With("errors", []manifest.Problem{{Field: field, Message: "unsupported location"}})
 	}
+	// The URL's last segment names the file, unless it cannot: "/", "."
+	// or "..", a NUL or another control character (the file's path
+	// becomes the manifest's URL, where validation refuses them), or
+	// more than a file name holds once renameio's temporary name adds a
+	// dot and a random number to it (NAME_MAX, 255).
 	base := path.Base(u.Path)
-	if base == "/" || base == "." || base == "" || base == ".." {
+	if base == "/" || base == "." || base == "" || base == ".." || strings.ContainsFunc(base, unicode.IsControl) || len(base) > maxFileName {
 		base = strings.NewReplacer("[", "", "]", "").Replace(field)
 	}
 	dst := filepath.Join(c.pluginVersionDir(plugin, version), base)

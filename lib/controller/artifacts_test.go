@@ -19,6 +19,7 @@ import (
 
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/controller"
+	"github.com/volantvm/volant/lib/manifest"
 )
 
 func manifestWith(name, field, loc string) []byte {
@@ -431,6 +432,33 @@ func TestRestartRemovesPartialDownloads(t *testing.T) {
 	for _, p := range keep {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("%s was removed: %v", p, err)
+		}
+	}
+}
+
+// TestDownloadedFileNames: a URL whose last segment is no file name (an
+// escaped NUL or escape character, more than a name holds) is fetched
+// under the artifact's field name, and the plugin's manifest stays valid.
+func TestDownloadedFileNames(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.controller()
+	url := artifactServer(t, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("initramfs")) })
+	for i, last := range []string{"a%00b.img", "a%1B%5B2Jb.img", "a%0Ab.img", strings.Repeat("a", 300) + ".img"} {
+		name := fmt.Sprintf("web%d", i)
+		p, err := c.InstallPlugin(f.ctx, manifestWith(name, "initramfs", url+"/"+last), false)
+		if err != nil {
+			t.Errorf("%s: %v", last, err)
+			continue
+		}
+		if _, err := manifest.Parse(p.Manifest); err != nil {
+			t.Errorf("%s: the installed manifest is invalid: %v", last, err)
+		}
+		var m struct {
+			Initramfs struct{ URL string } `json:"initramfs"`
+		}
+		json.Unmarshal(p.Manifest, &m)
+		if base := filepath.Base(m.Initramfs.URL); base != "initramfs" {
+			t.Errorf("%s: fetched to %q, want the field's name", last, base)
 		}
 	}
 }
