@@ -108,7 +108,11 @@
 //
 // `snapshot` waits (up to 30 s) for a running guest's agent to answer over
 // the agent channel — a guest whose agent is not up is still booting, and
-// every VM restored from it would finish that boot first — then pauses the
+// every VM restored from it would finish that boot first — then has the
+// VM's supervisor hold the agent channel still (no frame begins, the one
+// under way is finished and read by the guest; up to 2 s, then it goes on
+// and logs it, until the VM runs again), so that the VM is not saved with
+// a frame of the channel half received; then pauses the
 // VM, copies each of its writable disks and
 // volumes as they are into SNAPSHOT/disks/ (a reflink where the filesystem
 // shares blocks, else the disk's data with its holes kept: "method" says

@@ -39,6 +39,21 @@
 // session when the new host's handshake arrives), and that byte begins the
 // next handshake, answered on the same stream (Accept, GuestSession).
 //
+// # Snapshots
+//
+// A VM paused while the host is sending it a frame would be saved with the
+// frame half received, and a VM restored from it would read its new host's
+// handshake as the rest of that frame. So a snapshot first asks the VM's
+// supervisor to quiesce the channel (OpQuiesce, served by the supervisor
+// itself): the host begins no frame, finishes the one under way, and
+// writes a yamux ping; the guest's answer says it has read everything
+// before it (Session.Quiesce). The host holds its frames until the
+// snapshot ends. The other way, the old session of a restored guest may
+// have been paused half-way through writing a frame: the guest's answer to
+// the new handshake waits until that frame is whole, and the old session
+// writes nothing after it (Restarted), so the host, which skips everything
+// before the answer, never reads it as frames of the new session.
+//
 // # Streams
 //
 // The host opens a yamux stream per operation (the guest opens none). Every

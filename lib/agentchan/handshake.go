@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -82,12 +81,13 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser) (*Session, error) {
 		}
 		cfg := YamuxConfig()
 		cfg.EnableKeepAlive, cfg.KeepAliveInterval = true, KeepAlive
-		mux, err := yamux.Client(&bufConn{r: r, WriteCloser: conn}, cfg)
+		hc := newHostConn(r, conn)
+		mux, err := yamux.Client(hc, cfg)
 		if err != nil {
 			conn.Close()
 			return nil, err
 		}
-		return &Session{mux: mux, Hello: h}, nil
+		return &Session{mux: mux, conn: hc, Hello: h}, nil
 	}
 }
 
@@ -142,7 +142,7 @@ func Accept(conn io.ReadWriteCloser, hello Hello) (*GuestSession, error) {
 		if _, err := fmt.Fprintf(conn, "%s %d %s %s\n", magic, ProtocolVersion, nonce, b); err != nil {
 			return nil, err
 		}
-		w := &frameWatch{r: r, conn: conn}
+		w := newFrameWatch(r, conn)
 		mux, err := yamux.Server(w, YamuxConfig())
 		if err != nil {
 			return nil, err
@@ -166,8 +166,31 @@ func (g *GuestSession) Restarted() io.ReadWriteCloser {
 	if g.w.rest == nil {
 		return nil
 	}
-	return &bufConn{r: bufio.NewReader(io.MultiReader(bytes.NewReader(g.w.rest), g.w.r)), WriteCloser: g.w.conn}
+	return &bufConn{r: bufio.NewReader(io.MultiReader(bytes.NewReader(g.w.rest), g.w.r)), WriteCloser: &handover{w: g.w}}
 }
+
+// handover is the writing end of a stream whose host started over, for
+// the next session: its first write waits until the old session has
+// written the rest of the frame it was writing (a restored guest may have
+// been paused between a frame's header and its payload), and from then on
+// the old session writes nothing. So the new host reads the old session's
+// bytes only before the answer to its handshake, which it skips (Connect),
+// never after it, where they would be taken for frames of the new session.
+type handover struct {
+	w    *frameWatch
+	once sync.Once
+}
+
+// handoverWait bounds the next session's wait for the old session's
+// frame.
+const handoverWait = 10 * time.Second
+
+func (h *handover) Write(p []byte) (int, error) {
+	h.once.Do(h.w.handOver)
+	return h.w.conn.Write(p)
+}
+
+func (h *handover) Close() error { return h.w.conn.Close() }
 
 // ReadErr is the error the session's byte stream ended with (io.EOF: the
 // host's end closed), or nil.
@@ -186,17 +209,25 @@ var errHostRestarted = errors.New("agent channel: the host started a new session
 // stops at a frame boundary whose first byte is not version 0: the host
 // started over. The bytes from there on are kept in rest, yamux reads an
 // error, and closing the session leaves conn open for the next Accept.
+//
+// It follows the frames the session writes too, so that the next session
+// writes only after the old one's last frame (handover).
 type frameWatch struct {
 	r    io.Reader
 	conn io.ReadWriteCloser
+	in   frames
 
-	hdr  [yamuxHeader]byte
-	n    int    // header bytes of the current frame seen
-	body uint32 // payload bytes of the current frame still to come
+	mu      sync.Mutex
+	rest    []byte
+	err     error // the error reading the stream ended with
+	out     frames
+	writing bool          // a write is under way
+	gone    bool          // the next session writes now: this one may not
+	changed chan struct{} // closed and replaced when writing ends
+}
 
-	mu   sync.Mutex
-	rest []byte
-	err  error // the error reading the stream ended with
+func newFrameWatch(r io.Reader, conn io.ReadWriteCloser) *frameWatch {
+	return &frameWatch{r: r, conn: conn, changed: make(chan struct{})}
 }
 
 // yamuxHeader is the size of a yamux frame header; yamuxData its type of
@@ -220,13 +251,7 @@ func (w *frameWatch) Read(p []byte) (int, error) {
 		w.mu.Unlock()
 	}
 	for i := 0; i < n; {
-		if w.body > 0 {
-			k := min(uint32(n-i), w.body)
-			w.body -= k
-			i += int(k)
-			continue
-		}
-		if w.n == 0 && p[i] != 0 {
+		if w.in.boundary() && p[i] != 0 {
 			w.mu.Lock()
 			w.rest = bytes.Clone(p[i:n])
 			w.mu.Unlock()
@@ -235,20 +260,54 @@ func (w *frameWatch) Read(p []byte) (int, error) {
 			}
 			return i, nil
 		}
-		w.hdr[w.n] = p[i]
-		w.n++
-		i++
-		if w.n == yamuxHeader {
-			w.n = 0
-			if w.hdr[1] == yamuxData {
-				w.body = binary.BigEndian.Uint32(w.hdr[8:])
-			}
-		}
+		k, _ := w.in.take(p[i:n])
+		i += k
 	}
 	return n, err
 }
 
-func (w *frameWatch) Write(p []byte) (int, error) { return w.conn.Write(p) }
+func (w *frameWatch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	if w.gone {
+		w.mu.Unlock()
+		return 0, errHostRestarted
+	}
+	w.writing = true
+	w.mu.Unlock()
+	n, err := w.conn.Write(p)
+	w.mu.Lock()
+	for i := 0; i < n; {
+		k, _ := w.out.take(p[i:n])
+		i += k
+	}
+	w.writing = false
+	close(w.changed)
+	w.changed = make(chan struct{})
+	w.mu.Unlock()
+	return n, err
+}
+
+// handOver waits (up to handoverWait) until the session has no frame half
+// written, and ends its writing.
+func (w *frameWatch) handOver() {
+	t := time.NewTimer(handoverWait)
+	defer t.Stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.writing || !w.out.boundary() {
+		ch := w.changed
+		w.mu.Unlock()
+		select {
+		case <-ch:
+		case <-t.C:
+			w.mu.Lock()
+			w.gone = true
+			return
+		}
+		w.mu.Lock()
+	}
+	w.gone = true
+}
 
 // Close closes conn, unless the host started over: the next session
 // needs it.

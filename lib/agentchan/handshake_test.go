@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -57,7 +58,7 @@ func TestFrameWatchStopsWhereTheHostStartsOver(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			conn := &closeCounter{Reader: wrap(bytes.NewReader(stream))}
-			w := &frameWatch{r: conn, conn: conn}
+			w := newFrameWatch(conn, conn)
 			got, err := io.ReadAll(w)
 			if err != errHostRestarted {
 				t.Fatalf("reading the session's stream ended with %v, want errHostRestarted", err)
@@ -82,7 +83,7 @@ func TestFrameWatchStopsWhereTheHostStartsOver(t *testing.T) {
 	// A stream that ends between frames is an ordinary end: nothing to
 	// restart, and the close closes the stream.
 	conn := &closeCounter{Reader: bytes.NewReader(frames)}
-	w := &frameWatch{r: conn, conn: conn}
+	w := newFrameWatch(conn, conn)
 	if _, err := io.ReadAll(w); err != nil {
 		t.Fatal(err)
 	}
@@ -120,5 +121,83 @@ func TestConnectFindsTheHelloAfterStaleBytes(t *testing.T) {
 	defer sess.Close()
 	if sess.Hello.VM != "right" {
 		t.Errorf("hello %+v, want the one answering this host's nonce", sess.Hello)
+	}
+}
+
+// recorder is a byte stream that reads from Reader and keeps what is
+// written to it.
+type recorder struct {
+	io.Reader
+	mu  sync.Mutex
+	out bytes.Buffer
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.out.Write(p)
+}
+
+func (r *recorder) Close() error { return nil }
+
+func (r *recorder) written() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return bytes.Clone(r.out.Bytes())
+}
+
+// A restored guest's old session may have been paused between writing a
+// frame's header and its payload. The host that starts over skips what
+// the guest sends before the answer to its handshake, but reads all that
+// follows as frames of the new session: the old session's payload must
+// come before the answer, and nothing of the old session after it.
+func TestTheNextSessionAnswersAfterTheOldSessionsLastFrame(t *testing.T) {
+	conn := &recorder{Reader: strings.NewReader(magic + " 1 f00d\n")}
+	w := newFrameWatch(conn, conn)
+	hdr := frame(yamuxData, 2, 5, nil)
+	if _, err := w.Write(hdr); err != nil { // paused here, then restored
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(w); err != errHostRestarted {
+		t.Fatalf("reading the old session's stream ended with %v, want errHostRestarted", err)
+	}
+	next := (&GuestSession{w: w}).Restarted()
+	accepted := make(chan error, 1)
+	go func() {
+		g, err := Accept(next, Hello{Agent: "test"})
+		if err == nil {
+			g.Close()
+		}
+		accepted <- err
+	}()
+	// The old session's send loop writes the payload when it runs again:
+	// here, after the next session's answer had every chance to go first.
+	var err error
+	answered := false
+	select {
+	case err = <-accepted:
+		answered = true
+		t.Logf("the next session answered before the old one's payload (%v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := w.Write([]byte("12345")); err != nil {
+		t.Errorf("the old session could not finish its frame: %v", err)
+	}
+	if !answered {
+		select {
+		case err = <-accepted:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the next session never answered")
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(frame(yamuxData, 2, 0, nil)); err == nil {
+		t.Error("the old session wrote a frame after the next session's answer")
+	}
+	want := append(append(bytes.Clone(hdr), "12345"...), magic+" 1 f00d "...)
+	if got := conn.written(); !bytes.HasPrefix(got, want) || bytes.Count(got, []byte("\n")) != 1 || got[len(got)-1] != '\n' {
+		t.Errorf("the host read %q, want the old frame whole, then the answer line alone (%q...)", got, want)
 	}
 }

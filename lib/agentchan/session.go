@@ -17,6 +17,8 @@ import (
 // connection to a supervisor's guest socket or volantd's exec route).
 type Session struct {
 	mux *yamux.Session
+	// conn is a direct session's byte stream (nil through a proxy).
+	conn *hostConn
 	// Hello is the guest's handshake (zero through a proxy).
 	Hello Hello
 }

@@ -22,14 +22,19 @@ type Upstream func(ctx context.Context) (*Session, error)
 type ProxyOptions struct {
 	// Allow lists the ops clients may use; nil allows every op.
 	Allow []string
+	// Local serves ops in the proxy itself instead of passing them on
+	// (the supervisor's OpQuiesce): the handler gets the client's stream
+	// after its request line, and the stream closes when it returns.
+	Local map[string]func(ctx context.Context, st *Stream, line []byte)
 }
 
 // Proxy serves the stream layout to one client on conn (the server side
 // of a yamux session): every stream the client opens is spliced to a new
 // stream of the session up returns, after its request line was checked
-// against opts.Allow. A request that cannot be passed on is answered with
-// an error reply. Proxy returns when the client's session ends (closing
-// the streams it spliced) or ctx does.
+// against opts.Allow (an op in opts.Local is served there instead). A
+// request that cannot be passed on is answered with an error reply. Proxy
+// returns when the client's session ends (closing the streams it spliced)
+// or ctx does.
 func Proxy(ctx context.Context, conn io.ReadWriteCloser, up Upstream, opts ProxyOptions) error {
 	mux, err := yamux.Server(conn, YamuxConfig())
 	if err != nil {
@@ -63,6 +68,10 @@ func splice(ctx context.Context, client *Stream, up Upstream, opts ProxyOptions)
 	var req Request
 	if err := json.Unmarshal(line, &req); err != nil {
 		client.WriteLine(ErrorReply(apierr.Wrap(apierr.InvalidInput, err, "agent channel: malformed request")))
+		return
+	}
+	if serve := opts.Local[req.Op]; serve != nil {
+		serve(ctx, client, line)
 		return
 	}
 	if opts.Allow != nil && !allowed(opts.Allow, req.Op) {

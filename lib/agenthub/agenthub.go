@@ -66,6 +66,9 @@ type Hub struct {
 	attempt context.CancelFunc // ends the connection attempt under way
 	now     chan struct{}      // the next attempt starts without its pause (Wake, Redial)
 	away    time.Time          // no dial before this (Redial: the guest must see the channel closed)
+	trying  chan struct{}      // closed when the attempt under way has ended (nil: none)
+	quiet   int                // Quiesce holds not released: no attempt starts
+	calm    chan struct{}      // closed while quiet is 0
 }
 
 // RedialGap is how long Redial leaves the channel closed before it dials
@@ -96,7 +99,8 @@ func Start(ctx context.Context, o Options) (*Hub, error) {
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	h := &Hub{o: o, log: o.Log, ln: ln, cancel: cancel, up: make(chan struct{}), clients: map[net.Conn]struct{}{},
-		now: make(chan struct{}, 1)}
+		now: make(chan struct{}, 1), calm: make(chan struct{})}
+	close(h.calm)
 	h.wg.Add(2)
 	go func() { defer h.wg.Done(); h.connectLoop(ctx) }()
 	go func() { defer h.wg.Done(); h.accept(ctx) }()
@@ -201,10 +205,31 @@ func (h *Hub) connectLoop(ctx context.Context) {
 			t.Stop()
 			continue // Redial may have moved it
 		}
-		actx, acancel := context.WithCancel(ctx)
 		h.mu.Lock()
+		if h.quiet > 0 {
+			// A snapshot is being taken: a handshake sent now could
+			// be saved half read.
+			calm := h.calm
+			h.mu.Unlock()
+			select {
+			case <-ctx.Done():
+			case <-calm:
+			}
+			continue
+		}
+		actx, acancel := context.WithCancel(ctx)
 		h.attempt = acancel
+		trying := make(chan struct{})
+		h.trying = trying
 		h.mu.Unlock()
+		tried := func() {
+			h.mu.Lock()
+			if h.trying == trying {
+				h.trying = nil
+				close(trying)
+			}
+			h.mu.Unlock()
+		}
 		conn, err := h.o.Dial(actx)
 		if err == nil {
 			var sess *agentchan.Session
@@ -227,6 +252,7 @@ func (h *Hub) connectLoop(ctx context.Context) {
 				h.sess = sess
 				close(h.up)
 				h.mu.Unlock()
+				tried()
 				if h.o.Logs != nil {
 					logFrom = h.pumpLogs(ctx, sess, logFrom)
 				}
@@ -237,6 +263,7 @@ func (h *Hub) connectLoop(ctx context.Context) {
 				h.log.Info("agent channel session ended", "vm", h.o.VM)
 			}
 		}
+		tried()
 		acancel()
 		if err != nil && ctx.Err() == nil {
 			h.log.Debug("agent channel: connecting", "vm", h.o.VM, "err", err)
@@ -251,6 +278,80 @@ func (h *Hub) connectLoop(ctx context.Context) {
 		}
 		t.Stop()
 	}
+}
+
+// QuiesceWait bounds how long the supervisor's quiesce op (serveQuiesce)
+// waits for the frame under way and for the guest to read what was in
+// flight before it answers that the channel is not quiet.
+const QuiesceWait = 2 * time.Second
+
+// Quiesce holds the channel still for a snapshot of the VM, until release
+// is called (after the VM runs again, or when the snapshot failed): no
+// connection to the guest starts, a connection under way finishes its
+// handshake, and the session is held at a frame boundary until the guest
+// has read everything the host sent (agentchan.Session.Quiesce). Then the
+// VM can be paused and saved without a host→guest frame cut in two: a VM
+// restored from it answers the new host's first handshake instead of
+// reading it as the rest of a frame (which only Redial frees, 15 s
+// later). When ctx ends first, the error says so; the hold stays until
+// release all the same.
+func (h *Hub) Quiesce(ctx context.Context) (release func(), err error) {
+	h.mu.Lock()
+	if h.quiet++; h.quiet == 1 {
+		h.calm = make(chan struct{})
+	}
+	trying := h.trying
+	h.mu.Unlock()
+	held := func() {}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			held()
+			h.mu.Lock()
+			if h.quiet--; h.quiet == 0 {
+				close(h.calm)
+			}
+			h.mu.Unlock()
+		})
+	}
+	if trying != nil {
+		select {
+		case <-trying:
+		case <-ctx.Done():
+			return release, apierr.Wrap(apierr.Timeout, context.Cause(ctx), "agent channel: quiescing: a connection to the guest was under way")
+		}
+	}
+	h.mu.Lock()
+	sess := h.sess
+	h.mu.Unlock()
+	if sess == nil {
+		return release, nil // nothing in flight, and nothing will be
+	}
+	held, err = sess.Quiesce(ctx)
+	return release, err
+}
+
+// serveQuiesce is the supervisor's quiesce op (agentchan.OpQuiesce): the
+// channel is held still from the reply until the client closes the
+// stream, or its connection ends.
+func (h *Hub) serveQuiesce(ctx context.Context, st *agentchan.Stream, _ []byte) {
+	t0 := time.Now()
+	qctx, cancel := context.WithTimeout(ctx, QuiesceWait)
+	release, err := h.Quiesce(qctx)
+	cancel()
+	defer release()
+	rep := agentchan.QuiesceReply{Reply: agentchan.Reply{OK: true}, Quiet: err == nil, WaitedMS: time.Since(t0).Milliseconds()}
+	if err != nil {
+		rep.Detail = err.Error()
+		h.log.Warn("agent channel: not quiet for the snapshot; a VM restored from it may need a redial", "vm", h.o.VM, "err", err)
+	} else {
+		h.log.Info("agent channel: quiet for a snapshot", "vm", h.o.VM, "waited", time.Since(t0).Round(time.Millisecond))
+	}
+	if st.WriteLine(rep) != nil {
+		return
+	}
+	io.Copy(io.Discard, st)
+	h.log.Info("agent channel: released after the snapshot", "vm", h.o.VM, "held", time.Since(t0).Round(time.Millisecond))
 }
 
 // sendInputs hands the VM's inputs to kestrel, which starts the workload
@@ -323,7 +424,8 @@ func (h *Hub) accept(ctx context.Context) {
 			defer h.wg.Done()
 			// Clients get every op but identity, which only the
 			// supervisor itself sends (after a restore).
-			agentchan.Proxy(ctx, c, h.Session, agentchan.ProxyOptions{Allow: agentchan.ClientOps()})
+			agentchan.Proxy(ctx, c, h.Session, agentchan.ProxyOptions{Allow: agentchan.ClientOps(),
+				Local: map[string]func(context.Context, *agentchan.Stream, []byte){agentchan.OpQuiesce: h.serveQuiesce}})
 			h.mu.Lock()
 			delete(h.clients, c)
 			h.mu.Unlock()

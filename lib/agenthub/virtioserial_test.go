@@ -25,24 +25,76 @@ import (
 //     work queue and kestrel's goroutine run on an emulated CPU), and it
 //     then sees the state of that moment, so a host that closes and
 //     dials again within react is never seen to have gone;
-//   - bytes a host writes while the guest has the port closed wait (in
-//     the chardev's socket) and die with that host's connection; bytes
-//     already in the guest are discarded when the guest closes the port;
+//   - bytes a host writes wait (in the chardev's socket, and QEMU) until
+//     the guest reads them, and die with that host's connection: those
+//     the guest has not read when the VM is saved are not in the saved
+//     VM; bytes waiting for a guest that has the port open are discarded
+//     when it closes the port;
 //   - a guest's write waits while no host is connected;
+//   - pause freezes the guest as pausing the VM does, at the worst moment
+//     it finds (see pause);
 //   - restore replaces the host without the guest seeing any change
 //     (the saved state says a host was connected, and the new host
 //     dialed before the state loaded).
 type serialPort struct {
 	react time.Duration
 
-	mu    sync.Mutex
-	cond  *sync.Cond
-	host  *serialHost // connected host, or nil
-	view  bool        // whether a host is connected, as the guest last saw
-	open  bool        // the guest has the port open
-	in    []byte      // host → guest bytes in the guest
-	held  []byte      // host → guest bytes waiting for the guest to open
-	wakes int         // bumped when a waiting reader should look again
+	mu      sync.Mutex
+	cond    *sync.Cond
+	host    *serialHost // connected host, or nil
+	view    bool        // whether a host is connected, as the guest last saw
+	open    bool        // the guest has the port open
+	in      []byte      // host → guest bytes the open port has not read
+	held    []byte      // host → guest bytes waiting for the guest to open
+	wakes   int         // bumped when a waiting reader should look again
+	read    hostStream  // the current host's bytes as the guest read them
+	pausing bool        // pause looks for a moment to freeze the guest
+	frozen  bool        // the guest is paused: its reads and writes wait
+}
+
+// hostStream follows one host connection's bytes as the guest reads
+// them: the handshake line, then yamux frames (a 12-byte header and, for
+// a data frame, as many bytes of payload as its length says).
+type hostStream struct {
+	lineRead bool
+	n        int // header bytes of the current frame read
+	hdr      [12]byte
+	body     uint32 // payload bytes of the current frame not read
+}
+
+func (s *hostStream) feed(b []byte) {
+	for _, c := range b {
+		switch {
+		case !s.lineRead:
+			s.lineRead = c == '\n'
+		case s.body > 0:
+			s.body--
+		default:
+			s.hdr[s.n] = c
+			if s.n++; s.n == len(s.hdr) {
+				s.n = 0
+				if s.hdr[1] == 0 { // data
+					s.body = binary.BigEndian.Uint32(s.hdr[8:])
+				}
+			}
+		}
+	}
+}
+
+// midFrame says the guest has read part of a frame.
+func (s *hostStream) midFrame() bool { return s.lineRead && (s.n > 0 || s.body > 0) }
+
+// toCut is how many bytes of b the guest reads to end up in the middle of
+// a frame (after a data frame's header, before its payload): all of b when
+// it holds no such place.
+func (s hostStream) toCut(b []byte) int {
+	for i := range b {
+		s.feed(b[i : i+1])
+		if s.body > 0 {
+			return i + 1
+		}
+	}
+	return len(b)
 }
 
 func newSerialPort(react time.Duration) *serialPort {
@@ -69,6 +121,7 @@ func (p *serialPort) dial(ctx context.Context) (io.ReadWriteCloser, error) {
 	h := &serialHost{p: p}
 	h.r, h.w = io.Pipe()
 	p.host = h
+	p.read = hostStream{}
 	p.changedLocked()
 	return h, nil
 }
@@ -85,14 +138,55 @@ func (p *serialPort) changedLocked() {
 	})
 }
 
+// pause freezes the guest as pausing the VM does, at the worst moment it
+// finds within window: as soon as a read leaves the guest in the middle
+// of a frame of the host's (it reads up to just after a data frame's
+// header, if a read would take it past one). When the host sends nothing
+// in window, it freezes the guest where it is. It says whether the guest
+// was frozen with a frame half read.
+func (p *serialPort) pause(window time.Duration) (midFrame bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.pausing = true
+	t := time.AfterFunc(window, func() {
+		p.mu.Lock()
+		if p.pausing { // else pause has returned
+			p.frozen = true
+			p.wakes++
+			p.cond.Broadcast()
+		}
+		p.mu.Unlock()
+	})
+	for !p.frozen {
+		p.cond.Wait()
+	}
+	t.Stop()
+	p.pausing = false
+	return p.read.midFrame()
+}
+
+// resume lets a paused guest run on, with the same host.
+func (p *serialPort) resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.frozen = false
+	p.wakes++
+	p.cond.Broadcast()
+}
+
 // restore replaces the host's end without the guest noticing: the old
-// host (the saved VM's supervisor) is gone, nobody is connected until
-// the new host dials, and the guest still believes one is.
+// host (the saved VM's supervisor) is gone with the bytes the guest had
+// not read, nobody is connected until the new host dials, and the guest
+// still believes one is. A paused guest runs on (as the restored VM).
 func (p *serialPort) restore() {
 	p.mu.Lock()
 	old := p.host
 	p.host = nil
 	p.held = nil
+	p.in = nil
+	p.frozen = false
+	p.wakes++
+	p.cond.Broadcast()
 	p.mu.Unlock()
 	if old != nil {
 		old.w.CloseWithError(io.ErrClosedPipe)
@@ -156,12 +250,22 @@ func (g *guestPort) Read(b []byte) (int, error) {
 		if g.closed {
 			return 0, io.ErrClosedPipe
 		}
-		if len(p.in) > 0 {
-			n := copy(b, p.in)
+		if p.pausing && !p.frozen && p.read.midFrame() {
+			p.frozen = true // the worst moment: freeze here
+			p.wakes++
+			p.cond.Broadcast()
+		}
+		if len(p.in) > 0 && !p.frozen {
+			n := len(p.in)
+			if p.pausing {
+				n = p.read.toCut(p.in)
+			}
+			n = copy(b, p.in[:n])
+			p.read.feed(b[:n])
 			p.in = p.in[n:]
 			return n, nil
 		}
-		if !p.view {
+		if !p.view && !p.frozen {
 			return 0, io.EOF
 		}
 		w := p.wakes
@@ -174,7 +278,7 @@ func (g *guestPort) Read(b []byte) (int, error) {
 func (g *guestPort) Write(b []byte) (int, error) {
 	p := g.p
 	p.mu.Lock()
-	for !p.view && !g.closed {
+	for (!p.view || p.frozen) && !g.closed {
 		p.cond.Wait()
 	}
 	h := p.host
@@ -216,6 +320,18 @@ func serveGuest(ctx context.Context, p *serialPort, srv *access.Server) {
 	}
 }
 
+// startSerialGuest serves kestrel's access server (as VM "saved") on a
+// model of a virtio-serial port until the test ends.
+func startSerialGuest(ctx context.Context, t *testing.T) *serialPort {
+	port := newSerialPort(100 * time.Millisecond)
+	srv := access.New(access.Config{VM: "saved", Version: "test"})
+	gctx, gcancel := context.WithCancel(ctx)
+	guestDone := make(chan struct{})
+	go func() { defer close(guestDone); serveGuest(gctx, port, srv) }()
+	t.Cleanup(func() { gcancel(); port.restore(); <-guestDone })
+	return port
+}
+
 // A restored guest whose saved session was cut in the middle of a frame
 // from the old host (here: a data frame's header announcing a megabyte of
 // payload) swallows the new host's handshake as that payload, and never
@@ -226,12 +342,7 @@ func serveGuest(ctx context.Context, p *serialPort, srv *access.Server) {
 func TestRedialFreesAGuestWedgedMidFrame(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	port := newSerialPort(100 * time.Millisecond)
-	srv := access.New(access.Config{VM: "saved", Version: "test"})
-	gctx, gcancel := context.WithCancel(ctx)
-	guestDone := make(chan struct{})
-	go func() { defer close(guestDone); serveGuest(gctx, port, srv) }()
-	defer func() { gcancel(); port.restore(); <-guestDone }()
+	port := startSerialGuest(ctx, t)
 
 	// The saved VM's supervisor: a session, then half a frame of it
 	// when the VM was paused.

@@ -91,11 +91,14 @@ func ReadPlan(runDir string) (*Plan, error) {
 }
 
 // Snapshot saves the VM running in runDir into dir (made; it must not
-// exist or be empty): it pauses the VM, copies each of its disks as they
-// are (lib/volume.PointInTime: a reflink where the filesystem can, else
-// the disk's data), saves its memory and device state, and resumes it (a
-// VM that was paused stays paused). The VM runs on; the snapshot depends
-// on nothing but the plugin artifacts it names.
+// exist or be empty): it has the VM's supervisor quiesce the agent
+// channel (no host→guest frame in flight; held until the VM runs again),
+// pauses the VM, copies each of its disks as they are
+// (lib/volume.PointInTime: a reflink where the filesystem can, else the
+// disk's data), saves its memory and device state, and resumes it (a VM
+// that was paused stays paused, and is saved without a quiesce). The VM
+// runs on; the snapshot depends on nothing but the plugin artifacts it
+// names.
 func Snapshot(ctx context.Context, runDir, dir string, o Options) (info *SnapshotInfo, err error) {
 	o = o.withDefaults()
 	st, err := Inspect(ctx, runDir, o)
@@ -147,6 +150,15 @@ func Snapshot(ctx context.Context, runDir, dir string, o Options) (info *Snapsho
 		if err := waitGuestAgent(ctx, runDir, SnapshotAgentWait); err != nil {
 			o.Logger.Warn("snapshot: the guest's agent does not answer; saving the VM as it is", "vm", p.Name, "err", err)
 		}
+		// Paused while the host sends it a frame, the guest would be
+		// saved with the frame half read, and a VM restored from it
+		// would read its host's handshake as the rest of the frame.
+		// Released after the resume below (defers run last first).
+		release, err := quiesceGuest(ctx, runDir)
+		if err != nil {
+			o.Logger.Warn("snapshot: the agent channel is not quiet; a VM restored from this snapshot may answer its host only after a redial", "vm", p.Name, "err", err)
+		}
+		defer release()
 	}
 	ctl, err := b.Dial(ctx, p.Config.APISocket)
 	if err != nil {
@@ -239,6 +251,35 @@ func VolumeIndex(role string) int {
 		return i
 	}
 	return -1
+}
+
+// quiesceGuest asks the supervisor of the VM running in runDir to hold
+// the agent channel still (agentchan.OpQuiesce) until release is called.
+// An error says it is not quiet (the supervisor gave up waiting, or it
+// predates the op); release is to be called all the same.
+func quiesceGuest(ctx context.Context, runDir string) (release func(), err error) {
+	// The supervisor bounds its own wait (agenthub.QuiesceWait); this
+	// bounds a supervisor that does not answer at all.
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	sess, err := DialGuest(cctx, runDir)
+	if err != nil {
+		return func() {}, err
+	}
+	var rep agentchan.QuiesceReply
+	st, err := sess.Call(cctx, agentchan.Request{Op: agentchan.OpQuiesce}, &rep)
+	if err != nil {
+		sess.Close()
+		return func() {}, err
+	}
+	release = func() {
+		st.Conn.Close()
+		sess.Close()
+	}
+	if !rep.Quiet {
+		return release, fmt.Errorf("waited %d ms: %s", rep.WaitedMS, rep.Detail)
+	}
+	return release, nil
 }
 
 // SnapshotAgentWait bounds Snapshot's wait for a running guest's agent to

@@ -75,3 +75,42 @@ func TestWaitGuestAgent(t *testing.T) {
 		}
 	})
 }
+
+// Snapshot's quiesce reaches the supervisor's hub through its socket: the
+// channel is reported quiet, and once released the guest answers again.
+func TestQuiesceGuest(t *testing.T) {
+	runDir := t.TempDir()
+	dial := func(ctx context.Context) (io.ReadWriteCloser, error) {
+		host, guest := net.Pipe()
+		go func() {
+			g, err := agentchan.Accept(guest, agentchan.Hello{Agent: "fake"})
+			if err != nil {
+				return
+			}
+			agentchan.Serve(g.Session, func(st *agentchan.Stream) {
+				var req agentchan.Request
+				st.ReadLine(&req)
+				st.WriteLine(agentchan.Reply{OK: true})
+			})
+		}()
+		return host, nil
+	}
+	h, err := agenthub.Start(context.Background(), agenthub.Options{VM: "vm", Dial: dial, Socket: GuestSocket(runDir)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := waitGuestAgent(ctx, runDir, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	release, err := quiesceGuest(ctx, runDir)
+	if err != nil {
+		t.Fatalf("quiesce: %v", err)
+	}
+	release()
+	if err := waitGuestAgent(ctx, runDir, 20*time.Second); err != nil {
+		t.Fatalf("after the release: %v", err)
+	}
+}
