@@ -53,24 +53,36 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser) (*Session, error) {
 	}
 	r := bufio.NewReaderSize(conn, 64<<10)
 	want := []byte(fmt.Sprintf("%s %d %s ", magic, ProtocolVersion, nonce))
-	skipped := 0 // bytes from the guest before its answer, for the error
+	skipped := 0    // bytes from the guest before its answer, for the error
+	var tail []byte // the end of a line longer than the buffer: the answer may begin there
 	for {
-		line, err := r.ReadSlice('\n')
-		if err == bufio.ErrBufferFull {
-			skipped += len(line)
-			continue // skipping stale bytes
-		}
-		if err != nil {
-			return nil, handshakeErr(ctx, err, skipped+len(line))
+		slice, err := r.ReadSlice('\n')
+		full := err == bufio.ErrBufferFull
+		if err != nil && !full {
+			return nil, handshakeErr(ctx, err, skipped+len(slice))
 		}
 		// The answer may follow bytes of a session the guest held
-		// before on this stream (a restored guest's) on the same line.
+		// before on this stream (a restored guest's) on the same line,
+		// more than fill the buffer.
+		line := append(tail, slice...)
 		i := bytes.Index(line, want)
 		if i < 0 {
-			skipped += len(line)
+			skipped += len(slice)
+			tail = nil
+			if full {
+				tail = bytes.Clone(line[max(0, len(line)-len(want)+1):])
+			}
 			continue
 		}
-		rest := line[i+len(want):]
+		rest := bytes.Clone(line[i+len(want):])
+		for full && len(rest) <= MaxLine {
+			slice, err = r.ReadSlice('\n')
+			full = err == bufio.ErrBufferFull
+			if err != nil && !full {
+				return nil, handshakeErr(ctx, err, skipped)
+			}
+			rest = append(rest, slice...)
+		}
 		var h Hello
 		if err := json.Unmarshal(rest, &h); err != nil {
 			conn.Close()

@@ -95,11 +95,12 @@ func TestFrameWatchStopsWhereTheHostStartsOver(t *testing.T) {
 	}
 }
 
-// The host finds the guest's hello after bytes of a session the guest
-// held before on the same stream, even on the same line (a restored
-// guest's old session may write part of a frame before it ends).
-func TestConnectFindsTheHelloAfterStaleBytes(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+// connectTo runs Connect against a guest that reads the host's handshake
+// line, writes answer(nonce) and serves a yamux session, and checks that
+// the session is up with the hello of VM "right".
+func connectTo(t *testing.T, answer func(nonce string) string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	host, guest := net.Pipe()
 	defer host.Close()
@@ -109,9 +110,7 @@ func TestConnectFindsTheHelloAfterStaleBytes(t *testing.T) {
 		if err != nil {
 			return
 		}
-		nonce := strings.TrimSpace(strings.TrimPrefix(line, fmt.Sprintf("%s %d ", magic, ProtocolVersion)))
-		fmt.Fprintf(guest, "old\nlines\n%s %d other-nonce {\"vm\":\"wrong\"}\n\x00\x00\x00\x01stale frame%s %d %s {\"agent\":\"test\",\"vm\":\"right\"}\n",
-			magic, ProtocolVersion, magic, ProtocolVersion, nonce)
+		io.WriteString(guest, answer(strings.TrimSpace(strings.TrimPrefix(line, fmt.Sprintf("%s %d ", magic, ProtocolVersion)))))
 		yamux.Server(guest, YamuxConfig())
 	}()
 	sess, err := Connect(ctx, host)
@@ -122,6 +121,16 @@ func TestConnectFindsTheHelloAfterStaleBytes(t *testing.T) {
 	if sess.Hello.VM != "right" {
 		t.Errorf("hello %+v, want the one answering this host's nonce", sess.Hello)
 	}
+}
+
+// The host finds the guest's hello after bytes of a session the guest
+// held before on the same stream, even on the same line (a restored
+// guest's old session may write part of a frame before it ends).
+func TestConnectFindsTheHelloAfterStaleBytes(t *testing.T) {
+	connectTo(t, func(nonce string) string {
+		return fmt.Sprintf("old\nlines\n%s %d other-nonce {\"vm\":\"wrong\"}\n\x00\x00\x00\x01stale frame%s %d %s {\"agent\":\"test\",\"vm\":\"right\"}\n",
+			magic, ProtocolVersion, magic, ProtocolVersion, nonce)
+	})
 }
 
 // recorder is a byte stream that reads from Reader and keeps what is
@@ -199,5 +208,18 @@ func TestTheNextSessionAnswersAfterTheOldSessionsLastFrame(t *testing.T) {
 	want := append(append(bytes.Clone(hdr), "12345"...), magic+" 1 f00d "...)
 	if got := conn.written(); !bytes.HasPrefix(got, want) || bytes.Count(got, []byte("\n")) != 1 || got[len(got)-1] != '\n' {
 		t.Errorf("the host read %q, want the old frame whole, then the answer line alone (%q...)", got, want)
+	}
+}
+
+// Stale bytes with no newline for longer than the host's read buffer
+// (64 KiB) are skipped in pieces; the answer that follows them is found
+// also where a piece ends inside it.
+func TestConnectFindsAHelloAcrossItsBuffer(t *testing.T) {
+	for _, before := range []int{64<<10 - 20, 64<<10 - 1, 64 << 10, 3 << 16} {
+		t.Run(fmt.Sprint(before), func(t *testing.T) {
+			connectTo(t, func(nonce string) string {
+				return fmt.Sprintf("%s%s %d %s {\"agent\":\"test\",\"vm\":\"right\"}\n", make([]byte, before), magic, ProtocolVersion, nonce)
+			})
+		})
 	}
 }
