@@ -39,6 +39,9 @@ type guestPlugin struct {
 	Files map[string]string
 	// SignKey signs the plugin (fledge build --sign).
 	SignKey string
+	// SecretEnv and SecretFiles are the secrets the manifest names (its
+	// [secrets] table): a create must give them as inputs.
+	SecretEnv, SecretFiles []string
 }
 
 // httpdWWW is busybox httpd serving /www on port 80.
@@ -85,6 +88,9 @@ func (p guestPlugin) build(t testing.TB, outDir, modulesDir, kestrel string) *fl
 	if p.Health != "" {
 		toml += "[health_check]\nendpoint = " + strconv.Quote(p.Health) + "\ninterval_ms = " + strconv.Itoa(interval) + "\n"
 	}
+	if len(p.SecretEnv)+len(p.SecretFiles) > 0 {
+		toml += "[secrets]\nenv = " + tomlStrings(p.SecretEnv) + "\nfiles = " + tomlStrings(p.SecretFiles) + "\n"
+	}
 	toml += "[resources]\ncpu_cores = 1\nmemory_mb = 128\n[mappings]\n\"www\" = \"/www\"\n"
 	cfg := filepath.Join(src, "fledge.toml")
 	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
@@ -111,6 +117,15 @@ func (p guestPlugin) manifest(t testing.TB, outDir, modulesDir, kestrel string) 
 // tomlString quotes s as a TOML basic string.
 func tomlString(s string) string {
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+// tomlStrings is ss as a TOML array of basic strings.
+func tomlStrings(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = tomlString(s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
 }
 
 // httpIn GETs url from inside ns on a new connection, dialed on a thread

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -19,10 +20,8 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
-	"github.com/volantvm/volant/lib/fledge"
 	"github.com/volantvm/volant/lib/signing"
 	"github.com/volantvm/volant/lib/testutil/guesttest"
-	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
 // TestVMSecrets boots a real guest (QEMU TCG) from a signed plugin under
@@ -38,14 +37,8 @@ import (
 // can open none of those files. After a stop and a restart of volantd,
 // the VM starts again with its inputs from the sealed row.
 func TestVMSecrets(t *testing.T) {
-	k, _ := guesttest.Kernel(t)
-	guesttest.QEMU(t)
-	kestrel := guesttest.Kestrel(t)
+	h := newQEMUHost(t)
 	volar := guesttest.Command(t, "volar")
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
-	}
-	h := &fakeHost{ns: netnstest.New(t), dir: t.TempDir()}
 	data := filepath.Join(h.dir, "data")
 
 	// A signed plugin whose workload proves what it received.
@@ -57,50 +50,21 @@ func TestVMSecrets(t *testing.T) {
 	trusted := filepath.Join(h.dir, "trusted")
 	os.MkdirAll(trusted, 0o755)
 	os.WriteFile(filepath.Join(trusted, "ci.pub"), kp.Public, 0o644)
-	src := t.TempDir()
-	os.MkdirAll(filepath.Join(src, "www"), 0o755)
-	os.WriteFile(filepath.Join(src, "www", "index.html"), []byte("ok\n"), 0o644)
-	os.WriteFile(filepath.Join(src, "fledge.toml"), []byte(`version = "1"
-strategy = "initramfs"
-[plugin]
-name = "sec"
-version = "1"
-[source]
-busybox = "/bin/busybox"
-[workload]
-entrypoint = ["/bin/sh", "-c", "printf %s \"$TOKEN\" | sha256sum | cut -c1-64 > /www/env.txt; sha256sum /etc/app/secret | cut -c1-64 > /www/file.txt; exec /bin/busybox httpd -f -p 80 -h /www"]
-base_url = "http://127.0.0.1:80"
-[resources]
-cpu_cores = 1
-memory_mb = 128
-[secrets]
-env = ["TOKEN"]
-files = ["/etc/app/secret"]
-[mappings]
-"www" = "/www"
-`), 0o644)
-	res, err := fledge.Build(context.Background(), fledge.Request{Config: filepath.Join(src, "fledge.toml"),
-		OutputDir: filepath.Join(data, "plugins", "sec"), KernelModules: k.ModulesDir, Kestrel: kestrel, SignKey: key})
-	if err != nil {
-		t.Fatalf("fledge build: %v", err)
-	}
+	p := secretsPlugin("sec")
+	p.SignKey = key
+	res := p.build(t, filepath.Join(data, "plugins", "sec"), h.k.ModulesDir, h.kestrel)
 	m, _ := os.ReadFile(res.Manifest)
 	sig, _ := os.ReadFile(res.Signature)
 
-	wrap := []string{"ip", "netns", "exec", h.ns.Name}
-	d := startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", "2s", "--start-timeout", "240s", "--stop-timeout", "5s", "--trusted-keys", trusted, "--require-signed")
+	flags := []string{"--start-timeout", "240s", "--trusted-keys", trusted, "--require-signed"}
+	d := h.daemon(t, flags...)
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, m, client.InstallOptions{Signature: sig}); err != nil {
 		t.Fatal(err)
 	}
 
-	secret := func() string {
-		b := make([]byte, 16)
-		rand.Read(b)
-		return "s3cr3t-" + hex.EncodeToString(b)
-	}
-	token, fileSecret := secret(), secret()
+	token, fileSecret := newSecret(), newSecret()
+	secrets := secretForms(token, fileSecret)
 	tokFile, secFile := filepath.Join(h.dir, "token"), filepath.Join(h.dir, "secret")
 	os.WriteFile(tokFile, []byte(token+"\n"), 0o600)
 	os.WriteFile(secFile, []byte(fileSecret), 0o600)
@@ -127,10 +91,9 @@ files = ["/etc/app/secret"]
 		t.Fatalf("created: %v %s", err, created)
 	}
 
-	sum := func(s string) string { h := sha256.Sum256([]byte(s)); return hex.EncodeToString(h[:]) }
 	received := func() {
 		t.Helper()
-		for file, want := range map[string]string{"env.txt": sum(token), "file.txt": sum(fileSecret)} {
+		for file, want := range secretSums(token, fileSecret) {
 			// Running means kestrel answers; the workload's server may
 			// come a moment later.
 			var got string
@@ -155,12 +118,7 @@ files = ["/etc/app/secret"]
 	if len(qemus) == 0 {
 		t.Fatal("no qemu-system-x86_64 in the namespace")
 	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		if b, err := os.ReadFile(p); err == nil {
-			places["argv "+p] = b
-		}
-	}
+	argvs := addArgvs(places)
 	for _, f := range []string{"serial.log", "spec.json"} {
 		b, err := os.ReadFile(filepath.Join(data, "vms", "s1", f))
 		if err != nil {
@@ -175,38 +133,13 @@ files = ["/etc/app/secret"]
 		}
 		places["GET "+p] = b
 	}
-	ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	evs, err := d.c.Events(ectx, api.EventOptions{FromStart: true})
-	if err != nil {
-		t.Fatal(err)
+	events, n := eventLog(t, d.c)
+	if !strings.Contains(events, "vm.created") {
+		t.Fatalf("events read: %d\n%s", n, events)
 	}
-	var all strings.Builder
-	n := 0
-	for {
-		e, err := evs.Next()
-		if err != nil {
-			break
-		}
-		n++
-		fmt.Fprintf(&all, "%s %s %s\n", e.Type, e.ResourceID, e.Data)
-		if e.Type == api.EventVMHealthy && e.ResourceID == "s1" {
-			break
-		}
-	}
-	evs.Close()
-	if n == 0 || !strings.Contains(all.String(), "vm.created") {
-		t.Fatalf("events read: %d\n%s", n, all.String())
-	}
-	places["events"] = []byte(all.String())
-	for where, b := range places {
-		for _, s := range []string{token, fileSecret} {
-			if strings.Contains(string(b), s) {
-				t.Errorf("a secret is in %s", where)
-			}
-		}
-	}
-	t.Logf("secrets checked absent from %d places (%d argvs, %d events)", len(places), len(procs), n)
+	places["events"] = []byte(events)
+	secretsNotIn(t, places, secrets)
+	t.Logf("secrets checked absent from %d places (%d argvs, %d events)", len(places), argvs, n)
 	if !strings.Contains(string(places["GET /api/v1/vms/s1"]), `"TOKEN"`) {
 		t.Errorf("the VM's answer does not name its input TOKEN: %s", places["GET /api/v1/vms/s1"])
 	}
@@ -221,7 +154,7 @@ files = ["/etc/app/secret"]
 			t.Fatalf("%s: %v %v", p, st, err)
 		}
 	}
-	secretsAbsent(t, token, fileSecret, data, filepath.Join(h.dir, "run"))
+	secretsAbsent(t, secrets, data, filepath.Join(h.dir, "run"))
 	// A local user who is not root reads none of the running VM's files
 	// (its serial and workload logs, spec, disks, run directory, clear
 	// inputs, the launch log) nor the database or the key; only the
@@ -240,17 +173,16 @@ files = ["/etc/app/secret"]
 	if _, err := os.Stat(inputs); !os.IsNotExist(err) {
 		t.Fatalf("the inputs in clear after a stop: %v", err)
 	}
-	secretsAbsent(t, token, fileSecret, data, filepath.Join(h.dir, "run"), filepath.Join(h.dir, "inputs"), d.log)
+	secretsAbsent(t, secrets, data, filepath.Join(h.dir, "run"), filepath.Join(h.dir, "inputs"), d.log)
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	<-d.done
-	d = startDaemon(t, h.dir, wrap, nil, "--vmm", "qemu", "--accel", "tcg", "--kernel", k.Dir, "--kestrel", kestrel,
-		"--health-interval", "2s", "--start-timeout", "240s", "--stop-timeout", "5s", "--trusted-keys", trusted, "--require-signed")
+	d = h.daemon(t, flags...)
 	started, err := exec.Command(volar, "-H", d.sock, "-o", "json", "vms", "start", "s1", "--wait", "--timeout", "300s").CombinedOutput()
 	if err != nil {
 		t.Fatalf("volar vms start after a volantd restart: %v %s", err, started)
 	}
 	received()
-	secretsAbsent(t, token, fileSecret, data, filepath.Join(h.dir, "run"), d.log)
+	secretsAbsent(t, secrets, data, filepath.Join(h.dir, "run"), d.log)
 	if _, err := d.c.DeleteVM(ctx, "s1"); err != nil {
 		t.Fatal(err)
 	}
@@ -312,9 +244,85 @@ func othersLockedOut(t *testing.T, top string, dirs []string, public func(string
 	t.Logf("uid 65534 opened %d of %d files, all public; %d private ones refused", len(opened), len(files), private)
 }
 
-// secretsAbsent fails when a file under one of dirs holds one of the
-// secrets (as text, the way they were given).
-func secretsAbsent(t *testing.T, a, b string, dirs ...string) {
+// secretsWorkload is secretsPlugin's workload: it writes the sha256 of
+// the variable TOKEN it finds and of the file /etc/app/secret (never their
+// values) to /www/env.txt and /www/file.txt, then serves /www as httpd.
+const secretsWorkload = `["/bin/sh", "-c", "printf %s \"$TOKEN\" | sha256sum | cut -c1-64 > /www/env.txt; sha256sum /etc/app/secret | cut -c1-64 > /www/file.txt; exec /bin/busybox httpd -f -p 80 -h /www"]`
+
+// secretsPlugin is a plugin whose manifest names two secrets, the variable
+// TOKEN and the file /etc/app/secret, and whose workload (secretsWorkload)
+// shows what it received.
+func secretsPlugin(name string) guestPlugin {
+	return guestPlugin{Name: name, Version: "1", Entrypoint: secretsWorkload, Files: map[string]string{"index.html": "ok\n"},
+		SecretEnv: []string{"TOKEN"}, SecretFiles: []string{"/etc/app/secret"}}
+}
+
+// secretSums are what secretsWorkload writes, by file in /www, when it
+// received token and file.
+func secretSums(token, file string) map[string]string {
+	sum := func(s string) string { h := sha256.Sum256([]byte(s)); return hex.EncodeToString(h[:]) }
+	return map[string]string{"env.txt": sum(token), "file.txt": sum(file)}
+}
+
+// newSecret is a fresh random value.
+func newSecret() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return "s3cr3t-" + hex.EncodeToString(b)
+}
+
+// secretForms are the secrets as given and in base64, as JSON carries a
+// file's data (api.InputFile): what a leak of them would look like.
+func secretForms(secrets ...string) []string {
+	out := append([]string{}, secrets...)
+	for _, s := range secrets {
+		out = append(out, base64.StdEncoding.EncodeToString([]byte(s)))
+	}
+	return out
+}
+
+// secretsNotIn fails for each place that holds one of secrets.
+func secretsNotIn(t *testing.T, places map[string][]byte, secrets []string) {
+	t.Helper()
+	for where, b := range places {
+		for _, s := range secrets {
+			if bytes.Contains(b, []byte(s)) {
+				t.Errorf("a secret is in %s", where)
+				break
+			}
+		}
+	}
+}
+
+// addArgvs adds every host process's argv (its /proc/PID/cmdline, the
+// hypervisors' with the guests' kernel command lines) to places, and
+// returns how many.
+func addArgvs(places map[string][]byte) int {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	n := 0
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil {
+			places["argv "+p] = b
+			n++
+		}
+	}
+	return n
+}
+
+// eventLog is volantd's event log from its start, as the event stream
+// sends it, one event a line, and how many events it holds.
+func eventLog(t *testing.T, c *client.Client) (string, int) {
+	t.Helper()
+	var all strings.Builder
+	evs := collectEvents(t, c, "")
+	for _, e := range evs {
+		fmt.Fprintf(&all, "%s %s %s\n", e.Type, e.ResourceID, e.Data)
+	}
+	return all.String(), len(evs)
+}
+
+// secretsAbsent fails when a file under one of dirs holds one of secrets.
+func secretsAbsent(t *testing.T, secrets []string, dirs ...string) {
 	t.Helper()
 	n := 0
 	for _, dir := range dirs {
@@ -327,8 +335,11 @@ func secretsAbsent(t *testing.T, a, b string, dirs ...string) {
 				return nil
 			}
 			n++
-			if bytes.Contains(body, []byte(a)) || bytes.Contains(body, []byte(b)) {
-				t.Errorf("%s holds a secret", p)
+			for _, s := range secrets {
+				if bytes.Contains(body, []byte(s)) {
+					t.Errorf("%s holds a secret", p)
+					break
+				}
 			}
 			return nil
 		})

@@ -192,7 +192,8 @@ func waitCurrent(t *testing.T, c *client.Client, name string, n int, timeout tim
 	}
 }
 
-// collectEvents returns the logged events of a type.
+// collectEvents returns the logged events of a type (all of them when
+// typ is "").
 func collectEvents(t *testing.T, c *client.Client, typ string) []api.Event {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -212,7 +213,7 @@ func collectEvents(t *testing.T, c *client.Client, typ string) []api.Event {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ev.Type == typ {
+		if typ == "" || ev.Type == typ {
 			out = append(out, ev)
 		}
 	}
