@@ -88,8 +88,8 @@ func (f vmFlag) name(env *cli.Env) (string, error) {
 type releaseCmd struct{ vmFlag }
 
 type releaseResult struct {
-	VM       string      `json:"vm"`
-	Released bool        `json:"released"`
+	VM       string `json:"vm"`
+	Released bool   `json:"released"`
 	Lease    *Lease `json:"lease,omitempty"`
 }
 
