@@ -116,8 +116,10 @@ func serve(t *testing.T, h http.Handler) (string, *chtest.Validator) {
 }
 
 // Every request the client can send is one of CH's documented operations,
-// with a valid method, path, host and (absent) body; every answer the fake
-// gives is a documented response.
+// with a valid method, path, host and body (none, or one naming only
+// documented fields); every answer the fake gives is a documented
+// response. The snapshot taken of the paused VM is restored by a second
+// VMM, started without a VM, as volant-launch restores a clone.
 func TestClientRequestsMatchOpenAPI(t *testing.T) {
 	cfg, err := chtest.VMConfigFromFlags(map[string][]string{"kernel": {os.Args[0]}, "cmdline": {"console=ttyS0"},
 		"disk": {"path=" + os.Args[0] + ",id=disk0"}, "net": {"tap=vt0,mac=02:00:00:00:00:01,id=net0"}})
@@ -128,6 +130,7 @@ func TestClientRequestsMatchOpenAPI(t *testing.T) {
 	sock, v := serve(t, vm.Handler())
 	c := NewClient(sock)
 	ctx := context.Background()
+	snapDir := t.TempDir()
 	steps := []struct {
 		name string
 		call func() error
@@ -154,6 +157,7 @@ func TestClientRequestsMatchOpenAPI(t *testing.T) {
 			return err
 		}},
 		{"pause", func() error { return c.Pause(ctx) }},
+		{"snapshot", func() error { return c.Snapshot(ctx, "file://"+snapDir) }},
 		{"resume", func() error { return c.Resume(ctx) }},
 		{"power-button", func() error { return c.PowerButton(ctx) }},
 		{"shutdown vm", func() error { return c.ShutdownVM(ctx) }},
@@ -168,9 +172,25 @@ func TestClientRequestsMatchOpenAPI(t *testing.T) {
 		t.Fatalf("OpenAPI violations:\n%s", strings.Join(vs, "\n"))
 	}
 	want := []string{"GET /vm.counters", "GET /vm.info", "GET /vmm.ping", "PUT /vm.pause", "PUT /vm.power-button",
-		"PUT /vm.resume", "PUT /vm.shutdown", "PUT /vmm.shutdown"}
+		"PUT /vm.resume", "PUT /vm.shutdown", "PUT /vm.snapshot", "PUT /vmm.shutdown"}
 	if got := v.Ops(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("operations exercised %v, want %v", got, want)
+	}
+
+	// vm.restore, every field the client has set, into a VMM without a VM.
+	sock2, v2 := serve(t, chtest.NewVM(nil).Handler())
+	c2 := NewClient(sock2)
+	if err := c2.Restore(ctx, RestoreConfig{SourceURL: "file://" + snapDir, Prefault: true, Resume: true}); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if r, err := c2.Info(ctx); err != nil || r.State != "Running" {
+		t.Fatalf("the restored VM: %+v %v, want it running", r, err)
+	}
+	if vs := v2.Violations(); len(vs) > 0 {
+		t.Fatalf("OpenAPI violations in the restore:\n%s", strings.Join(vs, "\n"))
+	}
+	if got, want := v2.Ops(), []string{"GET /vm.info", "PUT /vm.restore"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("operations exercised in the restore %v, want %v", got, want)
 	}
 
 	// A request in the wrong state gets CH's documented 405, which the
@@ -197,6 +217,9 @@ func TestValidatorCatchesViolations(t *testing.T) {
 		{"PUT", "http://localhost/vm.pause", ""},               // missing /api/v1
 		{"PUT", "http://localhost/api/v1/vm.pause", `{"x":1}`}, // a body where none is taken
 		{"GET", "http://localhost/api/v1/vmm.ping", ""},        // answer 204 is not documented
+		{"PUT", "http://localhost/api/v1/vm.restore", `{"resume":true}`},                       // no source_url
+		{"PUT", "http://localhost/api/v1/vm.restore", `{"source_url":"file:///s","prefualt":true}`}, // a misspelt field
+		{"PUT", "http://localhost/api/v1/vm.snapshot", `{"destination":"file:///s"}`},           // none of its fields
 	} {
 		req, _ := http.NewRequest(r.method, r.url, strings.NewReader(r.body))
 		if r.body != "" {
@@ -211,8 +234,8 @@ func TestValidatorCatchesViolations(t *testing.T) {
 			t.Errorf("%s %s %q passed validation with %d", r.method, r.url, r.body, resp.StatusCode)
 		}
 	}
-	if n := len(v.Violations()); n != 5 {
-		t.Fatalf("%d violations recorded, want 5: %v", n, v.Violations())
+	if n := len(v.Violations()); n != 8 {
+		t.Fatalf("%d violations recorded, want 8: %v", n, v.Violations())
 	}
 }
 

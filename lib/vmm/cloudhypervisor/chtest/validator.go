@@ -18,6 +18,7 @@ import (
 	"bytes"
 	"context"
 	_ "embed"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -53,7 +54,8 @@ func loadRouter() (routers.Router, error) {
 }
 
 // Validator wraps a handler: every request must match an operation of the
-// document and validate against it, and every answer must be one of the
+// document and validate against it, naming no field its schema does not
+// (see undocumentedFields), and every answer must be one of the
 // operation's documented responses with a body matching its schema.
 // Violations are answered with 400 (request) or 500 (answer) and recorded.
 type Validator struct {
@@ -122,6 +124,10 @@ func (v *Validator) Wrap(next http.Handler) http.Handler {
 			http.Error(w, v.violate("%s %s: sends a body the operation does not take: %q", r.Method, r.URL.Path, body), http.StatusBadRequest)
 			return
 		}
+		if unknown := undocumentedFields(route.Operation.RequestBody, body); len(unknown) > 0 {
+			http.Error(w, v.violate("%s %s: sends fields the CH API does not document: %s", r.Method, r.URL.Path, strings.Join(unknown, ", ")), http.StatusBadRequest)
+			return
+		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		op := r.Method + " " + strings.TrimPrefix(r.URL.Path, "/api/v1")
 		v.mu.Lock()
@@ -149,4 +155,51 @@ func (v *Validator) Wrap(next http.Handler) http.Handler {
 		w.WriteHeader(res.StatusCode)
 		w.Write(out)
 	})
+}
+
+// undocumentedFields returns the fields of a JSON request body that its
+// schema does not name, as dotted paths. CH's schemas do not forbid other
+// fields, so a misspelt optional one ("prefualt") would validate, and CH
+// would ignore it: the client is held to the documented names instead.
+func undocumentedFields(rb *openapi3.RequestBodyRef, body []byte) []string {
+	if rb == nil || rb.Value == nil || len(body) == 0 {
+		return nil
+	}
+	mt := rb.Value.Content.Get("application/json")
+	var v any
+	if mt == nil || mt.Schema == nil || json.Unmarshal(body, &v) != nil {
+		return nil // ValidateRequest judges what is not JSON
+	}
+	return undocumented(mt.Schema.Value, v, "")
+}
+
+// undocumented walks v along s. Objects whose schema lists no properties
+// (free-form maps) and compositions (allOf, oneOf, anyOf) are not judged.
+func undocumented(s *openapi3.Schema, v any, at string) []string {
+	if s == nil || len(s.AllOf)+len(s.OneOf)+len(s.AnyOf) > 0 {
+		return nil
+	}
+	var out []string
+	switch x := v.(type) {
+	case map[string]any:
+		if len(s.Properties) == 0 {
+			return nil
+		}
+		for k, e := range x {
+			p, ok := s.Properties[k]
+			if !ok {
+				out = append(out, at+k)
+				continue
+			}
+			out = append(out, undocumented(p.Value, e, at+k+".")...)
+		}
+	case []any:
+		if s.Items != nil {
+			for i, e := range x {
+				out = append(out, undocumented(s.Items.Value, e, fmt.Sprintf("%s[%d].", strings.TrimSuffix(at, "."), i))...)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
 }
