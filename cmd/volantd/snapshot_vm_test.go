@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,9 +35,10 @@ func counterPlugin(t testing.TB, outDir, modulesDir, kestrel string) []byte {
 // TestVMSnapshots boots a real guest (QEMU TCG, kestrel) through volantd
 // that counts requests in memory, snapshots it after three, starts two VMs
 // from the snapshot — each answers at its own address, under its own
-// name, with the saved count — as do the replicas of a deployment started
-// from it when it scales up, and rolls the source back to the snapshot,
-// which takes its count file back to what it was.
+// name, with the saved count, and its network interface has the MAC
+// volantd leased it, not the source's — as do the replicas of a
+// deployment started from it when it scales up, and rolls the source back
+// to the snapshot, which takes its count file back to what it was.
 func TestVMSnapshots(t *testing.T) {
 	h := newQEMUHost(t)
 	k, kestrel := h.k, h.kestrel
@@ -61,6 +63,33 @@ func TestVMSnapshots(t *testing.T) {
 			t.Fatalf("%s (%s) counts %q (%v), want %s", vm.Name, vm.IP, got, err, want)
 		}
 	}
+	// ownMAC checks that the guest's one network interface (besides lo)
+	// has the MAC volantd reports for the VM, and that no VM seen before
+	// has it.
+	macs := map[string]string{}
+	ownMAC := func(vm *api.VM) {
+		t.Helper()
+		res, err := d.c.Exec(ctx, vm.Name, api.ExecRequest{Command: []string{"sh", "-c",
+			`for i in /sys/class/net/*; do [ "$i" = /sys/class/net/lo ] || echo "${i##*/} $(cat $i/address)"; done`}})
+		if err != nil || res.ExitCode != 0 {
+			t.Fatalf("reading %s's MAC: %+v %v", vm.Name, res, err)
+		}
+		f := strings.Fields(res.Stdout)
+		if len(f) != 2 {
+			t.Fatalf("%s's network interfaces besides lo: %q, want one", vm.Name, res.Stdout)
+		}
+		guest, err := net.ParseMAC(f[1])
+		if err != nil {
+			t.Fatalf("%s's %s has address %q: %v", vm.Name, f[0], f[1], err)
+		}
+		if leased, err := net.ParseMAC(vm.MAC); err != nil || guest.String() != leased.String() {
+			t.Fatalf("%s's %s has MAC %s; volantd reports %q", vm.Name, f[0], guest, vm.MAC)
+		}
+		if other, ok := macs[guest.String()]; ok && other != vm.Name {
+			t.Fatalf("%s has MAC %s, as %s", vm.Name, guest, other)
+		}
+		macs[guest.String()] = vm.Name
+	}
 
 	if _, err := d.c.CreateVM(ctx, api.CreateVMRequest{Name: "src", Plugin: "counter"}); err != nil {
 		t.Fatal(err)
@@ -80,6 +109,7 @@ func TestVMSnapshots(t *testing.T) {
 		t.Fatalf("snapshot %+v", snap)
 	}
 	count(src, "4") // the source ran on
+	ownMAC(src)
 
 	var clones []*api.VM
 	for _, name := range []string{"clone1", "clone2"} {
@@ -101,6 +131,7 @@ func TestVMSnapshots(t *testing.T) {
 		if id, err := get(h.fakeHost, vm.IP, "/cgi-bin/id"); err != nil || id != vm.Name {
 			t.Errorf("%s says it is %q (%v)", vm.Name, id, err)
 		}
+		ownMAC(vm)
 	}
 	count(src, "5") // the source kept its own count
 	if id, err := get(h.fakeHost, src.IP, "/cgi-bin/id"); err != nil || id != "src" {
@@ -129,6 +160,7 @@ func TestVMSnapshots(t *testing.T) {
 		}
 		ips[vm.IP] = vm.Name
 		count(vm, "4")
+		ownMAC(vm)
 	}
 	if _, err := d.c.DeleteDeployment(ctx, "svc"); err != nil {
 		t.Fatal(err)
@@ -140,6 +172,7 @@ func TestVMSnapshots(t *testing.T) {
 	}
 	src = running("src")
 	count(src, "4")
+	ownMAC(src) // its own MAC still
 	if id, err := get(h.fakeHost, src.IP, "/cgi-bin/id"); err != nil || id != "src" {
 		t.Errorf("src after its restore says it is %q (%v)", id, err)
 	}
