@@ -17,7 +17,9 @@ import (
 
 	"github.com/volantvm/volant/lib/api"
 	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/launch"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
+	"github.com/volantvm/volant/lib/vmm/qemu"
 )
 
 // promQuery asks the Prometheus server at base (inside ns) for an instant
@@ -86,21 +88,56 @@ func procStat(t testing.TB, pid int) (cpu float64, rss float64) {
 	return (ut + st) / 100, pages * float64(os.Getpagesize())                // USER_HZ is 100 on Linux
 }
 
+// blockstats asks the QEMU of a VM of volantd's (run directories under
+// runRoot) for each drive's bytes read and written, over its QMP socket.
+func blockstats(t testing.TB, runRoot, vm string) map[string][2]float64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := qemu.DialQMP(ctx, filepath.Join(launch.VMMDir(filepath.Join(runRoot, vm)), launch.SocketName))
+	if err != nil {
+		t.Fatalf("%s: %v", vm, err)
+	}
+	defer q.Close()
+	var stats []struct {
+		Device string `json:"device"`
+		QDev   string `json:"qdev"`
+		Stats  struct {
+			RdBytes float64 `json:"rd_bytes"`
+			WrBytes float64 `json:"wr_bytes"`
+		} `json:"stats"`
+	}
+	if err := q.Execute(ctx, "query-blockstats", nil, &stats); err != nil {
+		t.Fatalf("%s: %v", vm, err)
+	}
+	out := map[string][2]float64{}
+	for _, s := range stats {
+		dev := s.Device
+		if dev == "" {
+			dev = s.QDev
+		}
+		out[dev] = [2]float64{s.Stats.RdBytes, s.Stats.WrBytes}
+	}
+	return out
+}
+
 // TestVMMetricsPrometheus runs Debian's real Prometheus server against
 // volantd's --metrics-listen, in a namespace of their own, for a minute
 // while a deployment of two real guests (QEMU TCG) serves requests; then
 // asks Prometheus's HTTP API for per-VM series and checks them against
-// /proc and the taps' counters, and reports the scrape durations
+// /proc, the taps' counters and QEMU's block counters (each replica
+// mounts a volume of its own), and reports the scrape durations
 // Prometheus measured.
 func TestVMMetricsPrometheus(t *testing.T) {
-	h := newQEMUHost(t, "prometheus")
+	h := newQEMUHost(t, "prometheus", "mkfs.ext4")
 	k, kestrel := h.k, h.kestrel
 	d := h.daemon(t, "--metrics-listen", "127.0.0.1:9100", "--metrics-no-auth", "--insecure-tcp")
 	ctx := context.Background()
 	if _, err := d.c.InstallPlugin(ctx, svcPlugin(t, filepath.Join(h.dir, "data"), k.ModulesDir, kestrel, "1", "/health"), client.InstallOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.c.CreateDeployment(ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "svc", Replicas: 2}); err != nil {
+	if _, err := d.c.CreateDeployment(ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "svc", Replicas: 2,
+		VolumeTemplates: []api.VolumeTemplate{{Name: "cache", Size: "16MiB", Path: "/cache"}}}); err != nil {
 		t.Fatal(err)
 	}
 	t1 := time.Now()
@@ -117,6 +154,21 @@ func TestVMMetricsPrometheus(t *testing.T) {
 		}
 	}
 	t.Logf("2 replicas running after %s", time.Since(t1).Round(time.Millisecond))
+	// QEMU's block counters before any scrape: the guest has mounted its
+	// volume (a read), and every block series Prometheus gets is volantd's
+	// reading of them since.
+	runRoot := filepath.Join(h.dir, "run")
+	blockBefore := map[string]map[string][2]float64{}
+	for _, n := range []string{"svc-1", "svc-2"} {
+		blockBefore[n] = blockstats(t, runRoot, n)
+		read := 0.0
+		for _, b := range blockBefore[n] {
+			read += b[0]
+		}
+		if read == 0 {
+			t.Fatalf("%s: QEMU counted no read on any drive after the guest mounted its volume: %v", n, blockBefore[n])
+		}
+	}
 
 	cfg := filepath.Join(h.dir, "prometheus.yml")
 	if err := os.WriteFile(cfg, []byte(`global:
@@ -260,6 +312,29 @@ scrape_configs:
 			t.Errorf("%s: guest memory used %+v (a 128 MiB guest)", n, mem)
 		}
 		t.Logf("%s: guest memory used %.1f MiB, %0.f bytes received", n, mem[0].Value/(1<<20), rx[0].Value)
+
+		// Block bytes, per drive: what Prometheus last scraped lies
+		// between QEMU's count before the scrapes and its count now
+		// (asked after the queries).
+		got := map[string][2][]promSample{}
+		for dev := range blockBefore[n] {
+			for i, series := range []string{"volant_vm_block_read_bytes_total", "volant_vm_block_write_bytes_total"} {
+				e := got[dev]
+				e[i] = promQuery(t, h.ns, base, fmt.Sprintf(`%s{vm=%q,plugin="svc",deployment="svc",device=%q}`, series, n, dev))
+				got[dev] = e
+			}
+		}
+		after := blockstats(t, runRoot, n)
+		for dev, b0 := range blockBefore[n] {
+			for i, what := range []string{"read", "written"} {
+				s := got[dev][i]
+				if len(s) != 1 || s[0].Value < b0[i] || s[0].Value > after[dev][i] {
+					t.Errorf("%s %s: bytes %s %+v in Prometheus; QEMU counted %.0f before the scrapes, %.0f now", n, dev, what, s, b0[i], after[dev][i])
+					continue
+				}
+				t.Logf("%s %s: %.0f bytes %s in Prometheus (QEMU: %.0f before, %.0f now)", n, dev, s[0].Value, what, b0[i], after[dev][i])
+			}
+		}
 	}
 	boots := promQuery(t, h.ns, base, `volant_vm_boot_duration_seconds_count{plugin="svc"}`)
 	sum := promQuery(t, h.ns, base, `volant_vm_boot_duration_seconds_sum{plugin="svc"}`)

@@ -39,6 +39,7 @@ type daemon struct {
 	ctl  *controller.Controller
 	srv  *server.Server
 	rt   *controllertest.Runtime
+	nw   *controllertest.Network
 	pr   *controllertest.Prober
 	c    *client.Client
 	ctx  context.Context
@@ -50,6 +51,13 @@ type daemon struct {
 const testToken = "s3cret-token"
 
 func startDaemon(t *testing.T) *daemon {
+	t.Helper()
+	return startDaemonWith(t, nil)
+}
+
+// startDaemonWith is startDaemon whose controller's configuration set
+// changes first (nil: none).
+func startDaemonWith(t *testing.T, set func(*controller.Config)) *daemon {
 	t.Helper()
 	dir := t.TempDir()
 	// A short directory for the socket: unix socket paths have 107 bytes.
@@ -64,11 +72,15 @@ func startDaemon(t *testing.T) *daemon {
 		t.Fatal(err)
 	}
 	d := &daemon{t: t, dir: dir, sock: filepath.Join(sockDir, "volantd.sock"), rt: controllertest.NewRuntime(),
-		pr: controllertest.NewProber(), ctx: ctx}
-	d.ctl, err = controller.New(controller.Config{Store: st, DataDir: dir, Runtime: d.rt, Network: controllertest.NewNetwork(),
+		nw: controllertest.NewNetwork(), pr: controllertest.NewProber(), ctx: ctx}
+	cfg := controller.Config{Store: st, DataDir: dir, Runtime: d.rt, Network: d.nw,
 		Prober: d.pr, HealthInterval: 50 * time.Millisecond, ReconcileInterval: 100 * time.Millisecond,
 		ArtifactDirs: []string{dir}, // manifest() writes the artifacts there
-		Logger:       slog.New(slog.DiscardHandler)})
+		Logger:       slog.New(slog.DiscardHandler)}
+	if set != nil {
+		set(&cfg)
+	}
+	d.ctl, err = controller.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

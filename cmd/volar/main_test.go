@@ -19,10 +19,14 @@ import (
 
 // TestMain lets the test binary be volar itself: started through a link
 // named "volar" (volarBinary), it runs main. Shell tests (completion, the
-// console under tmux) run it as a real program.
+// console under tmux) run it as a real program. Through a link named
+// "fledge" it is the fake fledge that volantd asks about images (fakeFledge).
 func TestMain(m *testing.M) {
-	if filepath.Base(os.Args[0]) == "volar" {
+	switch filepath.Base(os.Args[0]) {
+	case "volar":
 		main()
+	case "fledge":
+		os.Exit(fakeFledge(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	code := m.Run()
 	if vmBins != "" {
@@ -34,12 +38,18 @@ func TestMain(m *testing.M) {
 // volarBinary returns the path of a "volar" that is this test binary.
 func volarBinary(t testing.TB) string {
 	t.Helper()
+	return selfAs(t, "volar")
+}
+
+// selfAs returns the path of a link named name to this test binary.
+func selfAs(t testing.TB, name string) string {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	p := filepath.Join(dir, "volar")
+	p := filepath.Join(dir, name)
 	if err := os.Symlink(self, p); err != nil {
 		t.Fatal(err)
 	}

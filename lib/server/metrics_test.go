@@ -17,6 +17,7 @@ import (
 
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/controller"
 	"github.com/volantvm/volant/lib/controller/controllertest"
 	"github.com/volantvm/volant/lib/server"
@@ -200,6 +201,97 @@ func TestMetrics(t *testing.T) {
 		}
 		t.Log(b.String())
 	}
+}
+
+// TestMetricsReconcileErrors (fakes): volant_reconcile_errors_total stays
+// 0 while the reconciler's passes succeed and counts a replica it could
+// not create (its hypervisor would not start).
+func TestMetricsReconcileErrors(t *testing.T) {
+	e := newEnv(t)
+	e.rt.StartErr["bad-1"] = apierr.New(apierr.Unavailable, "the hypervisor would not start")
+	e.install("web")
+	url := e.ts.URL + "/metrics"
+	counter := func(name string) float64 {
+		t.Helper()
+		n, ok := value(scrape(t, url, ""), name)
+		if !ok {
+			t.Fatalf("no %s", name)
+		}
+		return n
+	}
+	if _, err := e.c.CreateDeployment(e.ctx, api.CreateDeploymentRequest{Name: "good", Plugin: "web", Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "good-1 has an address", func() bool { v, err := e.c.VM(e.ctx, "good-1"); return err == nil && v.IP != "" })
+	v, _ := e.c.VM(e.ctx, "good-1")
+	healthy := controllertest.Healthy("good-1")
+	e.pr.Set(netip.MustParseAddr(v.IP), &healthy)
+	if _, err := e.c.WaitVM(e.ctx, "good-1", api.VMRunning, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	passes := counter("volant_reconcile_passes_total")
+	eventually(t, 5*time.Second, "two more passes", func() bool { return counter("volant_reconcile_passes_total") >= passes+2 })
+	if n := counter("volant_reconcile_errors_total"); n != 0 {
+		t.Fatalf("%v reconcile errors with every replica made", n)
+	}
+
+	if _, err := e.c.CreateDeployment(e.ctx, api.CreateDeploymentRequest{Name: "bad", Plugin: "web", Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the failed replica counted", func() bool { return counter("volant_reconcile_errors_total") >= 1 })
+	if d, err := e.c.Deployment(e.ctx, "bad"); err != nil || !strings.Contains(d.Error, "the hypervisor would not start") {
+		t.Errorf("deployment bad: %+v %v, want its error", d, err)
+	}
+}
+
+// TestMetricsBootQueue (fakes): while the boot slots (--max-booting) are
+// held by guests not yet healthy, the replicas waiting for one show in
+// volant_boot_queue_length and the slots in volant_boots_in_progress; a
+// guest turning healthy hands its slot on, and the queue empties.
+func TestMetricsBootQueue(t *testing.T) {
+	e := newEnv(t, func(c *controller.Config, _ *server.Options) { c.MaxBooting = 1 })
+	e.install("web")
+	if _, err := e.c.CreateDeployment(e.ctx, api.CreateDeploymentRequest{Name: "svc", Plugin: "web", Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	url := e.ts.URL + "/metrics"
+	boots := func(queued, booting float64) func() bool {
+		return func() bool {
+			fams := scrape(t, url, "")
+			q, okq := value(fams, "volant_boot_queue_length")
+			b, okb := value(fams, "volant_boots_in_progress")
+			return okq && okb && q == queued && b == booting
+		}
+	}
+	eventually(t, 10*time.Second, "one replica booting, two queued", boots(2, 1))
+	var vms []api.VM
+	started := func() []api.VM {
+		var out []api.VM
+		for _, v := range vms {
+			if v.PID != 0 {
+				out = append(out, v)
+			}
+		}
+		return out
+	}
+	eventually(t, 10*time.Second, "a replica's hypervisor started", func() bool {
+		var err error
+		vms, err = e.c.ListVMs(e.ctx, api.VMFilter{Deployment: "svc"})
+		return err == nil && len(started()) > 0
+	})
+	if len(vms) != 3 || len(started()) != 1 {
+		t.Fatalf("with one boot slot, replicas %+v", vms)
+	}
+	healthy := func(v api.VM) {
+		st := controllertest.Healthy(v.Name)
+		e.pr.Set(netip.MustParseAddr(v.IP), &st)
+	}
+	healthy(started()[0])
+	eventually(t, 10*time.Second, "the slot handed on: one booting, one queued", boots(1, 1))
+	for _, v := range vms {
+		healthy(v)
+	}
+	eventually(t, 10*time.Second, "nothing booting or queued", boots(0, 0))
 }
 
 // BenchmarkScrape times GET /metrics with 150 VMs on the fakes (no /proc,

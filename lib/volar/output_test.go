@@ -15,6 +15,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/cli/clitest"
 	"github.com/volantvm/volant/lib/client"
+	"github.com/volantvm/volant/lib/portmap"
 )
 
 var now = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
@@ -120,6 +121,12 @@ func TestOutputGolden(t *testing.T) {
 		{"vms-show", func(o *Output) error { return o.VM(&vms[0]) }},
 		{"vms-show-crashed", func(o *Output) error { return o.VM(&vms[2]) }},
 		{"vms-show-insecure", func(o *Output) error { return o.VM(&vms[1]) }},
+		{"vms-show-ports", func(o *Output) error {
+			vm := vms[0]
+			vm.Ports = []portmap.Mapping{{HostPort: 8080, GuestPort: 80, Protocol: "tcp"},
+				{HostIP: "127.0.0.1", HostPort: 8443, GuestPort: 443, Protocol: "tcp"}, {HostPort: 5353, GuestPort: 53, Protocol: "udp"}}
+			return o.VM(&vm)
+		}},
 		{"vms-created", func(o *Output) error { return o.VMCreated(&vms[0]) }},
 		{"vms-created-no-ip", func(o *Output) error { return o.VMCreated(&vms[2]) }},
 		{"vms-stopped", func(o *Output) error {
@@ -147,6 +154,17 @@ func TestOutputGolden(t *testing.T) {
 		{"deployments-list-empty", func(o *Output) error { return o.DeploymentList(nil) }},
 		{"deployments-show", func(o *Output) error { return o.Deployment(&ds[0]) }},
 		{"deployments-show-empty", func(o *Output) error { return o.Deployment(&ds[1]) }},
+		{"deployments-show-ports", func(o *Output) error {
+			d := ds[0]
+			d.Ports = []portmap.Mapping{{HostIP: "10.0.0.5", HostPort: 80, GuestPort: 8080, Protocol: "tcp"}}
+			d.Endpoints = []string{"web-1", "web-3"}
+			return o.Deployment(&d)
+		}},
+		{"deployments-show-ports-no-endpoint", func(o *Output) error {
+			d := ds[0]
+			d.Ports = []portmap.Mapping{{HostPort: 9090, GuestPort: 80, Protocol: "tcp"}}
+			return o.Deployment(&d)
+		}},
 		{"deployments-scaled", func(o *Output) error { return o.DeploymentAction(&ds[0], "scaled") }},
 		{"deployments-scaled-one", func(o *Output) error {
 			d := ds[0]
