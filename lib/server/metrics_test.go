@@ -222,15 +222,15 @@ func TestMetricsReconcileErrors(t *testing.T) {
 	if _, err := e.c.CreateDeployment(e.ctx, api.CreateDeploymentRequest{Name: "good", Plugin: "web", Replicas: 1}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "good-1 has an address", func() bool { v, err := e.c.VM(e.ctx, "good-1"); return err == nil && v.IP != "" })
+	eventually(t, 20*time.Second, "good-1 has an address", func() bool { v, err := e.c.VM(e.ctx, "good-1"); return err == nil && v.IP != "" })
 	v, _ := e.c.VM(e.ctx, "good-1")
 	healthy := controllertest.Healthy("good-1")
 	e.pr.Set(netip.MustParseAddr(v.IP), &healthy)
-	if _, err := e.c.WaitVM(e.ctx, "good-1", api.VMRunning, 10*time.Second); err != nil {
+	if _, err := e.c.WaitVM(e.ctx, "good-1", api.VMRunning, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	passes := counter("volant_reconcile_passes_total")
-	eventually(t, 5*time.Second, "two more passes", func() bool { return counter("volant_reconcile_passes_total") >= passes+2 })
+	eventually(t, 20*time.Second, "two more passes", func() bool { return counter("volant_reconcile_passes_total") >= passes+2 })
 	if n := counter("volant_reconcile_errors_total"); n != 0 {
 		t.Fatalf("%v reconcile errors with every replica made", n)
 	}
@@ -238,7 +238,7 @@ func TestMetricsReconcileErrors(t *testing.T) {
 	if _, err := e.c.CreateDeployment(e.ctx, api.CreateDeploymentRequest{Name: "bad", Plugin: "web", Replicas: 1}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the failed replica counted", func() bool { return counter("volant_reconcile_errors_total") >= 1 })
+	eventually(t, 20*time.Second, "the failed replica counted", func() bool { return counter("volant_reconcile_errors_total") >= 1 })
 	if d, err := e.c.Deployment(e.ctx, "bad"); err != nil || !strings.Contains(d.Error, "the hypervisor would not start") {
 		t.Errorf("deployment bad: %+v %v, want its error", d, err)
 	}
@@ -263,7 +263,7 @@ func TestMetricsBootQueue(t *testing.T) {
 			return okq && okb && q == queued && b == booting
 		}
 	}
-	eventually(t, 10*time.Second, "one replica booting, two queued", boots(2, 1))
+	eventually(t, 20*time.Second, "one replica booting, two queued", boots(2, 1))
 	var vms []api.VM
 	started := func() []api.VM {
 		var out []api.VM
@@ -274,7 +274,7 @@ func TestMetricsBootQueue(t *testing.T) {
 		}
 		return out
 	}
-	eventually(t, 10*time.Second, "a replica's hypervisor started", func() bool {
+	eventually(t, 20*time.Second, "a replica's hypervisor started", func() bool {
 		var err error
 		vms, err = e.c.ListVMs(e.ctx, api.VMFilter{Deployment: "svc"})
 		return err == nil && len(started()) > 0
@@ -287,11 +287,11 @@ func TestMetricsBootQueue(t *testing.T) {
 		e.pr.Set(netip.MustParseAddr(v.IP), &st)
 	}
 	healthy(started()[0])
-	eventually(t, 10*time.Second, "the slot handed on: one booting, one queued", boots(1, 1))
+	eventually(t, 20*time.Second, "the slot handed on: one booting, one queued", boots(1, 1))
 	for _, v := range vms {
 		healthy(v)
 	}
-	eventually(t, 10*time.Second, "nothing booting or queued", boots(0, 0))
+	eventually(t, 20*time.Second, "nothing booting or queued", boots(0, 0))
 }
 
 // BenchmarkScrape times GET /metrics with 150 VMs on the fakes (no /proc,
