@@ -43,6 +43,8 @@ type fakeVolant struct {
 	// kestrel does (agentchan.ExtractTar): guests/<vm>/<path>.
 	guests string
 	netErr error
+	// logStream, when set, is the workload's log stream (else logs).
+	logStream func(ctx context.Context) io.ReadCloser
 }
 
 func newFake() *fakeVolant { return &fakeVolant{vms: map[string]*api.VM{}, nextIP: 100} }
@@ -142,10 +144,13 @@ func (f *fakeVolant) RestartVM(_ context.Context, name string) (*api.VM, error) 
 	return &c, nil
 }
 
-func (f *fakeVolant) VMLogs(_ context.Context, name string, o api.LogOptions) (io.ReadCloser, error) {
+func (f *fakeVolant) VMLogs(ctx context.Context, name string, o api.LogOptions) (io.ReadCloser, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.logOpts = append(f.logOpts, o)
+	if f.logStream != nil {
+		return f.logStream(ctx), nil
+	}
 	return io.NopCloser(strings.NewReader(f.logs)), nil
 }
 

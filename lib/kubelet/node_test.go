@@ -2,7 +2,9 @@ package kubelet
 
 import (
 	"context"
+	"maps"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -15,16 +17,19 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 )
 
-// TestApplyNodeSpec: Volant's labels (virtual-kubelet's own replaced), the
-// taint, the podCIDR, capacity, addresses and the kubelet port.
+// TestApplyNodeSpec: Volant's labels (type, kubernetes.io/os, /arch and
+// /hostname, and -l's; virtual-kubelet's own replaced), the taint, the podCIDR, capacity, addresses and the kubelet port.
 func TestApplyNodeSpec(t *testing.T) {
 	var n corev1.Node
 	n.Labels = map[string]string{"type": "virtual-kubelet"}
 	cfg := NodeConfig{Name: "vol1", NodeIP: "10.0.0.1", Port: 10251, Labels: map[string]string{"zone": "a"},
 		CPU: 2, MemoryMB: 4096, Pods: 154, PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}
 	ApplyNodeSpec(&n, cfg)
-	if n.Labels["type"] != NodeTypeLabel || n.Labels["kubernetes.io/os"] != "linux" || n.Labels["zone"] != "a" || n.Labels["kubernetes.io/hostname"] != "vol1" {
-		t.Fatalf("labels %v", n.Labels)
+	if want := wantNodeLabels("vol1", "zone", "a"); !maps.Equal(n.Labels, want) {
+		t.Fatalf("labels %v, want %v", n.Labels, want)
+	}
+	if ni := n.Status.NodeInfo; ni.OperatingSystem != "linux" || ni.Architecture != runtime.GOARCH || ni.KubeletVersion != KubeVersion {
+		t.Fatalf("nodeInfo %+v", ni)
 	}
 	if len(n.Spec.Taints) != 1 || n.Spec.Taints[0].Key != TaintKey || n.Spec.Taints[0].Effect != corev1.TaintEffectNoSchedule {
 		t.Fatalf("taints %v", n.Spec.Taints)
@@ -94,6 +99,20 @@ func TestJoinNetwork(t *testing.T) {
 	if _, err := joinNetwork(ctx, cfg, base.DeepCopy()); !apierr.Is(err, apierr.Conflict) || !strings.Contains(err.Error(), "10.244.5.0/24") {
 		t.Fatalf("volantd refuses: %v", err)
 	}
+}
+
+// wantNodeLabels are the labels a Volant node named name registers with
+// (and the extra ones, given as key, value pairs): the well-known labels
+// a kubelet sets, which nodeSelectors and affinities pick nodes by (arch
+// as Go names it, as the kubelet's), and the type the other nodes'
+// routes select.
+func wantNodeLabels(name string, extra ...string) map[string]string {
+	want := map[string]string{"type": "volant-microvm", "kubernetes.io/os": "linux", "kubernetes.io/arch": runtime.GOARCH,
+		"kubernetes.io/hostname": name}
+	for i := 0; i+1 < len(extra); i += 2 {
+		want[extra[i]] = extra[i+1]
+	}
+	return want
 }
 
 func condition(n *corev1.Node, typ corev1.NodeConditionType) corev1.ConditionStatus {

@@ -5,9 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,7 +15,6 @@ import (
 	vkapi "github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/tools/record"
 	utilexec "k8s.io/utils/exec"
 
@@ -293,54 +289,6 @@ func TestRefusedAndFailedPods(t *testing.T) {
 	f.mu.Unlock()
 }
 
-// TestProbes: an httpGet readiness probe gates Ready; a failing tcpSocket
-// liveness probe restarts the VM and counts a restart. The probes reach
-// the pod IP from the host (here a listener on 127.0.0.1).
-func TestProbes(t *testing.T) {
-	ctx := context.Background()
-	var healthy sync.Map
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		if _, ok := healthy.Load("y"); !ok {
-			http.Error(w, "not yet", http.StatusServiceUnavailable)
-		}
-	}))
-	defer srv.Close()
-	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	portN, _ := strconv.Atoi(port)
-	closed, _ := net.Listen("tcp", "127.0.0.1:0")
-	closedPort := closed.Addr().(*net.TCPAddr).Port
-	closed.Close()
-
-	f := newFake()
-	f.nextIP = 0
-	p, r := newTestProvider(t, f)
-	pod := testPod("probed")
-	c := &pod.Spec.Containers[0]
-	c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: int32(portN)}}
-	c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromString("http")}},
-		PeriodSeconds: 1, FailureThreshold: 1}
-	c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(int32(closedPort))}},
-		PeriodSeconds: 1, FailureThreshold: 2}
-	if err := p.CreatePod(ctx, pod); err != nil {
-		t.Fatal(err)
-	}
-	defer p.DeletePod(ctx, pod)
-	eventually(t, p, "the VM", func() bool { _, err := p.vmOf("default", "probed", ""); return err == nil })
-	vm := VMName(pod)
-	f.mu.Lock()
-	f.vms[vm].IP = "127.0.0.1"
-	f.mu.Unlock()
-	f.run(vm, agentapi.WorkloadRunning, 0, nil)
-	eventually(t, p, "Running, not ready", func() bool { return phaseOf(r.last()) == "Running/running" })
-	healthy.Store("y", true)
-	eventually(t, p, "ready", func() bool { return phaseOf(r.last()) == "Running/running/ready" })
-
-	// Liveness: the closed port fails twice; the VM restarts.
-	eventually(t, p, "a liveness restart", func() bool { _, _, _, n := f.counts(); return n >= 1 })
-	f.run(vm, agentapi.WorkloadRunning, 0, nil)
-	eventually(t, p, "restart counted", func() bool { return r.last().Status.ContainerStatuses[0].RestartCount >= 1 })
-}
-
 // TestExecProbe: an exec readiness probe runs its command in the guest
 // (the guest-access exec), a non-zero status keeps the pod unready and
 // records an Unhealthy event on it, and status 0 makes it ready; a failing
@@ -366,23 +314,7 @@ func TestExecProbe(t *testing.T) {
 	f.run(vm, agentapi.WorkloadRunning, 0, nil)
 	unhealthy := func(kind string) {
 		t.Helper()
-		want := "Warning Unhealthy " + kind + " probe failed: exit status 1"
-		deadline := time.After(20 * time.Second)
-		for {
-			// The probes see the VM as the last Sync left it.
-			if err := p.Sync(ctx); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case got := <-rec.Events:
-				if got == want {
-					return
-				}
-			case <-time.After(100 * time.Millisecond):
-			case <-deadline:
-				t.Fatalf("no event %q", want)
-			}
-		}
+		waitEvent(t, p, rec, "Warning Unhealthy "+kind+" probe failed: exit status 1", "")
 	}
 	unhealthy("Readiness")
 	eventually(t, p, "Running, not ready", func() bool { return phaseOf(r.last()) == "Running/running" })
