@@ -67,8 +67,8 @@
 // VMs hold addresses in another one (CONFLICT; delete them, or the node
 // object if it is the node that changed). Unless --no-routes, it keeps a
 // route to every other Volant node's podCIDR via that node's InternalIP
-// (flannel's host-gw), marked "proto 86", and removes it when the node
-// goes; so the hosts must reach each other's InternalIP directly (one L2
+// (flannel's host-gw), marked "proto 86", made before the node is
+// reported Ready, and removes it when the node goes; so the hosts must reach each other's InternalIP directly (one L2
 // network). Routing also needs IP forwarding, which volantd turns on with
 // its bridge.
 //

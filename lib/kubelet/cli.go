@@ -55,17 +55,29 @@ type runCmd struct {
 }
 
 func (f *runCmd) Execute(ctx context.Context, env *cli.Env) error {
+	cfg, err := f.nodeConfig(ctx, env)
+	if err != nil {
+		return err
+	}
+	return Run(ctx, cfg)
+}
+
+// nodeConfig is the node the flags describe, with its clients of the API
+// server (its credentials bootstrapped first when asked) and of volantd,
+// and the host's capacity.
+func (f *runCmd) nodeConfig(ctx context.Context, env *cli.Env) (NodeConfig, error) {
+	var none NodeConfig
 	if f.Kubeconfig == "" || f.NodeIP == "" {
-		return apierr.New(apierr.Usage, "--kubeconfig and --node-ip are required")
+		return none, apierr.New(apierr.Usage, "--kubeconfig and --node-ip are required")
 	}
 	if _, err := netip.ParseAddr(f.NodeIP); err != nil {
-		return apierr.New(apierr.Usage, "--node-ip %q is not an IP address", f.NodeIP)
+		return none, apierr.New(apierr.Usage, "--node-ip %q is not an IP address", f.NodeIP)
 	}
 	var podCIDR netip.Prefix
 	if f.PodCIDR != "" {
 		p, err := netip.ParsePrefix(f.PodCIDR)
 		if err != nil || !p.Addr().Is4() {
-			return apierr.New(apierr.Usage, "--pod-cidr %q is not an IPv4 prefix", f.PodCIDR)
+			return none, apierr.New(apierr.Usage, "--pod-cidr %q is not an IPv4 prefix", f.PodCIDR)
 		}
 		podCIDR = p.Masked()
 	}
@@ -73,7 +85,7 @@ func (f *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 	for _, l := range f.Labels {
 		k, v, ok := strings.Cut(l, "=")
 		if !ok || k == "" {
-			return apierr.New(apierr.Usage, "--label %q: use KEY=VALUE", l)
+			return none, apierr.New(apierr.Usage, "--label %q: use KEY=VALUE", l)
 		}
 		labels[k] = v
 	}
@@ -81,7 +93,7 @@ func (f *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 	if name == "" {
 		h, err := os.Hostname()
 		if err != nil {
-			return err
+			return none, err
 		}
 		name = strings.ToLower(h)
 	}
@@ -89,13 +101,13 @@ func (f *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 	if f.TokenFile != "" {
 		b, err := os.ReadFile(f.TokenFile)
 		if err != nil {
-			return apierr.Wrap(apierr.InvalidInput, err, "reading --token-file")
+			return none, apierr.Wrap(apierr.InvalidInput, err, "reading --token-file")
 		}
 		token = strings.TrimSpace(string(b))
 	}
 	vc, err := client.New(f.Host, client.Options{Token: token, UserAgent: "volant-kubelet/" + buildinfo.String()})
 	if err != nil {
-		return err
+		return none, err
 	}
 	var rc *rest.Config
 	if f.Bootstrap != "" {
@@ -103,19 +115,19 @@ func (f *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 		rc, err = Bootstrap(ctx, BootstrapConfig{Node: name, Kubeconfig: f.Kubeconfig, BootstrapKubeconfig: f.Bootstrap,
 			CertDir: f.CertDir, Logger: env.Logger(f.Verbose)})
 		if err != nil {
-			return err
+			return none, err
 		}
 	} else if rc, err = clientcmd.BuildConfigFromFlags("", f.Kubeconfig); err != nil {
-		return apierr.Wrap(apierr.InvalidInput, err, "reading --kubeconfig")
+		return none, apierr.Wrap(apierr.InvalidInput, err, "reading --kubeconfig")
 	}
 	rc.UserAgent = "volant-kubelet/" + buildinfo.String()
 	kc, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return err
+		return none, err
 	}
 	host, err := HostCapacity(ctx, vc)
 	if err != nil {
-		return err
+		return none, err
 	}
 	cfg := NodeConfig{
 		Name: name, NodeIP: f.NodeIP, Port: f.Port, Labels: labels, NoTaint: f.NoTaint,
@@ -123,7 +135,7 @@ func (f *runCmd) Execute(ctx context.Context, env *cli.Env) error {
 		Kube: kc, CertFile: f.CertFile, KeyFile: f.KeyFile, ClientCAFile: f.ClientCAFile,
 		Volant: Client(vc), Insecure: f.Insecure, StatusInterval: f.StatusInterval, Logger: env.Logger(f.Verbose),
 	}
-	return Run(ctx, cfg)
+	return cfg, nil
 }
 
 func pick(flag, def int) int {

@@ -66,7 +66,8 @@ type NodeConfig struct {
 	PodCIDR netip.Prefix
 	// NoRoutes leaves routing between the nodes' pod CIDRs to the
 	// operator's network; otherwise host-gateway routes to the other
-	// Volant nodes' pod CIDRs are kept (RunRoutes).
+	// Volant nodes' pod CIDRs are made before the node turns Ready, and
+	// kept (RunRoutes).
 	NoRoutes bool
 	// Routes is where they go (default: this network namespace's main
 	// table).
@@ -162,6 +163,15 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 		return fmt.Errorf("running node %s: %w", cfg.Name, err)
 	}
 	ready, err := joinNetwork(ctx, cfg, spec.DeepCopy())
+	if err == nil && !cfg.NoRoutes {
+		// The routes to the other nodes' pods are made before the node
+		// is Ready: a pod scheduled here reaches theirs from its start.
+		routed := keepRoutes(ctx, cfg)
+		defer func() {
+			cancel()
+			<-routed
+		}()
+	}
 	if err == nil {
 		err = status.UpdateStatus(ctx, ready)
 	}
@@ -172,18 +182,32 @@ func Run(ctx context.Context, cfg NodeConfig) error {
 	}
 	close(netReady)
 	cfg.Logger.Info("node ready", "node", cfg.Name, "pod_cidr", ready.Spec.PodCIDR, "pods", ready.Status.Capacity.Pods().Value())
-	if !cfg.NoRoutes {
-		go func() {
-			if err := RunRoutes(ctx, RouteConfig{Node: cfg.Name, Kube: cfg.Kube, Table: cfg.Routes, Logger: cfg.Logger}); err != nil && ctx.Err() == nil {
-				cfg.Logger.Error("host-gateway routes stopped", "err", err)
-			}
-		}()
-	}
 	err = <-errc
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+// keepRoutes keeps the host-gateway routes (RunRoutes) until ctx ends; it
+// returns once they were made the first time (or ctx ended, or RunRoutes
+// failed before: logged, the node runs on without them), and the channel
+// it returns is closed when RunRoutes has ended.
+func keepRoutes(ctx context.Context, cfg NodeConfig) <-chan struct{} {
+	synced, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		err := RunRoutes(ctx, RouteConfig{Node: cfg.Name, Kube: cfg.Kube, Table: cfg.Routes, Synced: synced, Logger: cfg.Logger})
+		if err != nil && ctx.Err() == nil {
+			cfg.Logger.Error("host-gateway routes stopped", "err", err)
+		}
+	}()
+	select {
+	case <-synced:
+	case <-done:
+	case <-ctx.Done():
+	}
+	return done
 }
 
 // podCIDRPoll is how often the node is read while it has no podCIDR.

@@ -187,6 +187,9 @@ type RouteConfig struct {
 	// Resync is how often the routes are made again even without a node
 	// change (default 30 s): a route someone deleted comes back.
 	Resync time.Duration
+	// Synced, when not nil, is closed once the routes were made the first
+	// time (those that failed are logged and tried again).
+	Synced chan<- struct{}
 	Logger *slog.Logger
 }
 
@@ -235,6 +238,10 @@ func RunRoutes(ctx context.Context, cfg RouteConfig) error {
 		}
 		if err != nil {
 			cfg.Logger.Warn("host-gateway routes", "err", err)
+		}
+		if cfg.Synced != nil {
+			close(cfg.Synced)
+			cfg.Synced = nil
 		}
 		select {
 		case <-ctx.Done():
