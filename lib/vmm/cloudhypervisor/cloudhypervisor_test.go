@@ -212,14 +212,14 @@ func TestValidatorCatchesViolations(t *testing.T) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
 	for _, r := range []struct{ method, url, body string }{
-		{"GET", "http://localhost/api/v1/vm.pause", ""},        // wrong method
-		{"PUT", "http://localhost/api/v1/vm.stop", ""},         // no such operation
-		{"PUT", "http://localhost/vm.pause", ""},               // missing /api/v1
-		{"PUT", "http://localhost/api/v1/vm.pause", `{"x":1}`}, // a body where none is taken
-		{"GET", "http://localhost/api/v1/vmm.ping", ""},        // answer 204 is not documented
-		{"PUT", "http://localhost/api/v1/vm.restore", `{"resume":true}`},                       // no source_url
+		{"GET", "http://localhost/api/v1/vm.pause", ""},                                             // wrong method
+		{"PUT", "http://localhost/api/v1/vm.stop", ""},                                              // no such operation
+		{"PUT", "http://localhost/vm.pause", ""},                                                    // missing /api/v1
+		{"PUT", "http://localhost/api/v1/vm.pause", `{"x":1}`},                                      // a body where none is taken
+		{"GET", "http://localhost/api/v1/vmm.ping", ""},                                             // answer 204 is not documented
+		{"PUT", "http://localhost/api/v1/vm.restore", `{"resume":true}`},                            // no source_url
 		{"PUT", "http://localhost/api/v1/vm.restore", `{"source_url":"file:///s","prefualt":true}`}, // a misspelt field
-		{"PUT", "http://localhost/api/v1/vm.snapshot", `{"destination":"file:///s"}`},           // none of its fields
+		{"PUT", "http://localhost/api/v1/vm.snapshot", `{"destination":"file:///s"}`},               // none of its fields
 	} {
 		req, _ := http.NewRequest(r.method, r.url, strings.NewReader(r.body))
 		if r.body != "" {
