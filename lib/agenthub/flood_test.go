@@ -204,32 +204,7 @@ func startPipeline(t testing.TB) *pipeline {
 		log: filepath.Join(dir, "workload.log"), entries: make(chan workloadlog.Entry, 1<<16)}
 	channel := filepath.Join(dir, "channel.sock")
 	argv, _ := json.Marshal([]string{flood, "-trigger", p.trigger, "-done", p.done})
-	helper := func(role string, env ...string) *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), append(env, roleEnv+"="+role, channelEnv+"="+channel)...)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cmd.Process.Signal(syscall.SIGCONT)
-			cmd.Process.Signal(syscall.SIGTERM)
-			waited := make(chan struct{})
-			go func() { cmd.Wait(); close(waited) }()
-			select {
-			case <-waited:
-			case <-time.After(20 * time.Second):
-				cmd.Process.Kill()
-				<-waited
-			}
-			if s := strings.TrimSpace(stderr.String()); s != "" {
-				t.Logf("%s process said: %s", role, s)
-			}
-		})
-		return cmd
-	}
-	p.guest = helper("guest", workloadEnv+"="+string(argv))
+	p.guest = startRole(t, "guest", channel, workloadEnv+"="+string(argv))
 	t.Cleanup(func() {
 		if p.workload > 0 {
 			syscall.Kill(p.workload, syscall.SIGKILL) // in case the guest process could not stop it
@@ -244,7 +219,7 @@ func startPipeline(t testing.TB) *pipeline {
 		return err == nil
 	})
 	clients := filepath.Join(dir, "clients.sock")
-	p.host = helper("host", logEnv+"="+p.log, clientEnv+"="+clients)
+	p.host = startRole(t, "host", channel, logEnv+"="+p.log, clientEnv+"="+clients)
 	// The Hub answers a client's logs request once its guest session is up.
 	waitUntil(t, 30*time.Second, "the host process's session with the guest", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -710,4 +685,35 @@ func load1() float64 {
 	}
 	v, _ := strconv.ParseFloat(f[0], 64)
 	return v
+}
+
+// startRole runs this test binary again as the process of role ("guest":
+// kestrel's agent and access server; "host": the hub) on the channel
+// socket, with env added; the test's cleanup stops it (continuing it
+// first, if a test stopped it) and logs what it wrote to stderr.
+func startRole(t testing.TB, role, channel string, env ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), append(env, roleEnv+"="+role, channelEnv+"="+channel)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGCONT)
+		cmd.Process.Signal(syscall.SIGTERM)
+		waited := make(chan struct{})
+		go func() { cmd.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-waited
+		}
+		if s := strings.TrimSpace(stderr.String()); s != "" {
+			t.Logf("%s process said: %s", role, s)
+		}
+	})
+	return cmd
 }

@@ -18,11 +18,9 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -47,27 +45,7 @@ var hubServing = []string{
 func startGuestProcess(t *testing.T, socket string, argv []string) {
 	t.Helper()
 	js, _ := json.Marshal(argv)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), roleEnv+"=guest", channelEnv+"="+socket, workloadEnv+"="+string(js))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		waited := make(chan struct{})
-		go func() { cmd.Wait(); close(waited) }()
-		select {
-		case <-waited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-waited
-		}
-		if s := strings.TrimSpace(stderr.String()); s != "" {
-			t.Logf("guest process said: %s", s)
-		}
-	})
+	startRole(t, "guest", socket, workloadEnv+"="+string(js))
 	waitUntil(t, 30*time.Second, "the guest process's channel socket", func() bool {
 		_, err := os.Stat(socket)
 		return err == nil
