@@ -328,6 +328,13 @@ func New(cfg Config) (*Controller, error) {
 			return nil, err
 		}
 	}
+	// Defaults before c takes its copy of cfg.
+	if cfg.DrainDelay <= 0 {
+		cfg.DrainDelay = 2 * time.Second
+	}
+	if cfg.LivenessGrace == 0 {
+		cfg.LivenessGrace = DefaultLivenessGrace
+	}
 	c := &Controller{
 		cfg:      cfg,
 		st:       cfg.Store,
@@ -341,12 +348,6 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c.events = events.New(cfg.Store, cfg.Logger)
 	c.retries = newRetries(cfg.ReplicaBackoff, cfg.ReplicaBackoffMax, c.kickDeployments)
-	if cfg.DrainDelay <= 0 {
-		cfg.DrainDelay = 2 * time.Second
-	}
-	if cfg.LivenessGrace == 0 {
-		cfg.LivenessGrace = DefaultLivenessGrace
-	}
 	c.live = newLiveness(cfg.LivenessGrace, c.kickDeployments)
 	return c, nil
 }
