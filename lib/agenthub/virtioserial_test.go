@@ -110,6 +110,30 @@ type serialHost struct {
 	r      *io.PipeReader
 	w      *io.PipeWriter
 	closed bool
+	// out holds the guest's bytes the host has not read, in the order
+	// the guest wrote them (the socket's buffer); pump moves them to w.
+	out   [][]byte
+	ready chan struct{} // signalled when out gains bytes
+}
+
+// pump hands the guest's bytes to the host in order until the host's
+// end closes.
+func (h *serialHost) pump() {
+	for range h.ready {
+		for {
+			h.p.mu.Lock()
+			if len(h.out) == 0 {
+				h.p.mu.Unlock()
+				break
+			}
+			b := h.out[0]
+			h.out = h.out[1:]
+			h.p.mu.Unlock()
+			if _, err := h.w.Write(b); err != nil {
+				return
+			}
+		}
+	}
 }
 
 func (p *serialPort) dial(ctx context.Context) (io.ReadWriteCloser, error) {
@@ -118,8 +142,9 @@ func (p *serialPort) dial(ctx context.Context) (io.ReadWriteCloser, error) {
 	if p.host != nil {
 		return nil, errors.New("the chardev serves one client")
 	}
-	h := &serialHost{p: p}
+	h := &serialHost{p: p, ready: make(chan struct{}, 1)}
 	h.r, h.w = io.Pipe()
+	go h.pump()
 	p.host = h
 	p.read = hostStream{}
 	p.changedLocked()
@@ -220,6 +245,9 @@ func (h *serialHost) Close() error {
 		p.held = nil
 		p.changedLocked()
 	}
+	if !h.closed {
+		close(h.ready)
+	}
 	h.closed = true
 	p.mu.Unlock()
 	h.w.CloseWithError(io.ErrClosedPipe)
@@ -281,14 +309,20 @@ func (g *guestPort) Write(b []byte) (int, error) {
 	for (!p.view || p.frozen) && !g.closed {
 		p.cond.Wait()
 	}
-	h := p.host
-	p.mu.Unlock()
 	if g.closed {
+		p.mu.Unlock()
 		return 0, io.ErrClosedPipe
 	}
-	if h != nil { // else QEMU drops it: no host
-		go h.w.Write(append([]byte(nil), b...)) // the socket buffers it
+	if h := p.host; h != nil { // else QEMU drops it: no host
+		// The socket buffers it, in order: one goroutine per write
+		// would hand the host a reordered stream.
+		h.out = append(h.out, append([]byte(nil), b...))
+		select {
+		case h.ready <- struct{}{}:
+		default:
+		}
 	}
+	p.mu.Unlock()
 	return len(b), nil
 }
 
