@@ -242,7 +242,11 @@ func (a *Agent) changed() {
 // IPv4 host in Config.Listen ("0.0.0.0:8080") gets an IPv4 socket: the
 // standard library would otherwise probe the IPv6 stack and open a dual
 // stack socket, which costs a tenth of a second of boot under software
-// emulation.
+// emulation. The socket is plain TCP, chosen here rather than by the
+// multipathtcp GODEBUG: Go's listeners default to Multipath TCP, whose
+// kernel paths a microVM's boot would pay for, and consulting a
+// non-default GODEBUG setting makes the runtime build its whole metrics
+// table (~350 blocks of translated code at boot under TCG).
 func (a *Agent) Listen() (net.Listener, error) {
 	network := "tcp"
 	if host, _, err := net.SplitHostPort(a.cfg.Listen); err == nil {
@@ -250,7 +254,9 @@ func (a *Agent) Listen() (net.Listener, error) {
 			network = "tcp4"
 		}
 	}
-	ln, err := net.Listen(network, a.cfg.Listen)
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), network, a.cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listening for the agent API on %s: %w", a.cfg.Listen, err)
 	}

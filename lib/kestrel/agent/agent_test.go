@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
@@ -468,4 +469,48 @@ func TestPreloadedAPIWaitsForWorkloadUp(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestListenPlainTCP: the API's socket is plain TCP whatever the
+// multipathtcp GODEBUG says (Go's listeners default to Multipath TCP),
+// and choosing it does not consult that setting: a non-default GODEBUG
+// consulted makes the runtime build its metrics table at boot.
+func TestListenPlainTCP(t *testing.T) {
+	for _, godebug := range []string{"", "multipathtcp=0"} {
+		t.Run("GODEBUG="+godebug, func(t *testing.T) {
+			t.Setenv("GODEBUG", godebug)
+			before := nonDefaultMPTCP()
+			a := New(Config{Listen: "127.0.0.1:0"})
+			ln, err := a.Listen()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			raw, err := ln.(*net.TCPListener).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			proto, serr := -1, error(nil)
+			if err := raw.Control(func(fd uintptr) {
+				proto, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PROTOCOL)
+			}); err != nil || serr != nil {
+				t.Fatal(err, serr)
+			}
+			if proto != syscall.IPPROTO_TCP {
+				t.Errorf("the API's socket has protocol %d, want plain TCP (%d)", proto, syscall.IPPROTO_TCP)
+			}
+			if n := nonDefaultMPTCP() - before; n != 0 {
+				t.Errorf("Listen consulted the multipathtcp GODEBUG (%d non-default uses)", n)
+			}
+		})
+	}
+}
+
+func nonDefaultMPTCP() uint64 {
+	s := []metrics.Sample{{Name: "/godebug/non-default-behavior/multipathtcp:events"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
