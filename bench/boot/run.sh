@@ -8,11 +8,14 @@
 #   BEFORE=/path/to/older/kestrel N=7 bash bench/boot/run.sh
 #                                   (boots that build too, interleaved: a
 #                                   before/after pair under one load)
+#   GOFLOOR=1 N=7 bash bench/boot/run.sh
+#                                   (boots the script through the smallest
+#                                   Go init too: the floor of any Go PID 1)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-7}
 out=bench/results/boot.json
 mkdir -p bench/results
-VOLANT_BENCH_N=$N VOLANT_BENCH_OUT=$PWD/$out VOLANT_BENCH_BEFORE=${BEFORE:-} \
+VOLANT_BENCH_N=$N VOLANT_BENCH_OUT=$PWD/$out VOLANT_BENCH_BEFORE=${BEFORE:-} VOLANT_BENCH_GOFLOOR=${GOFLOOR:-} \
   go test -run '^$' -bench '^BenchmarkVMBootVsBusybox$' -benchtime 1x -timeout 30m ./lib/kestrel/ | grep -v '^goos\|^goarch\|^pkg\|^cpu'
 echo "bench/boot: results in $out" >&2

@@ -23,7 +23,8 @@ import (
 // of /index.html on the guest IP (kestrel's proxy is not in the path), in
 // alternating boots so both see the same machine load ($VOLANT_BENCH_BEFORE,
 // an earlier kestrel build, joins the alternation as a third variant for a
-// before/after pair). bench/boot/run.sh
+// before/after pair; $VOLANT_BENCH_GOFLOOR=1 adds the script booted through
+// the smallest Go init, the floor of any Go PID 1). bench/boot/run.sh
 // runs it; it prints medians and the ratio kestrel/busybox (target <= 1.15)
 // and writes $VOLANT_BENCH_OUT. It asserts nothing about time.
 func BenchmarkVMBootVsBusybox(b *testing.B) {
@@ -76,6 +77,22 @@ exec ` + strings.Join(webManifest(false).Workload.Entrypoint, " ") + `
 	bbImg.File("/srv/index.html", 0o644, "ok\n")
 	bbImg.File("/init", 0o755, script.String())
 	busyboxInitrd := bbImg.Write()
+	// $VOLANT_BENCH_GOFLOOR=1 adds a variant that boots the same script
+	// through the smallest Go init (testdata/goinit: it only execs the
+	// script): what any Go PID 1 costs before doing anything, the floor
+	// of kestrel's ratio under software emulation.
+	var gofloorInitrd string
+	if os.Getenv("VOLANT_BENCH_GOFLOOR") != "" {
+		gi := vmtest.BootImage(b, k)
+		gi.AddBusybox("sh", "httpd", "mount", "insmod", "ip", "cat")
+		gi.File("/srv/index.html", 0o644, "ok\n")
+		gi.File("/init.sh", 0o755, script.String())
+		if err := gi.B.CopyFile("/init", guesttest.StaticInit(b, "lib/kestrel/internal/vmtest/testdata/goinit"), 0o755); err != nil {
+			b.Fatal(err)
+		}
+		gofloorInitrd = gi.Write()
+		variants = append(variants, "gofloor")
+	}
 
 	loadBefore, _ := os.ReadFile("/proc/loadavg")
 	results := map[string][]float64{}
@@ -87,9 +104,12 @@ exec ` + strings.Join(webManifest(false).Workload.Entrypoint, " ") + `
 			mac := fmt.Sprintf("02:00:00:00:01:%02x", host)
 			cfg := vmtest.Config{Name: "boot-" + variant, IP: ip, MAC: mac,
 				Cmdline: "volant.vm=bench volant.ip=" + ip.String() + "/24 volant.gw=192.168.127.1"}
-			if variant == "busybox" {
+			switch variant {
+			case "busybox":
 				cfg.Initrd = busyboxInitrd
-			} else {
+			case "gofloor":
+				cfg.Initrd = gofloorInitrd
+			default:
 				cfg.Initrd, cfg.Cmdline = initrds[variant], cfg.Cmdline+" volant.manifest="+manifest
 			}
 			vm := vmtest.Boot(b, net, vmlinux, cfg)
@@ -104,9 +124,9 @@ exec ` + strings.Join(webManifest(false).Workload.Entrypoint, " ") + `
 			} else {
 				b.Logf("%s: info jit: %v", variant, err)
 			}
-			if variant == "busybox" {
+			if variant == "busybox" || variant == "gofloor" {
 				for k, v := range consoleMarks(vm.ConsoleText()) {
-					results["busybox_"+k] = append(results["busybox_"+k], v)
+					results[variant+"_"+k] = append(results[variant+"_"+k], v)
 				}
 			}
 			if variant == "kestrel" {
@@ -172,6 +192,17 @@ exec ` + strings.Join(webManifest(false).Workload.Entrypoint, " ") + `
 		after := pairRatios(results["kestrel_cpu"], results["before_cpu"])
 		out["ratio_qemu_cpu_kestrel_to_before_pairs"] = after
 		out["ratio_qemu_cpu_kestrel_to_before_pairs_median"] = med(after)
+	}
+	if gofloorInitrd != "" {
+		out["gofloor_launch_to_http_ms"] = results["gofloor"]
+		out["gofloor_qemu_cpu_ms"] = results["gofloor_cpu"]
+		out["gofloor_qemu_cpu_ms_median"] = med(results["gofloor_cpu"])
+		out["gofloor_jit_code_mb"] = results["gofloor_jit_mb"]
+		out["gofloor_uptime_ms_at"] = marksMedians(results, "gofloor_")
+		out["ratio_qemu_cpu_gofloor_to_busybox"] = med(results["gofloor_cpu"]) / med(results["busybox_cpu"])
+		floor := pairRatios(results["gofloor_cpu"], results["busybox_cpu"])
+		out["ratio_qemu_cpu_gofloor_pairs"] = floor
+		out["ratio_qemu_cpu_gofloor_pairs_median"] = med(floor)
 	}
 	b.ReportMetric(out["ratio_kestrel_to_busybox"].(float64), "kestrel/busybox")
 	b.ReportMetric(out["ratio_qemu_cpu_kestrel_to_busybox"].(float64), "cpu-kestrel/busybox")
