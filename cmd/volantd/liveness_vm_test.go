@@ -12,12 +12,12 @@ import (
 	"github.com/volantvm/volant/lib/client"
 )
 
-// TestLivenessVM boots a real guest (QEMU TCG) as a deployment's replica,
+// TestVMLiveness boots a real guest (QEMU TCG) as a deployment's replica,
 // kills its workload (restart "no": it stays dead and the replica
 // unhealthy), and checks that volantd replaces the replica once it has
 // been unhealthy for --liveness-grace: a delete that says why, and a new
 // guest of the same name serving again.
-func TestLivenessVM(t *testing.T) {
+func TestVMLiveness(t *testing.T) {
 	h := newQEMUHost(t)
 	k, kestrel := h.k, h.kestrel
 	const grace = 6 * time.Second

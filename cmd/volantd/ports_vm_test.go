@@ -186,7 +186,7 @@ func nftPorts(t testing.TB, ns *netnstest.NS) string {
 	return out
 }
 
-// TestPublishedPortsVM boots real guests (QEMU TCG, kestrel, busybox httpd)
+// TestVMPublishedPorts boots real guests (QEMU TCG, kestrel, busybox httpd)
 // behind volantd in a namespace of their own, with a "LAN" namespace
 // beside it: one published port reaches each of a deployment's three
 // replicas in turn (300 requests, 100 each); a replica whose workload is
@@ -194,7 +194,7 @@ func nftPorts(t testing.TB, ns *netnstest.NS) string {
 // health intervals and rejoins when it passes; a VM's own port, a taken
 // port, a port a host process holds; rules rebuilt after volantd is
 // killed with SIGKILL and restarted, and none left after the deletes.
-func TestPublishedPortsVM(t *testing.T) {
+func TestVMPublishedPorts(t *testing.T) {
 	h := newQEMUHost(t, "nft")
 	k, kestrel := h.k, h.kestrel
 	far := lan(t, h.ns)

@@ -150,7 +150,7 @@ func replicaVersions(t *testing.T, c *client.Client, dep string) string {
 	return strings.Join(out, " ")
 }
 
-// TestRollingUpdateVM boots real guests (QEMU TCG, kestrel, busybox httpd)
+// TestVMRollingUpdate boots real guests (QEMU TCG, kestrel, busybox httpd)
 // behind volantd in a namespace of their own, a deployment of 3 replicas
 // of svc v1 published on port 8080, with a "LAN" namespace beside it that
 // sends requests through the port all along: the update to v2 (max surge
@@ -158,7 +158,7 @@ func replicaVersions(t *testing.T, c *client.Client, dep string) string {
 // check never passes is rolled back to v2 at its deadline, and the
 // deployment never has fewer than 3 healthy replicas meanwhile (sampled
 // every 100 ms). The events record each step.
-func TestRollingUpdateVM(t *testing.T) {
+func TestVMRollingUpdate(t *testing.T) {
 	h := newQEMUHost(t, "nft")
 	k, kestrel := h.k, h.kestrel
 	far := lan(t, h.ns)

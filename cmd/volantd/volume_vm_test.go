@@ -28,7 +28,7 @@ func diaryPlugin(t testing.TB, outDir, modulesDir, kestrel string) []byte {
 		Health: "/diary"}.manifest(t, outDir, modulesDir, kestrel)
 }
 
-// TestVolumeOutlivesVM boots real guests (QEMU TCG, kestrel) through
+// TestVMVolumeOutlivesItsVM boots real guests (QEMU TCG, kestrel) through
 // volantd: a VM writes to its volume; the VM is deleted; a new VM given
 // the same volume finds the data and adds to it; a VM that would write to
 // the volume while the second runs is refused; the data is on the image on
@@ -36,7 +36,7 @@ func diaryPlugin(t testing.TB, outDir, modulesDir, kestrel string) []byte {
 // read-only: it reads the file there, while a write, to a file or to the
 // block device, fails in the guest and leaves the image's bytes as they
 // were.
-func TestVolumeOutlivesVM(t *testing.T) {
+func TestVMVolumeOutlivesItsVM(t *testing.T) {
 	h := newQEMUHost(t)
 	k, kestrel := h.k, h.kestrel
 	d := h.daemon(t, "--stop-timeout", "10s")

@@ -15,7 +15,7 @@ import (
 // field reach the controller that uses them: the drain a rolling update
 // gives a replica before it is stopped was set on New's copy after the
 // controller had taken its own, so every update stopped old replicas at
-// once (a connection reset in TestRollingUpdateVM), and the liveness
+// once (a connection reset in TestVMRollingUpdate), and the liveness
 // message said "grace 0s".
 func TestNewFillsDefaults(t *testing.T) {
 	ctx := context.Background()
