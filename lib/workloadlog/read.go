@@ -300,12 +300,16 @@ func Printer(w io.Writer, timestamps bool) func(Entry) error {
 }
 
 // ParseSince reads a --since or ?since= value: RFC 3339, or a duration
-// before now ("10m"). "" is the zero time (no bound).
+// before now ("10m", not negative). "" is the zero time (no bound).
 func ParseSince(s string, now time.Time) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
 	}
 	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			// A bound in the future would match no line, silently.
+			return time.Time{}, apierr.New(apierr.InvalidInput, "since %q: a duration counts back from now, so it cannot be negative (10m is ten minutes ago)", s).With("field", "since")
+		}
 		return now.Add(-d), nil
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)

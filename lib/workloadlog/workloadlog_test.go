@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/volantvm/volant/lib/apierr"
 )
 
 func collect(t *testing.T, path string, o ReadOptions) []Entry {
@@ -265,6 +267,33 @@ func TestAppendJSONString(t *testing.T) {
 		want, _ := json.Marshal(s)
 		if got := appendJSONString([]byte("prefix"), []byte(s)); string(got) != "prefix"+string(want) {
 			t.Errorf("%q: got %s, want %s", s, got[len("prefix"):], want)
+		}
+	}
+}
+
+// ParseSince takes RFC 3339 or a duration before now; a negative duration
+// would be a bound in the future (no lines at all, silently), so it is
+// refused like any other bad value, with the field named.
+func TestParseSince(t *testing.T) {
+	now := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		in   string
+		want time.Time
+	}{
+		{"", time.Time{}},
+		{"10m", now.Add(-10 * time.Minute)},
+		{"0s", now},
+		{"2026-12-05T10:00:00Z", time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)},
+	} {
+		got, err := ParseSince(c.in, now)
+		if err != nil || !got.Equal(c.want) {
+			t.Errorf("ParseSince(%q) = %v, %v; want %v", c.in, got, err, c.want)
+		}
+	}
+	for _, in := range []string{"-10m", "-1s", "yesterday", "10"} {
+		_, err := ParseSince(in, now)
+		if !apierr.Is(err, apierr.InvalidInput) {
+			t.Errorf("ParseSince(%q): %v, want an invalid-input error", in, err)
 		}
 	}
 }
