@@ -68,7 +68,10 @@ func Kestrel(t testing.TB) string {
 		}
 		return p
 	}
-	return buildPackage(t, "cmd/kestrel", false, "-trimpath", "-ldflags", "-s -w")
+	// As the Makefile builds it, version included: without one, kestrel
+	// reads its build info at every start (lib/buildinfo), which a
+	// release build does not, and boot benchmarks would count it.
+	return buildPackage(t, "cmd/kestrel", false, "-trimpath", "-ldflags", "-s -w -X github.com/volantvm/volant/lib/buildinfo.Version=test")
 }
 
 // StaticInit returns a static build (no cgo, stripped) of a test's init
