@@ -204,6 +204,10 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 	}
 	var evMu sync.Mutex
 	var seen []api.Event
+	// Each replica's QEMU CPU time when volantd recorded it healthy: what
+	// its boot cost the host, beside how long it took.
+	vmmPID := map[string]int{}
+	var bootCPU []float64
 	go func() {
 		for {
 			e, err := events.Next()
@@ -212,6 +216,19 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 			}
 			evMu.Lock()
 			seen = append(seen, e)
+			switch e.Type {
+			case api.EventVMStarted:
+				var d struct {
+					PID int `json:"pid"`
+				}
+				if json.Unmarshal(e.Data, &d) == nil {
+					vmmPID[e.ResourceID] = d.PID
+				}
+			case api.EventVMHealthy:
+				if p := vmmPID[e.ResourceID]; p > 0 {
+					bootCPU = append(bootCPU, round2(float64(cpuTicksOr0(p))/clkTck))
+				}
+			}
 			evMu.Unlock()
 		}
 	}()
@@ -222,6 +239,9 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 	if _, err := d.c.CreateDeployment(ctx, api.CreateDeploymentRequest{Name: "dense", Plugin: "web", Replicas: o.n}); err != nil {
 		b.Fatal(err)
 	}
+	// With VOLANT_BENCH_KEEP_LOG, every replica's serial log is followed
+	// through the window: each line gets the host's time it was seen at.
+	stopTail := tailLogs(filepath.Join(dir, "data", "vms", "*", "serial.log"), t0)
 	runningAt := map[string]float64{}
 	qemuOf := map[string]int{}
 	for time.Since(t0) < o.window {
@@ -242,6 +262,7 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 		time.Sleep(500 * time.Millisecond)
 	}
 	elapsed := time.Since(t0).Seconds()
+	serialSeen := stopTail()
 	volantdCPU := float64(cpuTicksOr0(vd)-vd0) / clkTck / elapsed
 	var supTicks int64
 	for p := range sup0 {
@@ -275,6 +296,8 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 	for k, v := range densityBreakdown(t0, all, seen) {
 		r[k] = v
 	}
+	r["breakdown_vmm_cpu_seconds_at_healthy"] = bootCPU
+	r["median_vmm_cpu_seconds_at_healthy"] = median(bootCPU)
 	evMu.Unlock()
 	r["volantd_cpu_in_window"] = round3(volantdCPU)
 	r["supervisors_cpu_in_window"] = round3(float64(supTicks) / clkTck / elapsed)
@@ -296,6 +319,10 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 			}
 		}
 		os.WriteFile(p+".launch", all, 0o644)
+		// And every replica's serial log (kestrel's boot marks carry the
+		// guest's uptime) as it came in the window: each line with the
+		// seconds since the create it was seen at and the VM's name.
+		os.WriteFile(p+".serial", []byte(serialSeen), 0o644)
 	}
 	// Scale to zero before the namespace goes.
 	if _, err := d.c.DeleteDeployment(ctx, "dense"); err != nil {
@@ -395,11 +422,13 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 		}}}
 
 	var mu sync.Mutex
-	var healthy, boots []float64
+	var healthy, boots, bootCPU []float64
 	var pids []int
 	var procs []*os.Process
 	slots := make(chan struct{}, o.admit)
 	t0 := time.Now()
+	stopTail := tailLogs(filepath.Join(dir, "*.console"), t0)
+	var starts []string // with VOLANT_BENCH_KEEP_LOG: when each QEMU started
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -434,6 +463,7 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 			go cmd.Wait()
 			startedAt := time.Since(t0).Seconds()
 			mu.Lock()
+			starts = append(starts, fmt.Sprintf("%6.2f %s started\n", startedAt, tap))
 			procs = append(procs, cmd.Process)
 			mu.Unlock()
 			wg.Add(1)
@@ -446,8 +476,10 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 						resp.Body.Close()
 						if resp.StatusCode == 200 {
 							mu.Lock()
+							starts = append(starts, fmt.Sprintf("%6.2f %s answered\n", time.Since(t0).Seconds(), tap))
 							healthy = append(healthy, time.Since(t0).Seconds())
 							boots = append(boots, round2(time.Since(t0).Seconds()-startedAt))
+							bootCPU = append(bootCPU, round2(float64(cpuTicksOr0(cmd.Process.Pid))/clkTck))
 							pids = append(pids, cmd.Process.Pid)
 							mu.Unlock()
 							return
@@ -471,6 +503,9 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 	// they answered: how long each held its slot.
 	r["breakdown_boot_seconds"] = boots
 	r["median_boot_seconds"] = median(boots)
+	// Each guest's QEMU CPU time at its first HTTP 200.
+	r["breakdown_vmm_cpu_seconds_at_healthy"] = bootCPU
+	r["median_vmm_cpu_seconds_at_healthy"] = median(bootCPU)
 	r["idle_cores_per_guest"] = idleCores(b, pids, o.idle)
 	r["idle_guests"] = len(pids)
 	r["health_checks"] = "none after the first HTTP 200 from the host"
@@ -478,6 +513,12 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 		p.Kill()
 	}
 	mu.Unlock()
+	consoles := stopTail()
+	if p := os.Getenv("VOLANT_BENCH_KEEP_LOG"); p != "" {
+		// Every guest's console (the script's marks) as it came.
+		os.WriteFile(p+".script-serial", []byte(consoles), 0o644)
+		os.WriteFile(p+".script-starts", []byte(strings.Join(starts, "")), 0o644)
+	}
 	for deadline := time.Now().Add(30 * time.Second); len(nsPids(ns, filepath.Base(qemuBin))) > 0 && time.Now().Before(deadline); {
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -501,7 +542,10 @@ func scriptInitramfs(b *testing.B, k *kernel.Kernel, dir string) string {
 	}
 	im := initramfs.New()
 	var script strings.Builder
-	script.WriteString("#!/bin/sh\nmount -t proc proc /proc\nmount -t sysfs sysfs /sys\nmount -t devtmpfs devtmpfs /dev\n")
+	// The script marks its start and its exec on the console with the
+	// guest's uptime (read is a shell builtin: no process), as kestrel's
+	// log lines do, so the two sides' guest timelines compare.
+	script.WriteString("#!/bin/sh\nmount -t proc proc /proc\nread up _ </proc/uptime; echo \"[$up] busybox: init\"\nmount -t sysfs sysfs /sys\nmount -t devtmpfs devtmpfs /dev\n")
 	for _, s := range steps {
 		p := "/lib/modules/" + k.Release + "/" + s.Path
 		if err := im.CopyFile(p, filepath.Join(k.ModulesDir, s.Path), 0o644); err != nil {
@@ -513,6 +557,7 @@ func scriptInitramfs(b *testing.B, k *kernel.Kernel, dir string) string {
 ip link set lo up
 ip addr add "$addr" dev eth0
 ip link set eth0 up
+read up _ </proc/uptime; echo "[$up] busybox: exec"
 exec httpd -f -p 80 -h /www
 `)
 	must := func(err error) {
@@ -532,6 +577,53 @@ exec httpd -f -p 80 -h /www
 	p := filepath.Join(dir, "script.cpio")
 	must(im.WriteFile(p, initramfs.None))
 	return p
+}
+
+// tailLogs follows the files matching glob, when VOLANT_BENCH_KEEP_LOG is
+// set, until the returned function is called; that returns every complete
+// line seen, each with the seconds since t0 it was seen at (polled every
+// 50 ms) and the name of its file's directory (or the file's, without its
+// extension, for files directly in the glob's directory).
+func tailLogs(glob string, t0 time.Time) (stop func() string) {
+	done := make(chan struct{})
+	out := make(chan string, 1)
+	go func() {
+		var seen strings.Builder
+		defer func() { out <- seen.String() }()
+		if os.Getenv("VOLANT_BENCH_KEEP_LOG") == "" {
+			<-done
+			return
+		}
+		off := map[string]int{}
+		for {
+			logs, _ := filepath.Glob(glob)
+			for _, l := range logs {
+				data, err := os.ReadFile(l)
+				if err != nil || len(data) <= off[l] {
+					continue
+				}
+				rest := data[off[l]:]
+				end := strings.LastIndexByte(string(rest), '\n')
+				if end < 0 {
+					continue
+				}
+				off[l] += end + 1
+				name := filepath.Base(filepath.Dir(l))
+				if filepath.Base(l) != "serial.log" {
+					name = strings.TrimSuffix(filepath.Base(l), filepath.Ext(l))
+				}
+				for _, line := range strings.Split(string(rest[:end]), "\n") {
+					fmt.Fprintf(&seen, "%6.2f %s %s\n", time.Since(t0).Seconds(), name, line)
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	return func() string { close(done); return <-out }
 }
 
 func or(a, b string) string {
