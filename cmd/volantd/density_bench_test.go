@@ -207,7 +207,7 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 	// Each replica's QEMU CPU time when volantd recorded it healthy: what
 	// its boot cost the host, beside how long it took.
 	vmmPID := map[string]int{}
-	var bootCPU []float64
+	var bootCPU, afterCPU []float64
 	go func() {
 		for {
 			e, err := events.Next()
@@ -226,7 +226,15 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 				}
 			case api.EventVMHealthy:
 				if p := vmmPID[e.ResourceID]; p > 0 {
-					bootCPU = append(bootCPU, round2(float64(cpuTicksOr0(p))/clkTck))
+					at := cpuTicksOr0(p)
+					bootCPU = append(bootCPU, round2(float64(at)/clkTck))
+					// And what it costs in the 5 s after (the work kestrel
+					// does once the workload is up), while others boot.
+					time.AfterFunc(5*time.Second, func() {
+						evMu.Lock()
+						afterCPU = append(afterCPU, round2(float64(cpuTicksOr0(p)-at)/clkTck))
+						evMu.Unlock()
+					})
 				}
 			}
 			evMu.Unlock()
@@ -298,6 +306,8 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 	}
 	r["breakdown_vmm_cpu_seconds_at_healthy"] = bootCPU
 	r["median_vmm_cpu_seconds_at_healthy"] = median(bootCPU)
+	r["breakdown_vmm_cpu_seconds_5s_after_healthy"] = afterCPU
+	r["median_vmm_cpu_seconds_5s_after_healthy"] = median(afterCPU)
 	evMu.Unlock()
 	r["volantd_cpu_in_window"] = round3(volantdCPU)
 	r["supervisors_cpu_in_window"] = round3(float64(supTicks) / clkTck / elapsed)
@@ -422,7 +432,7 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 		}}}
 
 	var mu sync.Mutex
-	var healthy, boots, bootCPU []float64
+	var healthy, boots, bootCPU, afterCPU []float64
 	var pids []int
 	var procs []*os.Process
 	slots := make(chan struct{}, o.admit)
@@ -479,7 +489,14 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 							starts = append(starts, fmt.Sprintf("%6.2f %s answered\n", time.Since(t0).Seconds(), tap))
 							healthy = append(healthy, time.Since(t0).Seconds())
 							boots = append(boots, round2(time.Since(t0).Seconds()-startedAt))
-							bootCPU = append(bootCPU, round2(float64(cpuTicksOr0(cmd.Process.Pid))/clkTck))
+							at := cpuTicksOr0(cmd.Process.Pid)
+							bootCPU = append(bootCPU, round2(float64(at)/clkTck))
+							pid := cmd.Process.Pid
+							time.AfterFunc(5*time.Second, func() {
+								mu.Lock()
+								afterCPU = append(afterCPU, round2(float64(cpuTicksOr0(pid)-at)/clkTck))
+								mu.Unlock()
+							})
 							pids = append(pids, cmd.Process.Pid)
 							mu.Unlock()
 							return
@@ -507,6 +524,8 @@ func densityScript(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, vmlinux, qe
 	r["breakdown_vmm_cpu_seconds_at_healthy"] = bootCPU
 	r["median_vmm_cpu_seconds_at_healthy"] = median(bootCPU)
 	r["idle_cores_per_guest"] = idleCores(b, pids, o.idle)
+	r["breakdown_vmm_cpu_seconds_5s_after_healthy"] = afterCPU
+	r["median_vmm_cpu_seconds_5s_after_healthy"] = median(afterCPU)
 	r["idle_guests"] = len(pids)
 	r["health_checks"] = "none after the first HTTP 200 from the host"
 	for _, p := range procs {
