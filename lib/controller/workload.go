@@ -64,7 +64,8 @@ func checkEnv(field string, env map[string]string) error {
 }
 
 // checkGuestPath: absolute, clean, not the root, at most PATH_MAX, no NUL
-// or control characters.
+// or control characters (tabs and line breaks included, as the manifest's
+// paths: checkText allows those, which a path has no use for).
 func checkGuestPath(field, p string) error {
 	if !path.IsAbs(p) || path.Clean(p) != p || p == "/" {
 		return badField(field, "%q must be a clean absolute path other than /", p)
@@ -72,7 +73,10 @@ func checkGuestPath(field, p string) error {
 	if len(p) > manifest.MaxGuestPath {
 		return badField(field, "a path of %d bytes; at most %d", len(p), manifest.MaxGuestPath)
 	}
-	return checkText(field, p)
+	if i := strings.IndexFunc(p, unicode.IsControl); i >= 0 {
+		return badField(field, "%q: control characters are not allowed in a path (byte %d)", p, i)
+	}
+	return nil
 }
 
 // checkWorkload validates a create request's workload, labels and inputs.
