@@ -87,6 +87,9 @@ func (f *runCmd) nodeConfig(ctx context.Context, env *cli.Env) (NodeConfig, erro
 		if !ok || k == "" {
 			return none, apierr.New(apierr.Usage, "--label %q: use KEY=VALUE", l)
 		}
+		if _, own := ownLabels("")[k]; own {
+			return none, apierr.New(apierr.Usage, "--label %q: the node sets %s itself", l, k)
+		}
 		labels[k] = v
 	}
 	name := f.NodeName

@@ -14,6 +14,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/volantvm/volant/lib/api"
+	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/cli"
 )
 
@@ -71,5 +72,19 @@ func TestNodeConfigFlags(t *testing.T) {
 	if !cfg.NoTaint || cfg.PodCIDR.String() != "10.244.7.0/24" || cfg.Pods != 20 || cfg.CPU != 3 ||
 		!maps.Equal(cfg.Labels, map[string]string{"zone": "a", "disk": "ssd"}) {
 		t.Fatalf("flags: %+v", cfg)
+	}
+
+	// -l cannot replace a label the node sets itself: the other nodes'
+	// routes select by type, and schedulers by os, arch and hostname.
+	for _, l := range []string{"type=other", "kubernetes.io/hostname=vol-b", "kubernetes.io/arch=arm64", "beta.kubernetes.io/os=windows"} {
+		env := &cli.Env{Args: []string{"run", "--kubeconfig", kubeconfig, "--node-ip", "172.30.0.1", "--nodename", "vol-a",
+			"-H", volantd.URL, "-l", l}, Stdout: io.Discard, Stderr: io.Discard}
+		var o kubeletCommand
+		if _, _, err := cli.Parse(env, "volant-kubelet", &o); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := o.Run.nodeConfig(context.Background(), env); !apierr.Is(err, apierr.Usage) {
+			t.Errorf("-l %s: %v, want a usage error", l, err)
+		}
 	}
 }

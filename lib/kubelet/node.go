@@ -291,20 +291,32 @@ func setCondition(n *corev1.Node, typ corev1.NodeConditionType, st corev1.Condit
 	n.Status.Conditions = append(n.Status.Conditions, c)
 }
 
+// ownLabels are the labels a Volant node named name sets itself, which
+// -l cannot replace: the well-known ones a kubelet sets (the beta os and
+// arch too, which the kubelet still sets and older selectors use), and
+// the type the other nodes' routes select.
+func ownLabels(name string) map[string]string {
+	return map[string]string{
+		"type":                    NodeTypeLabel,
+		"kubernetes.io/os":        "linux",
+		"kubernetes.io/arch":      runtime.GOARCH,
+		"beta.kubernetes.io/os":   "linux",
+		"beta.kubernetes.io/arch": runtime.GOARCH,
+		"kubernetes.io/hostname":  name,
+	}
+}
+
 // ApplyNodeSpec sets the node object a Volant host registers: labels,
 // taint, podCIDR, capacity, addresses and the kubelet endpoint.
 // virtual-kubelet re-applies these labels with each status update, and
 // the taint and podCIDR when it creates the node.
 func ApplyNodeSpec(n *corev1.Node, cfg NodeConfig) {
 	n.Name = cfg.Name
-	n.Labels = map[string]string{
-		"type":                   NodeTypeLabel,
-		"kubernetes.io/os":       "linux",
-		"kubernetes.io/arch":     runtime.GOARCH,
-		"kubernetes.io/hostname": cfg.Name,
-	}
+	n.Labels = ownLabels(cfg.Name)
 	for k, v := range cfg.Labels {
-		n.Labels[k] = v
+		if _, own := n.Labels[k]; !own {
+			n.Labels[k] = v
+		}
 	}
 	n.Spec.Taints = nil
 	if !cfg.NoTaint {

@@ -104,11 +104,12 @@ func TestJoinNetwork(t *testing.T) {
 // wantNodeLabels are the labels a Volant node named name registers with
 // (and the extra ones, given as key, value pairs): the well-known labels
 // a kubelet sets, which nodeSelectors and affinities pick nodes by (arch
-// as Go names it, as the kubelet's), and the type the other nodes'
-// routes select.
+// as Go names it, as the kubelet's; the beta ones too, which the kubelet
+// still sets and older manifests still select by), and the type the
+// other nodes' routes select.
 func wantNodeLabels(name string, extra ...string) map[string]string {
 	want := map[string]string{"type": "volant-microvm", "kubernetes.io/os": "linux", "kubernetes.io/arch": runtime.GOARCH,
-		"kubernetes.io/hostname": name}
+		"beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": runtime.GOARCH, "kubernetes.io/hostname": name}
 	for i := 0; i+1 < len(extra); i += 2 {
 		want[extra[i]] = extra[i+1]
 	}
