@@ -24,8 +24,6 @@ var allowed = []string{
 	"github.com/volantvm/volant/lib/agentchan",  // the host-only agent channel's protocol; stdlib, yamux, apierr
 	"github.com/hashicorp/yamux",                // the channel's stream multiplexing; stdlib only (~60 KB in the binary)
 	"golang.org/x/sys/unix",
-	"github.com/klauspost/compress", // kmod: .ko.zst
-	"github.com/ulikunitz/xz",       // kmod: .ko.xz
 	// Atomic writes (resolv.conf, hosts, stage 1's handoff): stdlib only
 	// (os, path/filepath, strconv, math/rand/v2); 25 KB more kestrel.
 	"github.com/google/renameio/v2",
@@ -44,6 +42,9 @@ var forbidden = []string{
 	"github.com/modelcontextprotocol", "github.com/mark3labs/mcp-go",
 	// The manifest's schema generator: its packages' init would run at boot.
 	"github.com/volantvm/volant/lib/manifest/schema", "github.com/invopop/jsonschema", "go.yaml.in/yaml",
+	// xz and zstd decoders: guest archives carry modules decompressed
+	// (lib/bootimage), so lib/kmod reads plain or gzip'd ones only.
+	"github.com/ulikunitz/xz", "github.com/klauspost/compress",
 }
 
 func under(pkg, prefix string) bool { return pkg == prefix || strings.HasPrefix(pkg, prefix+"/") }

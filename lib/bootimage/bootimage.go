@@ -4,7 +4,9 @@
 // their dependency index (lib/kmod) so kestrel can load them in order.
 //
 // A distribution kernel (Debian's linux-image-amd64) builds virtio, ext4 and
-// friends as modules, so every guest needs them in its initramfs. The same
+// friends as modules, so every guest needs them in its initramfs. Modules
+// are stored decompressed (a kernel that ships .ko.xz or .ko.zst gets plain
+// .ko files in the guest), so kestrel needs no decoder. The same
 // layout serves three uses:
 //
 //   - fledge's initramfs strategy adds it under the plugin's own files;
@@ -16,9 +18,14 @@
 package bootimage
 
 import (
+	"compress/gzip"
 	"fmt"
+	"io"
 	"io/fs"
 	"path"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 
 	"github.com/volantvm/volant/lib/initramfs"
 	"github.com/volantvm/volant/lib/kmod"
@@ -114,7 +121,7 @@ func Add(b *initramfs.Builder, o Options) (Info, error) {
 	info.Modules = steps
 	dst := "/lib/modules/" + release
 	for _, s := range steps {
-		if err := b.CopyFile(path.Join(dst, s.Path), path.Join(o.ModulesDir, s.Path), 0o644); err != nil {
+		if err := addModule(b, path.Join(dst, kmod.PlainPath(s.Path)), ix, s); err != nil {
 			return info, fmt.Errorf("adding module %s: %w", s.Name, err)
 		}
 	}
@@ -128,4 +135,45 @@ func Add(b *initramfs.Builder, o Options) (Info, error) {
 		}
 	}
 	return info, nil
+}
+
+// addModule puts module s into b at p decompressed: kestrel loads plain
+// .ko files with finit_module(2) and links no xz or zstd decoder.
+func addModule(b *initramfs.Builder, p string, ix *kmod.Index, s kmod.Step) error {
+	rc, comp, err := ix.Open(s)
+	if comp == "" || err != nil {
+		if err == nil {
+			rc.Close()
+			err = b.CopyFile(p, path.Join(ix.Dir, s.Path), 0o644)
+		}
+		return err
+	}
+	defer rc.Close()
+	var r io.Reader
+	switch comp {
+	case "gz":
+		zr, err := gzip.NewReader(rc)
+		if err != nil {
+			return err
+		}
+		r = zr
+	case "xz":
+		xr, err := xz.NewReader(rc)
+		if err != nil {
+			return err
+		}
+		r = xr
+	case "zst":
+		zr, err := zstd.NewReader(rc)
+		if err != nil {
+			return err
+		}
+		defer zr.Close()
+		r = zr
+	}
+	body, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("decompressing %s: %w", s.Path, err)
+	}
+	return b.File(p, 0o644, body)
 }

@@ -2,11 +2,13 @@
 // modules directory (/lib/modules/<release>) as depmod leaves it:
 // modules.dep, modules.softdep, modules.alias and modules.builtin.
 //
-// It serves both sides of the boot: on the host, fledge uses Resolve to copy
-// exactly the modules a guest needs (and WriteSubset to write their index
-// into the initramfs); in the guest, kestrel resolves the same names against
-// that index and loads them in order (Load, Linux only). It depends on the
-// standard library and two small decompressors, so kestrel stays small.
+// It serves both sides of the boot: on the host, lib/bootimage uses Resolve
+// to pick exactly the modules a guest needs, decompresses them (a guest
+// archive carries plain .ko files) and writes their index with SubsetFiles;
+// in the guest, kestrel resolves the same names against that index and
+// loads them in order (Load, Linux only). It depends on the standard
+// library only, so kestrel links no xz or zstd decoder: Load refuses a
+// module compressed other than with gzip, naming it.
 //
 // Names: module names compare with '-' and '_' equal (as the kernel does);
 // alias names do not (crypto-crc32c is an alias, not a module).
@@ -43,15 +45,37 @@ type Index struct {
 // ErrUnknownModule is wrapped by Resolve for a name nothing provides.
 var ErrUnknownModule = errors.New("unknown module")
 
+// compressions are the suffixes of compressed modules and their names as
+// Open reports them.
+var compressions = [...][2]string{{".gz", "gz"}, {".xz", "xz"}, {".zst", "zst"}}
+
 // Name returns the normalized module name of a path or name:
 // "kernel/fs/ext4/ext4.ko.xz" -> "ext4", "crc32c-intel" -> "crc32c_intel".
 func Name(p string) string {
-	b := path.Base(p)
-	for _, ext := range []string{".gz", ".xz", ".zst"} {
-		b = strings.TrimSuffix(b, ext)
-	}
-	b = strings.TrimSuffix(b, ".ko")
+	b := strings.TrimSuffix(PlainPath(path.Base(p)), ".ko")
 	return strings.ReplaceAll(b, "-", "_")
+}
+
+// Compression returns how the module file p is compressed, by its suffix:
+// "", "gz", "xz" or "zst".
+func Compression(p string) string {
+	for _, c := range compressions {
+		if strings.HasSuffix(p, c[0]) {
+			return c[1]
+		}
+	}
+	return ""
+}
+
+// PlainPath returns the path of module file p once decompressed:
+// "kernel/fs/ext4/ext4.ko.xz" -> "kernel/fs/ext4/ext4.ko".
+func PlainPath(p string) string {
+	for _, c := range compressions {
+		if s, ok := strings.CutSuffix(p, c[0]); ok {
+			return s
+		}
+	}
+	return p
 }
 
 // LoadIndex reads a modules directory. modules.dep is required; the other
@@ -219,6 +243,8 @@ func (ix *Index) Resolve(names ...string) ([]Step, error) {
 // SubsetFiles returns modules.dep, modules.softdep, modules.alias and
 // modules.builtin for just the given steps, in a stable order, so an
 // initramfs carrying those modules resolves them the same way in the guest.
+// Its paths are the modules' PlainPath: the archive carries them
+// decompressed.
 func (ix *Index) SubsetFiles(steps []Step) (map[string][]byte, error) {
 	in := map[string]bool{}
 	names := map[string]bool{}
@@ -231,10 +257,10 @@ func (ix *Index) SubsetFiles(steps []Step) (map[string][]byte, error) {
 		var kept []string
 		for _, d := range ix.deps[s.Path] {
 			if in[d] {
-				kept = append(kept, d)
+				kept = append(kept, PlainPath(d))
 			}
 		}
-		dep = append(dep, s.Path+": "+strings.Join(kept, " "))
+		dep = append(dep, PlainPath(s.Path)+": "+strings.Join(kept, " "))
 		if pre := ix.softPre[s.Name]; len(pre) > 0 {
 			soft = append(soft, "softdep "+s.Name+" pre: "+strings.Join(pre, " "))
 		}
@@ -288,13 +314,5 @@ func (ix *Index) Open(s Step) (io.ReadCloser, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("opening module %s: %w", s.Name, err)
 	}
-	switch {
-	case strings.HasSuffix(s.Path, ".gz"):
-		return f, "gz", nil
-	case strings.HasSuffix(s.Path, ".xz"):
-		return f, "xz", nil
-	case strings.HasSuffix(s.Path, ".zst"):
-		return f, "zst", nil
-	}
-	return f, "", nil
+	return f, Compression(s.Path), nil
 }

@@ -8,10 +8,13 @@ import (
 	"io"
 	"os"
 
-	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
 	"golang.org/x/sys/unix"
 )
+
+// ErrCompressed is wrapped by Load for a module compressed with xz or zstd:
+// the guest carries no decoder for them (lib/bootimage packs modules
+// decompressed).
+var ErrCompressed = errors.New("compressed module")
 
 // Result is the outcome of loading one module.
 type Result struct {
@@ -21,8 +24,10 @@ type Result struct {
 	Error   string `json:"error,omitempty"`
 }
 
-// Load loads the steps in order with finit_module(2), or init_module(2) after
-// decompressing in user space (the kernel may lack CONFIG_MODULE_DECOMPRESS).
+// Load loads the steps in order with finit_module(2), or, for a gzip'd
+// module, init_module(2) after decompressing it in user space (the kernel may
+// lack CONFIG_MODULE_DECOMPRESS). A module compressed with xz or zstd is an
+// error naming it (ErrCompressed).
 // A module that is already loaded counts as success. A failed Optional step
 // is recorded and skipped; any other failure stops and is returned.
 func Load(ix *Index, steps []Step) ([]Result, error) {
@@ -58,30 +63,15 @@ func loadOne(ix *Index, s Step) error {
 		f := rc.(*os.File)
 		return unix.FinitModule(int(f.Fd()), "", 0)
 	}
-	var r io.Reader
-	switch comp {
-	case "gz":
-		zr, err := gzip.NewReader(rc)
-		if err != nil {
-			return err
-		}
-		r = zr
-	case "xz":
-		xr, err := xz.NewReader(rc)
-		if err != nil {
-			return err
-		}
-		r = xr
-	case "zst":
-		zr, err := zstd.NewReader(rc)
-		if err != nil {
-			return err
-		}
-		defer zr.Close()
-		r = zr
+	if comp != "gz" {
+		return fmt.Errorf("%w: %s is %s-compressed, and the guest loads only plain or gzip'd modules: build its archive with fledge or volant-launch, which decompress modules", ErrCompressed, s.Path, comp)
+	}
+	zr, err := gzip.NewReader(rc)
+	if err != nil {
+		return err
 	}
 	var buf bytes.Buffer
-	if _, err := io.Copy(&buf, r); err != nil {
+	if _, err := io.Copy(&buf, zr); err != nil {
 		return fmt.Errorf("decompressing: %w", err)
 	}
 	return unix.InitModule(buf.Bytes(), "")
