@@ -239,24 +239,27 @@ func (a *Agent) changed() {
 
 // Listen opens the API's listener. Run calls it unless given one; callers
 // that must know the port before Run (tests, ":0") call it first. An
-// IPv4 host in Config.Listen ("0.0.0.0:8080") gets an IPv4 socket: the
-// standard library would otherwise probe the IPv6 stack and open a dual
-// stack socket, which costs a tenth of a second of boot under software
-// emulation. The socket is plain TCP, chosen here rather than by the
+// IPv4 address in Config.Listen ("0.0.0.0:8080") gets an IPv4 socket
+// opened with system calls alone (socketListener), which becomes a
+// net.Listener when the API first accepts: the standard library would
+// otherwise resolve the address, read the kernel's somaxconn and probe
+// the IPv6 stack for a dual stack socket, which costs boot time under
+// software emulation. Other addresses go through net.ListenConfig. The
+// socket is plain TCP either way, chosen here rather than by the
 // multipathtcp GODEBUG: Go's listeners default to Multipath TCP, whose
 // kernel paths a microVM's boot would pay for, and consulting a
 // non-default GODEBUG setting makes the runtime build its whole metrics
 // table (~350 blocks of translated code at boot under TCG).
 func (a *Agent) Listen() (net.Listener, error) {
-	network := "tcp"
-	if host, _, err := net.SplitHostPort(a.cfg.Listen); err == nil {
-		if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
-			network = "tcp4"
-		}
+	var ln net.Listener
+	var err error
+	if ap, perr := netip.ParseAddrPort(a.cfg.Listen); perr == nil && ap.Addr().Is4() {
+		ln, err = listenTCP4(ap)
+	} else {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(false)
+		ln, err = lc.Listen(context.Background(), "tcp", a.cfg.Listen)
 	}
-	var lc net.ListenConfig
-	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(context.Background(), network, a.cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listening for the agent API on %s: %w", a.cfg.Listen, err)
 	}
@@ -333,7 +336,7 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener, r *reaper.Reaper, load
 	a.mu.Lock()
 	a.m = m
 	a.mu.Unlock()
-	if _, port, err := net.SplitHostPort(a.cfg.Listen); err == nil && port != strconv.Itoa(m.AgentPort()) {
+	if port := a.cfg.Listen[strings.LastIndexByte(a.cfg.Listen, ':')+1:]; port != strconv.Itoa(m.AgentPort()) {
 		a.log.Warn("kestrel's API listens on another port than the manifest's network.agent_port (fetched after boot?); the host will look for it there",
 			"listen", a.cfg.Listen, "agent_port", m.AgentPort())
 	}

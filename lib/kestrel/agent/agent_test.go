@@ -486,7 +486,18 @@ func TestListenPlainTCP(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			raw, err := ln.(*net.TCPListener).SyscallConn()
+			// The protocol of an accepted connection is the listener's.
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			conn, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			raw, err := conn.(*net.TCPConn).SyscallConn()
 			if err != nil {
 				t.Fatal(err)
 			}
