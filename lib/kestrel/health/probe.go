@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -35,6 +36,7 @@ const (
 // target is a parsed http:// URL: where to dial and what to send.
 type target struct {
 	addr    string // host:port to dial
+	ip      netip.AddrPort
 	request []byte
 }
 
@@ -45,15 +47,35 @@ func newTarget(u *url.URL) *target {
 	}
 	path := u.RequestURI()
 	req := "GET " + path + " HTTP/1.1\r\nHost: " + u.Host + "\r\nUser-Agent: kestrel-health\r\nConnection: close\r\n\r\n"
-	return &target{addr: net.JoinHostPort(u.Hostname(), port), request: []byte(req)}
+	t := &target{addr: net.JoinHostPort(u.Hostname(), port), request: []byte(req)}
+	// An address (the usual http://127.0.0.1:port) is dialled without
+	// the resolver's code: under software emulation the first probe's
+	// code is translated while the workload starts.
+	if ip, err := netip.ParseAddr(u.Hostname()); err == nil && ip.Zone() == "" {
+		if p, err := strconv.ParseUint(port, 10, 16); err == nil {
+			t.ip = netip.AddrPortFrom(ip, uint16(p))
+		}
+	}
+	return t
+}
+
+// dial connects to t.
+func (t *target) dial(ctx context.Context) (net.Conn, error) {
+	// No keep-alive probes for a connection of one request, and plain
+	// TCP (Go's default for dialling) without consulting GODEBUG.
+	d := net.Dialer{KeepAlive: -1}
+	d.SetMultipathTCP(false)
+	if t.ip.IsValid() {
+		return d.DialTCP(ctx, "tcp", netip.AddrPort{}, t.ip)
+	}
+	return d.DialContext(ctx, "tcp", t.addr)
 }
 
 // probeRaw is one probe of c.target within c.timeout.
 func (c *Checker) probeRaw(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", c.target.addr)
+	conn, err := c.target.dial(ctx)
 	if err != nil {
 		return fmt.Errorf("GET %s: %w", c.url, err)
 	}

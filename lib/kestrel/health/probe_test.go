@@ -231,3 +231,34 @@ func TestHTTPSUsesClient(t *testing.T) {
 		t.Fatalf("https probed raw: %+v", c)
 	}
 }
+
+// TestRawProbeHostForms: the probe dials an address directly and a name
+// through the resolver, and both reach the workload with the URL's Host.
+func TestRawProbeHostForms(t *testing.T) {
+	hosts := make(chan string, 4)
+	base := rawServer(t, func(req string) string {
+		for _, l := range strings.Split(req, "\r\n") {
+			if h, ok := strings.CutPrefix(l, "Host: "); ok {
+				hosts <- h
+			}
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+	})
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(base, "http://"))
+	for _, tc := range []struct {
+		host   string
+		direct bool
+	}{{"127.0.0.1", true}, {"localhost", false}} {
+		u := "http://" + net.JoinHostPort(tc.host, port)
+		c := NewChecker(u, manifest.HealthCheck{Endpoint: "/", TimeoutMS: 2000}, nil, nil)
+		if c.target == nil || c.target.ip.IsValid() != tc.direct {
+			t.Fatalf("%s: target %+v, want dialled directly: %v", u, c.target, tc.direct)
+		}
+		if err := c.probe(context.Background()); err != nil {
+			t.Fatalf("%s: %v", u, err)
+		}
+		if h := <-hosts; h != net.JoinHostPort(tc.host, port) {
+			t.Fatalf("%s: Host %q", u, h)
+		}
+	}
+}
