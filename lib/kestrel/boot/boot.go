@@ -17,7 +17,8 @@
 // Nothing leaves the guest hung: a fatal error is printed on the console as
 // "kestrel: FATAL: ..." and the guest powers off (after stopping what runs
 // and making the disks clean), and kestrel sets kernel.panic=-1 when it is
-// 0, so that even kestrel dying (a kernel panic for PID 1) ends the VM.
+// 0 and the command line has no panic=, so that even kestrel dying (a
+// kernel panic for PID 1) ends the VM.
 package boot
 
 import (
@@ -97,13 +98,15 @@ func (b *booter) run() error {
 		return err
 	}
 	ensureConsole()
-	b.panicReboots()
-	if err := b.m.DisableCtrlAltDel(); err != nil {
-		b.log.Debug("cannot disable ctrl-alt-del reboot", "err", err)
-	}
 	raw, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return fmt.Errorf("reading the kernel command line: %w", err)
+	}
+	if err := panicReboots("/proc/sys/kernel/panic", string(raw)); err != nil {
+		b.log.Debug("cannot set kernel.panic", "err", err)
+	}
+	if err := b.m.DisableCtrlAltDel(); err != nil {
+		b.log.Debug("cannot disable ctrl-alt-del reboot", "err", err)
 	}
 	args, err := bootargs.Parse(string(raw))
 	if err != nil {
@@ -615,16 +618,21 @@ func (b *booter) fatal(err error) {
 }
 
 // panicReboots makes a kernel panic (which is what kestrel exiting would
-// cause) reboot at once, and so end the VM, unless the command line chose.
-func (b *booter) panicReboots() {
-	const p = "/proc/sys/kernel/panic"
-	cur, err := os.ReadFile(p)
+// cause) reboot at once, and so end the VM, by setting path
+// (/proc/sys/kernel/panic) from 0 to -1, unless the kernel command line
+// chose with panic= (launchers pass panic=-1): then the setting is not
+// read at all.
+func panicReboots(path, cmdline string) error {
+	for _, w := range strings.Fields(cmdline) {
+		if strings.HasPrefix(w, "panic=") {
+			return nil
+		}
+	}
+	cur, err := os.ReadFile(path)
 	if err != nil || strings.TrimSpace(string(cur)) != "0" {
-		return
+		return err
 	}
-	if err := os.WriteFile(p, []byte("-1\n"), 0o644); err != nil {
-		b.log.Debug("cannot set kernel.panic", "err", err)
-	}
+	return os.WriteFile(path, []byte("-1\n"), 0o644)
 }
 
 // userProcesses lists pids other than 1 that are not kernel threads.
