@@ -347,6 +347,7 @@ func (b *booter) stage2(args bootargs.Args, h Handoff) error {
 		b.log.Warn("volant.modules names modules the initramfs lacks", "modules", strings.Join(h.ModulesPending, ","))
 	}
 	netCfg := network.FromArgs(args)
+	netCfg.Volatile = h.Boot == ModeInitramfs
 	if _, err := network.Configure(b.m, netCfg, b.log); err != nil {
 		return err
 	}

@@ -17,7 +17,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -33,6 +32,11 @@ type Config struct {
 	Gateway  netip.Addr
 	DNS      []netip.Addr
 	Hostname string
+	// Volatile says that the root is the initramfs, whose files do not
+	// outlive the boot: Configure writes /etc/resolv.conf and /etc/hosts
+	// in place (nothing reads them yet), without the temporary file,
+	// fsync and rename that keep a disk's copy whole.
+	Volatile bool
 }
 
 // FromArgs takes the network settings of a command line (volant.ip/gw/dns/vm
@@ -56,14 +60,17 @@ type Link struct {
 
 // PickLink chooses the NIC: the lowest-index non-loopback Ethernet device.
 func PickLink(links []Link) (Link, bool) {
-	sort.Slice(links, func(i, j int) bool { return links[i].Index < links[j].Index })
+	var pick Link
+	ok := false
 	for _, l := range links {
 		if l.Name == "lo" || !l.Ether || l.Type != "device" {
 			continue
 		}
-		return l, true
+		if !ok || l.Index < pick.Index {
+			pick, ok = l, true
+		}
 	}
-	return Link{}, false
+	return pick, ok
 }
 
 // Configure applies c. With no address it only brings loopback up. It
@@ -81,13 +88,17 @@ func Configure(m *guest.Machine, c Config, log *slog.Logger) (string, error) {
 		return "", err
 	}
 	linked := time.Since(t0)
+	write := writeFile
+	if c.Volatile {
+		write = writeInPlace
+	}
 	if len(c.DNS) > 0 {
-		if err := writeFile("/etc/resolv.conf", ResolvConf(c.DNS)); err != nil {
+		if err := write("/etc/resolv.conf", ResolvConf(c.DNS)); err != nil {
 			log.Warn("cannot write /etc/resolv.conf", "err", err)
 		}
 	}
 	if _, err := os.Lstat("/etc/hosts"); errors.Is(err, os.ErrNotExist) {
-		if err := writeFile("/etc/hosts", Hosts(c.Address.Addr(), c.Hostname)); err != nil {
+		if err := write("/etc/hosts", Hosts(c.Address.Addr(), c.Hostname)); err != nil {
 			log.Warn("cannot write /etc/hosts", "err", err)
 		}
 	}
@@ -178,4 +189,32 @@ func writeFile(path string, data []byte) error {
 		return err
 	}
 	return f.CloseAtomicallyReplace()
+}
+
+// writeInPlace replaces path with a new file of mode 0644 holding data,
+// written in place: for files nothing reads while they are written. A
+// symlink at path is replaced, not followed, as writeFile does.
+func writeInPlace(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	create := func() (*os.File, error) { return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644) }
+	f, err := create()
+	if errors.Is(err, os.ErrExist) {
+		if err := os.Remove(path); err != nil {
+			return err
+		}
+		f, err = create()
+	}
+	if err != nil {
+		return err
+	}
+	err = f.Chmod(0o644) // whatever the umask
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

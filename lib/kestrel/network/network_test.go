@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/volantvm/volant/lib/bootargs"
@@ -57,31 +58,40 @@ func TestFiles(t *testing.T) {
 	if h != "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n192.168.127.100\tweb-1\n" {
 		t.Fatalf("%q", h)
 	}
-	dir := t.TempDir()
-	p := filepath.Join(dir, "etc", "resolv.conf")
-	os.MkdirAll(filepath.Dir(p), 0o755)
-	os.Symlink("/run/systemd/resolve/stub-resolv.conf", p)
-	if err := writeFile(p, []byte("x\n")); err != nil {
-		t.Fatal(err)
-	}
-	st, err := os.Lstat(p)
-	if err != nil || !st.Mode().IsRegular() || st.Mode().Perm() != 0o644 {
-		t.Fatalf("%v %v", st, err)
-	}
-	if ents, _ := os.ReadDir(filepath.Dir(p)); len(ents) != 1 {
-		t.Fatalf("temp files left: %v", ents)
-	}
-	// An image's own file is replaced with a readable one, whatever its mode.
-	hosts := filepath.Join(dir, "etc", "hosts")
-	os.WriteFile(hosts, []byte("old\n"), 0o600)
-	if err := writeFile(hosts, []byte("new\n")); err != nil {
-		t.Fatal(err)
-	}
-	if st, err := os.Stat(hosts); err != nil || st.Mode().Perm() != 0o644 {
-		t.Fatalf("hosts written as %v (%v), want mode 0644", st.Mode(), err)
-	}
-	if b, _ := os.ReadFile(hosts); string(b) != "new\n" {
-		t.Fatalf("hosts reads %q", b)
+	defer syscall.Umask(syscall.Umask(0o077)) // the mode is 0644 whatever the umask
+	// Both ways of writing: atomically (a disk's root, and any rewrite
+	// while the workload runs) and in place (the initramfs at boot).
+	for name, write := range map[string]func(string, []byte) error{"atomic": writeFile, "in place": writeInPlace} {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "etc", "resolv.conf")
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.Symlink("/run/systemd/resolve/stub-resolv.conf", p)
+		if err := write(p, []byte("x\n")); err != nil {
+			t.Fatal(name, err)
+		}
+		st, err := os.Lstat(p)
+		if err != nil || !st.Mode().IsRegular() || st.Mode().Perm() != 0o644 {
+			t.Fatalf("%s: %v %v", name, st, err)
+		}
+		if ents, _ := os.ReadDir(filepath.Dir(p)); len(ents) != 1 {
+			t.Fatalf("%s: temp files left: %v", name, ents)
+		}
+		// An image's own file is replaced with a readable one, whatever its mode.
+		hosts := filepath.Join(dir, "etc", "hosts")
+		os.WriteFile(hosts, []byte("old, and longer\n"), 0o600)
+		if err := write(hosts, []byte("new\n")); err != nil {
+			t.Fatal(name, err)
+		}
+		if st, err := os.Stat(hosts); err != nil || st.Mode().Perm() != 0o644 {
+			t.Fatalf("%s: hosts written as %v (%v), want mode 0644", name, st.Mode(), err)
+		}
+		if b, _ := os.ReadFile(hosts); string(b) != "new\n" {
+			t.Fatalf("%s: hosts reads %q", name, b)
+		}
+		// A missing directory is made.
+		if err := write(filepath.Join(dir, "new", "hosts"), []byte("x\n")); err != nil {
+			t.Fatal(name, err)
+		}
 	}
 }
 
