@@ -58,10 +58,13 @@ func newGuest(t testing.TB, k *kernel.Kernel) vmGuest {
 	b := initramfs.New()
 	g := vmGuest{kind: "testinit", probe: ":8080/healthz"}
 	pid1 := ""
+	var modules []string // the test init loads bootimage.DefaultModules
 	workload := `"workload":{"entrypoint":["/bin/app"]}`
 	if hasKestrel() && os.Getenv("VOLANT_TEST_GUEST") != "testinit" {
 		g.kind, g.probe = "kestrel", ":80/index.html"
 		pid1 = guesttest.Kestrel(t)
+		// As fledge builds it: the launcher layers what a VM needs more.
+		modules = bootimage.BaseModules
 		bb, err := exec.LookPath("busybox")
 		if err != nil {
 			netnstest.SkipOrFail(t, "busybox-static is needed for the workload")
@@ -73,7 +76,7 @@ func newGuest(t testing.TB, k *kernel.Kernel) vmGuest {
 		pid1 = vmmtest.TestInit(t)
 		t.Log("no kestrel in this tree (cmd/kestrel) or $VOLANT_KESTREL: the guest's PID 1 is the test init")
 	}
-	if _, err := bootimage.Add(b, bootimage.Options{Kestrel: pid1, ModulesDir: k.ModulesDir}); err != nil {
+	if _, err := bootimage.Add(b, bootimage.Options{Kestrel: pid1, ModulesDir: k.ModulesDir, Modules: modules}); err != nil {
 		t.Fatal(err)
 	}
 	archive := filepath.Join(dir, "plugin.cpio.gz")

@@ -34,6 +34,15 @@ func TestVMRunWithVolume(t *testing.T) {
 	if !strings.Contains(strings.Join(toStrings(argv["argv"]), " "), "serial=volant-vol0") || !strings.Contains(argv["cmdline"].(string), "volant.volumes=volant-vol0:/www") {
 		t.Fatalf("argv does not attach the volume: %v", argv)
 	}
+	// The plugin carries the base modules only (as fledge builds it); the
+	// disk modules come in a layer over it.
+	var layers []string
+	for _, l := range argv["initrd"].(map[string]any)["layers"].([]any) {
+		layers = append(layers, l.(map[string]any)["what"].(string))
+	}
+	if strings.Join(layers, ",") != "plugin,modules" {
+		t.Fatalf("initrd layers %v, want plugin,modules", layers)
+	}
 
 	cmd, _, errb := w.start(t, name, "--volume", img+":/www", "--stop-timeout", "20s")
 	w.waitHealthy(t, 90*time.Second)

@@ -6,15 +6,22 @@
 // A distribution kernel (Debian's linux-image-amd64) builds virtio, ext4 and
 // friends as modules, so every guest needs them in its initramfs. Modules
 // are stored decompressed (a kernel that ships .ko.xz or .ko.zst gets plain
-// .ko files in the guest), so kestrel needs no decoder. The same
-// layout serves three uses:
+// .ko files in the guest), so kestrel needs no decoder. The same layout
+// serves four uses:
 //
-//   - fledge's initramfs strategy adds it under the plugin's own files;
-//   - `fledge boot-initramfs` writes it alone: the initrd of rootfs plugins,
-//     whose kestrel then mounts the disk and switches root;
+//   - fledge's initramfs strategy adds it, with BaseModules, under the
+//     plugin's own files;
+//   - `fledge boot-initramfs` writes it alone, with DefaultModules: the
+//     initrd of rootfs plugins, whose kestrel then mounts the disk and
+//     switches root;
 //   - volant-launch layers it before an initramfs plugin that carries no
 //     modules for the running kernel (the kernel unpacks concatenated
-//     archives in order, later files winning).
+//     archives in order, later files winning), with the modules that VM
+//     needs;
+//   - volant-launch layers the modules alone (AddModules) over a plugin
+//     whose modules lack what the VM needs: DiskModules for a VM with disks
+//     or volumes, VsockModules for a hypervisor whose agent channel is
+//     vsock.
 package bootimage
 
 import (
@@ -23,6 +30,7 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"slices"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -34,16 +42,24 @@ import (
 // KestrelPath is where kestrel lives in the guest; /init links to it.
 const KestrelPath = "/bin/kestrel"
 
-// DefaultModules are the modules a Volant guest needs from a distribution
-// kernel: virtio transports (microvm's virtio-mmio and pc's virtio-pci),
-// network, block, the virtio console (QEMU's agent channel) and vsock
-// transport (Cloud Hypervisor's, loaded only where a vsock device is), ext4 for root and data
-// disks, and the ACPI power button with evdev so a power-button press reaches
-// kestrel. Dependencies and soft dependencies are added by resolution.
-var DefaultModules = []string{
-	"virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk", "virtio_console",
-	"vmw_vsock_virtio_transport", "ext4", "button", "evdev",
-}
+// BaseModules are the modules every Volant guest of a distribution kernel
+// needs: virtio transports (microvm's virtio-mmio and pc's virtio-pci),
+// network, the virtio console (QEMU's agent channel, virtio-serial), and the
+// ACPI power button with evdev so a power-button press reaches kestrel.
+// Dependencies and soft dependencies are added by resolution.
+var BaseModules = []string{"virtio_mmio", "virtio_pci", "virtio_net", "virtio_console", "button", "evdev"}
+
+// DiskModules are what a guest with a disk (root, data disk or volume)
+// needs besides BaseModules: the block driver and ext4 (with jbd2, mbcache
+// and the crc modules, 2.5 MB of Debian's kernel).
+var DiskModules = []string{"virtio_blk", "ext4"}
+
+// VsockModules are the vsock transport, Cloud Hypervisor's agent channel.
+var VsockModules = []string{"vmw_vsock_virtio_transport"}
+
+// DefaultModules are BaseModules, DiskModules and VsockModules: what a
+// guest may need whatever its disks and hypervisor.
+var DefaultModules = slices.Concat(BaseModules, DiskModules, VsockModules)
 
 // Options say what goes in.
 type Options struct {
@@ -58,6 +74,10 @@ type Options struct {
 	Release string
 	// Modules to include; nil means DefaultModules.
 	Modules []string
+	// Present lists the module files (paths under /lib/modules/<release>,
+	// as that archive holds them) of the archive this one is unpacked over:
+	// AddModules indexes them with Modules but does not add them again.
+	Present map[string]bool
 }
 
 // Info reports what was added.
@@ -101,6 +121,15 @@ func Add(b *initramfs.Builder, o Options) (Info, error) {
 	if o.ModulesDir == "" {
 		return info, nil
 	}
+	return AddModules(b, o)
+}
+
+// AddModules puts only the modules part into b: Options.Modules with their
+// dependencies, decompressed, under /lib/modules/<release>, with their
+// index. Modules whose file Options.Present lists are indexed and not added.
+// Alone it is a layer over an archive that holds some of them.
+func AddModules(b *initramfs.Builder, o Options) (Info, error) {
+	var info Info
 	release := o.Release
 	if release == "" {
 		release = path.Base(o.ModulesDir)
@@ -121,6 +150,9 @@ func Add(b *initramfs.Builder, o Options) (Info, error) {
 	info.Modules = steps
 	dst := "/lib/modules/" + release
 	for _, s := range steps {
+		if o.Present[kmod.PlainPath(s.Path)] {
+			continue
+		}
 		if err := addModule(b, path.Join(dst, kmod.PlainPath(s.Path)), ix, s); err != nil {
 			return info, fmt.Errorf("adding module %s: %w", s.Name, err)
 		}

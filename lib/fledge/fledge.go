@@ -13,8 +13,8 @@
 //     manifest's workload unless fledge.toml overrides them. Needs root (to
 //     keep the image's owners and device nodes); no loop mount.
 //   - initramfs: the boot layout (lib/bootimage: FHS skeleton,
-//     /dev/console, kestrel as /init, optionally kernel modules with their
-//     index), busybox with its applet links, mappings, written as a
+//     /dev/console, kestrel as /init, optionally the kernel modules every
+//     guest needs, bootimage.BaseModules, with their index), busybox with its applet links, mappings, written as a
 //     reproducible newc cpio + gzip (lib/initramfs). No root needed.
 //
 // BootInitramfs writes the initrd rootfs plugins boot with: kestrel and the
@@ -62,8 +62,10 @@ type Request struct {
 	// <name>.manifest.json; created if missing.
 	OutputDir string `json:"output_dir"`
 	// KernelModules is a /lib/modules/<release> directory (with
-	// modules.dep) whose virtio/ext4/button modules and their
-	// dependencies go into an initramfs plugin.
+	// modules.dep) whose bootimage.BaseModules (virtio, network, console,
+	// power button) and their dependencies go into an initramfs plugin;
+	// volant-launch layers the disk and vsock modules over it for a VM
+	// that needs them.
 	KernelModules string `json:"kernel_modules,omitempty"`
 	// Kestrel overrides where kestrel comes from.
 	Kestrel string `json:"kestrel,omitempty"`

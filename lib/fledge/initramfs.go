@@ -65,7 +65,7 @@ func buildInitramfs(ctx context.Context, c *Config, req Request) (res *Result, e
 
 	b := initramfs.New()
 	err = st.time("layout", func() error {
-		info, err := bootimage.Add(b, bootimage.Options{Kestrel: kestrel, ModulesDir: req.KernelModules})
+		info, err := bootimage.Add(b, bootimage.Options{Kestrel: kestrel, ModulesDir: req.KernelModules, Modules: bootimage.BaseModules})
 		if err != nil {
 			if req.KernelModules != "" {
 				return modulesError(req.KernelModules, err)

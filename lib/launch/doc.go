@@ -54,8 +54,14 @@
 //     and their archive has no lib/modules/<release>/modules.dep for the
 //     kernel being booted (the answer is cached by the archive's sha256).
 //     It is Spec.BootInitramfs when given, else built from Spec.Kestrel and
-//     the kernel directory's modules and cached under Options.CacheDir.
+//     the kernel directory's modules this VM needs and cached under
+//     Options.CacheDir: bootimage.BaseModules, DiskModules with a disk or
+//     volume, VsockModules when the agent channel is vsock.
 //   - plugin: the plugin's initramfs.
+//   - modules: when the plugin has modules for the kernel booted but lacks
+//     some the VM needs (fledge's plugins carry the base set only), those
+//     with an index of the plugin's modules and them, which replaces the
+//     plugin's; cached by the plugin's module list and what is added.
 //   - manifest: generated when the manifest travels in the initrd.
 //
 // # Run and the run directory

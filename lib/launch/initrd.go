@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -23,7 +24,9 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/bootimage"
 	"github.com/volantvm/volant/lib/initramfs"
+	"github.com/volantvm/volant/lib/kmod"
 	"github.com/volantvm/volant/lib/manifest"
+	"github.com/volantvm/volant/lib/vmm"
 	"github.com/volantvm/volant/lib/vmm/supervise"
 )
 
@@ -39,7 +42,8 @@ type InitrdPlan struct {
 // Layer is one archive of the initrd.
 type Layer struct {
 	// What is "boot-image" (kestrel + modules), "plugin" (the plugin's
-	// initramfs) or "manifest" (/etc/volant/manifest.json, generated).
+	// initramfs), "modules" (kernel modules the plugin's lack, with an
+	// index of both) or "manifest" (/etc/volant/manifest.json, generated).
 	What string `json:"what"`
 	Path string `json:"path,omitempty"`
 }
@@ -67,6 +71,24 @@ func planInitrd(ctx context.Context, s Spec, m *manifest.Manifest, arts []Artifa
 			plugin = &arts[i]
 		}
 	}
+	need := neededModules(s, m, p)
+	// The plugin's modules for the kernel booted, when it has any: the
+	// guest then sees the plugin's index, which a modules layer over it
+	// completes with what this VM needs.
+	var pluginModules []string
+	hasModules := false
+	if plugin != nil && mode != BootLayerNever {
+		scan, err := cachedScan(plugin, o.CacheDir)
+		switch {
+		case err != nil && mode == BootLayerAuto:
+			note("could not read the plugin initramfs to look for kernel modules (%v): layering the boot image under it", err)
+		case err != nil:
+		case k.release == "":
+			hasModules = len(scan) > 0
+		default:
+			pluginModules, hasModules = scan[k.release]
+		}
+	}
 	needBoot := false
 	switch {
 	case m.Rootfs != nil:
@@ -76,22 +98,10 @@ func planInitrd(ctx context.Context, s Spec, m *manifest.Manifest, arts []Artifa
 		needBoot = true
 	case mode == BootLayerAlways:
 		needBoot = true
-	case mode == BootLayerAuto:
-		rels, err := cachedScan(plugin, o.CacheDir)
-		if err != nil {
-			note("could not read the plugin initramfs to look for kernel modules (%v): layering the boot image under it", err)
-			needBoot = true
-			break
-		}
-		has := false
-		for _, r := range rels {
-			has = has || k.release == "" || r == k.release
-		}
-		if !has {
-			needBoot = true
-			if k.release != "" {
-				note("the plugin initramfs has no modules for kernel %s: layering the boot image (kestrel + modules) under it", k.release)
-			}
+	case mode == BootLayerAuto && !hasModules:
+		needBoot = true
+		if k.release != "" && plugin != nil {
+			note("the plugin initramfs has no modules for kernel %s: layering the boot image (kestrel + modules) under it", k.release)
 		}
 	}
 	ip := &InitrdPlan{}
@@ -99,7 +109,7 @@ func planInitrd(ctx context.Context, s Spec, m *manifest.Manifest, arts []Artifa
 		boot := s.BootInitramfs
 		if boot == "" {
 			var err error
-			if boot, err = bootImage(ctx, s, k, o, note); err != nil {
+			if boot, err = bootImage(ctx, s, k, o, slices.Concat(bootimage.BaseModules, need), note); err != nil {
 				return nil, err
 			}
 		} else if _, err := os.Stat(boot); err != nil {
@@ -109,6 +119,15 @@ func planInitrd(ctx context.Context, s Spec, m *manifest.Manifest, arts []Artifa
 	}
 	if plugin != nil {
 		ip.Layers = append(ip.Layers, Layer{What: "plugin", Path: plugin.Path})
+	}
+	if hasModules && k.modulesDir != "" {
+		layer, err := modulesLayer(k, o, pluginModules, need, note)
+		if err != nil {
+			return nil, err
+		}
+		if layer != "" {
+			ip.Layers = append(ip.Layers, Layer{What: "modules", Path: layer})
+		}
 	}
 	if p.Manifest.InInitrd {
 		ip.Layers = append(ip.Layers, Layer{What: "manifest"})
@@ -124,11 +143,76 @@ func planInitrd(ctx context.Context, s Spec, m *manifest.Manifest, arts []Artifa
 	return ip, nil
 }
 
+// neededModules are the kernel modules this VM needs beyond those every
+// guest has (bootimage.BaseModules): the disk modules when it has a disk
+// (root, data disk or volume), the vsock transport when its agent channel
+// is vsock (Cloud Hypervisor; QEMU's virtio-serial is in the base).
+func neededModules(s Spec, m *manifest.Manifest, p *Plan) []string {
+	var need []string
+	if m.Rootfs != nil || len(m.Disks) > 0 || len(s.Disks) > 0 || len(s.Volumes) > 0 {
+		need = append(need, bootimage.DiskModules...)
+	}
+	if p.Agent != nil && p.Agent.Transport == vmm.AgentVsock {
+		need = append(need, bootimage.VsockModules...)
+	}
+	return need
+}
+
+// modulesLayer returns the archive of kernel modules to unpack over a
+// plugin whose modules for kernel k (files, paths under
+// lib/modules/<release>) lack some of need, or "" when they lack none: the
+// missing modules with their dependencies, and an index of the plugin's
+// modules and these together, which replaces the plugin's. It is built once
+// per plugin module set and need, and cached under Options.CacheDir.
+func modulesLayer(k kernelInfo, o Options, files, need []string, note func(string, ...any)) (string, error) {
+	present := map[string]bool{}
+	have := map[string]bool{}
+	var names []string
+	for _, f := range files {
+		present[f] = true
+		if strings.HasSuffix(kmod.PlainPath(f), ".ko") && !have[kmod.Name(f)] {
+			have[kmod.Name(f)] = true
+			names = append(names, kmod.Name(f))
+		}
+	}
+	// The plugin's index came from resolving its modules, so a module it
+	// has comes with its dependencies.
+	var missing []string
+	for _, n := range need {
+		if !have[kmod.Name(n)] {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) == 0 {
+		return "", nil
+	}
+	slices.Sort(names)
+	h := sha256.New()
+	fmt.Fprintf(h, "modules-layer v1\x00%s\x00%s\x00%s\x00%s", k.release, k.modulesDir, strings.Join(files, ","), strings.Join(missing, ","))
+	out := filepath.Join(o.CacheDir, "modules-"+hex.EncodeToString(h.Sum(nil))[:16]+".cpio.gz")
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
+		return "", fmt.Errorf("modules layer cache: %w", err)
+	}
+	b := initramfs.New()
+	if _, err := bootimage.AddModules(b, bootimage.Options{ModulesDir: k.modulesDir, Release: k.release, Modules: slices.Concat(names, missing), Present: present}); err != nil {
+		return "", fmt.Errorf("building the modules layer for the plugin's kernel %s modules: %w", k.release, err)
+	}
+	if err := b.WriteFile(out, initramfs.Gzip); err != nil {
+		return "", fmt.Errorf("building the modules layer: %w", err)
+	}
+	note("built the modules layer %s: %s from %s over the plugin's modules", out, strings.Join(missing, ","), k.modulesDir)
+	return out, nil
+}
+
 // bootImage returns the boot initramfs built from kestrel and the kernel's
-// modules, from the cache or freshly built into it. The cache key is the
-// kestrel file's identity (path, size, mtime), the kernel release and the
-// module list; builds are reproducible, so a stale key only costs a rebuild.
-func bootImage(ctx context.Context, s Spec, k kernelInfo, o Options, note func(string, ...any)) (string, error) {
+// modules (with their dependencies), from the cache or freshly built into
+// it. The cache key is the kestrel file's identity (path, size, mtime), the
+// kernel release and the module list; builds are reproducible, so a stale
+// key only costs a rebuild.
+func bootImage(ctx context.Context, s Spec, k kernelInfo, o Options, modules []string, note func(string, ...any)) (string, error) {
 	kestrel := s.Kestrel
 	if kestrel == "" {
 		kestrel = o.Kestrel
@@ -147,8 +231,8 @@ func bootImage(ctx context.Context, s Spec, k kernelInfo, o Options, note func(s
 	}
 	abs, _ := filepath.Abs(kestrel)
 	h := sha256.New()
-	fmt.Fprintf(h, "boot-image v1\x00%s\x00%d\x00%d\x00%s\x00%s\x00%s", abs, st.Size(), st.ModTime().UnixNano(), k.release, k.modulesDir,
-		strings.Join(bootimage.DefaultModules, ","))
+	fmt.Fprintf(h, "boot-image v2\x00%s\x00%d\x00%d\x00%s\x00%s\x00%s", abs, st.Size(), st.ModTime().UnixNano(), k.release, k.modulesDir,
+		strings.Join(modules, ","))
 	out := filepath.Join(o.CacheDir, "boot-"+hex.EncodeToString(h.Sum(nil))[:16]+".cpio.gz")
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
@@ -157,7 +241,7 @@ func bootImage(ctx context.Context, s Spec, k kernelInfo, o Options, note func(s
 		return "", fmt.Errorf("boot initramfs cache: %w", err)
 	}
 	b := initramfs.New()
-	if _, err := bootimage.Add(b, bootimage.Options{Kestrel: kestrel, ModulesDir: k.modulesDir, Release: k.release}); err != nil {
+	if _, err := bootimage.Add(b, bootimage.Options{Kestrel: kestrel, ModulesDir: k.modulesDir, Release: k.release, Modules: modules}); err != nil {
 		return "", fmt.Errorf("building the boot initramfs: %w", err)
 	}
 	if err := b.WriteFile(out, initramfs.Gzip); err != nil {
@@ -167,13 +251,10 @@ func bootImage(ctx context.Context, s Spec, k kernelInfo, o Options, note func(s
 	return out, nil
 }
 
-// cachedScan lists the kernel releases an initramfs carries modules for
-// (lib/modules/<release>/modules.dep), caching the answer by the archive's
-// verified sha256 (or its size and mtime when the manifest gave no checksum).
-func cachedScan(a *Artifact, cacheDir string) ([]string, error) {
-	if a == nil {
-		return nil, nil
-	}
+// cachedScan lists the kernel modules an initramfs carries (ScanModules),
+// caching the answer by the archive's verified sha256 (or its size and
+// mtime when the manifest gave no checksum).
+func cachedScan(a *Artifact, cacheDir string) (map[string][]string, error) {
 	key := a.SHA256
 	if !a.Verified {
 		st, err := os.Stat(a.Path)
@@ -183,40 +264,52 @@ func cachedScan(a *Artifact, cacheDir string) ([]string, error) {
 		h := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%d", a.Path, st.Size(), st.ModTime().UnixNano())))
 		key = "stat-" + hex.EncodeToString(h[:])
 	}
-	cache := filepath.Join(cacheDir, "scan", key+".json")
-	var rels []string
-	if b, err := os.ReadFile(cache); err == nil && json.Unmarshal(b, &rels) == nil {
-		return rels, nil
+	cache := filepath.Join(cacheDir, "scan", "modules-"+key+".json")
+	var mods map[string][]string
+	if b, err := os.ReadFile(cache); err == nil && json.Unmarshal(b, &mods) == nil {
+		return mods, nil
 	}
-	rels, err := ModuleReleases(a.Path)
+	mods, err := ScanModules(a.Path)
 	if err != nil {
 		return nil, err
 	}
-	if b, err := json.Marshal(rels); err == nil && os.MkdirAll(filepath.Dir(cache), 0o755) == nil {
+	if b, err := json.Marshal(mods); err == nil && os.MkdirAll(filepath.Dir(cache), 0o755) == nil {
 		_ = supervise.WriteFileAtomic(cache, b, 0o644) // a cache: losing it costs a rescan
 	}
-	return rels, nil
+	return mods, nil
 }
 
-// ModuleReleases lists the kernel releases an initramfs archive (newc cpio,
-// uncompressed or gzip/zstd/xz, possibly several concatenated) has
-// lib/modules/<release>/modules.dep for.
-func ModuleReleases(path string) ([]string, error) {
+// ScanModules reads an initramfs archive (newc cpio, uncompressed or
+// gzip/zstd/xz, possibly several concatenated) and returns, for each kernel
+// release it has lib/modules/<release>/modules.dep for, its module files
+// (paths under lib/modules/<release>/, sorted).
+func ScanModules(path string) (map[string][]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
 	br := bufio.NewReaderSize(f, 1<<16)
-	var rels []string
-	seen := map[string]bool{}
+	indexed := map[string]bool{}
+	files := map[string][]string{}
+	result := func() map[string][]string {
+		out := map[string][]string{}
+		for rel := range indexed {
+			out[rel] = files[rel]
+			slices.Sort(out[rel])
+			if out[rel] == nil {
+				out[rel] = []string{}
+			}
+		}
+		return out
+	}
 	for {
 		// Skip the zero padding between concatenated archives.
 		for {
 			b, err := br.Peek(1)
 			if err != nil {
 				if errors.Is(err, io.EOF) {
-					return rels, nil
+					return result(), nil
 				}
 				return nil, err
 			}
@@ -231,10 +324,15 @@ func ModuleReleases(path string) ([]string, error) {
 		}
 		err = walkNewc(r, func(name string) {
 			name = strings.TrimPrefix(strings.TrimPrefix(name, "."), "/")
-			parts := strings.Split(name, "/")
-			if len(parts) == 4 && parts[0] == "lib" && parts[1] == "modules" && parts[3] == "modules.dep" && !seen[parts[2]] {
-				seen[parts[2]] = true
-				rels = append(rels, parts[2])
+			parts := strings.SplitN(name, "/", 4)
+			if len(parts) < 4 || parts[0] != "lib" || parts[1] != "modules" {
+				return
+			}
+			switch rest := parts[3]; {
+			case rest == "modules.dep":
+				indexed[parts[2]] = true
+			case strings.HasSuffix(kmod.PlainPath(rest), ".ko"):
+				files[parts[2]] = append(files[parts[2]], rest)
 			}
 		})
 		if closer != nil {
@@ -246,7 +344,7 @@ func ModuleReleases(path string) ([]string, error) {
 		if r != io.Reader(br) {
 			// A compressed stream consumed the rest of the file (gzip reads
 			// concatenated members itself); other formats are not followed.
-			return rels, nil
+			return result(), nil
 		}
 	}
 }

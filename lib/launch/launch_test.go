@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -372,7 +373,7 @@ func TestNameAndNetworkFromLease(t *testing.T) {
 	}
 }
 
-func TestModuleReleases(t *testing.T) {
+func TestScanModules(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, c initramfs.Compression, files ...string) string {
 		b := initramfs.New()
@@ -386,7 +387,8 @@ func TestModuleReleases(t *testing.T) {
 		return p
 	}
 	plain := write("plain.cpio", initramfs.None, "/lib/modules/6.1.0-a/modules.dep", "/bin/x")
-	gz := write("gz.cpio.gz", initramfs.Gzip, "/bin/x", "/lib/modules/6.1.0-b/modules.dep", "/lib/modules/6.1.0-b/kernel/y.ko")
+	gz := write("gz.cpio.gz", initramfs.Gzip, "/bin/x", "/lib/modules/6.1.0-b/modules.dep", "/lib/modules/6.1.0-b/kernel/y.ko",
+		"/lib/modules/6.1.0-b/kernel/a/z.ko.xz", "/lib/modules/6.1.0-b/modules.alias", "/lib/modules/6.1.0-c/kernel/w.ko")
 	none := write("none.cpio", initramfs.None, "/init", "/lib/modules/README")
 	// Two archives concatenated, padded like stageInitrd does.
 	cat := filepath.Join(dir, "cat.cpio")
@@ -395,19 +397,25 @@ func TestModuleReleases(t *testing.T) {
 	os.WriteFile(cat, append(append(a, 0, 0, 0, 0), b...), 0o644)
 	for _, tc := range []struct {
 		path string
-		want string
-	}{{plain, "6.1.0-a"}, {gz, "6.1.0-b"}, {none, ""}, {cat, "6.1.0-a"}} {
-		got, err := ModuleReleases(tc.path)
+		want map[string][]string
+	}{
+		{plain, map[string][]string{"6.1.0-a": {}}},
+		// Module files of releases with an index, sorted; no index, no release.
+		{gz, map[string][]string{"6.1.0-b": {"kernel/a/z.ko.xz", "kernel/y.ko"}}},
+		{none, map[string][]string{}},
+		{cat, map[string][]string{"6.1.0-a": {}}},
+	} {
+		got, err := ScanModules(tc.path)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.path, err)
 		}
-		if strings.Join(got, ",") != tc.want {
-			t.Fatalf("%s: %v, want %q", tc.path, got, tc.want)
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Fatalf("%s: %v, want %v", tc.path, got, tc.want)
 		}
 	}
 	junk := filepath.Join(dir, "junk")
 	os.WriteFile(junk, []byte("definitely not an archive"), 0o644)
-	if _, err := ModuleReleases(junk); err == nil {
+	if _, err := ScanModules(junk); err == nil {
 		t.Fatal("junk accepted as an initramfs")
 	}
 }
