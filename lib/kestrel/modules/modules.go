@@ -16,7 +16,9 @@
 //   - modules the caller names as "later" (on the initramfs path kestrel
 //     holds back the virtio console's and, for a plugin without disks,
 //     virtio_blk: see boot.LateModules) are left out of the boot and
-//     loaded with LoadLater once the workload is up.
+//     loaded with LoadLater once the workload is up, unless they are
+//     virtio drivers whose device the guest lacks (a VM without a block
+//     device never loads virtio_blk).
 //
 // A required module that fails is an error; soft-dependency alternatives
 // (crc32c_intel needs SSE4.2) may fail, and are skipped.
@@ -29,6 +31,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -261,9 +265,14 @@ func Load(m *guest.Machine, dir string, all bool, extra, later []string, log *sl
 }
 
 // LoadLater loads the modules Load held back (names, with their
-// dependencies) from dir.
+// dependencies) from dir, except virtio drivers whose device the guest
+// lacks (see WithDevices).
 func LoadLater(m *guest.Machine, dir string, names []string, log *slog.Logger) error {
 	m.Check()
+	names, absent := WithDevices(dir, "/sys", names)
+	if len(absent) > 0 {
+		log.Info("later kernel modules without a device: not loaded", "modules", strings.Join(absent, ","))
+	}
 	if len(names) == 0 {
 		return nil
 	}
@@ -278,6 +287,72 @@ func LoadLater(m *guest.Machine, dir string, names []string, log *slog.Logger) e
 	}
 	log.Info("later kernel modules loaded", "modules", strings.Join(names, ","), "loaded", loaded, "took", time.Since(t0).Round(time.Millisecond))
 	return nil
+}
+
+// WithDevices splits names into those to load and the virtio drivers among
+// them whose device is not on the guest's virtio bus (sys is /sys): a
+// driver whose aliases in dir's index are all virtio device aliases
+// ("virtio:d00000002v*", virtio_blk) while no device in
+// sys/bus/virtio/devices has one of their ids. Only once the virtio
+// transports are loaded does the bus list every device; before that it
+// would find none.
+func WithDevices(dir, sys string, names []string) (load, absent []string) {
+	ix, err := readIndex(dir)
+	if err != nil {
+		return names, nil
+	}
+	var have map[uint64]bool
+	for _, n := range names {
+		ids := virtioIDs(ix.aliases[kmod.Name(n)])
+		if len(ids) == 0 {
+			load = append(load, n)
+			continue
+		}
+		if have == nil {
+			have = virtioDevices(sys)
+		}
+		if slices.ContainsFunc(ids, func(id uint64) bool { return have[id] }) {
+			load = append(load, n)
+		} else {
+			absent = append(absent, n)
+		}
+	}
+	return load, absent
+}
+
+// virtioIDs returns the device ids of aliases when every one of them is a
+// virtio device alias (virtio:d<8 hex digits>v<vendor>), else nil.
+func virtioIDs(aliases []string) []uint64 {
+	var ids []uint64
+	for _, a := range aliases {
+		rest, ok := strings.CutPrefix(a, "virtio:d")
+		if !ok || len(rest) < 8 {
+			return nil
+		}
+		id, err := strconv.ParseUint(rest[:8], 16, 32)
+		if err != nil {
+			return nil
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// virtioDevices reads the device ids on the virtio bus ("0x0002").
+func virtioDevices(sys string) map[uint64]bool {
+	out := map[uint64]bool{}
+	devs := filepath.Join(sys, "bus/virtio/devices")
+	ents, _ := os.ReadDir(devs)
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(devs, e.Name(), "device"))
+		if err != nil {
+			continue
+		}
+		if id, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSpace(string(b)), "0x"), 16, 32); err == nil {
+			out[id] = true
+		}
+	}
+	return out
 }
 
 // loadSteps loads steps in order, skipping modules the kernel already has

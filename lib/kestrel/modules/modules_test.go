@@ -207,3 +207,29 @@ func TestPlanOnDebianKernel(t *testing.T) {
 		t.Fatalf("fs-ext4 resolves to %s", stepNames(fs))
 	}
 }
+
+// A later virtio driver is loaded only when its device is on the virtio
+// bus: a VM without a block device never loads virtio_blk. Modules that are
+// not virtio drivers (evdev) always load.
+func TestLaterVirtioDriversNeedTheirDevice(t *testing.T) {
+	dir := fakeIndex(t)
+	sys := t.TempDir()
+	devs := filepath.Join(sys, "bus/virtio/devices")
+	addDevice := func(name, id string) {
+		os.MkdirAll(filepath.Join(devs, name), 0o755)
+		if err := os.WriteFile(filepath.Join(devs, name, "device"), []byte(id+"\n"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	later := []string{"virtio_blk", "evdev"}
+	addDevice("virtio0", "0x0001") // a NIC
+	load, absent := WithDevices(dir, sys, later)
+	if strings.Join(load, ",") != "evdev" || strings.Join(absent, ",") != "virtio_blk" {
+		t.Fatalf("without a block device: load %v, absent %v", load, absent)
+	}
+	addDevice("virtio1", "0x0002")
+	load, absent = WithDevices(dir, sys, later)
+	if strings.Join(load, ",") != "virtio_blk,evdev" || len(absent) != 0 {
+		t.Fatalf("with a block device: load %v, absent %v", load, absent)
+	}
+}
