@@ -186,22 +186,13 @@ func modulesLayer(k kernelInfo, o Options, files, need []string, note func(strin
 	if len(missing) == 0 {
 		return "", nil
 	}
-	slices.Sort(names)
-	h := sha256.New()
-	fmt.Fprintf(h, "modules-layer v1\x00%s\x00%s\x00%s\x00%s", k.release, k.modulesDir, strings.Join(files, ","), strings.Join(missing, ","))
-	out := filepath.Join(o.CacheDir, "modules-"+hex.EncodeToString(h.Sum(nil))[:16]+".cpio.gz")
-	if _, err := os.Stat(out); err == nil {
-		return out, nil
-	}
-	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
-		return "", fmt.Errorf("modules layer cache: %w", err)
-	}
-	b := initramfs.New()
-	if _, err := bootimage.AddModules(b, bootimage.Options{ModulesDir: k.modulesDir, Release: k.release, Modules: slices.Concat(names, missing), Present: present}); err != nil {
-		return "", fmt.Errorf("building the modules layer for the plugin's kernel %s modules: %w", k.release, err)
-	}
-	if err := b.WriteFile(out, initramfs.Gzip); err != nil {
-		return "", fmt.Errorf("building the modules layer: %w", err)
+	key := fmt.Sprintf("modules-layer v1\x00%s\x00%s\x00%s\x00%s", k.release, k.modulesDir, strings.Join(files, ","), strings.Join(missing, ","))
+	out, built, err := cachedArchive(o.CacheDir, "modules", key, func(b *initramfs.Builder) error {
+		_, err := bootimage.AddModules(b, bootimage.Options{ModulesDir: k.modulesDir, Release: k.release, Modules: slices.Concat(names, missing), Present: present})
+		return err
+	})
+	if err != nil || !built {
+		return out, err
 	}
 	note("built the modules layer %s: %s from %s over the plugin's modules", out, strings.Join(missing, ","), k.modulesDir)
 	return out, nil
@@ -230,25 +221,39 @@ func bootImage(ctx context.Context, s Spec, k kernelInfo, o Options, modules []s
 		return "", fmt.Errorf("kestrel: %w", err)
 	}
 	abs, _ := filepath.Abs(kestrel)
-	h := sha256.New()
-	fmt.Fprintf(h, "boot-image v2\x00%s\x00%d\x00%d\x00%s\x00%s\x00%s", abs, st.Size(), st.ModTime().UnixNano(), k.release, k.modulesDir,
+	key := fmt.Sprintf("boot-image v2\x00%s\x00%d\x00%d\x00%s\x00%s\x00%s", abs, st.Size(), st.ModTime().UnixNano(), k.release, k.modulesDir,
 		strings.Join(modules, ","))
-	out := filepath.Join(o.CacheDir, "boot-"+hex.EncodeToString(h.Sum(nil))[:16]+".cpio.gz")
-	if _, err := os.Stat(out); err == nil {
-		return out, nil
-	}
-	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
-		return "", fmt.Errorf("boot initramfs cache: %w", err)
-	}
-	b := initramfs.New()
-	if _, err := bootimage.Add(b, bootimage.Options{Kestrel: kestrel, ModulesDir: k.modulesDir, Release: k.release, Modules: modules}); err != nil {
-		return "", fmt.Errorf("building the boot initramfs: %w", err)
-	}
-	if err := b.WriteFile(out, initramfs.Gzip); err != nil {
-		return "", fmt.Errorf("building the boot initramfs: %w", err)
+	out, built, err := cachedArchive(o.CacheDir, "boot", key, func(b *initramfs.Builder) error {
+		_, err := bootimage.Add(b, bootimage.Options{Kestrel: kestrel, ModulesDir: k.modulesDir, Release: k.release, Modules: modules})
+		return err
+	})
+	if err != nil || !built {
+		return out, err
 	}
 	note("built the boot initramfs %s from %s and the modules of %s", out, kestrel, k.release)
 	return out, nil
+}
+
+// cachedArchive returns <cacheDir>/<prefix>-<hash of key>.cpio.gz, built
+// by add first when it is not there (built then reports so). Builds are
+// reproducible, so a stale key only costs a rebuild.
+func cachedArchive(cacheDir, prefix, key string, add func(*initramfs.Builder) error) (path string, built bool, err error) {
+	h := sha256.Sum256([]byte(key))
+	out := filepath.Join(cacheDir, prefix+"-"+hex.EncodeToString(h[:])[:16]+".cpio.gz")
+	if _, err := os.Stat(out); err == nil {
+		return out, false, nil
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return "", false, fmt.Errorf("the initramfs cache: %w", err)
+	}
+	b := initramfs.New()
+	if err := add(b); err != nil {
+		return "", false, fmt.Errorf("building the %s initramfs: %w", prefix, err)
+	}
+	if err := b.WriteFile(out, initramfs.Gzip); err != nil {
+		return "", false, fmt.Errorf("building the %s initramfs: %w", prefix, err)
+	}
+	return out, true, nil
 }
 
 // cachedScan lists the kernel modules an initramfs carries (ScanModules),
