@@ -26,9 +26,9 @@ help: ## list targets
 
 all: build ## same as build
 
-build: ## build every command into bin/ (kestrel and volant-launch static, CGO off)
+build: ## build every command into bin/ (kestrel and volant-launch static, CGO off; kestrel's flags in lib/kestrel/kestrelbuild)
 	@mkdir -p $(BIN)
-	$(if $(filter kestrel,$(CMDS)),CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $(BIN)/kestrel ./cmd/kestrel)
+	$(if $(filter kestrel,$(CMDS)),$(GO) run ./lib/kestrel/kestrelbuild/make.go -go $(GO) -version $(VERSION) -o $(BIN)/kestrel)
 	$(if $(filter volant-launch,$(CMDS)),CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/volant-launch ./cmd/volant-launch)
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(filter-out kestrel volant-launch,$(CMDS)))
 

@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/volantvm/volant/lib/kernel"
+	"github.com/volantvm/volant/lib/kestrel/kestrelbuild"
 	"github.com/volantvm/volant/lib/testutil/netnstest"
 )
 
@@ -48,30 +49,33 @@ func QEMU(t testing.TB) string {
 	return p
 }
 
-// builds holds one build per package per test process.
-var builds sync.Map // package path -> *build
+// builds holds one build per binary per test process.
+var builds sync.Map // package path, or "kestrel" -> *buildResult
 
-type build struct {
+type buildResult struct {
 	once sync.Once
 	path string
 	err  error
 }
 
-// Kestrel returns a static kestrel binary: $VOLANT_KESTREL when set (the
-// Makefile passes bin/kestrel), else one built from this checkout once per
-// test process.
+// Kestrel returns a static kestrel binary, built as package kestrelbuild
+// states: $VOLANT_KESTREL when set (the Makefile passes bin/kestrel), which
+// fails the test if it was built otherwise, else one built from this
+// checkout once per test process.
 func Kestrel(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("VOLANT_KESTREL"); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("VOLANT_KESTREL=%s: %v", p, err)
 		}
+		if err := kestrelbuild.Check(p); err != nil {
+			t.Fatalf("VOLANT_KESTREL: %v", err)
+		}
 		return p
 	}
-	// As the Makefile builds it, version included: without one, kestrel
-	// reads its build info at every start (lib/buildinfo), which a
-	// release build does not, and boot benchmarks would count it.
-	return buildPackage(t, "cmd/kestrel", false, "-trimpath", "-ldflags", "-s -w -X github.com/volantvm/volant/lib/buildinfo.Version=test")
+	return buildOnce(t, "kestrel", func(root, out string) (*exec.Cmd, error) {
+		return kestrelbuild.Command(context.Background(), kestrelbuild.Options{Dir: root, Out: out, Version: "test"})
+	})
 }
 
 // StaticInit returns a static build (no cgo, stripped) of a test's init
@@ -80,20 +84,25 @@ func Kestrel(t testing.TB) string {
 // the commands.
 func StaticInit(t testing.TB, pkg string) string {
 	t.Helper()
-	return buildPackage(t, pkg, false, "-trimpath", "-ldflags", "-s -w")
+	return buildOnce(t, pkg, goBuild(pkg, false, "-trimpath", "-ldflags", "-s -w"))
 }
 
 // Command returns the binary of cmd/<name>: $VOLANT_BIN/<name> when the
 // Makefile provides it, else one built from this checkout (with the
-// system SQLite, as the Makefile builds) once per test process.
+// system SQLite, as the Makefile builds) once per test process. kestrel
+// is Kestrel.
 func Command(t testing.TB, name string) string {
 	t.Helper()
+	if name == "kestrel" {
+		return Kestrel(t)
+	}
 	if d := os.Getenv("VOLANT_BIN"); d != "" {
 		if p := filepath.Join(d, name); fileExists(p) {
 			return p
 		}
 	}
-	return buildPackage(t, "cmd/"+name, true, "-tags", "libsqlite3 containers_image_openpgp")
+	pkg := "cmd/" + name
+	return buildOnce(t, pkg, goBuild(pkg, true, "-tags", "libsqlite3 containers_image_openpgp"))
 }
 
 func fileExists(p string) bool {
@@ -101,15 +110,33 @@ func fileExists(p string) bool {
 	return err == nil && st.Mode().IsRegular()
 }
 
-// buildPackage builds the package at pkg (relative to the module root)
-// with flags once per test process, with cgo or without. Builds share one
-// directory and are named by their content, replaced atomically by each
-// test process, so test runs leave no trail of temporary directories.
-func buildPackage(t testing.TB, pkg string, cgo bool, flags ...string) string {
+// A builder returns the command that, run in the module root root,
+// writes a binary to out.
+type builder func(root, out string) (*exec.Cmd, error)
+
+// goBuild is a builder of go build with flags on the package at pkg
+// (relative to the module root), with cgo or without.
+func goBuild(pkg string, cgo bool, flags ...string) builder {
+	return func(root, out string) (*exec.Cmd, error) {
+		args := append(append([]string{"build"}, flags...), "-o", out, "./"+pkg)
+		cmd := exec.Command("go", args...)
+		cmd.Dir = root
+		if !cgo {
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		}
+		return cmd, nil
+	}
+}
+
+// buildOnce builds the binary named by key's last element with build, once
+// per test process. Builds share one directory and are named by their
+// content, replaced atomically by each test process, so test runs leave
+// no trail of temporary directories.
+func buildOnce(t testing.TB, key string, build builder) string {
 	t.Helper()
-	name := filepath.Base(pkg)
-	v, _ := builds.LoadOrStore(pkg, &build{})
-	b := v.(*build)
+	name := filepath.Base(key)
+	v, _ := builds.LoadOrStore(key, &buildResult{})
+	b := v.(*buildResult)
 	b.once.Do(func() {
 		root, err := ModuleRoot()
 		if err != nil {
@@ -122,11 +149,10 @@ func buildPackage(t testing.TB, pkg string, cgo bool, flags ...string) string {
 			return
 		}
 		tmp := filepath.Join(dir, fmt.Sprintf(".%s-%d", name, os.Getpid()))
-		args := append(append([]string{"build"}, flags...), "-o", tmp, "./"+pkg)
-		cmd := exec.Command("go", args...)
-		cmd.Dir = root
-		if !cgo {
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		cmd, err := build(root, tmp)
+		if err != nil {
+			b.err = err
+			return
 		}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			os.Remove(tmp)
@@ -139,7 +165,7 @@ func buildPackage(t testing.TB, pkg string, cgo bool, flags ...string) string {
 		}
 	})
 	if b.err != nil {
-		t.Fatalf("building %s: %v", pkg, b.err)
+		t.Fatalf("building %s: %v", key, b.err)
 	}
 	return b.path
 }
