@@ -5,10 +5,13 @@ import (
 	"context"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/volantvm/volant/lib/agentapi"
 	"github.com/volantvm/volant/lib/kestrel/reaper"
@@ -272,5 +275,62 @@ func TestStreamsApart(t *testing.T) {
 	}
 	if got := stderr.String(); got != "err1\nerr2\n" {
 		t.Errorf("stderr = %q", got)
+	}
+}
+
+// TestWorkloadDescriptors: the workload gets stdin, stdout and stderr and
+// no descriptor of kestrel's besides, and its output streams are blocking
+// (a program that does not expect EAGAIN on stdout must not see it), both
+// with a pipe per stream and with one shared pipe.
+func TestWorkloadDescriptors(t *testing.T) {
+	r := setup(t)
+	// Descriptors this test process inherited without close-on-exec are
+	// the environment's, passed on to every child: not kestrel's doing.
+	inherited := map[string]bool{}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		fd, _ := strconv.Atoi(e.Name())
+		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+			inherited[e.Name()] = true
+		}
+	}
+	script := `for fd in 1 2; do grep '^flags:' /proc/self/fdinfo/$fd; done; exec ls -l /proc/self/fd`
+	for name, out := range map[string]func() Output{
+		"a pipe per stream": func() Output { return Output{Stdout: &syncBuf{}, Stderr: &syncBuf{}} },
+		"one pipe":          func() Output { b := &syncBuf{}; return Output{Stdout: b, Stderr: b} },
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := out()
+			s := New(spec(t, manifest.Workload{Entrypoint: []string{"sh", "-c", script}, Restart: "no"}), r, o, nil, nil)
+			run(t, s, context.Background())
+			got := o.Stdout.(*syncBuf).String()
+			lines := strings.Split(strings.TrimSpace(got), "\n")
+			if len(lines) < 3 {
+				t.Fatalf("output %q", got)
+			}
+			for _, l := range lines[:2] {
+				flags, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(l, "flags:")), 8, 32)
+				if err != nil || flags&unix.O_NONBLOCK != 0 {
+					t.Errorf("an output stream has flags %q (%v): want blocking", l, err)
+				}
+			}
+			var fds []string
+			for _, l := range lines[2:] {
+				// "lr-x------ 1 root root 64 Dec  6 10:04 0 -> /dev/null"
+				name, target, ok := strings.Cut(l, " -> ")
+				if !ok {
+					continue
+				}
+				f := strings.Fields(name)
+				fd := f[len(f)-1]
+				if fd == "0" || fd == "1" || fd == "2" || inherited[fd] || strings.HasPrefix(target, "/proc/") {
+					continue // stdio, the environment's, ls's own directory
+				}
+				fds = append(fds, fd+" -> "+target)
+			}
+			if len(fds) > 0 {
+				t.Errorf("the workload got kestrel's descriptors %v:\n%s", fds, got)
+			}
+		})
 	}
 }
