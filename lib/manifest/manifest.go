@@ -17,8 +17,6 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/volantvm/volant/lib/apierr"
@@ -168,16 +166,28 @@ func Decode(data []byte) (*Manifest, error) {
 	if len(data) > MaxBytes {
 		return nil, apierr.New(apierr.TooLarge, "manifest is %d bytes; the limit is %d", len(data), MaxBytes)
 	}
-	var generic any
-	if err := json.Unmarshal(data, &generic); err != nil {
+	var m Manifest
+	err := json.Unmarshal(data, &m)
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
 		return nil, invalid(syntaxProblem(data, err))
 	}
-	if _, ok := generic.(map[string]any); !ok {
+	// The syntax is valid: Unmarshal checks all of it before it decodes.
+	t := reflect.TypeFor[Manifest]()
+	s := keyScan{data: data}
+	start := skipSpace(data, 0)
+	s.value(start, t)
+	if s.overflow != "" {
+		return nil, invalid([]Problem{{Message: "must be a number, not number " + s.overflow}})
+	}
+	if start >= len(data) || data[start] != '{' {
 		return nil, invalid([]Problem{{Field: "", Message: "a manifest is a JSON object"}})
 	}
-	probs := unknownFields(generic, reflect.TypeOf(Manifest{}), "")
-	var m Manifest
-	if err := json.Unmarshal(data, &m); err != nil {
+	var probs []Problem
+	if s.unknown {
+		probs = unknownKeys(data, start, t, "")
+	}
+	if err != nil {
 		probs = append(probs, syntaxProblem(data, err)...)
 	}
 	if len(probs) > 0 {
@@ -261,69 +271,6 @@ func jsonKind(t reflect.Type) string {
 		return jsonKind(t.Elem())
 	}
 	return t.String()
-}
-
-// unknownFields walks a generic decode against the struct type and reports
-// every key that no field takes, with its full path.
-func unknownFields(v any, t reflect.Type, path string) []Problem {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	var probs []Problem
-	switch t.Kind() {
-	case reflect.Struct:
-		obj, ok := v.(map[string]any)
-		if !ok {
-			return nil // type errors are reported by the typed decode
-		}
-		fields := map[string]reflect.Type{}
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if name == "-" || !f.IsExported() {
-				continue
-			}
-			if name == "" {
-				name = f.Name
-			}
-			fields[name] = f.Type
-		}
-		keys := make([]string, 0, len(obj))
-		for k := range obj {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			ft, ok := fields[k]
-			if !ok {
-				probs = append(probs, Problem{Field: join(path, k), Message: "unknown field" + suggest(k, fields)})
-				continue
-			}
-			probs = append(probs, unknownFields(obj[k], ft, join(path, k))...)
-		}
-	case reflect.Slice:
-		arr, ok := v.([]any)
-		if !ok {
-			return nil
-		}
-		for i, e := range arr {
-			probs = append(probs, unknownFields(e, t.Elem(), path+"["+strconv.Itoa(i)+"]")...)
-		}
-	case reflect.Map:
-		obj, ok := v.(map[string]any)
-		if !ok {
-			return nil
-		}
-		keys := make([]string, 0, len(obj))
-		for k := range obj {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			probs = append(probs, unknownFields(obj[k], t.Elem(), join(path, k))...)
-		}
-	}
-	return probs
 }
 
 func join(path, k string) string {
