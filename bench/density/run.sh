@@ -20,7 +20,7 @@
 # supervisor), to the hypervisor answering, and to volantd recording it
 # healthy (vm.started and vm.healthy events; healthy frees the slot). SIDES (default "volantd script") picks
 # the sides and their order; the side "before" is the volantd side with the
-# volantd, volant-launch and kestrel of another build, in directory BEFORE
+# volantd, volant-launch, kestrel and (when there) fledge of another build, in directory BEFORE
 # (a change and what it changed, in one run). Writes bench/results/density.json.
 #
 #   VMS=36 WINDOW=120s bash bench/density/run.sh   (root, qemu, make build, make kernel)

@@ -77,16 +77,22 @@ func BenchmarkVMDensity(b *testing.B) {
 		var r map[string]any
 		switch side {
 		case "volantd":
-			r = densityVolantd(b, ns, k, realBins(b), kestrel, o)
+			r = densityVolantd(b, ns, k, realBins(b), kestrel, "", o)
 		case "before":
-			// The volantd side with another build's volantd, volant-launch
-			// and kestrel (VOLANT_BENCH_BEFORE, a directory holding them):
+			// The volantd side with another build's volantd, volant-launch,
+			// kestrel and fledge (VOLANT_BENCH_BEFORE, a directory holding them):
 			// a change and what it changed, measured in one run.
 			dir := os.Getenv("VOLANT_BENCH_BEFORE")
 			if dir == "" {
 				b.Fatal("side before: set VOLANT_BENCH_BEFORE to a directory with volantd, volant-launch and kestrel")
 			}
-			r = densityVolantd(b, ns, k, dir, filepath.Join(dir, "kestrel"), o)
+			// Its plugin too, when dir holds a fledge: what goes into
+			// a plugin is part of a change.
+			fl := filepath.Join(dir, "fledge")
+			if _, err := os.Stat(fl); err != nil {
+				fl = ""
+			}
+			r = densityVolantd(b, ns, k, dir, filepath.Join(dir, "kestrel"), fl, o)
 		case "script":
 			r = densityScript(b, ns, k, vmlinux, qemuBin, o)
 		default:
@@ -176,7 +182,7 @@ func nsPids(ns *netnstest.NS, name string) []int {
 	return out
 }
 
-func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kestrel string, o densityOpts) map[string]any {
+func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kestrel, fledgeBin string, o densityOpts) map[string]any {
 	dir := b.TempDir()
 	// Diagnosis knobs: volantd's poll interval of running guests and the
 	// plugin's health check interval (both 5 s by default).
@@ -190,7 +196,17 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 	}
 	d := startDaemonFrom(b, bins, dir, []string{"ip", "netns", "exec", ns.Name}, nil, nil, args...)
 	ctx := context.Background()
-	if _, err := d.c.InstallPlugin(ctx, webPluginProbed(b, filepath.Join(dir, "data", "plugins", "web"), k.ModulesDir, kestrel, probeMS), client.InstallOptions{}); err != nil {
+	// The plugin is built by fledgeBin when given (the side before's
+	// own), else by this tree's lib/fledge.
+	plugin := guestPlugin{Name: "web", Entrypoint: httpdWWW, Health: "/index.html", IntervalMS: probeMS,
+		Files: map[string]string{"index.html": "hello from volant\n"}}
+	plugin.Fledge = fledgeBin
+	built := plugin.build(b, filepath.Join(dir, "data", "plugins", "web"), k.ModulesDir, kestrel)
+	manifest, err := os.ReadFile(built.Manifest)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := d.c.InstallPlugin(ctx, manifest, client.InstallOptions{}); err != nil {
 		b.Fatal(err)
 	}
 	// Every vm.* event from here on: when each replica's hypervisor
@@ -300,6 +316,9 @@ func densityVolantd(b *testing.B, ns *netnstest.NS, k *kernel.Kernel, bins, kest
 		}
 	}
 	r["not_healthy_at_window_end"] = notHealthy
+	if st, err := os.Stat(built.Artifact); err == nil {
+		r["plugin_archive_bytes"] = st.Size()
+	}
 	evMu.Lock()
 	for k, v := range densityBreakdown(t0, all, seen) {
 		r[k] = v

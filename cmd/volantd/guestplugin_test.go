@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -42,6 +44,9 @@ type guestPlugin struct {
 	// SecretEnv and SecretFiles are the secrets the manifest names (its
 	// [secrets] table): a create must give them as inputs.
 	SecretEnv, SecretFiles []string
+	// Fledge, when set, is a fledge binary (another build's) that builds
+	// the plugin instead of this tree's lib/fledge.
+	Fledge string
 }
 
 // httpdWWW is busybox httpd serving /www on port 80.
@@ -95,6 +100,17 @@ func (p guestPlugin) build(t testing.TB, outDir, modulesDir, kestrel string) *fl
 	cfg := filepath.Join(src, "fledge.toml")
 	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if p.Fledge != "" {
+		out, err := exec.Command(p.Fledge, "build", "-q", "-c", cfg, "-o", outDir, "--kernel-modules", modulesDir, "--kestrel", kestrel).Output()
+		var res fledge.Result
+		if err == nil {
+			err = json.Unmarshal(out, &res)
+		}
+		if err != nil {
+			t.Fatalf("%s build of %s: %v %s", p.Fledge, p.Name, err, out)
+		}
+		return &res
 	}
 	res, err := fledge.Build(context.Background(), fledge.Request{Config: cfg, OutputDir: outDir,
 		KernelModules: modulesDir, Kestrel: kestrel, SignKey: p.SignKey})
