@@ -14,8 +14,9 @@
 //     keep the image's owners and device nodes); no loop mount.
 //   - initramfs: the boot layout (lib/bootimage: FHS skeleton,
 //     /dev/console, kestrel as /init, optionally the kernel modules every
-//     guest needs, bootimage.BaseModules, with their index), busybox with its applet links, mappings, written as a
-//     reproducible newc cpio + gzip (lib/initramfs). No root needed.
+//     guest needs, bootimage.BaseModules, with their index), busybox with
+//     its applet links, mappings, written as a reproducible newc cpio +
+//     gzip (lib/initramfs). No root needed.
 //
 // BootInitramfs writes the initrd rootfs plugins boot with: kestrel and the
 // guest kernel's modules only.
