@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -140,11 +141,15 @@ func newGuests(t *testing.T, pr *controllertest.Prober, good ...string) *guests 
 
 func (g *guests) use(c *controller.Controller) { g.mu.Lock(); g.c = c; g.mu.Unlock() }
 
+// setGood says whether replicas of version v answer healthy from the next
+// tick on.
+func (g *guests) setGood(v string, ok bool) { g.mu.Lock(); g.good[v] = ok; g.mu.Unlock() }
+
 func (g *guests) arm() { g.minOK.Store(1 << 30); g.maxN.Store(0); g.armed.Store(true) }
 
 func (g *guests) tick(ctx context.Context) {
 	g.mu.Lock()
-	c := g.c
+	c, good := g.c, maps.Clone(g.good)
 	g.mu.Unlock()
 	if c == nil {
 		return
@@ -158,7 +163,7 @@ func (g *guests) tick(ctx context.Context) {
 			continue
 		}
 		ip := netip.MustParseAddr(v.IP)
-		if g.good[v.PluginVersion] && (v.State == api.VMStarting || v.State == api.VMRunning) {
+		if good[v.PluginVersion] && (v.State == api.VMStarting || v.State == api.VMRunning) {
 			st := controllertest.Healthy(v.Name)
 			g.pr.Set(ip, &st)
 		} else {
@@ -422,9 +427,7 @@ func TestRollingUpdateRestart(t *testing.T) {
 	waitEndpointsN(t, c, 3)
 	// Hold the new version's replicas unhealthy, so the update is caught
 	// after its first create.
-	g.mu.Lock()
-	g.good["2"] = false
-	g.mu.Unlock()
+	g.setGood("2", false)
 	if _, err := c.UpdateDeployment(f.ctx, "svc", api.UpdateDeploymentRequest{Plugin: "web@2", DeadlineMS: 60000}); err != nil {
 		t.Fatal(err)
 	}
@@ -433,9 +436,7 @@ func TestRollingUpdateRestart(t *testing.T) {
 	}
 	stop()
 	g.use(nil)
-	g.mu.Lock()
-	g.good["2"] = true
-	g.mu.Unlock()
+	g.setGood("2", true)
 
 	c2, stop2 := f.startController(cfg)
 	g.use(c2)
