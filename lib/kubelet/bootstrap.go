@@ -48,8 +48,9 @@ type BootstrapConfig struct {
 // ClientCertPrefix names the node's client certificate files in CertDir:
 // each certificate and its key in ClientCertPrefix-<time>.pem, and
 // ClientCertPrefix-current.pem a symlink to the one in use (as the
-// kubelet's kubelet-client-current.pem). An earlier volant-kubelet's
-// ClientCertPrefix.crt and .key are read when there is no current one.
+// kubelet's kubelet-client-current.pem), replaced atomically on renewal.
+// An earlier volant-kubelet's ClientCertPrefix.crt and .key are read when
+// there is no current one.
 const ClientCertPrefix = "volant-kubelet-client"
 
 // Bootstrap returns the node's API client configuration when it
@@ -71,7 +72,9 @@ const ClientCertPrefix = "volant-kubelet-client"
 // CSR of system:node:<node>, which the controller-manager approves when
 // the group system:nodes may create
 // certificatesigningrequests/selfnodeclient), by client-go's certificate
-// manager (k8s.io/client-go/util/certificate). The returned configuration
+// manager (k8s.io/client-go/util/certificate), which stores each one as
+// clientCertStore does: the current symlink always names a whole pair,
+// the old one or the new. The returned configuration
 // presents the current certificate on each new connection, and its open
 // connections are closed when the certificate changes, so the clients
 // built from it go on with the new one. If the certificate expires
@@ -132,7 +135,7 @@ func bootstrap(ctx context.Context, cfg BootstrapConfig, boot *rest.Config, newC
 		cluster, certFile, keyFile = c, c.CertFile, c.KeyFile
 	}
 	klog := logr.FromSlogHandler(log.Handler())
-	store, err := certificate.NewFileStoreWithLogger(klog.V(4), ClientCertPrefix, cfg.CertDir, cfg.CertDir, certFile, keyFile)
+	store, err := newClientCertStore(klog.V(4), cfg.CertDir, certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("the node's certificates in %s: %w", cfg.CertDir, err)
 	}
