@@ -106,28 +106,38 @@ func Wrap(t testing.TB) (prefix []string, files []*os.File) {
 	if err != nil {
 		netnstest.SkipOrFail(t, "no FUSE for the stand-in /dev/kvm: %v", err)
 	}
+	// The server gets a descriptor of its own, made before the command
+	// starts. The command's Start reads dev's while a short command may
+	// already have ended the connection and the server returned: had the
+	// server closed dev, that Close raced with Start's read.
+	fd, err := unix.Dup(int(dev.Fd()))
+	if err != nil {
+		dev.Close()
+		t.Fatalf("kvmtest: duplicating the FUSE descriptor: %v", err)
+	}
 	done := make(chan struct{})
-	t.Cleanup(func() { close(done) })
-	go serve(dev, done)
+	t.Cleanup(func() { close(done); dev.Close() })
+	go serve(fd, done)
 	work := t.TempDir()
 	return []string{"unshare", "-m", "sh", "-c", script(true), wrapperScriptLabel, work}, []*os.File{dev}
 }
 
 // serve waits until the wrapper has mounted the connection (go-fuse reads
 // the kernel's INIT request at once, and a read before the mount fails),
-// then serves it. Serve returns once the last process of the namespace has
-// gone (the kernel ends the connection with the mount).
-func serve(dev *os.File, done <-chan struct{}) {
-	defer dev.Close()
+// then serves it on fd, a duplicate of the command's /dev/fuse that it
+// owns. Serve returns once the last process of the namespace has gone
+// (the kernel ends the connection with the mount).
+func serve(fd int, done <-chan struct{}) {
 	for {
 		select {
 		case <-done:
+			unix.Close(fd)
 			return
 		default:
 		}
 		// Before the mount the device polls as an error; after it,
 		// INIT is waiting to be read.
-		fds := []unix.PollFd{{Fd: int32(dev.Fd()), Events: unix.POLLIN}}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 		n, err := unix.Poll(fds, 100)
 		if err == nil && n == 1 && fds[0].Revents&unix.POLLIN != 0 {
 			break
@@ -136,14 +146,10 @@ func serve(dev *os.File, done <-chan struct{}) {
 	}
 	// "/dev/fd/N" tells go-fuse that another process mounted the
 	// connection (the wrapper, with fd=3). go-fuse closes the fd it is
-	// given when Serve returns, so it gets a duplicate of its own: with
-	// dev's number it closed dev's fd under dev, whose Close then closed
-	// whatever had taken the number since (a TempDir cleanup's directory:
+	// given when Serve returns: fd, never the caller's file (with dev's
+	// number it closed dev's fd under dev, whose Close then closed
+	// whatever had taken the number since: a TempDir cleanup's directory,
 	// "unlinkat: bad file descriptor").
-	fd, err := unix.Dup(int(dev.Fd()))
-	if err != nil {
-		return
-	}
 	srv, err := fuse.NewServer(fs.NewNodeFS(&dir{}, &fs.Options{}), fmt.Sprintf("/dev/fd/%d", fd),
 		&fuse.MountOptions{FsName: wrapperScriptLabel, Name: wrapperScriptLabel})
 	if err != nil {
