@@ -12,6 +12,7 @@ import (
 	"github.com/volantvm/volant/lib/apierr"
 	"github.com/volantvm/volant/lib/controller"
 	"github.com/volantvm/volant/lib/server"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 const mcpInit = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`
@@ -52,24 +53,18 @@ func (e *env) mcpSession() string {
 	return sid
 }
 
-// TestMCPSessionsExpireAndAreCapped: an idle session ends after the
-// session timeout; past the cap, initialize is UNAVAILABLE until a
-// session ends (6,000 initialize calls used to keep 6,000 sessions).
-func TestMCPSessionsExpireAndAreCapped(t *testing.T) {
-	e := newEnv(t, func(_ *controller.Config, o *server.Options) {
-		o.MCPSessionTimeout, o.MCPMaxSessions = 500*time.Millisecond, 4
-	})
-	sid := e.mcpSession()
-	if code, _, body := e.mcpPost(sid, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`); code != 200 {
-		t.Fatalf("tools/list: %d %s", code, body)
-	}
-	time.Sleep(time.Second)
-	code, _, body := e.mcpPost(sid, `{"jsonrpc":"2.0","id":3,"method":"tools/list"}`)
-	e.apiErr(code, body, 404, apierr.NotFound)
-
+// TestMCPSessionsAreCapped: past the cap, initialize is UNAVAILABLE until
+// a session ends (6,000 initialize calls used to keep 6,000 sessions). The
+// sessions' timeout is the default, so none expires while the test runs,
+// however slowly.
+func TestMCPSessionsAreCapped(t *testing.T) {
+	e := newEnv(t, func(_ *controller.Config, o *server.Options) { o.MCPMaxSessions = 4 })
 	var sids []string
 	for i := 0; i < 4; i++ {
 		sids = append(sids, e.mcpSession())
+	}
+	if code, _, body := e.mcpPost(sids[0], `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`); code != 200 {
+		t.Fatalf("tools/list: %d %s", code, body)
 	}
 	for i := 0; i < 20; i++ {
 		code, sid, body := e.mcpPost("", mcpInit)
@@ -88,6 +83,34 @@ func TestMCPSessionsExpireAndAreCapped(t *testing.T) {
 	}
 	resp.Body.Close()
 	e.mcpSession()
+}
+
+// TestMCPIdleSessionsExpire: a session that sends nothing for the session
+// timeout ends: its place under the cap is free again and its requests
+// are NOT_FOUND. Nothing here depends on how fast the test runs: the cap
+// of one refuses every initialize (which does not touch the idle session)
+// until the session has expired.
+func TestMCPIdleSessionsExpire(t *testing.T) {
+	e := newEnv(t, func(_ *controller.Config, o *server.Options) {
+		o.MCPSessionTimeout, o.MCPMaxSessions = 200*time.Millisecond, 1
+	})
+	code, idle, body := e.mcpPost("", mcpInit)
+	if code != 200 || idle == "" {
+		t.Fatalf("initialize: %d %q %s", code, idle, body)
+	}
+	var next string
+	wait.Until(t, 20*time.Second, "the idle session to expire and free its place", func() bool {
+		code, next, body = e.mcpPost("", mcpInit)
+		if code != 200 {
+			e.apiErr(code, body, 503, apierr.Unavailable)
+		}
+		return code == 200
+	})
+	if next == "" || next == idle {
+		t.Fatalf("the session after the idle one: %q (idle %q)", next, idle)
+	}
+	code, _, body = e.mcpPost(idle, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`)
+	e.apiErr(code, body, 404, apierr.NotFound)
 }
 
 // TestMCPTransportErrorsAreJSON: what the MCP transport refuses comes as
