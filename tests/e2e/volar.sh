@@ -87,10 +87,17 @@ volar vms list | grep -E '^web1 +httpd +running +192\.168\.127\.100' >/dev/null 
 volar vms logs --console web1 | grep -c "kestrel" >/dev/null || fail "vms logs has no kestrel lines"
 volar -o json events --since 0 --type vm.healthy >"$tmp/events" &
 ev=$!
-sleep 2
-kill -INT "$ev"
+# Ctrl-C once the event is printed (not after a fixed time, which a slow
+# host could use up before volar even connected).
+healthy() { jq -e -s 'any(.[]; .type == "vm.healthy" and .resource_id == "web1")' "$tmp/events" >/dev/null 2>&1; }
+for _ in $(seq 1 300); do
+  healthy && break
+  kill -0 "$ev" 2>/dev/null || break
+  sleep 0.1
+done
+kill -INT "$ev" 2>/dev/null || true
 wait "$ev" || fail "events did not end with 0 on SIGINT"
-jq -e -s 'any(.[]; .type == "vm.healthy" and .resource_id == "web1")' "$tmp/events" >/dev/null || fail "no vm.healthy event for web1"
+healthy || fail "no vm.healthy event for web1"
 
 # Stop, start, delete.
 [[ $(volar vms stop web1) == "VM web1 stopped" ]] || fail "vms stop"
