@@ -80,7 +80,10 @@
 //
 // Each lease and release appends an "ip.leased" / "ip.released" event to the
 // database's event log in the same transaction. A process killed at any
-// moment leaves either the whole lease or none of it.
+// moment leaves either the whole lease or none of it. So volant-ipam
+// installs no signal handler: SIGINT and SIGTERM end it at once, like
+// SIGKILL (a lease waiting for the write lock included), and a shell sees
+// the signal's status (130, 143), with no error object.
 package main
 
 import (
@@ -90,7 +93,7 @@ import (
 	"github.com/volantvm/volant/lib/ipam"
 )
 
-func main() { cli.Main(run) }
+func main() { cli.MainKillable(run) }
 
 // run is volant-ipam's whole run: lib/ipam holds its verbs (cli.go).
 func run(ctx context.Context, env *cli.Env) error { return ipam.Command(ctx, env) }

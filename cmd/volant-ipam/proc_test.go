@@ -34,7 +34,7 @@ const asCommand = "VOLANT_IPAM_TEST_AS_COMMAND"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(asCommand) == "1" {
-		cli.Main(run)
+		cli.MainKillable(run)
 	}
 	os.Exit(m.Run())
 }
@@ -424,6 +424,56 @@ func checkAtomic(t *testing.T, st *store.Store, vm string) {
 	if err := st.Check(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// SIGTERM ends a lease that waits for the write lock at once, by the
+// signal: volant-ipam installs no handler (lib/cli.MainKillable), and the
+// lease it never began leaves nothing behind.
+func TestSignalEndsAWaitingLease(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "volant.db")
+	st := openStore(t, db)
+	locked, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error)
+	go func() {
+		done <- st.Tx(context.Background(), func(*sql.Tx) error { close(locked); <-release; return nil })
+	}()
+	<-locked
+	p := startLease(t, db, "waiter")
+	// Wait until it waits: it has opened the database (its -wal file
+	// among its open files).
+	for deadline := time.Now().Add(10 * time.Second); !hasOpen(p.cmd.Process.Pid, db+"-wal"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the lease never opened the database")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := p.cmd.Wait()
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Fatalf("lease ended with %v (stderr %q), not by SIGTERM", err, p.stderr.String())
+	}
+	checkAtomic(t, st, "waiter")
+	if _, err := ipam.Get(context.Background(), st, "waiter"); !apierr.Is(err, apierr.NotFound) {
+		t.Fatalf("the killed lease left a lease: %v", err)
+	}
+}
+
+// hasOpen reports whether process pid has the file path open.
+func hasOpen(pid int, path string) bool {
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && target == path {
+			return true
+		}
+	}
+	return false
 }
 
 // Lease processes that find the write lock held by another process wait

@@ -110,6 +110,18 @@ func Main(run func(ctx context.Context, env *Env) error) {
 	os.Exit(Exit(env, err))
 }
 
+// MainKillable is Main without the signal handler, for a command whose
+// every run is one short step that a kill at any moment leaves whole or
+// undone (volant-ipam: one SQLite transaction). SIGINT and SIGTERM keep
+// their default action and end the process at once, as SIGKILL would, so
+// run's context is never canceled. os/signal's handler would cost each run
+// a thread and two goroutines: on a host where a page fault costs 30 us,
+// about 0.7 ms of a 15 ms operation.
+func MainKillable(run func(ctx context.Context, env *Env) error) {
+	env := OSEnv()
+	os.Exit(Exit(env, run(context.Background(), env)))
+}
+
 // errHelp marks a run that printed its help text on request.
 var errHelp = errors.New("help requested")
 
