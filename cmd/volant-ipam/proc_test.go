@@ -36,6 +36,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(asCommand) == "1" {
 		cli.MainKillable(run)
 	}
+	// The tests themselves run on every CPU (startup.go pinned the
+	// process to one), and so do the processes they start.
+	unpin()
 	os.Exit(m.Run())
 }
 
