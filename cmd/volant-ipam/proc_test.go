@@ -435,27 +435,13 @@ func checkAtomic(t *testing.T, st *store.Store, vm string) {
 func TestSignalEndsAWaitingLease(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "volant.db")
 	st := openStore(t, db)
-	locked, release := make(chan struct{}), make(chan struct{})
-	done := make(chan error)
-	go func() {
-		done <- st.Tx(context.Background(), func(*sql.Tx) error { close(locked); <-release; return nil })
-	}()
-	<-locked
-	p := startLease(t, db, "waiter")
-	// Wait until it waits: it has opened the database (its -wal file
-	// among its open files).
-	for deadline := time.Now().Add(10 * time.Second); !hasOpen(p.cmd.Process.Pid, db+"-wal"); {
-		if time.Now().After(deadline) {
-			t.Fatal("the lease never opened the database")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	release := holdWriteLock(t, st)
+	p := startWaiting(t, db, "waiter")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	err := p.cmd.Wait()
-	close(release)
-	if err := <-done; err != nil {
+	if err := release(); err != nil {
 		t.Fatal(err)
 	}
 	ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
@@ -466,6 +452,45 @@ func TestSignalEndsAWaitingLease(t *testing.T) {
 	if _, err := ipam.Get(context.Background(), st, "waiter"); !apierr.Is(err, apierr.NotFound) {
 		t.Fatalf("the killed lease left a lease: %v", err)
 	}
+}
+
+// holdWriteLock holds st's write lock, in a transaction of its own, until
+// the returned release is called; release returns the transaction's error.
+func holdWriteLock(t *testing.T, st *store.Store) (release func() error) {
+	t.Helper()
+	locked, free, done := make(chan struct{}), make(chan struct{}), make(chan error)
+	go func() {
+		done <- st.Tx(context.Background(), func(*sql.Tx) error { close(locked); <-free; return nil })
+	}()
+	<-locked
+	return func() error { close(free); return <-done }
+}
+
+// startWaiting starts a lease of vm, with env added to its environment,
+// and returns once it has opened the database (its -wal file among its
+// open files): with the write lock held by another, it then waits for
+// the lock, its schema read.
+func startWaiting(t *testing.T, db, vm string, env ...string) *proc {
+	t.Helper()
+	p := &proc{vm: vm, cmd: command(t, db, "lease", "--vm", vm)}
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); !hasOpen(p.cmd.Process.Pid, db+"-wal"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never opened the database", vm)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return p
 }
 
 // hasOpen reports whether process pid has the file path open.
@@ -484,12 +509,7 @@ func hasOpen(pid int, path string) bool {
 func TestLeasesWaitForTheWriteLock(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "volant.db")
 	st := openStore(t, db) // to the processes, another process
-	locked, release := make(chan struct{}), make(chan struct{})
-	done := make(chan error)
-	go func() {
-		done <- st.Tx(context.Background(), func(*sql.Tx) error { close(locked); <-release; return nil })
-	}()
-	<-locked
+	release := holdWriteLock(t, st)
 	procs := make([]*proc, 5)
 	for i := range procs {
 		procs[i] = startLease(t, db, fmt.Sprintf("waiter-%d", i))
@@ -500,8 +520,7 @@ func TestLeasesWaitForTheWriteLock(t *testing.T) {
 			t.Fatalf("%s exited while the write lock was held", p.vm)
 		}
 	}
-	close(release)
-	if err := <-done; err != nil {
+	if err := release(); err != nil {
 		t.Fatal(err)
 	}
 	var ips []string

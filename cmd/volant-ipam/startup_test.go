@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
-	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,38 +25,14 @@ func TestStartupShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := filepath.Join(t.TempDir(), "volant.db")
-	st := openStore(t, db)
-	locked, release := make(chan struct{}), make(chan struct{})
-	done := make(chan error)
-	go func() {
-		done <- st.Tx(context.Background(), func(*sql.Tx) error { close(locked); <-release; return nil })
-	}()
-	<-locked
+	release := holdWriteLock(t, openStore(t, db))
 	defer func() {
-		close(release)
-		if err := <-done; err != nil {
+		if err := release(); err != nil {
 			t.Error(err)
 		}
 	}()
 
-	waiting := func(vm string, env ...string) *proc {
-		t.Helper()
-		p := &proc{vm: vm, cmd: command(t, db, "lease", "--vm", vm)}
-		p.cmd.Env = append(p.cmd.Env, env...)
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
-		for deadline := time.Now().Add(10 * time.Second); !hasOpen(p.cmd.Process.Pid, db+"-wal"); {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s never opened the database", vm)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		return p
-	}
-
-	p := waiting("pinned")
+	p := startWaiting(t, db, "pinned")
 	cpus := allowedCPUs(t, p.cmd.Process.Pid)
 	if all.Count() > 1 && cpus != 1 {
 		t.Errorf("volant-ipam may run on %d CPUs, want 1 (this host has %d)", cpus, all.Count())
@@ -76,7 +49,7 @@ func TestStartupShape(t *testing.T) {
 		}
 	}
 
-	q := waiting("unpinned", "GOMAXPROCS=2")
+	q := startWaiting(t, db, "unpinned", "GOMAXPROCS=2")
 	if got := allowedCPUs(t, q.cmd.Process.Pid); got != all.Count() {
 		t.Errorf("with GOMAXPROCS set volant-ipam may run on %d CPUs, want all %d", got, all.Count())
 	}
