@@ -27,6 +27,7 @@ pkgs=(
   nodejs npm                                  # the MCP client test (official TypeScript SDK)
   prometheus                                  # scrapes volantd in the metrics test (cmd/volantd)
   minisign                                    # checks what fledge build --sign writes (cmd/fledge)
+  strace                                      # sees volant-ipam fsync a lease before printing it (cmd/volant-ipam)
 )
 [[ ${1:-} == demo ]] && pkgs=("${demo[@]}")
 missing=()
