@@ -14,9 +14,10 @@ LDFLAGS     := -X $(PKG)/lib/buildinfo.Version=$(VERSION)
 # and static glibc, so no dynamic loader maps and relocates libsqlite3,
 # libc and libm at each start (about 2 ms of 20 on a host where a page
 # fault costs 30 us, bench/README.md). The price is compiling the
-# amalgamation: about 75 s, once per clean Go build cache.
+# amalgamation: about 75 s, once per clean Go build cache. --wrap=mmap
+# puts the Go heap in huge pages (cmd/volant-ipam/startup.go).
 IPAM_TAGS    ?= sqlite_omit_load_extension
-IPAM_LDFLAGS := -linkmode external -extldflags -static
+IPAM_LDFLAGS := -linkmode external -extldflags '-static -Wl,--wrap=mmap'
 CMDS        := $(notdir $(wildcard cmd/*))
 BIN         := $(CURDIR)/bin
 KERNEL_DIR  ?= $(or $(VOLANT_KERNEL_DIR),/var/lib/volant/kernel)

@@ -472,7 +472,17 @@ func holdWriteLock(t *testing.T, st *store.Store) (release func() error) {
 // the lock, its schema read.
 func startWaiting(t *testing.T, db, vm string, env ...string) *proc {
 	t.Helper()
+	return startWaitingBin(t, "", db, vm, env...)
+}
+
+// startWaitingBin is startWaiting with the volant-ipam at bin ("": this
+// test binary).
+func startWaitingBin(t *testing.T, bin, db, vm string, env ...string) *proc {
+	t.Helper()
 	p := &proc{vm: vm, cmd: command(t, db, "lease", "--vm", vm)}
+	if bin != "" {
+		p.cmd.Path, p.cmd.Args[0] = bin, bin
+	}
 	p.cmd.Env = append(p.cmd.Env, env...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {

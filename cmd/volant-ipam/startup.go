@@ -26,6 +26,17 @@ package main
 //     gives no huge page the arena is ordinary memory, about as costly as
 //     the heap it replaces.
 //
+// And the Go heap in huge pages. The Go runtime maps its heap 4 MB at a
+// time (mmap MAP_FIXED, read-write, anonymous); a run's heap then
+// touched ~120 fresh 4 KB pages. Go does not ask for huge pages, and the
+// heap is mapped before any code of ours runs, so the static build
+// links with -Wl,--wrap=mmap (the Makefile's IPAM_LDFLAGS): the runtime's
+// maps, made through cgo's x_cgo_mmap and libc's mmap, come through
+// __wrap_mmap below, which advises such a mapping MADV_HUGEPAGE. glibc
+// maps its own memory (thread stacks, malloc) with its internal __mmap,
+// which the wrap does not see. Builds without the flag (go test's) leave
+// the Go heap as it was.
+//
 // The symbols of SQLite's configuration interface (sqlite3.h, stable since
 // SQLite 3.6) are go-sqlite3's, from its amalgamation or from libsqlite3;
 // they are declared weak so that this package's own cgo link does not look
@@ -160,6 +171,18 @@ static void sqlite_arena(void) {
 		arena_next = arena_end = 0;
 		munmap(a, ARENA_SIZE);
 	}
+}
+
+// __real_mmap is libc's mmap when the link wraps it (--wrap=mmap), and
+// then every call of mmap outside libc comes here.
+extern void *__real_mmap(void *, size_t, int, int, int, off_t) __attribute__((weak));
+
+void *__wrap_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+	void *p = __real_mmap(addr, len, prot, flags, fd, off);
+	if (p != MAP_FAILED && (flags & (MAP_ANONYMOUS | MAP_FIXED)) == (MAP_ANONYMOUS | MAP_FIXED) &&
+	    prot == (PROT_READ | PROT_WRITE) && len >= ARENA_SIZE)
+		madvise(p, len, MADV_HUGEPAGE); // the Go heap: see startup.go's comment
+	return p;
 }
 
 __attribute__((constructor)) static void volant_ipam_startup(void) {
