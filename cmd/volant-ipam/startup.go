@@ -6,7 +6,7 @@ package main
 // An operation is one process, so its start-up is most of its time, and on
 // a host where a page fault costs ~30 us (a PVM or Firecracker guest) most
 // of that is page faults: each thread, each P's fresh spans, each fresh
-// page of SQLite's heap. Two things cut them:
+// page of SQLite's memory and of the Go heap. Three things cut them:
 //
 //   - One CPU. The process pins itself to the CPU it starts on, so the Go
 //     runtime sizes itself for one (GOMAXPROCS 1: Go reads the affinity
@@ -26,16 +26,16 @@ package main
 //     gives no huge page the arena is ordinary memory, about as costly as
 //     the heap it replaces.
 //
-// And the Go heap in huge pages. The Go runtime maps its heap 4 MB at a
-// time (mmap MAP_FIXED, read-write, anonymous); a run's heap then
-// touched ~120 fresh 4 KB pages. Go does not ask for huge pages, and the
-// heap is mapped before any code of ours runs, so the static build
-// links with -Wl,--wrap=mmap (the Makefile's IPAM_LDFLAGS): the runtime's
-// maps, made through cgo's x_cgo_mmap and libc's mmap, come through
-// __wrap_mmap below, which advises such a mapping MADV_HUGEPAGE. glibc
-// maps its own memory (thread stacks, malloc) with its internal __mmap,
-// which the wrap does not see. Builds without the flag (go test's) leave
-// the Go heap as it was.
+//   - The Go heap in huge pages. The Go runtime maps its heap 4 MB at a
+//     time (mmap MAP_FIXED, read-write, anonymous); a run's heap then
+//     touched ~120 fresh 4 KB pages. Go does not ask for huge pages, and
+//     the heap is mapped before any code of ours runs, so the static
+//     build links with -Wl,--wrap=mmap (the Makefile's IPAM_LDFLAGS): the
+//     runtime's maps, made through cgo's x_cgo_mmap and libc's mmap, come
+//     through __wrap_mmap below, which advises such a mapping
+//     MADV_HUGEPAGE. glibc maps its own memory (thread stacks, malloc)
+//     with its internal __mmap, which the wrap does not see. Builds
+//     without the flag (go test's) leave the Go heap as it was.
 //
 // The symbols of SQLite's configuration interface (sqlite3.h, stable since
 // SQLite 3.6) are go-sqlite3's, from its amalgamation or from libsqlite3;
