@@ -694,9 +694,11 @@ func (c *Controller) keepReplicas(ctx context.Context, log *slog.Logger, d deplo
 	return errs, waiting
 }
 
-// recordDeployment records how many replicas run and the pass's outcome.
+// recordDeployment records how many replicas run and the pass's outcome,
+// then counts the pass's errors: whoever sees them counted (the metrics)
+// finds them in the deployment too.
 func (c *Controller) recordDeployment(ctx context.Context, log *slog.Logger, name string, errs []string, waiting int) {
-	c.passErrors.Add(uint64(len(errs) - waiting))
+	defer c.passErrors.Add(uint64(len(errs) - waiting))
 	msg := strings.Join(errs, "; ")
 	err := c.st.Tx(ctx, func(tx *sql.Tx) error {
 		var running int
