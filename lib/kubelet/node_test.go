@@ -57,7 +57,7 @@ func TestApplyNodeSpec(t *testing.T) {
 // Ready with room for the range's addresses; a podCIDR other than
 // --pod-cidr, and volantd's refusal, fail with CONFLICT.
 func TestJoinNetwork(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	kc := fake.NewSimpleClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "vol1"}})
 	v := newFake()

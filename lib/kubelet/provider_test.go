@@ -476,7 +476,7 @@ func TestPodEvents(t *testing.T) {
 			if got != w {
 				t.Fatalf("event %q, want %q", got, w)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(time.Minute):
 			t.Fatalf("no event %q", w)
 		}
 	}
@@ -518,7 +518,7 @@ func TestPodEvents(t *testing.T) {
 	if err := p.CreatePod(context.Background(), pod2); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.After(5 * time.Second)
+	deadline := time.After(time.Minute)
 	for {
 		select {
 		case got := <-rec.Events:

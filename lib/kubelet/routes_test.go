@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/volantvm/volant/lib/testutil/netnstest"
+	"github.com/volantvm/volant/lib/testutil/wait"
 )
 
 func volantNode(name, cidr, ip string) *corev1.Node {
@@ -90,16 +91,9 @@ func TestRoutesInANamespace(t *testing.T) {
 	}
 	waitRoutes := func(what, want string) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			got := routes()
-			if got == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: routes %q, want %q", what, got, want)
-			}
-			time.Sleep(50 * time.Millisecond)
+		got := ""
+		if err := wait.ForEvery(time.Minute, 50*time.Millisecond, func() bool { got = routes(); return got == want }); err != nil {
+			t.Fatalf("%s: routes %q, want %q (%v)", what, got, want, err)
 		}
 	}
 	waitRoutes("node b", "10.244.2.0/24 via 172.30.0.2")
