@@ -25,8 +25,9 @@ type ReadOptions struct {
 	// returned.
 	Stream string
 	// Follow keeps reading new entries until ctx ends, through
-	// rotations; a follower whose file was rotated away before it read
-	// it all (more than Files-1 files behind) ends with UNAVAILABLE.
+	// rotations; a follower whose next file was rotated away before it
+	// read it (more than Files-1 files behind) goes on from the oldest
+	// file still there, after a gap entry for the bytes it missed.
 	Follow bool
 	// Poll is how often a follower looks for more (250 ms if 0).
 	Poll time.Duration
@@ -46,6 +47,9 @@ func Read(ctx context.Context, path string, o ReadOptions, fn func(Entry) error)
 		o.Poll = 250 * time.Millisecond
 	}
 	want := func(e Entry) bool {
+		if e.Offset != nil {
+			return false
+		}
 		if !o.Since.IsZero() && e.Time.Before(o.Since) {
 			return false
 		}
@@ -129,12 +133,45 @@ func decode(line []byte, fn func(Entry) error) error {
 // follow reads the live file from its start, then what is appended, and
 // when the log rotates moves on to the file written after the one it read:
 // a follower that fell behind by whole files reads them in order. One that
-// fell so far behind that its file was rotated away returns an error
-// rather than skip entries silently.
+// fell so far behind that the next file was rotated away goes on from the
+// oldest file still there, and passes fn a gap entry for what it missed:
+// the difference between that file's offset entry and the offset the
+// follower reached. Without offset entries (a log written before they
+// were) it cannot say how much was lost, and returns an error rather than
+// skip entries silently.
 func follow(ctx context.Context, path string, files int, poll time.Duration, fn func(Entry) error) error {
 	var f *os.File
 	var r *bufio.Reader
 	var pending []byte
+	// pos is the offset reached in the log's output, known once an
+	// offset entry was read; lapped is set when f is the oldest file
+	// after a skip, and its offset entry tells the gap.
+	var pos int64
+	known, lapped := false, false
+	lost := func() error {
+		return apierr.New(apierr.Unavailable, "following %s: the reader fell behind the log's rotation (more than %d files) and missed entries the log does not count (it has no offset entries)", path, files-1).
+			With("path", path)
+	}
+	emit := func(e Entry) error {
+		if e.Offset != nil {
+			if lapped && !known {
+				return lost()
+			}
+			lapped = false
+			if gap := *e.Offset - pos; known && gap > 0 {
+				if err := fn(Entry{Time: e.Time, Gap: gap}); err != nil {
+					return err
+				}
+			}
+			pos, known = *e.Offset, true
+			return nil
+		}
+		if lapped {
+			return lost()
+		}
+		pos += e.size()
+		return fn(e)
+	}
 	defer func() {
 		if f != nil {
 			f.Close()
@@ -163,7 +200,7 @@ func follow(ctx context.Context, path string, files int, poll time.Duration, fn 
 					if err != nil {
 						return fmt.Errorf("workload log: %w", err)
 					}
-					if err := decode(pending, fn); err != nil {
+					if err := decode(pending, emit); err != nil {
 						return err
 					}
 					pending = pending[:0]
@@ -178,7 +215,7 @@ func follow(ctx context.Context, path string, files int, poll time.Duration, fn 
 				if err := drain(); err != nil {
 					return err
 				}
-				next, err := successor(ctx, f, path, files)
+				next, skipped, err := successor(ctx, f, path, files)
 				f.Close()
 				f = nil
 				if err != nil {
@@ -186,6 +223,7 @@ func follow(ctx context.Context, path string, files int, poll time.Duration, fn 
 				}
 				if next != nil {
 					f, r, pending = next, bufio.NewReaderSize(next, 64<<10), nil
+					lapped = skipped
 				}
 				continue
 			}
@@ -201,18 +239,15 @@ func follow(ctx context.Context, path string, files int, poll time.Duration, fn 
 // successor opens the file written after f, which rotation has renamed
 // to path.k: path.k-1, or path itself when k is 1. A rotation racing the
 // lookup is retried. When f is none of the rotated files it was removed:
-// the reader fell behind by more than the files kept. It returns nil, nil
-// when ctx ends.
-func successor(ctx context.Context, f *os.File, path string, files int) (*os.File, error) {
+// the reader fell behind by more than the files kept, and successor opens
+// the oldest file there is and reports the skip. It returns nil when ctx
+// ends.
+func successor(ctx context.Context, f *os.File, path string, files int) (next *os.File, skipped bool, err error) {
 	name := func(k int) string {
 		if k == 0 {
 			return path
 		}
 		return path + "." + strconv.Itoa(k)
-	}
-	lost := func() error {
-		return apierr.New(apierr.Unavailable, "following %s: the reader fell behind the log's rotation (more than %d files) and missed entries", path, files-1).
-			With("path", path)
 	}
 	for ctx.Err() == nil {
 		k := 0
@@ -223,27 +258,32 @@ func successor(ctx context.Context, f *os.File, path string, files int) (*os.Fil
 			}
 		}
 		if k == 0 {
-			return nil, lost()
+			k = files // removed: take the oldest file
 		}
-		next, err := os.Open(name(k - 1))
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("workload log: %w", err)
+		for j := k - 1; j >= 0; j-- {
+			next, err = os.Open(name(j))
+			if err == nil {
+				skipped = j < k-1 || k == files
+				break
+			}
+			if !errors.Is(err, os.ErrNotExist) {
+				return nil, false, fmt.Errorf("workload log: %w", err)
+			}
 		}
-		// f still at path.k after the open means no rotation moved
-		// path.k-1 before it (a rotation renames the older files first).
-		stayed := same(f, name(k))
+		// Nothing moved since the lookup (a rotation renames the older
+		// files first) if f is still where it was.
+		stayed := k == files || same(f, name(k))
 		switch {
-		case err == nil && stayed:
-			return next, nil
-		case err == nil:
+		case next != nil && stayed:
+			return next, skipped, nil
+		case next != nil:
 			next.Close() // moved on: look again
-		case stayed && k > 1:
-			return nil, lost() // removed by hand
-		case stayed:
+			next = nil
+		default:
 			time.Sleep(time.Millisecond) // the writer creates the new live file
 		}
 	}
-	return nil, nil
+	return nil, false, nil
 }
 
 // same reports whether the file named p is f.

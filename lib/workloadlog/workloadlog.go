@@ -11,11 +11,18 @@
 //	{"time":"...","stream":"stderr","log_b64":"AAEC"}            output that is not UTF-8
 //	{"time":"...","stream":"stdout","log":"abc","partial":true}   more of the line follows
 //	{"time":"...","gap":1048576}                                   output lost in the guest
+//	{"time":"...","offset":52428800}                               first line of a file
 //
 // A gap entry says how many bytes the guest dropped because its buffer
 // overflowed while the host was not reading: output is never lost
 // silently. The file is rotated past MaxBytes to workload.log.1 … .N-1
 // (Files files in all), so a VM's logs take at most MaxBytes×Files.
+//
+// Every file begins with an offset entry: how many bytes of output (data
+// and gaps) the log recorded before it. A follower lapped by the rotation
+// (its file removed before it read the next) goes on from the oldest file
+// still there and reports what it missed as a gap of exactly the
+// difference. Read never returns offset entries.
 package workloadlog
 
 import (
@@ -64,6 +71,14 @@ type Entry struct {
 	LogB64  []byte    `json:"log_b64,omitempty"`
 	Partial bool      `json:"partial,omitempty"`
 	Gap     int64     `json:"gap,omitempty"`
+	// Offset, on a file's first entry, is how many bytes of output
+	// (data and gaps) the log held before the file.
+	Offset *int64 `json:"offset,omitempty"`
+}
+
+// size is how many bytes of output e stands for.
+func (e Entry) size() int64 {
+	return int64(len(e.Data())) + e.Gap
 }
 
 // Data is the entry's output bytes.
@@ -83,12 +98,27 @@ type Writer struct {
 	f    *os.File
 	w    *bufio.Writer
 	size int64
+	hdr  int64 // the size of the offset entry this file began with
 	line []byte
+	// total is the bytes of output (data and gaps) recorded since the
+	// log began: the next file's offset entry.
+	total int64
 }
 
 // Open opens (creating) the log at path for appending.
 func Open(path string, rot Rotation) (*Writer, error) {
 	w := &Writer{path: path, rot: rot.withDefaults()}
+	// Go on counting from the live file's offset entry.
+	if err := scanFile(path, func(e Entry) error {
+		if e.Offset != nil {
+			w.total = *e.Offset
+		} else {
+			w.total += e.size()
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
 	if err := w.open(); err != nil {
 		return nil, err
 	}
@@ -105,8 +135,16 @@ func (w *Writer) open() error {
 		f.Close()
 		return fmt.Errorf("workload log: %w", err)
 	}
-	w.f, w.size = f, st.Size()
+	w.f, w.size, w.hdr = f, st.Size(), 0
 	w.w = bufio.NewWriterSize(f, 64<<10)
+	if w.size == 0 {
+		line := fmt.Appendf(nil, `{"time":"%s","offset":%d}`+"\n", time.Now().UTC().Format(time.RFC3339Nano), w.total)
+		n, err := w.w.Write(line)
+		w.size, w.hdr = int64(n), int64(n)
+		if err != nil {
+			return fmt.Errorf("workload log: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -172,7 +210,7 @@ func (w *Writer) append(e Entry, data []byte) error {
 	}
 	line = append(line, "}\n"...)
 	w.line = line
-	if w.size > 0 && w.size+int64(len(line)) > w.rot.MaxBytes {
+	if w.size > w.hdr && w.size+int64(len(line)) > w.rot.MaxBytes {
 		if err := w.rotate(); err != nil {
 			return err
 		}
@@ -182,6 +220,7 @@ func (w *Writer) append(e Entry, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("workload log: %w", err)
 	}
+	w.total += int64(len(data)) + e.Gap
 	return nil
 }
 

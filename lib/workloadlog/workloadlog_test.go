@@ -166,7 +166,9 @@ func TestFollow(t *testing.T) {
 
 // A follower that falls behind by whole files (a reader slower than a
 // flood of output) reads the files it missed in order, and one lapped by
-// the whole rotation says so rather than skip entries silently.
+// the whole rotation goes on from the oldest file still there after a gap
+// entry for exactly the bytes it missed: what it received plus the gap is
+// all that was written.
 func TestFollowBehindRotation(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -176,6 +178,7 @@ func TestFollowBehindRotation(t *testing.T) {
 		// An entry takes about 75 bytes: a file holds 13.
 		{"two files behind", 30, false},
 		{"lapped", 60, true},
+		{"lapped many times", 400, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "workload.log")
@@ -190,7 +193,7 @@ func TestFollowBehindRotation(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			held, release := make(chan struct{}), make(chan struct{})
-			got := make(chan string, 1000)
+			got := make(chan Entry, 1000)
 			done := make(chan error, 1)
 			go func() {
 				first := true
@@ -200,7 +203,7 @@ func TestFollowBehindRotation(t *testing.T) {
 						close(held)
 						<-release
 					}
-					got <- string(e.Data())
+					got <- e
 					return nil
 				})
 			}()
@@ -210,26 +213,46 @@ func TestFollowBehindRotation(t *testing.T) {
 			}
 			w.Flush()
 			close(release)
-			for i := 0; i <= tc.lines; i++ {
+			var gaps, lost int64
+			for i := 0; i <= tc.lines; {
 				select {
-				case s := <-got:
-					if s != line(i) {
-						if tc.wantLost {
-							t.Fatalf("lapped follower went on at %q after %d lines instead of ending with an error", s, i)
+				case e := <-got:
+					if e.Gap > 0 {
+						gaps++
+						lost += e.Gap
+						// The gap is whole lines: skip them.
+						n := int(e.Gap) / len(line(0))
+						if int64(n*len(line(0))) != e.Gap {
+							t.Fatalf("gap of %d bytes before line %d is not whole lines of %d bytes", e.Gap, i, len(line(0)))
 						}
-						t.Fatalf("line %d = %q", i, s)
+						i += n
+						continue
 					}
+					if s := string(e.Data()); s != line(i) {
+						t.Fatalf("line %d = %q (after %d gap entries for %d bytes)", i, s, gaps, lost)
+					}
+					i++
 				case err := <-done:
-					if !tc.wantLost || err == nil || !strings.Contains(err.Error(), "fell behind") {
-						t.Fatalf("follower ended after %d lines: %v", i, err)
-					}
-					return
+					t.Fatalf("follower ended at line %d: %v", i, err)
 				case <-time.After(10 * time.Second):
-					t.Fatalf("follower stopped after %d of %d lines", i, tc.lines+1)
+					t.Fatalf("follower stopped at line %d of %d", i, tc.lines+1)
 				}
 			}
-			if tc.wantLost {
-				t.Fatal("lapped follower saw every line")
+			if tc.wantLost != (gaps > 0) {
+				t.Fatalf("%d gap entries for %d bytes; want a gap: %v", gaps, lost, tc.wantLost)
+			}
+			// It goes on following.
+			w.Write("stdout", time.Now(), []byte(line(tc.lines+1)))
+			w.Flush()
+			select {
+			case e := <-got:
+				if string(e.Data()) != line(tc.lines+1) {
+					t.Fatalf("after the flood: %+v", e)
+				}
+			case err := <-done:
+				t.Fatalf("follower ended: %v", err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("follower stopped after the flood")
 			}
 		})
 	}
@@ -295,5 +318,42 @@ func TestParseSince(t *testing.T) {
 		if !apierr.Is(err, apierr.InvalidInput) {
 			t.Errorf("ParseSince(%q): %v, want an invalid-input error", in, err)
 		}
+	}
+}
+
+// Each file's offset entry counts the output before it, across a reopen of
+// the log (a supervisor restart): what a lapped follower's gap is made of.
+func TestOffsetEntries(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "workload.log")
+	var total int64
+	for range 2 {
+		w, err := Open(p, Rotation{MaxBytes: 1000, Files: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 20 {
+			s := fmt.Sprintf("line %d\n", i)
+			w.Write("stderr", time.Now(), []byte(s))
+			total += int64(len(s))
+		}
+		w.Gap(time.Now(), 4096)
+		total += 4096
+		w.Close()
+	}
+	var before, after int64
+	offset := int64(-1)
+	if err := scanFile(p, func(e Entry) error {
+		if e.Offset != nil {
+			offset = *e.Offset
+			return nil
+		}
+		after += e.size()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before = offset
+	if offset < 0 || before+after != total {
+		t.Fatalf("live file: offset %d + %d bytes in it = %d, want the %d written", offset, after, before+after, total)
 	}
 }
