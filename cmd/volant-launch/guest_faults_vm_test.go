@@ -460,7 +460,7 @@ func TestVMWorkloadLogFlood(t *testing.T) {
 	}
 	w := newWorld(t, name)
 	flood := guesttest.StaticInit(t, "cmd/volant-launch/testdata/logflood")
-	w.plugin(t, guestPlugin{name: "flood", applets: []string{"sh", "echo", "true"},
+	w.plugin(t, guestPlugin{name: "flood", applets: []string{"sh", "echo", "true", "cat", "dmesg"},
 		files:    map[string]string{"/bin/logflood": flood},
 		workload: `{"entrypoint":["/bin/logflood"]}`})
 	run, _, runErr := w.start(t, name)
@@ -518,6 +518,20 @@ func TestVMWorkloadLogFlood(t *testing.T) {
 		con, _ := os.ReadFile(w.log)
 		if bytes.Contains(con, []byte("flood-done round=2")) {
 			break
+		}
+		if bytes.Contains(con, []byte("kestrel: restarting workload")) {
+			// The new workload would wait for the trigger the first
+			// one took: say why it died instead of waiting.
+			run.Process.Signal(syscall.SIGCONT)
+			stopped = false
+			res := w.execGuest(t, "sh", "-c", "dmesg | tail -n 60; cat /proc/meminfo")
+			var died []string
+			for _, l := range strings.Split(string(con), "\n") {
+				if strings.Contains(l, "kestrel: workload exited") || strings.Contains(l, "Out of memory") || strings.Contains(l, "kestrel: restarting") {
+					died = append(died, l)
+				}
+			}
+			t.Fatalf("round 2: the workload died and kestrel restarted it:\n%s\nguest dmesg and meminfo:\n%s", strings.Join(died, "\n"), res.Stdout)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("round 2 did not end with the supervisor stopped (kestrel waited for the host?); console:\n%s", con)
